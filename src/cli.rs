@@ -1,0 +1,242 @@
+//! The command line: run the master, check a config, signal or query a running master.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, DEFAULT_CONFIG_PATH};
+use crate::master::control::{self, Request, Response};
+
+/// corral: a supervised worker runtime in the style of nginx.
+#[derive(Debug, Parser)]
+#[command(name = "corral", version, about, long_about = None)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(short = 'c', long = "config", global = true, default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+    /// Check the configuration and exit (0 if it is valid).
+    #[arg(short = 't', long = "test")]
+    pub test: bool,
+    /// Send a command to the running master and wait for its outcome.
+    #[arg(short = 's', long = "signal", value_enum)]
+    pub signal: Option<SignalArg>,
+    #[command(subcommand)]
+    pub command: Option<Sub>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Sub {
+    /// Show every worker of the running master.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// What `-s` can ask of the master.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SignalArg {
+    /// Re-read the config; start a new generation; drain the old one.
+    Reload,
+    /// Graceful stop: drain connections, then exit.
+    Quit,
+    /// Fast stop: close everything, exit.
+    Stop,
+    /// Reopen log files.
+    Reopen,
+}
+
+/// Only the keys needed to find a running master, read leniently: `corral -s reload`
+/// must reach the master even when the file now holds an error (the master then
+/// refuses the reload and the error is reported through it).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Locator {
+    #[serde(default)]
+    master: LocatorMaster,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct LocatorMaster {
+    pid_file: PathBuf,
+    control_socket: Option<PathBuf>,
+}
+
+impl Default for LocatorMaster {
+    fn default() -> Self {
+        let m = crate::config::MasterConfig::default();
+        LocatorMaster {
+            pid_file: m.pid_file,
+            control_socket: None,
+        }
+    }
+}
+
+/// (pid file, control socket) of the master that `path` configures.
+fn locate(path: &Path) -> (PathBuf, PathBuf, Option<Duration>) {
+    if let Ok(c) = Config::load(path) {
+        let wait = c.master.drain_timeout.0.max(c.master.stop_timeout.0);
+        return (
+            c.master.pid_file.clone(),
+            c.master.control_socket_path(),
+            Some(wait),
+        );
+    }
+    let loc: Locator = Figment::from(Serialized::defaults(Locator::default()))
+        .merge(Toml::file_exact(path))
+        .extract()
+        .unwrap_or_default();
+    let m = crate::config::MasterConfig {
+        pid_file: loc.master.pid_file,
+        control_socket: loc.master.control_socket,
+        ..Default::default()
+    };
+    (m.pid_file.clone(), m.control_socket_path(), None)
+}
+
+/// `corral -s …`: returns the process exit code.
+pub fn send(path: &Path, what: SignalArg) -> i32 {
+    let (pid_file, socket, wait) = locate(path);
+    let req = match what {
+        SignalArg::Reload => Request::Reload,
+        SignalArg::Quit => Request::Quit,
+        SignalArg::Stop => Request::Stop,
+        SignalArg::Reopen => Request::Reopen,
+    };
+    // A reload waits for the new generation (up to 30 s); leave room for that.
+    let timeout = Duration::from_secs(90);
+    match control::request(&socket, req, timeout) {
+        Ok(resp) => {
+            report(&resp);
+            if !resp.ok {
+                return 1;
+            }
+            if matches!(what, SignalArg::Quit | SignalArg::Stop) {
+                return wait_gone(
+                    resp.master_pid,
+                    wait.unwrap_or(Duration::from_secs(30)) + Duration::from_secs(5),
+                );
+            }
+            0
+        }
+        Err(e @ control::ControlError::Connect { .. }) => {
+            signal_fallback(&pid_file, what, &e.to_string())
+        }
+        Err(e) => {
+            eprintln!("corral: {e}");
+            1
+        }
+    }
+}
+
+/// Without a control socket (an older master, a deleted socket file), fall back to the
+/// pid file and a plain signal, saying that the outcome is unknown.
+fn signal_fallback(pid_file: &Path, what: SignalArg, why: &str) -> i32 {
+    use nix::sys::signal::Signal;
+    let sig = match what {
+        SignalArg::Reload => Signal::SIGHUP,
+        SignalArg::Quit => Signal::SIGQUIT,
+        SignalArg::Stop => Signal::SIGTERM,
+        SignalArg::Reopen => Signal::SIGUSR1,
+    };
+    let pid = match crate::master::pidfile_read(pid_file) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("corral: {why}; {e}");
+            return 1;
+        }
+    };
+    if let Err(e) = nix::sys::signal::kill(pid, sig) {
+        eprintln!("corral: cannot send {} to pid {pid}: {e}", sig.as_str());
+        return 1;
+    }
+    eprintln!(
+        "corral: {why}; sent {} to pid {pid} instead (outcome unknown)",
+        sig.as_str()
+    );
+    0
+}
+
+fn wait_gone(pid: i32, limit: Duration) -> i32 {
+    let pid = nix::unistd::Pid::from_raw(pid);
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if nix::sys::signal::kill(pid, None).is_err() {
+            println!("corral: master {pid} has exited");
+            return 0;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("corral: master {pid} is still running after {limit:?}");
+    1
+}
+
+fn report(resp: &Response) {
+    if resp.ok {
+        println!("corral: {}", resp.message);
+    } else {
+        eprintln!("corral: {}", resp.message);
+    }
+}
+
+/// `corral status`: returns the process exit code.
+pub fn status(path: &Path, json: bool) -> i32 {
+    let (_, socket, _) = locate(path);
+    let resp = match control::request(&socket, Request::Status, Duration::from_secs(10)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("corral: {e} (is corral running?)");
+            return 1;
+        }
+    };
+    if json {
+        match serde_json::to_string_pretty(&resp) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("corral: {e}");
+                return 1;
+            }
+        }
+        return 0;
+    }
+    println!(
+        "master {}: {}, generation {}",
+        resp.master_pid, resp.message, resp.generation
+    );
+    println!(
+        "{:>8} {:>4} {:>4} {:<9} {:>9} {:>6} {:>9} {:>11} {:>11} {:>9} {:>8}  last exit",
+        "PID",
+        "SLOT",
+        "GEN",
+        "STATE",
+        "UPTIME",
+        "CONNS",
+        "ACCEPTED",
+        "BYTES IN",
+        "BYTES OUT",
+        "RSS",
+        "RESTARTS"
+    );
+    for w in &resp.workers {
+        println!(
+            "{:>8} {:>4} {:>4} {:<9} {:>8.0}s {:>6} {:>9} {:>11} {:>11} {:>9} {:>8}  {}",
+            w.pid,
+            w.slot,
+            w.generation,
+            w.state,
+            w.uptime_secs,
+            w.connections,
+            w.accepted,
+            w.bytes_in,
+            w.bytes_out,
+            crate::config::Size(w.rss / 1024 * 1024),
+            w.restarts,
+            w.last_exit.as_deref().unwrap_or("-")
+        );
+    }
+    0
+}

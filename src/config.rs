@@ -1,0 +1,696 @@
+//! Configuration: built-in defaults ← TOML file ← `CORRAL_SECTION__KEY` environment
+//! variables, layered with figment and checked in full before anything acts on it.
+//!
+//! Every error names where the bad value came from (file or environment variable), the
+//! key, and why, because a config error is read by an operator in a hurry. Values take
+//! human units (`"30s"`, `"64KiB"`). A config is an immutable value: a reload builds a
+//! new one and either swaps it in whole or leaves the running one untouched.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize};
+
+/// Where the config file is read from when `-c` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/corral/corral.toml";
+
+/// Prefix of environment variables that override config keys:
+/// `CORRAL_MASTER__WORKERS=4` sets `[master] workers`.
+pub const ENV_PREFIX: &str = "CORRAL_";
+
+/// Config sections that environment variables may address. Other `CORRAL_*` variables
+/// (say `CORRAL_BIN` in a test harness) are none of our business and are ignored, so
+/// that they cannot trip the unknown-key check.
+const ENV_SECTIONS: &[&str] = &["master", "worker", "log", "flow"];
+
+/// Why a configuration was refused. The message is complete: it is printed as is by
+/// `corral -t`, `corral -s reload` and the master's log.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file is missing or unreadable; figment would silently skip it otherwise.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// TOML syntax, type errors and unknown keys, as reported by figment (which names
+    /// the key and the file or environment variable).
+    #[error("{0}")]
+    Parse(String),
+    /// A value that parsed but makes no sense.
+    #[error("invalid value for key `{key}` in {origin}: {reason}")]
+    Invalid {
+        key: String,
+        origin: String,
+        reason: String,
+    },
+}
+
+/// A duration written with a unit: `"500ms"`, `"30s"`, `"2m"`, `"1h"`, `"1d"`; a bare
+/// integer means seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(into = "String")]
+pub struct Dur(pub Duration);
+
+/// A byte size written with a unit: `"512"`, `"64KiB"`, `"1MiB"`, `"2GiB"` (also `KB`,
+/// `MB`, `GB` as powers of ten, and `K`, `M`, `G` as powers of two, as nginx reads them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(into = "String")]
+pub struct Size(pub u64);
+
+impl From<Dur> for String {
+    fn from(d: Dur) -> String {
+        d.to_string()
+    }
+}
+
+impl From<Size> for String {
+    fn from(s: Size) -> String {
+        s.to_string()
+    }
+}
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms % 1000 == 0 {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: &[(u64, &str)] = &[(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+        for &(n, unit) in UNITS {
+            if self.0 >= n && self.0 % n == 0 {
+                return write!(f, "{}{unit}", self.0 / n);
+            }
+        }
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Splits `"64KiB"` into `(64, "KiB")`.
+fn split_number(s: &str) -> Option<(u64, &str)> {
+    let s = s.trim();
+    let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let n = s[..end].parse().ok()?;
+    Some((n, s[end..].trim()))
+}
+
+impl std::str::FromStr for Dur {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad =
+            || format!("`{s}` is not a duration (write e.g. \"500ms\", \"30s\", \"2m\", \"1h\")");
+        let (n, unit) = split_number(s).ok_or_else(bad)?;
+        let ms: u64 = match unit {
+            "ms" => 1,
+            "" | "s" => 1000,
+            "m" | "min" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return Err(bad()),
+        };
+        n.checked_mul(ms)
+            .map(|ms| Dur(Duration::from_millis(ms)))
+            .ok_or_else(bad)
+    }
+}
+
+impl std::str::FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}` is not a size (write e.g. \"4096\", \"64KiB\", \"1MiB\")");
+        let (n, unit) = split_number(s).ok_or_else(bad)?;
+        let mul: u64 = match unit {
+            "" | "B" => 1,
+            "KiB" | "K" | "k" => 1 << 10,
+            "MiB" | "M" | "m" => 1 << 20,
+            "GiB" | "G" | "g" => 1 << 30,
+            "KB" | "kB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            _ => return Err(bad()),
+        };
+        n.checked_mul(mul).map(Size).ok_or_else(bad)
+    }
+}
+
+/// Accepts either a string with a unit or a bare non-negative integer.
+fn de_number_or_str<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: std::str::FromStr<Err = String>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        N(u64),
+        S(String),
+    }
+    match Raw::deserialize(d)
+        .map_err(|_| de::Error::custom("expected a number or a string with a unit"))?
+    {
+        Raw::N(n) => n.to_string().parse().map_err(de::Error::custom),
+        Raw::S(s) => s.parse().map_err(de::Error::custom),
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        de_number_or_str(d)
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        de_number_or_str(d)
+    }
+}
+
+/// `workers = 4` or `workers = "auto"` (one per CPU the process may run on).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(into = "WorkersRepr")]
+pub enum Workers {
+    Auto,
+    Count(usize),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum WorkersRepr {
+    N(usize),
+    S(String),
+}
+
+impl From<Workers> for WorkersRepr {
+    fn from(w: Workers) -> Self {
+        match w {
+            Workers::Auto => WorkersRepr::S("auto".into()),
+            Workers::Count(n) => WorkersRepr::N(n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Workers {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match WorkersRepr::deserialize(d)
+            .map_err(|_| de::Error::custom("expected a number of workers or \"auto\""))?
+        {
+            WorkersRepr::N(n) => Ok(Workers::Count(n)),
+            WorkersRepr::S(s) if s == "auto" => Ok(Workers::Auto),
+            WorkersRepr::S(s) => s.parse().map(Workers::Count).map_err(|_| {
+                de::Error::custom(format!("`{s}` is not a number of workers or \"auto\""))
+            }),
+        }
+    }
+}
+
+impl Workers {
+    /// The number of workers to run.
+    pub fn count(self) -> usize {
+        match self {
+            Workers::Count(n) => n,
+            Workers::Auto => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+        }
+    }
+}
+
+/// `[master]`: the supervisor's knobs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MasterConfig {
+    /// Number of worker processes, or "auto".
+    pub workers: Workers,
+    /// Holds the master's pid; `corral -s` finds the master through it.
+    pub pid_file: PathBuf,
+    /// Control socket; default: the pid file's path with `.sock` instead of `.pid`.
+    pub control_socket: Option<PathBuf>,
+    /// How long draining workers may keep connections open before they are killed.
+    pub drain_timeout: Dur,
+    /// How long a fast stop waits before it kills what is left.
+    pub stop_timeout: Dur,
+    /// A worker that sends no heartbeat for this long is killed and replaced.
+    pub watchdog_timeout: Dur,
+    /// How many older generations may be draining at once; the oldest is cut short.
+    pub max_old_generations: usize,
+    /// A worker whose RSS exceeds this is replaced gracefully; 0 = off.
+    pub max_worker_rss: Size,
+    /// How long a new master may take to report ready on a binary upgrade.
+    pub upgrade_timeout: Dur,
+    /// Detach from the terminal and run in the background.
+    pub daemon: bool,
+}
+
+impl Default for MasterConfig {
+    fn default() -> Self {
+        MasterConfig {
+            workers: Workers::Auto,
+            pid_file: PathBuf::from("/run/corral/corral.pid"),
+            control_socket: None,
+            drain_timeout: Dur(Duration::from_secs(30)),
+            stop_timeout: Dur(Duration::from_secs(5)),
+            watchdog_timeout: Dur(Duration::from_secs(10)),
+            max_old_generations: 2,
+            max_worker_rss: Size(0),
+            upgrade_timeout: Dur(Duration::from_secs(30)),
+            daemon: false,
+        }
+    }
+}
+
+impl MasterConfig {
+    /// The control socket's path: configured, or derived from the pid file.
+    pub fn control_socket_path(&self) -> PathBuf {
+        match &self.control_socket {
+            Some(p) => p.clone(),
+            None => self.pid_file.with_extension("sock"),
+        }
+    }
+}
+
+/// `[worker]`: per-worker limits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// A worker stops accepting at this many connections and resumes at 90 % of it.
+    pub max_connections: usize,
+    /// A connection with no traffic either way for this long is closed.
+    pub idle_timeout: Dur,
+    /// How often a worker reports to the master (heartbeat with stats).
+    pub heartbeat_interval: Dur,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            max_connections: 10_000,
+            idle_timeout: Dur(Duration::from_secs(60)),
+            heartbeat_interval: Dur(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// `[flow]`: per-client flow control in the worker loop.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlowConfig {
+    /// Bytes per second one client may send; 0 = unlimited.
+    pub rate: Size,
+    /// Bytes a client may send in one burst above `rate`; 0 = one second of `rate`.
+    pub burst: Size,
+    /// Most bytes read from one client per loop iteration, so that one busy client
+    /// cannot starve the others in the same batch.
+    pub read_quantum: Size,
+    /// Stop reading from a client whose unsent output exceeds this.
+    pub write_high_water: Size,
+    /// Resume reading once its unsent output is back under this.
+    pub write_low_water: Size,
+    /// Connections one client IP may hold in one worker; 0 = unlimited.
+    pub max_connections_per_ip: usize,
+}
+
+impl Default for FlowConfig {
+    fn default() -> Self {
+        FlowConfig {
+            rate: Size(0),
+            burst: Size(0),
+            read_quantum: Size(64 << 10),
+            write_high_water: Size(256 << 10),
+            write_low_water: Size(64 << 10),
+            max_connections_per_ip: 0,
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug` or `trace`; `RUST_LOG` overrides it.
+    pub level: String,
+    /// Log file (reopened on SIGUSR1); stderr when unset.
+    pub file: Option<PathBuf>,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            file: None,
+        }
+    }
+}
+
+/// The protocol a listener speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceKind {
+    /// Writes back what it reads.
+    Echo,
+}
+
+/// How workers share a listener.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AcceptMode {
+    /// One socket in every worker's epoll with EPOLLEXCLUSIVE.
+    #[default]
+    Shared,
+}
+
+/// What a listener binds: a TCP address or a Unix socket path.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(into = "String")]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl From<ListenAddr> for String {
+    fn from(a: ListenAddr) -> String {
+        a.to_string()
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl std::str::FromStr for ListenAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(p) = s.strip_prefix("unix:") {
+            if p.is_empty() {
+                return Err("`unix:` needs a path".into());
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(p)));
+        }
+        if s.starts_with('/') {
+            return Ok(ListenAddr::Unix(PathBuf::from(s)));
+        }
+        s.parse().map(ListenAddr::Tcp).map_err(|_| {
+            format!(
+                "`{s}` is not an address (write \"127.0.0.1:8080\", \"[::1]:8080\" or \"unix:/run/corral.sock\")"
+            )
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(de::Error::custom)
+    }
+}
+
+/// One `[[listen]]` entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// `"127.0.0.1:8080"`, `"[::1]:8080"` or `"unix:/path"`.
+    pub address: ListenAddr,
+    /// Which built-in service answers on it.
+    pub service: ServiceKind,
+    /// Name used to match sockets passed in by systemd (`LISTEN_FDNAMES`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Listen backlog.
+    #[serde(default = "default_backlog")]
+    pub backlog: i32,
+    /// How workers share this listener.
+    #[serde(default)]
+    pub accept: AcceptMode,
+}
+
+fn default_backlog() -> i32 {
+    511
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub master: MasterConfig,
+    pub worker: WorkerConfig,
+    pub flow: FlowConfig,
+    pub log: LogConfig,
+    pub listen: Vec<ListenConfig>,
+    /// The file this config was read from (not a config key).
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+impl Config {
+    /// Reads, layers and validates the config at `path`. A missing file is an error:
+    /// running on silent defaults would surprise an operator who mistyped `-c`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        // The file's text was read above so that an unreadable file is reported as
+        // such; figment re-reads it with file_exact to keep the path in its messages.
+        drop(text);
+        let figment = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file_exact(path))
+            .merge(Env::prefixed(ENV_PREFIX).split("__").filter(|k| {
+                let k = k.as_str().to_ascii_lowercase();
+                ENV_SECTIONS
+                    .iter()
+                    .any(|s| k.len() > s.len() && k.starts_with(s) && k[s.len()..].starts_with('.'))
+            }));
+        let mut config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Parse(render_figment_error(e)))?;
+        config.source = path.to_path_buf();
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn invalid(&self, key: &str, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            key: key.into(),
+            origin: self.source.display().to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Checks what types cannot: ranges and relations between keys.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let n = self.master.workers.count();
+        if n == 0 || n > 1024 {
+            return Err(self.invalid("master.workers", format!("{n} is out of range (1 to 1024)")));
+        }
+        if self.master.pid_file.as_os_str().is_empty() {
+            return Err(self.invalid("master.pid_file", "must not be empty"));
+        }
+        if self.master.drain_timeout.0.is_zero() {
+            return Err(self.invalid("master.drain_timeout", "must be more than 0"));
+        }
+        if self.master.watchdog_timeout.0 <= self.worker.heartbeat_interval.0 {
+            return Err(self.invalid(
+                "master.watchdog_timeout",
+                format!(
+                    "{} must be longer than worker.heartbeat_interval ({})",
+                    self.master.watchdog_timeout, self.worker.heartbeat_interval
+                ),
+            ));
+        }
+        if self.master.max_old_generations == 0 {
+            return Err(self.invalid("master.max_old_generations", "must be at least 1"));
+        }
+        if self.worker.max_connections == 0 {
+            return Err(self.invalid("worker.max_connections", "must be at least 1"));
+        }
+        if self.worker.heartbeat_interval.0 < Duration::from_millis(10) {
+            return Err(self.invalid("worker.heartbeat_interval", "must be at least 10ms"));
+        }
+        if self.flow.read_quantum.0 < 512 {
+            return Err(self.invalid("flow.read_quantum", "must be at least 512 bytes"));
+        }
+        if self.flow.write_low_water >= self.flow.write_high_water {
+            return Err(self.invalid(
+                "flow.write_low_water",
+                format!(
+                    "{} must be below flow.write_high_water ({})",
+                    self.flow.write_low_water, self.flow.write_high_water
+                ),
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(self.invalid("log.level", format!("`{}`: {e}", self.log.level)));
+        }
+        if self.listen.is_empty() {
+            return Err(self.invalid("listen", "at least one [[listen]] entry is needed"));
+        }
+        for (i, l) in self.listen.iter().enumerate() {
+            if l.backlog < 1 {
+                return Err(self.invalid(&format!("listen[{i}].backlog"), "must be at least 1"));
+            }
+            for (j, other) in self.listen.iter().enumerate().take(i) {
+                if other.address == l.address {
+                    return Err(self.invalid(
+                        &format!("listen[{i}].address"),
+                        format!("{} is already used by listen[{j}]", l.address),
+                    ));
+                }
+                if l.name.is_some() && other.name == l.name {
+                    return Err(self.invalid(
+                        &format!("listen[{i}].name"),
+                        format!(
+                            "`{}` is already used by listen[{j}]",
+                            l.name.as_deref().unwrap_or("")
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Figment's own message names the key and, in most cases, the file or variable; it
+/// may report several errors, each of which an operator wants to see.
+fn render_figment_error(e: figment::Error) -> String {
+    let mut out = Vec::new();
+    for err in e {
+        let mut line = String::new();
+        if !err.path.is_empty() {
+            line.push_str(&format!("key `{}`: ", err.path.join(".")));
+        }
+        line.push_str(&err.kind.to_string());
+        if let Some(md) = &err.metadata {
+            match &md.source {
+                Some(src) => line.push_str(&format!(" (in {src})")),
+                None => line.push_str(&format!(" (in {})", md.name)),
+            }
+        }
+        out.push(line);
+    }
+    out.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load_str(body: &str) -> Result<Config, ConfigError> {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(body.as_bytes()).unwrap();
+        Config::load(f.path())
+    }
+
+    const MIN: &str = "[[listen]]\naddress = \"127.0.0.1:1\"\nservice = \"echo\"\n";
+
+    #[test]
+    fn units_parse() {
+        assert_eq!(
+            "500ms".parse::<Dur>().unwrap().0,
+            Duration::from_millis(500)
+        );
+        assert_eq!("30s".parse::<Dur>().unwrap().0, Duration::from_secs(30));
+        assert_eq!("2m".parse::<Dur>().unwrap().0, Duration::from_secs(120));
+        assert_eq!("7".parse::<Dur>().unwrap().0, Duration::from_secs(7));
+        assert!("3 parsecs".parse::<Dur>().is_err());
+        assert!("s".parse::<Dur>().is_err());
+        assert_eq!("64KiB".parse::<Size>().unwrap().0, 65536);
+        assert_eq!("1MiB".parse::<Size>().unwrap().0, 1 << 20);
+        assert_eq!("1MB".parse::<Size>().unwrap().0, 1_000_000);
+        assert_eq!("12".parse::<Size>().unwrap().0, 12);
+        assert!("12 furlongs".parse::<Size>().is_err());
+        assert_eq!(Size(65536).to_string(), "64KiB");
+        assert_eq!(Dur(Duration::from_millis(1500)).to_string(), "1500ms");
+    }
+
+    #[test]
+    fn defaults_and_file_layer() {
+        let c = load_str(&format!(
+            "[master]\nworkers = 3\ndrain_timeout = \"5s\"\n{MIN}"
+        ))
+        .unwrap();
+        assert_eq!(c.master.workers, Workers::Count(3));
+        assert_eq!(c.master.drain_timeout.0, Duration::from_secs(5));
+        assert_eq!(c.worker, WorkerConfig::default());
+        assert_eq!(
+            c.listen[0].address,
+            ListenAddr::Tcp("127.0.0.1:1".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let err = load_str(&format!("[master]\nwrokers = 2\n{MIN}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("wrokers"), "{err}");
+        assert!(err.contains(".toml") || err.contains("/tmp"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_key() {
+        let err = load_str(&format!("[master]\ndrain_timeout = \"soon\"\n{MIN}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("drain_timeout"), "{err}");
+        assert!(err.contains("soon"), "{err}");
+        let err = load_str(&format!("[master]\nworkers = \"many\"\n{MIN}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("workers"), "{err}");
+        let err = load_str("[[listen]]\naddress = \"nowhere\"\nservice = \"echo\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("address") && err.contains("nowhere"), "{err}");
+    }
+
+    #[test]
+    fn relations_are_checked() {
+        let err = load_str(&format!("[flow]\nwrite_low_water = \"1MiB\"\n{MIN}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("flow.write_low_water"), "{err}");
+        let err = load_str("[master]\nworkers = 1\n").unwrap_err().to_string();
+        assert!(err.contains("listen"), "{err}");
+        let err = load_str(&format!("{MIN}{MIN}")).unwrap_err().to_string();
+        assert!(err.contains("listen[1].address"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let err = Config::load(Path::new("/nonexistent/corral.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/corral.toml"), "{err}");
+    }
+
+    #[test]
+    fn unix_addresses() {
+        assert_eq!(
+            "unix:/run/x.sock".parse::<ListenAddr>().unwrap(),
+            ListenAddr::Unix("/run/x.sock".into())
+        );
+        assert_eq!(
+            "/run/x.sock".parse::<ListenAddr>().unwrap(),
+            ListenAddr::Unix("/run/x.sock".into())
+        );
+        assert!("[::1]:80".parse::<ListenAddr>().is_ok());
+    }
+}

@@ -1,0 +1,18 @@
+//! corral: a supervised worker runtime in the style of nginx.
+//!
+//! A single-threaded master owns the listening sockets and supervises forked,
+//! single-threaded worker processes, each running one fixed event loop (timers →
+//! epoll → IO → other work). The master reloads its configuration on SIGHUP without
+//! dropping a connection, respawns crashed and hung workers, and drains old
+//! generations. See the README for operating it; this crate's library side exposes
+//! the [`service`] API for writing protocol handlers, and the pieces the `corral`
+//! binary is built from.
+
+pub mod channel;
+pub mod cli;
+pub mod config;
+pub mod log;
+pub mod master;
+pub mod os;
+pub mod service;
+pub mod worker;

@@ -1,0 +1,217 @@
+//! The control socket: a Unix socket (mode 0600) next to the pid file through which
+//! `corral -s …` and `corral status` talk to the master and get an answer.
+//!
+//! The protocol is one JSON request line and one JSON response line. A request that
+//! starts something long (a reload) is answered when it has finished, so the caller
+//! learns whether it worked — the thing `nginx -s reload` never tells you.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::table::WorkerStatus;
+
+/// What a client asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Request {
+    Reload,
+    Quit,
+    Stop,
+    Reopen,
+    Status,
+}
+
+/// The master's answer.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    pub message: String,
+    pub master_pid: i32,
+    pub generation: u64,
+    #[serde(default)]
+    pub workers: Vec<WorkerStatus>,
+}
+
+/// Why talking to the master failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("cannot create control socket {path}: {source}")]
+    Bind { path: PathBuf, source: io::Error },
+    #[error("cannot connect to control socket {path}: {source}")]
+    Connect { path: PathBuf, source: io::Error },
+    #[error("control socket {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("control socket {path}: malformed answer: {source}")]
+    Malformed {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+/// Longest request line accepted; anything longer is not a corral client.
+const MAX_REQUEST: usize = 4096;
+
+/// One connected client.
+pub struct Client {
+    stream: UnixStream,
+    inbuf: Vec<u8>,
+    out: Vec<u8>,
+    /// A request has been read; the client waits for its answer.
+    pub request: Option<Request>,
+    /// The answer is queued; close once sent.
+    answered: bool,
+}
+
+impl Client {
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+
+    pub fn wants_write(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Reads what is available; returns a newly complete request, or Err when the
+    /// client is gone or misbehaving.
+    pub fn read(&mut self) -> io::Result<Option<Request>> {
+        let mut buf = [0u8; 1024];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => {
+                    self.inbuf.extend_from_slice(&buf[..n]);
+                    if self.inbuf.len() > MAX_REQUEST {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "request too long",
+                        ));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if self.request.is_some() {
+            return Ok(None);
+        }
+        let Some(end) = self.inbuf.iter().position(|&b| b == b'\n') else {
+            return Ok(None);
+        };
+        let req: Request = serde_json::from_slice(&self.inbuf[..end])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        self.request = Some(req);
+        Ok(Some(req))
+    }
+
+    /// Queues the answer.
+    pub fn answer(&mut self, resp: &Response) {
+        let mut line = serde_json::to_vec(resp).unwrap_or_else(|_| b"{}".to_vec());
+        line.push(b'\n');
+        self.out = line;
+        self.answered = true;
+    }
+
+    /// Writes what the socket takes; true when the client is finished with.
+    pub fn flush(&mut self) -> bool {
+        while !self.out.is_empty() {
+            match self.stream.write(&self.out) {
+                Ok(n) => {
+                    self.out.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return true,
+            }
+        }
+        self.answered
+    }
+}
+
+/// The listening control socket.
+pub struct Server {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl Server {
+    /// Binds the socket, replacing a stale one, with mode 0600: only its owner (and
+    /// root) may reload or stop the service.
+    pub fn bind(path: &Path) -> Result<Server, ControlError> {
+        let err = |source| ControlError::Bind {
+            path: path.to_path_buf(),
+            source,
+        };
+        if path.exists() {
+            if UnixStream::connect(path).is_ok() {
+                return Err(err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "another corral master is answering on it",
+                )));
+            }
+            std::fs::remove_file(path).map_err(err)?;
+        }
+        let listener = UnixListener::bind(path).map_err(err)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+        listener.set_nonblocking(true).map_err(err)?;
+        Ok(Server {
+            listener,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.listener.as_fd()
+    }
+
+    /// Accepts every waiting client.
+    pub fn accept(&self) -> Vec<Client> {
+        let mut out = Vec::new();
+        while let Ok((stream, _)) = self.listener.accept() {
+            if stream.set_nonblocking(true).is_ok() {
+                out.push(Client {
+                    stream,
+                    inbuf: Vec::new(),
+                    out: Vec::new(),
+                    request: None,
+                    answered: false,
+                });
+            }
+        }
+        out
+    }
+
+    /// Removes the socket file (at exit).
+    pub fn remove(&self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Client side: sends one request and waits up to `timeout` for the answer.
+pub fn request(path: &Path, req: Request, timeout: Duration) -> Result<Response, ControlError> {
+    let io_err = |source| ControlError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut stream = UnixStream::connect(path).map_err(|source| ControlError::Connect {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    stream.set_read_timeout(Some(timeout)).map_err(io_err)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io_err)?;
+    let mut line = serde_json::to_vec(&req).map_err(|e| io_err(io::Error::other(e)))?;
+    line.push(b'\n');
+    stream.write_all(&line).map_err(io_err)?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).map_err(io_err)?;
+    serde_json::from_slice(&answer).map_err(|source| ControlError::Malformed {
+        path: path.to_path_buf(),
+        source,
+    })
+}

@@ -1,0 +1,1199 @@
+//! The master: a single-threaded supervisor that owns the listeners, forks workers,
+//! and turns signals and control requests into one `Command` handled in one place.
+//!
+//! Its state is one enum ([`State`]) whose transitions all live in this file. It never
+//! runs service code, never touches a client socket and never starts a thread (it
+//! forks). Every step that can fail is logged with what failed and what the master did
+//! about it; nothing in here panics on a runtime path, because the master's crash is
+//! everyone's crash.
+
+pub mod control;
+mod pidfile;
+pub mod table;
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use tracing::{debug, error, info, warn};
+
+use crate::channel::{Channel, ChannelError, ToMaster, ToWorker};
+use crate::config::{Config, ListenAddr};
+use crate::os::process::{self, ExitReason, Forked};
+use crate::os::signals::{self, SignalReader, MASTER_SIGNALS};
+use crate::os::{net, SysError};
+use crate::worker::{self, WorkerInit, EXIT_FATAL};
+
+use control::{Client, Request, Response};
+use pidfile::PidFile;
+use table::{Slot, Worker, WorkerState, WorkerStatus};
+
+/// Why the master could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    #[error(transparent)]
+    Sys(#[from] SysError),
+    #[error(transparent)]
+    Net(#[from] net::NetError),
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
+    #[error(transparent)]
+    PidFile(#[from] pidfile::PidFileError),
+    #[error("workers failed to start: {0}")]
+    Startup(String),
+}
+
+/// Everything that makes the master act, from signals or the control socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// SIGHUP / `-s reload`: re-read the config, start a new generation, drain the old.
+    Reload,
+    /// SIGQUIT / `-s quit`: drain everything, then exit.
+    GracefulStop,
+    /// SIGTERM, SIGINT / `-s stop`: close now, kill stragglers after `stop_timeout`.
+    FastStop,
+    /// SIGUSR1 / `-s reopen`: reopen log files in the master and every worker.
+    ReopenLogs,
+    /// SIGWINCH: drain all workers but keep the master (and the listeners).
+    StopWorkers,
+    /// SIGUSR2: binary upgrade.
+    Upgrade,
+    /// SIGCHLD: reap.
+    Reap,
+}
+
+impl Command {
+    fn from_signal(sig: Signal) -> Option<Command> {
+        Some(match sig {
+            Signal::SIGHUP => Command::Reload,
+            Signal::SIGQUIT => Command::GracefulStop,
+            Signal::SIGTERM | Signal::SIGINT => Command::FastStop,
+            Signal::SIGUSR1 => Command::ReopenLogs,
+            Signal::SIGWINCH => Command::StopWorkers,
+            Signal::SIGUSR2 => Command::Upgrade,
+            Signal::SIGCHLD => Command::Reap,
+            _ => return None,
+        })
+    }
+
+    /// Handling order within one loop iteration, nginx's: reap first, then the most
+    /// drastic request, so a stop is never delayed behind a reload.
+    fn priority(self) -> u8 {
+        match self {
+            Command::Reap => 0,
+            Command::FastStop => 1,
+            Command::GracefulStop => 2,
+            Command::Reload => 3,
+            Command::Upgrade => 4,
+            Command::StopWorkers => 5,
+            Command::ReopenLogs => 6,
+        }
+    }
+}
+
+/// A listening socket the master holds for a generation.
+struct Listener {
+    addr: ListenAddr,
+    fd: OwnedFd,
+}
+
+/// A reload in flight: the new generation is starting.
+struct Reload {
+    generation: u64,
+    config: Config,
+    listeners: Vec<Listener>,
+    deadline: Instant,
+    started: Instant,
+    /// Control clients waiting for the outcome (indices into `Master::clients` are not
+    /// stable, so clients are marked by a ticket instead).
+    waiters: Vec<u64>,
+}
+
+/// The master's state; all transitions are in this file.
+enum State {
+    /// The first generation is starting; a failure here is fatal.
+    Starting { deadline: Instant },
+    /// Serving; nothing in flight.
+    Running,
+    /// A new generation is starting; the current one keeps serving.
+    Reloading(Box<Reload>),
+    /// Shutting down; exit once no worker is left, kill what remains at the deadline.
+    Stopping { graceful: bool, deadline: Instant },
+}
+
+/// How long a new generation may take to report ready before the reload is abandoned.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Grace between the watchdog's SIGABRT (for a core dump) and its SIGKILL.
+const WATCHDOG_GRACE: Duration = Duration::from_secs(2);
+/// Grace between a drain/stop deadline's SIGKILL and giving up on a worker.
+const KILL_GRACE: Duration = Duration::from_millis(500);
+
+/// The running master.
+pub struct Master {
+    config: Config,
+    generation: u64,
+    listeners: Vec<Listener>,
+    workers: Vec<Worker>,
+    slots: Vec<Slot>,
+    /// None only inside a freshly forked child, which drops it at once.
+    signals: Option<SignalReader>,
+    control: Option<control::Server>,
+    clients: Vec<(u64, Client)>,
+    next_ticket: u64,
+    pid_file: Option<PidFile>,
+    state: State,
+    /// A reload asked for while another was in flight runs when it ends (reload
+    /// storms coalesce into at most one queued reload).
+    reload_queued: Vec<u64>,
+    queued_reload: bool,
+    /// SIGWINCH: workers were stopped on purpose; do not refill their slots.
+    workers_parked: bool,
+    /// Control clients waiting for a stop to finish.
+    stop_waiters: Vec<u64>,
+    /// Exit code once stopped: non-zero when the master gave up (startup failed).
+    exit_code: i32,
+}
+
+impl Master {
+    /// Binds the listeners, writes the pid file, opens the control socket and forks
+    /// the first generation.
+    pub fn start(config: Config) -> Result<Master, MasterError> {
+        let signals = SignalReader::new(MASTER_SIGNALS)?;
+        if let Err(e) = process::raise_nofile_limit() {
+            warn!("{e}");
+        }
+        let listeners = bind_all(&config, &[])?;
+        let pid_file = PidFile::create(&config.master.pid_file)?;
+        let control = control::Server::bind(&config.master.control_socket_path())?;
+        let n = config.master.workers.count();
+        let mut master = Master {
+            config,
+            generation: 1,
+            listeners,
+            workers: Vec::new(),
+            slots: vec![Slot::default(); n],
+            signals: Some(signals),
+            control: Some(control),
+            clients: Vec::new(),
+            next_ticket: 0,
+            pid_file: Some(pid_file),
+            state: State::Starting {
+                deadline: Instant::now() + START_TIMEOUT,
+            },
+            reload_queued: Vec::new(),
+            queued_reload: false,
+            workers_parked: false,
+            stop_waiters: Vec::new(),
+            exit_code: 0,
+        };
+        for l in &master.listeners {
+            info!(address = %l.addr, "listening");
+        }
+        for slot in 0..n {
+            if let Err(e) = master.spawn(slot, 1) {
+                master.shutdown_now();
+                return Err(e.into());
+            }
+        }
+        Ok(master)
+    }
+
+    /// Runs until the master is told to stop and every worker is gone. Returns the
+    /// process exit code.
+    pub fn run(&mut self) -> i32 {
+        let code = loop {
+            let commands = self.wait();
+            self.handle(commands);
+            self.tick(Instant::now());
+            if let Some(code) = self.finished() {
+                break code;
+            }
+        };
+        self.cleanup();
+        code
+    }
+
+    /// Step 1 of the loop: poll signals, worker channels and control clients until
+    /// something happens or the nearest deadline; returns what to do.
+    fn wait(&mut self) -> Vec<Command> {
+        let timeout = self
+            .next_deadline()
+            .map(|d| d.saturating_duration_since(Instant::now()))
+            .map(|d| {
+                let ms = d.as_micros().div_ceil(1000).min(60_000) as u16;
+                PollTimeout::from(ms)
+            })
+            .unwrap_or(PollTimeout::NONE);
+        let mut ready_workers = Vec::new();
+        let mut ready_clients = Vec::new();
+        let (sig_ready, ctl_ready) = {
+            let mut fds: Vec<PollFd<'_>> =
+                Vec::with_capacity(2 + self.workers.len() + self.clients.len());
+            if let Some(s) = &self.signals {
+                fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
+            }
+            let ctl_index = fds.len();
+            if let Some(c) = &self.control {
+                fds.push(PollFd::new(c.fd(), PollFlags::POLLIN));
+            }
+            let workers_at = fds.len();
+            for w in &self.workers {
+                fds.push(PollFd::new(w.channel.as_fd(), PollFlags::POLLIN));
+            }
+            let clients_at = fds.len();
+            for (_, c) in &self.clients {
+                let mut flags = PollFlags::POLLIN;
+                if c.wants_write() {
+                    flags |= PollFlags::POLLOUT;
+                }
+                fds.push(PollFd::new(c.fd(), flags));
+            }
+            if let Err(e) = nix::poll::poll(&mut fds, timeout) {
+                if e != nix::errno::Errno::EINTR {
+                    error!("poll() failed in the master loop: {e}");
+                }
+                return Vec::new();
+            }
+            let fired = |p: &PollFd<'_>| p.revents().is_some_and(|r| !r.is_empty());
+            for (i, p) in fds[workers_at..clients_at].iter().enumerate() {
+                if fired(p) {
+                    ready_workers.push(self.workers[i].pid);
+                }
+            }
+            for (i, p) in fds[clients_at..].iter().enumerate() {
+                if fired(p) {
+                    ready_clients.push(self.clients[i].0);
+                }
+            }
+            let sig = self.signals.is_some() && fired(&fds[0]);
+            let ctl = self.control.is_some() && fired(&fds[ctl_index]);
+            (sig, ctl)
+        };
+        let mut commands = Vec::new();
+        if sig_ready {
+            if let Some(s) = &self.signals {
+                for sig in s.drain() {
+                    if sig != Signal::SIGCHLD {
+                        info!("received {}", signals::name(sig));
+                    }
+                    commands.extend(Command::from_signal(sig));
+                }
+            }
+        }
+        for pid in ready_workers {
+            self.read_worker(pid);
+        }
+        if ctl_ready {
+            self.accept_clients();
+        }
+        for ticket in ready_clients {
+            commands.extend(self.serve_client(ticket));
+        }
+        commands.sort_by_key(|c| c.priority());
+        commands.dedup();
+        commands
+    }
+
+    /// Step 2: act on the commands, in priority order.
+    fn handle(&mut self, commands: Vec<Command>) {
+        for cmd in commands {
+            match cmd {
+                Command::Reap => self.reap(),
+                Command::FastStop => self.stop(false),
+                Command::GracefulStop => self.stop(true),
+                Command::Reload => self.reload(None),
+                Command::Upgrade => {
+                    warn!("SIGUSR2: binary upgrade is not supported by this version; ignored")
+                }
+                Command::StopWorkers => self.park_workers(),
+                Command::ReopenLogs => self.reopen_logs(),
+            }
+        }
+    }
+
+    /// Step 3: deadlines — respawns due, drain and stop deadlines, the watchdog, a
+    /// reload that takes too long.
+    fn tick(&mut self, now: Instant) {
+        self.respawn_due(now);
+        self.watchdog(now);
+        self.enforce_deadlines(now);
+        self.check_progress(now);
+        self.flush_clients();
+    }
+
+    /// The exit code, once the master is done.
+    fn finished(&self) -> Option<i32> {
+        match self.state {
+            State::Stopping { .. } if self.workers.is_empty() => Some(self.exit_code),
+            _ => None,
+        }
+    }
+
+    // ----- workers ------------------------------------------------------------------
+
+    /// Forks a worker into `slot` of `generation`, with that generation's listeners.
+    fn spawn(&mut self, slot: usize, generation: u64) -> Result<(), SysError> {
+        let (master_end, worker_end) = Channel::pair()?;
+        let forked =
+            process::fork(|| format!("spawning worker {slot} of generation {generation}"))?;
+        match forked {
+            Forked::Parent(pid) => {
+                drop(worker_end);
+                let now = Instant::now();
+                self.workers.push(Worker {
+                    slot,
+                    generation,
+                    pid,
+                    channel: master_end,
+                    state: WorkerState::Starting,
+                    started_at: now,
+                    last_heartbeat: now,
+                    stats: Default::default(),
+                    watchdog_kill: None,
+                    recycling: false,
+                });
+                if let Some(s) = self.slots.get_mut(slot) {
+                    s.respawn_at = None;
+                }
+                debug!(slot, generation, pid = pid.as_raw(), "worker forked");
+                Ok(())
+            }
+            Forked::Child => {
+                drop(master_end);
+                let code = self.become_worker(slot, generation, worker_end);
+                crate::log::shutdown();
+                process::exit_now(code)
+            }
+        }
+    }
+
+    /// In the forked child: shed everything that belongs to the master and run the
+    /// worker loop. Never returns to the master's code, not even by panic.
+    fn become_worker(&mut self, slot: usize, generation: u64, channel: Channel) -> i32 {
+        process::set_name("corral-worker");
+        // Other workers' channels must close here, or a sibling would keep this
+        // worker's master end open and it would never see EOF when the master dies.
+        self.workers.clear();
+        self.clients.clear();
+        self.control = None;
+        self.signals = None;
+        self.pid_file = None;
+        let (config, listeners) = match &self.state {
+            State::Reloading(r) if r.generation == generation => (r.config.clone(), &r.listeners),
+            _ => (self.config.clone(), &self.listeners),
+        };
+        let fds: Result<Vec<OwnedFd>, _> = listeners.iter().map(|l| l.fd.try_clone()).collect();
+        self.listeners.clear();
+        if let State::Reloading(r) = &mut self.state {
+            r.listeners.clear();
+        }
+        let signals = match signals::become_worker() {
+            Ok(s) => s,
+            Err(e) => {
+                error!("worker {slot}: {e}");
+                return EXIT_FATAL;
+            }
+        };
+        let listeners = match fds {
+            Ok(fds) => fds,
+            Err(e) => {
+                error!("worker {slot}: cannot duplicate listeners: {e}");
+                return EXIT_FATAL;
+            }
+        };
+        crate::log::become_worker();
+        let init = WorkerInit {
+            slot,
+            generation,
+            config,
+            listeners,
+            channel,
+            signals,
+        };
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker::run(init))) {
+            Ok(code) => code,
+            Err(_) => {
+                error!("worker panicked; exiting");
+                101
+            }
+        }
+    }
+
+    fn worker_index(&self, pid: Pid) -> Option<usize> {
+        self.workers.iter().position(|w| w.pid == pid)
+    }
+
+    /// Reads every message a worker has sent.
+    fn read_worker(&mut self, pid: Pid) {
+        let Some(i) = self.worker_index(pid) else {
+            return;
+        };
+        loop {
+            let w = &mut self.workers[i];
+            match w.channel.recv::<ToMaster>() {
+                Ok(Some(ToMaster::Ready)) => {
+                    w.last_heartbeat = Instant::now();
+                    if w.state == WorkerState::Starting {
+                        w.state = WorkerState::Ready;
+                        info!(
+                            slot = w.slot,
+                            pid = w.pid.as_raw(),
+                            generation = w.generation,
+                            "worker ready"
+                        );
+                    }
+                }
+                Ok(Some(ToMaster::Heartbeat(stats))) => {
+                    w.last_heartbeat = Instant::now();
+                    w.stats = stats;
+                    self.check_rss(i);
+                }
+                Ok(None) => return,
+                // EOF: the worker is exiting; SIGCHLD tells the rest.
+                Err(ChannelError::Closed) => return,
+                Err(e) => {
+                    warn!(pid = pid.as_raw(), "bad message from worker: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reaps every exited child and decides what each exit means.
+    fn reap(&mut self) {
+        for (pid, reason) in process::reap_all() {
+            let Some(i) = self.worker_index(pid) else {
+                debug!(pid = pid.as_raw(), %reason, "reaped a child that is not a worker");
+                continue;
+            };
+            let w = self.workers.swap_remove(i);
+            self.worker_exited(w, reason);
+        }
+    }
+
+    fn worker_exited(&mut self, w: Worker, reason: ExitReason) {
+        let now = Instant::now();
+        let (slot, generation, pid) = (w.slot, w.generation, w.pid.as_raw());
+        let expected = matches!(
+            w.state,
+            WorkerState::Draining { .. } | WorkerState::Stopping
+        ) || matches!(self.state, State::Stopping { .. });
+        if expected {
+            info!(slot, generation, pid, %reason, "worker exited");
+            return;
+        }
+        // A worker of a reload in flight: the reload fails.
+        if let State::Reloading(r) = &self.state {
+            if r.generation == generation {
+                error!(slot, generation, pid, %reason, "worker of the new generation died before it was ready");
+                self.abort_reload(format!("worker {slot} of generation {generation} (pid {pid}) exited with {reason} before it was ready"));
+                return;
+            }
+        }
+        if generation != self.generation || w.recycling && reason == ExitReason::Code(0) {
+            info!(slot, generation, pid, %reason, "worker exited");
+            return;
+        }
+        if self.workers_parked {
+            info!(slot, generation, pid, %reason, "worker exited");
+            return;
+        }
+        let fatal = reason == ExitReason::Code(EXIT_FATAL);
+        let lived = now.saturating_duration_since(w.started_at);
+        let Some(s) = self.slots.get_mut(slot) else {
+            return;
+        };
+        if fatal {
+            s.fatal = true;
+            s.last_exit = Some((reason, now));
+            error!(slot, generation, pid, %reason, "worker hit a fatal error; its slot stays empty (fix the cause, then reload)");
+            if let State::Starting { .. } = self.state {
+                self.fail_startup(format!("worker {slot} exited with {reason}"));
+            }
+            return;
+        }
+        if self
+            .workers
+            .iter()
+            .any(|o| o.slot == slot && o.is_serving(generation))
+        {
+            // A recycled worker's replacement already holds the slot.
+            info!(slot, generation, pid, %reason, "worker exited; its replacement is serving");
+            return;
+        }
+        let delay = s.crashed(reason, lived, now);
+        if let State::Starting { .. } = self.state {
+            error!(slot, generation, pid, %reason, "worker died during startup");
+        }
+        if delay.is_zero() {
+            warn!(slot, generation, pid, %reason, "worker died unexpectedly; respawning it now");
+        } else {
+            warn!(slot, generation, pid, %reason, "worker keeps dying; respawning it in {delay:?}");
+        }
+        self.respawn_due(now);
+    }
+
+    fn respawn_due(&mut self, now: Instant) {
+        if matches!(self.state, State::Stopping { .. }) || self.workers_parked {
+            return;
+        }
+        for slot in 0..self.slots.len() {
+            let due = self.slots[slot].respawn_at.is_some_and(|t| t <= now);
+            if due && !self.slots[slot].fatal {
+                if let Err(e) = self.spawn(slot, self.generation) {
+                    error!("{e}; retrying in 1s");
+                    self.slots[slot].respawn_at = Some(now + Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// Kills workers that stopped sending heartbeats: SIGABRT first, for a core dump
+    /// that shows where it hung, then SIGKILL.
+    fn watchdog(&mut self, now: Instant) {
+        let limit = self.config.master.watchdog_timeout.0;
+        for w in &mut self.workers {
+            if matches!(w.state, WorkerState::Stopping) {
+                continue;
+            }
+            match w.watchdog_kill {
+                None if now.saturating_duration_since(w.last_heartbeat) >= limit => {
+                    error!(
+                        slot = w.slot,
+                        pid = w.pid.as_raw(),
+                        generation = w.generation,
+                        "worker sent no heartbeat for {:?}: hung; sending SIGABRT",
+                        limit
+                    );
+                    let _ = process::kill(w.pid, Signal::SIGABRT);
+                    // SIGABRT on a stopped process waits until it is continued.
+                    let _ = process::kill(w.pid, Signal::SIGCONT);
+                    w.watchdog_kill = Some(now);
+                }
+                Some(t) if now.saturating_duration_since(t) >= WATCHDOG_GRACE => {
+                    warn!(
+                        pid = w.pid.as_raw(),
+                        "hung worker survived SIGABRT; sending SIGKILL"
+                    );
+                    let _ = process::kill(w.pid, Signal::SIGKILL);
+                    w.watchdog_kill = Some(now + Duration::from_secs(3600));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// A worker above `max_worker_rss` is replaced gracefully: the new one starts
+    /// first, and the old one drains once it is ready.
+    fn check_rss(&mut self, i: usize) {
+        let max = self.config.master.max_worker_rss.0;
+        let w = &self.workers[i];
+        if max == 0
+            || w.recycling
+            || w.stats.rss <= max
+            || !w.is_serving(self.generation)
+            || w.state != WorkerState::Ready
+        {
+            return;
+        }
+        if !matches!(self.state, State::Running) {
+            return;
+        }
+        let (slot, pid, rss) = (w.slot, w.pid.as_raw(), w.stats.rss);
+        warn!(
+            slot,
+            pid, rss, max, "worker outgrew max_worker_rss; replacing it"
+        );
+        self.workers[i].recycling = true;
+        if let Err(e) = self.spawn(slot, self.generation) {
+            error!("{e}");
+            self.workers[i].recycling = false;
+        }
+    }
+
+    fn enforce_deadlines(&mut self, now: Instant) {
+        let stop_deadline = match self.state {
+            State::Stopping { deadline, .. } if deadline <= now => Some(deadline),
+            _ => None,
+        };
+        for w in &mut self.workers {
+            let overdue = match w.state {
+                WorkerState::Draining { deadline } => deadline <= now,
+                _ => stop_deadline.is_some(),
+            };
+            if overdue && w.watchdog_kill.is_none_or(|t| t <= now) {
+                warn!(
+                    slot = w.slot,
+                    pid = w.pid.as_raw(),
+                    generation = w.generation,
+                    "worker still running at its deadline; sending SIGKILL"
+                );
+                let _ = process::kill(w.pid, Signal::SIGKILL);
+                w.state = WorkerState::Stopping;
+                w.watchdog_kill = Some(now + KILL_GRACE);
+            }
+        }
+    }
+
+    /// Moves state forward once what it waits for has happened.
+    fn check_progress(&mut self, now: Instant) {
+        match &self.state {
+            State::Starting { deadline } => {
+                if self.all_ready(self.generation) {
+                    info!(
+                        workers = self.workers.len(),
+                        generation = self.generation,
+                        pid = process::pid().as_raw(),
+                        "corral is serving"
+                    );
+                    self.state = State::Running;
+                } else if *deadline <= now {
+                    self.fail_startup(format!("workers were not ready within {START_TIMEOUT:?}"));
+                }
+            }
+            State::Reloading(r) => {
+                if self.all_ready(r.generation) {
+                    self.commit_reload();
+                } else if r.deadline <= now {
+                    self.abort_reload(format!(
+                        "generation {} was not ready within {START_TIMEOUT:?}",
+                        r.generation
+                    ));
+                }
+            }
+            State::Running => {
+                // Recycled workers drain once their replacement is ready.
+                let gen = self.generation;
+                let ready_slots: Vec<usize> = self
+                    .workers
+                    .iter()
+                    .filter(|w| {
+                        w.generation == gen && w.state == WorkerState::Ready && !w.recycling
+                    })
+                    .map(|w| w.slot)
+                    .collect();
+                let deadline = now + self.config.master.drain_timeout.0;
+                for w in &mut self.workers {
+                    if w.recycling && w.state == WorkerState::Ready && ready_slots.contains(&w.slot)
+                    {
+                        drain(w, deadline);
+                    }
+                }
+                if self.queued_reload {
+                    self.queued_reload = false;
+                    let waiters = std::mem::take(&mut self.reload_queued);
+                    self.start_reload(waiters);
+                }
+            }
+            State::Stopping { .. } => {}
+        }
+    }
+
+    fn all_ready(&self, generation: u64) -> bool {
+        let want = self.slots.iter().filter(|s| !s.fatal).count();
+        let ready = self
+            .workers
+            .iter()
+            .filter(|w| w.generation == generation && w.state == WorkerState::Ready)
+            .count();
+        ready >= want && want > 0
+    }
+
+    fn fail_startup(&mut self, why: String) {
+        error!("startup failed: {why}");
+        self.exit_code = 1;
+        self.stop(false);
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let mut d: Vec<Instant> = Vec::new();
+        match &self.state {
+            State::Starting { deadline } | State::Stopping { deadline, .. } => d.push(*deadline),
+            State::Reloading(r) => d.push(r.deadline),
+            State::Running => {}
+        }
+        d.extend(self.slots.iter().filter_map(|s| s.respawn_at));
+        let wd = self.config.master.watchdog_timeout.0;
+        for w in &self.workers {
+            if let WorkerState::Draining { deadline } = w.state {
+                d.push(deadline);
+            }
+            match w.watchdog_kill {
+                Some(t) => {
+                    d.push(t.max(Instant::now()) + WATCHDOG_GRACE.min(Duration::from_millis(100)))
+                }
+                None => d.push(w.last_heartbeat + wd),
+            }
+        }
+        d.into_iter().min()
+    }
+
+    // ----- commands -----------------------------------------------------------------
+
+    fn stop(&mut self, graceful: bool) {
+        let now = Instant::now();
+        if let State::Stopping { graceful: g, .. } = self.state {
+            if graceful || !g {
+                return; // already stopping at least this hard
+            }
+        }
+        if let State::Reloading(_) = self.state {
+            self.abort_reload("the master is stopping".into());
+        }
+        let timeout = if graceful {
+            self.config.master.drain_timeout.0
+        } else {
+            self.config.master.stop_timeout.0
+        };
+        info!(
+            workers = self.workers.len(),
+            "{} stop: {} within {:?}",
+            if graceful { "graceful" } else { "fast" },
+            if graceful {
+                "draining connections"
+            } else {
+                "closing everything"
+            },
+            timeout
+        );
+        self.state = State::Stopping {
+            graceful,
+            deadline: now + timeout,
+        };
+        // Closing our copies now makes new connections fail fast once the workers
+        // close theirs, instead of piling up in a backlog nobody will accept from.
+        self.listeners.clear();
+        for w in &mut self.workers {
+            if graceful {
+                if !matches!(
+                    w.state,
+                    WorkerState::Draining { .. } | WorkerState::Stopping
+                ) {
+                    drain(w, now + timeout);
+                }
+            } else if !matches!(w.state, WorkerState::Stopping) {
+                let _ = w.channel.send(&ToWorker::Stop);
+                let _ = process::kill(w.pid, Signal::SIGTERM);
+                w.state = WorkerState::Stopping;
+            }
+        }
+    }
+
+    fn park_workers(&mut self) {
+        if !matches!(self.state, State::Running) {
+            warn!("SIGWINCH ignored: the master is busy");
+            return;
+        }
+        info!("SIGWINCH: draining all workers; the master keeps the listeners (send SIGHUP to start workers again)");
+        self.workers_parked = true;
+        let deadline = Instant::now() + self.config.master.drain_timeout.0;
+        for w in &mut self.workers {
+            if matches!(w.state, WorkerState::Starting | WorkerState::Ready) {
+                drain(w, deadline);
+            }
+        }
+    }
+
+    fn reopen_logs(&mut self) {
+        match crate::log::reopen() {
+            Ok(()) => info!("log file reopened"),
+            Err(e) => error!("{e}"),
+        }
+        for w in &self.workers {
+            let _ = w.channel.send(&ToWorker::ReopenLogs);
+        }
+    }
+
+    /// Starts a reload, or queues it behind the one in flight. `waiter` is a control
+    /// client to answer when it is done.
+    fn reload(&mut self, waiter: Option<u64>) {
+        match self.state {
+            State::Running => self.start_reload(waiter.into_iter().collect()),
+            State::Reloading(_) | State::Starting { .. } => {
+                info!("reload queued behind the one in progress");
+                self.queued_reload = true;
+                self.reload_queued.extend(waiter);
+            }
+            State::Stopping { .. } => {
+                if let Some(t) = waiter {
+                    self.answer(t, false, "the master is stopping".into());
+                }
+            }
+        }
+    }
+
+    fn start_reload(&mut self, waiters: Vec<u64>) {
+        let started = Instant::now();
+        let path = self.config.source.clone();
+        info!(config = %path.display(), "reloading");
+        let new = match Config::load(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = format!("reload failed, configuration unchanged: {e}");
+                error!("{msg}");
+                for t in waiters {
+                    self.answer(t, false, msg.clone());
+                }
+                return;
+            }
+        };
+        for note in restart_only_changes(&self.config, &new) {
+            warn!("{note}");
+        }
+        let listeners = match bind_all(&new, &self.listeners) {
+            Ok(l) => l,
+            Err(e) => {
+                let msg = format!("reload failed, configuration unchanged: {e}");
+                error!("{msg}");
+                for t in waiters {
+                    self.answer(t, false, msg.clone());
+                }
+                return;
+            }
+        };
+        if let Err(e) = crate::log::reconfigure(&new.log.level, new.log.file.as_deref()) {
+            warn!("logging settings not applied: {e}");
+        }
+        let generation = self.generation + 1;
+        let n = new.master.workers.count();
+        self.state = State::Reloading(Box::new(Reload {
+            generation,
+            config: new,
+            listeners,
+            deadline: started + START_TIMEOUT,
+            started,
+            waiters,
+        }));
+        for slot in 0..n {
+            if let Err(e) = self.spawn(slot, generation) {
+                self.abort_reload(e.to_string());
+                return;
+            }
+        }
+    }
+
+    /// The new generation is ready: it becomes current and the old ones drain.
+    fn commit_reload(&mut self) {
+        let State::Reloading(r) = std::mem::replace(&mut self.state, State::Running) else {
+            return;
+        };
+        let Reload {
+            generation,
+            config,
+            listeners,
+            started,
+            waiters,
+            ..
+        } = *r;
+        let now = Instant::now();
+        let deadline = now + config.master.drain_timeout.0;
+        let mut drained = 0;
+        for w in &mut self.workers {
+            if w.generation < generation
+                && matches!(w.state, WorkerState::Starting | WorkerState::Ready)
+            {
+                drain(w, deadline);
+                drained += 1;
+            }
+        }
+        let n = config.master.workers.count();
+        self.slots = vec![Slot::default(); n];
+        self.config = config;
+        self.listeners = listeners; // listeners the new config dropped close here
+        self.generation = generation;
+        self.workers_parked = false;
+        self.limit_old_generations();
+        let took = now.saturating_duration_since(started);
+        let msg = format!(
+            "reloaded: generation {generation} serving with {n} workers (ready in {} ms), {drained} old workers draining",
+            took.as_millis()
+        );
+        info!("{msg}");
+        for t in waiters {
+            self.answer(t, true, msg.clone());
+        }
+    }
+
+    /// Keeps at most `max_old_generations` draining generations; older ones are cut
+    /// short (SIGTERM: the worker closes its connections and exits).
+    fn limit_old_generations(&mut self) {
+        let mut old: Vec<u64> = self
+            .workers
+            .iter()
+            .filter(|w| {
+                w.generation < self.generation && matches!(w.state, WorkerState::Draining { .. })
+            })
+            .map(|w| w.generation)
+            .collect();
+        old.sort_unstable();
+        old.dedup();
+        let max = self.config.master.max_old_generations;
+        if old.len() <= max {
+            return;
+        }
+        let cut: Vec<u64> = old[..old.len() - max].to_vec();
+        for w in &mut self.workers {
+            if cut.contains(&w.generation) && matches!(w.state, WorkerState::Draining { .. }) {
+                warn!(
+                    pid = w.pid.as_raw(),
+                    generation = w.generation,
+                    "too many old generations (max_old_generations = {max}): stopping this worker now"
+                );
+                let _ = process::kill(w.pid, Signal::SIGTERM);
+                w.state = WorkerState::Draining {
+                    deadline: Instant::now() + self.config.master.stop_timeout.0,
+                };
+            }
+        }
+    }
+
+    fn abort_reload(&mut self, why: String) {
+        let State::Reloading(r) = std::mem::replace(&mut self.state, State::Running) else {
+            return;
+        };
+        for w in &mut self.workers {
+            if w.generation == r.generation {
+                let _ = process::kill(w.pid, Signal::SIGKILL);
+                w.state = WorkerState::Stopping;
+            }
+        }
+        let msg = format!(
+            "reload failed, generation {} keeps serving: {why}",
+            self.generation
+        );
+        error!("{msg}");
+        for t in r.waiters {
+            self.answer(t, false, msg.clone());
+        }
+    }
+
+    // ----- control socket -----------------------------------------------------------
+
+    fn accept_clients(&mut self) {
+        let Some(server) = &self.control else { return };
+        for c in server.accept() {
+            self.next_ticket += 1;
+            self.clients.push((self.next_ticket, c));
+        }
+    }
+
+    /// Reads a client's request; returns the command it maps to, if any.
+    fn serve_client(&mut self, ticket: u64) -> Option<Command> {
+        let i = self.clients.iter().position(|(t, _)| *t == ticket)?;
+        let req = match self.clients[i].1.read() {
+            Ok(Some(req)) => req,
+            Ok(None) => return None,
+            Err(_) => {
+                if !self.clients[i].1.wants_write() {
+                    self.clients.swap_remove(i);
+                }
+                return None;
+            }
+        };
+        debug!(?req, "control request");
+        match req {
+            Request::Status => {
+                let resp = self.status();
+                self.clients[i].1.answer(&resp);
+                None
+            }
+            Request::Reload => {
+                self.reload(Some(ticket));
+                None
+            }
+            Request::Reopen => {
+                self.reopen_logs();
+                self.answer(ticket, true, "logs reopened".into());
+                None
+            }
+            Request::Quit | Request::Stop => {
+                self.stop_waiters.push(ticket);
+                self.answer(
+                    ticket,
+                    true,
+                    format!(
+                        "{} stop started",
+                        if req == Request::Quit {
+                            "graceful"
+                        } else {
+                            "fast"
+                        }
+                    ),
+                );
+                Some(if req == Request::Quit {
+                    Command::GracefulStop
+                } else {
+                    Command::FastStop
+                })
+            }
+        }
+    }
+
+    fn answer(&mut self, ticket: u64, ok: bool, message: String) {
+        let resp = Response {
+            ok,
+            message,
+            master_pid: process::pid().as_raw(),
+            generation: self.generation,
+            workers: Vec::new(),
+        };
+        if let Some((_, c)) = self.clients.iter_mut().find(|(t, _)| *t == ticket) {
+            c.answer(&resp);
+        }
+    }
+
+    fn flush_clients(&mut self) {
+        self.clients.retain_mut(|(_, c)| !c.flush());
+    }
+
+    fn status(&self) -> Response {
+        let now = Instant::now();
+        let mut workers: Vec<WorkerStatus> = self
+            .workers
+            .iter()
+            .map(|w| {
+                let slot = self
+                    .slots
+                    .get(w.slot)
+                    .filter(|_| w.generation == self.generation);
+                WorkerStatus {
+                    pid: w.pid.as_raw(),
+                    slot: w.slot,
+                    generation: w.generation,
+                    state: w.state.name().into(),
+                    uptime_secs: now.saturating_duration_since(w.started_at).as_secs_f64(),
+                    connections: w.stats.connections,
+                    accepted: w.stats.accepted,
+                    bytes_in: w.stats.bytes_in,
+                    bytes_out: w.stats.bytes_out,
+                    rss: w.stats.rss,
+                    restarts: slot.map_or(0, |s| s.restarts),
+                    last_exit: slot.and_then(|s| s.last_exit).map(|(r, t)| {
+                        format!(
+                            "{r}, {:.0}s ago",
+                            now.saturating_duration_since(t).as_secs_f64()
+                        )
+                    }),
+                }
+            })
+            .collect();
+        workers.sort_by_key(|w| (std::cmp::Reverse(w.generation), w.slot, w.pid));
+        let state = match &self.state {
+            State::Starting { .. } => "starting".to_string(),
+            State::Running => "running".to_string(),
+            State::Reloading(r) => format!("reloading to generation {}", r.generation),
+            State::Stopping { graceful: true, .. } => "stopping (graceful)".to_string(),
+            State::Stopping {
+                graceful: false, ..
+            } => "stopping (fast)".to_string(),
+        };
+        Response {
+            ok: true,
+            message: state,
+            master_pid: process::pid().as_raw(),
+            generation: self.generation,
+            workers,
+        }
+    }
+
+    // ----- exit ---------------------------------------------------------------------
+
+    /// Kills every worker at once (startup failure) and reaps them.
+    fn shutdown_now(&mut self) {
+        for w in &self.workers {
+            let _ = process::kill(w.pid, Signal::SIGKILL);
+        }
+        for w in self.workers.drain(..) {
+            process::wait_child(w.pid);
+        }
+        self.cleanup();
+    }
+
+    fn cleanup(&mut self) {
+        for ticket in std::mem::take(&mut self.stop_waiters) {
+            self.answer(ticket, true, "stopped".into());
+        }
+        self.flush_clients();
+        if let Some(c) = self.control.take() {
+            c.remove();
+        }
+        if let Some(p) = self.pid_file.take() {
+            p.remove();
+        }
+        info!("master exiting");
+    }
+}
+
+fn drain(w: &mut Worker, deadline: Instant) {
+    if let Err(e) = w.channel.send(&ToWorker::Drain) {
+        // A worker that cannot hear us is told by signal instead.
+        debug!(
+            pid = w.pid.as_raw(),
+            "drain message not delivered ({e}); sending SIGQUIT"
+        );
+        let _ = process::kill(w.pid, Signal::SIGQUIT);
+    }
+    w.state = WorkerState::Draining { deadline };
+}
+
+/// Opens the listeners `config` asks for, reusing already open ones with the same
+/// address (a reload must never re-bind a socket that is serving: that would drop its
+/// queue, or fail with EADDRINUSE).
+fn bind_all(config: &Config, current: &[Listener]) -> Result<Vec<Listener>, net::NetError> {
+    let mut out = Vec::with_capacity(config.listen.len());
+    for l in &config.listen {
+        if let Some(existing) = current.iter().find(|c| c.addr == l.address) {
+            let fd = existing
+                .fd
+                .try_clone()
+                .map_err(|source| net::NetError::Bind {
+                    addr: l.address.to_string(),
+                    step: "dup()",
+                    source,
+                })?;
+            out.push(Listener {
+                addr: l.address.clone(),
+                fd,
+            });
+            continue;
+        }
+        let fd = net::bind(&l.address, l.backlog, false)?;
+        out.push(Listener {
+            addr: l.address.clone(),
+            fd,
+        });
+    }
+    Ok(out)
+}
+
+/// Settings a reload cannot change, each with what the operator should know.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if old.master.pid_file != new.master.pid_file {
+        out.push(format!(
+            "master.pid_file changed to {}: takes effect after a restart; still using {}",
+            new.master.pid_file.display(),
+            old.master.pid_file.display()
+        ));
+    }
+    if old.master.control_socket_path() != new.master.control_socket_path() {
+        out.push(format!(
+            "master.control_socket changed: takes effect after a restart; still using {}",
+            old.master.control_socket_path().display()
+        ));
+    }
+    out
+}
+
+/// Reads the pid in a pid file.
+pub fn pidfile_read(path: &std::path::Path) -> Result<Pid, pidfile::PidFileError> {
+    pidfile::read(path)
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}

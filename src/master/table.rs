@@ -1,0 +1,137 @@
+//! The worker table: every live worker process and every slot's history.
+
+use std::time::{Duration, Instant};
+
+use nix::unistd::Pid;
+use serde::Serialize;
+
+use crate::channel::{Channel, Stats};
+use crate::os::process::ExitReason;
+
+/// A worker's life as the master sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerState {
+    /// Forked, has not reported `Ready` yet.
+    Starting,
+    /// Serving.
+    Ready,
+    /// Told to drain; killed at the deadline if still alive.
+    Draining { deadline: Instant },
+    /// Told to stop now (fast stop) or killed; only reaping is left.
+    Stopping,
+}
+
+impl WorkerState {
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkerState::Starting => "starting",
+            WorkerState::Ready => "ready",
+            WorkerState::Draining { .. } => "draining",
+            WorkerState::Stopping => "stopping",
+        }
+    }
+}
+
+/// One live worker process.
+pub struct Worker {
+    pub slot: usize,
+    pub generation: u64,
+    pub pid: Pid,
+    pub channel: Channel,
+    pub state: WorkerState,
+    pub started_at: Instant,
+    pub last_heartbeat: Instant,
+    pub stats: Stats,
+    /// When the watchdog sent SIGABRT; SIGKILL follows after a grace period.
+    pub watchdog_kill: Option<Instant>,
+    /// A replacement was started because this worker outgrew `max_worker_rss`.
+    pub recycling: bool,
+}
+
+impl Worker {
+    /// Current-generation workers that count towards serving capacity.
+    pub fn is_serving(&self, generation: u64) -> bool {
+        self.generation == generation
+            && matches!(self.state, WorkerState::Starting | WorkerState::Ready)
+    }
+}
+
+/// A slot's history, kept across the workers that fill it.
+#[derive(Clone, Debug, Default)]
+pub struct Slot {
+    /// Respawns after unexpected exits.
+    pub restarts: u64,
+    /// How the last worker in this slot ended, and when.
+    pub last_exit: Option<(ExitReason, Instant)>,
+    /// Consecutive crashes without a stable period in between.
+    pub crash_streak: u32,
+    /// When the slot is due to be refilled (crash backoff).
+    pub respawn_at: Option<Instant>,
+    /// A worker of this slot exited with the fatal code: do not refill it.
+    pub fatal: bool,
+}
+
+/// A worker that lived this long before crashing resets its slot's backoff.
+pub const STABLE_PERIOD: Duration = Duration::from_secs(10);
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+impl Slot {
+    /// Records a crash and returns how long to wait before refilling the slot: at once
+    /// for an isolated crash, then 100 ms doubling up to 10 s while it keeps crashing.
+    pub fn crashed(&mut self, reason: ExitReason, lived: Duration, now: Instant) -> Duration {
+        self.restarts += 1;
+        self.last_exit = Some((reason, now));
+        if lived >= STABLE_PERIOD {
+            self.crash_streak = 0;
+        }
+        let delay = match self.crash_streak {
+            0 => Duration::ZERO,
+            n => BACKOFF_FIRST
+                .saturating_mul(1 << (n - 1).min(16))
+                .min(BACKOFF_MAX),
+        };
+        self.crash_streak = self.crash_streak.saturating_add(1);
+        self.respawn_at = Some(now + delay);
+        delay
+    }
+}
+
+/// One worker's line in `corral status`.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct WorkerStatus {
+    pub pid: i32,
+    pub slot: usize,
+    pub generation: u64,
+    pub state: String,
+    pub uptime_secs: f64,
+    pub connections: u64,
+    pub accepted: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub rss: u64,
+    pub restarts: u64,
+    pub last_exit: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_resets() {
+        let now = Instant::now();
+        let mut s = Slot::default();
+        let short = Duration::from_millis(50);
+        let crash = ExitReason::Code(1);
+        assert_eq!(s.crashed(crash, short, now), Duration::ZERO);
+        assert_eq!(s.crashed(crash, short, now), Duration::from_millis(100));
+        assert_eq!(s.crashed(crash, short, now), Duration::from_millis(200));
+        for _ in 0..20 {
+            s.crashed(crash, short, now);
+        }
+        assert_eq!(s.crashed(crash, short, now), BACKOFF_MAX);
+        assert_eq!(s.crashed(crash, STABLE_PERIOD, now), Duration::ZERO);
+        assert_eq!(s.restarts, 25);
+    }
+}

@@ -1,0 +1,141 @@
+//! File descriptors: pipes, socketpairs, flags, and raw reads and writes that report
+//! `WouldBlock` instead of blocking.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+
+use super::{Ctx, SysError};
+
+/// A pipe, both ends CLOEXEC and non-blocking: (read end, write end).
+pub fn pipe() -> Result<(OwnedFd, OwnedFd), SysError> {
+    nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+        .ctx("pipe2()", || "creating a pipe".into())
+}
+
+/// A connected pair of SOCK_SEQPACKET Unix sockets, CLOEXEC and non-blocking: each send
+/// is delivered as one message, so the master↔worker channel needs no framing code.
+pub fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd), SysError> {
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+    )
+    .ctx("socketpair()", || "creating a channel".into())
+}
+
+/// Sets or clears O_NONBLOCK.
+pub fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> Result<(), SysError> {
+    let flags = fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)
+        .ctx("fcntl(F_GETFL)", || "reading fd flags".into())?;
+    let mut flags = OFlag::from_bits_truncate(flags);
+    flags.set(OFlag::O_NONBLOCK, on);
+    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags))
+        .ctx("fcntl(F_SETFL)", || "setting O_NONBLOCK".into())?;
+    Ok(())
+}
+
+/// Sets or clears FD_CLOEXEC. Cleared only in a child about to exec, on exactly the
+/// fds it is meant to inherit.
+pub fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> Result<(), SysError> {
+    let flags = if on {
+        FdFlag::FD_CLOEXEC
+    } else {
+        FdFlag::empty()
+    };
+    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(flags))
+        .ctx("fcntl(F_SETFD)", || "setting FD_CLOEXEC".into())?;
+    Ok(())
+}
+
+/// `read(2)` into `buf`; `Ok(0)` is end of file, `WouldBlock` means no data now.
+pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: buf is a valid writable region of buf.len() bytes for the whole call.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// `send(2)` with MSG_NOSIGNAL: a peer that went away yields EPIPE, never SIGPIPE.
+pub fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: buf is a valid readable region of buf.len() bytes for the whole call.
+        let n = unsafe {
+            libc::send(
+                fd.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// `write(2)` for pipes and other non-sockets.
+pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: buf is a valid readable region of buf.len() bytes for the whole call.
+        let n = unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Takes ownership of a raw fd handed to us by the environment (`LISTEN_FDS`, a
+/// command-line number). Refuses fds that are not open.
+pub fn adopt(raw: RawFd) -> Result<OwnedFd, SysError> {
+    fcntl(raw, FcntlArg::F_GETFD)
+        .ctx("fcntl(F_GETFD)", || format!("checking inherited fd {raw}"))?;
+    // SAFETY: the fd is open (checked above) and, by the protocol that handed it to us,
+    // owned by nobody else in this process.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// An eventfd, CLOEXEC and non-blocking, for waking an event loop from elsewhere.
+pub fn eventfd() -> Result<OwnedFd, SysError> {
+    // SAFETY: eventfd has no memory arguments; the result is checked before use.
+    let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if raw < 0 {
+        return Err(SysError::new(
+            "eventfd()",
+            "creating a wake-up fd",
+            nix::errno::Errno::last(),
+        ));
+    }
+    // SAFETY: raw was just returned by eventfd and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// True when the fd is readable now, without blocking.
+pub fn poll_readable(fd: BorrowedFd<'_>, timeout_ms: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd: fd.as_fd().as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: p is a valid pollfd array of length 1 for the call.
+    let n = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+    n > 0 && p.revents != 0
+}

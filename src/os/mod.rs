@@ -1,0 +1,46 @@
+//! The thin OS layer: the only code in corral that calls `libc` or `nix` directly.
+//!
+//! Everything above this module speaks in `OwnedFd`s, typed errors and small safe
+//! wrappers, so that the master and worker read as policy, and every `unsafe` block in
+//! the crate sits here with its `// SAFETY:` justification.
+
+pub mod epoll;
+pub mod fd;
+pub mod net;
+pub mod process;
+pub mod signals;
+
+/// The error of a system call, with the call and what it was for.
+#[derive(Debug, thiserror::Error)]
+#[error("{call} failed while {context}: {errno}")]
+pub struct SysError {
+    pub call: &'static str,
+    pub context: String,
+    pub errno: nix::errno::Errno,
+}
+
+impl SysError {
+    pub fn new(call: &'static str, context: impl Into<String>, errno: nix::errno::Errno) -> Self {
+        SysError {
+            call,
+            context: context.into(),
+            errno,
+        }
+    }
+
+    /// The errno as a `std::io::Error`, for callers that speak io.
+    pub fn io(&self) -> std::io::Error {
+        std::io::Error::from_raw_os_error(self.errno as i32)
+    }
+}
+
+/// Shorthand for wrapping a nix result with its call and context.
+pub(crate) trait Ctx<T> {
+    fn ctx(self, call: &'static str, context: impl FnOnce() -> String) -> Result<T, SysError>;
+}
+
+impl<T> Ctx<T> for nix::Result<T> {
+    fn ctx(self, call: &'static str, context: impl FnOnce() -> String) -> Result<T, SysError> {
+        self.map_err(|e| SysError::new(call, context(), e))
+    }
+}

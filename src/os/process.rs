@@ -1,0 +1,173 @@
+//! Processes: fork, reaping, signalling by pid, and small facts about ourselves.
+
+use std::fmt;
+
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use super::{Ctx, SysError};
+
+/// Which side of a fork we are on.
+pub enum Forked {
+    Parent(Pid),
+    Child,
+}
+
+/// `fork(2)`.
+///
+/// Only the single-threaded master calls this (it never starts a thread), which is what
+/// makes running arbitrary code in the child sound.
+pub fn fork(context: impl FnOnce() -> String) -> Result<Forked, SysError> {
+    // SAFETY: the caller is single-threaded (the master never starts a thread), so the
+    // child does not inherit locks held by threads that no longer exist.
+    match unsafe { nix::unistd::fork() }.ctx("fork()", context)? {
+        nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent(child)),
+        nix::unistd::ForkResult::Child => Ok(Forked::Child),
+    }
+}
+
+/// How a child ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitReason {
+    Code(i32),
+    Signal { signal: Signal, core_dumped: bool },
+}
+
+impl ExitReason {
+    /// An exit nobody asked for: a crash by signal or a non-zero code.
+    pub fn is_failure(self) -> bool {
+        !matches!(self, ExitReason::Code(0))
+    }
+}
+
+impl fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitReason::Code(c) => write!(f, "exit code {c}"),
+            ExitReason::Signal {
+                signal,
+                core_dumped,
+            } => {
+                write!(f, "signal {}", signal.as_str())?;
+                if *core_dumped {
+                    write!(f, " (core dumped)")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Reaps every child that has ended, without blocking: SIGCHLD coalesces, so one
+/// notification may stand for many exits.
+pub fn reap_all() -> Vec<(Pid, ExitReason)> {
+    let mut out = Vec::new();
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => out.push((pid, ExitReason::Code(code))),
+            Ok(WaitStatus::Signaled(pid, signal, core_dumped)) => out.push((
+                pid,
+                ExitReason::Signal {
+                    signal,
+                    core_dumped,
+                },
+            )),
+            Ok(WaitStatus::StillAlive) | Err(_) => return out,
+            Ok(_) => continue,
+        }
+    }
+}
+
+/// Blocks until one specific child ends (used by short-lived helpers
+/// such as the daemon launcher, never by the master loop).
+pub fn wait_child(pid: Pid) -> Option<ExitReason> {
+    match waitpid(pid, None) {
+        Ok(WaitStatus::Exited(_, code)) => Some(ExitReason::Code(code)),
+        Ok(WaitStatus::Signaled(_, signal, core_dumped)) => Some(ExitReason::Signal {
+            signal,
+            core_dumped,
+        }),
+        _ => None,
+    }
+}
+
+/// Sends `sig` to `pid`; a process that is already gone is not an error.
+pub fn kill(pid: Pid, sig: Signal) -> Result<(), SysError> {
+    match nix::sys::signal::kill(pid, sig) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+        Err(e) => Err(SysError::new(
+            "kill()",
+            format!("sending {} to pid {pid}", sig.as_str()),
+            e,
+        )),
+    }
+}
+
+/// True if a process with this pid exists (it may be a zombie).
+pub fn alive(pid: Pid) -> bool {
+    nix::sys::signal::kill(pid, None).is_ok()
+}
+
+/// Sets the name shown by `ps -o comm`, `top` and in /proc (15 bytes at most), so an
+/// operator can tell the master from its workers at a glance.
+pub fn set_name(name: &str) {
+    let mut buf = [0u8; 16];
+    let n = name.len().min(15);
+    buf[..n].copy_from_slice(&name.as_bytes()[..n]);
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from buf,
+    // which outlives the call.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, buf.as_ptr() as libc::c_ulong, 0, 0, 0);
+    }
+}
+
+/// Resident set size of this process in bytes, from /proc/self/statm.
+pub fn self_rss() -> u64 {
+    let page = page_size();
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map(|pages| pages * page)
+        .unwrap_or(0)
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no memory arguments.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 {
+        n as u64
+    } else {
+        4096
+    }
+}
+
+/// Our pid.
+pub fn pid() -> Pid {
+    nix::unistd::getpid()
+}
+
+/// Leaves the process at once, without running destructors or atexit handlers: what a
+/// forked child must do if it fails before it becomes a worker, so it cannot run the
+/// master's cleanup (removing the pid file, say) by accident.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit is always safe to call; it does not return.
+    unsafe { libc::_exit(code) }
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit, since a worker holding many
+/// connections needs fds and the default soft limit (1024) is a historical accident.
+pub fn raise_nofile_limit() -> Result<u64, SysError> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) =
+        getrlimit(Resource::RLIMIT_NOFILE).ctx("getrlimit()", || "reading RLIMIT_NOFILE".into())?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+            .ctx("setrlimit()", || "raising RLIMIT_NOFILE".into())?;
+    }
+    Ok(hard)
+}

@@ -1,0 +1,522 @@
+//! A worker: one single-threaded event loop serving many connections.
+//!
+//! The loop has four steps, always in this order (the seeds' design):
+//! 1. timers: idle timeouts, accept resumption, heartbeat, drain deadline;
+//! 2. epoll_wait, bounded by the next timer (zero while work is left over);
+//! 3. IO: accept in batches, read and write within per-client budgets;
+//! 4. other work: the master channel, signals, reads cut short by their quantum.
+//!
+//! Connections are edge-triggered; only the loop closes them. Per connection it
+//! enforces a read quantum per iteration (one busy client cannot starve the rest), a
+//! bounded input buffer, write water marks (a client that does not read its replies is
+//! not read from), and EPOLLOUT interest only while output is pending. Idle
+//! connections own no buffers: output buffers come from a per-worker pool on demand.
+
+mod conn;
+pub mod timer;
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, warn};
+
+use crate::channel::{Channel, ChannelError, Stats, ToMaster, ToWorker};
+use crate::config::Config;
+use crate::os::epoll::{Epoll, Event, Interest};
+use crate::os::signals::SignalReader;
+use crate::os::{net, process};
+use crate::service::Service;
+
+use conn::{Conn, Slab, Token};
+use timer::Timers;
+
+/// Exit code by which a worker tells the master "fatal configuration problem: do not
+/// respawn me".
+pub const EXIT_FATAL: i32 = 2;
+
+/// Connections accepted per listener event before the loop moves on, so a flood of
+/// new connections cannot starve the existing ones.
+const ACCEPT_BATCH: usize = 64;
+/// How long accepting pauses after EMFILE/ENFILE/ENOBUFS instead of spinning on them.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Most events handled per epoll_wait.
+const EVENTS: usize = 512;
+/// Output buffers kept for reuse, and the largest capacity worth keeping.
+const POOL_MAX: usize = 256;
+
+const TOKEN_CHANNEL: u64 = 1 << 63;
+const TOKEN_SIGNALS: u64 = (1 << 63) | 1;
+const TOKEN_LISTENER: u64 = 1 << 62;
+
+/// Everything a freshly forked worker is handed by the master.
+pub struct WorkerInit {
+    pub slot: usize,
+    pub generation: u64,
+    pub config: Config,
+    /// The listening sockets, one per `[[listen]]` entry, in config order.
+    pub listeners: Vec<OwnedFd>,
+    pub channel: Channel,
+    pub signals: SignalReader,
+}
+
+enum Timer {
+    Idle(Token),
+    AcceptResume,
+    Heartbeat,
+    DrainDeadline,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    Running,
+    Draining,
+}
+
+struct Listener {
+    fd: OwnedFd,
+    service: Box<dyn Service>,
+}
+
+struct Worker {
+    config: Config,
+    epoll: Epoll,
+    events: Vec<Event>,
+    listeners: Vec<Listener>,
+    /// Listeners are in the epoll set.
+    accepting: bool,
+    /// Accepting is paused after a resource error until this instant.
+    accept_backoff_until: Option<Instant>,
+    /// None once the master is gone.
+    channel: Option<Channel>,
+    channel_ready: bool,
+    signals: SignalReader,
+    signals_ready: bool,
+    conns: Slab,
+    timers: Timers<Timer>,
+    /// Connections whose read was cut short by the quantum: resumed in step 4.
+    ready: Vec<Token>,
+    scratch: Vec<u8>,
+    pool: Vec<Vec<u8>>,
+    stats: Stats,
+    phase: Phase,
+    exit: Option<i32>,
+}
+
+/// Runs a worker until it is told to stop, drains, or loses its master; returns the
+/// process exit code.
+pub fn run(init: WorkerInit) -> i32 {
+    let span = tracing::info_span!(
+        "worker",
+        pid = process::pid().as_raw(),
+        slot = init.slot,
+        gen = init.generation
+    );
+    let _entered = span.enter();
+    match Worker::new(init) {
+        Ok(mut w) => w.run(),
+        Err(e) => {
+            tracing::error!("cannot initialise: {e}");
+            EXIT_FATAL
+        }
+    }
+}
+
+impl Worker {
+    fn new(init: WorkerInit) -> io::Result<Worker> {
+        let epoll = Epoll::new(EVENTS).map_err(|e| e.io())?;
+        epoll.add(init.channel.as_fd(), Interest::READ, TOKEN_CHANNEL)?;
+        epoll.add(init.signals.as_fd(), Interest::READ, TOKEN_SIGNALS)?;
+        let listeners = init
+            .listeners
+            .into_iter()
+            .zip(&init.config.listen)
+            .map(|(fd, l)| Listener {
+                fd,
+                service: crate::service::builtin(l),
+            })
+            .collect();
+        let scratch = vec![0u8; init.config.flow.read_quantum.0.min(1 << 20) as usize];
+        let mut w = Worker {
+            config: init.config,
+            epoll,
+            events: Vec::with_capacity(EVENTS),
+            listeners,
+            accepting: false,
+            accept_backoff_until: None,
+            channel: Some(init.channel),
+            channel_ready: false,
+            signals: init.signals,
+            signals_ready: false,
+            conns: Slab::default(),
+            timers: Timers::default(),
+            ready: Vec::new(),
+            scratch,
+            pool: Vec::new(),
+            stats: Stats::default(),
+            phase: Phase::Running,
+            exit: None,
+        };
+        w.resume_accept()?;
+        w.send(ToMaster::Ready);
+        w.timers.schedule(Instant::now(), Timer::Heartbeat);
+        info!("worker ready");
+        Ok(w)
+    }
+
+    fn run(&mut self) -> i32 {
+        loop {
+            // 1. timers
+            let now = Instant::now();
+            self.expire_timers(now);
+            if let Some(code) = self.exit {
+                return code;
+            }
+            // 2. epoll, bounded by the next timer; no wait while reads are left over
+            let timeout = if self.ready.is_empty() {
+                self.timers.timeout(now)
+            } else {
+                Some(Duration::ZERO)
+            };
+            let mut events = std::mem::take(&mut self.events);
+            events.clear();
+            match self.epoll.wait(timeout) {
+                Ok(evs) => events.extend(evs),
+                Err(e) => {
+                    tracing::error!("epoll_wait() failed: {e}");
+                    return 1;
+                }
+            }
+            // 3. IO
+            for ev in &events {
+                self.dispatch(*ev);
+            }
+            self.events = events;
+            // 4. other work
+            self.other_work();
+            if let Some(code) = self.exit {
+                return code;
+            }
+            if self.phase == Phase::Draining && self.conns.is_empty() {
+                info!("drained, exiting");
+                return 0;
+            }
+        }
+    }
+
+    fn expire_timers(&mut self, now: Instant) {
+        while let Some(t) = self.timers.pop_due(now) {
+            match t {
+                Timer::Idle(token) => self.check_idle(token, now),
+                Timer::AcceptResume => {
+                    self.accept_backoff_until = None;
+                    if let Err(e) = self.resume_accept() {
+                        warn!("cannot resume accepting: {e}");
+                    }
+                }
+                Timer::Heartbeat => {
+                    self.heartbeat();
+                    self.timers.schedule(
+                        now + self.config.worker.heartbeat_interval.0,
+                        Timer::Heartbeat,
+                    );
+                }
+                Timer::DrainDeadline => {
+                    if !self.conns.is_empty() {
+                        warn!(
+                            connections = self.conns.len(),
+                            "drain timeout: closing the remaining connections"
+                        );
+                    }
+                    self.exit = Some(0);
+                }
+            }
+        }
+    }
+
+    fn dispatch(&mut self, ev: Event) {
+        match ev.token {
+            TOKEN_CHANNEL => self.channel_ready = true,
+            TOKEN_SIGNALS => self.signals_ready = true,
+            t if t & TOKEN_LISTENER != 0 && t & TOKEN_CHANNEL == 0 => {
+                self.accept_on((t & !TOKEN_LISTENER) as usize)
+            }
+            t => self.conn_event(Token(t), ev),
+        }
+    }
+
+    fn other_work(&mut self) {
+        if std::mem::take(&mut self.signals_ready) {
+            for sig in self.signals.drain() {
+                use nix::sys::signal::Signal::*;
+                match sig {
+                    SIGTERM | SIGINT => {
+                        info!("{sig}: stopping now");
+                        self.exit = Some(0);
+                    }
+                    SIGQUIT => self.start_drain("SIGQUIT"),
+                    SIGUSR1 => self.reopen_logs(),
+                    _ => {}
+                }
+            }
+        }
+        if std::mem::take(&mut self.channel_ready) {
+            self.read_channel();
+        }
+        // Reads cut short by their quantum continue here, after everyone else had a turn.
+        for token in std::mem::take(&mut self.ready) {
+            self.drive(token);
+        }
+    }
+
+    fn read_channel(&mut self) {
+        loop {
+            let Some(ch) = &self.channel else { return };
+            match ch.recv::<ToWorker>() {
+                Ok(Some(ToWorker::Drain)) => self.start_drain("master asked"),
+                Ok(Some(ToWorker::Stop)) => {
+                    info!("master asked to stop now");
+                    self.exit = Some(0);
+                }
+                Ok(Some(ToWorker::ReopenLogs)) => self.reopen_logs(),
+                Ok(None) => return,
+                Err(e) => {
+                    if !matches!(e, ChannelError::Closed) {
+                        warn!("master channel failed: {e}");
+                    }
+                    if let Some(ch) = self.channel.take() {
+                        let _ = self.epoll.delete(ch.as_fd());
+                    }
+                    self.start_drain("master is gone");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn reopen_logs(&mut self) {
+        if let Err(e) = crate::log::reopen() {
+            warn!("cannot reopen the log: {e}");
+        }
+    }
+
+    fn send(&mut self, msg: ToMaster) {
+        if let Some(ch) = &self.channel {
+            if let Err(e) = ch.send(&msg) {
+                debug!("cannot send {msg:?} to the master: {e}");
+            }
+        }
+    }
+
+    fn heartbeat(&mut self) {
+        self.stats.connections = self.conns.len() as u64;
+        self.stats.rss = process::self_rss();
+        let dropped = crate::log::take_dropped();
+        if dropped > 0 {
+            warn!(
+                dropped,
+                "log lines dropped: the log writer could not keep up"
+            );
+        }
+        self.send(ToMaster::Heartbeat(self.stats));
+    }
+
+    /// Stops accepting, closes what can be closed without loss, and lets the rest
+    /// finish until `drain_timeout`.
+    fn start_drain(&mut self, why: &str) {
+        if self.phase == Phase::Draining {
+            return;
+        }
+        info!(connections = self.conns.len(), "draining ({why})");
+        self.phase = Phase::Draining;
+        self.pause_accept();
+        // Our copies of the listeners go now: an orphaned worker must not keep the
+        // port from a master that restarts, and the master holds its own copies.
+        self.listeners.clear();
+        self.timers.schedule(
+            Instant::now() + self.config.master.drain_timeout.0,
+            Timer::DrainDeadline,
+        );
+        for token in self.conns.tokens() {
+            if self.conns.get(token).is_some_and(Conn::idle_closable) {
+                self.close(token);
+            }
+        }
+    }
+
+    fn pause_accept(&mut self) {
+        if !self.accepting {
+            return;
+        }
+        for l in &self.listeners {
+            let _ = self.epoll.delete(l.fd.as_fd());
+        }
+        self.accepting = false;
+    }
+
+    fn resume_accept(&mut self) -> io::Result<()> {
+        if self.accepting || self.phase != Phase::Running || self.accept_backoff_until.is_some() {
+            return Ok(());
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            let interest = Interest {
+                exclusive: true,
+                ..Interest::READ
+            };
+            self.epoll
+                .add(l.fd.as_fd(), interest, TOKEN_LISTENER | i as u64)?;
+        }
+        self.accepting = true;
+        Ok(())
+    }
+
+    fn accept_on(&mut self, index: usize) {
+        let max = self.config.worker.max_connections;
+        for _ in 0..ACCEPT_BATCH {
+            if !self.accepting {
+                return;
+            }
+            if self.conns.len() >= max {
+                debug!(max, "connection limit reached: not accepting");
+                self.pause_accept();
+                return;
+            }
+            let Some(listener) = self.listeners.get(index) else {
+                return;
+            };
+            match net::accept(listener.fd.as_fd()) {
+                Ok(a) => self.add_conn(index, a),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                    ) =>
+                {
+                    warn!("accept() failed: {e}; pausing accepts for {ACCEPT_BACKOFF:?}");
+                    self.pause_accept();
+                    let until = Instant::now() + ACCEPT_BACKOFF;
+                    self.accept_backoff_until = Some(until);
+                    self.timers.schedule(until, Timer::AcceptResume);
+                    return;
+                }
+                Err(e) => {
+                    debug!("accept() failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn add_conn(&mut self, listener: usize, a: net::Accepted) {
+        let handler = self.listeners[listener].service.connect(a.peer);
+        let now = Instant::now();
+        let conn = Conn::new(a.fd, a.peer, handler, now);
+        let token = self.conns.insert(conn);
+        let Some(c) = self.conns.get_mut(token) else {
+            return;
+        };
+        if let Err(e) = self.epoll.add(c.fd.as_fd(), c.registered, token.0) {
+            warn!("cannot watch a new connection: {e}");
+            self.conns.remove(token);
+            return;
+        }
+        self.stats.accepted += 1;
+        self.timers
+            .schedule(now + self.config.worker.idle_timeout.0, Timer::Idle(token));
+    }
+
+    fn check_idle(&mut self, token: Token, now: Instant) {
+        let idle = self.config.worker.idle_timeout.0;
+        let Some(c) = self.conns.get(token) else {
+            return;
+        };
+        let due = c.last_active + idle;
+        if due <= now {
+            debug!(peer = ?c.peer, "idle timeout");
+            self.close(token);
+        } else {
+            self.timers.schedule(due, Timer::Idle(token));
+        }
+    }
+
+    fn conn_event(&mut self, token: Token, ev: Event) {
+        let Some(c) = self.conns.get_mut(token) else {
+            return;
+        };
+        if ev.readable || ev.hangup {
+            c.may_read = true;
+        }
+        self.drive(token);
+    }
+
+    /// Reads (within the quantum and the water marks), lets the handler work, writes,
+    /// and updates epoll interest; closes the connection when it is done.
+    fn drive(&mut self, token: Token) {
+        let flow = &self.config.flow;
+        let (high, low) = (
+            flow.write_high_water.0 as usize,
+            flow.write_low_water.0 as usize,
+        );
+        let inbuf_limit = (flow.read_quantum.0 as usize).max(64 << 10) * 4;
+        let draining = self.phase == Phase::Draining;
+        let Some(c) = self.conns.get_mut(token) else {
+            return;
+        };
+        let mut budget = flow.read_quantum.0 as usize;
+        let outcome = c.pump(
+            &mut self.scratch,
+            &mut budget,
+            high,
+            low,
+            inbuf_limit,
+            &mut self.pool,
+            &mut self.stats,
+        );
+        let now = Instant::now();
+        match outcome {
+            conn::Outcome::Close(reason) => {
+                if let Some(reason) = reason {
+                    debug!(peer = ?c.peer, "closing: {reason}");
+                }
+                self.close(token);
+                return;
+            }
+            conn::Outcome::Open { active } => {
+                if active {
+                    c.last_active = now;
+                }
+            }
+        }
+        if draining && c.idle_closable() {
+            self.close(token);
+            return;
+        }
+        if budget == 0 && c.wants_read() {
+            self.ready.push(token);
+        }
+        let want = c.interest();
+        if want != c.registered {
+            if let Err(e) = self.epoll.modify(c.fd.as_fd(), want, token.0) {
+                debug!("epoll modify failed: {e}");
+                self.close(token);
+                return;
+            }
+            c.registered = want;
+        }
+        if POOL_MAX < self.pool.len() {
+            self.pool.truncate(POOL_MAX);
+        }
+    }
+
+    fn close(&mut self, token: Token) {
+        if let Some(c) = self.conns.remove(token) {
+            c.recycle(&mut self.pool);
+        }
+        if self.conns.len() * 10 <= self.config.worker.max_connections * 9 {
+            if let Err(e) = self.resume_accept() {
+                warn!("cannot resume accepting: {e}");
+            }
+        }
+    }
+}
