@@ -11,6 +11,7 @@
 pub mod channel;
 pub mod cli;
 pub mod config;
+pub mod fault;
 pub mod log;
 pub mod master;
 pub mod os;

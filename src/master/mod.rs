@@ -129,6 +129,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const WATCHDOG_GRACE: Duration = Duration::from_secs(2);
 /// Grace between a drain/stop deadline's SIGKILL and giving up on a worker.
 const KILL_GRACE: Duration = Duration::from_millis(500);
+/// A draining worker ends itself at `drain_timeout`; the master's SIGKILL is the
+/// backstop, this much later, so a worker that is exiting on time is not shot.
+const DRAIN_BACKSTOP: Duration = Duration::from_millis(500);
 
 /// The running master.
 pub struct Master {
@@ -404,6 +407,9 @@ impl Master {
             }
         };
         crate::log::become_worker();
+        // A panic in service code is logged through tracing (so it reaches the log
+        // file), then the worker exits; the master respawns it.
+        std::panic::set_hook(Box::new(|info| error!("worker panicked: {info}")));
         let init = WorkerInit {
             slot,
             generation,
@@ -414,10 +420,7 @@ impl Master {
         };
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker::run(init))) {
             Ok(code) => code,
-            Err(_) => {
-                error!("worker panicked; exiting");
-                101
-            }
+            Err(_) => 101,
         }
     }
 
@@ -1126,7 +1129,10 @@ impl Master {
     }
 }
 
+/// Tells a worker to drain; it exits by itself by `deadline` (its own drain timeout)
+/// and is killed shortly after if it has not.
 fn drain(w: &mut Worker, deadline: Instant) {
+    let deadline = deadline + DRAIN_BACKSTOP;
     if let Err(e) = w.channel.send(&ToWorker::Drain) {
         // A worker that cannot hear us is told by signal instead.
         debug!(

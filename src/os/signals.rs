@@ -100,6 +100,14 @@ pub fn become_worker() -> Result<SignalReader, SysError> {
         }
         .ctx("sigaction()", || format!("ignoring {sig} in a worker"))?;
     }
+    // Rust's runtime catches SIGSEGV and SIGBUS to report stack overflows, and a
+    // SIGSEGV sent with kill(2) (not a fault) then vanishes. An operator or a test that
+    // sends one to a worker means it: let the default action run.
+    for sig in [Signal::SIGSEGV, Signal::SIGBUS] {
+        // SAFETY: installing SIG_DFL runs no code of ours in signal context.
+        unsafe { sigaction(sig, &SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty())) }
+            .ctx("sigaction()", || format!("resetting {sig} in a worker"))?;
+    }
     let reader = SignalReader::new(WORKER_SIGNALS)?;
     let mut unblock = set_of(MASTER_SIGNALS);
     for &s in WORKER_SIGNALS {

@@ -20,6 +20,7 @@ impl Service for Echo {
 
 impl Handler for EchoConn {
     fn on_data(&mut self, io: &mut Io<'_>, data: &[u8]) -> usize {
+        crate::fault::maybe_panic(data);
         io.write(data);
         data.len()
     }

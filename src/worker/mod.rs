@@ -124,6 +124,10 @@ pub fn run(init: WorkerInit) -> i32 {
 
 impl Worker {
     fn new(init: WorkerInit) -> io::Result<Worker> {
+        if crate::fault::get() == Some(&crate::fault::Fault::CrashOnStart) {
+            tracing::error!("injected fault ({}=crash-on-start): aborting", crate::fault::ENV);
+            std::process::abort();
+        }
         let epoll = Epoll::new(EVENTS).map_err(|e| e.io())?;
         epoll.add(init.channel.as_fd(), Interest::READ, TOKEN_CHANNEL)?;
         epoll.add(init.signals.as_fd(), Interest::READ, TOKEN_SIGNALS)?;
@@ -160,7 +164,7 @@ impl Worker {
         w.resume_accept()?;
         w.send(ToMaster::Ready);
         w.timers.schedule(Instant::now(), Timer::Heartbeat);
-        info!("worker ready");
+        debug!("accepting connections");
         Ok(w)
     }
 
