@@ -24,6 +24,10 @@ pub struct Cli {
     /// Send a command to the running master and wait for its outcome.
     #[arg(short = 's', long = "signal", value_enum)]
     pub signal: Option<SignalArg>,
+    /// Run in the background (same as `[master] daemon = true`); returns once the
+    /// master serves, or with its error.
+    #[arg(short = 'd', long = "daemon")]
+    pub daemon: bool,
     #[command(subcommand)]
     pub command: Option<Sub>,
 }
@@ -49,6 +53,8 @@ pub enum SignalArg {
     Stop,
     /// Reopen log files.
     Reopen,
+    /// Binary upgrade: start the binary on disk as a new master; roll back if it fails.
+    Upgrade,
 }
 
 /// Only the keys needed to find a running master, read leniently: `corral -s reload`
@@ -106,6 +112,7 @@ pub fn send(path: &Path, what: SignalArg) -> i32 {
         SignalArg::Quit => Request::Quit,
         SignalArg::Stop => Request::Stop,
         SignalArg::Reopen => Request::Reopen,
+        SignalArg::Upgrade => Request::Upgrade,
     };
     // A reload waits for the new generation (up to 30 s); leave room for that.
     let timeout = Duration::from_secs(90);
@@ -142,6 +149,7 @@ fn signal_fallback(pid_file: &Path, what: SignalArg, why: &str) -> i32 {
         SignalArg::Quit => Signal::SIGQUIT,
         SignalArg::Stop => Signal::SIGTERM,
         SignalArg::Reopen => Signal::SIGUSR1,
+        SignalArg::Upgrade => Signal::SIGUSR2,
     };
     let pid = match crate::master::pidfile_read(pid_file) {
         Ok(p) => p,
@@ -165,7 +173,7 @@ fn wait_gone(pid: i32, limit: Duration) -> i32 {
     let pid = nix::unistd::Pid::from_raw(pid);
     let start = std::time::Instant::now();
     while start.elapsed() < limit {
-        if nix::sys::signal::kill(pid, None).is_err() {
+        if nix::sys::signal::kill(pid, None).is_err() || is_zombie(pid) {
             println!("corral: master {pid} has exited");
             return 0;
         }
@@ -173,6 +181,17 @@ fn wait_gone(pid: i32, limit: Duration) -> i32 {
     }
     eprintln!("corral: master {pid} is still running after {limit:?}");
     1
+}
+
+/// An exited process its parent has not reaped yet still answers kill(pid, 0).
+fn is_zombie(pid: nix::unistd::Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
 }
 
 fn report(resp: &Response) {

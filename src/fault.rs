@@ -52,7 +52,10 @@ mod tests {
     #[test]
     fn parses() {
         assert_eq!(parse("crash-on-start"), Some(Fault::CrashOnStart));
-        assert_eq!(parse("panic-on:BOOM"), Some(Fault::PanicOn(b"BOOM".to_vec())));
+        assert_eq!(
+            parse("panic-on:BOOM"),
+            Some(Fault::PanicOn(b"BOOM".to_vec()))
+        );
         assert_eq!(parse("panic-on:"), None);
         assert_eq!(parse("nonsense"), None);
     }

@@ -14,6 +14,7 @@ pub mod config;
 pub mod fault;
 pub mod log;
 pub mod master;
+pub mod notify;
 pub mod os;
 pub mod service;
 pub mod worker;

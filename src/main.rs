@@ -5,7 +5,8 @@ use clap::Parser;
 
 use corral::cli::{self, Cli, Sub};
 use corral::config::Config;
-use corral::master::Master;
+use corral::master::upgrade::{self, Report, Reporter};
+use corral::master::{Master, StartOptions};
 
 fn main() {
     let cli = Cli::parse();
@@ -19,6 +20,9 @@ fn run(cli: Cli) -> i32 {
     if let Some(what) = cli.signal {
         return cli::send(&cli.config, what);
     }
+    // Started by an old master's binary upgrade: report to it, never daemonize (the
+    // old master is the one holding the terminal and the service manager's attention).
+    let upgrade_reporter = Reporter::from_env();
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
@@ -29,6 +33,9 @@ fn run(cli: Cli) -> i32 {
                     cli.config.display()
                 );
             }
+            if let Some(r) = upgrade_reporter {
+                r.failed(&e.to_string());
+            }
             return 1;
         }
     };
@@ -36,15 +43,85 @@ fn run(cli: Cli) -> i32 {
         println!("corral: configuration file {} is ok", cli.config.display());
         return 0;
     }
+    let upgraded = upgrade_reporter.is_some();
+    let mut reporter = upgrade_reporter;
+    if (cli.daemon || config.master.daemon) && !upgraded {
+        match daemonize() {
+            Ok(Some(r)) => reporter = Some(r),
+            Ok(None) => unreachable!("the launcher exits inside daemonize()"),
+            Err(code) => return code,
+        }
+    }
     if let Err(e) = corral::log::init(&config.log.level, config.log.file.as_deref()) {
         eprintln!("corral: {e}");
+        if let Some(r) = reporter {
+            r.failed(&e.to_string());
+        }
         return 1;
     }
-    match Master::start(config) {
+    let opts = StartOptions {
+        binary: upgrade::binary_path(),
+        reporter,
+        upgraded,
+    };
+    match Master::start(config, opts) {
         Ok(mut master) => master.run(),
         Err(e) => {
             tracing::error!("cannot start: {e}");
             1
+        }
+    }
+}
+
+/// Detaches into the background. The launcher (the process the operator started)
+/// waits until the daemon reports that it serves, or why it failed, and exits 0 or 1
+/// accordingly; the daemon gets the reporter to write to.
+fn daemonize() -> Result<Option<Reporter>, i32> {
+    let (r, w) = match corral::os::fd::pipe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("corral: {e}");
+            return Err(1);
+        }
+    };
+    // Paths were made absolute by Config::load's caller; the daemon runs in "/".
+    let outcome = daemonize::Daemonize::new()
+        .working_directory("/")
+        .umask(0o022)
+        .stdout(daemonize::Stdio::keep())
+        .stderr(daemonize::Stdio::keep())
+        .execute();
+    match outcome {
+        daemonize::Outcome::Parent(Ok(_)) => {
+            drop(w);
+            let code = match upgrade::wait_report(&r) {
+                Report::Ready(pid) => {
+                    println!("corral: serving in the background, master pid {pid}");
+                    0
+                }
+                Report::Failed(why) => {
+                    eprintln!("corral: failed to start: {why}");
+                    1
+                }
+                Report::Closed => {
+                    eprintln!("corral: the daemon exited before it was serving (see its log)");
+                    1
+                }
+            };
+            std::process::exit(code)
+        }
+        daemonize::Outcome::Parent(Err(e)) => {
+            eprintln!("corral: cannot daemonize: {e}");
+            Err(1)
+        }
+        daemonize::Outcome::Child(Ok(_)) => {
+            drop(r);
+            Ok(Some(Reporter::new(w)))
+        }
+        daemonize::Outcome::Child(Err(e)) => {
+            eprintln!("corral: cannot daemonize: {e}");
+            Reporter::new(w).failed(&format!("cannot daemonize: {e}"));
+            Err(1)
         }
     }
 }

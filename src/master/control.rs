@@ -25,6 +25,7 @@ pub enum Request {
     Stop,
     Reopen,
     Status,
+    Upgrade,
 }
 
 /// The master's answer.
@@ -142,14 +143,16 @@ pub struct Server {
 
 impl Server {
     /// Binds the socket, replacing a stale one, with mode 0600: only its owner (and
-    /// root) may reload or stop the service.
-    pub fn bind(path: &Path) -> Result<Server, ControlError> {
+    /// root) may reload or stop the service. With `takeover` (a new master started by
+    /// an upgrade, or an old one taking its socket back on rollback) a live socket at
+    /// the path is replaced too; the old master keeps serving its own clients.
+    pub fn bind(path: &Path, takeover: bool) -> Result<Server, ControlError> {
         let err = |source| ControlError::Bind {
             path: path.to_path_buf(),
             source,
         };
         if path.exists() {
-            if UnixStream::connect(path).is_ok() {
+            if !takeover && UnixStream::connect(path).is_ok() {
                 return Err(err(io::Error::new(
                     io::ErrorKind::AddrInUse,
                     "another corral master is answering on it",
@@ -190,6 +193,11 @@ impl Server {
     /// Removes the socket file (at exit).
     pub fn remove(&self) {
         let _ = std::fs::remove_file(&self.path);
+    }
+
+    /// Stops listening but leaves the path alone: another master owns it now.
+    pub fn forget(self) {
+        drop(self.listener);
     }
 }
 

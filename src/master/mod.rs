@@ -9,9 +9,12 @@
 
 pub mod control;
 mod pidfile;
+pub mod sockets;
 pub mod table;
+pub mod upgrade;
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -20,15 +23,17 @@ use nix::unistd::Pid;
 use tracing::{debug, error, info, warn};
 
 use crate::channel::{Channel, ChannelError, ToMaster, ToWorker};
-use crate::config::{Config, ListenAddr};
+use crate::config::Config;
 use crate::os::process::{self, ExitReason, Forked};
 use crate::os::signals::{self, SignalReader, MASTER_SIGNALS};
-use crate::os::{net, SysError};
+use crate::os::{fd, net, SysError};
 use crate::worker::{self, WorkerInit, EXIT_FATAL};
 
 use control::{Client, Request, Response};
 use pidfile::PidFile;
+use sockets::Listener;
 use table::{Slot, Worker, WorkerState, WorkerStatus};
+use upgrade::{Report, Reporter, Upgrade};
 
 /// Why the master could not start.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +46,11 @@ pub enum MasterError {
     Control(#[from] control::ControlError),
     #[error(transparent)]
     PidFile(#[from] pidfile::PidFileError),
+    #[error("cannot resolve the config path {path}: {source}")]
+    ConfigPath {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("workers failed to start: {0}")]
     Startup(String),
 }
@@ -93,12 +103,6 @@ impl Command {
     }
 }
 
-/// A listening socket the master holds for a generation.
-struct Listener {
-    addr: ListenAddr,
-    fd: OwnedFd,
-}
-
 /// A reload in flight: the new generation is starting.
 struct Reload {
     generation: u64,
@@ -119,8 +123,21 @@ enum State {
     Running,
     /// A new generation is starting; the current one keeps serving.
     Reloading(Box<Reload>),
+    /// A new master (binary upgrade) is starting; we keep serving until it reports
+    /// ready, and roll back if it does not.
+    Upgrading(Box<Upgrade>),
     /// Shutting down; exit once no worker is left, kill what remains at the deadline.
     Stopping { graceful: bool, deadline: Instant },
+}
+
+/// How the master was launched.
+pub struct StartOptions {
+    /// The binary to exec on upgrade (the path we were started from).
+    pub binary: PathBuf,
+    /// Who waits to hear that we serve: an old master (upgrade) or the daemon launcher.
+    pub reporter: Option<Reporter>,
+    /// Started by an old master's upgrade: take over its control socket.
+    pub upgraded: bool,
 }
 
 /// How long a new generation may take to report ready before the reload is abandoned.
@@ -157,21 +174,98 @@ pub struct Master {
     stop_waiters: Vec<u64>,
     /// Exit code once stopped: non-zero when the master gave up (startup failed).
     exit_code: i32,
+    /// The binary to exec on upgrade.
+    binary: PathBuf,
+    /// Told once we serve (or fail to).
+    reporter: Option<Reporter>,
+    /// A new master took over: our pid file is `.oldbin` and the control socket path
+    /// is no longer ours to remove.
+    handed_over: bool,
+    /// Upgrade requests waiting behind a reload, answered when it ends.
+    upgrade_refused_waiters: Vec<u64>,
+    /// `WATCHDOG=1` period when systemd's watchdog is on, and the next one due.
+    sd_watchdog: Option<(Duration, Instant)>,
 }
 
 impl Master {
     /// Binds the listeners, writes the pid file, opens the control socket and forks
     /// the first generation.
-    pub fn start(config: Config) -> Result<Master, MasterError> {
+    pub fn start(config: Config, mut opts: StartOptions) -> Result<Master, MasterError> {
+        let reporter = opts.reporter.take();
+        match Master::try_start(config, opts, reporter) {
+            Ok(m) => Ok(m),
+            Err((e, reporter)) => {
+                if let Some(r) = reporter {
+                    r.failed(&e.to_string());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// `start`, handing the reporter back on failure so the caller can tell whoever
+    /// waits for it why.
+    fn try_start(
+        mut config: Config,
+        opts: StartOptions,
+        reporter: Option<Reporter>,
+    ) -> Result<Master, (MasterError, Option<Reporter>)> {
+        match Master::open(&mut config, &opts) {
+            Ok((signals, listeners, pid_file, control)) => {
+                let mut master = Master::new(
+                    config, opts, reporter, signals, listeners, pid_file, control,
+                );
+                let n = master.slots.len();
+                for slot in 0..n {
+                    if let Err(e) = master.spawn(slot, 1) {
+                        let reporter = master.reporter.take();
+                        master.shutdown_now();
+                        return Err((e.into(), reporter));
+                    }
+                }
+                Ok(master)
+            }
+            Err(e) => Err((e, reporter)),
+        }
+    }
+
+    /// Everything the master needs from the system before it forks anything.
+    #[allow(clippy::type_complexity)]
+    fn open(
+        config: &mut Config,
+        opts: &StartOptions,
+    ) -> Result<(SignalReader, Vec<Listener>, PidFile, control::Server), MasterError> {
+        // Absolute, so that a daemon's chdir or a new master's exec keep finding it.
+        config.source =
+            std::path::absolute(&config.source).map_err(|source| MasterError::ConfigPath {
+                path: config.source.clone(),
+                source,
+            })?;
         let signals = SignalReader::new(MASTER_SIGNALS)?;
         if let Err(e) = process::raise_nofile_limit() {
             warn!("{e}");
         }
-        let listeners = bind_all(&config, &[])?;
+        let mut inherited = sockets::take_inherited();
+        let listeners = sockets::open_all(config, &[], &mut inherited)?;
         let pid_file = PidFile::create(&config.master.pid_file)?;
-        let control = control::Server::bind(&config.master.control_socket_path())?;
+        let control = control::Server::bind(&config.master.control_socket_path(), opts.upgraded)?;
+        for l in &listeners {
+            info!(address = %l.addr, "listening");
+        }
+        Ok((signals, listeners, pid_file, control))
+    }
+
+    fn new(
+        config: Config,
+        opts: StartOptions,
+        reporter: Option<Reporter>,
+        signals: SignalReader,
+        listeners: Vec<Listener>,
+        pid_file: PidFile,
+        control: control::Server,
+    ) -> Master {
         let n = config.master.workers.count();
-        let mut master = Master {
+        Master {
             config,
             generation: 1,
             listeners,
@@ -190,17 +284,12 @@ impl Master {
             workers_parked: false,
             stop_waiters: Vec::new(),
             exit_code: 0,
-        };
-        for l in &master.listeners {
-            info!(address = %l.addr, "listening");
+            binary: opts.binary,
+            reporter,
+            handed_over: false,
+            upgrade_refused_waiters: Vec::new(),
+            sd_watchdog: crate::notify::watchdog_interval().map(|d| (d, Instant::now())),
         }
-        for slot in 0..n {
-            if let Err(e) = master.spawn(slot, 1) {
-                master.shutdown_now();
-                return Err(e.into());
-            }
-        }
-        Ok(master)
     }
 
     /// Runs until the master is told to stop and every worker is gone. Returns the
@@ -231,6 +320,7 @@ impl Master {
             .unwrap_or(PollTimeout::NONE);
         let mut ready_workers = Vec::new();
         let mut ready_clients = Vec::new();
+        let upgrade_ready;
         let (sig_ready, ctl_ready) = {
             let mut fds: Vec<PollFd<'_>> =
                 Vec::with_capacity(2 + self.workers.len() + self.clients.len());
@@ -243,7 +333,18 @@ impl Master {
             }
             let workers_at = fds.len();
             for w in &self.workers {
-                fds.push(PollFd::new(w.channel.as_fd(), PollFlags::POLLIN));
+                // A closed channel would report POLLHUP forever until the exit is
+                // reaped; SIGCHLD will tell us about that worker instead.
+                let flags = if w.channel_closed {
+                    PollFlags::empty()
+                } else {
+                    PollFlags::POLLIN
+                };
+                fds.push(PollFd::new(w.channel.as_fd(), flags));
+            }
+            let upgrade_at = fds.len();
+            if let State::Upgrading(u) = &self.state {
+                fds.push(PollFd::new(u.pipe_fd(), PollFlags::POLLIN));
             }
             let clients_at = fds.len();
             for (_, c) in &self.clients {
@@ -260,7 +361,7 @@ impl Master {
                 return Vec::new();
             }
             let fired = |p: &PollFd<'_>| p.revents().is_some_and(|r| !r.is_empty());
-            for (i, p) in fds[workers_at..clients_at].iter().enumerate() {
+            for (i, p) in fds[workers_at..upgrade_at].iter().enumerate() {
                 if fired(p) {
                     ready_workers.push(self.workers[i].pid);
                 }
@@ -272,6 +373,7 @@ impl Master {
             }
             let sig = self.signals.is_some() && fired(&fds[0]);
             let ctl = self.control.is_some() && fired(&fds[ctl_index]);
+            upgrade_ready = upgrade_at < clients_at && fired(&fds[upgrade_at]);
             (sig, ctl)
         };
         let mut commands = Vec::new();
@@ -294,6 +396,9 @@ impl Master {
         for ticket in ready_clients {
             commands.extend(self.serve_client(ticket));
         }
+        if upgrade_ready {
+            self.read_upgrade_report();
+        }
         commands.sort_by_key(|c| c.priority());
         commands.dedup();
         commands
@@ -307,9 +412,7 @@ impl Master {
                 Command::FastStop => self.stop(false),
                 Command::GracefulStop => self.stop(true),
                 Command::Reload => self.reload(None),
-                Command::Upgrade => {
-                    warn!("SIGUSR2: binary upgrade is not supported by this version; ignored")
-                }
+                Command::Upgrade => self.upgrade(None),
                 Command::StopWorkers => self.park_workers(),
                 Command::ReopenLogs => self.reopen_logs(),
             }
@@ -323,7 +426,17 @@ impl Master {
         self.watchdog(now);
         self.enforce_deadlines(now);
         self.check_progress(now);
+        self.sd_watchdog(now);
         self.flush_clients();
+    }
+
+    fn sd_watchdog(&mut self, now: Instant) {
+        if let Some((every, due)) = self.sd_watchdog {
+            if due <= now {
+                crate::notify::watchdog();
+                self.sd_watchdog = Some((every, now + every));
+            }
+        }
     }
 
     /// The exit code, once the master is done.
@@ -356,6 +469,7 @@ impl Master {
                     stats: Default::default(),
                     watchdog_kill: None,
                     recycling: false,
+                    channel_closed: false,
                 });
                 if let Some(s) = self.slots.get_mut(slot) {
                     s.respawn_at = None;
@@ -383,6 +497,10 @@ impl Master {
         self.control = None;
         self.signals = None;
         self.pid_file = None;
+        self.reporter = None;
+        if let State::Upgrading(_) = self.state {
+            self.state = State::Running;
+        }
         let (config, listeners) = match &self.state {
             State::Reloading(r) if r.generation == generation => (r.config.clone(), &r.listeners),
             _ => (self.config.clone(), &self.listeners),
@@ -418,10 +536,7 @@ impl Master {
             channel,
             signals,
         };
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker::run(init))) {
-            Ok(code) => code,
-            Err(_) => 101,
-        }
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker::run(init))).unwrap_or(101)
     }
 
     fn worker_index(&self, pid: Pid) -> Option<usize> {
@@ -455,7 +570,10 @@ impl Master {
                 }
                 Ok(None) => return,
                 // EOF: the worker is exiting; SIGCHLD tells the rest.
-                Err(ChannelError::Closed) => return,
+                Err(ChannelError::Closed) => {
+                    w.channel_closed = true;
+                    return;
+                }
                 Err(e) => {
                     warn!(pid = pid.as_raw(), "bad message from worker: {e}");
                     return;
@@ -467,6 +585,12 @@ impl Master {
     /// Reaps every exited child and decides what each exit means.
     fn reap(&mut self) {
         for (pid, reason) in process::reap_all() {
+            if let State::Upgrading(u) = &self.state {
+                if u.child == pid {
+                    self.rollback_upgrade(format!("the new master exited with {reason}"));
+                    continue;
+                }
+            }
             let Some(i) = self.worker_index(pid) else {
                 debug!(pid = pid.as_raw(), %reason, "reaped a child that is not a worker");
                 continue;
@@ -644,7 +768,8 @@ impl Master {
     fn check_progress(&mut self, now: Instant) {
         match &self.state {
             State::Starting { deadline } => {
-                if self.all_ready(self.generation) {
+                let want = self.slots.iter().filter(|s| !s.fatal).count();
+                if self.all_ready(self.generation, want) {
                     info!(
                         workers = self.workers.len(),
                         generation = self.generation,
@@ -652,12 +777,17 @@ impl Master {
                         "corral is serving"
                     );
                     self.state = State::Running;
+                    if let Some(r) = self.reporter.take() {
+                        r.ready();
+                    }
+                    crate::notify::main_pid(std::process::id());
+                    crate::notify::ready(&self.status_line());
                 } else if *deadline <= now {
                     self.fail_startup(format!("workers were not ready within {START_TIMEOUT:?}"));
                 }
             }
             State::Reloading(r) => {
-                if self.all_ready(r.generation) {
+                if self.all_ready(r.generation, r.config.master.workers.count()) {
                     self.commit_reload();
                 } else if r.deadline <= now {
                     self.abort_reload(format!(
@@ -690,12 +820,29 @@ impl Master {
                     self.start_reload(waiters);
                 }
             }
+            State::Upgrading(u) => {
+                if u.deadline <= now {
+                    let t = self.config.master.upgrade_timeout;
+                    self.rollback_upgrade(format!(
+                        "the new master was not ready within upgrade_timeout ({t})"
+                    ));
+                }
+            }
             State::Stopping { .. } => {}
+        }
+        if !matches!(self.state, State::Reloading(_)) {
+            for t in std::mem::take(&mut self.upgrade_refused_waiters) {
+                self.answer(
+                    t,
+                    false,
+                    "a reload was in progress; upgrade not started, try again".into(),
+                );
+            }
         }
     }
 
-    fn all_ready(&self, generation: u64) -> bool {
-        let want = self.slots.iter().filter(|s| !s.fatal).count();
+    /// True when `want` workers of `generation` have reported ready.
+    fn all_ready(&self, generation: u64, want: usize) -> bool {
         let ready = self
             .workers
             .iter()
@@ -706,6 +853,9 @@ impl Master {
 
     fn fail_startup(&mut self, why: String) {
         error!("startup failed: {why}");
+        if let Some(r) = self.reporter.take() {
+            r.failed(&why);
+        }
         self.exit_code = 1;
         self.stop(false);
     }
@@ -715,8 +865,10 @@ impl Master {
         match &self.state {
             State::Starting { deadline } | State::Stopping { deadline, .. } => d.push(*deadline),
             State::Reloading(r) => d.push(r.deadline),
+            State::Upgrading(u) => d.push(u.deadline),
             State::Running => {}
         }
+        d.extend(self.sd_watchdog.map(|(_, due)| due));
         d.extend(self.slots.iter().filter_map(|s| s.respawn_at));
         let wd = self.config.master.watchdog_timeout.0;
         for w in &self.workers {
@@ -744,6 +896,12 @@ impl Master {
         }
         if let State::Reloading(_) = self.state {
             self.abort_reload("the master is stopping".into());
+        }
+        if let State::Upgrading(_) = self.state {
+            self.rollback_upgrade("the master is stopping".into());
+        }
+        if !self.handed_over {
+            crate::notify::stopping();
         }
         let timeout = if graceful {
             self.config.master.drain_timeout.0
@@ -814,6 +972,16 @@ impl Master {
     fn reload(&mut self, waiter: Option<u64>) {
         match self.state {
             State::Running => self.start_reload(waiter.into_iter().collect()),
+            State::Upgrading(_) => {
+                warn!("reload refused: a binary upgrade is in progress");
+                if let Some(t) = waiter {
+                    self.answer(
+                        t,
+                        false,
+                        "a binary upgrade is in progress; reload refused".into(),
+                    );
+                }
+            }
             State::Reloading(_) | State::Starting { .. } => {
                 info!("reload queued behind the one in progress");
                 self.queued_reload = true;
@@ -831,28 +999,23 @@ impl Master {
         let started = Instant::now();
         let path = self.config.source.clone();
         info!(config = %path.display(), "reloading");
+        crate::notify::reloading();
         let new = match Config::load(&path) {
             Ok(c) => c,
             Err(e) => {
                 let msg = format!("reload failed, configuration unchanged: {e}");
-                error!("{msg}");
-                for t in waiters {
-                    self.answer(t, false, msg.clone());
-                }
+                self.reload_failed(&msg, waiters);
                 return;
             }
         };
         for note in restart_only_changes(&self.config, &new) {
             warn!("{note}");
         }
-        let listeners = match bind_all(&new, &self.listeners) {
+        let listeners = match sockets::open_all(&new, &self.listeners, &mut Vec::new()) {
             Ok(l) => l,
             Err(e) => {
                 let msg = format!("reload failed, configuration unchanged: {e}");
-                error!("{msg}");
-                for t in waiters {
-                    self.answer(t, false, msg.clone());
-                }
+                self.reload_failed(&msg, waiters);
                 return;
             }
         };
@@ -904,7 +1067,10 @@ impl Master {
         let n = config.master.workers.count();
         self.slots = vec![Slot::default(); n];
         self.config = config;
-        self.listeners = listeners; // listeners the new config dropped close here
+        // Listeners the new config dropped close here (the draining workers closed
+        // their copies when told to drain).
+        sockets::remove_paths(&self.listeners, &listeners);
+        self.listeners = listeners;
         self.generation = generation;
         self.workers_parked = false;
         self.limit_old_generations();
@@ -914,9 +1080,39 @@ impl Master {
             took.as_millis()
         );
         info!("{msg}");
+        crate::notify::ready(&self.status_line());
         for t in waiters {
             self.answer(t, true, msg.clone());
         }
+    }
+
+    fn reload_failed(&mut self, msg: &str, waiters: Vec<u64>) {
+        error!("{msg}");
+        crate::notify::ready(&format!(
+            "{}; last reload failed: {msg}",
+            self.status_line()
+        ));
+        for t in waiters {
+            self.answer(t, false, msg.to_string());
+        }
+    }
+
+    /// One line for `systemctl status`.
+    fn status_line(&self) -> String {
+        let serving = self
+            .workers
+            .iter()
+            .filter(|w| w.generation == self.generation && w.state == WorkerState::Ready)
+            .count();
+        let draining = self
+            .workers
+            .iter()
+            .filter(|w| matches!(w.state, WorkerState::Draining { .. }))
+            .count();
+        format!(
+            "generation {}: {serving} workers serving, {draining} draining",
+            self.generation
+        )
     }
 
     /// Keeps at most `max_old_generations` draining generations; older ones are cut
@@ -966,10 +1162,182 @@ impl Master {
             "reload failed, generation {} keeps serving: {why}",
             self.generation
         );
+        self.reload_failed(&msg, r.waiters);
+    }
+
+    // ----- binary upgrade -----------------------------------------------------------
+
+    /// Forks and execs the binary on disk as a new master that inherits our
+    /// listeners; we keep serving until it reports ready.
+    fn upgrade(&mut self, waiter: Option<u64>) {
+        match self.state {
+            State::Running => {}
+            State::Reloading(_) => {
+                info!("upgrade requested during a reload: refused until the reload ends");
+                self.upgrade_refused_waiters.extend(waiter);
+                return;
+            }
+            _ => {
+                let why = "the master is busy (starting, upgrading or stopping); upgrade refused";
+                warn!("{why}");
+                if let Some(t) = waiter {
+                    self.answer(t, false, why.into());
+                }
+                return;
+            }
+        }
+        let started = Instant::now();
+        info!(binary = %self.binary.display(), "binary upgrade: starting a new master");
+        let prepared = upgrade::command_line(&self.binary, &self.config.source)
+            .and_then(|cmd| fd::pipe().map(|p| (cmd, p)).map_err(|e| e.to_string()));
+        let ((path, args), (pipe_r, pipe_w)) = match prepared {
+            Ok(x) => x,
+            Err(e) => {
+                return self.upgrade_failed(
+                    waiter.into_iter().collect(),
+                    format!("cannot prepare the new master: {e}"),
+                )
+            }
+        };
+        if let Some(p) = &mut self.pid_file {
+            if let Err(e) = p.rename_to_oldbin() {
+                warn!("{e}");
+            }
+        }
+        let forked = match process::fork(|| "starting a new master for a binary upgrade".into()) {
+            Ok(f) => f,
+            Err(e) => {
+                self.restore_pid_file();
+                return self.upgrade_failed(waiter.into_iter().collect(), e.to_string());
+            }
+        };
+        match forked {
+            Forked::Child => {
+                upgrade::own_process_group();
+                let why = match sockets::hand_over(&self.listeners, &pipe_w) {
+                    Ok(env) => match signals::reset_for_exec() {
+                        Ok(()) => format!(
+                            "exec of {} failed: {}",
+                            self.binary.display(),
+                            sockets::exec(&path, &args, &env)
+                        ),
+                        Err(e) => e.to_string(),
+                    },
+                    Err(e) => e,
+                };
+                upgrade::report_raw(&pipe_w, &why);
+                process::exit_now(127);
+            }
+            Forked::Parent(child) => {
+                drop(pipe_w);
+                if let Err(e) = fd::set_nonblocking(pipe_r.as_fd(), true) {
+                    warn!("{e}");
+                }
+                info!(
+                    pid = child.as_raw(),
+                    "new master started; waiting for it to report ready"
+                );
+                self.state = State::Upgrading(Box::new(Upgrade {
+                    child,
+                    pipe: pipe_r,
+                    buf: Vec::new(),
+                    deadline: started + self.config.master.upgrade_timeout.0,
+                    started,
+                    waiters: waiter.into_iter().collect(),
+                }));
+            }
+        }
+    }
+
+    fn read_upgrade_report(&mut self) {
+        let report = match &mut self.state {
+            State::Upgrading(u) => upgrade::read_report(&u.pipe, &mut u.buf),
+            _ => return,
+        };
+        match report {
+            None => {}
+            Some(Report::Ready(pid)) => self.commit_upgrade(pid),
+            Some(Report::Failed(why)) => {
+                self.rollback_upgrade(format!("the new master failed: {why}"))
+            }
+            Some(Report::Closed) => {
+                self.rollback_upgrade("the new master exited before it was ready".into())
+            }
+        }
+    }
+
+    /// The new master serves: hand it the service and drain ourselves.
+    fn commit_upgrade(&mut self, pid: i32) {
+        let State::Upgrading(u) = std::mem::replace(&mut self.state, State::Running) else {
+            return;
+        };
+        let took = u.started.elapsed();
+        let msg = format!(
+            "upgraded: new master {pid} is serving (ready in {} ms); this master ({}) drains its workers and exits",
+            took.as_millis(),
+            process::pid()
+        );
+        info!("{msg}");
+        // systemd must follow the new main process before we exit, or it would take
+        // our exit for the service's and kill the new master.
+        crate::notify::main_pid(pid as u32);
+        self.handed_over = true;
+        for t in u.waiters {
+            self.answer(t, true, msg.clone());
+        }
+        // The new master owns the control socket path now; ours stops listening.
+        if let Some(c) = self.control.take() {
+            c.forget();
+        }
+        self.stop(true);
+    }
+
+    /// The new master failed: kill it and everything it started, and keep serving.
+    fn rollback_upgrade(&mut self, why: String) {
+        let State::Upgrading(u) = std::mem::replace(&mut self.state, State::Running) else {
+            return;
+        };
+        // The new master leads its own process group: its workers go with it.
+        let _ = nix::sys::signal::killpg(u.child, Signal::SIGKILL);
+        let _ = process::kill(u.child, Signal::SIGKILL);
+        self.restore_pid_file();
+        if let Err(e) = self.rebind_control() {
+            error!("{e}");
+        }
+        self.upgrade_failed(u.waiters, why);
+    }
+
+    fn upgrade_failed(&mut self, waiters: Vec<u64>, why: String) {
+        let msg = format!(
+            "upgrade rolled back, this master ({}) keeps serving: {why}",
+            process::pid()
+        );
         error!("{msg}");
-        for t in r.waiters {
+        crate::notify::status(&format!(
+            "{}; last upgrade failed: {why}",
+            self.status_line()
+        ));
+        for t in waiters {
             self.answer(t, false, msg.clone());
         }
+    }
+
+    fn restore_pid_file(&mut self) {
+        if let Some(p) = &mut self.pid_file {
+            if let Err(e) = p.restore_from_oldbin() {
+                error!("{e}");
+            }
+        }
+    }
+
+    /// A failed new master may have taken the control socket's path: take it back.
+    fn rebind_control(&mut self) -> Result<(), control::ControlError> {
+        let path = self.config.master.control_socket_path();
+        if let Some(c) = self.control.take() {
+            c.forget();
+        }
+        self.control = Some(control::Server::bind(&path, true)?);
+        Ok(())
     }
 
     // ----- control socket -----------------------------------------------------------
@@ -1004,6 +1372,10 @@ impl Master {
             }
             Request::Reload => {
                 self.reload(Some(ticket));
+                None
+            }
+            Request::Upgrade => {
+                self.upgrade(Some(ticket));
                 None
             }
             Request::Reopen => {
@@ -1087,6 +1459,7 @@ impl Master {
             State::Starting { .. } => "starting".to_string(),
             State::Running => "running".to_string(),
             State::Reloading(r) => format!("reloading to generation {}", r.generation),
+            State::Upgrading(u) => format!("upgrading (new master {})", u.child),
             State::Stopping { graceful: true, .. } => "stopping (graceful)".to_string(),
             State::Stopping {
                 graceful: false, ..
@@ -1122,6 +1495,9 @@ impl Master {
         if let Some(c) = self.control.take() {
             c.remove();
         }
+        if !self.handed_over {
+            sockets::remove_paths(&self.listeners, &[]);
+        }
         if let Some(p) = self.pid_file.take() {
             p.remove();
         }
@@ -1142,36 +1518,6 @@ fn drain(w: &mut Worker, deadline: Instant) {
         let _ = process::kill(w.pid, Signal::SIGQUIT);
     }
     w.state = WorkerState::Draining { deadline };
-}
-
-/// Opens the listeners `config` asks for, reusing already open ones with the same
-/// address (a reload must never re-bind a socket that is serving: that would drop its
-/// queue, or fail with EADDRINUSE).
-fn bind_all(config: &Config, current: &[Listener]) -> Result<Vec<Listener>, net::NetError> {
-    let mut out = Vec::with_capacity(config.listen.len());
-    for l in &config.listen {
-        if let Some(existing) = current.iter().find(|c| c.addr == l.address) {
-            let fd = existing
-                .fd
-                .try_clone()
-                .map_err(|source| net::NetError::Bind {
-                    addr: l.address.to_string(),
-                    step: "dup()",
-                    source,
-                })?;
-            out.push(Listener {
-                addr: l.address.clone(),
-                fd,
-            });
-            continue;
-        }
-        let fd = net::bind(&l.address, l.backlog, false)?;
-        out.push(Listener {
-            addr: l.address.clone(),
-            fd,
-        });
-    }
-    Ok(out)
 }
 
 /// Settings a reload cannot change, each with what the operator should know.
@@ -1196,10 +1542,4 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
 /// Reads the pid in a pid file.
 pub fn pidfile_read(path: &std::path::Path) -> Result<Pid, pidfile::PidFileError> {
     pidfile::read(path)
-}
-
-impl AsFd for Listener {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
 }

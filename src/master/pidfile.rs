@@ -49,12 +49,50 @@ impl PidFile {
         })
     }
 
+    /// On binary upgrade: our pid file becomes `<pid_file>.oldbin`, leaving the path
+    /// free for the new master.
+    pub fn rename_to_oldbin(&mut self) -> Result<(), PidFileError> {
+        let old = oldbin(&self.path);
+        std::fs::rename(&self.path, &old).map_err(|source| PidFileError::Write {
+            path: old.clone(),
+            source,
+        })?;
+        self.path = old;
+        Ok(())
+    }
+
+    /// On rollback: the pid file names us again (overwriting whatever a failed new
+    /// master wrote there).
+    pub fn restore_from_oldbin(&mut self) -> Result<(), PidFileError> {
+        let Some(orig) = self
+            .path
+            .to_str()
+            .and_then(|p| p.strip_suffix(".oldbin"))
+            .map(PathBuf::from)
+        else {
+            return Ok(());
+        };
+        write_atomic(&orig, &format!("{}\n", self.pid)).map_err(|source| PidFileError::Write {
+            path: orig.clone(),
+            source,
+        })?;
+        let _ = std::fs::remove_file(&self.path);
+        self.path = orig;
+        Ok(())
+    }
+
     /// Removes the file if it still names us (a new master may have taken it over).
     pub fn remove(self) {
         if read(&self.path).ok() == Some(self.pid) {
             let _ = std::fs::remove_file(&self.path);
         }
     }
+}
+
+fn oldbin(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".oldbin");
+    PathBuf::from(s)
 }
 
 fn is_corral(pid: Pid) -> bool {

@@ -46,6 +46,8 @@ pub struct Worker {
     pub watchdog_kill: Option<Instant>,
     /// A replacement was started because this worker outgrew `max_worker_rss`.
     pub recycling: bool,
+    /// The worker closed its end of the channel (it is exiting).
+    pub channel_closed: bool,
 }
 
 impl Worker {

@@ -105,8 +105,13 @@ pub fn become_worker() -> Result<SignalReader, SysError> {
     // sends one to a worker means it: let the default action run.
     for sig in [Signal::SIGSEGV, Signal::SIGBUS] {
         // SAFETY: installing SIG_DFL runs no code of ours in signal context.
-        unsafe { sigaction(sig, &SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty())) }
-            .ctx("sigaction()", || format!("resetting {sig} in a worker"))?;
+        unsafe {
+            sigaction(
+                sig,
+                &SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty()),
+            )
+        }
+        .ctx("sigaction()", || format!("resetting {sig} in a worker"))?;
     }
     let reader = SignalReader::new(WORKER_SIGNALS)?;
     let mut unblock = set_of(MASTER_SIGNALS);

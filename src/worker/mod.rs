@@ -125,7 +125,10 @@ pub fn run(init: WorkerInit) -> i32 {
 impl Worker {
     fn new(init: WorkerInit) -> io::Result<Worker> {
         if crate::fault::get() == Some(&crate::fault::Fault::CrashOnStart) {
-            tracing::error!("injected fault ({}=crash-on-start): aborting", crate::fault::ENV);
+            tracing::error!(
+                "injected fault ({}=crash-on-start): aborting",
+                crate::fault::ENV
+            );
             std::process::abort();
         }
         let epoll = Epoll::new(EVENTS).map_err(|e| e.io())?;
@@ -376,6 +379,7 @@ impl Worker {
 
     fn accept_on(&mut self, index: usize) {
         let max = self.config.worker.max_connections;
+        let mut accepted = 0;
         for _ in 0..ACCEPT_BATCH {
             if !self.accepting {
                 return;
@@ -389,8 +393,11 @@ impl Worker {
                 return;
             };
             match net::accept(listener.fd.as_fd()) {
-                Ok(a) => self.add_conn(index, a),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Ok(a) => {
+                    self.add_conn(index, a);
+                    accepted += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e)
                     if matches!(
                         e.raw_os_error(),
@@ -406,9 +413,34 @@ impl Worker {
                 }
                 Err(e) => {
                     debug!("accept() failed: {e}");
-                    return;
+                    break;
                 }
             }
+        }
+        if accepted > 0 {
+            self.rearm(index);
+        }
+    }
+
+    /// EPOLLEXCLUSIVE wakes the first waiter in the listener's queue, so the worker
+    /// that registered first would take nearly every connection while load is light.
+    /// Re-registering after a batch moves this worker to the back of the queue, which
+    /// turns the wake-ups into a round robin over the idle workers.
+    fn rearm(&mut self, index: usize) {
+        let Some(l) = self.listeners.get(index) else {
+            return;
+        };
+        let interest = Interest {
+            exclusive: true,
+            ..Interest::READ
+        };
+        let fd = l.fd.as_fd();
+        if let Err(e) = self
+            .epoll
+            .delete(fd)
+            .and_then(|_| self.epoll.add(fd, interest, TOKEN_LISTENER | index as u64))
+        {
+            warn!("cannot re-arm listener: {e}");
         }
     }
 

@@ -1,0 +1,239 @@
+//! The master's listening sockets: binding, reuse across reloads, and the systemd
+//! socket-activation protocol (`LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`) in both
+//! directions — taking sockets from systemd or from an old master at start, and
+//! handing them to a new master on binary upgrade.
+//!
+//! One code path serves systemd socket activation and binary upgrades, so the upgrade
+//! path is exercised by every socket-activated start, and vice versa.
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+
+use tracing::{info, warn};
+
+use crate::config::{Config, ListenAddr};
+use crate::os::{fd, net};
+
+/// First fd number of passed sockets, by the protocol.
+pub const LISTEN_FDS_START: RawFd = 3;
+
+/// A listening socket the master holds.
+pub struct Listener {
+    pub addr: ListenAddr,
+    pub name: String,
+    pub fd: OwnedFd,
+    /// We created the Unix socket file (not inherited), so we remove it when done.
+    pub owns_path: bool,
+}
+
+/// A socket passed in through `LISTEN_FDS`, with its name and bound address.
+pub struct Inherited {
+    pub fd: OwnedFd,
+    pub name: Option<String>,
+    pub addr: Option<ListenAddr>,
+}
+
+/// Takes the sockets passed to this process through `LISTEN_FDS` (if `LISTEN_PID` is
+/// ours), marks them CLOEXEC and non-blocking, and removes the variables so that no
+/// child mistakes them for its own.
+pub fn take_inherited() -> Vec<Inherited> {
+    let pid_ok = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok())
+        .is_some_and(|p| p == std::process::id() as i32);
+    let count = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse::<i32>().ok());
+    let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
+        .map(|s| s.split(':').map(str::to_string).collect())
+        .unwrap_or_default();
+    for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        std::env::remove_var(var);
+    }
+    let (true, Some(n)) = (pid_ok, count) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for i in 0..n.max(0) {
+        let raw = LISTEN_FDS_START + i;
+        let fd = match fd::adopt(raw) {
+            Ok(fd) => fd,
+            Err(e) => {
+                warn!("ignoring passed socket: {e}");
+                continue;
+            }
+        };
+        if let Err(e) =
+            fd::set_cloexec(fd.as_fd(), true).and_then(|_| fd::set_nonblocking(fd.as_fd(), true))
+        {
+            warn!("ignoring passed fd {raw}: {e}");
+            continue;
+        }
+        if !net::is_listener(fd.as_fd()) {
+            warn!("ignoring passed fd {raw}: not a listening stream socket");
+            continue;
+        }
+        let name = names
+            .get(i as usize)
+            .filter(|n| !n.is_empty() && *n != "unknown")
+            .cloned();
+        let addr = net::local_addr(fd.as_fd()).ok();
+        out.push(Inherited { fd, name, addr });
+    }
+    out
+}
+
+/// The name a listener is passed under: its configured name, else `listenN`
+/// (`LISTEN_FDNAMES` names cannot hold the `:` of an address).
+fn name_of(config: &Config, i: usize) -> String {
+    config.listen[i]
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("listen{i}"))
+}
+
+/// Opens the listeners `config` asks for: reusing an already open one with the same
+/// address (a reload must never re-bind a socket that is serving: that would drop its
+/// queue, or fail with EADDRINUSE), else an inherited one matched by name or address,
+/// else binding a new one. Inherited sockets nobody wants are closed.
+pub fn open_all(
+    config: &Config,
+    current: &[Listener],
+    inherited: &mut Vec<Inherited>,
+) -> Result<Vec<Listener>, net::NetError> {
+    let mut out = Vec::with_capacity(config.listen.len());
+    for (i, l) in config.listen.iter().enumerate() {
+        let name = name_of(config, i);
+        if let Some(existing) = current.iter().find(|c| c.addr == l.address) {
+            let fd = existing
+                .fd
+                .try_clone()
+                .map_err(|source| net::NetError::Bind {
+                    addr: l.address.to_string(),
+                    step: "dup()",
+                    source,
+                })?;
+            out.push(Listener {
+                addr: l.address.clone(),
+                name,
+                fd,
+                owns_path: false,
+            });
+            continue;
+        }
+        let by_name = inherited
+            .iter()
+            .position(|s| l.name.is_some() && s.name == l.name);
+        let found = by_name.or_else(|| {
+            inherited
+                .iter()
+                .position(|s| s.addr.as_ref() == Some(&l.address))
+        });
+        if let Some(k) = found {
+            let s = inherited.swap_remove(k);
+            info!(address = %l.address, name = s.name.as_deref().unwrap_or("-"), "using passed-in socket");
+            out.push(Listener {
+                addr: l.address.clone(),
+                name,
+                fd: s.fd,
+                owns_path: false,
+            });
+            continue;
+        }
+        let fd = net::bind(&l.address, l.backlog, false)?;
+        out.push(Listener {
+            addr: l.address.clone(),
+            name,
+            fd,
+            owns_path: matches!(l.address, ListenAddr::Unix(_)),
+        });
+    }
+    for s in inherited.drain(..) {
+        let what = s
+            .addr
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "an unnamed socket".into());
+        warn!("closing passed-in socket {what}: no [[listen]] entry wants it");
+    }
+    Ok(out)
+}
+
+/// Removes the Unix socket files we created (at exit, or when a reload dropped them).
+pub fn remove_paths(listeners: &[Listener], keep: &[Listener]) {
+    for l in listeners {
+        if let (true, ListenAddr::Unix(p)) = (l.owns_path, &l.addr) {
+            if !keep.iter().any(|k| k.addr == l.addr) {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+}
+
+/// In a forked child about to exec a new master: places the listeners at fds 3.. and
+/// `extra` right after them, clearing CLOEXEC on exactly those, and returns the
+/// environment the new master needs (`LISTEN_*`, and where `extra` is).
+///
+/// Runs between fork and exec; it only calls async-signal-safe functions plus
+/// allocation, which is fine in a child of a single-threaded parent.
+pub fn hand_over(listeners: &[Listener], extra: &OwnedFd) -> Result<Vec<(String, String)>, String> {
+    let n = listeners.len() as RawFd;
+    let floor = LISTEN_FDS_START + n + 1;
+    // First move every source above the target range, so that placing one cannot
+    // overwrite another that is still to be placed.
+    let mut temps = Vec::with_capacity(listeners.len() + 1);
+    for src in listeners
+        .iter()
+        .map(|l| l.fd.as_raw_fd())
+        .chain([extra.as_raw_fd()])
+    {
+        // SAFETY: F_DUPFD_CLOEXEC duplicates an fd we own; no memory is involved.
+        let t = unsafe { libc::fcntl(src, libc::F_DUPFD_CLOEXEC, floor) };
+        if t < 0 {
+            return Err(format!(
+                "fcntl(F_DUPFD_CLOEXEC) failed: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        temps.push(t);
+    }
+    for (i, &t) in temps.iter().enumerate() {
+        let target = LISTEN_FDS_START + i as RawFd;
+        // SAFETY: dup2 onto a number we deliberately take over; whatever was there is
+        // CLOEXEC and would be closed by the exec anyway. The new fd is not CLOEXEC.
+        if unsafe { libc::dup2(t, target) } < 0 {
+            return Err(format!(
+                "dup2() to fd {target} failed: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
+    let pid = std::process::id();
+    Ok(vec![
+        ("LISTEN_PID".into(), pid.to_string()),
+        ("LISTEN_FDS".into(), n.to_string()),
+        ("LISTEN_FDNAMES".into(), names.join(":")),
+        (
+            super::upgrade::READY_FD_ENV.into(),
+            (LISTEN_FDS_START + n).to_string(),
+        ),
+    ])
+}
+
+/// `execv` of `path` with `args` and the current environment plus `env`.
+pub fn exec(path: &CString, args: &[CString], env: &[(String, String)]) -> std::io::Error {
+    for (k, v) in env {
+        std::env::set_var(k, v);
+    }
+    if std::env::var_os("WATCHDOG_USEC").is_some() {
+        // The watchdog follows the main process; tell the new one it is meant.
+        std::env::set_var("WATCHDOG_PID", std::process::id().to_string());
+    }
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    // SAFETY: path and argv are NUL-terminated C strings kept alive by the caller for
+    // the duration of the call, and argv ends with a null pointer. execv only returns
+    // on failure.
+    unsafe { libc::execv(path.as_ptr(), argv.as_ptr()) };
+    std::io::Error::last_os_error()
+}
