@@ -14,6 +14,10 @@ fn main() {
 }
 
 fn run(cli: Cli) -> i32 {
+    if cli.command.is_some() || cli.signal.is_some() {
+        // A client command piped into `head` should end quietly, not panic on EPIPE.
+        corral::os::signals::default_sigpipe();
+    }
     if let Some(Sub::Status { json }) = cli.command {
         return cli::status(&cli.config, json);
     }

@@ -1261,7 +1261,14 @@ impl Master {
                 self.rollback_upgrade(format!("the new master failed: {why}"))
             }
             Some(Report::Closed) => {
-                self.rollback_upgrade("the new master exited before it was ready".into())
+                // Usually the process is gone by now; its exit status says why.
+                let why = match self.upgrade_child_exit() {
+                    Some(reason) => {
+                        format!("the new master exited with {reason} before it was ready")
+                    }
+                    None => "the new master closed its readiness pipe before it was ready".into(),
+                };
+                self.rollback_upgrade(why);
             }
         }
     }
@@ -1305,6 +1312,21 @@ impl Master {
             error!("{e}");
         }
         self.upgrade_failed(u.waiters, why);
+    }
+
+    /// Reaps the upgrade child if it has exited (waiting briefly: the pipe closes a
+    /// moment before the exit is visible).
+    fn upgrade_child_exit(&self) -> Option<ExitReason> {
+        let State::Upgrading(u) = &self.state else {
+            return None;
+        };
+        for _ in 0..20 {
+            if let Some(r) = process::try_wait_child(u.child) {
+                return Some(r);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        None
     }
 
     fn upgrade_failed(&mut self, waiters: Vec<u64>, why: String) {

@@ -92,6 +92,18 @@ pub fn wait_child(pid: Pid) -> Option<ExitReason> {
     }
 }
 
+/// Reaps one specific child if it has exited, without blocking.
+pub fn try_wait_child(pid: Pid) -> Option<ExitReason> {
+    match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::Exited(_, code)) => Some(ExitReason::Code(code)),
+        Ok(WaitStatus::Signaled(_, signal, core_dumped)) => Some(ExitReason::Signal {
+            signal,
+            core_dumped,
+        }),
+        _ => None,
+    }
+}
+
 /// Sends `sig` to `pid`; a process that is already gone is not an error.
 pub fn kill(pid: Pid, sig: Signal) -> Result<(), SysError> {
     match nix::sys::signal::kill(pid, sig) {

@@ -143,6 +143,18 @@ pub fn reset_for_exec() -> Result<(), SysError> {
         })
 }
 
+/// Restores SIGPIPE's default action (Rust ignores it), for short-lived client
+/// commands whose output may go to a pipe that closes early.
+pub fn default_sigpipe() {
+    // SAFETY: installing SIG_DFL runs no code of ours in signal context.
+    let _ = unsafe {
+        sigaction(
+            Signal::SIGPIPE,
+            &SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty()),
+        )
+    };
+}
+
 /// A signal's conventional name, e.g. `SIGSEGV`, for logs and exit reports.
 pub fn name(sig: Signal) -> &'static str {
     sig.as_str()
