@@ -576,6 +576,25 @@ pub struct Corral {
     exit: Mutex<Option<ExitStatus>>,
     /// Every worker this master has ever been seen with.
     seen: Mutex<Vec<ProcId>>,
+    /// Other masters this test made (binary upgrades): killed at drop, with
+    /// their children.
+    extra_masters: Mutex<Vec<ProcId>>,
+}
+
+/// How to start corral, beyond the config.
+#[derive(Clone, Debug, Default)]
+pub struct Launch {
+    /// The binary to run (default: the one cargo built). Upgrade tests copy it
+    /// into their temp dir so they can replace it.
+    pub binary: Option<PathBuf>,
+    /// Extra environment for the master (e.g. `CORRAL_FAULT`, `NOTIFY_SOCKET`).
+    pub env: Vec<(String, String)>,
+    /// Wait for this many workers instead of `workers = N` from the config
+    /// (0: take it from the config).
+    pub expect_workers: usize,
+    /// Do not require an echo round trip before returning (e.g. when every
+    /// worker is meant to crash).
+    pub no_ready_check: bool,
 }
 
 enum StartError {
@@ -589,12 +608,21 @@ impl Corral {
     /// file names the master, the configured number of workers exist and an
     /// echo round trip succeeds.
     pub fn start(template: &str) -> Corral {
-        let workers = expected_workers(template);
+        Corral::start_with(template, Launch::default())
+    }
+
+    /// `start` with a custom binary, environment or readiness condition.
+    pub fn start_with(template: &str, launch: Launch) -> Corral {
+        let workers = if launch.expect_workers > 0 {
+            launch.expect_workers
+        } else {
+            expected_workers(template)
+        };
         let mut last = String::new();
         for _attempt in 0..5 {
             let port = free_port();
             let body = template.replace("{port}", &port.to_string());
-            match Corral::try_start(&body, port, workers) {
+            match Corral::try_start(&body, port, workers, &launch) {
                 Ok(c) => return c,
                 Err(StartError::AddrInUse(log)) => last = log,
                 Err(StartError::Failed(msg)) => panic!("{msg}"),
@@ -603,7 +631,12 @@ impl Corral {
         panic!("corral kept failing with \"Address already in use\"; last log:\n{last}");
     }
 
-    fn try_start(body: &str, port: u16, workers: usize) -> Result<Corral, StartError> {
+    fn try_start(
+        body: &str,
+        port: u16,
+        workers: usize,
+        launch: &Launch,
+    ) -> Result<Corral, StartError> {
         let dir = tempfile::Builder::new()
             .prefix("corral-test-")
             .tempdir()
@@ -614,7 +647,12 @@ impl Corral {
         fs::write(&config_path, with_pid_file(body, &pid_file)).expect("write config");
         let log = File::create(&log_path).expect("create stderr file");
         let out = File::create(dir.path().join("corral.stdout")).expect("create stdout file");
-        let child = Command::new(corral_bin())
+        let bin = match &launch.binary {
+            Some(b) => b.clone(),
+            None => PathBuf::from(corral_bin()),
+        };
+        let child = Command::new(bin)
+            .envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .arg("-c")
             .arg(&config_path)
             .stdin(Stdio::null())
@@ -636,6 +674,7 @@ impl Corral {
             child: Mutex::new(child),
             exit: Mutex::new(None),
             seen: Mutex::new(Vec::new()),
+            extra_masters: Mutex::new(Vec::new()),
         };
 
         let t0 = Instant::now();
@@ -651,6 +690,9 @@ impl Corral {
             if c.workers().len() != workers {
                 stage = "worker count";
                 return false;
+            }
+            if launch.no_ready_check {
+                return true;
             }
             stage = "echo round trip";
             let Ok(mut s) = TcpStream::connect_timeout(&c.addr(), Duration::from_secs(1)) else {
@@ -833,8 +875,53 @@ impl Corral {
         wait_until(timeout, || self.all_gone())
     }
 
+    /// Records another master this test caused (a binary upgrade's new
+    /// master), so that it and its workers are killed at drop.
+    pub fn adopt_master(&self, pid: i32) {
+        let Some(st) = read_stat(pid) else { return };
+        let p = ProcId {
+            pid,
+            start: st.start,
+        };
+        let mut m = self.extra_masters.lock().unwrap_or_else(|e| e.into_inner());
+        if !m.contains(&p) {
+            m.push(p);
+        }
+        drop(m);
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        for w in live_children(pid) {
+            if !seen.contains(&w) {
+                seen.push(w);
+            }
+        }
+    }
+
+    /// Live workers of an adopted master (and remembers them for cleanup).
+    pub fn workers_of(&self, pid: i32) -> Vec<ProcId> {
+        let w = live_children(pid);
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        for p in &w {
+            if !seen.contains(p) {
+                seen.push(*p);
+            }
+        }
+        w
+    }
+
     /// Kills everything this corral started, by pid.
     fn kill_all(&self) {
+        let extra = self
+            .extra_masters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for m in &extra {
+            if proc_alive(*m) {
+                let _ = kill(Pid::from_raw(m.pid), Signal::SIGSTOP);
+                let _ = self.workers_of(m.pid);
+                let _ = kill(Pid::from_raw(m.pid), Signal::SIGKILL);
+            }
+        }
         if self.master_alive() {
             // Freeze the master so it cannot fork while we collect its children.
             let _ = kill(Pid::from_raw(self.master.pid), Signal::SIGSTOP);
