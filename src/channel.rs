@@ -28,6 +28,9 @@ pub struct Stats {
     pub bytes_out: u64,
     /// Resident set size in bytes.
     pub rss: u64,
+    /// Connections closed at once because their IP was over `max_connections_per_ip`.
+    #[serde(default)]
+    pub refused: u64,
 }
 
 /// Worker → master.

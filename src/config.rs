@@ -251,6 +251,8 @@ pub struct MasterConfig {
     pub upgrade_timeout: Dur,
     /// Detach from the terminal and run in the background.
     pub daemon: bool,
+    /// Pin worker slot i to the i-th CPU the master may run on (modulo their number).
+    pub cpu_affinity: bool,
 }
 
 impl Default for MasterConfig {
@@ -266,6 +268,7 @@ impl Default for MasterConfig {
             max_worker_rss: Size(0),
             upgrade_timeout: Dur(Duration::from_secs(30)),
             daemon: false,
+            cpu_affinity: false,
         }
     }
 }
@@ -308,7 +311,8 @@ impl Default for WorkerConfig {
 pub struct FlowConfig {
     /// Bytes per second one client may send; 0 = unlimited.
     pub rate: Size,
-    /// Bytes a client may send in one burst above `rate`; 0 = one second of `rate`.
+    /// Bytes a client may send at once before `rate` applies; 0 = 100 ms of `rate`
+    /// (at least 4 KiB).
     pub burst: Size,
     /// Most bytes read from one client per loop iteration, so that one busy client
     /// cannot starve the others in the same batch.
@@ -368,6 +372,9 @@ pub enum AcceptMode {
     /// One socket in every worker's epoll with EPOLLEXCLUSIVE.
     #[default]
     Shared,
+    /// One SO_REUSEPORT socket per worker slot, kept across generations, so the
+    /// kernel spreads connections evenly and a reload resets no queued connection.
+    Reuseport,
 }
 
 /// What a listener binds: a TCP address or a Unix socket path.
@@ -437,6 +444,47 @@ pub struct ListenConfig {
     /// How workers share this listener.
     #[serde(default)]
     pub accept: AcceptMode,
+    /// Overrides `[flow] rate` for this listener's clients.
+    #[serde(default)]
+    pub rate: Option<Size>,
+    /// Overrides `[flow] burst` for this listener's clients.
+    #[serde(default)]
+    pub burst: Option<Size>,
+    /// Overrides `[flow] max_connections_per_ip` for this listener.
+    #[serde(default)]
+    pub max_connections_per_ip: Option<usize>,
+}
+
+/// The flow-control limits in force on one listener (its overrides, else `[flow]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenFlow {
+    /// Bytes per second per client; 0 = unlimited.
+    pub rate: u64,
+    /// Bucket size in bytes.
+    pub burst: u64,
+    /// Connections per client IP per worker; 0 = unlimited.
+    pub max_connections_per_ip: usize,
+}
+
+impl ListenConfig {
+    /// This listener's effective flow-control limits.
+    pub fn flow(&self, flow: &FlowConfig) -> ListenFlow {
+        let rate = self.rate.unwrap_or(flow.rate).0;
+        let burst = self.burst.unwrap_or(flow.burst).0;
+        ListenFlow {
+            rate,
+            // Default burst: 100 ms worth of rate (at least 4 KiB), the same horizon
+            // as the throttle timer, so a throttled client moves in smooth steps.
+            burst: if burst > 0 {
+                burst
+            } else {
+                (rate / 10).max(4096)
+            },
+            max_connections_per_ip: self
+                .max_connections_per_ip
+                .unwrap_or(flow.max_connections_per_ip),
+        }
+    }
 }
 
 fn default_backlog() -> i32 {
@@ -541,6 +589,12 @@ impl Config {
             return Err(self.invalid("listen", "at least one [[listen]] entry is needed"));
         }
         for (i, l) in self.listen.iter().enumerate() {
+            if l.accept == AcceptMode::Reuseport && matches!(l.address, ListenAddr::Unix(_)) {
+                return Err(self.invalid(
+                    &format!("listen[{i}].accept"),
+                    "\"reuseport\" needs a TCP address; Unix sockets can only be \"shared\"",
+                ));
+            }
             if l.backlog < 1 {
                 return Err(self.invalid(&format!("listen[{i}].backlog"), "must be at least 1"));
             }

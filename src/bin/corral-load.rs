@@ -41,6 +41,8 @@ const MAX_WAIT: Duration = Duration::from_millis(100);
 /// First retry delay after a failed connect; doubles per consecutive failure.
 const RETRY_MIN: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(1);
+/// Round trips one connection may complete in a row before the others get a turn.
+const DRIVE_BUDGET: u32 = 8;
 
 /// Set by SIGINT/SIGTERM: threads stop and the summary is still printed.
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -469,6 +471,8 @@ struct Conn {
     deadline: Option<Instant>,
     /// When the current connect or round trip began.
     began: Instant,
+    /// When the next paced round trip is due (echo with --rate).
+    next_due: Instant,
     seq: u64,
     out: Vec<u8>,
     sent: usize,
@@ -573,6 +577,8 @@ struct Worker<'p> {
     /// Timers (pacing and connect retries): (due, connection, token).
     timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
     queue: VecDeque<usize>,
+    /// Connections to drive again without waiting for an event: (connection, token).
+    again: Vec<(usize, u32)>,
     bucket: Option<Bucket>,
     counters: Counters,
     latency: Histogram,
@@ -597,6 +603,7 @@ impl<'p> Worker<'p> {
                 established: false,
                 deadline: None,
                 began: now,
+                next_due: now,
                 seq: 0,
                 out: vec![0; plan.size],
                 sent: 0,
@@ -612,6 +619,7 @@ impl<'p> Worker<'p> {
             conns,
             timers: BinaryHeap::new(),
             queue,
+            again: Vec::new(),
             bucket: plan.connect_rate.map(|r| Bucket::new(r, now)),
             counters: Counters::default(),
             latency: Histogram::new(),
@@ -675,6 +683,9 @@ impl<'p> Worker<'p> {
             if let Some(Reverse((due, _, _))) = self.timers.peek() {
                 wake = wake.min(*due);
             }
+            if !self.again.is_empty() {
+                wake = now;
+            }
             if !self.queue.is_empty() {
                 wake = match &self.bucket {
                     Some(b) => wake.min(b.next_token(now)),
@@ -682,7 +693,8 @@ impl<'p> Worker<'p> {
                 };
             }
             let wait = wake.saturating_duration_since(Instant::now()).min(MAX_WAIT);
-            // Round up: waking a hair early just spins once more.
+            // Round up to whole ms: never wake early for nothing. A timer may fire up to
+            // 1 ms late; pacing keeps an ideal schedule, so the rate does not drift.
             let ms = wait.as_micros().div_ceil(1000) as u16;
             let n = match self.epoll.wait(&mut events, ms) {
                 Ok(n) => n,
@@ -690,13 +702,12 @@ impl<'p> Worker<'p> {
                 Err(e) => return Err(format!("epoll_wait() failed: {e}")),
             };
             // 3. IO
-            let now = Instant::now();
             for ev in &events[..n] {
                 let data = ev.data();
                 let idx = (data >> 32) as usize;
                 let token = data as u32;
                 if self.conns.get(idx).is_some_and(|c| c.token == token) {
-                    self.on_event(idx, ev.events(), now);
+                    self.on_event(idx, ev.events());
                 }
             }
         }
@@ -712,6 +723,12 @@ impl<'p> Worker<'p> {
     }
 
     fn fire_timers(&mut self, now: Instant) {
+        // Connections that used up their drive budget last round go first.
+        for (idx, token) in std::mem::take(&mut self.again) {
+            if self.conns[idx].token == token {
+                self.drive(idx);
+            }
+        }
         while let Some(&Reverse((due, idx, token))) = self.timers.peek() {
             if due > now {
                 break;
@@ -722,7 +739,7 @@ impl<'p> Worker<'p> {
                 continue;
             }
             match c.state {
-                State::Paced => self.start_round_trip(idx, now),
+                State::Paced => self.start_round_trip(idx),
                 State::Backoff => {
                     self.conns[idx].state = State::Queued;
                     self.queue.push_back(idx);
@@ -740,7 +757,7 @@ impl<'p> Worker<'p> {
                 }
             }
             self.queue.pop_front();
-            self.start_connect(idx, now);
+            self.start_connect(idx);
         }
     }
 
@@ -754,7 +771,7 @@ impl<'p> Worker<'p> {
             match c.state {
                 State::Connecting => {
                     let why = format!("connect timed out after {:?}", self.plan.timeout);
-                    self.connect_failed(idx, now, why);
+                    self.connect_failed(idx, why);
                 }
                 State::Sending | State::Receiving => {
                     self.counters.timeouts += 1;
@@ -779,16 +796,19 @@ impl<'p> Worker<'p> {
         }
     }
 
-    fn start_connect(&mut self, idx: usize, now: Instant) {
+    fn start_connect(&mut self, idx: usize) {
+        // Timestamps that feed latencies are taken fresh, never from the loop's `now`:
+        // a batch of a thousand events takes long enough to skew them by milliseconds.
+        let began = Instant::now();
         match self.open_socket(idx) {
             Ok(sock) => {
                 let c = &mut self.conns[idx];
                 c.sock = Some(sock);
                 c.state = State::Connecting;
-                c.began = now;
-                c.deadline = Some(now + self.plan.timeout);
+                c.began = began;
+                c.deadline = Some(began + self.plan.timeout);
             }
-            Err(e) => self.connect_failed(idx, now, e),
+            Err(e) => self.connect_failed(idx, e),
         }
     }
 
@@ -843,7 +863,7 @@ impl<'p> Worker<'p> {
         Ok(sock)
     }
 
-    fn connect_failed(&mut self, idx: usize, now: Instant, why: String) {
+    fn connect_failed(&mut self, idx: usize, why: String) {
         self.counters.connect_failed += 1;
         if self.first_connect_error.is_none() {
             self.first_connect_error = Some(why);
@@ -856,7 +876,8 @@ impl<'p> Worker<'p> {
             .saturating_mul(1 << c.failures.min(10).saturating_sub(1))
             .min(RETRY_MAX);
         c.state = State::Backoff;
-        self.timers.push(Reverse((now + delay, idx, c.token)));
+        self.timers
+            .push(Reverse((Instant::now() + delay, idx, c.token)));
     }
 
     /// Drops the socket (which also removes it from epoll) and invalidates its events.
@@ -878,20 +899,20 @@ impl<'p> Worker<'p> {
         self.queue.push_back(idx);
     }
 
-    fn on_event(&mut self, idx: usize, flags: EpollFlags, now: Instant) {
+    fn on_event(&mut self, idx: usize, flags: EpollFlags) {
         if self.conns[idx].state == State::Connecting {
             if !flags.intersects(EpollFlags::EPOLLOUT | EpollFlags::EPOLLERR | EpollFlags::EPOLLHUP)
             {
                 return;
             }
-            self.finish_connect(idx, now);
+            self.finish_connect(idx);
             // The same edge may already carry the server's close (an accept-and-close
             // server, a draining worker): with edge triggering it will not come again,
             // so fall through and look at it in the new state.
         }
         match self.conns[idx].state {
             State::Connecting => {}
-            State::Sending | State::Receiving => self.drive(idx, now),
+            State::Sending | State::Receiving => self.drive(idx),
             State::Paced | State::Idle => {
                 if flags.intersects(
                     EpollFlags::EPOLLIN
@@ -906,7 +927,8 @@ impl<'p> Worker<'p> {
         }
     }
 
-    fn finish_connect(&mut self, idx: usize, now: Instant) {
+    fn finish_connect(&mut self, idx: usize) {
+        let now = Instant::now();
         let c = &mut self.conns[idx];
         let Some(sock) = &c.sock else { return };
         let err = match sock.take_error() {
@@ -915,7 +937,7 @@ impl<'p> Worker<'p> {
         };
         if let Some(e) = err {
             let why = format!("connect({}) failed: {e}", self.plan.addr);
-            self.connect_failed(idx, now, why);
+            self.connect_failed(idx, why);
             return;
         }
         c.established = true;
@@ -931,30 +953,36 @@ impl<'p> Worker<'p> {
                 // Spread the first round trips over one period (golden-ratio steps), so
                 // paced connections opened together do not fire together forever.
                 let frac = (self.conns[idx].global as f64 * 0.618_033_988_75).fract();
-                let due = now + pace.mul_f64(frac);
                 let c = &mut self.conns[idx];
+                c.next_due = now + pace.mul_f64(frac);
                 c.state = State::Paced;
-                self.timers.push(Reverse((due, idx, c.token)));
+                self.timers.push(Reverse((c.next_due, idx, c.token)));
             }
-            _ => self.start_round_trip(idx, now),
+            _ => self.start_round_trip(idx),
         }
     }
 
-    fn start_round_trip(&mut self, idx: usize, now: Instant) {
+    fn start_round_trip(&mut self, idx: usize) {
+        self.prepare_round_trip(idx);
+        self.drive(idx);
+    }
+
+    fn prepare_round_trip(&mut self, idx: usize) {
         let c = &mut self.conns[idx];
         c.seq += 1;
         fill_message(&mut c.out, c.global, c.seq);
         c.sent = 0;
         c.got = 0;
-        c.began = now;
-        c.deadline = Some(now + self.plan.timeout);
+        c.began = Instant::now();
+        c.deadline = Some(c.began + self.plan.timeout);
         c.state = State::Sending;
-        self.drive(idx, now);
     }
 
-    /// Advances a round trip as far as the socket allows (edge-triggered: until
-    /// EAGAIN), and decides what comes after it.
-    fn drive(&mut self, idx: usize, now: Instant) {
+    /// Advances round trips as far as the socket allows (edge-triggered: until EAGAIN).
+    /// A server that answers at once would keep one connection here forever, so after
+    /// a few round trips the connection yields and is driven again after the others.
+    fn drive(&mut self, idx: usize) {
+        let mut budget = DRIVE_BUDGET;
         loop {
             let c = &mut self.conns[idx];
             let Some(sock) = &c.sock else { return };
@@ -980,7 +1008,15 @@ impl<'p> Worker<'p> {
                             c.got += n;
                             self.counters.bytes_received += n as u64;
                             if c.got == want {
-                                return self.round_trip_done(idx, now);
+                                if !self.round_trip_done(idx) {
+                                    return;
+                                }
+                                budget -= 1;
+                                if budget == 0 {
+                                    let token = self.conns[idx].token;
+                                    self.again.push((idx, token));
+                                    return;
+                                }
                             }
                         }
                         Err(e) if is_would_block(&e) => return,
@@ -999,12 +1035,16 @@ impl<'p> Worker<'p> {
         self.reconnect(idx);
     }
 
-    fn round_trip_done(&mut self, idx: usize, now: Instant) {
+    /// Counts a complete echo and sets up what follows; true when the next round trip
+    /// is ready to be driven at once.
+    fn round_trip_done(&mut self, idx: usize) -> bool {
+        let now = Instant::now();
         let c = &mut self.conns[idx];
         if c.back != c.out {
             self.counters.mismatch += 1;
             // The stream is out of step; only a new connection can resynchronise.
-            return self.reconnect(idx);
+            self.reconnect(idx);
+            return false;
         }
         let us = now.saturating_duration_since(c.began).as_micros() as u64;
         c.deadline = None;
@@ -1015,19 +1055,32 @@ impl<'p> Worker<'p> {
         }
         match (self.plan.mode, self.plan.pace) {
             // A clean close by the client, then a fresh connection: that is the load.
-            (Mode::Churn, _) => self.reconnect(idx),
+            (Mode::Churn, _) => {
+                self.reconnect(idx);
+                false
+            }
             (_, Some(pace)) => {
                 let c = &mut self.conns[idx];
-                // Keep the schedule (start + k * pace) unless the server fell behind it.
-                let due = (c.began + pace).max(now);
-                if due <= now {
-                    self.start_round_trip(idx, now);
+                // Keep to the ideal schedule (first + k * pace), so that timer lateness
+                // does not add up into a lower rate; but a connection more than one
+                // period behind starts afresh instead of bursting to catch up.
+                c.next_due += pace;
+                if c.next_due + pace < now {
+                    c.next_due = now;
+                }
+                if c.next_due <= now {
+                    self.prepare_round_trip(idx);
+                    true
                 } else {
                     c.state = State::Paced;
-                    self.timers.push(Reverse((due, idx, c.token)));
+                    self.timers.push(Reverse((c.next_due, idx, c.token)));
+                    false
                 }
             }
-            (_, None) => self.start_round_trip(idx, now),
+            (_, None) => {
+                self.prepare_round_trip(idx);
+                true
+            }
         }
     }
 

@@ -249,8 +249,9 @@ impl Master {
         let listeners = sockets::open_all(config, &[], &mut inherited)?;
         let pid_file = PidFile::create(&config.master.pid_file)?;
         let control = control::Server::bind(&config.master.control_socket_path(), opts.upgraded)?;
-        for l in &listeners {
-            info!(address = %l.addr, "listening");
+        for l in listeners.iter().filter(|l| l.slot.unwrap_or(0) == 0) {
+            let sockets = listeners.iter().filter(|o| o.addr == l.addr).count();
+            info!(address = %l.addr, sockets, "listening");
         }
         Ok((signals, listeners, pid_file, control))
     }
@@ -490,6 +491,11 @@ impl Master {
     /// worker loop. Never returns to the master's code, not even by panic.
     fn become_worker(&mut self, slot: usize, generation: u64, channel: Channel) -> i32 {
         process::set_name("corral-worker");
+        if self.config.master.cpu_affinity {
+            if let Err(e) = process::pin_to_cpu(slot) {
+                warn!("worker {slot}: {e}");
+            }
+        }
         // Other workers' channels must close here, or a sibling would keep this
         // worker's master end open and it would never see EOF when the master dies.
         self.workers.clear();
@@ -505,7 +511,9 @@ impl Master {
             State::Reloading(r) if r.generation == generation => (r.config.clone(), &r.listeners),
             _ => (self.config.clone(), &self.listeners),
         };
-        let fds: Result<Vec<OwnedFd>, _> = listeners.iter().map(|l| l.fd.try_clone()).collect();
+        let fds: Result<Vec<OwnedFd>, _> = sockets::for_slot(listeners, slot)
+            .map(|l| l.fd.try_clone())
+            .collect();
         self.listeners.clear();
         if let State::Reloading(r) = &mut self.state {
             r.listeners.clear();

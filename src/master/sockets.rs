@@ -11,7 +11,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use tracing::{info, warn};
 
-use crate::config::{Config, ListenAddr};
+use crate::config::{AcceptMode, Config, ListenAddr};
 use crate::os::{fd, net};
 
 /// First fd number of passed sockets, by the protocol.
@@ -21,6 +21,9 @@ pub const LISTEN_FDS_START: RawFd = 3;
 pub struct Listener {
     pub addr: ListenAddr,
     pub name: String,
+    /// For `accept = "reuseport"`: the worker slot this socket belongs to. Each
+    /// slot keeps its socket across generations, so a reload drops no queue.
+    pub slot: Option<usize>,
     pub fd: OwnedFd,
     /// We created the Unix socket file (not inherited), so we remove it when done.
     pub owns_path: bool,
@@ -95,58 +98,89 @@ fn name_of(config: &Config, i: usize) -> String {
 /// Opens the listeners `config` asks for: reusing an already open one with the same
 /// address (a reload must never re-bind a socket that is serving: that would drop its
 /// queue, or fail with EADDRINUSE), else an inherited one matched by name or address,
-/// else binding a new one. Inherited sockets nobody wants are closed.
+/// else binding a new one. A `reuseport` listener gets one socket per worker slot.
+/// Inherited sockets nobody wants are closed.
 pub fn open_all(
     config: &Config,
     current: &[Listener],
     inherited: &mut Vec<Inherited>,
 ) -> Result<Vec<Listener>, net::NetError> {
+    let workers = config.master.workers.count();
     let mut out = Vec::with_capacity(config.listen.len());
     for (i, l) in config.listen.iter().enumerate() {
         let name = name_of(config, i);
-        if let Some(existing) = current.iter().find(|c| c.addr == l.address) {
-            let fd = existing
-                .fd
-                .try_clone()
-                .map_err(|source| net::NetError::Bind {
-                    addr: l.address.to_string(),
-                    step: "dup()",
-                    source,
-                })?;
-            out.push(Listener {
-                addr: l.address.clone(),
-                name,
-                fd,
-                owns_path: false,
+        let slots: Vec<Option<usize>> = match l.accept {
+            AcceptMode::Shared => vec![None],
+            AcceptMode::Reuseport => (0..workers).map(Some).collect(),
+        };
+        if let Some(c) = current.iter().find(|c| {
+            c.addr == l.address && c.slot.is_some() != (l.accept == AcceptMode::Reuseport)
+        }) {
+            return Err(net::NetError::Bind {
+                addr: l.address.to_string(),
+                step: "changing `accept` mode",
+                source: std::io::Error::other(format!(
+                    "{} is open in {} mode; changing it needs a restart (or a new address)",
+                    c.addr,
+                    if c.slot.is_some() {
+                        "reuseport"
+                    } else {
+                        "shared"
+                    }
+                )),
             });
-            continue;
         }
-        let by_name = inherited
-            .iter()
-            .position(|s| l.name.is_some() && s.name == l.name);
-        let found = by_name.or_else(|| {
-            inherited
+        for slot in slots {
+            if let Some(existing) = current
                 .iter()
-                .position(|s| s.addr.as_ref() == Some(&l.address))
-        });
-        if let Some(k) = found {
-            let s = inherited.swap_remove(k);
-            info!(address = %l.address, name = s.name.as_deref().unwrap_or("-"), "using passed-in socket");
+                .find(|c| c.addr == l.address && c.slot == slot)
+            {
+                let fd = existing
+                    .fd
+                    .try_clone()
+                    .map_err(|source| net::NetError::Bind {
+                        addr: l.address.to_string(),
+                        step: "dup()",
+                        source,
+                    })?;
+                out.push(Listener {
+                    addr: l.address.clone(),
+                    name: name.clone(),
+                    slot,
+                    fd,
+                    owns_path: false,
+                });
+                continue;
+            }
+            let by_name = inherited
+                .iter()
+                .position(|s| l.name.is_some() && s.name == l.name);
+            let found = by_name.or_else(|| {
+                inherited
+                    .iter()
+                    .position(|s| s.addr.as_ref() == Some(&l.address))
+            });
+            if let Some(k) = found {
+                let s = inherited.swap_remove(k);
+                info!(address = %l.address, name = s.name.as_deref().unwrap_or("-"), "using passed-in socket");
+                out.push(Listener {
+                    addr: l.address.clone(),
+                    name: name.clone(),
+                    slot,
+                    fd: s.fd,
+                    owns_path: false,
+                });
+                continue;
+            }
+            let fd = net::bind(&l.address, l.backlog, slot.is_some())?;
             out.push(Listener {
                 addr: l.address.clone(),
-                name,
-                fd: s.fd,
-                owns_path: false,
+                name: name.clone(),
+                slot,
+                fd,
+                owns_path: matches!(l.address, ListenAddr::Unix(_)),
             });
-            continue;
         }
-        let fd = net::bind(&l.address, l.backlog, false)?;
-        out.push(Listener {
-            addr: l.address.clone(),
-            name,
-            fd,
-            owns_path: matches!(l.address, ListenAddr::Unix(_)),
-        });
     }
     for s in inherited.drain(..) {
         let what = s
@@ -156,6 +190,14 @@ pub fn open_all(
         warn!("closing passed-in socket {what}: no [[listen]] entry wants it");
     }
     Ok(out)
+}
+
+/// The sockets worker `slot` serves: every shared listener and its own reuseport
+/// ones, one per `[[listen]]` entry, in config order.
+pub fn for_slot(listeners: &[Listener], slot: usize) -> impl Iterator<Item = &Listener> {
+    listeners
+        .iter()
+        .filter(move |l| l.slot.is_none() || l.slot == Some(slot))
 }
 
 /// Removes the Unix socket files we created (at exit, or when a reload dropped them).

@@ -134,6 +134,26 @@ pub fn set_name(name: &str) {
     }
 }
 
+/// Pins this process to the `n`-th CPU it may run on (modulo their number), so
+/// workers stay on their own cores and keep their caches warm.
+pub fn pin_to_cpu(n: usize) -> Result<usize, SysError> {
+    use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+    let allowed = sched_getaffinity(Pid::from_raw(0))
+        .ctx("sched_getaffinity()", || "reading allowed CPUs".into())?;
+    let cpus: Vec<usize> = (0..CpuSet::count())
+        .filter(|&c| allowed.is_set(c).unwrap_or(false))
+        .collect();
+    let Some(&cpu) = cpus.get(n % cpus.len().max(1)) else {
+        return Ok(0);
+    };
+    let mut set = CpuSet::new();
+    set.set(cpu)
+        .ctx("CpuSet::set()", || format!("selecting CPU {cpu}"))?;
+    sched_setaffinity(Pid::from_raw(0), &set)
+        .ctx("sched_setaffinity()", || format!("pinning to CPU {cpu}"))?;
+    Ok(cpu)
+}
+
 /// Resident set size of this process in bytes, from /proc/self/statm.
 pub fn self_rss() -> u64 {
     let page = page_size();

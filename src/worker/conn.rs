@@ -7,7 +7,7 @@
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsFd, OwnedFd};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::channel::Stats;
 use crate::os::epoll::Interest;
@@ -31,6 +31,65 @@ impl Token {
     }
 }
 
+/// A token bucket for one client's reads: `rate` bytes per second, at most `burst`
+/// saved up. Boxed in the connection only when a rate is configured, so unlimited
+/// connections pay 8 bytes for it.
+pub struct Bucket {
+    tokens: u64,
+    last: Instant,
+    rate: u64,
+    burst: u64,
+}
+
+impl Bucket {
+    pub fn new(rate: u64, burst: u64, now: Instant) -> Bucket {
+        Bucket {
+            tokens: burst,
+            last: now,
+            rate,
+            burst,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last);
+        let add = (elapsed.as_nanos().saturating_mul(u128::from(self.rate)) / 1_000_000_000) as u64;
+        if add > 0 {
+            self.tokens = self.tokens.saturating_add(add).min(self.burst);
+            // Advance by exactly the time the added tokens represent, so fractions
+            // of a byte are not lost at low rates.
+            self.last += Duration::from_nanos(
+                (u128::from(add) * 1_000_000_000 / u128::from(self.rate.max(1))) as u64,
+            );
+            if self.tokens == self.burst {
+                self.last = now;
+            }
+        }
+    }
+
+    /// Bytes that may be read now.
+    pub fn available(&mut self, now: Instant) -> u64 {
+        self.refill(now);
+        self.tokens
+    }
+
+    pub fn take(&mut self, n: u64) {
+        self.tokens = self.tokens.saturating_sub(n);
+    }
+
+    /// When an exhausted bucket is worth reading from again: once 100 ms worth of
+    /// tokens (or the whole burst, if smaller) have accumulated — the seeds' 100 ms
+    /// re-admission timer, without polling in between.
+    pub fn readmit_at(&self, now: Instant) -> Instant {
+        let want = (self.rate / 10).clamp(1, self.burst.max(1));
+        let missing = want.saturating_sub(self.tokens);
+        let wait = Duration::from_nanos(
+            (u128::from(missing) * 1_000_000_000 / u128::from(self.rate.max(1))) as u64,
+        );
+        now + wait.max(Duration::from_millis(1))
+    }
+}
+
 pub struct Conn {
     pub fd: OwnedFd,
     pub peer: Option<IpAddr>,
@@ -51,6 +110,14 @@ pub struct Conn {
     close: bool,
     /// Reading is suspended until output falls under the low water mark.
     backpressured: bool,
+    /// Per-client rate limit, if one is configured.
+    bucket: Option<Box<Bucket>>,
+    /// The rate limit ran out: not read from until the throttle timer re-admits it.
+    pub throttled: bool,
+    /// A throttle timer is pending for this connection.
+    pub throttle_armed: bool,
+    /// Counted in the worker's per-IP connection table.
+    pub counted_ip: bool,
 }
 
 /// What `pump` decided.
@@ -62,7 +129,13 @@ pub enum Outcome {
 }
 
 impl Conn {
-    pub fn new(fd: OwnedFd, peer: Option<IpAddr>, handler: Box<dyn Handler>, now: Instant) -> Conn {
+    pub fn new(
+        fd: OwnedFd,
+        peer: Option<IpAddr>,
+        handler: Box<dyn Handler>,
+        bucket: Option<Box<Bucket>>,
+        now: Instant,
+    ) -> Conn {
         Conn {
             fd,
             peer,
@@ -79,6 +152,10 @@ impl Conn {
             read_closed: false,
             close: false,
             backpressured: false,
+            bucket,
+            throttled: false,
+            throttle_armed: false,
+            counted_ip: false,
         }
     }
 
@@ -88,7 +165,7 @@ impl Conn {
 
     /// Reading is possible and allowed now.
     pub fn wants_read(&self) -> bool {
-        self.may_read && !self.read_closed && !self.backpressured && !self.close
+        self.may_read && !self.read_closed && !self.backpressured && !self.close && !self.throttled
     }
 
     /// Closing now loses nothing.
@@ -100,7 +177,7 @@ impl Conn {
     /// output is pending.
     pub fn interest(&self) -> Interest {
         Interest {
-            read: !self.read_closed && !self.backpressured && !self.close,
+            read: !self.read_closed && !self.backpressured && !self.close && !self.throttled,
             write: self.pending() > 0,
             edge: true,
             exclusive: false,
@@ -123,7 +200,15 @@ impl Conn {
         let mut active = false;
         loop {
             while self.wants_read() && *budget > 0 {
-                let n = (*budget).min(scratch.len());
+                let mut n = (*budget).min(scratch.len());
+                if let Some(b) = &mut self.bucket {
+                    let allowed = b.available(Instant::now());
+                    if allowed == 0 {
+                        self.throttled = true;
+                        break;
+                    }
+                    n = n.min(allowed.min(usize::MAX as u64) as usize);
+                }
                 match fd::read(self.fd.as_fd(), &mut scratch[..n]) {
                     Ok(0) => {
                         self.read_closed = true;
@@ -132,6 +217,9 @@ impl Conn {
                     Ok(n) => {
                         active = true;
                         *budget -= n;
+                        if let Some(b) = &mut self.bucket {
+                            b.take(n as u64);
+                        }
                         stats.bytes_in += n as u64;
                         self.feed(&scratch[..n], pool);
                         if self.inbuf.len() > inbuf_limit {
@@ -245,6 +333,14 @@ impl Conn {
         }
     }
 
+    /// When to re-admit a throttled connection.
+    pub fn readmit_at(&self, now: Instant) -> Instant {
+        match &self.bucket {
+            Some(b) => b.readmit_at(now),
+            None => now,
+        }
+    }
+
     /// Gives the connection's buffer back to the pool as it closes.
     pub fn recycle(mut self, pool: &mut Vec<Vec<u8>>) {
         self.release_out(pool);
@@ -321,5 +417,43 @@ impl Slab {
             .filter(|(_, s)| s.conn.is_some())
             .map(|(i, s)| Token::new(i, s.gen))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_holds_rate_and_burst() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(1000, 200, t0);
+        assert_eq!(b.available(t0), 200);
+        b.take(200);
+        assert_eq!(b.available(t0), 0);
+        // 100 ms at 1000 B/s = 100 bytes.
+        assert_eq!(b.available(t0 + Duration::from_millis(100)), 100);
+        // Never more than the burst, however long it waits.
+        assert_eq!(b.available(t0 + Duration::from_secs(60)), 200);
+        b.take(200);
+        let at = b.readmit_at(t0 + Duration::from_secs(60));
+        assert_eq!(
+            at,
+            t0 + Duration::from_secs(60) + Duration::from_millis(100)
+        );
+    }
+
+    #[test]
+    fn bucket_keeps_fractions_at_low_rates() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(3, 10, t0);
+        b.take(10);
+        let mut got = 0;
+        for ms in (0..=3000).step_by(10) {
+            let a = b.available(t0 + Duration::from_millis(ms));
+            b.take(a);
+            got += a;
+        }
+        assert_eq!(got, 9);
     }
 }

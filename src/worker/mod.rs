@@ -15,20 +15,22 @@
 mod conn;
 pub mod timer;
 
+use std::collections::HashMap;
 use std::io;
+use std::net::IpAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
 use crate::channel::{Channel, ChannelError, Stats, ToMaster, ToWorker};
-use crate::config::Config;
+use crate::config::{Config, ListenFlow};
 use crate::os::epoll::{Epoll, Event, Interest};
 use crate::os::signals::SignalReader;
 use crate::os::{net, process};
 use crate::service::Service;
 
-use conn::{Conn, Slab, Token};
+use conn::{Bucket, Conn, Slab, Token};
 use timer::Timers;
 
 /// Exit code by which a worker tells the master "fatal configuration problem: do not
@@ -62,6 +64,8 @@ pub struct WorkerInit {
 
 enum Timer {
     Idle(Token),
+    /// Re-admit a client whose rate limit ran out.
+    Throttle(Token),
     AcceptResume,
     Heartbeat,
     DrainDeadline,
@@ -76,6 +80,7 @@ enum Phase {
 struct Listener {
     fd: OwnedFd,
     service: Box<dyn Service>,
+    flow: ListenFlow,
 }
 
 struct Worker {
@@ -101,6 +106,8 @@ struct Worker {
     stats: Stats,
     phase: Phase,
     exit: Option<i32>,
+    /// Connections per client IP, for listeners with `max_connections_per_ip`.
+    per_ip: HashMap<IpAddr, u32>,
 }
 
 /// Runs a worker until it is told to stop, drains, or loses its master; returns the
@@ -141,6 +148,7 @@ impl Worker {
             .map(|(fd, l)| Listener {
                 fd,
                 service: crate::service::builtin(l),
+                flow: l.flow(&init.config.flow),
             })
             .collect();
         let scratch = vec![0u8; init.config.flow.read_quantum.0.min(1 << 20) as usize];
@@ -163,6 +171,7 @@ impl Worker {
             stats: Stats::default(),
             phase: Phase::Running,
             exit: None,
+            per_ip: HashMap::new(),
         };
         w.resume_accept()?;
         w.send(ToMaster::Ready);
@@ -215,6 +224,14 @@ impl Worker {
         while let Some(t) = self.timers.pop_due(now) {
             match t {
                 Timer::Idle(token) => self.check_idle(token, now),
+                Timer::Throttle(token) => {
+                    if let Some(c) = self.conns.get_mut(token) {
+                        c.throttled = false;
+                        c.throttle_armed = false;
+                        c.may_read = true;
+                        self.drive(token);
+                    }
+                }
                 Timer::AcceptResume => {
                     self.accept_backoff_until = None;
                     if let Err(e) = self.resume_accept() {
@@ -445,9 +462,25 @@ impl Worker {
     }
 
     fn add_conn(&mut self, listener: usize, a: net::Accepted) {
+        let flow = self.listeners[listener].flow;
+        let counted_ip = match a.peer {
+            Some(ip) if flow.max_connections_per_ip > 0 => {
+                let n = self.per_ip.entry(ip).or_insert(0);
+                if *n as usize >= flow.max_connections_per_ip {
+                    debug!(%ip, limit = flow.max_connections_per_ip, "per-IP connection limit reached: closing");
+                    self.stats.refused += 1;
+                    return; // dropping the fd closes the connection
+                }
+                *n += 1;
+                true
+            }
+            _ => false,
+        };
         let handler = self.listeners[listener].service.connect(a.peer);
         let now = Instant::now();
-        let conn = Conn::new(a.fd, a.peer, handler, now);
+        let bucket = (flow.rate > 0).then(|| Box::new(Bucket::new(flow.rate, flow.burst, now)));
+        let mut conn = Conn::new(a.fd, a.peer, handler, bucket, now);
+        conn.counted_ip = counted_ip;
         let token = self.conns.insert(conn);
         let Some(c) = self.conns.get_mut(token) else {
             return;
@@ -531,6 +564,11 @@ impl Worker {
         if budget == 0 && c.wants_read() {
             self.ready.push(token);
         }
+        if c.throttled && !c.throttle_armed {
+            c.throttle_armed = true;
+            let at = c.readmit_at(now);
+            self.timers.schedule(at, Timer::Throttle(token));
+        }
         let want = c.interest();
         if want != c.registered {
             if let Err(e) = self.epoll.modify(c.fd.as_fd(), want, token.0) {
@@ -547,6 +585,14 @@ impl Worker {
 
     fn close(&mut self, token: Token) {
         if let Some(c) = self.conns.remove(token) {
+            if let (true, Some(ip)) = (c.counted_ip, c.peer) {
+                if let Some(n) = self.per_ip.get_mut(&ip) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.per_ip.remove(&ip);
+                    }
+                }
+            }
             c.recycle(&mut self.pool);
         }
         if self.conns.len() * 10 <= self.config.worker.max_connections * 9 {

@@ -694,6 +694,12 @@ impl Corral {
             if launch.no_ready_check {
                 return true;
             }
+            // The master says it serves once every worker reported ready; until
+            // then a reload would be queued behind the start-up.
+            stage = "master running";
+            if !c.master_running() {
+                return false;
+            }
             stage = "echo round trip";
             let Ok(mut s) = TcpStream::connect_timeout(&c.addr(), Duration::from_secs(1)) else {
                 return false;
@@ -873,6 +879,18 @@ impl Corral {
     /// Waits until the master and every seen worker are gone.
     pub fn wait_all_gone(&self, timeout: Duration) -> bool {
         wait_until(timeout, || self.all_gone())
+    }
+
+    /// `corral status` reports the master as running (not starting, reloading
+    /// or stopping).
+    pub fn master_running(&self) -> bool {
+        let cfg = self.config_str();
+        let out = run_cli(
+            self.dir.path(),
+            &["status", "--json", "-c", &cfg],
+            Duration::from_secs(10),
+        );
+        out.status.success() && out.stdout.contains("\"message\": \"running\"")
     }
 
     /// Records another master this test caused (a binary upgrade's new
