@@ -293,6 +293,8 @@ pub struct WorkerConfig {
     pub idle_timeout: Dur,
     /// How often a worker reports to the master (heartbeat with stats).
     pub heartbeat_interval: Dur,
+    /// Threads of the per-worker blocking pool (started on first use).
+    pub blocking_threads: usize,
 }
 
 impl Default for WorkerConfig {
@@ -301,6 +303,7 @@ impl Default for WorkerConfig {
             max_connections: 10_000,
             idle_timeout: Dur(Duration::from_secs(60)),
             heartbeat_interval: Dur(Duration::from_secs(1)),
+            blocking_threads: 4,
         }
     }
 }
@@ -357,12 +360,16 @@ impl Default for LogConfig {
     }
 }
 
-/// The protocol a listener speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ServiceKind {
-    /// Writes back what it reads.
-    Echo,
+/// How a proxy listener picks an upstream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    /// Each new connection goes to the next upstream in turn.
+    #[default]
+    RoundRobin,
+    /// Each new connection goes to the upstream with the fewest open connections
+    /// (from this worker).
+    LeastConn,
 }
 
 /// How workers share a listener.
@@ -433,8 +440,9 @@ impl<'de> Deserialize<'de> for ListenAddr {
 pub struct ListenConfig {
     /// `"127.0.0.1:8080"`, `"[::1]:8080"` or `"unix:/path"`.
     pub address: ListenAddr,
-    /// Which built-in service answers on it.
-    pub service: ServiceKind,
+    /// Which service answers on it: `echo`, `http`, `proxy`, or one registered by a
+    /// program built on the library.
+    pub service: String,
     /// Name used to match sockets passed in by systemd (`LISTEN_FDNAMES`).
     #[serde(default)]
     pub name: Option<String>,
@@ -453,6 +461,87 @@ pub struct ListenConfig {
     /// Overrides `[flow] max_connections_per_ip` for this listener.
     #[serde(default)]
     pub max_connections_per_ip: Option<usize>,
+    /// http: the status code of every response.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// http: the body of every response.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// http: extra response headers.
+    #[serde(default)]
+    pub headers: Option<std::collections::BTreeMap<String, String>>,
+    /// http: a request's headers must arrive within this (slowloris).
+    #[serde(default)]
+    pub header_timeout: Option<Dur>,
+    /// http: largest request head (request line and headers) accepted.
+    #[serde(default)]
+    pub max_header_size: Option<Size>,
+    /// proxy: where connections are forwarded (`"host:port"`).
+    #[serde(default)]
+    pub upstreams: Vec<String>,
+    /// proxy: how an upstream is picked.
+    #[serde(default)]
+    pub balance: Option<Balance>,
+    /// proxy: how long connecting to an upstream may take before the next is tried.
+    #[serde(default)]
+    pub connect_timeout: Option<Dur>,
+    /// proxy: how long an upstream that refused or timed out is skipped.
+    #[serde(default)]
+    pub upstream_backoff: Option<Dur>,
+}
+
+/// Keys that only make sense for one service, for the "wrong service" check.
+const HTTP_KEYS: &[&str] = &[
+    "status",
+    "body",
+    "headers",
+    "header_timeout",
+    "max_header_size",
+];
+const PROXY_KEYS: &[&str] = &[
+    "upstreams",
+    "balance",
+    "connect_timeout",
+    "upstream_backoff",
+];
+
+impl ListenConfig {
+    fn set_keys(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let set = [
+            ("status", self.status.is_some()),
+            ("body", self.body.is_some()),
+            ("headers", self.headers.is_some()),
+            ("header_timeout", self.header_timeout.is_some()),
+            ("max_header_size", self.max_header_size.is_some()),
+            ("upstreams", !self.upstreams.is_empty()),
+            ("balance", self.balance.is_some()),
+            ("connect_timeout", self.connect_timeout.is_some()),
+            ("upstream_backoff", self.upstream_backoff.is_some()),
+        ];
+        for (k, on) in set {
+            if on {
+                out.push(k);
+            }
+        }
+        out
+    }
+
+    /// The proxy's upstream addresses, resolved.
+    pub fn upstream_addrs(&self) -> Result<Vec<SocketAddr>, String> {
+        use std::net::ToSocketAddrs;
+        let mut out = Vec::new();
+        for u in &self.upstreams {
+            let mut addrs = u
+                .to_socket_addrs()
+                .map_err(|e| format!("upstream `{u}`: {e} (write \"host:port\")"))?;
+            match addrs.next() {
+                Some(a) => out.push(a),
+                None => return Err(format!("upstream `{u}` resolves to no address")),
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// The flow-control limits in force on one listener (its overrides, else `[flow]`).
@@ -589,6 +678,61 @@ impl Config {
             return Err(self.invalid("listen", "at least one [[listen]] entry is needed"));
         }
         for (i, l) in self.listen.iter().enumerate() {
+            let key = |k: &str| format!("listen[{i}].{k}");
+            if !crate::service::is_known(&l.service) {
+                return Err(self.invalid(
+                    &key("service"),
+                    format!(
+                        "unknown service `{}` (known: {})",
+                        l.service,
+                        crate::service::known().join(", ")
+                    ),
+                ));
+            }
+            let own: &[&str] = match l.service.as_str() {
+                "http" => HTTP_KEYS,
+                "proxy" => PROXY_KEYS,
+                _ => &[],
+            };
+            if let Some(k) = l
+                .set_keys()
+                .into_iter()
+                .find(|k| !own.contains(k) && (HTTP_KEYS.contains(k) || PROXY_KEYS.contains(k)))
+            {
+                return Err(self.invalid(
+                    &key(k),
+                    format!("does not apply to service `{}`", l.service),
+                ));
+            }
+            if l.service == "proxy" {
+                if l.upstreams.is_empty() {
+                    return Err(
+                        self.invalid(&key("upstreams"), "a proxy needs at least one upstream")
+                    );
+                }
+                if let Err(e) = l.upstream_addrs() {
+                    return Err(self.invalid(&key("upstreams"), e));
+                }
+            }
+            if let Some(st) = l.status {
+                if !(200..=599).contains(&st) {
+                    return Err(self.invalid(
+                        &key("status"),
+                        format!("{st} is not a status code (200-599)"),
+                    ));
+                }
+            }
+            if let Some(h) = &l.headers {
+                for (k, v) in h {
+                    let bad = |c: char| c.is_control() || c == ':' || c.is_whitespace();
+                    if k.is_empty() || k.contains(bad) || v.contains(['\r', '\n']) {
+                        return Err(self.invalid(
+                            &key("headers"),
+                            format!("`{k}: {v}` is not a valid header"),
+                        ));
+                    }
+                }
+            }
             if l.accept == AcceptMode::Reuseport && matches!(l.address, ListenAddr::Unix(_)) {
                 return Err(self.invalid(
                     &format!("listen[{i}].accept"),

@@ -8,6 +8,7 @@
 //! the [`service`] API for writing protocol handlers, and the pieces the `corral`
 //! binary is built from.
 
+pub mod app;
 pub mod channel;
 pub mod cli;
 pub mod config;

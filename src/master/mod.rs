@@ -22,7 +22,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tracing::{debug, error, info, warn};
 
-use crate::channel::{Channel, ChannelError, ToMaster, ToWorker};
+use crate::channel::{Channel, ChannelError, IdlePolicy, ToMaster, ToWorker};
 use crate::config::Config;
 use crate::os::process::{self, ExitReason, Forked};
 use crate::os::signals::{self, SignalReader, MASTER_SIGNALS};
@@ -174,6 +174,8 @@ pub struct Master {
     stop_waiters: Vec<u64>,
     /// Exit code once stopped: non-zero when the master gave up (startup failed).
     exit_code: i32,
+    /// Round-robin position for handing over connections.
+    handoff_rr: usize,
     /// The binary to exec on upgrade.
     binary: PathBuf,
     /// Told once we serve (or fail to).
@@ -285,6 +287,7 @@ impl Master {
             workers_parked: false,
             stop_waiters: Vec::new(),
             exit_code: 0,
+            handoff_rr: 0,
             binary: opts.binary,
             reporter,
             handed_over: false,
@@ -410,8 +413,8 @@ impl Master {
         for cmd in commands {
             match cmd {
                 Command::Reap => self.reap(),
-                Command::FastStop => self.stop(false),
-                Command::GracefulStop => self.stop(true),
+                Command::FastStop => self.stop(false, IdlePolicy::Close),
+                Command::GracefulStop => self.stop(true, IdlePolicy::Close),
                 Command::Reload => self.reload(None),
                 Command::Upgrade => self.upgrade(None),
                 Command::StopWorkers => self.park_workers(),
@@ -557,29 +560,17 @@ impl Master {
             return;
         };
         loop {
-            let w = &mut self.workers[i];
-            match w.channel.recv::<ToMaster>() {
-                Ok(Some(ToMaster::Ready)) => {
-                    w.last_heartbeat = Instant::now();
-                    if w.state == WorkerState::Starting {
-                        w.state = WorkerState::Ready;
-                        info!(
-                            slot = w.slot,
-                            pid = w.pid.as_raw(),
-                            generation = w.generation,
-                            "worker ready"
-                        );
+            match self.workers[i].channel.recv_fd::<ToMaster>() {
+                Ok(Some((ToMaster::Handoff { listen }, fd))) => {
+                    if let Some(fd) = fd {
+                        self.hand_to_current(listen, fd);
                     }
                 }
-                Ok(Some(ToMaster::Heartbeat(stats))) => {
-                    w.last_heartbeat = Instant::now();
-                    w.stats = stats;
-                    self.check_rss(i);
-                }
+                Ok(Some((msg, _))) => self.worker_message(i, msg),
                 Ok(None) => return,
                 // EOF: the worker is exiting; SIGCHLD tells the rest.
                 Err(ChannelError::Closed) => {
-                    w.channel_closed = true;
+                    self.workers[i].channel_closed = true;
                     return;
                 }
                 Err(e) => {
@@ -587,6 +578,51 @@ impl Master {
                     return;
                 }
             }
+        }
+    }
+
+    fn worker_message(&mut self, i: usize, msg: ToMaster) {
+        let w = &mut self.workers[i];
+        match msg {
+            ToMaster::Ready => {
+                w.last_heartbeat = Instant::now();
+                if w.state == WorkerState::Starting {
+                    w.state = WorkerState::Ready;
+                    info!(
+                        slot = w.slot,
+                        pid = w.pid.as_raw(),
+                        generation = w.generation,
+                        "worker ready"
+                    );
+                }
+            }
+            ToMaster::Heartbeat(stats) => {
+                w.last_heartbeat = Instant::now();
+                w.stats = stats;
+                self.check_rss(i);
+            }
+            ToMaster::Handoff { .. } => {}
+        }
+    }
+
+    /// Passes a connection handed over by a draining worker to a ready worker of
+    /// the current generation, in turn; with none ready it is closed (dropped).
+    fn hand_to_current(&mut self, listen: String, fd: OwnedFd) {
+        let gen = self.generation;
+        let ready: Vec<usize> = (0..self.workers.len())
+            .filter(|&k| {
+                let w = &self.workers[k];
+                w.generation == gen && w.state == WorkerState::Ready && !w.recycling
+            })
+            .collect();
+        if ready.is_empty() {
+            debug!("no ready worker to adopt a handed-over connection; closing it");
+            return;
+        }
+        self.handoff_rr = self.handoff_rr.wrapping_add(1);
+        let w = &self.workers[ready[self.handoff_rr % ready.len()]];
+        if let Err(e) = w.channel.send_fd(&ToWorker::Adopt { listen }, fd.as_fd()) {
+            debug!(pid = w.pid.as_raw(), "cannot hand over a connection: {e}");
         }
     }
 
@@ -819,7 +855,7 @@ impl Master {
                 for w in &mut self.workers {
                     if w.recycling && w.state == WorkerState::Ready && ready_slots.contains(&w.slot)
                     {
-                        drain(w, deadline);
+                        drain(w, deadline, IdlePolicy::Handoff);
                     }
                 }
                 if self.queued_reload {
@@ -865,7 +901,7 @@ impl Master {
             r.failed(&why);
         }
         self.exit_code = 1;
-        self.stop(false);
+        self.stop(false, IdlePolicy::Close);
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -895,7 +931,8 @@ impl Master {
 
     // ----- commands -----------------------------------------------------------------
 
-    fn stop(&mut self, graceful: bool) {
+    /// Stops: gracefully (drain, with `idle` for idle connections) or fast.
+    fn stop(&mut self, graceful: bool, idle: IdlePolicy) {
         let now = Instant::now();
         if let State::Stopping { graceful: g, .. } = self.state {
             if graceful || !g {
@@ -940,7 +977,7 @@ impl Master {
                     w.state,
                     WorkerState::Draining { .. } | WorkerState::Stopping
                 ) {
-                    drain(w, now + timeout);
+                    drain(w, now + timeout, idle);
                 }
             } else if !matches!(w.state, WorkerState::Stopping) {
                 let _ = w.channel.send(&ToWorker::Stop);
@@ -960,7 +997,7 @@ impl Master {
         let deadline = Instant::now() + self.config.master.drain_timeout.0;
         for w in &mut self.workers {
             if matches!(w.state, WorkerState::Starting | WorkerState::Ready) {
-                drain(w, deadline);
+                drain(w, deadline, IdlePolicy::Close);
             }
         }
     }
@@ -1068,7 +1105,7 @@ impl Master {
             if w.generation < generation
                 && matches!(w.state, WorkerState::Starting | WorkerState::Ready)
             {
-                drain(w, deadline);
+                drain(w, deadline, IdlePolicy::Handoff);
                 drained += 1;
             }
         }
@@ -1304,7 +1341,7 @@ impl Master {
         if let Some(c) = self.control.take() {
             c.forget();
         }
-        self.stop(true);
+        self.stop(true, IdlePolicy::Linger);
     }
 
     /// The new master failed: kill it and everything it started, and keep serving.
@@ -1537,9 +1574,9 @@ impl Master {
 
 /// Tells a worker to drain; it exits by itself by `deadline` (its own drain timeout)
 /// and is killed shortly after if it has not.
-fn drain(w: &mut Worker, deadline: Instant) {
+fn drain(w: &mut Worker, deadline: Instant, idle: IdlePolicy) {
     let deadline = deadline + DRAIN_BACKSTOP;
-    if let Err(e) = w.channel.send(&ToWorker::Drain) {
+    if let Err(e) = w.channel.send(&ToWorker::Drain { idle }) {
         // A worker that cannot hear us is told by signal instead.
         debug!(
             pid = w.pid.as_raw(),

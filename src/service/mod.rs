@@ -5,17 +5,29 @@
 //! bytes to send, through [`Io`]. Handlers never block and never touch the fd, so the
 //! loop can enforce budgets, water marks and timeouts uniformly for every service.
 
+use std::any::Any;
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
-use crate::config::{ListenConfig, ServiceKind};
+use std::sync::{Mutex, OnceLock};
+
+use crate::config::ListenConfig;
 
 pub mod echo;
+
+/// Work for the worker's blocking pool: runs on a pool thread; its result comes back
+/// to the connection's handler in [`Handler::on_complete`], on the loop thread.
+pub type Job = Box<dyn FnOnce() -> Box<dyn Any + Send> + Send>;
 
 /// What a handler may do to its connection while handling an event.
 pub struct Io<'a> {
     pub(crate) out: &'a mut Vec<u8>,
     pub(crate) close: &'a mut bool,
+    pub(crate) shutdown_write: &'a mut bool,
+    pub(crate) timer: &'a mut Option<Instant>,
+    pub(crate) jobs: &'a mut Vec<Job>,
     pub(crate) peer: Option<IpAddr>,
+    pub(crate) draining: bool,
 }
 
 impl Io<'_> {
@@ -30,6 +42,11 @@ impl Io<'_> {
         *self.close = true;
     }
 
+    /// Sends FIN once everything queued has been sent, but keeps reading (half-close).
+    pub fn shutdown_write(&mut self) {
+        *self.shutdown_write = true;
+    }
+
     /// The client's IP address (None for Unix-socket clients).
     pub fn peer(&self) -> Option<IpAddr> {
         self.peer
@@ -38,6 +55,34 @@ impl Io<'_> {
     /// Bytes queued and not yet sent.
     pub fn pending(&self) -> usize {
         self.out.len()
+    }
+
+    /// The worker is draining (reload, upgrade, stop): finish what is in progress and
+    /// do not invite more — an HTTP service answers with `Connection: close`.
+    pub fn draining(&self) -> bool {
+        self.draining
+    }
+
+    /// Calls [`Handler::on_timer`] after `after` (replacing any earlier request).
+    pub fn set_timer(&mut self, after: Duration) {
+        *self.timer = Some(Instant::now() + after);
+    }
+
+    /// Cancels the timer.
+    pub fn clear_timer(&mut self) {
+        *self.timer = None;
+    }
+
+    /// Runs `job` on the worker's blocking pool (threads started after fork, on first
+    /// use) and hands its result to [`Handler::on_complete`]. The event loop never
+    /// waits for it; if the connection is gone by then, the result is dropped.
+    pub fn spawn_blocking<F, R>(&mut self, job: F)
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Any + Send,
+    {
+        self.jobs
+            .push(Box::new(move || Box::new(job()) as Box<dyn Any + Send>));
     }
 }
 
@@ -53,9 +98,18 @@ pub trait Handler {
         io.close();
     }
 
+    /// The timer set with [`Io::set_timer`] expired. By default the connection closes.
+    fn on_timer(&mut self, io: &mut Io<'_>) {
+        io.close();
+    }
+
+    /// A job from [`Io::spawn_blocking`] finished.
+    fn on_complete(&mut self, _io: &mut Io<'_>, _result: Box<dyn Any + Send>) {}
+
     /// True when closing the connection now loses nothing (e.g. HTTP keep-alive
-    /// between requests). Draining workers close such connections at once and wait
-    /// for the others. By default a connection is never idle-closable.
+    /// between requests). Draining workers hand such connections to the new
+    /// generation on reload, or close them on stop; they wait for the others. By
+    /// default a connection is never idle.
     fn is_idle(&self) -> bool {
         false
     }
@@ -67,9 +121,57 @@ pub trait Service {
     fn connect(&mut self, peer: Option<IpAddr>) -> Box<dyn Handler>;
 }
 
-/// The built-in service configured for a listener.
-pub fn builtin(listen: &ListenConfig) -> Box<dyn Service> {
-    match listen.service {
-        ServiceKind::Echo => Box::new(echo::Echo),
+/// Makes the service for one listener (called in each worker, after fork).
+pub type Factory = fn(&ListenConfig) -> Box<dyn Service>;
+
+fn registry() -> &'static Mutex<Vec<(String, Factory)>> {
+    static REGISTRY: OnceLock<Mutex<Vec<(String, Factory)>>> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        Mutex::new(vec![(
+            "echo".to_string(),
+            (|_: &ListenConfig| Box::new(echo::Echo) as Box<dyn Service>) as Factory,
+        )])
+    })
+}
+
+/// Makes `service = "name"` available in `[[listen]]` entries. Call it before
+/// [`crate::app::main`], so that config checks and workers know the name.
+pub fn register(name: &str, factory: Factory) {
+    let mut r = registry().lock().unwrap_or_else(|p| p.into_inner());
+    r.retain(|(n, _)| n != name);
+    r.push((name.to_string(), factory));
+}
+
+/// True if a service of that name exists.
+pub fn is_known(name: &str) -> bool {
+    registry()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .any(|(n, _)| n == name)
+}
+
+/// The names of every service, for error messages.
+pub fn known() -> Vec<String> {
+    registry()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+/// The service configured for a listener. The config was validated, so the name is
+/// known; an unknown one (a bug) falls back to echo rather than failing a worker.
+pub fn make(listen: &ListenConfig) -> Box<dyn Service> {
+    let factory = registry()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .find(|(n, _)| *n == listen.service)
+        .map(|(_, f)| *f);
+    match factory {
+        Some(f) => f(listen),
+        None => Box::new(echo::Echo),
     }
 }

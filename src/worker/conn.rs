@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::channel::Stats;
 use crate::os::epoll::Interest;
 use crate::os::fd;
-use crate::service::{Handler, Io};
+use crate::service::{Handler, Io, Job};
 
 /// Identifies a connection: low 32 bits slab index, high bits generation (bit 62 and
 /// 63 stay clear; they mark listener and control tokens).
@@ -118,6 +118,31 @@ pub struct Conn {
     pub throttle_armed: bool,
     /// Counted in the worker's per-IP connection table.
     pub counted_ip: bool,
+    /// Which listener accepted it (index in the config).
+    pub listener: u16,
+    /// The handler asked for `on_timer` at this instant.
+    pub timer_at: Option<Instant>,
+    /// The earliest handler-timer entry already in the worker's heap.
+    pub timer_queued: Option<Instant>,
+    /// The handler asked for a half-close once output is flushed.
+    shutdown_write: bool,
+    write_shut: bool,
+}
+
+/// What the loop lends a connection while it works on it.
+pub struct Env<'a> {
+    /// The worker's one read buffer, shared by all connections.
+    pub scratch: &'a mut [u8],
+    /// Bytes this connection may still read in this loop iteration.
+    pub budget: usize,
+    pub high: usize,
+    pub low: usize,
+    pub inbuf_limit: usize,
+    pub pool: &'a mut Vec<Vec<u8>>,
+    pub stats: &'a mut Stats,
+    pub draining: bool,
+    /// Blocking jobs the handler submitted; the loop sends them to the pool.
+    pub jobs: &'a mut Vec<Job>,
 }
 
 /// What `pump` decided.
@@ -156,6 +181,11 @@ impl Conn {
             throttled: false,
             throttle_armed: false,
             counted_ip: false,
+            listener: 0,
+            timer_at: None,
+            timer_queued: None,
+            shutdown_write: false,
+            write_shut: false,
         }
     }
 
@@ -184,23 +214,13 @@ impl Conn {
         }
     }
 
-    /// Moves bytes: read within `budget` and the water marks, hand them to the handler,
-    /// write what it queued. Loops while a flush makes room for more reading.
-    #[allow(clippy::too_many_arguments)]
-    pub fn pump(
-        &mut self,
-        scratch: &mut [u8],
-        budget: &mut usize,
-        high: usize,
-        low: usize,
-        inbuf_limit: usize,
-        pool: &mut Vec<Vec<u8>>,
-        stats: &mut Stats,
-    ) -> Outcome {
+    /// Moves bytes: read within the budget and the water marks, hand them to the
+    /// handler, write what it queued. Loops while a flush makes room for more reading.
+    pub fn pump(&mut self, env: &mut Env<'_>) -> Outcome {
         let mut active = false;
         loop {
-            while self.wants_read() && *budget > 0 {
-                let mut n = (*budget).min(scratch.len());
+            while self.wants_read() && env.budget > 0 {
+                let mut n = env.budget.min(env.scratch.len());
                 if let Some(b) = &mut self.bucket {
                     let allowed = b.available(Instant::now());
                     if allowed == 0 {
@@ -209,25 +229,26 @@ impl Conn {
                     }
                     n = n.min(allowed.min(usize::MAX as u64) as usize);
                 }
-                match fd::read(self.fd.as_fd(), &mut scratch[..n]) {
+                match fd::read(self.fd.as_fd(), &mut env.scratch[..n]) {
                     Ok(0) => {
                         self.read_closed = true;
-                        self.with_io(pool, |h, io| h.on_eof(io));
+                        self.with_io(env, |h, io| h.on_eof(io));
                     }
                     Ok(n) => {
                         active = true;
-                        *budget -= n;
+                        env.budget -= n;
                         if let Some(b) = &mut self.bucket {
                             b.take(n as u64);
                         }
-                        stats.bytes_in += n as u64;
-                        self.feed(&scratch[..n], pool);
-                        if self.inbuf.len() > inbuf_limit {
+                        env.stats.bytes_in += n as u64;
+                        self.feed(n, env);
+                        if self.inbuf.len() > env.inbuf_limit {
                             return Outcome::Close(Some(format!(
-                                "the service left more than {inbuf_limit} bytes unconsumed"
+                                "the service left more than {} bytes unconsumed",
+                                env.inbuf_limit
                             )));
                         }
-                        if self.pending() >= high {
+                        if self.pending() >= env.high {
                             self.backpressured = true;
                         }
                     }
@@ -235,19 +256,24 @@ impl Conn {
                     Err(e) => return Outcome::Close(Some(format!("read failed: {e}"))),
                 }
             }
-            match self.flush(stats) {
+            match self.flush(env.stats) {
                 Ok(sent) => active |= sent > 0,
                 Err(e) => return Outcome::Close(Some(format!("write failed: {e}"))),
             }
             if self.pending() == 0 {
-                self.release_out(pool);
+                self.release_out(env.pool);
+                if self.shutdown_write && !self.write_shut {
+                    // The handler's half-close: FIN to the client, reading goes on.
+                    self.write_shut = true;
+                    let _ = socket2::SockRef::from(&self.fd).shutdown(std::net::Shutdown::Write);
+                }
             }
-            if self.backpressured && self.pending() <= low {
+            if self.backpressured && self.pending() <= env.low {
                 // Output drained: read again. The readable edge may have been consumed
                 // while we were not reading, so try rather than wait for a new one.
                 self.backpressured = false;
                 self.may_read = true;
-                if *budget > 0 {
+                if env.budget > 0 {
                     continue;
                 }
             }
@@ -268,24 +294,39 @@ impl Conn {
         }
     }
 
-    fn with_io(&mut self, pool: &mut Vec<Vec<u8>>, f: impl FnOnce(&mut dyn Handler, &mut Io<'_>)) {
-        self.take_out_buf(pool);
+    /// Runs a handler callback with its `Io`.
+    pub fn with_io<R>(
+        &mut self,
+        env: &mut Env<'_>,
+        f: impl FnOnce(&mut dyn Handler, &mut Io<'_>) -> R,
+    ) -> R {
+        self.take_out_buf(env.pool);
         let mut io = Io {
             out: &mut self.out,
             close: &mut self.close,
+            shutdown_write: &mut self.shutdown_write,
+            timer: &mut self.timer_at,
+            jobs: env.jobs,
             peer: self.peer,
+            draining: env.draining,
         };
-        f(self.handler.as_mut(), &mut io);
+        f(self.handler.as_mut(), &mut io)
     }
 
-    /// Hands new bytes to the handler, after whatever it left unconsumed before.
-    fn feed(&mut self, data: &[u8], pool: &mut Vec<Vec<u8>>) {
-        self.take_out_buf(pool);
+    /// Hands the `n` new bytes in the scratch buffer to the handler, after whatever it
+    /// left unconsumed before.
+    fn feed(&mut self, n: usize, env: &mut Env<'_>) {
+        self.take_out_buf(env.pool);
         let mut io = Io {
             out: &mut self.out,
             close: &mut self.close,
+            shutdown_write: &mut self.shutdown_write,
+            timer: &mut self.timer_at,
+            jobs: env.jobs,
             peer: self.peer,
+            draining: env.draining,
         };
+        let data = &env.scratch[..n];
         if self.inbuf.is_empty() {
             let used = self.handler.on_data(&mut io, data).min(data.len());
             if used < data.len() {

@@ -13,6 +13,7 @@
 //! connections own no buffers: output buffers come from a per-worker pool on demand.
 
 mod conn;
+mod pool;
 pub mod timer;
 
 use std::collections::HashMap;
@@ -23,14 +24,15 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use crate::channel::{Channel, ChannelError, Stats, ToMaster, ToWorker};
+use crate::channel::{Channel, ChannelError, IdlePolicy, Stats, ToMaster, ToWorker};
 use crate::config::{Config, ListenFlow};
 use crate::os::epoll::{Epoll, Event, Interest};
 use crate::os::signals::SignalReader;
 use crate::os::{net, process};
 use crate::service::Service;
 
-use conn::{Bucket, Conn, Slab, Token};
+use conn::{Bucket, Conn, Env, Slab, Token};
+use pool::Pool;
 use timer::Timers;
 
 /// Exit code by which a worker tells the master "fatal configuration problem: do not
@@ -49,6 +51,7 @@ const POOL_MAX: usize = 256;
 
 const TOKEN_CHANNEL: u64 = 1 << 63;
 const TOKEN_SIGNALS: u64 = (1 << 63) | 1;
+const TOKEN_POOL: u64 = (1 << 63) | 2;
 const TOKEN_LISTENER: u64 = 1 << 62;
 
 /// Everything a freshly forked worker is handed by the master.
@@ -66,6 +69,9 @@ enum Timer {
     Idle(Token),
     /// Re-admit a client whose rate limit ran out.
     Throttle(Token),
+    /// A handler's `set_timer` came due (checked against the connection's own
+    /// deadline: lazy cancellation).
+    Handler(Token),
     AcceptResume,
     Heartbeat,
     DrainDeadline,
@@ -102,12 +108,19 @@ struct Worker {
     /// Connections whose read was cut short by the quantum: resumed in step 4.
     ready: Vec<Token>,
     scratch: Vec<u8>,
-    pool: Vec<Vec<u8>>,
+    /// Output buffers for reuse, so idle connections hold none.
+    bufs: Vec<Vec<u8>>,
     stats: Stats,
     phase: Phase,
     exit: Option<i32>,
     /// Connections per client IP, for listeners with `max_connections_per_ip`.
     per_ip: HashMap<IpAddr, u32>,
+    /// What to do with idle connections while draining.
+    idle_policy: IdlePolicy,
+    pool: Pool,
+    pool_ready: bool,
+    /// Blocking jobs submitted by handlers, sent to the pool after each callback.
+    jobs: Vec<crate::service::Job>,
 }
 
 /// Runs a worker until it is told to stop, drains, or loses its master; returns the
@@ -141,13 +154,15 @@ impl Worker {
         let epoll = Epoll::new(EVENTS).map_err(|e| e.io())?;
         epoll.add(init.channel.as_fd(), Interest::READ, TOKEN_CHANNEL)?;
         epoll.add(init.signals.as_fd(), Interest::READ, TOKEN_SIGNALS)?;
+        let pool = Pool::new(init.config.worker.blocking_threads).map_err(|e| e.io())?;
+        epoll.add(pool.wake_fd(), Interest::READ, TOKEN_POOL)?;
         let listeners = init
             .listeners
             .into_iter()
             .zip(&init.config.listen)
             .map(|(fd, l)| Listener {
                 fd,
-                service: crate::service::builtin(l),
+                service: crate::service::make(l),
                 flow: l.flow(&init.config.flow),
             })
             .collect();
@@ -167,11 +182,15 @@ impl Worker {
             timers: Timers::default(),
             ready: Vec::new(),
             scratch,
-            pool: Vec::new(),
+            bufs: Vec::new(),
             stats: Stats::default(),
             phase: Phase::Running,
             exit: None,
             per_ip: HashMap::new(),
+            idle_policy: IdlePolicy::Close,
+            pool,
+            pool_ready: false,
+            jobs: Vec::new(),
         };
         w.resume_accept()?;
         w.send(ToMaster::Ready);
@@ -224,6 +243,23 @@ impl Worker {
         while let Some(t) = self.timers.pop_due(now) {
             match t {
                 Timer::Idle(token) => self.check_idle(token, now),
+                Timer::Handler(token) => {
+                    let Some(c) = self.conns.get_mut(token) else {
+                        continue;
+                    };
+                    c.timer_queued = None;
+                    match c.timer_at {
+                        Some(at) if at <= now => {
+                            c.timer_at = None;
+                            self.with_handler(token, |h, io| h.on_timer(io));
+                        }
+                        Some(at) => {
+                            c.timer_queued = Some(at);
+                            self.timers.schedule(at, Timer::Handler(token));
+                        }
+                        None => {}
+                    }
+                }
                 Timer::Throttle(token) => {
                     if let Some(c) = self.conns.get_mut(token) {
                         c.throttled = false;
@@ -262,6 +298,7 @@ impl Worker {
         match ev.token {
             TOKEN_CHANNEL => self.channel_ready = true,
             TOKEN_SIGNALS => self.signals_ready = true,
+            TOKEN_POOL => self.pool_ready = true,
             t if t & TOKEN_LISTENER != 0 && t & TOKEN_CHANNEL == 0 => {
                 self.accept_on((t & !TOKEN_LISTENER) as usize)
             }
@@ -278,7 +315,7 @@ impl Worker {
                         info!("{sig}: stopping now");
                         self.exit = Some(0);
                     }
-                    SIGQUIT => self.start_drain("SIGQUIT"),
+                    SIGQUIT => self.start_drain("SIGQUIT", IdlePolicy::Close),
                     SIGUSR1 => self.reopen_logs(),
                     _ => {}
                 }
@@ -286,6 +323,12 @@ impl Worker {
         }
         if std::mem::take(&mut self.channel_ready) {
             self.read_channel();
+        }
+        if std::mem::take(&mut self.pool_ready) {
+            for (token, result) in self.pool.completions() {
+                let token = Token(token);
+                self.with_handler(token, |h, io| h.on_complete(io, result));
+            }
         }
         // Reads cut short by their quantum continue here, after everyone else had a turn.
         for token in std::mem::take(&mut self.ready) {
@@ -296,8 +339,16 @@ impl Worker {
     fn read_channel(&mut self) {
         loop {
             let Some(ch) = &self.channel else { return };
-            match ch.recv::<ToWorker>() {
-                Ok(Some(ToWorker::Drain)) => self.start_drain("master asked"),
+            match ch.recv_fd::<ToWorker>().map(|m| {
+                m.map(|(msg, fd)| {
+                    if let (ToWorker::Adopt { listen }, Some(fd)) = (&msg, fd) {
+                        self.adopt(listen, fd);
+                    }
+                    msg
+                })
+            }) {
+                Ok(Some(ToWorker::Drain { idle })) => self.start_drain("master asked", idle),
+                Ok(Some(ToWorker::Adopt { .. })) => {}
                 Ok(Some(ToWorker::Stop)) => {
                     info!("master asked to stop now");
                     self.exit = Some(0);
@@ -311,7 +362,7 @@ impl Worker {
                     if let Some(ch) = self.channel.take() {
                         let _ = self.epoll.delete(ch.as_fd());
                     }
-                    self.start_drain("master is gone");
+                    self.start_drain("master is gone", IdlePolicy::Close);
                     return;
                 }
             }
@@ -347,10 +398,11 @@ impl Worker {
 
     /// Stops accepting, closes what can be closed without loss, and lets the rest
     /// finish until `drain_timeout`.
-    fn start_drain(&mut self, why: &str) {
+    fn start_drain(&mut self, why: &str, idle: IdlePolicy) {
         if self.phase == Phase::Draining {
             return;
         }
+        self.idle_policy = idle;
         info!(connections = self.conns.len(), "draining ({why})");
         self.phase = Phase::Draining;
         self.pause_accept();
@@ -363,9 +415,91 @@ impl Worker {
         );
         for token in self.conns.tokens() {
             if self.conns.get(token).is_some_and(Conn::idle_closable) {
+                self.release_idle(token);
+            }
+        }
+    }
+
+    /// A draining worker's idle connection: handed to the new generation, closed, or
+    /// left to finish its next exchange, as the drain's policy says.
+    fn release_idle(&mut self, token: Token) {
+        match self.idle_policy {
+            IdlePolicy::Linger => {}
+            IdlePolicy::Close => self.close(token),
+            IdlePolicy::Handoff => {
+                let Some(c) = self.conns.get(token) else {
+                    return;
+                };
+                let listen = self
+                    .config
+                    .listen
+                    .get(usize::from(c.listener))
+                    .map(|l| l.address.to_string())
+                    .unwrap_or_default();
+                if let Some(ch) = &self.channel {
+                    if let Err(e) = ch.send_fd(&ToMaster::Handoff { listen }, c.fd.as_fd()) {
+                        debug!("cannot hand over an idle connection ({e}); closing it");
+                    }
+                }
+                // Our copy goes; the master's (or the adopting worker's) lives on.
                 self.close(token);
             }
         }
+    }
+
+    /// A connection handed over by a draining worker of an older generation.
+    fn adopt(&mut self, listen: &str, fd: OwnedFd) {
+        if self.phase != Phase::Running {
+            return; // dropping it closes it
+        }
+        let Some(index) = self
+            .config
+            .listen
+            .iter()
+            .position(|l| l.address.to_string() == listen)
+        else {
+            debug!(
+                listen,
+                "handed-over connection for a listener we do not have; closing it"
+            );
+            return;
+        };
+        if index >= self.listeners.len() {
+            return;
+        }
+        let peer = socket2::SockRef::from(&fd)
+            .peer_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .map(|a| a.ip());
+        self.add_conn(index, net::Accepted { fd, peer });
+    }
+
+    /// Runs a handler callback outside of a read (timer, completion), then lets the
+    /// connection move whatever it produced.
+    fn with_handler(
+        &mut self,
+        token: Token,
+        f: impl FnOnce(&mut dyn crate::service::Handler, &mut crate::service::Io<'_>),
+    ) {
+        let draining = self.phase == Phase::Draining;
+        let Some(c) = self.conns.get_mut(token) else {
+            return;
+        };
+        let mut env = Env {
+            scratch: &mut self.scratch,
+            budget: 0,
+            high: 0,
+            low: 0,
+            inbuf_limit: 0,
+            pool: &mut self.bufs,
+            stats: &mut self.stats,
+            draining,
+            jobs: &mut self.jobs,
+        };
+        c.with_io(&mut env, f);
+        c.may_read = true;
+        self.drive(token);
     }
 
     fn pause_accept(&mut self) {
@@ -481,6 +615,7 @@ impl Worker {
         let bucket = (flow.rate > 0).then(|| Box::new(Bucket::new(flow.rate, flow.burst, now)));
         let mut conn = Conn::new(a.fd, a.peer, handler, bucket, now);
         conn.counted_ip = counted_ip;
+        conn.listener = listener as u16;
         let token = self.conns.insert(conn);
         let Some(c) = self.conns.get_mut(token) else {
             return;
@@ -523,25 +658,23 @@ impl Worker {
     /// and updates epoll interest; closes the connection when it is done.
     fn drive(&mut self, token: Token) {
         let flow = &self.config.flow;
-        let (high, low) = (
-            flow.write_high_water.0 as usize,
-            flow.write_low_water.0 as usize,
-        );
-        let inbuf_limit = (flow.read_quantum.0 as usize).max(64 << 10) * 4;
         let draining = self.phase == Phase::Draining;
         let Some(c) = self.conns.get_mut(token) else {
             return;
         };
-        let mut budget = flow.read_quantum.0 as usize;
-        let outcome = c.pump(
-            &mut self.scratch,
-            &mut budget,
-            high,
-            low,
-            inbuf_limit,
-            &mut self.pool,
-            &mut self.stats,
-        );
+        let mut env = Env {
+            scratch: &mut self.scratch,
+            budget: flow.read_quantum.0 as usize,
+            high: flow.write_high_water.0 as usize,
+            low: flow.write_low_water.0 as usize,
+            inbuf_limit: (flow.read_quantum.0 as usize).max(64 << 10) * 4,
+            pool: &mut self.bufs,
+            stats: &mut self.stats,
+            draining,
+            jobs: &mut self.jobs,
+        };
+        let outcome = c.pump(&mut env);
+        let budget = env.budget;
         let now = Instant::now();
         match outcome {
             conn::Outcome::Close(reason) => {
@@ -557,8 +690,19 @@ impl Worker {
                 }
             }
         }
-        if draining && c.idle_closable() {
-            self.close(token);
+        for job in self.jobs.drain(..) {
+            if let Err(e) = self.pool.submit(token.0, job) {
+                warn!("cannot run a blocking job: {e}");
+            }
+        }
+        if let Some(at) = c.timer_at {
+            if c.timer_queued.is_none_or(|q| at < q) {
+                c.timer_queued = Some(at);
+                self.timers.schedule(at, Timer::Handler(token));
+            }
+        }
+        if draining && c.idle_closable() && self.idle_policy != IdlePolicy::Linger {
+            self.release_idle(token);
             return;
         }
         if budget == 0 && c.wants_read() {
@@ -578,8 +722,8 @@ impl Worker {
             }
             c.registered = want;
         }
-        if POOL_MAX < self.pool.len() {
-            self.pool.truncate(POOL_MAX);
+        if POOL_MAX < self.bufs.len() {
+            self.bufs.truncate(POOL_MAX);
         }
     }
 
@@ -593,7 +737,7 @@ impl Worker {
                     }
                 }
             }
-            c.recycle(&mut self.pool);
+            c.recycle(&mut self.bufs);
         }
         if self.conns.len() * 10 <= self.config.worker.max_connections * 9 {
             if let Err(e) = self.resume_accept() {

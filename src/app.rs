@@ -1,0 +1,133 @@
+//! The program behind the `corral` binary, as a library function so that a binary
+//! with its own services (see `examples/`) is the same program: parse the command
+//! line, then run the master, check the config, or talk to a running master.
+
+use clap::Parser;
+
+use crate::cli::{self, Cli, Sub};
+use crate::config::Config;
+use crate::master::upgrade::{self, Report, Reporter};
+use crate::master::{Master, StartOptions};
+
+/// Runs corral with the process's command line and returns the exit code. Register
+/// custom services with [`crate::service::register`] before calling it.
+pub fn main() -> i32 {
+    run(Cli::parse())
+}
+
+fn run(cli: Cli) -> i32 {
+    if cli.command.is_some() || cli.signal.is_some() {
+        // A client command piped into `head` should end quietly, not panic on EPIPE.
+        crate::os::signals::default_sigpipe();
+    }
+    if let Some(Sub::Status { json }) = cli.command {
+        return cli::status(&cli.config, json);
+    }
+    if let Some(what) = cli.signal {
+        return cli::send(&cli.config, what);
+    }
+    // Started by an old master's binary upgrade: report to it, never daemonize (the
+    // old master is the one holding the terminal and the service manager's attention).
+    let upgrade_reporter = Reporter::from_env();
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("corral: {e}");
+            if cli.test {
+                eprintln!(
+                    "corral: configuration file {} test failed",
+                    cli.config.display()
+                );
+            }
+            if let Some(r) = upgrade_reporter {
+                r.failed(&e.to_string());
+            }
+            return 1;
+        }
+    };
+    if cli.test {
+        println!("corral: configuration file {} is ok", cli.config.display());
+        return 0;
+    }
+    let upgraded = upgrade_reporter.is_some();
+    let mut reporter = upgrade_reporter;
+    if (cli.daemon || config.master.daemon) && !upgraded {
+        match daemonize() {
+            Ok(Some(r)) => reporter = Some(r),
+            Ok(None) => unreachable!("the launcher exits inside daemonize()"),
+            Err(code) => return code,
+        }
+    }
+    if let Err(e) = crate::log::init(&config.log.level, config.log.file.as_deref()) {
+        eprintln!("corral: {e}");
+        if let Some(r) = reporter {
+            r.failed(&e.to_string());
+        }
+        return 1;
+    }
+    let opts = StartOptions {
+        binary: upgrade::binary_path(),
+        reporter,
+        upgraded,
+    };
+    match Master::start(config, opts) {
+        Ok(mut master) => master.run(),
+        Err(e) => {
+            tracing::error!("cannot start: {e}");
+            1
+        }
+    }
+}
+
+/// Detaches into the background. The launcher (the process the operator started)
+/// waits until the daemon reports that it serves, or why it failed, and exits 0 or 1
+/// accordingly; the daemon gets the reporter to write to.
+fn daemonize() -> Result<Option<Reporter>, i32> {
+    let (r, w) = match crate::os::fd::pipe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("corral: {e}");
+            return Err(1);
+        }
+    };
+    // Paths were made absolute by Config::load's caller; the daemon runs in "/".
+    let outcome = daemonize::Daemonize::new()
+        .working_directory("/")
+        .umask(0o022)
+        .stdout(daemonize::Stdio::keep())
+        .stderr(daemonize::Stdio::keep())
+        .execute();
+    match outcome {
+        daemonize::Outcome::Parent(Ok(_)) => {
+            drop(w);
+            let code = match upgrade::wait_report(&r) {
+                Report::Ready(pid) => {
+                    println!("corral: serving in the background, master pid {pid}");
+                    0
+                }
+                Report::Failed(why) => {
+                    eprintln!("corral: failed to start: {why}");
+                    1
+                }
+                Report::Closed => {
+                    eprintln!("corral: the daemon exited before it was serving (see its log)");
+                    1
+                }
+            };
+            std::process::exit(code)
+        }
+        daemonize::Outcome::Parent(Err(e)) => {
+            eprintln!("corral: cannot daemonize: {e}");
+            Err(1)
+        }
+        daemonize::Outcome::Child(Ok(_)) => {
+            drop(r);
+            Ok(Some(Reporter::new(w)))
+        }
+        daemonize::Outcome::Child(Err(e)) => {
+            eprintln!("corral: cannot daemonize: {e}");
+            Reporter::new(w).failed(&format!("cannot daemonize: {e}"));
+            Err(1)
+        }
+    }
+}
