@@ -6,7 +6,7 @@
 //! loop can enforce budgets, water marks and timeouts uniformly for every service.
 
 use std::any::Any;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use std::sync::{Mutex, OnceLock};
@@ -14,6 +14,8 @@ use std::sync::{Mutex, OnceLock};
 use crate::config::ListenConfig;
 
 pub mod echo;
+pub mod http;
+pub mod proxy;
 
 /// Work for the worker's blocking pool: runs on a pool thread; its result comes back
 /// to the connection's handler in [`Handler::on_complete`], on the loop thread.
@@ -119,6 +121,28 @@ pub trait Handler {
 pub trait Service {
     /// A client connected.
     fn connect(&mut self, peer: Option<IpAddr>) -> Box<dyn Handler>;
+
+    /// A forwarding service (a TCP proxy) returns its upstream choice here: the loop
+    /// then connects each client to an upstream and moves the bytes both ways itself,
+    /// and the handler from `connect` never sees data.
+    fn upstreams(&mut self) -> Option<&mut dyn Upstreams> {
+        None
+    }
+}
+
+/// Where a forwarding service sends connections, and what it learns from attempts.
+pub trait Upstreams {
+    /// The next upstream to try for a new connection, skipping those already `tried`
+    /// for it; None when there is nothing left to try.
+    fn pick(&mut self, tried: &[usize], now: Instant) -> Option<(usize, SocketAddr)>;
+    /// A connection to upstream `index` was established.
+    fn connected(&mut self, index: usize);
+    /// Connecting to upstream `index` failed (refused, unreachable, timed out).
+    fn failed(&mut self, index: usize, now: Instant);
+    /// An established connection to upstream `index` closed.
+    fn released(&mut self, index: usize);
+    /// How long a connect may take before the next upstream is tried.
+    fn connect_timeout(&self) -> Duration;
 }
 
 /// Makes the service for one listener (called in each worker, after fork).
@@ -127,10 +151,20 @@ pub type Factory = fn(&ListenConfig) -> Box<dyn Service>;
 fn registry() -> &'static Mutex<Vec<(String, Factory)>> {
     static REGISTRY: OnceLock<Mutex<Vec<(String, Factory)>>> = OnceLock::new();
     REGISTRY.get_or_init(|| {
-        Mutex::new(vec![(
-            "echo".to_string(),
-            (|_: &ListenConfig| Box::new(echo::Echo) as Box<dyn Service>) as Factory,
-        )])
+        Mutex::new(vec![
+            (
+                "echo".to_string(),
+                (|_: &ListenConfig| Box::new(echo::Echo) as Box<dyn Service>) as Factory,
+            ),
+            (
+                "http".to_string(),
+                (|l: &ListenConfig| Box::new(http::Http::new(l)) as Box<dyn Service>) as Factory,
+            ),
+            (
+                "proxy".to_string(),
+                (|l: &ListenConfig| Box::new(proxy::Proxy::new(l)) as Box<dyn Service>) as Factory,
+            ),
+        ])
     })
 }
 

@@ -14,22 +14,31 @@ use crate::os::epoll::Interest;
 use crate::os::fd;
 use crate::service::{Handler, Io, Job};
 
-/// Identifies a connection: low 32 bits slab index, high bits generation (bit 62 and
-/// 63 stay clear; they mark listener and control tokens).
+/// Identifies a connection: low 32 bits slab index, bits 32–60 generation; bit 61
+/// marks the connection's upstream side, bits 62 and 63 listener and control tokens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Token(pub u64);
 
 impl Token {
     fn new(index: usize, gen: u32) -> Token {
-        Token((u64::from(gen & 0x3fff_ffff) << 32) | index as u64)
+        Token((u64::from(gen & GEN_MASK) << 32) | index as u64)
     }
     fn index(self) -> usize {
         (self.0 & 0xffff_ffff) as usize
     }
     fn gen(self) -> u32 {
-        (self.0 >> 32) as u32
+        ((self.0 >> 32) as u32) & GEN_MASK
+    }
+
+    /// The token under which the connection's upstream fd is registered.
+    pub fn upstream(self) -> u64 {
+        self.0 | UPSTREAM_BIT
     }
 }
+
+const GEN_MASK: u32 = 0x1fff_ffff;
+/// Marks epoll events of a connection's upstream socket.
+pub const UPSTREAM_BIT: u64 = 1 << 61;
 
 /// A token bucket for one client's reads: `rate` bytes per second, at most `burst`
 /// saved up. Boxed in the connection only when a rate is configured, so unlimited
@@ -90,6 +99,82 @@ impl Bucket {
     }
 }
 
+/// The upstream side of a proxied connection.
+pub struct Upstream {
+    pub fd: OwnedFd,
+    /// Which upstream (index in the service's list), and every one tried so far.
+    pub index: usize,
+    pub tried: Vec<usize>,
+    pub connected: bool,
+    /// Bumped per attempt, so a connect timer for an earlier attempt is ignored.
+    pub attempt: u32,
+    /// Client bytes not yet sent upstream: `out[out_pos..]`.
+    out: Vec<u8>,
+    out_pos: usize,
+    pub may_read: bool,
+    /// The upstream sent FIN.
+    read_closed: bool,
+    /// We sent FIN upstream (the client half-closed).
+    write_shut: bool,
+    /// Not read while the client's output is above the high water mark.
+    backpressured: bool,
+    /// The client is not read while its bytes wait here above the high water mark.
+    backpressured_client: bool,
+    pub registered: Interest,
+}
+
+impl Upstream {
+    pub fn new(fd: OwnedFd, index: usize, tried: Vec<usize>, attempt: u32) -> Upstream {
+        Upstream {
+            fd,
+            index,
+            tried,
+            connected: false,
+            attempt,
+            out: Vec::new(),
+            out_pos: 0,
+            may_read: false,
+            read_closed: false,
+            write_shut: false,
+            backpressured: false,
+            backpressured_client: false,
+            registered: Interest {
+                write: true,
+                edge: true,
+                ..Interest::READ
+            },
+        }
+    }
+
+    fn pending(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+
+    /// Epoll interest: the connect's completion, then reads unless paused and writes
+    /// only while client bytes wait.
+    pub fn interest(&self) -> Interest {
+        Interest {
+            read: !self.read_closed && !self.backpressured,
+            write: !self.connected || self.pending() > 0,
+            edge: true,
+            exclusive: false,
+        }
+    }
+
+    /// Carries pending client bytes over to a new attempt.
+    pub fn take_pending(&mut self) -> Vec<u8> {
+        let mut v = std::mem::take(&mut self.out);
+        v.drain(..self.out_pos);
+        self.out_pos = 0;
+        v
+    }
+
+    pub fn set_pending(&mut self, v: Vec<u8>) {
+        self.out = v;
+        self.out_pos = 0;
+    }
+}
+
 pub struct Conn {
     pub fd: OwnedFd,
     pub peer: Option<IpAddr>,
@@ -127,6 +212,8 @@ pub struct Conn {
     /// The handler asked for a half-close once output is flushed.
     shutdown_write: bool,
     write_shut: bool,
+    /// For a proxied connection: the upstream side.
+    pub upstream: Option<Box<Upstream>>,
 }
 
 /// What the loop lends a connection while it works on it.
@@ -186,6 +273,7 @@ impl Conn {
             timer_queued: None,
             shutdown_write: false,
             write_shut: false,
+            upstream: None,
         }
     }
 
@@ -195,7 +283,30 @@ impl Conn {
 
     /// Reading is possible and allowed now.
     pub fn wants_read(&self) -> bool {
-        self.may_read && !self.read_closed && !self.backpressured && !self.close && !self.throttled
+        self.may_read
+            && !self.read_closed
+            && !self.backpressured
+            && !self.close
+            && !self.throttled
+            && !self.client_paused()
+    }
+
+    /// Bytes may be waiting on either side and reading them is allowed: the loop
+    /// must come back to this connection even if no new edge arrives.
+    pub fn more_to_read(&self) -> bool {
+        self.wants_read()
+            || self
+                .upstream
+                .as_ref()
+                .is_some_and(|u| u.connected && u.may_read && !u.read_closed && !u.backpressured)
+    }
+
+    /// A proxied client is not read while its bytes wait for the upstream beyond
+    /// the high water mark (`Upstream::backpressured` is the mirror image).
+    fn client_paused(&self) -> bool {
+        self.upstream
+            .as_ref()
+            .is_some_and(|u| u.backpressured_client)
     }
 
     /// Closing now loses nothing.
@@ -207,7 +318,11 @@ impl Conn {
     /// output is pending.
     pub fn interest(&self) -> Interest {
         Interest {
-            read: !self.read_closed && !self.backpressured && !self.close && !self.throttled,
+            read: !self.read_closed
+                && !self.backpressured
+                && !self.close
+                && !self.throttled
+                && !self.client_paused(),
             write: self.pending() > 0,
             edge: true,
             exclusive: false,
@@ -285,6 +400,127 @@ impl Conn {
         Outcome::Open { active }
     }
 
+    /// A proxied connection: moves bytes both ways between the client and its
+    /// upstream, each direction bounded by the water marks of the other side, and
+    /// forwards half-closes (FIN) each way once the bytes before them are through.
+    pub fn pump_proxy(&mut self, env: &mut Env<'_>) -> Outcome {
+        let Some(mut up) = self.upstream.take() else {
+            return self.pump(env);
+        };
+        let outcome = self.proxy_both_ways(&mut up, env);
+        self.upstream = Some(up);
+        outcome
+    }
+
+    fn proxy_both_ways(&mut self, up: &mut Upstream, env: &mut Env<'_>) -> Outcome {
+        let mut active = false;
+        // A few passes: a flush on one side can unblock reading on the other.
+        for _ in 0..4 {
+            let mut progress = false;
+            // client -> upstream
+            while self.may_read
+                && !self.read_closed
+                && !up.backpressured_client
+                && !self.throttled
+                && env.budget > 0
+            {
+                let mut n = env.budget.min(env.scratch.len());
+                if let Some(b) = &mut self.bucket {
+                    let allowed = b.available(Instant::now());
+                    if allowed == 0 {
+                        self.throttled = true;
+                        break;
+                    }
+                    n = n.min(allowed.min(usize::MAX as u64) as usize);
+                }
+                match fd::read(self.fd.as_fd(), &mut env.scratch[..n]) {
+                    Ok(0) => self.read_closed = true,
+                    Ok(n) => {
+                        active = true;
+                        progress = true;
+                        env.budget -= n;
+                        if let Some(b) = &mut self.bucket {
+                            b.take(n as u64);
+                        }
+                        env.stats.bytes_in += n as u64;
+                        up.out.extend_from_slice(&env.scratch[..n]);
+                        if up.pending() >= env.high {
+                            up.backpressured_client = true;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.may_read = false,
+                    Err(e) => return Outcome::Close(Some(format!("client read failed: {e}"))),
+                }
+            }
+            if up.connected {
+                // upstream -> client
+                while up.may_read && !up.read_closed && !up.backpressured && env.budget > 0 {
+                    let n = env.budget.min(env.scratch.len());
+                    match fd::read(up.fd.as_fd(), &mut env.scratch[..n]) {
+                        Ok(0) => up.read_closed = true,
+                        Ok(n) => {
+                            active = true;
+                            progress = true;
+                            env.budget -= n;
+                            self.take_out_buf(env.pool);
+                            self.out.extend_from_slice(&env.scratch[..n]);
+                            if self.pending() >= env.high {
+                                up.backpressured = true;
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => up.may_read = false,
+                        Err(e) => {
+                            return Outcome::Close(Some(format!("upstream read failed: {e}")))
+                        }
+                    }
+                }
+                match send_pending(up.fd.as_fd(), &up.out, &mut up.out_pos) {
+                    Ok(sent) => progress |= sent > 0,
+                    Err(e) => return Outcome::Close(Some(format!("upstream write failed: {e}"))),
+                }
+                if up.pending() == 0 {
+                    up.out.clear();
+                    up.out_pos = 0;
+                    if up.out.capacity() > 1 << 20 {
+                        up.out = Vec::new();
+                    }
+                }
+                if up.backpressured_client && up.pending() <= env.low {
+                    up.backpressured_client = false;
+                    self.may_read = true;
+                    progress = true;
+                }
+                if self.read_closed && up.pending() == 0 && !up.write_shut {
+                    up.write_shut = true;
+                    let _ = socket2::SockRef::from(&up.fd).shutdown(std::net::Shutdown::Write);
+                }
+            }
+            match self.flush(env.stats) {
+                Ok(sent) => progress |= sent > 0,
+                Err(e) => return Outcome::Close(Some(format!("client write failed: {e}"))),
+            }
+            if self.pending() == 0 {
+                self.release_out(env.pool);
+            }
+            if up.backpressured && self.pending() <= env.low {
+                up.backpressured = false;
+                up.may_read = true;
+                progress = true;
+            }
+            if up.read_closed && self.pending() == 0 && !self.write_shut {
+                self.write_shut = true;
+                let _ = socket2::SockRef::from(&self.fd).shutdown(std::net::Shutdown::Write);
+            }
+            if !progress {
+                break;
+            }
+        }
+        if self.read_closed && up.read_closed && self.pending() == 0 && up.pending() == 0 {
+            return Outcome::Close(None);
+        }
+        Outcome::Open { active }
+    }
+
     /// Output space comes from the pool only when a handler is about to write.
     fn take_out_buf(&mut self, pool: &mut Vec<Vec<u8>>) {
         if self.out.capacity() == 0 {
@@ -347,18 +583,8 @@ impl Conn {
 
     /// Sends pending output until the socket would block; returns bytes sent.
     fn flush(&mut self, stats: &mut Stats) -> io::Result<usize> {
-        let mut sent = 0;
-        while self.pending() > 0 {
-            match fd::send(self.fd.as_fd(), &self.out[self.out_pos..]) {
-                Ok(n) => {
-                    self.out_pos += n;
-                    sent += n;
-                    stats.bytes_out += n as u64;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
-            }
-        }
+        let sent = send_pending(self.fd.as_fd(), &self.out, &mut self.out_pos)?;
+        stats.bytes_out += sent as u64;
         Ok(sent)
     }
 
@@ -386,6 +612,22 @@ impl Conn {
     pub fn recycle(mut self, pool: &mut Vec<Vec<u8>>) {
         self.release_out(pool);
     }
+}
+
+/// Sends `buf[*pos..]` until the socket would block; returns bytes sent.
+fn send_pending(fd: std::os::fd::BorrowedFd<'_>, buf: &[u8], pos: &mut usize) -> io::Result<usize> {
+    let mut sent = 0;
+    while *pos < buf.len() {
+        match fd::send(fd, &buf[*pos..]) {
+            Ok(n) => {
+                *pos += n;
+                sent += n;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(sent)
 }
 
 struct Slot {
@@ -420,14 +662,14 @@ impl Slab {
     pub fn get(&self, t: Token) -> Option<&Conn> {
         self.slots
             .get(t.index())
-            .filter(|s| s.gen & 0x3fff_ffff == t.gen())
+            .filter(|s| s.gen & GEN_MASK == t.gen())
             .and_then(|s| s.conn.as_ref())
     }
 
     pub fn get_mut(&mut self, t: Token) -> Option<&mut Conn> {
         self.slots
             .get_mut(t.index())
-            .filter(|s| s.gen & 0x3fff_ffff == t.gen())
+            .filter(|s| s.gen & GEN_MASK == t.gen())
             .and_then(|s| s.conn.as_mut())
     }
 
@@ -435,7 +677,7 @@ impl Slab {
         let slot = self
             .slots
             .get_mut(t.index())
-            .filter(|s| s.gen & 0x3fff_ffff == t.gen())?;
+            .filter(|s| s.gen & GEN_MASK == t.gen())?;
         let conn = slot.conn.take()?;
         self.free.push(t.index());
         self.len -= 1;

@@ -31,7 +31,7 @@ use crate::os::signals::SignalReader;
 use crate::os::{net, process};
 use crate::service::Service;
 
-use conn::{Bucket, Conn, Env, Slab, Token};
+use conn::{Bucket, Conn, Env, Slab, Token, Upstream, UPSTREAM_BIT};
 use pool::Pool;
 use timer::Timers;
 
@@ -69,6 +69,8 @@ enum Timer {
     Idle(Token),
     /// Re-admit a client whose rate limit ran out.
     Throttle(Token),
+    /// A proxied connection's upstream connect attempt (by number) timed out.
+    Connect(Token, u32),
     /// A handler's `set_timer` came due (checked against the connection's own
     /// deadline: lazy cancellation).
     Handler(Token),
@@ -84,7 +86,9 @@ enum Phase {
 }
 
 struct Listener {
-    fd: OwnedFd,
+    /// None once draining: the socket is closed, the service stays for the
+    /// connections still open (a proxy may still need to fail over).
+    fd: Option<OwnedFd>,
     service: Box<dyn Service>,
     flow: ListenFlow,
 }
@@ -161,7 +165,7 @@ impl Worker {
             .into_iter()
             .zip(&init.config.listen)
             .map(|(fd, l)| Listener {
-                fd,
+                fd: Some(fd),
                 service: crate::service::make(l),
                 flow: l.flow(&init.config.flow),
             })
@@ -260,6 +264,16 @@ impl Worker {
                         None => {}
                     }
                 }
+                Timer::Connect(token, attempt) => {
+                    let timed_out = self
+                        .conns
+                        .get(token)
+                        .and_then(|c| c.upstream.as_ref())
+                        .is_some_and(|u| !u.connected && u.attempt == attempt);
+                    if timed_out {
+                        self.upstream_failed(token, "connect timed out");
+                    }
+                }
                 Timer::Throttle(token) => {
                     if let Some(c) = self.conns.get_mut(token) {
                         c.throttled = false;
@@ -302,6 +316,7 @@ impl Worker {
             t if t & TOKEN_LISTENER != 0 && t & TOKEN_CHANNEL == 0 => {
                 self.accept_on((t & !TOKEN_LISTENER) as usize)
             }
+            t if t & UPSTREAM_BIT != 0 => self.upstream_event(Token(t & !UPSTREAM_BIT), ev),
             t => self.conn_event(Token(t), ev),
         }
     }
@@ -408,7 +423,9 @@ impl Worker {
         self.pause_accept();
         // Our copies of the listeners go now: an orphaned worker must not keep the
         // port from a master that restarts, and the master holds its own copies.
-        self.listeners.clear();
+        for l in &mut self.listeners {
+            l.fd = None;
+        }
         self.timers.schedule(
             Instant::now() + self.config.master.drain_timeout.0,
             Timer::DrainDeadline,
@@ -506,8 +523,8 @@ impl Worker {
         if !self.accepting {
             return;
         }
-        for l in &self.listeners {
-            let _ = self.epoll.delete(l.fd.as_fd());
+        for fd in self.listeners.iter().filter_map(|l| l.fd.as_ref()) {
+            let _ = self.epoll.delete(fd.as_fd());
         }
         self.accepting = false;
     }
@@ -517,12 +534,13 @@ impl Worker {
             return Ok(());
         }
         for (i, l) in self.listeners.iter().enumerate() {
+            let Some(fd) = &l.fd else { continue };
             let interest = Interest {
                 exclusive: true,
                 ..Interest::READ
             };
             self.epoll
-                .add(l.fd.as_fd(), interest, TOKEN_LISTENER | i as u64)?;
+                .add(fd.as_fd(), interest, TOKEN_LISTENER | i as u64)?;
         }
         self.accepting = true;
         Ok(())
@@ -540,10 +558,10 @@ impl Worker {
                 self.pause_accept();
                 return;
             }
-            let Some(listener) = self.listeners.get(index) else {
+            let Some(fd) = self.listeners.get(index).and_then(|l| l.fd.as_ref()) else {
                 return;
             };
-            match net::accept(listener.fd.as_fd()) {
+            match net::accept(fd.as_fd()) {
                 Ok(a) => {
                     self.add_conn(index, a);
                     accepted += 1;
@@ -578,14 +596,14 @@ impl Worker {
     /// Re-registering after a batch moves this worker to the back of the queue, which
     /// turns the wake-ups into a round robin over the idle workers.
     fn rearm(&mut self, index: usize) {
-        let Some(l) = self.listeners.get(index) else {
+        let Some(fd) = self.listeners.get(index).and_then(|l| l.fd.as_ref()) else {
             return;
         };
         let interest = Interest {
             exclusive: true,
             ..Interest::READ
         };
-        let fd = l.fd.as_fd();
+        let fd = fd.as_fd();
         if let Err(e) = self
             .epoll
             .delete(fd)
@@ -628,6 +646,142 @@ impl Worker {
         self.stats.accepted += 1;
         self.timers
             .schedule(now + self.config.worker.idle_timeout.0, Timer::Idle(token));
+        if self.listeners[listener].service.upstreams().is_some() {
+            self.connect_upstream(token, Vec::new(), Vec::new(), 1);
+        }
+    }
+
+    /// Starts connecting a proxied client to the next upstream it has not tried,
+    /// carrying over the bytes it already sent; closes it when none is left.
+    fn connect_upstream(
+        &mut self,
+        token: Token,
+        mut tried: Vec<usize>,
+        carry: Vec<u8>,
+        attempt: u32,
+    ) {
+        let now = Instant::now();
+        let Some(listener) = self.conns.get(token).map(|c| usize::from(c.listener)) else {
+            return;
+        };
+        loop {
+            let Some(u) = self
+                .listeners
+                .get_mut(listener)
+                .and_then(|l| l.service.upstreams())
+            else {
+                return self.close(token);
+            };
+            let timeout = u.connect_timeout();
+            let Some((index, addr)) = u.pick(&tried, now) else {
+                debug!(
+                    tried = tried.len(),
+                    "no upstream could be reached; closing the client"
+                );
+                return self.close(token);
+            };
+            tried.push(index);
+            let started = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::STREAM.nonblocking().cloexec(),
+                None,
+            )
+            .and_then(|s| {
+                let _ = s.set_nodelay(true);
+                match s.connect(&addr.into()) {
+                    Ok(()) => Ok(s),
+                    Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(s),
+                    Err(e) => Err(e),
+                }
+            });
+            let sock = match started {
+                Ok(s) => OwnedFd::from(s),
+                Err(e) => {
+                    debug!(%addr, "upstream connect failed: {e}");
+                    u.failed(index, now);
+                    continue;
+                }
+            };
+            let Some(c) = self.conns.get_mut(token) else {
+                return;
+            };
+            let mut up = Upstream::new(sock, index, tried, attempt);
+            up.set_pending(carry);
+            if let Err(e) = self
+                .epoll
+                .add(up.fd.as_fd(), up.registered, token.upstream())
+            {
+                warn!("cannot watch an upstream socket: {e}");
+                return self.close(token);
+            }
+            c.upstream = Some(Box::new(up));
+            self.timers
+                .schedule(now + timeout, Timer::Connect(token, attempt));
+            return;
+        }
+    }
+
+    /// The current connect attempt failed: mark the upstream down for a while and try
+    /// the next one.
+    fn upstream_failed(&mut self, token: Token, why: &str) {
+        let now = Instant::now();
+        let Some(c) = self.conns.get_mut(token) else {
+            return;
+        };
+        let Some(mut up) = c.upstream.take() else {
+            return;
+        };
+        let listener = usize::from(c.listener);
+        debug!(upstream = up.index, "upstream connect failed: {why}");
+        let _ = self.epoll.delete(up.fd.as_fd());
+        let carry = up.take_pending();
+        let tried = std::mem::take(&mut up.tried);
+        if let Some(u) = self
+            .listeners
+            .get_mut(listener)
+            .and_then(|l| l.service.upstreams())
+        {
+            u.failed(up.index, now);
+        }
+        // A new attempt number, so the old attempt's connect timer finds a mismatch.
+        self.connect_upstream(token, tried, carry, up.attempt + 1);
+    }
+
+    fn upstream_event(&mut self, token: Token, ev: Event) {
+        let Some(c) = self.conns.get_mut(token) else {
+            return;
+        };
+        let listener = usize::from(c.listener);
+        let Some(up) = c.upstream.as_mut() else {
+            return;
+        };
+        if !up.connected {
+            let error = match socket2::SockRef::from(&up.fd).take_error() {
+                Ok(Some(e)) | Err(e) => Some(e.to_string()),
+                Ok(None) if ev.writable => None,
+                Ok(None) => Some("connection closed".into()),
+            };
+            if let Some(why) = error {
+                return self.upstream_failed(token, &why);
+            }
+            up.connected = true;
+            up.may_read = true;
+            let index = up.index;
+            if let Some(u) = self
+                .listeners
+                .get_mut(listener)
+                .and_then(|l| l.service.upstreams())
+            {
+                u.connected(index);
+            }
+        }
+        let Some(up) = self.conns.get_mut(token).and_then(|c| c.upstream.as_mut()) else {
+            return;
+        };
+        if ev.readable || ev.hangup {
+            up.may_read = true;
+        }
+        self.drive(token);
     }
 
     fn check_idle(&mut self, token: Token, now: Instant) {
@@ -673,7 +827,11 @@ impl Worker {
             draining,
             jobs: &mut self.jobs,
         };
-        let outcome = c.pump(&mut env);
+        let outcome = if c.upstream.is_some() {
+            c.pump_proxy(&mut env)
+        } else {
+            c.pump(&mut env)
+        };
         let budget = env.budget;
         let now = Instant::now();
         match outcome {
@@ -705,13 +863,26 @@ impl Worker {
             self.release_idle(token);
             return;
         }
-        if budget == 0 && c.wants_read() {
+        // Reads cut short (by the quantum, or a proxy's bounded passes) continue in
+        // step 4: with edge-triggered epoll no new event would announce them.
+        if c.more_to_read() && (budget == 0 || c.upstream.is_some()) {
             self.ready.push(token);
         }
         if c.throttled && !c.throttle_armed {
             c.throttle_armed = true;
             let at = c.readmit_at(now);
             self.timers.schedule(at, Timer::Throttle(token));
+        }
+        if let Some(up) = &mut c.upstream {
+            let want = up.interest();
+            if want != up.registered {
+                if let Err(e) = self.epoll.modify(up.fd.as_fd(), want, token.upstream()) {
+                    debug!("epoll modify of an upstream failed: {e}");
+                    self.close(token);
+                    return;
+                }
+                up.registered = want;
+            }
         }
         let want = c.interest();
         if want != c.registered {
@@ -729,6 +900,13 @@ impl Worker {
 
     fn close(&mut self, token: Token) {
         if let Some(c) = self.conns.remove(token) {
+            if let Some(up) = c.upstream.as_ref().filter(|u| u.connected) {
+                let index = up.index;
+                let service = self.listeners.get_mut(usize::from(c.listener));
+                if let Some(u) = service.and_then(|l| l.service.upstreams()) {
+                    u.released(index);
+                }
+            }
             if let (true, Some(ip)) = (c.counted_ip, c.peer) {
                 if let Some(n) = self.per_ip.get_mut(&ip) {
                     *n -= 1;

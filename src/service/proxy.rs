@@ -1,0 +1,192 @@
+//! `proxy`: a TCP (layer 4) proxy to a list of upstreams.
+//!
+//! The service only decides *where* a connection goes — round robin or least
+//! connections, skipping for a while an upstream that refused or timed out (passive
+//! health) — and learns how each attempt went. Moving the bytes (both directions with
+//! backpressure, half-close, connect timeouts, falling back to the next upstream) is
+//! the worker loop's job, so a proxy connection gets the same budgets, water marks and
+//! timers as any other.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use crate::config::{Balance, ListenConfig};
+
+use super::{Handler, Io, Service, Upstreams};
+
+/// The proxy service of one listener, in one worker.
+pub struct Proxy {
+    upstreams: Vec<Upstream>,
+    balance: Balance,
+    next: usize,
+    connect_timeout: Duration,
+    backoff: Duration,
+}
+
+struct Upstream {
+    addr: SocketAddr,
+    /// Open connections from this worker.
+    active: usize,
+    /// Skipped until then after a failure.
+    down_until: Option<Instant>,
+}
+
+impl Proxy {
+    /// Builds the proxy from a validated listener config.
+    pub fn new(l: &ListenConfig) -> Proxy {
+        let addrs = l.upstream_addrs().unwrap_or_default();
+        Proxy {
+            upstreams: addrs
+                .into_iter()
+                .map(|addr| Upstream {
+                    addr,
+                    active: 0,
+                    down_until: None,
+                })
+                .collect(),
+            balance: l.balance.unwrap_or_default(),
+            next: 0,
+            connect_timeout: l
+                .connect_timeout
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(5)),
+            backoff: l
+                .upstream_backoff
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// The client side's handler: a proxied connection's bytes never reach it.
+struct Forwarded;
+
+impl Handler for Forwarded {
+    fn on_data(&mut self, _io: &mut Io<'_>, data: &[u8]) -> usize {
+        data.len()
+    }
+}
+
+impl Service for Proxy {
+    fn connect(&mut self, _peer: Option<IpAddr>) -> Box<dyn Handler> {
+        Box::new(Forwarded)
+    }
+
+    fn upstreams(&mut self) -> Option<&mut dyn Upstreams> {
+        Some(self)
+    }
+}
+
+impl Upstreams for Proxy {
+    fn pick(&mut self, tried: &[usize], now: Instant) -> Option<(usize, SocketAddr)> {
+        let n = self.upstreams.len();
+        let candidates: Vec<usize> = (0..n).filter(|i| !tried.contains(i)).collect();
+        let healthy: Vec<usize> = candidates
+            .iter()
+            .copied()
+            .filter(|&i| self.upstreams[i].down_until.is_none_or(|t| t <= now))
+            .collect();
+        // When every remaining upstream is marked down, try them anyway: one may have
+        // come back, and refusing the client outright helps nobody.
+        let pool = if healthy.is_empty() {
+            candidates
+        } else {
+            healthy
+        };
+        let pick = match self.balance {
+            Balance::RoundRobin => {
+                let start = self.next;
+                let pick = (0..n).map(|k| (start + k) % n).find(|i| pool.contains(i))?;
+                self.next = (pick + 1) % n;
+                pick
+            }
+            Balance::LeastConn => {
+                let start = self.next;
+                // Ties go round robin, so equal upstreams share the load.
+                let pick = (0..n)
+                    .map(|k| (start + k) % n)
+                    .filter(|i| pool.contains(i))
+                    .min_by_key(|&i| self.upstreams[i].active)?;
+                self.next = (pick + 1) % n;
+                pick
+            }
+        };
+        Some((pick, self.upstreams[pick].addr))
+    }
+
+    fn connected(&mut self, index: usize) {
+        if let Some(u) = self.upstreams.get_mut(index) {
+            u.active += 1;
+            u.down_until = None;
+        }
+    }
+
+    fn failed(&mut self, index: usize, now: Instant) {
+        if let Some(u) = self.upstreams.get_mut(index) {
+            u.down_until = Some(now + self.backoff);
+        }
+    }
+
+    fn released(&mut self, index: usize) {
+        if let Some(u) = self.upstreams.get_mut(index) {
+            u.active = u.active.saturating_sub(1);
+        }
+    }
+
+    fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proxy(balance: Balance, n: u16) -> Proxy {
+        Proxy {
+            upstreams: (0..n)
+                .map(|i| Upstream {
+                    addr: SocketAddr::from(([127, 0, 0, 1], 1000 + i)),
+                    active: 0,
+                    down_until: None,
+                })
+                .collect(),
+            balance,
+            next: 0,
+            connect_timeout: Duration::from_secs(1),
+            backoff: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn round_robin_skips_tried_and_failed() {
+        let now = Instant::now();
+        let mut p = proxy(Balance::RoundRobin, 3);
+        let picks: Vec<usize> = (0..4).map(|_| p.pick(&[], now).unwrap().0).collect();
+        assert_eq!(picks, [0, 1, 2, 0]);
+        p.failed(1, now);
+        let picks: Vec<usize> = (0..3).map(|_| p.pick(&[], now).unwrap().0).collect();
+        assert_eq!(picks, [2, 0, 2]);
+        assert_eq!(
+            p.pick(&[0, 2], now).unwrap().0,
+            1,
+            "a down upstream is still tried last"
+        );
+        assert!(p.pick(&[0, 1, 2], now).is_none());
+        // After the backoff it is healthy again.
+        assert_eq!(p.pick(&[0, 2], now + Duration::from_secs(11)).unwrap().0, 1);
+    }
+
+    #[test]
+    fn least_conn_prefers_idle_upstreams() {
+        let now = Instant::now();
+        let mut p = proxy(Balance::LeastConn, 2);
+        p.connected(0);
+        p.connected(0);
+        assert_eq!(p.pick(&[], now).unwrap().0, 1);
+        p.connected(1);
+        p.released(0);
+        p.released(0);
+        assert_eq!(p.pick(&[], now).unwrap().0, 0);
+    }
+}

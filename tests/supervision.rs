@@ -1,0 +1,967 @@
+//! Supervision black-box tests: workers killed by signals, a hung worker, a
+//! crash loop, a panicking service, `corral status`, log reopening, SIGWINCH.
+//! Everything runs the real `corral` binary on loopback ports; see
+//! `common/mod.rs` for the harness rules.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// Extra time allowed on top of a configured timeout on a loaded 2-core box.
+const MARGIN: Duration = Duration::from_secs(6);
+
+// ---------------------------------------------------------------------------
+// Local helpers
+// ---------------------------------------------------------------------------
+
+/// Echoes `msg` on `s` and panics with the log tail unless it comes back.
+fn must_echo(c: &Corral, s: &mut TcpStream, msg: &str) {
+    match echo(s, msg.as_bytes(), Duration::from_secs(10)) {
+        Echo::Ok => {}
+        other => panic!("echo of {msg:?} failed: {other:?}\n{}", c.log_tail(40)),
+    }
+}
+
+/// A config template: `Conf` plus extra `[master]` and `[worker]` lines.
+fn template(workers: usize, master_extra: &[&str], worker_extra: &[&str]) -> String {
+    let mut t = Conf::new(workers).render();
+    if !master_extra.is_empty() {
+        t = t.replacen(
+            "[master]\n",
+            &format!("[master]\n{}\n", master_extra.join("\n")),
+            1,
+        );
+    }
+    if !worker_extra.is_empty() {
+        t = t.replacen(
+            "[worker]\n",
+            &format!("[worker]\n{}\n", worker_extra.join("\n")),
+            1,
+        );
+    }
+    t
+}
+
+/// `corral -s reload`, which must succeed; returns its output.
+fn must_reload(c: &Corral) -> String {
+    let out = c.cli(&["-s", "reload"]);
+    assert!(
+        out.status.success(),
+        "`corral -s reload` failed: {:?}\n{}\n{}",
+        out.status,
+        out.all(),
+        c.log_tail(40)
+    );
+    out.all()
+}
+
+/// One worker as `corral status --json` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct StatusWorker {
+    pid: i32,
+    slot: u64,
+    generation: u64,
+    state: String,
+}
+
+/// `corral status --json`: (master pid, generation, workers).
+fn status(c: &Corral) -> (i32, u64, Vec<StatusWorker>) {
+    let out = c.cli(&["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "`corral status --json` failed: {:?}\n{}\n{}",
+        out.status,
+        out.all(),
+        c.log_tail(40)
+    );
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "`corral status --json` is not JSON ({e}): {}\n{}",
+            out.stdout, out.stderr
+        )
+    });
+    assert_eq!(v["ok"], serde_json::Value::Bool(true), "status: {v}");
+    let master = v["master_pid"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("status without master_pid: {v}")) as i32;
+    let generation = v["generation"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("status without a generation: {v}"));
+    let workers = v["workers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("status without workers: {v}"))
+        .iter()
+        .map(|w| StatusWorker {
+            pid: w["pid"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("worker pid: {w}")) as i32,
+            slot: w["slot"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("worker slot: {w}")),
+            generation: w["generation"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("worker generation: {w}")),
+            state: w["state"].as_str().unwrap_or("?").to_string(),
+        })
+        .collect();
+    (master, generation, workers)
+}
+
+/// The status slot of worker `pid`.
+fn slot_of(c: &Corral, pid: i32) -> u64 {
+    let (_, _, ws) = status(c);
+    ws.iter()
+        .find(|w| w.pid == pid)
+        .unwrap_or_else(|| panic!("worker {pid} not in status {ws:?}\n{}", c.log_tail(40)))
+        .slot
+}
+
+/// Which worker (by pid) holds the server end of each connection.
+fn owners(c: &Corral, conns: &[TcpStream], pids: &[i32]) -> Vec<Option<i32>> {
+    let inodes: HashMap<i32, HashSet<u64>> = pids.iter().map(|&p| (p, socket_inodes(p))).collect();
+    let by_port = server_socket_inodes(c.port);
+    conns
+        .iter()
+        .map(|s| {
+            let ino = *by_port.get(&s.local_addr().ok()?.port())?;
+            inodes
+                .iter()
+                .find(|(_, set)| set.contains(&ino))
+                .map(|(pid, _)| *pid)
+        })
+        .collect()
+}
+
+/// Opens connections (at least `n`, a few more at a time) until every worker
+/// in `workers` holds some; returns them with their owners. Not about balance:
+/// on a busy box a burst of connects can land on one worker.
+fn spread(c: &Corral, workers: &[ProcId], n: usize) -> (Vec<TcpStream>, Vec<Option<i32>>) {
+    let pids: Vec<i32> = workers.iter().map(|w| w.pid).collect();
+    let mut conns: Vec<TcpStream> = Vec::new();
+    let mut owner: Vec<Option<i32>> = Vec::new();
+    let ok = wait_until(Duration::from_secs(15), || {
+        let batch = if conns.len() < n { n - conns.len() } else { 4 };
+        for _ in 0..batch {
+            let mut s = c.connect();
+            must_echo(c, &mut s, &format!("warm-up {}\n", conns.len()));
+            conns.push(s);
+        }
+        owner = owners(c, &conns, &pids);
+        let holders: HashSet<i32> = owner.iter().flatten().copied().collect();
+        holders.len() == pids.len()
+    });
+    assert!(
+        ok,
+        "after {} connections, not every worker of {pids:?} held one: {owner:?}\n{}",
+        conns.len(),
+        c.log_tail(40)
+    );
+    (conns, owner)
+}
+
+/// Log lines naming `pid=PID` (as a whole token).
+fn lines_about(log: &str, pid: i32) -> Vec<String> {
+    let want = format!("pid={pid}");
+    log.lines()
+        .filter(|l| {
+            l.split(|ch: char| ch.is_whitespace() || ch == '{' || ch == '}')
+                .any(|t| t == want)
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// Echoes continuously on `conns` in a thread until `stop`; returns the
+/// connections, round trips done and errors seen.
+struct Echoer {
+    stop: Arc<AtomicBool>,
+    rounds: Arc<AtomicUsize>,
+    errors: Arc<Mutex<Vec<String>>>,
+    thread: std::thread::JoinHandle<Vec<TcpStream>>,
+}
+
+impl Echoer {
+    fn start(mut conns: Vec<TcpStream>) -> Echoer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let rounds = Arc::new(AtomicUsize::new(0));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let (st, r, e) = (stop.clone(), rounds.clone(), errors.clone());
+        let thread = std::thread::spawn(move || {
+            let mut n = 0;
+            while !st.load(Ordering::Relaxed) {
+                for (i, s) in conns.iter_mut().enumerate() {
+                    let msg = format!("survivor {i} round {n}\n");
+                    match echo(s, msg.as_bytes(), Duration::from_secs(10)) {
+                        Echo::Ok => {}
+                        other => e
+                            .lock()
+                            .unwrap()
+                            .push(format!("connection {i} round {n}: {other:?}")),
+                    }
+                }
+                n += 1;
+                r.store(n, Ordering::Relaxed);
+                // Pacing between rounds.
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            conns
+        });
+        Echoer {
+            stop,
+            rounds,
+            errors,
+            thread,
+        }
+    }
+
+    fn rounds(&self) -> usize {
+        self.rounds.load(Ordering::Relaxed)
+    }
+
+    fn errors(&self) -> Vec<String> {
+        self.errors.lock().unwrap().clone()
+    }
+
+    fn finish(self) -> (Vec<TcpStream>, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let conns = self.thread.join().expect("echo thread");
+        let errors = self.errors.lock().unwrap().clone();
+        (conns, errors)
+    }
+}
+
+/// Waits until a ready worker other than `victim` occupies `slot` (in the
+/// current generation) and `victim` is gone; returns the replacement's pid.
+fn wait_replacement(c: &Corral, victim: ProcId, slot: u64, timeout: Duration) -> Option<i32> {
+    let mut found = None;
+    wait_until(timeout, || {
+        if proc_alive(victim) {
+            return false;
+        }
+        let (_, generation, ws) = status(c);
+        found = ws
+            .iter()
+            .find(|w| {
+                w.slot == slot
+                    && w.pid != victim.pid
+                    && w.generation == generation
+                    && w.state == "ready"
+            })
+            .map(|w| w.pid);
+        found.is_some() && c.worker_pids().contains(&found.unwrap_or(0))
+    });
+    found
+}
+
+// ---------------------------------------------------------------------------
+// 8. a worker killed by a signal costs only its own connections
+// ---------------------------------------------------------------------------
+
+fn worker_killed_by(sig: Signal) {
+    let c = Corral::start(&Conf::new(2).render());
+    let workers = c.workers();
+    assert_eq!(workers.len(), 2, "{}", c.log_tail(40));
+    let (conns, owner) = spread(&c, &workers, 20);
+
+    // The victim holds the most connections.
+    let count = |pid: i32| owner.iter().filter(|o| **o == Some(pid)).count();
+    let victim = *workers.iter().max_by_key(|w| count(w.pid)).expect("worker");
+    let survivor = *workers
+        .iter()
+        .find(|w| w.pid != victim.pid)
+        .expect("worker");
+    let slot = slot_of(&c, victim.pid);
+    eprintln!(
+        "{sig:?}: victim {} (slot {slot}) holds {}, survivor {} holds {}",
+        victim.pid,
+        count(victim.pid),
+        survivor.pid,
+        count(survivor.pid)
+    );
+
+    let mut on_victim = Vec::new();
+    let mut on_survivor = Vec::new();
+    for (s, o) in conns.into_iter().zip(&owner) {
+        match o {
+            Some(p) if *p == victim.pid => on_victim.push(s),
+            Some(p) if *p == survivor.pid => on_survivor.push(s),
+            _ => close(s),
+        }
+    }
+    let n_survivor = on_survivor.len();
+    // The survivor's clients talk through the whole kill and recovery.
+    let echoer = Echoer::start(on_survivor);
+    assert!(
+        wait_until(Duration::from_secs(10), || echoer.rounds() >= 2),
+        "survivor connections do not echo before the kill: {:?}\n{}",
+        echoer.errors(),
+        c.log_tail(40)
+    );
+
+    let t0 = Instant::now();
+    c.signal_worker(victim, sig);
+    let replacement = wait_replacement(&c, victim, slot, Duration::from_secs(20));
+    let took = t0.elapsed();
+    let Some(replacement) = replacement else {
+        let errs = echoer.finish().1;
+        panic!(
+            "no replacement in slot {slot} 20s after {sig:?} of worker {} (alive: {}); \
+             survivor errors {errs:?}; status {:?}\n{}",
+            victim.pid,
+            proc_alive(victim),
+            status(&c),
+            c.log_tail(40)
+        );
+    };
+    eprintln!("{sig:?}: replacement {replacement} in slot {slot} after {took:?}");
+
+    // The survivor's clients kept talking during and after the kill.
+    let base = echoer.rounds();
+    let more = wait_until(Duration::from_secs(10), || echoer.rounds() >= base + 3);
+    let (mut on_survivor, errs) = echoer.finish();
+    assert!(
+        errs.is_empty(),
+        "{sig:?} of one worker broke connections of the other worker: {errs:?}\n{}",
+        c.log_tail(40)
+    );
+    assert!(more, "survivor connections stalled\n{}", c.log_tail(40));
+    for (i, s) in on_survivor.iter_mut().enumerate() {
+        must_echo(&c, s, &format!("survivor {i} after recovery\n"));
+    }
+    // The victim's clients were closed, not left hanging.
+    for (i, s) in on_victim.iter_mut().enumerate() {
+        match echo(s, b"anyone there?\n", Duration::from_secs(10)) {
+            Echo::Closed(_) => {}
+            other => panic!(
+                "connection {i} of the worker killed by {sig:?}: {other:?} (expected closed)\n{}",
+                c.log_tail(40)
+            ),
+        }
+    }
+
+    // The log names the worker and the signal.
+    let name = format!("{sig:?}");
+    let mut about = Vec::new();
+    let named = wait_until(Duration::from_secs(5), || {
+        about = lines_about(&c.log(), victim.pid);
+        about.iter().any(|l| l.contains(&name))
+    });
+    assert!(
+        named,
+        "no log line names worker {} and {name}: {about:?}\n{}",
+        victim.pid,
+        c.log_tail(40)
+    );
+
+    // Service as before: 2 workers, new clients served.
+    assert_eq!(
+        c.worker_pids().len(),
+        2,
+        "workers after recovery: {:?}\n{}",
+        c.workers(),
+        c.log_tail(40)
+    );
+    let mut fresh: Vec<TcpStream> = (0..6).map(|_| c.connect()).collect();
+    for (i, s) in fresh.iter_mut().enumerate() {
+        must_echo(&c, s, &format!("fresh {i}\n"));
+    }
+    eprintln!(
+        "{sig:?}: {} connections on the victim closed, {n_survivor} on the survivor kept echoing",
+        on_victim.len()
+    );
+}
+
+#[test]
+fn worker_sigkill_costs_only_its_connections() {
+    worker_killed_by(Signal::SIGKILL);
+}
+
+#[test]
+fn worker_sigsegv_costs_only_its_connections() {
+    worker_killed_by(Signal::SIGSEGV);
+}
+
+#[test]
+fn worker_sigabrt_costs_only_its_connections() {
+    worker_killed_by(Signal::SIGABRT);
+}
+
+// ---------------------------------------------------------------------------
+// 9. a hung (SIGSTOPped) worker is replaced by the watchdog
+// ---------------------------------------------------------------------------
+
+#[test]
+fn stopped_worker_is_replaced_by_the_watchdog() {
+    let c = Corral::start(&template(
+        2,
+        &["watchdog_timeout = \"1s\""],
+        &["heartbeat_interval = \"100ms\""],
+    ));
+    let workers = c.workers();
+    let victim = workers[0];
+    let slot = slot_of(&c, victim.pid);
+
+    let t0 = Instant::now();
+    c.signal_worker(victim, Signal::SIGSTOP);
+    // Replaced within watchdog_timeout + margin; the stopped process must be
+    // gone, not left behind stopped.
+    let replacement = wait_replacement(&c, victim, slot, Duration::from_secs(1) + MARGIN);
+    let took = t0.elapsed();
+    assert!(
+        replacement.is_some(),
+        "SIGSTOPped worker {} not replaced {took:?} later (watchdog_timeout 1s): alive {}, \
+         state {:?}, status {:?}\n{}",
+        victim.pid,
+        proc_alive(victim),
+        fs::read_to_string(format!("/proc/{}/stat", victim.pid)).unwrap_or_default(),
+        status(&c),
+        c.log_tail(40)
+    );
+    eprintln!(
+        "hung worker {} replaced by {:?} after {took:?}",
+        victim.pid, replacement
+    );
+    assert!(
+        !proc_alive(victim),
+        "hung worker {} still exists\n{}",
+        victim.pid,
+        c.log_tail(40)
+    );
+    let about = lines_about(&c.log(), victim.pid);
+    assert!(
+        about.iter().any(|l| l.contains("SIGABRT")),
+        "no log line says worker {} was sent SIGABRT as hung: {about:?}\n{}",
+        victim.pid,
+        c.log_tail(40)
+    );
+    let mut s = c.connect();
+    must_echo(&c, &mut s, "after the watchdog\n");
+    assert_eq!(c.worker_pids().len(), 2, "{}", c.log_tail(40));
+}
+
+// ---------------------------------------------------------------------------
+// 10. a crash loop backs off
+// ---------------------------------------------------------------------------
+
+/// A master started by hand (for faults where `Corral::start` cannot wait for
+/// workers); killed with everything it forked on drop.
+struct Spawned {
+    _dir: tempfile::TempDir,
+    log_path: PathBuf,
+    child: Child,
+    pid: i32,
+}
+
+impl Spawned {
+    fn start(workers: usize, env: &[(&str, &str)]) -> Spawned {
+        let dir = tempfile::Builder::new()
+            .prefix("corral-test-")
+            .tempdir()
+            .expect("temp dir");
+        let config = dir.path().join("corral.toml");
+        let log_path = dir.path().join("corral.stderr");
+        let port = free_port();
+        let body = Conf::new(workers)
+            .render()
+            .replace("{port}", &port.to_string())
+            .replacen(
+                "[master]\n",
+                &format!(
+                    "[master]\npid_file = \"{}\"\n",
+                    dir.path().join("corral.pid").display()
+                ),
+                1,
+            );
+        fs::write(&config, body).expect("write config");
+        let child = Command::new(corral_bin())
+            .envs(env.iter().copied())
+            .arg("-c")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(File::create(dir.path().join("corral.stdout")).expect("stdout file"))
+            .stderr(File::create(&log_path).expect("stderr file"))
+            .spawn()
+            .expect("spawn corral");
+        let pid = child.id() as i32;
+        Spawned {
+            _dir: dir,
+            log_path,
+            child,
+            pid,
+        }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if self.alive() {
+            // Freeze it so it cannot fork while we collect its children.
+            let _ = kill(Pid::from_raw(self.pid), Signal::SIGSTOP);
+            let kids = live_children(self.pid);
+            let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+            for k in &kids {
+                if proc_alive(*k) {
+                    let _ = kill(Pid::from_raw(k.pid), Signal::SIGKILL);
+                }
+            }
+            let _ = self.child.wait();
+            wait_until(Duration::from_secs(10), || {
+                kids.iter().all(|k| !proc_alive(*k))
+            });
+        }
+        if std::thread::panicking() {
+            eprintln!("[test] master log:\n{}", self.log());
+        }
+    }
+}
+
+/// "100ms", "1.6s", "10s" as a Duration.
+fn parse_delay(s: &str) -> Option<Duration> {
+    let s = s.trim_end_matches([',', ';']);
+    if let Some(ms) = s.strip_suffix("ms") {
+        return ms
+            .parse::<f64>()
+            .ok()
+            .map(|v| Duration::from_secs_f64(v / 1000.0));
+    }
+    s.strip_suffix('s')?
+        .parse::<f64>()
+        .ok()
+        .map(Duration::from_secs_f64)
+}
+
+#[test]
+fn crash_loop_backs_off() {
+    let mut m = Spawned::start(1, &[("CORRAL_FAULT", "crash-on-start")]);
+    let deaths = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.contains("died unexpectedly") || l.contains("keeps dying"))
+            .map(str::to_string)
+            .collect()
+    };
+
+    // The first death starts the window.
+    let mut t_first: Option<Instant> = None;
+    assert!(
+        wait_until(START_TIMEOUT, || {
+            if !deaths(&m.log()).is_empty() {
+                t_first = Some(Instant::now());
+            }
+            t_first.is_some()
+        }),
+        "no worker death logged with CORRAL_FAULT=crash-on-start:\n{}",
+        m.log()
+    );
+    let t_first = t_first.expect("first death");
+    // A measurement window of 3 s, not synchronisation.
+    let window = Duration::from_secs(3);
+    wait_until(window + Duration::from_secs(1), || {
+        t_first.elapsed() >= window
+    });
+    let log = m.log();
+    let died = deaths(&log);
+    let forks: HashSet<String> = died
+        .iter()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find(|t| t.starts_with("pid="))
+                .map(str::to_string)
+        })
+        .collect();
+    eprintln!(
+        "{} deaths ({} distinct pids) in the first {:?} of the crash loop:\n{}",
+        died.len(),
+        forks.len(),
+        t_first.elapsed(),
+        died.join("\n")
+    );
+    assert!(
+        m.alive(),
+        "the master exited during a crash loop (crashes are not fatal exits):\n{log}"
+    );
+    assert!(
+        died.len() >= 3,
+        "the crashing slot was not refilled: only {} deaths in 3s:\n{log}",
+        died.len()
+    );
+    assert!(
+        died.len() < 15,
+        "{} worker deaths in ~3s: the crash loop is not backing off:\n{log}",
+        died.len()
+    );
+
+    // "keeps dying; respawning it in X" with X growing.
+    let delays: Vec<Duration> = died
+        .iter()
+        .filter(|l| l.contains("keeps dying"))
+        .filter_map(|l| {
+            let rest = &l[l.find("respawning it in ")? + "respawning it in ".len()..];
+            parse_delay(rest.split_whitespace().next()?)
+        })
+        .collect();
+    eprintln!("backoff delays: {delays:?}");
+    assert!(
+        delays.len() >= 3,
+        "expected several `keeps dying; respawning it in …` lines with a delay: {delays:?}\n{log}"
+    );
+    assert!(
+        delays[0] >= Duration::from_millis(100),
+        "first backoff {:?} is shorter than 100ms\n{log}",
+        delays[0]
+    );
+    assert!(
+        delays.windows(2).all(|w| w[1] > w[0]),
+        "backoff delays do not increase: {delays:?}\n{log}"
+    );
+    assert!(
+        delays.iter().all(|d| *d <= Duration::from_secs(10)),
+        "backoff beyond the 10s cap: {delays:?}\n{log}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 11. a panicking service takes down only its worker
+// ---------------------------------------------------------------------------
+
+#[test]
+fn panicking_service_takes_down_only_its_worker() {
+    let c = Corral::start_with(
+        &Conf::new(2).render(),
+        Launch {
+            env: vec![("CORRAL_FAULT".into(), "panic-on:BOOM".into())],
+            ..Launch::default()
+        },
+    );
+    let workers = c.workers();
+    assert_eq!(workers.len(), 2, "{}", c.log_tail(40));
+    let (conns, owner) = spread(&c, &workers, 10);
+    let victim = *workers
+        .iter()
+        .find(|w| owner.contains(&Some(w.pid)))
+        .expect("a worker with connections");
+    let survivor = *workers
+        .iter()
+        .find(|w| w.pid != victim.pid)
+        .expect("worker");
+    let slot = slot_of(&c, victim.pid);
+    let mut on_victim = Vec::new();
+    let mut on_survivor = Vec::new();
+    for (s, o) in conns.into_iter().zip(&owner) {
+        match o {
+            Some(p) if *p == victim.pid => on_victim.push(s),
+            Some(p) if *p == survivor.pid => on_survivor.push(s),
+            _ => close(s),
+        }
+    }
+    eprintln!(
+        "victim {} holds {}, survivor {} holds {}",
+        victim.pid,
+        on_victim.len(),
+        survivor.pid,
+        on_survivor.len()
+    );
+    let echoer = Echoer::start(on_survivor);
+    assert!(
+        wait_until(Duration::from_secs(10), || echoer.rounds() >= 2),
+        "survivor connections do not echo: {:?}\n{}",
+        echoer.errors(),
+        c.log_tail(40)
+    );
+
+    // BOOM on one of the victim's connections.
+    let r = echo(&mut on_victim[0], b"BOOM\n", Duration::from_secs(10));
+    assert!(
+        matches!(r, Echo::Closed(_)),
+        "the connection that made the service panic: {r:?} (expected closed)\n{}",
+        c.log_tail(40)
+    );
+    let replacement = wait_replacement(&c, victim, slot, Duration::from_secs(20));
+    let base = echoer.rounds();
+    let more = wait_until(Duration::from_secs(10), || echoer.rounds() >= base + 3);
+    let (mut on_survivor, errs) = echoer.finish();
+    assert!(
+        replacement.is_some(),
+        "worker {} that panicked: alive {}, no replacement in slot {slot}; status {:?}\n{}",
+        victim.pid,
+        proc_alive(victim),
+        status(&c),
+        c.log_tail(40)
+    );
+    eprintln!("panicked worker {} replaced by {replacement:?}", victim.pid);
+    assert!(
+        errs.is_empty(),
+        "the panic broke connections of the other worker: {errs:?}\n{}",
+        c.log_tail(40)
+    );
+    assert!(more, "survivor connections stalled\n{}", c.log_tail(40));
+    for (i, s) in on_survivor.iter_mut().enumerate() {
+        must_echo(&c, s, &format!("survivor {i} after the panic\n"));
+    }
+    for (i, s) in on_victim.iter_mut().enumerate().skip(1) {
+        let r = echo(s, b"still there?\n", Duration::from_secs(10));
+        assert!(
+            matches!(r, Echo::Closed(_)),
+            "connection {i} of the panicked worker: {r:?} (expected closed)\n{}",
+            c.log_tail(40)
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || c.log().contains("panicked")),
+        "the log does not say the worker panicked\n{}",
+        c.log_tail(40)
+    );
+    let mut fresh = c.connect();
+    must_echo(&c, &mut fresh, "fresh after the panic\n");
+}
+
+// ---------------------------------------------------------------------------
+// 12. corral status lists every worker
+// ---------------------------------------------------------------------------
+
+/// Pids in the table of `corral status`; also checks the master line.
+fn table_pids(c: &Corral) -> (String, HashSet<i32>) {
+    let out = c.cli(&["status"]);
+    assert!(
+        out.status.success(),
+        "`corral status` failed: {:?}\n{}\n{}",
+        out.status,
+        out.all(),
+        c.log_tail(40)
+    );
+    let pids = out
+        .stdout
+        .lines()
+        .filter(|l| !l.starts_with("master"))
+        .filter_map(|l| l.split_whitespace().next()?.parse::<i32>().ok())
+        .collect();
+    (out.stdout, pids)
+}
+
+#[test]
+fn status_lists_every_worker() {
+    let c = Corral::start(&Conf::new(2).drain("30s").render());
+    // A client held open across a reload leaves a draining worker to list too.
+    let mut s = c.connect();
+    must_echo(&c, &mut s, "keep me\n");
+    must_reload(&c);
+
+    let mut last = String::new();
+    let ok = wait_until(Duration::from_secs(10), || {
+        let procs: HashSet<i32> = c.worker_pids().into_iter().collect();
+        let (master, _, ws) = status(&c);
+        let json: HashSet<i32> = ws.iter().map(|w| w.pid).collect();
+        let (table, tpids) = table_pids(&c);
+        let draining = ws.iter().filter(|w| w.state == "draining").count();
+        last = format!(
+            "/proc children {procs:?}; json {ws:?} (master {master}); table pids {tpids:?}:\n{table}"
+        );
+        master == c.master_pid()
+            && table.contains(&c.master_pid().to_string())
+            && procs.len() == 3
+            && draining == 1
+            && json == procs
+            && tpids == procs
+    });
+    eprintln!("{last}");
+    assert!(
+        ok,
+        "`corral status` does not list exactly the master's 3 workers (2 ready, 1 draining): \
+         {last}\n{}",
+        c.log_tail(40)
+    );
+    let (_, generation, ws) = status(&c);
+    for w in &ws {
+        let expect = if w.generation == generation {
+            "ready"
+        } else {
+            "draining"
+        };
+        assert_eq!(w.state, expect, "worker {w:?} in generation {generation}");
+    }
+    close(s);
+}
+
+// ---------------------------------------------------------------------------
+// 13. log reopening after rotation
+// ---------------------------------------------------------------------------
+
+#[test]
+fn reopen_after_rename_writes_to_a_new_file() {
+    let logs = tempfile::Builder::new()
+        .prefix("corral-test-logs-")
+        .tempdir()
+        .expect("temp dir");
+    let path = logs.path().join("corral.log");
+    let t = Conf::new(2).render().replacen(
+        "[log]\n",
+        &format!("[log]\nfile = \"{}\"\n", path.display()),
+        1,
+    );
+    let c = Corral::start(&t);
+    let read = |p: &PathBuf| fs::read_to_string(p).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(10), || read(&path)
+            .contains("corral is serving")),
+        "log file {} does not get the master's lines:\n{}\nstderr:\n{}",
+        path.display(),
+        read(&path),
+        c.log_tail(20)
+    );
+
+    // Rotation 1: rename, SIGUSR1; rotation 2: rename, `corral -s reopen`. After
+    // each, a reload makes the master and the (pre-reload) workers write lines.
+    for round in 1..=2u64 {
+        let rotated = logs.path().join(format!("corral.log.{round}"));
+        // The current generation's workers (older ones may still be exiting).
+        let (_, generation, ws) = status(&c);
+        let gen_workers: Vec<i32> = ws
+            .iter()
+            .filter(|w| w.generation == generation)
+            .map(|w| w.pid)
+            .collect();
+        assert_eq!(gen_workers.len(), 2, "status: {ws:?}");
+        fs::rename(&path, &rotated).expect("rename log");
+        if round == 1 {
+            c.signal(Signal::SIGUSR1);
+        } else {
+            let out = c.cli(&["-s", "reopen"]);
+            assert!(
+                out.status.success(),
+                "`corral -s reopen` failed: {:?} {}\n{}",
+                out.status,
+                out.all(),
+                read(&rotated)
+            );
+        }
+        assert!(
+            wait_until(Duration::from_secs(10), || read(&path)
+                .contains("log file reopened")),
+            "round {round}: no new log file after reopen; {} exists: {}; rotated file tail:\n{}",
+            path.display(),
+            path.exists(),
+            read(&rotated)
+        );
+
+        must_reload(&c);
+        let reloaded = format!("reloaded: generation {} ", round + 1);
+        let drained: Vec<String> = gen_workers
+            .iter()
+            .map(|p| format!("worker{{pid={p} "))
+            .collect();
+        let ok = wait_until(Duration::from_secs(10), || {
+            let new = read(&path);
+            new.contains(&reloaded)
+                && drained
+                    .iter()
+                    .all(|d| new.lines().any(|l| l.contains(d) && l.contains("draining")))
+        });
+        let new = read(&path);
+        let old = read(&rotated);
+        assert!(
+            ok,
+            "round {round}: the new log file lacks the reload (`{reloaded}`) or the draining \
+             lines of workers {gen_workers:?}\n--- new file ---\n{new}\n--- rotated file ---\n{old}"
+        );
+        assert!(
+            !old.contains(&reloaded)
+                && !drained
+                    .iter()
+                    .any(|d| old.lines().any(|l| l.contains(d) && l.contains("draining"))),
+            "round {round}: lines written after the reopen went to the rotated file\n\
+             --- rotated file ---\n{old}"
+        );
+        eprintln!(
+            "round {round}: rotated file {} lines, new file {} lines",
+            old.lines().count(),
+            new.lines().count()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 14. SIGWINCH drains workers, keeps the master; reload brings them back
+// ---------------------------------------------------------------------------
+
+#[test]
+fn sigwinch_drains_workers_and_reload_brings_them_back() {
+    let c = Corral::start(&Conf::new(2).drain("30s").render());
+    let before = c.workers();
+    let mut s = c.connect();
+    must_echo(&c, &mut s, "before SIGWINCH\n");
+
+    c.signal(Signal::SIGWINCH);
+    // The worker with a client drains: it keeps serving it, the others leave.
+    assert!(
+        wait_until(Duration::from_secs(10), || c.workers().len() == 1),
+        "after SIGWINCH with one client: workers {:?}\n{}",
+        c.workers(),
+        c.log_tail(40)
+    );
+    for i in 0..3 {
+        must_echo(&c, &mut s, &format!("draining {i}\n"));
+    }
+    close(s);
+    assert!(
+        wait_until(Duration::from_secs(10), || c.workers().is_empty()),
+        "workers left after SIGWINCH and the last client closing: {:?}\n{}",
+        c.workers(),
+        c.log_tail(40)
+    );
+    assert!(before.iter().all(|w| !proc_alive(*w)), "{}", c.log_tail(40));
+    assert!(
+        c.master_alive(),
+        "SIGWINCH killed the master\n{}",
+        c.log_tail(40)
+    );
+    // Nobody refills the slots.
+    assert!(
+        !wait_until(Duration::from_secs(1), || !c.workers().is_empty()),
+        "workers respawned after SIGWINCH: {:?}\n{}",
+        c.workers(),
+        c.log_tail(40)
+    );
+    let (master, _, ws) = status(&c);
+    assert_eq!(master, c.master_pid());
+    assert!(ws.is_empty(), "status lists workers after SIGWINCH: {ws:?}");
+
+    // The listener is kept: a client connecting now waits in the queue.
+    let mut queued =
+        TcpStream::connect_timeout(&c.addr(), Duration::from_secs(5)).unwrap_or_else(|e| {
+            panic!(
+                "connect while workers are down (the master keeps the listener): {e}\n{}",
+                c.log_tail(40)
+            )
+        });
+    let _ = queued.set_nodelay(true);
+
+    let out = must_reload(&c);
+    eprintln!("after SIGWINCH: {}", out.trim());
+    assert!(
+        wait_until(Duration::from_secs(10), || c.workers().len() == 2),
+        "workers after reload: {:?}\n{}",
+        c.workers(),
+        c.log_tail(40)
+    );
+    must_echo(&c, &mut queued, "queued while workers were down\n");
+    let mut fresh = c.connect();
+    must_echo(&c, &mut fresh, "after the reload\n");
+}
