@@ -1,7 +1,7 @@
 //! The master: a single-threaded supervisor that owns the listeners, forks workers,
 //! and turns signals and control requests into one `Command` handled in one place.
 //!
-//! Its state is one enum ([`State`]) whose transitions all live in this file. It never
+//! Its state is one enum (`State`) whose transitions all live in this file. It never
 //! runs service code, never touches a client socket and never starts a thread (it
 //! forks). Every step that can fail is logged with what failed and what the master did
 //! about it; nothing in here panics on a runtime path, because the master's crash is

@@ -4,6 +4,48 @@
 //! the buffers and the flow control; a handler only sees bytes that arrived and writes
 //! bytes to send, through [`Io`]. Handlers never block and never touch the fd, so the
 //! loop can enforce budgets, water marks and timeouts uniformly for every service.
+//! Blocking work goes to the worker's pool with [`Io::spawn_blocking`]; timeouts use
+//! [`Io::set_timer`]. A forwarding service (a TCP proxy) returns [`Upstreams`] instead
+//! and the loop moves the bytes.
+//!
+//! A program with its own service registers it and runs corral's command line:
+//!
+//! ```no_run
+//! use corral::config::ListenConfig;
+//! use corral::service::{register, Handler, Io, Service};
+//!
+//! /// Answers every line with its length.
+//! struct LineLength;
+//! struct Conn;
+//!
+//! impl Service for LineLength {
+//!     fn connect(&mut self, _peer: Option<std::net::IpAddr>) -> Box<dyn Handler> {
+//!         Box::new(Conn)
+//!     }
+//! }
+//!
+//! impl Handler for Conn {
+//!     fn on_data(&mut self, io: &mut Io<'_>, data: &[u8]) -> usize {
+//!         let mut used = 0;
+//!         while let Some(n) = data[used..].iter().position(|&b| b == b'\n') {
+//!             io.write(format!("{n}\n").as_bytes());
+//!             used += n + 1;
+//!         }
+//!         used // a partial line stays buffered for the next call
+//!     }
+//!     fn is_idle(&self) -> bool {
+//!         true // nothing in flight between lines: reloads may hand it over
+//!     }
+//! }
+//!
+//! fn main() {
+//!     register("linelength", |_: &ListenConfig| Box::new(LineLength));
+//!     // `[[listen]] service = "linelength"` now works in the config.
+//!     std::process::exit(corral::app::main());
+//! }
+//! ```
+//!
+//! `examples/kv.rs` is a complete key/value server built this way.
 
 use std::any::Any;
 use std::net::{IpAddr, SocketAddr};
