@@ -51,7 +51,7 @@ static STOP: AtomicBool = AtomicBool::new(false);
 #[derive(Debug, Parser)]
 #[command(name = "corral-load", version, about, long_about = None)]
 struct Args {
-    /// Server address: 127.0.0.1:PORT (any 127.0.0.0/8 address) or [::1]:PORT only.
+    /// Server address: 127.0.0.1:PORT (any 127.0.0.0/8 address) or `[::1]:PORT` only.
     #[arg(long)]
     addr: String,
     /// Concurrent connections.
