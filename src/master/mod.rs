@@ -1258,7 +1258,8 @@ impl Master {
         };
         match forked {
             Forked::Child => {
-                upgrade::own_process_group();
+                // Its own process group: a rollback kills the new master and all it forked.
+                crate::os::exec::own_process_group();
                 let why = match sockets::hand_over(&self.listeners, &pipe_w) {
                     Ok(env) => match signals::reset_for_exec() {
                         Ok(()) => format!(

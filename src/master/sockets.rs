@@ -219,36 +219,12 @@ pub fn remove_paths(listeners: &[Listener], keep: &[Listener]) {
 /// allocation, which is fine in a child of a single-threaded parent.
 pub fn hand_over(listeners: &[Listener], extra: &OwnedFd) -> Result<Vec<(String, String)>, String> {
     let n = listeners.len() as RawFd;
-    let floor = LISTEN_FDS_START + n + 1;
-    // First move every source above the target range, so that placing one cannot
-    // overwrite another that is still to be placed.
-    let mut temps = Vec::with_capacity(listeners.len() + 1);
-    for src in listeners
+    let sources: Vec<RawFd> = listeners
         .iter()
         .map(|l| l.fd.as_raw_fd())
         .chain([extra.as_raw_fd()])
-    {
-        // SAFETY: F_DUPFD_CLOEXEC duplicates an fd we own; no memory is involved.
-        let t = unsafe { libc::fcntl(src, libc::F_DUPFD_CLOEXEC, floor) };
-        if t < 0 {
-            return Err(format!(
-                "fcntl(F_DUPFD_CLOEXEC) failed: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        temps.push(t);
-    }
-    for (i, &t) in temps.iter().enumerate() {
-        let target = LISTEN_FDS_START + i as RawFd;
-        // SAFETY: dup2 onto a number we deliberately take over; whatever was there is
-        // CLOEXEC and would be closed by the exec anyway. The new fd is not CLOEXEC.
-        if unsafe { libc::dup2(t, target) } < 0 {
-            return Err(format!(
-                "dup2() to fd {target} failed: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-    }
+        .collect();
+    crate::os::exec::place_fds(&sources, LISTEN_FDS_START)?;
     let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
     let pid = std::process::id();
     Ok(vec![
@@ -262,7 +238,7 @@ pub fn hand_over(listeners: &[Listener], extra: &OwnedFd) -> Result<Vec<(String,
     ])
 }
 
-/// `execv` of `path` with `args` and the current environment plus `env`.
+/// `execv` of `path` with `args`, the current environment plus `env`.
 pub fn exec(path: &CString, args: &[CString], env: &[(String, String)]) -> std::io::Error {
     for (k, v) in env {
         std::env::set_var(k, v);
@@ -271,11 +247,5 @@ pub fn exec(path: &CString, args: &[CString], env: &[(String, String)]) -> std::
         // The watchdog follows the main process; tell the new one it is meant.
         std::env::set_var("WATCHDOG_PID", std::process::id().to_string());
     }
-    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
-    argv.push(std::ptr::null());
-    // SAFETY: path and argv are NUL-terminated C strings kept alive by the caller for
-    // the duration of the call, and argv ends with a null pointer. execv only returns
-    // on failure.
-    unsafe { libc::execv(path.as_ptr(), argv.as_ptr()) };
-    std::io::Error::last_os_error()
+    crate::os::exec::execv(path, args)
 }

@@ -154,15 +154,6 @@ pub fn command_line(binary: &Path, config: &Path) -> Result<(CString, Vec<CStrin
     Ok((bin, args))
 }
 
-/// Puts the calling (child) process in a process group of its own, so that a rollback
-/// can kill the new master and every worker it forked with one `kill(-pgid)`.
-pub fn own_process_group() {
-    // SAFETY: setpgid has no memory arguments.
-    unsafe {
-        libc::setpgid(0, 0);
-    }
-}
-
 /// Writes a failure straight to the raw readiness fd (in the child, after exec failed).
 pub fn report_raw(fd: &OwnedFd, why: &str) {
     let _ = fd::write(fd.as_fd(), format!("error {why}\n").as_bytes());

@@ -5,6 +5,7 @@
 //! the crate sits here with its `// SAFETY:` justification.
 
 pub mod epoll;
+pub mod exec;
 pub mod fd;
 pub mod net;
 pub mod process;
