@@ -714,7 +714,7 @@ impl Handler for HttpConn {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Dur, ListenAddr, Size};
+    use crate::config::{Dur, Size};
 
     fn listen(extra: &str) -> ListenConfig {
         let toml = format!("address = \"127.0.0.1:1\"\nservice = \"http\"\n{extra}");
@@ -1134,7 +1134,6 @@ mod tests {
         let mut l = l;
         l.header_timeout = Some(Dur(Duration::from_millis(1500)));
         l.max_header_size = Some(Size(100));
-        l.address = ListenAddr::Unix("/tmp/x".into());
         let s = Http::new(&l).shared;
         assert_eq!(s.max_head, 100);
         assert_eq!(s.header_timeout, Duration::from_millis(1500));
