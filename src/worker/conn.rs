@@ -37,6 +37,9 @@ impl Token {
 }
 
 const GEN_MASK: u32 = 0x1fff_ffff;
+/// Output buffers larger than this are freed rather than kept for reuse: a burst to
+/// one client must not leave the worker holding its peak memory.
+pub const POOLED_CAPACITY: usize = 64 << 10;
 /// Marks epoll events of a connection's upstream socket.
 pub const UPSTREAM_BIT: u64 = 1 << 61;
 
@@ -481,7 +484,7 @@ impl Conn {
                 if up.pending() == 0 {
                     up.out.clear();
                     up.out_pos = 0;
-                    if up.out.capacity() > 1 << 20 {
+                    if up.out.capacity() > POOLED_CAPACITY {
                         up.out = Vec::new();
                     }
                 }
@@ -594,7 +597,7 @@ impl Conn {
         if self.out.capacity() > 0 {
             let mut buf = std::mem::take(&mut self.out);
             buf.clear();
-            if buf.capacity() <= 1 << 20 {
+            if buf.capacity() <= POOLED_CAPACITY {
                 pool.push(buf);
             }
         }

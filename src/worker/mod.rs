@@ -46,8 +46,9 @@ const ACCEPT_BATCH: usize = 64;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Most events handled per epoll_wait.
 const EVENTS: usize = 512;
-/// Output buffers kept for reuse, and the largest capacity worth keeping.
-const POOL_MAX: usize = 256;
+/// Output buffers kept for reuse (each at most `conn::POOLED_CAPACITY`): a few MiB at
+/// most stay cached after a burst.
+const POOL_MAX: usize = 64;
 
 const TOKEN_CHANNEL: u64 = 1 << 63;
 const TOKEN_SIGNALS: u64 = (1 << 63) | 1;
@@ -898,6 +899,21 @@ impl Worker {
         }
     }
 
+    /// Rebuilds the timer heap without the entries of closed connections once they
+    /// outnumber the live ones (amortised O(1) per close).
+    fn compact_timers(&mut self) {
+        if self.timers.len() <= 2 * self.conns.len() + 4096 {
+            return;
+        }
+        let conns = &self.conns;
+        self.timers.retain(|t| match t {
+            Timer::Idle(k) | Timer::Throttle(k) | Timer::Handler(k) | Timer::Connect(k, _) => {
+                conns.get(*k).is_some()
+            }
+            Timer::AcceptResume | Timer::Heartbeat | Timer::DrainDeadline => true,
+        });
+    }
+
     fn close(&mut self, token: Token) {
         if let Some(c) = self.conns.remove(token) {
             if let Some(up) = c.upstream.as_ref().filter(|u| u.connected) {
@@ -916,6 +932,7 @@ impl Worker {
                 }
             }
             c.recycle(&mut self.bufs);
+            self.compact_timers();
         }
         if self.conns.len() * 10 <= self.config.worker.max_connections * 9 {
             if let Err(e) = self.resume_accept() {

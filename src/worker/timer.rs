@@ -72,6 +72,18 @@ impl<T> Timers<T> {
         }
     }
 
+    /// Drops the entries `keep` rejects (lazily cancelled ones whose owner is gone),
+    /// in O(n). Called rarely, when stale entries outnumber live ones: with lazy
+    /// cancellation, closed connections' timers would otherwise sit in the heap until
+    /// they come due, and under heavy churn that is connections/s × idle timeout.
+    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
+        let heap = std::mem::take(&mut self.heap);
+        self.heap = heap
+            .into_iter()
+            .filter(|Reverse((_, _, Entry(t)))| keep(t))
+            .collect();
+    }
+
     /// Number of scheduled entries (including lazily cancelled ones).
     pub fn len(&self) -> usize {
         self.heap.len()
@@ -103,5 +115,19 @@ mod tests {
         assert_eq!(t.timeout(now), Some(Duration::from_millis(10)));
         assert_eq!(t.pop_due(t0 + Duration::from_millis(30)), Some("c"));
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn retain_drops_cancelled_entries_and_keeps_order() {
+        let t0 = Instant::now();
+        let mut t = Timers::default();
+        for i in 0..10u32 {
+            t.schedule(t0 + Duration::from_millis(u64::from(10 - i)), i);
+        }
+        t.retain(|&i| i % 2 == 0);
+        assert_eq!(t.len(), 5);
+        let later = t0 + Duration::from_secs(1);
+        let order: Vec<u32> = std::iter::from_fn(|| t.pop_due(later)).collect();
+        assert_eq!(order, [8, 6, 4, 2, 0]);
     }
 }
