@@ -1,0 +1,201 @@
+#!/usr/bin/env bash
+# proxy.sh: TCP (L4) proxy throughput, corral `proxy` vs nginx `stream` vs HAProxy
+# `mode tcp`, with iperf3 through each (client -> proxy -> iperf3 server), 1 and 8 streams.
+#
+# Proxies (the shared bench's configs, regenerated on free ports):
+#   corral-1w / corral-2w   [[listen]] service = "proxy", upstreams = [iperf3], 1 / 2 workers
+#   nginx-1w / nginx-2w     stream { server { proxy_pass iperf3; } }, stock 16k buffer
+#   haproxy-1t / haproxy-2t mode tcp, nbthread 1 / 2, no splice
+#   direct                  iperf3 without a proxy (the ceiling of this box)
+#   nginx-1w-64k, haproxy-1t-64k, ... (not run by default): the peer with 64 KiB buffers
+#                           (nginx proxy_buffer_size 64k; HAProxy tune.bufsize 65536), the
+#                           size corral reads at once (read_quantum), to tell buffer size
+#                           from design
+# Nothing is pinned (iperf3 client, proxy, iperf3 server: 3 busy processes on 2 CPUs).
+# Each round runs every proxy once, in order, so host drift is spread over all of them.
+#
+# Reported: Gbit/s received by the iperf3 server, CPU of the proxy processes (corral and
+# nginx: their workers; HAProxy: its process) in % of one core, busy % of each CPU.
+#
+# Usage: bench/proxy.sh
+# Knobs: RUNS=2 DURATION=10 STREAMS="1 8" PROXIES="direct corral-1w nginx-1w haproxy-1t
+#        corral-2w nginx-2w haproxy-2t" NO_BUILD=1 KEEP=1
+set -euo pipefail
+. "$(dirname "$0")/peer_lib.sh"
+
+RUNS=${RUNS:-2}
+DURATION=${DURATION:-10}
+STREAMS=${STREAMS:-"1 8"}
+PROXIES=${PROXIES:-"direct corral-1w nginx-1w haproxy-1t corral-2w nginx-2w haproxy-2t"}
+command -v iperf3 >/dev/null || die "iperf3 missing (apt-get install -y iperf3)"
+
+build_corral
+RES=$WORK/proxy.tsv
+: >"$RES"
+LIMIT=$((RUNS * 60 * 2 * (DURATION + 10) + 600))
+
+# iperf3 server behind every proxy, for the whole run
+IPORT=$(free_port)
+timeout --kill-after=5 "$LIMIT" iperf3 -s -B 127.0.0.1 -p "$IPORT" >"$WORK/iperf3-server.log" 2>&1 &
+IPERF_WRAPPER=$!
+STARTED+=("$IPERF_WRAPPER")
+sleep 1
+IPERF_PID=$(cat /proc/"$IPERF_WRAPPER"/task/*/children | xargs)
+[[ -n $IPERF_PID ]] || die "iperf3 server did not start"
+
+H_WRAPPER=""
+start_proxy() { # NAME PORT -> sets PROXY_PIDS
+  local name=$1 port=$2
+  case $name in
+  direct) PROXY_PIDS="" ;;
+  corral-*)
+    local w=${name#corral-}
+    w=${w%w}
+    corral_start "$name-$port" $((RUNS * 2 * (DURATION + 10) + 300)) <<EOF
+[master]
+workers = $w
+[log]
+level = "warn"
+[[listen]]
+address = "127.0.0.1:$port"
+service = "proxy"
+upstreams = ["127.0.0.1:$IPORT"]
+backlog = 4096
+EOF
+    PROXY_PIDS=$(corral_workers | xargs)
+    ;;
+  nginx-*)
+    local w=${name#nginx-} buf="" b
+    b=${w#*-}
+    [[ $b == "$w" ]] && b="" || buf="proxy_buffer_size $b;"
+    w=${w%%-*}
+    w=${w%w}
+    nginx_start "$name-$port" $((RUNS * 2 * (DURATION + 10) + 300)) <<EOF
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+user root;
+worker_processes $w;
+worker_rlimit_nofile 20000;
+events { worker_connections 16384; }
+stream {
+    server {
+        listen 127.0.0.1:$port backlog=4096;
+        proxy_pass 127.0.0.1:$IPORT;
+        $buf
+    }
+}
+EOF
+    PROXY_PIDS=$(nginx_workers | xargs)
+    ;;
+  haproxy-*)
+    local t=${name#haproxy-} tune="" b
+    b=${t#*-}
+    [[ $b == "$t" ]] && b="" || tune="tune.bufsize $((${b%k} * 1024))"
+    t=${t%%-*}
+    t=${t%t}
+    cat >"$WORK/$name-$port.cfg" <<EOF
+global
+    nbthread $t
+    maxconn 4000
+    $tune
+    log stderr format short local0 err
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 120s
+    timeout server 120s
+frontend fe_tcp
+    bind 127.0.0.1:$port
+    default_backend be_iperf
+backend be_iperf
+    server iperf 127.0.0.1:$IPORT
+EOF
+    timeout --kill-after=5 $((RUNS * 2 * (DURATION + 10) + 300)) haproxy -f "$WORK/$name-$port.cfg" -db \
+      >"$WORK/$name-$port.log" 2>&1 &
+    H_WRAPPER=$!
+    STARTED+=("$H_WRAPPER")
+    local deadline=$(($(now_ms) + 5000))
+    until ss -Htln "( sport = :$port )" | grep -q .; do
+      alive "$H_WRAPPER" || { cat "$WORK/$name-$port.log" >&2; die "haproxy exited"; }
+      (($(now_ms) < deadline)) || die "haproxy not listening"
+      sleep 0.1
+    done
+    PROXY_PIDS=$(cat /proc/"$H_WRAPPER"/task/*/children | xargs)
+    ;;
+  esac
+}
+stop_proxy() {
+  case $1 in
+  corral-*) corral_stop ;;
+  nginx-*) nginx_stop ;;
+  haproxy-*)
+    kill -TERM "$H_WRAPPER" 2>/dev/null || true
+    wait "$H_WRAPPER" 2>/dev/null || true
+    H_WRAPPER=""
+    ;;
+  esac
+}
+
+for ((r = 1; r <= RUNS; r++)); do
+  for name in $PROXIES; do
+    port=$IPORT
+    [[ $name == direct ]] || port=$(free_port)
+    start_proxy "$name" "$port"
+    sleep 0.5
+    for P in $STREAMS; do
+      j=$WORK/iperf-$name-P$P-$r.json
+      quiet=$(wait_quiet)
+      la=$(loadavg)
+      c0=$(cpu_snap)
+      p0=$(cpu_ticks $PROXY_PIDS)
+      s0=$(now_ms)
+      timeout $((DURATION + 30)) iperf3 -c 127.0.0.1 -p "$port" -t "$DURATION" -P "$P" -J >"$j" || true
+      s1=$(now_ms)
+      p1=$(cpu_ticks $PROXY_PIDS)
+      c1=$(cpu_snap)
+      gbps=$(python3 -c '
+import json, sys
+try:
+    d = json.load(open(sys.argv[1]))
+    print("NA" if "error" in d else "%.2f" % (d["end"]["sum_received"]["bits_per_second"] / 1e9))
+except Exception:
+    print("NA")' "$j")
+      pcpu=NA
+      [[ -n $PROXY_PIDS ]] && pcpu=$(cpu_pct "$p0" "$p1" "$(awk -v a="$s0" -v b="$s1" 'BEGIN { print (b - a) / 1000 }')")
+      printf '%s\tP=%s\trun=%d\tGbit/s=%s\tproxy_cpu%%=%s\tbusy: %s\tloadavg=%s\t%s\n' \
+        "$name" "$P" "$r" "$gbps" "$pcpu" "$(cpu_busy "$c0" "$c1")" "$la" "$quiet" | tee -a "$RES"
+      sleep 1
+    done
+    [[ $name == corral-* ]] && log "corral $name log: $(corral_log_problems "$name-$port") WARN/ERROR lines"
+    stop_proxy "$name"
+  done
+done
+
+echo
+echo "== summary: iperf3 -t $DURATION, $RUNS runs each (medians); CPU = proxy processes, % of one core"
+printf '%-12s' proxy
+for P in $STREAMS; do printf ' | %-26s' "P=$P Gbit/s (cpu%)"; done
+echo
+get() { grep -P "^$1\tP=$2\t" "$RES" | grep -oP "\t$3=\K[0-9.NA]+" | median; }
+for name in $PROXIES; do
+  printf '%-12s' "$name"
+  for P in $STREAMS; do
+    c=$(get "$name" "$P" proxy_cpu%)
+    [[ $name == direct ]] && c=-
+    printf ' | %8s (%4s%%)            ' "$(get "$name" "$P" Gbit/s)" "$c"
+  done
+  echo
+done
+echo
+echo "== ratios corral / peer (Gbit/s; medians), for every peer run at corral's worker count"
+for w in 1 2; do
+  grep -qP "^corral-${w}w\t" "$RES" || continue
+  for P in $STREAMS; do
+    c=$(get "corral-${w}w" "$P" Gbit/s)
+    line="$w worker(s), P=$P:"
+    for peer in $PROXIES; do
+      case $peer in nginx-${w}w | nginx-${w}w-* | haproxy-${w}t | haproxy-${w}t-*) ;; *) continue ;; esac
+      line+=" corral/$peer $(ratio "$c" "$(get "$peer" "$P" Gbit/s)")"
+    done
+    echo "$line"
+  done
+done
