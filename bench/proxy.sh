@@ -4,6 +4,7 @@
 #
 # Proxies (the shared bench's configs, regenerated on free ports):
 #   corral-1w / corral-2w   [[listen]] service = "proxy", upstreams = [iperf3], 1 / 2 workers
+#   corral-1w-splice        the same with `splice = true`; haproxy-1t-splice: option splice-auto
 #   nginx-1w / nginx-2w     stream { server { proxy_pass iperf3; } }, stock 16k buffer
 #   haproxy-1t / haproxy-2t mode tcp, nbthread 1 / 2, no splice
 #   direct                  iperf3 without a proxy (the ceiling of this box)
@@ -49,7 +50,8 @@ start_proxy() { # NAME PORT -> sets PROXY_PIDS
   case $name in
   direct) PROXY_PIDS="" ;;
   corral-*)
-    local w=${name#corral-}
+    local w=${name#corral-} extra=""
+    if [[ $w == *-splice ]]; then extra="splice = true"; w=${w%-splice}; fi
     w=${w%w}
     corral_start "$name-$port" $((RUNS * 2 * (DURATION + 10) + 300)) <<EOF
 [master]
@@ -61,6 +63,7 @@ address = "127.0.0.1:$port"
 service = "proxy"
 upstreams = ["127.0.0.1:$IPORT"]
 backlog = 4096
+$extra
 EOF
     PROXY_PIDS=$(corral_workers | xargs)
     ;;
@@ -87,7 +90,8 @@ EOF
     PROXY_PIDS=$(nginx_workers | xargs)
     ;;
   haproxy-*)
-    local t=${name#haproxy-} tune="" b
+    local t=${name#haproxy-} tune="" b splice=""
+    if [[ $t == *-splice ]]; then splice="option splice-auto"; t=${t%-splice}; fi
     b=${t#*-}
     [[ $b == "$t" ]] && b="" || tune="tune.bufsize $((${b%k} * 1024))"
     t=${t%%-*}
@@ -103,6 +107,7 @@ defaults
     timeout connect 5s
     timeout client 120s
     timeout server 120s
+    $splice
 frontend fe_tcp
     bind 127.0.0.1:$port
     default_backend be_iperf

@@ -488,6 +488,11 @@ pub struct ListenConfig {
     /// proxy: how long an upstream that refused or timed out is skipped.
     #[serde(default)]
     pub upstream_backoff: Option<Dur>,
+    /// proxy: move bytes with splice(2) through kernel pipes instead of copying them
+    /// through user space (costs 4 fds and up to 128 KiB of pipe memory per
+    /// connection; pays for bulk transfers). Ignored while a `rate` limit applies.
+    #[serde(default)]
+    pub splice: Option<bool>,
 }
 
 /// Keys that only make sense for one service, for the "wrong service" check.
@@ -503,6 +508,7 @@ const PROXY_KEYS: &[&str] = &[
     "balance",
     "connect_timeout",
     "upstream_backoff",
+    "splice",
 ];
 
 impl ListenConfig {
@@ -518,6 +524,7 @@ impl ListenConfig {
             ("balance", self.balance.is_some()),
             ("connect_timeout", self.connect_timeout.is_some()),
             ("upstream_backoff", self.upstream_backoff.is_some()),
+            ("splice", self.splice.is_some()),
         ];
         for (k, on) in set {
             if on {

@@ -46,13 +46,22 @@ fn pattern(n: usize) -> Vec<u8> {
 
 #[test]
 fn eight_mib_byte_exact_both_ways_through_echo() {
+    eight_mib_through_echo("");
+}
+
+#[test]
+fn eight_mib_byte_exact_both_ways_with_splice() {
+    eight_mib_through_echo("splice = true");
+}
+
+fn eight_mib_through_echo(extra: &str) {
     let pp = free_port();
     // The upstream is corral's own echo listener (started first below).
     let echo_port = free_port();
     let c = Corral::start(&format!(
         "[master]\nworkers = 1\n\n[[listen]]\naddress = \"127.0.0.1:{{port}}\"\nservice = \"echo\"\n\n\
          [[listen]]\naddress = \"127.0.0.1:{echo_port}\"\nservice = \"echo\"\n\n\
-         [[listen]]\naddress = \"127.0.0.1:{pp}\"\nservice = \"proxy\"\nupstreams = [\"127.0.0.1:{echo_port}\"]\n"
+         [[listen]]\naddress = \"127.0.0.1:{pp}\"\nservice = \"proxy\"\nupstreams = [\"127.0.0.1:{echo_port}\"]\n{extra}\n"
     ));
     let data = pattern(8 << 20);
     let s = connect(
@@ -81,6 +90,15 @@ fn eight_mib_byte_exact_both_ways_through_echo() {
 
 #[test]
 fn half_close_is_forwarded_each_way() {
+    half_close("");
+}
+
+#[test]
+fn half_close_is_forwarded_each_way_with_splice() {
+    half_close("splice = true");
+}
+
+fn half_close(extra: &str) {
     // An upstream that reads until EOF, then answers and closes.
     let up = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
     let up_addr = up.local_addr().unwrap();
@@ -93,7 +111,7 @@ fn half_close_is_forwarded_each_way() {
             .expect("answer");
     });
     let pp = free_port();
-    let c = start(pp, &[up_addr.to_string()], "");
+    let c = start(pp, &[up_addr.to_string()], extra);
     let mut s = connect(
         SocketAddr::from(([127, 0, 0, 1], pp)),
         Duration::from_secs(10),
@@ -197,6 +215,15 @@ fn all_upstreams_down_closes_the_client_within_connect_timeout() {
 
 #[test]
 fn slow_reading_client_does_not_grow_worker_memory() {
+    slow_reader("");
+}
+
+#[test]
+fn slow_reading_client_does_not_grow_worker_memory_with_splice() {
+    slow_reader("splice = true");
+}
+
+fn slow_reader(extra: &str) {
     // An upstream that sends as much as it can.
     let up = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
     let up_addr = up.local_addr().unwrap();
@@ -218,7 +245,7 @@ fn slow_reading_client_does_not_grow_worker_memory() {
         sent
     });
     let pp = free_port();
-    let c = start(pp, &[up_addr.to_string()], "");
+    let c = start(pp, &[up_addr.to_string()], extra);
     let worker = c.workers()[0].pid;
     let before = vm_rss_kib(worker);
     let s = connect(

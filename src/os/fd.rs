@@ -128,6 +128,31 @@ pub fn eventfd() -> Result<OwnedFd, SysError> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
+/// `splice(2)` up to `len` bytes from `from` to `to` (one of them a pipe), without
+/// blocking and without copying through user space. `Ok(0)` is end of file on `from`.
+pub fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+    loop {
+        // SAFETY: null offsets mean "current position"; no user memory is involved.
+        let n = unsafe {
+            libc::splice(
+                from.as_raw_fd(),
+                std::ptr::null_mut(),
+                to.as_raw_fd(),
+                std::ptr::null_mut(),
+                len,
+                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 /// True when the fd is readable now, without blocking.
 pub fn poll_readable(fd: BorrowedFd<'_>, timeout_ms: i32) -> bool {
     let mut p = libc::pollfd {

@@ -102,6 +102,98 @@ impl Bucket {
     }
 }
 
+/// A kernel pipe carrying one direction of a spliced connection.
+pub struct Pipe {
+    r: OwnedFd,
+    w: OwnedFd,
+    /// Bytes in the pipe.
+    len: usize,
+    /// The last splice into it could not take more: stop reading until it drains.
+    full: bool,
+}
+
+/// Room in a pipe: Linux's default pipe capacity (16 pages).
+const PIPE_CAP: usize = 64 << 10;
+
+impl Pipe {
+    pub fn new() -> io::Result<Pipe> {
+        let (r, w) = fd::pipe().map_err(|e| e.io())?;
+        Ok(Pipe {
+            r,
+            w,
+            len: 0,
+            full: false,
+        })
+    }
+
+    /// Moves bytes from socket `from` into the pipe, within `budget`. Returns (bytes,
+    /// end of file). A socket with nothing to read ends with `may_read = false`; a
+    /// pipe that cannot take more sets `full` instead (reading resumes once it drains,
+    /// so no readable edge is lost).
+    fn fill(&mut self, from: std::os::fd::BorrowedFd<'_>, budget: &mut usize, may_read: &mut bool) -> io::Result<(usize, bool)> {
+        let mut moved = 0;
+        while *may_read && !self.full && *budget > 0 && self.len < PIPE_CAP {
+            match fd::splice(from, self.w.as_fd(), (*budget).min(PIPE_CAP - self.len)) {
+                Ok(0) => return Ok((moved, true)),
+                Ok(n) => {
+                    self.len += n;
+                    moved += n;
+                    *budget -= n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // EAGAIN into an empty pipe means the socket is empty; with bytes
+                    // in the pipe it may as well be the pipe that is out of buffers.
+                    if self.len == 0 {
+                        *may_read = false;
+                    } else {
+                        self.full = true;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if self.len >= PIPE_CAP {
+            self.full = true;
+        }
+        Ok((moved, false))
+    }
+
+    /// Moves bytes from the pipe to socket `to`; returns bytes moved.
+    fn drain(&mut self, to: std::os::fd::BorrowedFd<'_>) -> io::Result<usize> {
+        let mut moved = 0;
+        while self.len > 0 {
+            match fd::splice(self.r.as_fd(), to, self.len) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.len -= n;
+                    moved += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if self.len == 0 {
+            self.full = false;
+        }
+        Ok(moved)
+    }
+}
+
+/// Both directions of a spliced connection.
+pub struct Pipes {
+    c2u: Pipe,
+    u2c: Pipe,
+}
+
+impl Pipes {
+    pub fn new() -> io::Result<Pipes> {
+        Ok(Pipes {
+            c2u: Pipe::new()?,
+            u2c: Pipe::new()?,
+        })
+    }
+}
+
 /// The upstream side of a proxied connection.
 pub struct Upstream {
     pub fd: OwnedFd,
@@ -124,6 +216,8 @@ pub struct Upstream {
     /// The client is not read while its bytes wait here above the high water mark.
     backpressured_client: bool,
     pub registered: Interest,
+    /// Zero-copy forwarding, once connected, when the listener asks for it.
+    pub pipes: Option<Box<Pipes>>,
 }
 
 impl Upstream {
@@ -141,6 +235,7 @@ impl Upstream {
             write_shut: false,
             backpressured: false,
             backpressured_client: false,
+            pipes: None,
             registered: Interest {
                 write: true,
                 edge: true,
@@ -149,15 +244,21 @@ impl Upstream {
         }
     }
 
+    /// Client bytes not yet delivered upstream, in user space or in the pipe.
     fn pending(&self) -> usize {
-        self.out.len() - self.out_pos
+        self.out.len() - self.out_pos + self.pipes.as_ref().map_or(0, |p| p.c2u.len)
+    }
+
+    /// Upstream bytes not yet delivered to the client that sit in the pipe.
+    fn piped_to_client(&self) -> usize {
+        self.pipes.as_ref().map_or(0, |p| p.u2c.len)
     }
 
     /// Epoll interest: the connect's completion, then reads unless paused and writes
     /// only while client bytes wait.
     pub fn interest(&self) -> Interest {
         Interest {
-            read: !self.read_closed && !self.backpressured,
+            read: !self.read_closed && !self.backpressured && !self.pipes.as_ref().is_some_and(|p| p.u2c.full),
             write: !self.connected || self.pending() > 0,
             edge: true,
             exclusive: false,
@@ -199,7 +300,7 @@ pub struct Conn {
     /// Reading is suspended until output falls under the low water mark.
     backpressured: bool,
     /// Per-client rate limit, if one is configured.
-    bucket: Option<Box<Bucket>>,
+    pub bucket: Option<Box<Bucket>>,
     /// The rate limit ran out: not read from until the throttle timer re-admits it.
     pub throttled: bool,
     /// A throttle timer is pending for this connection.
@@ -281,7 +382,7 @@ impl Conn {
     }
 
     fn pending(&self) -> usize {
-        self.out.len() - self.out_pos
+        self.out.len() - self.out_pos + self.upstream.as_ref().map_or(0, |u| u.piped_to_client())
     }
 
     /// Reading is possible and allowed now.
@@ -301,7 +402,9 @@ impl Conn {
             || self
                 .upstream
                 .as_ref()
-                .is_some_and(|u| u.connected && u.may_read && !u.read_closed && !u.backpressured)
+                .is_some_and(|u| {
+                    u.connected && u.may_read && !u.read_closed && !u.backpressured && !u.pipes.as_ref().is_some_and(|p| p.u2c.full)
+                })
     }
 
     /// A proxied client is not read while its bytes wait for the upstream beyond
@@ -309,7 +412,7 @@ impl Conn {
     fn client_paused(&self) -> bool {
         self.upstream
             .as_ref()
-            .is_some_and(|u| u.backpressured_client)
+            .is_some_and(|u| u.backpressured_client || u.pipes.as_ref().is_some_and(|p| p.c2u.full))
     }
 
     /// Closing now loses nothing.
@@ -420,6 +523,29 @@ impl Conn {
         // A few passes: a flush on one side can unblock reading on the other.
         for _ in 0..4 {
             let mut progress = false;
+            if up.connected && up.out.len() == up.out_pos && self.out.len() == self.out_pos {
+                if let Some(p) = up.pipes.as_mut() {
+                    match self.splice_both_ways(p, &up.fd, &mut up.may_read, &mut up.read_closed, env) {
+                        Ok(moved) => {
+                            progress |= moved;
+                            active |= moved;
+                        }
+                        Err(e) => return Outcome::Close(Some(format!("splice failed: {e}"))),
+                    }
+                    if self.read_closed && p.c2u.len == 0 && !up.write_shut {
+                        up.write_shut = true;
+                        let _ = socket2::SockRef::from(&up.fd).shutdown(std::net::Shutdown::Write);
+                    }
+                    if up.read_closed && p.u2c.len == 0 && !self.write_shut {
+                        self.write_shut = true;
+                        let _ = socket2::SockRef::from(&self.fd).shutdown(std::net::Shutdown::Write);
+                    }
+                    if !progress {
+                        break;
+                    }
+                    continue;
+                }
+            }
             // client -> upstream
             while self.may_read
                 && !self.read_closed
@@ -522,6 +648,35 @@ impl Conn {
             return Outcome::Close(None);
         }
         Outcome::Open { active }
+    }
+
+    /// One pass of zero-copy forwarding: socket → pipe → socket, each way. Returns
+    /// whether any byte moved.
+    fn splice_both_ways(
+        &mut self,
+        p: &mut Pipes,
+        up_fd: &OwnedFd,
+        up_may_read: &mut bool,
+        up_read_closed: &mut bool,
+        env: &mut Env<'_>,
+    ) -> io::Result<bool> {
+        let mut moved = false;
+        if !self.read_closed {
+            let (n, eof) = p.c2u.fill(self.fd.as_fd(), &mut env.budget, &mut self.may_read)?;
+            env.stats.bytes_in += n as u64;
+            moved |= n > 0;
+            self.read_closed |= eof;
+        }
+        moved |= p.c2u.drain(up_fd.as_fd())? > 0;
+        if !*up_read_closed {
+            let (n, eof) = p.u2c.fill(up_fd.as_fd(), &mut env.budget, up_may_read)?;
+            moved |= n > 0;
+            *up_read_closed |= eof;
+        }
+        let n = p.u2c.drain(self.fd.as_fd())?;
+        env.stats.bytes_out += n as u64;
+        moved |= n > 0;
+        Ok(moved)
     }
 
     /// Output space comes from the pool only when a handler is about to write.
