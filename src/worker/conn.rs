@@ -130,7 +130,12 @@ impl Pipe {
     /// end of file). A socket with nothing to read ends with `may_read = false`; a
     /// pipe that cannot take more sets `full` instead (reading resumes once it drains,
     /// so no readable edge is lost).
-    fn fill(&mut self, from: std::os::fd::BorrowedFd<'_>, budget: &mut usize, may_read: &mut bool) -> io::Result<(usize, bool)> {
+    fn fill(
+        &mut self,
+        from: std::os::fd::BorrowedFd<'_>,
+        budget: &mut usize,
+        may_read: &mut bool,
+    ) -> io::Result<(usize, bool)> {
         let mut moved = 0;
         while *may_read && !self.full && *budget > 0 && self.len < PIPE_CAP {
             match fd::splice(from, self.w.as_fd(), (*budget).min(PIPE_CAP - self.len)) {
@@ -258,7 +263,9 @@ impl Upstream {
     /// only while client bytes wait.
     pub fn interest(&self) -> Interest {
         Interest {
-            read: !self.read_closed && !self.backpressured && !self.pipes.as_ref().is_some_and(|p| p.u2c.full),
+            read: !self.read_closed
+                && !self.backpressured
+                && !self.pipes.as_ref().is_some_and(|p| p.u2c.full),
             write: !self.connected || self.pending() > 0,
             edge: true,
             exclusive: false,
@@ -399,12 +406,13 @@ impl Conn {
     /// must come back to this connection even if no new edge arrives.
     pub fn more_to_read(&self) -> bool {
         self.wants_read()
-            || self
-                .upstream
-                .as_ref()
-                .is_some_and(|u| {
-                    u.connected && u.may_read && !u.read_closed && !u.backpressured && !u.pipes.as_ref().is_some_and(|p| p.u2c.full)
-                })
+            || self.upstream.as_ref().is_some_and(|u| {
+                u.connected
+                    && u.may_read
+                    && !u.read_closed
+                    && !u.backpressured
+                    && !u.pipes.as_ref().is_some_and(|p| p.u2c.full)
+            })
     }
 
     /// A proxied client is not read while its bytes wait for the upstream beyond
@@ -525,7 +533,13 @@ impl Conn {
             let mut progress = false;
             if up.connected && up.out.len() == up.out_pos && self.out.len() == self.out_pos {
                 if let Some(p) = up.pipes.as_mut() {
-                    match self.splice_both_ways(p, &up.fd, &mut up.may_read, &mut up.read_closed, env) {
+                    match self.splice_both_ways(
+                        p,
+                        &up.fd,
+                        &mut up.may_read,
+                        &mut up.read_closed,
+                        env,
+                    ) {
                         Ok(moved) => {
                             progress |= moved;
                             active |= moved;
@@ -538,7 +552,8 @@ impl Conn {
                     }
                     if up.read_closed && p.u2c.len == 0 && !self.write_shut {
                         self.write_shut = true;
-                        let _ = socket2::SockRef::from(&self.fd).shutdown(std::net::Shutdown::Write);
+                        let _ =
+                            socket2::SockRef::from(&self.fd).shutdown(std::net::Shutdown::Write);
                     }
                     if !progress {
                         break;
@@ -662,7 +677,9 @@ impl Conn {
     ) -> io::Result<bool> {
         let mut moved = false;
         if !self.read_closed {
-            let (n, eof) = p.c2u.fill(self.fd.as_fd(), &mut env.budget, &mut self.may_read)?;
+            let (n, eof) = p
+                .c2u
+                .fill(self.fd.as_fd(), &mut env.budget, &mut self.may_read)?;
             env.stats.bytes_in += n as u64;
             moved |= n > 0;
             self.read_closed |= eof;

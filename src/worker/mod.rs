@@ -770,7 +770,12 @@ impl Worker {
             let index = up.index;
             // Zero-copy forwarding where the listener asks for it and no rate limit
             // needs to see the bytes; without pipes (EMFILE) it copies as usual.
-            let splice = self.config.listen.get(listener).and_then(|l| l.splice).unwrap_or(false);
+            let splice = self
+                .config
+                .listen
+                .get(listener)
+                .and_then(|l| l.splice)
+                .unwrap_or(false);
             if splice && c.bucket.is_none() {
                 match conn::Pipes::new() {
                     Ok(p) => up.pipes = Some(Box::new(p)),
