@@ -15,13 +15,6 @@ use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-fn must_echo(c: &Corral, s: &mut TcpStream, msg: &str) {
-    match echo(s, msg.as_bytes(), Duration::from_secs(10)) {
-        Echo::Ok => {}
-        other => panic!("echo of {msg:?} failed: {other:?}\n{}", c.log_tail(40)),
-    }
-}
-
 fn status_json(c: &Corral) -> serde_json::Value {
     let out = c.cli(&["status", "--json"]);
     assert!(out.status.success(), "status failed: {}", out.all());
@@ -41,17 +34,6 @@ fn accepted_by_worker(c: &Corral) -> HashMap<i64, u64> {
             )
         })
         .collect()
-}
-
-fn vm_rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
 }
 
 fn config(workers: usize, extra_flow: &str, accept: &str) -> String {

@@ -20,14 +20,6 @@ fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
 }
 
-/// Echoes `msg` on `s` and panics with the log tail unless it comes back.
-fn must_echo(c: &Corral, s: &mut TcpStream, msg: &str) {
-    match echo(s, msg.as_bytes(), Duration::from_secs(10)) {
-        Echo::Ok => {}
-        other => panic!("echo of {msg:?} failed: {other:?}\n{}", c.log_tail(40)),
-    }
-}
-
 /// Probes the listener with a new connection: `Ok(how)` if it is refused or
 /// not served (no echo within a short wait), `Err` if it is served. The probe
 /// connection is closed at once either way.

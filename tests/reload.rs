@@ -23,14 +23,6 @@ const MARGIN: Duration = Duration::from_secs(6);
 // Local helpers
 // ---------------------------------------------------------------------------
 
-/// Echoes `msg` on `s` and panics with the log tail unless it comes back.
-fn must_echo(c: &Corral, s: &mut TcpStream, msg: &str) {
-    match echo(s, msg.as_bytes(), Duration::from_secs(10)) {
-        Echo::Ok => {}
-        other => panic!("echo of {msg:?} failed: {other:?}\n{}", c.log_tail(40)),
-    }
-}
-
 /// A config template: `Conf` plus extra `[master]` and `[worker]` lines.
 fn template(workers: usize, drain: &str, master_extra: &[&str]) -> String {
     let mut t = Conf::new(workers).drain(drain).render();
@@ -129,22 +121,6 @@ fn only_current_generation(c: &Corral, n: usize) -> bool {
             .iter()
             .all(|w| w.generation == generation && w.state == "ready")
         && procs == listed
-}
-
-/// Which worker (by pid) holds the server end of each connection.
-fn owners(c: &Corral, conns: &[TcpStream], pids: &[i32]) -> Vec<Option<i32>> {
-    let inodes: HashMap<i32, HashSet<u64>> = pids.iter().map(|&p| (p, socket_inodes(p))).collect();
-    let by_port = server_socket_inodes(c.port);
-    conns
-        .iter()
-        .map(|s| {
-            let ino = *by_port.get(&s.local_addr().ok()?.port())?;
-            inodes
-                .iter()
-                .find(|(_, set)| set.contains(&ino))
-                .map(|(pid, _)| *pid)
-        })
-        .collect()
 }
 
 fn loopback(port: u16) -> SocketAddr {

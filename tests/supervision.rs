@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -24,14 +24,6 @@ const MARGIN: Duration = Duration::from_secs(6);
 // ---------------------------------------------------------------------------
 // Local helpers
 // ---------------------------------------------------------------------------
-
-/// Echoes `msg` on `s` and panics with the log tail unless it comes back.
-fn must_echo(c: &Corral, s: &mut TcpStream, msg: &str) {
-    match echo(s, msg.as_bytes(), Duration::from_secs(10)) {
-        Echo::Ok => {}
-        other => panic!("echo of {msg:?} failed: {other:?}\n{}", c.log_tail(40)),
-    }
-}
 
 /// A config template: `Conf` plus extra `[master]` and `[worker]` lines.
 fn template(workers: usize, master_extra: &[&str], worker_extra: &[&str]) -> String {
@@ -125,22 +117,6 @@ fn slot_of(c: &Corral, pid: i32) -> u64 {
         .find(|w| w.pid == pid)
         .unwrap_or_else(|| panic!("worker {pid} not in status {ws:?}\n{}", c.log_tail(40)))
         .slot
-}
-
-/// Which worker (by pid) holds the server end of each connection.
-fn owners(c: &Corral, conns: &[TcpStream], pids: &[i32]) -> Vec<Option<i32>> {
-    let inodes: HashMap<i32, HashSet<u64>> = pids.iter().map(|&p| (p, socket_inodes(p))).collect();
-    let by_port = server_socket_inodes(c.port);
-    conns
-        .iter()
-        .map(|s| {
-            let ino = *by_port.get(&s.local_addr().ok()?.port())?;
-            inodes
-                .iter()
-                .find(|(_, set)| set.contains(&ino))
-                .map(|(pid, _)| *pid)
-        })
-        .collect()
 }
 
 /// Opens connections (at least `n`, a few more at a time) until every worker

@@ -449,15 +449,9 @@ impl Conn {
         let mut active = false;
         loop {
             while self.wants_read() && env.budget > 0 {
-                let mut n = env.budget.min(env.scratch.len());
-                if let Some(b) = &mut self.bucket {
-                    let allowed = b.available(Instant::now());
-                    if allowed == 0 {
-                        self.throttled = true;
-                        break;
-                    }
-                    n = n.min(allowed.min(usize::MAX as u64) as usize);
-                }
+                let Some(n) = self.allowance(env.budget.min(env.scratch.len())) else {
+                    break;
+                };
                 match fd::read(self.fd.as_fd(), &mut env.scratch[..n]) {
                     Ok(0) => {
                         self.read_closed = true;
@@ -466,9 +460,7 @@ impl Conn {
                     Ok(n) => {
                         active = true;
                         env.budget -= n;
-                        if let Some(b) = &mut self.bucket {
-                            b.take(n as u64);
-                        }
+                        self.charge(n);
                         env.stats.bytes_in += n as u64;
                         self.feed(n, env);
                         if self.inbuf.len() > env.inbuf_limit {
@@ -568,24 +560,16 @@ impl Conn {
                 && !self.throttled
                 && env.budget > 0
             {
-                let mut n = env.budget.min(env.scratch.len());
-                if let Some(b) = &mut self.bucket {
-                    let allowed = b.available(Instant::now());
-                    if allowed == 0 {
-                        self.throttled = true;
-                        break;
-                    }
-                    n = n.min(allowed.min(usize::MAX as u64) as usize);
-                }
+                let Some(n) = self.allowance(env.budget.min(env.scratch.len())) else {
+                    break;
+                };
                 match fd::read(self.fd.as_fd(), &mut env.scratch[..n]) {
                     Ok(0) => self.read_closed = true,
                     Ok(n) => {
                         active = true;
                         progress = true;
                         env.budget -= n;
-                        if let Some(b) = &mut self.bucket {
-                            b.take(n as u64);
-                        }
+                        self.charge(n);
                         env.stats.bytes_in += n as u64;
                         up.out.extend_from_slice(&env.scratch[..n]);
                         if up.pending() >= env.high {
@@ -694,6 +678,27 @@ impl Conn {
         env.stats.bytes_out += n as u64;
         moved |= n > 0;
         Ok(moved)
+    }
+
+    /// How many of `want` bytes the rate limit lets us read now; None (and the
+    /// connection throttled) when it allows none.
+    fn allowance(&mut self, want: usize) -> Option<usize> {
+        let Some(b) = &mut self.bucket else {
+            return Some(want);
+        };
+        let allowed = b.available(Instant::now());
+        if allowed == 0 {
+            self.throttled = true;
+            return None;
+        }
+        Some(want.min(allowed.min(usize::MAX as u64) as usize))
+    }
+
+    /// Takes `n` read bytes out of the rate limit's bucket.
+    fn charge(&mut self, n: usize) {
+        if let Some(b) = &mut self.bucket {
+            b.take(n as u64);
+        }
     }
 
     /// Output space comes from the pool only when a handler is about to write.

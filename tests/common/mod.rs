@@ -987,3 +987,41 @@ pub fn close(s: TcpStream) {
     let _ = s.shutdown(Shutdown::Both);
     drop(s);
 }
+
+/// Echoes `msg` on `s`, or fails the test with the log tail.
+pub fn must_echo(c: &Corral, s: &mut TcpStream, msg: &str) {
+    match echo(s, msg.as_bytes(), Duration::from_secs(10)) {
+        Echo::Ok => {}
+        other => panic!("echo of {msg:?} failed: {other:?}\n{}", c.log_tail(40)),
+    }
+}
+
+/// Which of `pids` holds the server side of each connection in `conns` (by socket
+/// inode), or None where it cannot be told.
+pub fn owners(c: &Corral, conns: &[TcpStream], pids: &[i32]) -> Vec<Option<i32>> {
+    let inodes: std::collections::HashMap<i32, HashSet<u64>> =
+        pids.iter().map(|&p| (p, socket_inodes(p))).collect();
+    let by_port = server_socket_inodes(c.port);
+    conns
+        .iter()
+        .map(|s| {
+            let ino = *by_port.get(&s.local_addr().ok()?.port())?;
+            inodes
+                .iter()
+                .find(|(_, set)| set.contains(&ino))
+                .map(|(pid, _)| *pid)
+        })
+        .collect()
+}
+
+/// Resident memory of a process in KiB (0 if it is gone).
+pub fn vm_rss_kib(pid: i32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
