@@ -149,6 +149,8 @@ impl Channel {
                 Ok(m) => m,
                 Err(nix::errno::Errno::EAGAIN) => return Ok(None),
                 Err(nix::errno::Errno::EINTR) => return Ok(None),
+                // The peer exited with our messages unread: as good as EOF.
+                Err(nix::errno::Errno::ECONNRESET) => return Err(ChannelError::Closed),
                 Err(e) => return Err(io::Error::from(e).into()),
             };
             let mut fd = None;
