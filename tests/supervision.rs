@@ -941,3 +941,71 @@ fn sigwinch_drains_workers_and_reload_brings_them_back() {
     let mut fresh = c.connect();
     must_echo(&c, &mut fresh, "after the reload\n");
 }
+
+// ---------------------------------------------------------------------------
+// Memory recycling
+// ---------------------------------------------------------------------------
+
+#[test]
+fn worker_above_max_worker_rss_is_replaced_gracefully() {
+    // 1 MiB is below any worker's RSS: every worker is over the limit, which also
+    // shows that recycling is paced (a few heartbeats of life each), not a loop.
+    let c = Corral::start(&template(
+        1,
+        &["max_worker_rss = \"1MiB\""],
+        &["heartbeat_interval = \"100ms\""],
+    ));
+    let first = c.workers();
+    let mut held = c.connect();
+    must_echo(&c, &mut held, "before recycling\n");
+    let holder = owners(&c, std::slice::from_ref(&held), &c.worker_pids())[0]
+        .unwrap_or_else(|| panic!("no worker holds the connection\n{}", c.log_tail(20)));
+
+    // A replacement starts, and the connection on the old worker keeps working while
+    // it drains.
+    let replaced = wait_until(Duration::from_secs(15), || {
+        c.workers()
+            .iter()
+            .any(|w| w.pid != holder && !first.contains(w))
+    });
+    assert!(
+        replaced,
+        "no replacement for worker {holder}\n{}",
+        c.log_tail(30)
+    );
+    must_echo(&c, &mut held, "during recycling\n");
+    assert!(
+        c.log().contains("outgrew max_worker_rss"),
+        "the log does not say why the worker was replaced\n{}",
+        c.log_tail(30)
+    );
+
+    // Paced: over 3 s no more than a handful of workers come and go.
+    let t0 = Instant::now();
+    let mut seen: HashSet<i32> = HashSet::new();
+    while t0.elapsed() < Duration::from_secs(3) {
+        seen.extend(c.worker_pids());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        seen.len() <= 10,
+        "{} workers within 3 s: recycling is not paced\n{}",
+        seen.len(),
+        c.log_tail(30)
+    );
+    must_echo(&c, &mut held, "still here\n");
+
+    // Once its client leaves, the old worker is gone.
+    close(held);
+    let gone = wait_until(Duration::from_secs(10), || {
+        !c.worker_pids().contains(&holder)
+    });
+    assert!(
+        gone,
+        "recycled worker {holder} did not exit after its client left\n{}",
+        c.log_tail(30)
+    );
+    // New clients are served throughout.
+    let mut fresh = c.connect();
+    must_echo(&c, &mut fresh, "fresh\n");
+}

@@ -142,6 +142,8 @@ pub struct StartOptions {
 
 /// How long a new generation may take to report ready before the reload is abandoned.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// A worker is recycled for its memory only after this many heartbeats of life.
+const RECYCLE_MIN_HEARTBEATS: u32 = 5;
 /// Grace between the watchdog's SIGABRT (for a core dump) and its SIGKILL.
 const WATCHDOG_GRACE: Duration = Duration::from_secs(2);
 /// Grace between a drain/stop deadline's SIGKILL and giving up on a worker.
@@ -770,6 +772,12 @@ impl Master {
             return;
         }
         if !matches!(self.state, State::Running) {
+            return;
+        }
+        // A limit below what a fresh worker needs would replace workers in a loop: a
+        // worker gets a few heartbeats of life first, which bounds that churn.
+        let min_age = self.config.worker.heartbeat_interval.0 * RECYCLE_MIN_HEARTBEATS;
+        if w.started_at.elapsed() < min_age {
             return;
         }
         let (slot, pid, rss) = (w.slot, w.pid.as_raw(), w.stats.rss);
