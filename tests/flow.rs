@@ -330,3 +330,39 @@ fn reuseport_reload_resets_no_queued_connection() {
         c.log_tail(30)
     );
 }
+
+#[test]
+fn cpu_affinity_pins_each_worker_to_one_cpu() {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let c = Corral::start("[master]\nworkers = 2\ncpu_affinity = true\n\n[[listen]]\naddress = \"127.0.0.1:{port}\"\nservice = \"echo\"\n");
+    let allowed: Vec<String> = c
+        .worker_pids()
+        .iter()
+        .map(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find(|l| l.starts_with("Cpus_allowed_list:"))
+                        .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string())
+                })
+                .unwrap_or_default()
+        })
+        .collect();
+    eprintln!("workers' allowed CPUs: {allowed:?} (this box has {cpus})");
+    for a in &allowed {
+        assert!(
+            !a.is_empty() && !a.contains(',') && !a.contains('-'),
+            "a worker is not pinned to one CPU: {allowed:?}\n{}",
+            c.log_tail(20)
+        );
+    }
+    if cpus >= 2 {
+        assert_ne!(
+            allowed[0], allowed[1],
+            "both workers pinned to the same CPU"
+        );
+    }
+}

@@ -92,6 +92,55 @@ struct Args {
     /// Exit with status 1 if any error was counted.
     #[arg(long)]
     fail_on_error: bool,
+    /// The config of the corral under test: near the end of the run (at 80 % of
+    /// `--duration`, while the connections are open) `corral status --json -c FILE`
+    /// is asked for each worker's connection count, which the summary reports.
+    #[arg(long, value_name = "FILE")]
+    corral_config: Option<std::path::PathBuf>,
+    /// The corral binary for `--corral-config` (default: `corral` next to this tool).
+    #[arg(long, value_name = "PATH")]
+    corral_bin: Option<std::path::PathBuf>,
+}
+
+/// Connections per worker, as `corral status --json` reported them: (pid, count).
+type WorkerCounts = Vec<(i64, u64)>;
+
+/// Samples `corral status` on a thread at 80 % of the run.
+fn sample_workers(args: &Args) -> Option<std::thread::JoinHandle<Result<WorkerCounts, String>>> {
+    let cfg = args.corral_config.clone()?;
+    let bin = args.corral_bin.clone().unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("corral")))
+            .unwrap_or_else(|| "corral".into())
+    });
+    let at = Duration::from_millis(args.duration * 800);
+    Some(std::thread::spawn(move || {
+        std::thread::sleep(at);
+        let out = std::process::Command::new(&bin)
+            .args(["status", "--json", "-c"])
+            .arg(&cfg)
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| format!("corral status: {e}"))?;
+        Ok(v["workers"]
+            .as_array()
+            .map(|ws| {
+                ws.iter()
+                    .map(|w| {
+                        (
+                            w["pid"].as_i64().unwrap_or(0),
+                            w["connections"].as_u64().unwrap_or(0),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -1333,6 +1382,7 @@ fn main() -> ExitCode {
         eprintln!("corral-load: {e}");
         return ExitCode::from(2);
     }
+    let sampler = sample_workers(&args);
     let summary = match run_load(&plan) {
         Ok(s) => s,
         Err(e) => {
@@ -1340,10 +1390,35 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let workers = sampler.map(|h| {
+        h.join()
+            .unwrap_or_else(|_| Err("status sampler panicked".into()))
+    });
     if args.json {
-        println!("{}", summary_json(&plan, &summary));
+        let mut j = summary_json(&plan, &summary);
+        if let Some(w) = &workers {
+            j["workers"] = match w {
+                Ok(ws) => serde_json::json!(ws
+                    .iter()
+                    .map(|(pid, n)| serde_json::json!({"pid": pid, "connections": n}))
+                    .collect::<Vec<_>>()),
+                Err(e) => serde_json::json!({ "error": e }),
+            };
+        }
+        println!("{j}");
     } else {
         print_summary(&plan, &summary);
+        match &workers {
+            Some(Ok(ws)) => {
+                let list: Vec<String> = ws.iter().map(|(pid, n)| format!("{pid}:{n}")).collect();
+                println!(
+                    "connections per worker (pid:conns, at 80 % of the run): {}",
+                    list.join(" ")
+                );
+            }
+            Some(Err(e)) => println!("connections per worker: unavailable ({e})"),
+            None => {}
+        }
     }
     if args.fail_on_error && summary.counters.errors() > 0 {
         return ExitCode::from(1);
