@@ -62,51 +62,9 @@ fn must_reload(c: &Corral) -> String {
     out.all()
 }
 
-/// One worker as `corral status --json` reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct StatusWorker {
-    pid: i32,
-    slot: u64,
-    generation: u64,
-    state: String,
-}
-
 /// `corral status --json`: (generation, workers).
 fn status(c: &Corral) -> (u64, Vec<StatusWorker>) {
-    let out = c.cli(&["status", "--json"]);
-    assert!(
-        out.status.success(),
-        "`corral status --json` failed: {:?}\n{}\n{}",
-        out.status,
-        out.all(),
-        c.log_tail(40)
-    );
-    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "`corral status --json` is not JSON ({e}): {}\n{}",
-            out.stdout, out.stderr
-        )
-    });
-    let generation = v["generation"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("status without a generation: {v}"));
-    let workers = v["workers"]
-        .as_array()
-        .unwrap_or_else(|| panic!("status without workers: {v}"))
-        .iter()
-        .map(|w| StatusWorker {
-            pid: w["pid"]
-                .as_i64()
-                .unwrap_or_else(|| panic!("worker pid: {w}")) as i32,
-            slot: w["slot"]
-                .as_u64()
-                .unwrap_or_else(|| panic!("worker slot: {w}")),
-            generation: w["generation"]
-                .as_u64()
-                .unwrap_or_else(|| panic!("worker generation: {w}")),
-            state: w["state"].as_str().unwrap_or("?").to_string(),
-        })
-        .collect();
+    let (_, generation, workers) = common::status(c);
     (generation, workers)
 }
 
