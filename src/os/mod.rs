@@ -1,8 +1,10 @@
-//! The thin OS layer: the only code in corral that calls `libc` or `nix` directly.
+//! The thin OS layer: epoll, signalfd, fds, processes, sockets and exec, behind safe
+//! wrappers.
 //!
 //! Everything above this module speaks in `OwnedFd`s, typed errors and small safe
-//! wrappers, so that the master and worker read as policy, and every `unsafe` block in
-//! the crate sits here with its `// SAFETY:` justification.
+//! wrappers, so that the master and worker read as policy. Nearly every `unsafe` block
+//! of the crate sits here with its `// SAFETY:` justification; the one elsewhere takes
+//! ownership of fds received over the channel (SCM_RIGHTS).
 
 pub mod epoll;
 pub mod exec;
