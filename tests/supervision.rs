@@ -957,3 +957,26 @@ fn worker_above_max_worker_rss_is_replaced_gracefully() {
     let mut fresh = c.connect();
     must_echo(&c, &mut fresh, "fresh\n");
 }
+
+#[test]
+fn silent_control_clients_are_dropped() {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    let c = Corral::start(&Conf::new(1).render());
+    let sock = c.pid_file.with_extension("sock");
+    let mut idle: Vec<UnixStream> = (0..20)
+        .map(|_| UnixStream::connect(&sock).expect("connect to the control socket"))
+        .collect();
+    // Meanwhile the master answers others.
+    let out = c.cli(&["status"]);
+    assert!(out.status.success(), "{}", out.all());
+    // Each silent client is closed by the master (EOF) within its request timeout.
+    for s in &mut idle {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut buf = [0u8; 16];
+        let n = s.read(&mut buf).expect("read from the control socket");
+        assert_eq!(n, 0, "expected the master to close a silent control client");
+    }
+    let out = c.cli(&["status"]);
+    assert!(out.status.success(), "{}", out.all());
+}

@@ -57,6 +57,8 @@ pub enum ControlError {
 
 /// Longest request line accepted; anything longer is not a corral client.
 const MAX_REQUEST: usize = 4096;
+/// How long a client may take to send its request (and to read its answer).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One connected client.
 pub struct Client {
@@ -67,6 +69,7 @@ pub struct Client {
     pub request: Option<Request>,
     /// The answer is queued; close once sent.
     answered: bool,
+    connected_at: std::time::Instant,
 }
 
 impl Client {
@@ -117,6 +120,14 @@ impl Client {
         line.push(b'\n');
         self.out = line;
         self.answered = true;
+    }
+
+    /// A client that connected and never sent a request within `REQUEST_TIMEOUT`
+    /// (or never read its answer within it) is dropped, so a stuck local process
+    /// cannot pile up fds in the master.
+    pub fn stale(&self, now: std::time::Instant) -> bool {
+        let waited = now.saturating_duration_since(self.connected_at);
+        (self.request.is_none() || self.answered) && waited > REQUEST_TIMEOUT
     }
 
     /// Writes what the socket takes; true when the client is finished with.
@@ -184,6 +195,7 @@ impl Server {
                     out: Vec::new(),
                     request: None,
                     answered: false,
+                    connected_at: std::time::Instant::now(),
                 });
             }
         }

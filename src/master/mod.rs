@@ -1496,7 +1496,9 @@ impl Master {
     }
 
     fn flush_clients(&mut self) {
-        self.clients.retain_mut(|(_, c)| !c.flush());
+        let now = Instant::now();
+        self.clients
+            .retain_mut(|(_, c)| !c.flush() && !c.stale(now));
     }
 
     fn status(&self) -> Response {
