@@ -716,3 +716,45 @@ fn max_old_generations_caps_draining_generations() {
         c.log_tail(40)
     );
 }
+
+#[test]
+fn concurrent_reload_requests_are_queued_and_all_answered() {
+    let c = Corral::start(&template(2, "30s", &[]));
+    let (g0, _) = status(&c);
+    // Five operators (or scripts) ask for a reload at the same moment: each gets an
+    // answer, and the requests that arrive during a reload share the next one.
+    let outs: Vec<CliOutput> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..5)
+            .map(|_| s.spawn(|| c.cli(&["-s", "reload"])))
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("reload thread"))
+            .collect()
+    });
+    for o in &outs {
+        assert!(
+            o.status.success(),
+            "a queued reload failed: {}\n{}",
+            o.all(),
+            c.log_tail(30)
+        );
+        assert!(o.all().contains("reloaded: generation"), "{}", o.all());
+    }
+    let (g1, _) = status(&c);
+    eprintln!(
+        "5 concurrent reloads: generation {g0} -> {g1}, {} queued behind another",
+        c.log().matches("reload queued").count()
+    );
+    assert!(
+        g1 > g0 && g1 <= g0 + 5,
+        "5 concurrent reloads took the generation from {g0} to {g1}\n{}",
+        c.log_tail(30)
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || only_current_generation(&c, 2)),
+        "old generations left after the reloads\n{}",
+        c.log_tail(30)
+    );
+    let mut s = c.connect();
+    must_echo(&c, &mut s, "after concurrent reloads\n");
+}
