@@ -33,22 +33,6 @@ const MARGIN: Duration = Duration::from_secs(8);
 // Helpers
 // ---------------------------------------------------------------------------
 
-/// (state, ppid, start time) of `pid`.
-fn stat_of(pid: i32) -> Option<(char, i32, u64)> {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some((
-        f.first()?.chars().next()?,
-        f.get(1)?.parse().ok()?,
-        f.get(19)?.parse().ok()?,
-    ))
-}
-
-fn proc_id(pid: i32) -> Option<ProcId> {
-    stat_of(pid).map(|(_, _, start)| ProcId { pid, start })
-}
-
 /// Live processes whose command line mentions `marker` (a test's unique temp dir).
 fn procs_mentioning(marker: &str) -> Vec<ProcId> {
     let me = std::process::id() as i32;
@@ -145,26 +129,6 @@ impl Drop for ProcGuard {
             }
         }
     }
-}
-
-/// Copies `src` to `dst` as an executable, through a `cp` child: a file this
-/// (multi-threaded) process had open for writing could leak into a child another test
-/// thread is forking, making exec of it fail with "Text file busy" until that child
-/// execs.
-fn install_exec(src: &Path, dst: &Path) {
-    let st = Command::new("cp")
-        .arg(src)
-        .arg(dst)
-        .stdin(Stdio::null())
-        .status()
-        .expect("run cp");
-    assert!(
-        st.success(),
-        "cp {} {}: {st:?}",
-        src.display(),
-        dst.display()
-    );
-    fs::set_permissions(dst, fs::Permissions::from_mode(0o755)).expect("chmod");
 }
 
 fn read_pid(path: &Path) -> Option<i32> {
@@ -424,7 +388,7 @@ fn sd_notify_ready_reload_upgrade_stop() {
     // Upgrade: MAINPID=<new> (from the old master, before it exits), and READY=1 from
     // the new master itself.
     let out = c.cli(&["-s", "upgrade"]);
-    for p in new_masters_in(&c.log()) {
+    for p in new_master_pids(&c.log()) {
         c.adopt_master(p);
     }
     assert!(
@@ -433,7 +397,7 @@ fn sd_notify_ready_reload_upgrade_stop() {
         out.all(),
         c.log_tail(40)
     );
-    let new = *new_masters_in(&c.log())
+    let new = *new_master_pids(&c.log())
         .last()
         .expect("log names the new master");
     assert_eq!(c.read_pid_file(), Some(new));
@@ -551,7 +515,7 @@ fn sd_notify_watchdog_pings_follow_the_main_process_across_an_upgrade() {
     eprintln!("3 watchdog pings from {master} in {:?}", t0.elapsed());
 
     let out = c.cli(&["-s", "upgrade"]);
-    for p in new_masters_in(&c.log()) {
+    for p in new_master_pids(&c.log()) {
         c.adopt_master(p);
     }
     assert!(
@@ -560,7 +524,7 @@ fn sd_notify_watchdog_pings_follow_the_main_process_across_an_upgrade() {
         out.all(),
         c.log_tail(40)
     );
-    let new = *new_masters_in(&c.log()).last().expect("new master");
+    let new = *new_master_pids(&c.log()).last().expect("new master");
     let t1 = Instant::now();
     assert!(
         wait_until(Duration::from_secs(3) + MARGIN, || pings(new) >= 3),
@@ -574,17 +538,6 @@ fn sd_notify_watchdog_pings_follow_the_main_process_across_an_upgrade() {
         "3 watchdog pings from the new master {new} in {:?}",
         t1.elapsed()
     );
-}
-
-fn new_masters_in(log: &str) -> Vec<i32> {
-    log.lines()
-        .filter(|l| l.contains("new master started"))
-        .filter_map(|l| {
-            l.split_whitespace()
-                .find_map(|t| t.strip_prefix("pid="))
-                .and_then(|p| p.trim_matches(|ch: char| !ch.is_ascii_digit()).parse().ok())
-        })
-        .collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -858,7 +811,7 @@ fn daemon_mode_serves_when_launcher_returns_and_stops_cleanly() {
     );
     let master = proc_id(pid).expect("the daemon runs");
     assert!(proc_alive(master), "daemon {pid} not running\n{}", logs());
-    let (_, ppid, _) = stat_of(pid).expect("stat");
+    let ppid = read_stat(pid).expect("stat").ppid;
     eprintln!("daemon master {pid}, parent {ppid}");
     assert_ne!(
         ppid,

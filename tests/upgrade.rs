@@ -12,9 +12,7 @@ mod common;
 
 use std::fs;
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -31,23 +29,6 @@ const MARGIN: Duration = Duration::from_secs(8);
 // Local /proc helpers (the harness keeps its stat parser private)
 // ---------------------------------------------------------------------------
 
-/// (state, ppid, pgid, start time) of `pid`.
-fn stat_of(pid: i32) -> Option<(char, i32, i32, u64)> {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some((
-        f.first()?.chars().next()?,
-        f.get(1)?.parse().ok()?,
-        f.get(2)?.parse().ok()?,
-        f.get(19)?.parse().ok()?,
-    ))
-}
-
-fn proc_id(pid: i32) -> Option<ProcId> {
-    stat_of(pid).map(|(_, _, _, start)| ProcId { pid, start })
-}
-
 /// Live (non-zombie) processes whose process group is `pgid`.
 fn group_members(pgid: i32) -> Vec<ProcId> {
     let mut out = Vec::new();
@@ -56,9 +37,12 @@ fn group_members(pgid: i32) -> Vec<ProcId> {
             let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
                 continue;
             };
-            if let Some((state, _, g, start)) = stat_of(pid) {
-                if g == pgid && state != 'Z' && state != 'X' {
-                    out.push(ProcId { pid, start });
+            if let Some(st) = read_stat(pid) {
+                if st.pgid == pgid && st.state != 'Z' && st.state != 'X' {
+                    out.push(ProcId {
+                        pid,
+                        start: st.start,
+                    });
                 }
             }
         }
@@ -82,7 +66,7 @@ impl GroupGuard {
         let me = std::process::id() as i32;
         GroupGuard {
             pgids: Mutex::new(Vec::new()),
-            not_before: stat_of(me).map(|s| s.3).unwrap_or(0),
+            not_before: read_stat(me).map(|s| s.start).unwrap_or(0),
         }
     }
 
@@ -141,26 +125,6 @@ struct Bin {
     path: PathBuf,
 }
 
-/// Copies `src` to `dst` as an executable. The copy is written by a `cp` child, not by
-/// this process: a file this (multi-threaded) process has open for writing can leak
-/// into a child another test thread is forking at that moment, and until that child
-/// execs, exec of the file fails with "Text file busy" (ETXTBSY).
-fn install_exec(src: &Path, dst: &Path) {
-    let st = Command::new("cp")
-        .arg(src)
-        .arg(dst)
-        .stdin(Stdio::null())
-        .status()
-        .expect("run cp");
-    assert!(
-        st.success(),
-        "cp {} {}: {st:?}",
-        src.display(),
-        dst.display()
-    );
-    fs::set_permissions(dst, fs::Permissions::from_mode(0o755)).expect("chmod");
-}
-
 impl Bin {
     fn copy() -> Bin {
         let dir = tempfile::Builder::new()
@@ -216,18 +180,6 @@ fn oldbin(c: &Corral) -> PathBuf {
     let mut s = c.pid_file.clone().into_os_string();
     s.push(".oldbin");
     PathBuf::from(s)
-}
-
-/// Pids the log names as "new master started ... pid=N", in order.
-fn new_master_pids(log: &str) -> Vec<i32> {
-    log.lines()
-        .filter(|l| l.contains("new master started"))
-        .filter_map(|l| {
-            l.split_whitespace()
-                .find_map(|t| t.strip_prefix("pid="))
-                .and_then(|p| p.trim_matches(|ch: char| !ch.is_ascii_digit()).parse().ok())
-        })
-        .collect()
 }
 
 /// `N` out of "upgraded: new master N is serving (ready in X ms)".
@@ -578,7 +530,7 @@ fn upgrade_to_same_binary_under_load_loses_nothing() {
         c.log_tail(40)
     );
     assert_eq!(
-        stat_of(new_master).map(|s| s.2),
+        read_stat(new_master).map(|s| s.pgid),
         Some(new_master),
         "the new master leads its own process group"
     );
@@ -778,11 +730,11 @@ fn rollback_case(script: &str, upgrade_timeout: &str, expect_why: &[&str]) -> Du
     );
     // The old master reaps its child: no zombie stays either.
     assert!(
-        wait_until(Duration::from_secs(5), || stat_of(new_master)
-            .map(|s| s.1 != master)
+        wait_until(Duration::from_secs(5), || read_stat(new_master)
+            .map(|s| s.ppid != master)
             .unwrap_or(true)),
-        "the failed new master {new_master} is still a child of the old master: {:?}",
-        stat_of(new_master)
+        "the failed new master {new_master} is still a child of the old master (ppid {:?})",
+        read_stat(new_master).map(|s| s.ppid)
     );
 
     // The old master serves on, unchanged.

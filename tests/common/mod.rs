@@ -97,22 +97,35 @@ pub struct ProcId {
     pub start: u64,
 }
 
-struct Stat {
-    state: char,
-    ppid: i32,
-    start: u64,
+/// What /proc/PID/stat says of a process.
+pub struct Stat {
+    pub state: char,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub start: u64,
 }
 
-fn read_stat(pid: i32) -> Option<Stat> {
+/// Reads /proc/PID/stat.
+pub fn read_stat(pid: i32) -> Option<Stat> {
     let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // comm may contain spaces and parentheses: split after the last ')'.
     let rest = &s[s.rfind(')')? + 1..];
     let f: Vec<&str> = rest.split_whitespace().collect();
-    // f[0] is field 3 (state), f[1] field 4 (ppid), f[19] field 22 (starttime).
+    // f[0] is field 3 (state), f[1] field 4 (ppid), f[2] field 5 (pgrp), f[19] field
+    // 22 (starttime).
     Some(Stat {
         state: f.first()?.chars().next()?,
         ppid: f.get(1)?.parse().ok()?,
+        pgid: f.get(2)?.parse().ok()?,
         start: f.get(19)?.parse().ok()?,
+    })
+}
+
+/// The identity (pid and start time) of a running process.
+pub fn proc_id(pid: i32) -> Option<ProcId> {
+    read_stat(pid).map(|s| ProcId {
+        pid,
+        start: s.start,
     })
 }
 
@@ -1076,4 +1089,37 @@ pub fn status(c: &Corral) -> (i32, u64, Vec<StatusWorker>) {
         })
         .collect();
     (master, generation, workers)
+}
+
+/// Copies `src` to `dst` as an executable, through a `cp` child: a file this
+/// (multi-threaded) process had open for writing could leak into a child another test
+/// thread is forking, making exec of it fail with "Text file busy" until that child
+/// execs.
+pub fn install_exec(src: &Path, dst: &Path) {
+    let st = Command::new("cp")
+        .arg(src)
+        .arg(dst)
+        .stdin(Stdio::null())
+        .status()
+        .expect("run cp");
+    assert!(
+        st.success(),
+        "cp {} {}: {st:?}",
+        src.display(),
+        dst.display()
+    );
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dst, fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+/// Pids of the new masters a binary upgrade started, from the master's log.
+pub fn new_master_pids(log: &str) -> Vec<i32> {
+    log.lines()
+        .filter(|l| l.contains("new master started"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|t| t.strip_prefix("pid="))
+                .and_then(|p| p.trim_matches(|ch: char| !ch.is_ascii_digit()).parse().ok())
+        })
+        .collect()
 }
