@@ -619,3 +619,86 @@ fn daemon_with_relative_paths_keeps_working() {
     );
     assert!(!d.join("run/corral.pid").exists(), "pid file left behind");
 }
+
+/// A server of our own uid on the socket path is still not believed when the pid
+/// file proves that another process is the master.
+#[test]
+fn cli_believes_only_the_master_the_pid_file_proves() {
+    let dir = tempdir();
+    let d = dir.path();
+    let pid_file = d.join("corral.pid");
+    let port = free_port();
+    let conf = d.join("corral.toml");
+    fs::write(
+        &conf,
+        echo_config(port, &format!("pid_file = \"{}\"", pid_file.display())),
+    )
+    .unwrap();
+    let reaper = Reaper::default();
+    let master = start_master(
+        &reaper,
+        cmd(&bin(), d, &["-c", conf.to_str().unwrap()]),
+        &pid_file,
+        &d.join("corral.sock"),
+        &d.join("master.log"),
+    )
+    .unwrap_or_else(|log| panic!("master did not start: {log}"));
+    // Same pid file, but the control socket of an impostor.
+    let fake_sock = d.join("impostor.sock");
+    let impostor_conf = d.join("impostor.toml");
+    fs::write(
+        &impostor_conf,
+        echo_config(
+            port,
+            &format!(
+                "pid_file = \"{}\"\ncontrol_socket = \"{}\"",
+                pid_file.display(),
+                fake_sock.display()
+            ),
+        ),
+    )
+    .unwrap();
+    let script = format!(
+        "import socket, time\n\
+         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n\
+         s.bind({sock:?})\n\
+         s.listen(8)\n\
+         s.settimeout(60)\n\
+         end = time.time() + 60\n\
+         while time.time() < end:\n\
+         \x20   c, _ = s.accept()\n\
+         \x20   try:\n\
+         \x20       c.recv(4096)\n\
+         \x20       c.sendall(b'{{\"ok\":true,\"message\":\"FAKE reloaded\",\"master_pid\":{master},\"generation\":9}}\\n')\n\
+         \x20   except OSError:\n\
+         \x20       pass\n\
+         \x20   c.close()\n",
+        sock = fake_sock.to_str().unwrap(),
+    );
+    let faker = Command::new("python3")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn python3");
+    reaper.adopt_child(faker);
+    assert!(
+        wait_until(Duration::from_secs(20), || fake_sock.exists()
+            && UnixStream::connect(&fake_sock).is_ok()),
+        "the impostor did not come up"
+    );
+    let out = cli(d, &["-s", "reload", "-c", impostor_conf.to_str().unwrap()]);
+    assert!(!out.ok(), "the CLI believed an impostor: {}", out.all());
+    assert!(
+        !out.all().contains("FAKE"),
+        "the fake answer was shown: {}",
+        out.all()
+    );
+    assert!(
+        out.stderr
+            .contains(&format!("not by the master the pid file names ({master})")),
+        "{}",
+        out.all()
+    );
+    let real = cli(d, &["-s", "reload", "-c", conf.to_str().unwrap()]);
+    assert!(real.ok(), "the real master's reload: {}", real.all());
+}
