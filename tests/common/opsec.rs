@@ -276,7 +276,8 @@ pub fn echo_config(port: u16, master: &str) -> String {
     )
 }
 
-/// The `examples/kv` binary, built if this test binary runs alone.
+/// The `examples/kv` binary, (re)built when missing or older than the corral binary:
+/// `cargo test --test NAME` builds no examples, and a stale one is an older corral.
 pub fn kv_binary() -> PathBuf {
     let bin = PathBuf::from(super::corral_bin());
     let path = bin
@@ -284,7 +285,8 @@ pub fn kv_binary() -> PathBuf {
         .expect("target dir")
         .join("examples")
         .join("kv");
-    if !path.exists() {
+    let mtime = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+    if mtime(&path).is_none() || mtime(&path) < mtime(&bin) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .args(["build", "--example", "kv"])
