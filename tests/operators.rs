@@ -187,7 +187,26 @@ fn planted_links_at_temp_names_are_not_followed() {
         dir.path().join("corral.tmp"),
         dir.path().join("corral.pid.id.tmp"),
     ];
-    planted.extend((next..next + 4000).map(|p| dir.path().join(format!("corral.tmp{p}"))));
+    // Pids wrap at pid_max back to 300 (the kernel's reserved range ends there).
+    let pid_max: u32 = fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(32768);
+    let candidates: std::collections::HashSet<u32> = (0..6000u32)
+        .map(|i| {
+            let p = next + i;
+            if p >= pid_max {
+                300 + (p - pid_max) % (pid_max - 300)
+            } else {
+                p
+            }
+        })
+        .collect();
+    planted.extend(
+        candidates
+            .iter()
+            .map(|p| dir.path().join(format!("corral.tmp{p}"))),
+    );
     for p in &planted {
         std::os::unix::fs::symlink(&victim, p).unwrap();
     }
@@ -210,7 +229,7 @@ fn planted_links_at_temp_names_are_not_followed() {
     )
     .unwrap_or_else(|log| panic!("master did not start: {log}"));
     assert!(
-        (next..next + 4000).contains(&(pid as u32)),
+        candidates.contains(&(pid as u32)),
         "the master's pid {pid} fell outside the planted range; the test proves nothing"
     );
     assert_eq!(
@@ -609,6 +628,23 @@ fn daemon_with_relative_paths_keeps_working() {
     assert!(
         log.contains("binary upgrade"),
         "the relative log file is not used: {log}"
+    );
+
+    // Relative paths are the config file's, so any directory reaches the same master.
+    let conf_abs = d.join("corral.toml");
+    let elsewhere = run(
+        cmd(
+            &bin(),
+            Path::new("/"),
+            &["status", "-c", conf_abs.to_str().unwrap()],
+        ),
+        d,
+        CLI_TIMEOUT,
+    );
+    assert!(
+        elsewhere.ok() && elsewhere.stdout.contains(&format!("master {second}")),
+        "status from /: {}",
+        elsewhere.all()
     );
 
     let out = here(&["-s", "quit", "-c", "corral.toml"]);
