@@ -51,6 +51,9 @@ fn run(cli: Cli) -> i32 {
     }
     let upgraded = upgrade_reporter.is_some();
     let mut reporter = upgrade_reporter;
+    // Before daemonize() moves us to "/": a relative argv[0] (`./corral`) is relative
+    // to where we were started. The config's paths were made absolute by its loader.
+    let binary = upgrade::binary_path();
     if (cli.daemon || config.master.daemon) && !upgraded {
         match daemonize() {
             Ok(Some(r)) => reporter = Some(r),
@@ -66,7 +69,7 @@ fn run(cli: Cli) -> i32 {
         return 1;
     }
     let opts = StartOptions {
-        binary: upgrade::binary_path(),
+        binary,
         reporter,
         upgraded,
     };
@@ -90,7 +93,8 @@ fn daemonize() -> Result<Option<Reporter>, i32> {
             return Err(1);
         }
     };
-    // Paths were made absolute by Config::load's caller; the daemon runs in "/".
+    // Config::load made every path absolute and the binary path was taken before this,
+    // so the daemon may run in "/" (it must not keep a mount point busy).
     let outcome = daemonize::Daemonize::new()
         .working_directory("/")
         .umask(0o022)

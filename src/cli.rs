@@ -4,12 +4,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use figment::providers::{Format, Serialized, Toml};
+use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, DEFAULT_CONFIG_PATH};
+use crate::config::{Config, DEFAULT_CONFIG_PATH, ENV_PREFIX};
+use crate::config_paths::resolve;
 use crate::master::control::{self, Request, Response};
+use crate::master::pidfile;
 
 /// corral: a supervised worker runtime in the style of nginx.
 #[derive(Debug, Parser)]
@@ -82,31 +84,84 @@ impl Default for LocatorMaster {
     }
 }
 
-/// (pid file, control socket) of the master that `path` configures.
-fn locate(path: &Path) -> (PathBuf, PathBuf, Option<Duration>) {
-    if let Ok(c) = Config::load(path) {
-        let wait = c.master.drain_timeout.0.max(c.master.stop_timeout.0);
-        return (
-            c.master.pid_file.clone(),
-            c.master.control_socket_path(),
-            Some(wait),
-        );
-    }
+/// Where the master that a config file configures can be reached.
+struct Target {
+    pid_file: PathBuf,
+    socket: PathBuf,
+    /// How long a stop may take, when the config could be read in full.
+    wait: Option<Duration>,
+}
+
+/// Finds the master that `path` configures. A config that fails validation still
+/// names its paths (so that `-s reload` can reach the master, which then reports the
+/// error); one whose paths cannot be read at all is an error, never a guess.
+fn locate(path: &Path) -> Result<Target, String> {
+    let full = match Config::load(path) {
+        Ok(c) => {
+            let wait = c.master.drain_timeout.0.max(c.master.stop_timeout.0);
+            return Ok(Target {
+                pid_file: c.master.pid_file.clone(),
+                socket: c.master.control_socket_path(),
+                wait: Some(wait),
+            });
+        }
+        Err(e) => e,
+    };
+    let refuse = |detail: String| {
+        format!(
+            "{detail}\ncorral: cannot tell from {} which master it configures; nothing was sent",
+            path.display()
+        )
+    };
     let loc: Locator = Figment::from(Serialized::defaults(Locator::default()))
         .merge(Toml::file_exact(path))
+        .merge(
+            Env::prefixed(ENV_PREFIX)
+                .split("__")
+                .filter(|k| matches!(k.as_str(), "master.pid_file" | "master.control_socket")),
+        )
         .extract()
-        .unwrap_or_default();
+        .map_err(|_| refuse(full.to_string()))?;
+    let base = crate::config_paths::base_of(path).map_err(|e| refuse(e.to_string()))?;
     let m = crate::config::MasterConfig {
-        pid_file: loc.master.pid_file,
-        control_socket: loc.master.control_socket,
+        pid_file: resolve(&base, &loc.master.pid_file),
+        control_socket: loc.master.control_socket.map(|s| resolve(&base, &s)),
         ..Default::default()
     };
-    (m.pid_file.clone(), m.control_socket_path(), None)
+    Ok(Target {
+        pid_file: m.pid_file.clone(),
+        socket: m.control_socket_path(),
+        wait: None,
+    })
+}
+
+/// Refuses runtime directories another user could have planted things in, and
+/// returns the pids that the pid file (or its `.oldbin`, mid-upgrade) proves to be
+/// masters: the only servers whose answers are believed.
+fn vet(t: &Target) -> Result<Vec<i32>, String> {
+    for p in [&t.pid_file, &t.socket] {
+        let dir = std::path::absolute(pidfile::runtime_dir(p)).map_err(|e| e.to_string())?;
+        if dir.is_dir() {
+            crate::os::cred::check_runtime_dir(&dir)
+                .map_err(|e| format!("{e}; refusing to use it"))?;
+        }
+    }
+    Ok([t.pid_file.clone(), pidfile::oldbin(&t.pid_file)]
+        .iter()
+        .filter_map(|p| pidfile::proven_master(p).ok())
+        .map(|p| p.as_raw())
+        .collect())
 }
 
 /// `corral -s …`: returns the process exit code.
 pub fn send(path: &Path, what: SignalArg) -> i32 {
-    let (pid_file, socket, wait) = locate(path);
+    let (t, masters) = match locate(path).and_then(|t| vet(&t).map(|m| (t, m))) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("corral: {e}");
+            return 1;
+        }
+    };
     let req = match what {
         SignalArg::Reload => Request::Reload,
         SignalArg::Quit => Request::Quit,
@@ -116,7 +171,7 @@ pub fn send(path: &Path, what: SignalArg) -> i32 {
     };
     // A reload waits for the new generation (up to 30 s); leave room for that.
     let timeout = Duration::from_secs(90);
-    match control::request(&socket, req, timeout) {
+    match control::request_from(&t.socket, req, timeout, &masters) {
         Ok(resp) => {
             report(&resp);
             if !resp.ok {
@@ -125,13 +180,13 @@ pub fn send(path: &Path, what: SignalArg) -> i32 {
             if matches!(what, SignalArg::Quit | SignalArg::Stop) {
                 return wait_gone(
                     resp.master_pid,
-                    wait.unwrap_or(Duration::from_secs(30)) + Duration::from_secs(5),
+                    t.wait.unwrap_or(Duration::from_secs(30)) + Duration::from_secs(5),
                 );
             }
             0
         }
         Err(e @ control::ControlError::Connect { .. }) => {
-            signal_fallback(&pid_file, what, &e.to_string())
+            signal_fallback(&t.pid_file, what, &e.to_string())
         }
         Err(e) => {
             eprintln!("corral: {e}");
@@ -141,7 +196,8 @@ pub fn send(path: &Path, what: SignalArg) -> i32 {
 }
 
 /// Without a control socket (an older master, a deleted socket file), fall back to the
-/// pid file and a plain signal, saying that the outcome is unknown.
+/// pid file and a plain signal, saying that the outcome is unknown. Only a pid that
+/// /proc proves to be the master that wrote the pid file is signalled.
 fn signal_fallback(pid_file: &Path, what: SignalArg, why: &str) -> i32 {
     use nix::sys::signal::Signal;
     let sig = match what {
@@ -151,7 +207,7 @@ fn signal_fallback(pid_file: &Path, what: SignalArg, why: &str) -> i32 {
         SignalArg::Reopen => Signal::SIGUSR1,
         SignalArg::Upgrade => Signal::SIGUSR2,
     };
-    let pid = match crate::master::pidfile_read(pid_file) {
+    let pid = match pidfile::proven_master(pid_file) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("corral: {why}; {e}");
@@ -204,8 +260,19 @@ fn report(resp: &Response) {
 
 /// `corral status`: returns the process exit code.
 pub fn status(path: &Path, json: bool) -> i32 {
-    let (_, socket, _) = locate(path);
-    let resp = match control::request(&socket, Request::Status, Duration::from_secs(10)) {
+    let (t, masters) = match locate(path).and_then(|t| vet(&t).map(|m| (t, m))) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("corral: {e}");
+            return 1;
+        }
+    };
+    let resp = match control::request_from(
+        &t.socket,
+        Request::Status,
+        Duration::from_secs(10),
+        &masters,
+    ) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("corral: {e} (is corral running?)");

@@ -624,6 +624,10 @@ impl Config {
             .extract()
             .map_err(|e| ConfigError::Parse(render_figment_error(e)))?;
         config.source = path.to_path_buf();
+        config.resolve_paths().map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         config.validate()?;
         Ok(config)
     }

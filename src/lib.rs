@@ -12,6 +12,7 @@ pub mod app;
 pub mod channel;
 pub mod cli;
 pub mod config;
+pub mod config_paths;
 pub mod fault;
 pub mod log;
 pub mod master;

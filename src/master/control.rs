@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::table::WorkerStatus;
+use crate::os::cred;
 
 /// What a client asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +53,21 @@ pub enum ControlError {
     Malformed {
         path: PathBuf,
         source: serde_json::Error,
+    },
+    /// The server is not root's or ours: it may be anyone faking the master's answers.
+    #[error("control socket {path} is served by pid {pid} of uid {uid}, neither root nor us (uid {me}); not trusting its answer")]
+    Untrusted {
+        path: PathBuf,
+        pid: i32,
+        uid: u32,
+        me: u32,
+    },
+    /// The server is not the master the pid file names.
+    #[error("control socket {path} is served by pid {pid}, not by the master the pid file names ({expected}); not trusting its answer")]
+    WrongMaster {
+        path: PathBuf,
+        pid: i32,
+        expected: String,
     },
 }
 
@@ -162,6 +178,10 @@ impl Server {
             path: path.to_path_buf(),
             source,
         };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            crate::os::cred::check_runtime_dir(&std::path::absolute(dir).map_err(err)?)
+                .map_err(|e| err(io::Error::other(e)))?;
+        }
         if path.exists() {
             if !takeover && UnixStream::connect(path).is_ok() {
                 return Err(err(io::Error::new(
@@ -171,7 +191,10 @@ impl Server {
             }
             std::fs::remove_file(path).map_err(err)?;
         }
-        let listener = UnixListener::bind(path).map_err(err)?;
+        // Bound under umask 0177 so the socket is never connectable by others, not even
+        // between bind and chmod.
+        let listener =
+            crate::os::files::with_umask(0o177, || UnixListener::bind(path)).map_err(err)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
         listener.set_nonblocking(true).map_err(err)?;
         Ok(Server {
@@ -184,10 +207,28 @@ impl Server {
         self.listener.as_fd()
     }
 
-    /// Accepts every waiting client.
+    /// Accepts every waiting client. Only root and our own uid may command the master
+    /// (the socket's mode says so too; this holds even if someone loosened it).
     pub fn accept(&self) -> Vec<Client> {
         let mut out = Vec::new();
         while let Ok((stream, _)) = self.listener.accept() {
+            match cred::peer(&stream) {
+                Ok(p) if cred::trusted_uid(p.uid) => {}
+                Ok(p) => {
+                    tracing::warn!(
+                        uid = p.uid,
+                        pid = p.pid,
+                        "control socket: refusing a client of uid {} (only root and uid {} may control this master)",
+                        p.uid,
+                        cred::euid()
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!("control socket: {e}; dropping the client");
+                    continue;
+                }
+            }
             if stream.set_nonblocking(true).is_ok() {
                 out.push(Client {
                     stream,
@@ -215,6 +256,17 @@ impl Server {
 
 /// Client side: sends one request and waits up to `timeout` for the answer.
 pub fn request(path: &Path, req: Request, timeout: Duration) -> Result<Response, ControlError> {
+    request_from(path, req, timeout, &[])
+}
+
+/// `request`, sent only to a server run by root or our uid and, when `masters` is not
+/// empty, only to one of those pids (the masters the pid file proves).
+pub fn request_from(
+    path: &Path,
+    req: Request,
+    timeout: Duration,
+    masters: &[i32],
+) -> Result<Response, ControlError> {
     let io_err = |source| ControlError::Io {
         path: path.to_path_buf(),
         source,
@@ -223,6 +275,24 @@ pub fn request(path: &Path, req: Request, timeout: Duration) -> Result<Response,
         path: path.to_path_buf(),
         source,
     })?;
+    // SO_PEERCRED on our end names whoever called listen() on the server's socket.
+    let server = cred::peer(&stream).map_err(|e| io_err(e.io()))?;
+    if !cred::trusted_uid(server.uid) {
+        return Err(ControlError::Untrusted {
+            path: path.to_path_buf(),
+            pid: server.pid,
+            uid: server.uid,
+            me: cred::euid(),
+        });
+    }
+    if !masters.is_empty() && !masters.contains(&server.pid) {
+        let expected = masters.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+        return Err(ControlError::WrongMaster {
+            path: path.to_path_buf(),
+            pid: server.pid,
+            expected: expected.join(" or "),
+        });
+    }
     stream.set_read_timeout(Some(timeout)).map_err(io_err)?;
     stream.set_write_timeout(Some(timeout)).map_err(io_err)?;
     let mut line = serde_json::to_vec(&req).map_err(|e| io_err(io::Error::other(e)))?;

@@ -8,7 +8,7 @@
 //! everyone's crash.
 
 pub mod control;
-mod pidfile;
+pub mod pidfile;
 pub mod sockets;
 pub mod table;
 pub mod upgrade;
@@ -251,7 +251,7 @@ impl Master {
         }
         let mut inherited = sockets::take_inherited();
         let listeners = sockets::open_all(config, &[], &mut inherited)?;
-        let pid_file = PidFile::create(&config.master.pid_file)?;
+        let pid_file = PidFile::create(&config.master.pid_file, &config.source)?;
         let control = control::Server::bind(&config.master.control_socket_path(), opts.upgraded)?;
         for l in listeners.iter().filter(|l| l.slot.unwrap_or(0) == 0) {
             let sockets = listeners.iter().filter(|o| o.addr == l.addr).count();

@@ -6,11 +6,14 @@
 //! of the crate sits here with its `// SAFETY:` justification; the one elsewhere takes
 //! ownership of fds received over the channel (SCM_RIGHTS).
 
+pub mod cred;
 pub mod epoll;
 pub mod exec;
 pub mod fd;
+pub mod files;
 pub mod net;
 pub mod process;
+pub mod procfs;
 pub mod signals;
 
 /// The error of a system call, with the call and what it was for.
