@@ -16,6 +16,11 @@ use std::time::Instant;
 use nix::unistd::Pid;
 
 use crate::os::fd;
+use crate::os::pidfd::{self, PidFd};
+use crate::os::process::{self, ExitReason};
+
+mod spawn;
+pub use spawn::{detached, SpawnError, Spawned};
 
 /// Environment variable naming the fd on which a new master reports readiness.
 pub const READY_FD_ENV: &str = "CORRAL_UPGRADE_READY_FD";
@@ -105,6 +110,10 @@ pub fn wait_report(pipe: &OwnedFd) -> Report {
 /// An upgrade in flight, as the old master tracks it.
 pub struct Upgrade {
     pub child: Pid,
+    /// The new master is not our child (double fork): this tells when it exits.
+    pub pidfd: PidFd,
+    /// Its /proc start time, to read its zombie's exit status.
+    pub child_start: u64,
     pub pipe: OwnedFd,
     pub buf: Vec<u8>,
     pub deadline: Instant,
@@ -116,6 +125,35 @@ impl Upgrade {
     pub fn pipe_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.pipe.as_fd()
     }
+
+    /// How the new master ended, as far as we can tell, if it has (waiting up to
+    /// `wait_ms` for it): the pipe may close a moment before the exit is visible.
+    /// Ours to reap only when we are PID 1 of a namespace (re-parenting ends here);
+    /// otherwise its zombie's /proc entry says it until its parent reaps it.
+    pub fn child_exit(&self, wait_ms: i32) -> Option<String> {
+        if !self.pidfd.exited(wait_ms) {
+            return None;
+        }
+        let reason: Option<ExitReason> = process::try_wait_child(self.child)
+            .or_else(|| pidfd::zombie_exit(self.child, self.child_start));
+        Some(match reason {
+            Some(r) => format!("exited with {r}"),
+            None => "exited, status unknown".into(),
+        })
+    }
+}
+
+/// Why an upgrade cannot work here, if it cannot: as PID 1 of a pid namespace (a
+/// container's init) the detached new master is re-parented to us again, and when we
+/// exit after the hand-over the kernel kills everything in the namespace, new master
+/// included. Refusing beats a rollback-free outage.
+pub fn refuse_as_init() -> Option<String> {
+    (process::pid().as_raw() == 1).then(|| {
+        "upgrade refused: this master is PID 1 of its pid namespace (a container's init), \
+         so it cannot exit and leave a new master running; restart the container with the \
+         new binary instead, or run corral under an init (e.g. docker run --init, tini)"
+            .to_string()
+    })
 }
 
 /// The binary to exec on upgrade: the path we were started from, as typed (made

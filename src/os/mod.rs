@@ -10,6 +10,7 @@ pub mod epoll;
 pub mod exec;
 pub mod fd;
 pub mod net;
+pub mod pidfd;
 pub mod process;
 pub mod signals;
 
