@@ -73,15 +73,20 @@ fn assert_active(ns: &SystemdNs, what: &str) {
     );
 }
 
-/// Upgrades by `how` and waits until systemd's MainPID is the new master and the old
-/// one is gone. Returns the new MainPID.
-fn upgrade(ns: &SystemdNs, how: &str) -> i32 {
+/// Upgrades by `how` with a connection open on the old master, and waits until
+/// systemd's MainPID is the new master, the connection was drained (clean close) and
+/// the old master is gone. Returns the new MainPID.
+fn upgrade(ns: &SystemdNs, how: &str, drain: Duration) -> i32 {
     let old = ns.main_pid();
     assert!(
         old > 0,
         "no MainPID before the upgrade\n{}",
         ns.log_tail(30)
     );
+    // Keeps the old master draining (alive) for drain_timeout after the hand-over, so
+    // that the new master's parent is checked while the old master still exists.
+    let mut held = ns.connect().expect("connect before the upgrade");
+    must_echo_ns(ns, &mut held, "before upgrade\n", "before the upgrade");
     match how {
         "systemctl" => {
             ns.systemctl(&[
@@ -106,13 +111,31 @@ fn upgrade(ns: &SystemdNs, how: &str) -> i32 {
         "MainPID did not move from {old} after an upgrade by {how}\n{}",
         ns.log_tail(30)
     );
-    // The point of the double fork: systemd's own child, not an "alien" main pid.
-    assert_eq!(
+    // The point of the double fork: systemd's own child, not an "alien" main pid
+    // (a child of the old master, which is still there).
+    let (ppid, old_alive) = (
         ns.ppid(new),
-        Some(1),
-        "new master {new} is not systemd's child\n{}",
+        ns.corral_processes().iter().any(|&(p, _)| p == old),
+    );
+    assert!(
+        old_alive && ppid == Some(1),
+        "new master {new}: parent {ppid:?}, not systemd (old master {old} alive: {old_alive})\n{}",
         ns.log_tail(30)
     );
+    // The old master keeps serving its connection until drain_timeout, then closes it.
+    must_echo_ns(
+        ns,
+        &mut held,
+        "old master drains\n",
+        "old master's connection",
+    );
+    match wait_ending(&mut held, drain + MARGIN) {
+        Ending::Eof(_) => {}
+        other => panic!(
+            "old master's connection not closed cleanly by its drain: {other:?}\n{}",
+            ns.log_tail(30)
+        ),
+    }
     assert!(
         wait_until(Duration::from_secs(20) + MARGIN, || ns
             .corral_processes()
@@ -253,7 +276,7 @@ fn start_reload_upgrades_watchdog_and_drained_stop() {
     // Three upgrades in a row, both ways of asking.
     let mut mains = vec![first];
     for how in ["systemctl", "cli", "systemctl"] {
-        let new = upgrade(&ns, how);
+        let new = upgrade(&ns, how, drain);
         assert!(
             !mains.contains(&new),
             "MainPID {new} seen before: {mains:?}"
@@ -307,7 +330,7 @@ fn stop_after_upgrade_drains_ten_times_in_a_row() {
         let _ = ns.exec(&["systemctl", "reset-failed", "corral.service"]);
         ns.systemctl(&["start", "corral.service"]);
         assert_active(&ns, &format!("run {run}: after start"));
-        let new = upgrade(&ns, "systemctl");
+        let new = upgrade(&ns, "systemctl", drain);
         assert_active(&ns, &format!("run {run}: after upgrade"));
         let (closed, inactive) = stop_drains(&ns, drain);
         eprintln!(
@@ -354,7 +377,7 @@ fn socket_activation_through_corral_socket() {
         ns.log_tail(20)
     );
     // An upgrade hands systemd's socket on.
-    upgrade(&ns, "systemctl");
+    upgrade(&ns, "systemctl", Duration::from_secs(2));
     fresh_echo(&ns, "after an upgrade of a socket-activated service");
     // The connection from before it was drained by the old master: closed cleanly.
     let ending = wait_ending(&mut s, Duration::from_secs(2) + MARGIN);
