@@ -185,6 +185,8 @@ pub struct Master {
     /// A new master took over: our pid file is `.oldbin` and the control socket path
     /// is no longer ours to remove.
     handed_over: bool,
+    /// As PID 1 of a pid namespace, the master we handed over to: we stay as its init.
+    successor: Option<upgrade::Successor>,
     /// Upgrade requests waiting behind a reload, answered when it ends.
     upgrade_refused_waiters: Vec<u64>,
     /// `WATCHDOG=1` period when systemd's watchdog is on, and the next one due.
@@ -293,6 +295,7 @@ impl Master {
             binary: opts.binary,
             reporter,
             handed_over: false,
+            successor: None,
             upgrade_refused_waiters: Vec::new(),
             sd_watchdog: crate::notify::watchdog_interval().map(|d| (d, Instant::now())),
         }
@@ -637,6 +640,11 @@ impl Master {
     /// Reaps every exited child and decides what each exit means.
     fn reap(&mut self) {
         for (pid, reason) in process::reap_all() {
+            // PID 1 reaps its successor too: keep the status for the init shim.
+            if let Some(s) = self.successor.as_mut().filter(|s| s.pid == pid) {
+                s.exit = Some(reason);
+                continue;
+            }
             if let State::Upgrading(u) = &self.state {
                 if u.child == pid {
                     self.rollback_upgrade(format!("the new master exited with {reason}"));
@@ -1245,10 +1253,6 @@ impl Master {
                 return;
             }
         }
-        if let Some(why) = upgrade::refuse_as_init() {
-            warn!("{why}");
-            return self.upgrade_failed(waiter.into_iter().collect(), why);
-        }
         let started = Instant::now();
         info!(binary = %self.binary.display(), "binary upgrade: starting a new master");
         let prepared = upgrade::command_line(&self.binary, &self.config.source)
@@ -1357,6 +1361,13 @@ impl Master {
         // our exit for the service's and kill the new master.
         crate::notify::main_pid(pid as u32);
         self.handed_over = true;
+        if upgrade::we_are_init() {
+            self.successor = Some(upgrade::Successor {
+                pid: u.child,
+                exit: None,
+                binary: self.binary.clone(),
+            });
+        }
         for t in u.waiters {
             self.answer(t, true, msg.clone());
         }
@@ -1418,6 +1429,11 @@ impl Master {
                 error!("{e}");
             }
         }
+    }
+
+    /// The master we handed over to, if we must stay as its init (PID 1) once done.
+    pub fn take_successor(&mut self) -> Option<upgrade::Successor> {
+        self.successor.take()
     }
 
     /// A failed new master may have taken the control socket's path: take it back.

@@ -19,7 +19,9 @@ use crate::os::fd;
 use crate::os::pidfd::{self, PidFd};
 use crate::os::process::{self, ExitReason};
 
+pub mod shim;
 mod spawn;
+pub use shim::Successor;
 pub use spawn::{detached, SpawnError, Spawned};
 
 /// Environment variable naming the fd on which a new master reports readiness.
@@ -143,17 +145,11 @@ impl Upgrade {
     }
 }
 
-/// Why an upgrade cannot work here, if it cannot: as PID 1 of a pid namespace (a
-/// container's init) the detached new master is re-parented to us again, and when we
-/// exit after the hand-over the kernel kills everything in the namespace, new master
-/// included. Refusing beats a rollback-free outage.
-pub fn refuse_as_init() -> Option<String> {
-    (process::pid().as_raw() == 1).then(|| {
-        "upgrade refused: this master is PID 1 of its pid namespace (a container's init), \
-         so it cannot exit and leave a new master running; restart the container with the \
-         new binary instead, or run corral under an init (e.g. docker run --init, tini)"
-            .to_string()
-    })
+/// True when we are PID 1 of our pid namespace (a container's init): the new master
+/// of an upgrade is then re-parented to us, and we cannot exit without the kernel
+/// killing it, so we stay as its init shim.
+pub fn we_are_init() -> bool {
+    process::pid().as_raw() == 1
 }
 
 /// The binary to exec on upgrade: the path we were started from, as typed (made
