@@ -402,3 +402,68 @@ fn socket_activation_through_corral_socket() {
     );
     assert_active(&ns, "after re-activation");
 }
+
+#[test]
+fn broken_upgrade_rolls_back_and_systemd_keeps_the_old_master() {
+    let Some(script) = or_skip("broken_upgrade_rolls_back_and_systemd_keeps_the_old_master") else {
+        return;
+    };
+    let ns = SystemdNs::boot(&script, &config(2, "2s"), &UnitOpts::default());
+    ns.systemctl(&["start", "corral.service"]);
+    assert_active(&ns, "after start");
+    let main = ns.main_pid();
+    let mut held = ns.connect().expect("connect");
+    must_echo_ns(&ns, &mut held, "before\n", "before the upgrade");
+
+    // A new binary that dies at once: write it beside and rename it over.
+    let staged = ns.root.join("corral.new");
+    std::fs::write(&staged, "#!/bin/sh\nexit 3\n").expect("write");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let real = ns.root.join("corral.real");
+    std::fs::rename(ns.bin(), &real).expect("keep the real binary");
+    std::fs::rename(&staged, ns.bin()).expect("install the broken binary");
+    ns.systemctl(&[
+        "kill",
+        "-s",
+        "SIGUSR2",
+        "--kill-whom=main",
+        "corral.service",
+    ]);
+    assert!(
+        wait_until(Duration::from_secs(20) + MARGIN, || ns
+            .log()
+            .contains("upgrade rolled back")),
+        "no rollback\n{}",
+        ns.log_tail(30)
+    );
+    let log = ns.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("upgrade rolled back"))
+        .unwrap_or_default();
+    eprintln!("rollback under systemd: {line}");
+    // systemd, the new master's parent now, may have reaped it before we looked.
+    assert!(
+        line.contains("exit code 3")
+            || line.contains("exited, status unknown")
+            || line.contains("closed its readiness pipe"),
+        "rollback reason: {line}"
+    );
+    assert_eq!(ns.main_pid(), main, "MainPID moved to a failed new master");
+    assert_active(&ns, "after the rollback");
+    must_echo_ns(
+        &ns,
+        &mut held,
+        "after\n",
+        "held connection after the rollback",
+    );
+    fresh_echo(&ns, "after the rollback");
+
+    // The real binary back: the next upgrade works.
+    std::fs::rename(&real, ns.bin()).expect("restore the binary");
+    upgrade(&ns, "cli", Duration::from_secs(2));
+    assert_active(&ns, "after a good upgrade following the rollback");
+    drop(held);
+    stop_drains(&ns, Duration::from_secs(2));
+}

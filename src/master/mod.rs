@@ -408,11 +408,12 @@ impl Master {
         for ticket in ready_clients {
             commands.extend(self.serve_client(ticket));
         }
-        if upgrade_ready {
-            self.read_upgrade_report();
-        }
+        // Exit first: a "ready" from a new master that is already dead must not commit.
         if upgrade_gone {
             self.upgrade_child_gone();
+        }
+        if upgrade_ready {
+            self.read_upgrade_report();
         }
         commands.sort_by_key(|c| c.priority());
         commands.dedup();
@@ -1339,10 +1340,19 @@ impl Master {
     /// The new master's pidfd fired: it exited. Whatever it managed to write on the
     /// readiness pipe says more than its exit status, so that comes first.
     fn upgrade_child_gone(&mut self) {
-        self.read_upgrade_report();
-        if let Some(how) = self.upgrade_child_exit(0) {
-            self.rollback_upgrade(format!("the new master {how} before it was ready"));
-        }
+        let report = match &mut self.state {
+            State::Upgrading(u) => upgrade::read_report(&u.pipe, &mut u.buf),
+            _ => return,
+        };
+        let how = self
+            .upgrade_child_exit(0)
+            .unwrap_or_else(|| "exited".into());
+        let why = match report {
+            Some(Report::Failed(why)) => format!("the new master failed: {why}"),
+            Some(Report::Ready(_)) => format!("the new master {how} right after reporting ready"),
+            None | Some(Report::Closed) => format!("the new master {how} before it was ready"),
+        };
+        self.rollback_upgrade(why);
     }
 
     /// The new master serves: hand it the service and drain ourselves.
