@@ -74,7 +74,17 @@ fn run(cli: Cli) -> i32 {
         upgraded,
     };
     match Master::start(config, opts) {
-        Ok(mut master) => master.run(),
+        Ok(mut master) => {
+            let code = master.run();
+            match master.take_successor() {
+                // PID 1 after an upgrade: let go of everything, stay as its init.
+                Some(s) => {
+                    drop(master);
+                    upgrade::shim::run(s)
+                }
+                None => code,
+            }
+        }
         Err(e) => {
             tracing::error!("cannot start: {e}");
             1

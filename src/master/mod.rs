@@ -185,6 +185,8 @@ pub struct Master {
     /// A new master took over: our pid file is `.oldbin` and the control socket path
     /// is no longer ours to remove.
     handed_over: bool,
+    /// As PID 1 of a pid namespace, the master we handed over to: we stay as its init.
+    successor: Option<upgrade::Successor>,
     /// Upgrade requests waiting behind a reload, answered when it ends.
     upgrade_refused_waiters: Vec<u64>,
     /// `WATCHDOG=1` period when systemd's watchdog is on, and the next one due.
@@ -293,6 +295,7 @@ impl Master {
             binary: opts.binary,
             reporter,
             handed_over: false,
+            successor: None,
             upgrade_refused_waiters: Vec::new(),
             sd_watchdog: crate::notify::watchdog_interval().map(|d| (d, Instant::now())),
         }
@@ -327,6 +330,7 @@ impl Master {
         let mut ready_workers = Vec::new();
         let mut ready_clients = Vec::new();
         let upgrade_ready;
+        let upgrade_gone;
         let (sig_ready, ctl_ready) = {
             let mut fds: Vec<PollFd<'_>> =
                 Vec::with_capacity(2 + self.workers.len() + self.clients.len());
@@ -351,6 +355,7 @@ impl Master {
             let upgrade_at = fds.len();
             if let State::Upgrading(u) = &self.state {
                 fds.push(PollFd::new(u.pipe_fd(), PollFlags::POLLIN));
+                fds.push(PollFd::new(u.pidfd.as_fd(), PollFlags::POLLIN));
             }
             let clients_at = fds.len();
             for (_, c) in &self.clients {
@@ -380,6 +385,7 @@ impl Master {
             let sig = self.signals.is_some() && fired(&fds[0]);
             let ctl = self.control.is_some() && fired(&fds[ctl_index]);
             upgrade_ready = upgrade_at < clients_at && fired(&fds[upgrade_at]);
+            upgrade_gone = upgrade_at + 1 < clients_at && fired(&fds[upgrade_at + 1]);
             (sig, ctl)
         };
         let mut commands = Vec::new();
@@ -401,6 +407,10 @@ impl Master {
         }
         for ticket in ready_clients {
             commands.extend(self.serve_client(ticket));
+        }
+        // Exit first: a "ready" from a new master that is already dead must not commit.
+        if upgrade_gone {
+            self.upgrade_child_gone();
         }
         if upgrade_ready {
             self.read_upgrade_report();
@@ -631,6 +641,11 @@ impl Master {
     /// Reaps every exited child and decides what each exit means.
     fn reap(&mut self) {
         for (pid, reason) in process::reap_all() {
+            // PID 1 reaps its successor too: keep the status for the init shim.
+            if let Some(s) = self.successor.as_mut().filter(|s| s.pid == pid) {
+                s.exit = Some(reason);
+                continue;
+            }
             if let State::Upgrading(u) = &self.state {
                 if u.child == pid {
                     self.rollback_upgrade(format!("the new master exited with {reason}"));
@@ -1257,42 +1272,39 @@ impl Master {
                 warn!("{e}");
             }
         }
-        let forked = match process::fork(|| "starting a new master for a binary upgrade".into()) {
-            Ok(f) => f,
+        // Detached (double fork), so that under systemd the new master is systemd's
+        // child when it is named MAINPID=, not an "alien" one systemd would SIGKILL
+        // at the next stop instead of letting it drain.
+        let exec = || match sockets::hand_over(&self.listeners, &pipe_w) {
+            Ok(env) => match signals::reset_for_exec() {
+                Ok(()) => format!(
+                    "exec of {} failed: {}",
+                    self.binary.display(),
+                    sockets::exec(&path, &args, &env)
+                ),
+                Err(e) => e.to_string(),
+            },
+            Err(e) => e,
+        };
+        match upgrade::detached(exec, &pipe_w) {
             Err(e) => {
                 self.restore_pid_file();
-                return self.upgrade_failed(waiter.into_iter().collect(), e.to_string());
+                self.upgrade_failed(waiter.into_iter().collect(), e.to_string());
             }
-        };
-        match forked {
-            Forked::Child => {
-                // Its own process group: a rollback kills the new master and all it forked.
-                crate::os::exec::own_process_group();
-                let why = match sockets::hand_over(&self.listeners, &pipe_w) {
-                    Ok(env) => match signals::reset_for_exec() {
-                        Ok(()) => format!(
-                            "exec of {} failed: {}",
-                            self.binary.display(),
-                            sockets::exec(&path, &args, &env)
-                        ),
-                        Err(e) => e.to_string(),
-                    },
-                    Err(e) => e,
-                };
-                upgrade::report_raw(&pipe_w, &why);
-                process::exit_now(127);
-            }
-            Forked::Parent(child) => {
+            Ok(spawned) => {
                 drop(pipe_w);
                 if let Err(e) = fd::set_nonblocking(pipe_r.as_fd(), true) {
                     warn!("{e}");
                 }
+                let child = spawned.pid;
                 info!(
                     pid = child.as_raw(),
                     "new master started; waiting for it to report ready"
                 );
                 self.state = State::Upgrading(Box::new(Upgrade {
                     child,
+                    pidfd: spawned.pidfd,
+                    child_start: spawned.start,
                     pipe: pipe_r,
                     buf: Vec::new(),
                     deadline: started + self.config.master.upgrade_timeout.0,
@@ -1316,15 +1328,31 @@ impl Master {
             }
             Some(Report::Closed) => {
                 // Usually the process is gone by now; its exit status says why.
-                let why = match self.upgrade_child_exit() {
-                    Some(reason) => {
-                        format!("the new master exited with {reason} before it was ready")
-                    }
+                let why = match self.upgrade_child_exit(100) {
+                    Some(how) => format!("the new master {how} before it was ready"),
                     None => "the new master closed its readiness pipe before it was ready".into(),
                 };
                 self.rollback_upgrade(why);
             }
         }
+    }
+
+    /// The new master's pidfd fired: it exited. Whatever it managed to write on the
+    /// readiness pipe says more than its exit status, so that comes first.
+    fn upgrade_child_gone(&mut self) {
+        let report = match &mut self.state {
+            State::Upgrading(u) => upgrade::read_report(&u.pipe, &mut u.buf),
+            _ => return,
+        };
+        let how = self
+            .upgrade_child_exit(0)
+            .unwrap_or_else(|| "exited".into());
+        let why = match report {
+            Some(Report::Failed(why)) => format!("the new master failed: {why}"),
+            Some(Report::Ready(_)) => format!("the new master {how} right after reporting ready"),
+            None | Some(Report::Closed) => format!("the new master {how} before it was ready"),
+        };
+        self.rollback_upgrade(why);
     }
 
     /// The new master serves: hand it the service and drain ourselves.
@@ -1343,6 +1371,13 @@ impl Master {
         // our exit for the service's and kill the new master.
         crate::notify::main_pid(pid as u32);
         self.handed_over = true;
+        if upgrade::we_are_init() {
+            self.successor = Some(upgrade::Successor {
+                pid: u.child,
+                exit: None,
+                binary: self.binary.clone(),
+            });
+        }
         for t in u.waiters {
             self.answer(t, true, msg.clone());
         }
@@ -1358,9 +1393,15 @@ impl Master {
         let State::Upgrading(u) = std::mem::replace(&mut self.state, State::Running) else {
             return;
         };
-        // The new master leads its own process group: its workers go with it.
+        // The new master leads its own process group: its workers go with it. The
+        // pidfd reaches it even before it has made that group.
         let _ = nix::sys::signal::killpg(u.child, Signal::SIGKILL);
-        let _ = process::kill(u.child, Signal::SIGKILL);
+        if let Err(e) = u.pidfd.signal(Signal::SIGKILL) {
+            warn!("{e}");
+        }
+        // In case it had already named itself the main process (ready just as the
+        // deadline passed), systemd must follow us again.
+        crate::notify::main_pid(std::process::id());
         self.restore_pid_file();
         if let Err(e) = self.rebind_control() {
             error!("{e}");
@@ -1368,19 +1409,13 @@ impl Master {
         self.upgrade_failed(u.waiters, why);
     }
 
-    /// Reaps the upgrade child if it has exited (waiting briefly: the pipe closes a
-    /// moment before the exit is visible).
-    fn upgrade_child_exit(&self) -> Option<ExitReason> {
+    /// How the new master ended ("exited with exit code 1"), if it has, waiting up to
+    /// `wait_ms` for it (the pipe closes a moment before the exit is visible).
+    fn upgrade_child_exit(&self, wait_ms: i32) -> Option<String> {
         let State::Upgrading(u) = &self.state else {
             return None;
         };
-        for _ in 0..20 {
-            if let Some(r) = process::try_wait_child(u.child) {
-                return Some(r);
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        None
+        u.child_exit(wait_ms)
     }
 
     fn upgrade_failed(&mut self, waiters: Vec<u64>, why: String) {
@@ -1404,6 +1439,11 @@ impl Master {
                 error!("{e}");
             }
         }
+    }
+
+    /// The master we handed over to, if we must stay as its init (PID 1) once done.
+    pub fn take_successor(&mut self) -> Option<upgrade::Successor> {
+        self.successor.take()
     }
 
     /// A failed new master may have taken the control socket's path: take it back.

@@ -16,6 +16,13 @@ use std::time::Instant;
 use nix::unistd::Pid;
 
 use crate::os::fd;
+use crate::os::pidfd::{self, PidFd};
+use crate::os::process::{self, ExitReason};
+
+pub mod shim;
+mod spawn;
+pub use shim::Successor;
+pub use spawn::{detached, SpawnError, Spawned};
 
 /// Environment variable naming the fd on which a new master reports readiness.
 pub const READY_FD_ENV: &str = "CORRAL_UPGRADE_READY_FD";
@@ -105,6 +112,10 @@ pub fn wait_report(pipe: &OwnedFd) -> Report {
 /// An upgrade in flight, as the old master tracks it.
 pub struct Upgrade {
     pub child: Pid,
+    /// The new master is not our child (double fork): this tells when it exits.
+    pub pidfd: PidFd,
+    /// Its /proc start time, to read its zombie's exit status.
+    pub child_start: u64,
     pub pipe: OwnedFd,
     pub buf: Vec<u8>,
     pub deadline: Instant,
@@ -116,6 +127,29 @@ impl Upgrade {
     pub fn pipe_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.pipe.as_fd()
     }
+
+    /// How the new master ended, as far as we can tell, if it has (waiting up to
+    /// `wait_ms` for it): the pipe may close a moment before the exit is visible.
+    /// Ours to reap only when we are PID 1 of a namespace (re-parenting ends here);
+    /// otherwise its zombie's /proc entry says it until its parent reaps it.
+    pub fn child_exit(&self, wait_ms: i32) -> Option<String> {
+        if !self.pidfd.exited(wait_ms) {
+            return None;
+        }
+        let reason: Option<ExitReason> = process::try_wait_child(self.child)
+            .or_else(|| pidfd::zombie_exit(self.child, self.child_start));
+        Some(match reason {
+            Some(r) => format!("exited with {r}"),
+            None => "exited, status unknown".into(),
+        })
+    }
+}
+
+/// True when we are PID 1 of our pid namespace (a container's init): the new master
+/// of an upgrade is then re-parented to us, and we cannot exit without the kernel
+/// killing it, so we stay as its init shim.
+pub fn we_are_init() -> bool {
+    process::pid().as_raw() == 1
 }
 
 /// The binary to exec on upgrade: the path we were started from, as typed (made

@@ -12,6 +12,7 @@ pub mod exec;
 pub mod fd;
 pub mod files;
 pub mod net;
+pub mod pidfd;
 pub mod process;
 pub mod procfs;
 pub mod signals;

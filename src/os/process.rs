@@ -203,3 +203,22 @@ pub fn raise_nofile_limit() -> Result<u64, SysError> {
     }
     Ok(hard)
 }
+
+/// Our parent's pid.
+pub fn parent_pid() -> Pid {
+    nix::unistd::getppid()
+}
+
+/// Waits (polling, at most `timeout`) until our parent is no longer `parent`: a
+/// double-forked child uses it to be sure it has been re-parented to the service
+/// manager before it names itself the main process.
+pub fn wait_reparented(parent: Pid, timeout: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while parent_pid() == parent {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    true
+}
