@@ -22,9 +22,9 @@ const SLACK: Duration = Duration::from_secs(6);
 // ---------------------------------------------------------------------------
 
 /// A local process floods the control socket with silent clients, far past the
-/// master's fd limit (256): the master neither spins nor runs out of fds, a killed
-/// worker is respawned, `corral status` answers, and the flood is logged once per
-/// interval, not per client.
+/// master's fd limit (256), and keeps them open: the master neither spins nor runs
+/// out of fds, a killed worker is respawned, `corral status` answers, and the
+/// flood is logged once per interval, not per client.
 #[test]
 fn a_flood_of_silent_control_clients_does_not_take_the_master() {
     let dir = tempfile::tempdir().unwrap();
@@ -41,30 +41,30 @@ fn a_flood_of_silent_control_clients_does_not_take_the_master() {
     );
     let sock = control_socket(&c);
 
-    // Holding 400 open at a time, the client asks for more fds than the master has.
-    let flood = Flood::start(&sock, 400, 200_000, Duration::from_secs(60));
+    // The client opens and holds 1000 silent connections, four times the
+    // master's fd limit (256).
+    let flood = Flood::start(&sock, 1000, Duration::from_secs(60));
     assert!(
-        wait_until(Duration::from_secs(20), || flood.connects() >= 1000),
-        "the flood made only {} connections\n{}",
-        flood.connects(),
+        wait_until(Duration::from_secs(30), || flood.connects() >= 1000
+            || flood.stalled_for() > Duration::from_secs(2)),
+        "the flood neither finished nor stalled\n{}",
         c.log_tail(30)
     );
     let fds = open_fds(master);
-    assert!(fds < 200, "the master holds {fds} fds under the flood");
-
     let share = cpu_share(master, Duration::from_secs(2));
     eprintln!(
-        "master CPU under the flood: {:.0} % of one core ({} connects so far, {fds} fds)",
+        "master under the flood: {:.0} % of one core, {fds} fds, {} connects",
         share * 100.0,
         flood.connects()
     );
+    // A spinning master gets what the loaded box leaves it (measured 37-100 %);
+    // an idle one a few percent at most.
     assert!(
-        share < 0.5,
+        share < 0.25,
         "the master used {:.0} % CPU under the flood\n{}",
         share * 100.0,
         c.log_tail(30)
     );
-
     let victim = c.workers()[0];
     c.signal_worker(victim, Signal::SIGKILL);
     let t0 = Instant::now();
@@ -89,7 +89,9 @@ fn a_flood_of_silent_control_clients_does_not_take_the_master() {
             c.log_tail(30)
         );
     }
-    assert!(flood.running(), "the flood was still on during the checks");
+    assert_eq!(flood.connects(), 1000, "every flood connection was taken");
+    let fds = open_fds(master);
+    assert!(fds < 200, "the master holds {fds} fds under the flood");
     let mut s = c.connect();
     must_echo(&c, &mut s, "still serving\n");
     drop(flood);

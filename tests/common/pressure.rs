@@ -4,7 +4,6 @@
 //! master started by hand on a given port. Everything started here is stopped by
 //! pid when its guard drops.
 
-use std::collections::VecDeque;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
@@ -12,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -118,36 +117,45 @@ pub fn ctl_request(path: &Path, body: &[u8], half_close: bool) -> io::Result<Str
     ctl_exchange(&mut s, body, half_close)
 }
 
-/// A thread that opens silent control connections as fast as it can, holding the
-/// newest `hold` of them, until stopped, `max_time` passes or `max_connects` were made.
+/// A thread that opens silent control connections as fast as it can until it
+/// holds `hold` of them (or `max_time` passes), then keeps them open, sending
+/// nothing, until dropped.
 pub struct Flood {
     stop: Arc<AtomicBool>,
-    pub connects: Arc<AtomicUsize>,
+    connects: Arc<AtomicUsize>,
+    /// Milliseconds since `t0` of the last successful connect.
+    progress_ms: Arc<AtomicU64>,
+    t0: Instant,
     handle: Option<JoinHandle<()>>,
 }
 
 impl Flood {
-    pub fn start(path: &Path, hold: usize, max_connects: usize, max_time: Duration) -> Flood {
+    pub fn start(path: &Path, hold: usize, max_time: Duration) -> Flood {
         let stop = Arc::new(AtomicBool::new(false));
         let connects = Arc::new(AtomicUsize::new(0));
-        let (st, n, path) = (stop.clone(), connects.clone(), path.to_path_buf());
+        let progress_ms = Arc::new(AtomicU64::new(0));
+        let t0 = Instant::now();
+        let (st, n, pr, path) = (
+            stop.clone(),
+            connects.clone(),
+            progress_ms.clone(),
+            path.to_path_buf(),
+        );
         let handle = std::thread::spawn(move || {
-            let t0 = Instant::now();
-            let mut held = VecDeque::with_capacity(hold + 1);
-            while !st.load(Ordering::Relaxed)
-                && t0.elapsed() < max_time
-                && n.load(Ordering::Relaxed) < max_connects
-            {
+            let mut held = Vec::with_capacity(hold);
+            while !st.load(Ordering::Relaxed) && t0.elapsed() < max_time {
+                if held.len() >= hold {
+                    // Holding: idle until told to stop (nothing to wait for).
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+                // Blocks while the master's listen backlog is full.
                 match UnixStream::connect(&path) {
                     Ok(s) => {
+                        held.push(s);
                         n.fetch_add(1, Ordering::Relaxed);
-                        held.push_back(s);
-                        if held.len() > hold {
-                            held.pop_front();
-                        }
+                        pr.store(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
                     }
-                    // Refused or out of resources: the master is not accepting;
-                    // try again shortly rather than spin.
                     Err(_) => std::thread::sleep(Duration::from_millis(1)),
                 }
             }
@@ -155,6 +163,8 @@ impl Flood {
         Flood {
             stop,
             connects,
+            progress_ms,
+            t0,
             handle: Some(handle),
         }
     }
@@ -163,8 +173,10 @@ impl Flood {
         self.connects.load(Ordering::Relaxed)
     }
 
-    pub fn running(&self) -> bool {
-        self.handle.as_ref().is_some_and(|h| !h.is_finished())
+    /// Time since the last successful connect.
+    pub fn stalled_for(&self) -> Duration {
+        let last = Duration::from_millis(self.progress_ms.load(Ordering::Relaxed));
+        self.t0.elapsed().saturating_sub(last)
     }
 }
 
@@ -173,8 +185,9 @@ impl Drop for Flood {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(h) = self.handle.take() {
             // A connect blocked on a full backlog returns once the master accepts
-            // or is gone; the harness kills the master right after this guard.
-            let _ = wait_until(Duration::from_secs(10), || h.is_finished());
+            // or is gone (the harness kills it right after this guard): if it is
+            // still blocked, the thread is left to end with the test process.
+            let _ = wait_until(Duration::from_secs(3), || h.is_finished());
             if h.is_finished() {
                 let _ = h.join();
             }
