@@ -274,6 +274,13 @@ fn half_closed_control_requests_are_always_answered() {
         "half-closed reload got {answer:?}"
     );
 
+    // Bad input gets a clear answer instead of a silent close.
+    let answer = ctl_request(&sock, b"\"bogus\"\n", true).expect("bogus exchange");
+    assert!(
+        answer.contains("\"ok\":false") && answer.contains("malformed control request"),
+        "a malformed request got {answer:?}"
+    );
+
     if Command::new("socat").arg("-V").output().is_ok() {
         for i in 0..10 {
             let out = socat(&sock, "\"status\"\n");

@@ -1572,7 +1572,12 @@ impl Master {
         for mut c in accepted.clients {
             let req = match c.read() {
                 Ok(r) => r,
-                Err(_) => continue,
+                Err(e) => {
+                    if e.kind() == std::io::ErrorKind::InvalidData {
+                        c.reject(&self.response(false, format!("malformed control request: {e}")));
+                    }
+                    continue;
+                }
             };
             if self.clients.len() >= self.client_cap {
                 let oldest_silent = self
@@ -1641,6 +1646,11 @@ impl Master {
         let req = match c.read() {
             Ok(Some(req)) => req,
             Ok(None) => return None,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                let resp = self.response(false, format!("malformed control request: {e}"));
+                self.clients[i].1.answer(&resp);
+                return None;
+            }
             Err(_) => {
                 if !c.wants_write() {
                     self.clients.swap_remove(i);

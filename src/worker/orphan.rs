@@ -35,7 +35,9 @@ pub fn guard(master: Pid, drain_timeout: Duration) {
         tracing::warn!("{e}; a stopped worker may outlive a dead master");
     }
     // PDEATHSIG only covers deaths after the prctl: a master that died earlier is
-    // seen here, and the guard below counts from now.
+    // noticed by the thread's first getppid(), and it counts from then. The thread
+    // inherits the master's signal mask, which blocks every signal the worker reads
+    // from its signalfd, so none of them is ever delivered to it.
     let spawned = std::thread::Builder::new()
         .name("orphan-guard".into())
         .spawn(move || watch(master, drain_timeout));
