@@ -493,6 +493,10 @@ pub struct ListenConfig {
     /// connection; pays for bulk transfers). Ignored while a `rate` limit applies.
     #[serde(default)]
     pub splice: Option<bool>,
+    /// proxy: `upstreams` resolved by the master at config load (not a config key).
+    /// Workers use these and never resolve names themselves.
+    #[serde(skip)]
+    pub resolved_upstreams: Vec<SocketAddr>,
 }
 
 /// Keys that only make sense for one service, for the "wrong service" check.
@@ -534,14 +538,20 @@ impl ListenConfig {
         out
     }
 
-    /// The proxy's upstream addresses, resolved.
+    /// The proxy's upstream addresses, resolved now. A literal `ip:port` costs no
+    /// lookup; a name goes through the system resolver (/etc/hosts, then DNS),
+    /// which blocks the caller for as long as the resolver takes.
     pub fn upstream_addrs(&self) -> Result<Vec<SocketAddr>, String> {
         use std::net::ToSocketAddrs;
         let mut out = Vec::new();
         for u in &self.upstreams {
-            let mut addrs = u
-                .to_socket_addrs()
-                .map_err(|e| format!("upstream `{u}`: {e} (write \"host:port\")"))?;
+            if let Ok(a) = u.parse::<SocketAddr>() {
+                out.push(a);
+                continue;
+            }
+            let mut addrs = u.to_socket_addrs().map_err(|e| {
+                format!("upstream `{u}` does not resolve: {e} (write \"host:port\")")
+            })?;
             match addrs.next() {
                 Some(a) => out.push(a),
                 None => return Err(format!("upstream `{u}` resolves to no address")),
@@ -629,7 +639,26 @@ impl Config {
             source,
         })?;
         config.validate()?;
+        config.resolve_upstreams()?;
         Ok(config)
+    }
+
+    /// Resolves every proxy listener's upstreams, once, here in the master (at
+    /// start, `-t` and every reload, so a reload picks up changed DNS): a name that
+    /// does not resolve is an error naming the listener and the name, and workers
+    /// receive addresses, so they never resolve, nor end up with no upstream.
+    fn resolve_upstreams(&mut self) -> Result<(), ConfigError> {
+        for i in 0..self.listen.len() {
+            let l = &self.listen[i];
+            if l.service != "proxy" || l.upstreams.is_empty() {
+                continue;
+            }
+            match l.upstream_addrs() {
+                Ok(addrs) => self.listen[i].resolved_upstreams = addrs,
+                Err(e) => return Err(self.invalid(&format!("listen[{i}].upstreams"), e)),
+            }
+        }
+        Ok(())
     }
 
     fn invalid(&self, key: &str, reason: impl Into<String>) -> ConfigError {
@@ -715,15 +744,8 @@ impl Config {
                     format!("does not apply to service `{}`", l.service),
                 ));
             }
-            if l.service == "proxy" {
-                if l.upstreams.is_empty() {
-                    return Err(
-                        self.invalid(&key("upstreams"), "a proxy needs at least one upstream")
-                    );
-                }
-                if let Err(e) = l.upstream_addrs() {
-                    return Err(self.invalid(&key("upstreams"), e));
-                }
+            if l.service == "proxy" && l.upstreams.is_empty() {
+                return Err(self.invalid(&key("upstreams"), "a proxy needs at least one upstream"));
             }
             if let Some(st) = l.status {
                 if !(200..=599).contains(&st) {

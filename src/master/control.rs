@@ -85,6 +85,8 @@ pub struct Client {
     pub request: Option<Request>,
     /// The answer is queued; close once sent.
     answered: bool,
+    /// The client shut down its sending side (or closed): nothing more to read.
+    read_closed: bool,
     connected_at: std::time::Instant,
 }
 
@@ -99,11 +101,15 @@ impl Client {
 
     /// Reads what is available; returns a newly complete request, or Err when the
     /// client is gone or misbehaving.
+    ///
+    /// A client may half-close right after its request (`socat` does): end of input
+    /// ends the request even without its newline, and the client stays to hear the
+    /// answer.
     pub fn read(&mut self) -> io::Result<Option<Request>> {
         let mut buf = [0u8; 1024];
-        loop {
+        while !self.read_closed {
             match self.stream.read(&mut buf) {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(0) => self.read_closed = true,
                 Ok(n) => {
                     self.inbuf.extend_from_slice(&buf[..n]);
                     if self.inbuf.len() > MAX_REQUEST {
@@ -121,13 +127,32 @@ impl Client {
         if self.request.is_some() {
             return Ok(None);
         }
-        let Some(end) = self.inbuf.iter().position(|&b| b == b'\n') else {
-            return Ok(None);
+        let line = match self.inbuf.iter().position(|&b| b == b'\n') {
+            Some(end) => &self.inbuf[..end],
+            None if self.read_closed && !self.inbuf.trim_ascii().is_empty() => &self.inbuf[..],
+            None if self.read_closed => return Err(io::ErrorKind::UnexpectedEof.into()),
+            None => return Ok(None),
         };
-        let req: Request = serde_json::from_slice(&self.inbuf[..end])
+        let req: Request = serde_json::from_slice(line)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         self.request = Some(req);
         Ok(Some(req))
+    }
+
+    /// Whether there is anything left to read: a half-closed client is polled only
+    /// for its hang-up, or poll would report its end of input forever.
+    pub fn wants_read(&self) -> bool {
+        !self.read_closed
+    }
+
+    /// Connected but has not sent a (whole) request yet.
+    pub fn silent(&self) -> bool {
+        self.request.is_none()
+    }
+
+    /// Sent a request that has not been answered yet.
+    pub fn waiting(&self) -> bool {
+        self.request.is_some() && !self.answered
     }
 
     /// Queues the answer.
@@ -136,6 +161,13 @@ impl Client {
         line.push(b'\n');
         self.out = line;
         self.answered = true;
+    }
+
+    /// Answers and closes at once, without waiting for the answer to be read (a
+    /// client turned away under pressure must not hold an fd).
+    pub fn reject(mut self, resp: &Response) {
+        self.answer(resp);
+        let _ = self.flush();
     }
 
     /// A client that connected and never sent a request within `REQUEST_TIMEOUT`
@@ -160,6 +192,22 @@ impl Client {
         }
         self.answered
     }
+}
+
+/// What one round of `Server::accept` got.
+#[derive(Default)]
+pub struct Accepted {
+    pub clients: Vec<Client>,
+    /// Accepting failed for lack of fds or memory.
+    pub exhausted: Option<io::Error>,
+}
+
+/// Out of fds or kernel memory: retrying at once would fail the same way.
+fn is_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 /// The listening control socket.
@@ -207,11 +255,25 @@ impl Server {
         self.listener.as_fd()
     }
 
-    /// Accepts every waiting client. Only root and our own uid may command the master
-    /// (the socket's mode says so too; this holds even if someone loosened it).
-    pub fn accept(&self) -> Vec<Client> {
-        let mut out = Vec::new();
-        while let Ok((stream, _)) = self.listener.accept() {
+    /// Accepts waiting clients, at most `max` of them. `exhausted` holds the error
+    /// when the process (EMFILE) or the system (ENFILE) ran out of fds, or the
+    /// kernel out of memory: the caller should stop accepting for a while instead of
+    /// polling a socket it cannot accept from. Only root and our own uid may command
+    /// the master (the socket's mode says so too; this holds even if someone
+    /// loosened it).
+    pub fn accept(&self, max: usize) -> Accepted {
+        let mut out = Accepted::default();
+        while out.clients.len() < max {
+            let (stream, _) = match self.listener.accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    if is_exhaustion(&e) {
+                        out.exhausted = Some(e);
+                    }
+                    break;
+                }
+            };
             match cred::peer(&stream) {
                 Ok(p) if cred::trusted_uid(p.uid) => {}
                 Ok(p) => {
@@ -230,12 +292,13 @@ impl Server {
                 }
             }
             if stream.set_nonblocking(true).is_ok() {
-                out.push(Client {
+                out.clients.push(Client {
                     stream,
                     inbuf: Vec::new(),
                     out: Vec::new(),
                     request: None,
                     answered: false,
+                    read_closed: false,
                     connected_at: std::time::Instant::now(),
                 });
             }
@@ -304,4 +367,58 @@ pub fn request_from(
         path: path.to_path_buf(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(stream: UnixStream) -> Client {
+        stream.set_nonblocking(true).unwrap();
+        Client {
+            stream,
+            inbuf: Vec::new(),
+            out: Vec::new(),
+            request: None,
+            answered: false,
+            read_closed: false,
+            connected_at: std::time::Instant::now(),
+        }
+    }
+
+    #[test]
+    fn a_half_closed_request_is_read_and_answered() {
+        for req in [&b"\"reload\"\n"[..], &b"\"reload\""[..]] {
+            let (mut peer, ours) = UnixStream::pair().unwrap();
+            let mut c = client(ours);
+            peer.write_all(req).unwrap();
+            peer.shutdown(std::net::Shutdown::Write).unwrap();
+            assert_eq!(c.read().unwrap(), Some(Request::Reload));
+            assert!(!c.wants_read(), "end of input seen");
+            assert!(c.waiting());
+            c.answer(&Response {
+                ok: true,
+                message: "done".into(),
+                ..Default::default()
+            });
+            assert!(c.flush());
+            drop(c);
+            let mut got = String::new();
+            peer.read_to_string(&mut got).unwrap_or_default();
+            assert!(got.contains("\"done\""), "{got}");
+        }
+    }
+
+    #[test]
+    fn end_of_input_without_a_request_is_an_error() {
+        let (peer, ours) = UnixStream::pair().unwrap();
+        let mut c = client(ours);
+        peer.shutdown(std::net::Shutdown::Write).unwrap();
+        assert!(c.read().is_err());
+        let (mut peer, ours) = UnixStream::pair().unwrap();
+        let mut c = client(ours);
+        peer.write_all(b"\"rel").unwrap();
+        assert_eq!(c.read().unwrap(), None, "partial request: wait for more");
+        assert!(c.silent());
+    }
 }

@@ -9,6 +9,7 @@
 
 pub mod control;
 pub mod pidfile;
+mod pressure;
 pub mod sockets;
 pub mod table;
 pub mod upgrade;
@@ -31,6 +32,7 @@ use crate::worker::{self, WorkerInit, EXIT_FATAL};
 
 use control::{Client, Request, Response};
 use pidfile::PidFile;
+use pressure::{FdReserve, LogOnce};
 use sockets::Listener;
 use table::{Slot, Worker, WorkerState, WorkerStatus};
 use upgrade::{Report, Reporter, Upgrade};
@@ -72,6 +74,40 @@ pub enum Command {
     Upgrade,
     /// SIGCHLD: reap.
     Reap,
+    /// `corral status`: report (after the rest of the batch, so it shows its effect).
+    Status,
+}
+
+/// A command and the control client waiting for its outcome (none for a signal).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Job {
+    pub command: Command,
+    pub waiter: Option<u64>,
+}
+
+impl Job {
+    fn signal(command: Command) -> Job {
+        Job {
+            command,
+            waiter: None,
+        }
+    }
+
+    /// What a control request asks for.
+    fn request(req: Request, ticket: u64) -> Job {
+        let command = match req {
+            Request::Reload => Command::Reload,
+            Request::Quit => Command::GracefulStop,
+            Request::Stop => Command::FastStop,
+            Request::Reopen => Command::ReopenLogs,
+            Request::Status => Command::Status,
+            Request::Upgrade => Command::Upgrade,
+        };
+        Job {
+            command,
+            waiter: Some(ticket),
+        }
+    }
 }
 
 impl Command {
@@ -99,6 +135,7 @@ impl Command {
             Command::Upgrade => 4,
             Command::StopWorkers => 5,
             Command::ReopenLogs => 6,
+            Command::Status => 7,
         }
     }
 }
@@ -191,6 +228,15 @@ pub struct Master {
     upgrade_refused_waiters: Vec<u64>,
     /// `WATCHDOG=1` period when systemd's watchdog is on, and the next one due.
     sd_watchdog: Option<(Duration, Instant)>,
+    /// Fds given back right before a fork, so a respawn works at the fd limit.
+    reserve: FdReserve,
+    /// Most control clients at once, from `RLIMIT_NOFILE`.
+    client_cap: usize,
+    /// The control socket stays out of the poll set until then (flood or EMFILE).
+    accept_paused_until: Option<Instant>,
+    log_flood: LogOnce,
+    log_exhausted: LogOnce,
+    log_reserve: LogOnce,
 }
 
 impl Master {
@@ -298,6 +344,12 @@ impl Master {
             successor: None,
             upgrade_refused_waiters: Vec::new(),
             sd_watchdog: crate::notify::watchdog_interval().map(|d| (d, Instant::now())),
+            reserve: FdReserve::new(pressure::RESERVE_FDS),
+            client_cap: pressure::client_cap(process::nofile_limit().unwrap_or(1024)),
+            accept_paused_until: None,
+            log_flood: LogOnce::new(pressure::LOG_EVERY),
+            log_exhausted: LogOnce::new(pressure::LOG_EVERY),
+            log_reserve: LogOnce::new(pressure::LOG_EVERY),
         }
     }
 
@@ -317,8 +369,10 @@ impl Master {
     }
 
     /// Step 1 of the loop: poll signals, worker channels and control clients until
-    /// something happens or the nearest deadline; returns what to do.
-    fn wait(&mut self) -> Vec<Command> {
+    /// something happens or the nearest deadline; returns what to do. Control
+    /// requests are only collected here, never acted on: `handle` orders them with
+    /// the signals of the same batch.
+    fn wait(&mut self) -> Vec<Job> {
         let timeout = self
             .next_deadline()
             .map(|d| d.saturating_duration_since(Instant::now()))
@@ -338,7 +392,8 @@ impl Master {
                 fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
             }
             let ctl_index = fds.len();
-            if let Some(c) = &self.control {
+            let accepting = self.accept_paused_until.is_none();
+            if let Some(c) = self.control.as_ref().filter(|_| accepting) {
                 fds.push(PollFd::new(c.fd(), PollFlags::POLLIN));
             }
             let workers_at = fds.len();
@@ -359,7 +414,10 @@ impl Master {
             }
             let clients_at = fds.len();
             for (_, c) in &self.clients {
-                let mut flags = PollFlags::POLLIN;
+                let mut flags = PollFlags::empty();
+                if c.wants_read() {
+                    flags |= PollFlags::POLLIN;
+                }
                 if c.wants_write() {
                     flags |= PollFlags::POLLOUT;
                 }
@@ -379,11 +437,14 @@ impl Master {
             }
             for (i, p) in fds[clients_at..].iter().enumerate() {
                 if fired(p) {
-                    ready_clients.push(self.clients[i].0);
+                    let hup = p
+                        .revents()
+                        .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR));
+                    ready_clients.push((self.clients[i].0, hup));
                 }
             }
             let sig = self.signals.is_some() && fired(&fds[0]);
-            let ctl = self.control.is_some() && fired(&fds[ctl_index]);
+            let ctl = self.control.is_some() && accepting && fired(&fds[ctl_index]);
             upgrade_ready = upgrade_at < clients_at && fired(&fds[upgrade_at]);
             upgrade_gone = upgrade_at + 1 < clients_at && fired(&fds[upgrade_at + 1]);
             (sig, ctl)
@@ -395,18 +456,18 @@ impl Master {
                     if sig != Signal::SIGCHLD {
                         info!("received {}", signals::name(sig));
                     }
-                    commands.extend(Command::from_signal(sig));
+                    commands.extend(Command::from_signal(sig).map(Job::signal));
                 }
             }
         }
         for pid in ready_workers {
             self.read_worker(pid);
         }
-        if ctl_ready {
-            self.accept_clients();
+        for (ticket, hup) in ready_clients {
+            commands.extend(self.serve_client(ticket, hup));
         }
-        for ticket in ready_clients {
-            commands.extend(self.serve_client(ticket));
+        if ctl_ready {
+            commands.extend(self.accept_clients());
         }
         // Exit first: a "ready" from a new master that is already dead must not commit.
         if upgrade_gone {
@@ -415,22 +476,49 @@ impl Master {
         if upgrade_ready {
             self.read_upgrade_report();
         }
-        commands.sort_by_key(|c| c.priority());
-        commands.dedup();
         commands
     }
 
-    /// Step 2: act on the commands, in priority order.
-    fn handle(&mut self, commands: Vec<Command>) {
-        for cmd in commands {
+    /// Step 2: act on the batch in one priority order (reap, fast stop, graceful
+    /// stop, reload, upgrade, …), each kind once, with all of its waiters: a stop
+    /// in the same batch as a reload wins, and the reload's waiters hear why.
+    fn handle(&mut self, jobs: Vec<Job>) {
+        for (cmd, waiters) in batch(jobs) {
             match cmd {
                 Command::Reap => self.reap(),
-                Command::FastStop => self.stop(false, IdlePolicy::Close),
-                Command::GracefulStop => self.stop(true, IdlePolicy::Close),
-                Command::Reload => self.reload(None),
-                Command::Upgrade => self.upgrade(None),
+                Command::FastStop | Command::GracefulStop => {
+                    let graceful = cmd == Command::GracefulStop;
+                    for &t in &waiters {
+                        let how = if graceful { "graceful" } else { "fast" };
+                        self.answer(t, true, format!("{how} stop started"));
+                    }
+                    self.stop_waiters.extend(waiters);
+                    self.stop(graceful, IdlePolicy::Close);
+                }
+                Command::Reload => self.reload(waiters),
+                Command::Upgrade => {
+                    // One upgrade per batch; a second request finds it in progress.
+                    let mut waiters = waiters.into_iter();
+                    self.upgrade(waiters.next());
+                    for t in waiters {
+                        self.upgrade(Some(t));
+                    }
+                }
                 Command::StopWorkers => self.park_workers(),
-                Command::ReopenLogs => self.reopen_logs(),
+                Command::ReopenLogs => {
+                    self.reopen_logs();
+                    for t in waiters {
+                        self.answer(t, true, "logs reopened".into());
+                    }
+                }
+                Command::Status => {
+                    let resp = self.status();
+                    for t in waiters {
+                        if let Some((_, c)) = self.clients.iter_mut().find(|(k, _)| *k == t) {
+                            c.answer(&resp);
+                        }
+                    }
+                }
             }
         }
     }
@@ -438,6 +526,9 @@ impl Master {
     /// Step 3: deadlines — respawns due, drain and stop deadlines, the watchdog, a
     /// reload that takes too long.
     fn tick(&mut self, now: Instant) {
+        if self.accept_paused_until.is_some_and(|t| t <= now) {
+            self.accept_paused_until = None;
+        }
         self.respawn_due(now);
         self.watchdog(now);
         self.enforce_deadlines(now);
@@ -467,7 +558,25 @@ impl Master {
 
     /// Forks a worker into `slot` of `generation`, with that generation's listeners.
     fn spawn(&mut self, slot: usize, generation: u64) -> Result<(), SysError> {
+        // At the fd limit the channel's socketpair would fail: the reserve makes
+        // room for it, and is taken back once the child holds its end.
+        self.reserve.release();
+        let result = self.fork_worker(slot, generation);
+        if !self.reserve.refill() {
+            if let Some(n) = self.log_reserve.hit(Instant::now()) {
+                warn!(
+                    held = self.reserve.held(),
+                    "cannot refill the master's fd reserve: the fd limit is reached \
+                     ({n} more times since last said)"
+                );
+            }
+        }
+        result
+    }
+
+    fn fork_worker(&mut self, slot: usize, generation: u64) -> Result<(), SysError> {
         let (master_end, worker_end) = Channel::pair()?;
+        let master = process::pid();
         let forked =
             process::fork(|| format!("spawning worker {slot} of generation {generation}"))?;
         match forked {
@@ -495,6 +604,9 @@ impl Master {
             }
             Forked::Child => {
                 drop(master_end);
+                self.reserve = FdReserve::none();
+                // First, so that not even a hang during start-up outlives the master.
+                worker::orphan::guard(master, self.worker_drain_timeout(generation));
                 let code = self.become_worker(slot, generation, worker_end);
                 crate::log::shutdown();
                 process::exit_now(code)
@@ -560,6 +672,14 @@ impl Master {
             signals,
         };
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker::run(init))).unwrap_or(101)
+    }
+
+    /// The drain timeout that `generation`'s workers run with.
+    fn worker_drain_timeout(&self, generation: u64) -> Duration {
+        match &self.state {
+            State::Reloading(r) if r.generation == generation => r.config.master.drain_timeout.0,
+            _ => self.config.master.drain_timeout.0,
+        }
     }
 
     fn worker_index(&self, pid: Pid) -> Option<usize> {
@@ -936,6 +1056,7 @@ impl Master {
             State::Running => {}
         }
         d.extend(self.sd_watchdog.map(|(_, due)| due));
+        d.extend(self.accept_paused_until);
         d.extend(self.slots.iter().filter_map(|s| s.respawn_at));
         let wd = self.config.master.watchdog_timeout.0;
         for w in &self.workers {
@@ -967,6 +1088,14 @@ impl Master {
         }
         if let State::Upgrading(_) = self.state {
             self.rollback_upgrade("the master is stopping".into());
+        }
+        // Requests queued behind the reload or upgrade just cut short will not run.
+        self.queued_reload = false;
+        for t in std::mem::take(&mut self.reload_queued) {
+            self.answer(t, false, STOPPING_RELOAD.into());
+        }
+        for t in std::mem::take(&mut self.upgrade_refused_waiters) {
+            self.answer(t, false, "the master is stopping; upgrade not done".into());
         }
         if !self.handed_over {
             crate::notify::stopping();
@@ -1035,14 +1164,15 @@ impl Master {
         }
     }
 
-    /// Starts a reload, or queues it behind the one in flight. `waiter` is a control
-    /// client to answer when it is done.
-    fn reload(&mut self, waiter: Option<u64>) {
+    /// Starts a reload, or queues it behind the one in flight. `waiters` are
+    /// control clients to answer when it is done (all requests of one batch share
+    /// one reload).
+    fn reload(&mut self, waiters: Vec<u64>) {
         match self.state {
-            State::Running => self.start_reload(waiter.into_iter().collect()),
+            State::Running => self.start_reload(waiters),
             State::Upgrading(_) => {
                 warn!("reload refused: a binary upgrade is in progress");
-                if let Some(t) = waiter {
+                for t in waiters {
                     self.answer(
                         t,
                         false,
@@ -1053,11 +1183,12 @@ impl Master {
             State::Reloading(_) | State::Starting { .. } => {
                 info!("reload queued behind the one in progress");
                 self.queued_reload = true;
-                self.reload_queued.extend(waiter);
+                self.reload_queued.extend(waiters);
             }
             State::Stopping { .. } => {
-                if let Some(t) = waiter {
-                    self.answer(t, false, "the master is stopping".into());
+                info!("reload ignored: the master is stopping");
+                for t in waiters {
+                    self.answer(t, false, STOPPING_RELOAD.into());
                 }
             }
         }
@@ -1068,21 +1199,14 @@ impl Master {
         let path = self.config.source.clone();
         info!(config = %path.display(), "reloading");
         crate::notify::reloading();
-        let new = match Config::load(&path) {
-            Ok(c) => c,
-            Err(e) => {
-                let msg = format!("reload failed, configuration unchanged: {e}");
-                self.reload_failed(&msg, waiters);
-                return;
-            }
-        };
-        for note in restart_only_changes(&self.config, &new) {
-            warn!("{note}");
-        }
-        let listeners = match sockets::open_all(&new, &self.listeners, &mut Vec::new()) {
-            Ok(l) => l,
-            Err(e) => {
-                let msg = format!("reload failed, configuration unchanged: {e}");
+        // Reading the file and binding new listeners need fds even at the limit;
+        // the first spawn takes the reserve back.
+        self.reserve.release();
+        let loaded = self.load_for_reload(&path);
+        self.reserve.refill();
+        let (new, listeners) = match loaded {
+            Ok(x) => x,
+            Err(msg) => {
                 self.reload_failed(&msg, waiters);
                 return;
             }
@@ -1106,6 +1230,19 @@ impl Master {
                 return;
             }
         }
+    }
+
+    /// Reads, validates and resolves the new config and opens its listeners; an
+    /// error is the whole message for the operator.
+    fn load_for_reload(&self, path: &std::path::Path) -> Result<(Config, Vec<Listener>), String> {
+        let new = Config::load(path)
+            .map_err(|e| format!("reload failed, configuration unchanged: {e}"))?;
+        for note in restart_only_changes(&self.config, &new) {
+            warn!("{note}");
+        }
+        let listeners = sockets::open_all(&new, &self.listeners, &mut Vec::new())
+            .map_err(|e| format!("reload failed, configuration unchanged: {e}"))?;
+        Ok((new, listeners))
     }
 
     /// The new generation is ready: it becomes current and the old ones drain.
@@ -1458,78 +1595,125 @@ impl Master {
 
     // ----- control socket -----------------------------------------------------------
 
-    fn accept_clients(&mut self) {
-        let Some(server) = &self.control else { return };
-        for c in server.accept() {
+    /// Accepts a round of control clients and reads what each has sent already
+    /// (the CLI writes its request right after connecting). Past the cap the oldest
+    /// silent client makes room; with none silent the newcomer is turned away with
+    /// an answer. Turning clients away, or running out of fds, pauses accepting for
+    /// a moment so a flood cannot keep the master busy.
+    fn accept_clients(&mut self) -> Vec<Job> {
+        let Some(server) = &self.control else {
+            return Vec::new();
+        };
+        let accepted = server.accept(pressure::ACCEPT_BATCH);
+        let now = Instant::now();
+        let mut jobs = Vec::new();
+        let mut turned_away = 0usize;
+        let full_round = accepted.clients.len() == pressure::ACCEPT_BATCH;
+        for mut c in accepted.clients {
+            let req = match c.read() {
+                Ok(r) => r,
+                Err(e) => {
+                    if e.kind() == std::io::ErrorKind::InvalidData {
+                        c.reject(&self.response(false, format!("malformed control request: {e}")));
+                    }
+                    continue;
+                }
+            };
+            if self.clients.len() >= self.client_cap {
+                let oldest_silent = self
+                    .clients
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (_, c))| c.silent())
+                    .min_by_key(|(_, (t, _))| *t)
+                    .map(|(i, _)| i);
+                turned_away += 1;
+                match oldest_silent {
+                    Some(i) => drop(self.clients.remove(i)),
+                    None => {
+                        let why = format!(
+                            "too many control clients ({}) are waiting for answers; try again",
+                            self.client_cap
+                        );
+                        c.reject(&self.response(false, why));
+                        continue;
+                    }
+                }
+            }
             self.next_ticket += 1;
-            self.clients.push((self.next_ticket, c));
+            let ticket = self.next_ticket;
+            if let Some(req) = req {
+                debug!(?req, "control request");
+                jobs.push(Job::request(req, ticket));
+            }
+            self.clients.push((ticket, c));
         }
+        if let Some(e) = accepted.exhausted {
+            self.accept_paused_until = Some(now + pressure::EXHAUSTED_PAUSE);
+            if let Some(n) = self.log_exhausted.hit(now) {
+                error!(
+                    "control socket: accept() failed: {e}; not accepting for {:?} \
+                     ({n} more times since last said)",
+                    pressure::EXHAUSTED_PAUSE
+                );
+            }
+        } else if turned_away > 0 || full_round {
+            self.accept_paused_until = Some(now + pressure::FLOOD_PAUSE);
+            if let Some(n) = self.log_flood.hit(now) {
+                warn!(
+                    cap = self.client_cap,
+                    "control socket flooded: {turned_away} clients dropped or turned away \
+                     ({n} more floods since last said); accepting in pauses of {:?}",
+                    pressure::FLOOD_PAUSE
+                );
+            }
+        }
+        jobs
     }
 
-    /// Reads a client's request; returns the command it maps to, if any.
-    fn serve_client(&mut self, ticket: u64) -> Option<Command> {
+    /// Reads a client's request and turns it into a job; nothing is acted on here.
+    /// `hup`: poll saw the client hang up (or fail).
+    fn serve_client(&mut self, ticket: u64, hup: bool) -> Option<Job> {
         let i = self.clients.iter().position(|(t, _)| *t == ticket)?;
-        let req = match self.clients[i].1.read() {
+        let c = &mut self.clients[i].1;
+        if !c.wants_read() {
+            // Half-closed earlier; now fully gone, nobody is left to answer.
+            if hup && !c.wants_write() {
+                self.clients.swap_remove(i);
+            }
+            return None;
+        }
+        let req = match c.read() {
             Ok(Some(req)) => req,
             Ok(None) => return None,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                let resp = self.response(false, format!("malformed control request: {e}"));
+                self.clients[i].1.answer(&resp);
+                return None;
+            }
             Err(_) => {
-                if !self.clients[i].1.wants_write() {
+                if !c.wants_write() {
                     self.clients.swap_remove(i);
                 }
                 return None;
             }
         };
         debug!(?req, "control request");
-        match req {
-            Request::Status => {
-                let resp = self.status();
-                self.clients[i].1.answer(&resp);
-                None
-            }
-            Request::Reload => {
-                self.reload(Some(ticket));
-                None
-            }
-            Request::Upgrade => {
-                self.upgrade(Some(ticket));
-                None
-            }
-            Request::Reopen => {
-                self.reopen_logs();
-                self.answer(ticket, true, "logs reopened".into());
-                None
-            }
-            Request::Quit | Request::Stop => {
-                self.stop_waiters.push(ticket);
-                self.answer(
-                    ticket,
-                    true,
-                    format!(
-                        "{} stop started",
-                        if req == Request::Quit {
-                            "graceful"
-                        } else {
-                            "fast"
-                        }
-                    ),
-                );
-                Some(if req == Request::Quit {
-                    Command::GracefulStop
-                } else {
-                    Command::FastStop
-                })
-            }
-        }
+        Some(Job::request(req, ticket))
     }
 
-    fn answer(&mut self, ticket: u64, ok: bool, message: String) {
-        let resp = Response {
+    fn response(&self, ok: bool, message: String) -> Response {
+        Response {
             ok,
             message,
             master_pid: process::pid().as_raw(),
             generation: self.generation,
             workers: Vec::new(),
-        };
+        }
+    }
+
+    fn answer(&mut self, ticket: u64, ok: bool, message: String) {
+        let resp = self.response(ok, message);
         if let Some((_, c)) = self.clients.iter_mut().find(|(t, _)| *t == ticket) {
             c.answer(&resp);
         }
@@ -1609,6 +1793,20 @@ impl Master {
         for ticket in std::mem::take(&mut self.stop_waiters) {
             self.answer(ticket, true, "stopped".into());
         }
+        // Nobody leaves with EOF: whoever still waits hears that the master is gone.
+        let waiting: Vec<u64> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.waiting())
+            .map(|(t, _)| *t)
+            .collect();
+        for t in waiting {
+            self.answer(
+                t,
+                false,
+                "the master exited before this request was done".into(),
+            );
+        }
         self.flush_clients();
         if let Some(c) = self.control.take() {
             c.remove();
@@ -1621,6 +1819,23 @@ impl Master {
         }
         info!("master exiting");
     }
+}
+
+/// The answer to a reload that a stop overtook.
+const STOPPING_RELOAD: &str = "the master is stopping; reload not done";
+
+/// Groups a batch of jobs by command in priority order, each command once with the
+/// waiters of all its requests (in arrival order).
+fn batch(jobs: Vec<Job>) -> Vec<(Command, Vec<u64>)> {
+    let mut out: Vec<(Command, Vec<u64>)> = Vec::new();
+    for job in jobs {
+        match out.iter_mut().find(|(c, _)| *c == job.command) {
+            Some((_, w)) => w.extend(job.waiter),
+            None => out.push((job.command, job.waiter.into_iter().collect())),
+        }
+    }
+    out.sort_by_key(|(c, _)| c.priority());
+    out
 }
 
 /// Tells a worker to drain; it exits by itself by `deadline` (its own drain timeout)
@@ -1660,4 +1875,54 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
 /// Reads the pid in a pid file.
 pub fn pidfile_read(path: &std::path::Path) -> Result<Pid, pidfile::PidFileError> {
     pidfile::read(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(command: Command, waiter: Option<u64>) -> Job {
+        Job { command, waiter }
+    }
+
+    #[test]
+    fn a_batch_runs_in_one_priority_order_with_every_waiter() {
+        let jobs = vec![
+            job(Command::Status, Some(5)),
+            job(Command::Reload, Some(1)),
+            job(Command::Upgrade, Some(4)),
+            job(Command::FastStop, None),
+            job(Command::Reload, None),
+            job(Command::Reload, Some(2)),
+            job(Command::Reap, None),
+            job(Command::GracefulStop, Some(3)),
+        ];
+        assert_eq!(
+            batch(jobs),
+            vec![
+                (Command::Reap, vec![]),
+                (Command::FastStop, vec![]),
+                (Command::GracefulStop, vec![3]),
+                (Command::Reload, vec![1, 2]),
+                (Command::Upgrade, vec![4]),
+                (Command::Status, vec![5]),
+            ]
+        );
+    }
+
+    #[test]
+    fn requests_map_to_the_signals_commands() {
+        assert_eq!(
+            Job::request(Request::Stop, 7),
+            job(Command::FastStop, Some(7))
+        );
+        assert_eq!(
+            Job::request(Request::Quit, 7),
+            job(Command::GracefulStop, Some(7))
+        );
+        assert_eq!(
+            Job::request(Request::Reopen, 7),
+            job(Command::ReopenLogs, Some(7))
+        );
+    }
 }

@@ -204,7 +204,15 @@ pub fn raise_nofile_limit() -> Result<u64, SysError> {
     Ok(hard)
 }
 
-/// Our parent's pid.
+/// The soft RLIMIT_NOFILE: how many fds this process may have open.
+pub fn nofile_limit() -> Result<u64, SysError> {
+    use nix::sys::resource::{getrlimit, Resource};
+    let (soft, _) =
+        getrlimit(Resource::RLIMIT_NOFILE).ctx("getrlimit()", || "reading RLIMIT_NOFILE".into())?;
+    Ok(soft)
+}
+
+/// The parent's pid (`getppid(2)`): 1, or a subreaper's, once the parent has died.
 pub fn parent_pid() -> Pid {
     nix::unistd::getppid()
 }
@@ -221,4 +229,22 @@ pub fn wait_reparented(parent: Pid, timeout: std::time::Duration) -> bool {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
     true
+}
+
+/// Asks the kernel to send `sig` to this process when its parent dies
+/// (`PR_SET_PDEATHSIG`). "Parent" is the thread that forked us; callers forked by
+/// the single-threaded master get it on the master's death. The setting is not
+/// race-free by itself: check `parent_pid()` afterwards.
+pub fn set_parent_death_signal(sig: Signal) -> Result<(), SysError> {
+    // SAFETY: PR_SET_PDEATHSIG takes a signal number by value and no pointers.
+    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(SysError::new(
+            "prctl(PR_SET_PDEATHSIG)",
+            format!("asking for {} when the master dies", sig.as_str()),
+            nix::errno::Errno::last(),
+        ))
+    }
 }

@@ -32,13 +32,15 @@ struct Upstream {
 }
 
 impl Proxy {
-    /// Builds the proxy from a validated listener config.
+    /// Builds the proxy from a validated listener config, with the upstream
+    /// addresses the master resolved (a worker never resolves: a lookup failing
+    /// here would silently leave it with no upstream).
     pub fn new(l: &ListenConfig) -> Proxy {
-        let addrs = l.upstream_addrs().unwrap_or_default();
         Proxy {
-            upstreams: addrs
-                .into_iter()
-                .map(|addr| Upstream {
+            upstreams: l
+                .resolved_upstreams
+                .iter()
+                .map(|&addr| Upstream {
                     addr,
                     active: 0,
                     down_until: None,
@@ -175,6 +177,28 @@ mod tests {
         assert!(p.pick(&[0, 1, 2], now).is_none());
         // After the backoff it is healthy again.
         assert_eq!(p.pick(&[0, 2], now + Duration::from_secs(11)).unwrap().0, 1);
+    }
+
+    #[test]
+    fn workers_use_the_masters_addresses_and_never_resolve() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[master]\nworkers = 1\n[[listen]]\naddress = \"127.0.0.1:1\"\n\
+             service = \"proxy\"\nupstreams = [\"127.0.0.1:7\", \"localhost:9\"]\n",
+        )
+        .unwrap();
+        let mut config = crate::config::Config::load(&path).unwrap();
+        let l = &mut config.listen[0];
+        assert_eq!(l.resolved_upstreams.len(), 2, "resolved at load");
+        // Were the worker to resolve again, these names would leave it with nothing.
+        l.upstreams = vec!["no-such-host.invalid:7".into(), "also-not.invalid:9".into()];
+        let p = Proxy::new(l);
+        let addrs: Vec<SocketAddr> = p.upstreams.iter().map(|u| u.addr).collect();
+        assert_eq!(addrs.len(), 2);
+        assert_eq!(addrs[0], SocketAddr::from(([127, 0, 0, 1], 7)));
+        assert_eq!(addrs[1].port(), 9);
     }
 
     #[test]

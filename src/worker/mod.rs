@@ -13,6 +13,7 @@
 //! connections own no buffers: output buffers come from a per-worker pool on demand.
 
 mod conn;
+pub mod orphan;
 mod pool;
 pub mod timer;
 
@@ -198,6 +199,7 @@ impl Worker {
             jobs: Vec::new(),
         };
         w.resume_accept()?;
+        crate::fault::delay_ready();
         w.send(ToMaster::Ready);
         w.timers.schedule(Instant::now(), Timer::Heartbeat);
         debug!("accepting connections");

@@ -24,6 +24,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 pub mod opsec;
+pub mod pressure;
 
 /// How long `Corral::start` waits for a usable master (loaded 2-core box).
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
