@@ -3,14 +3,15 @@
 //!
 //! Everything above this module speaks in `OwnedFd`s, typed errors and small safe
 //! wrappers, so that the master and worker read as policy. Nearly every `unsafe` block
-//! of the crate sits here with its `// SAFETY:` justification; the one elsewhere takes
-//! ownership of fds received over the channel (SCM_RIGHTS).
+//! of the crate sits here with its `// SAFETY:` justification, including the one that
+//! takes ownership of fds received over the channel (SCM_RIGHTS, in `scm`).
 
 pub mod epoll;
 pub mod exec;
 pub mod fd;
 pub mod net;
 pub mod process;
+pub mod scm;
 pub mod signals;
 
 /// The error of a system call, with the call and what it was for.

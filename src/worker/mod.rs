@@ -13,6 +13,7 @@
 //! connections own no buffers: output buffers come from a per-worker pool on demand.
 
 mod conn;
+mod handoff;
 mod pool;
 pub mod timer;
 
@@ -122,6 +123,8 @@ struct Worker {
     per_ip: HashMap<IpAddr, u32>,
     /// What to do with idle connections while draining.
     idle_policy: IdlePolicy,
+    /// Idle connections on their way to the next generation.
+    handoff: handoff::Handoff,
     pool: Pool,
     pool_ready: bool,
     /// Blocking jobs submitted by handlers, sent to the pool after each callback.
@@ -193,6 +196,7 @@ impl Worker {
             exit: None,
             per_ip: HashMap::new(),
             idle_policy: IdlePolicy::Close,
+            handoff: handoff::Handoff::default(),
             pool,
             pool_ready: false,
             jobs: Vec::new(),
@@ -237,8 +241,14 @@ impl Worker {
             if let Some(code) = self.exit {
                 return code;
             }
-            if self.phase == Phase::Draining && self.conns.is_empty() {
-                info!("drained, exiting");
+            if self.phase == Phase::Draining && self.conns.is_empty() && self.handoff.is_idle() {
+                let c = self.handoff.counts();
+                info!(
+                    handed = c.handed,
+                    kept = c.kept,
+                    closed = c.closed,
+                    "drained, exiting"
+                );
                 return 0;
             }
         }
@@ -303,6 +313,7 @@ impl Worker {
                             "drain timeout: closing the remaining connections"
                         );
                     }
+                    self.handoff_deadline();
                     self.exit = Some(0);
                 }
             }
@@ -311,7 +322,10 @@ impl Worker {
 
     fn dispatch(&mut self, ev: Event) {
         match ev.token {
-            TOKEN_CHANNEL => self.channel_ready = true,
+            TOKEN_CHANNEL => {
+                self.channel_ready = true;
+                self.handoff.writable |= ev.writable;
+            }
             TOKEN_SIGNALS => self.signals_ready = true,
             TOKEN_POOL => self.pool_ready = true,
             t if t & TOKEN_LISTENER != 0 && t & TOKEN_CHANNEL == 0 => {
@@ -350,26 +364,30 @@ impl Worker {
         for token in std::mem::take(&mut self.ready) {
             self.drive(token);
         }
+        // Last, so that every connection that went idle in this iteration travels in
+        // the same batches.
+        if self.handoff.wants_flush() {
+            self.flush_handoff();
+        }
     }
 
     fn read_channel(&mut self) {
         loop {
-            let Some(ch) = &self.channel else { return };
-            match ch.recv_fd::<ToWorker>().map(|m| {
-                m.map(|(msg, fd)| {
-                    if let (ToWorker::Adopt { listen }, Some(fd)) = (&msg, fd) {
-                        self.adopt(listen, fd);
+            let got = match &self.channel {
+                Some(ch) => ch.recv_fds::<ToWorker>(),
+                None => return,
+            };
+            match got {
+                Ok(Some((msg, fds))) => match msg {
+                    ToWorker::Drain { idle } => self.start_drain("master asked", idle),
+                    ToWorker::Adopt { conns } => self.adopt(conns, fds),
+                    ToWorker::Keep { conns, reason } => self.keep(conns, fds, &reason),
+                    ToWorker::Stop => {
+                        info!("master asked to stop now");
+                        self.exit = Some(0);
                     }
-                    msg
-                })
-            }) {
-                Ok(Some(ToWorker::Drain { idle })) => self.start_drain("master asked", idle),
-                Ok(Some(ToWorker::Adopt { .. })) => {}
-                Ok(Some(ToWorker::Stop)) => {
-                    info!("master asked to stop now");
-                    self.exit = Some(0);
-                }
-                Ok(Some(ToWorker::ReopenLogs)) => self.reopen_logs(),
+                    ToWorker::ReopenLogs => self.reopen_logs(),
+                },
                 Ok(None) => return,
                 Err(e) => {
                     if !matches!(e, ChannelError::Closed) {
@@ -444,53 +462,8 @@ impl Worker {
         match self.idle_policy {
             IdlePolicy::Linger => {}
             IdlePolicy::Close => self.close(token),
-            IdlePolicy::Handoff => {
-                let Some(c) = self.conns.get(token) else {
-                    return;
-                };
-                let listen = self
-                    .config
-                    .listen
-                    .get(usize::from(c.listener))
-                    .map(|l| l.address.to_string())
-                    .unwrap_or_default();
-                if let Some(ch) = &self.channel {
-                    if let Err(e) = ch.send_fd(&ToMaster::Handoff { listen }, c.fd.as_fd()) {
-                        debug!("cannot hand over an idle connection ({e}); closing it");
-                    }
-                }
-                // Our copy goes; the master's (or the adopting worker's) lives on.
-                self.close(token);
-            }
+            IdlePolicy::Handoff => self.hand_over(token),
         }
-    }
-
-    /// A connection handed over by a draining worker of an older generation.
-    fn adopt(&mut self, listen: &str, fd: OwnedFd) {
-        if self.phase != Phase::Running {
-            return; // dropping it closes it
-        }
-        let Some(index) = self
-            .config
-            .listen
-            .iter()
-            .position(|l| l.address.to_string() == listen)
-        else {
-            debug!(
-                listen,
-                "handed-over connection for a listener we do not have; closing it"
-            );
-            return;
-        };
-        if index >= self.listeners.len() {
-            return;
-        }
-        let peer = socket2::SockRef::from(&fd)
-            .peer_addr()
-            .ok()
-            .and_then(|a| a.as_socket())
-            .map(|a| a.ip());
-        self.add_conn(index, net::Accepted { fd, peer });
     }
 
     /// Runs a handler callback outside of a read (timer, completion), then lets the
@@ -929,6 +902,13 @@ impl Worker {
     }
 
     fn close(&mut self, token: Token) {
+        drop(self.detach(token));
+    }
+
+    /// Forgets a connection (its upstream, per-IP count and buffers) and returns its
+    /// socket: dropping it closes the connection, queueing it hands it over.
+    fn detach(&mut self, token: Token) -> Option<OwnedFd> {
+        let mut fd = None;
         if let Some(c) = self.conns.remove(token) {
             if let Some(up) = c.upstream.as_ref().filter(|u| u.connected) {
                 let index = up.index;
@@ -945,7 +925,7 @@ impl Worker {
                     }
                 }
             }
-            c.recycle(&mut self.bufs);
+            fd = Some(c.into_fd(&mut self.bufs));
             self.compact_timers();
         }
         if self.conns.len() * 10 <= self.config.worker.max_connections * 9 {
@@ -953,5 +933,6 @@ impl Worker {
                 warn!("cannot resume accepting: {e}");
             }
         }
+        fd
     }
 }
