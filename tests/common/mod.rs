@@ -1123,3 +1123,6 @@ pub fn new_master_pids(log: &str) -> Vec<i32> {
         })
         .collect()
 }
+
+#[allow(dead_code)]
+pub mod handover;
