@@ -166,6 +166,11 @@ impl Channel {
         scm::send(self.fd.as_fd(), &bytes, fds)
     }
 
+    /// Bytes we sent that the other side has not read yet (0 if that cannot be told).
+    pub fn unread(&self) -> usize {
+        scm::unread(self.fd.as_fd()).unwrap_or(0)
+    }
+
     /// Receives one message if one is waiting: `Ok(None)` when none is. File
     /// descriptors sent along with it are discarded (closed); see `recv_fds`.
     pub fn recv<T: for<'de> Deserialize<'de>>(&self) -> Result<Option<T>, ChannelError> {

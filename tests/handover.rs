@@ -36,9 +36,10 @@ fn loopback(port: u16) -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
 }
 
-/// Two workers; the echo listener on `{port}` for the harness, http on `http_port`.
-fn template(http_port: u16) -> String {
-    let mut conf = Conf::new(2).drain(DRAIN).idle("300s");
+/// `workers` workers; the echo listener on `{port}` for the harness, http on
+/// `http_port`; `master_extra` lines go in `[master]`.
+fn template(workers: usize, http_port: u16, master_extra: &str) -> String {
+    let mut conf = Conf::new(workers).drain(DRAIN).idle("300s");
     conf.max_connections = 10_000;
     let mut out = String::new();
     for line in conf.render().lines() {
@@ -46,6 +47,7 @@ fn template(http_port: u16) -> String {
         out.push('\n');
         if line.trim() == "[master]" {
             out.push_str("upgrade_timeout = \"30s\"\n");
+            out.push_str(master_extra);
         }
     }
     out.push_str(&format!(
@@ -55,9 +57,13 @@ fn template(http_port: u16) -> String {
 }
 
 fn start(binary: Option<PathBuf>) -> (Corral, u16) {
+    start_with(binary, 2, "")
+}
+
+fn start_with(binary: Option<PathBuf>, workers: usize, master_extra: &str) -> (Corral, u16) {
     let port = free_port();
     let c = Corral::start_with(
-        &template(port),
+        &template(workers, port, master_extra),
         Launch {
             binary,
             ..Launch::default()
@@ -66,15 +72,15 @@ fn start(binary: Option<PathBuf>) -> (Corral, u16) {
     (c, port)
 }
 
-/// 5000 idle connections, all on `old` workers (checked by socket owner).
-fn open_on(c: &Corral, port: u16, old: &[ProcId]) -> Vec<std::net::TcpStream> {
+/// `n` idle connections, all on `old` workers (checked by socket owner).
+fn open_on(c: &Corral, port: u16, old: &[ProcId], n: usize) -> Vec<std::net::TcpStream> {
     let t = Instant::now();
-    let conns = open_idle(loopback(port), CONNS, Duration::from_secs(120));
+    let conns = open_idle(loopback(port), n, Duration::from_secs(120));
     let pids: Vec<i32> = old.iter().map(|p| p.pid).collect();
     let own = owners_on(port, &conns, &pids);
     let per = per_owner(&own);
     eprintln!(
-        "opened {CONNS} idle keep-alive connections in {:?}: {per:?}",
+        "opened {n} idle keep-alive connections in {:?}: {per:?}",
         t.elapsed()
     );
     assert!(
@@ -100,7 +106,7 @@ fn reload_hands_5000_idle_connections_to_the_new_generation() {
     let (c, port) = start(None);
     let old = c.workers();
     assert_eq!(old.len(), 2, "{}", c.log_tail(40));
-    let mut conns = open_on(&c, port, &old);
+    let mut conns = open_on(&c, port, &old, CONNS);
 
     let t0 = Instant::now();
     let out = c.cli(&["-s", "reload"]);
@@ -203,7 +209,7 @@ fn upgrade_answers_all_5000_idle_connections() {
     let (c, port) = start(Some(bin));
     let old = c.workers();
     assert_eq!(old.len(), 2, "{}", c.log_tail(40));
-    let mut conns = open_on(&c, port, &old);
+    let mut conns = open_on(&c, port, &old, CONNS);
 
     let t0 = Instant::now();
     let out = c.cli(&["-s", "upgrade"]);
@@ -263,5 +269,124 @@ fn upgrade_answers_all_5000_idle_connections() {
             .iter()
             .filter(|a| matches!(a, Answer::Full { closes: true, .. }))
             .count()
+    );
+}
+
+/// More than one channel's buffer holds (~3000 fds in 64-fd messages), all on one
+/// worker, so that each queue on the way has to hold some.
+const SLOW_CONNS: usize = 8000;
+
+/// The hand-over with every party slow: the old workers are frozen while the reload
+/// commits, the master while they send, the new workers while the master forwards. A
+/// full channel anywhere must leave connections queued (the old workers keep the ones
+/// the channel refused, the master holds a bounded number), and once everyone runs
+/// again every connection answers from the new generation.
+#[test]
+fn a_slow_master_and_slow_new_workers_lose_no_handed_over_connection() {
+    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    raise_nofile();
+    // Frozen processes send no heartbeats: keep the watchdog out of this.
+    let (c, port) = start_with(None, 1, "watchdog_timeout = \"300s\"\n");
+    let master = c.master_pid();
+    let old = c.workers();
+    let old_pids: Vec<i32> = old.iter().map(|p| p.pid).collect();
+    assert_eq!(old.len(), 1, "{}", c.log_tail(40));
+    let mut conns = open_on(&c, port, &old, SLOW_CONNS);
+    let master_fds_before = fd_count(master);
+
+    // The reload commits while the old workers cannot act on it yet.
+    freeze(&old_pids, true);
+    let out = c.cli(&["-s", "reload"]);
+    assert!(
+        out.status.success(),
+        "`corral -s reload` failed: {}\n{}",
+        out.all(),
+        c.log_tail(40)
+    );
+    let new: Vec<i32> = c
+        .worker_pids()
+        .into_iter()
+        .filter(|p| !old_pids.contains(p))
+        .collect();
+    assert_eq!(new.len(), 1, "{}", c.log_tail(40));
+    freeze(&[master], true);
+    freeze(&new, true);
+    freeze(&old_pids, false);
+
+    // The old workers send what the channel to the (frozen) master takes and keep the
+    // rest: they still hold client sockets, and hold them steadily.
+    // Client connections only (the channel is a socket too).
+    let held = || {
+        let clients: std::collections::HashSet<u64> =
+            server_socket_inodes(port).into_values().collect();
+        old_pids
+            .iter()
+            .map(|&p| socket_inodes(p).intersection(&clients).count())
+            .sum::<usize>()
+    };
+    let (kept, settled) = settle(Duration::from_secs(30), Duration::from_secs(1), held);
+    assert!(settled, "the old workers' sockets never settled");
+    eprintln!("master frozen: old workers still hold {kept} sockets");
+    assert!(
+        kept > 0 && kept < SLOW_CONNS,
+        "with the master frozen the old workers should have sent some and queued the rest, \
+         hold {kept} of {SLOW_CONNS} (a log follows)\n{}",
+        c.log_tail(20)
+    );
+
+    // The master runs again, its adopters do not: what it holds stays bounded.
+    freeze(&[master], false);
+    let mut peak = 0;
+    let (master_fds, settled) = settle(Duration::from_secs(30), Duration::from_secs(1), || {
+        let n = fd_count(master);
+        peak = peak.max(n);
+        n
+    });
+    assert!(settled, "the master's fd count never settled");
+    eprintln!(
+        "new workers frozen: master holds {master_fds} fds (peak {peak}, {master_fds_before} before); \
+         old workers hold {} sockets",
+        held()
+    );
+    assert!(
+        peak <= master_fds_before + 2048 + 64 + 16,
+        "the master held {peak} fds during the hand-over ({master_fds_before} before)"
+    );
+    assert!(
+        old.iter().all(|p| proc_alive(*p)),
+        "an old worker exited with connections still to hand over\n{}",
+        c.log_tail(40)
+    );
+
+    freeze(&new, false);
+    let t0 = Instant::now();
+    let gone = wait_until(EXIT_WITHIN, || old.iter().all(|p| !proc_alive(*p)));
+    assert!(
+        gone,
+        "old workers {old:?} still running {:?} after the new workers resumed\n{}",
+        t0.elapsed(),
+        c.log_tail(60)
+    );
+    let answers = request_all(&mut conns, IO_TIMEOUT);
+    let summary = tally(&answers);
+    eprintln!("after the slow hand-over: {summary}");
+    assert_eq!(
+        answers.iter().filter(|a| a.is_ok()).count(),
+        SLOW_CONNS,
+        "{summary}\n{}",
+        c.log_tail(60)
+    );
+    let own = owners_on(port, &conns, &new);
+    assert!(
+        own.iter().all(Option::is_some),
+        "connections not all on the new workers {new:?}: {:?}",
+        per_owner(&own)
+    );
+    let log = c.log();
+    assert_eq!(
+        sum_field(&log, "drained, exiting", "handed"),
+        SLOW_CONNS as u64,
+        "old workers' handed counts\n{}",
+        c.log_tail(40)
     );
 }

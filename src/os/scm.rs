@@ -77,3 +77,17 @@ pub fn recv(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<Received>
         truncated: msg.flags.contains(MsgFlags::MSG_CTRUNC),
     }))
 }
+
+/// Bytes sent on `sock` that the peer has not read yet (SIOCOUTQ). A sender whose
+/// messages carry fds waits for 0 before it exits: what the peer never reads is lost
+/// with the socket.
+pub fn unread(sock: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (= TIOCOUTQ) writes one c_int through the pointer, which is
+    // valid and exclusively ours for the duration of the call.
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(n).unwrap_or(0))
+}

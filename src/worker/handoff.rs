@@ -10,6 +10,7 @@
 //! happens to what is queued when the channel to the master fails.
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
@@ -18,7 +19,10 @@ use crate::os::epoll::Interest;
 use crate::os::net;
 
 use super::conn::Token;
-use super::{Phase, Worker, TOKEN_CHANNEL};
+use super::{Phase, Timer, Worker, TOKEN_CHANNEL};
+
+/// How often a drained worker looks whether the master has read its last hand-overs.
+const SETTLE_CHECK: Duration = Duration::from_millis(10);
 
 /// A worker's hand-over in progress.
 #[derive(Debug, Default)]
@@ -33,6 +37,8 @@ pub(super) struct Handoff {
     counts: HandoffCounts,
     /// The counts last told to the master and the log.
     reported: HandoffCounts,
+    /// A `HandoffSettle` timer is pending.
+    pub(super) settle_armed: bool,
 }
 
 impl Handoff {
@@ -147,6 +153,27 @@ impl Worker {
                 (Phase::Draining, IdlePolicy::Close) => self.handoff.counts.closed += 1,
             }
         }
+    }
+
+    /// Hand-overs sent but not yet read by the master: a worker that exited now would
+    /// take their fds with it (the master may be holding off reading while it has many
+    /// fds in flight). While there are some, a timer looks again shortly.
+    pub(super) fn handoff_in_transit(&mut self, now: Instant) -> bool {
+        if self.handoff.counts.handed == 0 {
+            return false;
+        }
+        let Some(ch) = &self.channel else {
+            return false;
+        };
+        if ch.unread() == 0 {
+            return false;
+        }
+        if !self.handoff.settle_armed {
+            self.handoff.settle_armed = true;
+            self.timers
+                .schedule(now + SETTLE_CHECK, Timer::HandoffSettle);
+        }
+        true
     }
 
     /// At the drain deadline: what is still queued closes with the worker.

@@ -79,6 +79,8 @@ enum Timer {
     AcceptResume,
     Heartbeat,
     DrainDeadline,
+    /// Look again whether the master has read every hand-over sent to it.
+    HandoffSettle,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -241,7 +243,11 @@ impl Worker {
             if let Some(code) = self.exit {
                 return code;
             }
-            if self.phase == Phase::Draining && self.conns.is_empty() && self.handoff.is_idle() {
+            if self.phase == Phase::Draining
+                && self.conns.is_empty()
+                && self.handoff.is_idle()
+                && !self.handoff_in_transit(Instant::now())
+            {
                 let c = self.handoff.counts();
                 info!(
                     handed = c.handed,
@@ -306,6 +312,8 @@ impl Worker {
                         Timer::Heartbeat,
                     );
                 }
+                // The loop checks again after this wake-up.
+                Timer::HandoffSettle => self.handoff.settle_armed = false,
                 Timer::DrainDeadline => {
                     if !self.conns.is_empty() {
                         warn!(
@@ -897,7 +905,10 @@ impl Worker {
             Timer::Idle(k) | Timer::Throttle(k) | Timer::Handler(k) | Timer::Connect(k, _) => {
                 conns.get(*k).is_some()
             }
-            Timer::AcceptResume | Timer::Heartbeat | Timer::DrainDeadline => true,
+            Timer::AcceptResume
+            | Timer::Heartbeat
+            | Timer::DrainDeadline
+            | Timer::HandoffSettle => true,
         });
     }
 

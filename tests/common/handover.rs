@@ -220,3 +220,44 @@ pub fn sum_field(log: &str, marker: &str, key: &str) -> u64 {
         })
         .sum()
 }
+
+/// Open fds of `pid` (0 if it is gone).
+pub fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|rd| rd.count())
+        .unwrap_or(0)
+}
+
+/// Sends SIGSTOP or SIGCONT to processes this test started.
+pub fn freeze(pids: &[i32], on: bool) {
+    use nix::sys::signal::{kill, Signal};
+    let sig = if on { Signal::SIGSTOP } else { Signal::SIGCONT };
+    for &p in pids {
+        kill(nix::unistd::Pid::from_raw(p), sig).unwrap_or_else(|e| panic!("{sig} to {p}: {e}"));
+    }
+}
+
+/// Waits until `f` gives the same value for `quiet` in a row (by `timeout`); returns
+/// the last value and whether it settled.
+pub fn settle<T: PartialEq + Copy>(
+    timeout: Duration,
+    quiet: Duration,
+    mut f: impl FnMut() -> T,
+) -> (T, bool) {
+    let deadline = Instant::now() + timeout;
+    let mut last = f();
+    let mut since = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = f();
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= quiet {
+            return (last, true);
+        }
+        if Instant::now() >= deadline {
+            return (last, false);
+        }
+    }
+}
