@@ -25,8 +25,11 @@ use super::Master;
 pub const MAX_IN_FLIGHT: usize = 2048;
 
 /// A worker record's hand-over queues and counts.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct WorkerHandoff {
+    /// The master that made it: a forked worker drops its inherited copy of the
+    /// table, and must not report the master's queues as lost.
+    owner: u32,
     /// Connections for this worker to adopt.
     adopt: ConnQueue,
     /// Connections going back to this (draining) worker, and why.
@@ -38,6 +41,21 @@ pub struct WorkerHandoff {
     closed: u64,
     /// Why the last ones could not be forwarded.
     last_problem: Option<String>,
+}
+
+impl Default for WorkerHandoff {
+    fn default() -> WorkerHandoff {
+        WorkerHandoff {
+            owner: std::process::id(),
+            adopt: ConnQueue::default(),
+            keep: ConnQueue::default(),
+            keep_reason: String::new(),
+            forwarded: 0,
+            returned: 0,
+            closed: 0,
+            last_problem: None,
+        }
+    }
 }
 
 impl WorkerHandoff {
@@ -55,7 +73,7 @@ impl WorkerHandoff {
 impl Drop for WorkerHandoff {
     fn drop(&mut self) {
         let n = self.queued();
-        if n > 0 {
+        if n > 0 && self.owner == std::process::id() {
             warn!(
                 connections = n,
                 "a worker is gone with handed-over connections not yet delivered to it; they are closed"
