@@ -390,3 +390,87 @@ fn a_slow_master_and_slow_new_workers_lose_no_handed_over_connection() {
         c.log_tail(40)
     );
 }
+
+/// Three reloads back to back with 5000 idle connections: each generation hands on
+/// what it adopted (and a connection that reaches a generation already told to drain
+/// is passed on too). Every one ends up on the newest generation, with keep-alive.
+#[test]
+fn back_to_back_reloads_pass_5000_idle_connections_on_to_the_newest_generation() {
+    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    raise_nofile();
+    let (c, port) = start(None);
+    let first = c.workers();
+    assert_eq!(first.len(), 2, "{}", c.log_tail(40));
+    let mut conns = open_on(&c, port, &first, CONNS);
+
+    let t0 = Instant::now();
+    let mut seen: Vec<ProcId> = first.clone();
+    for i in 0..3 {
+        let out = c.cli(&["-s", "reload"]);
+        assert!(
+            out.status.success(),
+            "reload {i} failed: {}\n{}",
+            out.all(),
+            c.log_tail(40)
+        );
+        for w in c.workers() {
+            if !seen.contains(&w) {
+                seen.push(w);
+            }
+        }
+    }
+    let (_, generation, workers) = status(&c);
+    let newest: Vec<i32> = workers
+        .iter()
+        .filter(|w| w.generation == generation)
+        .map(|w| w.pid)
+        .collect();
+    assert_eq!(newest.len(), 2, "{workers:?}");
+    let older: Vec<ProcId> = seen
+        .into_iter()
+        .filter(|p| !newest.contains(&p.pid))
+        .collect();
+    let gone = wait_until(EXIT_WITHIN, || older.iter().all(|p| !proc_alive(*p)));
+    assert!(
+        gone,
+        "older workers {older:?} still running {:?} after the reloads\n{}",
+        t0.elapsed(),
+        c.log_tail(60)
+    );
+    let exit_took = t0.elapsed();
+
+    let answers = request_all(&mut conns, IO_TIMEOUT);
+    let summary = tally(&answers);
+    eprintln!("after 3 reloads: {summary}; older generations gone in {exit_took:?}");
+    assert!(
+        answers.iter().all(|a| matches!(
+            a,
+            Answer::Full {
+                status: 200,
+                closes: false,
+                ..
+            }
+        )),
+        "{summary}\n{}",
+        c.log_tail(60)
+    );
+    let own = owners_on(port, &conns, &newest);
+    assert!(
+        own.iter().all(Option::is_some),
+        "connections not all on the newest workers {newest:?}: {:?}",
+        per_owner(&own)
+    );
+    let log = c.log();
+    for l in log
+        .lines()
+        .filter(|l| l.contains("hand-over") || l.contains("keeping"))
+    {
+        eprintln!("  {l}");
+    }
+    assert_eq!(
+        sum_field(&log, "drained, exiting", "closed"),
+        0,
+        "an old worker closed connections instead of handing them over\n{}",
+        c.log_tail(40)
+    );
+}

@@ -269,3 +269,167 @@ impl Worker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsFd;
+    use std::time::{Duration, Instant};
+
+    use crate::channel::{Channel, HandoffCounts, IdlePolicy, ToMaster, ToWorker};
+    use crate::config::Config;
+    use crate::os::signals::SignalReader;
+    use crate::worker::{self, WorkerInit};
+
+    const CONNS: usize = 300;
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n";
+
+    /// One response from `s`: (head, body).
+    fn response(s: &mut TcpStream) -> (String, String) {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap();
+                if buf.len() >= end + 4 + len {
+                    let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).to_string();
+                    return (head, body);
+                }
+            }
+            let n = s.read(&mut chunk).expect("read a response");
+            assert!(
+                n > 0,
+                "EOF before a full response: {:?}",
+                String::from_utf8_lossy(&buf)
+            );
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// A worker loop (in a thread, from its fds) with this test as its master: the
+    /// master refuses every hand-over (`Keep`), and the worker serves those
+    /// connections itself under the drain rules, then exits once they are gone.
+    #[test]
+    fn connections_the_master_returns_are_kept_and_served() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("corral.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[master]\nworkers = 1\ndrain_timeout = \"60s\"\n\n[worker]\nidle_timeout = \"60s\"\n\
+                 blocking_threads = 1\n\n[[listen]]\naddress = \"{addr}\"\nservice = \"http\"\n"
+            ),
+        )
+        .unwrap();
+        let config = Config::load(&path).unwrap();
+        let (master, worker_end) = Channel::pair().unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let signals = SignalReader::new(&[nix::sys::signal::Signal::SIGUSR1]).unwrap();
+            let init = WorkerInit {
+                slot: 0,
+                generation: 1,
+                config,
+                listeners: vec![listener.into()],
+                channel: worker_end,
+                signals,
+            };
+            let _ = done_tx.send(worker::run(init));
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let next = |want: &dyn Fn(&ToMaster) -> bool| loop {
+            assert!(Instant::now() < deadline, "the worker went silent");
+            match master.recv_fds::<ToMaster>().unwrap() {
+                Some((m, fds)) if want(&m) => return (m, fds),
+                Some(_) => {}
+                None => std::thread::sleep(Duration::from_millis(2)),
+            }
+        };
+        next(&|m| *m == ToMaster::Ready);
+
+        let mut clients: Vec<TcpStream> = (0..CONNS)
+            .map(|_| {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.write_all(GET).unwrap();
+                let (head, _) = response(&mut s);
+                assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+                s
+            })
+            .collect();
+
+        master
+            .send(&ToWorker::Drain {
+                idle: IdlePolicy::Handoff,
+            })
+            .unwrap();
+        let mut got = 0;
+        let mut messages = 0;
+        while got < CONNS {
+            let (m, fds) = next(&|m| matches!(m, ToMaster::Handoff { .. }));
+            let ToMaster::Handoff { conns } = m else {
+                unreachable!()
+            };
+            assert_eq!(conns.len(), fds.len());
+            assert!(conns.len() <= crate::channel::BATCH_CONNS);
+            assert!(
+                conns.iter().all(|h| h.listen == addr.to_string()),
+                "{conns:?}"
+            );
+            got += fds.len();
+            messages += 1;
+            let back = ToWorker::Keep {
+                conns,
+                reason: "test: nobody to adopt".into(),
+            };
+            let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+            master.send_fds(&back, &borrowed).unwrap();
+        }
+        assert_eq!(got, CONNS);
+        assert!(messages >= CONNS.div_ceil(crate::channel::BATCH_CONNS));
+        assert!(
+            messages < CONNS / 4,
+            "{messages} messages for {CONNS}: not batched"
+        );
+        let (m, _) = next(&|m| matches!(m, ToMaster::HandoffDone(c) if c.kept as usize == CONNS));
+        assert_eq!(
+            m,
+            ToMaster::HandoffDone(HandoffCounts {
+                handed: 0,
+                kept: CONNS as u64,
+                closed: 0
+            })
+        );
+
+        // Kept: served here, with Connection: close (the drain rules), never dropped.
+        for s in &mut clients {
+            s.write_all(GET).unwrap();
+        }
+        for s in &mut clients {
+            let (head, body) = response(s);
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            assert!(
+                head.to_ascii_lowercase().contains("connection: close"),
+                "{head}"
+            );
+            assert_eq!(body, crate::service::http::DEFAULT_BODY);
+        }
+        drop(clients);
+        let code = done_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the worker did not exit once its kept connections were gone");
+        assert_eq!(code, 0);
+    }
+}
