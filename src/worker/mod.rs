@@ -405,6 +405,10 @@ impl Worker {
                         let _ = self.epoll.delete(ch.as_fd());
                     }
                     self.start_drain("master is gone", IdlePolicy::Close);
+                    // What waits for the hand-over has nowhere to go now: keep it.
+                    if !self.handoff.is_idle() {
+                        self.flush_handoff();
+                    }
                     return;
                 }
             }
