@@ -788,8 +788,13 @@ impl Conn {
         }
     }
 
-    /// Gives the connection's buffer back to the pool as it goes, and its socket to
-    /// the caller: dropping it closes the connection, a hand-over sends it on.
+    /// Gives the connection's buffer back to the pool as it closes.
+    pub fn recycle(mut self, pool: &mut Vec<Vec<u8>>) {
+        self.release_out(pool);
+    }
+
+    /// `recycle`, handing the socket to the caller instead of closing it (a
+    /// hand-over sends it on).
     pub fn into_fd(mut self, pool: &mut Vec<Vec<u8>>) -> OwnedFd {
         self.release_out(pool);
         self.fd

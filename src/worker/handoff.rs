@@ -77,7 +77,8 @@ impl Worker {
         // The fd stays open (queued, then in flight): without an explicit delete this
         // epoll set would keep reporting its events under a token that is reused.
         let _ = self.epoll.delete(c.fd.as_fd());
-        if let Some(fd) = self.detach(token) {
+        if let Some(c) = self.detach(token) {
+            let fd = c.into_fd(&mut self.bufs);
             self.handoff.queue.push(Handed { listen }, fd);
             self.handoff.dirty = true;
         }

@@ -917,13 +917,15 @@ impl Worker {
     }
 
     fn close(&mut self, token: Token) {
-        drop(self.detach(token));
+        if let Some(c) = self.detach(token) {
+            c.recycle(&mut self.bufs);
+        }
     }
 
-    /// Forgets a connection (its upstream, per-IP count and buffers) and returns its
-    /// socket: dropping it closes the connection, queueing it hands it over.
-    fn detach(&mut self, token: Token) -> Option<OwnedFd> {
-        let mut fd = None;
+    /// Takes a connection out of the worker (its upstream, per-IP count, timers) and
+    /// returns it: to be closed, or its socket handed over.
+    fn detach(&mut self, token: Token) -> Option<Conn> {
+        let mut conn = None;
         if let Some(c) = self.conns.remove(token) {
             if let Some(up) = c.upstream.as_ref().filter(|u| u.connected) {
                 let index = up.index;
@@ -940,7 +942,7 @@ impl Worker {
                     }
                 }
             }
-            fd = Some(c.into_fd(&mut self.bufs));
+            conn = Some(c);
             self.compact_timers();
         }
         if self.conns.len() * 10 <= self.config.worker.max_connections * 9 {
@@ -948,6 +950,6 @@ impl Worker {
                 warn!("cannot resume accepting: {e}");
             }
         }
-        fd
+        conn
     }
 }
