@@ -250,6 +250,39 @@ fn upgrade_answers_all_5000_idle_connections() {
         c.log_tail(60)
     );
 
+    // A request that reached an old worker just before its drain began was answered
+    // with keep-alive; such a client's next request gets the `Connection: close`.
+    let mut open: Vec<usize> = answers
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| matches!(a, Answer::Full { closes: false, .. }))
+        .map(|(i, _)| i)
+        .collect();
+    let kept_alive = open.len();
+    for _round in 0..3 {
+        if open.is_empty() {
+            break;
+        }
+        let again = request_some(&mut conns, &open, IO_TIMEOUT);
+        let summary = tally(&again);
+        assert!(
+            again.iter().all(Answer::is_ok),
+            "a follow-up request failed: {summary}\n{}",
+            c.log_tail(60)
+        );
+        open = open
+            .into_iter()
+            .zip(&again)
+            .filter(|(_, a)| matches!(a, Answer::Full { closes: false, .. }))
+            .map(|(i, _)| i)
+            .collect();
+    }
+    assert!(
+        open.is_empty(),
+        "{} connections never got Connection: close from the old generation",
+        open.len()
+    );
+
     // Its clients answered, the old generation leaves (not at drain_timeout).
     let gone = wait_until(EXIT_WITHIN, || {
         old.iter().all(|p| !proc_alive(*p)) && c.master_exited()
@@ -262,8 +295,9 @@ fn upgrade_answers_all_5000_idle_connections() {
     );
     eprintln!(
         "FIGURES upgrade: {CONNS} connections, `-s upgrade` returned in {upgrade_took:?}, \
-         {} answered ({} with Connection: close) in {answer_took:?}, old generation gone \
-         {exit_took:?} after the upgrade was asked",
+         {} answered ({} with Connection: close, {kept_alive} kept alive until the next \
+         request) in {answer_took:?}, old generation gone {exit_took:?} after the upgrade \
+         was asked",
         answers.iter().filter(|a| a.is_ok()).count(),
         answers
             .iter()

@@ -151,6 +151,23 @@ pub fn request_all(conns: &mut [TcpStream], timeout: Duration) -> Vec<Answer> {
         .collect()
 }
 
+/// `request_all` on the connections at `which` only; answers in that order.
+pub fn request_some(conns: &mut [TcpStream], which: &[usize], timeout: Duration) -> Vec<Answer> {
+    let deadline = Instant::now() + timeout;
+    let sent: Vec<Option<String>> = which
+        .iter()
+        .map(|&i| conns[i].write_all(GET).err().map(|e| format!("write: {e}")))
+        .collect();
+    which
+        .iter()
+        .zip(sent)
+        .map(|(&i, err)| match err {
+            Some(e) => Answer::Other(e),
+            None => read_response(&mut conns[i], deadline),
+        })
+        .collect()
+}
+
 /// Counts of answers by kind, for failure messages and figures.
 pub fn tally(answers: &[Answer]) -> String {
     let mut ok = 0;
