@@ -508,3 +508,95 @@ fn back_to_back_reloads_pass_5000_idle_connections_on_to_the_newest_generation()
         c.log_tail(40)
     );
 }
+
+/// A reload while the new generation is still taking connections from the old one, its
+/// channel full of them (the new worker is frozen): its drain has to wait behind the
+/// hand-overs, not become a SIGQUIT that would close every idle connection. Everything
+/// ends up on the third generation.
+#[test]
+fn a_reload_while_the_last_one_is_still_handing_over_loses_nothing() {
+    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    raise_nofile();
+    let (c, port) = start_with(None, 1, "watchdog_timeout = \"300s\"\n");
+    let master = c.master_pid();
+    let first = c.workers();
+    assert_eq!(first.len(), 1, "{}", c.log_tail(40));
+    let mut conns = open_on(&c, port, &first, SLOW_CONNS);
+    let first_pids: Vec<i32> = first.iter().map(|p| p.pid).collect();
+
+    freeze(&first_pids, true);
+    let out = c.cli(&["-s", "reload"]);
+    assert!(
+        out.status.success(),
+        "reload 1: {}\n{}",
+        out.all(),
+        c.log_tail(40)
+    );
+    let second: Vec<ProcId> = c
+        .workers()
+        .into_iter()
+        .filter(|p| !first.contains(p))
+        .collect();
+    assert_eq!(second.len(), 1, "{}", c.log_tail(40));
+    let second_pids: Vec<i32> = second.iter().map(|p| p.pid).collect();
+    freeze(&second_pids, true);
+    freeze(&first_pids, false);
+    // The master fills the frozen worker's channel and holds the rest.
+    let (held, settled) = settle(Duration::from_secs(30), Duration::from_secs(1), || {
+        fd_count(master)
+    });
+    assert!(settled, "the master's fd count never settled");
+    eprintln!("second generation frozen: the master holds {held} fds");
+
+    let out = c.cli(&["-s", "reload"]);
+    assert!(
+        out.status.success(),
+        "reload 2: {}\n{}",
+        out.all(),
+        c.log_tail(40)
+    );
+    let third: Vec<i32> = c
+        .worker_pids()
+        .into_iter()
+        .filter(|p| !first_pids.contains(p) && !second_pids.contains(p))
+        .collect();
+    assert_eq!(third.len(), 1, "{}", c.log_tail(40));
+    freeze(&second_pids, false);
+
+    let older: Vec<ProcId> = first.iter().chain(&second).copied().collect();
+    let t0 = Instant::now();
+    let gone = wait_until(EXIT_WITHIN, || older.iter().all(|p| !proc_alive(*p)));
+    assert!(
+        gone,
+        "older workers {older:?} still running {:?} after the second generation resumed\n{}",
+        t0.elapsed(),
+        c.log_tail(60)
+    );
+    let answers = request_all(&mut conns, IO_TIMEOUT);
+    let summary = tally(&answers);
+    eprintln!("after two overlapping reloads: {summary}");
+    assert!(
+        answers.iter().all(|a| matches!(
+            a,
+            Answer::Full {
+                status: 200,
+                closes: false,
+                ..
+            }
+        )),
+        "{summary}\n{}",
+        c.log_tail(60)
+    );
+    let own = owners_on(port, &conns, &third);
+    assert!(
+        own.iter().all(Option::is_some),
+        "connections not all on the third generation {third:?}: {:?}",
+        per_owner(&own)
+    );
+    assert_eq!(
+        sum_field(&c.log(), "drained, exiting", "closed"),
+        0,
+        "an old worker closed connections\n{}",
+        c.log_tail(40)
+    );
+}

@@ -11,6 +11,8 @@
 //! master returns it to the worker that handed it over (`ToWorker::Keep`), where it
 //! stays under the drain rules; only a connection whose both ends are gone is closed.
 
+use std::collections::VecDeque;
+use std::io;
 use std::os::fd::OwnedFd;
 
 use tracing::{debug, info, warn};
@@ -30,6 +32,9 @@ pub struct WorkerHandoff {
     /// The master that made it: a forked worker drops its inherited copy of the
     /// table, and must not report the master's queues as lost.
     owner: u32,
+    /// Control messages (a drain) that found the channel full of hand-overs; they go
+    /// first when it drains.
+    control: VecDeque<ToWorker>,
     /// Connections for this worker to adopt.
     adopt: ConnQueue,
     /// Connections going back to this (draining) worker, and why.
@@ -47,6 +52,7 @@ impl Default for WorkerHandoff {
     fn default() -> WorkerHandoff {
         WorkerHandoff {
             owner: std::process::id(),
+            control: VecDeque::new(),
             adopt: ConnQueue::default(),
             keep: ConnQueue::default(),
             keep_reason: String::new(),
@@ -66,7 +72,21 @@ impl WorkerHandoff {
 
     /// POLLOUT is needed on this worker's channel.
     pub fn wants_write(&self) -> bool {
-        self.queued() > 0
+        self.queued() > 0 || !self.control.is_empty()
+    }
+
+    /// Sends `msg` now, or, when the channel is full while the master is passing
+    /// connections to this worker, right after what is ahead of it drains (a full
+    /// channel must not turn a drain into the harsher SIGQUIT). `Err` otherwise.
+    pub fn send_or_queue(&mut self, ch: &crate::channel::Channel, msg: ToWorker) -> io::Result<()> {
+        if self.control.is_empty() {
+            match ch.send(&msg) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.queued() > 0 => {}
+                other => return other,
+            }
+        }
+        self.control.push_back(msg);
+        Ok(())
     }
 }
 
@@ -163,8 +183,21 @@ impl Master {
     /// that fails (the worker is exiting) gets its connections re-routed.
     pub(super) fn flush_handoff(&mut self, i: usize) {
         let w = &mut self.workers[i];
-        if w.handoff.queued() == 0 {
+        if !w.handoff.wants_write() {
             return;
+        }
+        while let Some(msg) = w.handoff.control.front() {
+            match w.channel.send(msg) {
+                Ok(()) => {
+                    w.handoff.control.pop_front();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    debug!(pid = w.pid.as_raw(), "cannot send {msg:?}: {e}");
+                    w.handoff.control.clear();
+                    return self.handoff_channel_closed(i);
+                }
+            }
         }
         let done = w
             .handoff

@@ -1585,7 +1585,10 @@ impl Master {
 /// and is killed shortly after if it has not.
 fn drain(w: &mut Worker, deadline: Instant, idle: IdlePolicy) {
     let deadline = deadline + DRAIN_BACKSTOP;
-    if let Err(e) = w.channel.send(&ToWorker::Drain { idle }) {
+    if let Err(e) = w
+        .handoff
+        .send_or_queue(&w.channel, ToWorker::Drain { idle })
+    {
         // A worker that cannot hear us is told by signal instead.
         debug!(
             pid = w.pid.as_raw(),
