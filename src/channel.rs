@@ -5,18 +5,25 @@
 //! is unambiguous: a worker that reads EOF knows its master is gone (even by SIGKILL)
 //! and winds itself down instead of serving forever as an orphan.
 
+use std::collections::VecDeque;
 use std::io;
-use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use serde::{Deserialize, Serialize};
 
-use crate::os::fd;
+use crate::os::{fd, scm};
 
 /// Largest message either side sends; the receive buffer is this big.
-const MAX_MESSAGE: usize = 8 * 1024;
+const MAX_MESSAGE: usize = 32 * 1024;
+
+/// Most connections one hand-over message carries. SCM_RIGHTS allows 253 fds; 64
+/// keeps a message small (the socket buffer holds many) while 5000 connections still
+/// travel in ~80 messages instead of 5000.
+pub const BATCH_CONNS: usize = 64;
+/// Most bytes of per-connection descriptions in one hand-over message, so a batch
+/// stays well inside `MAX_MESSAGE` however long the listener names (and, later, any
+/// per-connection state) are.
+pub const BATCH_BYTES: usize = 16 * 1024;
 
 /// A worker's counters, sent with every heartbeat.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,15 +43,49 @@ pub struct Stats {
     pub refused: u64,
 }
 
+/// One connection travelling between workers; its fd travels in the same message,
+/// at the same position.
+///
+/// It is a struct (not a bare listener name) so that per-connection state can be
+/// added later as new `#[serde(default)]` fields without changing the messages
+/// around it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handed {
+    /// The listener that accepted it, by address: listener indices differ between the
+    /// configs of two generations, addresses do not.
+    pub listen: String,
+}
+
+impl Handed {
+    /// What this entry costs in a message, for `BATCH_BYTES` (JSON overhead included).
+    fn weight(&self) -> usize {
+        self.listen.len() + 16
+    }
+}
+
+/// Counts of a worker's hand-over.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoffCounts {
+    /// Sent to the master for the new generation.
+    pub handed: u64,
+    /// Kept here under the drain rules (the master had nowhere to put them, or the
+    /// channel failed).
+    pub kept: u64,
+    /// Closed without a hand-over (the drain deadline came first).
+    pub closed: u64,
+}
+
 /// Worker → master.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ToMaster {
     /// Initialised and accepting.
     Ready,
-    /// A draining worker hands over an idle connection (the fd travels with the
-    /// message) for a worker of the current generation to adopt: the client never
-    /// sees its keep-alive connection closed.
-    Handoff { listen: String },
+    /// A draining worker hands over idle connections (their fds travel with the
+    /// message, in order) for workers of the current generation to adopt: the client
+    /// never sees its keep-alive connection closed.
+    Handoff { conns: Vec<Handed> },
+    /// A draining worker's queue of hand-overs ran empty; its counts so far.
+    HandoffDone(HandoffCounts),
     /// Still alive; sent from the timer step of the loop, so a hung loop goes silent.
     Heartbeat(Stats),
 }
@@ -55,9 +96,12 @@ pub enum ToWorker {
     /// Stop accepting; deal with idle connections as `idle` says; let active ones
     /// finish; exit when the last one is gone.
     Drain { idle: IdlePolicy },
-    /// Adopt a connection handed over by a draining worker (the fd travels with the
-    /// message), as if accepted on the listener bound to `listen`.
-    Adopt { listen: String },
+    /// Adopt connections handed over by a draining worker (their fds travel with the
+    /// message, in order), as if accepted on the listeners they name.
+    Adopt { conns: Vec<Handed> },
+    /// Take back connections this worker handed over: the master had no worker of the
+    /// current generation to give them to. They stay under this worker's drain rules.
+    Keep { conns: Vec<Handed>, reason: String },
     /// Close everything and exit now.
     Stop,
     /// Reopen the log file (after logrotate renamed it).
@@ -108,78 +152,146 @@ impl Channel {
         fd::send(self.fd.as_fd(), &bytes).map(drop)
     }
 
-    /// Sends one message with a file descriptor attached (SCM_RIGHTS): the receiver
-    /// gets its own copy of the open file; ours can be closed right after.
-    pub fn send_fd<T: Serialize>(&self, msg: &T, fd: BorrowedFd<'_>) -> io::Result<()> {
+    /// Sends one message with file descriptors attached (SCM_RIGHTS), without
+    /// blocking: the receiver gets its own copies of the open files; ours can be
+    /// closed right after. `WouldBlock` means nothing was sent.
+    pub fn send_fds<T: Serialize>(&self, msg: &T, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
         let bytes = serde_json::to_vec(msg).map_err(io::Error::other)?;
-        let fds = [fd.as_raw_fd()];
-        let cmsg = [ControlMessage::ScmRights(&fds)];
-        sendmsg::<()>(
-            self.fd.as_raw_fd(),
-            &[IoSlice::new(&bytes)],
-            &cmsg,
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        )
-        .map(drop)
-        .map_err(io::Error::from)
+        if bytes.len() > MAX_MESSAGE {
+            return Err(io::Error::other(format!(
+                "channel message of {} bytes exceeds {MAX_MESSAGE}",
+                bytes.len()
+            )));
+        }
+        scm::send(self.fd.as_fd(), &bytes, fds)
     }
 
-    /// Receives one message if one is waiting: `Ok(None)` when none is. A file
-    /// descriptor sent along with it is discarded (closed); see `recv_fd`.
+    /// Bytes we sent that the other side has not read yet (0 if that cannot be told).
+    pub fn unread(&self) -> usize {
+        scm::unread(self.fd.as_fd()).unwrap_or(0)
+    }
+
+    /// Receives one message if one is waiting: `Ok(None)` when none is. File
+    /// descriptors sent along with it are discarded (closed); see `recv_fds`.
     pub fn recv<T: for<'de> Deserialize<'de>>(&self) -> Result<Option<T>, ChannelError> {
-        Ok(self.recv_fd()?.map(|(m, _)| m))
+        Ok(self.recv_fds()?.map(|(m, _)| m))
     }
 
-    /// Receives one message and the file descriptor sent with it, if any. The fd is
-    /// CLOEXEC (MSG_CMSG_CLOEXEC), like every fd we own.
-    pub fn recv_fd<T: for<'de> Deserialize<'de>>(
+    /// Receives one message and the file descriptors sent with it, in order. The fds
+    /// are CLOEXEC (MSG_CMSG_CLOEXEC), like every fd we own.
+    pub fn recv_fds<T: for<'de> Deserialize<'de>>(
         &self,
-    ) -> Result<Option<(T, Option<OwnedFd>)>, ChannelError> {
-        let mut buf = [0u8; MAX_MESSAGE];
-        let mut cmsg_buf = nix::cmsg_space!([RawFd; 1]);
-        let (n, fd) = {
-            let mut iov = [IoSliceMut::new(&mut buf)];
-            let msg = match recvmsg::<()>(
-                self.fd.as_raw_fd(),
-                &mut iov,
-                Some(&mut cmsg_buf),
-                MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
-            ) {
-                Ok(m) => m,
-                Err(nix::errno::Errno::EAGAIN) => return Ok(None),
-                Err(nix::errno::Errno::EINTR) => return Ok(None),
-                // The peer exited with our messages unread: as good as EOF.
-                Err(nix::errno::Errno::ECONNRESET) => return Err(ChannelError::Closed),
-                Err(e) => return Err(io::Error::from(e).into()),
-            };
-            let mut fd = None;
-            if let Ok(cmsgs) = msg.cmsgs() {
-                for c in cmsgs {
-                    if let ControlMessageOwned::ScmRights(fds) = c {
-                        for raw in fds {
-                            // SAFETY: the kernel just installed this fd in our table
-                            // for us; nothing else owns it.
-                            let owned = unsafe { OwnedFd::from_raw_fd(raw) };
-                            if fd.is_none() {
-                                fd = Some(owned);
-                            }
-                        }
-                    }
-                }
+    ) -> Result<Option<(T, Vec<OwnedFd>)>, ChannelError> {
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        let got = match scm::recv(self.fd.as_fd(), &mut buf) {
+            Ok(Some(got)) => got,
+            Ok(None) => return Ok(None),
+            // The peer exited with our messages unread: as good as EOF.
+            Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => {
+                return Err(ChannelError::Closed)
             }
-            (msg.bytes, fd)
+            Err(e) => return Err(e.into()),
         };
-        if n == 0 {
+        if got.len == 0 {
             return Err(ChannelError::Closed);
         }
-        Ok(Some((serde_json::from_slice(&buf[..n])?, fd)))
+        if got.truncated {
+            tracing::warn!(
+                received = got.fds.len(),
+                "channel message lost some of its file descriptors in transit"
+            );
+        }
+        Ok(Some((serde_json::from_slice(&buf[..got.len])?, got.fds)))
     }
 }
 
 impl AsFd for Channel {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+}
+
+/// Connections waiting to be sent over a channel, in batches, with backpressure: a
+/// full channel leaves them queued (the owner waits for writability and flushes
+/// again); nothing is dropped here.
+#[derive(Debug, Default)]
+pub struct ConnQueue {
+    items: VecDeque<(Handed, OwnedFd)>,
+}
+
+/// What one `ConnQueue::flush` did.
+#[derive(Debug, Default)]
+pub struct Flushed {
+    /// Connections sent.
+    pub conns: usize,
+    /// Messages they took.
+    pub messages: usize,
+    /// The channel failed (not merely full); what was not sent is still queued.
+    pub error: Option<io::Error>,
+}
+
+impl ConnQueue {
+    pub fn push(&mut self, handed: Handed, fd: OwnedFd) {
+        self.items.push_back((handed, fd));
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Takes every queued connection out (to keep, re-route or close them).
+    pub fn take_all(&mut self) -> Vec<(Handed, OwnedFd)> {
+        self.items.drain(..).collect()
+    }
+
+    /// How many of the first queued connections form the next batch.
+    fn next_batch(&self) -> usize {
+        let mut bytes = 0;
+        let mut n = 0;
+        for (h, _) in self.items.iter().take(BATCH_CONNS) {
+            bytes += h.weight();
+            if n > 0 && bytes > BATCH_BYTES {
+                break;
+            }
+            n += 1;
+        }
+        n
+    }
+
+    /// Sends batches (each wrapped by `wrap`) until the queue is empty, the channel is
+    /// full (a non-empty queue and no error: flush again when writable) or the channel
+    /// fails (`error`, with the unsent connections still queued).
+    pub fn flush<M: Serialize>(
+        &mut self,
+        ch: &Channel,
+        wrap: impl Fn(Vec<Handed>) -> M,
+    ) -> Flushed {
+        let mut done = Flushed::default();
+        while !self.items.is_empty() {
+            let n = self.next_batch();
+            let conns: Vec<Handed> = self.items.iter().take(n).map(|(h, _)| h.clone()).collect();
+            let fds: Vec<BorrowedFd<'_>> =
+                self.items.iter().take(n).map(|(_, f)| f.as_fd()).collect();
+            match ch.send_fds(&wrap(conns), &fds) {
+                Ok(()) => {
+                    drop(fds);
+                    // Our copies close here; the receiver holds its own.
+                    self.items.drain(..n);
+                    done.conns += n;
+                    done.messages += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    done.error = Some(e);
+                    break;
+                }
+            }
+        }
+        done
     }
 }
 
@@ -217,19 +329,104 @@ mod tests {
         assert!(matches!(w.recv::<ToWorker>(), Err(ChannelError::Closed)));
     }
 
+    fn handed(listen: &str) -> Handed {
+        Handed {
+            listen: listen.into(),
+        }
+    }
+
     #[test]
-    fn fds_travel_with_messages() {
+    fn fds_travel_with_messages_in_order() {
         let (m, w) = Channel::pair().unwrap();
-        let (r, wr) = crate::os::fd::pipe().unwrap();
-        w.send_fd(&ToMaster::Handoff { listen: "x".into() }, wr.as_fd())
-            .unwrap();
-        drop(wr);
-        let (msg, fd) = m.recv_fd::<ToMaster>().unwrap().unwrap();
-        assert_eq!(msg, ToMaster::Handoff { listen: "x".into() });
-        let fd = fd.expect("fd");
-        crate::os::fd::write(fd.as_fd(), b"hi").unwrap();
-        let mut buf = [0u8; 2];
-        assert_eq!(crate::os::fd::read(r.as_fd(), &mut buf).unwrap(), 2);
-        assert_eq!(&buf, b"hi");
+        let (r1, w1) = crate::os::fd::pipe().unwrap();
+        let (r2, w2) = crate::os::fd::pipe().unwrap();
+        let msg = ToMaster::Handoff {
+            conns: vec![handed("a"), handed("b")],
+        };
+        w.send_fds(&msg, &[w1.as_fd(), w2.as_fd()]).unwrap();
+        drop((w1, w2));
+        let (got, fds) = m.recv_fds::<ToMaster>().unwrap().unwrap();
+        assert_eq!(got, msg);
+        assert_eq!(fds.len(), 2);
+        for (fd, (r, text)) in fds.iter().zip([(&r1, b"one"), (&r2, b"two")]) {
+            crate::os::fd::write(fd.as_fd(), text).unwrap();
+            let mut buf = [0u8; 3];
+            assert_eq!(crate::os::fd::read(r.as_fd(), &mut buf).unwrap(), 3);
+            assert_eq!(&buf, text);
+        }
+    }
+
+    /// Thousands of connections through a channel nobody reads at first: the queue
+    /// sends 64 per message until the socket is full, keeps the rest (nothing is
+    /// dropped on EAGAIN), and delivers every one, in order, as the reader catches up.
+    /// (Long names make each message ~14 KB, so the socket buffer fills well before
+    /// 3000 connections have gone.)
+    #[test]
+    fn queue_batches_and_keeps_what_a_full_channel_refuses() {
+        const N: usize = 3000;
+        let name = |i: usize| format!("{}:{i}", "x".repeat(200));
+        let _ = crate::os::process::raise_nofile_limit();
+        let (m, w) = Channel::pair().unwrap();
+        let mut reads = Vec::with_capacity(N);
+        let mut q = ConnQueue::default();
+        for i in 0..N {
+            let (r, wr) = crate::os::fd::pipe().unwrap();
+            reads.push(r);
+            q.push(handed(&name(i)), wr);
+        }
+        let first = q.flush(&w, |conns| ToMaster::Handoff { conns });
+        assert!(first.error.is_none(), "{:?}", first.error);
+        assert!(first.conns > 0, "nothing sent");
+        assert!(
+            first.conns < N && q.len() == N - first.conns,
+            "a full channel must leave the rest queued: sent {}, queued {}",
+            first.conns,
+            q.len()
+        );
+        assert_eq!(first.messages, first.conns.div_ceil(BATCH_CONNS));
+        let mut next = 0;
+        let mut messages = first.messages;
+        while next < N {
+            let Some((msg, fds)) = m.recv_fds::<ToMaster>().unwrap() else {
+                let more = q.flush(&w, |conns| ToMaster::Handoff { conns });
+                assert!(more.error.is_none(), "{:?}", more.error);
+                messages += more.messages;
+                assert!(more.conns > 0, "channel drained but nothing was sent");
+                continue;
+            };
+            let ToMaster::Handoff { conns } = msg else {
+                panic!("unexpected {msg:?}");
+            };
+            assert!(conns.len() <= BATCH_CONNS);
+            assert_eq!(conns.len(), fds.len());
+            for (h, fd) in conns.iter().zip(&fds) {
+                assert_eq!(h.listen, name(next));
+                crate::os::fd::write(fd.as_fd(), b"x").unwrap();
+                let mut b = [0u8; 1];
+                assert_eq!(crate::os::fd::read(reads[next].as_fd(), &mut b).unwrap(), 1);
+                next += 1;
+            }
+        }
+        assert!(q.is_empty());
+        assert_eq!(messages, N.div_ceil(BATCH_CONNS));
+    }
+
+    #[test]
+    fn long_names_make_smaller_batches() {
+        let mut q = ConnQueue::default();
+        let long = "x".repeat(1000);
+        for _ in 0..BATCH_CONNS {
+            let (_r, wr) = crate::os::fd::pipe().unwrap();
+            q.push(handed(&long), wr);
+        }
+        let n = q.next_batch();
+        assert!(n < BATCH_CONNS && n * 1016 <= BATCH_BYTES, "{n}");
+        let (m, w) = Channel::pair().unwrap();
+        let done = q.flush(&w, |conns| ToWorker::Adopt { conns });
+        assert!(done.error.is_none(), "{:?}", done.error);
+        assert_eq!(done.conns, BATCH_CONNS);
+        let (msg, fds) = m.recv_fds::<ToWorker>().unwrap().unwrap();
+        assert!(matches!(msg, ToWorker::Adopt { conns } if conns.len() == n));
+        assert_eq!(fds.len(), n);
     }
 }

@@ -8,6 +8,7 @@
 //! everyone's crash.
 
 pub mod control;
+mod handoff;
 pub mod pidfile;
 mod pressure;
 pub mod sockets;
@@ -397,14 +398,18 @@ impl Master {
                 fds.push(PollFd::new(c.fd(), PollFlags::POLLIN));
             }
             let workers_at = fds.len();
+            let in_flight = self.handoff_in_flight();
             for w in &self.workers {
                 // A closed channel would report POLLHUP forever until the exit is
                 // reaped; SIGCHLD will tell us about that worker instead.
-                let flags = if w.channel_closed {
+                let mut flags = if w.channel_closed || self.handoff_paused(w, in_flight) {
                     PollFlags::empty()
                 } else {
                     PollFlags::POLLIN
                 };
+                if !w.channel_closed && w.handoff.wants_write() {
+                    flags |= PollFlags::POLLOUT;
+                }
                 fds.push(PollFd::new(w.channel.as_fd(), flags));
             }
             let upgrade_at = fds.len();
@@ -595,6 +600,7 @@ impl Master {
                     watchdog_kill: None,
                     recycling: false,
                     channel_closed: false,
+                    handoff: Default::default(),
                 });
                 if let Some(s) = self.slots.get_mut(slot) {
                     s.respawn_at = None;
@@ -686,31 +692,44 @@ impl Master {
         self.workers.iter().position(|w| w.pid == pid)
     }
 
-    /// Reads every message a worker has sent.
+    /// Reads every message a worker has sent (hand-overs only while the master holds
+    /// few enough fds), and sends what is queued for it.
     fn read_worker(&mut self, pid: Pid) {
         let Some(i) = self.worker_index(pid) else {
             return;
         };
+        self.flush_handoff(i);
         loop {
-            match self.workers[i].channel.recv_fd::<ToMaster>() {
-                Ok(Some((ToMaster::Handoff { listen }, fd))) => {
-                    if let Some(fd) = fd {
-                        self.hand_to_current(listen, fd);
+            if self.handoff_paused(&self.workers[i], self.handoff_in_flight()) {
+                break;
+            }
+            match self.workers[i].channel.recv_fds::<ToMaster>() {
+                Ok(Some((ToMaster::Handoff { conns }, fds))) => {
+                    if conns.len() != fds.len() {
+                        warn!(
+                            pid = pid.as_raw(),
+                            described = conns.len(),
+                            fds = fds.len(),
+                            "hand-over message with mismatched fds; closing the unmatched"
+                        );
                     }
+                    self.forward(Some(i), conns.into_iter().zip(fds).collect());
                 }
+                Ok(Some((ToMaster::HandoffDone(counts), _))) => self.handoff_done(i, counts),
                 Ok(Some((msg, _))) => self.worker_message(i, msg),
-                Ok(None) => return,
+                Ok(None) => break,
                 // EOF: the worker is exiting; SIGCHLD tells the rest.
                 Err(ChannelError::Closed) => {
-                    self.workers[i].channel_closed = true;
+                    self.handoff_channel_closed(i);
                     return;
                 }
                 Err(e) => {
                     warn!(pid = pid.as_raw(), "bad message from worker: {e}");
-                    return;
+                    break;
                 }
             }
         }
+        self.flush_handoff(i);
     }
 
     fn worker_message(&mut self, i: usize, msg: ToMaster) {
@@ -733,28 +752,7 @@ impl Master {
                 w.stats = stats;
                 self.check_rss(i);
             }
-            ToMaster::Handoff { .. } => {}
-        }
-    }
-
-    /// Passes a connection handed over by a draining worker to a ready worker of
-    /// the current generation, in turn; with none ready it is closed (dropped).
-    fn hand_to_current(&mut self, listen: String, fd: OwnedFd) {
-        let gen = self.generation;
-        let ready: Vec<usize> = (0..self.workers.len())
-            .filter(|&k| {
-                let w = &self.workers[k];
-                w.generation == gen && w.state == WorkerState::Ready && !w.recycling
-            })
-            .collect();
-        if ready.is_empty() {
-            debug!("no ready worker to adopt a handed-over connection; closing it");
-            return;
-        }
-        self.handoff_rr = self.handoff_rr.wrapping_add(1);
-        let w = &self.workers[ready[self.handoff_rr % ready.len()]];
-        if let Err(e) = w.channel.send_fd(&ToWorker::Adopt { listen }, fd.as_fd()) {
-            debug!(pid = w.pid.as_raw(), "cannot hand over a connection: {e}");
+            ToMaster::Handoff { .. } | ToMaster::HandoffDone(_) => {}
         }
     }
 
@@ -1842,7 +1840,10 @@ fn batch(jobs: Vec<Job>) -> Vec<(Command, Vec<u64>)> {
 /// and is killed shortly after if it has not.
 fn drain(w: &mut Worker, deadline: Instant, idle: IdlePolicy) {
     let deadline = deadline + DRAIN_BACKSTOP;
-    if let Err(e) = w.channel.send(&ToWorker::Drain { idle }) {
+    if let Err(e) = w
+        .handoff
+        .send_or_queue(&w.channel, ToWorker::Drain { idle })
+    {
         // A worker that cannot hear us is told by signal instead.
         debug!(
             pid = w.pid.as_raw(),

@@ -48,6 +48,8 @@ pub struct Worker {
     pub recycling: bool,
     /// The worker closed its end of the channel (it is exiting).
     pub channel_closed: bool,
+    /// Connections the master holds for it (hand-overs in flight) and its counts.
+    pub handoff: super::handoff::WorkerHandoff,
 }
 
 impl Worker {

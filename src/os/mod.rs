@@ -3,8 +3,8 @@
 //!
 //! Everything above this module speaks in `OwnedFd`s, typed errors and small safe
 //! wrappers, so that the master and worker read as policy. Nearly every `unsafe` block
-//! of the crate sits here with its `// SAFETY:` justification; the one elsewhere takes
-//! ownership of fds received over the channel (SCM_RIGHTS).
+//! of the crate sits here with its `// SAFETY:` justification, including the one that
+//! takes ownership of fds received over the channel (SCM_RIGHTS, in `scm`).
 
 pub mod cred;
 pub mod epoll;
@@ -15,6 +15,7 @@ pub mod net;
 pub mod pidfd;
 pub mod process;
 pub mod procfs;
+pub mod scm;
 pub mod signals;
 
 /// The error of a system call, with the call and what it was for.

@@ -792,6 +792,13 @@ impl Conn {
     pub fn recycle(mut self, pool: &mut Vec<Vec<u8>>) {
         self.release_out(pool);
     }
+
+    /// `recycle`, handing the socket to the caller instead of closing it (a
+    /// hand-over sends it on).
+    pub fn into_fd(mut self, pool: &mut Vec<Vec<u8>>) -> OwnedFd {
+        self.release_out(pool);
+        self.fd
+    }
 }
 
 /// Sends `buf[*pos..]` until the socket would block; returns bytes sent.

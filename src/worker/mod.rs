@@ -14,6 +14,7 @@
 
 mod conn;
 pub mod orphan;
+mod handoff;
 mod pool;
 pub mod timer;
 
@@ -79,6 +80,8 @@ enum Timer {
     AcceptResume,
     Heartbeat,
     DrainDeadline,
+    /// Look again whether the master has read every hand-over sent to it.
+    HandoffSettle,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -123,6 +126,8 @@ struct Worker {
     per_ip: HashMap<IpAddr, u32>,
     /// What to do with idle connections while draining.
     idle_policy: IdlePolicy,
+    /// Idle connections on their way to the next generation.
+    handoff: handoff::Handoff,
     pool: Pool,
     pool_ready: bool,
     /// Blocking jobs submitted by handlers, sent to the pool after each callback.
@@ -194,6 +199,7 @@ impl Worker {
             exit: None,
             per_ip: HashMap::new(),
             idle_policy: IdlePolicy::Close,
+            handoff: handoff::Handoff::default(),
             pool,
             pool_ready: false,
             jobs: Vec::new(),
@@ -239,8 +245,18 @@ impl Worker {
             if let Some(code) = self.exit {
                 return code;
             }
-            if self.phase == Phase::Draining && self.conns.is_empty() {
-                info!("drained, exiting");
+            if self.phase == Phase::Draining
+                && self.conns.is_empty()
+                && self.handoff.is_idle()
+                && !self.handoff_in_transit(Instant::now())
+            {
+                let c = self.handoff.counts();
+                info!(
+                    handed = c.handed,
+                    kept = c.kept,
+                    closed = c.closed,
+                    "drained, exiting"
+                );
                 return 0;
             }
         }
@@ -298,6 +314,8 @@ impl Worker {
                         Timer::Heartbeat,
                     );
                 }
+                // The loop checks again after this wake-up.
+                Timer::HandoffSettle => self.handoff.settle_armed = false,
                 Timer::DrainDeadline => {
                     if !self.conns.is_empty() {
                         warn!(
@@ -305,6 +323,7 @@ impl Worker {
                             "drain timeout: closing the remaining connections"
                         );
                     }
+                    self.handoff_deadline();
                     self.exit = Some(0);
                 }
             }
@@ -313,7 +332,10 @@ impl Worker {
 
     fn dispatch(&mut self, ev: Event) {
         match ev.token {
-            TOKEN_CHANNEL => self.channel_ready = true,
+            TOKEN_CHANNEL => {
+                self.channel_ready = true;
+                self.handoff.writable |= ev.writable;
+            }
             TOKEN_SIGNALS => self.signals_ready = true,
             TOKEN_POOL => self.pool_ready = true,
             t if t & TOKEN_LISTENER != 0 && t & TOKEN_CHANNEL == 0 => {
@@ -352,26 +374,30 @@ impl Worker {
         for token in std::mem::take(&mut self.ready) {
             self.drive(token);
         }
+        // Last, so that every connection that went idle in this iteration travels in
+        // the same batches.
+        if self.handoff.wants_flush() {
+            self.flush_handoff();
+        }
     }
 
     fn read_channel(&mut self) {
         loop {
-            let Some(ch) = &self.channel else { return };
-            match ch.recv_fd::<ToWorker>().map(|m| {
-                m.map(|(msg, fd)| {
-                    if let (ToWorker::Adopt { listen }, Some(fd)) = (&msg, fd) {
-                        self.adopt(listen, fd);
+            let got = match &self.channel {
+                Some(ch) => ch.recv_fds::<ToWorker>(),
+                None => return,
+            };
+            match got {
+                Ok(Some((msg, fds))) => match msg {
+                    ToWorker::Drain { idle } => self.start_drain("master asked", idle),
+                    ToWorker::Adopt { conns } => self.adopt(conns, fds),
+                    ToWorker::Keep { conns, reason } => self.keep(conns, fds, &reason),
+                    ToWorker::Stop => {
+                        info!("master asked to stop now");
+                        self.exit = Some(0);
                     }
-                    msg
-                })
-            }) {
-                Ok(Some(ToWorker::Drain { idle })) => self.start_drain("master asked", idle),
-                Ok(Some(ToWorker::Adopt { .. })) => {}
-                Ok(Some(ToWorker::Stop)) => {
-                    info!("master asked to stop now");
-                    self.exit = Some(0);
-                }
-                Ok(Some(ToWorker::ReopenLogs)) => self.reopen_logs(),
+                    ToWorker::ReopenLogs => self.reopen_logs(),
+                },
                 Ok(None) => return,
                 Err(e) => {
                     if !matches!(e, ChannelError::Closed) {
@@ -381,6 +407,10 @@ impl Worker {
                         let _ = self.epoll.delete(ch.as_fd());
                     }
                     self.start_drain("master is gone", IdlePolicy::Close);
+                    // What waits for the hand-over has nowhere to go now: keep it.
+                    if !self.handoff.is_idle() {
+                        self.flush_handoff();
+                    }
                     return;
                 }
             }
@@ -446,53 +476,8 @@ impl Worker {
         match self.idle_policy {
             IdlePolicy::Linger => {}
             IdlePolicy::Close => self.close(token),
-            IdlePolicy::Handoff => {
-                let Some(c) = self.conns.get(token) else {
-                    return;
-                };
-                let listen = self
-                    .config
-                    .listen
-                    .get(usize::from(c.listener))
-                    .map(|l| l.address.to_string())
-                    .unwrap_or_default();
-                if let Some(ch) = &self.channel {
-                    if let Err(e) = ch.send_fd(&ToMaster::Handoff { listen }, c.fd.as_fd()) {
-                        debug!("cannot hand over an idle connection ({e}); closing it");
-                    }
-                }
-                // Our copy goes; the master's (or the adopting worker's) lives on.
-                self.close(token);
-            }
+            IdlePolicy::Handoff => self.hand_over(token),
         }
-    }
-
-    /// A connection handed over by a draining worker of an older generation.
-    fn adopt(&mut self, listen: &str, fd: OwnedFd) {
-        if self.phase != Phase::Running {
-            return; // dropping it closes it
-        }
-        let Some(index) = self
-            .config
-            .listen
-            .iter()
-            .position(|l| l.address.to_string() == listen)
-        else {
-            debug!(
-                listen,
-                "handed-over connection for a listener we do not have; closing it"
-            );
-            return;
-        };
-        if index >= self.listeners.len() {
-            return;
-        }
-        let peer = socket2::SockRef::from(&fd)
-            .peer_addr()
-            .ok()
-            .and_then(|a| a.as_socket())
-            .map(|a| a.ip());
-        self.add_conn(index, net::Accepted { fd, peer });
     }
 
     /// Runs a handler callback outside of a read (timer, completion), then lets the
@@ -926,11 +911,23 @@ impl Worker {
             Timer::Idle(k) | Timer::Throttle(k) | Timer::Handler(k) | Timer::Connect(k, _) => {
                 conns.get(*k).is_some()
             }
-            Timer::AcceptResume | Timer::Heartbeat | Timer::DrainDeadline => true,
+            Timer::AcceptResume
+            | Timer::Heartbeat
+            | Timer::DrainDeadline
+            | Timer::HandoffSettle => true,
         });
     }
 
     fn close(&mut self, token: Token) {
+        if let Some(c) = self.detach(token) {
+            c.recycle(&mut self.bufs);
+        }
+    }
+
+    /// Takes a connection out of the worker (its upstream, per-IP count, timers) and
+    /// returns it: to be closed, or its socket handed over.
+    fn detach(&mut self, token: Token) -> Option<Conn> {
+        let mut conn = None;
         if let Some(c) = self.conns.remove(token) {
             if let Some(up) = c.upstream.as_ref().filter(|u| u.connected) {
                 let index = up.index;
@@ -947,7 +944,7 @@ impl Worker {
                     }
                 }
             }
-            c.recycle(&mut self.bufs);
+            conn = Some(c);
             self.compact_timers();
         }
         if self.conns.len() * 10 <= self.config.worker.max_connections * 9 {
@@ -955,5 +952,6 @@ impl Worker {
                 warn!("cannot resume accepting: {e}");
             }
         }
+        conn
     }
 }

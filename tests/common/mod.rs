@@ -1129,3 +1129,5 @@ pub fn new_master_pids(log: &str) -> Vec<i32> {
 
 #[allow(dead_code)]
 pub mod sysd;
+#[allow(dead_code)]
+pub mod handover;

@@ -1,0 +1,263 @@
+//! The master's side of the hand-over: connections a draining worker gives up are
+//! forwarded, in batches and with backpressure, to ready workers of the current
+//! generation, spread over all of them.
+//!
+//! The master holds a handed-over fd only while it is in flight: it is queued on the
+//! target worker's record and sent as soon as that worker's channel takes it
+//! (POLLOUT while a queue is not empty). The fds in flight are bounded: above
+//! `MAX_IN_FLIGHT` the master stops reading draining workers' channels, so the
+//! pressure travels back to them (their sends block and they queue) instead of
+//! filling the master's fd table. With no ready worker to give a connection to, the
+//! master returns it to the worker that handed it over (`ToWorker::Keep`), where it
+//! stays under the drain rules; only a connection whose both ends are gone is closed.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::OwnedFd;
+
+use tracing::{debug, info, warn};
+
+use crate::channel::{ConnQueue, Handed, HandoffCounts, ToWorker};
+
+use super::table::{Worker, WorkerState};
+use super::Master;
+
+/// Most handed-over fds the master holds at once (its soft limit is ~20000, and a
+/// single worker may hand over 10000).
+pub const MAX_IN_FLIGHT: usize = 2048;
+
+/// A worker record's hand-over queues and counts.
+#[derive(Debug)]
+pub struct WorkerHandoff {
+    /// The master that made it: a forked worker drops its inherited copy of the
+    /// table, and must not report the master's queues as lost.
+    owner: u32,
+    /// Control messages (a drain) that found the channel full of hand-overs; they go
+    /// first when it drains.
+    control: VecDeque<ToWorker>,
+    /// Connections for this worker to adopt.
+    adopt: ConnQueue,
+    /// Connections going back to this (draining) worker, and why.
+    keep: ConnQueue,
+    keep_reason: String,
+    /// What became of the connections this worker handed over.
+    forwarded: u64,
+    returned: u64,
+    closed: u64,
+    /// Why the last ones could not be forwarded.
+    last_problem: Option<String>,
+}
+
+impl Default for WorkerHandoff {
+    fn default() -> WorkerHandoff {
+        WorkerHandoff {
+            owner: std::process::id(),
+            control: VecDeque::new(),
+            adopt: ConnQueue::default(),
+            keep: ConnQueue::default(),
+            keep_reason: String::new(),
+            forwarded: 0,
+            returned: 0,
+            closed: 0,
+            last_problem: None,
+        }
+    }
+}
+
+impl WorkerHandoff {
+    /// Connections the master holds for this worker.
+    pub fn queued(&self) -> usize {
+        self.adopt.len() + self.keep.len()
+    }
+
+    /// POLLOUT is needed on this worker's channel.
+    pub fn wants_write(&self) -> bool {
+        self.queued() > 0 || !self.control.is_empty()
+    }
+
+    /// Sends `msg` now, or, when the channel is full while the master is passing
+    /// connections to this worker, right after what is ahead of it drains (a full
+    /// channel must not turn a drain into the harsher SIGQUIT). `Err` otherwise.
+    pub fn send_or_queue(&mut self, ch: &crate::channel::Channel, msg: ToWorker) -> io::Result<()> {
+        if self.control.is_empty() {
+            match ch.send(&msg) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.queued() > 0 => {}
+                other => return other,
+            }
+        }
+        self.control.push_back(msg);
+        Ok(())
+    }
+}
+
+impl Drop for WorkerHandoff {
+    fn drop(&mut self) {
+        let n = self.queued();
+        if n > 0 && self.owner == std::process::id() {
+            warn!(
+                connections = n,
+                "a worker is gone with handed-over connections not yet delivered to it; they are closed"
+            );
+        }
+    }
+}
+
+impl Master {
+    /// Fds held for hand-overs, over all workers.
+    pub(super) fn handoff_in_flight(&self) -> usize {
+        self.workers.iter().map(|w| w.handoff.queued()).sum()
+    }
+
+    /// Whether to leave a worker's channel unread for now: it is draining (so it may
+    /// send more hand-overs) and the master holds enough fds already.
+    pub(super) fn handoff_paused(&self, w: &Worker, in_flight: usize) -> bool {
+        in_flight >= MAX_IN_FLIGHT && matches!(w.state, WorkerState::Draining { .. })
+    }
+
+    /// Workers that may adopt connections: ready, current generation, not on their way
+    /// out, reachable.
+    fn adopters(&self, except: Option<usize>) -> Vec<usize> {
+        let gen = self.generation;
+        (0..self.workers.len())
+            .filter(|&k| Some(k) != except)
+            .filter(|&k| {
+                let w = &self.workers[k];
+                w.generation == gen
+                    && w.state == WorkerState::Ready
+                    && !w.recycling
+                    && !w.channel_closed
+            })
+            .collect()
+    }
+
+    /// Connections handed over by worker `from` (or re-routed, `None`): spread over
+    /// the adopters in turn; with none, back to `from`; with neither, closed.
+    pub(super) fn forward(&mut self, from: Option<usize>, conns: Vec<(Handed, OwnedFd)>) {
+        if conns.is_empty() {
+            return;
+        }
+        let n = conns.len() as u64;
+        let targets = self.adopters(from);
+        if targets.is_empty() {
+            let why = format!(
+                "no ready worker of generation {} to adopt them",
+                self.generation
+            );
+            match from.filter(|&f| !self.workers[f].channel_closed) {
+                Some(f) => {
+                    let h = &mut self.workers[f].handoff;
+                    h.returned += n;
+                    h.last_problem = Some(why.clone());
+                    h.keep_reason = why;
+                    for (c, fd) in conns {
+                        h.keep.push(c, fd);
+                    }
+                    self.flush_handoff(f);
+                }
+                None => {
+                    warn!(
+                        connections = n,
+                        "closing handed-over connections: {why}, and the worker that handed them over is gone"
+                    );
+                    if let Some(f) = from {
+                        self.workers[f].handoff.closed += n;
+                    }
+                }
+            }
+            return;
+        }
+        if let Some(f) = from {
+            self.workers[f].handoff.forwarded += n;
+        }
+        for (c, fd) in conns {
+            self.handoff_rr = self.handoff_rr.wrapping_add(1);
+            let t = targets[self.handoff_rr % targets.len()];
+            self.workers[t].handoff.adopt.push(c, fd);
+        }
+        for t in targets {
+            self.flush_handoff(t);
+        }
+    }
+
+    /// Sends what is queued for worker `i` as far as its channel takes it. A channel
+    /// that fails (the worker is exiting) gets its connections re-routed.
+    pub(super) fn flush_handoff(&mut self, i: usize) {
+        let w = &mut self.workers[i];
+        if !w.handoff.wants_write() {
+            return;
+        }
+        while let Some(msg) = w.handoff.control.front() {
+            match w.channel.send(msg) {
+                Ok(()) => {
+                    w.handoff.control.pop_front();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    debug!(pid = w.pid.as_raw(), "cannot send {msg:?}: {e}");
+                    w.handoff.control.clear();
+                    return self.handoff_channel_closed(i);
+                }
+            }
+        }
+        let done = w
+            .handoff
+            .adopt
+            .flush(&w.channel, |conns| ToWorker::Adopt { conns });
+        let mut failed = done.error;
+        if failed.is_none() && w.handoff.adopt.is_empty() {
+            let reason = w.handoff.keep_reason.clone();
+            let kept = w.handoff.keep.flush(&w.channel, |conns| ToWorker::Keep {
+                conns,
+                reason: reason.clone(),
+            });
+            failed = kept.error;
+        }
+        if let Some(e) = failed {
+            let pid = w.pid.as_raw();
+            debug!(pid, "cannot pass connections to worker: {e}");
+            self.handoff_channel_closed(i);
+        }
+    }
+
+    /// Worker `i` can no longer be reached: what was queued for it to adopt goes to
+    /// another adopter; what was going back to it is closed (it handed those over and
+    /// is exiting, so nobody is left to serve them).
+    pub(super) fn handoff_channel_closed(&mut self, i: usize) {
+        let w = &mut self.workers[i];
+        w.channel_closed = true;
+        let adopt = w.handoff.adopt.take_all();
+        let keep = w.handoff.keep.take_all();
+        if !keep.is_empty() {
+            w.handoff.closed += keep.len() as u64;
+            warn!(
+                pid = w.pid.as_raw(),
+                connections = keep.len(),
+                "closing connections the master could not forward: {}, and the worker that handed them over is gone",
+                w.handoff.keep_reason
+            );
+        }
+        self.forward(None, adopt);
+    }
+
+    /// A draining worker finished a burst of hand-overs: both sides' counts, at info.
+    pub(super) fn handoff_done(&mut self, i: usize, c: HandoffCounts) {
+        let w = &self.workers[i];
+        let h = &w.handoff;
+        info!(
+            pid = w.pid.as_raw(),
+            generation = w.generation,
+            handed = c.handed,
+            kept = c.kept,
+            closed = c.closed,
+            forwarded = h.forwarded,
+            returned = h.returned,
+            not_forwarded_closed = h.closed,
+            in_flight = self.handoff_in_flight(),
+            "hand-over from worker done{}",
+            h.last_problem
+                .as_deref()
+                .map(|p| format!("; could not forward some: {p}"))
+                .unwrap_or_default()
+        );
+    }
+}

@@ -1,0 +1,93 @@
+//! File descriptors passed over a Unix socket (SCM_RIGHTS): one datagram, many fds.
+//!
+//! The channel moves idle connections between processes in batches, so these wrappers
+//! take and return several fds per message. Received fds are CLOEXEC
+//! (MSG_CMSG_CLOEXEC) and owned at once, so none can leak into a later fork or exec.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+
+/// Most fds the kernel accepts in one SCM_RIGHTS message (`SCM_MAX_FD`).
+pub const MAX_FDS: usize = 253;
+
+/// One received datagram.
+pub struct Received {
+    /// Bytes of payload; 0 means the peer closed (seqpacket EOF).
+    pub len: usize,
+    /// The fds that came with it, in the sender's order.
+    pub fds: Vec<OwnedFd>,
+    /// The kernel dropped part of the control data (fds lost in transit).
+    pub truncated: bool,
+}
+
+/// Sends `bytes` as one datagram with `fds` attached, without blocking (the socket
+/// is non-blocking): a full buffer is `WouldBlock`, and nothing was sent.
+pub fn send(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let cmsg = [ControlMessage::ScmRights(&raw)];
+    let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsg };
+    loop {
+        match sendmsg::<()>(
+            sock.as_raw_fd(),
+            &[IoSlice::new(bytes)],
+            cmsgs,
+            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+            None,
+        ) {
+            Ok(_) => return Ok(()),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(io::Error::from(e)),
+        }
+    }
+}
+
+/// Receives one datagram into `buf` if one is waiting (`Ok(None)` when none is),
+/// with room for up to `MAX_FDS` fds.
+pub fn recv(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<Received>> {
+    let mut cmsg_buf = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = match recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg_buf),
+        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+    ) {
+        Ok(m) => m,
+        Err(Errno::EAGAIN) | Err(Errno::EINTR) => return Ok(None),
+        Err(e) => return Err(io::Error::from(e)),
+    };
+    let mut fds = Vec::new();
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for c in cmsgs {
+            if let ControlMessageOwned::ScmRights(raws) = c {
+                for raw in raws {
+                    // SAFETY: the kernel just installed this fd in our table for us;
+                    // nothing else owns it.
+                    fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
+                }
+            }
+        }
+    }
+    Ok(Some(Received {
+        len: msg.bytes,
+        fds,
+        truncated: msg.flags.contains(MsgFlags::MSG_CTRUNC),
+    }))
+}
+
+/// Bytes sent on `sock` that the peer has not read yet (SIOCOUTQ). A sender whose
+/// messages carry fds waits for 0 before it exits: what the peer never reads is lost
+/// with the socket.
+pub fn unread(sock: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (= TIOCOUTQ) writes one c_int through the pointer, which is
+    // valid and exclusively ours for the duration of the call.
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(n).unwrap_or(0))
+}

@@ -1,0 +1,436 @@
+//! The draining worker's side of the hand-over: idle connections go to the next
+//! generation through the master, queued and sent in batches, never dropped.
+//!
+//! A reload can leave thousands of idle keep-alive connections on an old worker. Each
+//! is taken out of this worker's epoll set and queued; the queue is flushed in step 4
+//! of the loop, 64 fds per message, until the channel is full, and again when epoll
+//! reports it writable (EPOLLOUT interest only while something is queued). What the
+//! master cannot place comes back (`ToWorker::Keep`) and stays here under the drain
+//! rules: it is served until the client leaves or `drain_timeout` ends it. The same
+//! happens to what is queued when the channel to the master fails.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, warn};
+
+use crate::channel::{ConnQueue, Handed, HandoffCounts, IdlePolicy, ToMaster};
+use crate::os::epoll::Interest;
+use crate::os::net;
+
+use super::conn::Token;
+use super::{Phase, Timer, Worker, TOKEN_CHANNEL};
+
+/// How often a drained worker looks whether the master has read its last hand-overs.
+const SETTLE_CHECK: Duration = Duration::from_millis(10);
+
+/// A worker's hand-over in progress.
+#[derive(Debug, Default)]
+pub(super) struct Handoff {
+    queue: ConnQueue,
+    /// Connections were queued since the last flush.
+    dirty: bool,
+    /// EPOLLOUT interest on the channel is on (only while the queue is not empty).
+    want_write: bool,
+    /// The channel reported writable.
+    pub(super) writable: bool,
+    counts: HandoffCounts,
+    /// The counts last told to the master and the log.
+    reported: HandoffCounts,
+    /// A `HandoffSettle` timer is pending.
+    pub(super) settle_armed: bool,
+}
+
+impl Handoff {
+    /// Nothing is waiting to be sent: a draining worker may exit.
+    pub(super) fn is_idle(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Whether step 4 has sending to do.
+    pub(super) fn wants_flush(&self) -> bool {
+        !self.queue.is_empty() && (self.dirty || self.writable)
+    }
+
+    pub(super) fn counts(&self) -> HandoffCounts {
+        self.counts
+    }
+}
+
+impl Worker {
+    /// Takes an idle connection out of this worker and queues it for the next
+    /// generation. A proxied connection has an upstream socket that cannot travel
+    /// with it: it stays, under the drain rules.
+    pub(super) fn hand_over(&mut self, token: Token) {
+        let Some(c) = self.conns.get(token) else {
+            return;
+        };
+        if c.upstream.is_some() {
+            return;
+        }
+        let listen = self
+            .config
+            .listen
+            .get(usize::from(c.listener))
+            .map(|l| l.address.to_string())
+            .unwrap_or_default();
+        // The fd stays open (queued, then in flight): without an explicit delete this
+        // epoll set would keep reporting its events under a token that is reused.
+        let _ = self.epoll.delete(c.fd.as_fd());
+        if let Some(c) = self.detach(token) {
+            let fd = c.into_fd(&mut self.bufs);
+            self.handoff.queue.push(Handed { listen }, fd);
+            self.handoff.dirty = true;
+        }
+    }
+
+    /// Step 4: sends what is queued, as far as the channel takes it.
+    pub(super) fn flush_handoff(&mut self) {
+        let h = &mut self.handoff;
+        h.dirty = false;
+        h.writable = false;
+        let Some(ch) = &self.channel else {
+            return self.keep_all("the channel to the master is gone");
+        };
+        let done = h.queue.flush(ch, |conns| ToMaster::Handoff { conns });
+        h.counts.handed += done.conns as u64;
+        if done.conns > 0 {
+            debug!(
+                conns = done.conns,
+                messages = done.messages,
+                queued = h.queue.len(),
+                "handed over idle connections"
+            );
+        }
+        if let Some(e) = done.error {
+            warn!("cannot hand over connections to the master: {e}");
+            return self.keep_all("the channel to the master failed");
+        }
+        let want_write = !h.queue.is_empty();
+        self.set_channel_write(want_write);
+        if !want_write {
+            self.report_handoff();
+        }
+    }
+
+    /// The master took back connections it could not place: they stay here, and so
+    /// does every connection that goes idle from now on (handing it over again would
+    /// only bounce it back).
+    pub(super) fn keep(&mut self, conns: Vec<Handed>, fds: Vec<OwnedFd>, reason: &str) {
+        let n = fds.len() as u64;
+        self.handoff.counts.handed = self.handoff.counts.handed.saturating_sub(n);
+        self.linger_from_now(reason);
+        for (h, fd) in conns.into_iter().zip(fds) {
+            self.handoff.counts.kept += 1;
+            self.readd(&h.listen, fd);
+        }
+        if self.handoff.queue.is_empty() {
+            self.report_handoff();
+        }
+    }
+
+    /// Connections handed over to this worker. A draining worker passes them on to
+    /// the newest generation (reload) or keeps them under its drain rules.
+    pub(super) fn adopt(&mut self, conns: Vec<Handed>, fds: Vec<OwnedFd>) {
+        if conns.len() != fds.len() {
+            warn!(
+                described = conns.len(),
+                fds = fds.len(),
+                "handed-over connections and fds do not match; closing the unmatched"
+            );
+        }
+        for (h, fd) in conns.into_iter().zip(fds) {
+            match (self.phase, self.idle_policy) {
+                (Phase::Running, _) => self.readd(&h.listen, fd),
+                (Phase::Draining, IdlePolicy::Handoff) => {
+                    self.handoff.queue.push(h, fd);
+                    self.handoff.dirty = true;
+                }
+                (Phase::Draining, IdlePolicy::Linger) => {
+                    self.handoff.counts.kept += 1;
+                    self.readd(&h.listen, fd);
+                }
+                // Stopping: idle connections close (dropping the fd closes it).
+                (Phase::Draining, IdlePolicy::Close) => self.handoff.counts.closed += 1,
+            }
+        }
+    }
+
+    /// Hand-overs sent but not yet read by the master: a worker that exited now would
+    /// take their fds with it (the master may be holding off reading while it has many
+    /// fds in flight). While there are some, a timer looks again shortly.
+    pub(super) fn handoff_in_transit(&mut self, now: Instant) -> bool {
+        if self.handoff.counts.handed == 0 {
+            return false;
+        }
+        let Some(ch) = &self.channel else {
+            return false;
+        };
+        if ch.unread() == 0 {
+            return false;
+        }
+        if !self.handoff.settle_armed {
+            self.handoff.settle_armed = true;
+            self.timers
+                .schedule(now + SETTLE_CHECK, Timer::HandoffSettle);
+        }
+        true
+    }
+
+    /// At the drain deadline: what is still queued closes with the worker.
+    pub(super) fn handoff_deadline(&mut self) {
+        let n = self.handoff.queue.take_all().len();
+        if n > 0 {
+            warn!(
+                connections = n,
+                "drain timeout: closing connections still waiting for the hand-over"
+            );
+            self.handoff.counts.closed += n as u64;
+        }
+    }
+
+    /// Everything queued stays here after all.
+    fn keep_all(&mut self, why: &str) {
+        let queued = self.handoff.queue.take_all();
+        self.set_channel_write(false);
+        if queued.is_empty() {
+            return;
+        }
+        self.linger_from_now(why);
+        for (h, fd) in queued {
+            self.handoff.counts.kept += 1;
+            self.readd(&h.listen, fd);
+        }
+        self.report_handoff();
+    }
+
+    fn linger_from_now(&mut self, why: &str) {
+        if self.idle_policy == IdlePolicy::Handoff {
+            info!("{why}: keeping idle connections here until they finish");
+            self.idle_policy = IdlePolicy::Linger;
+        }
+    }
+
+    /// A connection this worker serves again (kept, or adopted while running).
+    fn readd(&mut self, listen: &str, fd: OwnedFd) {
+        let Some(index) = self
+            .config
+            .listen
+            .iter()
+            .position(|l| l.address.to_string() == listen)
+            .filter(|&i| i < self.listeners.len())
+        else {
+            debug!(
+                listen,
+                "handed-over connection for a listener we do not have; closing it"
+            );
+            self.handoff.counts.closed += 1;
+            return;
+        };
+        let peer = socket2::SockRef::from(&fd)
+            .peer_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .map(|a| a.ip());
+        self.add_conn(index, net::Accepted { fd, peer });
+    }
+
+    /// Logs (at info) and tells the master the counts, once per finished burst.
+    fn report_handoff(&mut self) {
+        let c = self.handoff.counts;
+        if c == self.handoff.reported {
+            return;
+        }
+        self.handoff.reported = c;
+        info!(
+            handed = c.handed,
+            kept = c.kept,
+            closed = c.closed,
+            left = self.conns.len(),
+            "hand-over done"
+        );
+        self.send(ToMaster::HandoffDone(c));
+    }
+
+    fn set_channel_write(&mut self, on: bool) {
+        if self.handoff.want_write == on {
+            return;
+        }
+        let Some(ch) = &self.channel else {
+            self.handoff.want_write = false;
+            return;
+        };
+        let interest = Interest {
+            write: on,
+            ..Interest::READ
+        };
+        match self.epoll.modify(ch.as_fd(), interest, TOKEN_CHANNEL) {
+            Ok(()) => self.handoff.want_write = on,
+            Err(e) => warn!("cannot change the channel's epoll interest: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsFd;
+    use std::time::{Duration, Instant};
+
+    use crate::channel::{Channel, HandoffCounts, IdlePolicy, ToMaster, ToWorker};
+    use crate::config::Config;
+    use crate::os::signals::SignalReader;
+    use crate::worker::{self, WorkerInit};
+
+    const CONNS: usize = 300;
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n";
+
+    /// One response from `s`: (head, body).
+    fn response(s: &mut TcpStream) -> (String, String) {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap();
+                if buf.len() >= end + 4 + len {
+                    let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).to_string();
+                    return (head, body);
+                }
+            }
+            let n = s.read(&mut chunk).expect("read a response");
+            assert!(
+                n > 0,
+                "EOF before a full response: {:?}",
+                String::from_utf8_lossy(&buf)
+            );
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// A worker loop (in a thread, from its fds) with this test as its master: the
+    /// master refuses every hand-over (`Keep`), and the worker serves those
+    /// connections itself under the drain rules, then exits once they are gone.
+    #[test]
+    fn connections_the_master_returns_are_kept_and_served() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("corral.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[master]\nworkers = 1\ndrain_timeout = \"60s\"\n\n[worker]\nidle_timeout = \"60s\"\n\
+                 blocking_threads = 1\n\n[[listen]]\naddress = \"{addr}\"\nservice = \"http\"\n"
+            ),
+        )
+        .unwrap();
+        let config = Config::load(&path).unwrap();
+        let (master, worker_end) = Channel::pair().unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let signals = SignalReader::new(&[nix::sys::signal::Signal::SIGUSR1]).unwrap();
+            let init = WorkerInit {
+                slot: 0,
+                generation: 1,
+                config,
+                listeners: vec![listener.into()],
+                channel: worker_end,
+                signals,
+            };
+            let _ = done_tx.send(worker::run(init));
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let next = |want: &dyn Fn(&ToMaster) -> bool| loop {
+            assert!(Instant::now() < deadline, "the worker went silent");
+            match master.recv_fds::<ToMaster>().unwrap() {
+                Some((m, fds)) if want(&m) => return (m, fds),
+                Some(_) => {}
+                None => std::thread::sleep(Duration::from_millis(2)),
+            }
+        };
+        next(&|m| *m == ToMaster::Ready);
+
+        let mut clients: Vec<TcpStream> = (0..CONNS)
+            .map(|_| {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.write_all(GET).unwrap();
+                let (head, _) = response(&mut s);
+                assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+                s
+            })
+            .collect();
+
+        master
+            .send(&ToWorker::Drain {
+                idle: IdlePolicy::Handoff,
+            })
+            .unwrap();
+        let mut got = 0;
+        let mut messages = 0;
+        while got < CONNS {
+            let (m, fds) = next(&|m| matches!(m, ToMaster::Handoff { .. }));
+            let ToMaster::Handoff { conns } = m else {
+                unreachable!()
+            };
+            assert_eq!(conns.len(), fds.len());
+            assert!(conns.len() <= crate::channel::BATCH_CONNS);
+            assert!(
+                conns.iter().all(|h| h.listen == addr.to_string()),
+                "{conns:?}"
+            );
+            got += fds.len();
+            messages += 1;
+            let back = ToWorker::Keep {
+                conns,
+                reason: "test: nobody to adopt".into(),
+            };
+            let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+            master.send_fds(&back, &borrowed).unwrap();
+        }
+        assert_eq!(got, CONNS);
+        assert!(messages >= CONNS.div_ceil(crate::channel::BATCH_CONNS));
+        assert!(
+            messages < CONNS / 4,
+            "{messages} messages for {CONNS}: not batched"
+        );
+        let (m, _) = next(&|m| matches!(m, ToMaster::HandoffDone(c) if c.kept as usize == CONNS));
+        assert_eq!(
+            m,
+            ToMaster::HandoffDone(HandoffCounts {
+                handed: 0,
+                kept: CONNS as u64,
+                closed: 0
+            })
+        );
+
+        // Kept: served here, with Connection: close (the drain rules), never dropped.
+        for s in &mut clients {
+            s.write_all(GET).unwrap();
+        }
+        for s in &mut clients {
+            let (head, body) = response(s);
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            assert!(
+                head.to_ascii_lowercase().contains("connection: close"),
+                "{head}"
+            );
+            assert_eq!(body, crate::service::http::DEFAULT_BODY);
+        }
+        drop(clients);
+        let code = done_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the worker did not exit once its kept connections were gone");
+        assert_eq!(code, 0);
+    }
+}

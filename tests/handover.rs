@@ -1,0 +1,602 @@
+//! Hand-over at real size: 5000 idle keep-alive HTTP connections through a reload and
+//! through a binary upgrade, each then asked one more request; every one must be
+//! answered in full (no reset, no EOF without a response).
+//!
+//! On reload the old workers hand every idle connection to the new generation (in
+//! batches, through the master) and exit as soon as they are empty, long before
+//! `drain_timeout`. On upgrade the old generation keeps them and answers the next
+//! request with `Connection: close`. The two tests take turns (each holds 5000
+//! sockets and keeps the box busy); see `common/mod.rs` for the harness rules.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::handover::*;
+use common::*;
+
+/// Connections per test.
+const CONNS: usize = 5000;
+/// Far longer than the tests wait for the old generation: an exit at the drain
+/// timeout would fail them.
+const DRAIN: &str = "60s";
+/// How long the old generation may take to leave once it has nothing to serve (a
+/// loaded 2-core box; the hand-over itself takes well under a second).
+const EXIT_WITHIN: Duration = Duration::from_secs(20);
+const IO_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One heavy test at a time.
+static HEAVY: Mutex<()> = Mutex::new(());
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
+}
+
+/// `workers` workers; the echo listener on `{port}` for the harness, http on
+/// `http_port`; `master_extra` lines go in `[master]`.
+fn template(workers: usize, http_port: u16, master_extra: &str) -> String {
+    let mut conf = Conf::new(workers).drain(DRAIN).idle("300s");
+    conf.max_connections = 10_000;
+    let mut out = String::new();
+    for line in conf.render().lines() {
+        out.push_str(line);
+        out.push('\n');
+        if line.trim() == "[master]" {
+            out.push_str("upgrade_timeout = \"30s\"\n");
+            out.push_str(master_extra);
+        }
+    }
+    out.push_str(&format!(
+        "\n[[listen]]\naddress = \"127.0.0.1:{http_port}\"\nservice = \"http\"\n"
+    ));
+    out
+}
+
+fn start(binary: Option<PathBuf>) -> (Corral, u16) {
+    start_with(binary, 2, "")
+}
+
+fn start_with(binary: Option<PathBuf>, workers: usize, master_extra: &str) -> (Corral, u16) {
+    let port = free_port();
+    let c = Corral::start_with(
+        &template(workers, port, master_extra),
+        Launch {
+            binary,
+            ..Launch::default()
+        },
+    );
+    (c, port)
+}
+
+/// `n` idle connections, all on `old` workers (checked by socket owner).
+fn open_on(c: &Corral, port: u16, old: &[ProcId], n: usize) -> Vec<std::net::TcpStream> {
+    let t = Instant::now();
+    let conns = open_idle(loopback(port), n, Duration::from_secs(120));
+    let pids: Vec<i32> = old.iter().map(|p| p.pid).collect();
+    let own = owners_on(port, &conns, &pids);
+    let per = per_owner(&own);
+    eprintln!(
+        "opened {n} idle keep-alive connections in {:?}: {per:?}",
+        t.elapsed()
+    );
+    assert!(
+        own.iter().all(Option::is_some),
+        "connections not all on the workers {pids:?}: {per:?}\n{}",
+        c.log_tail(40)
+    );
+    conns
+}
+
+fn per_owner(own: &[Option<i32>]) -> HashMap<Option<i32>, usize> {
+    let mut m = HashMap::new();
+    for o in own {
+        *m.entry(*o).or_insert(0) += 1;
+    }
+    m
+}
+
+#[test]
+fn reload_hands_5000_idle_connections_to_the_new_generation() {
+    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    raise_nofile();
+    let (c, port) = start(None);
+    let old = c.workers();
+    assert_eq!(old.len(), 2, "{}", c.log_tail(40));
+    let mut conns = open_on(&c, port, &old, CONNS);
+
+    let t0 = Instant::now();
+    let out = c.cli(&["-s", "reload"]);
+    let reload_took = t0.elapsed();
+    assert!(
+        out.status.success(),
+        "`corral -s reload` failed: {}\n{}",
+        out.all(),
+        c.log_tail(40)
+    );
+    // The old workers hand everything over and leave: not at drain_timeout.
+    let gone = wait_until(EXIT_WITHIN, || old.iter().all(|p| !proc_alive(*p)));
+    let exit_took = t0.elapsed();
+    assert!(
+        gone,
+        "old workers {old:?} still running {exit_took:?} after the reload (drain_timeout {DRAIN})\n{}",
+        c.log_tail(60)
+    );
+    let new: Vec<i32> = c.worker_pids();
+    assert_eq!(new.len(), 2, "{}", c.log_tail(40));
+    assert!(new.iter().all(|p| old.iter().all(|o| o.pid != *p)));
+
+    // Every connection answers, in full, with keep-alive: it lives on in the new
+    // generation.
+    let t1 = Instant::now();
+    let answers = request_all(&mut conns, IO_TIMEOUT);
+    let answer_took = t1.elapsed();
+    let summary = tally(&answers);
+    eprintln!("after the reload: {summary} (in {answer_took:?})");
+    assert_eq!(
+        answers.iter().filter(|a| a.is_ok()).count(),
+        CONNS,
+        "{summary}\n{}",
+        c.log_tail(60)
+    );
+    assert!(
+        answers
+            .iter()
+            .all(|a| matches!(a, Answer::Full { closes: false, body, .. } if body == b"ok\n")),
+        "an adopted connection must be served with keep-alive: {summary}"
+    );
+
+    // Served by the new workers, spread over both.
+    let own = owners_on(port, &conns, &new);
+    let per = per_owner(&own);
+    eprintln!("owners after the reload: {per:?}");
+    assert!(
+        own.iter().all(Option::is_some),
+        "connections not all on the new workers {new:?}: {per:?}"
+    );
+    for p in &new {
+        let n = per.get(&Some(*p)).copied().unwrap_or(0);
+        assert!(
+            n >= CONNS / 5,
+            "new worker {p} adopted only {n} of {CONNS}: {per:?}"
+        );
+    }
+
+    // The old workers' own counts, at info: all handed over, none kept or closed.
+    let log = c.log();
+    let handed = sum_field(&log, "drained, exiting", "handed");
+    let kept = sum_field(&log, "drained, exiting", "kept");
+    let closed = sum_field(&log, "drained, exiting", "closed");
+    assert_eq!(
+        (handed, kept, closed),
+        (CONNS as u64, 0, 0),
+        "old workers' hand-over counts (handed, kept, closed)\n{}",
+        c.log_tail(40)
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("hand-over from worker done")),
+        "the master logged no hand-over summary\n{}",
+        c.log_tail(40)
+    );
+    eprintln!(
+        "FIGURES reload: {CONNS} connections, `-s reload` returned in {reload_took:?}, \
+         old generation gone {exit_took:?} after it was asked, {} answered afterwards in \
+         {answer_took:?}",
+        answers.iter().filter(|a| a.is_ok()).count()
+    );
+}
+
+/// A copy of the built corral in a temp dir (an upgrade execs the binary's path).
+fn copy_binary() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix("corral-handover-bin-")
+        .tempdir()
+        .expect("create temp dir for the binary");
+    let path = dir.path().join("corral");
+    install_exec(Path::new(corral_bin()), &path);
+    (dir, path)
+}
+
+#[test]
+fn upgrade_answers_all_5000_idle_connections() {
+    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    raise_nofile();
+    let (_bin_dir, bin) = copy_binary();
+    let (c, port) = start(Some(bin));
+    let old = c.workers();
+    assert_eq!(old.len(), 2, "{}", c.log_tail(40));
+    let mut conns = open_on(&c, port, &old, CONNS);
+
+    let t0 = Instant::now();
+    let out = c.cli(&["-s", "upgrade"]);
+    let upgrade_took = t0.elapsed();
+    for p in new_master_pids(&c.log()) {
+        c.adopt_master(p);
+    }
+    assert!(
+        out.status.success(),
+        "`corral -s upgrade` failed: {}\n{}",
+        out.all(),
+        c.log_tail(60)
+    );
+    let new_master = *new_master_pids(&c.log())
+        .last()
+        .unwrap_or_else(|| panic!("no new master in the log\n{}", c.log_tail(40)));
+    let mut new_workers = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            new_workers = c.workers_of(new_master);
+            new_workers.len() == 2
+        }),
+        "new master {new_master} has workers {new_workers:?}\n{}",
+        c.log_tail(40)
+    );
+
+    // Every idle connection still gets a full answer (the old generation says
+    // Connection: close with it): no reset, no EOF without a response.
+    let t1 = Instant::now();
+    let answers = request_all(&mut conns, IO_TIMEOUT);
+    let answer_took = t1.elapsed();
+    let summary = tally(&answers);
+    eprintln!("after the upgrade: {summary} (in {answer_took:?})");
+    assert_eq!(
+        answers.iter().filter(|a| a.is_ok()).count(),
+        CONNS,
+        "{summary}\n{}",
+        c.log_tail(60)
+    );
+
+    // A request that reached an old worker just before its drain began was answered
+    // with keep-alive; such a client's next request gets the `Connection: close`.
+    let mut open: Vec<usize> = answers
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| matches!(a, Answer::Full { closes: false, .. }))
+        .map(|(i, _)| i)
+        .collect();
+    let kept_alive = open.len();
+    for _round in 0..3 {
+        if open.is_empty() {
+            break;
+        }
+        let again = request_some(&mut conns, &open, IO_TIMEOUT);
+        let summary = tally(&again);
+        assert!(
+            again.iter().all(Answer::is_ok),
+            "a follow-up request failed: {summary}\n{}",
+            c.log_tail(60)
+        );
+        open = open
+            .into_iter()
+            .zip(&again)
+            .filter(|(_, a)| matches!(a, Answer::Full { closes: false, .. }))
+            .map(|(i, _)| i)
+            .collect();
+    }
+    assert!(
+        open.is_empty(),
+        "{} connections never got Connection: close from the old generation",
+        open.len()
+    );
+
+    // Its clients answered, the old generation leaves (not at drain_timeout).
+    let gone = wait_until(EXIT_WITHIN, || {
+        old.iter().all(|p| !proc_alive(*p)) && c.master_exited()
+    });
+    let exit_took = t0.elapsed();
+    assert!(
+        gone,
+        "old master or workers {old:?} still running {exit_took:?} after the upgrade\n{}",
+        c.log_tail(60)
+    );
+    eprintln!(
+        "FIGURES upgrade: {CONNS} connections, `-s upgrade` returned in {upgrade_took:?}, \
+         {} answered ({} with Connection: close, {kept_alive} kept alive until the next \
+         request) in {answer_took:?}, old generation gone {exit_took:?} after the upgrade \
+         was asked",
+        answers.iter().filter(|a| a.is_ok()).count(),
+        answers
+            .iter()
+            .filter(|a| matches!(a, Answer::Full { closes: true, .. }))
+            .count()
+    );
+}
+
+/// More than one channel's buffer holds (~3000 fds in 64-fd messages), all on one
+/// worker, so that each queue on the way has to hold some.
+const SLOW_CONNS: usize = 8000;
+
+/// The hand-over with every party slow: the old workers are frozen while the reload
+/// commits, the master while they send, the new workers while the master forwards. A
+/// full channel anywhere must leave connections queued (the old workers keep the ones
+/// the channel refused, the master holds a bounded number), and once everyone runs
+/// again every connection answers from the new generation.
+#[test]
+fn a_slow_master_and_slow_new_workers_lose_no_handed_over_connection() {
+    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    raise_nofile();
+    // Frozen processes send no heartbeats: keep the watchdog out of this.
+    let (c, port) = start_with(None, 1, "watchdog_timeout = \"300s\"\n");
+    let master = c.master_pid();
+    let old = c.workers();
+    let old_pids: Vec<i32> = old.iter().map(|p| p.pid).collect();
+    assert_eq!(old.len(), 1, "{}", c.log_tail(40));
+    let mut conns = open_on(&c, port, &old, SLOW_CONNS);
+    let master_fds_before = fd_count(master);
+
+    // The reload commits while the old workers cannot act on it yet.
+    freeze(&old_pids, true);
+    let out = c.cli(&["-s", "reload"]);
+    assert!(
+        out.status.success(),
+        "`corral -s reload` failed: {}\n{}",
+        out.all(),
+        c.log_tail(40)
+    );
+    let new: Vec<i32> = c
+        .worker_pids()
+        .into_iter()
+        .filter(|p| !old_pids.contains(p))
+        .collect();
+    assert_eq!(new.len(), 1, "{}", c.log_tail(40));
+    freeze(&[master], true);
+    freeze(&new, true);
+    freeze(&old_pids, false);
+
+    // The old workers send what the channel to the (frozen) master takes and keep the
+    // rest: they still hold client sockets, and hold them steadily.
+    // Client connections only (the channel is a socket too).
+    let held = || {
+        let clients: std::collections::HashSet<u64> =
+            server_socket_inodes(port).into_values().collect();
+        old_pids
+            .iter()
+            .map(|&p| socket_inodes(p).intersection(&clients).count())
+            .sum::<usize>()
+    };
+    let (kept, settled) = settle(Duration::from_secs(30), Duration::from_secs(1), held);
+    assert!(settled, "the old workers' sockets never settled");
+    eprintln!("master frozen: old workers still hold {kept} sockets");
+    assert!(
+        kept > 0 && kept < SLOW_CONNS,
+        "with the master frozen the old workers should have sent some and queued the rest, \
+         hold {kept} of {SLOW_CONNS} (a log follows)\n{}",
+        c.log_tail(20)
+    );
+
+    // The master runs again, its adopters do not: what it holds stays bounded.
+    freeze(&[master], false);
+    let mut peak = 0;
+    let (master_fds, settled) = settle(Duration::from_secs(30), Duration::from_secs(1), || {
+        let n = fd_count(master);
+        peak = peak.max(n);
+        n
+    });
+    assert!(settled, "the master's fd count never settled");
+    eprintln!(
+        "new workers frozen: master holds {master_fds} fds (peak {peak}, {master_fds_before} before); \
+         old workers hold {} sockets",
+        held()
+    );
+    assert!(
+        peak <= master_fds_before + 2048 + 64 + 16,
+        "the master held {peak} fds during the hand-over ({master_fds_before} before)"
+    );
+    assert!(
+        old.iter().all(|p| proc_alive(*p)),
+        "an old worker exited with connections still to hand over\n{}",
+        c.log_tail(40)
+    );
+
+    freeze(&new, false);
+    let t0 = Instant::now();
+    let gone = wait_until(EXIT_WITHIN, || old.iter().all(|p| !proc_alive(*p)));
+    assert!(
+        gone,
+        "old workers {old:?} still running {:?} after the new workers resumed\n{}",
+        t0.elapsed(),
+        c.log_tail(60)
+    );
+    let answers = request_all(&mut conns, IO_TIMEOUT);
+    let summary = tally(&answers);
+    eprintln!("after the slow hand-over: {summary}");
+    assert_eq!(
+        answers.iter().filter(|a| a.is_ok()).count(),
+        SLOW_CONNS,
+        "{summary}\n{}",
+        c.log_tail(60)
+    );
+    let own = owners_on(port, &conns, &new);
+    assert!(
+        own.iter().all(Option::is_some),
+        "connections not all on the new workers {new:?}: {:?}",
+        per_owner(&own)
+    );
+    let log = c.log();
+    assert_eq!(
+        sum_field(&log, "drained, exiting", "handed"),
+        SLOW_CONNS as u64,
+        "old workers' handed counts\n{}",
+        c.log_tail(40)
+    );
+}
+
+/// Three reloads back to back with 5000 idle connections: each generation hands on
+/// what it adopted (and a connection that reaches a generation already told to drain
+/// is passed on too). Every one ends up on the newest generation, with keep-alive.
+#[test]
+fn back_to_back_reloads_pass_5000_idle_connections_on_to_the_newest_generation() {
+    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    raise_nofile();
+    let (c, port) = start(None);
+    let first = c.workers();
+    assert_eq!(first.len(), 2, "{}", c.log_tail(40));
+    let mut conns = open_on(&c, port, &first, CONNS);
+
+    let t0 = Instant::now();
+    let mut seen: Vec<ProcId> = first.clone();
+    for i in 0..3 {
+        let out = c.cli(&["-s", "reload"]);
+        assert!(
+            out.status.success(),
+            "reload {i} failed: {}\n{}",
+            out.all(),
+            c.log_tail(40)
+        );
+        for w in c.workers() {
+            if !seen.contains(&w) {
+                seen.push(w);
+            }
+        }
+    }
+    let (_, generation, workers) = status(&c);
+    let newest: Vec<i32> = workers
+        .iter()
+        .filter(|w| w.generation == generation)
+        .map(|w| w.pid)
+        .collect();
+    assert_eq!(newest.len(), 2, "{workers:?}");
+    let older: Vec<ProcId> = seen
+        .into_iter()
+        .filter(|p| !newest.contains(&p.pid))
+        .collect();
+    let gone = wait_until(EXIT_WITHIN, || older.iter().all(|p| !proc_alive(*p)));
+    assert!(
+        gone,
+        "older workers {older:?} still running {:?} after the reloads\n{}",
+        t0.elapsed(),
+        c.log_tail(60)
+    );
+    let exit_took = t0.elapsed();
+
+    let answers = request_all(&mut conns, IO_TIMEOUT);
+    let summary = tally(&answers);
+    eprintln!("after 3 reloads: {summary}; older generations gone in {exit_took:?}");
+    assert!(
+        answers.iter().all(|a| matches!(
+            a,
+            Answer::Full {
+                status: 200,
+                closes: false,
+                ..
+            }
+        )),
+        "{summary}\n{}",
+        c.log_tail(60)
+    );
+    let own = owners_on(port, &conns, &newest);
+    assert!(
+        own.iter().all(Option::is_some),
+        "connections not all on the newest workers {newest:?}: {:?}",
+        per_owner(&own)
+    );
+    let log = c.log();
+    for l in log
+        .lines()
+        .filter(|l| l.contains("hand-over") || l.contains("keeping"))
+    {
+        eprintln!("  {l}");
+    }
+    assert_eq!(
+        sum_field(&log, "drained, exiting", "closed"),
+        0,
+        "an old worker closed connections instead of handing them over\n{}",
+        c.log_tail(40)
+    );
+}
+
+/// A reload while the new generation is still taking connections from the old one, its
+/// channel full of them (the new worker is frozen): its drain has to wait behind the
+/// hand-overs, not become a SIGQUIT that would close every idle connection. Everything
+/// ends up on the third generation.
+#[test]
+fn a_reload_while_the_last_one_is_still_handing_over_loses_nothing() {
+    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    raise_nofile();
+    let (c, port) = start_with(None, 1, "watchdog_timeout = \"300s\"\n");
+    let master = c.master_pid();
+    let first = c.workers();
+    assert_eq!(first.len(), 1, "{}", c.log_tail(40));
+    let mut conns = open_on(&c, port, &first, SLOW_CONNS);
+    let first_pids: Vec<i32> = first.iter().map(|p| p.pid).collect();
+
+    freeze(&first_pids, true);
+    let out = c.cli(&["-s", "reload"]);
+    assert!(
+        out.status.success(),
+        "reload 1: {}\n{}",
+        out.all(),
+        c.log_tail(40)
+    );
+    let second: Vec<ProcId> = c
+        .workers()
+        .into_iter()
+        .filter(|p| !first.contains(p))
+        .collect();
+    assert_eq!(second.len(), 1, "{}", c.log_tail(40));
+    let second_pids: Vec<i32> = second.iter().map(|p| p.pid).collect();
+    freeze(&second_pids, true);
+    freeze(&first_pids, false);
+    // The master fills the frozen worker's channel and holds the rest.
+    let (held, settled) = settle(Duration::from_secs(30), Duration::from_secs(1), || {
+        fd_count(master)
+    });
+    assert!(settled, "the master's fd count never settled");
+    eprintln!("second generation frozen: the master holds {held} fds");
+
+    let out = c.cli(&["-s", "reload"]);
+    assert!(
+        out.status.success(),
+        "reload 2: {}\n{}",
+        out.all(),
+        c.log_tail(40)
+    );
+    let third: Vec<i32> = c
+        .worker_pids()
+        .into_iter()
+        .filter(|p| !first_pids.contains(p) && !second_pids.contains(p))
+        .collect();
+    assert_eq!(third.len(), 1, "{}", c.log_tail(40));
+    freeze(&second_pids, false);
+
+    let older: Vec<ProcId> = first.iter().chain(&second).copied().collect();
+    let t0 = Instant::now();
+    let gone = wait_until(EXIT_WITHIN, || older.iter().all(|p| !proc_alive(*p)));
+    assert!(
+        gone,
+        "older workers {older:?} still running {:?} after the second generation resumed\n{}",
+        t0.elapsed(),
+        c.log_tail(60)
+    );
+    let answers = request_all(&mut conns, IO_TIMEOUT);
+    let summary = tally(&answers);
+    eprintln!("after two overlapping reloads: {summary}");
+    assert!(
+        answers.iter().all(|a| matches!(
+            a,
+            Answer::Full {
+                status: 200,
+                closes: false,
+                ..
+            }
+        )),
+        "{summary}\n{}",
+        c.log_tail(60)
+    );
+    let own = owners_on(port, &conns, &third);
+    assert!(
+        own.iter().all(Option::is_some),
+        "connections not all on the third generation {third:?}: {:?}",
+        per_owner(&own)
+    );
+    assert_eq!(
+        sum_field(&c.log(), "drained, exiting", "closed"),
+        0,
+        "an old worker closed connections\n{}",
+        c.log_tail(40)
+    );
+}
