@@ -420,7 +420,7 @@ impl Master {
                 Command::Reload => self.reload(None),
                 Command::Upgrade => self.upgrade(None),
                 Command::StopWorkers => self.park_workers(),
-                Command::ReopenLogs => self.reopen_logs(),
+                Command::ReopenLogs => drop(self.reopen_logs()),
             }
         }
     }
@@ -1010,14 +1010,29 @@ impl Master {
         }
     }
 
-    fn reopen_logs(&mut self) {
-        match crate::log::reopen() {
-            Ok(()) => info!("log file reopened"),
-            Err(e) => error!("{e}"),
-        }
+    /// Reopens the master's log file and asks every worker to do the same. The
+    /// master's outcome is the answer: workers open the same path with the same
+    /// credentials, and one that fails logs why and keeps its old file.
+    fn reopen_logs(&mut self) -> Result<String, String> {
+        let outcome = match crate::log::reopen() {
+            Ok(()) => {
+                info!("log file reopened");
+                Ok(format!(
+                    "logs reopened ({} workers asked)",
+                    self.workers.len()
+                ))
+            }
+            Err(e) => {
+                error!("{e}; still writing to the old log file");
+                Err(format!(
+                    "reopen failed: {e}; the master and its workers keep writing to the old log file"
+                ))
+            }
+        };
         for w in &self.workers {
             let _ = w.channel.send(&ToWorker::ReopenLogs);
         }
+        outcome
     }
 
     /// Starts a reload, or queues it behind the one in flight. `waiter` is a control
@@ -1061,7 +1076,10 @@ impl Master {
                 return;
             }
         };
-        for note in restart_only_changes(&self.config, &new) {
+        for note in restart_only_changes(&self.config, &new)
+            .into_iter()
+            .chain(new.warnings())
+        {
             warn!("{note}");
         }
         let listeners = match sockets::open_all(&new, &self.listeners, &mut Vec::new()) {
@@ -1455,8 +1473,10 @@ impl Master {
                 None
             }
             Request::Reopen => {
-                self.reopen_logs();
-                self.answer(ticket, true, "logs reopened".into());
+                let (ok, message) = self
+                    .reopen_logs()
+                    .map_or_else(|e| (false, e), |m| (true, m));
+                self.answer(ticket, ok, message);
                 None
             }
             Request::Quit | Request::Stop => {
@@ -1522,6 +1542,7 @@ impl Master {
                     bytes_in: w.stats.bytes_in,
                     bytes_out: w.stats.bytes_out,
                     rss: w.stats.rss,
+                    log_dropped: w.stats.log_dropped,
                     restarts: slot.map_or(0, |s| s.restarts),
                     last_exit: slot.and_then(|s| s.last_exit).map(|(r, t)| {
                         format!(
