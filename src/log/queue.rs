@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use super::target::Target;
 
-/// Lines the queue holds before it drops: enough for a burst (a few MiB at most), small
+/// Lines the queue holds before it drops: enough for a burst (about 1 MiB of text), small
 /// enough that a stuck writer cannot make a worker grow much.
-pub(super) const CAPACITY: usize = 8192;
+pub(super) const CAPACITY: usize = 4096;
 
 /// How often an idle writer thread checks for drops it has not reported yet.
 const IDLE_CHECK: Duration = Duration::from_millis(200);

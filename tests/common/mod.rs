@@ -23,6 +23,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+#[allow(dead_code)]
+pub mod inputs;
+
 /// How long `Corral::start` waits for a usable master (loaded 2-core box).
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// Polling period of `wait_until`.
