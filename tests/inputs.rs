@@ -411,6 +411,10 @@ fn blocked_log_pipe_does_not_stall_or_kill_workers() {
         .unwrap_or_else(|e| panic!("status is not JSON ({e}): {}", out.all()));
     let dropped = v["workers"][0]["log_dropped"].as_u64().unwrap_or(0);
     assert!(dropped > 0, "no dropped lines counted: {v}");
+    eprintln!(
+        "[inputs] log pipe blocked: {FLOOD} logged connections, {rounds} echo rounds, \
+         worst round trip {worst:?}, {dropped} lines dropped"
+    );
 
     // Once the pipe is read again, the log says how many lines are missing.
     c.drain();
