@@ -823,23 +823,14 @@ impl Config {
 const MIN_HEADER_SIZE: u64 = 64;
 
 impl Config {
-    /// A proxy whose upstream is one of corral's own listeners would forward each
-    /// connection to itself, again and again, until fds run out.
+    /// A proxy whose upstreams lead back to itself (directly, or through corral's
+    /// other proxy listeners) would forward connections round in a loop until fds run
+    /// out. Forwarding to one of corral's own echo or http listeners is fine.
     fn check_proxy_loop(&self, i: usize) -> Result<(), ConfigError> {
-        let Ok(addrs) = self.listen[i].upstream_addrs() else {
-            return Ok(());
-        };
-        for (u, to) in self.listen[i].upstreams.iter().zip(addrs) {
-            if let Some((j, own)) = checks::own_listener(self, to) {
-                return Err(self.invalid(
-                    &format!("listen[{i}].upstreams"),
-                    format!(
-                        "upstream `{u}` ({to}) is corral's own listener listen[{j}] ({own}):                          every connection would be forwarded to itself"
-                    ),
-                ));
-            }
+        match checks::proxy_loop(self, i) {
+            Some(why) => Err(self.invalid(&format!("listen[{i}].upstreams"), why)),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -1054,7 +1045,7 @@ mod tests {
     }
 
     #[test]
-    fn proxy_to_its_own_listener_is_refused() {
+    fn proxy_loops_are_refused() {
         let proxy = |listen: &str, up: &str| {
             format!(
                 "[[listen]]\naddress = \"{listen}\"\nservice = \"proxy\"\nupstreams = [\"{up}\"]\n"
@@ -1067,13 +1058,27 @@ mod tests {
         ] {
             let err = load_str(&proxy(listen, up)).unwrap_err().to_string();
             assert!(err.contains("`listen[0].upstreams`"), "{err}");
-            assert!(err.contains("own listener listen[0]"), "{err}");
+            assert!(err.contains("this listener itself"), "{err}");
         }
-        // Another listener of the same config is just as much a loop.
-        let err = load_str(&format!("{MIN}{}", proxy("127.0.0.1:7002", "127.0.0.1:1")))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("own listener listen[0]"), "{err}");
+        // Two proxies that forward to each other.
+        let err = load_str(&format!(
+            "{}{}",
+            proxy("127.0.0.1:7003", "127.0.0.1:7004"),
+            proxy("127.0.0.1:7004", "127.0.0.1:7003")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`listen[0].upstreams`"), "{err}");
+        assert!(err.contains("lead back to listen[0]"), "{err}");
+        // Forwarding to corral's own echo listener, or along a chain that ends there,
+        // is no loop.
+        let echo = "[[listen]]\naddress = \"127.0.0.1:7005\"\nservice = \"echo\"\n";
+        let chain = format!(
+            "{echo}{}{}",
+            proxy("127.0.0.1:7006", "127.0.0.1:7005"),
+            proxy("127.0.0.1:7007", "127.0.0.1:7006")
+        );
+        assert!(load_str(&chain).is_ok(), "{:?}", load_str(&chain));
         assert!(load_str(&proxy("127.0.0.1:7001", "127.0.0.1:7002")).is_ok());
     }
 

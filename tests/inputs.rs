@@ -85,11 +85,13 @@ fn check_and_start_refuse_values_that_break_the_service() {
         ),
         (
             format!(
-                "{master}{echo}[[listen]]\naddress = \"127.0.0.1:{other}\"\nservice = \"proxy\"\n\
+                "{master}[[listen]]\naddress = \"127.0.0.1:{port}\"\nservice = \"proxy\"\n\
+                 upstreams = [\"127.0.0.1:{other}\"]\n\
+                 [[listen]]\naddress = \"127.0.0.1:{other}\"\nservice = \"proxy\"\n\
                  upstreams = [\"127.0.0.1:{port}\"]\n"
             ),
-            "listen[1].upstreams",
-            "own listener listen[0]",
+            "listen[0].upstreams",
+            "lead back to listen[0]",
         ),
         (
             format!(
@@ -97,7 +99,7 @@ fn check_and_start_refuse_values_that_break_the_service() {
                  upstreams = [\"127.0.0.1:{port}\"]\n"
             ),
             "listen[0].upstreams",
-            "forwarded to itself",
+            "this listener itself",
         ),
     ];
     for (i, (body, key, why)) in cases.iter().enumerate() {

@@ -82,16 +82,66 @@ fn is_local(addr: SocketAddr) -> bool {
     std::net::UdpSocket::bind(SocketAddr::new(addr.ip(), 0)).is_ok()
 }
 
-/// The first of corral's own TCP listeners that a proxy upstream at `to` would reach.
-pub fn own_listener(config: &Config, to: SocketAddr) -> Option<(usize, SocketAddr)> {
+/// The first of corral's own TCP listeners that a connection to `to` would reach.
+fn own_listener(config: &Config, to: SocketAddr) -> Option<usize> {
     config
         .listen
         .iter()
-        .enumerate()
-        .find_map(|(j, l)| match l.address {
-            ListenAddr::Tcp(a) if covers(a, to) => Some((j, a)),
-            _ => None,
-        })
+        .position(|l| matches!(l.address, ListenAddr::Tcp(a) if covers(a, to)))
+}
+
+/// The own listeners that proxy listener `i` forwards to: (upstream, address, index).
+fn forwards_to(config: &Config, i: usize) -> Vec<(String, SocketAddr, usize)> {
+    let l = &config.listen[i];
+    if l.service != "proxy" {
+        return Vec::new();
+    }
+    let Ok(addrs) = l.upstream_addrs() else {
+        return Vec::new();
+    };
+    l.upstreams
+        .iter()
+        .zip(addrs)
+        .filter_map(|(u, to)| own_listener(config, to).map(|j| (u.clone(), to, j)))
+        .collect()
+}
+
+/// Whether connections entering listener `from` can be forwarded, through corral's
+/// own proxy listeners, to listener `target`.
+fn leads_to(config: &Config, from: usize, target: usize) -> bool {
+    let mut seen = vec![false; config.listen.len()];
+    let mut stack = vec![from];
+    while let Some(k) = stack.pop() {
+        if std::mem::replace(&mut seen[k], true) {
+            continue;
+        }
+        for (_, _, j) in forwards_to(config, k) {
+            if j == target {
+                return true;
+            }
+            stack.push(j);
+        }
+    }
+    false
+}
+
+/// Why proxy listener `i` would forward connections to itself, if it would.
+pub fn proxy_loop(config: &Config, i: usize) -> Option<String> {
+    for (u, to, j) in forwards_to(config, i) {
+        if j == i {
+            return Some(format!(
+                "upstream `{u}` ({to}) is this listener itself: every connection would be \
+                 forwarded to itself"
+            ));
+        }
+        if leads_to(config, j, i) {
+            return Some(format!(
+                "upstream `{u}` ({to}) is listen[{j}], a proxy whose upstreams lead back to \
+                 listen[{i}]: connections would go round in a loop"
+            ));
+        }
+    }
+    None
 }
 
 #[cfg(test)]
