@@ -120,6 +120,33 @@ fn check_and_start_refuse_values_that_break_the_service() {
 }
 
 #[test]
+fn check_warns_about_an_rss_limit_below_a_fresh_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let body = format!(
+        "[master]\nworkers = 1\npid_file = \"{{dir}}/corral.pid\"\nmax_worker_rss = \"1MiB\"\n\
+         [[listen]]\naddress = \"127.0.0.1:{port}\"\nservice = \"echo\"\n"
+    );
+    let path = write_config(dir.path(), "corral.toml", &body);
+    let cfg = path.display().to_string();
+    let out = cli_env(
+        dir.path(),
+        &["-t", "-c", &cfg],
+        &[],
+        Duration::from_secs(20),
+    )
+    .expect("`corral -t` exits");
+    // A warning, not a refusal: a tiny limit is how recycling is exercised on purpose.
+    assert!(out.status.success(), "{}", out.all());
+    assert!(
+        out.stderr
+            .contains("warning: master.max_worker_rss = 1MiB is below 16MiB"),
+        "no warning: {}",
+        out.all()
+    );
+}
+
+#[test]
 fn environment_errors_name_the_variable() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
