@@ -458,8 +458,9 @@ fn blocked_log_pipe_does_not_stall_or_kill_workers() {
     );
     let total: u64 = text
         .lines()
-        .filter_map(|l| l.split("log_dropped=").nth(1))
-        .filter_map(|n| n.trim_end_matches(')').parse::<u64>().ok())
+        .filter(|l| l.contains("log lines dropped"))
+        .filter_map(|l| l.split(" dropped=").nth(1))
+        .filter_map(|n| n.trim().parse::<u64>().ok())
         .sum();
     assert!(
         total >= dropped,

@@ -10,7 +10,7 @@
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,9 +19,6 @@ use super::target::Target;
 /// Lines the queue holds before it drops: enough for a burst (about 1 MiB of text), small
 /// enough that a stuck writer cannot make a worker grow much.
 pub(super) const CAPACITY: usize = 4096;
-
-/// How often an idle writer thread checks for drops it has not reported yet.
-const IDLE_CHECK: Duration = Duration::from_millis(200);
 
 enum Msg {
     /// A formatted line, and the drop count when it was queued: a report of the drops
@@ -131,38 +128,48 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn write_lines(mut target: Target, rx: Receiver<Msg>, shared: &Shared) {
     let mut reported = 0u64;
     loop {
-        let msg = match rx.recv_timeout(IDLE_CHECK) {
-            Ok(m) => Some(m),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        let switch = match &msg {
-            Some(Msg::Line(..)) => shared.wake_lost.swap(false, Ordering::Relaxed),
-            Some(Msg::Wake) | None => true,
-        };
-        if switch {
-            if let Some(t) = lock(&shared.pending).take() {
-                target = t;
+        let msg = match rx.try_recv() {
+            Ok(m) => m,
+            Err(TryRecvError::Empty) => {
+                // Caught up: whatever was dropped so far can be reported now.
+                report_drops(&mut target, shared, &mut reported);
+                match rx.recv() {
+                    Ok(m) => m,
+                    Err(_) => break,
+                }
             }
-        }
-        let seen = match &msg {
-            Some(Msg::Line(_, seen)) => *seen,
-            // Caught up: whatever was dropped so far can be reported now.
-            Some(Msg::Wake) | None => shared.dropped.load(Ordering::Relaxed),
+            Err(TryRecvError::Disconnected) => break,
         };
-        if seen > reported {
-            let _ = target.write_all(drop_report(seen - reported).as_bytes());
-            reported = seen;
-        }
-        if let Some(Msg::Line(line, _)) = msg {
-            let _ = target.write_all(&line);
+        match msg {
+            Msg::Line(line, seen) => {
+                if shared.wake_lost.swap(false, Ordering::Relaxed) {
+                    switch_target(&mut target, shared);
+                }
+                if seen > reported {
+                    let _ = target.write_all(drop_report(seen - reported).as_bytes());
+                    reported = seen;
+                }
+                let _ = target.write_all(&line);
+            }
+            Msg::Wake => switch_target(&mut target, shared),
         }
     }
-    let total = shared.dropped.load(Ordering::Relaxed);
-    if total > reported {
-        let _ = target.write_all(drop_report(total - reported).as_bytes());
-    }
+    report_drops(&mut target, shared, &mut reported);
     let _ = target.flush();
+}
+
+fn switch_target(target: &mut Target, shared: &Shared) {
+    if let Some(t) = lock(&shared.pending).take() {
+        *target = t;
+    }
+}
+
+fn report_drops(target: &mut Target, shared: &Shared, reported: &mut u64) {
+    let total = shared.dropped.load(Ordering::Relaxed);
+    if total > *reported {
+        let _ = target.write_all(drop_report(total - *reported).as_bytes());
+        *reported = total;
+    }
 }
 
 /// The report line, shaped like the fmt layer's lines so that log readers parse it.
@@ -171,7 +178,7 @@ fn drop_report(n: u64) -> String {
     let mut ts = String::new();
     let _ = SystemTime.format_time(&mut tracing_subscriber::fmt::format::Writer::new(&mut ts));
     format!(
-        "{ts}  WARN corral-log{{pid={}}}: {n} log lines dropped: the log writer could not keep up (log_dropped={n})\n",
+        "{ts}  WARN corral-log{{pid={}}}: {n} log lines dropped: the log writer could not keep up dropped={n}\n",
         std::process::id()
     )
 }
