@@ -45,6 +45,9 @@ fn run(cli: Cli) -> i32 {
             return 1;
         }
     };
+    for w in config.warnings() {
+        eprintln!("corral: warning: {w}");
+    }
     if cli.test {
         println!("corral: configuration file {} is ok", cli.config.display());
         return 0;

@@ -41,6 +41,9 @@ pub struct Stats {
     /// Connections closed at once because their IP was over `max_connections_per_ip`.
     #[serde(default)]
     pub refused: u64,
+    /// Log lines dropped because the worker's log writer could not keep up.
+    #[serde(default)]
+    pub log_dropped: u64,
 }
 
 /// One connection travelling between workers; its fd travels in the same message,

@@ -20,8 +20,9 @@ pub struct Cli {
     /// Configuration file.
     #[arg(short = 'c', long = "config", global = true, default_value = DEFAULT_CONFIG_PATH)]
     pub config: PathBuf,
-    /// Check the configuration and exit (0 if it is valid).
-    #[arg(short = 't', long = "test")]
+    /// Check the configuration and exit (0 if it is valid). Not with `-s`: a check
+    /// that also signalled the master would act on a config it had not checked.
+    #[arg(short = 't', long = "test", conflicts_with = "signal")]
     pub test: bool,
     /// Send a command to the running master and wait for its outcome.
     #[arg(short = 's', long = "signal", value_enum)]

@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
+
+mod checks;
+pub use checks::RSS_FLOOR;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
@@ -638,9 +641,20 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        config.validate()?;
+        config.validate().map_err(|e| blame(e, &figment))?;
         config.resolve_upstreams()?;
+        for i in 0..config.listen.len() {
+            config.check_proxy_loop(i)?;
+        }
         Ok(config)
+    }
+
+    /// Values that are accepted but probably not what the operator wants; `-t`, start
+    /// and reload print them.
+    pub fn warnings(&self) -> Vec<String> {
+        checks::rss_warning(self.master.max_worker_rss)
+            .into_iter()
+            .collect()
     }
 
     /// Resolves every proxy listener's upstreams, once, here in the master (at
@@ -678,8 +692,17 @@ impl Config {
         if self.master.pid_file.as_os_str().is_empty() {
             return Err(self.invalid("master.pid_file", "must not be empty"));
         }
-        if self.master.drain_timeout.0.is_zero() {
-            return Err(self.invalid("master.drain_timeout", "must be more than 0"));
+        // Timeouts: 0 means "off" only for worker.idle_timeout (a connection may stay
+        // idle forever); every other one is a deadline the runtime relies on, where 0
+        // would kill, reset or give up at once, so 0 is refused.
+        for (key, d) in [
+            ("master.drain_timeout", self.master.drain_timeout),
+            ("master.stop_timeout", self.master.stop_timeout),
+            ("master.upgrade_timeout", self.master.upgrade_timeout),
+        ] {
+            if d.0.is_zero() {
+                return Err(self.invalid(key, "must be more than 0"));
+            }
         }
         if self.master.watchdog_timeout.0 <= self.worker.heartbeat_interval.0 {
             return Err(self.invalid(
@@ -711,8 +734,13 @@ impl Config {
                 ),
             ));
         }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            return Err(self.invalid("log.level", format!("`{}`: {e}", self.log.level)));
+        if let Err(e) = crate::log::check_level(&self.log.level) {
+            return Err(self.invalid("log.level", e));
+        }
+        if let Some(file) = &self.log.file {
+            if let Err(e) = checks::log_file(file) {
+                return Err(self.invalid("log.file", e));
+            }
         }
         if self.listen.is_empty() {
             return Err(self.invalid("listen", "at least one [[listen]] entry is needed"));
@@ -746,6 +774,28 @@ impl Config {
             }
             if l.service == "proxy" && l.upstreams.is_empty() {
                 return Err(self.invalid(&key("upstreams"), "a proxy needs at least one upstream"));
+            }
+            if l.header_timeout.is_some_and(|d| d.0.is_zero()) {
+                return Err(self.invalid(
+                    &key("header_timeout"),
+                    "must be more than 0 (0 would answer 408 to every request)",
+                ));
+            }
+            if l.connect_timeout.is_some_and(|d| d.0.is_zero()) {
+                return Err(self.invalid(
+                    &key("connect_timeout"),
+                    "must be more than 0 (0 would fail every upstream connect)",
+                ));
+            }
+            if let Some(size) = l.max_header_size {
+                if size.0 < MIN_HEADER_SIZE {
+                    return Err(self.invalid(
+                        &key("max_header_size"),
+                        format!(
+                            "{size} is too small: no request head fits (at least {MIN_HEADER_SIZE} bytes)"
+                        ),
+                    ));
+                }
             }
             if let Some(st) = l.status {
                 if !(200..=599).contains(&st) {
@@ -797,6 +847,58 @@ impl Config {
     }
 }
 
+/// The smallest `max_header_size`: a request line and a Host header.
+const MIN_HEADER_SIZE: u64 = 64;
+
+impl Config {
+    /// A proxy whose upstreams lead back to itself (directly, or through corral's
+    /// other proxy listeners) would forward connections round in a loop until fds run
+    /// out. Forwarding to one of corral's own echo or http listeners is fine.
+    fn check_proxy_loop(&self, i: usize) -> Result<(), ConfigError> {
+        match checks::proxy_loop(self, i) {
+            Some(why) => Err(self.invalid(&format!("listen[{i}].upstreams"), why)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Names the environment variable instead of the file when the refused value came
+/// from one: figment remembers which provider gave each value.
+fn blame(e: ConfigError, figment: &Figment) -> ConfigError {
+    match e {
+        ConfigError::Invalid {
+            key,
+            origin,
+            reason,
+        } => {
+            let origin = env_var_of(figment, &key).unwrap_or(origin);
+            ConfigError::Invalid {
+                key,
+                origin,
+                reason,
+            }
+        }
+        other => other,
+    }
+}
+
+/// `environment variable CORRAL_MASTER__WORKERS` if that is where `key` was set.
+fn env_var_of(figment: &Figment, key: &str) -> Option<String> {
+    // Keys inside [[listen]] (`listen[0].…`) come from the file only.
+    if key.contains('[') {
+        return None;
+    }
+    let md = figment.find_metadata(key)?;
+    let from_env = md.source.is_none() && md.name.contains("environment variable");
+    from_env.then(|| format!("environment variable {}", env_var_name(key)))
+}
+
+/// The variable that sets `key`: `master.workers` → `CORRAL_MASTER__WORKERS`.
+fn env_var_name(key: &str) -> String {
+    let parts: Vec<String> = key.split('.').map(|p| p.to_ascii_uppercase()).collect();
+    format!("{ENV_PREFIX}{}", parts.join("__"))
+}
+
 /// Figment's own message names the key and, in most cases, the file or variable; it
 /// may report several errors, each of which an operator wants to see.
 fn render_figment_error(e: figment::Error) -> String {
@@ -810,6 +912,11 @@ fn render_figment_error(e: figment::Error) -> String {
         if let Some(md) = &err.metadata {
             match &md.source {
                 Some(src) => line.push_str(&format!(" (in {src})")),
+                None if md.name.contains("environment variable") && !err.path.is_empty() => line
+                    .push_str(&format!(
+                        " (in environment variable {})",
+                        env_var_name(&err.path.join("."))
+                    )),
                 None => line.push_str(&format!(" (in {})", md.name)),
             }
         }
@@ -902,6 +1009,119 @@ mod tests {
         assert!(err.contains("listen"), "{err}");
         let err = load_str(&format!("{MIN}{MIN}")).unwrap_err().to_string();
         assert!(err.contains("listen[1].address"), "{err}");
+    }
+
+    #[test]
+    fn values_that_break_the_service_are_refused() {
+        let cases = [
+            ("[log]\nlevel = \"warning\"\n", "log.level", "not a level"),
+            ("[log]\nlevel = \"loud\"\n", "log.level", "not a level"),
+            (
+                "[log]\nfile = \"/nonexistent/dir/x.log\"\n",
+                "log.file",
+                "/nonexistent/dir",
+            ),
+            ("[log]\nfile = \"/tmp\"\n", "log.file", "is a directory"),
+            (
+                "[master]\nstop_timeout = \"0\"\n",
+                "master.stop_timeout",
+                "more than 0",
+            ),
+            (
+                "[master]\nupgrade_timeout = \"0s\"\n",
+                "master.upgrade_timeout",
+                "more than 0",
+            ),
+            (
+                "[master]\ndrain_timeout = \"0\"\n",
+                "master.drain_timeout",
+                "more than 0",
+            ),
+            (
+                "[master]\nwatchdog_timeout = \"0\"\n",
+                "master.watchdog_timeout",
+                "longer than",
+            ),
+            (
+                "[worker]\nheartbeat_interval = \"0\"\n",
+                "worker.heartbeat_interval",
+                "at least",
+            ),
+        ];
+        for (body, key, why) in cases {
+            let err = load_str(&format!("{body}{MIN}")).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")), "{body}: {err}");
+            assert!(err.contains(why), "{body}: {err}");
+            assert!(
+                err.contains("/tmp") || err.contains(".tmp"),
+                "names the file: {err}"
+            );
+        }
+        let http = "[[listen]]\naddress = \"127.0.0.1:1\"\nservice = \"http\"\n";
+        for (extra, key) in [
+            ("max_header_size = \"0\"\n", "listen[0].max_header_size"),
+            ("max_header_size = \"10\"\n", "listen[0].max_header_size"),
+            ("header_timeout = \"0\"\n", "listen[0].header_timeout"),
+        ] {
+            let err = load_str(&format!("{http}{extra}")).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")), "{extra}: {err}");
+        }
+        let ok = load_str(&format!(
+            "[worker]\nidle_timeout = \"0\"\n{http}max_header_size = \"1KiB\"\n"
+        ));
+        assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    #[test]
+    fn proxy_loops_are_refused() {
+        let proxy = |listen: &str, up: &str| {
+            format!(
+                "[[listen]]\naddress = \"{listen}\"\nservice = \"proxy\"\nupstreams = [\"{up}\"]\n"
+            )
+        };
+        for (listen, up) in [
+            ("127.0.0.1:7001", "127.0.0.1:7001"),
+            ("0.0.0.0:7001", "127.0.0.1:7001"),
+            ("0.0.0.0:7001", "localhost:7001"),
+        ] {
+            let err = load_str(&proxy(listen, up)).unwrap_err().to_string();
+            assert!(err.contains("`listen[0].upstreams`"), "{err}");
+            assert!(err.contains("this listener itself"), "{err}");
+        }
+        // Two proxies that forward to each other.
+        let err = load_str(&format!(
+            "{}{}",
+            proxy("127.0.0.1:7003", "127.0.0.1:7004"),
+            proxy("127.0.0.1:7004", "127.0.0.1:7003")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`listen[0].upstreams`"), "{err}");
+        assert!(err.contains("lead back to listen[0]"), "{err}");
+        // Forwarding to corral's own echo listener, or along a chain that ends there,
+        // is no loop.
+        let echo = "[[listen]]\naddress = \"127.0.0.1:7005\"\nservice = \"echo\"\n";
+        let chain = format!(
+            "{echo}{}{}",
+            proxy("127.0.0.1:7006", "127.0.0.1:7005"),
+            proxy("127.0.0.1:7007", "127.0.0.1:7006")
+        );
+        assert!(load_str(&chain).is_ok(), "{:?}", load_str(&chain));
+        assert!(load_str(&proxy("127.0.0.1:7001", "127.0.0.1:7002")).is_ok());
+    }
+
+    #[test]
+    fn env_var_names() {
+        assert_eq!(env_var_name("master.workers"), "CORRAL_MASTER__WORKERS");
+        assert_eq!(env_var_name("log.level"), "CORRAL_LOG__LEVEL");
+    }
+
+    #[test]
+    fn small_rss_limit_is_a_warning() {
+        let c = load_str(&format!("[master]\nmax_worker_rss = \"1MiB\"\n{MIN}")).unwrap();
+        assert_eq!(c.warnings().len(), 1, "{:?}", c.warnings());
+        let c = load_str(&format!("[master]\nmax_worker_rss = \"64MiB\"\n{MIN}")).unwrap();
+        assert!(c.warnings().is_empty());
     }
 
     #[test]

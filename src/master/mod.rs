@@ -511,9 +511,11 @@ impl Master {
                 }
                 Command::StopWorkers => self.park_workers(),
                 Command::ReopenLogs => {
-                    self.reopen_logs();
+                    let (ok, message) = self
+                        .reopen_logs()
+                        .map_or_else(|e| (false, e), |m| (true, m));
                     for t in waiters {
-                        self.answer(t, true, "logs reopened".into());
+                        self.answer(t, ok, message.clone());
                     }
                 }
                 Command::Status => {
@@ -1152,14 +1154,29 @@ impl Master {
         }
     }
 
-    fn reopen_logs(&mut self) {
-        match crate::log::reopen() {
-            Ok(()) => info!("log file reopened"),
-            Err(e) => error!("{e}"),
-        }
+    /// Reopens the master's log file and asks every worker to do the same. The
+    /// master's outcome is the answer: workers open the same path with the same
+    /// credentials, and one that fails logs why and keeps its old file.
+    fn reopen_logs(&mut self) -> Result<String, String> {
+        let outcome = match crate::log::reopen() {
+            Ok(()) => {
+                info!("log file reopened");
+                Ok(format!(
+                    "logs reopened ({} workers asked)",
+                    self.workers.len()
+                ))
+            }
+            Err(e) => {
+                error!("{e}; still writing to the old log file");
+                Err(format!(
+                    "reopen failed: {e}; the master and its workers keep writing to the old log file"
+                ))
+            }
+        };
         for w in &self.workers {
             let _ = w.channel.send(&ToWorker::ReopenLogs);
         }
+        outcome
     }
 
     /// Starts a reload, or queues it behind the one in flight. `waiters` are
@@ -1235,7 +1252,10 @@ impl Master {
     fn load_for_reload(&self, path: &std::path::Path) -> Result<(Config, Vec<Listener>), String> {
         let new = Config::load(path)
             .map_err(|e| format!("reload failed, configuration unchanged: {e}"))?;
-        for note in restart_only_changes(&self.config, &new) {
+        for note in restart_only_changes(&self.config, &new)
+            .into_iter()
+            .chain(new.warnings())
+        {
             warn!("{note}");
         }
         let listeners = sockets::open_all(&new, &self.listeners, &mut Vec::new())
@@ -1744,6 +1764,7 @@ impl Master {
                     bytes_in: w.stats.bytes_in,
                     bytes_out: w.stats.bytes_out,
                     rss: w.stats.rss,
+                    log_dropped: w.stats.log_dropped,
                     restarts: slot.map_or(0, |s| s.restarts),
                     last_exit: slot.and_then(|s| s.last_exit).map(|(r, t)| {
                         format!(

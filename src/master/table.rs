@@ -116,6 +116,9 @@ pub struct WorkerStatus {
     pub rss: u64,
     pub restarts: u64,
     pub last_exit: Option<String>,
+    /// Log lines the worker dropped because its log writer could not keep up.
+    #[serde(default)]
+    pub log_dropped: u64,
 }
 
 #[cfg(test)]

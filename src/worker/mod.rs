@@ -434,13 +434,8 @@ impl Worker {
     fn heartbeat(&mut self) {
         self.stats.connections = self.conns.len() as u64;
         self.stats.rss = process::self_rss();
-        let dropped = crate::log::take_dropped();
-        if dropped > 0 {
-            warn!(
-                dropped,
-                "log lines dropped: the log writer could not keep up"
-            );
-        }
+        // The log writer thread reports drops itself, once it writes again.
+        self.stats.log_dropped = crate::log::dropped();
         self.send(ToMaster::Heartbeat(self.stats));
     }
 
@@ -632,8 +627,11 @@ impl Worker {
             return;
         }
         self.stats.accepted += 1;
-        self.timers
-            .schedule(now + self.config.worker.idle_timeout.0, Timer::Idle(token));
+        // idle_timeout = 0 means off: no idle timer at all.
+        if !self.config.worker.idle_timeout.0.is_zero() {
+            self.timers
+                .schedule(now + self.config.worker.idle_timeout.0, Timer::Idle(token));
+        }
         if self.listeners[listener].service.upstreams().is_some() {
             self.connect_upstream(token, Vec::new(), Vec::new(), 1);
         }

@@ -1,0 +1,225 @@
+//! Logging: tracing to stderr or to a file that SIGUSR1 reopens.
+//!
+//! The master writes synchronously: it forks, so it must never own a writer thread, and
+//! a blocked stderr therefore stalls the master (its workers keep serving). A worker
+//! switches, right after fork, to a bounded queue drained by a writer thread of its own
+//! ([`queue`]), so neither a slow disk nor a full pipe ever stalls its event loop; lines
+//! dropped under pressure are counted and reported, not silently lost. Both go through
+//! one `MakeWriter` that consults a process-wide sink, because tracing's global
+//! subscriber can only be installed once and a forked worker inherits the master's.
+
+mod filter;
+mod queue;
+mod target;
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter, Registry};
+
+pub use filter::check as check_level;
+use queue::{Queue, QueueWriter};
+use target::Target;
+
+/// How long an exiting worker waits for its writer thread to write what is queued.
+const FINISH_WITHIN: Duration = Duration::from_secs(1);
+
+/// Why logging could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("cannot open log file {path}: {source}")]
+    Open { path: PathBuf, source: io::Error },
+    #[error("invalid log level: {0}")]
+    Level(String),
+    #[error("cannot set up the log writer thread: {0}")]
+    Thread(io::Error),
+}
+
+enum Sink {
+    /// Master (and tools): write in the calling thread.
+    Sync(Target),
+    /// Worker: queue lines for the writer thread, which owns the target. `queue` is
+    /// `None` once the worker shut logging down.
+    Async {
+        path: Option<PathBuf>,
+        queue: Option<Queue>,
+    },
+}
+
+static SINK: OnceLock<Mutex<Sink>> = OnceLock::new();
+static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+
+/// The sink's lock. A worker's loop holds it only to clone a queue handle or swap a
+/// target, never while a line is written to the disk or pipe.
+fn sink() -> MutexGuard<'static, Sink> {
+    let m = SINK.get_or_init(|| Mutex::new(Sink::Sync(Target::stderr())));
+    // A panic while holding the lock leaves a perfectly usable sink behind.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The `MakeWriter` installed in the subscriber.
+#[derive(Clone, Copy)]
+struct LogWriter;
+
+/// One line's writer.
+enum LineWriter {
+    /// The master's target, written under the sink's lock.
+    Sync,
+    /// A worker's queue.
+    Async(QueueWriter),
+    /// After shutdown.
+    Discard,
+}
+
+impl Write for LineWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            LineWriter::Sync => match &mut *sink() {
+                Sink::Sync(t) => t.write(buf),
+                Sink::Async { .. } => Ok(buf.len()),
+            },
+            LineWriter::Async(w) => w.write(buf),
+            LineWriter::Discard => Ok(buf.len()),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            LineWriter::Sync => match &mut *sink() {
+                Sink::Sync(t) => t.flush(),
+                Sink::Async { .. } => Ok(()),
+            },
+            LineWriter::Async(w) => w.flush(),
+            LineWriter::Discard => Ok(()),
+        }
+    }
+}
+
+impl<'a> MakeWriter<'a> for LogWriter {
+    type Writer = LineWriter;
+    fn make_writer(&'a self) -> LineWriter {
+        match &*sink() {
+            Sink::Sync(_) => LineWriter::Sync,
+            Sink::Async { queue: Some(q), .. } => LineWriter::Async(q.writer()),
+            Sink::Async { queue: None, .. } => LineWriter::Discard,
+        }
+    }
+}
+
+/// Installs the global subscriber, writing synchronously to `file` or stderr.
+pub fn init(level: &str, file: Option<&Path>) -> Result<(), LogError> {
+    let target = Target::open(file)?;
+    let (filter, note) = filter::effective(level).map_err(LogError::Level)?;
+    *sink() = Sink::Sync(target);
+    let (filter, handle) = reload::Layer::new(filter);
+    let ansi = file.is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(LogWriter)
+        .with_ansi(ansi)
+        .with_target(false);
+    // A second init (tests in one process) keeps the first subscriber; fine.
+    if tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .try_init()
+        .is_ok()
+    {
+        let _ = FILTER.set(handle);
+    }
+    if let Some(note) = note {
+        if file.is_some() {
+            // The operator at the terminal would not see it in the file.
+            eprintln!("corral: {note}");
+        }
+        tracing::warn!("{note}");
+    }
+    Ok(())
+}
+
+/// Applies a reloaded config's level and file. A file that cannot be opened leaves the
+/// current target in place and is reported.
+pub fn reconfigure(level: &str, file: Option<&Path>) -> Result<(), LogError> {
+    let (filter, note) = filter::effective(level).map_err(LogError::Level)?;
+    let mut s = sink();
+    if let Sink::Sync(t) = &mut *s {
+        if t.path.as_deref() != file {
+            *t = Target::open(file)?;
+        }
+    }
+    drop(s);
+    if let Some(h) = FILTER.get() {
+        let _ = h.modify(|f| *f = filter);
+    }
+    if let Some(note) = note {
+        tracing::warn!("{note}");
+    }
+    Ok(())
+}
+
+/// Reopens the log file by its path (after logrotate moved it away). On failure the
+/// current file stays in use, so no line is lost.
+pub fn reopen() -> Result<(), LogError> {
+    let path = match &*sink() {
+        Sink::Sync(t) => t.path.clone(),
+        Sink::Async { path, .. } => path.clone(),
+    };
+    // Opened outside the lock: a slow open must not hold up other threads' lines.
+    let fresh = Target::open(path.as_deref())?;
+    match &mut *sink() {
+        Sink::Sync(t) => *t = fresh,
+        Sink::Async { queue: Some(q), .. } => q.replace_target(fresh),
+        Sink::Async { queue: None, .. } => {}
+    }
+    Ok(())
+}
+
+/// In a freshly forked worker: move writing to a background thread. The thread is
+/// started here, after fork, never in the master. If it cannot start, the worker keeps
+/// writing synchronously, which is slower under pressure but loses nothing.
+pub fn become_worker() {
+    let mut s = sink();
+    let Sink::Sync(t) = &*s else {
+        return;
+    };
+    let started = t
+        .duplicate()
+        .map_err(LogError::Thread)
+        .and_then(|t| Queue::start(t, queue::CAPACITY).map_err(LogError::Thread));
+    match started {
+        Ok(queue) => {
+            let path = t.path.clone();
+            *s = Sink::Async {
+                path,
+                queue: Some(queue),
+            };
+        }
+        Err(e) => {
+            drop(s);
+            tracing::warn!("{e}; this worker logs synchronously");
+        }
+    }
+}
+
+/// Lines the worker's writer dropped since it started (0 in the master).
+pub fn dropped() -> u64 {
+    match &*sink() {
+        Sink::Async { queue: Some(q), .. } => q.dropped(),
+        _ => 0,
+    }
+}
+
+/// Lets the worker's writer thread finish (for at most a second); call before a worker
+/// exits.
+pub fn shutdown() {
+    let queue = match &mut *sink() {
+        Sink::Async { queue, .. } => queue.take(),
+        Sink::Sync(_) => None,
+    };
+    if let Some(q) = queue {
+        q.finish(FINISH_WITHIN);
+    }
+}
