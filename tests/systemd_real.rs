@@ -467,3 +467,71 @@ fn broken_upgrade_rolls_back_and_systemd_keeps_the_old_master() {
     drop(held);
     stop_drains(&ns, Duration::from_secs(2));
 }
+
+/// `systemctl stop` right after an upgrade, while the old master still drains a
+/// connection: the new master exits only after the old one, so systemd does not
+/// SIGKILL the old master's connection (KillMode=mixed kills what is left in the unit
+/// once the main process is gone). The connection keeps being served and ends with a
+/// clean close at the old master's drain deadline.
+#[test]
+fn stop_while_the_old_master_drains_keeps_its_connections() {
+    let Some(script) = or_skip("stop_while_the_old_master_drains_keeps_its_connections") else {
+        return;
+    };
+    let drain = Duration::from_secs(5);
+    let ns = SystemdNs::boot(&script, &config(2, "5s"), &UnitOpts::default());
+    ns.systemctl(&["start", "corral.service"]);
+    assert_active(&ns, "after start");
+    let old = ns.main_pid();
+    let mut held = ns.connect().expect("connect before the upgrade");
+    must_echo_ns(&ns, &mut held, "before upgrade\n", "before the upgrade");
+    ns.systemctl(&[
+        "kill",
+        "-s",
+        "SIGUSR2",
+        "--kill-whom=main",
+        "corral.service",
+    ]);
+    assert!(
+        wait_until(Duration::from_secs(20) + MARGIN, || {
+            let p = ns.main_pid();
+            p > 0 && p != old
+        }),
+        "MainPID did not move from {old}\n{}",
+        ns.log_tail(30)
+    );
+    let t0 = Instant::now();
+    ns.systemctl(&["stop", "--no-block", "corral.service"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || ns.prop("ActiveState")
+            != "active"),
+        "unit did not start stopping"
+    );
+    // Well past the moment the new master (with no connection of its own) would have
+    // exited, the old master's connection is still served.
+    std::thread::sleep(Duration::from_millis(1500));
+    if t0.elapsed() + Duration::from_millis(500) < drain {
+        must_echo_ns(
+            &ns,
+            &mut held,
+            "still draining\n",
+            "old master's connection during stop",
+        );
+    }
+    match wait_ending(&mut held, drain + MARGIN) {
+        Ending::Eof(_) => {}
+        other => panic!(
+            "old master's connection not closed cleanly: {other:?}\n{}",
+            ns.log_tail(40)
+        ),
+    }
+    assert!(
+        ns.wait_prop("ActiveState", "inactive", Duration::from_secs(20) + MARGIN),
+        "unit not inactive: {:?}\n{}",
+        ns.show("corral.service", &["ActiveState", "SubState", "Result"]),
+        ns.log_tail(40)
+    );
+    assert_eq!(ns.prop("Result"), "success", "{}", ns.log_tail(40));
+    let left = ns.corral_processes();
+    assert!(left.is_empty(), "processes left after stop: {left:?}");
+}

@@ -184,6 +184,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const RECYCLE_MIN_HEARTBEATS: u32 = 5;
 /// Grace between the watchdog's SIGABRT (for a core dump) and its SIGKILL.
 const WATCHDOG_GRACE: Duration = Duration::from_secs(2);
+/// How often a stopping master looks whether the old master of an upgrade is gone.
+const PREDECESSOR_POLL: Duration = Duration::from_millis(50);
 /// Grace between a drain/stop deadline's SIGKILL and giving up on a worker.
 const KILL_GRACE: Duration = Duration::from_millis(500);
 /// A draining worker ends itself at `drain_timeout`; the master's SIGKILL is the
@@ -225,6 +227,9 @@ pub struct Master {
     handed_over: bool,
     /// As PID 1 of a pid namespace, the master we handed over to: we stay as its init.
     successor: Option<upgrade::Successor>,
+    /// The old master of the upgrade that started us, while it still drains: a stop
+    /// waits for it (see `upgrade::Predecessor`).
+    predecessor: Option<upgrade::Predecessor>,
     /// Upgrade requests waiting behind a reload, answered when it ends.
     upgrade_refused_waiters: Vec<u64>,
     /// `WATCHDOG=1` period when systemd's watchdog is on, and the next one due.
@@ -343,6 +348,7 @@ impl Master {
             reporter,
             handed_over: false,
             successor: None,
+            predecessor: upgrade::Predecessor::from_env(),
             upgrade_refused_waiters: Vec::new(),
             sd_watchdog: crate::notify::watchdog_interval().map(|d| (d, Instant::now())),
             reserve: FdReserve::new(pressure::RESERVE_FDS),
@@ -554,9 +560,24 @@ impl Master {
     }
 
     /// The exit code, once the master is done.
-    fn finished(&self) -> Option<i32> {
+    fn finished(&mut self) -> Option<i32> {
+        if self.predecessor.as_ref().is_some_and(|p| p.gone()) {
+            self.predecessor = None;
+        }
         match self.state {
-            State::Stopping { .. } if self.workers.is_empty() => Some(self.exit_code),
+            State::Stopping { deadline, .. } if self.workers.is_empty() => {
+                // Exiting would let systemd SIGKILL the old master's connections.
+                if let Some(p) = &self.predecessor {
+                    if Instant::now() < deadline {
+                        return None;
+                    }
+                    warn!(
+                        pid = p.pid().as_raw(),
+                        "exiting while the old master of the last upgrade still drains"
+                    );
+                }
+                Some(self.exit_code)
+            }
             _ => None,
         }
     }
@@ -1056,6 +1077,10 @@ impl Master {
             State::Running => {}
         }
         d.extend(self.sd_watchdog.map(|(_, due)| due));
+        if self.predecessor.is_some() && matches!(self.state, State::Stopping { .. }) {
+            // Waiting for the old master to exit (no fd to poll for it here).
+            d.push(Instant::now() + PREDECESSOR_POLL);
+        }
         d.extend(self.accept_paused_until);
         d.extend(self.slots.iter().filter_map(|s| s.respawn_at));
         let wd = self.config.master.watchdog_timeout.0;
@@ -1120,6 +1145,17 @@ impl Master {
             graceful,
             deadline: now + timeout,
         };
+        if let Some(p) = &self.predecessor {
+            // The old master of the last upgrade drains on its own deadline; a fast
+            // stop is for it too.
+            info!(
+                pid = p.pid().as_raw(),
+                "the old master of the last upgrade still drains; exiting after it"
+            );
+            if !graceful {
+                p.stop_fast();
+            }
+        }
         // Closing our copies now makes new connections fail fast once the workers
         // close theirs, instead of piling up in a backlog nobody will accept from.
         self.listeners.clear();
@@ -1430,13 +1466,17 @@ impl Master {
         // Detached (double fork), so that under systemd the new master is systemd's
         // child when it is named MAINPID=, not an "alien" one systemd would SIGKILL
         // at the next stop instead of letting it drain.
+        let me = upgrade::predecessor_env();
         let exec = || match sockets::hand_over(&self.listeners, &pipe_w) {
-            Ok(env) => match signals::reset_for_exec() {
-                Ok(()) => format!(
-                    "exec of {} failed: {}",
-                    self.binary.display(),
-                    sockets::exec(&path, &args, &env)
-                ),
+            Ok(mut env) => match signals::reset_for_exec() {
+                Ok(()) => {
+                    env.extend(me);
+                    format!(
+                        "exec of {} failed: {}",
+                        self.binary.display(),
+                        sockets::exec(&path, &args, &env)
+                    )
+                }
                 Err(e) => e.to_string(),
             },
             Err(e) => e,

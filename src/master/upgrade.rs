@@ -19,8 +19,10 @@ use crate::os::fd;
 use crate::os::pidfd::{self, PidFd};
 use crate::os::process::{self, ExitReason};
 
+mod predecessor;
 pub mod shim;
 mod spawn;
+pub use predecessor::{env_value as predecessor_env, Predecessor};
 pub use shim::Successor;
 pub use spawn::{detached, SpawnError, Spawned};
 

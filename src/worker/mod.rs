@@ -13,8 +13,8 @@
 //! connections own no buffers: output buffers come from a per-worker pool on demand.
 
 mod conn;
-pub mod orphan;
 mod handoff;
+pub mod orphan;
 mod pool;
 pub mod timer;
 

@@ -23,10 +23,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-pub mod opsec;
-pub mod pressure;
 #[allow(dead_code)]
 pub mod inputs;
+pub mod opsec;
+pub mod pressure;
 
 /// How long `Corral::start` waits for a usable master (loaded 2-core box).
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -1130,6 +1130,6 @@ pub fn new_master_pids(log: &str) -> Vec<i32> {
 }
 
 #[allow(dead_code)]
-pub mod sysd;
-#[allow(dead_code)]
 pub mod handover;
+#[allow(dead_code)]
+pub mod sysd;
