@@ -184,6 +184,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const RECYCLE_MIN_HEARTBEATS: u32 = 5;
 /// Grace between the watchdog's SIGABRT (for a core dump) and its SIGKILL.
 const WATCHDOG_GRACE: Duration = Duration::from_secs(2);
+/// How long after a reload `max_old_generations` is enforced: time for old workers
+/// with no connection left to exit, so they are not counted.
+const OLD_GENERATIONS_GRACE: Duration = Duration::from_secs(1);
 /// How often a stopping master looks whether the old master of an upgrade is gone.
 const PREDECESSOR_POLL: Duration = Duration::from_millis(50);
 /// Grace between a drain/stop deadline's SIGKILL and giving up on a worker.
@@ -230,6 +233,8 @@ pub struct Master {
     /// The old master of the upgrade that started us, while it still drains: a stop
     /// waits for it (see `upgrade::Predecessor`).
     predecessor: Option<upgrade::Predecessor>,
+    /// When to enforce `max_old_generations` after the last reload.
+    old_generations_check: Option<Instant>,
     /// Upgrade requests waiting behind a reload, answered when it ends.
     upgrade_refused_waiters: Vec<u64>,
     /// `WATCHDOG=1` period when systemd's watchdog is on, and the next one due.
@@ -349,6 +354,7 @@ impl Master {
             handed_over: false,
             successor: None,
             predecessor: upgrade::Predecessor::from_env(),
+            old_generations_check: None,
             upgrade_refused_waiters: Vec::new(),
             sd_watchdog: crate::notify::watchdog_interval().map(|d| (d, Instant::now())),
             reserve: FdReserve::new(pressure::RESERVE_FDS),
@@ -546,6 +552,10 @@ impl Master {
         self.watchdog(now);
         self.enforce_deadlines(now);
         self.check_progress(now);
+        if self.old_generations_check.is_some_and(|t| t <= now) {
+            self.old_generations_check = None;
+            self.limit_old_generations();
+        }
         self.sd_watchdog(now);
         self.flush_clients();
     }
@@ -1077,6 +1087,7 @@ impl Master {
             State::Running => {}
         }
         d.extend(self.sd_watchdog.map(|(_, due)| due));
+        d.extend(self.old_generations_check);
         if self.predecessor.is_some() && matches!(self.state, State::Stopping { .. }) {
             // Waiting for the old master to exit (no fd to poll for it here).
             d.push(Instant::now() + PREDECESSOR_POLL);
@@ -1332,7 +1343,12 @@ impl Master {
         self.listeners = listeners;
         self.generation = generation;
         self.workers_parked = false;
-        self.limit_old_generations();
+        // Old workers with nothing left exit within milliseconds of their drain
+        // message; counting them right now (on a loaded box, before they were even
+        // scheduled) would cut a generation that still serves clients.
+        // In a reload storm the first pending check stands, so the cap still holds.
+        self.old_generations_check
+            .get_or_insert(now + OLD_GENERATIONS_GRACE);
         let took = now.saturating_duration_since(started);
         let msg = format!(
             "reloaded: generation {generation} serving with {n} workers (ready in {} ms), {drained} old workers draining",
