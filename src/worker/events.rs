@@ -39,12 +39,12 @@ impl Kind {
             Kind::MaxConnections => info!("connection limit: {n} more suppressed"),
             Kind::AcceptFailed => warn!("accept() failed: {n} more suppressed"),
             Kind::UpstreamFailed { listener, index } => warn!(
-                listen = at(listener),
+                listen = %at(listener),
                 upstream = index,
                 "upstream connect failed: {n} more suppressed"
             ),
             Kind::NoUpstream { listener } => warn!(
-                listen = at(listener),
+                listen = %at(listener),
                 "no upstream could be reached: {n} more suppressed"
             ),
         }
@@ -104,7 +104,7 @@ impl Events {
     pub fn upstream_failed(&mut self, listener: u16, index: usize, addr: SocketAddr, why: &str) {
         if let Some(more) = self.admit(Kind::UpstreamFailed { listener, index }) {
             let listen = self.listen(listener);
-            warn!(listen, upstream = index, %addr, "upstream connect failed: {why}{more}");
+            warn!(%listen, upstream = index, %addr, "upstream connect failed: {why}{more}");
         }
     }
 
@@ -113,7 +113,7 @@ impl Events {
         if let Some(more) = self.admit(Kind::NoUpstream { listener }) {
             let listen = self.listen(listener);
             warn!(
-                listen,
+                %listen,
                 tried, "no upstream could be reached (all down); closing the client{more}"
             );
         }
