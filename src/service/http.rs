@@ -415,8 +415,7 @@ struct RequestLine {
 }
 
 /// Checks a request line (RFC 9112 §3): `method SP request-target SP HTTP-version`,
-/// single spaces, a token for the method, one of the four target forms that fits the
-/// method. `CONNECT` (a tunnel through a proxy, which this origin is not) is refused
+/// single spaces, a token for the method, a target form that fits the method. `CONNECT` (a tunnel through a proxy, which this origin is not) is refused
 /// with 501 rather than answered and left open.
 fn request_line(line: &[u8]) -> Result<RequestLine, Refusal> {
     let bad = Err(Refusal::BadRequest);
