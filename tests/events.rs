@@ -49,7 +49,9 @@ fn per_ip_rejections_are_logged_and_a_flood_is_rate_limited() {
     let log = c.log();
     let lines = operator_lines(&log, "per-IP connection limit");
     assert!(
-        lines[0].contains("ip=127.0.0.1") && lines[0].contains("limit=1"),
+        lines[0].contains("ip=127.0.0.1")
+            && lines[0].contains("limit=1")
+            && lines[0].contains(&format!("listen=127.0.0.1:{limited}")),
         "{}",
         lines[0]
     );

@@ -76,9 +76,10 @@ impl Events {
     }
 
     /// A client went over `max_connections_per_ip` and was closed at once.
-    pub fn per_ip(&mut self, ip: IpAddr, limit: usize) {
+    pub fn per_ip(&mut self, listener: u16, ip: IpAddr, limit: usize) {
         if let Some(more) = self.admit(Kind::PerIp) {
-            info!(%ip, limit, "per-IP connection limit: connection closed{more}");
+            let listen = self.listen(listener);
+            info!(%listen, %ip, limit, "per-IP connection limit: connection closed{more}");
         }
     }
 

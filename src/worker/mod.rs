@@ -643,7 +643,8 @@ impl Worker {
             Some(ip) if flow.max_connections_per_ip > 0 => {
                 let n = self.per_ip.entry(ip).or_insert(0);
                 if *n as usize >= flow.max_connections_per_ip {
-                    self.notices.per_ip(ip, flow.max_connections_per_ip);
+                    self.notices
+                        .per_ip(listener as u16, ip, flow.max_connections_per_ip);
                     self.stats.refused += 1;
                     return; // dropping the fd closes the connection
                 }
