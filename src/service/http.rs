@@ -473,8 +473,11 @@ fn target_is_valid(method: &[u8], target: &[u8]) -> bool {
 /// A `Host` value (RFC 9112 §3.2, RFC 3986 `authority` without userinfo): host
 /// name, IP literal or IPv4 address, optional port; possibly empty.
 fn host_is_valid(v: &[u8]) -> bool {
-    v.iter()
-        .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+;=:%[]".contains(&b))
+    v.iter().all(|&b| {
+        matches!(b, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~'
+            | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b';' | b'=' | b':'
+            | b'%' | b'[' | b']')
+    })
 }
 
 fn trim_ows(mut v: &[u8]) -> &[u8] {
