@@ -22,10 +22,16 @@ use std::time::Duration;
 use corral::config::ListenConfig;
 use corral::service::{self, Handler, Io, Service};
 
-/// The longest line accepted; a client sending more is told so and disconnected.
+/// The longest line accepted, in bytes, not counting its line end (`\n` or `\r\n`);
+/// a client sending more is told so and disconnected. The limit is exact however the
+/// line is split into packets: a line is measured, not the read that brought it.
 const MAX_LINE: usize = 4096;
 /// A connection that sends half a line and then nothing is closed after this.
 const LINE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After refusing a line, how long input is still read and thrown away before the
+/// close: closing with unread input would send RST, which can destroy the refusal
+/// before the client reads it; so FIN first, then close when the client does.
+const LINGER: Duration = Duration::from_secs(2);
 
 /// One worker's store, shared by its connections (the loop is single-threaded, so
 /// `Rc<RefCell<…>>` is all the sharing needed).
@@ -39,8 +45,13 @@ struct KvConn {
     store: Store,
     /// A SLEEP is running on the pool: replies wait for it, to keep them in order.
     busy: bool,
-    /// Lines that arrived while busy.
-    queued: Vec<String>,
+    /// Lines that arrived while busy; `None` stands for a line that was too long,
+    /// answered (and the connection closed) in its turn.
+    queued: Vec<Option<String>>,
+    /// A line was too long: nothing after it is run.
+    refused: bool,
+    /// The refusal is out: waiting for the client to go (see `LINGER`).
+    lingering: bool,
 }
 
 impl Service for Kv {
@@ -49,6 +60,8 @@ impl Service for Kv {
             store: self.store.clone(),
             busy: false,
             queued: Vec::new(),
+            refused: false,
+            lingering: false,
         })
     }
 }
@@ -98,28 +111,63 @@ impl KvConn {
 
     fn run_queued(&mut self, io: &mut Io<'_>) {
         while !self.busy && !self.queued.is_empty() {
-            let line = self.queued.remove(0);
-            self.command(io, &line);
+            match self.queued.remove(0) {
+                Some(line) => self.command(io, &line),
+                None => self.too_long(io),
+            }
         }
     }
+
+    /// A line (or what has arrived of one) is over the limit: everything before it is
+    /// answered first, then the refusal, then the connection closes.
+    fn refuse(&mut self, io: &mut Io<'_>) {
+        self.refused = true;
+        io.clear_timer();
+        if self.busy {
+            self.queued.push(None);
+        } else {
+            self.too_long(io);
+        }
+    }
+
+    fn too_long(&mut self, io: &mut Io<'_>) {
+        io.write(format!("ERROR line too long: more than {MAX_LINE} bytes; closing\n").as_bytes());
+        io.shutdown_write();
+        io.set_timer(LINGER);
+        self.lingering = true;
+    }
+}
+
+/// A line's length without its line end: `raw` is what precedes the `\n`.
+fn line_len(raw: &[u8]) -> usize {
+    raw.strip_suffix(b"\r").unwrap_or(raw).len()
 }
 
 impl Handler for KvConn {
     fn on_data(&mut self, io: &mut Io<'_>, data: &[u8]) -> usize {
+        if self.refused {
+            return data.len();
+        }
         let mut used = 0;
         while let Some(end) = data[used..].iter().position(|&b| b == b'\n') {
-            let line = String::from_utf8_lossy(&data[used..used + end]);
-            let line = line.trim_end_matches('\r').to_string();
+            let raw = &data[used..used + end];
             used += end + 1;
+            if line_len(raw) > MAX_LINE {
+                self.refuse(io);
+                return data.len();
+            }
+            let line = String::from_utf8_lossy(raw);
+            let line = line.trim_end_matches('\r').to_string();
             if self.busy {
-                self.queued.push(line);
+                self.queued.push(Some(line));
             } else {
                 self.command(io, &line);
             }
         }
-        if data.len() - used > MAX_LINE {
-            io.write(b"ERROR line too long\n");
-            io.close();
+        // Half a line: already too long if it has more than MAX_LINE bytes, not
+        // counting one trailing `\r` (it may be the start of the line end).
+        if line_len(&data[used..]) > MAX_LINE {
+            self.refuse(io);
             return data.len();
         }
         // Half a line: give the client a while to finish it.
@@ -132,7 +180,9 @@ impl Handler for KvConn {
     }
 
     fn on_timer(&mut self, io: &mut Io<'_>) {
-        io.write(b"ERROR line timeout\n");
+        if !self.lingering {
+            io.write(b"ERROR line timeout\n");
+        }
         io.close();
     }
 
@@ -145,7 +195,7 @@ impl Handler for KvConn {
     }
 
     fn is_idle(&self) -> bool {
-        !self.busy && self.queued.is_empty()
+        !self.busy && self.queued.is_empty() && !self.refused
     }
 }
 

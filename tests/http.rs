@@ -891,3 +891,179 @@ fn raw_keep_alive_clients_across_10_reloads_see_zero_errors() {
         reconnects.load(Ordering::Relaxed)
     );
 }
+
+// ---------------------------------------------------------------------------
+// Protocol inputs that used to break the service
+// ---------------------------------------------------------------------------
+
+/// Starts corral with the http listener (extra `http_keys`) and extra top-level TOML
+/// (`[flow]` settings, say).
+fn start_http_with(http_keys: &str, top: &str) -> Http {
+    let port = free_port();
+    let template = format!(
+        "{}\n{top}\n[[listen]]\naddress = \"127.0.0.1:{port}\"\nservice = \"http\"\n{http_keys}\n",
+        Conf::new(1).render()
+    );
+    let c = Corral::start(&template);
+    Http { c, port }
+}
+
+#[test]
+fn a_pipelining_client_that_pauses_reading_gets_every_response() {
+    // Big responses and padded requests: the first read of 64 KiB of requests queues
+    // megabytes of output, so the worker stops reading with half a head in its buffer
+    // while the client, which does not read, holds it back for 2x header_timeout.
+    const N: usize = 200;
+    let body = "b".repeat(64 << 10);
+    let h = start_http_with(&format!("header_timeout = \"1s\"\nbody = \"{body}\"\n"), "");
+    let mut one = b"GET / HTTP/1.1\r\nHost: t\r\nX-Pad: ".to_vec();
+    one.extend(std::iter::repeat_n(b'p', 1000 - one.len() - 4));
+    one.extend_from_slice(b"\r\n\r\n");
+    assert_eq!(
+        one.len(),
+        1000,
+        "not a divisor of the read size: heads get split"
+    );
+    let all: Vec<u8> = one.repeat(N);
+    let mut cl = h.client();
+    let mut w = cl.s.try_clone().expect("clone the socket");
+    // The writes block while the server does not read: a thread sends them.
+    let writer = std::thread::spawn(move || w.write_all(&all));
+    std::thread::sleep(Duration::from_secs(2)); // the scenario: 2x header_timeout
+    let mut got = 0;
+    for i in 0..N {
+        match cl.response(false) {
+            Ok(r) => {
+                assert_eq!(r.status, 200, "response {i}: {:?}", r.head);
+                assert_eq!(r.body.len(), body.len(), "response {i}");
+                got += 1;
+            }
+            Err(e) => panic!(
+                "response {i} of {N}: {e}; got {got} before\n{}",
+                h.c.log_tail(20)
+            ),
+        }
+    }
+    match writer.join() {
+        Ok(r) => r.expect("all requests sent"),
+        Err(_) => panic!("writer thread panicked"),
+    }
+    assert_eq!(got, N);
+    // And the connection is still in keep-alive.
+    assert_eq!(
+        must(&h, "after the pipeline", cl.roundtrip(GET)).status,
+        200
+    );
+}
+
+#[test]
+fn empty_lines_every_300ms_do_not_keep_a_connection_open() {
+    let h = Http::start(1, "20s", "header_timeout = \"1s\"\n");
+    let mut cl = h.client();
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(1) + MARGIN;
+    let closed = loop {
+        if Instant::now() >= deadline {
+            break false;
+        }
+        let _ = cl.send(b"\r\n");
+        match cl.fill(Instant::now() + Duration::from_millis(300)) {
+            Ok(0) | Err(Fail::Closed { .. }) => break true,
+            Ok(_) | Err(Fail::Timeout { .. }) => {}
+            Err(Fail::Bad(e)) => panic!("{e}"),
+        }
+    };
+    let took = t0.elapsed();
+    let got = String::from_utf8_lossy(&cl.buf).into_owned();
+    assert!(
+        closed,
+        "a client sending only CRLF every 300 ms is still connected after {took:?} \
+         (header_timeout 1s); got {got:?}\n{}",
+        h.c.log_tail(20)
+    );
+    assert!(
+        got.is_empty() || got.starts_with("HTTP/1.1 408 ") || got.starts_with("HTTP/1.1 400 "),
+        "{got:?}"
+    );
+    assert!(took >= Duration::from_millis(900), "closed after {took:?}");
+    eprintln!("CRLF trickler closed after {took:?} with {got:?}");
+}
+
+#[test]
+fn http_1_1_needs_exactly_one_host_and_1_0_needs_none() {
+    let h = Http::start(1, "20s", "");
+    for (req, what) in [
+        (&b"GET / HTTP/1.1\r\n\r\n"[..], "HTTP/1.1 without Host"),
+        (
+            &b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"[..],
+            "two Host headers",
+        ),
+        (
+            &b"GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n"[..],
+            "the same Host twice",
+        ),
+    ] {
+        let mut cl = h.client();
+        let r = must(&h, what, cl.roundtrip(req));
+        assert_eq!(r.status, 400, "{what}: {r:?}");
+        assert!(r.closes(), "{what}: {r:?}");
+        if let Err(e) = cl.expect_closed(IO_TIMEOUT) {
+            panic!("{what}: not closed after 400: {e}");
+        }
+    }
+    let mut cl = h.client();
+    let r = must(
+        &h,
+        "1.0 without Host",
+        cl.roundtrip(b"GET / HTTP/1.0\r\n\r\n"),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    // curl, told to send no Host header.
+    if let Some(out) = http::run_curl(
+        h.c.dir.path(),
+        &["--noproxy", "*", "--include", "--header", "Host:", &h.url()],
+    ) {
+        assert!(
+            out.stdout.starts_with("HTTP/1.1 400 "),
+            "{}\n{}",
+            out.stdout,
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn connect_is_refused_and_the_connection_closed() {
+    let h = Http::start(1, "20s", "");
+    let mut cl = h.client();
+    let r = must(
+        &h,
+        "CONNECT",
+        cl.roundtrip(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"),
+    );
+    assert!(r.status == 405 || r.status == 501, "{r:?}");
+    assert!(r.closes(), "{r:?}");
+    if let Err(e) = cl.expect_closed(IO_TIMEOUT) {
+        panic!("CONNECT left the connection open: {e}");
+    }
+    // curl using corral as an HTTP proxy tunnels with CONNECT: it must be told no
+    // (the tunnel never reaches the outside: curl only talks to 127.0.0.1).
+    let proxy = format!("http://127.0.0.1:{}", h.port);
+    if let Some(out) = http::run_curl(
+        h.c.dir.path(),
+        &[
+            "--proxytunnel",
+            "--proxy",
+            &proxy,
+            "--verbose",
+            "http://tunnel.invalid/",
+        ],
+    ) {
+        assert!(!out.ok, "curl's tunnel was accepted: {}", out.stderr);
+        assert!(
+            out.stderr.contains("< HTTP/1.1 501") || out.stderr.contains("< HTTP/1.1 405"),
+            "{}",
+            out.stderr
+        );
+    }
+}

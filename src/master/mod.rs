@@ -1339,6 +1339,7 @@ impl Master {
         self.config = config;
         // Listeners the new config dropped close here (the draining workers closed
         // their copies when told to drain).
+        sockets::log_changes(&self.listeners, &listeners);
         sockets::remove_paths(&self.listeners, &listeners);
         self.listeners = listeners;
         self.generation = generation;

@@ -200,6 +200,25 @@ pub fn for_slot(listeners: &[Listener], slot: usize) -> impl Iterator<Item = &Li
         .filter(move |l| l.slot.is_none() || l.slot == Some(slot))
 }
 
+/// Logs the listeners a reload added and removed, once the reload takes effect (a
+/// failed reload changes nothing, so it logs nothing here). One line per address,
+/// however many reuseport sockets it has.
+pub fn log_changes(old: &[Listener], new: &[Listener]) {
+    let mut seen: Vec<&ListenAddr> = Vec::new();
+    for l in new {
+        if !seen.contains(&&l.addr) && !old.iter().any(|o| o.addr == l.addr) {
+            info!(address = %l.addr, name = %l.name, "listener added by reload");
+        }
+        seen.push(&l.addr);
+    }
+    for l in old {
+        if !seen.contains(&&l.addr) && !new.iter().any(|n| n.addr == l.addr) {
+            info!(address = %l.addr, name = %l.name, "listener removed by reload: no longer accepting there");
+        }
+        seen.push(&l.addr);
+    }
+}
+
 /// Removes the Unix socket files we created (at exit, or when a reload dropped them).
 pub fn remove_paths(listeners: &[Listener], keep: &[Listener]) {
     for l in listeners {

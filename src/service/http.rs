@@ -7,12 +7,17 @@
 //! What it does speak: keep-alive (HTTP/1.1 by default, HTTP/1.0 on request),
 //! pipelining, `HEAD`, `Connection: close`, request bodies framed by `Content-Length`
 //! (read and thrown away as they stream in, never buffered whole), `Expect:
-//! 100-continue`. What it refuses, with an error response and a close: malformed
-//! request lines and headers, versions other than 1.0 and 1.1, bad or conflicting
-//! `Content-Length` (400), any `Transfer-Encoding` (501: it never needs a request
-//! body, so it does not implement chunked decoding), heads above `max_header_size`
-//! (431), and heads that do not complete within `header_timeout` (408, against
-//! slowloris clients). Idle keep-alive connections are the worker's business
+//! 100-continue`. What it refuses, with an error response and a close (RFC 9112,
+//! strictly): malformed request lines and headers (whitespace before a colon, obs-fold,
+//! bare CR, controls), request targets that fit none of the forms, versions other than
+//! 1.0 and 1.1, an HTTP/1.1 request without `Host` or any request with two, bad or
+//! conflicting `Content-Length`, more than a few empty lines before a request (400);
+//! `CONNECT` and any `Transfer-Encoding` (501: it is no proxy, and it never needs a
+//! request body, so it does not implement chunked decoding); heads above
+//! `max_header_size` (431); heads that do not complete within `header_timeout` (408,
+//! against slowloris clients; the time the worker itself stops reading a pipelining
+//! client that does not read its responses does not count). Idle keep-alive
+//! connections are the worker's business
 //! (`[worker] idle_timeout`, and hand-over to the next generation on reload); a draining
 //! worker makes its next response `Connection: close`.
 
@@ -38,6 +43,15 @@ pub const DEFAULT_MAX_HEADER_SIZE: usize = 8 << 10;
 /// client has read it; so we send FIN first, drain, and close when the client does —
 /// or after this long (nginx's "lingering close").
 const LINGER: Duration = Duration::from_secs(2);
+
+/// Line-end bytes tolerated before a request line (RFC 9112 §2.2 asks to ignore at
+/// least one empty line, e.g. the CRLF some clients send after a POST body). The
+/// first empty line is free; more start the header timer as a request would (so a
+/// client trickling `\r\n` cannot keep a connection open past `header_timeout`,
+/// nor reset the idle timeout with them); more than this many bytes get a 400.
+const MAX_BLANK: usize = 16;
+/// The bytes of the one free empty line (CRLF).
+const FREE_BLANK: usize = 2;
 
 /// Length of an IMF-fixdate: `Sun, 06 Nov 1994 08:49:37 GMT`.
 const DATE_LEN: usize = 29;
@@ -391,26 +405,79 @@ fn next_line(buf: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((line, &buf[nl + 1..]))
 }
 
-/// Checks a request line; returns (is HEAD, is HTTP/1.1).
-fn request_line(line: &[u8]) -> Option<(bool, bool)> {
+/// What a valid request line says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RequestLine {
+    /// `HEAD`: send the head only.
+    head: bool,
+    /// HTTP/1.1 (as opposed to 1.0).
+    v11: bool,
+}
+
+/// Checks a request line (RFC 9112 §3): `method SP request-target SP HTTP-version`,
+/// single spaces, a token for the method, a target form that fits the method. `CONNECT` (a tunnel through a proxy, which this origin is not) is refused
+/// with 501 rather than answered and left open.
+fn request_line(line: &[u8]) -> Result<RequestLine, Refusal> {
+    let bad = Err(Refusal::BadRequest);
     let mut parts = line.split(|&b| b == b' ');
-    let method = parts.next()?;
-    let target = parts.next()?;
-    let version = parts.next()?;
-    if parts.next().is_some()
-        || method.is_empty()
-        || !method.iter().all(|&b| is_tchar(b))
-        || target.is_empty()
-        || target.iter().any(|&b| b <= b' ' || b == 0x7f)
-    {
-        return None;
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return bad;
+    };
+    if method.is_empty() || !method.iter().all(|&b| is_tchar(b)) {
+        return bad;
     }
     let v11 = match version {
         b"HTTP/1.1" => true,
         b"HTTP/1.0" => false,
-        _ => return None,
+        _ => return bad,
     };
-    Some((method == b"HEAD", v11))
+    if method == b"CONNECT" {
+        return Err(Refusal::NotImplemented);
+    }
+    if !target_is_valid(method, target) {
+        return bad;
+    }
+    Ok(RequestLine {
+        head: method == b"HEAD",
+        v11,
+    })
+}
+
+/// RFC 9112 §3.2 request-target forms other than CONNECT's authority-form:
+/// origin-form (`/path?query`), absolute-form (`scheme://…`), and asterisk-form (`*`,
+/// for OPTIONS only). Never whitespace, controls or a fragment.
+fn target_is_valid(method: &[u8], target: &[u8]) -> bool {
+    if target.is_empty() || target.iter().any(|&b| b <= b' ' || b >= 0x7f || b == b'#') {
+        return false;
+    }
+    if target == b"*" {
+        return method == b"OPTIONS";
+    }
+    if target[0] == b'/' {
+        return true;
+    }
+    // absolute-form: scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ), then "://".
+    let Some(colon) = target.iter().position(|&b| b == b':') else {
+        return false;
+    };
+    let scheme = &target[..colon];
+    scheme.first().is_some_and(u8::is_ascii_alphabetic)
+        && scheme
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+        && target[colon..].starts_with(b"://")
+}
+
+/// A `Host` value (RFC 9112 §3.2, RFC 3986 `authority` without userinfo): host
+/// name, IP literal or IPv4 address, optional port; possibly empty.
+fn host_is_valid(v: &[u8]) -> bool {
+    v.iter().all(|&b| {
+        matches!(b, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~'
+            | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b';' | b'=' | b':'
+            | b'%' | b'[' | b']')
+    })
 }
 
 fn trim_ows(mut v: &[u8]) -> &[u8] {
@@ -449,9 +516,11 @@ fn parse_head(buf: &[u8], end: usize) -> Parsed {
     let Some((line, mut rest)) = next_line(&buf[..end]) else {
         return bad;
     };
-    let Some((head, v11)) = request_line(line) else {
-        return bad;
+    let RequestLine { head, v11 } = match request_line(line) {
+        Ok(l) => l,
+        Err(r) => return Parsed::Refuse(r),
     };
+    let mut hosts = 0u32;
     let mut body: Option<u64> = None;
     let mut close = false;
     let mut keep_alive = false;
@@ -481,6 +550,11 @@ fn parse_head(buf: &[u8], end: usize) -> Parsed {
                 (Some(n), Some(prev)) if n != prev => return bad,
                 (n, _) => body = n,
             }
+        } else if name.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
+            if !host_is_valid(value) {
+                return bad;
+            }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             chunked = true;
         } else if name.eq_ignore_ascii_case(b"connection") {
@@ -489,6 +563,11 @@ fn parse_head(buf: &[u8], end: usize) -> Parsed {
         } else if name.eq_ignore_ascii_case(b"expect") {
             expect_continue = value.eq_ignore_ascii_case(b"100-continue");
         }
+    }
+    // RFC 9112 §3.2: 400 for an HTTP/1.1 request without Host, and for any request
+    // with more than one (which one would a proxy behind us believe?).
+    if hosts > 1 || (v11 && hosts == 0) {
+        return bad;
     }
     if chunked {
         // A body we cannot frame: answering and carrying on would read its chunks as
@@ -511,13 +590,13 @@ fn parse_head(buf: &[u8], end: usize) -> Parsed {
 
 /// Checks what has arrived of an incomplete head, so that garbage (a TLS handshake,
 /// a stray protocol) is refused at once instead of after `header_timeout`.
-fn partial_is_plausible(buf: &[u8]) -> bool {
+fn partial_refusal(buf: &[u8]) -> Option<Refusal> {
     match next_line(buf) {
-        Some((line, _)) => request_line(line).is_some(),
+        Some((line, _)) => request_line(line).err(),
         // The method so far: tchars, then a space and the rest of the line.
         None => {
             let method_end = buf.iter().position(|&b| b == b' ').unwrap_or(buf.len());
-            buf[..method_end].iter().all(|&b| is_tchar(b))
+            (!buf[..method_end].iter().all(|&b| is_tchar(b))).then_some(Refusal::BadRequest)
         }
     }
 }
@@ -530,8 +609,10 @@ fn parse(buf: &[u8], scanned: usize, max_head: usize) -> Parsed {
         Some(end) if end > max_head => Parsed::Refuse(Refusal::TooLarge),
         Some(end) => parse_head(buf, end),
         None if buf.len() > max_head => Parsed::Refuse(Refusal::TooLarge),
-        None if !partial_is_plausible(buf) => Parsed::Refuse(Refusal::BadRequest),
-        None => Parsed::Partial,
+        None => match partial_refusal(buf) {
+            Some(r) => Parsed::Refuse(r),
+            None => Parsed::Partial,
+        },
     }
 }
 
@@ -546,6 +627,7 @@ impl Service for Http {
             discard: 0,
             after_body: None,
             scanned: 0,
+            blank: 0,
             head_timer: false,
             closing: false,
         })
@@ -567,6 +649,8 @@ struct HttpConn {
     after_body: Option<Owed>,
     /// Bytes of the incomplete head already searched for its end.
     scanned: usize,
+    /// Line-end bytes received since the last request (see `MAX_BLANK`).
+    blank: usize,
     /// The header timer runs (an incomplete head is waiting).
     head_timer: bool,
     /// The last response is out and we only wait for the client to go (see `LINGER`).
@@ -640,10 +724,15 @@ impl Handler for HttpConn {
                 }
                 continue;
             }
-            // Empty lines before a request line are tolerated (RFC 9112 §2.2), e.g.
-            // the CRLF some clients send after a POST body.
+            // Empty lines before a request line are tolerated, within bounds (see
+            // `MAX_BLANK`).
             if matches!(data[pos], b'\r' | b'\n') {
                 pos += 1;
+                self.blank += 1;
+                if self.blank > MAX_BLANK {
+                    self.refuse(io, Refusal::BadRequest);
+                    return data.len();
+                }
                 continue;
             }
             match parse(&data[pos..], self.scanned, self.shared.max_head) {
@@ -657,6 +746,7 @@ impl Handler for HttpConn {
                 }
                 Parsed::Done(req) => {
                     self.scanned = 0;
+                    self.blank = 0;
                     if self.head_timer {
                         self.head_timer = false;
                         io.clear_timer();
@@ -686,7 +776,7 @@ impl Handler for HttpConn {
                 }
             }
         }
-        let partial = pos < data.len() && self.discard == 0;
+        let partial = (pos < data.len() || self.blank > FREE_BLANK) && self.discard == 0;
         if partial && !self.head_timer {
             // A request has started: its head must be complete in time.
             self.head_timer = true;
@@ -699,8 +789,22 @@ impl Handler for HttpConn {
         if self.closing {
             io.close();
         } else if self.head_timer {
+            if io.input_held() {
+                // We stopped reading the rest of the head ourselves (the client has
+                // not read its responses yet): not the client's delay. `on_resume`
+                // starts the clock again.
+                return;
+            }
             self.head_timer = false;
             self.refuse(io, Refusal::Timeout);
+        }
+    }
+
+    fn on_resume(&mut self, io: &mut Io<'_>) {
+        // The header timeout counts only time spent waiting for the client's bytes:
+        // from the later of the head's start and the end of our own pause.
+        if self.head_timer && !self.closing {
+            io.set_timer(self.shared.header_timeout);
         }
     }
 
@@ -737,6 +841,8 @@ mod tests {
         timer: Option<std::time::Instant>,
         inbuf: Vec<u8>,
         draining: bool,
+        /// The loop holds the client back (`Io::input_held`).
+        held: bool,
     }
 
     impl Harness {
@@ -750,6 +856,7 @@ mod tests {
                 timer: None,
                 inbuf: Vec::new(),
                 draining: false,
+                held: false,
             }
         }
 
@@ -763,6 +870,7 @@ mod tests {
                 jobs: &mut jobs,
                 peer: None,
                 draining: self.draining,
+                held: self.held,
             };
             f(self.conn.as_mut(), &mut io)
         }
@@ -871,7 +979,7 @@ mod tests {
         let mut input = Vec::new();
         input.extend_from_slice(GET);
         input.extend_from_slice(b"HEAD /x HTTP/1.1\r\nHost: x\r\n\r\n");
-        input.extend_from_slice(b"POST /y HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello");
+        input.extend_from_slice(b"POST /y HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
         input.extend_from_slice(GET);
         h.feed(&input);
         let out = h.take_out();
@@ -948,14 +1056,14 @@ mod tests {
     #[test]
     fn keep_alive_rules_for_http_1_0_and_1_1() {
         let cases: &[(&[u8], Option<&str>, bool)] = &[
-            (b"GET / HTTP/1.1\r\n\r\n", None, false),
+            (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", None, false),
             (
-                b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+                b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
                 Some("close"),
                 true,
             ),
             (
-                b"GET / HTTP/1.1\r\nConnection: Keep-Alive, CLOSE\r\n\r\n",
+                b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Keep-Alive, CLOSE\r\n\r\n",
                 Some("close"),
                 true,
             ),
@@ -1048,7 +1156,7 @@ mod tests {
     #[test]
     fn transfer_encoding_gets_501() {
         let mut h = Harness::new(&listen(""));
-        h.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n");
+        h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n");
         let out = h.take_out();
         assert!(out.starts_with("HTTP/1.1 501 Not Implemented\r\n"), "{out}");
         assert!(h.closing());
@@ -1057,7 +1165,7 @@ mod tests {
     #[test]
     fn duplicate_equal_content_length_is_accepted() {
         let mut h = Harness::new(&listen(""));
-        h.feed(b"POST / HTTP/1.1\r\nContent-Length: 2\r\ncontent-length: 2\r\n\r\nhi");
+        h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\ncontent-length: 2\r\n\r\nhi");
         h.feed(GET);
         let out = h.take_out();
         assert_eq!(responses(&out, false).len(), 2, "{out}");
@@ -1066,7 +1174,7 @@ mod tests {
     #[test]
     fn bodies_are_discarded_as_they_stream() {
         let mut h = Harness::new(&listen(""));
-        h.feed(b"POST / HTTP/1.1\r\nContent-Length: 100000\r\n\r\n");
+        h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n");
         assert!(h.out.is_empty(), "the response waits for the body");
         assert!(!h.idle());
         for _ in 0..99 {
@@ -1086,12 +1194,14 @@ mod tests {
     #[test]
     fn expect_100_continue_is_answered() {
         let mut h = Harness::new(&listen(""));
-        h.feed(b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n");
+        h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n");
         assert_eq!(h.take_out(), "HTTP/1.1 100 Continue\r\n\r\n");
         h.feed(b"abc");
         assert!(h.take_out().starts_with("HTTP/1.1 200 OK\r\n"));
         // Not when the body came with the head.
-        h.feed(b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc");
+        h.feed(
+            b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc",
+        );
         assert!(h.take_out().starts_with("HTTP/1.1 200 OK\r\n"));
     }
 
@@ -1117,7 +1227,7 @@ mod tests {
         assert!(h.take_out().starts_with("HTTP/1.1 431 "));
         // Exactly at the limit is fine.
         let mut h = Harness::new(&l);
-        let mut req = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        let mut req = b"GET / HTTP/1.1\r\nHost: x\r\nX: ".to_vec();
         req.extend(std::iter::repeat_n(b'a', 1024 - req.len() - 4));
         req.extend_from_slice(b"\r\n\r\n");
         assert_eq!(req.len(), 1024);
@@ -1174,5 +1284,150 @@ mod tests {
         assert_eq!(date.len(), DATE_LEN);
         assert!(date.ends_with(" GMT"));
         assert!(!date.starts_with(' '), "the date hole was filled: {out:?}");
+    }
+
+    #[test]
+    fn host_is_required_once_in_1_1() {
+        let cases: &[(&[u8], u16)] = &[
+            (b"GET / HTTP/1.1\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", 400),
+            (b"GET / HTTP/1.0\r\nHost: a\r\nhost: b\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: a,b\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n", 400),
+            (b"GET / HTTP/1.0\r\n\r\n", 200),
+            (b"GET / HTTP/1.1\r\nHost:\r\n\r\n", 200),
+            (b"GET / HTTP/1.1\r\nHOST: [::1]:8080\r\n\r\n", 200),
+            (b"GET http://a/x HTTP/1.1\r\nHost: a\r\n\r\n", 200),
+        ];
+        for (req, status) in cases {
+            let mut h = Harness::new(&listen(""));
+            h.feed(req);
+            let out = h.take_out();
+            let what = String::from_utf8_lossy(req);
+            assert!(
+                out.starts_with(&format!("HTTP/1.1 {status} ")),
+                "{what}: {out}"
+            );
+            assert_eq!(
+                h.closing(),
+                *status != 200 || req.ends_with(b"1.0\r\n\r\n"),
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn connect_gets_501_and_closes() {
+        for req in [
+            &b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"[..],
+            // Refused as soon as the request line is in, not after header_timeout.
+            &b"CONNECT example.com:443 HTTP/1.1\r\n"[..],
+        ] {
+            let mut h = Harness::new(&listen(""));
+            h.feed(req);
+            let out = h.take_out();
+            assert!(out.starts_with("HTTP/1.1 501 "), "{out}");
+            assert!(out.contains("Connection: close\r\n"));
+            assert!(h.closing());
+        }
+    }
+
+    #[test]
+    fn request_targets_follow_rfc_9112_forms() {
+        let ok: &[&[u8]] = &[
+            b"GET /a/b?c=d HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET https://x:8443/p HTTP/1.1\r\nHost: x\r\n\r\n",
+        ];
+        let bad: &[&[u8]] = &[
+            b"GET * HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET x HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET x.example:80 HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /a#frag HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET 1http://x/ HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\n Host: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nA:\tb\r\n\tfolded\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nA\t: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nA: b\rc\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1 1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length:\r\n\r\n",
+            b"get / http/1.1\r\nHost: x\r\n\r\n",
+        ];
+        for (req, want) in ok
+            .iter()
+            .map(|r| (r, 200))
+            .chain(bad.iter().map(|r| (r, 400)))
+        {
+            let mut h = Harness::new(&listen(""));
+            h.feed(req);
+            let out = h.take_out();
+            let what = String::from_utf8_lossy(req);
+            assert!(
+                out.starts_with(&format!("HTTP/1.1 {want} ")),
+                "{what}: {out}"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_lines_are_bounded_and_start_the_header_timer() {
+        let mut h = Harness::new(&listen(""));
+        h.feed(GET);
+        // One empty line is free (the existing idle test shows it), more are not.
+        h.feed(b"\r\n");
+        assert!(h.timer.is_none());
+        h.feed(b"\r\n");
+        assert!(
+            h.timer.is_some(),
+            "a second empty line starts the header timer"
+        );
+        let armed = h.timer;
+        h.feed(b"\r\n");
+        assert_eq!(h.timer, armed, "further empty lines do not push it back");
+        assert!(!h.idle());
+        // A request after them is served and clears the timer.
+        h.feed(GET);
+        assert_eq!(responses(&h.take_out(), false).len(), 2);
+        assert!(h.timer.is_none());
+        assert!(h.idle());
+        // Many of them: 400, without waiting for the timer.
+        h.feed(&b"\r\n".repeat(MAX_BLANK));
+        let out = h.take_out();
+        assert!(out.starts_with("HTTP/1.1 400 "), "{out}");
+        assert!(h.closing());
+    }
+
+    #[test]
+    fn header_timer_does_not_count_while_the_loop_holds_the_client_back() {
+        let mut h = Harness::new(&listen("header_timeout = \"1s\"\n"));
+        h.feed(b"GET / HTTP/1.1\r\nHost:");
+        assert!(h.timer.is_some());
+        // Reading was paused for the client's unread output when the timer came due.
+        h.held = true;
+        h.fire_timer();
+        assert!(h.out.is_empty(), "no 408 for a head we stopped reading");
+        assert!(!h.closing());
+        h.held = false;
+        // Reading resumes: the clock starts again, in full.
+        let before = std::time::Instant::now();
+        h.with_io(|c, io| c.on_resume(io));
+        let at = h.timer.expect("re-armed on resume");
+        assert!(
+            at >= before + Duration::from_millis(900),
+            "a full header_timeout"
+        );
+        h.feed(b" x\r\n\r\n");
+        assert!(h.take_out().starts_with("HTTP/1.1 200 "));
+        assert!(h.timer.is_none());
+        // A resume between requests arms nothing.
+        h.with_io(|c, io| c.on_resume(io));
+        assert!(h.timer.is_none());
+        // Not held: the 408 as before.
+        h.feed(b"GET / HTTP/1.1\r\n");
+        h.fire_timer();
+        assert!(h.take_out().starts_with("HTTP/1.1 408 "));
     }
 }

@@ -72,6 +72,7 @@ pub struct Io<'a> {
     pub(crate) jobs: &'a mut Vec<Job>,
     pub(crate) peer: Option<IpAddr>,
     pub(crate) draining: bool,
+    pub(crate) held: bool,
 }
 
 impl Io<'_> {
@@ -81,7 +82,9 @@ impl Io<'_> {
         self.out.extend_from_slice(bytes);
     }
 
-    /// Closes the connection once everything queued has been sent.
+    /// Closes the connection once everything queued has been sent and every job from
+    /// [`Io::spawn_blocking`] has completed (and whatever its `on_complete` queued has
+    /// been sent). Nothing more is read meanwhile.
     pub fn close(&mut self) {
         *self.close = true;
     }
@@ -105,6 +108,14 @@ impl Io<'_> {
     /// do not invite more — an HTTP service answers with `Connection: close`.
     pub fn draining(&self) -> bool {
         self.draining
+    }
+
+    /// The loop is not reading from this client because it is not reading its replies
+    /// (queued output above the high water mark). A timeout that measures how slowly
+    /// the client sends should not count this time: the loop calls
+    /// [`Handler::on_resume`] when it reads again.
+    pub fn input_held(&self) -> bool {
+        self.held
     }
 
     /// Calls [`Handler::on_timer`] after `after` (replacing any earlier request).
@@ -136,11 +147,17 @@ pub trait Handler {
     /// new bytes; return how many were consumed (the rest is kept for the next call).
     fn on_data(&mut self, io: &mut Io<'_>, data: &[u8]) -> usize;
 
-    /// The client half-closed (sent FIN). By default the connection closes once queued
-    /// output is flushed.
+    /// The client half-closed (sent FIN). By default the connection closes once it
+    /// has given the client everything it owes: queued output is flushed and every
+    /// job from [`Io::spawn_blocking`] has completed (their `on_complete` may write
+    /// more, which is flushed too). [`Io::close`] always waits for both.
     fn on_eof(&mut self, io: &mut Io<'_>) {
         io.close();
     }
+
+    /// The loop reads from the client again after holding it back for its unread
+    /// output (see [`Io::input_held`]). By default nothing happens.
+    fn on_resume(&mut self, _io: &mut Io<'_>) {}
 
     /// The timer set with [`Io::set_timer`] expired. By default the connection closes.
     fn on_timer(&mut self, io: &mut Io<'_>) {

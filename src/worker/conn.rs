@@ -5,7 +5,7 @@
 //! generation and is ignored instead of reaching the wrong client.
 
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -204,6 +204,8 @@ pub struct Upstream {
     pub fd: OwnedFd,
     /// Which upstream (index in the service's list), and every one tried so far.
     pub index: usize,
+    /// Its address, for log lines.
+    pub addr: SocketAddr,
     pub tried: Vec<usize>,
     pub connected: bool,
     /// Bumped per attempt, so a connect timer for an earlier attempt is ignored.
@@ -226,10 +228,17 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(fd: OwnedFd, index: usize, tried: Vec<usize>, attempt: u32) -> Upstream {
+    pub fn new(
+        fd: OwnedFd,
+        index: usize,
+        addr: SocketAddr,
+        tried: Vec<usize>,
+        attempt: u32,
+    ) -> Upstream {
         Upstream {
             fd,
             index,
+            addr,
             tried,
             connected: false,
             attempt,
@@ -302,8 +311,11 @@ pub struct Conn {
     pub may_read: bool,
     /// The client sent FIN.
     read_closed: bool,
-    /// Close once output is flushed.
+    /// Close once output is flushed and no blocking job is outstanding.
     close: bool,
+    /// Blocking jobs submitted for this connection whose completion has not been
+    /// delivered: their results may still write output the client is owed.
+    jobs_pending: u32,
     /// Reading is suspended until output falls under the low water mark.
     backpressured: bool,
     /// Per-client rate limit, if one is configured.
@@ -374,6 +386,7 @@ impl Conn {
             may_read: true,
             read_closed: false,
             close: false,
+            jobs_pending: 0,
             backpressured: false,
             bucket,
             throttled: false,
@@ -425,7 +438,16 @@ impl Conn {
 
     /// Closing now loses nothing.
     pub fn idle_closable(&self) -> bool {
-        self.pending() == 0 && self.inbuf.is_empty() && self.handler.is_idle()
+        self.pending() == 0
+            && self.jobs_pending == 0
+            && self.inbuf.is_empty()
+            && self.handler.is_idle()
+    }
+
+    /// A blocking job of this connection finished (its result is about to be
+    /// delivered, or was lost to a panic).
+    pub fn job_done(&mut self) {
+        self.jobs_pending = self.jobs_pending.saturating_sub(1);
     }
 
     /// The epoll interest this connection needs: read unless paused, write only while
@@ -494,13 +516,17 @@ impl Conn {
                 // while we were not reading, so try rather than wait for a new one.
                 self.backpressured = false;
                 self.may_read = true;
+                self.with_io(env, |h, io| h.on_resume(io));
                 if env.budget > 0 {
                     continue;
                 }
             }
             break;
         }
-        if self.close && self.pending() == 0 {
+        // A close (the handler's, or the default one after EOF) waits for what the
+        // connection still owes: queued output, and blocking jobs whose results may
+        // write more.
+        if self.close && self.pending() == 0 && self.jobs_pending == 0 {
             return Outcome::Close(None);
         }
         Outcome::Open { active }
@@ -717,6 +743,7 @@ impl Conn {
         f: impl FnOnce(&mut dyn Handler, &mut Io<'_>) -> R,
     ) -> R {
         self.take_out_buf(env.pool);
+        let jobs_before = env.jobs.len();
         let mut io = Io {
             out: &mut self.out,
             close: &mut self.close,
@@ -725,14 +752,23 @@ impl Conn {
             jobs: env.jobs,
             peer: self.peer,
             draining: env.draining,
+            held: self.backpressured,
         };
-        f(self.handler.as_mut(), &mut io)
+        let r = f(self.handler.as_mut(), &mut io);
+        self.count_jobs(env.jobs.len(), jobs_before);
+        r
+    }
+
+    fn count_jobs(&mut self, now: usize, before: usize) {
+        let added = u32::try_from(now.saturating_sub(before)).unwrap_or(u32::MAX);
+        self.jobs_pending = self.jobs_pending.saturating_add(added);
     }
 
     /// Hands the `n` new bytes in the scratch buffer to the handler, after whatever it
     /// left unconsumed before.
     fn feed(&mut self, n: usize, env: &mut Env<'_>) {
         self.take_out_buf(env.pool);
+        let jobs_before = env.jobs.len();
         let mut io = Io {
             out: &mut self.out,
             close: &mut self.close,
@@ -741,6 +777,7 @@ impl Conn {
             jobs: env.jobs,
             peer: self.peer,
             draining: env.draining,
+            held: self.backpressured,
         };
         let data = &env.scratch[..n];
         if self.inbuf.is_empty() {
@@ -759,6 +796,7 @@ impl Conn {
                 self.inbuf = Vec::new();
             }
         }
+        self.count_jobs(env.jobs.len(), jobs_before);
     }
 
     /// Sends pending output until the socket would block; returns bytes sent.

@@ -15,7 +15,9 @@
 mod conn;
 mod handoff;
 pub mod orphan;
+mod events;
 mod pool;
+mod ratelog;
 pub mod timer;
 
 use std::collections::HashMap;
@@ -132,6 +134,8 @@ struct Worker {
     pool_ready: bool,
     /// Blocking jobs submitted by handlers, sent to the pool after each callback.
     jobs: Vec<crate::service::Job>,
+    /// Rate-limited log lines for events clients can repeat (rejections, failures).
+    notices: events::Events,
 }
 
 /// Runs a worker until it is told to stop, drains, or loses its master; returns the
@@ -178,6 +182,13 @@ impl Worker {
             })
             .collect();
         let scratch = vec![0u8; init.config.flow.read_quantum.0.min(1 << 20) as usize];
+        let notices = events::Events::new(
+            init.config
+                .listen
+                .iter()
+                .map(|l| l.address.to_string())
+                .collect(),
+        );
         let mut w = Worker {
             config: init.config,
             epoll,
@@ -203,6 +214,7 @@ impl Worker {
             pool,
             pool_ready: false,
             jobs: Vec::new(),
+            notices,
         };
         w.resume_accept()?;
         crate::fault::delay_ready();
@@ -309,6 +321,7 @@ impl Worker {
                 }
                 Timer::Heartbeat => {
                     self.heartbeat();
+                    self.notices.flush(now);
                     self.timers.schedule(
                         now + self.config.worker.heartbeat_interval.0,
                         Timer::Heartbeat,
@@ -367,7 +380,17 @@ impl Worker {
         if std::mem::take(&mut self.pool_ready) {
             for (token, result) in self.pool.completions() {
                 let token = Token(token);
-                self.with_handler(token, |h, io| h.on_complete(io, result));
+                let Some(c) = self.conns.get_mut(token) else {
+                    continue;
+                };
+                c.job_done();
+                if result.is::<pool::Panicked>() {
+                    // No result to deliver, but a close waiting for it may proceed.
+                    c.may_read = true;
+                    self.drive(token);
+                } else {
+                    self.with_handler(token, |h, io| h.on_complete(io, result));
+                }
             }
         }
         // Reads cut short by their quantum continue here, after everyone else had a turn.
@@ -537,7 +560,7 @@ impl Worker {
                 return;
             }
             if self.conns.len() >= max {
-                debug!(max, "connection limit reached: not accepting");
+                self.notices.max_connections(max);
                 self.pause_accept();
                 return;
             }
@@ -556,7 +579,7 @@ impl Worker {
                         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
                     ) =>
                 {
-                    warn!("accept() failed: {e}; pausing accepts for {ACCEPT_BACKOFF:?}");
+                    self.notices.accept_failed(&e, ACCEPT_BACKOFF);
                     self.pause_accept();
                     let until = Instant::now() + ACCEPT_BACKOFF;
                     self.accept_backoff_until = Some(until);
@@ -602,7 +625,8 @@ impl Worker {
             Some(ip) if flow.max_connections_per_ip > 0 => {
                 let n = self.per_ip.entry(ip).or_insert(0);
                 if *n as usize >= flow.max_connections_per_ip {
-                    debug!(%ip, limit = flow.max_connections_per_ip, "per-IP connection limit reached: closing");
+                    self.notices
+                        .per_ip(listener as u16, ip, flow.max_connections_per_ip);
                     self.stats.refused += 1;
                     return; // dropping the fd closes the connection
                 }
@@ -660,10 +684,7 @@ impl Worker {
             };
             let timeout = u.connect_timeout();
             let Some((index, addr)) = u.pick(&tried, now) else {
-                debug!(
-                    tried = tried.len(),
-                    "no upstream could be reached; closing the client"
-                );
+                self.notices.no_upstream(listener as u16, tried.len());
                 return self.close(token);
             };
             tried.push(index);
@@ -683,15 +704,16 @@ impl Worker {
             let sock = match started {
                 Ok(s) => OwnedFd::from(s),
                 Err(e) => {
-                    debug!(%addr, "upstream connect failed: {e}");
                     u.failed(index, now);
+                    self.notices
+                        .upstream_failed(listener as u16, index, addr, &e.to_string());
                     continue;
                 }
             };
             let Some(c) = self.conns.get_mut(token) else {
                 return;
             };
-            let mut up = Upstream::new(sock, index, tried, attempt);
+            let mut up = Upstream::new(sock, index, addr, tried, attempt);
             up.set_pending(carry);
             if let Err(e) = self
                 .epoll
@@ -718,7 +740,8 @@ impl Worker {
             return;
         };
         let listener = usize::from(c.listener);
-        debug!(upstream = up.index, "upstream connect failed: {why}");
+        self.notices
+            .upstream_failed(c.listener, up.index, up.addr, why);
         let _ = self.epoll.delete(up.fd.as_fd());
         let carry = up.take_pending();
         let tried = std::mem::take(&mut up.tried);
@@ -839,6 +862,9 @@ impl Worker {
                 if let Some(reason) = reason {
                     debug!(peer = ?c.peer, "closing: {reason}");
                 }
+                // Jobs of a connection closed by an error have no one to report to;
+                // left here they would be submitted under the next connection's token.
+                self.jobs.clear();
                 self.close(token);
                 return;
             }

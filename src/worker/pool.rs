@@ -11,6 +11,9 @@ use std::sync::{Arc, Mutex};
 use crate::os::fd;
 use crate::service::Job;
 
+/// Posted in place of the result of a job that panicked.
+pub struct Panicked;
+
 type Done = Arc<Mutex<Vec<(u64, Box<dyn Any + Send>)>>>;
 
 pub struct Pool {
@@ -49,14 +52,13 @@ impl Pool {
                     let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
                     let Ok((token, job)) = next else { return };
                     // A panicking job must not take the worker down with it; its
-                    // connection simply gets no completion.
-                    if let Ok(result) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job))
-                    {
-                        done.lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push((token, result));
-                        let _ = fd::write(wake.as_fd(), &1u64.to_ne_bytes());
-                    }
+                    // connection gets no result, but learns the job is over.
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job))
+                        .unwrap_or_else(|_| Box::new(Panicked));
+                    done.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((token, result));
+                    let _ = fd::write(wake.as_fd(), &1u64.to_ne_bytes());
                 })?;
         }
         Ok(tx)

@@ -10,6 +10,8 @@
 
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::collections::HashSet;
 use std::fs::{self, File};
 use std::hash::{BuildHasher, Hasher};
