@@ -13,9 +13,9 @@
 //! connections own no buffers: output buffers come from a per-worker pool on demand.
 
 mod conn;
+mod events;
 mod handoff;
 pub mod orphan;
-mod events;
 mod pool;
 mod ratelog;
 pub mod timer;
