@@ -91,6 +91,19 @@ pub struct Client {
 }
 
 impl Client {
+    /// A freshly accepted client (its stream already non-blocking).
+    fn new(stream: UnixStream) -> Client {
+        Client {
+            stream,
+            inbuf: Vec::new(),
+            out: Vec::new(),
+            request: None,
+            answered: false,
+            read_closed: false,
+            connected_at: std::time::Instant::now(),
+        }
+    }
+
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.stream.as_fd()
     }
@@ -292,15 +305,7 @@ impl Server {
                 }
             }
             if stream.set_nonblocking(true).is_ok() {
-                out.clients.push(Client {
-                    stream,
-                    inbuf: Vec::new(),
-                    out: Vec::new(),
-                    request: None,
-                    answered: false,
-                    read_closed: false,
-                    connected_at: std::time::Instant::now(),
-                });
+                out.clients.push(Client::new(stream));
             }
         }
         out
@@ -375,15 +380,7 @@ mod tests {
 
     fn client(stream: UnixStream) -> Client {
         stream.set_nonblocking(true).unwrap();
-        Client {
-            stream,
-            inbuf: Vec::new(),
-            out: Vec::new(),
-            request: None,
-            answered: false,
-            read_closed: false,
-            connected_at: std::time::Instant::now(),
-        }
+        Client::new(stream)
     }
 
     #[test]
