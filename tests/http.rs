@@ -146,14 +146,7 @@ impl Client {
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Err(Fail::Timeout { got })
-                }
+                Err(e) if is_timeout(&e) => return Err(Fail::Timeout { got }),
                 Err(e) if is_reset(&e) => {
                     return Err(Fail::Closed {
                         got,

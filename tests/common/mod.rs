@@ -294,14 +294,7 @@ pub fn read_exact_timeout(
             Ok(0) => return Err(ReadEnd::Eof(buf[..got].to_vec())),
             Ok(k) => got += k,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(ReadEnd::Timeout(buf[..got].to_vec()))
-            }
+            Err(e) if is_timeout(&e) => return Err(ReadEnd::Timeout(buf[..got].to_vec())),
             Err(e) if is_reset(&e) => return Err(ReadEnd::Reset(e)),
             Err(e) => return Err(ReadEnd::Other(e)),
         }
@@ -323,6 +316,14 @@ impl ReadEnd {
     pub fn is_closed(&self) -> bool {
         matches!(self, ReadEnd::Eof(_) | ReadEnd::Reset(_))
     }
+}
+
+/// A read that ran into its read timeout (the kind depends on the socket's mode).
+pub fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 pub fn is_reset(e: &io::Error) -> bool {

@@ -437,11 +437,7 @@ pub fn wait_ending(s: &mut TcpStream, timeout: Duration) -> Ending {
                 ))
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
+            Err(e) if super::is_timeout(&e) => {}
             Err(e) if super::is_reset(&e) => return Ending::Reset(t0.elapsed()),
             Err(e) => return Ending::Other(e.to_string()),
         }
