@@ -35,22 +35,8 @@ fn line(r: &mut BufReader<TcpStream>) -> String {
 
 #[test]
 fn kv_example_serves_commands_and_uses_the_blocking_pool() {
-    let kv_port = free_port();
-    let c = Corral::start_with(
-        &format!(
-            "[master]\nworkers = 1\n\n[[listen]]\naddress = \"127.0.0.1:{{port}}\"\nservice = \"echo\"\n\n\
-             [[listen]]\naddress = \"127.0.0.1:{kv_port}\"\nservice = \"kv\"\n"
-        ),
-        Launch {
-            binary: Some(example_binary()),
-            ..Launch::default()
-        },
-    );
-    let s = connect(
-        SocketAddr::from(([127, 0, 0, 1], kv_port)),
-        Duration::from_secs(10),
-    )
-    .expect("connect");
+    let (c, kv) = start_kv();
+    let s = connect(kv, Duration::from_secs(10)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut w = s.try_clone().unwrap();
     let mut r = BufReader::new(s);
@@ -64,11 +50,7 @@ fn kv_example_serves_commands_and_uses_the_blocking_pool() {
     // sleeper's next command waits for its SLEEP reply (order is kept).
     let t0 = Instant::now();
     w.write_all(b"SLEEP 700\nGET colour\n").unwrap();
-    let mut other = connect(
-        SocketAddr::from(([127, 0, 0, 1], kv_port)),
-        Duration::from_secs(10),
-    )
-    .expect("connect");
+    let mut other = connect(kv, Duration::from_secs(10)).expect("connect");
     other
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();

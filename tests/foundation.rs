@@ -195,21 +195,8 @@ fn worker_sigkill_under_load_is_replaced() {
             must_echo(&c, &mut s, &format!("warm-up {}\n", conns.len()));
             conns.push(s);
         }
-        let inodes: HashMap<i32, HashSet<u64>> = before
-            .iter()
-            .map(|w| (w.pid, socket_inodes(w.pid)))
-            .collect();
-        let by_port = server_socket_inodes(c.port);
-        owner = conns
-            .iter()
-            .map(|s| {
-                let ino = *by_port.get(&s.local_addr().ok()?.port())?;
-                inodes
-                    .iter()
-                    .find(|(_, set)| set.contains(&ino))
-                    .map(|(pid, _)| *pid)
-            })
-            .collect();
+        let pids: Vec<i32> = before.iter().map(|w| w.pid).collect();
+        owner = owners(&c, &conns, &pids);
         let holders: HashSet<i32> = owner.iter().flatten().copied().collect();
         conns.len() >= N && holders.len() == 2
     });

@@ -99,6 +99,99 @@ fn per_owner(own: &[Option<i32>]) -> HashMap<Option<i32>, usize> {
     m
 }
 
+/// Runs `corral -s reload`; a failure names `what` (with the CLI's output and the log).
+fn reload(c: &Corral, what: &str) {
+    let out = c.cli(&["-s", "reload"]);
+    assert!(
+        out.status.success(),
+        "{what}: {}\n{}",
+        out.all(),
+        c.log_tail(40)
+    );
+}
+
+/// Waits (up to `EXIT_WITHIN`) until every one of `procs` has exited; the failure
+/// names `who` and `after` and the time since `t0`. Returns that time.
+fn assert_gone(c: &Corral, procs: &[ProcId], t0: Instant, who: &str, after: &str) -> Duration {
+    let gone = wait_until(EXIT_WITHIN, || procs.iter().all(|p| !proc_alive(*p)));
+    let took = t0.elapsed();
+    assert!(
+        gone,
+        "{who} {procs:?} still running {took:?} after {after}\n{}",
+        c.log_tail(60)
+    );
+    took
+}
+
+/// One more request on every connection, with the tally printed after `label`; every
+/// answer must be a full `200` with keep-alive (the connection lives on).
+fn all_kept_alive(c: &Corral, conns: &mut [std::net::TcpStream], label: &str) {
+    let answers = request_all(conns, IO_TIMEOUT);
+    let summary = tally(&answers);
+    eprintln!("after {label}: {summary}");
+    assert!(
+        answers.iter().all(|a| matches!(
+            a,
+            Answer::Full {
+                status: 200,
+                closes: false,
+                ..
+            }
+        )),
+        "{summary}\n{}",
+        c.log_tail(60)
+    );
+}
+
+/// Every connection answers `200` in full (`tally` prints after `label`, with the
+/// time it took); returns the answers and that time.
+fn all_answered(
+    c: &Corral,
+    conns: &mut [std::net::TcpStream],
+    label: &str,
+) -> (Vec<Answer>, Duration) {
+    let t = Instant::now();
+    let answers = request_all(conns, IO_TIMEOUT);
+    let took = t.elapsed();
+    let summary = tally(&answers);
+    eprintln!("after {label}: {summary} (in {took:?})");
+    assert_eq!(
+        answers.iter().filter(|a| a.is_ok()).count(),
+        conns.len(),
+        "{summary}\n{}",
+        c.log_tail(60)
+    );
+    (answers, took)
+}
+
+/// Every connection is served by one of `pids` (by socket inode), the failure naming
+/// them as `who`; returns how many each holds.
+fn assert_owned(
+    port: u16,
+    conns: &[std::net::TcpStream],
+    pids: &[i32],
+    who: &str,
+) -> HashMap<Option<i32>, usize> {
+    let own = owners_on(port, conns, pids);
+    let per = per_owner(&own);
+    assert!(
+        own.iter().all(Option::is_some),
+        "connections not all on the {who} {pids:?}: {per:?}"
+    );
+    per
+}
+
+/// The sum of the old workers' `key=` counts in their "drained, exiting" lines is
+/// `want`; the failure says `what`.
+fn assert_drained_count(c: &Corral, key: &str, want: u64, what: &str) {
+    assert_eq!(
+        sum_field(&c.log(), "drained, exiting", key),
+        want,
+        "{what}\n{}",
+        c.log_tail(40)
+    );
+}
+
 #[test]
 fn reload_hands_5000_idle_connections_to_the_new_generation() {
     let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
@@ -109,21 +202,15 @@ fn reload_hands_5000_idle_connections_to_the_new_generation() {
     let mut conns = open_on(&c, port, &old, CONNS);
 
     let t0 = Instant::now();
-    let out = c.cli(&["-s", "reload"]);
+    reload(&c, "`corral -s reload` failed");
     let reload_took = t0.elapsed();
-    assert!(
-        out.status.success(),
-        "`corral -s reload` failed: {}\n{}",
-        out.all(),
-        c.log_tail(40)
-    );
     // The old workers hand everything over and leave: not at drain_timeout.
-    let gone = wait_until(EXIT_WITHIN, || old.iter().all(|p| !proc_alive(*p)));
-    let exit_took = t0.elapsed();
-    assert!(
-        gone,
-        "old workers {old:?} still running {exit_took:?} after the reload (drain_timeout {DRAIN})\n{}",
-        c.log_tail(60)
+    let exit_took = assert_gone(
+        &c,
+        &old,
+        t0,
+        "old workers",
+        &format!("the reload (drain_timeout {DRAIN})"),
     );
     let new: Vec<i32> = c.worker_pids();
     assert_eq!(new.len(), 2, "{}", c.log_tail(40));
@@ -131,32 +218,18 @@ fn reload_hands_5000_idle_connections_to_the_new_generation() {
 
     // Every connection answers, in full, with keep-alive: it lives on in the new
     // generation.
-    let t1 = Instant::now();
-    let answers = request_all(&mut conns, IO_TIMEOUT);
-    let answer_took = t1.elapsed();
-    let summary = tally(&answers);
-    eprintln!("after the reload: {summary} (in {answer_took:?})");
-    assert_eq!(
-        answers.iter().filter(|a| a.is_ok()).count(),
-        CONNS,
-        "{summary}\n{}",
-        c.log_tail(60)
-    );
+    let (answers, answer_took) = all_answered(&c, &mut conns, "the reload");
     assert!(
         answers
             .iter()
             .all(|a| matches!(a, Answer::Full { closes: false, body, .. } if body == b"ok\n")),
-        "an adopted connection must be served with keep-alive: {summary}"
+        "an adopted connection must be served with keep-alive: {}",
+        tally(&answers)
     );
 
     // Served by the new workers, spread over both.
-    let own = owners_on(port, &conns, &new);
-    let per = per_owner(&own);
+    let per = assert_owned(port, &conns, &new, "new workers");
     eprintln!("owners after the reload: {per:?}");
-    assert!(
-        own.iter().all(Option::is_some),
-        "connections not all on the new workers {new:?}: {per:?}"
-    );
     for p in &new {
         let n = per.get(&Some(*p)).copied().unwrap_or(0);
         assert!(
@@ -238,17 +311,7 @@ fn upgrade_answers_all_5000_idle_connections() {
 
     // Every idle connection still gets a full answer (the old generation says
     // Connection: close with it): no reset, no EOF without a response.
-    let t1 = Instant::now();
-    let answers = request_all(&mut conns, IO_TIMEOUT);
-    let answer_took = t1.elapsed();
-    let summary = tally(&answers);
-    eprintln!("after the upgrade: {summary} (in {answer_took:?})");
-    assert_eq!(
-        answers.iter().filter(|a| a.is_ok()).count(),
-        CONNS,
-        "{summary}\n{}",
-        c.log_tail(60)
-    );
+    let (answers, answer_took) = all_answered(&c, &mut conns, "the upgrade");
 
     // A request that reached an old worker just before its drain began was answered
     // with keep-alive; such a client's next request gets the `Connection: close`.
@@ -330,13 +393,7 @@ fn a_slow_master_and_slow_new_workers_lose_no_handed_over_connection() {
 
     // The reload commits while the old workers cannot act on it yet.
     freeze(&old_pids, true);
-    let out = c.cli(&["-s", "reload"]);
-    assert!(
-        out.status.success(),
-        "`corral -s reload` failed: {}\n{}",
-        out.all(),
-        c.log_tail(40)
-    );
+    reload(&c, "`corral -s reload` failed");
     let new: Vec<i32> = c
         .worker_pids()
         .into_iter()
@@ -394,34 +451,14 @@ fn a_slow_master_and_slow_new_workers_lose_no_handed_over_connection() {
 
     freeze(&new, false);
     let t0 = Instant::now();
-    let gone = wait_until(EXIT_WITHIN, || old.iter().all(|p| !proc_alive(*p)));
-    assert!(
-        gone,
-        "old workers {old:?} still running {:?} after the new workers resumed\n{}",
-        t0.elapsed(),
-        c.log_tail(60)
-    );
-    let answers = request_all(&mut conns, IO_TIMEOUT);
-    let summary = tally(&answers);
-    eprintln!("after the slow hand-over: {summary}");
-    assert_eq!(
-        answers.iter().filter(|a| a.is_ok()).count(),
-        SLOW_CONNS,
-        "{summary}\n{}",
-        c.log_tail(60)
-    );
-    let own = owners_on(port, &conns, &new);
-    assert!(
-        own.iter().all(Option::is_some),
-        "connections not all on the new workers {new:?}: {:?}",
-        per_owner(&own)
-    );
-    let log = c.log();
-    assert_eq!(
-        sum_field(&log, "drained, exiting", "handed"),
+    assert_gone(&c, &old, t0, "old workers", "the new workers resumed");
+    all_answered(&c, &mut conns, "the slow hand-over");
+    assert_owned(port, &conns, &new, "new workers");
+    assert_drained_count(
+        &c,
+        "handed",
         SLOW_CONNS as u64,
-        "old workers' handed counts\n{}",
-        c.log_tail(40)
+        "old workers' handed counts",
     );
 }
 
@@ -440,13 +477,7 @@ fn back_to_back_reloads_pass_5000_idle_connections_on_to_the_newest_generation()
     let t0 = Instant::now();
     let mut seen: Vec<ProcId> = first.clone();
     for i in 0..3 {
-        let out = c.cli(&["-s", "reload"]);
-        assert!(
-            out.status.success(),
-            "reload {i} failed: {}\n{}",
-            out.all(),
-            c.log_tail(40)
-        );
+        reload(&c, &format!("reload {i} failed"));
         for w in c.workers() {
             if !seen.contains(&w) {
                 seen.push(w);
@@ -464,48 +495,23 @@ fn back_to_back_reloads_pass_5000_idle_connections_on_to_the_newest_generation()
         .into_iter()
         .filter(|p| !newest.contains(&p.pid))
         .collect();
-    let gone = wait_until(EXIT_WITHIN, || older.iter().all(|p| !proc_alive(*p)));
-    assert!(
-        gone,
-        "older workers {older:?} still running {:?} after the reloads\n{}",
-        t0.elapsed(),
-        c.log_tail(60)
-    );
-    let exit_took = t0.elapsed();
+    let exit_took = assert_gone(&c, &older, t0, "older workers", "the reloads");
+    eprintln!("older generations gone in {exit_took:?}");
 
-    let answers = request_all(&mut conns, IO_TIMEOUT);
-    let summary = tally(&answers);
-    eprintln!("after 3 reloads: {summary}; older generations gone in {exit_took:?}");
-    assert!(
-        answers.iter().all(|a| matches!(
-            a,
-            Answer::Full {
-                status: 200,
-                closes: false,
-                ..
-            }
-        )),
-        "{summary}\n{}",
-        c.log_tail(60)
-    );
-    let own = owners_on(port, &conns, &newest);
-    assert!(
-        own.iter().all(Option::is_some),
-        "connections not all on the newest workers {newest:?}: {:?}",
-        per_owner(&own)
-    );
-    let log = c.log();
-    for l in log
+    all_kept_alive(&c, &mut conns, "3 reloads");
+    assert_owned(port, &conns, &newest, "newest workers");
+    for l in c
+        .log()
         .lines()
         .filter(|l| l.contains("hand-over") || l.contains("keeping"))
     {
         eprintln!("  {l}");
     }
-    assert_eq!(
-        sum_field(&log, "drained, exiting", "closed"),
+    assert_drained_count(
+        &c,
+        "closed",
         0,
-        "an old worker closed connections instead of handing them over\n{}",
-        c.log_tail(40)
+        "an old worker closed connections instead of handing them over",
     );
 }
 
@@ -525,13 +531,7 @@ fn a_reload_while_the_last_one_is_still_handing_over_loses_nothing() {
     let first_pids: Vec<i32> = first.iter().map(|p| p.pid).collect();
 
     freeze(&first_pids, true);
-    let out = c.cli(&["-s", "reload"]);
-    assert!(
-        out.status.success(),
-        "reload 1: {}\n{}",
-        out.all(),
-        c.log_tail(40)
-    );
+    reload(&c, "reload 1");
     let second: Vec<ProcId> = c
         .workers()
         .into_iter()
@@ -548,13 +548,7 @@ fn a_reload_while_the_last_one_is_still_handing_over_loses_nothing() {
     assert!(settled, "the master's fd count never settled");
     eprintln!("second generation frozen: the master holds {held} fds");
 
-    let out = c.cli(&["-s", "reload"]);
-    assert!(
-        out.status.success(),
-        "reload 2: {}\n{}",
-        out.all(),
-        c.log_tail(40)
-    );
+    reload(&c, "reload 2");
     let third: Vec<i32> = c
         .worker_pids()
         .into_iter()
@@ -565,38 +559,14 @@ fn a_reload_while_the_last_one_is_still_handing_over_loses_nothing() {
 
     let older: Vec<ProcId> = first.iter().chain(&second).copied().collect();
     let t0 = Instant::now();
-    let gone = wait_until(EXIT_WITHIN, || older.iter().all(|p| !proc_alive(*p)));
-    assert!(
-        gone,
-        "older workers {older:?} still running {:?} after the second generation resumed\n{}",
-        t0.elapsed(),
-        c.log_tail(60)
+    assert_gone(
+        &c,
+        &older,
+        t0,
+        "older workers",
+        "the second generation resumed",
     );
-    let answers = request_all(&mut conns, IO_TIMEOUT);
-    let summary = tally(&answers);
-    eprintln!("after two overlapping reloads: {summary}");
-    assert!(
-        answers.iter().all(|a| matches!(
-            a,
-            Answer::Full {
-                status: 200,
-                closes: false,
-                ..
-            }
-        )),
-        "{summary}\n{}",
-        c.log_tail(60)
-    );
-    let own = owners_on(port, &conns, &third);
-    assert!(
-        own.iter().all(Option::is_some),
-        "connections not all on the third generation {third:?}: {:?}",
-        per_owner(&own)
-    );
-    assert_eq!(
-        sum_field(&c.log(), "drained, exiting", "closed"),
-        0,
-        "an old worker closed connections\n{}",
-        c.log_tail(40)
-    );
+    all_kept_alive(&c, &mut conns, "two overlapping reloads");
+    assert_owned(port, &conns, &third, "third generation");
+    assert_drained_count(&c, "closed", 0, "an old worker closed connections");
 }

@@ -9,7 +9,7 @@ mod common;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,7 +21,6 @@ use common::*;
 const MARGIN: Duration = Duration::from_secs(6);
 /// How long one request may take before the test calls it a failure.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
-const CURL: &str = "/usr/bin/curl";
 
 // ---------------------------------------------------------------------------
 // Local helpers
@@ -147,14 +146,7 @@ impl Client {
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Err(Fail::Timeout { got })
-                }
+                Err(e) if is_timeout(&e) => return Err(Fail::Timeout { got }),
                 Err(e) if is_reset(&e) => {
                     return Err(Fail::Closed {
                         got,
@@ -242,54 +234,24 @@ fn must<T>(h: &Http, what: &str, r: Result<T, Fail>) -> T {
     r.unwrap_or_else(|e| panic!("{what}: {e}\n{}", h.c.log_tail(40)))
 }
 
-/// Output of a curl run.
-struct CurlOut {
-    ok: bool,
-    stdout: String,
-    stderr: String,
+/// `req` on a fresh connection gets a 400 that says `Connection: close`, and the
+/// connection is closed after it.
+fn refused_400_and_closed(h: &Http, req: &[u8], what: &str) {
+    let mut cl = h.client();
+    let r = must(h, what, cl.roundtrip(req));
+    assert_eq!(r.status, 400, "{what}: {r:?}");
+    assert!(r.closes(), "{what}: {r:?}");
+    if let Err(e) = cl.expect_closed(IO_TIMEOUT) {
+        panic!("{what}: not closed after 400: {e}");
+    }
 }
 
-/// Runs curl with `args` (plus `--max-time`), killing it by pid if it overruns;
-/// None if curl is not installed.
-fn curl(h: &Http, args: &[&str]) -> Option<CurlOut> {
-    if !Path::new(CURL).exists() {
-        eprintln!("skipping: {CURL} is not installed");
-        return None;
-    }
-    static SEQ: AtomicUsize = AtomicUsize::new(0);
-    let n = SEQ.fetch_add(1, Ordering::Relaxed);
-    let out = h.c.dir.path().join(format!("curl-{n}.stdout"));
-    let err = h.c.dir.path().join(format!("curl-{n}.stderr"));
-    let mut child = Command::new(CURL)
-        .args([
-            "--silent",
-            "--show-error",
-            "--max-time",
-            "10",
-            "--noproxy",
-            "*",
-        ])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(File::create(&out).expect("create curl stdout"))
-        .stderr(File::create(&err).expect("create curl stderr"))
-        .spawn()
-        .expect("spawn curl");
-    let mut status = None;
-    let done = wait_until(Duration::from_secs(20), || {
-        status = child.try_wait().ok().flatten();
-        status.is_some()
-    });
-    if !done {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("curl {args:?} did not exit within 20s");
-    }
-    Some(CurlOut {
-        ok: status.is_some_and(|s| s.success()),
-        stdout: std::fs::read_to_string(&out).unwrap_or_default(),
-        stderr: std::fs::read_to_string(&err).unwrap_or_default(),
-    })
+/// Runs curl with `args` (and `--noproxy '*'`) by `http::run_curl`: bounded in time,
+/// killed by pid if it overruns; None if curl is not installed.
+fn curl(h: &Http, args: &[&str]) -> Option<http::CurlRun> {
+    let mut all = vec!["--noproxy", "*"];
+    all.extend_from_slice(args);
+    http::run_curl(h.c.dir.path(), &all)
 }
 
 /// wrk's path, if it is installed.
@@ -552,14 +514,7 @@ fn malformed_requests_get_400_and_a_close() {
         b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
     ];
     for req in bad {
-        let what = String::from_utf8_lossy(req);
-        let mut cl = h.client();
-        let r = must(&h, &what, cl.roundtrip(req));
-        assert_eq!(r.status, 400, "{what}: {r:?}");
-        assert!(r.closes(), "{what}: {r:?}");
-        if let Err(e) = cl.expect_closed(IO_TIMEOUT) {
-            panic!("{what}: not closed after 400: {e}");
-        }
+        refused_400_and_closed(&h, req, &String::from_utf8_lossy(req));
     }
     // A chunked body is not something this server reads: 501 and a close.
     let mut cl = h.client();
@@ -1003,13 +958,7 @@ fn http_1_1_needs_exactly_one_host_and_1_0_needs_none() {
             "the same Host twice",
         ),
     ] {
-        let mut cl = h.client();
-        let r = must(&h, what, cl.roundtrip(req));
-        assert_eq!(r.status, 400, "{what}: {r:?}");
-        assert!(r.closes(), "{what}: {r:?}");
-        if let Err(e) = cl.expect_closed(IO_TIMEOUT) {
-            panic!("{what}: not closed after 400: {e}");
-        }
+        refused_400_and_closed(&h, req, what);
     }
     let mut cl = h.client();
     let r = must(
@@ -1019,10 +968,7 @@ fn http_1_1_needs_exactly_one_host_and_1_0_needs_none() {
     );
     assert_eq!(r.status, 200, "{r:?}");
     // curl, told to send no Host header.
-    if let Some(out) = http::run_curl(
-        h.c.dir.path(),
-        &["--noproxy", "*", "--include", "--header", "Host:", &h.url()],
-    ) {
+    if let Some(out) = curl(&h, &["--include", "--header", "Host:", &h.url()]) {
         assert!(
             out.stdout.starts_with("HTTP/1.1 400 "),
             "{}\n{}",

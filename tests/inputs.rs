@@ -14,6 +14,20 @@ use std::time::{Duration, Instant};
 use common::inputs::{cli_env, write_config, PipedCorral};
 use common::*;
 
+/// `corral -t -c cfg` from `dir` with `env` added (None if it did not exit in 20 s).
+fn check(dir: &Path, cfg: &str, env: &[(&str, &str)]) -> Option<CliOutput> {
+    cli_env(dir, &["-t", "-c", cfg], env, Duration::from_secs(20))
+}
+
+/// One worker, a pid file in `{dir}`, `master_extra` lines in `[master]`, and an
+/// echo listener on `port`.
+fn echo_conf(port: u16, master_extra: &str) -> String {
+    format!(
+        "[master]\nworkers = 1\npid_file = \"{{dir}}/corral.pid\"\n{master_extra}\
+         [[listen]]\naddress = \"127.0.0.1:{port}\"\nservice = \"echo\"\n"
+    )
+}
+
 /// What `corral -t` and a start print for a refused config.
 fn assert_refused(out: &CliOutput, what: &str, path: &Path, key: &str, why: &str) {
     let err = out.all();
@@ -105,13 +119,8 @@ fn check_and_start_refuse_values_that_break_the_service() {
     for (i, (body, key, why)) in cases.iter().enumerate() {
         let path = write_config(dir.path(), &format!("bad-{i}.toml"), body);
         let cfg = path.display().to_string();
-        let out = cli_env(
-            dir.path(),
-            &["-t", "-c", &cfg],
-            &[],
-            Duration::from_secs(20),
-        )
-        .unwrap_or_else(|| panic!("`corral -t` did not exit for {key}"));
+        let out = check(dir.path(), &cfg, &[])
+            .unwrap_or_else(|| panic!("`corral -t` did not exit for {key}"));
         assert_refused(&out, &format!("-t with {key}"), &path, key, why);
         let out = cli_env(dir.path(), &["-c", &cfg], &[], Duration::from_secs(20))
             .unwrap_or_else(|| panic!("corral started serving with bad {key}:\n{body}"));
@@ -123,19 +132,10 @@ fn check_and_start_refuse_values_that_break_the_service() {
 fn check_warns_about_an_rss_limit_below_a_fresh_worker() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let body = format!(
-        "[master]\nworkers = 1\npid_file = \"{{dir}}/corral.pid\"\nmax_worker_rss = \"1MiB\"\n\
-         [[listen]]\naddress = \"127.0.0.1:{port}\"\nservice = \"echo\"\n"
-    );
+    let body = echo_conf(port, "max_worker_rss = \"1MiB\"\n");
     let path = write_config(dir.path(), "corral.toml", &body);
     let cfg = path.display().to_string();
-    let out = cli_env(
-        dir.path(),
-        &["-t", "-c", &cfg],
-        &[],
-        Duration::from_secs(20),
-    )
-    .expect("`corral -t` exits");
+    let out = check(dir.path(), &cfg, &[]).expect("`corral -t` exits");
     // A warning, not a refusal: a tiny limit is how recycling is exercised on purpose.
     assert!(out.status.success(), "{}", out.all());
     assert!(
@@ -150,10 +150,7 @@ fn check_warns_about_an_rss_limit_below_a_fresh_worker() {
 fn environment_errors_name_the_variable() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let body = format!(
-        "[master]\nworkers = 1\npid_file = \"{{dir}}/corral.pid\"\n\
-         [[listen]]\naddress = \"127.0.0.1:{port}\"\nservice = \"echo\"\n"
-    );
+    let body = echo_conf(port, "");
     let path = write_config(dir.path(), "corral.toml", &body);
     let cfg = path.display().to_string();
     for (var, value, key) in [
@@ -170,13 +167,8 @@ fn environment_errors_name_the_variable() {
             "master.upgrade_timeout",
         ),
     ] {
-        let out = cli_env(
-            dir.path(),
-            &["-t", "-c", &cfg],
-            &[(var, value)],
-            Duration::from_secs(20),
-        )
-        .unwrap_or_else(|| panic!("`corral -t` did not exit with {var}={value}"));
+        let out = check(dir.path(), &cfg, &[(var, value)])
+            .unwrap_or_else(|| panic!("`corral -t` did not exit with {var}={value}"));
         let err = out.all();
         assert!(!out.status.success(), "{var}={value} accepted: {err}");
         assert!(
@@ -196,13 +188,7 @@ fn environment_errors_name_the_variable() {
         &body.replace("workers = 1", "workers = 0"),
     );
     let cfg = path.display().to_string();
-    let out = cli_env(
-        dir.path(),
-        &["-t", "-c", &cfg],
-        &[],
-        Duration::from_secs(20),
-    )
-    .expect("`corral -t` exits");
+    let out = check(dir.path(), &cfg, &[]).expect("`corral -t` exits");
     assert!(!out.status.success(), "{}", out.all());
     assert!(out.all().contains(&format!("in {cfg}")), "{}", out.all());
 }

@@ -43,6 +43,85 @@ fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
+/// Writes at `conf` an echo config on `port` with `pid_file`.
+fn write_conf(conf: &Path, port: u16, pid_file: &Path) {
+    fs::write(
+        conf,
+        echo_config(port, &format!("pid_file = \"{}\"", pid_file.display())),
+    )
+    .unwrap();
+}
+
+/// Starts this build's corral on `conf` (from `dir`) and waits until it serves;
+/// a failure says `what` did not start and shows its log.
+fn start_corral(
+    reaper: &Reaper,
+    dir: &Path,
+    conf: &Path,
+    [pid_file, sock, log]: [&Path; 3],
+    what: &str,
+) -> i32 {
+    start_master(
+        reaper,
+        cmd(&bin(), dir, &["-c", conf.to_str().unwrap()]),
+        pid_file,
+        sock,
+        log,
+    )
+    .unwrap_or_else(|log| panic!("{what} did not start: {log}"))
+}
+
+/// A fake control server on `sock` (a python3 child of `reaper`, for 60 s): it
+/// answers every request with a successful reload by master `master_pid`. With
+/// `user` it listens as that user (SO_PEERCRED names whoever called listen()), on a
+/// socket anyone may connect to.
+fn fake_control(reaper: &Reaper, sock: &Path, master_pid: i32, user: Option<&TestUser>) {
+    let become_user = user.map_or(String::new(), |u| {
+        format!(
+            "os.chmod({sock:?}, 0o666)\n\
+             os.setgroups([]); os.setgid({gid}); os.setuid({uid})\n",
+            sock = sock.to_str().unwrap(),
+            gid = u.gid,
+            uid = u.uid
+        )
+    });
+    let script = format!(
+        "import os, socket, time\n\
+         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n\
+         s.bind({sock:?})\n\
+         {become_user}\
+         s.listen(8)\n\
+         s.settimeout(60)\n\
+         end = time.time() + 60\n\
+         while time.time() < end:\n\
+         \x20   c, _ = s.accept()\n\
+         \x20   try:\n\
+         \x20       c.recv(4096)\n\
+         \x20       c.sendall(b'{{\"ok\":true,\"message\":\"FAKE reloaded\",\"master_pid\":{master_pid},\"generation\":9}}\\n')\n\
+         \x20   except OSError:\n\
+         \x20       pass\n\
+         \x20   c.close()\n",
+        sock = sock.to_str().unwrap(),
+    );
+    let faker = Command::new("python3")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn python3");
+    reaper.adopt_child(faker);
+}
+
+/// The CLI did not take the fake server (`who`) for the master: it failed and did
+/// not show the fake answer.
+fn assert_not_believed(out: &Ran, who: &str) {
+    assert!(!out.ok(), "the CLI believed {who}: {}", out.all());
+    assert!(
+        !out.all().contains("FAKE"),
+        "the fake answer was shown: {}",
+        out.all()
+    );
+}
+
 /// A stale pid file whose pid now belongs to a bystander: neither a bare pid (an
 /// older corral's file) nor one with a stale identity record gets it signalled.
 #[test]
@@ -113,22 +192,14 @@ fn broken_config_never_falls_back_to_default_paths() {
     let reaper = Reaper::default();
     let port = free_port();
     let victim_conf = dir.path().join("default-paths.toml");
-    fs::write(
-        &victim_conf,
-        echo_config(port, &format!("pid_file = \"{}\"", default_pid.display())),
-    )
-    .unwrap();
-    let started = start_master(
+    write_conf(&victim_conf, port, &default_pid);
+    let victim = start_corral(
         &reaper,
-        cmd(&bin(), dir.path(), &["-c", victim_conf.to_str().unwrap()]),
-        &default_pid,
-        &default_sock,
-        &dir.path().join("victim.log"),
+        dir.path(),
+        &victim_conf,
+        [&default_pid, &default_sock, &dir.path().join("victim.log")],
+        "the master on the default paths",
     );
-    let victim = match started {
-        Ok(p) => p,
-        Err(log) => panic!("the master on the default paths did not start: {log}"),
-    };
     let broken = dir.path().join("broken.toml");
     fs::write(&broken, "[master\nworkers = 1\n").unwrap();
     let out = cli(dir.path(), &["-s", "stop", "-c", broken.to_str().unwrap()]);
@@ -211,23 +282,19 @@ fn planted_links_at_temp_names_are_not_followed() {
         std::os::unix::fs::symlink(&victim, p).unwrap();
     }
     let conf = dir.path().join("corral.toml");
-    fs::write(
-        &conf,
-        echo_config(
-            free_port(),
-            &format!("pid_file = \"{}\"", pid_file.display()),
-        ),
-    )
-    .unwrap();
+    write_conf(&conf, free_port(), &pid_file);
     let reaper = Reaper::default();
-    let pid = start_master(
+    let pid = start_corral(
         &reaper,
-        cmd(&bin(), dir.path(), &["-c", conf.to_str().unwrap()]),
-        &pid_file,
-        &dir.path().join("corral.sock"),
-        &dir.path().join("master.log"),
-    )
-    .unwrap_or_else(|log| panic!("master did not start: {log}"));
+        dir.path(),
+        &conf,
+        [
+            &pid_file,
+            &dir.path().join("corral.sock"),
+            &dir.path().join("master.log"),
+        ],
+        "master",
+    );
     assert!(
         candidates.contains(&(pid as u32)),
         "the master's pid {pid} fell outside the planted range; the test proves nothing"
@@ -282,14 +349,7 @@ fn other_users_cannot_plant_fake_or_command() {
     for (run_dir, owner, mode) in [(&planted, user.uid, "0755"), (&loose, 0, "0777")] {
         let pid_file = run_dir.join("corral.pid");
         let conf = dir.path().join("planted.toml");
-        fs::write(
-            &conf,
-            echo_config(
-                free_port(),
-                &format!("pid_file = \"{}\"", pid_file.display()),
-            ),
-        )
-        .unwrap();
+        write_conf(&conf, free_port(), &pid_file);
         let out = cli(dir.path(), &["-c", conf.to_str().unwrap()]);
         assert!(!out.ok(), "the master started in {}", run_dir.display());
         let want = format!(
@@ -313,44 +373,10 @@ fn other_users_cannot_plant_fake_or_command() {
     fs::create_dir(&fake_dir).unwrap();
     let fake_sock = fake_dir.join("corral.sock");
     let fake_conf = dir.path().join("fake.toml");
-    fs::write(
-        &fake_conf,
-        echo_config(
-            free_port(),
-            &format!("pid_file = \"{}\"", fake_dir.join("corral.pid").display()),
-        ),
-    )
-    .unwrap();
-    // Bound as root, then listen()ing as the other user: SO_PEERCRED names whoever
-    // called listen().
-    let script = format!(
-        "import os, socket, time\n\
-         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n\
-         s.bind({sock:?})\n\
-         os.chmod({sock:?}, 0o666)\n\
-         os.setgroups([]); os.setgid({gid}); os.setuid({uid})\n\
-         s.listen(8)\n\
-         s.settimeout(60)\n\
-         end = time.time() + 60\n\
-         while time.time() < end:\n\
-         \x20   c, _ = s.accept()\n\
-         \x20   try:\n\
-         \x20       c.recv(4096)\n\
-         \x20       c.sendall(b'{{\"ok\":true,\"message\":\"FAKE reloaded\",\"master_pid\":1,\"generation\":9}}\\n')\n\
-         \x20   except OSError:\n\
-         \x20       pass\n\
-         \x20   c.close()\n",
-        sock = fake_sock.to_str().unwrap(),
-        gid = user.gid,
-        uid = user.uid
-    );
+    write_conf(&fake_conf, free_port(), &fake_dir.join("corral.pid"));
+    // Bound as root, then listen()ing as the other user.
     let reaper = Reaper::default();
-    let faker = Command::new("python3")
-        .args(["-c", &script])
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn python3");
-    reaper.adopt_child(faker);
+    fake_control(&reaper, &fake_sock, 1, Some(&user));
     assert!(
         wait_until(Duration::from_secs(20), || UnixStream::connect(&fake_sock)
             .map(|mut s| {
@@ -366,12 +392,7 @@ fn other_users_cannot_plant_fake_or_command() {
         dir.path(),
         &["-s", "reload", "-c", fake_conf.to_str().unwrap()],
     );
-    assert!(!out.ok(), "the CLI believed a fake server: {}", out.all());
-    assert!(
-        !out.all().contains("FAKE"),
-        "the fake answer was shown: {}",
-        out.all()
-    );
+    assert_not_believed(&out, "a fake server");
     assert!(
         out.stderr.contains(&format!("of uid {}", user.uid)),
         "the refusal does not name the server's uid: {}",
@@ -385,21 +406,16 @@ fn other_users_cannot_plant_fake_or_command() {
     let sock = run_dir.join("corral.sock");
     let conf = dir.path().join("root.toml");
     let port = free_port();
-    fs::write(
-        &conf,
-        echo_config(port, &format!("pid_file = \"{}\"", pid_file.display())),
-    )
-    .unwrap();
+    write_conf(&conf, port, &pid_file);
     let log = dir.path().join("root-master.log");
     let reaper = Reaper::default();
-    let master = start_master(
+    let master = start_corral(
         &reaper,
-        cmd(&bin(), dir.path(), &["-c", conf.to_str().unwrap()]),
-        &pid_file,
-        &sock,
-        &log,
-    )
-    .unwrap_or_else(|log| panic!("root's master did not start: {log}"));
+        dir.path(),
+        &conf,
+        [&pid_file, &sock, &log],
+        "root's master",
+    );
     let master_id = proc_id(master).unwrap();
     assert_eq!(mode_of(&sock), 0o600);
     let as_user = |what: &str| {
@@ -457,14 +473,7 @@ fn runtime_modes_ignore_the_umask() {
     let pid_file = run_dir.join("corral.pid");
     let sock = run_dir.join("corral.sock");
     let conf = dir.path().join("corral.toml");
-    fs::write(
-        &conf,
-        echo_config(
-            free_port(),
-            &format!("pid_file = \"{}\"", pid_file.display()),
-        ),
-    )
-    .unwrap();
+    write_conf(&conf, free_port(), &pid_file);
     let reaper = Reaper::default();
     let mut c = Command::new("sh");
     c.args(["-c", "umask 000; exec \"$0\" -c \"$1\""])
@@ -665,20 +674,15 @@ fn cli_believes_only_the_master_the_pid_file_proves() {
     let pid_file = d.join("corral.pid");
     let port = free_port();
     let conf = d.join("corral.toml");
-    fs::write(
-        &conf,
-        echo_config(port, &format!("pid_file = \"{}\"", pid_file.display())),
-    )
-    .unwrap();
+    write_conf(&conf, port, &pid_file);
     let reaper = Reaper::default();
-    let master = start_master(
+    let master = start_corral(
         &reaper,
-        cmd(&bin(), d, &["-c", conf.to_str().unwrap()]),
-        &pid_file,
-        &d.join("corral.sock"),
-        &d.join("master.log"),
-    )
-    .unwrap_or_else(|log| panic!("master did not start: {log}"));
+        d,
+        &conf,
+        [&pid_file, &d.join("corral.sock"), &d.join("master.log")],
+        "master",
+    );
     // Same pid file, but the control socket of an impostor.
     let fake_sock = d.join("impostor.sock");
     let impostor_conf = d.join("impostor.toml");
@@ -694,41 +698,14 @@ fn cli_believes_only_the_master_the_pid_file_proves() {
         ),
     )
     .unwrap();
-    let script = format!(
-        "import socket, time\n\
-         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n\
-         s.bind({sock:?})\n\
-         s.listen(8)\n\
-         s.settimeout(60)\n\
-         end = time.time() + 60\n\
-         while time.time() < end:\n\
-         \x20   c, _ = s.accept()\n\
-         \x20   try:\n\
-         \x20       c.recv(4096)\n\
-         \x20       c.sendall(b'{{\"ok\":true,\"message\":\"FAKE reloaded\",\"master_pid\":{master},\"generation\":9}}\\n')\n\
-         \x20   except OSError:\n\
-         \x20       pass\n\
-         \x20   c.close()\n",
-        sock = fake_sock.to_str().unwrap(),
-    );
-    let faker = Command::new("python3")
-        .args(["-c", &script])
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn python3");
-    reaper.adopt_child(faker);
+    fake_control(&reaper, &fake_sock, master, None);
     assert!(
         wait_until(Duration::from_secs(20), || fake_sock.exists()
             && UnixStream::connect(&fake_sock).is_ok()),
         "the impostor did not come up"
     );
     let out = cli(d, &["-s", "reload", "-c", impostor_conf.to_str().unwrap()]);
-    assert!(!out.ok(), "the CLI believed an impostor: {}", out.all());
-    assert!(
-        !out.all().contains("FAKE"),
-        "the fake answer was shown: {}",
-        out.all()
-    );
+    assert_not_believed(&out, "an impostor");
     assert!(
         out.stderr
             .contains(&format!("not by the master the pid file names ({master})")),

@@ -73,6 +73,53 @@ fn assert_active(ns: &SystemdNs, what: &str) {
     );
 }
 
+/// Asks for an upgrade the systemd way: SIGUSR2 to the unit's main process.
+fn upgrade_by_systemctl(ns: &SystemdNs) {
+    ns.systemctl(&[
+        "kill",
+        "-s",
+        "SIGUSR2",
+        "--kill-whom=main",
+        "corral.service",
+    ]);
+}
+
+/// Waits until systemd's MainPID is a pid other than `old` and returns it; the
+/// failure ends with `why`.
+fn main_pid_moved(ns: &SystemdNs, old: i32, why: &str) -> i32 {
+    let mut new = 0;
+    assert!(
+        wait_until(Duration::from_secs(20) + MARGIN, || {
+            new = ns.main_pid();
+            new > 0 && new != old
+        }),
+        "MainPID did not move from {old}{why}\n{}",
+        ns.log_tail(30)
+    );
+    new
+}
+
+/// `s` ends with a clean close (FIN) within `within`; anything else fails with `what`.
+fn closed_cleanly(ns: &SystemdNs, s: &mut std::net::TcpStream, within: Duration, what: &str) {
+    match wait_ending(s, within) {
+        Ending::Eof(_) => {}
+        other => panic!("{what}: {other:?}\n{}", ns.log_tail(40)),
+    }
+}
+
+/// `systemctl stop --no-block`, and waits until the unit has left `active`; returns
+/// when the stop was asked.
+fn stop_no_block(ns: &SystemdNs) -> Instant {
+    let t0 = Instant::now();
+    ns.systemctl(&["stop", "--no-block", "corral.service"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || ns.prop("ActiveState")
+            != "active"),
+        "unit did not start stopping"
+    );
+    t0
+}
+
 /// Upgrades by `how` with a connection open on the old master, and waits until
 /// systemd's MainPID is the new master, the connection was drained (clean close) and
 /// the old master is gone. Returns the new MainPID.
@@ -89,28 +136,14 @@ fn upgrade(ns: &SystemdNs, how: &str, drain: Duration) -> i32 {
     must_echo_ns(ns, &mut held, "before upgrade\n", "before the upgrade");
     match how {
         "systemctl" => {
-            ns.systemctl(&[
-                "kill",
-                "-s",
-                "SIGUSR2",
-                "--kill-whom=main",
-                "corral.service",
-            ]);
+            upgrade_by_systemctl(ns);
         }
         _ => {
             let (ok, out) = ns.corral(&["-s", "upgrade"]);
             assert!(ok, "corral -s upgrade failed: {out}\n{}", ns.log_tail(30));
         }
     }
-    let mut new = 0;
-    assert!(
-        wait_until(Duration::from_secs(20) + MARGIN, || {
-            new = ns.main_pid();
-            new > 0 && new != old
-        }),
-        "MainPID did not move from {old} after an upgrade by {how}\n{}",
-        ns.log_tail(30)
-    );
+    let new = main_pid_moved(ns, old, &format!(" after an upgrade by {how}"));
     // The point of the double fork: systemd's own child, not an "alien" main pid
     // (a child of the old master, which is still there).
     let (ppid, old_alive) = (
@@ -129,13 +162,12 @@ fn upgrade(ns: &SystemdNs, how: &str, drain: Duration) -> i32 {
         "old master drains\n",
         "old master's connection",
     );
-    match wait_ending(&mut held, drain + MARGIN) {
-        Ending::Eof(_) => {}
-        other => panic!(
-            "old master's connection not closed cleanly by its drain: {other:?}\n{}",
-            ns.log_tail(30)
-        ),
-    }
+    closed_cleanly(
+        ns,
+        &mut held,
+        drain + MARGIN,
+        "old master's connection not closed cleanly by its drain",
+    );
     assert!(
         wait_until(Duration::from_secs(20) + MARGIN, || ns
             .corral_processes()
@@ -155,26 +187,19 @@ fn stop_drains(ns: &SystemdNs, drain: Duration) -> (Duration, Duration) {
     let mut s = ns.connect().expect("connect before stop");
     must_echo_ns(ns, &mut s, "before stop\n", "before stop");
     let main = ns.main_pid();
-    let t0 = Instant::now();
-    ns.systemctl(&["stop", "--no-block", "corral.service"]);
-    assert!(
-        wait_until(Duration::from_secs(10), || ns.prop("ActiveState")
-            != "active"),
-        "unit did not start stopping"
-    );
+    let t0 = stop_no_block(ns);
     // Still served while draining (unless the drain already ended, which it must
     // not before drain_timeout).
     if t0.elapsed() < drain {
         must_echo_ns(ns, &mut s, "while stopping\n", "during the drain");
     }
-    let ending = wait_ending(&mut s, drain + MARGIN);
-    let closed = match ending {
-        Ending::Eof(_) => t0.elapsed(),
-        other => panic!(
-            "connection not closed cleanly by the drain (main pid {main}): {other:?}\n{}",
-            ns.log_tail(40)
-        ),
-    };
+    closed_cleanly(
+        ns,
+        &mut s,
+        drain + MARGIN,
+        &format!("connection not closed cleanly by the drain (main pid {main})"),
+    );
+    let closed = t0.elapsed();
     assert!(
         closed + Duration::from_millis(200) >= drain,
         "connection closed after {closed:?}, before drain_timeout {drain:?}"
@@ -380,11 +405,11 @@ fn socket_activation_through_corral_socket() {
     upgrade(&ns, "systemctl", Duration::from_secs(2));
     fresh_echo(&ns, "after an upgrade of a socket-activated service");
     // The connection from before it was drained by the old master: closed cleanly.
-    let ending = wait_ending(&mut s, Duration::from_secs(2) + MARGIN);
-    assert!(
-        matches!(ending, Ending::Eof(_)),
-        "connection from before the upgrade: {ending:?}\n{}",
-        ns.log_tail(20)
+    closed_cleanly(
+        &ns,
+        &mut s,
+        Duration::from_secs(2) + MARGIN,
+        "connection from before the upgrade",
     );
     // Stopped, the socket stays with systemd: the next connection starts it again.
     ns.systemctl(&["stop", "corral.service"]);
@@ -423,13 +448,7 @@ fn broken_upgrade_rolls_back_and_systemd_keeps_the_old_master() {
     let real = ns.root.join("corral.real");
     std::fs::rename(ns.bin(), &real).expect("keep the real binary");
     std::fs::rename(&staged, ns.bin()).expect("install the broken binary");
-    ns.systemctl(&[
-        "kill",
-        "-s",
-        "SIGUSR2",
-        "--kill-whom=main",
-        "corral.service",
-    ]);
+    upgrade_by_systemctl(&ns);
     assert!(
         wait_until(Duration::from_secs(20) + MARGIN, || ns
             .log()
@@ -485,28 +504,9 @@ fn stop_while_the_old_master_drains_keeps_its_connections() {
     let old = ns.main_pid();
     let mut held = ns.connect().expect("connect before the upgrade");
     must_echo_ns(&ns, &mut held, "before upgrade\n", "before the upgrade");
-    ns.systemctl(&[
-        "kill",
-        "-s",
-        "SIGUSR2",
-        "--kill-whom=main",
-        "corral.service",
-    ]);
-    assert!(
-        wait_until(Duration::from_secs(20) + MARGIN, || {
-            let p = ns.main_pid();
-            p > 0 && p != old
-        }),
-        "MainPID did not move from {old}\n{}",
-        ns.log_tail(30)
-    );
-    let t0 = Instant::now();
-    ns.systemctl(&["stop", "--no-block", "corral.service"]);
-    assert!(
-        wait_until(Duration::from_secs(10), || ns.prop("ActiveState")
-            != "active"),
-        "unit did not start stopping"
-    );
+    upgrade_by_systemctl(&ns);
+    main_pid_moved(&ns, old, "");
+    let t0 = stop_no_block(&ns);
     // Well past the moment the new master (with no connection of its own) would have
     // exited, the old master's connection is still served.
     std::thread::sleep(Duration::from_millis(1500));
@@ -518,13 +518,12 @@ fn stop_while_the_old_master_drains_keeps_its_connections() {
             "old master's connection during stop",
         );
     }
-    match wait_ending(&mut held, drain + MARGIN) {
-        Ending::Eof(_) => {}
-        other => panic!(
-            "old master's connection not closed cleanly: {other:?}\n{}",
-            ns.log_tail(40)
-        ),
-    }
+    closed_cleanly(
+        &ns,
+        &mut held,
+        drain + MARGIN,
+        "old master's connection not closed cleanly",
+    );
     assert!(
         ns.wait_prop("ActiveState", "inactive", Duration::from_secs(20) + MARGIN),
         "unit not inactive: {:?}\n{}",

@@ -68,14 +68,7 @@ pub fn read_response(s: &mut TcpStream, deadline: Instant) -> Answer {
             Ok(0) => return Answer::Eof { got: buf.len() },
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Answer::TimedOut { got: buf.len() }
-            }
+            Err(e) if super::is_timeout(&e) => return Answer::TimedOut { got: buf.len() },
             Err(e) if super::is_reset(&e) => return Answer::Reset { got: buf.len() },
             Err(e) => return Answer::Other(format!("read: {e}")),
         }

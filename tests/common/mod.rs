@@ -294,14 +294,7 @@ pub fn read_exact_timeout(
             Ok(0) => return Err(ReadEnd::Eof(buf[..got].to_vec())),
             Ok(k) => got += k,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(ReadEnd::Timeout(buf[..got].to_vec()))
-            }
+            Err(e) if is_timeout(&e) => return Err(ReadEnd::Timeout(buf[..got].to_vec())),
             Err(e) if is_reset(&e) => return Err(ReadEnd::Reset(e)),
             Err(e) => return Err(ReadEnd::Other(e)),
         }
@@ -323,6 +316,14 @@ impl ReadEnd {
     pub fn is_closed(&self) -> bool {
         matches!(self, ReadEnd::Eof(_) | ReadEnd::Reset(_))
     }
+}
+
+/// A read that ran into its read timeout (the kind depends on the socket's mode).
+pub fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 pub fn is_reset(e: &io::Error) -> bool {
@@ -371,32 +372,10 @@ pub fn echo(s: &mut TcpStream, msg: &[u8], timeout: Duration) -> Echo {
 /// sending anything. Returns the time it took, or an error describing what
 /// was seen instead.
 pub fn wait_closed(s: &mut TcpStream, timeout: Duration) -> Result<Duration, String> {
-    let t0 = Instant::now();
-    let deadline = t0 + timeout;
-    let mut buf = [0u8; 4096];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(format!("still open after {timeout:?}"));
-        }
-        s.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
-        match s.read(&mut buf) {
-            Ok(0) => return Ok(t0.elapsed()),
-            Ok(n) => {
-                return Err(format!(
-                    "unexpected data: {:?}",
-                    String::from_utf8_lossy(&buf[..n])
-                ))
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) if is_reset(&e) => return Ok(t0.elapsed()),
-            Err(e) => return Err(e.to_string()),
-        }
+    match sysd::wait_ending(s, timeout) {
+        sysd::Ending::Eof(took) | sysd::Ending::Reset(took) => Ok(took),
+        sysd::Ending::StillOpen => Err(format!("still open after {timeout:?}")),
+        sysd::Ending::Other(e) => Err(e),
     }
 }
 
@@ -1019,19 +998,7 @@ pub fn must_echo(c: &Corral, s: &mut TcpStream, msg: &str) {
 /// Which of `pids` holds the server side of each connection in `conns` (by socket
 /// inode), or None where it cannot be told.
 pub fn owners(c: &Corral, conns: &[TcpStream], pids: &[i32]) -> Vec<Option<i32>> {
-    let inodes: std::collections::HashMap<i32, HashSet<u64>> =
-        pids.iter().map(|&p| (p, socket_inodes(p))).collect();
-    let by_port = server_socket_inodes(c.port);
-    conns
-        .iter()
-        .map(|s| {
-            let ino = *by_port.get(&s.local_addr().ok()?.port())?;
-            inodes
-                .iter()
-                .find(|(_, set)| set.contains(&ino))
-                .map(|(pid, _)| *pid)
-        })
-        .collect()
+    handover::owners_on(c.port, conns, pids)
 }
 
 /// Resident memory of a process in KiB (0 if it is gone).

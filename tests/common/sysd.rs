@@ -419,7 +419,7 @@ pub enum Ending {
 
 pub fn wait_ending(s: &mut TcpStream, timeout: Duration) -> Ending {
     let t0 = Instant::now();
-    let mut buf = [0u8; 256];
+    let mut buf = [0u8; 4096];
     loop {
         let left = (t0 + timeout).saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -432,16 +432,12 @@ pub fn wait_ending(s: &mut TcpStream, timeout: Duration) -> Ending {
             Ok(0) => return Ending::Eof(t0.elapsed()),
             Ok(n) => {
                 return Ending::Other(format!(
-                    "unexpected data {:?}",
+                    "unexpected data: {:?}",
                     String::from_utf8_lossy(&buf[..n])
                 ))
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
+            Err(e) if super::is_timeout(&e) => {}
             Err(e) if super::is_reset(&e) => return Ending::Reset(t0.elapsed()),
             Err(e) => return Ending::Other(e.to_string()),
         }
