@@ -496,6 +496,10 @@ pub struct ListenConfig {
     /// connection; pays for bulk transfers). Ignored while a `rate` limit applies.
     #[serde(default)]
     pub splice: Option<bool>,
+    /// Overrides `[worker] idle_timeout` for this listener (`"0"` = never), for
+    /// database pools, pub/sub and other connections that are quiet by design.
+    #[serde(default)]
+    pub idle_timeout: Option<Dur>,
     /// proxy: `upstreams` resolved by the master at config load (not a config key).
     /// Workers use these and never resolve names themselves.
     #[serde(skip)]
@@ -577,6 +581,12 @@ pub struct ListenFlow {
 
 impl ListenConfig {
     /// This listener's effective flow-control limits.
+    /// The idle timeout in force on this listener: its own, else `[worker]`'s; zero
+    /// means none.
+    pub fn idle_timeout(&self, worker: &WorkerConfig) -> Duration {
+        self.idle_timeout.unwrap_or(worker.idle_timeout).0
+    }
+
     pub fn flow(&self, flow: &FlowConfig) -> ListenFlow {
         let rate = self.rate.unwrap_or(flow.rate).0;
         let burst = self.burst.unwrap_or(flow.burst).0;

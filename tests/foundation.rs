@@ -676,3 +676,58 @@ fn idle_timeout_closes_silent_client_only() {
     // And the talker is still fine.
     must_echo(&c, &mut talker, "still talking\n");
 }
+
+/// `idle_timeout` inside a `[[listen]]` overrides `[worker] idle_timeout` for that
+/// listener only: `"0"` keeps a quiet connection (a database pool, a pub/sub
+/// subscriber) open for good, a longer one keeps it longer, and a listener without
+/// its own keeps the global one.
+#[test]
+fn idle_timeout_per_listener_overrides_the_global_one() {
+    let (quiet_port, long_port) = (free_port(), free_port());
+    let template = format!(
+        "{}idle_timeout = \"0\"\n\n\
+         [[listen]]\naddress = \"127.0.0.1:{quiet_port}\"\nservice = \"echo\"\n\n\
+         [[listen]]\naddress = \"127.0.0.1:{long_port}\"\nservice = \"echo\"\n\
+         idle_timeout = \"4s\"\n",
+        Conf::new(1).idle("1s").render()
+    );
+    let c = Corral::start(&template);
+    let open = |port: u16| {
+        let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+        let mut s = connect(addr, Duration::from_secs(10)).expect("connect");
+        must_echo(&c, &mut s, "hello\n");
+        s
+    };
+    let mut never = c.connect(); // its listener says "0"
+    must_echo(&c, &mut never, "hello\n");
+    let mut global = open(quiet_port); // no key of its own: [worker] idle_timeout = 1s
+    let mut long = open(long_port); // "4s"
+    let t0 = Instant::now();
+    let closed = wait_closed(&mut global, Duration::from_secs(1) + Duration::from_secs(5));
+    assert!(
+        closed.is_ok(),
+        "the listener without its own idle_timeout kept a connection silent for {:?} (global 1s): {closed:?}\n{}",
+        t0.elapsed(),
+        c.log_tail(20)
+    );
+    // Past the global 1 s, the connections whose listeners say otherwise stay. The
+    // property under test is "stays open while idle", so idling is the point.
+    let wait = Duration::from_millis(2500).saturating_sub(t0.elapsed());
+    std::thread::sleep(wait);
+    must_echo(&c, &mut never, "still here (idle_timeout 0)\n");
+    // Echoing resets the clock of `never` only; `long` has been silent 2.5 s.
+    let t_long = Instant::now();
+    let closed = wait_closed(&mut long, Duration::from_secs(4) + Duration::from_secs(5));
+    let at = t0.elapsed();
+    assert!(
+        closed.is_ok(),
+        "the 4s listener kept a silent connection for {at:?}: {closed:?}\n{}",
+        c.log_tail(20)
+    );
+    assert!(
+        at >= Duration::from_millis(3800),
+        "the 4s listener closed a silent connection after only {at:?} (waited {:?})",
+        t_long.elapsed()
+    );
+    must_echo(&c, &mut never, "still here after the others closed\n");
+}

@@ -98,6 +98,8 @@ struct Listener {
     fd: Option<OwnedFd>,
     service: Box<dyn Service>,
     flow: ListenFlow,
+    /// Its idle timeout; zero = none.
+    idle: Duration,
 }
 
 struct Worker {
@@ -179,6 +181,7 @@ impl Worker {
                 fd: Some(fd),
                 service: crate::service::make(l),
                 flow: l.flow(&init.config.flow),
+                idle: l.idle_timeout(&init.config.worker),
             })
             .collect();
         let scratch = vec![0u8; init.config.flow.read_quantum.0.min(1 << 20) as usize];
@@ -652,9 +655,9 @@ impl Worker {
         }
         self.stats.accepted += 1;
         // idle_timeout = 0 means off: no idle timer at all.
-        if !self.config.worker.idle_timeout.0.is_zero() {
-            self.timers
-                .schedule(now + self.config.worker.idle_timeout.0, Timer::Idle(token));
+        let idle = self.listeners[listener].idle;
+        if !idle.is_zero() {
+            self.timers.schedule(now + idle, Timer::Idle(token));
         }
         if self.listeners[listener].service.upstreams().is_some() {
             self.connect_upstream(token, Vec::new(), Vec::new(), 1);
@@ -808,8 +811,10 @@ impl Worker {
     }
 
     fn check_idle(&mut self, token: Token, now: Instant) {
-        let idle = self.config.worker.idle_timeout.0;
         let Some(c) = self.conns.get(token) else {
+            return;
+        };
+        let Some(idle) = self.listeners.get(usize::from(c.listener)).map(|l| l.idle) else {
             return;
         };
         let due = c.last_active + idle;
