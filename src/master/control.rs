@@ -15,10 +15,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::table::WorkerStatus;
+use crate::fault::kind::{FaultOutcome, FaultRequest};
 use crate::os::cred;
 
 /// What a client asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Request {
     Reload,
@@ -27,6 +28,8 @@ pub enum Request {
     Reopen,
     Status,
     Upgrade,
+    /// `corral fault`: make a worker fail and report how the master coped.
+    Fault(FaultRequest),
 }
 
 /// The master's answer.
@@ -38,6 +41,9 @@ pub struct Response {
     pub generation: u64,
     #[serde(default)]
     pub workers: Vec<WorkerStatus>,
+    /// The measured outcome of a `corral fault` request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<FaultOutcome>,
 }
 
 /// Why talking to the master failed.
@@ -88,6 +94,8 @@ pub struct Client {
     /// The client shut down its sending side (or closed): nothing more to read.
     read_closed: bool,
     connected_at: std::time::Instant,
+    /// The client's uid (SO_PEERCRED), for the log of what it asked.
+    pub uid: u32,
 }
 
 impl Client {
@@ -135,7 +143,7 @@ impl Client {
         };
         let req: Request = serde_json::from_slice(line)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        self.request = Some(req);
+        self.request = Some(req.clone());
         Ok(Some(req))
     }
 
@@ -274,8 +282,8 @@ impl Server {
                     break;
                 }
             };
-            match cred::peer(&stream) {
-                Ok(p) if cred::trusted_uid(p.uid) => {}
+            let uid = match cred::peer(&stream) {
+                Ok(p) if cred::trusted_uid(p.uid) => p.uid,
                 Ok(p) => {
                     tracing::warn!(
                         uid = p.uid,
@@ -290,7 +298,7 @@ impl Server {
                     tracing::warn!("control socket: {e}; dropping the client");
                     continue;
                 }
-            }
+            };
             if stream.set_nonblocking(true).is_ok() {
                 out.clients.push(Client {
                     stream,
@@ -300,6 +308,7 @@ impl Server {
                     answered: false,
                     read_closed: false,
                     connected_at: std::time::Instant::now(),
+                    uid,
                 });
             }
         }
@@ -383,6 +392,7 @@ mod tests {
             answered: false,
             read_closed: false,
             connected_at: std::time::Instant::now(),
+            uid: 0,
         }
     }
 
