@@ -253,6 +253,10 @@ impl Worker {
                     return 1;
                 }
             }
+            // `corral fault slow`: whatever woke the loop waits this much longer.
+            if let Some(d) = self.injected.iteration_delay(Instant::now()) {
+                std::thread::sleep(d);
+            }
             // 3. IO
             for ev in &events {
                 self.dispatch(*ev);
@@ -260,9 +264,6 @@ impl Worker {
             self.events = events;
             // 4. other work
             self.other_work();
-            if let Some(d) = self.injected.iteration_delay(Instant::now()) {
-                std::thread::sleep(d);
-            }
             if let Some(code) = self.exit {
                 return code;
             }

@@ -1132,6 +1132,8 @@ pub fn new_master_pids(log: &str) -> Vec<i32> {
 }
 
 #[allow(dead_code)]
+pub mod fault;
+#[allow(dead_code)]
 pub mod handover;
 #[allow(dead_code)]
 pub mod sysd;
