@@ -70,9 +70,8 @@ impl Master {
             self.upgrade(None);
             if !matches!(self.state, State::Upgrading(_)) {
                 // The upgrade did not even start: nothing will roll back.
-                for (t, o) in self.faults.rolled_back(Pid::from_raw(0), now) {
+                for (t, _) in self.faults.rolled_back(Pid::from_raw(0), now) {
                     self.answer(t, false, "the upgrade could not be started".into());
-                    let _ = o;
                 }
             }
             return Ok(());
