@@ -411,3 +411,49 @@ fn a_short_chaos_run_reports_and_leaves_the_service_healthy() {
         must_echo(&c, &mut s, "healthy\n");
     }
 }
+
+#[test]
+fn a_recycled_http_worker_hands_its_idle_clients_over() {
+    let conf = fault::conf(2, true).replace("service = \"echo\"", "service = \"http\"");
+    let c = Corral::start_with(
+        &conf,
+        common::Launch {
+            no_ready_check: true,
+            ..Default::default()
+        },
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || ready_count(&c) == 2),
+        "{}",
+        c.log_tail(20)
+    );
+    let mut conns = common::handover::open_idle(c.addr(), 100, Duration::from_secs(30));
+    let victim = ready_in_slot(&c, 0).expect("slot 0 ready");
+    let own = common::handover::owners_on(c.port, &conns, &c.worker_pids());
+    let n = own.iter().filter(|o| **o == Some(victim)).count() as u64;
+    assert!(n > 0, "no client on the victim: {own:?}");
+    assert!(
+        wait_until(Duration::from_secs(10), || master_view(&c).is_some_and(
+            |(_, ws)| ws.iter().any(|w| w.pid == victim && w.connections == n)
+        )),
+        "{:?}",
+        master_view(&c)
+    );
+    let (ok, v, all) = fault_async(&c, &["leak", "100", "--slot", "0"])
+        .join()
+        .expect("cli");
+    assert!(ok, "{all}\n{}", c.log_tail(30));
+    assert_eq!(v["outcome"], "recycled", "{v}");
+    assert_eq!(
+        ms(&v, "handed_over"),
+        n,
+        "every idle client of the victim moved: {v}"
+    );
+    assert_eq!(ms(&v, "lost_connections"), 0, "{v}");
+    let answers = common::handover::request_all(&mut conns, Duration::from_secs(20));
+    assert!(
+        answers.iter().all(|a| a.is_ok()),
+        "{}",
+        common::handover::tally(&answers)
+    );
+}

@@ -11,6 +11,18 @@ use nix::unistd::Pid;
 use crate::fault::kind::{FaultKind, FaultOutcome};
 use crate::os::process::ExitReason;
 
+/// How long a recycled victim's hand-over may take to be counted before the
+/// outcome is reported anyway (a worker with nothing idle to hand over says nothing).
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// A recycled victim's replacement is ready; its hand-over is being counted.
+#[derive(Clone, Copy)]
+struct Settling {
+    recovered: Instant,
+    replacement: Pid,
+    until: Instant,
+}
+
 /// One fault in flight, and the client waiting for its outcome.
 struct Injection {
     waiter: u64,
@@ -26,9 +38,17 @@ struct Injection {
     lost: u64,
     backoff: Duration,
     exit: Option<String>,
+    /// Connections the victim handed over (from its hand-over report).
+    handed: u64,
+    settling: Option<Settling>,
 }
 
 impl Injection {
+    fn settled(&self) -> Option<FaultOutcome> {
+        self.settling
+            .map(|s| self.finish("recycled", Some(s.recovered), Some(s.replacement)))
+    }
+
     fn finish(
         &self,
         outcome: &str,
@@ -44,7 +64,7 @@ impl Injection {
             detected_ms: self.detected.map(ms),
             recovered_ms: recovered.map(ms),
             lost_connections: self.lost,
-            handed_over: 0,
+            handed_over: self.handed,
             backoff_ms: self.backoff.as_millis() as u64,
             outcome: outcome.to_string(),
             exit: self.exit.clone(),
@@ -97,6 +117,8 @@ impl Faults {
             lost: 0,
             backoff: Duration::ZERO,
             exit: None,
+            handed: 0,
+            settling: None,
         });
     }
 
@@ -144,15 +166,47 @@ impl Faults {
         connections: u64,
         drained: bool,
         now: Instant,
-    ) {
-        for f in self.active.iter_mut().filter(|f| f.pid == pid) {
+    ) -> Vec<Finished> {
+        let mut done = Vec::new();
+        self.active.retain_mut(|f| {
+            if f.pid != pid {
+                return true;
+            }
             f.detected.get_or_insert(now);
             f.exit = Some(reason.to_string());
             if !drained {
                 f.lost = connections;
             }
             f.outcome.get_or_insert("respawned");
-        }
+            // A recycled victim that finished draining: nothing more to count.
+            match f.settled() {
+                Some(o) => {
+                    done.push((f.waiter, o));
+                    false
+                }
+                None => true,
+            }
+        });
+        done
+    }
+
+    /// `pid` reported its hand-over counts (`handed` so far).
+    pub fn handed_over(&mut self, pid: Pid, handed: u64) -> Vec<Finished> {
+        let mut done = Vec::new();
+        self.active.retain_mut(|f| {
+            if f.pid != pid {
+                return true;
+            }
+            f.handed = handed;
+            match f.settled() {
+                Some(o) => {
+                    done.push((f.waiter, o));
+                    false
+                }
+                None => true,
+            }
+        });
+        done
     }
 
     /// A current worker of `slot` crashed and the slot waits `delay` to be refilled.
@@ -173,17 +227,28 @@ impl Faults {
     /// are done.
     pub fn ready(&mut self, slot: usize, generation: u64, pid: Pid, now: Instant) -> Vec<Finished> {
         let mut done = Vec::new();
-        self.active.retain(|f| {
+        self.active.retain_mut(|f| {
             let replaced = f.slot == slot
                 && f.generation == generation
                 && f.pid != pid
                 && f.detected.is_some()
+                && f.settling.is_none()
                 && f.kind != FaultKind::BadUpgrade;
-            if replaced {
-                let outcome = f.outcome.unwrap_or("respawned");
-                done.push((f.waiter, f.finish(outcome, Some(now), Some(pid))));
+            if !replaced {
+                return true;
             }
-            !replaced
+            if f.outcome == Some("recycled") {
+                // Recovered; the victim drains now, and what it hands over counts.
+                f.settling = Some(Settling {
+                    recovered: now,
+                    replacement: pid,
+                    until: now + SETTLE,
+                });
+                return true;
+            }
+            let outcome = f.outcome.unwrap_or("respawned");
+            done.push((f.waiter, f.finish(outcome, Some(now), Some(pid))));
+            false
         });
         done
     }
@@ -220,6 +285,13 @@ impl Faults {
     pub fn expired(&mut self, now: Instant) -> Vec<Finished> {
         let mut done = Vec::new();
         self.active.retain(|f| {
+            if let Some(s) = f.settling.filter(|s| s.until <= now) {
+                done.push((
+                    f.waiter,
+                    f.finish("recycled", Some(s.recovered), Some(s.replacement)),
+                ));
+                return false;
+            }
             let late = f.deadline <= now;
             if late {
                 done.push((f.waiter, f.finish("timeout", None, None)));
@@ -230,7 +302,10 @@ impl Faults {
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.active.iter().map(|f| f.deadline).min()
+        self.active
+            .iter()
+            .map(|f| f.settling.map_or(f.deadline, |s| s.until.min(f.deadline)))
+            .min()
     }
 }
 
@@ -286,13 +361,10 @@ mod tests {
             t0,
         );
         assert!(f.ready(1, 3, victim, t0).is_empty(), "not before it died");
-        f.exited(
-            victim,
-            ExitReason::Code(1),
-            12,
-            false,
-            t0 + Duration::from_millis(5),
-        );
+        let gone = t0 + Duration::from_millis(5);
+        assert!(f
+            .exited(victim, ExitReason::Code(1), 12, false, gone)
+            .is_empty());
         f.slot_crashed(1, Duration::ZERO);
         assert!(
             f.ready(0, 3, Pid::from_raw(101), t0).is_empty(),
@@ -324,7 +396,9 @@ mod tests {
             Duration::from_secs(60),
             t0,
         );
-        f.exited(victim, ExitReason::Code(1), 0, false, t0);
+        assert!(f
+            .exited(victim, ExitReason::Code(1), 0, false, t0)
+            .is_empty());
         assert!(f.take_crash_on_start(0));
         f.slot_crashed(0, Duration::from_millis(100));
         assert!(f.take_crash_on_start(0));
@@ -333,6 +407,35 @@ mod tests {
         let done = f.ready(0, 1, Pid::from_raw(105), t0);
         assert_eq!(done[0].1.outcome, "backoff");
         assert_eq!(done[0].1.backoff_ms, 300);
+    }
+
+    #[test]
+    fn a_recycle_reports_after_the_victims_hand_over() {
+        let mut f = Faults::default();
+        let t0 = Instant::now();
+        let long = Duration::from_secs(60);
+        let (victim, next) = (Pid::from_raw(100), Pid::from_raw(101));
+        f.add(3, FaultKind::Leak { mib: 64 }, 0, victim, 1, long, t0);
+        f.recycling(victim, t0 + Duration::from_millis(900));
+        let ready = t0 + Duration::from_millis(950);
+        assert!(
+            f.ready(0, 1, next, ready).is_empty(),
+            "waits for the hand-over"
+        );
+        assert_eq!(f.next_deadline(), Some(ready + SETTLE));
+        let done = f.handed_over(victim, 42);
+        let o = &done[0].1;
+        assert_eq!(
+            (o.outcome.as_str(), o.handed_over, o.lost_connections),
+            ("recycled", 42, 0)
+        );
+        assert_eq!(o.recovered_ms, Some(950));
+        // Nothing handed over at all: reported once the settle time is over.
+        f.add(4, FaultKind::Leak { mib: 64 }, 0, next, 1, long, t0);
+        f.recycling(next, t0);
+        assert!(f.ready(0, 1, Pid::from_raw(102), t0).is_empty());
+        assert!(f.expired(t0 + SETTLE / 2).is_empty());
+        assert_eq!(f.expired(t0 + SETTLE)[0].1.handed_over, 0);
     }
 
     #[test]

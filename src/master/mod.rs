@@ -774,7 +774,12 @@ impl Master {
                     }
                     self.forward(Some(i), conns.into_iter().zip(fds).collect());
                 }
-                Ok(Some((ToMaster::HandoffDone(counts), _))) => self.handoff_done(i, counts),
+                Ok(Some((ToMaster::HandoffDone(counts), _))) => {
+                    self.handoff_done(i, counts);
+                    for (t, o) in self.faults.handed_over(pid, counts.handed) {
+                        self.answer_fault(t, o);
+                    }
+                }
                 Ok(Some((msg, _))) => self.worker_message(i, msg),
                 Ok(None) => break,
                 // EOF: the worker is exiting; SIGCHLD tells the rest.
@@ -858,8 +863,12 @@ impl Master {
     fn worker_exited(&mut self, w: Worker, reason: ExitReason) {
         let now = Instant::now();
         let drained = matches!(w.state, WorkerState::Draining { .. });
-        self.faults
-            .exited(w.pid, reason, w.stats.connections, drained, now);
+        for (t, o) in self
+            .faults
+            .exited(w.pid, reason, w.stats.connections, drained, now)
+        {
+            self.answer_fault(t, o);
+        }
         let (slot, generation, pid) = (w.slot, w.generation, w.pid.as_raw());
         let expected = matches!(
             w.state,
