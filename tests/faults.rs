@@ -457,3 +457,40 @@ fn a_recycled_http_worker_hands_its_idle_clients_over() {
         common::handover::tally(&answers)
     );
 }
+
+#[test]
+fn a_fault_on_an_old_draining_generation_is_not_replaced() {
+    let c = Corral::start(&fault::conf(2, true));
+    let mut clients = Clients::open(&c, 20);
+    let out = c.cli(&["-s", "reload"]);
+    assert!(out.status.success(), "{}", out.all());
+    // Echo streams are not idle: generation 1 drains while they stay open.
+    let (g, ws) = master_view(&c).expect("status");
+    assert_eq!(g, 2);
+    let old: Vec<i32> = ws
+        .iter()
+        .filter(|w| w.generation == 1)
+        .map(|w| w.pid)
+        .collect();
+    assert_eq!(old.len(), 2, "{ws:?}");
+    clients.wait_seen(&c);
+    let (ok, v, all) = fault_async(&c, &["kill", "--generation", "1"])
+        .join()
+        .expect("cli");
+    assert!(ok, "{all}\n{}", c.log_tail(30));
+    let victim = v["pid"].as_i64().expect("pid") as i32;
+    assert!(old.contains(&victim), "{v}");
+    assert_eq!(v["outcome"], "exited (old generation)", "{v}");
+    assert_eq!(ms(&v, "lost_connections"), clients.on(victim) as u64, "{v}");
+    assert_eq!(v["replacement_pid"], serde_json::Value::Null, "{v}");
+    let n = clients.on(victim);
+    assert_eq!(clients.closed_on(victim, Duration::from_secs(10)), n);
+    clients.conns.retain(|(_, p)| *p != victim);
+    clients.echo_others(victim, "old generation, other worker");
+    assert_eq!(
+        ready_count(&c),
+        2,
+        "generation 2 untouched: {:?}",
+        master_view(&c)
+    );
+}

@@ -90,18 +90,41 @@ impl FaultKind {
             "emfile" => no_arg(FaultKind::Emfile),
             "bad-upgrade" => no_arg(FaultKind::BadUpgrade),
             "leak" => Ok(FaultKind::Leak {
-                mib: num(256, "MiB")?.min(64 * 1024),
+                mib: num(256, "MiB")?.min(MAX_LEAK_MIB),
             }),
             "slow" => Ok(FaultKind::Slow {
-                ms: num(50, "MS")?.min(60_000),
+                ms: num(50, "MS")?.min(MAX_SLOW_MS),
             }),
             "crash-on-start" => Ok(FaultKind::CrashOnStart {
-                n: num(3, "N")?.min(100) as u32,
+                n: num(3, "N")?.min(u64::from(MAX_CRASHES)) as u32,
             }),
             _ => Err(format!(
                 "unknown fault {name:?}; known: kill, segv, abort, panic, hang, stall, \
                  leak MiB, slow MS, emfile, crash-on-start N, bad-upgrade"
             )),
+        }
+    }
+}
+
+/// Largest `leak`, `slow` and `crash-on-start` arguments accepted.
+pub const MAX_LEAK_MIB: u64 = 64 * 1024;
+pub const MAX_SLOW_MS: u64 = 60_000;
+pub const MAX_CRASHES: u32 = 100;
+
+impl FaultKind {
+    /// Refuses arguments out of range (a request need not come from our CLI).
+    pub fn validate(self) -> Result<(), String> {
+        match self {
+            FaultKind::Leak { mib } if mib == 0 || mib > MAX_LEAK_MIB => {
+                Err(format!("leak: MiB must be 1..={MAX_LEAK_MIB}, not {mib}"))
+            }
+            FaultKind::Slow { ms } if ms == 0 || ms > MAX_SLOW_MS => {
+                Err(format!("slow: MS must be 1..={MAX_SLOW_MS}, not {ms}"))
+            }
+            FaultKind::CrashOnStart { n } if n == 0 || n > MAX_CRASHES => Err(format!(
+                "crash-on-start: N must be 1..={MAX_CRASHES}, not {n}"
+            )),
+            _ => Ok(()),
         }
     }
 }
@@ -176,4 +199,47 @@ pub struct FaultOutcome {
     pub exit: Option<String>,
     /// The worker that took its slot.
     pub replacement_pid: Option<i32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_parse_with_their_arguments_and_bad_ones_are_named() {
+        assert_eq!("kill".parse(), Ok(FaultKind::Kill));
+        assert_eq!("leak:64".parse(), Ok(FaultKind::Leak { mib: 64 }));
+        assert_eq!(
+            FaultKind::parse("slow", Some("20")),
+            Ok(FaultKind::Slow { ms: 20 })
+        );
+        assert_eq!(
+            FaultKind::parse("crash-on-start", None),
+            Ok(FaultKind::CrashOnStart { n: 3 })
+        );
+        let e = FaultKind::parse("leak", Some("lots")).unwrap_err();
+        assert!(e.contains("leak") && e.contains("lots"), "{e}");
+        assert!(FaultKind::parse("kill", Some("1")).is_err());
+        assert!(FaultKind::parse("explode", None)
+            .unwrap_err()
+            .contains("known:"));
+        assert!(FaultKind::CrashOnStart { n: 0 }.validate().is_err());
+        assert!(FaultKind::Leak { mib: 1 << 40 }.validate().is_err());
+        assert!(FaultKind::Slow { ms: 5 }.validate().is_ok());
+    }
+
+    #[test]
+    fn requests_travel_as_tagged_json() {
+        let req = FaultRequest {
+            kind: FaultKind::Leak { mib: 8 },
+            victim: Victim::Slot(1),
+            timeout_ms: 500,
+        };
+        let json = serde_json::to_string(&req).unwrap();
+        assert_eq!(
+            json,
+            r#"{"kind":{"leak":{"mib":8}},"victim":{"slot":1},"timeout_ms":500}"#
+        );
+        assert_eq!(serde_json::from_str::<FaultRequest>(&json).unwrap(), req);
+    }
 }

@@ -158,13 +158,15 @@ impl Faults {
     }
 
     /// `pid` exited; `connections` is what its last heartbeat said it held, lost
-    /// unless it drained gracefully (`drained`).
+    /// unless it drained gracefully (`drained`). A victim of an older generation than
+    /// `current` is not replaced: its exit is the outcome.
     pub fn exited(
         &mut self,
         pid: Pid,
         reason: ExitReason,
         connections: u64,
         drained: bool,
+        current: u64,
         now: Instant,
     ) -> Vec<Finished> {
         let mut done = Vec::new();
@@ -178,6 +180,10 @@ impl Faults {
                 f.lost = connections;
             }
             f.outcome.get_or_insert("respawned");
+            if f.generation < current {
+                done.push((f.waiter, f.finish("exited (old generation)", None, None)));
+                return false;
+            }
             // A recycled victim that finished draining: nothing more to count.
             match f.settled() {
                 Some(o) => {
@@ -363,7 +369,7 @@ mod tests {
         assert!(f.ready(1, 3, victim, t0).is_empty(), "not before it died");
         let gone = t0 + Duration::from_millis(5);
         assert!(f
-            .exited(victim, ExitReason::Code(1), 12, false, gone)
+            .exited(victim, ExitReason::Code(1), 12, false, 3, gone)
             .is_empty());
         f.slot_crashed(1, Duration::ZERO);
         assert!(
@@ -397,7 +403,7 @@ mod tests {
             t0,
         );
         assert!(f
-            .exited(victim, ExitReason::Code(1), 0, false, t0)
+            .exited(victim, ExitReason::Code(1), 0, false, 1, t0)
             .is_empty());
         assert!(f.take_crash_on_start(0));
         f.slot_crashed(0, Duration::from_millis(100));

@@ -52,6 +52,7 @@ impl Master {
                 self.config.source.display()
             ));
         }
+        req.kind.validate()?;
         if !matches!(self.state, State::Running) {
             return Err("the master is busy (starting, reloading, upgrading or stopping)".into());
         }
@@ -96,21 +97,22 @@ impl Master {
 
     /// The ready, current-generation (or the requested generation's) worker to hit.
     fn pick_victim(&self, victim: Victim) -> Result<usize, String> {
+        // An older generation's workers are all draining: those are its live ones.
+        let current = self.generation;
         let ready = |gen: u64| {
             self.workers
                 .iter()
                 .enumerate()
                 .filter(move |(_, w)| {
-                    w.generation == gen
-                        && w.state == WorkerState::Ready
-                        && !w.recycling
-                        && w.watchdog_kill.is_none()
+                    let live = w.state == WorkerState::Ready
+                        || gen < current && matches!(w.state, WorkerState::Draining { .. });
+                    w.generation == gen && live && !w.recycling && w.watchdog_kill.is_none()
                 })
                 .map(|(i, _)| i)
         };
         let random = |from: Vec<usize>, what: String| -> Result<usize, String> {
             if from.is_empty() {
-                return Err(format!("no ready worker in {what}"));
+                return Err(format!("no live worker in {what}"));
             }
             let mut h = std::collections::hash_map::RandomState::new().build_hasher();
             h.write_u128(Instant::now().elapsed().as_nanos());

@@ -862,11 +862,17 @@ impl Master {
 
     fn worker_exited(&mut self, w: Worker, reason: ExitReason) {
         let now = Instant::now();
-        let drained = matches!(w.state, WorkerState::Draining { .. });
-        for (t, o) in self
-            .faults
-            .exited(w.pid, reason, w.stats.connections, drained, now)
-        {
+        // Killed while draining, its clients are as lost as in any crash.
+        let drained =
+            matches!(w.state, WorkerState::Draining { .. }) && reason == ExitReason::Code(0);
+        for (t, o) in self.faults.exited(
+            w.pid,
+            reason,
+            w.stats.connections,
+            drained,
+            self.generation,
+            now,
+        ) {
             self.answer_fault(t, o);
         }
         let (slot, generation, pid) = (w.slot, w.generation, w.pid.as_raw());

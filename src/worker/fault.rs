@@ -50,7 +50,8 @@ impl Injected {
                 None
             }
             FaultKind::Leak { mib } => {
-                let mut block = vec![0u8; (mib as usize) << 20];
+                let mib = mib.min(crate::fault::kind::MAX_LEAK_MIB) as usize;
+                let mut block = vec![0u8; mib << 20];
                 // Touch every page (calloc'd pages are not resident until written).
                 for b in block.iter_mut().step_by(4096) {
                     *b = 1;
