@@ -494,3 +494,23 @@ fn a_fault_on_an_old_draining_generation_is_not_replaced() {
         master_view(&c)
     );
 }
+
+#[test]
+fn a_fault_with_no_outcome_in_time_says_so_and_exits_non_zero() {
+    let c = Corral::start(&fault::conf(2, true));
+    let victim = ready_in_slot(&c, 0).expect("slot 0 ready");
+    let t0 = Instant::now();
+    // `slow` lasts 10 s; the request waits 1 s.
+    let (ok, v, all) = fault_async(&c, &["slow", "5", "--slot", "0", "--timeout", "1s"])
+        .join()
+        .expect("cli");
+    assert!(!ok, "a timeout is a failure: {all}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "bounded by --timeout"
+    );
+    assert_eq!(v["outcome"], "timeout", "{v}\n{all}");
+    assert_eq!(v["recovered_ms"], serde_json::Value::Null, "{v}");
+    assert!(all.contains("no outcome within 1s"), "{all}");
+    assert_eq!(ready_in_slot(&c, 0), Some(victim));
+}

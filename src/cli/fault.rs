@@ -8,22 +8,19 @@ use std::time::Duration;
 use crate::config::Dur;
 use crate::fault::kind::{FaultKind, FaultOutcome, FaultRequest, Victim};
 use crate::master::control::{self, Request};
+use crate::master::faults::TIMEOUT;
 
 /// Extra time the client waits beyond the master's own timeout for the outcome.
 const ANSWER_SLACK: Duration = Duration::from_secs(10);
 
-/// One fault request to the master that `config` configures: the outcome, or why
-/// there is none (refused, unreachable, timed out).
+/// One fault request to the master that `config` configures: the outcome (maybe
+/// "timeout": nothing seen in time), or why there is none (refused, unreachable).
 pub fn request(config: &Path, req: FaultRequest) -> Result<FaultOutcome, String> {
     let (t, masters) = super::locate(config).and_then(|t| super::vet(&t).map(|m| (t, m)))?;
     let wait = Duration::from_millis(req.timeout_ms) + ANSWER_SLACK;
     let resp = control::request_from(&t.socket, Request::Fault(req), wait, &masters)
         .map_err(|e| format!("{e} (is corral running?)"))?;
-    match resp.fault {
-        Some(o) if resp.ok => Ok(o),
-        Some(o) => Err(format!("{} (outcome: {})", resp.message, o.outcome)),
-        None => Err(resp.message),
-    }
+    resp.fault.ok_or(resp.message)
 }
 
 /// Builds the victim selector from the command line's flags.
@@ -68,6 +65,13 @@ pub fn run(
                 }
             } else {
                 println!("corral: {}", crate::master::faults::summary(&o));
+            }
+            if o.outcome == TIMEOUT {
+                eprintln!(
+                    "corral: no outcome within {timeout}: the master saw no exit, silence or \
+                     recovery of the victim"
+                );
+                return 1;
             }
             0
         }

@@ -73,6 +73,9 @@ impl Injection {
     }
 }
 
+/// The outcome of a fault whose effect was not seen within its timeout.
+pub const TIMEOUT: &str = "timeout";
+
 /// A finished injection: the control client to answer, and what happened.
 pub type Finished = (u64, FaultOutcome);
 
@@ -300,7 +303,7 @@ impl Faults {
             }
             let late = f.deadline <= now;
             if late {
-                done.push((f.waiter, f.finish("timeout", None, None)));
+                done.push((f.waiter, f.finish(TIMEOUT, None, None)));
             }
             !late
         });

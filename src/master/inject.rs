@@ -138,7 +138,10 @@ impl Master {
 
     /// Answers a `corral fault` client with what was measured.
     pub(super) fn answer_fault(&mut self, ticket: u64, outcome: FaultOutcome) {
-        let mut resp = self.response(outcome.outcome != "timeout", faults::summary(&outcome));
+        let mut resp = self.response(
+            outcome.outcome != faults::TIMEOUT,
+            faults::summary(&outcome),
+        );
         resp.fault = Some(outcome);
         if let Some((_, c)) = self.clients.iter_mut().find(|(t, _)| *t == ticket) {
             c.answer(&resp);
