@@ -20,8 +20,38 @@ fn run(cli: Cli) -> i32 {
         // A client command piped into `head` should end quietly, not panic on EPIPE.
         crate::os::signals::default_sigpipe();
     }
-    if let Some(Sub::Status { json }) = cli.command {
-        return cli::status(&cli.config, json);
+    match cli.command {
+        Some(Sub::Status { json }) => return cli::status(&cli.config, json),
+        Some(Sub::Fault {
+            kind,
+            arg,
+            slot,
+            generation,
+            random: _,
+            timeout,
+            json,
+        }) => {
+            let victim = cli::fault::victim(slot, generation);
+            return cli::fault::run(&cli.config, &kind, arg.as_deref(), victim, timeout, json);
+        }
+        Some(Sub::Chaos {
+            duration,
+            every,
+            faults,
+            max_recovery,
+            timeout,
+            json,
+        }) => {
+            let plan = cli::chaos::Plan {
+                duration,
+                every,
+                faults,
+                max_recovery,
+                timeout,
+            };
+            return cli::chaos::run(&cli.config, plan, json);
+        }
+        None => {}
     }
     if let Some(what) = cli.signal {
         return cli::send(&cli.config, what);
@@ -29,6 +59,12 @@ fn run(cli: Cli) -> i32 {
     // Started by an old master's binary upgrade: report to it, never daemonize (the
     // old master is the one holding the terminal and the service manager's attention).
     let upgrade_reporter = Reporter::from_env();
+    if upgrade_reporter.is_some() && crate::fault::bad_upgrade() {
+        eprintln!(
+            "corral: injected fault (corral fault bad-upgrade): this new master exits at once"
+        );
+        return 1;
+    }
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {

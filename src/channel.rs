@@ -91,6 +91,9 @@ pub enum ToMaster {
     HandoffDone(HandoffCounts),
     /// Still alive; sent from the timer step of the loop, so a hung loop goes silent.
     Heartbeat(Stats),
+    /// An injected fault the worker survives (`slow`, `emfile`) is over; `note` says
+    /// what it did.
+    FaultOver { note: String },
 }
 
 /// Master → worker.
@@ -109,6 +112,8 @@ pub enum ToWorker {
     Stop,
     /// Reopen the log file (after logrotate renamed it).
     ReopenLogs,
+    /// `corral fault`: fail in this way, for real.
+    Fault { kind: crate::fault::kind::FaultKind },
 }
 
 /// What a draining worker does with connections that are idle (closable without

@@ -13,6 +13,9 @@ use crate::config_paths::resolve;
 use crate::master::control::{self, Request, Response};
 use crate::master::pidfile;
 
+pub mod chaos;
+pub mod fault;
+
 /// corral: a supervised worker runtime in the style of nginx.
 #[derive(Debug, Parser)]
 #[command(name = "corral", version, about, long_about = None)]
@@ -40,6 +43,51 @@ pub enum Sub {
     /// Show every worker of the running master.
     Status {
         /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a worker of the running master fail for real (needs `[master]
+    /// fault_injection = true`) and print how the master coped.
+    Fault {
+        /// kill, segv, abort, panic, hang, stall, leak, slow, emfile,
+        /// crash-on-start or bad-upgrade.
+        kind: String,
+        /// leak: MiB to allocate; slow: ms per loop iteration; crash-on-start: N.
+        arg: Option<String>,
+        /// The ready worker of this slot (current generation).
+        #[arg(long, conflicts_with_all = ["generation", "random"])]
+        slot: Option<usize>,
+        /// A random ready worker of this generation.
+        #[arg(long, conflicts_with = "random")]
+        generation: Option<u64>,
+        /// A random ready worker of the current generation (the default).
+        #[arg(long)]
+        random: bool,
+        /// How long to wait for the outcome.
+        #[arg(long, default_value = "60s")]
+        timeout: crate::config::Dur,
+        /// Print the outcome as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inject random faults on a schedule and report detection and recovery.
+    Chaos {
+        /// How long to keep injecting.
+        #[arg(long, default_value = "60s")]
+        duration: crate::config::Dur,
+        /// Time between faults.
+        #[arg(long, default_value = "5s")]
+        every: crate::config::Dur,
+        /// Comma-separated kinds to pick from (`leak:64`, `slow:20` give arguments).
+        #[arg(long, default_value = "kill,hang,leak", value_delimiter = ',')]
+        faults: Vec<crate::fault::kind::FaultKind>,
+        /// Exit non-zero if any recovery took longer.
+        #[arg(long, default_value = "10s")]
+        max_recovery: crate::config::Dur,
+        /// How long each fault may take to resolve.
+        #[arg(long, default_value = "60s")]
+        timeout: crate::config::Dur,
+        /// Print the report as JSON.
         #[arg(long)]
         json: bool,
     },

@@ -256,6 +256,8 @@ pub struct MasterConfig {
     pub daemon: bool,
     /// Pin worker slot i to the i-th CPU the master may run on (modulo their number).
     pub cpu_affinity: bool,
+    /// Allow `corral fault` and `corral chaos` to make workers fail on request.
+    pub fault_injection: bool,
 }
 
 impl Default for MasterConfig {
@@ -272,6 +274,7 @@ impl Default for MasterConfig {
             upgrade_timeout: Dur(Duration::from_secs(30)),
             daemon: false,
             cpu_affinity: false,
+            fault_injection: false,
         }
     }
 }

@@ -1,6 +1,9 @@
-//! Fault injection for black-box tests: `CORRAL_FAULT` in the master's environment
-//! makes its workers misbehave on purpose, so the supervision paths (crash loops, a
-//! panicking service) can be exercised against the real binary.
+//! Fault injection: `corral fault` asks a running master (with `[master]
+//! fault_injection = true`) to make one worker fail for real, and `CORRAL_FAULT` in
+//! the master's environment makes every worker misbehave from the start, so the
+//! supervision paths (crash loops, a panicking service) can be rehearsed against the
+//! real binary. `kind` holds the request and outcome types; this file the
+//! environment's faults and the flag that arms a panic in the next service callback.
 //!
 //! - `crash-on-start`: every worker aborts (SIGABRT) while initialising.
 //! - `panic-on:TEXT`: the echo service panics when a read contains TEXT.
@@ -8,10 +11,30 @@
 //!   when a read contains TEXT.
 //! - `ready-delay:MS`: every worker waits MS milliseconds before reporting ready
 //!   (keeps a reload in flight long enough to queue requests behind it).
+//! - `bad-upgrade`: a master started by a binary upgrade exits at once (set by
+//!   `corral fault bad-upgrade` for the new master only).
 //!
 //! Unset, it costs one load of an initialised `OnceLock` where it is consulted.
 
+pub mod kind;
+
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
+
+/// `corral fault panic`: the next service callback (or timer dispatch) panics.
+static PANIC_ARMED: AtomicBool = AtomicBool::new(false);
+
+/// Arms the injected panic (in a worker).
+pub fn arm_panic() {
+    PANIC_ARMED.store(true, Ordering::Relaxed);
+}
+
+/// Panics if `corral fault panic` armed it; called where service code runs.
+pub fn panic_if_armed(site: &str) {
+    if PANIC_ARMED.swap(false, Ordering::Relaxed) {
+        panic!("injected fault (corral fault panic) in {site}");
+    }
+}
 
 /// The environment variable read.
 pub const ENV: &str = "CORRAL_FAULT";
@@ -23,11 +46,15 @@ pub enum Fault {
     PanicOn(Vec<u8>),
     ReadyDelay(std::time::Duration),
     HangOn(Vec<u8>),
+    BadUpgrade,
 }
 
 fn parse(s: &str) -> Option<Fault> {
     if s == "crash-on-start" {
         return Some(Fault::CrashOnStart);
+    }
+    if s == "bad-upgrade" {
+        return Some(Fault::BadUpgrade);
     }
     if let Some(t) = s.strip_prefix("hang-on:").filter(|t| !t.is_empty()) {
         return Some(Fault::HangOn(t.as_bytes().to_vec()));
@@ -51,6 +78,11 @@ pub fn get() -> Option<&'static Fault> {
         .as_ref()
 }
 
+/// A master started by an upgrade that must fail (`corral fault bad-upgrade`).
+pub fn bad_upgrade() -> bool {
+    get() == Some(&Fault::BadUpgrade)
+}
+
 /// Sleeps for the configured `ready-delay`, if any.
 pub fn delay_ready() {
     if let Some(Fault::ReadyDelay(d)) = get() {
@@ -61,6 +93,7 @@ pub fn delay_ready() {
 /// Panics (`panic-on`) or hangs for good (`hang-on`) if `data` holds the
 /// configured trigger.
 pub fn maybe_panic(data: &[u8]) {
+    panic_if_armed("on_data");
     match get() {
         Some(Fault::PanicOn(t)) if data.windows(t.len()).any(|w| w == t.as_slice()) => {
             panic!("injected fault: {} seen", String::from_utf8_lossy(t));
@@ -95,6 +128,7 @@ mod tests {
             parse("ready-delay:250"),
             Some(Fault::ReadyDelay(std::time::Duration::from_millis(250)))
         );
+        assert_eq!(parse("bad-upgrade"), Some(Fault::BadUpgrade));
         assert_eq!(parse("nonsense"), None);
     }
 }

@@ -15,10 +15,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::table::WorkerStatus;
+use crate::fault::kind::{FaultOutcome, FaultRequest};
 use crate::os::cred;
 
 /// What a client asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Request {
     Reload,
@@ -27,6 +28,8 @@ pub enum Request {
     Reopen,
     Status,
     Upgrade,
+    /// `corral fault`: make a worker fail and report how the master coped.
+    Fault(FaultRequest),
 }
 
 /// The master's answer.
@@ -38,6 +41,9 @@ pub struct Response {
     pub generation: u64,
     #[serde(default)]
     pub workers: Vec<WorkerStatus>,
+    /// The measured outcome of a `corral fault` request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<FaultOutcome>,
 }
 
 /// Why talking to the master failed.
@@ -88,11 +94,13 @@ pub struct Client {
     /// The client shut down its sending side (or closed): nothing more to read.
     read_closed: bool,
     connected_at: std::time::Instant,
+    /// The client's uid (SO_PEERCRED), for the log of what it asked.
+    pub uid: u32,
 }
 
 impl Client {
-    /// A freshly accepted client (its stream already non-blocking).
-    fn new(stream: UnixStream) -> Client {
+    /// A freshly accepted client (its stream already non-blocking) of `uid`.
+    fn new(stream: UnixStream, uid: u32) -> Client {
         Client {
             stream,
             inbuf: Vec::new(),
@@ -101,6 +109,7 @@ impl Client {
             answered: false,
             read_closed: false,
             connected_at: std::time::Instant::now(),
+            uid,
         }
     }
 
@@ -148,7 +157,7 @@ impl Client {
         };
         let req: Request = serde_json::from_slice(line)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        self.request = Some(req);
+        self.request = Some(req.clone());
         Ok(Some(req))
     }
 
@@ -287,8 +296,8 @@ impl Server {
                     break;
                 }
             };
-            match cred::peer(&stream) {
-                Ok(p) if cred::trusted_uid(p.uid) => {}
+            let uid = match cred::peer(&stream) {
+                Ok(p) if cred::trusted_uid(p.uid) => p.uid,
                 Ok(p) => {
                     tracing::warn!(
                         uid = p.uid,
@@ -303,9 +312,9 @@ impl Server {
                     tracing::warn!("control socket: {e}; dropping the client");
                     continue;
                 }
-            }
+            };
             if stream.set_nonblocking(true).is_ok() {
-                out.clients.push(Client::new(stream));
+                out.clients.push(Client::new(stream, uid));
             }
         }
         out
@@ -380,7 +389,7 @@ mod tests {
 
     fn client(stream: UnixStream) -> Client {
         stream.set_nonblocking(true).unwrap();
-        Client::new(stream)
+        Client::new(stream, 0)
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! everyone's crash.
 
 pub mod control;
+pub mod faults;
 mod handoff;
+mod inject;
 pub mod pidfile;
 mod pressure;
 pub mod sockets;
@@ -77,6 +79,9 @@ pub enum Command {
     Reap,
     /// `corral status`: report (after the rest of the batch, so it shows its effect).
     Status,
+    /// `corral fault`: inject a fault (each waiter's request is in
+    /// `Master::fault_requests`, so that commands stay plain values).
+    Fault,
 }
 
 /// A command and the control client waiting for its outcome (none for a signal).
@@ -103,6 +108,7 @@ impl Job {
             Request::Reopen => Command::ReopenLogs,
             Request::Status => Command::Status,
             Request::Upgrade => Command::Upgrade,
+            Request::Fault(_) => Command::Fault,
         };
         Job {
             command,
@@ -137,6 +143,7 @@ impl Command {
             Command::StopWorkers => 5,
             Command::ReopenLogs => 6,
             Command::Status => 7,
+            Command::Fault => 8,
         }
     }
 }
@@ -248,6 +255,10 @@ pub struct Master {
     log_flood: LogOnce,
     log_exhausted: LogOnce,
     log_reserve: LogOnce,
+    /// `corral fault` requests of this batch, by ticket, with the requester's uid.
+    fault_requests: Vec<(u64, crate::fault::kind::FaultRequest, u32)>,
+    /// Injected faults in flight and master-side faults armed.
+    faults: faults::Faults,
 }
 
 impl Master {
@@ -363,6 +374,8 @@ impl Master {
             log_flood: LogOnce::new(pressure::LOG_EVERY),
             log_exhausted: LogOnce::new(pressure::LOG_EVERY),
             log_reserve: LogOnce::new(pressure::LOG_EVERY),
+            fault_requests: Vec::new(),
+            faults: faults::Faults::default(),
         }
     }
 
@@ -530,6 +543,11 @@ impl Master {
                         self.answer(t, ok, message.clone());
                     }
                 }
+                Command::Fault => {
+                    for t in waiters {
+                        self.inject(t);
+                    }
+                }
                 Command::Status => {
                     let resp = self.status();
                     for t in waiters {
@@ -557,6 +575,9 @@ impl Master {
             self.limit_old_generations();
         }
         self.sd_watchdog(now);
+        for (t, outcome) in self.faults.expired(now) {
+            self.answer_fault(t, outcome);
+        }
         self.flush_clients();
     }
 
@@ -614,6 +635,7 @@ impl Master {
 
     fn fork_worker(&mut self, slot: usize, generation: u64) -> Result<(), SysError> {
         let (master_end, worker_end) = Channel::pair()?;
+        let crash = generation == self.generation && self.faults.take_crash_on_start(slot);
         let master = process::pid();
         let forked =
             process::fork(|| format!("spawning worker {slot} of generation {generation}"))?;
@@ -643,6 +665,10 @@ impl Master {
             }
             Forked::Child => {
                 drop(master_end);
+                if crash {
+                    error!("injected fault (corral fault crash-on-start): worker {slot} aborting at start");
+                    std::process::abort();
+                }
                 self.reserve = FdReserve::none();
                 // First, so that not even a hang during start-up outlives the master.
                 worker::orphan::guard(master, self.worker_drain_timeout(generation));
@@ -748,7 +774,12 @@ impl Master {
                     }
                     self.forward(Some(i), conns.into_iter().zip(fds).collect());
                 }
-                Ok(Some((ToMaster::HandoffDone(counts), _))) => self.handoff_done(i, counts),
+                Ok(Some((ToMaster::HandoffDone(counts), _))) => {
+                    self.handoff_done(i, counts);
+                    for (t, o) in self.faults.handed_over(pid, counts.handed) {
+                        self.answer_fault(t, o);
+                    }
+                }
                 Ok(Some((msg, _))) => self.worker_message(i, msg),
                 Ok(None) => break,
                 // EOF: the worker is exiting; SIGCHLD tells the rest.
@@ -769,7 +800,8 @@ impl Master {
         let w = &mut self.workers[i];
         match msg {
             ToMaster::Ready => {
-                w.last_heartbeat = Instant::now();
+                let now = Instant::now();
+                w.last_heartbeat = now;
                 if w.state == WorkerState::Starting {
                     w.state = WorkerState::Ready;
                     info!(
@@ -778,6 +810,22 @@ impl Master {
                         generation = w.generation,
                         "worker ready"
                     );
+                    let (slot, generation, pid) = (w.slot, w.generation, w.pid);
+                    if generation == self.generation {
+                        for (t, o) in self.faults.ready(slot, generation, pid, now) {
+                            self.answer_fault(t, o);
+                        }
+                    }
+                }
+            }
+            ToMaster::FaultOver { note } => {
+                let pid = w.pid;
+                info!(
+                    pid = pid.as_raw(),
+                    "worker survived an injected fault: {note}"
+                );
+                for (t, o) in self.faults.survived(pid, Instant::now()) {
+                    self.answer_fault(t, o);
                 }
             }
             ToMaster::Heartbeat(stats) => {
@@ -814,6 +862,19 @@ impl Master {
 
     fn worker_exited(&mut self, w: Worker, reason: ExitReason) {
         let now = Instant::now();
+        // Killed while draining, its clients are as lost as in any crash.
+        let drained =
+            matches!(w.state, WorkerState::Draining { .. }) && reason == ExitReason::Code(0);
+        for (t, o) in self.faults.exited(
+            w.pid,
+            reason,
+            w.stats.connections,
+            drained,
+            self.generation,
+            now,
+        ) {
+            self.answer_fault(t, o);
+        }
         let (slot, generation, pid) = (w.slot, w.generation, w.pid.as_raw());
         let expected = matches!(
             w.state,
@@ -863,6 +924,7 @@ impl Master {
             return;
         }
         let delay = s.crashed(reason, lived, now);
+        self.faults.slot_crashed(slot, delay);
         if let State::Starting { .. } = self.state {
             error!(slot, generation, pid, %reason, "worker died during startup");
         }
@@ -893,6 +955,7 @@ impl Master {
     /// that shows where it hung, then SIGKILL.
     fn watchdog(&mut self, now: Instant) {
         let limit = self.config.master.watchdog_timeout.0;
+        let mut fired = Vec::new();
         for w in &mut self.workers {
             if matches!(w.state, WorkerState::Stopping) {
                 continue;
@@ -910,6 +973,7 @@ impl Master {
                     // SIGABRT on a stopped process waits until it is continued.
                     let _ = process::kill(w.pid, Signal::SIGCONT);
                     w.watchdog_kill = Some(now);
+                    fired.push(w.pid);
                 }
                 Some(t) if now.saturating_duration_since(t) >= WATCHDOG_GRACE => {
                     warn!(
@@ -921,6 +985,9 @@ impl Master {
                 }
                 _ => {}
             }
+        }
+        for pid in fired {
+            self.faults.watchdog_fired(pid, now);
         }
     }
 
@@ -952,6 +1019,7 @@ impl Master {
             pid, rss, max, "worker outgrew max_worker_rss; replacing it"
         );
         self.workers[i].recycling = true;
+        self.faults.recycling(self.workers[i].pid, Instant::now());
         if let Err(e) = self.spawn(slot, self.generation) {
             error!("{e}");
             self.workers[i].recycling = false;
@@ -1093,6 +1161,7 @@ impl Master {
             d.push(Instant::now() + PREDECESSOR_POLL);
         }
         d.extend(self.accept_paused_until);
+        d.extend(self.faults.next_deadline());
         d.extend(self.slots.iter().filter_map(|s| s.respawn_at));
         let wd = self.config.master.watchdog_timeout.0;
         for w in &self.workers {
@@ -1484,10 +1553,14 @@ impl Master {
         // child when it is named MAINPID=, not an "alien" one systemd would SIGKILL
         // at the next stop instead of letting it drain.
         let me = upgrade::predecessor_env();
+        let bad = self.faults.take_bad_upgrade();
         let exec = || match sockets::hand_over(&self.listeners, &pipe_w) {
             Ok(mut env) => match signals::reset_for_exec() {
                 Ok(()) => {
                     env.extend(me);
+                    if bad {
+                        env.push((crate::fault::ENV.into(), "bad-upgrade".into()));
+                    }
                     format!(
                         "exec of {} failed: {}",
                         self.binary.display(),
@@ -1619,6 +1692,9 @@ impl Master {
             error!("{e}");
         }
         self.upgrade_failed(u.waiters, why);
+        for (t, o) in self.faults.rolled_back(u.child, Instant::now()) {
+            self.answer_fault(t, o);
+        }
     }
 
     /// How the new master ended ("exited with exit code 1"), if it has, waiting up to
@@ -1719,7 +1795,7 @@ impl Master {
             let ticket = self.next_ticket;
             if let Some(req) = req {
                 debug!(?req, "control request");
-                jobs.push(Job::request(req, ticket));
+                jobs.push(self.job_for(req, ticket, c.uid));
             }
             self.clients.push((ticket, c));
         }
@@ -1774,7 +1850,16 @@ impl Master {
             }
         };
         debug!(?req, "control request");
-        Some(Job::request(req, ticket))
+        let uid = self.clients[i].1.uid;
+        Some(self.job_for(req, ticket, uid))
+    }
+
+    /// The job for a request; a fault request's details wait in `fault_requests`.
+    fn job_for(&mut self, req: Request, ticket: u64, uid: u32) -> Job {
+        if let Request::Fault(f) = &req {
+            self.fault_requests.push((ticket, f.clone(), uid));
+        }
+        Job::request(req, ticket)
     }
 
     fn response(&self, ok: bool, message: String) -> Response {
@@ -1784,6 +1869,7 @@ impl Master {
             master_pid: process::pid().as_raw(),
             generation: self.generation,
             workers: Vec::new(),
+            fault: None,
         }
     }
 
@@ -1849,6 +1935,7 @@ impl Master {
             master_pid: process::pid().as_raw(),
             generation: self.generation,
             workers,
+            fault: None,
         }
     }
 

@@ -14,6 +14,7 @@
 
 mod conn;
 mod events;
+mod fault;
 mod handoff;
 pub mod orphan;
 mod pool;
@@ -84,6 +85,8 @@ enum Timer {
     DrainDeadline,
     /// Look again whether the master has read every hand-over sent to it.
     HandoffSettle,
+    /// An injected fault (`slow`, `emfile`) may be over.
+    FaultEnd,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -138,6 +141,8 @@ struct Worker {
     jobs: Vec<crate::service::Job>,
     /// Rate-limited log lines for events clients can repeat (rejections, failures).
     notices: events::Events,
+    /// Faults injected by `corral fault` that are still in progress.
+    injected: fault::Injected,
 }
 
 /// Runs a worker until it is told to stop, drains, or loses its master; returns the
@@ -218,6 +223,7 @@ impl Worker {
             pool_ready: false,
             jobs: Vec::new(),
             notices,
+            injected: fault::Injected::default(),
         };
         w.resume_accept()?;
         crate::fault::delay_ready();
@@ -250,6 +256,10 @@ impl Worker {
                     return 1;
                 }
             }
+            // `corral fault slow`: whatever woke the loop waits this much longer.
+            if let Some(d) = self.injected.iteration_delay(Instant::now()) {
+                std::thread::sleep(d);
+            }
             // 3. IO
             for ev in &events {
                 self.dispatch(*ev);
@@ -279,6 +289,8 @@ impl Worker {
 
     fn expire_timers(&mut self, now: Instant) {
         while let Some(t) = self.timers.pop_due(now) {
+            // `corral fault panic` with no client data coming: the next timer panics.
+            crate::fault::panic_if_armed("a timer dispatch");
             match t {
                 Timer::Idle(token) => self.check_idle(token, now),
                 Timer::Handler(token) => {
@@ -332,6 +344,12 @@ impl Worker {
                 }
                 // The loop checks again after this wake-up.
                 Timer::HandoffSettle => self.handoff.settle_armed = false,
+                Timer::FaultEnd => {
+                    for note in self.injected.expire(now) {
+                        info!("injected fault over: {note}");
+                        self.send(ToMaster::FaultOver { note });
+                    }
+                }
                 Timer::DrainDeadline => {
                     if !self.conns.is_empty() {
                         warn!(
@@ -423,6 +441,11 @@ impl Worker {
                         self.exit = Some(0);
                     }
                     ToWorker::ReopenLogs => self.reopen_logs(),
+                    ToWorker::Fault { kind } => {
+                        if let Some(at) = self.injected.apply(kind) {
+                            self.timers.schedule(at, Timer::FaultEnd);
+                        }
+                    }
                 },
                 Ok(None) => return,
                 Err(e) => {
@@ -943,7 +966,8 @@ impl Worker {
             Timer::AcceptResume
             | Timer::Heartbeat
             | Timer::DrainDeadline
-            | Timer::HandoffSettle => true,
+            | Timer::HandoffSettle
+            | Timer::FaultEnd => true,
         });
     }
 

@@ -1099,6 +1099,8 @@ pub fn new_master_pids(log: &str) -> Vec<i32> {
 }
 
 #[allow(dead_code)]
+pub mod fault;
+#[allow(dead_code)]
 pub mod handover;
 #[allow(dead_code)]
 pub mod sysd;

@@ -1,0 +1,133 @@
+//! `corral fault` inside a worker: the master sends `ToWorker::Fault` and the worker
+//! fails for real, so that what the master detects and how it recovers is what a real
+//! crash, hang, leak or fd exhaustion would cause. Faults the worker survives (`slow`,
+//! `emfile`) end by themselves, and the worker tells the master when.
+
+use std::fs::File;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tracing::{error, warn};
+
+use crate::fault::kind::{FaultKind, EMFILE_HOLD_MS, SLOW_FOR_MS};
+use crate::os::process;
+
+/// Most fds `emfile` opens, in case the limit is far higher than a test box's.
+const EMFILE_MAX: usize = 1 << 20;
+
+/// Faults in progress in this worker.
+#[derive(Default)]
+pub struct Injected {
+    /// `leak`: memory kept, touched, so it counts in the RSS.
+    leaked: Vec<Vec<u8>>,
+    /// `slow`: added to every loop iteration until the instant.
+    slow: Option<(Duration, Instant)>,
+    /// `emfile`: every fd the worker could open, released at the instant.
+    held: Option<(Vec<File>, Instant)>,
+}
+
+impl Injected {
+    /// Does `kind`; returns when the worker must look again (a fault that ends by
+    /// itself). Crashes and hangs do not return.
+    pub fn apply(&mut self, kind: FaultKind) -> Option<Instant> {
+        error!("injected fault (corral fault {kind}): doing it now");
+        let now = Instant::now();
+        match kind {
+            FaultKind::Kill => {
+                let _ = process::kill(process::pid(), Signal::SIGKILL);
+                None
+            }
+            FaultKind::Segv => segv(),
+            FaultKind::Abort => std::process::abort(),
+            FaultKind::Panic => {
+                crate::fault::arm_panic();
+                None
+            }
+            FaultKind::Hang => hang(),
+            FaultKind::Stall => {
+                // Stopped until the watchdog's SIGABRT and SIGCONT end it.
+                let _ = process::kill(process::pid(), Signal::SIGSTOP);
+                None
+            }
+            FaultKind::Leak { mib } => {
+                let mib = mib.min(crate::fault::kind::MAX_LEAK_MIB) as usize;
+                let mut block = vec![0u8; mib << 20];
+                // Touch every page (calloc'd pages are not resident until written).
+                for b in block.iter_mut().step_by(4096) {
+                    *b = 1;
+                }
+                self.leaked.push(std::hint::black_box(block));
+                None
+            }
+            FaultKind::Slow { ms } => {
+                let until = now + Duration::from_millis(SLOW_FOR_MS);
+                self.slow = Some((Duration::from_millis(ms), until));
+                Some(until)
+            }
+            FaultKind::Emfile => {
+                let mut files = Vec::new();
+                let why = loop {
+                    if files.len() >= EMFILE_MAX {
+                        break "the cap".to_string();
+                    }
+                    match File::open("/dev/null") {
+                        Ok(f) => files.push(f),
+                        Err(e) => break e.to_string(),
+                    }
+                };
+                warn!(
+                    opened = files.len(),
+                    "injected fault: holding every fd it could open ({why}) for {EMFILE_HOLD_MS} ms"
+                );
+                let until = now + Duration::from_millis(EMFILE_HOLD_MS);
+                self.held = Some((files, until));
+                Some(until)
+            }
+            FaultKind::CrashOnStart { .. } | FaultKind::BadUpgrade => None,
+        }
+    }
+
+    /// The extra latency of `slow`, slept once per loop iteration.
+    pub fn iteration_delay(&self, now: Instant) -> Option<Duration> {
+        self.slow.filter(|(_, until)| now < *until).map(|(d, _)| d)
+    }
+
+    /// Ends the faults that are due; returns what ended, for the master.
+    pub fn expire(&mut self, now: Instant) -> Vec<String> {
+        let mut over = Vec::new();
+        if let Some((d, until)) = self.slow {
+            if until <= now {
+                self.slow = None;
+                over.push(format!(
+                    "slow: {} ms per loop iteration for {SLOW_FOR_MS} ms, over",
+                    d.as_millis()
+                ));
+            }
+        }
+        if self.held.as_ref().is_some_and(|(_, until)| *until <= now) {
+            if let Some((files, _)) = self.held.take() {
+                over.push(format!("emfile: held {} fds, released", files.len()));
+            }
+        }
+        over
+    }
+}
+
+/// A real invalid memory access: the kernel sends SIGSEGV, as for a service bug.
+fn segv() -> ! {
+    let addr = std::hint::black_box(16usize) as *mut u8;
+    // SAFETY: deliberately invalid. Address 16 is in the never-mapped first page
+    // (vm.mmap_min_addr), so the store faults and the worker dies of SIGSEGV before
+    // anything could observe it; that death is the point of `corral fault segv`.
+    unsafe { std::ptr::write_volatile(addr, 1) };
+    // Unreachable in practice; abort rather than carry on after an "impossible" store.
+    std::process::abort()
+}
+
+/// The event loop stops turning: no heartbeat, no IO, until the watchdog kills it.
+/// It sleeps in short slices rather than burning a CPU the other workers need.
+fn hang() -> ! {
+    loop {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
