@@ -92,36 +92,34 @@ pub struct Clients {
 
 impl Clients {
     /// Opens `n` connections (each echoes once) and finds which worker holds each.
+    /// The kernel picks the worker for each connection, so a few more are opened (at
+    /// most 10 × `n`) until every worker holds at least one: tests need clients on
+    /// the victim and on the others.
     pub fn open(c: &Corral, n: usize) -> Clients {
-        let mut conns = Vec::with_capacity(n);
-        for i in 0..n {
+        let pids = c.worker_pids();
+        let mut conns: Vec<(TcpStream, i32)> = Vec::with_capacity(n);
+        let mut opened = 0;
+        while opened < n
+            || (opened < 11 * n && pids.iter().any(|p| !conns.iter().any(|(_, o)| o == p)))
+        {
             let mut s = c.connect();
             assert!(
                 matches!(
                     echo(
                         &mut s,
-                        format!("hello {i}\n").as_bytes(),
+                        format!("hello {opened}\n").as_bytes(),
                         Duration::from_secs(10)
                     ),
                     Echo::Ok
                 ),
-                "client {i} got no echo\n{}",
+                "client {opened} got no echo\n{}",
                 c.log_tail(30)
             );
-            conns.push(s);
+            let own = owners(c, std::slice::from_ref(&s), &pids);
+            let owner = own[0].unwrap_or_else(|| panic!("no worker holds a client socket"));
+            conns.push((s, owner));
+            opened += 1;
         }
-        let pids = c.worker_pids();
-        let own = owners(c, &conns, &pids);
-        let conns = conns
-            .into_iter()
-            .zip(own)
-            .map(|(s, o)| {
-                (
-                    s,
-                    o.unwrap_or_else(|| panic!("no worker holds a client socket")),
-                )
-            })
-            .collect();
         Clients { conns }
     }
 
