@@ -5,6 +5,9 @@
 
 mod common;
 
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::fault::{self, agrees, fault_async, master_view, ready_count, ready_in_slot, Clients};
@@ -332,10 +335,40 @@ fn refused_for_another_uid() {
 }
 
 #[test]
-fn a_short_chaos_run_reports_and_leaves_the_service_healthy() {
-    let c = Corral::start(&fault::conf(3, true));
+fn a_30s_chaos_run_under_load_reports_and_leaves_the_service_healthy() {
+    // A recycled (leak) victim drains: its echo clients stay with it until
+    // drain_timeout, which must outlast the run for "lost" to be final when reported.
+    let c = Corral::start(
+        &fault::conf(3, true).replace("drain_timeout = \"20s\"", "drain_timeout = \"90s\""),
+    );
     let mut clients = Clients::open(&c, 60);
     clients.wait_seen(&c);
+    // Load for the whole run: every client does a round trip every ~50 ms; one whose
+    // worker is killed under it is marked dead and left alone.
+    let stop = Arc::new(AtomicBool::new(false));
+    let conns: Vec<TcpStream> = clients.conns.drain(..).map(|(s, _)| s).collect();
+    let loader = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut conns: Vec<(TcpStream, bool)> = conns.into_iter().map(|s| (s, true)).collect();
+            let mut round_trips = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for (i, (s, alive)) in conns.iter_mut().enumerate() {
+                    if !*alive {
+                        continue;
+                    }
+                    let msg = format!("load {i} {round_trips}\n");
+                    match echo(s, msg.as_bytes(), Duration::from_secs(10)) {
+                        Echo::Ok => round_trips += 1,
+                        _ => *alive = false,
+                    }
+                }
+                // Pacing between rounds, not synchronisation.
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (conns, round_trips)
+        })
+    };
     let out = run_cli(
         c.dir.path(),
         &[
@@ -343,7 +376,7 @@ fn a_short_chaos_run_reports_and_leaves_the_service_healthy() {
             &c.config_path.display().to_string(),
             "chaos",
             "--duration",
-            "12s",
+            "30s",
             "--every",
             "3s",
             "--faults",
@@ -382,20 +415,29 @@ fn a_short_chaos_run_reports_and_leaves_the_service_healthy() {
         );
         assert!(ms(o, "recovered_ms") <= 10_000, "{o}");
     }
+    stop.store(true, Ordering::Relaxed);
+    let (mut conns, round_trips) = loader.join().expect("load thread");
+    assert!(
+        round_trips > 1000,
+        "the load barely ran: {round_trips} round trips"
+    );
     // The report's lost connections are exactly our clients that died.
     let mut dead = 0u64;
-    for (i, (s, _)) in clients.conns.iter_mut().enumerate() {
-        if !matches!(
-            echo(
-                s,
-                format!("after chaos {i}\n").as_bytes(),
-                Duration::from_secs(10)
-            ),
-            Echo::Ok
-        ) {
+    for (i, (s, alive)) in conns.iter_mut().enumerate() {
+        if !*alive
+            || !matches!(
+                echo(
+                    s,
+                    format!("after chaos {i}\n").as_bytes(),
+                    Duration::from_secs(10)
+                ),
+                Echo::Ok
+            )
+        {
             dead += 1;
         }
     }
+    eprintln!("chaos under load: {round_trips} round trips, {dead} of 60 clients lost: {r}");
     assert_eq!(
         dead,
         r["lost_connections"].as_u64().unwrap_or(u64::MAX),
