@@ -291,6 +291,26 @@ fn refused_when_fault_injection_is_off() {
     clients.echo_others(-1, "untouched");
 }
 
+/// A leak with no `max_worker_rss` would have no supervision path to wait for: it is
+/// refused at once, naming the key, instead of waiting out `--timeout`.
+#[test]
+fn a_leak_without_an_rss_limit_is_refused() {
+    let c = Corral::start(
+        &fault::conf(2, true).replace("max_worker_rss = \"64MiB\"", "max_worker_rss = \"0\""),
+    );
+    let workers = c.worker_pids();
+    let t0 = Instant::now();
+    let out = c.cli(&["fault", "leak", "10", "--slot", "0"]);
+    assert!(!out.status.success(), "{}", out.all());
+    assert!(out.stderr.contains("max_worker_rss"), "{}", out.stderr);
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(c.worker_pids(), workers);
+}
+
 #[test]
 fn refused_for_another_uid() {
     use std::os::unix::fs::PermissionsExt;

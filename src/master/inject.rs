@@ -53,6 +53,16 @@ impl Master {
             ));
         }
         req.kind.validate()?;
+        if let FaultKind::Leak { mib } = req.kind {
+            // Without a limit nothing supervises memory: the fault would only wait.
+            if self.config.master.max_worker_rss.0 == 0 {
+                return Err(format!(
+                    "leak {mib} needs [master] max_worker_rss (off in {}): nothing would \
+                     recycle the worker",
+                    self.config.source.display()
+                ));
+            }
+        }
         if !matches!(self.state, State::Running) {
             return Err("the master is busy (starting, reloading, upgrading or stopping)".into());
         }
