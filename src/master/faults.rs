@@ -49,6 +49,18 @@ impl Injection {
             .map(|s| self.finish("recycled", Some(s.recovered), Some(s.replacement)))
     }
 
+    /// Moves a settled outcome to `done`; true while the injection stays active
+    /// (the shape `retain_mut` wants).
+    fn keep_unless_settled(&self, done: &mut Vec<Finished>) -> bool {
+        match self.settled() {
+            Some(o) => {
+                done.push((self.waiter, o));
+                false
+            }
+            None => true,
+        }
+    }
+
     fn finish(
         &self,
         outcome: &str,
@@ -188,13 +200,7 @@ impl Faults {
                 return false;
             }
             // A recycled victim that finished draining: nothing more to count.
-            match f.settled() {
-                Some(o) => {
-                    done.push((f.waiter, o));
-                    false
-                }
-                None => true,
-            }
+            f.keep_unless_settled(&mut done)
         });
         done
     }
@@ -207,13 +213,7 @@ impl Faults {
                 return true;
             }
             f.handed = handed;
-            match f.settled() {
-                Some(o) => {
-                    done.push((f.waiter, o));
-                    false
-                }
-                None => true,
-            }
+            f.keep_unless_settled(&mut done)
         });
         done
     }
