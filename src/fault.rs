@@ -31,7 +31,8 @@ pub fn arm_panic() {
 
 /// Panics if `corral fault panic` armed it; called where service code runs.
 pub fn panic_if_armed(site: &str) {
-    if PANIC_ARMED.swap(false, Ordering::Relaxed) {
+    // Called for every read and timer: a plain load first, the write only when armed.
+    if PANIC_ARMED.load(Ordering::Relaxed) && PANIC_ARMED.swap(false, Ordering::Relaxed) {
         panic!("injected fault (corral fault panic) in {site}");
     }
 }

@@ -257,7 +257,7 @@ impl Worker {
                 }
             }
             // `corral fault slow`: whatever woke the loop waits this much longer.
-            if let Some(d) = self.injected.iteration_delay(Instant::now()) {
+            if let Some(d) = self.injected.iteration_delay() {
                 std::thread::sleep(d);
             }
             // 3. IO
