@@ -290,13 +290,7 @@ fn wait_gone(pid: i32, limit: Duration) -> i32 {
 
 /// An exited process its parent has not reaped yet still answers kill(pid, 0).
 fn is_zombie(pid: nix::unistd::Pid) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
+    crate::os::procfs::stat(pid.as_raw()).is_ok_and(|s| s.state == 'Z')
 }
 
 fn report(resp: &Response) {

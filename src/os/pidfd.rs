@@ -14,6 +14,7 @@ use nix::unistd::Pid;
 
 use super::fd::poll_readable;
 use super::process::ExitReason;
+use super::procfs;
 use super::SysError;
 
 /// A pidfd: a handle on one process that outlives its pid.
@@ -78,29 +79,21 @@ impl AsFd for PidFd {
     }
 }
 
-/// Fields of `/proc/PID/stat` after the command name (field 3 is index 0).
-fn stat_fields(pid: Pid) -> Option<Vec<String>> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 1..];
-    Some(rest.split_whitespace().map(str::to_owned).collect())
-}
-
 /// Start time of `pid` (field 22, clock ticks since boot): with the pid, it names one
 /// process for good, whereas a pid alone may be reused.
 pub fn start_time(pid: Pid) -> Option<u64> {
-    stat_fields(pid)?.get(22 - 3)?.parse().ok()
+    procfs::stat(pid.as_raw()).ok().map(|s| s.start_time)
 }
 
 /// How a process that is not our child ended, read from its zombie's `exit_code`
 /// (field 52, a wait status). None if it was already reaped by its parent, is not a
 /// zombie yet, or the pid now names another process (`start` differs).
 pub fn zombie_exit(pid: Pid, start: u64) -> Option<ExitReason> {
-    let f = stat_fields(pid)?;
-    if f.first().map(String::as_str) != Some("Z") || f.get(22 - 3)?.parse::<u64>().ok()? != start {
+    let s = procfs::stat(pid.as_raw()).ok()?;
+    if s.state != 'Z' || s.start_time != start {
         return None;
     }
-    let status: i32 = f.get(52 - 3)?.parse().ok()?;
-    Some(decode_wait_status(status))
+    Some(decode_wait_status(s.exit_code?))
 }
 
 fn decode_wait_status(status: i32) -> ExitReason {

@@ -6,13 +6,17 @@
 use std::io;
 use std::path::PathBuf;
 
-/// The fields of /proc/PID/stat that identity checks need.
+/// The fields of /proc/PID/stat that corral reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stat {
     /// One-letter state (`R`, `S`, `Z`, ...).
     pub state: char,
+    /// The parent's pid (field 4).
+    pub ppid: i32,
     /// Start time after boot, in clock ticks (field 22).
     pub start_time: u64,
+    /// A zombie's wait status (field 52, Linux 3.5+); 0 while it runs.
+    pub exit_code: Option<i32>,
 }
 
 /// Reads /proc/PID/stat. The command name (field 2) may hold spaces and parentheses,
@@ -26,17 +30,19 @@ pub fn stat(pid: i32) -> io::Result<Stat> {
         )
     };
     let (_, rest) = s.rsplit_once(')').ok_or_else(bad)?;
-    // rest starts at field 3 (state); field 22 is the 20th from there.
+    // rest starts at field 3 (state): field N is at index N - 3.
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let state = fields
-        .first()
-        .and_then(|f| f.chars().next())
-        .ok_or_else(bad)?;
-    let start_time = fields
-        .get(19)
-        .and_then(|f| f.parse().ok())
-        .ok_or_else(bad)?;
-    Ok(Stat { state, start_time })
+    let field = |n: usize| fields.get(n - 3).copied();
+    let state = field(3).and_then(|f| f.chars().next()).ok_or_else(bad)?;
+    let ppid = field(4).and_then(|f| f.parse().ok()).ok_or_else(bad)?;
+    let start_time = field(22).and_then(|f| f.parse().ok()).ok_or_else(bad)?;
+    let exit_code = field(52).and_then(|f| f.parse().ok());
+    Ok(Stat {
+        state,
+        ppid,
+        start_time,
+        exit_code,
+    })
 }
 
 /// The executable of `pid` (what /proc/PID/exe links to), without the ` (deleted)`

@@ -23,6 +23,7 @@ use tracing::{error, info, warn};
 
 use crate::os::fd::poll_readable;
 use crate::os::process::{self, ExitReason};
+use crate::os::procfs;
 use crate::os::signals::SignalReader;
 
 /// Signals passed on to the master we stand in for.
@@ -124,7 +125,7 @@ enum Next {
 
 /// Our children that run `binary` and are not workers: the masters.
 fn next_master(binary: &Path) -> Next {
-    let me = process::pid().as_raw().to_string();
+    let me = process::pid().as_raw();
     let mut found = Vec::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Next::None;
@@ -133,14 +134,10 @@ fn next_master(binary: &Path) -> Next {
         let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        let Ok(stat) = procfs::stat(pid) else {
             continue;
         };
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        if f.get(1) != Some(&me.as_str()) || f.first() == Some(&"Z") {
+        if stat.ppid != me || stat.state == 'Z' {
             continue;
         }
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
