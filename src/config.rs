@@ -15,6 +15,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 
 mod checks;
+pub mod effective;
 pub use checks::RSS_FLOOR;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
@@ -638,14 +639,7 @@ impl Config {
         // The file's text was read above so that an unreadable file is reported as
         // such; figment re-reads it with file_exact to keep the path in its messages.
         drop(text);
-        let figment = Figment::from(Serialized::defaults(Config::default()))
-            .merge(Toml::file_exact(path))
-            .merge(Env::prefixed(ENV_PREFIX).split("__").filter(|k| {
-                let k = k.as_str().to_ascii_lowercase();
-                ENV_SECTIONS
-                    .iter()
-                    .any(|s| k.len() > s.len() && k.starts_with(s) && k[s.len()..].starts_with('.'))
-            }));
+        let figment = layered(path);
         let mut config: Config = figment
             .extract()
             .map_err(|e| ConfigError::Parse(render_figment_error(e)))?;
@@ -873,6 +867,20 @@ impl Config {
             None => Ok(()),
         }
     }
+}
+
+/// Defaults, then the file, then `CORRAL_*` variables of the sections they may set:
+/// the layering every reader of a config uses, and whose metadata tells `-T` where
+/// each value came from.
+fn layered(path: &Path) -> Figment {
+    Figment::from(Serialized::defaults(Config::default()))
+        .merge(Toml::file_exact(path))
+        .merge(Env::prefixed(ENV_PREFIX).split("__").filter(|k| {
+            let k = k.as_str().to_ascii_lowercase();
+            ENV_SECTIONS
+                .iter()
+                .any(|s| k.len() > s.len() && k.starts_with(s) && k[s.len()..].starts_with('.'))
+        }))
 }
 
 /// Names the environment variable instead of the file when the refused value came

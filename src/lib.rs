@@ -20,3 +20,20 @@ pub mod notify;
 pub mod os;
 pub mod service;
 pub mod worker;
+
+/// Runs corral's command line as a program of its own: `--version`, `--help`, the
+/// completions and the man page carry the calling binary's name and its package's
+/// version. Register services first.
+///
+/// ```no_run
+/// fn main() {
+///     // corral::service::register("mine", ...);
+///     std::process::exit(corral::main!());
+/// }
+/// ```
+#[macro_export]
+macro_rules! main {
+    () => {
+        $crate::app::main_as(env!("CARGO_BIN_NAME"), env!("CARGO_PKG_VERSION"))
+    };
+}
