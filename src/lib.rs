@@ -26,10 +26,8 @@ pub mod worker;
 /// version. Register services first.
 ///
 /// ```no_run
-/// fn main() {
-///     // corral::service::register("mine", ...);
-///     std::process::exit(corral::main!());
-/// }
+/// // corral::service::register("mine", ...) first, then:
+/// std::process::exit(corral::main!());
 /// ```
 #[macro_export]
 macro_rules! main {
