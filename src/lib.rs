@@ -32,6 +32,13 @@ pub mod worker;
 #[macro_export]
 macro_rules! main {
     () => {
-        $crate::app::main_as(env!("CARGO_BIN_NAME"), env!("CARGO_PKG_VERSION"))
+        $crate::app::main_as(
+            // Set for binaries and examples; a library calling it gets its package name.
+            match option_env!("CARGO_BIN_NAME") {
+                Some(name) => name,
+                None => env!("CARGO_PKG_NAME"),
+            },
+            env!("CARGO_PKG_VERSION"),
+        )
     };
 }
