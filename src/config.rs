@@ -483,6 +483,10 @@ pub struct ListenConfig {
     /// http: largest request head (request line and headers) accepted.
     #[serde(default)]
     pub max_header_size: Option<Size>,
+    /// http: largest request body (`Content-Length` or chunked) accepted, 413 above;
+    /// `"0"` (the default) = no limit: bodies are discarded as they arrive.
+    #[serde(default)]
+    pub max_body_size: Option<Size>,
     /// proxy: where connections are forwarded (`"host:port"`).
     #[serde(default)]
     pub upstreams: Vec<String>,
@@ -517,6 +521,7 @@ const HTTP_KEYS: &[&str] = &[
     "headers",
     "header_timeout",
     "max_header_size",
+    "max_body_size",
 ];
 const PROXY_KEYS: &[&str] = &[
     "upstreams",
@@ -535,6 +540,7 @@ impl ListenConfig {
             ("headers", self.headers.is_some()),
             ("header_timeout", self.header_timeout.is_some()),
             ("max_header_size", self.max_header_size.is_some()),
+            ("max_body_size", self.max_body_size.is_some()),
             ("upstreams", !self.upstreams.is_empty()),
             ("balance", self.balance.is_some()),
             ("connect_timeout", self.connect_timeout.is_some()),
