@@ -205,5 +205,6 @@ fn main() {
             store: Rc::new(RefCell::new(BTreeMap::new())),
         })
     });
-    std::process::exit(corral::app::main());
+    // `kv --version` says kv, not corral.
+    std::process::exit(corral::main!());
 }

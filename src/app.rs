@@ -2,7 +2,7 @@
 //! with its own services (see `examples/`) is the same program: parse the command
 //! line, then run the master, check the config, or talk to a running master.
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 use crate::cli::{self, Cli, Sub};
 use crate::config::Config;
@@ -10,17 +10,38 @@ use crate::master::upgrade::{self, Report, Reporter};
 use crate::master::{Master, StartOptions};
 
 /// Runs corral with the process's command line and returns the exit code. Register
-/// custom services with [`crate::service::register`] before calling it.
+/// custom services with [`crate::service::register`] before calling it. A program of
+/// its own should rather call [`main_as`] (or the [`crate::main!`] macro), so that
+/// `--version`, `--help`, completions and the man page carry its name.
 pub fn main() -> i32 {
-    run(Cli::parse())
+    main_as("corral", env!("CARGO_PKG_VERSION"))
 }
 
-fn run(cli: Cli) -> i32 {
+/// [`main`] for a program with its own name and version (`mykv --version` prints
+/// `mykv 1.2.0`, not corral's).
+pub fn main_as(name: &'static str, version: &'static str) -> i32 {
+    let mut cmd = command(name, version);
+    let matches = cmd.get_matches_mut();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.format(&mut cmd).exit(),
+    };
+    run(cli, cmd)
+}
+
+/// The clap definition under the program's own name.
+fn command(name: &'static str, version: &'static str) -> clap::Command {
+    Cli::command().name(name).bin_name(name).version(version)
+}
+
+fn run(cli: Cli, cmd: clap::Command) -> i32 {
     if cli.command.is_some() || cli.signal.is_some() {
         // A client command piped into `head` should end quietly, not panic on EPIPE.
         crate::os::signals::default_sigpipe();
     }
     match cli.command {
+        Some(Sub::Completions { shell }) => return cli::packaging::completions(cmd, shell),
+        Some(Sub::Man { output }) => return cli::packaging::man(cmd, output.as_deref()),
         Some(Sub::Status { json }) => return cli::status(&cli.config, json),
         Some(Sub::Fault {
             kind,
@@ -64,6 +85,18 @@ fn run(cli: Cli) -> i32 {
             "corral: injected fault (corral fault bad-upgrade): this new master exits at once"
         );
         return 1;
+    }
+    if cli.print_config {
+        return match crate::config::effective::render(&cli.config) {
+            Ok(text) => {
+                print!("{text}");
+                0
+            }
+            Err(e) => {
+                eprintln!("corral: {e}");
+                1
+            }
+        };
     }
     let config = match Config::load(&cli.config) {
         Ok(c) => c,

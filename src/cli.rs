@@ -15,10 +15,11 @@ use crate::master::pidfile;
 
 pub mod chaos;
 pub mod fault;
+pub mod packaging;
 
 /// corral: a supervised worker runtime in the style of nginx.
 #[derive(Debug, Parser)]
-#[command(name = "corral", version, about, long_about = None)]
+#[command(name = "corral", version, about, long_about = None, after_help = AFTER_HELP)]
 pub struct Cli {
     /// Configuration file.
     #[arg(short = 'c', long = "config", global = true, default_value = DEFAULT_CONFIG_PATH)]
@@ -27,6 +28,11 @@ pub struct Cli {
     /// that also signalled the master would act on a config it had not checked.
     #[arg(short = 't', long = "test", conflicts_with = "signal")]
     pub test: bool,
+    /// Check the configuration, then print the effective one (defaults, then the
+    /// file, then `CORRAL_*` environment variables), each value with where it came
+    /// from, and exit.
+    #[arg(short = 'T', long = "print-config", conflicts_with_all = ["signal", "test"])]
+    pub print_config: bool,
     /// Send a command to the running master and wait for its outcome.
     #[arg(short = 's', long = "signal", value_enum)]
     pub signal: Option<SignalArg>,
@@ -70,6 +76,18 @@ pub enum Sub {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script (e.g. `corral completions bash >
+    /// /etc/bash_completion.d/corral`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man page (roff) to standard output, or to a file.
+    Man {
+        /// Write it here instead of standard output.
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+    },
     /// Inject random faults on a schedule and report detection and recovery.
     Chaos {
         /// How long to keep injecting.
@@ -92,6 +110,22 @@ pub enum Sub {
         json: bool,
     },
 }
+
+/// Printed after `--help` and in the man page: what an operator otherwise has to look
+/// up in the README at 3 a.m.
+const AFTER_HELP: &str = "\
+Environment:
+  CORRAL_<SECTION>__<KEY>=value overrides a key of [master], [worker], [flow] or
+  [log] in the file, e.g. CORRAL_MASTER__WORKERS=4 or CORRAL_LOG__LEVEL=debug.
+  `corral -T` shows which value won and where it came from.
+
+Signals to the master (or `corral -s ...`, which waits for the outcome):
+  SIGHUP   reload    re-read the config, start a new generation, drain the old one
+  SIGQUIT  quit      graceful stop: drain connections, then exit
+  SIGTERM  stop      fast stop (SIGINT too)
+  SIGUSR1  reopen    reopen log files
+  SIGUSR2  upgrade   start the binary on disk as a new master; roll back if it fails
+  SIGWINCH           drain every worker, keep the listeners (SIGHUP starts them again)";
 
 /// What `-s` can ask of the master.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -15,6 +15,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 
 mod checks;
+pub mod effective;
 pub use checks::RSS_FLOOR;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
@@ -482,6 +483,10 @@ pub struct ListenConfig {
     /// http: largest request head (request line and headers) accepted.
     #[serde(default)]
     pub max_header_size: Option<Size>,
+    /// http: largest request body (`Content-Length` or chunked) accepted, 413 above;
+    /// `"0"` (the default) = no limit: bodies are discarded as they arrive.
+    #[serde(default)]
+    pub max_body_size: Option<Size>,
     /// proxy: where connections are forwarded (`"host:port"`).
     #[serde(default)]
     pub upstreams: Vec<String>,
@@ -516,6 +521,7 @@ const HTTP_KEYS: &[&str] = &[
     "headers",
     "header_timeout",
     "max_header_size",
+    "max_body_size",
 ];
 const PROXY_KEYS: &[&str] = &[
     "upstreams",
@@ -534,6 +540,7 @@ impl ListenConfig {
             ("headers", self.headers.is_some()),
             ("header_timeout", self.header_timeout.is_some()),
             ("max_header_size", self.max_header_size.is_some()),
+            ("max_body_size", self.max_body_size.is_some()),
             ("upstreams", !self.upstreams.is_empty()),
             ("balance", self.balance.is_some()),
             ("connect_timeout", self.connect_timeout.is_some()),
@@ -638,14 +645,7 @@ impl Config {
         // The file's text was read above so that an unreadable file is reported as
         // such; figment re-reads it with file_exact to keep the path in its messages.
         drop(text);
-        let figment = Figment::from(Serialized::defaults(Config::default()))
-            .merge(Toml::file_exact(path))
-            .merge(Env::prefixed(ENV_PREFIX).split("__").filter(|k| {
-                let k = k.as_str().to_ascii_lowercase();
-                ENV_SECTIONS
-                    .iter()
-                    .any(|s| k.len() > s.len() && k.starts_with(s) && k[s.len()..].starts_with('.'))
-            }));
+        let figment = layered(path);
         let mut config: Config = figment
             .extract()
             .map_err(|e| ConfigError::Parse(render_figment_error(e)))?;
@@ -873,6 +873,20 @@ impl Config {
             None => Ok(()),
         }
     }
+}
+
+/// Defaults, then the file, then `CORRAL_*` variables of the sections they may set:
+/// the layering every reader of a config uses, and whose metadata tells `-T` where
+/// each value came from.
+fn layered(path: &Path) -> Figment {
+    Figment::from(Serialized::defaults(Config::default()))
+        .merge(Toml::file_exact(path))
+        .merge(Env::prefixed(ENV_PREFIX).split("__").filter(|k| {
+            let k = k.as_str().to_ascii_lowercase();
+            ENV_SECTIONS
+                .iter()
+                .any(|s| k.len() > s.len() && k.starts_with(s) && k[s.len()..].starts_with('.'))
+        }))
 }
 
 /// Names the environment variable instead of the file when the refused value came

@@ -20,3 +20,25 @@ pub mod notify;
 pub mod os;
 pub mod service;
 pub mod worker;
+
+/// Runs corral's command line as a program of its own: `--version`, `--help`, the
+/// completions and the man page carry the calling binary's name and its package's
+/// version. Register services first.
+///
+/// ```no_run
+/// // corral::service::register("mine", ...) first, then:
+/// std::process::exit(corral::main!());
+/// ```
+#[macro_export]
+macro_rules! main {
+    () => {
+        $crate::app::main_as(
+            // Set for binaries and examples; a library calling it gets its package name.
+            match option_env!("CARGO_BIN_NAME") {
+                Some(name) => name,
+                None => env!("CARGO_PKG_NAME"),
+            },
+            env!("CARGO_PKG_VERSION"),
+        )
+    };
+}

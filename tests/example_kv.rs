@@ -225,3 +225,22 @@ fn kv_line_limit_is_exact_whatever_the_segmentation() {
     let got = read_to_eof(&mut s, Duration::from_secs(10)).expect("check");
     assert_eq!(got, ["VALUE 1", "NOT_FOUND", "BYE"]);
 }
+
+#[test]
+fn a_program_built_on_the_library_reports_its_own_name_and_version() {
+    let out = std::process::Command::new(example_binary())
+        .arg("--version")
+        .output()
+        .expect("run kv --version");
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("kv {}", env!("CARGO_PKG_VERSION"))
+    );
+    let help = std::process::Command::new(example_binary())
+        .arg("--help")
+        .output()
+        .expect("run kv --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("Usage: kv"), "{help}");
+}

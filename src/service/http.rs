@@ -6,20 +6,23 @@
 //!
 //! What it does speak: keep-alive (HTTP/1.1 by default, HTTP/1.0 on request),
 //! pipelining, `HEAD`, `Connection: close`, request bodies framed by `Content-Length`
-//! (read and thrown away as they stream in, never buffered whole), `Expect:
-//! 100-continue`. What it refuses, with an error response and a close (RFC 9112,
-//! strictly): malformed request lines and headers (whitespace before a colon, obs-fold,
-//! bare CR, controls), request targets that fit none of the forms, versions other than
-//! 1.0 and 1.1, an HTTP/1.1 request without `Host` or any request with two, bad or
-//! conflicting `Content-Length`, more than a few empty lines before a request (400);
-//! `CONNECT` and any `Transfer-Encoding` (501: it is no proxy, and it never needs a
-//! request body, so it does not implement chunked decoding); heads above
-//! `max_header_size` (431); heads that do not complete within `header_timeout` (408,
-//! against slowloris clients; the time the worker itself stops reading a pipelining
-//! client that does not read its responses does not count). Idle keep-alive
-//! connections are the worker's business
-//! (`[worker] idle_timeout`, and hand-over to the next generation on reload); a draining
-//! worker makes its next response `Connection: close`.
+//! or `Transfer-Encoding: chunked` (read and thrown away as they stream in, never
+//! buffered whole; above `max_body_size`, 413), `Expect: 100-continue`.
+//!
+//! What it refuses, with an error response and a close (RFC 9112, strictly):
+//! malformed request lines and headers (whitespace before a colon, obs-fold, bare CR,
+//! controls), request targets that fit none of the forms, versions other than 1.0 and
+//! 1.1, an HTTP/1.1 request without `Host` or any request with two, bad or conflicting
+//! `Content-Length`, more than a few empty lines before a request, and any body whose
+//! end cannot be trusted: `Transfer-Encoding` whose last coding is not `chunked`, that
+//! names `chunked` twice, comes with `Content-Length` or on HTTP/1.0, or chunked
+//! framing that breaks the grammar (400); `CONNECT` (501: it is no proxy); heads or
+//! trailers above `max_header_size` (431); heads that do not complete within
+//! `header_timeout` (408, against slowloris clients; the time the worker itself stops
+//! reading a pipelining client that does not read its responses does not count).
+//! Idle keep-alive connections are the worker's business (`[worker] idle_timeout`, and
+//! hand-over to the next generation on reload); a draining worker makes its next
+//! response `Connection: close`.
 
 use std::cell::{Cell, RefCell};
 use std::net::IpAddr;
@@ -28,6 +31,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{Handler, Io, Service};
 use crate::config::ListenConfig;
+
+mod chunked;
+use chunked::{ChunkError, Decoder, Step};
 
 /// Body of every response unless `body` is configured. Non-empty, so a health check
 /// that looks for content finds some.
@@ -78,14 +84,16 @@ enum Refusal {
     Timeout,
     TooLarge,
     NotImplemented,
+    BodyTooLarge,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 4] = [
+    const ALL: [Refusal; 5] = [
         Refusal::BadRequest,
         Refusal::Timeout,
         Refusal::TooLarge,
         Refusal::NotImplemented,
+        Refusal::BodyTooLarge,
     ];
 
     fn status(self) -> u16 {
@@ -94,6 +102,7 @@ impl Refusal {
             Refusal::Timeout => 408,
             Refusal::TooLarge => 431,
             Refusal::NotImplemented => 501,
+            Refusal::BodyTooLarge => 413,
         }
     }
 
@@ -103,6 +112,7 @@ impl Refusal {
             Refusal::Timeout => "request timeout\n",
             Refusal::TooLarge => "request header fields too large\n",
             Refusal::NotImplemented => "not implemented\n",
+            Refusal::BodyTooLarge => "content too large\n",
         }
     }
 
@@ -159,6 +169,9 @@ struct Shared {
     date_second: Cell<u64>,
     header_timeout: Duration,
     max_head: usize,
+    /// Largest request body (`max_body_size`; 0 = no limit: bodies are discarded as
+    /// they arrive, so size costs time, not memory).
+    max_body: u64,
 }
 
 impl Shared {
@@ -220,6 +233,7 @@ impl Http {
                 max_head: listen.max_header_size.map_or(DEFAULT_MAX_HEADER_SIZE, |s| {
                     usize::try_from(s.0).unwrap_or(usize::MAX)
                 }),
+                max_body: listen.max_body_size.map_or(0, |s| s.0),
             }),
         }
     }
@@ -360,8 +374,10 @@ struct Request {
     keep_alive: bool,
     /// HTTP/1.1 (as opposed to 1.0).
     v11: bool,
-    /// Body bytes that follow the head.
+    /// Body bytes that follow the head (`Content-Length`).
     body: u64,
+    /// The body is chunked instead.
+    chunked: bool,
     /// `Expect: 100-continue`.
     expect_continue: bool,
 }
@@ -525,7 +541,11 @@ fn parse_head(buf: &[u8], end: usize) -> Parsed {
     let mut close = false;
     let mut keep_alive = false;
     let mut expect_continue = false;
-    let mut chunked = false;
+    // Transfer codings in order, over every Transfer-Encoding line: the body is
+    // framed by `chunked` only if it is the last one, and only once.
+    let mut codings = 0u32;
+    let mut chunked_at: Option<u32> = None;
+    let mut chunked_twice = false;
     while let Some((line, after)) = next_line(rest) {
         rest = after;
         if line.is_empty() {
@@ -556,7 +576,29 @@ fn parse_head(buf: &[u8], end: usize) -> Parsed {
                 return bad;
             }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            chunked = true;
+            for coding in value.split(|&b| b == b',').map(trim_ows) {
+                // Codings are tokens, optionally with parameters; empty list
+                // elements are allowed (RFC 9110 §5.6.1).
+                if coding.is_empty() {
+                    continue;
+                }
+                let name_end = coding
+                    .iter()
+                    .position(|&b| b == b';')
+                    .unwrap_or(coding.len());
+                let cname = trim_ows(&coding[..name_end]);
+                if cname.is_empty() || !cname.iter().all(|&b| is_tchar(b)) {
+                    return bad;
+                }
+                codings += 1;
+                if cname.eq_ignore_ascii_case(b"chunked") {
+                    chunked_twice |= chunked_at.is_some();
+                    chunked_at = Some(codings);
+                }
+            }
+            if codings == 0 {
+                return bad;
+            }
         } else if name.eq_ignore_ascii_case(b"connection") {
             close |= lists(value, b"close");
             keep_alive |= lists(value, b"keep-alive");
@@ -569,14 +611,13 @@ fn parse_head(buf: &[u8], end: usize) -> Parsed {
     if hosts > 1 || (v11 && hosts == 0) {
         return bad;
     }
-    if chunked {
-        // A body we cannot frame: answering and carrying on would read its chunks as
-        // requests. (With Content-Length as well it is a smuggling attempt: refuse too.)
-        return if body.is_some() {
-            bad
-        } else {
-            Parsed::Refuse(Refusal::NotImplemented)
-        };
+    let chunked = codings > 0;
+    // RFC 9112 §6.1 and §6.3: a body whose end we cannot be sure of is refused, since
+    // answering and carrying on would read the rest of it as requests: chunked not
+    // last (or applied twice), Transfer-Encoding with Content-Length (a smuggling
+    // attempt), or on HTTP/1.0, which has no transfer codings.
+    if chunked && (chunked_at != Some(codings) || chunked_twice || body.is_some() || !v11) {
+        return bad;
     }
     Parsed::Done(Request {
         len: end,
@@ -584,6 +625,7 @@ fn parse_head(buf: &[u8], end: usize) -> Parsed {
         keep_alive: !close && (v11 || keep_alive),
         v11,
         body: body.unwrap_or(0),
+        chunked,
         expect_continue,
     })
 }
@@ -625,6 +667,7 @@ impl Service for Http {
         Box::new(HttpConn {
             shared: Rc::clone(&self.shared),
             discard: 0,
+            chunks: None,
             after_body: None,
             scanned: 0,
             blank: 0,
@@ -645,6 +688,8 @@ struct HttpConn {
     shared: Rc<Shared>,
     /// Body bytes of the current request still to be read and thrown away.
     discard: u64,
+    /// The current request's chunked body being read and thrown away.
+    chunks: Option<Decoder>,
     /// The current request's response, sent once its body is gone.
     after_body: Option<Owed>,
     /// Bytes of the incomplete head already searched for its end.
@@ -693,6 +738,7 @@ impl HttpConn {
     fn linger(&mut self, io: &mut Io<'_>) {
         self.closing = true;
         self.discard = 0;
+        self.chunks = None;
         self.after_body = None;
         self.head_timer = false;
         io.shutdown_write();
@@ -708,6 +754,35 @@ impl Handler for HttpConn {
         self.shared.refresh_date();
         let mut pos = 0;
         while pos < data.len() {
+            if let Some(decoder) = &mut self.chunks {
+                match decoder.feed(&data[pos..]) {
+                    Ok(Step::More(n)) => {
+                        pos += n;
+                        break;
+                    }
+                    Ok(Step::Done(n)) => {
+                        pos += n;
+                        self.chunks = None;
+                        if let Some(owed) = self.after_body.take() {
+                            if !self.respond(io, owed) {
+                                return data.len();
+                            }
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        self.refuse(
+                            io,
+                            match e {
+                                ChunkError::Malformed => Refusal::BadRequest,
+                                ChunkError::TooLarge => Refusal::BodyTooLarge,
+                                ChunkError::TrailersTooLarge => Refusal::TooLarge,
+                            },
+                        );
+                        return data.len();
+                    }
+                }
+            }
             if self.discard > 0 {
                 let n = usize::try_from(self.discard)
                     .unwrap_or(usize::MAX)
@@ -760,23 +835,36 @@ impl Handler for HttpConn {
                         },
                         head: req.head,
                     };
-                    if req.body == 0 {
+                    let max_body = self.shared.max_body;
+                    if max_body > 0 && req.body > max_body {
+                        self.refuse(io, Refusal::BodyTooLarge);
+                        return data.len();
+                    }
+                    if req.body == 0 && !req.chunked {
                         if !self.respond(io, owed) {
                             return data.len();
                         }
                         continue;
                     }
-                    self.discard = req.body;
-                    self.after_body = Some(owed);
                     let arrived = (data.len() - pos) as u64;
-                    if req.expect_continue && req.v11 && arrived < req.body {
+                    let waits = if req.chunked {
+                        self.chunks = Some(Decoder::new(max_body, self.shared.max_head));
+                        arrived == 0
+                    } else {
+                        self.discard = req.body;
+                        arrived < req.body
+                    };
+                    self.after_body = Some(owed);
+                    if req.expect_continue && req.v11 && waits {
                         // The client waits for this before it sends the body.
                         io.write(b"HTTP/1.1 100 Continue\r\n\r\n");
                     }
                 }
             }
         }
-        let partial = (pos < data.len() || self.blank > FREE_BLANK) && self.discard == 0;
+        let partial = (pos < data.len() || self.blank > FREE_BLANK)
+            && self.discard == 0
+            && self.chunks.is_none();
         if partial && !self.head_timer {
             // A request has started: its head must be complete in time.
             self.head_timer = true;
@@ -811,7 +899,7 @@ impl Handler for HttpConn {
     fn is_idle(&self) -> bool {
         // Between requests: no body being read, no head pending (the loop also checks
         // that nothing is buffered either way), not in the middle of closing.
-        !self.closing && self.discard == 0 && !self.head_timer
+        !self.closing && self.discard == 0 && self.chunks.is_none() && !self.head_timer
     }
 }
 
@@ -1154,12 +1242,64 @@ mod tests {
     }
 
     #[test]
-    fn transfer_encoding_gets_501() {
+    fn chunked_bodies_are_read_and_the_connection_goes_on() {
         let mut h = Harness::new(&listen(""));
-        h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n");
+        h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n");
+        assert!(h.take_out().is_empty(), "answered before the body ended");
+        assert!(!h.idle(), "a connection inside a body is not idle");
+        h.feed(b"0\r\nX-Trailer: t\r\n\r\n");
+        h.feed(GET);
         let out = h.take_out();
-        assert!(out.starts_with("HTTP/1.1 501 Not Implemented\r\n"), "{out}");
-        assert!(h.closing());
+        assert_eq!(responses(&out, false).len(), 2, "{out}");
+        assert!(h.idle() && !h.closing());
+        // Codings before the final chunked are fine (the body is discarded anyway).
+        h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
+        assert_eq!(responses(&h.take_out(), false).len(), 1);
+    }
+
+    #[test]
+    fn unframeable_transfer_encodings_get_400() {
+        for te in [
+            "Transfer-Encoding: gzip\r\n",
+            "Transfer-Encoding: chunked, gzip\r\n",
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+            "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+            "Transfer-Encoding: ,\r\n",
+            "Transfer-Encoding: chu nked\r\n",
+        ] {
+            let mut h = Harness::new(&listen(""));
+            h.feed(format!("POST / HTTP/1.1\r\nHost: x\r\n{te}\r\n0\r\n\r\n").as_bytes());
+            let out = h.take_out();
+            assert!(
+                out.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+                "{te}: {out}"
+            );
+            assert!(h.closing());
+        }
+        let mut h = Harness::new(&listen(""));
+        h.feed(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
+        assert!(
+            h.take_out().starts_with("HTTP/1.1 400 "),
+            "HTTP/1.0 has no chunked"
+        );
+    }
+
+    #[test]
+    fn bodies_above_max_body_size_get_413() {
+        let l = listen("max_body_size = \"10\"\n");
+        let mut h = Harness::new(&l);
+        h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n");
+        assert!(h
+            .take_out()
+            .starts_with("HTTP/1.1 413 Content Too Large\r\n"));
+        let mut h = Harness::new(&l);
+        h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nabcdef\r\n");
+        assert!(h.take_out().is_empty());
+        h.feed(b"5\r\nabcde\r\n");
+        assert!(h.take_out().starts_with("HTTP/1.1 413 "));
+        let mut h = Harness::new(&l);
+        h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123456789");
+        assert_eq!(responses(&h.take_out(), false)[0].0, 200);
     }
 
     #[test]

@@ -1,0 +1,90 @@
+//! What a package ships besides the binary: shell completions and the man page, both
+//! generated from the same clap definition as the parser, so they cannot drift from
+//! what the binary accepts. A program built on the library gets its own name in them.
+
+use std::io::Write;
+use std::path::Path;
+
+/// `corral completions SHELL`: writes the completion script to standard output.
+pub fn completions(mut cmd: clap::Command, shell: clap_complete::Shell) -> i32 {
+    let name = cmd.get_name().to_string();
+    let mut out = std::io::stdout().lock();
+    clap_complete::generate(shell, &mut cmd, name, &mut out);
+    match out.flush() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("corral: cannot write the completion script: {e}");
+            1
+        }
+    }
+}
+
+/// The sections clap knows nothing about, in roff: `--help` shows the same facts as
+/// plain text (its `after_help`), which roff would reflow into one paragraph.
+const MAN_EXTRA: &str = r#".SH ENVIRONMENT
+.TP
+\fBCORRAL_\fR\fISECTION\fR\fB__\fR\fIKEY\fR=\fIvalue\fR
+Overrides a key of the [master], [worker], [flow] or [log] section of the file, e.g.
+\fBCORRAL_MASTER__WORKERS=4\fR. \fBcorral \-T\fR shows which value won and where it came from.
+.SH SIGNALS
+Sent to the master, or through \fBcorral \-s\fR, which waits for the outcome and exits non\-zero if it failed.
+.TP
+\fBSIGHUP\fR (\fB\-s reload\fR)
+Re\-read and check the config, start a new generation, drain the old one.
+.TP
+\fBSIGQUIT\fR (\fB\-s quit\fR)
+Graceful stop: stop accepting, let connections finish until drain_timeout, exit.
+.TP
+\fBSIGTERM\fR, \fBSIGINT\fR (\fB\-s stop\fR)
+Fast stop: close everything now.
+.TP
+\fBSIGUSR1\fR (\fB\-s reopen\fR)
+Reopen the log files (after logrotate).
+.TP
+\fBSIGUSR2\fR (\fB\-s upgrade\fR)
+Start the binary on disk as a new master with the listening sockets; drain this one once it serves; roll back if it fails.
+.TP
+\fBSIGWINCH\fR
+Drain every worker but keep the master and its listeners (SIGHUP starts workers again).
+.SH FILES
+.TP
+\fI/etc/corral/corral.toml\fR
+The default configuration file (\fB\-c\fR).
+.SH EXIT STATUS
+0 on success; 1 when the config is invalid, the master could not start, or a command sent with \fB\-s\fR failed; 2 on a usage error.
+"#;
+
+/// `corral man [-o FILE]`: renders the man page (section 1) to `output` or stdout.
+pub fn man(cmd: clap::Command, output: Option<&Path>) -> i32 {
+    let mut page = Vec::new();
+    let man = clap_mangen::Man::new(cmd);
+    let rendered = man
+        .render_title(&mut page)
+        .and_then(|()| man.render_name_section(&mut page))
+        .and_then(|()| man.render_synopsis_section(&mut page))
+        .and_then(|()| man.render_description_section(&mut page))
+        .and_then(|()| man.render_options_section(&mut page))
+        .and_then(|()| man.render_subcommands_section(&mut page))
+        .and_then(|()| page.write_all(MAN_EXTRA.as_bytes()))
+        .and_then(|()| man.render_version_section(&mut page));
+    if let Err(e) = rendered {
+        eprintln!("corral: cannot render the man page: {e}");
+        return 1;
+    }
+    let written = match output {
+        Some(path) => std::fs::write(path, &page).map_err(|e| format!("{}: {e}", path.display())),
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&page)
+                .and_then(|()| out.flush())
+                .map_err(|e| e.to_string())
+        }
+    };
+    match written {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("corral: cannot write the man page: {e}");
+            1
+        }
+    }
+}
