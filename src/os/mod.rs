@@ -14,6 +14,7 @@ pub mod files;
 pub mod net;
 pub mod pidfd;
 pub mod process;
+pub mod privs;
 pub mod procfs;
 pub mod scm;
 pub mod signals;
