@@ -41,9 +41,9 @@ impl From<CoreLimit> for String {
 
 impl<'de> Deserialize<'de> for CoreLimit {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match Raw::deserialize(d).map_err(|_| {
-            de::Error::custom("expected a size (\"0\", \"1GiB\") or \"unlimited\"")
-        })? {
+        match Raw::deserialize(d)
+            .map_err(|_| de::Error::custom("expected a size (\"0\", \"1GiB\") or \"unlimited\""))?
+        {
             Raw::N(n) => Ok(CoreLimit(n)),
             Raw::S(s) if s == "unlimited" => Ok(CoreLimit(u64::MAX)),
             Raw::S(s) => s
@@ -331,9 +331,21 @@ mod tests {
     #[test]
     fn listener_options_are_checked() {
         let cases = [
-            (format!("{UNIX}nodelay = false\n"), "listen[0].nodelay", "TCP option"),
-            (format!("{TCP}mode = \"0660\"\n"), "listen[0].mode", "Unix socket"),
-            (format!("{UNIX}mode = \"0868\"\n"), "listen[0].mode", "octal"),
+            (
+                format!("{UNIX}nodelay = false\n"),
+                "listen[0].nodelay",
+                "TCP option",
+            ),
+            (
+                format!("{TCP}mode = \"0660\"\n"),
+                "listen[0].mode",
+                "Unix socket",
+            ),
+            (
+                format!("{UNIX}mode = \"0868\"\n"),
+                "listen[0].mode",
+                "octal",
+            ),
             (
                 format!("{TCP}keepalive_idle = \"30s\"\n"),
                 "listen[0].keepalive_idle",
@@ -383,12 +395,18 @@ mod tests {
         assert!(o.nodelay);
         assert_eq!(o.defer_accept_secs, 1);
         let k = o.keepalive.unwrap();
-        assert_eq!((k.idle_secs, k.interval_secs, k.count), (Some(30), None, Some(3)));
+        assert_eq!(
+            (k.idle_secs, k.interval_secs, k.count),
+            (Some(30), None, Some(3))
+        );
     }
 
     #[test]
     fn users_resolve() {
-        let c = load(&format!("[master]\nuser = 0\n[worker]\nrlimit_core = \"unlimited\"\n{TCP}")).unwrap();
+        let c = load(&format!(
+            "[master]\nuser = 0\n[worker]\nrlimit_core = \"unlimited\"\n{TCP}"
+        ))
+        .unwrap();
         let creds = c.master.credentials.unwrap();
         assert_eq!((creds.uid, creds.gid), (0, 0));
         assert_eq!(c.worker.rlimit_core, Some(CoreLimit(u64::MAX)));
@@ -400,7 +418,10 @@ mod tests {
         let c = load(&format!("[worker]\nrlimit_nofile = {}\n{TCP}", hard + 1)).unwrap();
         let w = c.warnings().join("\n");
         assert!(w.contains("exceeds the hard RLIMIT_NOFILE"), "{w}");
-        let c = load(&format!("[worker]\nrlimit_nofile = 100\nmax_connections = 100\n{TCP}")).unwrap();
+        let c = load(&format!(
+            "[worker]\nrlimit_nofile = 100\nmax_connections = 100\n{TCP}"
+        ))
+        .unwrap();
         let w = c.warnings().join("\n");
         assert!(w.contains("EMFILE"), "{w}");
     }

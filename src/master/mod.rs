@@ -391,6 +391,10 @@ impl Master {
     /// Runs until the master is told to stop and every worker is gone. Returns the
     /// process exit code.
     pub fn run(&mut self) -> i32 {
+        // Children that exited before our signalfd existed sent a SIGCHLD nobody
+        // read: as a container's PID 1 we inherit such zombies from whatever ran
+        // before the exec.
+        self.reap();
         let code = loop {
             let commands = self.wait();
             self.handle(commands);
@@ -1272,6 +1276,11 @@ impl Master {
         }
         // Closing our copies now makes new connections fail fast once the workers
         // close theirs, instead of piling up in a backlog nobody will accept from.
+        // Our Unix socket files go with them (not after a hand-over: the new master
+        // serves on them).
+        if !self.handed_over {
+            sockets::remove_paths(&self.listeners, &[]);
+        }
         self.listeners.clear();
         for w in &mut self.workers {
             if graceful {

@@ -47,7 +47,12 @@ pub fn give_log_file(config: &Config) {
         return;
     }
     match privs::chown(file, Some(creds.uid), Some(creds.gid)) {
-        Ok(()) => info!(file = %file.display(), user = %creds.user, "log file given to the workers' user"),
-        Err(e) => warn!("{e}; workers running as {} may not reopen the log", creds.user),
+        Ok(()) => {
+            info!(file = %file.display(), user = %creds.user, "log file given to the workers' user")
+        }
+        Err(e) => warn!(
+            "{e}; workers running as {} may not reopen the log",
+            creds.user
+        ),
     }
 }

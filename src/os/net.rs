@@ -174,15 +174,35 @@ pub struct TcpOptions {
 pub fn set_tcp_options(fd: BorrowedFd<'_>, opts: &TcpOptions) -> io::Result<()> {
     let sock = socket2::SockRef::from(&fd);
     sock.set_nodelay(opts.nodelay)?;
-    set_int(fd, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, opts.defer_accept_secs as i32)?;
+    set_int(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_DEFER_ACCEPT,
+        opts.defer_accept_secs as i32,
+    )?;
     let ka = opts.keepalive.unwrap_or_default();
     sock.set_keepalive(opts.keepalive.is_some())?;
     // Unset values go back to the system's defaults on a reload that dropped them.
     let defaults = keepalive_defaults();
     let pick = |v: Option<u32>, d: u32| v.unwrap_or(d) as i32;
-    set_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, pick(ka.idle_secs, defaults.0))?;
-    set_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, pick(ka.interval_secs, defaults.1))?;
-    set_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, pick(ka.count, defaults.2))?;
+    set_int(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPIDLE,
+        pick(ka.idle_secs, defaults.0),
+    )?;
+    set_int(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPINTVL,
+        pick(ka.interval_secs, defaults.1),
+    )?;
+    set_int(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPCNT,
+        pick(ka.count, defaults.2),
+    )?;
     Ok(())
 }
 
@@ -257,7 +277,11 @@ mod tests {
                 }),
             };
             set_tcp_options(l.as_fd(), &opts).unwrap();
-            let at = socket2::SockRef::from(&l).local_addr().unwrap().as_socket().unwrap();
+            let at = socket2::SockRef::from(&l)
+                .local_addr()
+                .unwrap()
+                .as_socket()
+                .unwrap();
             let _c = std::net::TcpStream::connect(at).unwrap();
             let a = loop {
                 match accept(l.as_fd()) {
@@ -271,7 +295,10 @@ mod tests {
             let fd = a.fd.as_fd();
             let tcp = libc::IPPROTO_TCP;
             assert_eq!(get_int(fd, tcp, libc::TCP_NODELAY).unwrap() != 0, nodelay);
-            assert_eq!(get_int(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE).unwrap(), 1);
+            assert_eq!(
+                get_int(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE).unwrap(),
+                1
+            );
             assert_eq!(get_int(fd, tcp, libc::TCP_KEEPIDLE).unwrap(), 33);
             assert_eq!(get_int(fd, tcp, libc::TCP_KEEPINTVL).unwrap(), 7);
             assert_eq!(get_int(fd, tcp, libc::TCP_KEEPCNT).unwrap(), 4);

@@ -196,8 +196,9 @@ pub fn set_core(bytes: u64) -> Result<(), SysError> {
 
 /// `chown(2)` of a path (the log file, a Unix socket) to `uid`/`gid`.
 pub fn chown(path: &std::path::Path, uid: Option<u32>, gid: Option<u32>) -> Result<(), SysError> {
-    nix::unistd::chown(path, uid.map(Uid::from_raw), gid.map(Gid::from_raw))
-        .ctx("chown()", || format!("changing the owner of {}", path.display()))
+    nix::unistd::chown(path, uid.map(Uid::from_raw), gid.map(Gid::from_raw)).ctx("chown()", || {
+        format!("changing the owner of {}", path.display())
+    })
 }
 
 /// `chmod(2)` of a path (a Unix socket) to `mode`.
