@@ -361,6 +361,10 @@ fn listener_options_are_on_the_real_sockets() {
     if !root_or_skip("listener_options") {
         return;
     }
+    if !have("ss") {
+        eprintln!("skipping listener_options: ss is not installed (iproute2)");
+        return;
+    }
     let tcp = libc::IPPROTO_TCP;
     let body = config(
         "",
@@ -490,8 +494,10 @@ fn pid1_skip() -> Option<String> {
     if !nix::unistd::geteuid().is_root() {
         return Some("not root".into());
     }
-    if !have("unshare") {
-        return Some("unshare is not installed (util-linux)".into());
+    for (tool, pkg) in [("unshare", "util-linux"), ("python3", "python3")] {
+        if !have(tool) {
+            return Some(format!("{tool} is not installed ({pkg})"));
+        }
     }
     let ok = std::process::Command::new("unshare")
         .args(["--pid", "--fork", "--mount-proc", "true"])
