@@ -438,8 +438,22 @@ fn unix_socket_mode_owner_and_removal_on_stop_only() {
     let out = c.cli(&["-s", "reload"]);
     assert!(out.status.success(), "{}", out.all());
     check("after reload");
-    c.signal(Signal::SIGTERM);
-    assert!(c.wait_all_gone(T), "{}", c.log_tail(20));
+    // A binary upgrade keeps the file; the new master removes it when it stops.
+    let old = c.master_pid();
+    let out = c.cli(&["-s", "upgrade"]);
+    assert!(out.status.success(), "{}\n{}", out.all(), c.log_tail(30));
+    let mut new = None;
+    assert!(wait_until(T, || {
+        new = c.read_pid_file().filter(|p| *p != old);
+        new.is_some()
+    }));
+    let new = new.unwrap();
+    c.adopt_master(new);
+    assert!(wait_until(T, || c.master_exited()), "{}", c.log_tail(30));
+    check("after upgrade");
+    let id = proc_id(new).expect("the new master runs");
+    kill(Pid::from_raw(new), Signal::SIGTERM).unwrap();
+    assert!(wait_until(T, || !proc_alive(id)), "{}", c.log_tail(30));
     assert!(!sock.exists(), "the socket file outlived the stop");
 }
 

@@ -1101,6 +1101,7 @@ impl Master {
                         "corral is serving"
                     );
                     self.state = State::Running;
+                    sockets::adopt_paths(&mut self.listeners);
                     if let Some(r) = self.reporter.take() {
                         r.ready();
                     }

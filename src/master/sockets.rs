@@ -27,6 +27,10 @@ pub struct Listener {
     pub fd: OwnedFd,
     /// We created the Unix socket file (not inherited), so we remove it when done.
     pub owns_path: bool,
+    /// Passed by the corral master we upgraded from: the file becomes ours once we
+    /// serve (`adopt_paths`); until then a failed upgrade must leave it to the old
+    /// master, which still serves on it.
+    pub adopt_path: bool,
 }
 
 /// A socket passed in through `LISTEN_FDS`, with its name and bound address.
@@ -157,6 +161,7 @@ pub fn open_all(
                     slot,
                     fd,
                     owns_path: existing.owns_path,
+                    adopt_path: existing.adopt_path,
                 });
                 continue;
             }
@@ -176,7 +181,8 @@ pub fn open_all(
                     name: name.clone(),
                     slot,
                     fd: s.fd,
-                    owns_path: s.from_corral && matches!(l.address, ListenAddr::Unix(_)),
+                    owns_path: false,
+                    adopt_path: s.from_corral && matches!(l.address, ListenAddr::Unix(_)),
                 });
                 continue;
             }
@@ -187,6 +193,7 @@ pub fn open_all(
                 slot,
                 fd,
                 owns_path: matches!(l.address, ListenAddr::Unix(_)),
+                adopt_path: false,
             });
         }
         apply_options(l, out.iter().filter(|o| o.addr == l.address))?;
@@ -259,6 +266,15 @@ pub fn log_changes(old: &[Listener], new: &[Listener]) {
             info!(address = %l.addr, name = %l.name, "listener removed by reload: no longer accepting there");
         }
         seen.push(&l.addr);
+    }
+}
+
+/// Once we serve: the Unix socket files our predecessor passed us are ours to remove
+/// when we stop, as they were its.
+pub fn adopt_paths(listeners: &mut [Listener]) {
+    for l in listeners.iter_mut().filter(|l| l.adopt_path) {
+        l.owns_path = true;
+        l.adopt_path = false;
     }
 }
 
