@@ -56,6 +56,11 @@ impl TempUser {
             return None;
         }
         let name = format!("crl{tag}{}", std::process::id() % 100_000);
+        // Left over by a run that was killed before its guard ran (same pid reused).
+        let _ = Command::new("userdel")
+            .arg(&name)
+            .stderr(Stdio::null())
+            .status();
         let ok = Command::new("useradd")
             .args([
                 "-M",
