@@ -16,6 +16,7 @@ use figment::Figment;
 
 mod checks;
 pub mod effective;
+pub mod privs;
 pub use checks::RSS_FLOOR;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
@@ -259,6 +260,17 @@ pub struct MasterConfig {
     pub cpu_affinity: bool,
     /// Allow `corral fault` and `corral chaos` to make workers fail on request.
     pub fault_injection: bool,
+    /// Workers drop to this user (name or uid) right after fork; the master stays root.
+    #[serde(deserialize_with = "privs::de_id")]
+    pub user: Option<String>,
+    /// Workers' group (name or gid); default: `user`'s primary group.
+    #[serde(deserialize_with = "privs::de_id")]
+    pub group: Option<String>,
+    /// SIGTERM drains like SIGQUIT instead of stopping fast (for orchestrators).
+    pub graceful_sigterm: bool,
+    /// `user`/`group` resolved at load (not a config key).
+    #[serde(skip)]
+    pub credentials: Option<crate::os::privs::Credentials>,
 }
 
 impl Default for MasterConfig {
@@ -276,6 +288,10 @@ impl Default for MasterConfig {
             daemon: false,
             cpu_affinity: false,
             fault_injection: false,
+            user: None,
+            group: None,
+            graceful_sigterm: false,
+            credentials: None,
         }
     }
 }
@@ -302,6 +318,10 @@ pub struct WorkerConfig {
     pub heartbeat_interval: Dur,
     /// Threads of the per-worker blocking pool (started on first use).
     pub blocking_threads: usize,
+    /// Soft RLIMIT_NOFILE of each worker (at most the hard limit); default: the hard limit.
+    pub rlimit_nofile: Option<u64>,
+    /// RLIMIT_CORE of each worker: a size or "unlimited"; default: inherited.
+    pub rlimit_core: Option<privs::CoreLimit>,
 }
 
 impl Default for WorkerConfig {
@@ -311,6 +331,8 @@ impl Default for WorkerConfig {
             idle_timeout: Dur(Duration::from_secs(60)),
             heartbeat_interval: Dur(Duration::from_secs(1)),
             blocking_threads: 4,
+            rlimit_nofile: None,
+            rlimit_core: None,
         }
     }
 }
@@ -512,6 +534,33 @@ pub struct ListenConfig {
     /// Workers use these and never resolve names themselves.
     #[serde(skip)]
     pub resolved_upstreams: Vec<SocketAddr>,
+    /// TCP: TCP_DEFER_ACCEPT, `true` (1 s) or how long to wait for the first bytes.
+    #[serde(default)]
+    pub defer_accept: Option<privs::DeferAccept>,
+    /// TCP: TCP_NODELAY on accepted connections (default true).
+    #[serde(default)]
+    pub nodelay: Option<bool>,
+    /// TCP: SO_KEEPALIVE on accepted connections.
+    #[serde(default)]
+    pub keepalive: Option<bool>,
+    /// TCP: idle time before the first keep-alive probe (TCP_KEEPIDLE).
+    #[serde(default)]
+    pub keepalive_idle: Option<Dur>,
+    /// TCP: time between keep-alive probes (TCP_KEEPINTVL).
+    #[serde(default)]
+    pub keepalive_interval: Option<Dur>,
+    /// TCP: unanswered probes before the connection is dropped (TCP_KEEPCNT).
+    #[serde(default)]
+    pub keepalive_count: Option<u32>,
+    /// Unix: the socket file's mode, an octal string (`"0660"`).
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// Unix: the socket file's owner, `"user[:group]"`.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// `owner` resolved at load (not a config key).
+    #[serde(skip)]
+    pub resolved_owner: Option<(u32, Option<u32>)>,
 }
 
 /// Keys that only make sense for one service, for the "wrong service" check.
@@ -656,6 +705,7 @@ impl Config {
         })?;
         config.validate().map_err(|e| blame(e, &figment))?;
         config.resolve_upstreams()?;
+        privs::resolve(&mut config).map_err(|e| blame(e, &figment))?;
         for i in 0..config.listen.len() {
             config.check_proxy_loop(i)?;
         }
@@ -667,6 +717,7 @@ impl Config {
     pub fn warnings(&self) -> Vec<String> {
         checks::rss_warning(self.master.max_worker_rss)
             .into_iter()
+            .chain(privs::warnings(self))
             .collect()
     }
 

@@ -13,6 +13,7 @@ mod handoff;
 mod inject;
 pub mod pidfile;
 mod pressure;
+mod privs;
 pub mod sockets;
 pub mod table;
 pub mod upgrade;
@@ -316,10 +317,18 @@ impl Master {
                 source,
             })?;
         let signals = SignalReader::new(MASTER_SIGNALS)?;
-        if let Err(e) = process::raise_nofile_limit() {
-            warn!("{e}");
+        match crate::os::privs::raise_nofile() {
+            Ok((soft, hard)) if soft < hard => {
+                info!("RLIMIT_NOFILE: soft limit raised from {soft} to the hard limit {hard}")
+            }
+            Ok((_, hard)) => info!("RLIMIT_NOFILE: soft limit already at the hard limit {hard}"),
+            Err(e) => warn!("{e}"),
         }
+        privs::give_log_file(config);
         let mut inherited = sockets::take_inherited();
+        for s in &mut inherited {
+            s.from_corral = opts.upgraded;
+        }
         let listeners = sockets::open_all(config, &[], &mut inherited)?;
         let pid_file = PidFile::create(&config.master.pid_file, &config.source)?;
         let control = control::Server::bind(&config.master.control_socket_path(), opts.upgraded)?;
@@ -382,6 +391,10 @@ impl Master {
     /// Runs until the master is told to stop and every worker is gone. Returns the
     /// process exit code.
     pub fn run(&mut self) -> i32 {
+        // Children that exited before our signalfd existed sent a SIGCHLD nobody
+        // read: as a container's PID 1 we inherit such zombies from whatever ran
+        // before the exec.
+        self.reap();
         let code = loop {
             let commands = self.wait();
             self.handle(commands);
@@ -486,7 +499,16 @@ impl Master {
                     if sig != Signal::SIGCHLD {
                         info!("received {}", signals::name(sig));
                     }
-                    commands.extend(Command::from_signal(sig).map(Job::signal));
+                    let cmd = match Command::from_signal(sig) {
+                        // Orchestrators send SIGTERM and wait: let them drain.
+                        Some(Command::FastStop)
+                            if sig == Signal::SIGTERM && self.config.master.graceful_sigterm =>
+                        {
+                            Some(Command::GracefulStop)
+                        }
+                        other => other,
+                    };
+                    commands.extend(cmd.map(Job::signal));
                 }
             }
         }
@@ -670,7 +692,15 @@ impl Master {
                     std::process::abort();
                 }
                 self.reserve = FdReserve::none();
-                // First, so that not even a hang during start-up outlives the master.
+                // Before any thread exists and before any service code runs; a worker
+                // that cannot drop is not run as root instead.
+                if let Err(e) = privs::enter_worker(self.worker_config(generation)) {
+                    error!("worker {slot}: {e}; not running it with the master's privileges");
+                    crate::log::shutdown();
+                    process::exit_now(EXIT_FATAL)
+                }
+                // First after the drop (a uid change clears PR_SET_PDEATHSIG), so that
+                // not even a hang during start-up outlives the master.
                 worker::orphan::guard(master, self.worker_drain_timeout(generation));
                 let code = self.become_worker(slot, generation, worker_end);
                 crate::log::shutdown();
@@ -737,6 +767,14 @@ impl Master {
             signals,
         };
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker::run(init))).unwrap_or(101)
+    }
+
+    /// The config that `generation`'s workers run with.
+    fn worker_config(&self, generation: u64) -> &Config {
+        match &self.state {
+            State::Reloading(r) if r.generation == generation => &r.config,
+            _ => &self.config,
+        }
     }
 
     /// The drain timeout that `generation`'s workers run with.
@@ -1063,6 +1101,7 @@ impl Master {
                         "corral is serving"
                     );
                     self.state = State::Running;
+                    sockets::adopt_paths(&mut self.listeners);
                     if let Some(r) = self.reporter.take() {
                         r.ready();
                     }
@@ -1238,6 +1277,11 @@ impl Master {
         }
         // Closing our copies now makes new connections fail fast once the workers
         // close theirs, instead of piling up in a backlog nobody will accept from.
+        // Our Unix socket files go with them (not after a hand-over: the new master
+        // serves on them).
+        if !self.handed_over {
+            sockets::remove_paths(&self.listeners, &[]);
+        }
         self.listeners.clear();
         for w in &mut self.workers {
             if graceful {
@@ -1276,6 +1320,7 @@ impl Master {
     fn reopen_logs(&mut self) -> Result<String, String> {
         let outcome = match crate::log::reopen() {
             Ok(()) => {
+                privs::give_log_file(&self.config);
                 info!("log file reopened");
                 Ok(format!(
                     "logs reopened ({} workers asked)",
@@ -1345,6 +1390,7 @@ impl Master {
         if let Err(e) = crate::log::reconfigure(&new.log.level, new.log.file.as_deref()) {
             warn!("logging settings not applied: {e}");
         }
+        privs::give_log_file(&new);
         let generation = self.generation + 1;
         let n = new.master.workers.count();
         self.state = State::Reloading(Box::new(Reload {

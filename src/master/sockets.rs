@@ -11,8 +11,8 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use tracing::{info, warn};
 
-use crate::config::{AcceptMode, Config, ListenAddr};
-use crate::os::{fd, net};
+use crate::config::{AcceptMode, Config, ListenAddr, ListenConfig};
+use crate::os::{fd, net, privs};
 
 /// First fd number of passed sockets, by the protocol.
 pub const LISTEN_FDS_START: RawFd = 3;
@@ -27,6 +27,10 @@ pub struct Listener {
     pub fd: OwnedFd,
     /// We created the Unix socket file (not inherited), so we remove it when done.
     pub owns_path: bool,
+    /// Passed by the corral master we upgraded from: the file becomes ours once we
+    /// serve (`adopt_paths`); until then a failed upgrade must leave it to the old
+    /// master, which still serves on it.
+    pub adopt_path: bool,
 }
 
 /// A socket passed in through `LISTEN_FDS`, with its name and bound address.
@@ -34,6 +38,9 @@ pub struct Inherited {
     pub fd: OwnedFd,
     pub name: Option<String>,
     pub addr: Option<ListenAddr>,
+    /// Passed by the corral master we upgraded from (not by systemd): a Unix socket
+    /// file is then ours to remove when we stop, as it was our predecessor's.
+    pub from_corral: bool,
 }
 
 /// Takes the sockets passed to this process through `LISTEN_FDS` (if `LISTEN_PID` is
@@ -81,7 +88,12 @@ pub fn take_inherited() -> Vec<Inherited> {
             .filter(|n| !n.is_empty() && *n != "unknown")
             .cloned();
         let addr = net::local_addr(fd.as_fd()).ok();
-        out.push(Inherited { fd, name, addr });
+        out.push(Inherited {
+            fd,
+            name,
+            addr,
+            from_corral: false,
+        });
     }
     out
 }
@@ -148,7 +160,8 @@ pub fn open_all(
                     name: name.clone(),
                     slot,
                     fd,
-                    owns_path: false,
+                    owns_path: existing.owns_path,
+                    adopt_path: existing.adopt_path,
                 });
                 continue;
             }
@@ -169,6 +182,7 @@ pub fn open_all(
                     slot,
                     fd: s.fd,
                     owns_path: false,
+                    adopt_path: s.from_corral && matches!(l.address, ListenAddr::Unix(_)),
                 });
                 continue;
             }
@@ -179,8 +193,10 @@ pub fn open_all(
                 slot,
                 fd,
                 owns_path: matches!(l.address, ListenAddr::Unix(_)),
+                adopt_path: false,
             });
         }
+        apply_options(l, out.iter().filter(|o| o.addr == l.address))?;
     }
     for s in inherited.drain(..) {
         let what = s
@@ -190,6 +206,40 @@ pub fn open_all(
         warn!("closing passed-in socket {what}: no [[listen]] entry wants it");
     }
     Ok(out)
+}
+
+/// Sets listener `l`'s socket options on its sockets (new, kept or passed in, so a
+/// reload that changes them takes effect for new connections), and its Unix socket
+/// file's mode and owner.
+fn apply_options<'a>(
+    l: &ListenConfig,
+    sockets: impl Iterator<Item = &'a Listener>,
+) -> Result<(), net::NetError> {
+    let fail = |step: &'static str, source: std::io::Error| net::NetError::Bind {
+        addr: l.address.to_string(),
+        step,
+        source,
+    };
+    match &l.address {
+        ListenAddr::Tcp(_) => {
+            let opts = crate::config::privs::tcp_options(l);
+            for s in sockets {
+                net::set_tcp_options(s.fd.as_fd(), &opts)
+                    .map_err(|e| fail("setting socket options", e))?;
+            }
+        }
+        ListenAddr::Unix(path) => {
+            if let Some((uid, gid)) = l.resolved_owner {
+                privs::chown(path, Some(uid), gid).map_err(|e| fail("chown()", e.io()))?;
+            }
+            if let Some(mode) = &l.mode {
+                let mode = crate::config::privs::parse_mode(mode)
+                    .map_err(|e| fail("mode", std::io::Error::other(e)))?;
+                privs::chmod(path, mode).map_err(|e| fail("chmod()", e.io()))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The sockets worker `slot` serves: every shared listener and its own reuseport
@@ -216,6 +266,15 @@ pub fn log_changes(old: &[Listener], new: &[Listener]) {
             info!(address = %l.addr, name = %l.name, "listener removed by reload: no longer accepting there");
         }
         seen.push(&l.addr);
+    }
+}
+
+/// Once we serve: the Unix socket files our predecessor passed us are ours to remove
+/// when we stop, as they were its.
+pub fn adopt_paths(listeners: &mut [Listener]) {
+    for l in listeners.iter_mut().filter(|l| l.adopt_path) {
+        l.owns_path = true;
+        l.adopt_path = false;
     }
 }
 

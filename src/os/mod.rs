@@ -13,6 +13,7 @@ pub mod fd;
 pub mod files;
 pub mod net;
 pub mod pidfd;
+pub mod privs;
 pub mod process;
 pub mod procfs;
 pub mod scm;

@@ -144,9 +144,164 @@ pub fn accept(listener: BorrowedFd<'_>) -> io::Result<Accepted> {
     // SAFETY: the kernel filled `len` bytes of storage with a valid address.
     let addr = unsafe { SockAddr::new(storage, len) };
     let peer = addr.as_socket().map(|sa: SocketAddr| sa.ip());
-    if peer.is_some() {
-        // Echo and request/response traffic wants small writes out at once.
-        let _ = socket2::SockRef::from(&fd).set_nodelay(true);
-    }
+    // TCP_NODELAY and keep-alive come from the listener (see `set_tcp_options`).
     Ok(Accepted { fd, peer })
+}
+
+/// Keep-alive probing of accepted connections; `None` fields keep the system's
+/// defaults (`net.ipv4.tcp_keepalive_*`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Keepalive {
+    pub idle_secs: Option<u32>,
+    pub interval_secs: Option<u32>,
+    pub count: Option<u32>,
+}
+
+/// Options of a TCP listener that its accepted connections get.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpOptions {
+    pub nodelay: bool,
+    /// TCP_DEFER_ACCEPT: wake accept only once data arrived (or this many seconds
+    /// passed); 0 = off.
+    pub defer_accept_secs: u32,
+    pub keepalive: Option<Keepalive>,
+}
+
+/// Sets `opts` on a listening TCP socket. Linux copies TCP_NODELAY, SO_KEEPALIVE and
+/// the keep-alive timers from a listener to every connection it accepts, so this costs
+/// no system call per accept; setting them again on a listener that is already
+/// serving (a reload) changes what later connections get.
+pub fn set_tcp_options(fd: BorrowedFd<'_>, opts: &TcpOptions) -> io::Result<()> {
+    let sock = socket2::SockRef::from(&fd);
+    sock.set_nodelay(opts.nodelay)?;
+    set_int(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_DEFER_ACCEPT,
+        opts.defer_accept_secs as i32,
+    )?;
+    let ka = opts.keepalive.unwrap_or_default();
+    sock.set_keepalive(opts.keepalive.is_some())?;
+    // Unset values go back to the system's defaults on a reload that dropped them.
+    let defaults = keepalive_defaults();
+    let pick = |v: Option<u32>, d: u32| v.unwrap_or(d) as i32;
+    set_int(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPIDLE,
+        pick(ka.idle_secs, defaults.0),
+    )?;
+    set_int(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPINTVL,
+        pick(ka.interval_secs, defaults.1),
+    )?;
+    set_int(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPCNT,
+        pick(ka.count, defaults.2),
+    )?;
+    Ok(())
+}
+
+/// `net.ipv4.tcp_keepalive_{time,intvl,probes}`, or Linux's defaults if unreadable.
+fn keepalive_defaults() -> (u32, u32, u32) {
+    let read = |name: &str, d: u32| {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/tcp_keepalive_{name}"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(d)
+    };
+    (read("time", 7200), read("intvl", 75), read("probes", 9))
+}
+
+fn set_int(fd: BorrowedFd<'_>, level: i32, name: i32, value: i32) -> io::Result<()> {
+    // SAFETY: value is a valid c_int for the size given, read by the kernel only.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&value as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `getsockopt` of an int option (for checks and tests).
+pub fn get_int(fd: BorrowedFd<'_>, level: i32, name: i32) -> io::Result<i32> {
+    let mut value: i32 = 0;
+    let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
+    // SAFETY: value and len are valid for writes of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&mut value as *mut i32).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(value)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    /// The claim `set_tcp_options` rests on: accepted sockets inherit the options.
+    #[test]
+    fn accepted_sockets_inherit_listener_options() {
+        for nodelay in [true, false] {
+            let addr = ListenAddr::Tcp("127.0.0.1:0".parse().unwrap());
+            let l = bind(&addr, 16, false).unwrap();
+            let opts = TcpOptions {
+                nodelay,
+                defer_accept_secs: 0,
+                keepalive: Some(Keepalive {
+                    idle_secs: Some(33),
+                    interval_secs: Some(7),
+                    count: Some(4),
+                }),
+            };
+            set_tcp_options(l.as_fd(), &opts).unwrap();
+            let at = socket2::SockRef::from(&l)
+                .local_addr()
+                .unwrap()
+                .as_socket()
+                .unwrap();
+            let _c = std::net::TcpStream::connect(at).unwrap();
+            let a = loop {
+                match accept(l.as_fd()) {
+                    Ok(a) => break a,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(std::time::Duration::from_millis(5))
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            };
+            let fd = a.fd.as_fd();
+            let tcp = libc::IPPROTO_TCP;
+            assert_eq!(get_int(fd, tcp, libc::TCP_NODELAY).unwrap() != 0, nodelay);
+            assert_eq!(
+                get_int(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE).unwrap(),
+                1
+            );
+            assert_eq!(get_int(fd, tcp, libc::TCP_KEEPIDLE).unwrap(), 33);
+            assert_eq!(get_int(fd, tcp, libc::TCP_KEEPINTVL).unwrap(), 7);
+            assert_eq!(get_int(fd, tcp, libc::TCP_KEEPCNT).unwrap(), 4);
+        }
+    }
 }

@@ -1,0 +1,58 @@
+//! The master's side of running workers as another user: what each new worker does
+//! to itself right after fork (limits, then the drop), and keeping the log file
+//! writable for it.
+//!
+//! The log file is opened by the master (as root) and inherited, so writing works
+//! after the drop; but a worker reopens it by path on SIGUSR1 (logrotate), which a
+//! non-root worker could not do on a root-owned file. So, as nginx does on reopen,
+//! the master chowns the file to the workers' user each time it opens it (start,
+//! reload, reopen), before it tells the workers to reopen. Passing a fresh fd over
+//! the channel instead would touch every worker's channel protocol for the same
+//! outcome: the worker can write that file either way.
+
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::os::privs::{self, PrivsError};
+
+/// In a freshly forked worker: applies `[worker] rlimit_*`, then drops to
+/// `[master] user`/`group` if set.
+pub fn enter_worker(config: &Config) -> Result<(), PrivsError> {
+    if let Some(n) = config.worker.rlimit_nofile {
+        let set = privs::set_nofile(n)?;
+        if set < n {
+            warn!("worker.rlimit_nofile = {n} is above the hard limit: this worker gets {set}");
+        }
+    }
+    if let Some(core) = config.worker.rlimit_core {
+        privs::set_core(core.0)?;
+    }
+    if let Some(creds) = &config.master.credentials {
+        // The kernel makes a process that changed uid non-dumpable; re-allow cores
+        // only when rlimit_core asks for them, since dumpable also lets that user
+        // ptrace the worker.
+        let cores = config.worker.rlimit_core.is_some_and(|c| c.0 > 0);
+        privs::drop_to(creds, cores)?;
+        tracing::info!(user = %creds.user, uid = creds.uid, gid = creds.gid, "worker dropped privileges");
+    }
+    Ok(())
+}
+
+/// Gives the log file to the workers' user, so that they can reopen it.
+pub fn give_log_file(config: &Config) {
+    let (Some(creds), Some(file)) = (&config.master.credentials, &config.log.file) else {
+        return;
+    };
+    if creds.uid == privs::euid() {
+        return;
+    }
+    match privs::chown(file, Some(creds.uid), Some(creds.gid)) {
+        Ok(()) => {
+            info!(file = %file.display(), user = %creds.user, "log file given to the workers' user")
+        }
+        Err(e) => warn!(
+            "{e}; workers running as {} may not reopen the log",
+            creds.user
+        ),
+    }
+}
