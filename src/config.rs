@@ -16,6 +16,8 @@ use figment::Figment;
 
 mod checks;
 pub use checks::RSS_FLOOR;
+mod pp;
+pub use pp::{ProxyProtocol, DEFAULT_ACCEPT_PROXY_TIMEOUT};
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
@@ -507,6 +509,22 @@ pub struct ListenConfig {
     /// Workers use these and never resolve names themselves.
     #[serde(skip)]
     pub resolved_upstreams: Vec<SocketAddr>,
+    /// proxy: send a PROXY protocol header (`"v1"` or `"v2"`) to the upstream before
+    /// any client byte, naming the real client and this listener's address.
+    #[serde(default)]
+    pub proxy_protocol: Option<ProxyProtocol>,
+    /// Read a PROXY protocol header (v1 or v2) from every client before the service
+    /// sees a byte: the address in it is the client's, for limits, logs and
+    /// `proxy_protocol`. Only for listeners that a balancer alone can reach.
+    #[serde(default)]
+    pub accept_proxy: Option<bool>,
+    /// How long a client has to send its PROXY header (default 3s).
+    #[serde(default)]
+    pub accept_proxy_timeout: Option<Dur>,
+    /// One info line per connection at close (client, listener, upstream, bytes
+    /// each way, duration, how it ended), like HAProxy's tcplog.
+    #[serde(default)]
+    pub log_connections: Option<bool>,
 }
 
 /// Keys that only make sense for one service, for the "wrong service" check.
@@ -837,6 +855,9 @@ impl Config {
             }
             if l.backlog < 1 {
                 return Err(self.invalid(&format!("listen[{i}].backlog"), "must be at least 1"));
+            }
+            if let Some((k, why)) = pp::check(l) {
+                return Err(self.invalid(&key(k), why));
             }
             for (j, other) in self.listen.iter().enumerate().take(i) {
                 if other.address == l.address {
