@@ -445,4 +445,20 @@ mod tests {
         assert!(matches!(msg, ToWorker::Adopt { conns } if conns.len() == n));
         assert_eq!(fds.len(), n);
     }
+
+    #[test]
+    fn handed_peer_travels_and_old_records_still_parse() {
+        let h = Handed {
+            listen: "127.0.0.1:80".into(),
+            peer: Some("203.0.113.5:6000".parse().unwrap()),
+        };
+        let json = serde_json::to_string(&h).unwrap();
+        assert_eq!(serde_json::from_str::<Handed>(&json).unwrap(), h);
+        // A record from a binary without the field (an upgrade from it).
+        let old: Handed = serde_json::from_str(r#"{"listen":"127.0.0.1:80"}"#).unwrap();
+        assert_eq!(old.peer, None);
+        assert!(!serde_json::to_string(&handed("x"))
+            .unwrap()
+            .contains("peer"));
+    }
 }

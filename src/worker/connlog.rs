@@ -7,6 +7,7 @@
 //! slow log never stalls the loop; under pressure lines are dropped and counted there.
 
 use std::net::SocketAddr;
+use std::os::fd::BorrowedFd;
 use std::time::Instant;
 
 use tracing::info;
@@ -71,6 +72,9 @@ enum Side {
 #[derive(Debug)]
 pub struct Record {
     start: Instant,
+    /// The socket's peer, read at accept: a socket shut down both ways may no longer
+    /// say who it was connected to.
+    client: Option<SocketAddr>,
     /// Bytes read from the client.
     pub bytes_in: u64,
     /// Bytes written to the client.
@@ -81,9 +85,10 @@ pub struct Record {
 }
 
 impl Record {
-    pub fn new(now: Instant) -> Box<Record> {
+    pub fn new(now: Instant, fd: BorrowedFd<'_>) -> Box<Record> {
         Box::new(Record {
             start: now,
+            client: crate::os::net::tcp_addrs(fd).map(|(peer, _)| peer),
             bytes_in: 0,
             bytes_out: 0,
             end: None,
@@ -95,6 +100,9 @@ impl Record {
 impl Conn {
     /// After each pump: bytes that moved, and which side's FIN came first.
     pub fn log_progress(&mut self, bytes_in: u64, bytes_out: u64) {
+        if self.log.is_none() {
+            return;
+        }
         let (client, upstream) = (self.client_eof(), self.upstream_eof());
         let Some(r) = self.log.as_mut() else {
             return;
@@ -145,7 +153,7 @@ impl Worker {
         });
         let client = c
             .origin
-            .or_else(|| crate::os::net::tcp_addrs(c_fd(c)).map(|(p, _)| p))
+            .or(r.client)
             .map_or_else(|| "unix".to_string(), |a| a.to_string());
         let listener = self
             .config
@@ -177,11 +185,6 @@ impl Worker {
             }
         }
     }
-}
-
-fn c_fd(c: &Conn) -> std::os::fd::BorrowedFd<'_> {
-    use std::os::fd::AsFd;
-    c.fd.as_fd()
 }
 
 /// An upstream that never answered is still worth naming, marked as such.

@@ -690,7 +690,7 @@ impl Worker {
         conn.counted_ip = counted_ip;
         conn.listener = listener as u16;
         conn.origin = origin;
-        conn.log = log.then(|| connlog::Record::new(now));
+        conn.log = log.then(|| connlog::Record::new(now, conn.fd.as_fd()));
         let token = self.conns.insert(conn);
         let Some(c) = self.conns.get_mut(token) else {
             return;
