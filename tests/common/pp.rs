@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
 use super::{wait_until, Corral};
 
 /// An external server (haproxy, nginx) this test started; killed by pid on drop.
@@ -30,9 +33,22 @@ impl Peer {
 }
 
 impl Drop for Peer {
+    /// SIGTERM first, so nginx's master takes its workers down with it (a SIGKILLed
+    /// master would leave them running); SIGKILL for whatever is left, by pid.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let pid = self.child.id() as i32;
+        let children = super::live_children(pid);
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        let exited = wait_until(Duration::from_secs(10), || !self.alive());
+        if !exited {
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
+        for ch in children {
+            if super::proc_alive(ch) {
+                let _ = kill(Pid::from_raw(ch.pid), Signal::SIGKILL);
+            }
+        }
     }
 }
 
