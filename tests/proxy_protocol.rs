@@ -99,6 +99,67 @@ fn haproxy_in_front(send: &str) {
     assert_eq!(c.worker_pids(), worker, "the worker changed");
 }
 
+/// 2000 connections through HAProxy `send-proxy-v2`, 200 open at a time from 8 source
+/// addresses: every one echoes its own message (none lost, none mixed up) and every one
+/// is logged under its own client address and port.
+#[test]
+fn haproxy_v2_two_thousand_connections_none_lost() {
+    let Some(bin) = installed("haproxy", "haproxy 2000 connections") else {
+        return;
+    };
+    let back = free_port();
+    let c = start(&format!(
+        "[[listen]]\naddress = \"127.0.0.1:{back}\"\nservice = \"echo\"\naccept_proxy = true\n\
+         log_connections = true\n"
+    ));
+    let worker = c.worker_pids();
+    let front = free_port();
+    let _h = haproxy(&bin, c.dir.path(), front, back, "send-proxy-v2");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut clients = Vec::new();
+    let mut failures = Vec::new();
+    for round in 0..10u32 {
+        assert!(Instant::now() < deadline, "took too long (round {round})");
+        let mut open = Vec::new();
+        for i in 0..200u32 {
+            let s = connect_from(lo(50 + (i % 8) as u8), local(front));
+            clients.push(s.local_addr().unwrap());
+            open.push((format!("r{round} c{i} {}\n", s.local_addr().unwrap()), s));
+        }
+        for (msg, s) in &mut open {
+            s.write_all(msg.as_bytes()).unwrap();
+        }
+        for (msg, s) in &mut open {
+            match read_exact_timeout(s, msg.len(), Duration::from_secs(20)) {
+                Ok(got) if got == msg.as_bytes() => {}
+                other => failures.push(format!("{msg:?}: {other:?}")),
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of 2000 failed, first: {:?}\n{}",
+        failures.len(),
+        failures.first(),
+        c.log_tail(30)
+    );
+    let logged = wait_until(Duration::from_secs(30), || conn_lines(&c).len() >= 2000);
+    let lines = conn_lines(&c);
+    assert!(logged, "{} of 2000 connection-log lines", lines.len());
+    let text = lines.join("\n");
+    let missing: Vec<_> = clients
+        .iter()
+        .filter(|a| !text.contains(&format!("client={a} ")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} clients not logged, e.g. {:?}",
+        missing.len(),
+        missing.first()
+    );
+    assert_eq!(c.worker_pids(), worker, "the worker changed");
+}
+
 // ---------------------------------------------------------------------------
 // nginx behind
 // ---------------------------------------------------------------------------

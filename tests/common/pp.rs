@@ -102,7 +102,7 @@ pub fn haproxy(bin: &Path, dir: &Path, front: u16, back: u16, send: &str) -> Pee
     fs::write(
         &cfg,
         format!(
-            "global\n    maxconn 200\n\ndefaults\n    mode tcp\n    timeout connect 5s\n    \
+            "global\n    maxconn 4000\n\ndefaults\n    mode tcp\n    timeout connect 5s\n    \
              timeout client 30s\n    timeout server 30s\n\n\
              frontend front\n    bind 127.0.0.1:{front}\n    default_backend corral\n\n\
              backend corral\n    server c1 127.0.0.1:{back} {send}\n"
