@@ -249,6 +249,7 @@ fn malformed_headers_close_and_the_worker_survives() {
     };
     let v2_short = v2_raw(0x21, 0x11, 4, &[10, 0, 0, 1]);
     let v2_long_lie = v2_raw(0x21, 0x11, 600, &[1; 12]);
+    assert_eq!(header_failures(&c), 0);
     let cases: Vec<(&str, Vec<u8>, bool)> = vec![
         (
             "no PROXY header (plain data)",
@@ -347,6 +348,14 @@ fn malformed_headers_close_and_the_worker_survives() {
     s.write_all(&v2_raw(0x20, 0x00, 0, &[])).unwrap();
     echoes(&c, &mut s, b"health\n");
     assert_eq!(c.worker_pids(), worker);
+    // Each refusal was counted, and shows in `corral status` (after a heartbeat).
+    let mut n = 0;
+    let counted = wait_until(Duration::from_secs(15), || {
+        n = header_failures(&c);
+        n >= 13
+    });
+    assert!(counted, "status counts {n} failed headers of 13");
+    assert_eq!(n, 13, "good headers were counted as failures");
 }
 
 /// Per-IP limits count the address in the header, not the balancer's: two fake

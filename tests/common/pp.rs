@@ -243,3 +243,17 @@ pub fn v2_tcp4(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
     body.extend_from_slice(&d.port().to_be_bytes());
     v2_raw(0x21, 0x11, 12, &body)
 }
+
+/// `proxy_header_failed` summed over the workers in `corral status --json`.
+pub fn header_failures(c: &Corral) -> u64 {
+    let out = c.cli(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
+    v["workers"]
+        .as_array()
+        .map(|ws| {
+            ws.iter()
+                .filter_map(|w| w["proxy_header_failed"].as_u64())
+                .sum()
+        })
+        .unwrap_or(0)
+}
