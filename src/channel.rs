@@ -44,6 +44,9 @@ pub struct Stats {
     /// Log lines dropped because the worker's log writer could not keep up.
     #[serde(default)]
     pub log_dropped: u64,
+    /// `accept_proxy` connections closed for a malformed, missing or late PROXY header.
+    #[serde(default)]
+    pub proxy_header_failed: u64,
 }
 
 /// One connection travelling between workers; its fd travels in the same message,
@@ -57,12 +60,16 @@ pub struct Handed {
     /// The listener that accepted it, by address: listener indices differ between the
     /// configs of two generations, addresses do not.
     pub listen: String,
+    /// The real client, when a PROXY header named one: the socket's own peer is the
+    /// balancer, and the new worker must not expect a header again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 impl Handed {
     /// What this entry costs in a message, for `BATCH_BYTES` (JSON overhead included).
     fn weight(&self) -> usize {
-        self.listen.len() + 16
+        self.listen.len() + 16 + if self.peer.is_some() { 60 } else { 0 }
     }
 }
 
@@ -340,6 +347,7 @@ mod tests {
     fn handed(listen: &str) -> Handed {
         Handed {
             listen: listen.into(),
+            peer: None,
         }
     }
 
@@ -436,5 +444,21 @@ mod tests {
         let (msg, fds) = m.recv_fds::<ToWorker>().unwrap().unwrap();
         assert!(matches!(msg, ToWorker::Adopt { conns } if conns.len() == n));
         assert_eq!(fds.len(), n);
+    }
+
+    #[test]
+    fn handed_peer_travels_and_old_records_still_parse() {
+        let h = Handed {
+            listen: "127.0.0.1:80".into(),
+            peer: Some("203.0.113.5:6000".parse().unwrap()),
+        };
+        let json = serde_json::to_string(&h).unwrap();
+        assert_eq!(serde_json::from_str::<Handed>(&json).unwrap(), h);
+        // A record from a binary without the field (an upgrade from it).
+        let old: Handed = serde_json::from_str(r#"{"listen":"127.0.0.1:80"}"#).unwrap();
+        assert_eq!(old.peer, None);
+        assert!(!serde_json::to_string(&handed("x"))
+            .unwrap()
+            .contains("peer"));
     }
 }

@@ -18,6 +18,8 @@ mod checks;
 pub mod effective;
 pub mod privs;
 pub use checks::RSS_FLOOR;
+mod pp;
+pub use pp::{ProxyProtocol, DEFAULT_ACCEPT_PROXY_TIMEOUT};
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
@@ -561,6 +563,22 @@ pub struct ListenConfig {
     /// `owner` resolved at load (not a config key).
     #[serde(skip)]
     pub resolved_owner: Option<(u32, Option<u32>)>,
+    /// proxy: send a PROXY protocol header (`"v1"` or `"v2"`) to the upstream before
+    /// any client byte, naming the real client and this listener's address.
+    #[serde(default)]
+    pub proxy_protocol: Option<ProxyProtocol>,
+    /// Read a PROXY protocol header (v1 or v2) from every client before the service
+    /// sees a byte: the address in it is the client's, for limits, logs and
+    /// `proxy_protocol`. Only for listeners that a balancer alone can reach.
+    #[serde(default)]
+    pub accept_proxy: Option<bool>,
+    /// How long a client has to send its PROXY header (default 3s).
+    #[serde(default)]
+    pub accept_proxy_timeout: Option<Dur>,
+    /// One info line per connection at close (client, listener, upstream, bytes
+    /// each way, duration, how it ended), like HAProxy's tcplog.
+    #[serde(default)]
+    pub log_connections: Option<bool>,
 }
 
 /// Keys that only make sense for one service, for the "wrong service" check.
@@ -888,6 +906,9 @@ impl Config {
             }
             if l.backlog < 1 {
                 return Err(self.invalid(&format!("listen[{i}].backlog"), "must be at least 1"));
+            }
+            if let Some((k, why)) = pp::check(l) {
+                return Err(self.invalid(&key(k), why));
             }
             for (j, other) in self.listen.iter().enumerate().take(i) {
                 if other.address == l.address {

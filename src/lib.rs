@@ -18,6 +18,7 @@ pub mod log;
 pub mod master;
 pub mod notify;
 pub mod os;
+pub mod proxy_protocol;
 pub mod service;
 pub mod worker;
 

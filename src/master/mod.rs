@@ -1954,6 +1954,7 @@ impl Master {
                     bytes_out: w.stats.bytes_out,
                     rss: w.stats.rss,
                     log_dropped: w.stats.log_dropped,
+                    proxy_header_failed: w.stats.proxy_header_failed,
                     restarts: slot.map_or(0, |s| s.restarts),
                     last_exit: slot.and_then(|s| s.last_exit).map(|(r, t)| {
                         format!(

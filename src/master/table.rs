@@ -119,6 +119,9 @@ pub struct WorkerStatus {
     /// Log lines the worker dropped because its log writer could not keep up.
     #[serde(default)]
     pub log_dropped: u64,
+    /// `accept_proxy` connections closed for a bad, missing or late PROXY header.
+    #[serde(default)]
+    pub proxy_header_failed: u64,
 }
 
 #[cfg(test)]

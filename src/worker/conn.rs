@@ -337,6 +337,13 @@ pub struct Conn {
     write_shut: bool,
     /// For a proxied connection: the upstream side.
     pub upstream: Option<Box<Upstream>>,
+    /// The real client when it is not the socket's peer (a PROXY header named it).
+    pub origin: Option<SocketAddr>,
+    /// `accept_proxy`: the PROXY header has not been read yet; the handler is a
+    /// placeholder until it has.
+    pub awaiting_header: bool,
+    /// `log_connections`: what the line at close will say.
+    pub log: Option<Box<super::connlog::Record>>,
 }
 
 /// What the loop lends a connection while it works on it.
@@ -398,7 +405,25 @@ impl Conn {
             shutdown_write: false,
             write_shut: false,
             upstream: None,
+            origin: None,
+            awaiting_header: false,
+            log: None,
         }
+    }
+
+    /// The service's handler, once a PROXY header told who the client is.
+    pub fn set_handler(&mut self, handler: Box<dyn Handler>) {
+        self.handler = handler;
+    }
+
+    /// The client sent FIN.
+    pub fn client_eof(&self) -> bool {
+        self.read_closed
+    }
+
+    /// The upstream sent FIN.
+    pub fn upstream_eof(&self) -> bool {
+        self.upstream.as_ref().is_some_and(|u| u.read_closed)
     }
 
     fn pending(&self) -> usize {

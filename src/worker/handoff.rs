@@ -77,9 +77,11 @@ impl Worker {
         // The fd stays open (queued, then in flight): without an explicit delete this
         // epoll set would keep reporting its events under a token that is reused.
         let _ = self.epoll.delete(c.fd.as_fd());
+        self.end_as(token, super::connlog::End::HandedOver);
         if let Some(c) = self.detach(token) {
+            let peer = c.origin;
             let fd = c.into_fd(&mut self.bufs);
-            self.handoff.queue.push(Handed { listen }, fd);
+            self.handoff.queue.push(Handed { listen, peer }, fd);
             self.handoff.dirty = true;
         }
     }
@@ -122,7 +124,7 @@ impl Worker {
         self.linger_from_now(reason);
         for (h, fd) in conns.into_iter().zip(fds) {
             self.handoff.counts.kept += 1;
-            self.readd(&h.listen, fd);
+            self.readd(&h, fd);
         }
         if self.handoff.queue.is_empty() {
             self.report_handoff();
@@ -141,14 +143,14 @@ impl Worker {
         }
         for (h, fd) in conns.into_iter().zip(fds) {
             match (self.phase, self.idle_policy) {
-                (Phase::Running, _) => self.readd(&h.listen, fd),
+                (Phase::Running, _) => self.readd(&h, fd),
                 (Phase::Draining, IdlePolicy::Handoff) => {
                     self.handoff.queue.push(h, fd);
                     self.handoff.dirty = true;
                 }
                 (Phase::Draining, IdlePolicy::Linger) => {
                     self.handoff.counts.kept += 1;
-                    self.readd(&h.listen, fd);
+                    self.readd(&h, fd);
                 }
                 // Stopping: idle connections close (dropping the fd closes it).
                 (Phase::Draining, IdlePolicy::Close) => self.handoff.counts.closed += 1,
@@ -199,7 +201,7 @@ impl Worker {
         self.linger_from_now(why);
         for (h, fd) in queued {
             self.handoff.counts.kept += 1;
-            self.readd(&h.listen, fd);
+            self.readd(&h, fd);
         }
         self.report_handoff();
     }
@@ -212,7 +214,8 @@ impl Worker {
     }
 
     /// A connection this worker serves again (kept, or adopted while running).
-    fn readd(&mut self, listen: &str, fd: OwnedFd) {
+    fn readd(&mut self, h: &Handed, fd: OwnedFd) {
+        let listen = h.listen.as_str();
         let Some(index) = self
             .config
             .listen
@@ -232,7 +235,7 @@ impl Worker {
             .ok()
             .and_then(|a| a.as_socket())
             .map(|a| a.ip());
-        self.add_conn(index, net::Accepted { fd, peer });
+        self.add_conn(index, net::Accepted { fd, peer }, Some(h));
     }
 
     /// Logs (at info) and tells the master the counts, once per finished burst.

@@ -12,7 +12,9 @@
 //! not read from), and EPOLLOUT interest only while output is pending. Idle
 //! connections own no buffers: output buffers come from a per-worker pool on demand.
 
+mod accept_proxy;
 mod conn;
+mod connlog;
 mod events;
 mod fault;
 mod handoff;
@@ -29,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use crate::channel::{Channel, ChannelError, IdlePolicy, Stats, ToMaster, ToWorker};
+use crate::channel::{Channel, ChannelError, Handed, IdlePolicy, Stats, ToMaster, ToWorker};
 use crate::config::{Config, ListenFlow};
 use crate::os::epoll::{Epoll, Event, Interest};
 use crate::os::signals::SignalReader;
@@ -87,6 +89,8 @@ enum Timer {
     HandoffSettle,
     /// An injected fault (`slow`, `emfile`) may be over.
     FaultEnd,
+    /// `accept_proxy_timeout` of a connection that may still lack its PROXY header.
+    Header(Token),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -156,7 +160,11 @@ pub fn run(init: WorkerInit) -> i32 {
     );
     let _entered = span.enter();
     match Worker::new(init) {
-        Ok(mut w) => w.run(),
+        Ok(mut w) => {
+            let code = w.run();
+            w.log_remaining();
+            code
+        }
         Err(e) => {
             tracing::error!("cannot initialise: {e}");
             EXIT_FATAL
@@ -344,6 +352,7 @@ impl Worker {
                 }
                 // The loop checks again after this wake-up.
                 Timer::HandoffSettle => self.handoff.settle_armed = false,
+                Timer::Header(token) => self.header_timeout(token),
                 Timer::FaultEnd => {
                     for note in self.injected.expire(now) {
                         info!("injected fault over: {note}");
@@ -519,7 +528,7 @@ impl Worker {
     fn release_idle(&mut self, token: Token) {
         match self.idle_policy {
             IdlePolicy::Linger => {}
-            IdlePolicy::Close => self.close(token),
+            IdlePolicy::Close => self.close_as(token, connlog::End::Drain),
             IdlePolicy::Handoff => self.hand_over(token),
         }
     }
@@ -595,7 +604,7 @@ impl Worker {
             };
             match net::accept(fd.as_fd()) {
                 Ok(a) => {
-                    self.add_conn(index, a);
+                    self.add_conn(index, a, None);
                     accepted += 1;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -645,9 +654,18 @@ impl Worker {
         }
     }
 
-    fn add_conn(&mut self, listener: usize, a: net::Accepted) {
+    /// A connection to serve: just accepted, or `handed` over from another worker
+    /// (which read its PROXY header, if any: it is not expected again).
+    fn add_conn(&mut self, listener: usize, mut a: net::Accepted, handed: Option<&Handed>) {
         let flow = self.listeners[listener].flow;
-        let counted_ip = match a.peer {
+        let listen = &self.config.listen[listener];
+        let header = listen.accepts_proxy() && handed.is_none();
+        let log = listen.logs_connections();
+        let origin = handed.and_then(|h| h.peer);
+        a.peer = origin.map(|o| o.ip()).or(a.peer);
+        // With a PROXY header to come, the socket's peer is the balancer: the per-IP
+        // limit applies once the header names the client.
+        let counted_ip = match a.peer.filter(|_| !header) {
             Some(ip) if flow.max_connections_per_ip > 0 => {
                 let n = self.per_ip.entry(ip).or_insert(0);
                 if *n as usize >= flow.max_connections_per_ip {
@@ -661,12 +679,18 @@ impl Worker {
             }
             _ => false,
         };
-        let handler = self.listeners[listener].service.connect(a.peer);
+        let handler = if header {
+            accept_proxy::placeholder()
+        } else {
+            self.listeners[listener].service.connect(a.peer)
+        };
         let now = Instant::now();
         let bucket = (flow.rate > 0).then(|| Box::new(Bucket::new(flow.rate, flow.burst, now)));
         let mut conn = Conn::new(a.fd, a.peer, handler, bucket, now);
         conn.counted_ip = counted_ip;
         conn.listener = listener as u16;
+        conn.origin = origin;
+        conn.log = log.then(|| connlog::Record::new(now, conn.fd.as_fd()));
         let token = self.conns.insert(conn);
         let Some(c) = self.conns.get_mut(token) else {
             return;
@@ -682,8 +706,12 @@ impl Worker {
         if !idle.is_zero() {
             self.timers.schedule(now + idle, Timer::Idle(token));
         }
+        if header {
+            return self.await_header(token, listener, now);
+        }
         if self.listeners[listener].service.upstreams().is_some() {
-            self.connect_upstream(token, Vec::new(), Vec::new(), 1);
+            let header = self.upstream_header(token);
+            self.connect_upstream(token, Vec::new(), header, 1);
         }
     }
 
@@ -711,7 +739,7 @@ impl Worker {
             let timeout = u.connect_timeout();
             let Some((index, addr)) = u.pick(&tried, now) else {
                 self.notices.no_upstream(listener as u16, tried.len());
-                return self.close(token);
+                return self.close_as(token, connlog::End::NoUpstream);
             };
             tried.push(index);
             let started = socket2::Socket::new(
@@ -843,7 +871,7 @@ impl Worker {
         let due = c.last_active + idle;
         if due <= now {
             debug!(peer = ?c.peer, "idle timeout");
-            self.close(token);
+            self.close_as(token, connlog::End::IdleTimeout);
         } else {
             self.timers.schedule(due, Timer::Idle(token));
         }
@@ -867,6 +895,10 @@ impl Worker {
         let Some(c) = self.conns.get_mut(token) else {
             return;
         };
+        if c.awaiting_header {
+            return self.read_header(token);
+        }
+        let before = (self.stats.bytes_in, self.stats.bytes_out);
         let mut env = Env {
             scratch: &mut self.scratch,
             budget: flow.read_quantum.0 as usize,
@@ -885,10 +917,15 @@ impl Worker {
         };
         let budget = env.budget;
         let now = Instant::now();
+        c.log_progress(
+            self.stats.bytes_in - before.0,
+            self.stats.bytes_out - before.1,
+        );
         match outcome {
             conn::Outcome::Close(reason) => {
                 if let Some(reason) = reason {
                     debug!(peer = ?c.peer, "closing: {reason}");
+                    c.log_end(connlog::End::Error(reason));
                 }
                 // Jobs of a connection closed by an error have no one to report to;
                 // left here they would be submitted under the next connection's token.
@@ -968,6 +1005,7 @@ impl Worker {
             | Timer::DrainDeadline
             | Timer::HandoffSettle
             | Timer::FaultEnd => true,
+            Timer::Header(k) => conns.get(*k).is_some(),
         });
     }
 
@@ -981,7 +1019,8 @@ impl Worker {
     /// returns it: to be closed, or its socket handed over.
     fn detach(&mut self, token: Token) -> Option<Conn> {
         let mut conn = None;
-        if let Some(c) = self.conns.remove(token) {
+        if let Some(mut c) = self.conns.remove(token) {
+            self.log_closed(&mut c);
             if let Some(up) = c.upstream.as_ref().filter(|u| u.connected) {
                 let index = up.index;
                 let service = self.listeners.get_mut(usize::from(c.listener));

@@ -1104,5 +1104,6 @@ pub mod fault;
 pub mod handover;
 #[allow(dead_code)]
 pub mod privs;
+pub mod pp;
 #[allow(dead_code)]
 pub mod sysd;
