@@ -21,7 +21,10 @@ fn run(cli: Cli) -> i32 {
         crate::os::signals::default_sigpipe();
     }
     match cli.command {
-        Some(Sub::Status { json }) => return cli::status(&cli.config, json),
+        Some(Sub::Status {
+            prometheus: true, ..
+        }) => return cli::status_prometheus(&cli.config),
+        Some(Sub::Status { json, .. }) => return cli::status(&cli.config, json),
         Some(Sub::Fault {
             kind,
             arg,

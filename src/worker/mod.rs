@@ -19,6 +19,7 @@ mod handoff;
 pub mod orphan;
 mod pool;
 mod ratelog;
+pub mod stats;
 pub mod timer;
 
 use std::collections::HashMap;
@@ -143,6 +144,8 @@ struct Worker {
     notices: events::Events,
     /// Faults injected by `corral fault` that are still in progress.
     injected: fault::Injected,
+    /// Per-listener and per-upstream counters for the metrics service.
+    counters: stats::Counters,
 }
 
 /// Runs a worker until it is told to stop, drains, or loses its master; returns the
@@ -156,7 +159,13 @@ pub fn run(init: WorkerInit) -> i32 {
     );
     let _entered = span.enter();
     match Worker::new(init) {
-        Ok(mut w) => w.run(),
+        Ok(mut w) => {
+            let code = w.run();
+            // What was counted since the last heartbeat, so the master's totals miss
+            // nothing of a worker that exits.
+            w.heartbeat();
+            code
+        }
         Err(e) => {
             tracing::error!("cannot initialise: {e}");
             EXIT_FATAL
@@ -197,6 +206,7 @@ impl Worker {
                 .map(|l| l.address.to_string())
                 .collect(),
         );
+        let counters = stats::Counters::new(&init.config);
         let mut w = Worker {
             config: init.config,
             epoll,
@@ -224,6 +234,7 @@ impl Worker {
             jobs: Vec::new(),
             notices,
             injected: fault::Injected::default(),
+            counters,
         };
         w.resume_accept()?;
         crate::fault::delay_ready();
@@ -398,6 +409,9 @@ impl Worker {
         if std::mem::take(&mut self.channel_ready) {
             self.read_channel();
         }
+        for id in crate::service::metrics::take_requests() {
+            self.send(ToMaster::MetricsRequest { id });
+        }
         if std::mem::take(&mut self.pool_ready) {
             for (token, result) in self.pool.completions() {
                 let token = Token(token);
@@ -441,6 +455,9 @@ impl Worker {
                         self.exit = Some(0);
                     }
                     ToWorker::ReopenLogs => self.reopen_logs(),
+                    ToWorker::Metrics { id, text, last } => {
+                        crate::service::metrics::deliver(id, text, last)
+                    }
                     ToWorker::Fault { kind } => {
                         if let Some(at) = self.injected.apply(kind) {
                             self.timers.schedule(at, Timer::FaultEnd);
@@ -486,6 +503,10 @@ impl Worker {
         // The log writer thread reports drops itself, once it writes again.
         self.stats.log_dropped = crate::log::dropped();
         self.send(ToMaster::Heartbeat(self.stats));
+        self.counters.refresh(&self.conns, Instant::now());
+        for part in self.counters.parts() {
+            self.send(ToMaster::Counters(part));
+        }
     }
 
     /// Stops accepting, closes what can be closed without loss, and lets the rest
@@ -495,6 +516,9 @@ impl Worker {
             return;
         }
         self.idle_policy = idle;
+        if idle == IdlePolicy::Close {
+            crate::service::metrics::set_stopping();
+        }
         info!(connections = self.conns.len(), "draining ({why})");
         self.phase = Phase::Draining;
         self.pause_accept();
@@ -587,6 +611,7 @@ impl Worker {
             }
             if self.conns.len() >= max {
                 self.notices.max_connections(max);
+                self.counters.at_limit(index);
                 self.pause_accept();
                 return;
             }
@@ -595,6 +620,7 @@ impl Worker {
             };
             match net::accept(fd.as_fd()) {
                 Ok(a) => {
+                    self.counters.accepted(index);
                     self.add_conn(index, a);
                     accepted += 1;
                 }
@@ -654,6 +680,7 @@ impl Worker {
                     self.notices
                         .per_ip(listener as u16, ip, flow.max_connections_per_ip);
                     self.stats.refused += 1;
+                    self.counters.per_ip(listener);
                     return; // dropping the fd closes the connection
                 }
                 *n += 1;
@@ -731,6 +758,7 @@ impl Worker {
                 Ok(s) => OwnedFd::from(s),
                 Err(e) => {
                     u.failed(index, now);
+                    self.counters.upstream_failed(listener, index, now);
                     self.notices
                         .upstream_failed(listener as u16, index, addr, &e.to_string());
                     continue;
@@ -778,6 +806,7 @@ impl Worker {
         {
             u.failed(up.index, now);
         }
+        self.counters.upstream_failed(listener, up.index, now);
         // A new attempt number, so the old attempt's connect timer finds a mismatch.
         self.connect_upstream(token, tried, carry, up.attempt + 1);
     }
@@ -823,6 +852,7 @@ impl Worker {
             {
                 u.connected(index);
             }
+            self.counters.upstream_connected(listener, index);
         }
         let Some(up) = self.conns.get_mut(token).and_then(|c| c.upstream.as_mut()) else {
             return;
@@ -867,6 +897,7 @@ impl Worker {
         let Some(c) = self.conns.get_mut(token) else {
             return;
         };
+        let before = (self.stats.bytes_in, self.stats.bytes_out);
         let mut env = Env {
             scratch: &mut self.scratch,
             budget: flow.read_quantum.0 as usize,
@@ -884,6 +915,14 @@ impl Worker {
             c.pump(&mut env)
         };
         let budget = env.budget;
+        if let Some(up) = c.upstream.as_ref().filter(|u| u.connected) {
+            let (i, o) = (
+                self.stats.bytes_in - before.0,
+                self.stats.bytes_out - before.1,
+            );
+            self.counters
+                .upstream_bytes(usize::from(c.listener), up.index, i, o);
+        }
         let now = Instant::now();
         match outcome {
             conn::Outcome::Close(reason) => {
@@ -924,6 +963,7 @@ impl Worker {
         }
         if c.throttled && !c.throttle_armed {
             c.throttle_armed = true;
+            self.counters.throttled(usize::from(c.listener));
             let at = c.readmit_at(now);
             self.timers.schedule(at, Timer::Throttle(token));
         }
