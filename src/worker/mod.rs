@@ -831,6 +831,8 @@ impl Worker {
             up.connected = true;
             up.may_read = true;
             let index = up.index;
+            // What the client sent while we connected goes to this upstream now.
+            let carried = up.pending() as u64;
             // Zero-copy forwarding where the listener asks for it and no rate limit
             // needs to see the bytes; without pipes (EMFILE) it copies as usual.
             let splice = self
@@ -853,6 +855,7 @@ impl Worker {
                 u.connected(index);
             }
             self.counters.upstream_connected(listener, index);
+            self.counters.upstream_bytes(listener, index, carried, 0);
         }
         let Some(up) = self.conns.get_mut(token).and_then(|c| c.upstream.as_mut()) else {
             return;

@@ -1104,3 +1104,6 @@ pub mod fault;
 pub mod handover;
 #[allow(dead_code)]
 pub mod sysd;
+
+#[allow(dead_code)]
+pub mod metrics;
