@@ -197,6 +197,11 @@ struct Live {
     upstreams: BTreeMap<(String, String), UpstreamCounters>,
 }
 
+/// A per-worker family: name, type, help, and where its value comes from.
+type WorkerSeries = (&'static str, Kind, &'static str, fn(&Stats) -> u64);
+/// A per-upstream counter family: name, help, and where its value comes from.
+type UpstreamSeries = (&'static str, &'static str, fn(&UpstreamTotals) -> u64);
+
 /// The master's metrics state.
 #[derive(Default)]
 pub struct Metrics {
@@ -348,6 +353,11 @@ impl Master {
         {
             self.write_share();
         }
+        // The old master is gone: take its last word now, so its file does not
+        // outlive it even if nobody scrapes.
+        if self.metrics.base_file.is_some() && self.predecessor.is_none() {
+            self.metrics.refresh_base(true);
+        }
     }
 
     /// The upgrade was rolled back: nobody reads our file.
@@ -463,7 +473,7 @@ impl Master {
                 ]
             })
             .collect();
-        let per_worker: [(&str, Kind, &str, fn(&Stats) -> u64); 5] = [
+        let per_worker: [WorkerSeries; 5] = [
             (
                 "corral_worker_connections",
                 g,
@@ -715,7 +725,7 @@ impl Master {
         keys.dedup();
         let zero = UpstreamTotals::default();
         let get = |l: &str, u: &str| t.upstreams.get(l).and_then(|m| m.get(u)).unwrap_or(&zero);
-        let counters: [(&str, &str, fn(&UpstreamTotals) -> u64); 4] = [
+        let counters: [UpstreamSeries; 4] = [
             (
                 "corral_upstream_connects_total",
                 "Successful connects to an upstream.",

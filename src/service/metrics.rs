@@ -326,7 +326,9 @@ impl Handler for MetricsConn {
         }
         self.buf.extend_from_slice(data);
         if self.buf.len() > MAX_BUFFERED {
-            self.waiting.take().map(|w| forget(w.id));
+            if let Some(w) = self.waiting.take() {
+                forget(w.id);
+            }
             self.fail(io, "400 Bad Request", "too much pipelined input");
             return data.len();
         }

@@ -10,8 +10,12 @@ use std::time::{Duration, Instant};
 
 use super::Conf;
 
+/// A sample's labels.
+pub type Labels = BTreeMap<String, String>;
+/// A sample's identity: metric name and labels.
+pub type Key = (String, Labels);
 /// One parsed sample: metric name and labels -> value.
-pub type Samples = BTreeMap<(String, BTreeMap<String, String>), f64>;
+pub type Samples = BTreeMap<Key, f64>;
 
 /// The parse of a scrape: samples and each family's declared type.
 #[derive(Debug, Default)]
@@ -31,7 +35,7 @@ impl Parsed {
     }
 
     /// Every sample of `name`, with its labels.
-    pub fn all(&self, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+    pub fn all(&self, name: &str) -> Vec<(Labels, f64)> {
         self.samples
             .iter()
             .filter(|((n, _), _)| n == name)
@@ -40,7 +44,7 @@ impl Parsed {
     }
 
     /// Counters: samples of families typed `counter`.
-    pub fn counters(&self) -> Vec<((String, BTreeMap<String, String>), f64)> {
+    pub fn counters(&self) -> Vec<(Key, f64)> {
         self.samples
             .iter()
             .filter(|((n, _), _)| {
