@@ -104,12 +104,16 @@ fn collect(id: u64) -> Option<String> {
     with(|m| m.done.remove(&id))
 }
 
+/// Also called from `Drop`: `try_with`, so a connection dropped while the thread
+/// ends (its mailbox already gone) is no panic.
 fn forget(id: u64) {
-    with(|m| {
-        m.partial.remove(&id);
-        m.done.remove(&id);
-        m.outbox.retain(|&o| o != id);
-    })
+    let _ = MAILBOX.try_with(|m| {
+        if let Ok(mut m) = m.try_borrow_mut() {
+            m.partial.remove(&id);
+            m.done.remove(&id);
+            m.outbox.retain(|&o| o != id);
+        }
+    });
 }
 
 /// The metrics service.
