@@ -94,7 +94,8 @@ pub enum ToMaster {
     /// An injected fault the worker survives (`slow`, `emfile`) is over; `note` says
     /// what it did.
     FaultOver { note: String },
-    /// Per-listener and per-upstream counters, sent right after each heartbeat.
+    /// Per-listener and per-upstream counters, sent right after each heartbeat (in
+    /// several messages when there are many; each names its entries).
     Counters(crate::worker::stats::Counters),
     /// A metrics scrape on this worker waits for the master's text (answered with
     /// `ToWorker::Metrics` parts carrying the same `id`).

@@ -545,3 +545,76 @@ fn sixty_workers_and_twenty_listeners_make_a_text_split_over_messages() {
     assert!(out.status.success());
     assert_eq!(parse(&out.stdout).all("corral_worker_rss_bytes").len(), 60);
 }
+
+#[test]
+fn rejections_are_counted_by_reason() {
+    if !parser_available() {
+        return;
+    }
+    let mport = free_port();
+    let limited = free_port();
+    let slow = free_port();
+    let extra = format!(
+        "[[listen]]\naddress = \"127.0.0.1:{limited}\"\nservice = \"echo\"\n\
+         max_connections_per_ip = 1\n\
+         [[listen]]\naddress = \"127.0.0.1:{slow}\"\nservice = \"echo\"\n\
+         rate = \"1KiB\"\nburst = \"1KiB\"\n"
+    );
+    let c = Corral::start(&config(Conf::new(1), mport, &extra));
+    let mut held = connect(maddr(limited), Duration::from_secs(10)).expect("connect");
+    must_echo(&c, &mut held, "first\n");
+    for _ in 0..3 {
+        let mut over = connect(maddr(limited), Duration::from_secs(10)).expect("connect");
+        assert!(
+            wait_closed(&mut over, Duration::from_secs(10)).is_ok(),
+            "not closed"
+        );
+    }
+    // 4 KiB through a 1 KiB/s limit: held back at least once.
+    let mut s = connect(maddr(slow), Duration::from_secs(10)).expect("connect");
+    let big = [b'y'; 4096];
+    s.write_all(&big).expect("send");
+    let mut got = 0;
+    let mut b = [0u8; 8192];
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    while got < big.len() {
+        match s.read(&mut b) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    assert_eq!(got, big.len());
+    let lim = mport_s(limited);
+    let rl = mport_s(slow);
+    let p = scrape_until(maddr(mport), Duration::from_secs(20), |p| {
+        p.get(
+            "corral_listener_rejected_total",
+            &[("listen", &lim), ("reason", "per_ip")],
+        ) >= Some(3.0)
+            && p.get(
+                "corral_listener_rejected_total",
+                &[("listen", &rl), ("reason", "rate")],
+            ) >= Some(1.0)
+    });
+    assert_eq!(
+        p.get(
+            "corral_listener_rejected_total",
+            &[("listen", &lim), ("reason", "per_ip")]
+        ),
+        Some(3.0),
+        "{:?}",
+        p.all("corral_listener_rejected_total")
+    );
+    assert!(
+        p.get(
+            "corral_listener_rejected_total",
+            &[("listen", &rl), ("reason", "rate")]
+        ) >= Some(1.0)
+    );
+    assert_eq!(
+        p.get("corral_listener_active", &[("listen", &lim)]),
+        Some(1.0)
+    );
+    close(held);
+}
