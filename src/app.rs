@@ -42,7 +42,10 @@ fn run(cli: Cli, cmd: clap::Command) -> i32 {
     match cli.command {
         Some(Sub::Completions { shell }) => return cli::packaging::completions(cmd, shell),
         Some(Sub::Man { output }) => return cli::packaging::man(cmd, output.as_deref()),
-        Some(Sub::Status { json }) => return cli::status(&cli.config, json),
+        Some(Sub::Status {
+            prometheus: true, ..
+        }) => return cli::status_prometheus(&cli.config),
+        Some(Sub::Status { json, .. }) => return cli::status(&cli.config, json),
         Some(Sub::Fault {
             kind,
             arg,

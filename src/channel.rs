@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::os::{fd, scm};
 
 /// Largest message either side sends; the receive buffer is this big.
-const MAX_MESSAGE: usize = 32 * 1024;
+pub const MAX_MESSAGE: usize = 32 * 1024;
 
 /// Most connections one hand-over message carries. SCM_RIGHTS allows 253 fds; 64
 /// keeps a message small (the socket buffer holds many) while 5000 connections still
@@ -101,6 +101,12 @@ pub enum ToMaster {
     /// An injected fault the worker survives (`slow`, `emfile`) is over; `note` says
     /// what it did.
     FaultOver { note: String },
+    /// Per-listener and per-upstream counters, sent right after each heartbeat (in
+    /// several messages when there are many; each names its entries).
+    Counters(crate::worker::stats::Counters),
+    /// A metrics scrape on this worker waits for the master's text (answered with
+    /// `ToWorker::Metrics` parts carrying the same `id`).
+    MetricsRequest { id: u64 },
 }
 
 /// Master → worker.
@@ -121,6 +127,9 @@ pub enum ToWorker {
     ReopenLogs,
     /// `corral fault`: fail in this way, for real.
     Fault { kind: crate::fault::kind::FaultKind },
+    /// One part of the metrics text for the scrape `id`; `last` ends it. Large texts
+    /// travel in several parts, each well inside `MAX_MESSAGE`.
+    Metrics { id: u64, text: String, last: bool },
 }
 
 /// What a draining worker does with connections that are idle (closable without

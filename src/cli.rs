@@ -51,6 +51,10 @@ pub enum Sub {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Print the metrics in the Prometheus text format (as `GET /metrics` on a
+        /// `service = "metrics"` listener), e.g. for node_exporter's textfile collector.
+        #[arg(long, conflicts_with = "json")]
+        prometheus: bool,
     },
     /// Make a worker of the running master fail for real (needs `[master]
     /// fault_injection = true`) and print how the master coped.
@@ -332,6 +336,36 @@ fn report(resp: &Response) {
         println!("corral: {}", resp.message);
     } else {
         eprintln!("corral: {}", resp.message);
+    }
+}
+
+/// `corral status --prometheus`: returns the process exit code.
+pub fn status_prometheus(path: &Path) -> i32 {
+    let (t, masters) = match locate(path).and_then(|t| vet(&t).map(|m| (t, m))) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("corral: {e}");
+            return 1;
+        }
+    };
+    match control::request_from(
+        &t.socket,
+        Request::Prometheus,
+        Duration::from_secs(10),
+        &masters,
+    ) {
+        Ok(r) if r.ok => {
+            print!("{}", r.message);
+            0
+        }
+        Ok(r) => {
+            eprintln!("corral: {}", r.message);
+            1
+        }
+        Err(e) => {
+            eprintln!("corral: {e} (is corral running?)");
+            1
+        }
     }
 }
 

@@ -28,6 +28,8 @@ pub enum Request {
     Reopen,
     Status,
     Upgrade,
+    /// `corral status --prometheus`: the metrics text, in `Response::message`.
+    Prometheus,
     /// `corral fault`: make a worker fail and report how the master coped.
     Fault(FaultRequest),
 }

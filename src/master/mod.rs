@@ -11,6 +11,7 @@ pub mod control;
 pub mod faults;
 mod handoff;
 mod inject;
+mod metrics;
 pub mod pidfile;
 mod pressure;
 mod privs;
@@ -80,6 +81,8 @@ pub enum Command {
     Reap,
     /// `corral status`: report (after the rest of the batch, so it shows its effect).
     Status,
+    /// `corral status --prometheus`: the metrics text (after the rest of the batch).
+    Metrics,
     /// `corral fault`: inject a fault (each waiter's request is in
     /// `Master::fault_requests`, so that commands stay plain values).
     Fault,
@@ -108,6 +111,7 @@ impl Job {
             Request::Stop => Command::FastStop,
             Request::Reopen => Command::ReopenLogs,
             Request::Status => Command::Status,
+            Request::Prometheus => Command::Metrics,
             Request::Upgrade => Command::Upgrade,
             Request::Fault(_) => Command::Fault,
         };
@@ -144,6 +148,7 @@ impl Command {
             Command::StopWorkers => 5,
             Command::ReopenLogs => 6,
             Command::Status => 7,
+            Command::Metrics => 7,
             Command::Fault => 8,
         }
     }
@@ -260,6 +265,8 @@ pub struct Master {
     fault_requests: Vec<(u64, crate::fault::kind::FaultRequest, u32)>,
     /// Injected faults in flight and master-side faults armed.
     faults: faults::Faults,
+    /// Counters for the metrics service and `status --prometheus`.
+    metrics: metrics::Metrics,
 }
 
 impl Master {
@@ -385,6 +392,7 @@ impl Master {
             log_reserve: LogOnce::new(pressure::LOG_EVERY),
             fault_requests: Vec::new(),
             faults: faults::Faults::default(),
+            metrics: metrics::Metrics::from_env(),
         }
     }
 
@@ -570,6 +578,12 @@ impl Master {
                         self.inject(t);
                     }
                 }
+                Command::Metrics => {
+                    let text = self.prometheus();
+                    for t in waiters {
+                        self.answer(t, true, text.clone());
+                    }
+                }
                 Command::Status => {
                     let resp = self.status();
                     for t in waiters {
@@ -597,6 +611,7 @@ impl Master {
             self.limit_old_generations();
         }
         self.sd_watchdog(now);
+        self.metrics_tick(now);
         for (t, outcome) in self.faults.expired(now) {
             self.answer_fault(t, outcome);
         }
@@ -814,6 +829,7 @@ impl Master {
                 }
                 Ok(Some((ToMaster::HandoffDone(counts), _))) => {
                     self.handoff_done(i, counts);
+                    self.metrics.handoff_done(pid.as_raw(), counts);
                     for (t, o) in self.faults.handed_over(pid, counts.handed) {
                         self.answer_fault(t, o);
                     }
@@ -871,6 +887,8 @@ impl Master {
                 w.stats = stats;
                 self.check_rss(i);
             }
+            ToMaster::Counters(c) => self.metrics.counters(w.pid.as_raw(), c),
+            ToMaster::MetricsRequest { id } => self.answer_metrics(i, id),
             ToMaster::Handoff { .. } | ToMaster::HandoffDone(_) => {}
         }
     }
@@ -899,6 +917,7 @@ impl Master {
     }
 
     fn worker_exited(&mut self, w: Worker, reason: ExitReason) {
+        self.retire_worker(&w);
         let now = Instant::now();
         // Killed while draining, its clients are as lost as in any crash.
         let drained =
@@ -962,6 +981,7 @@ impl Master {
             return;
         }
         let delay = s.crashed(reason, lived, now);
+        self.metrics.own.restarts += 1;
         self.faults.slot_crashed(slot, delay);
         if let State::Starting { .. } = self.state {
             error!(slot, generation, pid, %reason, "worker died during startup");
@@ -1024,6 +1044,7 @@ impl Master {
                 _ => {}
             }
         }
+        self.metrics.own.watchdog_kills += fired.len() as u64;
         for pid in fired {
             self.faults.watchdog_fired(pid, now);
         }
@@ -1466,6 +1487,7 @@ impl Master {
         self.old_generations_check
             .get_or_insert(now + OLD_GENERATIONS_GRACE);
         let took = now.saturating_duration_since(started);
+        self.metrics.own.reloads.record(true, Some(took));
         let msg = format!(
             "reloaded: generation {generation} serving with {n} workers (ready in {} ms), {drained} old workers draining",
             took.as_millis()
@@ -1479,6 +1501,7 @@ impl Master {
 
     fn reload_failed(&mut self, msg: &str, waiters: Vec<u64>) {
         error!("{msg}");
+        self.metrics.own.reloads.record(false, None);
         crate::notify::ready(&format!(
             "{}; last reload failed: {msg}",
             self.status_line()
@@ -1599,11 +1622,13 @@ impl Master {
         // child when it is named MAINPID=, not an "alien" one systemd would SIGKILL
         // at the next stop instead of letting it drain.
         let me = upgrade::predecessor_env();
+        let totals = self.share_totals();
         let bad = self.faults.take_bad_upgrade();
         let exec = || match sockets::hand_over(&self.listeners, &pipe_w) {
             Ok(mut env) => match signals::reset_for_exec() {
                 Ok(()) => {
                     env.extend(me);
+                    env.extend(totals);
                     if bad {
                         env.push((crate::fault::ENV.into(), "bad-upgrade".into()));
                     }
@@ -1692,6 +1717,8 @@ impl Master {
             return;
         };
         let took = u.started.elapsed();
+        self.metrics.own.upgrades.record(true, Some(took));
+        self.final_share();
         let msg = format!(
             "upgraded: new master {pid} is serving (ready in {} ms); this master ({}) drains its workers and exits",
             took.as_millis(),
@@ -1753,6 +1780,8 @@ impl Master {
     }
 
     fn upgrade_failed(&mut self, waiters: Vec<u64>, why: String) {
+        self.metrics.own.upgrades.record(false, None);
+        self.stop_sharing();
         let msg = format!(
             "upgrade rolled back, this master ({}) keeps serving: {why}",
             process::pid()
@@ -2027,6 +2056,7 @@ impl Master {
         if let Some(p) = self.pid_file.take() {
             p.remove();
         }
+        self.final_share();
         info!("master exiting");
     }
 }

@@ -57,6 +57,7 @@ use crate::config::ListenConfig;
 
 pub mod echo;
 pub mod http;
+pub mod metrics;
 pub mod proxy;
 
 /// Work for the worker's blocking pool: runs on a pool thread; its result comes back
@@ -218,6 +219,10 @@ fn registry() -> &'static Mutex<Vec<(String, Factory)>> {
             (
                 "http".to_string(),
                 (|l: &ListenConfig| Box::new(http::Http::new(l)) as Box<dyn Service>) as Factory,
+            ),
+            (
+                "metrics".to_string(),
+                (|_: &ListenConfig| Box::new(metrics::Metrics) as Box<dyn Service>) as Factory,
             ),
             (
                 "proxy".to_string(),

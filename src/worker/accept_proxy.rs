@@ -142,6 +142,7 @@ impl Worker {
             self.notices
                 .per_ip(listener as u16, ip, flow.max_connections_per_ip);
             self.stats.refused += 1;
+            self.counters.per_ip(listener);
             return false;
         }
         *n += 1;

@@ -259,7 +259,7 @@ impl Upstream {
     }
 
     /// Client bytes not yet delivered upstream, in user space or in the pipe.
-    fn pending(&self) -> usize {
+    pub fn pending(&self) -> usize {
         self.out.len() - self.out_pos + self.pipes.as_ref().map_or(0, |p| p.c2u.len)
     }
 

@@ -21,6 +21,7 @@ mod handoff;
 pub mod orphan;
 mod pool;
 mod ratelog;
+pub mod stats;
 pub mod timer;
 
 use std::collections::HashMap;
@@ -147,6 +148,8 @@ struct Worker {
     notices: events::Events,
     /// Faults injected by `corral fault` that are still in progress.
     injected: fault::Injected,
+    /// Per-listener and per-upstream counters for the metrics service.
+    counters: stats::Counters,
 }
 
 /// Runs a worker until it is told to stop, drains, or loses its master; returns the
@@ -162,6 +165,9 @@ pub fn run(init: WorkerInit) -> i32 {
     match Worker::new(init) {
         Ok(mut w) => {
             let code = w.run();
+            // What was counted since the last heartbeat, so the master's totals miss
+            // nothing of a worker that exits.
+            w.heartbeat();
             w.log_remaining();
             code
         }
@@ -205,6 +211,7 @@ impl Worker {
                 .map(|l| l.address.to_string())
                 .collect(),
         );
+        let counters = stats::Counters::new(&init.config);
         let mut w = Worker {
             config: init.config,
             epoll,
@@ -232,6 +239,7 @@ impl Worker {
             jobs: Vec::new(),
             notices,
             injected: fault::Injected::default(),
+            counters,
         };
         w.resume_accept()?;
         crate::fault::delay_ready();
@@ -407,6 +415,9 @@ impl Worker {
         if std::mem::take(&mut self.channel_ready) {
             self.read_channel();
         }
+        for id in crate::service::metrics::take_requests() {
+            self.send(ToMaster::MetricsRequest { id });
+        }
         if std::mem::take(&mut self.pool_ready) {
             for (token, result) in self.pool.completions() {
                 let token = Token(token);
@@ -450,6 +461,9 @@ impl Worker {
                         self.exit = Some(0);
                     }
                     ToWorker::ReopenLogs => self.reopen_logs(),
+                    ToWorker::Metrics { id, text, last } => {
+                        crate::service::metrics::deliver(id, text, last)
+                    }
                     ToWorker::Fault { kind } => {
                         if let Some(at) = self.injected.apply(kind) {
                             self.timers.schedule(at, Timer::FaultEnd);
@@ -495,6 +509,10 @@ impl Worker {
         // The log writer thread reports drops itself, once it writes again.
         self.stats.log_dropped = crate::log::dropped();
         self.send(ToMaster::Heartbeat(self.stats));
+        self.counters.refresh(&self.conns, Instant::now());
+        for part in self.counters.parts() {
+            self.send(ToMaster::Counters(part));
+        }
     }
 
     /// Stops accepting, closes what can be closed without loss, and lets the rest
@@ -504,6 +522,9 @@ impl Worker {
             return;
         }
         self.idle_policy = idle;
+        if idle == IdlePolicy::Close {
+            crate::service::metrics::set_stopping();
+        }
         info!(connections = self.conns.len(), "draining ({why})");
         self.phase = Phase::Draining;
         self.pause_accept();
@@ -596,6 +617,7 @@ impl Worker {
             }
             if self.conns.len() >= max {
                 self.notices.max_connections(max);
+                self.counters.at_limit(index);
                 self.pause_accept();
                 return;
             }
@@ -604,6 +626,7 @@ impl Worker {
             };
             match net::accept(fd.as_fd()) {
                 Ok(a) => {
+                    self.counters.accepted(index);
                     self.add_conn(index, a, None);
                     accepted += 1;
                 }
@@ -672,6 +695,7 @@ impl Worker {
                     self.notices
                         .per_ip(listener as u16, ip, flow.max_connections_per_ip);
                     self.stats.refused += 1;
+                    self.counters.per_ip(listener);
                     return; // dropping the fd closes the connection
                 }
                 *n += 1;
@@ -759,6 +783,7 @@ impl Worker {
                 Ok(s) => OwnedFd::from(s),
                 Err(e) => {
                     u.failed(index, now);
+                    self.counters.upstream_failed(listener, index, now);
                     self.notices
                         .upstream_failed(listener as u16, index, addr, &e.to_string());
                     continue;
@@ -806,6 +831,7 @@ impl Worker {
         {
             u.failed(up.index, now);
         }
+        self.counters.upstream_failed(listener, up.index, now);
         // A new attempt number, so the old attempt's connect timer finds a mismatch.
         self.connect_upstream(token, tried, carry, up.attempt + 1);
     }
@@ -830,6 +856,8 @@ impl Worker {
             up.connected = true;
             up.may_read = true;
             let index = up.index;
+            // What the client sent while we connected goes to this upstream now.
+            let carried = up.pending() as u64;
             // Zero-copy forwarding where the listener asks for it and no rate limit
             // needs to see the bytes; without pipes (EMFILE) it copies as usual.
             let splice = self
@@ -851,6 +879,8 @@ impl Worker {
             {
                 u.connected(index);
             }
+            self.counters.upstream_connected(listener, index);
+            self.counters.upstream_bytes(listener, index, carried, 0);
         }
         let Some(up) = self.conns.get_mut(token).and_then(|c| c.upstream.as_mut()) else {
             return;
@@ -916,6 +946,14 @@ impl Worker {
             c.pump(&mut env)
         };
         let budget = env.budget;
+        if let Some(up) = c.upstream.as_ref().filter(|u| u.connected) {
+            let (i, o) = (
+                self.stats.bytes_in - before.0,
+                self.stats.bytes_out - before.1,
+            );
+            self.counters
+                .upstream_bytes(usize::from(c.listener), up.index, i, o);
+        }
         let now = Instant::now();
         c.log_progress(
             self.stats.bytes_in - before.0,
@@ -961,6 +999,7 @@ impl Worker {
         }
         if c.throttled && !c.throttle_armed {
             c.throttle_armed = true;
+            self.counters.throttled(usize::from(c.listener));
             let at = c.readmit_at(now);
             self.timers.schedule(at, Timer::Throttle(token));
         }

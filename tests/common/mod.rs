@@ -1107,3 +1107,6 @@ pub mod privs;
 pub mod pp;
 #[allow(dead_code)]
 pub mod sysd;
+
+#[allow(dead_code)]
+pub mod metrics;

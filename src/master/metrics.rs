@@ -1,0 +1,847 @@
+//! The master's metrics: what workers report, what outlives them, and the text a
+//! scrape gets.
+//!
+//! Counters stay monotonic across reloads and upgrades by one rule: **every worker is
+//! counted by exactly one master, once.** While a worker lives, its latest report
+//! counts; when it exits, its final report moves into `retired`, which only grows.
+//! Across a binary upgrade the old master keeps counting its own (draining) workers
+//! and writes its totals (retired + live + its own inherited base) to a JSON file,
+//! named in `CORRAL_METRICS_TOTALS` for the new master: when it starts the new master,
+//! then at most every [`SHARE_EVERY`] until it exits, and once more on exit. The new
+//! master adds the latest file to its own counts as `base` (re-reading it while the
+//! old master lives, once more after it is gone, then deleting it). The old master's
+//! workers are never the new master's workers, so nothing is counted twice; what they
+//! count after the handover reaches the new master's totals with the next file.
+
+mod expo;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tracing::{debug, warn};
+
+use super::table::WorkerState;
+use super::{Master, State};
+use crate::channel::{HandoffCounts, Stats, ToMaster, ToWorker, MAX_MESSAGE};
+use crate::worker::stats::{Counters, ListenerCounters, UpstreamCounters};
+use expo::{Expo, Kind};
+
+/// The environment variable naming the old master's totals file at an upgrade.
+pub const TOTALS_ENV: &str = "CORRAL_METRICS_TOTALS";
+/// How often an old master rewrites its totals file while it drains.
+const SHARE_EVERY: Duration = Duration::from_millis(250);
+/// Text per `ToWorker::Metrics` part: JSON escaping (quotes and newlines double)
+/// keeps even a text made of nothing else under `MAX_MESSAGE`.
+const PART: usize = MAX_MESSAGE / 2 - 512;
+
+/// Counters of one listener that outlive workers.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ListenerTotals {
+    pub accepted: u64,
+    pub rejected_limit: u64,
+    pub rejected_per_ip: u64,
+    pub rejected_rate: u64,
+}
+
+/// Counters of one upstream that outlive workers.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct UpstreamTotals {
+    pub connects: u64,
+    pub failures: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// How reloads (or upgrades) went.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Outcomes {
+    pub succeeded: u64,
+    pub failed: u64,
+    /// The last one succeeded (None: none yet).
+    pub last_ok: Option<bool>,
+    /// When the last one ended, Unix seconds.
+    pub last_at: f64,
+    /// How long the last successful one took to be ready.
+    pub last_ready_secs: f64,
+}
+
+impl Outcomes {
+    pub fn record(&mut self, ok: bool, took: Option<Duration>) {
+        if ok {
+            self.succeeded += 1;
+        } else {
+            self.failed += 1;
+        }
+        self.last_ok = Some(ok);
+        self.last_at = unix_now();
+        if let Some(t) = took {
+            self.last_ready_secs = t.as_secs_f64();
+        }
+    }
+
+    /// The later of two histories' "last" fields, counts summed.
+    fn add(&mut self, o: &Outcomes) {
+        self.succeeded += o.succeeded;
+        self.failed += o.failed;
+        if o.last_at > self.last_at {
+            self.last_ok = o.last_ok;
+            self.last_at = o.last_at;
+            self.last_ready_secs = o.last_ready_secs;
+        }
+    }
+}
+
+/// Everything that must never go down: what a master hands its successor.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Totals {
+    pub accepted: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub refused_per_ip: u64,
+    pub listeners: BTreeMap<String, ListenerTotals>,
+    /// By (listener, upstream) address.
+    pub upstreams: BTreeMap<String, BTreeMap<String, UpstreamTotals>>,
+    pub handoff: HandoffTotals,
+    pub reloads: Outcomes,
+    pub upgrades: Outcomes,
+    pub watchdog_kills: u64,
+    pub restarts: u64,
+}
+
+/// Hand-over outcomes (a `HandoffCounts` that can be serialised into the file).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoffTotals {
+    pub moved: u64,
+    pub kept: u64,
+    pub closed: u64,
+}
+
+impl Totals {
+    fn add(&mut self, o: &Totals) {
+        self.accepted += o.accepted;
+        self.bytes_in += o.bytes_in;
+        self.bytes_out += o.bytes_out;
+        self.refused_per_ip += o.refused_per_ip;
+        for (k, l) in &o.listeners {
+            let t = self.listeners.entry(k.clone()).or_default();
+            t.accepted += l.accepted;
+            t.rejected_limit += l.rejected_limit;
+            t.rejected_per_ip += l.rejected_per_ip;
+            t.rejected_rate += l.rejected_rate;
+        }
+        for (k, ups) in &o.upstreams {
+            let m = self.upstreams.entry(k.clone()).or_default();
+            for (a, u) in ups {
+                let t = m.entry(a.clone()).or_default();
+                t.connects += u.connects;
+                t.failures += u.failures;
+                t.bytes_in += u.bytes_in;
+                t.bytes_out += u.bytes_out;
+            }
+        }
+        self.handoff.moved += o.handoff.moved;
+        self.handoff.kept += o.handoff.kept;
+        self.handoff.closed += o.handoff.closed;
+        self.reloads.add(&o.reloads);
+        self.upgrades.add(&o.upgrades);
+        self.watchdog_kills += o.watchdog_kills;
+        self.restarts += o.restarts;
+    }
+
+    /// One worker's counting, as totals.
+    fn of_worker(stats: &Stats, c: Option<&Live>, h: Option<&HandoffCounts>) -> Totals {
+        let mut t = Totals {
+            accepted: stats.accepted,
+            bytes_in: stats.bytes_in,
+            bytes_out: stats.bytes_out,
+            refused_per_ip: stats.refused,
+            ..Totals::default()
+        };
+        if let Some(h) = h {
+            t.handoff = HandoffTotals {
+                moved: h.handed,
+                kept: h.kept,
+                closed: h.closed,
+            };
+        }
+        let Some(c) = c else { return t };
+        for l in c.listeners.values() {
+            let e = t.listeners.entry(l.listen.clone()).or_default();
+            e.accepted += l.accepted;
+            e.rejected_limit += l.rejected_limit;
+            e.rejected_per_ip += l.rejected_per_ip;
+            e.rejected_rate += l.rejected_rate;
+        }
+        for u in c.upstreams.values() {
+            let e = t
+                .upstreams
+                .entry(u.listen.clone())
+                .or_default()
+                .entry(u.upstream.clone())
+                .or_default();
+            e.connects += u.connects;
+            e.failures += u.failures;
+            e.bytes_in += u.bytes_in;
+            e.bytes_out += u.bytes_out;
+        }
+        t
+    }
+}
+
+/// A live worker's latest counters, merged from its report's parts.
+#[derive(Default)]
+struct Live {
+    listeners: BTreeMap<String, ListenerCounters>,
+    upstreams: BTreeMap<(String, String), UpstreamCounters>,
+}
+
+/// A per-worker family: name, type, help, and where its value comes from.
+type WorkerSeries = (&'static str, Kind, &'static str, fn(&Stats) -> u64);
+/// A per-upstream counter family: name, help, and where its value comes from.
+type UpstreamSeries = (&'static str, &'static str, fn(&UpstreamTotals) -> u64);
+
+/// The master's metrics state.
+#[derive(Default)]
+pub struct Metrics {
+    /// Each live worker's latest per-listener report, by pid.
+    live: HashMap<i32, Live>,
+    /// Each live worker's latest hand-over counts, by pid.
+    handoffs: HashMap<i32, HandoffCounts>,
+    /// Exited workers of this master, and the master's own events.
+    pub own: Totals,
+    /// The totals of the master we took over from (upgrade).
+    base: Totals,
+    /// The predecessor's totals file, while it may still change.
+    base_file: Option<PathBuf>,
+    /// Our own totals file, once we started a successor.
+    share: Option<(PathBuf, Instant)>,
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn read_totals(path: &std::path::Path) -> Option<Totals> {
+    let bytes = std::fs::read(path).ok()?;
+    match serde_json::from_slice(&bytes) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            warn!(path = %path.display(), "ignoring the old master's metrics totals: {e}");
+            None
+        }
+    }
+}
+
+impl Metrics {
+    /// A fresh master's state; after an upgrade, with the old master's totals.
+    pub fn from_env() -> Metrics {
+        let mut m = Metrics::default();
+        if let Some(path) = std::env::var_os(TOTALS_ENV).map(PathBuf::from) {
+            std::env::remove_var(TOTALS_ENV);
+            m.base = read_totals(&path).unwrap_or_default();
+            m.base_file = Some(path);
+        }
+        m
+    }
+
+    /// One part of a worker's report: its entries replace the earlier ones.
+    pub fn counters(&mut self, pid: i32, c: Counters) {
+        let live = self.live.entry(pid).or_default();
+        for l in c.listeners {
+            live.listeners.insert(l.listen.clone(), l);
+        }
+        for u in c.upstreams.into_iter().flatten() {
+            live.upstreams
+                .insert((u.listen.clone(), u.upstream.clone()), u);
+        }
+    }
+
+    pub fn handoff_done(&mut self, pid: i32, c: HandoffCounts) {
+        self.handoffs.insert(pid, c);
+    }
+
+    /// A worker exited: its last report becomes part of the totals for good.
+    pub fn retire(&mut self, pid: i32, stats: &Stats) {
+        let c = self.live.remove(&pid);
+        let h = self.handoffs.remove(&pid);
+        self.own
+            .add(&Totals::of_worker(stats, c.as_ref(), h.as_ref()));
+    }
+
+    /// Re-reads the predecessor's file while it may change; `gone` = the old master
+    /// exited, so this read is its last word.
+    fn refresh_base(&mut self, gone: bool) {
+        let Some(path) = &self.base_file else { return };
+        if let Some(t) = read_totals(path) {
+            self.base = t;
+        }
+        if gone {
+            let _ = std::fs::remove_file(path);
+            self.base_file = None;
+        }
+    }
+}
+
+/// The file an upgrading master shares its totals in, next to the control socket.
+fn share_path(m: &Master) -> PathBuf {
+    let sock = m.config.master.control_socket_path();
+    let dir = sock
+        .parent()
+        .map_or_else(|| PathBuf::from("."), PathBuf::from);
+    dir.join(format!(
+        "corral-metrics-{}.json",
+        crate::os::process::pid().as_raw()
+    ))
+}
+
+impl Master {
+    /// Everything counted so far: base + exited workers + live workers.
+    fn totals(&self) -> Totals {
+        let mut t = self.metrics.base.clone();
+        t.add(&self.metrics.own);
+        for w in &self.workers {
+            let pid = w.pid.as_raw();
+            t.add(&Totals::of_worker(
+                &w.stats,
+                self.metrics.live.get(&pid),
+                self.metrics.handoffs.get(&pid),
+            ));
+        }
+        t
+    }
+
+    /// Starts sharing our totals with a new master; returns the environment entry
+    /// that names the file.
+    pub(super) fn share_totals(&mut self) -> Option<(String, String)> {
+        let path = share_path(self);
+        self.metrics.share = Some((path.clone(), Instant::now()));
+        self.write_share();
+        Some((TOTALS_ENV.into(), path.to_str()?.to_string()))
+    }
+
+    fn write_share(&mut self) {
+        let Some((path, _)) = &self.metrics.share else {
+            return;
+        };
+        let path = path.clone();
+        let bytes = match serde_json::to_vec(&self.totals()) {
+            Ok(b) => b,
+            Err(e) => return warn!("cannot encode the metrics totals: {e}"),
+        };
+        // Written aside and renamed, so the new master never reads half a file.
+        let tmp = path.with_extension("json.tmp");
+        if let Err(e) = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, &path)) {
+            warn!(path = %path.display(), "cannot write the metrics totals for the new master: {e}");
+        }
+        if let Some((_, at)) = &mut self.metrics.share {
+            *at = Instant::now();
+        }
+    }
+
+    /// Called every loop iteration: an old master keeps its successor's view of its
+    /// totals fresh; a new master picks up its predecessor's.
+    pub(super) fn metrics_tick(&mut self, now: Instant) {
+        if self
+            .metrics
+            .share
+            .as_ref()
+            .is_some_and(|(_, at)| now.saturating_duration_since(*at) >= SHARE_EVERY)
+        {
+            self.write_share();
+        }
+        // The old master is gone: take its last word now, so its file does not
+        // outlive it even if nobody scrapes.
+        if self.metrics.base_file.is_some() && self.predecessor.is_none() {
+            self.metrics.refresh_base(true);
+        }
+    }
+
+    /// The upgrade was rolled back: nobody reads our file.
+    pub(super) fn stop_sharing(&mut self) {
+        if let Some((path, _)) = self.metrics.share.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Our last word to the new master, as we exit.
+    pub(super) fn final_share(&mut self) {
+        self.write_share();
+    }
+
+    /// A worker exited: what it sent last (a final heartbeat comes with its exit)
+    /// becomes part of the totals for good.
+    pub(super) fn retire_worker(&mut self, w: &super::table::Worker) {
+        let pid = w.pid.as_raw();
+        let mut stats = w.stats;
+        // Anything else still queued (a hand-over) was already lost with the worker.
+        while let Ok(Some(msg)) = w.channel.recv::<ToMaster>() {
+            match msg {
+                ToMaster::Heartbeat(s) => stats = s,
+                ToMaster::Counters(c) => self.metrics.counters(pid, c),
+                ToMaster::HandoffDone(h) => self.metrics.handoff_done(pid, h),
+                _ => {}
+            }
+        }
+        self.metrics.retire(pid, &stats);
+    }
+
+    /// A worker asked for the text for scrape `id`: send it in parts.
+    pub(super) fn answer_metrics(&mut self, i: usize, id: u64) {
+        let text = self.prometheus();
+        let Some(w) = self.workers.get(i) else { return };
+        let parts = split(&text, PART);
+        let n = parts.len();
+        for (k, part) in parts.into_iter().enumerate() {
+            let msg = ToWorker::Metrics {
+                id,
+                text: part.to_string(),
+                last: k + 1 == n,
+            };
+            if let Err(e) = w.channel.send(&msg) {
+                // The scrape times out (503) on the worker's side.
+                debug!(
+                    pid = w.pid.as_raw(),
+                    "cannot send metrics to the worker: {e}"
+                );
+                return;
+            }
+        }
+    }
+
+    /// The exposition text.
+    pub(super) fn prometheus(&mut self) -> String {
+        if self.metrics.base_file.is_some() {
+            let gone = self.predecessor.is_none();
+            self.metrics.refresh_base(gone);
+        }
+        let t = self.totals();
+        let now = Instant::now();
+        let mut e = Expo::default();
+        let c = Kind::Counter;
+        let g = Kind::Gauge;
+
+        e.family("corral_build_info", g, "The running master's version.")
+            .sample(
+                "corral_build_info",
+                &[("version", env!("CARGO_PKG_VERSION"))],
+                1.0,
+            );
+        let state = match &self.state {
+            State::Starting { .. } => "starting",
+            State::Running => "running",
+            State::Reloading(_) => "reloading",
+            State::Upgrading(_) => "upgrading",
+            State::Stopping { .. } => "stopping",
+        };
+        e.family(
+            "corral_master_state",
+            g,
+            "The master's state (1 for the current one).",
+        )
+        .sample("corral_master_state", &[("state", state)], 1.0);
+        e.family("corral_generation", g, "The current generation number.")
+            .sample("corral_generation", &[], self.generation as f64);
+        let mut gens: Vec<u64> = self.workers.iter().map(|w| w.generation).collect();
+        gens.sort_unstable();
+        gens.dedup();
+        e.family(
+            "corral_generations_alive",
+            g,
+            "Generations with at least one live worker.",
+        )
+        .sample("corral_generations_alive", &[], gens.len() as f64);
+
+        let mut workers: Vec<_> = self.workers.iter().collect();
+        workers.sort_by_key(|w| (w.generation, w.slot, w.pid.as_raw()));
+        e.family("corral_workers", g, "Live workers by state.");
+        for state in ["starting", "ready", "draining", "stopping"] {
+            let n = workers.iter().filter(|w| w.state.name() == state).count();
+            e.sample("corral_workers", &[("state", state)], n as f64);
+        }
+        // No state label on these: a worker that starts draining keeps its series.
+        let labels: Vec<[String; 3]> = workers
+            .iter()
+            .map(|w| {
+                [
+                    w.slot.to_string(),
+                    w.generation.to_string(),
+                    w.pid.as_raw().to_string(),
+                ]
+            })
+            .collect();
+        let per_worker: [WorkerSeries; 5] = [
+            (
+                "corral_worker_connections",
+                g,
+                "Open client connections of a worker.",
+                |s| s.connections,
+            ),
+            (
+                "corral_worker_accepted_total",
+                c,
+                "Connections a worker accepted.",
+                |s| s.accepted,
+            ),
+            (
+                "corral_worker_received_bytes_total",
+                c,
+                "Bytes a worker read from clients.",
+                |s| s.bytes_in,
+            ),
+            (
+                "corral_worker_sent_bytes_total",
+                c,
+                "Bytes a worker wrote to clients.",
+                |s| s.bytes_out,
+            ),
+            (
+                "corral_worker_rss_bytes",
+                g,
+                "A worker's resident set size.",
+                |s| s.rss,
+            ),
+        ];
+        for (name, kind, help, get) in per_worker {
+            e.family(name, kind, help);
+            for (w, l) in workers.iter().zip(&labels) {
+                let ls = [("slot", &*l[0]), ("generation", &*l[1]), ("pid", &*l[2])];
+                e.sample(name, &ls, get(&w.stats) as f64);
+            }
+        }
+
+        e.family(
+            "corral_slot_restarts",
+            g,
+            "Respawns of a slot after unexpected exits, since the last reload.",
+        );
+        for (i, s) in self.slots.iter().enumerate() {
+            e.sample(
+                "corral_slot_restarts",
+                &[("slot", &i.to_string())],
+                s.restarts as f64,
+            );
+        }
+        e.family(
+            "corral_slot_last_exit_info",
+            g,
+            "How the last worker of a slot ended (value 1).",
+        );
+        for (i, s) in self.slots.iter().enumerate() {
+            if let Some((reason, _)) = s.last_exit {
+                let reason = reason.to_string();
+                e.sample(
+                    "corral_slot_last_exit_info",
+                    &[("slot", &i.to_string()), ("reason", &reason)],
+                    1.0,
+                );
+            }
+        }
+        e.family(
+            "corral_slot_crash_streak",
+            g,
+            "Consecutive crashes of a slot (drives its respawn backoff).",
+        );
+        for (i, s) in self.slots.iter().enumerate() {
+            e.sample(
+                "corral_slot_crash_streak",
+                &[("slot", &i.to_string())],
+                f64::from(s.crash_streak),
+            );
+        }
+        e.family(
+            "corral_slot_respawn_backoff_seconds",
+            g,
+            "Seconds until an empty slot is refilled (0: not waiting).",
+        );
+        for (i, s) in self.slots.iter().enumerate() {
+            let wait = s
+                .respawn_at
+                .map_or(0.0, |t| t.saturating_duration_since(now).as_secs_f64());
+            e.sample(
+                "corral_slot_respawn_backoff_seconds",
+                &[("slot", &i.to_string())],
+                wait,
+            );
+        }
+        e.family(
+            "corral_worker_restarts_total",
+            c,
+            "Respawns after unexpected worker exits.",
+        )
+        .sample("corral_worker_restarts_total", &[], t.restarts as f64);
+        e.family(
+            "corral_watchdog_kills_total",
+            c,
+            "Workers the watchdog killed for missing heartbeats.",
+        )
+        .sample("corral_watchdog_kills_total", &[], t.watchdog_kills as f64);
+
+        e.family(
+            "corral_accepted_total",
+            c,
+            "Connections accepted by every worker, ever.",
+        )
+        .sample("corral_accepted_total", &[], t.accepted as f64);
+        e.family(
+            "corral_received_bytes_total",
+            c,
+            "Bytes read from clients by every worker, ever.",
+        )
+        .sample("corral_received_bytes_total", &[], t.bytes_in as f64);
+        e.family(
+            "corral_sent_bytes_total",
+            c,
+            "Bytes written to clients by every worker, ever.",
+        )
+        .sample("corral_sent_bytes_total", &[], t.bytes_out as f64);
+
+        let mut active: BTreeMap<&str, u64> = BTreeMap::new();
+        for w in &self.workers {
+            if let Some(cs) = self.metrics.live.get(&w.pid.as_raw()) {
+                for l in cs.listeners.values() {
+                    *active.entry(&l.listen).or_default() += l.active;
+                }
+            }
+        }
+        let listeners: Vec<String> = self
+            .config
+            .listen
+            .iter()
+            .map(|l| l.address.to_string())
+            .collect();
+        let mut names: Vec<&str> = listeners.iter().map(String::as_str).collect();
+        names.extend(t.listeners.keys().map(String::as_str));
+        names.sort_unstable();
+        names.dedup();
+        let zero = ListenerTotals::default();
+        e.family(
+            "corral_listener_accepted_total",
+            c,
+            "Connections accepted on a listener.",
+        );
+        for n in &names {
+            let l = t.listeners.get(*n).unwrap_or(&zero);
+            e.sample(
+                "corral_listener_accepted_total",
+                &[("listen", n)],
+                l.accepted as f64,
+            );
+        }
+        e.family(
+            "corral_listener_active",
+            g,
+            "Open connections of a listener.",
+        );
+        for n in &names {
+            let a = active.get(n).copied().unwrap_or(0);
+            e.sample("corral_listener_active", &[("listen", n)], a as f64);
+        }
+        e.family(
+            "corral_listener_rejected_total",
+            c,
+            "Clients a limit acted on: limit = accepting paused at max_connections, per_ip = closed for max_connections_per_ip, rate = held back by the rate limit.",
+        );
+        for n in &names {
+            let l = t.listeners.get(*n).unwrap_or(&zero);
+            for (reason, v) in [
+                ("limit", l.rejected_limit),
+                ("per_ip", l.rejected_per_ip),
+                ("rate", l.rejected_rate),
+            ] {
+                e.sample(
+                    "corral_listener_rejected_total",
+                    &[("listen", n), ("reason", reason)],
+                    v as f64,
+                );
+            }
+        }
+
+        for (kind, o) in [("reload", &t.reloads), ("upgrade", &t.upgrades)] {
+            let total = format!("corral_{kind}s_total");
+            e.family(&total, c, &format!("Finished {kind}s by result."));
+            e.sample(&total, &[("result", "succeeded")], o.succeeded as f64);
+            e.sample(&total, &[("result", "failed")], o.failed as f64);
+            if let Some(ok) = o.last_ok {
+                let last = format!("corral_{kind}_last_success");
+                e.family(
+                    &last,
+                    g,
+                    &format!("1 if the last {kind} succeeded, 0 if it failed."),
+                )
+                .sample(&last, &[], if ok { 1.0 } else { 0.0 });
+                let at = format!("corral_{kind}_last_timestamp_seconds");
+                e.family(&at, g, &format!("When the last {kind} ended (Unix time)."))
+                    .sample(&at, &[], o.last_at);
+                let ready = format!("corral_{kind}_ready_seconds");
+                e.family(
+                    &ready,
+                    g,
+                    &format!("How long the last successful {kind} took to be ready."),
+                )
+                .sample(&ready, &[], o.last_ready_secs);
+            }
+        }
+        e.family("corral_handoff_connections_total", c, "Idle connections of draining workers by outcome: moved to the new generation, kept, closed.");
+        for (outcome, v) in [
+            ("moved", t.handoff.moved),
+            ("kept", t.handoff.kept),
+            ("closed", t.handoff.closed),
+        ] {
+            e.sample(
+                "corral_handoff_connections_total",
+                &[("outcome", outcome)],
+                v as f64,
+            );
+        }
+
+        self.upstream_metrics(&mut e, &t);
+        e.finish()
+    }
+
+    fn upstream_metrics(&self, e: &mut Expo, t: &Totals) {
+        // Live gauges, summed over this master's workers.
+        let mut live: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+        let serving = |s: WorkerState| !matches!(s, WorkerState::Stopping);
+        for w in self.workers.iter().filter(|w| serving(w.state)) {
+            if let Some(cs) = self.metrics.live.get(&w.pid.as_raw()) {
+                for u in cs.upstreams.values() {
+                    let v = live
+                        .entry((u.listen.clone(), u.upstream.clone()))
+                        .or_default();
+                    v.0 += u.active;
+                    v.1 += u64::from(u.backoff);
+                }
+            }
+        }
+        let mut keys: Vec<(String, String)> = live.keys().cloned().collect();
+        for (l, ups) in &t.upstreams {
+            keys.extend(ups.keys().map(|u| (l.clone(), u.clone())));
+        }
+        keys.sort();
+        keys.dedup();
+        let zero = UpstreamTotals::default();
+        let get = |l: &str, u: &str| t.upstreams.get(l).and_then(|m| m.get(u)).unwrap_or(&zero);
+        let counters: [UpstreamSeries; 4] = [
+            (
+                "corral_upstream_connects_total",
+                "Successful connects to an upstream.",
+                |u| u.connects,
+            ),
+            (
+                "corral_upstream_failures_total",
+                "Failed connects to an upstream.",
+                |u| u.failures,
+            ),
+            (
+                "corral_upstream_received_bytes_total",
+                "Bytes from an upstream to clients.",
+                |u| u.bytes_in,
+            ),
+            (
+                "corral_upstream_sent_bytes_total",
+                "Bytes from clients to an upstream.",
+                |u| u.bytes_out,
+            ),
+        ];
+        for (name, help, f) in counters {
+            e.family(name, Kind::Counter, help);
+            for (l, u) in &keys {
+                e.sample(name, &[("listen", l), ("upstream", u)], f(get(l, u)) as f64);
+            }
+        }
+        e.family(
+            "corral_upstream_active",
+            Kind::Gauge,
+            "Established connections to an upstream.",
+        );
+        for (l, u) in &keys {
+            let a = live.get(&(l.clone(), u.clone())).map_or(0, |v| v.0);
+            e.sample(
+                "corral_upstream_active",
+                &[("listen", l), ("upstream", u)],
+                a as f64,
+            );
+        }
+        e.family(
+            "corral_upstream_backoff_workers",
+            Kind::Gauge,
+            "Workers that skip an upstream while its connect backoff lasts.",
+        );
+        for (l, u) in &keys {
+            let b = live.get(&(l.clone(), u.clone())).map_or(0, |v| v.1);
+            e.sample(
+                "corral_upstream_backoff_workers",
+                &[("listen", l), ("upstream", u)],
+                b as f64,
+            );
+        }
+    }
+}
+
+/// Splits `text` into parts of at most `max` bytes, at line ends where possible
+/// (never inside a UTF-8 character).
+fn split(text: &str, max: usize) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while rest.len() > max {
+        let mut end = max;
+        while !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+        let cut = rest[..end].rfind('\n').map_or(end, |i| i + 1);
+        parts.push(&rest[..cut]);
+        rest = &rest[cut..];
+    }
+    parts.push(rest);
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_fit_a_message_and_join_back() {
+        let line = "corral_x{listen=\"\\\"quoted\\\"\"} 1\n";
+        let text = line.repeat(5000);
+        let parts = split(&text, PART);
+        assert!(parts.len() > 1);
+        assert_eq!(parts.concat(), text);
+        for (k, p) in parts.iter().enumerate() {
+            assert!(p.ends_with('\n'));
+            let msg = ToWorker::Metrics {
+                id: 1,
+                text: p.to_string(),
+                last: k + 1 == parts.len(),
+            };
+            assert!(serde_json::to_vec(&msg).unwrap().len() <= MAX_MESSAGE);
+        }
+        assert_eq!(split("", PART), vec![""]);
+        let long = "é".repeat(PART);
+        assert_eq!(split(&long, PART).concat(), long);
+    }
+
+    #[test]
+    fn totals_add_up_and_keep_the_latest_outcome() {
+        let mut a = Totals::default();
+        a.reloads.record(true, Some(Duration::from_millis(20)));
+        let mut b = Totals {
+            accepted: 5,
+            ..Totals::default()
+        };
+        b.listeners.entry("x".into()).or_default().accepted = 3;
+        b.reloads.last_at = a.reloads.last_at + 1.0;
+        b.reloads.last_ok = Some(false);
+        b.reloads.failed = 1;
+        a.add(&b);
+        a.add(&b);
+        assert_eq!(a.accepted, 10);
+        assert_eq!(a.listeners["x"].accepted, 6);
+        assert_eq!((a.reloads.succeeded, a.reloads.failed), (1, 2));
+        assert_eq!(a.reloads.last_ok, Some(false));
+    }
+}
