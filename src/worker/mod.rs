@@ -830,6 +830,7 @@ impl Worker {
         if ev.readable || ev.hangup {
             up.may_read = true;
         }
+        up.peer_hup |= ev.hangup;
         self.drive(token);
     }
 
@@ -856,6 +857,7 @@ impl Worker {
         if ev.readable || ev.hangup {
             c.may_read = true;
         }
+        c.peer_hup |= ev.hangup;
         self.drive(token);
     }
 
