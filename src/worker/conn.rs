@@ -214,6 +214,8 @@ pub struct Upstream {
     out: Vec<u8>,
     out_pos: usize,
     pub may_read: bool,
+    /// As `Conn::peer_hup`, for the upstream socket.
+    pub peer_hup: bool,
     /// The upstream sent FIN.
     read_closed: bool,
     /// We sent FIN upstream (the client half-closed).
@@ -245,6 +247,7 @@ impl Upstream {
             out: Vec::new(),
             out_pos: 0,
             may_read: false,
+            peer_hup: false,
             read_closed: false,
             write_shut: false,
             backpressured: false,
@@ -307,8 +310,14 @@ pub struct Conn {
     pub last_active: Instant,
     /// What epoll currently watches for.
     pub registered: Interest,
-    /// Edge-triggered: readable edge seen and not yet drained to EAGAIN.
+    /// Edge-triggered: readable edge seen and not yet drained (to EAGAIN, or by a
+    /// short read, see `peer_hup`).
     pub may_read: bool,
+    /// epoll reported the client's FIN or an error. Until then a read that returns
+    /// less than it asked for proves the socket drained (the next byte brings a new
+    /// edge), which saves the EAGAIN read per round trip; after it, the EOF is
+    /// already there and brings no new edge, so reading goes on until it is seen.
+    pub peer_hup: bool,
     /// The client sent FIN.
     read_closed: bool,
     /// Close once output is flushed and no blocking job is outstanding.
@@ -391,6 +400,7 @@ impl Conn {
                 ..Interest::READ
             },
             may_read: true,
+            peer_hup: false,
             read_closed: false,
             close: false,
             jobs_pending: 0,
@@ -496,16 +506,19 @@ impl Conn {
         let mut active = false;
         loop {
             while self.wants_read() && env.budget > 0 {
-                let Some(n) = self.allowance(env.budget.min(env.scratch.len())) else {
+                let Some(asked) = self.allowance(env.budget.min(env.scratch.len())) else {
                     break;
                 };
-                match fd::read(self.fd.as_fd(), &mut env.scratch[..n]) {
+                match fd::read(self.fd.as_fd(), &mut env.scratch[..asked]) {
                     Ok(0) => {
                         self.read_closed = true;
                         self.with_io(env, |h, io| h.on_eof(io));
                     }
                     Ok(n) => {
                         active = true;
+                        if n < asked && !self.peer_hup {
+                            self.may_read = false;
+                        }
                         env.budget -= n;
                         self.charge(n);
                         env.stats.bytes_in += n as u64;
@@ -611,14 +624,17 @@ impl Conn {
                 && !self.throttled
                 && env.budget > 0
             {
-                let Some(n) = self.allowance(env.budget.min(env.scratch.len())) else {
+                let Some(asked) = self.allowance(env.budget.min(env.scratch.len())) else {
                     break;
                 };
-                match fd::read(self.fd.as_fd(), &mut env.scratch[..n]) {
+                match fd::read(self.fd.as_fd(), &mut env.scratch[..asked]) {
                     Ok(0) => self.read_closed = true,
                     Ok(n) => {
                         active = true;
                         progress = true;
+                        if n < asked && !self.peer_hup {
+                            self.may_read = false;
+                        }
                         env.budget -= n;
                         self.charge(n);
                         env.stats.bytes_in += n as u64;
@@ -634,12 +650,15 @@ impl Conn {
             if up.connected {
                 // upstream -> client
                 while up.may_read && !up.read_closed && !up.backpressured && env.budget > 0 {
-                    let n = env.budget.min(env.scratch.len());
-                    match fd::read(up.fd.as_fd(), &mut env.scratch[..n]) {
+                    let asked = env.budget.min(env.scratch.len());
+                    match fd::read(up.fd.as_fd(), &mut env.scratch[..asked]) {
                         Ok(0) => up.read_closed = true,
                         Ok(n) => {
                             active = true;
                             progress = true;
+                            if n < asked && !up.peer_hup {
+                                up.may_read = false;
+                            }
                             env.budget -= n;
                             self.take_out_buf(env.pool);
                             self.out.extend_from_slice(&env.scratch[..n]);

@@ -888,6 +888,7 @@ impl Worker {
         if ev.readable || ev.hangup {
             up.may_read = true;
         }
+        up.peer_hup |= ev.hangup;
         self.drive(token);
     }
 
@@ -914,6 +915,7 @@ impl Worker {
         if ev.readable || ev.hangup {
             c.may_read = true;
         }
+        c.peer_hup |= ev.hangup;
         self.drive(token);
     }
 
