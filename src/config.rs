@@ -15,7 +15,9 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 
 mod checks;
+mod recycle;
 pub use checks::RSS_FLOOR;
+pub use recycle::Steer;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
@@ -258,6 +260,9 @@ pub struct MasterConfig {
     pub cpu_affinity: bool,
     /// Allow `corral fault` and `corral chaos` to make workers fail on request.
     pub fault_injection: bool,
+    /// Reload replaces this many slots at a time, each new worker ready before its
+    /// predecessor drains; 0 = the whole generation at once.
+    pub reload_surge: usize,
 }
 
 impl Default for MasterConfig {
@@ -275,6 +280,7 @@ impl Default for MasterConfig {
             daemon: false,
             cpu_affinity: false,
             fault_injection: false,
+            reload_surge: 0,
         }
     }
 }
@@ -301,6 +307,15 @@ pub struct WorkerConfig {
     pub heartbeat_interval: Dur,
     /// Threads of the per-worker blocking pool (started on first use).
     pub blocking_threads: usize,
+    /// A worker is replaced gracefully after serving this many connections; 0 = off.
+    pub max_requests: u64,
+    /// Up to this many connections are added to each worker's `max_requests`, drawn
+    /// at random per worker, so workers do not all restart together.
+    pub max_requests_jitter: u64,
+    /// A worker is replaced gracefully after living this long; "0" = off.
+    pub max_lifetime: Dur,
+    /// Up to this much is added to each worker's `max_lifetime`, drawn per worker.
+    pub max_lifetime_jitter: Dur,
 }
 
 impl Default for WorkerConfig {
@@ -310,6 +325,10 @@ impl Default for WorkerConfig {
             idle_timeout: Dur(Duration::from_secs(60)),
             heartbeat_interval: Dur(Duration::from_secs(1)),
             blocking_threads: 4,
+            max_requests: 0,
+            max_requests_jitter: 0,
+            max_lifetime: Dur(Duration::ZERO),
+            max_lifetime_jitter: Dur(Duration::ZERO),
         }
     }
 }
@@ -507,6 +526,10 @@ pub struct ListenConfig {
     /// Workers use these and never resolve names themselves.
     #[serde(skip)]
     pub resolved_upstreams: Vec<SocketAddr>,
+    /// reuseport: which slot's socket the kernel gives a new connection to
+    /// (`"client-ip"`: a hash of the client address, so a client sticks to a slot).
+    #[serde(default)]
+    pub steer: Option<Steer>,
 }
 
 /// Keys that only make sense for one service, for the "wrong service" check.
@@ -757,6 +780,9 @@ impl Config {
         }
         if self.listen.is_empty() {
             return Err(self.invalid("listen", "at least one [[listen]] entry is needed"));
+        }
+        if let Err((key, reason)) = recycle::check(self) {
+            return Err(self.invalid(&key, reason));
         }
         for (i, l) in self.listen.iter().enumerate() {
             let key = |k: &str| format!("listen[{i}].{k}");

@@ -13,6 +13,8 @@ mod handoff;
 mod inject;
 pub mod pidfile;
 mod pressure;
+mod recycle;
+mod rolling;
 pub mod sockets;
 pub mod table;
 pub mod upgrade;
@@ -158,6 +160,8 @@ struct Reload {
     /// Control clients waiting for the outcome (indices into `Master::clients` are not
     /// stable, so clients are marked by a ticket instead).
     waiters: Vec<u64>,
+    /// `reload_surge`: slots are replaced a few at a time.
+    rolling: Option<rolling::Roll>,
 }
 
 /// The master's state; all transitions are in this file.
@@ -321,6 +325,7 @@ impl Master {
         }
         let mut inherited = sockets::take_inherited();
         let listeners = sockets::open_all(config, &[], &mut inherited)?;
+        sockets::steer(config, &listeners)?;
         let pid_file = PidFile::create(&config.master.pid_file, &config.source)?;
         let control = control::Server::bind(&config.master.control_socket_path(), opts.upgraded)?;
         for l in listeners.iter().filter(|l| l.slot.unwrap_or(0) == 0) {
@@ -656,6 +661,7 @@ impl Master {
                     recycling: false,
                     channel_closed: false,
                     handoff: Default::default(),
+                    limits: recycle::Limits::draw(&self.config_of(generation).worker),
                 });
                 if let Some(s) = self.slots.get_mut(slot) {
                     s.respawn_at = None;
@@ -737,6 +743,14 @@ impl Master {
             signals,
         };
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker::run(init))).unwrap_or(101)
+    }
+
+    /// The config `generation`'s workers run with.
+    fn config_of(&self, generation: u64) -> &Config {
+        match &self.state {
+            State::Reloading(r) if r.generation == generation => &r.config,
+            _ => &self.config,
+        }
     }
 
     /// The drain timeout that `generation`'s workers run with.
@@ -832,6 +846,7 @@ impl Master {
                 w.last_heartbeat = Instant::now();
                 w.stats = stats;
                 self.check_rss(i);
+                self.check_recycle();
             }
             ToMaster::Handoff { .. } | ToMaster::HandoffDone(_) => {}
         }
@@ -1026,6 +1041,29 @@ impl Master {
         }
     }
 
+    /// A worker over `max_requests` or `max_lifetime` is replaced like one over
+    /// `max_worker_rss`, one slot at a time (see `recycle`).
+    fn check_recycle(&mut self) {
+        if !matches!(self.state, State::Running) {
+            return;
+        }
+        let Some((i, reason)) = recycle::pick(&mut self.workers, self.generation, Instant::now())
+        else {
+            return;
+        };
+        let w = &mut self.workers[i];
+        let (slot, pid) = (w.slot, w.pid.as_raw());
+        info!(
+            slot,
+            pid, "recycling worker: {reason}; its replacement starts first"
+        );
+        w.recycling = true;
+        if let Err(e) = self.spawn(slot, self.generation) {
+            error!("{e}");
+            self.workers[i].recycling = false;
+        }
+    }
+
     fn enforce_deadlines(&mut self, now: Instant) {
         let stop_deadline = match self.state {
             State::Stopping { deadline, .. } if deadline <= now => Some(deadline),
@@ -1052,6 +1090,7 @@ impl Master {
 
     /// Moves state forward once what it waits for has happened.
     fn check_progress(&mut self, now: Instant) {
+        self.roll(now);
         match &self.state {
             State::Starting { deadline } => {
                 let want = self.slots.iter().filter(|s| !s.fatal).count();
@@ -1100,7 +1139,7 @@ impl Master {
                         drain(w, deadline, IdlePolicy::Handoff);
                     }
                 }
-                if self.queued_reload {
+                if self.queued_reload && !self.rolled_back_alive() {
                     self.queued_reload = false;
                     let waiters = std::mem::take(&mut self.reload_queued);
                     self.start_reload(waiters);
@@ -1125,6 +1164,13 @@ impl Master {
                 );
             }
         }
+    }
+
+    /// Workers of a rolled-back reload still serve until their slot's old-generation
+    /// worker is ready; the next reload would reuse their generation number, so it
+    /// waits for them (they are gone within a drain).
+    fn rolled_back_alive(&self) -> bool {
+        self.workers.iter().any(|w| w.generation > self.generation)
     }
 
     /// True when `want` workers of `generation` have reported ready.
@@ -1300,7 +1346,7 @@ impl Master {
     /// one reload).
     fn reload(&mut self, waiters: Vec<u64>) {
         match self.state {
-            State::Running => self.start_reload(waiters),
+            State::Running if !self.rolled_back_alive() => self.start_reload(waiters),
             State::Upgrading(_) => {
                 warn!("reload refused: a binary upgrade is in progress");
                 for t in waiters {
@@ -1311,7 +1357,7 @@ impl Master {
                     );
                 }
             }
-            State::Reloading(_) | State::Starting { .. } => {
+            State::Reloading(_) | State::Starting { .. } | State::Running => {
                 info!("reload queued behind the one in progress");
                 self.queued_reload = true;
                 self.reload_queued.extend(waiters);
@@ -1347,6 +1393,14 @@ impl Master {
         }
         let generation = self.generation + 1;
         let n = new.master.workers.count();
+        let roll = rolling::Roll::new(
+            new.master.reload_surge,
+            self.config.master.workers.count(),
+            n,
+        );
+        if let Some(r) = &roll {
+            info!("rolling reload: replacing {} slot(s) at a time", r.surge);
+        }
         self.state = State::Reloading(Box::new(Reload {
             generation,
             config: new,
@@ -1354,13 +1408,44 @@ impl Master {
             deadline: started + START_TIMEOUT,
             started,
             waiters,
+            rolling: roll,
         }));
+        if self.roll(started) {
+            return;
+        }
         for slot in 0..n {
             if let Err(e) = self.spawn(slot, generation) {
                 self.abort_reload(e.to_string());
                 return;
             }
         }
+    }
+
+    /// A rolling reload's next step (see `rolling`): drains the old workers of slots
+    /// whose new worker is ready and starts the next slots. False when the reload in
+    /// flight is not a rolling one.
+    fn roll(&mut self, now: Instant) -> bool {
+        let drain_timeout = self.config.master.drain_timeout.0;
+        let old = self.generation;
+        let State::Reloading(r) = &mut self.state else {
+            return false;
+        };
+        let new = r.generation;
+        let Some(roll) = r.rolling.as_mut() else {
+            return false;
+        };
+        let slots = roll.step(&mut self.workers, old, new, now + drain_timeout);
+        if !slots.is_empty() {
+            // Each step may wait for a predecessor's drain: the deadline is per step.
+            r.deadline = now + START_TIMEOUT + drain_timeout;
+        }
+        for slot in slots {
+            if let Err(e) = self.spawn(slot, new) {
+                self.abort_reload(e.to_string());
+                break;
+            }
+        }
+        true
     }
 
     /// Reads, validates and resolves the new config and opens its listeners; an
@@ -1411,6 +1496,9 @@ impl Master {
         sockets::log_changes(&self.listeners, &listeners);
         sockets::remove_paths(&self.listeners, &listeners);
         self.listeners = listeners;
+        if let Err(e) = sockets::steer(&self.config, &self.listeners) {
+            warn!("{e}; connections are spread by the kernel's hash meanwhile");
+        }
         self.generation = generation;
         self.workers_parked = false;
         // Old workers with nothing left exit within milliseconds of their drain
@@ -1494,17 +1582,37 @@ impl Master {
     }
 
     fn abort_reload(&mut self, why: String) {
-        let State::Reloading(r) = std::mem::replace(&mut self.state, State::Running) else {
+        let State::Reloading(mut r) = std::mem::replace(&mut self.state, State::Running) else {
             return;
         };
-        for w in &mut self.workers {
-            if w.generation == r.generation {
-                let _ = process::kill(w.pid, Signal::SIGKILL);
-                w.state = WorkerState::Stopping;
+        let mut rolled_back = String::new();
+        if let Some(roll) = r.rolling.take() {
+            let slots = roll.roll_back(&mut self.workers, r.generation);
+            if !slots.is_empty() {
+                rolled_back = format!(
+                    "; rolling back slot(s) {slots:?}, which had been replaced: they get \
+                     generation {} workers again, and their new workers drain once those are ready",
+                    self.generation
+                );
+            }
+            for slot in slots {
+                if let Err(e) = self.spawn(slot, self.generation) {
+                    error!("{e}; slot {slot} is refilled by the respawn path");
+                    if let Some(s) = self.slots.get_mut(slot) {
+                        s.respawn_at = Some(Instant::now() + Duration::from_secs(1));
+                    }
+                }
+            }
+        } else {
+            for w in &mut self.workers {
+                if w.generation == r.generation {
+                    let _ = process::kill(w.pid, Signal::SIGKILL);
+                    w.state = WorkerState::Stopping;
+                }
             }
         }
         let msg = format!(
-            "reload failed, generation {} keeps serving: {why}",
+            "reload failed, generation {} keeps serving: {why}{rolled_back}",
             self.generation
         );
         self.reload_failed(&msg, r.waiters);
