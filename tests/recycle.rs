@@ -327,7 +327,7 @@ fn steer_needs_reuseport() {
 }
 
 /// For each of 8 client addresses, which worker pid held its 50 connections.
-fn placement(c: &Corral, conns_per_addr: usize) -> HashMap<u8, HashSet<Option<i32>>> {
+fn placement(c: &Corral, pids: &[i32], conns_per_addr: usize) -> HashMap<u8, HashSet<Option<i32>>> {
     let mut conns: Vec<(u8, TcpStream)> = Vec::new();
     for last in 2u8..10 {
         for n in 0..conns_per_addr {
@@ -338,9 +338,8 @@ fn placement(c: &Corral, conns_per_addr: usize) -> HashMap<u8, HashSet<Option<i3
             conns.push((last, s));
         }
     }
-    let pids = c.worker_pids();
     let streams: Vec<TcpStream> = conns.iter().map(|(_, s)| s.try_clone().unwrap()).collect();
-    let owners = owners_any(&streams, &pids);
+    let owners = owners_any(&streams, pids);
     let mut out: HashMap<u8, HashSet<Option<i32>>> = HashMap::new();
     for ((last, _), o) in conns.iter().zip(owners) {
         out.entry(*last).or_default().insert(o);
@@ -348,47 +347,48 @@ fn placement(c: &Corral, conns_per_addr: usize) -> HashMap<u8, HashSet<Option<i3
     out
 }
 
+/// The slot of worker `pid`, from `corral status`.
+fn slot_of(c: &Corral, pid: i32) -> u64 {
+    let (_, _, ws) = status(c);
+    ws.iter()
+        .find(|w| w.pid == pid)
+        .unwrap_or_else(|| panic!("pid {pid} not in status {ws:?}"))
+        .slot
+}
+
+/// The one worker each address landed on (fails when an address landed on several).
+fn one_each(p: &HashMap<u8, HashSet<Option<i32>>>) -> HashMap<u8, i32> {
+    p.iter()
+        .map(|(a, owners)| {
+            assert_eq!(
+                owners.len(),
+                1,
+                "connections from 127.0.0.{a} landed on several workers: {owners:?}"
+            );
+            let pid = owners.iter().next().copied().flatten();
+            (
+                *a,
+                pid.unwrap_or_else(|| panic!("127.0.0.{a}: owner not found")),
+            )
+        })
+        .collect()
+}
+
+const STEER: &str = "accept = \"reuseport\"\nsteer = \"client-ip\"";
+
 /// `steer = "client-ip"`: 50 connections from each of 8 source addresses land on
 /// one worker per address, the addresses spread over several workers, and after a
 /// reload each address lands on the successor of the same slot.
 #[test]
 fn steer_by_client_ip_keeps_a_client_on_one_slot_across_reloads() {
-    let c = Corral::start(&config(
-        4,
-        "",
-        "",
-        "accept = \"reuseport\"\nsteer = \"client-ip\"",
-    ));
-    let slot_of = |pid: i32| -> u64 {
-        let (_, _, ws) = status(&c);
-        ws.iter()
-            .find(|w| w.pid == pid)
-            .unwrap_or_else(|| panic!("pid {pid} not in status {ws:?}"))
-            .slot
-    };
-    let one_each = |p: &HashMap<u8, HashSet<Option<i32>>>| -> HashMap<u8, i32> {
-        p.iter()
-            .map(|(a, owners)| {
-                assert_eq!(
-                    owners.len(),
-                    1,
-                    "connections from 127.0.0.{a} landed on several workers: {owners:?}"
-                );
-                let pid = owners.iter().next().copied().flatten();
-                (
-                    *a,
-                    pid.unwrap_or_else(|| panic!("127.0.0.{a}: owner not found")),
-                )
-            })
-            .collect()
-    };
-    let first = one_each(&placement(&c, 50));
+    let c = Corral::start(&config(4, "", "", STEER));
+    let first = one_each(&placement(&c, &c.worker_pids(), 50));
     let workers: HashSet<i32> = first.values().copied().collect();
     assert!(
         workers.len() >= 2,
         "8 addresses all landed on one worker: {first:?}"
     );
-    let slots: HashMap<u8, u64> = first.iter().map(|(a, p)| (*a, slot_of(*p))).collect();
+    let slots: HashMap<u8, u64> = first.iter().map(|(a, p)| (*a, slot_of(&c, *p))).collect();
 
     let out = c.cli(&["-s", "reload"]);
     assert!(out.status.success(), "{}\n{}", out.all(), c.log_tail(30));
@@ -400,13 +400,48 @@ fn steer_by_client_ip_keeps_a_client_on_one_slot_across_reloads() {
         "old workers still running: {:?}",
         status(&c)
     );
-    let second = one_each(&placement(&c, 50));
+    let second = one_each(&placement(&c, &c.worker_pids(), 50));
     for (a, pid) in &second {
         assert!(!first.values().any(|p| p == pid), "{pid} is an old worker");
         assert_eq!(
-            slot_of(*pid),
+            slot_of(&c, *pid),
             slots[a],
             "127.0.0.{a} moved from slot {} to another slot after the reload",
+            slots[a]
+        );
+    }
+}
+
+/// A binary upgrade hands the reuseport sockets to the new master in slot order:
+/// after it, each client address lands on the new master's worker of the same slot.
+#[test]
+fn steer_by_client_ip_survives_a_binary_upgrade() {
+    let c = Corral::start(&config(4, "", "", STEER));
+    let first = one_each(&placement(&c, &c.worker_pids(), 20));
+    let slots: HashMap<u8, u64> = first.iter().map(|(a, p)| (*a, slot_of(&c, *p))).collect();
+    let old_master = c.master_pid();
+    let out = c.cli(&["-s", "upgrade"]);
+    let new_master = c.read_pid_file().filter(|p| *p != old_master);
+    if let Some(p) = new_master {
+        c.adopt_master(p);
+    }
+    assert!(out.status.success(), "{}\n{}", out.all(), c.log_tail(30));
+    let new_master = new_master.expect("the pid file names the new master");
+    let mut pids = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            pids = c.workers_of(new_master).iter().map(|w| w.pid).collect();
+            c.master_exited() && pids.len() == 4 && c.worker_pids().is_empty()
+        }),
+        "the old master or its workers are still there, or the new one has {pids:?}\n{}",
+        c.log_tail(30)
+    );
+    let second = one_each(&placement(&c, &pids, 20));
+    for (a, pid) in &second {
+        assert_eq!(
+            slot_of(&c, *pid),
+            slots[a],
+            "127.0.0.{a} moved from slot {} to another slot after the upgrade",
             slots[a]
         );
     }
