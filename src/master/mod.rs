@@ -1041,29 +1041,6 @@ impl Master {
         }
     }
 
-    /// A worker over `max_requests` or `max_lifetime` is replaced like one over
-    /// `max_worker_rss`, one slot at a time (see `recycle`).
-    fn check_recycle(&mut self) {
-        if !matches!(self.state, State::Running) {
-            return;
-        }
-        let Some((i, reason)) = recycle::pick(&mut self.workers, self.generation, Instant::now())
-        else {
-            return;
-        };
-        let w = &mut self.workers[i];
-        let (slot, pid) = (w.slot, w.pid.as_raw());
-        info!(
-            slot,
-            pid, "recycling worker: {reason}; its replacement starts first"
-        );
-        w.recycling = true;
-        if let Err(e) = self.spawn(slot, self.generation) {
-            error!("{e}");
-            self.workers[i].recycling = false;
-        }
-    }
-
     fn enforce_deadlines(&mut self, now: Instant) {
         let stop_deadline = match self.state {
             State::Stopping { deadline, .. } if deadline <= now => Some(deadline),
@@ -1164,13 +1141,6 @@ impl Master {
                 );
             }
         }
-    }
-
-    /// Workers of a rolled-back reload still serve until their slot's old-generation
-    /// worker is ready; the next reload would reuse their generation number, so it
-    /// waits for them (they are gone within a drain).
-    fn rolled_back_alive(&self) -> bool {
-        self.workers.iter().any(|w| w.generation > self.generation)
     }
 
     /// True when `want` workers of `generation` have reported ready.
@@ -1357,7 +1327,12 @@ impl Master {
                     );
                 }
             }
-            State::Reloading(_) | State::Starting { .. } | State::Running => {
+            State::Running => {
+                info!("reload queued until the workers of the rolled-back reload are gone");
+                self.queued_reload = true;
+                self.reload_queued.extend(waiters);
+            }
+            State::Reloading(_) | State::Starting { .. } => {
                 info!("reload queued behind the one in progress");
                 self.queued_reload = true;
                 self.reload_queued.extend(waiters);
@@ -1419,33 +1394,6 @@ impl Master {
                 return;
             }
         }
-    }
-
-    /// A rolling reload's next step (see `rolling`): drains the old workers of slots
-    /// whose new worker is ready and starts the next slots. False when the reload in
-    /// flight is not a rolling one.
-    fn roll(&mut self, now: Instant) -> bool {
-        let drain_timeout = self.config.master.drain_timeout.0;
-        let old = self.generation;
-        let State::Reloading(r) = &mut self.state else {
-            return false;
-        };
-        let new = r.generation;
-        let Some(roll) = r.rolling.as_mut() else {
-            return false;
-        };
-        let slots = roll.step(&mut self.workers, old, new, now + drain_timeout);
-        if !slots.is_empty() {
-            // Each step may wait for a predecessor's drain: the deadline is per step.
-            r.deadline = now + START_TIMEOUT + drain_timeout;
-        }
-        for slot in slots {
-            if let Err(e) = self.spawn(slot, new) {
-                self.abort_reload(e.to_string());
-                break;
-            }
-        }
-        true
     }
 
     /// Reads, validates and resolves the new config and opens its listeners; an
@@ -1587,22 +1535,7 @@ impl Master {
         };
         let mut rolled_back = String::new();
         if let Some(roll) = r.rolling.take() {
-            let slots = roll.roll_back(&mut self.workers, r.generation);
-            if !slots.is_empty() {
-                rolled_back = format!(
-                    "; rolling back slot(s) {slots:?}, which had been replaced: they get \
-                     generation {} workers again, and their new workers drain once those are ready",
-                    self.generation
-                );
-            }
-            for slot in slots {
-                if let Err(e) = self.spawn(slot, self.generation) {
-                    error!("{e}; slot {slot} is refilled by the respawn path");
-                    if let Some(s) = self.slots.get_mut(slot) {
-                        s.respawn_at = Some(Instant::now() + Duration::from_secs(1));
-                    }
-                }
-            }
+            rolled_back = self.roll_back(roll, r.generation);
         } else {
             for w in &mut self.workers {
                 if w.generation == r.generation {

@@ -12,7 +12,10 @@
 use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
 
+use tracing::{error, info};
+
 use super::table::{Worker, WorkerState};
+use super::{Master, State};
 use crate::config::WorkerConfig;
 
 /// One worker's limits, drawn when it is forked.
@@ -121,6 +124,31 @@ pub fn pick(workers: &mut [Worker], generation: u64, now: Instant) -> Option<(us
             .due(w.stats.accepted, w.started_at, now)
             .map(|r| (i, r))
     })
+}
+
+impl Master {
+    /// A worker over `max_requests` or `max_lifetime` is replaced like one over
+    /// `max_worker_rss`: its replacement starts now, and the master drains it once
+    /// the replacement is ready. Called at each heartbeat.
+    pub(super) fn check_recycle(&mut self) {
+        if !matches!(self.state, State::Running) {
+            return;
+        }
+        let Some((i, reason)) = pick(&mut self.workers, self.generation, Instant::now()) else {
+            return;
+        };
+        let w = &mut self.workers[i];
+        let (slot, pid) = (w.slot, w.pid.as_raw());
+        info!(
+            slot,
+            pid, "recycling worker: {reason}; its replacement starts first"
+        );
+        w.recycling = true;
+        if let Err(e) = self.spawn(slot, self.generation) {
+            error!("{e}");
+            self.workers[i].recycling = false;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -12,11 +12,13 @@
 //! say which slots were rolled back.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use tracing::error;
 
 use super::table::{Worker, WorkerState};
+use super::{Master, State, START_TIMEOUT};
 use crate::channel::IdlePolicy;
 use crate::os::process;
 
@@ -95,5 +97,64 @@ impl Roll {
             }
         }
         self.replaced
+    }
+}
+
+impl Master {
+    /// A rolling reload's next step: drains the old workers of slots whose new
+    /// worker is ready and starts the next slots. False when the reload in flight
+    /// (if any) is not a rolling one.
+    pub(super) fn roll(&mut self, now: Instant) -> bool {
+        let drain_timeout = self.config.master.drain_timeout.0;
+        let old = self.generation;
+        let State::Reloading(r) = &mut self.state else {
+            return false;
+        };
+        let new = r.generation;
+        let Some(roll) = r.rolling.as_mut() else {
+            return false;
+        };
+        let slots = roll.step(&mut self.workers, old, new, now + drain_timeout);
+        if !slots.is_empty() {
+            // Each step may wait for a predecessor's drain: the deadline is per step.
+            r.deadline = now + START_TIMEOUT + drain_timeout;
+        }
+        for slot in slots {
+            if let Err(e) = self.spawn(slot, new) {
+                self.abort_reload(e.to_string());
+                break;
+            }
+        }
+        true
+    }
+
+    /// The rolling reload of generation `new` failed (the state is `Running`
+    /// again): gives the replaced slots workers of the current generation again.
+    /// Returns what the reload answer adds about it.
+    pub(super) fn roll_back(&mut self, roll: Roll, new: u64) -> String {
+        let slots = roll.roll_back(&mut self.workers, new);
+        for &slot in &slots {
+            if let Err(e) = self.spawn(slot, self.generation) {
+                error!("{e}; slot {slot} is refilled by the respawn path");
+                if let Some(s) = self.slots.get_mut(slot) {
+                    s.respawn_at = Some(Instant::now() + Duration::from_secs(1));
+                }
+            }
+        }
+        if slots.is_empty() {
+            return String::new();
+        }
+        format!(
+            "; rolling back slot(s) {slots:?}, which had been replaced: they get generation {} \
+             workers again, and their new workers drain once those are ready",
+            self.generation
+        )
+    }
+
+    /// Workers of a rolled-back reload serve until their slot's old-generation
+    /// worker is ready; the next reload would reuse their generation number, so it
+    /// waits for them (they are gone within a drain).
+    pub(super) fn rolled_back_alive(&self) -> bool {
+        self.workers.iter().any(|w| w.generation > self.generation)
     }
 }
