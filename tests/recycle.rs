@@ -93,6 +93,12 @@ fn workers_are_recycled_after_max_requests_one_at_a_time_without_a_failure() {
     );
     let lines = recycle_lines(&log);
     assert!(lines.len() >= 4, "no recycle lines in the log:\n{log}");
+    eprintln!(
+        "max_requests: {ok} connections, {failed} failed, {} recycles, busiest poll {} slot(s) recycling, {} polls",
+        lines.len(),
+        seen.max_busy_slots,
+        seen.polls
+    );
     let mut limits = HashSet::new();
     for l in &lines {
         let served = number_after(l, "served").unwrap_or_else(|| panic!("{l}"));
@@ -160,6 +166,11 @@ fn workers_are_recycled_after_max_lifetime_without_a_failure() {
     assert!(
         lines.iter().all(|l| l.contains("max_lifetime")),
         "{lines:?}"
+    );
+    eprintln!(
+        "max_lifetime: {ok} connections, {failed} failed, {} recycles, busiest poll {} slot(s) recycling",
+        lines.len(),
+        seen.max_busy_slots
     );
 }
 
@@ -235,6 +246,9 @@ fn a_rolling_reload_never_holds_more_than_one_extra_worker() {
         ok + failed
     );
     assert!(ok >= 500, "only {ok} connections were made");
+    eprintln!(
+        "rolling reload: {ok} connections, {failed} failed, at most {max_alive} workers alive"
+    );
 }
 
 /// A rolling reload whose new worker dies after its slot was replaced fails as a
