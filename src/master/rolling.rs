@@ -85,15 +85,24 @@ impl Roll {
 
     /// The reload failed: kills the new workers that are not serving yet, marks the
     /// ready ones of replaced slots for recycling (they drain once an old-generation
-    /// worker is ready in their slot) and returns the replaced slots, which need an
+    /// worker is ready in their slot), drains the ready ones of slots the old
+    /// generation does not have, and returns the replaced slots, which need an
     /// old-generation worker again.
-    pub fn roll_back(self, workers: &mut [Worker], new: u64) -> Vec<usize> {
+    pub fn roll_back(
+        self,
+        workers: &mut [Worker],
+        new: u64,
+        drain_deadline: Instant,
+    ) -> Vec<usize> {
         for w in workers.iter_mut().filter(|w| w.generation == new) {
-            if w.state == WorkerState::Ready && self.replaced.contains(&w.slot) {
-                w.recycling = true;
-            } else {
-                let _ = process::kill(w.pid, Signal::SIGKILL);
-                w.state = WorkerState::Stopping;
+            match w.state {
+                WorkerState::Ready if self.replaced.contains(&w.slot) => w.recycling = true,
+                WorkerState::Ready => super::drain(w, drain_deadline, IdlePolicy::Handoff),
+                WorkerState::Draining { .. } => {}
+                _ => {
+                    let _ = process::kill(w.pid, Signal::SIGKILL);
+                    w.state = WorkerState::Stopping;
+                }
             }
         }
         self.replaced
@@ -132,7 +141,8 @@ impl Master {
     /// again): gives the replaced slots workers of the current generation again.
     /// Returns what the reload answer adds about it.
     pub(super) fn roll_back(&mut self, roll: Roll, new: u64) -> String {
-        let slots = roll.roll_back(&mut self.workers, new);
+        let deadline = Instant::now() + self.config.master.drain_timeout.0;
+        let slots = roll.roll_back(&mut self.workers, new, deadline);
         for &slot in &slots {
             if let Err(e) = self.spawn(slot, self.generation) {
                 error!("{e}; slot {slot} is refilled by the respawn path");

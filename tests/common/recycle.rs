@@ -116,6 +116,8 @@ pub struct Seen {
     pub polls: usize,
     /// Most slots that had more than one worker in one poll.
     pub max_busy_slots: usize,
+    /// Most live workers seen at once (from /proc, set by the caller).
+    pub max_alive: usize,
     /// Each pid's worker: slot, generation, first and last time seen, and the
     /// largest `accepted` it reported.
     pub workers: HashMap<i32, SeenWorker>,
