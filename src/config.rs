@@ -20,6 +20,8 @@ pub mod privs;
 pub use checks::RSS_FLOOR;
 mod pp;
 pub use pp::{ProxyProtocol, DEFAULT_ACCEPT_PROXY_TIMEOUT};
+mod recycle;
+pub use recycle::Steer;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
@@ -273,6 +275,9 @@ pub struct MasterConfig {
     /// `user`/`group` resolved at load (not a config key).
     #[serde(skip)]
     pub credentials: Option<crate::os::privs::Credentials>,
+    /// Reload replaces this many slots at a time, each new worker ready before its
+    /// predecessor drains; 0 = the whole generation at once.
+    pub reload_surge: usize,
 }
 
 impl Default for MasterConfig {
@@ -294,6 +299,7 @@ impl Default for MasterConfig {
             group: None,
             graceful_sigterm: false,
             credentials: None,
+            reload_surge: 0,
         }
     }
 }
@@ -324,6 +330,15 @@ pub struct WorkerConfig {
     pub rlimit_nofile: Option<u64>,
     /// RLIMIT_CORE of each worker: a size or "unlimited"; default: inherited.
     pub rlimit_core: Option<privs::CoreLimit>,
+    /// A worker is replaced gracefully after serving this many connections; 0 = off.
+    pub max_requests: u64,
+    /// Up to this many connections are added to each worker's `max_requests`, drawn
+    /// at random per worker, so workers do not all restart together.
+    pub max_requests_jitter: u64,
+    /// A worker is replaced gracefully after living this long; "0" = off.
+    pub max_lifetime: Dur,
+    /// Up to this much is added to each worker's `max_lifetime`, drawn per worker.
+    pub max_lifetime_jitter: Dur,
 }
 
 impl Default for WorkerConfig {
@@ -335,6 +350,10 @@ impl Default for WorkerConfig {
             blocking_threads: 4,
             rlimit_nofile: None,
             rlimit_core: None,
+            max_requests: 0,
+            max_requests_jitter: 0,
+            max_lifetime: Dur(Duration::ZERO),
+            max_lifetime_jitter: Dur(Duration::ZERO),
         }
     }
 }
@@ -579,6 +598,10 @@ pub struct ListenConfig {
     /// each way, duration, how it ended), like HAProxy's tcplog.
     #[serde(default)]
     pub log_connections: Option<bool>,
+    /// reuseport: which slot's socket the kernel gives a new connection to
+    /// (`"client-ip"`: a hash of the client address, so a client sticks to a slot).
+    #[serde(default)]
+    pub steer: Option<Steer>,
 }
 
 /// Keys that only make sense for one service, for the "wrong service" check.
@@ -826,6 +849,9 @@ impl Config {
         }
         if self.listen.is_empty() {
             return Err(self.invalid("listen", "at least one [[listen]] entry is needed"));
+        }
+        if let Err((key, reason)) = recycle::check(self) {
+            return Err(self.invalid(&key, reason));
         }
         for (i, l) in self.listen.iter().enumerate() {
             let key = |k: &str| format!("listen[{i}].{k}");

@@ -15,6 +15,8 @@ mod metrics;
 pub mod pidfile;
 mod pressure;
 mod privs;
+mod recycle;
+mod rolling;
 pub mod sockets;
 pub mod table;
 pub mod upgrade;
@@ -164,6 +166,8 @@ struct Reload {
     /// Control clients waiting for the outcome (indices into `Master::clients` are not
     /// stable, so clients are marked by a ticket instead).
     waiters: Vec<u64>,
+    /// `reload_surge`: slots are replaced a few at a time.
+    rolling: Option<rolling::Roll>,
 }
 
 /// The master's state; all transitions are in this file.
@@ -337,6 +341,7 @@ impl Master {
             s.from_corral = opts.upgraded;
         }
         let listeners = sockets::open_all(config, &[], &mut inherited)?;
+        sockets::steer(config, &listeners)?;
         let pid_file = PidFile::create(&config.master.pid_file, &config.source)?;
         let control = control::Server::bind(&config.master.control_socket_path(), opts.upgraded)?;
         for l in listeners.iter().filter(|l| l.slot.unwrap_or(0) == 0) {
@@ -693,6 +698,7 @@ impl Master {
                     recycling: false,
                     channel_closed: false,
                     handoff: Default::default(),
+                    limits: recycle::Limits::draw(&self.worker_config(generation).worker),
                 });
                 if let Some(s) = self.slots.get_mut(slot) {
                     s.respawn_at = None;
@@ -886,6 +892,7 @@ impl Master {
                 w.last_heartbeat = Instant::now();
                 w.stats = stats;
                 self.check_rss(i);
+                self.check_recycle();
             }
             ToMaster::Counters(c) => self.metrics.counters(w.pid.as_raw(), c),
             ToMaster::MetricsRequest { id } => self.answer_metrics(i, id),
@@ -1111,6 +1118,7 @@ impl Master {
 
     /// Moves state forward once what it waits for has happened.
     fn check_progress(&mut self, now: Instant) {
+        self.roll(now);
         match &self.state {
             State::Starting { deadline } => {
                 let want = self.slots.iter().filter(|s| !s.fatal).count();
@@ -1160,7 +1168,7 @@ impl Master {
                         drain(w, deadline, IdlePolicy::Handoff);
                     }
                 }
-                if self.queued_reload {
+                if self.queued_reload && !self.rolled_back_alive() {
                     self.queued_reload = false;
                     let waiters = std::mem::take(&mut self.reload_queued);
                     self.start_reload(waiters);
@@ -1366,7 +1374,7 @@ impl Master {
     /// one reload).
     fn reload(&mut self, waiters: Vec<u64>) {
         match self.state {
-            State::Running => self.start_reload(waiters),
+            State::Running if !self.rolled_back_alive() => self.start_reload(waiters),
             State::Upgrading(_) => {
                 warn!("reload refused: a binary upgrade is in progress");
                 for t in waiters {
@@ -1376,6 +1384,11 @@ impl Master {
                         "a binary upgrade is in progress; reload refused".into(),
                     );
                 }
+            }
+            State::Running => {
+                info!("reload queued until the workers of the rolled-back reload are gone");
+                self.queued_reload = true;
+                self.reload_queued.extend(waiters);
             }
             State::Reloading(_) | State::Starting { .. } => {
                 info!("reload queued behind the one in progress");
@@ -1414,6 +1427,14 @@ impl Master {
         privs::give_log_file(&new);
         let generation = self.generation + 1;
         let n = new.master.workers.count();
+        let roll = rolling::Roll::new(
+            new.master.reload_surge,
+            self.config.master.workers.count(),
+            n,
+        );
+        if let Some(r) = &roll {
+            info!("rolling reload: replacing {} slot(s) at a time", r.surge);
+        }
         self.state = State::Reloading(Box::new(Reload {
             generation,
             config: new,
@@ -1421,7 +1442,11 @@ impl Master {
             deadline: started + START_TIMEOUT,
             started,
             waiters,
+            rolling: roll,
         }));
+        if self.roll(started) {
+            return;
+        }
         for slot in 0..n {
             if let Err(e) = self.spawn(slot, generation) {
                 self.abort_reload(e.to_string());
@@ -1478,6 +1503,9 @@ impl Master {
         sockets::log_changes(&self.listeners, &listeners);
         sockets::remove_paths(&self.listeners, &listeners);
         self.listeners = listeners;
+        if let Err(e) = sockets::steer(&self.config, &self.listeners) {
+            warn!("{e}; connections are spread by the kernel's hash meanwhile");
+        }
         self.generation = generation;
         self.workers_parked = false;
         // Old workers with nothing left exit within milliseconds of their drain
@@ -1563,17 +1591,22 @@ impl Master {
     }
 
     fn abort_reload(&mut self, why: String) {
-        let State::Reloading(r) = std::mem::replace(&mut self.state, State::Running) else {
+        let State::Reloading(mut r) = std::mem::replace(&mut self.state, State::Running) else {
             return;
         };
-        for w in &mut self.workers {
-            if w.generation == r.generation {
-                let _ = process::kill(w.pid, Signal::SIGKILL);
-                w.state = WorkerState::Stopping;
+        let mut rolled_back = String::new();
+        if let Some(roll) = r.rolling.take() {
+            rolled_back = self.roll_back(roll, r.generation);
+        } else {
+            for w in &mut self.workers {
+                if w.generation == r.generation {
+                    let _ = process::kill(w.pid, Signal::SIGKILL);
+                    w.state = WorkerState::Stopping;
+                }
             }
         }
         let msg = format!(
-            "reload failed, generation {} keeps serving: {why}",
+            "reload failed, generation {} keeps serving: {why}{rolled_back}",
             self.generation
         );
         self.reload_failed(&msg, r.waiters);

@@ -5,6 +5,15 @@
 //!
 //! One code path serves systemd socket activation and binary upgrades, so the upgrade
 //! path is exercised by every socket-activated start, and vice versa.
+//!
+//! Steering (`steer = "client-ip"`) relies on a reuseport socket's index in the
+//! kernel's group being its slot: the group's order is the order of `listen()`, and
+//! closing a socket moves the group's last one into its place. So slot i's socket is
+//! bound i-th, is kept open by the master for as long as the listener is configured
+//! (workers come and go, the socket stays: the successor of slot i serves socket i),
+//! passed sockets are taken back in the order they were passed (not swapped), and
+//! only a shrinking `workers` closes sockets, always the top of the group, where a
+//! moved socket is itself one that is leaving.
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -174,7 +183,8 @@ pub fn open_all(
                     .position(|s| s.addr.as_ref() == Some(&l.address))
             });
             if let Some(k) = found {
-                let s = inherited.swap_remove(k);
+                // In order: a reuseport group's sockets are passed slot by slot.
+                let s = inherited.remove(k);
                 info!(address = %l.address, name = s.name.as_deref().unwrap_or("-"), "using passed-in socket");
                 out.push(Listener {
                     addr: l.address.clone(),
@@ -238,6 +248,39 @@ fn apply_options<'a>(
                 privs::chmod(path, mode).map_err(|e| fail("chmod()", e.io()))?;
             }
         }
+    }
+    Ok(())
+}
+
+/// Attaches the steering program of every `steer`ed listener (and detaches it from
+/// other reuseport listeners) to its reuseport group,
+/// for the group's size in `config` (the whole group shares one program, so this is
+/// done once the generation that has that size takes over).
+pub fn steer(config: &Config, listeners: &[Listener]) -> Result<(), net::NetError> {
+    let n = config.master.workers.count() as u32;
+    for l in config
+        .listen
+        .iter()
+        .filter(|l| l.accept == AcceptMode::Reuseport)
+    {
+        let Some(first) = listeners
+            .iter()
+            .find(|s| s.addr == l.address && s.slot == Some(0))
+        else {
+            continue;
+        };
+        let v6 = matches!(&l.address, ListenAddr::Tcp(a) if a.is_ipv6());
+        let fd = first.fd.as_fd();
+        match l.steer {
+            Some(_) => crate::os::bpf::steer_by_client_ip(fd, n, v6),
+            // A reload that dropped `steer` gives the group back to the kernel's hash.
+            None => crate::os::bpf::unsteer(fd),
+        }
+        .map_err(|source| net::NetError::Bind {
+            addr: l.address.to_string(),
+            step: "setsockopt(SO_ATTACH_REUSEPORT_CBPF)",
+            source,
+        })?;
     }
     Ok(())
 }

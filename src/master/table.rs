@@ -50,6 +50,8 @@ pub struct Worker {
     pub channel_closed: bool,
     /// Connections the master holds for it (hand-overs in flight) and its counts.
     pub handoff: super::handoff::WorkerHandoff,
+    /// When it is due for recycling (`max_requests`, `max_lifetime`).
+    pub limits: super::recycle::Limits,
 }
 
 impl Worker {

@@ -29,6 +29,8 @@ use nix::unistd::Pid;
 pub mod inputs;
 pub mod opsec;
 pub mod pressure;
+#[allow(dead_code)]
+pub mod recycle;
 
 /// How long `Corral::start` waits for a usable master (loaded 2-core box).
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
