@@ -256,6 +256,37 @@ pub fn get_int(fd: BorrowedFd<'_>, level: i32, name: i32) -> io::Result<i32> {
     }
 }
 
+/// `recv(2)` with MSG_PEEK: the bytes stay queued for the next read (a PROXY header is
+/// looked at before it is known how much of the input it takes).
+pub fn peek(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: buf is a valid writable region of buf.len() bytes for the whole call.
+        let n = unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_PEEK,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// A connected socket's (peer, local) IP addresses; None for Unix sockets.
+pub fn tcp_addrs(fd: BorrowedFd<'_>) -> Option<(SocketAddr, SocketAddr)> {
+    let s = socket2::SockRef::from(&fd);
+    let peer = s.peer_addr().ok()?.as_socket()?;
+    let local = s.local_addr().ok()?.as_socket()?;
+    Some((peer, local))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,34 +335,4 @@ mod tests {
             assert_eq!(get_int(fd, tcp, libc::TCP_KEEPCNT).unwrap(), 4);
         }
     }
-}
-/// `recv(2)` with MSG_PEEK: the bytes stay queued for the next read (a PROXY header is
-/// looked at before it is known how much of the input it takes).
-pub fn peek(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        // SAFETY: buf is a valid writable region of buf.len() bytes for the whole call.
-        let n = unsafe {
-            libc::recv(
-                fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_PEEK,
-            )
-        };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
-
-/// A connected socket's (peer, local) IP addresses; None for Unix sockets.
-pub fn tcp_addrs(fd: BorrowedFd<'_>) -> Option<(SocketAddr, SocketAddr)> {
-    let s = socket2::SockRef::from(&fd);
-    let peer = s.peer_addr().ok()?.as_socket()?;
-    let local = s.local_addr().ok()?.as_socket()?;
-    Some((peer, local))
 }

@@ -1104,9 +1104,9 @@ pub fn new_master_pids(log: &str) -> Vec<i32> {
 pub mod fault;
 #[allow(dead_code)]
 pub mod handover;
+pub mod pp;
 #[allow(dead_code)]
 pub mod privs;
-pub mod pp;
 #[allow(dead_code)]
 pub mod sysd;
 
