@@ -180,7 +180,8 @@ move() {
   out=$(timeout 300 "$@" 2>&1) || rc=$?
   b=$(now_ms)
   log "$name: rc=$rc in $((b - a)) ms: $(echo "$out" | tail -n1)"
-  if [[ $SERVICE == http ]]; then
+  # after an upgrade the new master sees only its own (new) workers: nothing to wait for
+  if [[ $SERVICE == http && $name == reload ]]; then
     local d=$(($(now_ms) + 120000)) g
     while (($(now_ms) < d)); do
       g=$(conns_by_gen)
@@ -191,7 +192,7 @@ move() {
     log "$name: hand-over done $(($(now_ms) - a)) ms after the command: $(conns_by_gen)"
   else
     sleep 2
-    log "$name: $(conns_by_gen) (echo connections stay in their old generation)"
+    log "$name: the current master's workers: $(conns_by_gen) (echo connections, and every connection at an upgrade, stay with their old workers)"
   fi
 }
 if [[ -z $STOP_REASON ]]; then
