@@ -60,6 +60,7 @@ IPS=$(((N + PER_IP - 1) / PER_IP))
 ((IPS <= 250)) || IPS=250
 BASE_PORT=$((11000 + RANDOM % 900))
 HOLD_S=$((DEADLINE_S - 60))
+((HOLD_S <= 590)) || HOLD_S=590   # corral-load runs at most 600 s
 STOP_REASON=""
 
 build_corral
@@ -136,6 +137,9 @@ while :; do
   est=$(conns_total)
   ((est >= N)) && break
   mem_ok || break
+  any=0
+  for p in "${CL[@]}"; do alive "$p" && any=1; done
+  if ((!any)); then STOP_REASON="every client exited: $(head -n1 "$WORK/idle-0.err")"; break; fi
   sleep 1
 done
 ESTABLISH_S=$(awk -v ms=$(($(now_ms) - t0)) 'BEGIN { printf "%.1f", ms / 1000 }')
