@@ -21,7 +21,8 @@
 # Box safety: 1M loopback pairs cost ~10 GB of kernel memory. The script refuses to start
 # unless MemAvailable covers N x 12 KB + 3 GiB (and >= 16 GiB for N >= 500k), checks
 # MemAvailable every second while it runs and stops cleanly, printing what it reached,
-# if it falls below 3 GiB. Total deadline: DEADLINE_S (default 1500 s); every process
+# if it falls below 3 GiB. Total deadline: DEADLINE_S (default 1500 s; clients hold at
+# most DEADLINE_S - 60 s); every process
 # runs under `timeout` and the exit trap (also on Ctrl-C) kills, by pid, all it started.
 #
 # Usage: bench/million.sh [N]
@@ -60,7 +61,7 @@ IPS=$(((N + PER_IP - 1) / PER_IP))
 ((IPS <= 250)) || IPS=250
 BASE_PORT=$((11000 + RANDOM % 900))
 HOLD_S=$((DEADLINE_S - 60))
-((HOLD_S <= 590)) || HOLD_S=590   # corral-load runs at most 600 s
+((HOLD_S <= 1790)) || HOLD_S=1790   # corral-load runs at most 1800 s
 STOP_REASON=""
 
 build_corral
@@ -125,7 +126,7 @@ rate=$((CONNECT_RATE / PROCS))
 for ((i = 0; i < PROCS; i++)); do
   c=$((N / PROCS + (i < N % PROCS ? 1 : 0)))
   port=$((BASE_PORT + i % PORTS))
-  timeout --kill-after=60 $((HOLD_S + 30)) "$LOAD" --addr "127.0.0.1:$port" --mode idle --conns "$c" \
+  timeout --kill-after=300 $((HOLD_S + 30)) "$LOAD" --addr "127.0.0.1:$port" --mode idle --conns "$c" \
     --source-ips "$IPS" --connect-rate "$rate" --duration "$HOLD_S" --json \
     >"$WORK/idle-$i.json" 2>"$WORK/idle-$i.err" &
   CL+=($!)
@@ -148,12 +149,19 @@ log "established $est of $N in ${ESTABLISH_S}s (MemAvailable $(($(meminfo_kb Mem
 SAMPLE_PID=""
 if [[ $SERVICE == echo && -z $STOP_REASON ]] && ((SAMPLE > 0)); then
   # round trips on a few connections for the whole hold: before, during and after the moves
-  timeout --kill-after=60 $((HOLD_S + 30)) "$LOAD" --addr "127.0.0.1:$BASE_PORT" --mode echo --conns "$SAMPLE" \
+  timeout --kill-after=300 $((HOLD_S + 30)) "$LOAD" --addr "127.0.0.1:$BASE_PORT" --mode echo --conns "$SAMPLE" \
     --rate 2 --source-ips 1 --duration "$HOLD_S" --json >"$WORK/sample.json" 2>"$WORK/sample.err" &
   SAMPLE_PID=$!
   STARTED+=($!)
 fi
 
+if [[ -n $STOP_REASON ]]; then
+  # figures taken after the clients are gone would be meaningless
+  log "stopped while establishing: $STOP_REASON (reached $est of $N)"
+  corral_stop
+  echo "held=$est lost=NA establish_s=$ESTABLISH_S user_bytes_per_conn=NA"
+  exit 1
+fi
 sleep 3
 W1=$(workers_now)
 read -r _ P1 _ <<<"$(mem_sum $W1)"
