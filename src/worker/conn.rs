@@ -93,7 +93,10 @@ impl Bucket {
     /// tokens (or the whole burst, if smaller) have accumulated — the seeds' 100 ms
     /// re-admission timer, without polling in between.
     pub fn readmit_at(&self, now: Instant) -> Instant {
-        let want = (self.rate / 10).clamp(1, self.burst.max(1));
+        // At most half the burst: a timer that fires a little late then finds the
+        // bucket not yet full, so no token is lost to the cap (re-admitting at exactly
+        // a full burst of 100 ms lost ~2.5 % of the rate to timer lateness).
+        let want = (self.rate / 10).min(self.burst / 2).max(1);
         let missing = want.saturating_sub(self.tokens);
         let wait = Duration::from_nanos(
             (u128::from(missing) * 1_000_000_000 / u128::from(self.rate.max(1))) as u64,
@@ -910,6 +913,9 @@ pub struct Slab {
     slots: Vec<Slot>,
     free: Vec<usize>,
     len: usize,
+    /// Generation of slots created anew: above every generation a slot dropped by
+    /// `shrink` ever had, so a stale token of a dropped slot never matches its successor.
+    gen_floor: u32,
 }
 
 impl Slab {
@@ -921,11 +927,32 @@ impl Slab {
             slot.conn = Some(conn);
             return Token::new(i, slot.gen);
         }
+        let gen = self.gen_floor;
         self.slots.push(Slot {
-            gen: 0,
+            gen,
             conn: Some(conn),
         });
-        Token::new(self.slots.len() - 1, 0)
+        Token::new(self.slots.len() - 1, gen)
+    }
+
+    /// Drops the free slots at the end of the table and gives back the capacity the
+    /// table no longer needs, so a worker that once held 100k connections does not
+    /// keep their table. Slots in use never move (tokens stay valid).
+    pub fn shrink(&mut self) {
+        while self.slots.last().is_some_and(|s| s.conn.is_none()) {
+            if let Some(s) = self.slots.pop() {
+                self.gen_floor = self.gen_floor.max(s.gen.wrapping_add(1) & GEN_MASK);
+            }
+        }
+        let n = self.slots.len();
+        self.free.retain(|&i| i < n);
+        self.slots.shrink_to_fit();
+        self.free.shrink_to_fit();
+    }
+
+    /// Slots allocated (in use, free, or spare capacity), for the trim decision.
+    pub fn capacity(&self) -> usize {
+        self.slots.capacity()
     }
 
     pub fn get(&self, t: Token) -> Option<&Conn> {

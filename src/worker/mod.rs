@@ -23,6 +23,7 @@ mod pool;
 mod ratelog;
 pub mod stats;
 pub mod timer;
+mod trim;
 
 use std::collections::HashMap;
 use std::io;
@@ -150,6 +151,8 @@ struct Worker {
     injected: fault::Injected,
     /// Per-listener and per-upstream counters for the metrics service.
     counters: stats::Counters,
+    /// When to give memory back after a peak of connections left.
+    trim: trim::Trim,
 }
 
 /// Runs a worker until it is told to stop, drains, or loses its master; returns the
@@ -240,6 +243,7 @@ impl Worker {
             notices,
             injected: fault::Injected::default(),
             counters,
+            trim: trim::Trim::default(),
         };
         w.resume_accept()?;
         crate::fault::delay_ready();
@@ -443,6 +447,29 @@ impl Worker {
         if self.handoff.wants_flush() {
             self.flush_handoff();
         }
+        if self.trim.due(self.conns.len(), self.conns.capacity()) {
+            self.trim_memory();
+        }
+    }
+
+    /// Shrinks what grew with the connection count and returns free heap pages.
+    fn trim_memory(&mut self) {
+        let before = process::self_rss();
+        self.compact_timers_now();
+        self.timers.shrink();
+        self.conns.shrink();
+        self.ready.shrink_to_fit();
+        self.per_ip.shrink_to_fit();
+        self.bufs.truncate(POOL_MAX / 4);
+        self.bufs.shrink_to_fit();
+        crate::os::memory::trim();
+        debug!(
+            connections = self.conns.len(),
+            trims = self.trim.count,
+            rss_before = before,
+            rss_after = process::self_rss(),
+            "gave memory back"
+        );
     }
 
     fn read_channel(&mut self) {
@@ -1036,6 +1063,10 @@ impl Worker {
         if self.timers.len() <= 2 * self.conns.len() + 4096 {
             return;
         }
+        self.compact_timers_now();
+    }
+
+    fn compact_timers_now(&mut self) {
         let conns = &self.conns;
         self.timers.retain(|t| match t {
             Timer::Idle(k) | Timer::Throttle(k) | Timer::Handler(k) | Timer::Connect(k, _) => {

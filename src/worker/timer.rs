@@ -84,6 +84,11 @@ impl<T> Timers<T> {
             .collect();
     }
 
+    /// Gives back the heap's spare capacity (after a peak of connections left).
+    pub fn shrink(&mut self) {
+        self.heap.shrink_to_fit();
+    }
+
     /// Number of scheduled entries (including lazily cancelled ones).
     pub fn len(&self) -> usize {
         self.heap.len()

@@ -1108,6 +1108,8 @@ pub mod pp;
 #[allow(dead_code)]
 pub mod privs;
 #[allow(dead_code)]
+pub mod scale;
+#[allow(dead_code)]
 pub mod sysd;
 
 #[allow(dead_code)]

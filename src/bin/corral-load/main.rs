@@ -14,6 +14,11 @@
 //!
 //! Safety rule of the machines this runs on: it only ever connects to loopback
 //! addresses (127.0.0.0/8 or ::1) and refuses anything else.
+//!
+//! `--mode stream` (in `stream.rs`) is the one open-loop mode: each connection receives
+//! a paced stream and the tool reports per-client rates and gaps.
+
+mod stream;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
@@ -31,7 +36,7 @@ use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 /// Longest run allowed: the tool must always stop by itself.
-const MAX_DURATION_SECS: u64 = 600;
+const MAX_DURATION_SECS: u64 = 1800;
 /// Largest message: keeps `conns * size` buffers within reason.
 const MAX_SIZE: usize = 1 << 20;
 /// File descriptors kept back for stdio, epoll instances and the allocator's needs.
@@ -60,7 +65,7 @@ struct Args {
     /// Threads, each driving its share of the connections with one epoll instance.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
     threads: u64,
-    /// Run time in seconds (at most 600).
+    /// Run time in seconds (at most 1800: establishing a million connections on a small box takes over 10 minutes).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=MAX_DURATION_SECS))]
     duration: u64,
     /// echo: round trips on persistent connections; idle: hold connections open and
@@ -100,6 +105,17 @@ struct Args {
     /// The corral binary for `--corral-config` (default: `corral` next to this tool).
     #[arg(long, value_name = "PATH")]
     corral_bin: Option<std::path::PathBuf>,
+    /// Stream mode: the rate (bytes/s) each client should receive; clients below it by
+    /// more than `--tolerance` are counted as starved.
+    #[arg(long)]
+    expect_rate: Option<f64>,
+    /// Stream mode: the fraction below `--expect-rate` still counted as served.
+    #[arg(long, default_value_t = 0.05)]
+    tolerance: f64,
+    /// Stream mode: seconds after the start before rates and gaps are measured (the
+    /// connections are being opened).
+    #[arg(long, default_value_t = 5)]
+    warmup: u64,
 }
 
 /// Connections per worker, as `corral status --json` reported them: (pid, count).
@@ -148,6 +164,7 @@ enum Mode {
     Echo,
     Idle,
     Churn,
+    Stream,
 }
 
 impl Mode {
@@ -156,6 +173,7 @@ impl Mode {
             Mode::Echo => "echo",
             Mode::Idle => "idle",
             Mode::Churn => "churn",
+            Mode::Stream => "stream",
         }
     }
 }
@@ -1382,6 +1400,9 @@ fn main() -> ExitCode {
         eprintln!("corral-load: {e}");
         return ExitCode::from(2);
     }
+    if plan.mode == Mode::Stream {
+        return run_stream(&args, &plan);
+    }
     let sampler = sample_workers(&args);
     let summary = match run_load(&plan) {
         Ok(s) => s,
@@ -1424,6 +1445,46 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     ExitCode::SUCCESS
+}
+
+/// `--mode stream`: its own loop and summary (see `stream.rs`).
+fn run_stream(args: &Args, plan: &Plan) -> ExitCode {
+    if args.warmup >= args.duration {
+        eprintln!(
+            "corral-load: --warmup {} must be less than --duration {}",
+            args.warmup, args.duration
+        );
+        return ExitCode::from(2);
+    }
+    if !(0.0..1.0).contains(&args.tolerance) {
+        eprintln!(
+            "corral-load: --tolerance {}: must be in 0 ..< 1",
+            args.tolerance
+        );
+        return ExitCode::from(2);
+    }
+    let opts = stream::StreamOpts {
+        expect: args.expect_rate,
+        tolerance: args.tolerance,
+        warmup: Duration::from_secs(args.warmup),
+    };
+    match stream::run(plan, opts) {
+        Ok(o) => {
+            let j = stream::report(&o, opts, args.json);
+            if args.json {
+                println!("{j}");
+            }
+            let starved = j["starved"].as_u64().unwrap_or(0);
+            if args.fail_on_error && starved > 0 {
+                return ExitCode::from(1);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("corral-load: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 #[cfg(test)]
