@@ -9,6 +9,7 @@
 
 pub mod control;
 pub mod faults;
+pub mod generations;
 mod handoff;
 mod inject;
 pub mod pidfile;
@@ -16,6 +17,7 @@ mod pressure;
 pub mod sockets;
 pub mod table;
 pub mod upgrade;
+mod xfer;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
@@ -259,6 +261,12 @@ pub struct Master {
     fault_requests: Vec<(u64, crate::fault::kind::FaultRequest, u32)>,
     /// Injected faults in flight and master-side faults armed.
     faults: faults::Faults,
+    /// The channel to the other master of a binary upgrade: the new one (made for
+    /// the upgrade in flight, used once it is committed) or the old one (that
+    /// started us, while it still drains).
+    xfer: Option<xfer::Link>,
+    /// What became of each draining generation's connections.
+    gens: generations::Generations,
 }
 
 impl Master {
@@ -340,6 +348,12 @@ impl Master {
         control: control::Server,
     ) -> Master {
         let n = config.master.workers.count();
+        let predecessor = upgrade::Predecessor::from_env();
+        let link = xfer::Link::from_env(predecessor.as_ref().map(|p| p.pid().as_raw()))
+            .unwrap_or_else(|e| {
+                warn!("{e}");
+                None
+            });
         Master {
             config,
             generation: 1,
@@ -364,7 +378,7 @@ impl Master {
             reporter,
             handed_over: false,
             successor: None,
-            predecessor: upgrade::Predecessor::from_env(),
+            predecessor,
             old_generations_check: None,
             upgrade_refused_waiters: Vec::new(),
             sd_watchdog: crate::notify::watchdog_interval().map(|d| (d, Instant::now())),
@@ -376,6 +390,8 @@ impl Master {
             log_reserve: LogOnce::new(pressure::LOG_EVERY),
             fault_requests: Vec::new(),
             faults: faults::Faults::default(),
+            xfer: link,
+            gens: generations::Generations::default(),
         }
     }
 
@@ -411,6 +427,7 @@ impl Master {
         let mut ready_clients = Vec::new();
         let upgrade_ready;
         let upgrade_gone;
+        let xfer_ready;
         let (sig_ready, ctl_ready) = {
             let mut fds: Vec<PollFd<'_>> =
                 Vec::with_capacity(2 + self.workers.len() + self.clients.len());
@@ -442,6 +459,14 @@ impl Master {
                 fds.push(PollFd::new(u.pipe_fd(), PollFlags::POLLIN));
                 fds.push(PollFd::new(u.pidfd.as_fd(), PollFlags::POLLIN));
             }
+            let xfer_at = fds.len();
+            if let Some(l) = self.xfer.as_ref().filter(|l| !l.closed) {
+                let mut flags = PollFlags::POLLIN;
+                if l.wants_write() {
+                    flags |= PollFlags::POLLOUT;
+                }
+                fds.push(PollFd::new(l.fd(), flags));
+            }
             let clients_at = fds.len();
             for (_, c) in &self.clients {
                 let mut flags = PollFlags::empty();
@@ -460,6 +485,7 @@ impl Master {
                 return Vec::new();
             }
             let fired = |p: &PollFd<'_>| p.revents().is_some_and(|r| !r.is_empty());
+            xfer_ready = xfer_at < clients_at && fired(&fds[xfer_at]);
             for (i, p) in fds[workers_at..upgrade_at].iter().enumerate() {
                 if fired(p) {
                     ready_workers.push(self.workers[i].pid);
@@ -475,8 +501,8 @@ impl Master {
             }
             let sig = self.signals.is_some() && fired(&fds[0]);
             let ctl = self.control.is_some() && accepting && fired(&fds[ctl_index]);
-            upgrade_ready = upgrade_at < clients_at && fired(&fds[upgrade_at]);
-            upgrade_gone = upgrade_at + 1 < clients_at && fired(&fds[upgrade_at + 1]);
+            upgrade_ready = upgrade_at < xfer_at && fired(&fds[upgrade_at]);
+            upgrade_gone = upgrade_at + 1 < xfer_at && fired(&fds[upgrade_at + 1]);
             (sig, ctl)
         };
         let mut commands = Vec::new();
@@ -489,6 +515,9 @@ impl Master {
                     commands.extend(Command::from_signal(sig).map(Job::signal));
                 }
             }
+        }
+        if xfer_ready {
+            self.xfer_read();
         }
         for pid in ready_workers {
             self.read_worker(pid);
@@ -597,6 +626,11 @@ impl Master {
         }
         match self.state {
             State::Stopping { deadline, .. } if self.workers.is_empty() => {
+                // Connections on their way to the new master leave with it, not us.
+                if self.xfer.as_ref().is_some_and(|l| l.wants_write()) && Instant::now() < deadline
+                {
+                    return None;
+                }
                 // Exiting would let systemd SIGKILL the old master's connections.
                 if let Some(p) = &self.predecessor {
                     if Instant::now() < deadline {
@@ -696,6 +730,7 @@ impl Master {
         self.signals = None;
         self.pid_file = None;
         self.reporter = None;
+        self.xfer = None;
         if let State::Upgrading(_) = self.state {
             self.state = State::Running;
         }
@@ -775,6 +810,8 @@ impl Master {
                     self.forward(Some(i), conns.into_iter().zip(fds).collect());
                 }
                 Ok(Some((ToMaster::HandoffDone(counts), _))) => {
+                    let w = &self.workers[i];
+                    self.gens.counts(w.generation, w.pid.as_raw(), counts);
                     self.handoff_done(i, counts);
                     for (t, o) in self.faults.handed_over(pid, counts.handed) {
                         self.answer_fault(t, o);
@@ -856,7 +893,22 @@ impl Master {
                 continue;
             };
             let w = self.workers.swap_remove(i);
+            let generation = w.generation;
+            // Killed, or ended at its drain deadline: what it still served is closed.
+            let cut = match w.state {
+                WorkerState::Draining { deadline } => {
+                    reason != ExitReason::Code(0) || Instant::now() + DRAIN_BACKSTOP >= deadline
+                }
+                WorkerState::Stopping => true,
+                _ => false,
+            };
+            if cut {
+                self.gens.closed(generation, w.stats.connections);
+            }
             self.worker_exited(w, reason);
+            if !self.workers.iter().any(|o| o.generation == generation) {
+                self.gens.gone(generation, Instant::now());
+            }
         }
     }
 
@@ -1240,6 +1292,7 @@ impl Master {
         // close theirs, instead of piling up in a backlog nobody will accept from.
         self.listeners.clear();
         for w in &mut self.workers {
+            self.gens.draining(w.generation, now);
             if graceful {
                 if !matches!(
                     w.state,
@@ -1400,6 +1453,7 @@ impl Master {
                 && matches!(w.state, WorkerState::Starting | WorkerState::Ready)
             {
                 drain(w, deadline, IdlePolicy::Handoff);
+                self.gens.draining(w.generation, now);
                 drained += 1;
             }
         }
@@ -1554,10 +1608,27 @@ impl Master {
         // at the next stop instead of letting it drain.
         let me = upgrade::predecessor_env();
         let bad = self.faults.take_bad_upgrade();
+        // The channel the idle connections move over once the upgrade is committed.
+        let (link, theirs) = match xfer::Link::pair() {
+            Ok((l, t)) => (Some(l), Some(t)),
+            Err(e) => {
+                warn!("{e}; idle connections will stay with this master's workers");
+                (None, None)
+            }
+        };
+        // Above where `hand_over` places the listeners and the readiness pipe, so
+        // that neither overwrites it.
+        let floor = sockets::LISTEN_FDS_START + self.listeners.len() as i32 + 2;
         let exec = || match sockets::hand_over(&self.listeners, &pipe_w) {
             Ok(mut env) => match signals::reset_for_exec() {
                 Ok(()) => {
                     env.extend(me);
+                    if let Some(t) = &theirs {
+                        match fd::dup_inheritable(t.as_fd(), floor) {
+                            Ok(raw) => env.push((xfer::XFER_FD_ENV.into(), raw.to_string())),
+                            Err(e) => return e.to_string(),
+                        }
+                    }
                     if bad {
                         env.push((crate::fault::ENV.into(), "bad-upgrade".into()));
                     }
@@ -1571,7 +1642,9 @@ impl Master {
             },
             Err(e) => e,
         };
-        match upgrade::detached(exec, &pipe_w) {
+        let spawned = upgrade::detached(exec, &pipe_w);
+        drop(theirs);
+        match spawned {
             Err(e) => {
                 self.restore_pid_file();
                 self.upgrade_failed(waiter.into_iter().collect(), e.to_string());
@@ -1582,6 +1655,7 @@ impl Master {
                     warn!("{e}");
                 }
                 let child = spawned.pid;
+                self.xfer = link;
                 info!(
                     pid = child.as_raw(),
                     "new master started; waiting for it to report ready"
@@ -1670,7 +1744,13 @@ impl Master {
         if let Some(c) = self.control.take() {
             c.forget();
         }
-        self.stop(true, IdlePolicy::Linger);
+        // Idle connections move to the new master over the link (master/xfer.rs);
+        // without one they linger here as before.
+        let idle = match &self.xfer {
+            Some(l) if !l.closed => IdlePolicy::Handoff,
+            _ => IdlePolicy::Linger,
+        };
+        self.stop(true, idle);
     }
 
     /// The new master failed: kill it and everything it started, and keep serving.
@@ -1681,6 +1761,8 @@ impl Master {
         // The new master leads its own process group: its workers go with it. The
         // pidfd reaches it even before it has made that group.
         let _ = nix::sys::signal::killpg(u.child, Signal::SIGKILL);
+        // Nothing moved over it (moves begin only at the commit).
+        self.xfer = None;
         if let Err(e) = u.pidfd.signal(Signal::SIGKILL) {
             warn!("{e}");
         }
@@ -1870,6 +1952,7 @@ impl Master {
             generation: self.generation,
             workers: Vec::new(),
             fault: None,
+            ..Default::default()
         }
     }
 
@@ -1919,6 +2002,11 @@ impl Master {
             })
             .collect();
         workers.sort_by_key(|w| (std::cmp::Reverse(w.generation), w.slot, w.pid));
+        let mut per_gen = std::collections::BTreeMap::new();
+        for w in &self.workers {
+            *per_gen.entry(w.generation).or_insert(0) += 1;
+        }
+        let generations = self.gens.status(&per_gen, self.generation);
         let state = match &self.state {
             State::Starting { .. } => "starting".to_string(),
             State::Running => "running".to_string(),
@@ -1936,6 +2024,8 @@ impl Master {
             generation: self.generation,
             workers,
             fault: None,
+            generations,
+            moved_from_old_master: self.gens.from_predecessor,
         }
     }
 

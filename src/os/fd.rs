@@ -51,6 +51,21 @@ pub fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> Result<(), SysError> {
     Ok(())
 }
 
+/// A copy of `fd` at the lowest free number >= `floor`, *without* FD_CLOEXEC: only
+/// in a child about to exec, for an fd it is meant to inherit (the number is then
+/// named to the new program, so the copy is deliberately left as a raw fd).
+pub fn dup_inheritable(fd: BorrowedFd<'_>, floor: RawFd) -> Result<RawFd, SysError> {
+    fcntl(fd.as_raw_fd(), FcntlArg::F_DUPFD(floor)).ctx("fcntl(F_DUPFD)", || {
+        "copying an fd for the new program".into()
+    })
+}
+
+/// True when `fd` is a SOCK_SEQPACKET socket (what a private channel must be).
+pub fn is_seqpacket(fd: BorrowedFd<'_>) -> bool {
+    nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::SockType)
+        .is_ok_and(|t| t == SockType::SeqPacket)
+}
+
 /// `read(2)` into `buf`; `Ok(0)` is end of file, `WouldBlock` means no data now.
 pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     loop {

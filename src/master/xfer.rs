@@ -1,0 +1,355 @@
+//! The channel between the two masters of a binary upgrade, over which the old
+//! master's workers' idle connections move to the new master's workers.
+//!
+//! The old master makes a SOCK_SEQPACKET socketpair before it spawns the new master;
+//! the new master inherits one end across the double fork and exec, named by
+//! `CORRAL_UPGRADE_XFER_FD`. Nobody else can connect to a socketpair, and the new
+//! master checks that the fd really is a seqpacket socket whose creator (SO_PEERCRED)
+//! is the old master named by `CORRAL_UPGRADE_PREDECESSOR`; otherwise it ignores it.
+//!
+//! Nothing moves before the upgrade is committed: until the new master reports
+//! ready the old workers drain nothing, and a rollback just closes the pair. Once
+//! committed the old master's workers drain with `IdlePolicy::Handoff`; what they
+//! hand over goes, in batches and with backpressure, to the new master, which spreads
+//! it over its ready workers. What it cannot place comes back (`ToPredecessor::Back`)
+//! and the old master returns it to the worker (`ToWorker::Keep`), where it stays
+//! under the old generation's drain rules. Each side counts the fds queued here in
+//! its `MAX_IN_FLIGHT` bound (master/handoff.rs), so neither fills its fd table.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+
+use tracing::{debug, info, warn};
+
+use crate::channel::{Channel, ChannelError, ConnQueue, Handed, ToPredecessor, ToSuccessor};
+use crate::os::{cred, fd};
+
+use super::table::WorkerState;
+use super::Master;
+
+/// Environment variable naming the fd of the new master's end of the pair.
+pub const XFER_FD_ENV: &str = "CORRAL_UPGRADE_XFER_FD";
+
+/// Why the new master refuses the fd it was named.
+#[derive(Debug, thiserror::Error)]
+pub enum XferError {
+    #[error("environment variable {XFER_FD_ENV}={value:?}: {why}; no connection will move from the old master")]
+    Refused { value: String, why: String },
+}
+
+/// Connections waiting to cross, per worker of the old master (by pid) and with the
+/// reason they travel back, if they do.
+#[derive(Debug, Default)]
+struct Queues {
+    items: Vec<(i32, String, ConnQueue)>,
+}
+
+impl Queues {
+    fn push(&mut self, pid: i32, reason: &str, conns: Vec<(Handed, OwnedFd)>) {
+        let k = match self.items.iter().position(|(p, _, _)| *p == pid) {
+            Some(k) => k,
+            None => {
+                self.items
+                    .push((pid, reason.to_string(), ConnQueue::default()));
+                self.items.len() - 1
+            }
+        };
+        for (h, f) in conns {
+            self.items[k].2.push(h, f);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.items.iter().map(|(_, _, q)| q.len()).sum()
+    }
+
+    /// Sends as much as the channel takes; `Err` when it failed (not merely full).
+    fn flush<M: serde::Serialize>(
+        &mut self,
+        ch: &Channel,
+        wrap: impl Fn(i32, &str, Vec<Handed>) -> M,
+    ) -> Result<usize, io::Error> {
+        let mut sent = 0;
+        for (pid, reason, q) in &mut self.items {
+            let done = q.flush(ch, |conns| wrap(*pid, reason, conns));
+            sent += done.conns;
+            if let Some(e) = done.error {
+                return Err(e);
+            }
+            if !q.is_empty() {
+                break; // full
+            }
+        }
+        self.items.retain(|(_, _, q)| !q.is_empty());
+        Ok(sent)
+    }
+
+    fn take_all(&mut self) -> Vec<(i32, Vec<(Handed, OwnedFd)>)> {
+        self.items
+            .drain(..)
+            .map(|(p, _, mut q)| (p, q.take_all()))
+            .collect()
+    }
+}
+
+/// One master's end of the pair.
+#[derive(Debug)]
+pub struct Link {
+    channel: Channel,
+    out: Queues,
+    /// The other master closed its end (exited) or the channel failed.
+    pub closed: bool,
+    /// Connections sent over (old master) or adopted from it (new master).
+    pub moved: u64,
+    /// Connections that came back (old master) or were sent back (new master).
+    pub returned: u64,
+}
+
+impl Link {
+    fn new(channel: Channel) -> Link {
+        Link {
+            channel,
+            out: Queues::default(),
+            closed: false,
+            moved: 0,
+            returned: 0,
+        }
+    }
+
+    /// The old master's pair: (its link, the new master's end to pass on).
+    pub fn pair() -> Result<(Link, OwnedFd), crate::os::SysError> {
+        let (ours, theirs) = fd::seqpacket_pair()?;
+        Ok((Link::new(Channel::from_fd(ours)), theirs))
+    }
+
+    /// In the new master: the end the old master passed, if any, checked. The
+    /// variable is removed so our own children and upgrades never see it.
+    pub fn from_env(predecessor: Option<i32>) -> Result<Option<Link>, XferError> {
+        let Ok(value) = std::env::var(XFER_FD_ENV) else {
+            return Ok(None);
+        };
+        std::env::remove_var(XFER_FD_ENV);
+        let refuse = |why: String| XferError::Refused {
+            value: value.clone(),
+            why,
+        };
+        let raw: RawFd = value
+            .trim()
+            .parse()
+            .map_err(|_| refuse("not a file descriptor number".into()))?;
+        if raw < 3 {
+            return Err(refuse("not a file descriptor we inherited".into()));
+        }
+        let Some(old) = predecessor else {
+            return Err(refuse(
+                "no live old master is named by CORRAL_UPGRADE_PREDECESSOR".into(),
+            ));
+        };
+        let owned = fd::adopt(raw).map_err(|e| refuse(e.to_string()))?;
+        let _ = fd::set_cloexec(owned.as_fd(), true);
+        if !fd::is_seqpacket(owned.as_fd()) {
+            return Err(refuse("not a seqpacket socket".into()));
+        }
+        match cred::peer(&owned) {
+            Ok(p) if p.pid == old => {}
+            Ok(p) => {
+                return Err(refuse(format!(
+                    "made by pid {}, not by the old master {old}",
+                    p.pid
+                )))
+            }
+            Err(e) => return Err(refuse(e.to_string())),
+        }
+        fd::set_nonblocking(owned.as_fd(), true).map_err(|e| refuse(e.to_string()))?;
+        Ok(Some(Link::new(Channel::from_fd(owned))))
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.channel.as_fd()
+    }
+
+    /// Fds held here, waiting to cross.
+    pub fn queued(&self) -> usize {
+        self.out.len()
+    }
+
+    pub fn wants_write(&self) -> bool {
+        !self.closed && self.out.len() > 0
+    }
+}
+
+impl Master {
+    /// Old master, upgrade committed: connections its worker `from` handed over go
+    /// to the new master. False (the caller places them as usual) when the link is
+    /// not usable.
+    pub(super) fn xfer_send(&mut self, from: usize, conns: &mut Vec<(Handed, OwnedFd)>) -> bool {
+        let pid = self.workers[from].pid.as_raw();
+        let Some(l) = self.xfer.as_mut().filter(|l| !l.closed && self.handed_over) else {
+            return false;
+        };
+        let n = conns.len() as u64;
+        l.out.push(pid, "", std::mem::take(conns));
+        self.workers[from].handoff.note_forwarded(n);
+        self.xfer_flush();
+        true
+    }
+
+    /// Sends what is queued on the link as far as it takes it.
+    pub(super) fn xfer_flush(&mut self) {
+        let Some(l) = self.xfer.as_mut().filter(|l| l.wants_write()) else {
+            return;
+        };
+        let result = if self.handed_over {
+            l.out
+                .flush(&l.channel, |from, _, conns| ToSuccessor::Conns {
+                    from,
+                    conns,
+                })
+        } else {
+            l.out
+                .flush(&l.channel, |to, reason, conns| ToPredecessor::Back {
+                    to,
+                    conns,
+                    reason: reason.to_string(),
+                })
+        };
+        match result {
+            Ok(n) if self.handed_over => l.moved += n as u64,
+            Ok(n) => l.returned += n as u64,
+            Err(e) => {
+                warn!("the channel to the other master failed: {e}");
+                self.xfer_closed();
+            }
+        }
+    }
+
+    /// The other master is gone: what was on its way there stays here.
+    pub(super) fn xfer_closed(&mut self) {
+        let Some(l) = self.xfer.as_mut() else {
+            return;
+        };
+        l.closed = true;
+        let left = l.out.take_all();
+        for (pid, conns) in left {
+            if self.handed_over {
+                // Our own worker's connections: it keeps them.
+                self.xfer_keep(pid, conns, "the new master is gone");
+            } else if !conns.is_empty() {
+                warn!(
+                    connections = conns.len(),
+                    "closing connections the old master can no longer take back: it is gone"
+                );
+            }
+        }
+    }
+
+    /// Returns connections to our worker `pid`, or if it is gone to another of our
+    /// draining workers (any of them can serve a connection of a listener it has);
+    /// with none left, they close.
+    fn xfer_keep(&mut self, pid: i32, conns: Vec<(Handed, OwnedFd)>, why: &str) {
+        if conns.is_empty() {
+            return;
+        }
+        let live = |w: &super::table::Worker| {
+            !w.channel_closed && matches!(w.state, WorkerState::Draining { .. })
+        };
+        let target = self
+            .workers
+            .iter()
+            .position(|w| w.pid.as_raw() == pid && live(w))
+            .or_else(|| self.workers.iter().position(live));
+        match target {
+            Some(i) => {
+                let n = conns.len() as u64;
+                self.workers[i].handoff.take_back(conns, why, n);
+                self.flush_handoff(i);
+            }
+            None => {
+                warn!(
+                    connections = conns.len(),
+                    "closing connections the new master gave back ({why}): no worker of ours is left to keep them"
+                );
+                self.gens.closed_unowned(conns.len() as u64);
+            }
+        }
+    }
+
+    /// Reads what the other master sent.
+    pub(super) fn xfer_read(&mut self) {
+        loop {
+            if !self.handed_over && self.handoff_in_flight() >= super::handoff::MAX_IN_FLIGHT {
+                break;
+            }
+            let Some(l) = self.xfer.as_ref().filter(|l| !l.closed) else {
+                return;
+            };
+            let got = if self.handed_over {
+                l.channel.recv_fds::<ToPredecessor>().map(|m| {
+                    m.map(|(ToPredecessor::Back { to, conns, reason }, f)| (to, conns, reason, f))
+                })
+            } else {
+                l.channel.recv_fds::<ToSuccessor>().map(|m| {
+                    m.map(|(ToSuccessor::Conns { from, conns }, f)| (from, conns, String::new(), f))
+                })
+            };
+            match got {
+                Ok(Some((pid, conns, reason, fds))) => {
+                    if conns.len() != fds.len() {
+                        warn!(
+                            described = conns.len(),
+                            fds = fds.len(),
+                            "message from the other master with mismatched fds; closing the unmatched"
+                        );
+                    }
+                    let conns: Vec<(Handed, OwnedFd)> = conns.into_iter().zip(fds).collect();
+                    if self.handed_over {
+                        if let Some(l) = self.xfer.as_mut() {
+                            l.returned += conns.len() as u64;
+                        }
+                        info!(
+                            connections = conns.len(),
+                            "the new master gave connections back: {reason}"
+                        );
+                        self.xfer_keep(pid, conns, &reason);
+                    } else {
+                        self.xfer_adopt(pid, conns);
+                    }
+                }
+                Ok(None) => break,
+                Err(ChannelError::Closed) => {
+                    debug!("the other master closed the upgrade channel");
+                    self.xfer_closed();
+                    return;
+                }
+                Err(e) => {
+                    warn!("bad message from the other master: {e}");
+                    break;
+                }
+            }
+        }
+        self.xfer_flush();
+    }
+
+    /// New master: connections from the old master's worker `from`, spread over our
+    /// ready workers; with none, sent back.
+    fn xfer_adopt(&mut self, from: i32, conns: Vec<(Handed, OwnedFd)>) {
+        if conns.is_empty() {
+            return;
+        }
+        let n = conns.len() as u64;
+        match self.place(conns) {
+            Ok(()) => {
+                if let Some(l) = self.xfer.as_mut() {
+                    l.moved += n;
+                }
+                self.gens.adopted_from_predecessor(n);
+            }
+            Err((why, back)) => {
+                if let Some(l) = self.xfer.as_mut() {
+                    l.out.push(from, &why, back);
+                }
+                self.xfer_flush();
+            }
+        }
+    }
+}
