@@ -1104,3 +1104,5 @@ pub mod fault;
 pub mod handover;
 #[allow(dead_code)]
 pub mod sysd;
+#[allow(dead_code)]
+pub mod xmaster;
