@@ -72,6 +72,11 @@ impl Generations {
             .get_or_insert(now);
     }
 
+    /// When `generation` was told to drain, if it was.
+    pub fn draining_since(&self, generation: u64) -> Option<Instant> {
+        self.live.get(&generation).and_then(|d| d.since)
+    }
+
     /// A worker's running hand-over totals.
     pub fn counts(&mut self, generation: u64, pid: i32, c: HandoffCounts) {
         self.live

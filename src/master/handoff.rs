@@ -122,7 +122,7 @@ impl Drop for WorkerHandoff {
 impl Master {
     /// Fds held for hand-overs, over all workers.
     pub(super) fn handoff_in_flight(&self) -> usize {
-        let link = self.xfer.as_ref().map_or(0, |l| l.queued());
+        let link = self.xfer.queued();
         self.workers
             .iter()
             .map(|w| w.handoff.queued())

@@ -264,7 +264,7 @@ pub struct Master {
     /// The channel to the other master of a binary upgrade: the new one (made for
     /// the upgrade in flight, used once it is committed) or the old one (that
     /// started us, while it still drains).
-    xfer: Option<xfer::Link>,
+    xfer: xfer::Links,
     /// What became of each draining generation's connections.
     gens: generations::Generations,
 }
@@ -349,11 +349,7 @@ impl Master {
     ) -> Master {
         let n = config.master.workers.count();
         let predecessor = upgrade::Predecessor::from_env();
-        let link = xfer::Link::from_env(predecessor.as_ref().map(|p| p.pid().as_raw()))
-            .unwrap_or_else(|e| {
-                warn!("{e}");
-                None
-            });
+        let links = xfer::Links::inherited(predecessor.as_ref().map(|p| p.pid().as_raw()));
         Master {
             config,
             generation: 1,
@@ -390,7 +386,7 @@ impl Master {
             log_reserve: LogOnce::new(pressure::LOG_EVERY),
             fault_requests: Vec::new(),
             faults: faults::Faults::default(),
-            xfer: link,
+            xfer: links,
             gens: generations::Generations::default(),
         }
     }
@@ -427,7 +423,7 @@ impl Master {
         let mut ready_clients = Vec::new();
         let upgrade_ready;
         let upgrade_gone;
-        let xfer_ready;
+        let mut xfer_ready = Vec::new();
         let (sig_ready, ctl_ready) = {
             let mut fds: Vec<PollFd<'_>> =
                 Vec::with_capacity(2 + self.workers.len() + self.clients.len());
@@ -460,12 +456,13 @@ impl Master {
                 fds.push(PollFd::new(u.pidfd.as_fd(), PollFlags::POLLIN));
             }
             let xfer_at = fds.len();
-            if let Some(l) = self.xfer.as_ref().filter(|l| !l.closed) {
+            let links = self.xfer.pollable();
+            for (_, fd, write) in &links {
                 let mut flags = PollFlags::POLLIN;
-                if l.wants_write() {
+                if *write {
                     flags |= PollFlags::POLLOUT;
                 }
-                fds.push(PollFd::new(l.fd(), flags));
+                fds.push(PollFd::new(*fd, flags));
             }
             let clients_at = fds.len();
             for (_, c) in &self.clients {
@@ -485,7 +482,11 @@ impl Master {
                 return Vec::new();
             }
             let fired = |p: &PollFd<'_>| p.revents().is_some_and(|r| !r.is_empty());
-            xfer_ready = xfer_at < clients_at && fired(&fds[xfer_at]);
+            for (k, (side, _, _)) in links.iter().enumerate() {
+                if fired(&fds[xfer_at + k]) {
+                    xfer_ready.push(*side);
+                }
+            }
             for (i, p) in fds[workers_at..upgrade_at].iter().enumerate() {
                 if fired(p) {
                     ready_workers.push(self.workers[i].pid);
@@ -516,8 +517,8 @@ impl Master {
                 }
             }
         }
-        if xfer_ready {
-            self.xfer_read();
+        for side in xfer_ready {
+            self.xfer_read(side);
         }
         for pid in ready_workers {
             self.read_worker(pid);
@@ -627,8 +628,7 @@ impl Master {
         match self.state {
             State::Stopping { deadline, .. } if self.workers.is_empty() => {
                 // Connections on their way to the new master leave with it, not us.
-                if self.xfer.as_ref().is_some_and(|l| l.wants_write()) && Instant::now() < deadline
-                {
+                if self.xfer.sending_to_new() && Instant::now() < deadline {
                     return None;
                 }
                 // Exiting would let systemd SIGKILL the old master's connections.
@@ -730,7 +730,7 @@ impl Master {
         self.signals = None;
         self.pid_file = None;
         self.reporter = None;
-        self.xfer = None;
+        self.xfer = xfer::Links::default();
         if let State::Upgrading(_) = self.state {
             self.state = State::Running;
         }
@@ -1517,14 +1517,28 @@ impl Master {
     /// Keeps at most `max_old_generations` draining generations; older ones are cut
     /// short (SIGTERM: the worker closes its connections and exits).
     fn limit_old_generations(&mut self) {
-        let mut old: Vec<u64> = self
-            .workers
-            .iter()
-            .filter(|w| {
-                w.generation < self.generation && matches!(w.state, WorkerState::Draining { .. })
-            })
-            .map(|w| w.generation)
-            .collect();
+        // Only generations that have drained for the grace count: in a reload storm
+        // the younger ones are still handing their connections over, and cutting one
+        // would close connections that were about to move. Those are looked at again
+        // once they are old enough.
+        let now = Instant::now();
+        let mut young = None;
+        let mut old: Vec<u64> = Vec::new();
+        for w in &self.workers {
+            if w.generation >= self.generation || !matches!(w.state, WorkerState::Draining { .. }) {
+                continue;
+            }
+            match self.gens.draining_since(w.generation) {
+                Some(t) if now.saturating_duration_since(t) < OLD_GENERATIONS_GRACE => {
+                    let due = t + OLD_GENERATIONS_GRACE;
+                    young = Some(young.map_or(due, |y: Instant| y.min(due)));
+                }
+                _ => old.push(w.generation),
+            }
+        }
+        if let Some(due) = young {
+            self.old_generations_check = Some(due);
+        }
         old.sort_unstable();
         old.dedup();
         let max = self.config.master.max_old_generations;
@@ -1655,7 +1669,7 @@ impl Master {
                     warn!("{e}");
                 }
                 let child = spawned.pid;
-                self.xfer = link;
+                self.xfer.to_new = link;
                 info!(
                     pid = child.as_raw(),
                     "new master started; waiting for it to report ready"
@@ -1746,9 +1760,10 @@ impl Master {
         }
         // Idle connections move to the new master over the link (master/xfer.rs);
         // without one they linger here as before.
-        let idle = match &self.xfer {
-            Some(l) if !l.closed => IdlePolicy::Handoff,
-            _ => IdlePolicy::Linger,
+        let idle = if self.xfer.can_move() {
+            IdlePolicy::Handoff
+        } else {
+            IdlePolicy::Linger
         };
         self.stop(true, idle);
     }
@@ -1762,7 +1777,7 @@ impl Master {
         // pidfd reaches it even before it has made that group.
         let _ = nix::sys::signal::killpg(u.child, Signal::SIGKILL);
         // Nothing moved over it (moves begin only at the commit).
-        self.xfer = None;
+        self.xfer.to_new = None;
         if let Err(e) = u.pidfd.signal(Signal::SIGKILL) {
             warn!("{e}");
         }

@@ -178,67 +178,150 @@ impl Link {
     }
 }
 
+/// Which of the two links.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// To the new master of our own upgrade: we send connections, it gives some back.
+    ToNew,
+    /// To the old master that started us: it sends connections, we give some back.
+    ToOld,
+}
+
+/// A master's links: to the new master of its own upgrade (made when the upgrade
+/// starts, used once it is committed) and to the old master that started it (while
+/// that one drains). Both may exist at once: an upgrade while the last one's old
+/// master still drains.
+#[derive(Debug, Default)]
+pub struct Links {
+    pub to_new: Option<Link>,
+    pub to_old: Option<Link>,
+}
+
+impl Links {
+    /// The link the old master passed us, if any (a refused one is said at warn).
+    pub fn inherited(predecessor: Option<i32>) -> Links {
+        let to_old = Link::from_env(predecessor).unwrap_or_else(|e| {
+            warn!("{e}");
+            None
+        });
+        Links {
+            to_new: None,
+            to_old,
+        }
+    }
+
+    pub fn get(&self, side: Side) -> Option<&Link> {
+        match side {
+            Side::ToNew => self.to_new.as_ref(),
+            Side::ToOld => self.to_old.as_ref(),
+        }
+    }
+
+    fn get_mut(&mut self, side: Side) -> Option<&mut Link> {
+        match side {
+            Side::ToNew => self.to_new.as_mut(),
+            Side::ToOld => self.to_old.as_mut(),
+        }
+    }
+
+    /// The open links, to poll: (side, fd, wants to write).
+    pub fn pollable(&self) -> Vec<(Side, BorrowedFd<'_>, bool)> {
+        [Side::ToNew, Side::ToOld]
+            .into_iter()
+            .filter_map(|s| {
+                let l = self.get(s).filter(|l| !l.closed)?;
+                Some((s, l.fd(), l.wants_write()))
+            })
+            .collect()
+    }
+
+    /// Fds held on both links.
+    pub fn queued(&self) -> usize {
+        [Side::ToNew, Side::ToOld]
+            .into_iter()
+            .filter_map(|s| self.get(s))
+            .map(Link::queued)
+            .sum()
+    }
+
+    /// Connections are still on their way to the new master.
+    pub fn sending_to_new(&self) -> bool {
+        self.to_new.as_ref().is_some_and(Link::wants_write)
+    }
+
+    /// The link to the new master is usable.
+    pub fn can_move(&self) -> bool {
+        self.to_new.as_ref().is_some_and(|l| !l.closed)
+    }
+}
+
 impl Master {
     /// Old master, upgrade committed: connections its worker `from` handed over go
     /// to the new master. False (the caller places them as usual) when the link is
     /// not usable.
     pub(super) fn xfer_send(&mut self, from: usize, conns: &mut Vec<(Handed, OwnedFd)>) -> bool {
+        if !self.handed_over {
+            return false;
+        }
         let pid = self.workers[from].pid.as_raw();
-        let Some(l) = self.xfer.as_mut().filter(|l| !l.closed && self.handed_over) else {
+        let Some(l) = self.xfer.to_new.as_mut().filter(|l| !l.closed) else {
             return false;
         };
         let n = conns.len() as u64;
         l.out.push(pid, "", std::mem::take(conns));
         self.workers[from].handoff.note_forwarded(n);
-        self.xfer_flush();
+        self.xfer_flush(Side::ToNew);
         true
     }
 
-    /// Sends what is queued on the link as far as it takes it.
-    pub(super) fn xfer_flush(&mut self) {
-        let Some(l) = self.xfer.as_mut().filter(|l| l.wants_write()) else {
+    /// Sends what is queued on a link as far as it takes it.
+    pub(super) fn xfer_flush(&mut self, side: Side) {
+        let Some(l) = self.xfer.get_mut(side).filter(|l| l.wants_write()) else {
             return;
         };
-        let result = if self.handed_over {
-            l.out
+        let result = match side {
+            Side::ToNew => l
+                .out
                 .flush(&l.channel, |from, _, conns| ToSuccessor::Conns {
                     from,
                     conns,
-                })
-        } else {
-            l.out
+                }),
+            Side::ToOld => l
+                .out
                 .flush(&l.channel, |to, reason, conns| ToPredecessor::Back {
                     to,
                     conns,
                     reason: reason.to_string(),
-                })
+                }),
         };
         match result {
-            Ok(n) if self.handed_over => l.moved += n as u64,
+            Ok(n) if side == Side::ToNew => l.moved += n as u64,
             Ok(n) => l.returned += n as u64,
             Err(e) => {
                 warn!("the channel to the other master failed: {e}");
-                self.xfer_closed();
+                self.xfer_closed(side);
             }
         }
     }
 
     /// The other master is gone: what was on its way there stays here.
-    pub(super) fn xfer_closed(&mut self) {
-        let Some(l) = self.xfer.as_mut() else {
+    fn xfer_closed(&mut self, side: Side) {
+        let Some(l) = self.xfer.get_mut(side) else {
             return;
         };
         l.closed = true;
         let left = l.out.take_all();
         for (pid, conns) in left {
-            if self.handed_over {
-                // Our own worker's connections: it keeps them.
-                self.xfer_keep(pid, conns, "the new master is gone");
-            } else if !conns.is_empty() {
-                warn!(
-                    connections = conns.len(),
-                    "closing connections the old master can no longer take back: it is gone"
-                );
+            match side {
+                // Our own workers' connections: they keep them.
+                Side::ToNew => self.xfer_keep(pid, conns, "the new master is gone"),
+                Side::ToOld if !conns.is_empty() => {
+                    warn!(
+                        connections = conns.len(),
+                        "closing connections the old master can no longer take back: it is gone"
+                    );
+                }
+                Side::ToOld => {}
             }
         }
     }
@@ -274,23 +357,23 @@ impl Master {
         }
     }
 
-    /// Reads what the other master sent.
-    pub(super) fn xfer_read(&mut self) {
+    /// Reads what the other master sent on a link.
+    pub(super) fn xfer_read(&mut self, side: Side) {
         loop {
-            if !self.handed_over && self.handoff_in_flight() >= super::handoff::MAX_IN_FLIGHT {
+            // What the old master sends is bounded by our fds in flight.
+            if side == Side::ToOld && self.handoff_in_flight() >= super::handoff::MAX_IN_FLIGHT {
                 break;
             }
-            let Some(l) = self.xfer.as_ref().filter(|l| !l.closed) else {
+            let Some(l) = self.xfer.get(side).filter(|l| !l.closed) else {
                 return;
             };
-            let got = if self.handed_over {
-                l.channel.recv_fds::<ToPredecessor>().map(|m| {
+            let got = match side {
+                Side::ToNew => l.channel.recv_fds::<ToPredecessor>().map(|m| {
                     m.map(|(ToPredecessor::Back { to, conns, reason }, f)| (to, conns, reason, f))
-                })
-            } else {
-                l.channel.recv_fds::<ToSuccessor>().map(|m| {
+                }),
+                Side::ToOld => l.channel.recv_fds::<ToSuccessor>().map(|m| {
                     m.map(|(ToSuccessor::Conns { from, conns }, f)| (from, conns, String::new(), f))
-                })
+                }),
             };
             match got {
                 Ok(Some((pid, conns, reason, fds))) => {
@@ -302,23 +385,24 @@ impl Master {
                         );
                     }
                     let conns: Vec<(Handed, OwnedFd)> = conns.into_iter().zip(fds).collect();
-                    if self.handed_over {
-                        if let Some(l) = self.xfer.as_mut() {
-                            l.returned += conns.len() as u64;
+                    match side {
+                        Side::ToNew => {
+                            if let Some(l) = self.xfer.to_new.as_mut() {
+                                l.returned += conns.len() as u64;
+                            }
+                            info!(
+                                connections = conns.len(),
+                                "the new master gave connections back: {reason}"
+                            );
+                            self.xfer_keep(pid, conns, &reason);
                         }
-                        info!(
-                            connections = conns.len(),
-                            "the new master gave connections back: {reason}"
-                        );
-                        self.xfer_keep(pid, conns, &reason);
-                    } else {
-                        self.xfer_adopt(pid, conns);
+                        Side::ToOld => self.xfer_adopt(pid, conns),
                     }
                 }
                 Ok(None) => break,
                 Err(ChannelError::Closed) => {
                     debug!("the other master closed the upgrade channel");
-                    self.xfer_closed();
+                    self.xfer_closed(side);
                     return;
                 }
                 Err(e) => {
@@ -327,7 +411,7 @@ impl Master {
                 }
             }
         }
-        self.xfer_flush();
+        self.xfer_flush(side);
     }
 
     /// New master: connections from the old master's worker `from`, spread over our
@@ -339,16 +423,16 @@ impl Master {
         let n = conns.len() as u64;
         match self.place(conns) {
             Ok(()) => {
-                if let Some(l) = self.xfer.as_mut() {
+                if let Some(l) = self.xfer.to_old.as_mut() {
                     l.moved += n;
                 }
                 self.gens.adopted_from_predecessor(n);
             }
             Err((why, back)) => {
-                if let Some(l) = self.xfer.as_mut() {
+                if let Some(l) = self.xfer.to_old.as_mut() {
                     l.out.push(from, &why, back);
                 }
-                self.xfer_flush();
+                self.xfer_flush(Side::ToOld);
             }
         }
     }
