@@ -148,3 +148,60 @@ fn settle_fds(master: i32) -> (usize, u64) {
         });
     (fds, rss_kib(master))
 }
+
+/// Heartbeats far apart, so that an old worker waiting for its next one to notice it
+/// is empty (the old behaviour) shows as a ~20 s exit instead of milliseconds.
+const SLOW_HEARTBEAT: &str = "20s";
+
+/// A draining worker whose last hand-overs the master has not read yet (the master is
+/// frozen for a moment right after the reload) must exit as soon as the master reads
+/// them, not at its next heartbeat.
+#[test]
+fn an_emptied_old_worker_exits_at_once_not_at_its_next_heartbeat() {
+    raise_nofile();
+    let port = free_port();
+    let template = http_template(2, port, "watchdog_timeout = \"60s\"\n").replace(
+        "[worker]\n",
+        &format!("[worker]\nheartbeat_interval = \"{SLOW_HEARTBEAT}\"\n"),
+    );
+    let c = Corral::start(&template);
+    let old = c.workers();
+    let mut conns = common::handover::open_idle(loopback(port), 500, Duration::from_secs(60));
+    let out = c.cli(&["-s", "reload"]);
+    // Frozen before the old workers are done handing over: their last messages wait.
+    common::handover::freeze(&[c.master_pid()], true);
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_millis(300)); // the freeze, not a synchronisation
+    common::handover::freeze(&[c.master_pid()], false);
+    assert!(
+        out.status.success(),
+        "reload: {}\n{}",
+        out.all(),
+        c.log_tail(40)
+    );
+    let gone = wait_until(Duration::from_secs(8), || {
+        old.iter().all(|p| !proc_alive(*p))
+    });
+    let took = t0.elapsed();
+    assert!(
+        gone,
+        "old workers {old:?} still running {took:?} after the reload with nothing left \
+         (heartbeat_interval = {SLOW_HEARTBEAT})\n{}",
+        c.log_tail(40)
+    );
+    let answers = common::handover::request_all(&mut conns, Duration::from_secs(30));
+    assert!(
+        answers.iter().all(common::handover::Answer::is_ok),
+        "{}",
+        common::handover::tally(&answers)
+    );
+    let v = status_json(&c);
+    let gens = v["generations"].as_array().cloned().unwrap_or_default();
+    let g1 = gens
+        .iter()
+        .find(|g| g["generation"] == 1)
+        .unwrap_or_else(|| panic!("no generation 1 in status: {v}"));
+    assert_eq!(g1["state"], "gone", "{v}");
+    assert_eq!(g1["moved"].as_u64(), Some(500), "{v}");
+    eprintln!("FIGURES emptied old workers gone {took:?} after the reload answered (the master frozen for 300 ms of it); status {g1}");
+}
