@@ -130,6 +130,9 @@ pub enum ToSuccessor {
 /// old generation's drain rules.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ToPredecessor {
+    /// The new master accepted the channel (sent before it reports ready): only
+    /// then does the old master send anything over it.
+    Hello,
     Back {
         to: i32,
         conns: Vec<Handed>,

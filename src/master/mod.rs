@@ -348,8 +348,8 @@ impl Master {
         control: control::Server,
     ) -> Master {
         let n = config.master.workers.count();
+        let links = xfer::Links::inherited();
         let predecessor = upgrade::Predecessor::from_env();
-        let links = xfer::Links::inherited(predecessor.as_ref().map(|p| p.pid().as_raw()));
         Master {
             config,
             generation: 1,
@@ -1760,7 +1760,7 @@ impl Master {
         }
         // Idle connections move to the new master over the link (master/xfer.rs);
         // without one they linger here as before.
-        let idle = if self.xfer.can_move() {
+        let idle = if self.xfer.confirm() {
             IdlePolicy::Handoff
         } else {
             IdlePolicy::Linger

@@ -22,7 +22,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use tracing::{debug, info, warn};
 
 use crate::channel::{Channel, ChannelError, ConnQueue, Handed, ToPredecessor, ToSuccessor};
-use crate::os::{cred, fd};
+use crate::os::fd;
 
 use super::table::WorkerState;
 use super::Master;
@@ -99,6 +99,8 @@ pub struct Link {
     out: Queues,
     /// The other master closed its end (exited) or the channel failed.
     pub closed: bool,
+    /// Usable: the new master greeted us (always, on the new master's side).
+    confirmed: bool,
     /// Connections sent over (old master) or adopted from it (new master).
     pub moved: u64,
     /// Connections that came back (old master) or were sent back (new master).
@@ -111,12 +113,14 @@ impl Link {
             channel,
             out: Queues::default(),
             closed: false,
+            confirmed: false,
             moved: 0,
             returned: 0,
         }
     }
 
     /// The old master's pair: (its link, the new master's end to pass on).
+    /// Unusable until the new master says `Hello` (see `Links::confirm`).
     pub fn pair() -> Result<(Link, OwnedFd), crate::os::SysError> {
         let (ours, theirs) = fd::seqpacket_pair()?;
         Ok((Link::new(Channel::from_fd(ours)), theirs))
@@ -145,23 +149,19 @@ impl Link {
                 "no live old master is named by CORRAL_UPGRADE_PREDECESSOR".into(),
             ));
         };
+        fd::check_channel_from(raw, old)
+            .map_err(|why| refuse(format!("{why} (the old master is {old})")))?;
         let owned = fd::adopt(raw).map_err(|e| refuse(e.to_string()))?;
         let _ = fd::set_cloexec(owned.as_fd(), true);
-        if !fd::is_seqpacket(owned.as_fd()) {
-            return Err(refuse("not a seqpacket socket".into()));
-        }
-        match cred::peer(&owned) {
-            Ok(p) if p.pid == old => {}
-            Ok(p) => {
-                return Err(refuse(format!(
-                    "made by pid {}, not by the old master {old}",
-                    p.pid
-                )))
-            }
-            Err(e) => return Err(refuse(e.to_string())),
-        }
         fd::set_nonblocking(owned.as_fd(), true).map_err(|e| refuse(e.to_string()))?;
-        Ok(Some(Link::new(Channel::from_fd(owned))))
+        let channel = Channel::from_fd(owned);
+        // Before we report ready, so it is there when the old master commits.
+        channel
+            .send(&ToPredecessor::Hello)
+            .map_err(|e| refuse(format!("cannot greet the old master: {e}")))?;
+        let mut link = Link::new(channel);
+        link.confirmed = true;
+        Ok(Some(link))
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
@@ -199,7 +199,12 @@ pub struct Links {
 
 impl Links {
     /// The link the old master passed us, if any (a refused one is said at warn).
-    pub fn inherited(predecessor: Option<i32>) -> Links {
+    /// Called before `Predecessor::from_env` removes the old master's name (which
+    /// it also ignores for a PID-1 old master; here that one counts).
+    pub fn inherited() -> Links {
+        let predecessor = std::env::var(super::upgrade::PREDECESSOR_ENV)
+            .ok()
+            .and_then(|v| v.split_once(':')?.0.parse().ok());
         let to_old = Link::from_env(predecessor).unwrap_or_else(|e| {
             warn!("{e}");
             None
@@ -229,7 +234,8 @@ impl Links {
         [Side::ToNew, Side::ToOld]
             .into_iter()
             .filter_map(|s| {
-                let l = self.get(s).filter(|l| !l.closed)?;
+                // Not before the commit: the new master's greeting waits for it.
+                let l = self.get(s).filter(|l| !l.closed && l.confirmed)?;
                 Some((s, l.fd(), l.wants_write()))
             })
             .collect()
@@ -249,9 +255,21 @@ impl Links {
         self.to_new.as_ref().is_some_and(Link::wants_write)
     }
 
-    /// The link to the new master is usable.
-    pub fn can_move(&self) -> bool {
-        self.to_new.as_ref().is_some_and(|l| !l.closed)
+    /// At the commit: the new master must have greeted us (it sends `Hello` before
+    /// it reports ready); one that did not (it refused the channel, or is a binary
+    /// without it) gets nothing over it, and the link is dropped.
+    pub fn confirm(&mut self) -> bool {
+        let hello = self.to_new.as_mut().is_some_and(|l| {
+            l.confirmed = matches!(
+                l.channel.recv::<ToPredecessor>(),
+                Ok(Some(ToPredecessor::Hello))
+            );
+            l.confirmed
+        });
+        if !hello && self.to_new.take().is_some() {
+            info!("the new master did not take the upgrade channel: idle connections stay with this master's workers");
+        }
+        hello
     }
 }
 
@@ -264,7 +282,12 @@ impl Master {
             return false;
         }
         let pid = self.workers[from].pid.as_raw();
-        let Some(l) = self.xfer.to_new.as_mut().filter(|l| !l.closed) else {
+        let Some(l) = self
+            .xfer
+            .to_new
+            .as_mut()
+            .filter(|l| !l.closed && l.confirmed)
+        else {
             return false;
         };
         let n = conns.len() as u64;
@@ -369,13 +392,17 @@ impl Master {
             };
             let got = match side {
                 Side::ToNew => l.channel.recv_fds::<ToPredecessor>().map(|m| {
-                    m.map(|(ToPredecessor::Back { to, conns, reason }, f)| (to, conns, reason, f))
+                    m.map(|(msg, f)| match msg {
+                        ToPredecessor::Back { to, conns, reason } => (to, conns, reason, f),
+                        ToPredecessor::Hello => (0, Vec::new(), String::new(), f),
+                    })
                 }),
                 Side::ToOld => l.channel.recv_fds::<ToSuccessor>().map(|m| {
                     m.map(|(ToSuccessor::Conns { from, conns }, f)| (from, conns, String::new(), f))
                 }),
             };
             match got {
+                Ok(Some((_, conns, _, fds))) if conns.is_empty() && fds.is_empty() => {}
                 Ok(Some((pid, conns, reason, fds))) => {
                     if conns.len() != fds.len() {
                         warn!(
@@ -435,5 +462,67 @@ impl Master {
                 self.xfer_flush(Side::ToOld);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+
+    /// Only a seqpacket socket made by the named process is taken; anything else is
+    /// refused with the reason.
+    #[test]
+    fn only_the_old_masters_socketpair_is_taken() {
+        let me = std::process::id() as i32;
+        let (link, theirs) = Link::pair().unwrap();
+        assert_eq!(fd::check_channel_from(theirs.as_raw_fd(), me), Ok(()));
+        let wrong = fd::check_channel_from(theirs.as_raw_fd(), me + 1).unwrap_err();
+        assert!(wrong.contains("not by"), "{wrong}");
+        let (r, _w) = fd::pipe().unwrap();
+        let pipe = fd::check_channel_from(r.as_raw_fd(), me).unwrap_err();
+        assert!(pipe.contains("not a socket"), "{pipe}");
+        drop(link);
+    }
+
+    /// Batches for several workers go out in order, each with its worker's pid.
+    #[test]
+    fn queued_connections_cross_in_batches_naming_their_worker() {
+        let (mut link, theirs) = Link::pair().unwrap();
+        let other = Channel::from_fd(theirs);
+        let mut keep = Vec::new();
+        for pid in [10, 11] {
+            let mut conns = Vec::new();
+            for i in 0..100 {
+                let (r, w) = fd::pipe().unwrap();
+                keep.push(r);
+                conns.push((
+                    Handed {
+                        listen: format!("127.0.0.1:{i}"),
+                    },
+                    w,
+                ));
+            }
+            link.out.push(pid, "", conns);
+        }
+        assert_eq!(link.queued(), 200);
+        let sent = link
+            .out
+            .flush(&link.channel, |from, _, conns| ToSuccessor::Conns {
+                from,
+                conns,
+            })
+            .unwrap();
+        assert_eq!(sent, 200);
+        assert_eq!(link.queued(), 0);
+        let mut seen = Vec::new();
+        while let Some((ToSuccessor::Conns { from, conns }, fds)) =
+            other.recv_fds::<ToSuccessor>().unwrap()
+        {
+            assert_eq!(conns.len(), fds.len());
+            seen.push((from, conns.len()));
+        }
+        assert_eq!(seen, vec![(10, 64), (10, 36), (11, 64), (11, 36)]);
     }
 }

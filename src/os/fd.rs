@@ -60,10 +60,24 @@ pub fn dup_inheritable(fd: BorrowedFd<'_>, floor: RawFd) -> Result<RawFd, SysErr
     })
 }
 
-/// True when `fd` is a SOCK_SEQPACKET socket (what a private channel must be).
-pub fn is_seqpacket(fd: BorrowedFd<'_>) -> bool {
-    nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::SockType)
-        .is_ok_and(|t| t == SockType::SeqPacket)
+/// Checks, without taking ownership (a wrong number must not close an fd that
+/// something else owns), that `raw` is an open SOCK_SEQPACKET socket made by process
+/// `creator` (SO_PEERCRED of a socketpair names the process that made it).
+pub fn check_channel_from(raw: RawFd, creator: i32) -> Result<(), String> {
+    fcntl(raw, FcntlArg::F_GETFD).map_err(|e| format!("not an open file descriptor ({e})"))?;
+    // SAFETY: `raw` is open (just checked) and the borrow does not leave this
+    // function; it is only asked for socket options.
+    let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+    match nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::SockType) {
+        Ok(SockType::SeqPacket) => {}
+        Ok(t) => return Err(format!("a {t:?} socket, not a seqpacket channel")),
+        Err(e) => return Err(format!("not a socket ({e})")),
+    }
+    let peer = super::cred::peer(&fd).map_err(|e| e.to_string())?;
+    if peer.pid != creator {
+        return Err(format!("made by pid {}, not by {creator}", peer.pid));
+    }
+    Ok(())
 }
 
 /// `read(2)` into `buf`; `Ok(0)` is end of file, `WouldBlock` means no data now.
