@@ -125,7 +125,7 @@ if [[ -x $HAPROXY_BIN ]]; then
   mkdir -p "$H"
   cat >"$H/haproxy.cfg" <<EOF
 global
-  maxconn 20000
+  maxconn 9000
   nbthread 2
   stats socket $H/admin.sock mode 600 level admin expose-fd listeners
 defaults
