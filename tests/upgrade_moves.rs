@@ -136,8 +136,15 @@ fn upgrade_moves_2000_idle_connections_to_the_new_masters_workers() {
             "worker {w} is not the new master's child"
         );
     }
-    let own = owners_on(port, &conns, &new_pids);
-    let held = own.iter().filter(|o| o.is_some()).count();
+    // (The last batches may still be on their way from the new master to its
+    // workers when the old master exits.)
+    let mut own = Vec::new();
+    let mut held = 0;
+    wait_until(EXIT_WITHIN, || {
+        own = owners_on(port, &conns, &new_pids);
+        held = own.iter().filter(|o| o.is_some()).count();
+        held == CONNS
+    });
     assert_eq!(
         held,
         CONNS,
