@@ -132,6 +132,30 @@ pub enum ToWorker {
     Metrics { id: u64, text: String, last: bool },
 }
 
+/// Old master → new master of a binary upgrade, on their private channel (a
+/// socketpair the new master inherited): idle connections of the old master's worker
+/// `from` (its pid), for the new master's workers to adopt; their fds travel with the
+/// message, in order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ToSuccessor {
+    Conns { from: i32, conns: Vec<Handed> },
+}
+
+/// New master → old master: connections it could not place, for the old master's
+/// worker `to` (or, if it is gone, another of its draining workers) to keep under the
+/// old generation's drain rules.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ToPredecessor {
+    /// The new master accepted the channel (sent before it reports ready): only
+    /// then does the old master send anything over it.
+    Hello,
+    Back {
+        to: i32,
+        conns: Vec<Handed>,
+        reason: String,
+    },
+}
+
 /// What a draining worker does with connections that are idle (closable without
 /// loss, e.g. HTTP keep-alive between requests).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,6 +191,11 @@ impl Channel {
     pub fn pair() -> Result<(Channel, Channel), crate::os::SysError> {
         let (a, b) = fd::seqpacket_pair()?;
         Ok((Channel { fd: a }, Channel { fd: b }))
+    }
+
+    /// A channel over a socket we already hold (the upgrade's master-to-master pair).
+    pub fn from_fd(fd: OwnedFd) -> Channel {
+        Channel { fd }
     }
 
     /// Sends one message without blocking. A full buffer (a worker that stopped

@@ -435,5 +435,31 @@ pub fn status(path: &Path, json: bool) -> i32 {
             w.last_exit.as_deref().unwrap_or("-")
         );
     }
+    print_generations(&resp);
     0
+}
+
+/// The per-generation lines of `corral status`: what each draining (or recently
+/// gone) generation did with its connections.
+fn print_generations(resp: &Response) {
+    if resp.generations.is_empty() {
+        return;
+    }
+    println!(
+        "{:>4} {:<9} {:>7} {:>8} {:>8} {:>8} {:>9}",
+        "GEN", "STATE", "WORKERS", "MOVED", "KEPT", "CLOSED", "EXIT MS"
+    );
+    for g in &resp.generations {
+        let exit = g.exit_ms.map_or("-".to_string(), |ms| ms.to_string());
+        println!(
+            "{:>4} {:<9} {:>7} {:>8} {:>8} {:>8} {:>9}",
+            g.generation, g.state, g.workers, g.moved, g.kept, g.closed, exit
+        );
+    }
+    if resp.moved_from_old_master > 0 {
+        println!(
+            "connections moved in from the old master at the last upgrade: {}",
+            resp.moved_from_old_master
+        );
+    }
 }

@@ -46,6 +46,13 @@ pub struct Response {
     /// The measured outcome of a `corral fault` request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<FaultOutcome>,
+    /// Per generation: live workers, and what became of its connections once it
+    /// drained (moved, kept, closed) and how long it took to be gone.
+    #[serde(default)]
+    pub generations: Vec<super::generations::GenerationStatus>,
+    /// Connections adopted from the old master of the upgrade that started us.
+    #[serde(default)]
+    pub moved_from_old_master: u64,
 }
 
 /// Why talking to the master failed.

@@ -90,6 +90,23 @@ impl WorkerHandoff {
     }
 }
 
+impl WorkerHandoff {
+    /// `n` of this worker's connections went on (to the new master of an upgrade).
+    pub fn note_forwarded(&mut self, n: u64) {
+        self.forwarded += n;
+    }
+
+    /// Connections that come back to this worker to keep, and why.
+    pub fn take_back(&mut self, conns: Vec<(Handed, OwnedFd)>, why: &str, n: u64) {
+        self.returned += n;
+        self.last_problem = Some(why.to_string());
+        self.keep_reason = why.to_string();
+        for (c, fd) in conns {
+            self.keep.push(c, fd);
+        }
+    }
+}
+
 impl Drop for WorkerHandoff {
     fn drop(&mut self) {
         let n = self.queued();
@@ -105,7 +122,12 @@ impl Drop for WorkerHandoff {
 impl Master {
     /// Fds held for hand-overs, over all workers.
     pub(super) fn handoff_in_flight(&self) -> usize {
-        self.workers.iter().map(|w| w.handoff.queued()).sum()
+        let link = self.xfer.queued();
+        self.workers
+            .iter()
+            .map(|w| w.handoff.queued())
+            .sum::<usize>()
+            + link
     }
 
     /// Whether to leave a worker's channel unread for now: it is draining (so it may
@@ -132,9 +154,15 @@ impl Master {
 
     /// Connections handed over by worker `from` (or re-routed, `None`): spread over
     /// the adopters in turn; with none, back to `from`; with neither, closed.
-    pub(super) fn forward(&mut self, from: Option<usize>, conns: Vec<(Handed, OwnedFd)>) {
+    pub(super) fn forward(&mut self, from: Option<usize>, mut conns: Vec<(Handed, OwnedFd)>) {
         if conns.is_empty() {
             return;
+        }
+        // After a committed upgrade they go to the new master instead.
+        if let Some(f) = from {
+            if self.xfer_send(f, &mut conns) {
+                return;
+            }
         }
         let n = conns.len() as u64;
         let targets = self.adopters(from);
@@ -161,6 +189,8 @@ impl Master {
                     );
                     if let Some(f) = from {
                         self.workers[f].handoff.closed += n;
+                        let g = self.workers[f].generation;
+                        self.gens.closed(g, n);
                     }
                 }
             }
@@ -177,6 +207,32 @@ impl Master {
         for t in targets {
             self.flush_handoff(t);
         }
+    }
+
+    /// Connections from the old master of an upgrade, spread over our adopters; with
+    /// none, handed back with the reason.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn place(
+        &mut self,
+        conns: Vec<(Handed, OwnedFd)>,
+    ) -> Result<(), (String, Vec<(Handed, OwnedFd)>)> {
+        let targets = self.adopters(None);
+        if targets.is_empty() {
+            let why = format!(
+                "the new master has no ready worker of generation {} to adopt them",
+                self.generation
+            );
+            return Err((why, conns));
+        }
+        for (c, fd) in conns {
+            self.handoff_rr = self.handoff_rr.wrapping_add(1);
+            let t = targets[self.handoff_rr % targets.len()];
+            self.workers[t].handoff.adopt.push(c, fd);
+        }
+        for t in targets {
+            self.flush_handoff(t);
+        }
+        Ok(())
     }
 
     /// Sends what is queued for worker `i` as far as its channel takes it. A channel
@@ -229,6 +285,7 @@ impl Master {
         let keep = w.handoff.keep.take_all();
         if !keep.is_empty() {
             w.handoff.closed += keep.len() as u64;
+            self.gens.closed(w.generation, keep.len() as u64);
             warn!(
                 pid = w.pid.as_raw(),
                 connections = keep.len(),

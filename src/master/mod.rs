@@ -9,6 +9,7 @@
 
 pub mod control;
 pub mod faults;
+pub mod generations;
 mod handoff;
 mod inject;
 mod metrics;
@@ -20,6 +21,7 @@ mod rolling;
 pub mod sockets;
 pub mod table;
 pub mod upgrade;
+mod xfer;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
@@ -271,6 +273,12 @@ pub struct Master {
     faults: faults::Faults,
     /// Counters for the metrics service and `status --prometheus`.
     metrics: metrics::Metrics,
+    /// The channel to the other master of a binary upgrade: the new one (made for
+    /// the upgrade in flight, used once it is committed) or the old one (that
+    /// started us, while it still drains).
+    xfer: xfer::Links,
+    /// What became of each draining generation's connections.
+    gens: generations::Generations,
 }
 
 impl Master {
@@ -361,6 +369,8 @@ impl Master {
         control: control::Server,
     ) -> Master {
         let n = config.master.workers.count();
+        let links = xfer::Links::inherited();
+        let predecessor = upgrade::Predecessor::from_env();
         Master {
             config,
             generation: 1,
@@ -385,7 +395,7 @@ impl Master {
             reporter,
             handed_over: false,
             successor: None,
-            predecessor: upgrade::Predecessor::from_env(),
+            predecessor,
             old_generations_check: None,
             upgrade_refused_waiters: Vec::new(),
             sd_watchdog: crate::notify::watchdog_interval().map(|d| (d, Instant::now())),
@@ -398,6 +408,8 @@ impl Master {
             fault_requests: Vec::new(),
             faults: faults::Faults::default(),
             metrics: metrics::Metrics::from_env(),
+            xfer: links,
+            gens: generations::Generations::default(),
         }
     }
 
@@ -437,6 +449,7 @@ impl Master {
         let mut ready_clients = Vec::new();
         let upgrade_ready;
         let upgrade_gone;
+        let mut xfer_ready = Vec::new();
         let (sig_ready, ctl_ready) = {
             let mut fds: Vec<PollFd<'_>> =
                 Vec::with_capacity(2 + self.workers.len() + self.clients.len());
@@ -468,6 +481,15 @@ impl Master {
                 fds.push(PollFd::new(u.pipe_fd(), PollFlags::POLLIN));
                 fds.push(PollFd::new(u.pidfd.as_fd(), PollFlags::POLLIN));
             }
+            let xfer_at = fds.len();
+            let links = self.xfer.pollable();
+            for (_, fd, write) in &links {
+                let mut flags = PollFlags::POLLIN;
+                if *write {
+                    flags |= PollFlags::POLLOUT;
+                }
+                fds.push(PollFd::new(*fd, flags));
+            }
             let clients_at = fds.len();
             for (_, c) in &self.clients {
                 let mut flags = PollFlags::empty();
@@ -486,6 +508,11 @@ impl Master {
                 return Vec::new();
             }
             let fired = |p: &PollFd<'_>| p.revents().is_some_and(|r| !r.is_empty());
+            for (k, (side, _, _)) in links.iter().enumerate() {
+                if fired(&fds[xfer_at + k]) {
+                    xfer_ready.push(*side);
+                }
+            }
             for (i, p) in fds[workers_at..upgrade_at].iter().enumerate() {
                 if fired(p) {
                     ready_workers.push(self.workers[i].pid);
@@ -501,8 +528,8 @@ impl Master {
             }
             let sig = self.signals.is_some() && fired(&fds[0]);
             let ctl = self.control.is_some() && accepting && fired(&fds[ctl_index]);
-            upgrade_ready = upgrade_at < clients_at && fired(&fds[upgrade_at]);
-            upgrade_gone = upgrade_at + 1 < clients_at && fired(&fds[upgrade_at + 1]);
+            upgrade_ready = upgrade_at < xfer_at && fired(&fds[upgrade_at]);
+            upgrade_gone = upgrade_at + 1 < xfer_at && fired(&fds[upgrade_at + 1]);
             (sig, ctl)
         };
         let mut commands = Vec::new();
@@ -524,6 +551,9 @@ impl Master {
                     commands.extend(cmd.map(Job::signal));
                 }
             }
+        }
+        for side in xfer_ready {
+            self.xfer_read(side);
         }
         for pid in ready_workers {
             self.read_worker(pid);
@@ -639,6 +669,10 @@ impl Master {
         }
         match self.state {
             State::Stopping { deadline, .. } if self.workers.is_empty() => {
+                // Connections on their way to the new master leave with it, not us.
+                if self.xfer.sending_to_new() && Instant::now() < deadline {
+                    return None;
+                }
                 // Exiting would let systemd SIGKILL the old master's connections.
                 if let Some(p) = &self.predecessor {
                     if Instant::now() < deadline {
@@ -747,6 +781,7 @@ impl Master {
         self.signals = None;
         self.pid_file = None;
         self.reporter = None;
+        self.xfer = xfer::Links::default();
         if let State::Upgrading(_) = self.state {
             self.state = State::Running;
         }
@@ -834,6 +869,8 @@ impl Master {
                     self.forward(Some(i), conns.into_iter().zip(fds).collect());
                 }
                 Ok(Some((ToMaster::HandoffDone(counts), _))) => {
+                    let w = &self.workers[i];
+                    self.gens.counts(w.generation, w.pid.as_raw(), counts);
                     self.handoff_done(i, counts);
                     self.metrics.handoff_done(pid.as_raw(), counts);
                     for (t, o) in self.faults.handed_over(pid, counts.handed) {
@@ -919,7 +956,22 @@ impl Master {
                 continue;
             };
             let w = self.workers.swap_remove(i);
+            let generation = w.generation;
+            // Killed, or ended at its drain deadline: what it still served is closed.
+            let cut = match w.state {
+                WorkerState::Draining { deadline } => {
+                    reason != ExitReason::Code(0) || Instant::now() + DRAIN_BACKSTOP >= deadline
+                }
+                WorkerState::Stopping => true,
+                _ => false,
+            };
+            if cut {
+                self.gens.closed(generation, w.stats.connections);
+            }
             self.worker_exited(w, reason);
+            if !self.workers.iter().any(|o| o.generation == generation) {
+                self.gens.gone(generation, Instant::now());
+            }
         }
     }
 
@@ -1313,6 +1365,7 @@ impl Master {
         }
         self.listeners.clear();
         for w in &mut self.workers {
+            self.gens.draining(w.generation, now);
             if graceful {
                 if !matches!(
                     w.state,
@@ -1492,6 +1545,7 @@ impl Master {
                 && matches!(w.state, WorkerState::Starting | WorkerState::Ready)
             {
                 drain(w, deadline, IdlePolicy::Handoff);
+                self.gens.draining(w.generation, now);
                 drained += 1;
             }
         }
@@ -1560,14 +1614,28 @@ impl Master {
     /// Keeps at most `max_old_generations` draining generations; older ones are cut
     /// short (SIGTERM: the worker closes its connections and exits).
     fn limit_old_generations(&mut self) {
-        let mut old: Vec<u64> = self
-            .workers
-            .iter()
-            .filter(|w| {
-                w.generation < self.generation && matches!(w.state, WorkerState::Draining { .. })
-            })
-            .map(|w| w.generation)
-            .collect();
+        // Only generations that have drained for the grace count: in a reload storm
+        // the younger ones are still handing their connections over, and cutting one
+        // would close connections that were about to move. Those are looked at again
+        // once they are old enough.
+        let now = Instant::now();
+        let mut young = None;
+        let mut old: Vec<u64> = Vec::new();
+        for w in &self.workers {
+            if w.generation >= self.generation || !matches!(w.state, WorkerState::Draining { .. }) {
+                continue;
+            }
+            match self.gens.draining_since(w.generation) {
+                Some(t) if now.saturating_duration_since(t) < OLD_GENERATIONS_GRACE => {
+                    let due = t + OLD_GENERATIONS_GRACE;
+                    young = Some(young.map_or(due, |y: Instant| y.min(due)));
+                }
+                _ => old.push(w.generation),
+            }
+        }
+        if let Some(due) = young {
+            self.old_generations_check = Some(due);
+        }
         old.sort_unstable();
         old.dedup();
         let max = self.config.master.max_old_generations;
@@ -1657,11 +1725,28 @@ impl Master {
         let me = upgrade::predecessor_env();
         let totals = self.share_totals();
         let bad = self.faults.take_bad_upgrade();
+        // The channel the idle connections move over once the upgrade is committed.
+        let (link, theirs) = match xfer::Link::pair() {
+            Ok((l, t)) => (Some(l), Some(t)),
+            Err(e) => {
+                warn!("{e}; idle connections will stay with this master's workers");
+                (None, None)
+            }
+        };
+        // Above where `hand_over` places the listeners and the readiness pipe, so
+        // that neither overwrites it.
+        let floor = sockets::LISTEN_FDS_START + self.listeners.len() as i32 + 2;
         let exec = || match sockets::hand_over(&self.listeners, &pipe_w) {
             Ok(mut env) => match signals::reset_for_exec() {
                 Ok(()) => {
                     env.extend(me);
                     env.extend(totals);
+                    if let Some(t) = &theirs {
+                        match fd::dup_inheritable(t.as_fd(), floor) {
+                            Ok(raw) => env.push((xfer::XFER_FD_ENV.into(), raw.to_string())),
+                            Err(e) => return e.to_string(),
+                        }
+                    }
                     if bad {
                         env.push((crate::fault::ENV.into(), "bad-upgrade".into()));
                     }
@@ -1675,7 +1760,9 @@ impl Master {
             },
             Err(e) => e,
         };
-        match upgrade::detached(exec, &pipe_w) {
+        let spawned = upgrade::detached(exec, &pipe_w);
+        drop(theirs);
+        match spawned {
             Err(e) => {
                 self.restore_pid_file();
                 self.upgrade_failed(waiter.into_iter().collect(), e.to_string());
@@ -1686,6 +1773,7 @@ impl Master {
                     warn!("{e}");
                 }
                 let child = spawned.pid;
+                self.xfer.to_new = link;
                 info!(
                     pid = child.as_raw(),
                     "new master started; waiting for it to report ready"
@@ -1776,7 +1864,14 @@ impl Master {
         if let Some(c) = self.control.take() {
             c.forget();
         }
-        self.stop(true, IdlePolicy::Linger);
+        // Idle connections move to the new master over the link (master/xfer.rs);
+        // without one they linger here as before.
+        let idle = if self.xfer.confirm() {
+            IdlePolicy::Handoff
+        } else {
+            IdlePolicy::Linger
+        };
+        self.stop(true, idle);
     }
 
     /// The new master failed: kill it and everything it started, and keep serving.
@@ -1787,6 +1882,8 @@ impl Master {
         // The new master leads its own process group: its workers go with it. The
         // pidfd reaches it even before it has made that group.
         let _ = nix::sys::signal::killpg(u.child, Signal::SIGKILL);
+        // Nothing moved over it (moves begin only at the commit).
+        self.xfer.to_new = None;
         if let Err(e) = u.pidfd.signal(Signal::SIGKILL) {
             warn!("{e}");
         }
@@ -1978,6 +2075,7 @@ impl Master {
             generation: self.generation,
             workers: Vec::new(),
             fault: None,
+            ..Default::default()
         }
     }
 
@@ -2028,6 +2126,11 @@ impl Master {
             })
             .collect();
         workers.sort_by_key(|w| (std::cmp::Reverse(w.generation), w.slot, w.pid));
+        let mut per_gen = std::collections::BTreeMap::new();
+        for w in &self.workers {
+            *per_gen.entry(w.generation).or_insert(0) += 1;
+        }
+        let generations = self.gens.status(&per_gen, self.generation);
         let state = match &self.state {
             State::Starting { .. } => "starting".to_string(),
             State::Running => "running".to_string(),
@@ -2045,6 +2148,8 @@ impl Master {
             generation: self.generation,
             workers,
             fault: None,
+            generations,
+            moved_from_old_master: self.gens.from_predecessor,
         }
     }
 

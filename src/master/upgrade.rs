@@ -22,7 +22,7 @@ use crate::os::process::{self, ExitReason};
 mod predecessor;
 pub mod shim;
 mod spawn;
-pub use predecessor::{env_value as predecessor_env, Predecessor};
+pub use predecessor::{env_value as predecessor_env, Predecessor, PREDECESSOR_ENV};
 pub use shim::Successor;
 pub use spawn::{detached, SpawnError, Spawned};
 

@@ -51,6 +51,35 @@ pub fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> Result<(), SysError> {
     Ok(())
 }
 
+/// A copy of `fd` at the lowest free number >= `floor`, *without* FD_CLOEXEC: only
+/// in a child about to exec, for an fd it is meant to inherit (the number is then
+/// named to the new program, so the copy is deliberately left as a raw fd).
+pub fn dup_inheritable(fd: BorrowedFd<'_>, floor: RawFd) -> Result<RawFd, SysError> {
+    fcntl(fd.as_raw_fd(), FcntlArg::F_DUPFD(floor)).ctx("fcntl(F_DUPFD)", || {
+        "copying an fd for the new program".into()
+    })
+}
+
+/// Checks, without taking ownership (a wrong number must not close an fd that
+/// something else owns), that `raw` is an open SOCK_SEQPACKET socket made by process
+/// `creator` (SO_PEERCRED of a socketpair names the process that made it).
+pub fn check_channel_from(raw: RawFd, creator: i32) -> Result<(), String> {
+    fcntl(raw, FcntlArg::F_GETFD).map_err(|e| format!("not an open file descriptor ({e})"))?;
+    // SAFETY: `raw` is open (just checked) and the borrow does not leave this
+    // function; it is only asked for socket options.
+    let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+    match nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::SockType) {
+        Ok(SockType::SeqPacket) => {}
+        Ok(t) => return Err(format!("a {t:?} socket, not a seqpacket channel")),
+        Err(e) => return Err(format!("not a socket ({e})")),
+    }
+    let peer = super::cred::peer(&fd).map_err(|e| e.to_string())?;
+    if peer.pid != creator {
+        return Err(format!("made by pid {}, not by {creator}", peer.pid));
+    }
+    Ok(())
+}
+
 /// `read(2)` into `buf`; `Ok(0)` is end of file, `WouldBlock` means no data now.
 pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     loop {

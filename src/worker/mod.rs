@@ -261,6 +261,9 @@ impl Worker {
             if let Some(code) = self.exit {
                 return code;
             }
+            if self.drained_out() {
+                return 0;
+            }
             // 2. epoll, bounded by the next timer; no wait while reads are left over
             let timeout = if self.ready.is_empty() {
                 self.timers.timeout(now)
@@ -290,21 +293,31 @@ impl Worker {
             if let Some(code) = self.exit {
                 return code;
             }
-            if self.phase == Phase::Draining
-                && self.conns.is_empty()
-                && self.handoff.is_idle()
-                && !self.handoff_in_transit(Instant::now())
-            {
-                let c = self.handoff.counts();
-                info!(
-                    handed = c.handed,
-                    kept = c.kept,
-                    closed = c.closed,
-                    "drained, exiting"
-                );
+            if self.drained_out() {
                 return 0;
             }
         }
+    }
+
+    /// A draining worker with nothing left exits now. Checked after the timers too:
+    /// the settle timer that waits for the master to read the last hand-overs must
+    /// not leave the loop asleep in epoll until the next heartbeat (up to 1 s).
+    fn drained_out(&mut self) -> bool {
+        if self.phase != Phase::Draining
+            || !self.conns.is_empty()
+            || !self.handoff.is_idle()
+            || self.handoff_in_transit(Instant::now())
+        {
+            return false;
+        }
+        let c = self.handoff.counts();
+        info!(
+            handed = c.handed,
+            kept = c.kept,
+            closed = c.closed,
+            "drained, exiting"
+        );
+        true
     }
 
     fn expire_timers(&mut self, now: Instant) {

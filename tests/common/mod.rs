@@ -1114,3 +1114,5 @@ pub mod sysd;
 
 #[allow(dead_code)]
 pub mod metrics;
+#[allow(dead_code)]
+pub mod xmaster;
