@@ -500,6 +500,7 @@ mod tests {
                 conns.push((
                     Handed {
                         listen: format!("127.0.0.1:{i}"),
+                        peer: None,
                     },
                     w,
                 ));
