@@ -7,11 +7,14 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use serde::{Deserialize, Serialize};
 
 use crate::os::{fd, scm};
+
+mod b64;
 
 /// Largest message either side sends; the receive buffer is this big.
 const MAX_MESSAGE: usize = 32 * 1024;
@@ -49,20 +52,73 @@ pub struct Stats {
 /// One connection travelling between workers; its fd travels in the same message,
 /// at the same position.
 ///
-/// It is a struct (not a bare listener name) so that per-connection state can be
-/// added later as new `#[serde(default)]` fields without changing the messages
-/// around it.
+/// New fields are `#[serde(default)]`, so a record from an older binary (a bare
+/// listener name: an idle connection, a fresh `connect` on arrival) still reads.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Handed {
     /// The listener that accepted it, by address: listener indices differ between the
     /// configs of two generations, addresses do not.
     pub listen: String,
+    /// A suspended connection: its service's state and the bytes the loop held for it.
+    /// None for a connection that was merely idle (the receiver calls `connect`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved: Option<Box<Moved>>,
+}
+
+/// Most bytes of service state plus carried input one suspended connection may
+/// take along. Base64 makes that ~22 KB in the message, which stays under
+/// `MAX_MESSAGE` even alone in a batch; a connection holding more is not moved yet.
+pub const MAX_MOVED_BYTES: usize = 16 << 10;
+
+/// What a suspended connection takes along (see `Handler::suspend`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Moved {
+    /// The state's format, as the service that wrote it numbers it.
+    pub version: u32,
+    /// The service's state, opaque to corral.
+    #[serde(with = "b64")]
+    pub state: Vec<u8>,
+    /// Bytes read from the client that the handler had not consumed: the new handler
+    /// sees them first.
+    #[serde(default, with = "b64")]
+    pub input: Vec<u8>,
+    /// Milliseconds since the connection last moved a byte: its idle clock runs on.
+    #[serde(default)]
+    pub idle_ms: u64,
+    /// The handler's timer (`Io::set_timer`), in milliseconds from the suspend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timer_ms: Option<u64>,
+    /// The worker that suspended it (pid): where a refused connection goes back.
+    #[serde(default)]
+    pub origin: u32,
+    /// A proxied connection: its upstream travels with it (the record's fd is then a
+    /// bundle holding both sockets, see `worker::suspend`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<SocketAddr>,
+    /// The receiving service could not resume it, and why: it goes back to `origin`
+    /// and stays there under the drain rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 impl Handed {
+    /// An idle connection accepted on `listen`, with nothing to carry.
+    pub fn idle(listen: String) -> Handed {
+        Handed {
+            listen,
+            moved: None,
+        }
+    }
+
     /// What this entry costs in a message, for `BATCH_BYTES` (JSON overhead included).
     fn weight(&self) -> usize {
-        self.listen.len() + 16
+        let moved = self.moved.as_ref().map_or(0, |m| {
+            b64::encoded_len(m.state.len())
+                + b64::encoded_len(m.input.len())
+                + m.refused.as_ref().map_or(0, |r| r.len() + 16)
+                + 192
+        });
+        self.listen.len() + 16 + moved
     }
 }
 
@@ -87,6 +143,10 @@ pub enum ToMaster {
     /// message, in order) for workers of the current generation to adopt: the client
     /// never sees its keep-alive connection closed.
     Handoff { conns: Vec<Handed> },
+    /// A worker's service refused suspended connections adopted from `Moved::origin`
+    /// (their fds travel with the message, in order): the master returns each to its
+    /// origin as a `ToWorker::Keep`, or closes it when the origin is gone.
+    Refused { conns: Vec<Handed> },
     /// A draining worker's queue of hand-overs ran empty; its counts so far.
     HandoffDone(HandoffCounts),
     /// Still alive; sent from the timer step of the loop, so a hung loop goes silent.
@@ -338,9 +398,7 @@ mod tests {
     }
 
     fn handed(listen: &str) -> Handed {
-        Handed {
-            listen: listen.into(),
-        }
+        Handed::idle(listen.into())
     }
 
     #[test]

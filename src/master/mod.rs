@@ -774,6 +774,9 @@ impl Master {
                     }
                     self.forward(Some(i), conns.into_iter().zip(fds).collect());
                 }
+                Ok(Some((ToMaster::Refused { conns }, fds))) => {
+                    self.refused(conns.into_iter().zip(fds).collect());
+                }
                 Ok(Some((ToMaster::HandoffDone(counts), _))) => {
                     self.handoff_done(i, counts);
                     for (t, o) in self.faults.handed_over(pid, counts.handed) {
@@ -833,7 +836,7 @@ impl Master {
                 w.stats = stats;
                 self.check_rss(i);
             }
-            ToMaster::Handoff { .. } | ToMaster::HandoffDone(_) => {}
+            ToMaster::Handoff { .. } | ToMaster::Refused { .. } | ToMaster::HandoffDone(_) => {}
         }
     }
 

@@ -19,6 +19,7 @@ mod handoff;
 pub mod orphan;
 mod pool;
 mod ratelog;
+mod suspend;
 pub mod timer;
 
 use std::collections::HashMap;
@@ -508,19 +509,24 @@ impl Worker {
             Timer::DrainDeadline,
         );
         for token in self.conns.tokens() {
-            if self.conns.get(token).is_some_and(Conn::idle_closable) {
-                self.release_idle(token);
-            }
+            self.release_idle(token);
         }
     }
 
-    /// A draining worker's idle connection: handed to the new generation, closed, or
-    /// left to finish its next exchange, as the drain's policy says.
-    fn release_idle(&mut self, token: Token) {
+    /// A draining worker's connection, if it can go now: handed to the new generation
+    /// (idle, or suspended by its service), or closed when idle, as the drain's policy
+    /// says; otherwise left to finish its next exchange. True if it left.
+    fn release_idle(&mut self, token: Token) -> bool {
         match self.idle_policy {
-            IdlePolicy::Linger => {}
-            IdlePolicy::Close => self.close(token),
-            IdlePolicy::Handoff => self.hand_over(token),
+            IdlePolicy::Linger => false,
+            IdlePolicy::Close => {
+                if !self.conns.get(token).is_some_and(Conn::idle_closable) {
+                    return false;
+                }
+                self.close(token);
+                true
+            }
+            IdlePolicy::Handoff => self.try_move(token),
         }
     }
 
@@ -595,7 +601,7 @@ impl Worker {
             };
             match net::accept(fd.as_fd()) {
                 Ok(a) => {
-                    self.add_conn(index, a);
+                    let _ = self.add_conn(index, a);
                     accepted += 1;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -645,7 +651,7 @@ impl Worker {
         }
     }
 
-    fn add_conn(&mut self, listener: usize, a: net::Accepted) {
+    fn add_conn(&mut self, listener: usize, a: net::Accepted) -> Option<Token> {
         let flow = self.listeners[listener].flow;
         let counted_ip = match a.peer {
             Some(ip) if flow.max_connections_per_ip > 0 => {
@@ -654,7 +660,7 @@ impl Worker {
                     self.notices
                         .per_ip(listener as u16, ip, flow.max_connections_per_ip);
                     self.stats.refused += 1;
-                    return; // dropping the fd closes the connection
+                    return None; // dropping the fd closes the connection
                 }
                 *n += 1;
                 true
@@ -668,13 +674,11 @@ impl Worker {
         conn.counted_ip = counted_ip;
         conn.listener = listener as u16;
         let token = self.conns.insert(conn);
-        let Some(c) = self.conns.get_mut(token) else {
-            return;
-        };
+        let c = self.conns.get_mut(token)?;
         if let Err(e) = self.epoll.add(c.fd.as_fd(), c.registered, token.0) {
             warn!("cannot watch a new connection: {e}");
             self.conns.remove(token);
-            return;
+            return None;
         }
         self.stats.accepted += 1;
         // idle_timeout = 0 means off: no idle timer at all.
@@ -685,6 +689,7 @@ impl Worker {
         if self.listeners[listener].service.upstreams().is_some() {
             self.connect_upstream(token, Vec::new(), Vec::new(), 1);
         }
+        Some(token)
     }
 
     /// Starts connecting a proxied client to the next upstream it has not tried,
@@ -913,10 +918,13 @@ impl Worker {
                 self.timers.schedule(at, Timer::Handler(token));
             }
         }
-        if draining && c.idle_closable() && self.idle_policy != IdlePolicy::Linger {
-            self.release_idle(token);
+        // Every exchange ends at a point where the connection may be able to move.
+        if draining && self.release_idle(token) {
             return;
         }
+        let Some(c) = self.conns.get_mut(token) else {
+            return;
+        };
         // Reads cut short (by the quantum, or a proxy's bounded passes) continue in
         // step 4: with edge-triggered epoll no new event would announce them.
         if c.more_to_read() && (budget == 0 || c.upstream.is_some()) {
