@@ -1103,4 +1103,6 @@ pub mod fault;
 #[allow(dead_code)]
 pub mod handover;
 #[allow(dead_code)]
+pub mod moves;
+#[allow(dead_code)]
 pub mod sysd;

@@ -1,0 +1,284 @@
+//! Helpers for the connection-move tests: generations from `corral status --json`,
+//! reloads timed until the old generation is gone, and long-lived echo streams
+//! driven from a few threads with non-blocking sockets, every reply checked.
+
+use std::collections::BTreeSet;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use super::{is_reset, status, Corral};
+
+/// The generations that have workers now, per `corral status --json`.
+pub fn generations(c: &Corral) -> BTreeSet<u64> {
+    status(c).2.iter().map(|w| w.generation).collect()
+}
+
+/// `corral -s reload` (which returns once the new generation is ready), then polls
+/// `corral status --json` until only the newest generation has workers. Returns
+/// (that generation, time from the reload's return until the old one was gone), or
+/// panics after `limit` naming what is still there.
+pub fn reload_and_wait_old_gone(c: &Corral, limit: Duration) -> (u64, Duration) {
+    let out = c.cli(&["-s", "reload"]);
+    assert!(
+        out.status.success(),
+        "`corral -s reload` failed: {}\n{}",
+        out.all(),
+        c.log_tail(40)
+    );
+    let t0 = Instant::now();
+    loop {
+        let (_, gen, workers) = status(c);
+        let gens: BTreeSet<u64> = workers.iter().map(|w| w.generation).collect();
+        if gens.len() == 1 && gens.contains(&gen) {
+            return (gen, t0.elapsed());
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "generations {gens:?} still have workers {:?} after the reload to {gen}\n{}",
+            t0.elapsed(),
+            c.log_tail(60)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The bytes of message `seq` on stream `id`: a line that names both, padded to a
+/// length that varies with `seq` so replies split across reads in varied places.
+pub fn stream_message(id: usize, seq: u64) -> Vec<u8> {
+    let pad = (seq as usize * 37 + id) % 200;
+    format!("{id}:{seq}:{}\n", "x".repeat(pad)).into_bytes()
+}
+
+/// What the echo streams saw.
+#[derive(Debug, Default)]
+pub struct StreamReport {
+    /// Round trips completed and checked, per stream.
+    pub done: Vec<u64>,
+    /// Every failure: reset, EOF, wrong bytes, timeout (stream id and what).
+    pub errors: Vec<String>,
+}
+
+/// Long-lived echo streams doing round trips until stopped: each sends numbered
+/// messages, one at a time after a short pause, and checks that each reply is exactly
+/// its message (every byte echoed once, in order).
+pub struct EchoStreams {
+    stop: Arc<AtomicBool>,
+    /// Total round trips so far (all streams).
+    pub total: Arc<AtomicU64>,
+    threads: Vec<JoinHandle<(usize, Vec<u64>, Vec<String>)>>,
+    n: usize,
+}
+
+struct Stream {
+    s: TcpStream,
+    id: usize,
+    seq: u64,
+    /// The message in flight and how much of its echo has arrived.
+    want: Vec<u8>,
+    got: usize,
+    sent: usize,
+    next_at: Instant,
+    last_progress: Instant,
+    dead: bool,
+}
+
+impl EchoStreams {
+    /// Opens `n` streams to `addr` (connected and checked with one round trip each)
+    /// and drives them from `threads` threads; each stream waits `pause` between its
+    /// round trips.
+    pub fn start(addr: SocketAddr, n: usize, threads: usize, pause: Duration) -> EchoStreams {
+        let stop = Arc::new(AtomicBool::new(false));
+        let total = Arc::new(AtomicU64::new(0));
+        let mut handles = Vec::new();
+        let per = n.div_ceil(threads);
+        let opened = Arc::new(Mutex::new(0usize));
+        for t in 0..threads {
+            let ids: Vec<usize> = (t * per..((t + 1) * per).min(n)).collect();
+            let stop = stop.clone();
+            let total = total.clone();
+            let opened = opened.clone();
+            handles.push(std::thread::spawn(move || {
+                drive(addr, ids, pause, &stop, &total, &opened)
+            }));
+        }
+        let t0 = Instant::now();
+        while *opened.lock().unwrap() < n && t0.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        EchoStreams {
+            stop,
+            total,
+            threads: handles,
+            n,
+        }
+    }
+
+    /// Stops every stream after its current round trip and reports.
+    pub fn finish(self) -> StreamReport {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut done = vec![0; self.n];
+        let mut errors = Vec::new();
+        for h in self.threads {
+            let (first, d, e) = h.join().expect("stream thread panicked");
+            done[first..first + d.len()].copy_from_slice(&d);
+            errors.extend(e);
+        }
+        StreamReport { done, errors }
+    }
+}
+
+/// How long a message may wait for its echo before the stream counts as stuck.
+const STUCK: Duration = Duration::from_secs(20);
+
+fn drive(
+    addr: SocketAddr,
+    ids: Vec<usize>,
+    pause: Duration,
+    stop: &AtomicBool,
+    total: &AtomicU64,
+    opened: &Mutex<usize>,
+) -> (usize, Vec<u64>, Vec<String>) {
+    let first = ids.first().copied().unwrap_or(0);
+    let mut errors = Vec::new();
+    let mut streams: Vec<Stream> = Vec::new();
+    for &id in &ids {
+        let s = match TcpStream::connect_timeout(&addr, Duration::from_secs(10)) {
+            Ok(s) => s,
+            Err(e) => {
+                errors.push(format!("stream {id}: connect: {e}"));
+                continue;
+            }
+        };
+        s.set_nonblocking(true).expect("set_nonblocking");
+        let _ = s.set_nodelay(true);
+        let now = Instant::now();
+        streams.push(Stream {
+            s,
+            id,
+            seq: 0,
+            want: stream_message(id, 0),
+            got: 0,
+            sent: 0,
+            next_at: now,
+            last_progress: now,
+            dead: false,
+        });
+        *opened.lock().unwrap() += 1;
+    }
+    let mut buf = vec![0u8; 4096];
+    let mut stopping_since: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        if stop.load(Ordering::SeqCst) && stopping_since.is_none() {
+            stopping_since = Some(now);
+        }
+        // Stopping: streams finish the round trip in flight, then stop.
+        let idle = |st: &Stream| st.dead || (st.sent == 0 && stopping_since.is_some());
+        if streams.iter().all(idle) {
+            break;
+        }
+        if stopping_since.is_some_and(|t| now - t > STUCK) {
+            for st in streams.iter().filter(|st| !idle(st)) {
+                errors.push(format!(
+                    "stream {}: message {} unanswered at the end ({} of {} bytes back)",
+                    st.id,
+                    st.seq,
+                    st.got,
+                    st.want.len()
+                ));
+            }
+            break;
+        }
+        for st in streams.iter_mut().filter(|st| !st.dead) {
+            if st.sent == 0 && stopping_since.is_none() && now >= st.next_at {
+                st.sent = st.want.len();
+                if let Err(e) = (&st.s).write_all(&st.want) {
+                    // A short non-blocking write would garble the stream: small
+                    // messages into an empty socket buffer never are.
+                    errors.push(format!("stream {}: write: {e}", st.id));
+                    st.dead = true;
+                    continue;
+                }
+                st.last_progress = now;
+            }
+            if st.sent == 0 {
+                continue;
+            }
+            loop {
+                match (&st.s).read(&mut buf) {
+                    Ok(0) => {
+                        errors.push(format!("stream {}: EOF at message {}", st.id, st.seq));
+                        st.dead = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        let end = st.got + n;
+                        if end > st.want.len() || buf[..n] != st.want[st.got..end] {
+                            errors.push(format!(
+                                "stream {}: message {}: wrong echo {:?} at byte {}",
+                                st.id,
+                                st.seq,
+                                String::from_utf8_lossy(&buf[..n]),
+                                st.got
+                            ));
+                            st.dead = true;
+                            break;
+                        }
+                        st.got = end;
+                        st.last_progress = now;
+                        if st.got == st.want.len() {
+                            st.seq += 1;
+                            st.want = stream_message(st.id, st.seq);
+                            st.got = 0;
+                            st.sent = 0;
+                            st.next_at = now + pause;
+                            total.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let what = if is_reset(&e) { "reset" } else { "read error" };
+                        errors.push(format!("stream {}: {what}: {e}", st.id));
+                        st.dead = true;
+                        break;
+                    }
+                }
+            }
+            if !st.dead && st.sent > 0 && now - st.last_progress > STUCK {
+                errors.push(format!("stream {}: message {} stuck", st.id, st.seq));
+                st.dead = true;
+            }
+        }
+        // Wait for replies (or the next send time), bounded.
+        let mut fds: Vec<PollFd<'_>> = streams
+            .iter()
+            .filter(|st| !st.dead && st.sent > 0)
+            .map(|st| PollFd::new(st.s.as_fd(), PollFlags::POLLIN))
+            .collect();
+        let wait = streams
+            .iter()
+            .filter(|st| !st.dead && st.sent == 0)
+            .map(|st| st.next_at.saturating_duration_since(now))
+            .min()
+            .unwrap_or(Duration::from_millis(50))
+            .min(Duration::from_millis(50));
+        let ms = u16::try_from(wait.as_millis()).unwrap_or(50);
+        let _ = poll(&mut fds, PollTimeout::from(ms));
+    }
+    let done = streams.iter().map(|st| st.seq).collect::<Vec<_>>();
+    // Streams that never connected count as zero round trips (their error says why).
+    let mut all = vec![0; ids.len()];
+    for (st, d) in streams.iter().zip(done) {
+        all[st.id - first] = d;
+    }
+    (first, all, errors)
+}
