@@ -6,6 +6,8 @@
 
 mod common;
 
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use common::handover::raise_nofile;
@@ -37,16 +39,14 @@ fn a_thousand_echo_streams_survive_twenty_reloads_byte_exact() {
     let c = Corral::start(&echo_config(2));
     let streams = EchoStreams::start(c.addr(), STREAMS, 4, Duration::from_millis(100));
     assert!(
-        wait_until(POLL_LIMIT, || streams
-            .total
-            .load(std::sync::atomic::Ordering::Relaxed)
+        wait_until(POLL_LIMIT, || streams.total.load(Relaxed)
             >= 2 * STREAMS as u64),
         "the streams do not get going\n{}",
         c.log_tail(40)
     );
     let mut slowest = Duration::ZERO;
     for i in 0..RELOADS {
-        let before = streams.total.load(std::sync::atomic::Ordering::Relaxed);
+        let before = streams.total.load(Relaxed);
         let (gen, took) = reload_and_wait_old_gone(&c, POLL_LIMIT);
         eprintln!("reload {i}: generation {gen} alone after {took:?}");
         slowest = slowest.max(took);
@@ -57,9 +57,7 @@ fn a_thousand_echo_streams_survive_twenty_reloads_byte_exact() {
         );
         // Round trips go on, now with the new generation.
         assert!(
-            wait_until(POLL_LIMIT, || streams
-                .total
-                .load(std::sync::atomic::Ordering::Relaxed)
+            wait_until(POLL_LIMIT, || streams.total.load(Relaxed)
                 >= before + STREAMS as u64),
             "reload {i}: round trips stopped\n{}",
             c.log_tail(40)
@@ -89,4 +87,71 @@ fn a_thousand_echo_streams_survive_twenty_reloads_byte_exact() {
         "a drain ran into its timeout:\n{}",
         c.log_tail(60)
     );
+}
+
+fn proxy_config(proxy_port: u16, upstream: SocketAddr, splice: bool) -> String {
+    format!(
+        "[master]\nworkers = 2\ndrain_timeout = \"60s\"\n\n\
+         [[listen]]\naddress = \"127.0.0.1:{{port}}\"\nservice = \"echo\"\n\n\
+         [[listen]]\naddress = \"127.0.0.1:{proxy_port}\"\nservice = \"proxy\"\n\
+         upstreams = [\"{upstream}\"]\nsplice = {splice}\n"
+    )
+}
+
+/// Sessions through the proxy to a real (threaded) echo server, several MiB each
+/// way, every byte checked, while the proxy reloads ten times: each pair (client and
+/// upstream socket) moves to the new generation, and the old one is gone long before
+/// `drain_timeout`.
+fn proxied_sessions_survive_reloads(splice: bool) {
+    const SESSIONS: usize = 3;
+    const RELOADS: usize = 10;
+    let upstream = UpstreamEcho::start();
+    let proxy_port = free_port();
+    let c = Corral::start(&proxy_config(proxy_port, upstream.addr, splice));
+    let addr = SocketAddr::from(([127, 0, 0, 1], proxy_port));
+    let sessions: Vec<Session> = (0..SESSIONS)
+        .map(|id| Session::start(addr, id, 16 << 10, Duration::from_millis(4)))
+        .collect();
+    let received = |s: &[Session]| -> u64 { s.iter().map(|x| x.received.load(Relaxed)).sum() };
+    assert!(
+        wait_until(POLL_LIMIT, || received(&sessions) > (SESSIONS as u64) << 20),
+        "the sessions do not get going\n{}",
+        c.log_tail(40)
+    );
+    for i in 0..RELOADS {
+        let before: Vec<u64> = sessions.iter().map(|s| s.received.load(Relaxed)).collect();
+        let (gen, took) = reload_and_wait_old_gone(&c, POLL_LIMIT);
+        eprintln!("reload {i}: generation {gen} alone after {took:?}");
+        assert!(
+            took <= OLD_GONE_WITHIN,
+            "reload {i}: the old generation took {took:?} to exit\n{}",
+            c.log_tail(60)
+        );
+        // Each session still moves bytes, now through the new generation.
+        assert!(
+            wait_until(POLL_LIMIT, || sessions
+                .iter()
+                .zip(&before)
+                .all(|(s, b)| s.received.load(Relaxed) > b + (256 << 10))),
+            "reload {i}: a session stopped\n{}",
+            c.log_tail(40)
+        );
+    }
+    for (id, s) in sessions.into_iter().enumerate() {
+        let bytes = s
+            .finish()
+            .unwrap_or_else(|e| panic!("session {id} (splice {splice}): {e}\n{}", c.log_tail(60)));
+        eprintln!("session {id}: {} MiB each way, byte-exact", bytes >> 20);
+        assert!(bytes >= 4 << 20, "session {id} moved only {bytes} bytes");
+    }
+}
+
+#[test]
+fn proxied_sessions_mid_transfer_survive_ten_reloads_copy_mode() {
+    proxied_sessions_survive_reloads(false);
+}
+
+#[test]
+fn proxied_sessions_mid_transfer_survive_ten_reloads_splice_mode() {
+    proxied_sessions_survive_reloads(true);
 }

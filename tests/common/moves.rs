@@ -282,3 +282,163 @@ fn drive(
     }
     (first, all, errors)
 }
+
+/// A threaded echo server on 127.0.0.1 (the proxy's real upstream): one thread per
+/// connection, half-close passed on. Dropped: stops accepting (connections already
+/// open finish on their own).
+pub struct UpstreamEcho {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl UpstreamEcho {
+    pub fn start() -> UpstreamEcho {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        let addr = listener.local_addr().expect("upstream addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::spawn(move || {
+            while !flag.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        std::thread::spawn(move || echo_until_eof(s));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(10))
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        UpstreamEcho { addr, stop }
+    }
+}
+
+impl Drop for UpstreamEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn echo_until_eof(s: TcpStream) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_secs(120)));
+    let mut buf = vec![0u8; 64 << 10];
+    let mut r = &s;
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if (&s).write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+    let _ = s.shutdown(std::net::Shutdown::Write);
+}
+
+/// Byte `i` of session `s`'s stream: varies with the offset (not a short period), so
+/// a lost, repeated or reordered chunk is caught.
+pub fn pattern_byte(s: usize, i: u64) -> u8 {
+    (i.wrapping_mul(31) ^ (i >> 12) ^ (s as u64 * 0x9e)) as u8
+}
+
+/// One proxied session pushing a pattern through an echo upstream and checking every
+/// byte that comes back, until told to stop; then it half-closes and expects exactly
+/// what it sent, then EOF.
+pub struct Session {
+    stop: Arc<AtomicBool>,
+    pub sent: Arc<AtomicU64>,
+    pub received: Arc<AtomicU64>,
+    writer: JoinHandle<Result<u64, String>>,
+    reader: JoinHandle<Result<u64, String>>,
+}
+
+impl Session {
+    /// `chunk` bytes every `every`.
+    pub fn start(addr: SocketAddr, id: usize, chunk: usize, every: Duration) -> Session {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect");
+        let _ = s.set_nodelay(true);
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let r = s.try_clone().expect("clone");
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let received = Arc::new(AtomicU64::new(0));
+        let (flag, count) = (stop.clone(), sent.clone());
+        let writer = std::thread::spawn(move || {
+            let mut off = 0u64;
+            let mut buf = vec![0u8; chunk];
+            while !flag.load(Ordering::SeqCst) {
+                for (k, b) in buf.iter_mut().enumerate() {
+                    *b = pattern_byte(id, off + k as u64);
+                }
+                (&s).write_all(&buf)
+                    .map_err(|e| format!("session {id}: write at {off}: {e}"))?;
+                off += chunk as u64;
+                count.store(off, Ordering::SeqCst);
+                std::thread::sleep(every);
+            }
+            s.shutdown(std::net::Shutdown::Write)
+                .map_err(|e| format!("session {id}: shutdown: {e}"))?;
+            Ok(off)
+        });
+        let count = received.clone();
+        let reader = std::thread::spawn(move || {
+            let mut off = 0u64;
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                let n = match (&r).read(&mut buf) {
+                    Ok(0) => return Ok(off),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        let what = if is_reset(&e) { "reset" } else { "read error" };
+                        return Err(format!("session {id}: {what} at byte {off}: {e}"));
+                    }
+                };
+                for (k, &b) in buf[..n].iter().enumerate() {
+                    let at = off + k as u64;
+                    if b != pattern_byte(id, at) {
+                        return Err(format!(
+                            "session {id}: byte {at} is {b:#x}, expected {:#x}",
+                            pattern_byte(id, at)
+                        ));
+                    }
+                }
+                off += n as u64;
+                count.store(off, Ordering::SeqCst);
+            }
+        });
+        Session {
+            stop,
+            sent,
+            received,
+            writer,
+            reader,
+        }
+    }
+
+    /// Stops sending, half-closes, and waits for everything to come back: Ok(bytes
+    /// each way), or what went wrong.
+    pub fn finish(self) -> Result<u64, String> {
+        self.stop.store(true, Ordering::SeqCst);
+        let sent = self
+            .writer
+            .join()
+            .map_err(|_| "writer panicked".to_string())??;
+        let got = self
+            .reader
+            .join()
+            .map_err(|_| "reader panicked".to_string())??;
+        if got != sent {
+            return Err(format!("sent {sent} bytes, {got} came back before EOF"));
+        }
+        Ok(sent)
+    }
+}
