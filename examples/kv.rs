@@ -15,9 +15,10 @@
 //!
 //! Connections survive reloads: between commands a connection suspends with its
 //! state (the command count, format version 1) and the new worker resumes it. With
-//! `CORRAL_KV_SUSPEND=off` in the environment it never suspends, and reloads keep
-//! corral's drain behaviour (it stays in the old worker until it ends or
-//! `drain_timeout` cuts it).
+//! `CORRAL_KV_SUSPEND=off` in the environment a connection never suspends nor says it
+//! is idle, like a service that keeps its connections: reloads then keep corral's
+//! drain behaviour (it stays in the old worker until it ends or `drain_timeout` cuts
+//! it).
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -48,7 +49,8 @@ type Store = Rc<RefCell<BTreeMap<String, String>>>;
 
 struct Kv {
     store: Store,
-    /// Connections may suspend (move at reload); off with `CORRAL_KV_SUSPEND=off`.
+    /// Connections may suspend or say they are idle (move at reload); off with
+    /// `CORRAL_KV_SUSPEND=off`.
     suspend: bool,
 }
 
@@ -233,13 +235,13 @@ impl Handler for KvConn {
     }
 
     fn is_idle(&self) -> bool {
-        !self.busy && self.queued.is_empty() && !self.refused
+        self.suspend && !self.busy && self.queued.is_empty() && !self.refused
     }
 
     /// Between commands the whole state is the count (a half line travels as
     /// unconsumed input, its timeout as the handler's timer).
     fn suspend(&mut self) -> Option<Suspended> {
-        (self.suspend && self.is_idle())
+        self.is_idle()
             .then(|| Suspended::new(STATE_VERSION, self.commands.to_le_bytes().to_vec()))
     }
 }

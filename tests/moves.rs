@@ -155,3 +155,123 @@ fn proxied_sessions_mid_transfer_survive_ten_reloads_copy_mode() {
 fn proxied_sessions_mid_transfer_survive_ten_reloads_splice_mode() {
     proxied_sessions_survive_reloads(true);
 }
+
+fn start_kv(drain: &str, env: &[(&str, &str)]) -> (Corral, SocketAddr) {
+    let kv_port = free_port();
+    let c = Corral::start_with(
+        &format!(
+            "[master]\nworkers = 2\ndrain_timeout = \"{drain}\"\n\n\
+             [[listen]]\naddress = \"127.0.0.1:{{port}}\"\nservice = \"echo\"\n\n\
+             [[listen]]\naddress = \"127.0.0.1:{kv_port}\"\nservice = \"kv\"\n"
+        ),
+        Launch {
+            binary: Some(kv_binary()),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Launch::default()
+        },
+    );
+    (c, SocketAddr::from(([127, 0, 0, 1], kv_port)))
+}
+
+/// kv connections move at reload with their state (the per-connection command count
+/// goes on from where it was) and with a half-sent line (unconsumed input travels:
+/// the command completes in the new worker).
+#[test]
+fn kv_connections_keep_their_state_and_half_lines_across_reloads() {
+    const CONNS: usize = 20;
+    let (c, kv) = start_kv("60s", &[]);
+    let mut clients: Vec<LineClient> = (0..CONNS).map(|_| LineClient::connect(kv)).collect();
+    for k in &mut clients {
+        assert_eq!(k.ask("SET a b").as_deref(), Ok("OK"));
+        assert_eq!(k.ask("COUNT").as_deref(), Ok("COUNT 2"));
+    }
+    for round in 0..3u64 {
+        // Half a command before the reload, the rest after it.
+        for k in &mut clients {
+            k.send(b"COU");
+        }
+        let (gen, took) = reload_and_wait_old_gone(&c, POLL_LIMIT);
+        eprintln!("reload {round}: generation {gen} alone after {took:?}");
+        assert!(
+            took <= OLD_GONE_WITHIN,
+            "reload {round}: the old generation took {took:?}\n{}",
+            c.log_tail(60)
+        );
+        for (i, k) in clients.iter_mut().enumerate() {
+            k.send(b"NT\n");
+            let want = format!("COUNT {}", 3 + 2 * round);
+            assert_eq!(
+                k.line(),
+                Ok(want.clone()),
+                "client {i} after reload {round}\n{}",
+                c.log_tail(40)
+            );
+            let want = format!("COUNT {}", 4 + 2 * round);
+            assert_eq!(k.ask("COUNT"), Ok(want), "client {i}");
+        }
+    }
+}
+
+/// A service that does not suspend (kv with `CORRAL_KV_SUSPEND=off`) keeps today's
+/// drain behaviour: its connection stays in the old worker, served there (its state
+/// intact), and holds the old generation until it ends; one that does not end is cut
+/// at `drain_timeout`.
+#[test]
+fn a_service_that_refuses_to_suspend_keeps_the_drain_behaviour() {
+    const DRAIN: Duration = Duration::from_secs(6);
+    let (c, kv) = start_kv("6s", &[("CORRAL_KV_SUSPEND", "off")]);
+    let gen_of = |c: &Corral| status(c).1;
+
+    // 1. The connection ends by itself: the old generation goes with it.
+    let mut a = LineClient::connect(kv);
+    assert_eq!(a.ask("COUNT").as_deref(), Ok("COUNT 1"));
+    let out = c.cli(&["-s", "reload"]);
+    assert!(out.status.success(), "{}", out.all());
+    let new = gen_of(&c);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        generations(&c).len(),
+        2,
+        "the old generation must stay while its connection is open\n{}",
+        c.log_tail(40)
+    );
+    assert_eq!(
+        a.ask("COUNT").as_deref(),
+        Ok("COUNT 2"),
+        "served by the old worker"
+    );
+    assert_eq!(a.ask("QUIT").as_deref(), Ok("BYE"));
+    assert!(
+        wait_until(DRAIN - Duration::from_secs(2), || generations(&c)
+            == [new].into()),
+        "the old generation outlived its last connection\n{}",
+        c.log_tail(40)
+    );
+
+    // 2. The connection does not end: cut at drain_timeout, not before.
+    let mut b = LineClient::connect(kv);
+    assert_eq!(b.ask("COUNT").as_deref(), Ok("COUNT 1"));
+    let out = c.cli(&["-s", "reload"]);
+    let t0 = std::time::Instant::now();
+    assert!(out.status.success(), "{}", out.all());
+    let newest = gen_of(&c);
+    assert_eq!(b.ask("COUNT").as_deref(), Ok("COUNT 2"));
+    b.s.set_read_timeout(Some(DRAIN + Duration::from_secs(20)))
+        .unwrap();
+    let end = b.line();
+    let cut_after = t0.elapsed();
+    assert!(end.is_err(), "expected the drain to cut it, got {end:?}");
+    assert!(
+        cut_after >= DRAIN - Duration::from_millis(500),
+        "cut after {cut_after:?}, before drain_timeout {DRAIN:?}\n{}",
+        c.log_tail(40)
+    );
+    assert!(
+        wait_until(POLL_LIMIT, || generations(&c) == [newest].into()),
+        "the old generation is still there after the drain\n{}",
+        c.log_tail(40)
+    );
+}

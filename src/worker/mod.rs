@@ -242,6 +242,9 @@ impl Worker {
             if let Some(code) = self.exit {
                 return code;
             }
+            if self.drained() {
+                return 0;
+            }
             // 2. epoll, bounded by the next timer; no wait while reads are left over
             let timeout = if self.ready.is_empty() {
                 self.timers.timeout(now)
@@ -271,21 +274,31 @@ impl Worker {
             if let Some(code) = self.exit {
                 return code;
             }
-            if self.phase == Phase::Draining
-                && self.conns.is_empty()
-                && self.handoff.is_idle()
-                && !self.handoff_in_transit(Instant::now())
-            {
-                let c = self.handoff.counts();
-                info!(
-                    handed = c.handed,
-                    kept = c.kept,
-                    closed = c.closed,
-                    "drained, exiting"
-                );
+            if self.drained() {
                 return 0;
             }
         }
+    }
+
+    /// A draining worker with nothing left to serve or to send exits. Asked after
+    /// the timers too: the settle timer that waits for the master to read the last
+    /// hand-overs must lead to this check at once, not after the next (long) wait.
+    fn drained(&mut self) -> bool {
+        if self.phase == Phase::Draining
+            && self.conns.is_empty()
+            && self.handoff.is_idle()
+            && !self.handoff_in_transit(Instant::now())
+        {
+            let c = self.handoff.counts();
+            info!(
+                handed = c.handed,
+                kept = c.kept,
+                closed = c.closed,
+                "drained, exiting"
+            );
+            return true;
+        }
+        false
     }
 
     fn expire_timers(&mut self, now: Instant) {

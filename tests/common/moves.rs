@@ -442,3 +442,59 @@ impl Session {
         Ok(sent)
     }
 }
+
+/// The kv example's binary, (re)built here: `cargo test --test moves` alone does not
+/// build examples, and a stale one would test old code.
+pub fn kv_binary() -> std::path::PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    let bin = std::path::PathBuf::from(super::corral_bin());
+    let path = bin
+        .parent()
+        .expect("target dir")
+        .join("examples")
+        .join("kv");
+    BUILT.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "--example", "kv"])
+            .status()
+            .expect("run cargo build --example kv");
+        assert!(status.success(), "cargo build --example kv failed");
+    });
+    path
+}
+
+/// A line-protocol client (the kv example's): sends `cmd` and returns the reply line.
+pub struct LineClient {
+    pub s: TcpStream,
+    r: io::BufReader<TcpStream>,
+}
+
+impl LineClient {
+    pub fn connect(addr: SocketAddr) -> LineClient {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let r = io::BufReader::new(s.try_clone().expect("clone"));
+        LineClient { s, r }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).expect("send");
+    }
+
+    /// The next reply line, or what happened instead.
+    pub fn line(&mut self) -> Result<String, String> {
+        use std::io::BufRead;
+        let mut l = String::new();
+        match self.r.read_line(&mut l) {
+            Ok(0) => Err("EOF".into()),
+            Ok(_) => Ok(l.trim_end().to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    pub fn ask(&mut self, cmd: &str) -> Result<String, String> {
+        self.send(format!("{cmd}\n").as_bytes());
+        self.line()
+    }
+}
