@@ -281,3 +281,189 @@ impl Worker {
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::os::fd::{AsFd, OwnedFd};
+    use std::sync::mpsc::Receiver;
+    use std::time::{Duration, Instant};
+
+    use crate::channel::{Channel, Handed, IdlePolicy, Moved, ToMaster, ToWorker};
+    use crate::config::Config;
+    use crate::os::signals::SignalReader;
+    use crate::worker::{self, WorkerInit};
+
+    /// A worker loop (in a thread) serving echo, with this test as its master.
+    fn echo_worker(dir: &std::path::Path) -> (Channel, Receiver<i32>, SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let path = dir.join("corral.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[master]\nworkers = 1\ndrain_timeout = \"60s\"\n\n[worker]\nblocking_threads = 1\n\n\
+                 [[listen]]\naddress = \"{addr}\"\nservice = \"echo\"\n"
+            ),
+        )
+        .unwrap();
+        let config = Config::load(&path).unwrap();
+        let (master, worker_end) = Channel::pair().unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let signals = SignalReader::new(&[nix::sys::signal::Signal::SIGUSR1]).unwrap();
+            let init = WorkerInit {
+                slot: 0,
+                generation: 1,
+                config,
+                listeners: vec![listener.into()],
+                channel: worker_end,
+                signals,
+            };
+            let _ = done_tx.send(worker::run(init));
+        });
+        next(&master, &|m| *m == ToMaster::Ready);
+        (master, done_rx, addr)
+    }
+
+    /// The next message from the worker that `want` accepts (others are skipped).
+    fn next(master: &Channel, want: &dyn Fn(&ToMaster) -> bool) -> (ToMaster, Vec<OwnedFd>) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(Instant::now() < deadline, "the worker went silent");
+            match master.recv_fds::<ToMaster>().unwrap() {
+                Some((m, fds)) if want(&m) => return (m, fds),
+                Some(_) => {}
+                None => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
+    }
+
+    /// A connected client and the server side of its socket (to hand over).
+    fn client_and_server_socket() -> (TcpStream, OwnedFd) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        s.set_nonblocking(true).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        (c, s.into())
+    }
+
+    fn round_trip(c: &mut TcpStream, msg: &[u8]) {
+        c.write_all(msg).unwrap();
+        let mut got = vec![0u8; msg.len()];
+        c.read_exact(&mut got).expect("the echo");
+        assert_eq!(got, msg);
+    }
+
+    fn moved(listen: SocketAddr, version: u32, origin: u32) -> Handed {
+        Handed {
+            listen: listen.to_string(),
+            moved: Some(Box::new(Moved {
+                version,
+                state: Vec::new(),
+                input: b"carried ".to_vec(),
+                idle_ms: 0,
+                timer_ms: None,
+                origin,
+                upstream: None,
+                refused: None,
+            })),
+        }
+    }
+
+    /// The new generation's service cannot read the state's version: the connection
+    /// goes back (`Refused`, naming its origin and why) on the very socket it came
+    /// on, untouched; a version it reads is resumed and served, input carried.
+    #[test]
+    fn a_state_the_service_cannot_read_goes_back_to_its_origin() {
+        let dir = tempfile::tempdir().unwrap();
+        let (master, _done, addr) = echo_worker(dir.path());
+
+        let (mut refused_client, fd) = client_and_server_socket();
+        let msg = ToWorker::Adopt {
+            conns: vec![moved(addr, 99, 4242)],
+        };
+        master.send_fds(&msg, &[fd.as_fd()]).unwrap();
+        drop(fd);
+        let (m, fds) = next(&master, &|m| matches!(m, ToMaster::Refused { .. }));
+        let ToMaster::Refused { conns } = m else {
+            unreachable!()
+        };
+        assert_eq!((conns.len(), fds.len()), (1, 1));
+        let back = conns[0].moved.as_ref().unwrap();
+        assert_eq!(back.origin, 4242);
+        assert_eq!(back.input, b"carried ");
+        let why = back.refused.as_deref().unwrap_or("");
+        assert!(why.contains("99"), "{why}");
+        crate::os::fd::write(fds[0].as_fd(), b"still yours").unwrap();
+        let mut got = [0u8; 11];
+        refused_client.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"still yours");
+
+        let (mut c, fd) = client_and_server_socket();
+        let msg = ToWorker::Adopt {
+            conns: vec![moved(addr, 1, 4242)],
+        };
+        master.send_fds(&msg, &[fd.as_fd()]).unwrap();
+        drop(fd);
+        // The carried input reaches the handler first, then the new bytes.
+        c.write_all(b"bytes\n").unwrap();
+        let mut got = vec![0u8; 14];
+        c.read_exact(&mut got).expect("the echo");
+        assert_eq!(got, b"carried bytes\n");
+        round_trip(&mut c, b"and more\n");
+    }
+
+    /// The origin's side: a connection it suspended comes back refused; it resumes it
+    /// with its own service, serves it to the end without offering it again, and exits
+    /// once the client leaves.
+    #[test]
+    fn a_refused_connection_is_served_to_the_end_by_its_origin() {
+        let dir = tempfile::tempdir().unwrap();
+        let (master, done, addr) = echo_worker(dir.path());
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        round_trip(&mut c, b"before\n");
+
+        master
+            .send(&ToWorker::Drain {
+                idle: IdlePolicy::Handoff,
+            })
+            .unwrap();
+        let (m, fds) = next(&master, &|m| matches!(m, ToMaster::Handoff { .. }));
+        let ToMaster::Handoff { mut conns } = m else {
+            unreachable!()
+        };
+        assert_eq!((conns.len(), fds.len()), (1, 1));
+        let m = conns[0].moved.as_mut().expect("echo suspends");
+        assert_eq!(m.origin, std::process::id());
+        m.refused = Some("test: the new generation refused it".into());
+        let back = ToWorker::Keep {
+            conns,
+            reason: "refused".into(),
+        };
+        master.send_fds(&back, &[fds[0].as_fd()]).unwrap();
+        drop(fds);
+
+        for i in 0..20 {
+            round_trip(&mut c, format!("after {i}\n").as_bytes());
+        }
+        // Each of those exchanges ended at a quiescent point: none was offered again.
+        std::thread::sleep(Duration::from_millis(200));
+        while let Some((m, _)) = master.recv_fds::<ToMaster>().unwrap() {
+            assert!(
+                !matches!(m, ToMaster::Handoff { .. }),
+                "a pinned connection was handed over again: {m:?}"
+            );
+        }
+        assert!(done.try_recv().is_err(), "the worker exited with a client");
+        drop(c);
+        let code = done
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the worker did not exit once its last client left");
+        assert_eq!(code, 0);
+    }
+}

@@ -72,9 +72,12 @@ pub struct EchoStreams {
     stop: Arc<AtomicBool>,
     /// Total round trips so far (all streams).
     pub total: Arc<AtomicU64>,
-    threads: Vec<JoinHandle<(usize, Vec<u64>, Vec<String>)>>,
+    threads: Vec<JoinHandle<ThreadReport>>,
     n: usize,
 }
+
+/// One driving thread's streams: (first stream id, round trips per stream, errors).
+type ThreadReport = (usize, Vec<u64>, Vec<String>);
 
 struct Stream {
     s: TcpStream,
@@ -144,7 +147,7 @@ fn drive(
     stop: &AtomicBool,
     total: &AtomicU64,
     opened: &Mutex<usize>,
-) -> (usize, Vec<u64>, Vec<String>) {
+) -> ThreadReport {
     let first = ids.first().copied().unwrap_or(0);
     let mut errors = Vec::new();
     let mut streams: Vec<Stream> = Vec::new();
