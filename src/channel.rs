@@ -477,6 +477,54 @@ mod tests {
         assert_eq!(messages, N.div_ceil(BATCH_CONNS));
     }
 
+    /// Connections with the largest state they may carry still travel, one per
+    /// message if need be, each message under `MAX_MESSAGE`, state byte-exact.
+    #[test]
+    fn the_largest_moved_states_fit_in_a_message() {
+        let mut q = ConnQueue::default();
+        let state: Vec<u8> = (0..MAX_MOVED_BYTES).map(|i| (i * 7) as u8).collect();
+        for _ in 0..3 {
+            let (_r, wr) = crate::os::fd::pipe().unwrap();
+            let mut h = handed(&"x".repeat(100));
+            h.moved = Some(Box::new(Moved {
+                version: 7,
+                state: state[..MAX_MOVED_BYTES / 2].to_vec(),
+                input: state[MAX_MOVED_BYTES / 2..].to_vec(),
+                idle_ms: 5,
+                timer_ms: Some(9),
+                origin: 1,
+                upstream: Some(SocketAddr::from(([127, 0, 0, 1], 9))),
+                refused: Some("r".repeat(200)),
+            }));
+            q.push(h, wr);
+        }
+        let (m, w) = Channel::pair().unwrap();
+        let done = q.flush(&w, |conns| ToMaster::Handoff { conns });
+        assert!(done.error.is_none(), "{:?}", done.error);
+        assert_eq!((done.conns, done.messages), (3, 3));
+        for _ in 0..3 {
+            let (msg, fds) = m.recv_fds::<ToMaster>().unwrap().unwrap();
+            let ToMaster::Handoff { conns } = msg else {
+                panic!("{msg:?}")
+            };
+            assert_eq!((conns.len(), fds.len()), (1, 1));
+            let got = conns[0].moved.as_ref().unwrap();
+            assert_eq!([got.state.clone(), got.input.clone()].concat(), state);
+        }
+    }
+
+    /// A record from a binary without the `moved` field still reads (an idle
+    /// connection), and an idle one is written without it.
+    #[test]
+    fn handed_records_stay_compatible() {
+        let old: Handed = serde_json::from_str(r#"{"listen":"127.0.0.1:80"}"#).unwrap();
+        assert_eq!(old, handed("127.0.0.1:80"));
+        assert_eq!(
+            serde_json::to_string(&old).unwrap(),
+            r#"{"listen":"127.0.0.1:80"}"#
+        );
+    }
+
     #[test]
     fn long_names_make_smaller_batches() {
         let mut q = ConnQueue::default();

@@ -132,6 +132,12 @@ impl Worker {
                     }
                 }
                 (Phase::Draining, IdlePolicy::Handoff) => {
+                    let mut h = h;
+                    // Passed on: a refusal must come back here, not to a worker
+                    // that may be gone by then.
+                    if let Some(m) = h.moved.as_mut() {
+                        m.origin = crate::os::process::pid().as_raw() as u32;
+                    }
                     self.handoff.queue.push(h, fd);
                     self.handoff.dirty = true;
                 }
