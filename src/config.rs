@@ -507,6 +507,11 @@ pub struct ListenConfig {
     /// Workers use these and never resolve names themselves.
     #[serde(skip)]
     pub resolved_upstreams: Vec<SocketAddr>,
+    /// `false`: this listener's connections are never suspended at reload; only idle
+    /// ones (HTTP keep-alive between requests) move, the others stay in the old worker
+    /// until they end or `drain_timeout` cuts them (the behaviour before suspend).
+    #[serde(default)]
+    pub suspend: Option<bool>,
 }
 
 /// Keys that only make sense for one service, for the "wrong service" check.

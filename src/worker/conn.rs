@@ -482,8 +482,10 @@ impl Conn {
 
     /// At a quiescent point (everything queued sent, no job outstanding, no close or
     /// half-close under way, a proxy's both directions empty), asks the handler
-    /// whether the connection can move, and with what. None: not now.
-    pub fn suspend(&mut self) -> Option<Leaving> {
+    /// whether the connection can move, and with what. None: not now. Without
+    /// `may_suspend` (the listener says `suspend = false`) only an idle connection
+    /// leaves, with nothing to carry.
+    pub fn suspend(&mut self, may_suspend: bool) -> Option<Leaving> {
         let quiet = !self.pinned
             && self.out.len() == self.out_pos
             && self.jobs_pending == 0
@@ -494,6 +496,9 @@ impl Conn {
             && self.upstream.as_ref().is_none_or(|u| u.quiescent());
         if !quiet {
             return None;
+        }
+        if !may_suspend {
+            return (self.upstream.is_none() && self.idle_closable()).then_some(Leaving::Idle);
         }
         match self.handler.suspend() {
             Some(s) if s.state.len() + self.inbuf.len() <= crate::channel::MAX_MOVED_BYTES => {

@@ -34,15 +34,11 @@ impl Worker {
         let Some(c) = self.conns.get_mut(token) else {
             return false;
         };
-        let Some(leaving) = c.suspend() else {
+        let l = self.config.listen.get(usize::from(c.listener));
+        let Some(leaving) = c.suspend(l.and_then(|l| l.suspend).unwrap_or(true)) else {
             return false;
         };
-        let listen = self
-            .config
-            .listen
-            .get(usize::from(c.listener))
-            .map(|l| l.address.to_string())
-            .unwrap_or_default();
+        let listen = l.map(|l| l.address.to_string()).unwrap_or_default();
         // Bundled before anything is taken apart: if that fails, the pair is served
         // here as if it had never been asked.
         let bundle = match &c.upstream {
