@@ -73,6 +73,10 @@ pub const MAX_MOVED_BYTES: usize = 16 << 10;
 /// What a suspended connection takes along (see `Handler::suspend`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Moved {
+    /// The service that suspended it (its name in the config): only the same service
+    /// resumes it, whatever the version numbers say.
+    #[serde(default)]
+    pub service: String,
     /// The state's format, as the service that wrote it numbers it.
     pub version: u32,
     /// The service's state, opaque to corral.
@@ -487,6 +491,7 @@ mod tests {
             let (_r, wr) = crate::os::fd::pipe().unwrap();
             let mut h = handed(&"x".repeat(100));
             h.moved = Some(Box::new(Moved {
+                service: "kv".into(),
                 version: 7,
                 state: state[..MAX_MOVED_BYTES / 2].to_vec(),
                 input: state[MAX_MOVED_BYTES / 2..].to_vec(),

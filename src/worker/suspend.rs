@@ -60,6 +60,7 @@ impl Worker {
             Leaving::Suspended(s, input) => Handed {
                 listen,
                 moved: Some(Box::new(Moved {
+                    service: l.map(|l| l.service.clone()).unwrap_or_default(),
                     version: s.version,
                     state: s.state,
                     input,
@@ -129,10 +130,19 @@ impl Worker {
             (fd, None)
         };
         let peer = super::handoff::peer_ip(&client);
-        let handler = match self.listeners[index]
-            .service
-            .resume(peer, &m.state, m.version)
-        {
+        let service = &self.config.listen[index].service;
+        let resumed = if *service != m.service {
+            Err(format!(
+                "the listener now runs service {service:?}, not {:?}",
+                m.service
+            ))
+        } else {
+            self.listeners[index]
+                .service
+                .resume(peer, &m.state, m.version)
+                .map_err(|e| e.to_string())
+        };
+        let handler = match resumed {
             Ok(handler) => handler,
             Err(e) if pinned => {
                 warn!(
@@ -358,6 +368,7 @@ mod tests {
         Handed {
             listen: listen.to_string(),
             moved: Some(Box::new(Moved {
+                service: "echo".into(),
                 version,
                 state: Vec::new(),
                 input: b"carried ".to_vec(),
