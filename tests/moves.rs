@@ -137,6 +137,14 @@ fn proxied_sessions_survive_reloads(splice: bool) {
             c.log_tail(40)
         );
     }
+    // Several MiB each way however fast the reloads went.
+    assert!(
+        wait_until(POLL_LIMIT * 4, || sessions
+            .iter()
+            .all(|s| s.received.load(Relaxed) >= 4 << 20)),
+        "the sessions did not reach 4 MiB each\n{}",
+        c.log_tail(40)
+    );
     for (id, s) in sessions.into_iter().enumerate() {
         let bytes = s
             .finish()
