@@ -9,8 +9,16 @@
 //!
 //! Protocol, one command per line: `SET key value`, `GET key`, `DEL key`, `KEYS`,
 //! `SLEEP ms` (runs on the worker's blocking pool, so the event loop keeps serving
-//! everyone else meanwhile), `QUIT`. Each worker keeps its own map: workers share
-//! nothing (run one worker if clients must see each other's keys).
+//! everyone else meanwhile), `COUNT` (how many commands this connection has sent),
+//! `QUIT`. Each worker keeps its own map: workers share nothing (run one worker if
+//! clients must see each other's keys).
+//!
+//! Connections survive reloads: between commands a connection suspends with its
+//! state (the command count, format version 1) and the new worker resumes it. With
+//! `CORRAL_KV_SUSPEND=off` in the environment a connection never suspends nor says it
+//! is idle, like a service that keeps its connections: reloads then keep corral's
+//! drain behaviour (it stays in the old worker until it ends or `drain_timeout` cuts
+//! it).
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -20,7 +28,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use corral::config::ListenConfig;
-use corral::service::{self, Handler, Io, Service};
+use corral::service::{self, Handler, Io, ResumeError, Service, Suspended};
 
 /// The longest line accepted, in bytes, not counting its line end (`\n` or `\r\n`);
 /// a client sending more is told so and disconnected. The limit is exact however the
@@ -32,6 +40,8 @@ const LINE_TIMEOUT: Duration = Duration::from_secs(10);
 /// close: closing with unread input would send RST, which can destroy the refusal
 /// before the client reads it; so FIN first, then close when the client does.
 const LINGER: Duration = Duration::from_secs(2);
+/// The format of a suspended connection's state: its command count, 8 bytes LE.
+const STATE_VERSION: u32 = 1;
 
 /// One worker's store, shared by its connections (the loop is single-threaded, so
 /// `Rc<RefCell<…>>` is all the sharing needed).
@@ -39,6 +49,9 @@ type Store = Rc<RefCell<BTreeMap<String, String>>>;
 
 struct Kv {
     store: Store,
+    /// Connections may suspend or say they are idle (move at reload); off with
+    /// `CORRAL_KV_SUSPEND=off`.
+    suspend: bool,
 }
 
 struct KvConn {
@@ -52,22 +65,48 @@ struct KvConn {
     refused: bool,
     /// The refusal is out: waiting for the client to go (see `LINGER`).
     lingering: bool,
+    /// Commands this connection sent: its state across reloads.
+    commands: u64,
+    suspend: bool,
 }
 
-impl Service for Kv {
-    fn connect(&mut self, _peer: Option<IpAddr>) -> Box<dyn Handler> {
-        Box::new(KvConn {
+impl Kv {
+    fn conn(&self, commands: u64) -> KvConn {
+        KvConn {
             store: self.store.clone(),
             busy: false,
             queued: Vec::new(),
             refused: false,
             lingering: false,
-        })
+            commands,
+            suspend: self.suspend,
+        }
+    }
+}
+
+impl Service for Kv {
+    fn connect(&mut self, _peer: Option<IpAddr>) -> Box<dyn Handler> {
+        Box::new(self.conn(0))
+    }
+
+    fn resume(
+        &mut self,
+        _peer: Option<IpAddr>,
+        state: &[u8],
+        version: u32,
+    ) -> Result<Box<dyn Handler>, ResumeError> {
+        if version != STATE_VERSION {
+            return Err(ResumeError::Version(version));
+        }
+        let count = <[u8; 8]>::try_from(state)
+            .map_err(|_| ResumeError::Invalid(format!("{} bytes, not 8", state.len())))?;
+        Ok(Box::new(self.conn(u64::from_le_bytes(count))))
     }
 }
 
 impl KvConn {
     fn command(&mut self, io: &mut Io<'_>, line: &str) {
+        self.commands += 1;
         let mut parts = line.splitn(3, ' ');
         let reply = match (parts.next(), parts.next(), parts.next()) {
             (Some("SET"), Some(k), Some(v)) => {
@@ -98,6 +137,7 @@ impl KvConn {
                 }
                 _ => "ERROR SLEEP takes 0 to 10000 milliseconds".to_string(),
             },
+            (Some("COUNT"), None, None) => format!("COUNT {}", self.commands),
             (Some("QUIT"), None, None) => {
                 io.write(b"BYE\n");
                 io.close();
@@ -195,7 +235,14 @@ impl Handler for KvConn {
     }
 
     fn is_idle(&self) -> bool {
-        !self.busy && self.queued.is_empty() && !self.refused
+        self.suspend && !self.busy && self.queued.is_empty() && !self.refused
+    }
+
+    /// Between commands the whole state is the count (a half line travels as
+    /// unconsumed input, its timeout as the handler's timer).
+    fn suspend(&mut self) -> Option<Suspended> {
+        self.is_idle()
+            .then(|| Suspended::new(STATE_VERSION, self.commands.to_le_bytes().to_vec()))
     }
 }
 
@@ -203,6 +250,7 @@ fn main() {
     service::register("kv", |_: &ListenConfig| {
         Box::new(Kv {
             store: Rc::new(RefCell::new(BTreeMap::new())),
+            suspend: std::env::var("CORRAL_KV_SUSPEND").as_deref() != Ok("off"),
         })
     });
     // `kv --version` says kv, not corral.

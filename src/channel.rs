@@ -7,11 +7,14 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use serde::{Deserialize, Serialize};
 
 use crate::os::{fd, scm};
+
+mod b64;
 
 /// Largest message either side sends; the receive buffer is this big.
 pub const MAX_MESSAGE: usize = 32 * 1024;
@@ -52,9 +55,8 @@ pub struct Stats {
 /// One connection travelling between workers; its fd travels in the same message,
 /// at the same position.
 ///
-/// It is a struct (not a bare listener name) so that per-connection state can be
-/// added later as new `#[serde(default)]` fields without changing the messages
-/// around it.
+/// New fields are `#[serde(default)]`, so a record from an older binary (a bare
+/// listener name: an idle connection, a fresh `connect` on arrival) still reads.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Handed {
     /// The listener that accepted it, by address: listener indices differ between the
@@ -64,12 +66,71 @@ pub struct Handed {
     /// balancer, and the new worker must not expect a header again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<std::net::SocketAddr>,
+    /// A suspended connection: its service's state and the bytes the loop held for it.
+    /// None for a connection that was merely idle (the receiver calls `connect`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved: Option<Box<Moved>>,
+}
+
+/// Most bytes of service state plus carried input one suspended connection may
+/// take along. Base64 makes that ~22 KB in the message, which stays under
+/// `MAX_MESSAGE` even alone in a batch; a connection holding more is not moved yet.
+pub const MAX_MOVED_BYTES: usize = 16 << 10;
+
+/// What a suspended connection takes along (see `Handler::suspend`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Moved {
+    /// The service that suspended it (its name in the config): only the same service
+    /// resumes it, whatever the version numbers say.
+    #[serde(default)]
+    pub service: String,
+    /// The state's format, as the service that wrote it numbers it.
+    pub version: u32,
+    /// The service's state, opaque to corral.
+    #[serde(with = "b64")]
+    pub state: Vec<u8>,
+    /// Bytes read from the client that the handler had not consumed: the new handler
+    /// sees them first.
+    #[serde(default, with = "b64")]
+    pub input: Vec<u8>,
+    /// Milliseconds since the connection last moved a byte: its idle clock runs on.
+    #[serde(default)]
+    pub idle_ms: u64,
+    /// The handler's timer (`Io::set_timer`), in milliseconds from the suspend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timer_ms: Option<u64>,
+    /// The worker that suspended it (pid): where a refused connection goes back.
+    #[serde(default)]
+    pub origin: u32,
+    /// A proxied connection: its upstream travels with it (the record's fd is then a
+    /// bundle holding both sockets, see `worker::suspend`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<SocketAddr>,
+    /// The receiving service could not resume it, and why: it goes back to `origin`
+    /// and stays there under the drain rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 impl Handed {
+    /// An idle connection accepted on `listen`, with nothing to carry.
+    pub fn idle(listen: String) -> Handed {
+        Handed {
+            listen,
+            peer: None,
+            moved: None,
+        }
+    }
+
     /// What this entry costs in a message, for `BATCH_BYTES` (JSON overhead included).
     fn weight(&self) -> usize {
-        self.listen.len() + 16 + if self.peer.is_some() { 60 } else { 0 }
+        let moved = self.moved.as_ref().map_or(0, |m| {
+            b64::encoded_len(m.state.len())
+                + b64::encoded_len(m.input.len())
+                + m.refused.as_ref().map_or(0, |r| r.len() + 16)
+                + 192
+        });
+        self.listen.len() + 16 + if self.peer.is_some() { 60 } else { 0 } + moved
     }
 }
 
@@ -94,6 +155,10 @@ pub enum ToMaster {
     /// message, in order) for workers of the current generation to adopt: the client
     /// never sees its keep-alive connection closed.
     Handoff { conns: Vec<Handed> },
+    /// A worker's service refused suspended connections adopted from `Moved::origin`
+    /// (their fds travel with the message, in order): the master returns each to its
+    /// origin as a `ToWorker::Keep`, or closes it when the origin is gone.
+    Refused { conns: Vec<Handed> },
     /// A draining worker's queue of hand-overs ran empty; its counts so far.
     HandoffDone(HandoffCounts),
     /// Still alive; sent from the timer step of the loop, so a hung loop goes silent.
@@ -383,10 +448,7 @@ mod tests {
     }
 
     fn handed(listen: &str) -> Handed {
-        Handed {
-            listen: listen.into(),
-            peer: None,
-        }
+        Handed::idle(listen.into())
     }
 
     #[test]
@@ -465,6 +527,55 @@ mod tests {
         assert_eq!(messages, N.div_ceil(BATCH_CONNS));
     }
 
+    /// Connections with the largest state they may carry still travel, one per
+    /// message if need be, each message under `MAX_MESSAGE`, state byte-exact.
+    #[test]
+    fn the_largest_moved_states_fit_in_a_message() {
+        let mut q = ConnQueue::default();
+        let state: Vec<u8> = (0..MAX_MOVED_BYTES).map(|i| (i * 7) as u8).collect();
+        for _ in 0..3 {
+            let (_r, wr) = crate::os::fd::pipe().unwrap();
+            let mut h = handed(&"x".repeat(100));
+            h.moved = Some(Box::new(Moved {
+                service: "kv".into(),
+                version: 7,
+                state: state[..MAX_MOVED_BYTES / 2].to_vec(),
+                input: state[MAX_MOVED_BYTES / 2..].to_vec(),
+                idle_ms: 5,
+                timer_ms: Some(9),
+                origin: 1,
+                upstream: Some(SocketAddr::from(([127, 0, 0, 1], 9))),
+                refused: Some("r".repeat(200)),
+            }));
+            q.push(h, wr);
+        }
+        let (m, w) = Channel::pair().unwrap();
+        let done = q.flush(&w, |conns| ToMaster::Handoff { conns });
+        assert!(done.error.is_none(), "{:?}", done.error);
+        assert_eq!((done.conns, done.messages), (3, 3));
+        for _ in 0..3 {
+            let (msg, fds) = m.recv_fds::<ToMaster>().unwrap().unwrap();
+            let ToMaster::Handoff { conns } = msg else {
+                panic!("{msg:?}")
+            };
+            assert_eq!((conns.len(), fds.len()), (1, 1));
+            let got = conns[0].moved.as_ref().unwrap();
+            assert_eq!([got.state.clone(), got.input.clone()].concat(), state);
+        }
+    }
+
+    /// A record from a binary without the `moved` field still reads (an idle
+    /// connection), and an idle one is written without it.
+    #[test]
+    fn handed_records_stay_compatible() {
+        let old: Handed = serde_json::from_str(r#"{"listen":"127.0.0.1:80"}"#).unwrap();
+        assert_eq!(old, handed("127.0.0.1:80"));
+        assert_eq!(
+            serde_json::to_string(&old).unwrap(),
+            r#"{"listen":"127.0.0.1:80"}"#
+        );
+    }
+
     #[test]
     fn long_names_make_smaller_batches() {
         let mut q = ConnQueue::default();
@@ -489,6 +600,7 @@ mod tests {
         let h = Handed {
             listen: "127.0.0.1:80".into(),
             peer: Some("203.0.113.5:6000".parse().unwrap()),
+            moved: None,
         };
         let json = serde_json::to_string(&h).unwrap();
         assert_eq!(serde_json::from_str::<Handed>(&json).unwrap(), h);

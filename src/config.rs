@@ -602,6 +602,11 @@ pub struct ListenConfig {
     /// (`"client-ip"`: a hash of the client address, so a client sticks to a slot).
     #[serde(default)]
     pub steer: Option<Steer>,
+    /// `false`: this listener's connections are never suspended at reload; only idle
+    /// ones (HTTP keep-alive between requests) move, the others stay in the old worker
+    /// until they end or `drain_timeout` cuts them (the behaviour before suspend).
+    #[serde(default)]
+    pub suspend: Option<bool>,
 }
 
 /// Keys that only make sense for one service, for the "wrong service" check.

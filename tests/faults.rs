@@ -522,7 +522,11 @@ fn a_recycled_http_worker_hands_its_idle_clients_over() {
 
 #[test]
 fn a_fault_on_an_old_draining_generation_is_not_replaced() {
-    let c = Corral::start(&fault::conf(2, true));
+    // `suspend = false`: the echo streams stay in generation 1 instead of moving.
+    let c = Corral::start(&fault::conf(2, true).replace(
+        "service = \"echo\"\n",
+        "service = \"echo\"\nsuspend = false\n",
+    ));
     let mut clients = Clients::open(&c, 20);
     let out = c.cli(&["-s", "reload"]);
     assert!(out.status.success(), "{}", out.all());

@@ -682,7 +682,11 @@ fn table_pids(c: &Corral) -> (String, HashSet<i32>) {
 
 #[test]
 fn status_lists_every_worker() {
-    let c = Corral::start(&Conf::new(2).drain("30s").render());
+    // `suspend = false`: the echo client stays in its worker instead of moving.
+    let c = Corral::start(&Conf::new(2).drain("30s").render().replace(
+        "service = \"echo\"\n",
+        "service = \"echo\"\nsuspend = false\n",
+    ));
     // A client held open across a reload leaves a draining worker to list too.
     let mut s = c.connect();
     must_echo(&c, &mut s, "keep me\n");

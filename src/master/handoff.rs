@@ -296,6 +296,31 @@ impl Master {
         self.forward(None, adopt);
     }
 
+    /// Suspended connections the new generation's service could not resume: each goes
+    /// back to the worker that suspended it (a `Keep`), or closes if it is gone.
+    pub(super) fn refused(&mut self, conns: Vec<(Handed, OwnedFd)>) {
+        for (c, fd) in conns {
+            let origin = c.moved.as_ref().map_or(0, |m| m.origin);
+            let why = c.moved.as_ref().and_then(|m| m.refused.clone());
+            let back = self
+                .workers
+                .iter()
+                .position(|w| w.pid.as_raw() as u32 == origin && !w.channel_closed);
+            let Some(f) = back else {
+                warn!(
+                    origin,
+                    "closing a refused connection: the worker that suspended it is gone"
+                );
+                continue;
+            };
+            let h = &mut self.workers[f].handoff;
+            h.returned += 1;
+            h.keep_reason = why.unwrap_or_else(|| "refused by the new generation".into());
+            h.keep.push(c, fd);
+            self.flush_handoff(f);
+        }
+    }
+
     /// A draining worker finished a burst of hand-overs: both sides' counts, at info.
     pub(super) fn handoff_done(&mut self, i: usize, c: HandoffCounts) {
         let w = &self.workers[i];

@@ -868,6 +868,9 @@ impl Master {
                     }
                     self.forward(Some(i), conns.into_iter().zip(fds).collect());
                 }
+                Ok(Some((ToMaster::Refused { conns }, fds))) => {
+                    self.refused(conns.into_iter().zip(fds).collect());
+                }
                 Ok(Some((ToMaster::HandoffDone(counts), _))) => {
                     let w = &self.workers[i];
                     self.gens.counts(w.generation, w.pid.as_raw(), counts);
@@ -933,7 +936,7 @@ impl Master {
             }
             ToMaster::Counters(c) => self.metrics.counters(w.pid.as_raw(), c),
             ToMaster::MetricsRequest { id } => self.answer_metrics(i, id),
-            ToMaster::Handoff { .. } | ToMaster::HandoffDone(_) => {}
+            ToMaster::Handoff { .. } | ToMaster::Refused { .. } | ToMaster::HandoffDone(_) => {}
         }
     }
 

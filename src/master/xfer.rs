@@ -497,13 +497,7 @@ mod tests {
             for i in 0..100 {
                 let (r, w) = fd::pipe().unwrap();
                 keep.push(r);
-                conns.push((
-                    Handed {
-                        listen: format!("127.0.0.1:{i}"),
-                        peer: None,
-                    },
-                    w,
-                ));
+                conns.push((Handed::idle(format!("127.0.0.1:{i}")), w));
             }
             link.out.push(pid, "", conns);
         }

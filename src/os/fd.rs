@@ -193,3 +193,15 @@ pub fn poll_readable(fd: BorrowedFd<'_>, timeout_ms: i32) -> bool {
     let n = unsafe { libc::poll(&mut p, 1, timeout_ms) };
     n > 0 && p.revents != 0
 }
+
+/// Bytes waiting to be read in a pipe or socket (FIONREAD).
+pub fn readable_bytes(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer, which is valid and
+    // exclusively ours for the duration of the call.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(n).unwrap_or(0))
+}

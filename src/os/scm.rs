@@ -5,7 +5,7 @@
 //! (MSG_CMSG_CLOEXEC) and owned at once, so none can leak into a later fork or exec.
 
 use std::io::{self, IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
@@ -90,4 +90,48 @@ pub fn unread(sock: BorrowedFd<'_>) -> io::Result<usize> {
         return Err(io::Error::last_os_error());
     }
     Ok(usize::try_from(n).unwrap_or(0))
+}
+
+/// Several fds as one: a Unix socket whose receive queue holds them (one message).
+/// Whatever moves one fd (a channel batch, the master's queues) moves them all, and
+/// [`unbundle`] gets them back, in order, in whichever process ends up with it.
+pub fn bundle(fds: &[BorrowedFd<'_>]) -> io::Result<OwnedFd> {
+    let (keep, send_end) = super::fd::seqpacket_pair().map_err(|e| e.io())?;
+    send(send_end.as_fd(), b"b", fds)?;
+    Ok(keep)
+}
+
+/// The fds of a [`bundle`]; `want` is how many it must hold.
+pub fn unbundle(b: OwnedFd, want: usize) -> io::Result<Vec<OwnedFd>> {
+    let mut buf = [0u8; 1];
+    match recv(b.as_fd(), &mut buf)? {
+        Some(got) if got.fds.len() == want && !got.truncated => Ok(got.fds),
+        Some(got) => Err(io::Error::other(format!(
+            "a bundle of {want} fds held {}",
+            got.fds.len()
+        ))),
+        None => Err(io::Error::other("an empty bundle")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bundle_gives_back_its_fds_in_order() {
+        let (r1, w1) = crate::os::fd::pipe().unwrap();
+        let (r2, w2) = crate::os::fd::pipe().unwrap();
+        let b = bundle(&[w1.as_fd(), w2.as_fd()]).unwrap();
+        drop((w1, w2));
+        let fds = unbundle(b, 2).unwrap();
+        for (fd, (r, text)) in fds.iter().zip([(&r1, b"one"), (&r2, b"two")]) {
+            crate::os::fd::write(fd.as_fd(), text).unwrap();
+            let mut buf = [0u8; 3];
+            assert_eq!(crate::os::fd::read(r.as_fd(), &mut buf).unwrap(), 3);
+            assert_eq!(&buf, text);
+        }
+        let b = bundle(&[r1.as_fd()]).unwrap();
+        assert!(unbundle(b, 2).is_err(), "a count mismatch is an error");
+    }
 }

@@ -1,10 +1,15 @@
 //! `echo`: writes back whatever it reads, on long-lived connections. The seeds' test
 //! server, and a clean probe of the worker loop's flow control: what comes in must go
 //! out, so a client that does not read its replies is held back by the water marks.
+//!
+//! A stream moves at reload whenever its echo is fully sent: there is no state.
 
 use std::net::IpAddr;
 
-use super::{Handler, Io, Service};
+use super::{Handler, Io, ResumeError, Service, Suspended};
+
+/// The only state format: none.
+const VERSION: u32 = 1;
 
 /// The echo service.
 pub struct Echo;
@@ -16,6 +21,19 @@ impl Service for Echo {
     fn connect(&mut self, _peer: Option<IpAddr>) -> Box<dyn Handler> {
         Box::new(EchoConn)
     }
+
+    fn resume(
+        &mut self,
+        _peer: Option<IpAddr>,
+        state: &[u8],
+        version: u32,
+    ) -> Result<Box<dyn Handler>, ResumeError> {
+        match (version, state.is_empty()) {
+            (VERSION, true) => Ok(Box::new(EchoConn)),
+            (VERSION, false) => Err(ResumeError::Invalid("echo has no state".into())),
+            (v, _) => Err(ResumeError::Version(v)),
+        }
+    }
 }
 
 impl Handler for EchoConn {
@@ -23,5 +41,11 @@ impl Handler for EchoConn {
         crate::fault::maybe_panic(data);
         io.write(data);
         data.len()
+    }
+
+    /// Everything read is echoed at once, so at a quiescent point (the echo is sent)
+    /// nothing is in flight.
+    fn suspend(&mut self) -> Option<Suspended> {
+        Some(Suspended::new(VERSION, Vec::new()))
     }
 }

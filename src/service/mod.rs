@@ -46,6 +46,84 @@
 //! ```
 //!
 //! `examples/kv.rs` is a complete key/value server built this way.
+//!
+//! # Connections that move at reload
+//!
+//! On reload the old workers hand their connections to the new generation instead of
+//! keeping them until they end: the client keeps its TCP connection and notices
+//! nothing. A connection moves at a *quiescent point*: the loop has sent everything
+//! the handler queued, no blocking job is outstanding, no close or half-close is
+//! under way (and, for a proxy, neither direction holds a byte in corral). There the
+//! loop asks [`Handler::suspend`]; a handler that can move answers with its state,
+//! a version number for the state's format, and is dropped; the socket (for a proxy,
+//! both sockets), the state, the input the handler left unconsumed, the idle clock
+//! and the handler's timer travel to a worker of the new generation, whose service
+//! rebuilds a handler with [`Service::resume`]. A handler that answers `None` is
+//! asked again at its next quiescent point (after its next complete exchange), until
+//! the drain timeout ends it.
+//!
+//! The contract for a custom service:
+//! - `suspend` returns `None` while anything is in flight that the state does not
+//!   describe, and otherwise everything the next handler needs, in at most
+//!   [`MAX_STATE`] bytes (more is not moved: it stays and is asked again later). It
+//!   may be asked again if the move cannot happen now, so it should not change what
+//!   the handler does.
+//! - `resume` reads the versions it knows and refuses the others: a refused
+//!   connection goes back to the old worker, which resumes it with its own (older)
+//!   code and serves it to the end under the drain rules. Bump the version when the
+//!   format changes.
+//! - A service that implements neither keeps today's behaviour: a handler that says
+//!   [`Handler::is_idle`] moves with no state (the new worker calls `connect`); any
+//!   other stays in the old worker until it ends or the drain timeout cuts it.
+//!
+//! ```
+//! use corral::service::{Handler, Io, ResumeError, Service, Suspended};
+//!
+//! /// Counts the lines a client sent, across reloads.
+//! struct Counter;
+//! struct Conn {
+//!     lines: u64,
+//! }
+//!
+//! impl Service for Counter {
+//!     fn connect(&mut self, _peer: Option<std::net::IpAddr>) -> Box<dyn Handler> {
+//!         Box::new(Conn { lines: 0 })
+//!     }
+//!     fn resume(
+//!         &mut self,
+//!         _peer: Option<std::net::IpAddr>,
+//!         state: &[u8],
+//!         version: u32,
+//!     ) -> Result<Box<dyn Handler>, ResumeError> {
+//!         match (version, <[u8; 8]>::try_from(state)) {
+//!             (1, Ok(b)) => Ok(Box::new(Conn { lines: u64::from_le_bytes(b) })),
+//!             (1, Err(_)) => Err(ResumeError::Invalid("not 8 bytes".into())),
+//!             (v, _) => Err(ResumeError::Version(v)),
+//!         }
+//!     }
+//! }
+//!
+//! impl Handler for Conn {
+//!     fn on_data(&mut self, io: &mut Io<'_>, data: &[u8]) -> usize {
+//!         let mut used = 0;
+//!         while let Some(n) = data[used..].iter().position(|&b| b == b'\n') {
+//!             self.lines += 1;
+//!             io.write(format!("{}\n", self.lines).as_bytes());
+//!             used += n + 1;
+//!         }
+//!         used // a partial line travels as unconsumed input
+//!     }
+//!     fn suspend(&mut self) -> Option<Suspended> {
+//!         Some(Suspended::new(1, self.lines.to_le_bytes().to_vec()))
+//!     }
+//! }
+//!
+//! let mut service = Counter;
+//! let mut conn = Conn { lines: 41 };
+//! let s = conn.suspend().unwrap();
+//! assert!(service.resume(None, &s.state, s.version).is_ok());
+//! assert!(service.resume(None, &s.state, 2).is_err());
+//! ```
 
 use std::any::Any;
 use std::net::{IpAddr, SocketAddr};
@@ -175,12 +253,67 @@ pub trait Handler {
     fn is_idle(&self) -> bool {
         false
     }
+
+    /// Asked by a draining worker at a quiescent point (everything queued was sent,
+    /// no job outstanding, no close under way): the connection may move to the new
+    /// generation with this state, or stay for now (`None`, the default; asked again
+    /// after the next exchange). See the module documentation for the contract.
+    fn suspend(&mut self) -> Option<Suspended> {
+        None
+    }
+}
+
+/// Most bytes of state a handler may hand over (see [`Handler::suspend`]); with the
+/// input it left unconsumed it must fit in `channel::MAX_MOVED_BYTES`.
+pub const MAX_STATE: usize = crate::channel::MAX_MOVED_BYTES;
+
+/// A handler's state as it moves to the next generation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Suspended {
+    /// The format of `state`, numbered by the service: a new binary refuses the
+    /// versions it cannot read.
+    pub version: u32,
+    /// Everything the next handler needs, opaque to corral.
+    pub state: Vec<u8>,
+}
+
+impl Suspended {
+    pub fn new(version: u32, state: Vec<u8>) -> Suspended {
+        Suspended { version, state }
+    }
+}
+
+/// Why [`Service::resume`] could not rebuild a handler: the connection then goes back
+/// to the worker that suspended it.
+#[derive(Debug, thiserror::Error)]
+pub enum ResumeError {
+    #[error("state version {0} is not one this service reads")]
+    Version(u32),
+    #[error("invalid state: {0}")]
+    Invalid(String),
 }
 
 /// A protocol: makes handlers for the connections of one listener.
 pub trait Service {
     /// A client connected.
     fn connect(&mut self, peer: Option<IpAddr>) -> Box<dyn Handler>;
+
+    /// A connection suspended by the previous generation arrives with the state its
+    /// handler returned from [`Handler::suspend`]. By default only an empty state is
+    /// accepted (a fresh `connect`); any other is refused, and the connection goes
+    /// back to the old worker.
+    fn resume(
+        &mut self,
+        peer: Option<IpAddr>,
+        state: &[u8],
+        version: u32,
+    ) -> Result<Box<dyn Handler>, ResumeError> {
+        if state.is_empty() {
+            Ok(self.connect(peer))
+        } else {
+            Err(ResumeError::Version(version))
+        }
+    }
 
     /// A forwarding service (a TCP proxy) returns its upstream choice here: the loop
     /// then connects each client to an upstream and moves the bytes both ways itself,

@@ -6,13 +6,20 @@
 //! backpressure, half-close, connect timeouts, falling back to the next upstream) is
 //! the worker loop's job, so a proxy connection gets the same budgets, water marks and
 //! timers as any other.
+//!
+//! A proxied pair moves at reload (both sockets together) whenever neither direction
+//! holds a byte in corral; the loop checks that. The upstream is found again by its
+//! address in the new configuration, so each worker's connection counts stay right.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::config::{Balance, ListenConfig};
 
-use super::{Handler, Io, Service, Upstreams};
+use super::{Handler, Io, ResumeError, Service, Suspended, Upstreams};
+
+/// The only state format: none (the loop carries the upstream).
+const VERSION: u32 = 1;
 
 /// The proxy service of one listener, in one worker.
 pub struct Proxy {
@@ -67,11 +74,28 @@ impl Handler for Forwarded {
     fn on_data(&mut self, _io: &mut Io<'_>, data: &[u8]) -> usize {
         data.len()
     }
+
+    fn suspend(&mut self) -> Option<Suspended> {
+        Some(Suspended::new(VERSION, Vec::new()))
+    }
 }
 
 impl Service for Proxy {
     fn connect(&mut self, _peer: Option<IpAddr>) -> Box<dyn Handler> {
         Box::new(Forwarded)
+    }
+
+    fn resume(
+        &mut self,
+        _peer: Option<IpAddr>,
+        state: &[u8],
+        version: u32,
+    ) -> Result<Box<dyn Handler>, ResumeError> {
+        match (version, state.is_empty()) {
+            (VERSION, true) => Ok(Box::new(Forwarded)),
+            (VERSION, false) => Err(ResumeError::Invalid("a proxy has no state".into())),
+            (v, _) => Err(ResumeError::Version(v)),
+        }
     }
 
     fn upstreams(&mut self) -> Option<&mut dyn Upstreams> {

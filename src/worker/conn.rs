@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::channel::Stats;
 use crate::os::epoll::Interest;
 use crate::os::fd;
-use crate::service::{Handler, Io, Job};
+use crate::service::{Handler, Io, Job, Suspended};
 
 /// Identifies a connection: low 32 bits slab index, bits 32–60 generation; bit 61
 /// marks the connection's upstream side, bits 62 and 63 listener and control tokens.
@@ -264,6 +264,31 @@ impl Upstream {
         }
     }
 
+    /// An established upstream connection that moved here with its client.
+    pub fn moved(fd: OwnedFd, index: usize, addr: SocketAddr) -> Upstream {
+        let mut up = Upstream::new(fd, index, addr, vec![index], 1);
+        up.connected = true;
+        up.may_read = true;
+        up.registered = up.interest();
+        up
+    }
+
+    /// Neither direction holds a byte here, and no half-close is under way: the pair
+    /// can move. Pipe fills are read from the kernel (FIONREAD), not only from our
+    /// counts, so a byte a splice left behind is never stranded.
+    fn quiescent(&self) -> bool {
+        let pipes_empty = self.pipes.as_ref().is_none_or(|p| {
+            [&p.c2u, &p.u2c]
+                .iter()
+                .all(|pipe| pipe.len == 0 && fd::readable_bytes(pipe.r.as_fd()).ok() == Some(0))
+        });
+        self.connected
+            && self.out.len() == self.out_pos
+            && pipes_empty
+            && !self.read_closed
+            && !self.write_shut
+    }
+
     /// Client bytes not yet delivered upstream, in user space or in the pipe.
     pub fn pending(&self) -> usize {
         self.out.len() - self.out_pos + self.pipes.as_ref().map_or(0, |p| p.c2u.len)
@@ -356,6 +381,16 @@ pub struct Conn {
     pub awaiting_header: bool,
     /// `log_connections`: what the line at close will say.
     pub log: Option<Box<super::connlog::Record>>,
+    /// Stays in this worker whatever happens (the new generation refused it).
+    pub pinned: bool,
+}
+
+/// How a connection leaves a draining worker.
+pub enum Leaving {
+    /// Idle, with nothing to carry (`Handler::is_idle`, today's hand-over).
+    Idle,
+    /// Suspended by its handler, with the input it left unconsumed.
+    Suspended(Suspended, Vec<u8>),
 }
 
 /// What the loop lends a connection while it works on it.
@@ -421,6 +456,7 @@ impl Conn {
             origin: None,
             awaiting_header: false,
             log: None,
+            pinned: false,
         }
     }
 
@@ -480,6 +516,42 @@ impl Conn {
             && self.jobs_pending == 0
             && self.inbuf.is_empty()
             && self.handler.is_idle()
+    }
+
+    /// At a quiescent point (everything queued sent, no job outstanding, no close or
+    /// half-close under way, a proxy's both directions empty), asks the handler
+    /// whether the connection can move, and with what. None: not now. Without
+    /// `may_suspend` (the listener says `suspend = false`) only an idle connection
+    /// leaves, with nothing to carry.
+    pub fn suspend(&mut self, may_suspend: bool) -> Option<Leaving> {
+        let quiet = !self.pinned
+            && self.out.len() == self.out_pos
+            && self.jobs_pending == 0
+            && !self.close
+            && !self.shutdown_write
+            && !self.read_closed
+            && !self.write_shut
+            && self.upstream.as_ref().is_none_or(|u| u.quiescent());
+        if !quiet {
+            return None;
+        }
+        if !may_suspend {
+            return (self.upstream.is_none() && self.idle_closable()).then_some(Leaving::Idle);
+        }
+        match self.handler.suspend() {
+            Some(s) if s.state.len() + self.inbuf.len() <= crate::channel::MAX_MOVED_BYTES => {
+                Some(Leaving::Suspended(s, std::mem::take(&mut self.inbuf)))
+            }
+            // Too big to travel now: the handler keeps serving, and is asked again.
+            Some(_) => None,
+            None if self.upstream.is_none() && self.idle_closable() => Some(Leaving::Idle),
+            None => None,
+        }
+    }
+
+    /// Input a suspended handler had left unconsumed: the new handler sees it first.
+    pub fn carry_input(&mut self, input: Vec<u8>) {
+        self.inbuf = input;
     }
 
     /// A blocking job of this connection finished (its result is about to be
@@ -878,11 +950,11 @@ impl Conn {
         self.release_out(pool);
     }
 
-    /// `recycle`, handing the socket to the caller instead of closing it (a
-    /// hand-over sends it on).
-    pub fn into_fd(mut self, pool: &mut Vec<Vec<u8>>) -> OwnedFd {
+    /// `recycle`, handing the sockets (the client's, and a proxy's upstream) to the
+    /// caller instead of closing them (a hand-over sends them on).
+    pub fn into_fds(mut self, pool: &mut Vec<Vec<u8>>) -> (OwnedFd, Option<OwnedFd>) {
         self.release_out(pool);
-        self.fd
+        (self.fd, self.upstream.map(|u| u.fd))
     }
 }
 

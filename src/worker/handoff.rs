@@ -1,5 +1,6 @@
-//! The draining worker's side of the hand-over: idle connections go to the next
-//! generation through the master, queued and sent in batches, never dropped.
+//! The draining worker's side of the hand-over: connections that can move (idle, or
+//! suspended by their service: see `suspend`) go to the next generation through the
+//! master, queued and sent in batches, never dropped.
 //!
 //! A reload can leave thousands of idle keep-alive connections on an old worker. Each
 //! is taken out of this worker's epoll set and queued; the queue is flushed in step 4
@@ -18,7 +19,6 @@ use crate::channel::{ConnQueue, Handed, HandoffCounts, IdlePolicy, ToMaster};
 use crate::os::epoll::Interest;
 use crate::os::net;
 
-use super::conn::Token;
 use super::{Phase, Timer, Worker, TOKEN_CHANNEL};
 
 /// How often a drained worker looks whether the master has read its last hand-overs.
@@ -27,14 +27,14 @@ const SETTLE_CHECK: Duration = Duration::from_millis(10);
 /// A worker's hand-over in progress.
 #[derive(Debug, Default)]
 pub(super) struct Handoff {
-    queue: ConnQueue,
+    pub(super) queue: ConnQueue,
     /// Connections were queued since the last flush.
-    dirty: bool,
+    pub(super) dirty: bool,
     /// EPOLLOUT interest on the channel is on (only while the queue is not empty).
     want_write: bool,
     /// The channel reported writable.
     pub(super) writable: bool,
-    counts: HandoffCounts,
+    pub(super) counts: HandoffCounts,
     /// The counts last told to the master and the log.
     reported: HandoffCounts,
     /// A `HandoffSettle` timer is pending.
@@ -58,34 +58,6 @@ impl Handoff {
 }
 
 impl Worker {
-    /// Takes an idle connection out of this worker and queues it for the next
-    /// generation. A proxied connection has an upstream socket that cannot travel
-    /// with it: it stays, under the drain rules.
-    pub(super) fn hand_over(&mut self, token: Token) {
-        let Some(c) = self.conns.get(token) else {
-            return;
-        };
-        if c.upstream.is_some() {
-            return;
-        }
-        let listen = self
-            .config
-            .listen
-            .get(usize::from(c.listener))
-            .map(|l| l.address.to_string())
-            .unwrap_or_default();
-        // The fd stays open (queued, then in flight): without an explicit delete this
-        // epoll set would keep reporting its events under a token that is reused.
-        let _ = self.epoll.delete(c.fd.as_fd());
-        self.end_as(token, super::connlog::End::HandedOver);
-        if let Some(c) = self.detach(token) {
-            let peer = c.origin;
-            let fd = c.into_fd(&mut self.bufs);
-            self.handoff.queue.push(Handed { listen, peer }, fd);
-            self.handoff.dirty = true;
-        }
-    }
-
     /// Step 4: sends what is queued, as far as the channel takes it.
     pub(super) fn flush_handoff(&mut self) {
         let h = &mut self.handoff;
@@ -117,14 +89,24 @@ impl Worker {
 
     /// The master took back connections it could not place: they stay here, and so
     /// does every connection that goes idle from now on (handing it over again would
-    /// only bounce it back).
+    /// only bounce it back). Connections the new generation refused stay too, pinned,
+    /// but the others keep moving.
     pub(super) fn keep(&mut self, conns: Vec<Handed>, fds: Vec<OwnedFd>, reason: &str) {
         let n = fds.len() as u64;
         self.handoff.counts.handed = self.handoff.counts.handed.saturating_sub(n);
-        self.linger_from_now(reason);
+        let refused = |h: &Handed| h.moved.as_ref().is_some_and(|m| m.refused.is_some());
+        if conns.iter().any(|h| !refused(h)) {
+            self.linger_from_now(reason);
+        } else if !conns.is_empty() {
+            info!(
+                connections = conns.len(),
+                "{reason}: serving them here to the end"
+            );
+        }
         for (h, fd) in conns.into_iter().zip(fds) {
             self.handoff.counts.kept += 1;
-            self.readd(&h, fd);
+            // Pinned, so its own service cannot refuse it: nothing comes back.
+            let _ = self.restore(h, fd, true);
         }
         if self.handoff.queue.is_empty() {
             self.report_handoff();
@@ -141,21 +123,33 @@ impl Worker {
                 "handed-over connections and fds do not match; closing the unmatched"
             );
         }
+        let mut refused = Vec::new();
         for (h, fd) in conns.into_iter().zip(fds) {
             match (self.phase, self.idle_policy) {
-                (Phase::Running, _) => self.readd(&h, fd),
+                (Phase::Running, _) => {
+                    if let Err(back) = self.restore(h, fd, false) {
+                        refused.push(back);
+                    }
+                }
                 (Phase::Draining, IdlePolicy::Handoff) => {
+                    let mut h = h;
+                    // Passed on: a refusal must come back here, not to a worker
+                    // that may be gone by then.
+                    if let Some(m) = h.moved.as_mut() {
+                        m.origin = crate::os::process::pid().as_raw() as u32;
+                    }
                     self.handoff.queue.push(h, fd);
                     self.handoff.dirty = true;
                 }
                 (Phase::Draining, IdlePolicy::Linger) => {
                     self.handoff.counts.kept += 1;
-                    self.readd(&h, fd);
+                    let _ = self.restore(h, fd, true);
                 }
                 // Stopping: idle connections close (dropping the fd closes it).
                 (Phase::Draining, IdlePolicy::Close) => self.handoff.counts.closed += 1,
             }
         }
+        self.send_refused(refused);
     }
 
     /// Hand-overs sent but not yet read by the master: a worker that exited now would
@@ -201,7 +195,7 @@ impl Worker {
         self.linger_from_now(why);
         for (h, fd) in queued {
             self.handoff.counts.kept += 1;
-            self.readd(&h, fd);
+            let _ = self.restore(h, fd, true);
         }
         self.report_handoff();
     }
@@ -213,16 +207,20 @@ impl Worker {
         }
     }
 
-    /// A connection this worker serves again (kept, or adopted while running).
-    fn readd(&mut self, h: &Handed, fd: OwnedFd) {
-        let listen = h.listen.as_str();
-        let Some(index) = self
-            .config
+    /// The index of the listener at address `listen`, if this worker has it.
+    pub(super) fn listener_index(&self, listen: &str) -> Option<usize> {
+        self.config
             .listen
             .iter()
             .position(|l| l.address.to_string() == listen)
             .filter(|&i| i < self.listeners.len())
-        else {
+    }
+
+    /// A connection this worker serves again (kept, or adopted while running), with
+    /// a fresh handler; `pinned`: never handed over again.
+    pub(super) fn readd(&mut self, h: &Handed, fd: OwnedFd, pinned: bool) {
+        let listen = h.listen.as_str();
+        let Some(index) = self.listener_index(listen) else {
             debug!(
                 listen,
                 "handed-over connection for a listener we do not have; closing it"
@@ -230,12 +228,12 @@ impl Worker {
             self.handoff.counts.closed += 1;
             return;
         };
-        let peer = socket2::SockRef::from(&fd)
-            .peer_addr()
-            .ok()
-            .and_then(|a| a.as_socket())
-            .map(|a| a.ip());
-        self.add_conn(index, net::Accepted { fd, peer }, Some(h));
+        let peer = peer_ip(&fd);
+        if let Some(token) = self.add_conn(index, net::Accepted { fd, peer }, Some(h)) {
+            if let Some(c) = self.conns.get_mut(token) {
+                c.pinned = pinned;
+            }
+        }
     }
 
     /// Logs (at info) and tells the master the counts, once per finished burst.
@@ -272,6 +270,15 @@ impl Worker {
             Err(e) => warn!("cannot change the channel's epoll interest: {e}"),
         }
     }
+}
+
+/// The client's IP address (None for a Unix-socket client).
+pub(super) fn peer_ip(fd: &OwnedFd) -> Option<std::net::IpAddr> {
+    socket2::SockRef::from(fd)
+        .peer_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .map(|a| a.ip())
 }
 
 #[cfg(test)]

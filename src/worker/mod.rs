@@ -22,6 +22,7 @@ pub mod orphan;
 mod pool;
 mod ratelog;
 pub mod stats;
+mod suspend;
 pub mod timer;
 mod trim;
 
@@ -578,19 +579,24 @@ impl Worker {
             Timer::DrainDeadline,
         );
         for token in self.conns.tokens() {
-            if self.conns.get(token).is_some_and(Conn::idle_closable) {
-                self.release_idle(token);
-            }
+            self.release_idle(token);
         }
     }
 
-    /// A draining worker's idle connection: handed to the new generation, closed, or
-    /// left to finish its next exchange, as the drain's policy says.
-    fn release_idle(&mut self, token: Token) {
+    /// A draining worker's connection, if it can go now: handed to the new generation
+    /// (idle, or suspended by its service), or closed when idle, as the drain's policy
+    /// says; otherwise left to finish its next exchange. True if it left.
+    fn release_idle(&mut self, token: Token) -> bool {
         match self.idle_policy {
-            IdlePolicy::Linger => {}
-            IdlePolicy::Close => self.close_as(token, connlog::End::Drain),
-            IdlePolicy::Handoff => self.hand_over(token),
+            IdlePolicy::Linger => false,
+            IdlePolicy::Close => {
+                if !self.conns.get(token).is_some_and(Conn::idle_closable) {
+                    return false;
+                }
+                self.close_as(token, connlog::End::Drain);
+                true
+            }
+            IdlePolicy::Handoff => self.try_move(token),
         }
     }
 
@@ -667,7 +673,7 @@ impl Worker {
             match net::accept(fd.as_fd()) {
                 Ok(a) => {
                     self.counters.accepted(index);
-                    self.add_conn(index, a, None);
+                    let _ = self.add_conn(index, a, None);
                     accepted += 1;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -719,7 +725,12 @@ impl Worker {
 
     /// A connection to serve: just accepted, or `handed` over from another worker
     /// (which read its PROXY header, if any: it is not expected again).
-    fn add_conn(&mut self, listener: usize, mut a: net::Accepted, handed: Option<&Handed>) {
+    fn add_conn(
+        &mut self,
+        listener: usize,
+        mut a: net::Accepted,
+        handed: Option<&Handed>,
+    ) -> Option<Token> {
         let flow = self.listeners[listener].flow;
         let listen = &self.config.listen[listener];
         let header = listen.accepts_proxy() && handed.is_none();
@@ -736,7 +747,7 @@ impl Worker {
                         .per_ip(listener as u16, ip, flow.max_connections_per_ip);
                     self.stats.refused += 1;
                     self.counters.per_ip(listener);
-                    return; // dropping the fd closes the connection
+                    return None; // dropping the fd closes the connection
                 }
                 *n += 1;
                 true
@@ -756,13 +767,11 @@ impl Worker {
         conn.origin = origin;
         conn.log = log.then(|| connlog::Record::new(now, conn.fd.as_fd()));
         let token = self.conns.insert(conn);
-        let Some(c) = self.conns.get_mut(token) else {
-            return;
-        };
+        let c = self.conns.get_mut(token)?;
         if let Err(e) = self.epoll.add(c.fd.as_fd(), c.registered, token.0) {
             warn!("cannot watch a new connection: {e}");
             self.conns.remove(token);
-            return;
+            return None;
         }
         self.stats.accepted += 1;
         // idle_timeout = 0 means off: no idle timer at all.
@@ -771,12 +780,14 @@ impl Worker {
             self.timers.schedule(now + idle, Timer::Idle(token));
         }
         if header {
-            return self.await_header(token, listener, now);
+            self.await_header(token, listener, now);
+            return Some(token);
         }
         if self.listeners[listener].service.upstreams().is_some() {
             let header = self.upstream_header(token);
             self.connect_upstream(token, Vec::new(), header, 1);
         }
+        Some(token)
     }
 
     /// Starts connecting a proxied client to the next upstream it has not tried,
@@ -1030,10 +1041,13 @@ impl Worker {
                 self.timers.schedule(at, Timer::Handler(token));
             }
         }
-        if draining && c.idle_closable() && self.idle_policy != IdlePolicy::Linger {
-            self.release_idle(token);
+        // Every exchange ends at a point where the connection may be able to move.
+        if draining && self.release_idle(token) {
             return;
         }
+        let Some(c) = self.conns.get_mut(token) else {
+            return;
+        };
         // Reads cut short (by the quantum, or a proxy's bounded passes) continue in
         // step 4: with edge-triggered epoll no new event would announce them.
         if c.more_to_read() && (budget == 0 || c.upstream.is_some()) {

@@ -1104,6 +1104,8 @@ pub fn new_master_pids(log: &str) -> Vec<i32> {
 pub mod fault;
 #[allow(dead_code)]
 pub mod handover;
+#[allow(dead_code)]
+pub mod moves;
 pub mod pp;
 #[allow(dead_code)]
 pub mod privs;

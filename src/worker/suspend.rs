@@ -1,0 +1,492 @@
+//! Connections that move at reload: a draining worker suspends each connection at a
+//! quiescent point and queues it for the hand-over; a worker of the new generation
+//! resumes it with its service's `resume`.
+//!
+//! The loop asks after every exchange (`drive`), so a connection that is busy now
+//! (an echo whose output is still being sent, a proxy pair with bytes in either
+//! direction) moves at its next quiescent point. What travels: the client socket, a
+//! proxy's upstream socket (both in one *bundle*: a Unix socket whose receive queue
+//! holds the two fds, so the master, which moves one fd per record, moves the pair
+//! as one), the handler's state and version, the input it had not consumed, its
+//! timer and its idle clock. Output never travels: the loop only asks once it has
+//! all been sent. A state the new service refuses goes back to the worker that
+//! suspended it (`ToMaster::Refused`, then a `Keep`), which resumes it with its own
+//! code and serves it to the end (pinned: never offered again).
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, warn};
+
+use crate::channel::{Handed, Moved, ToMaster};
+use crate::os::{process, scm};
+use crate::service::Handler;
+
+use super::conn::{Bucket, Conn, Leaving, Pipes, Token, Upstream};
+use super::{Timer, Worker};
+
+impl Worker {
+    /// Draining for a reload: if the connection is at a quiescent point and its
+    /// handler agrees, takes it out of this worker and queues it for the next
+    /// generation. True if it left.
+    pub(super) fn try_move(&mut self, token: Token) -> bool {
+        let now = Instant::now();
+        let Some(c) = self.conns.get_mut(token) else {
+            return false;
+        };
+        let l = self.config.listen.get(usize::from(c.listener));
+        let Some(leaving) = c.suspend(l.and_then(|l| l.suspend).unwrap_or(true)) else {
+            return false;
+        };
+        let listen = l.map(|l| l.address.to_string()).unwrap_or_default();
+        // Bundled before anything is taken apart: if that fails, the pair is served
+        // here as if it had never been asked.
+        let bundle = match &c.upstream {
+            Some(up) => match scm::bundle(&[c.fd.as_fd(), up.fd.as_fd()]) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    warn!("cannot bundle a proxied pair for the hand-over ({e}); it stays here");
+                    if let Leaving::Suspended(_, input) = leaving {
+                        c.carry_input(input);
+                    }
+                    c.pinned = true;
+                    return false;
+                }
+            },
+            None => None,
+        };
+        let handed = match leaving {
+            Leaving::Idle => Handed {
+                peer: c.origin,
+                ..Handed::idle(listen)
+            },
+            Leaving::Suspended(s, input) => Handed {
+                listen,
+                peer: c.origin,
+                moved: Some(Box::new(Moved {
+                    service: l.map(|l| l.service.clone()).unwrap_or_default(),
+                    version: s.version,
+                    state: s.state,
+                    input,
+                    idle_ms: millis(now.saturating_duration_since(c.last_active)),
+                    timer_ms: c.timer_at.map(|t| millis(t.saturating_duration_since(now))),
+                    origin: process::pid().as_raw() as u32,
+                    upstream: c.upstream.as_ref().map(|u| u.addr),
+                    refused: None,
+                })),
+            },
+        };
+        // The fds stay open (queued, then in flight): without an explicit delete this
+        // epoll set would keep reporting their events under a token that is reused.
+        let _ = self.epoll.delete(c.fd.as_fd());
+        if let Some(up) = &c.upstream {
+            let _ = self.epoll.delete(up.fd.as_fd());
+        }
+        self.end_as(token, super::connlog::End::HandedOver);
+        let Some(c) = self.detach(token) else {
+            return false;
+        };
+        // Detaching released the upstream in this worker's balancer counts; the
+        // receiver counts it as connected there.
+        let (fd, _upstream) = c.into_fds(&mut self.bufs);
+        self.handoff.queue.push(handed, bundle.unwrap_or(fd));
+        self.handoff.dirty = true;
+        true
+    }
+
+    /// A connection handed to this worker. One that was merely idle starts afresh
+    /// (`connect`); a suspended one is resumed. `pinned` (handed back): it stays here,
+    /// and a state its own service cannot read closes it. Otherwise a refused state is
+    /// returned, to go back to its origin.
+    pub(super) fn restore(
+        &mut self,
+        h: Handed,
+        fd: OwnedFd,
+        pinned: bool,
+    ) -> Result<(), (Handed, OwnedFd)> {
+        let Some(mut m) = h.moved else {
+            self.readd(&h, fd, pinned);
+            return Ok(());
+        };
+        let Some(index) = self.listener_index(&h.listen) else {
+            debug!(
+                listen = h.listen,
+                "moved connection for a listener we do not have; closing it"
+            );
+            self.handoff.counts.closed += 1;
+            return Ok(());
+        };
+        let (client, upstream) = if m.upstream.is_some() {
+            match scm::unbundle(fd, 2) {
+                Ok(mut fds) => {
+                    let up = fds.pop();
+                    match fds.pop() {
+                        Some(client) => (client, up),
+                        None => return Ok(()),
+                    }
+                }
+                Err(e) => {
+                    warn!("a moved proxy pair arrived broken ({e}); closing it");
+                    self.handoff.counts.closed += 1;
+                    return Ok(());
+                }
+            }
+        } else {
+            (fd, None)
+        };
+        // The real client when a PROXY header named it (the socket's peer is then
+        // the balancer).
+        let peer = h
+            .peer
+            .map(|a| a.ip())
+            .or_else(|| super::handoff::peer_ip(&client));
+        let service = &self.config.listen[index].service;
+        let resumed = if *service != m.service {
+            Err(format!(
+                "the listener now runs service {service:?}, not {:?}",
+                m.service
+            ))
+        } else {
+            self.listeners[index]
+                .service
+                .resume(peer, &m.state, m.version)
+                .map_err(|e| e.to_string())
+        };
+        let handler = match resumed {
+            Ok(handler) => handler,
+            Err(e) if pinned => {
+                warn!(
+                    listen = h.listen,
+                    "cannot resume a connection handed back ({e}); closing it"
+                );
+                self.handoff.counts.closed += 1;
+                return Ok(());
+            }
+            Err(e) => {
+                debug!(listen = h.listen, "refusing a moved connection: {e}");
+                m.refused = Some(format!("the new generation refused its state: {e}"));
+                let fd = match upstream {
+                    Some(up) => match scm::bundle(&[client.as_fd(), up.as_fd()]) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            warn!("cannot bundle a refused proxy pair ({e}); closing it");
+                            return Ok(());
+                        }
+                    },
+                    None => client,
+                };
+                return Err((
+                    Handed {
+                        listen: h.listen,
+                        peer: h.peer,
+                        moved: Some(m),
+                    },
+                    fd,
+                ));
+            }
+        };
+        self.add_moved(index, client, (peer, h.peer), handler, &m, upstream, pinned);
+        Ok(())
+    }
+
+    /// Suspended connections this worker's services refused: back to the master,
+    /// which returns each to the worker that suspended it.
+    pub(super) fn send_refused(&mut self, refused: Vec<(Handed, OwnedFd)>) {
+        if refused.is_empty() {
+            return;
+        }
+        let (conns, fds): (Vec<Handed>, Vec<OwnedFd>) = refused.into_iter().unzip();
+        let n = conns.len();
+        let Some(ch) = &self.channel else {
+            warn!(
+                connections = n,
+                "closing refused connections: the master is gone"
+            );
+            return;
+        };
+        let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+        match ch.send_fds(&ToMaster::Refused { conns }, &borrowed) {
+            Ok(()) => debug!(connections = n, "refused moved connections sent back"),
+            Err(e) => warn!(
+                connections = n,
+                "cannot send refused connections back ({e}); closing them"
+            ),
+        }
+    }
+
+    /// Serves a resumed connection as if it had been accepted here, with the idle
+    /// clock, timer and input it brought, and its upstream already connected.
+    #[allow(clippy::too_many_arguments)]
+    fn add_moved(
+        &mut self,
+        listener: usize,
+        fd: OwnedFd,
+        (peer, origin): (Option<std::net::IpAddr>, Option<std::net::SocketAddr>),
+        handler: Box<dyn Handler>,
+        m: &Moved,
+        upstream: Option<OwnedFd>,
+        pinned: bool,
+    ) {
+        let flow = self.listeners[listener].flow;
+        // Counted but never refused: the client is connected already, and refusing
+        // here would cut it.
+        let counted_ip = match peer {
+            Some(ip) if flow.max_connections_per_ip > 0 => {
+                *self.per_ip.entry(ip).or_insert(0) += 1;
+                true
+            }
+            _ => false,
+        };
+        let now = Instant::now();
+        let bucket = (flow.rate > 0).then(|| Box::new(Bucket::new(flow.rate, flow.burst, now)));
+        let mut conn = Conn::new(fd, peer, handler, bucket, now);
+        conn.counted_ip = counted_ip;
+        conn.listener = listener as u16;
+        conn.pinned = pinned;
+        conn.origin = origin;
+        if self.config.listen[listener].logs_connections() {
+            conn.log = Some(super::connlog::Record::new(now, conn.fd.as_fd()));
+        }
+        conn.last_active = now
+            .checked_sub(Duration::from_millis(m.idle_ms))
+            .unwrap_or(now);
+        conn.timer_at = m.timer_ms.map(|ms| now + Duration::from_millis(ms));
+        conn.carry_input(m.input.clone());
+        if let (Some(ufd), Some(addr)) = (upstream, m.upstream) {
+            let l = &self.config.listen[listener];
+            // Indices differ between configs; addresses do not. An upstream the new
+            // config dropped serves its session to the end, counted nowhere.
+            let index = l.resolved_upstreams.iter().position(|a| *a == addr);
+            let mut up = Upstream::moved(ufd, index.unwrap_or(usize::MAX), addr);
+            if l.splice.unwrap_or(false) && conn.bucket.is_none() {
+                match Pipes::new() {
+                    Ok(p) => up.pipes = Some(Box::new(p)),
+                    Err(e) => debug!("no pipes for splice ({e}); copying instead"),
+                }
+            }
+            if let (Some(i), Some(u)) = (index, self.listeners[listener].service.upstreams()) {
+                u.connected(i);
+            }
+            conn.upstream = Some(Box::new(up));
+        }
+        let token = self.conns.insert(conn);
+        let Some(c) = self.conns.get_mut(token) else {
+            return;
+        };
+        let watched = self
+            .epoll
+            .add(c.fd.as_fd(), c.registered, token.0)
+            .and_then(|()| match &c.upstream {
+                Some(up) => self
+                    .epoll
+                    .add(up.fd.as_fd(), up.registered, token.upstream()),
+                None => Ok(()),
+            });
+        if let Err(e) = watched {
+            warn!("cannot watch a moved connection: {e}");
+            self.close(token);
+            return;
+        }
+        if let Some(at) = c.timer_at {
+            c.timer_queued = Some(at);
+            self.timers.schedule(at, Timer::Handler(token));
+        }
+        let idle = self.listeners[listener].idle;
+        if !idle.is_zero() {
+            self.timers
+                .schedule(c.last_active + idle, Timer::Idle(token));
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::os::fd::{AsFd, OwnedFd};
+    use std::sync::mpsc::Receiver;
+    use std::time::{Duration, Instant};
+
+    use crate::channel::{Channel, Handed, IdlePolicy, Moved, ToMaster, ToWorker};
+    use crate::config::Config;
+    use crate::os::signals::SignalReader;
+    use crate::worker::{self, WorkerInit};
+
+    /// A worker loop (in a thread) serving echo, with this test as its master.
+    fn echo_worker(dir: &std::path::Path) -> (Channel, Receiver<i32>, SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let path = dir.join("corral.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[master]\nworkers = 1\ndrain_timeout = \"60s\"\n\n[worker]\nblocking_threads = 1\n\n\
+                 [[listen]]\naddress = \"{addr}\"\nservice = \"echo\"\n"
+            ),
+        )
+        .unwrap();
+        let config = Config::load(&path).unwrap();
+        let (master, worker_end) = Channel::pair().unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let signals = SignalReader::new(&[nix::sys::signal::Signal::SIGUSR1]).unwrap();
+            let init = WorkerInit {
+                slot: 0,
+                generation: 1,
+                config,
+                listeners: vec![listener.into()],
+                channel: worker_end,
+                signals,
+            };
+            let _ = done_tx.send(worker::run(init));
+        });
+        next(&master, &|m| *m == ToMaster::Ready);
+        (master, done_rx, addr)
+    }
+
+    /// The next message from the worker that `want` accepts (others are skipped).
+    fn next(master: &Channel, want: &dyn Fn(&ToMaster) -> bool) -> (ToMaster, Vec<OwnedFd>) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(Instant::now() < deadline, "the worker went silent");
+            match master.recv_fds::<ToMaster>().unwrap() {
+                Some((m, fds)) if want(&m) => return (m, fds),
+                Some(_) => {}
+                None => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
+    }
+
+    /// A connected client and the server side of its socket (to hand over).
+    fn client_and_server_socket() -> (TcpStream, OwnedFd) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        s.set_nonblocking(true).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        (c, s.into())
+    }
+
+    fn round_trip(c: &mut TcpStream, msg: &[u8]) {
+        c.write_all(msg).unwrap();
+        let mut got = vec![0u8; msg.len()];
+        c.read_exact(&mut got).expect("the echo");
+        assert_eq!(got, msg);
+    }
+
+    fn moved(listen: SocketAddr, version: u32, origin: u32) -> Handed {
+        Handed {
+            listen: listen.to_string(),
+            peer: None,
+            moved: Some(Box::new(Moved {
+                service: "echo".into(),
+                version,
+                state: Vec::new(),
+                input: b"carried ".to_vec(),
+                idle_ms: 0,
+                timer_ms: None,
+                origin,
+                upstream: None,
+                refused: None,
+            })),
+        }
+    }
+
+    /// The new generation's service cannot read the state's version: the connection
+    /// goes back (`Refused`, naming its origin and why) on the very socket it came
+    /// on, untouched; a version it reads is resumed and served, input carried.
+    #[test]
+    fn a_state_the_service_cannot_read_goes_back_to_its_origin() {
+        let dir = tempfile::tempdir().unwrap();
+        let (master, _done, addr) = echo_worker(dir.path());
+
+        let (mut refused_client, fd) = client_and_server_socket();
+        let msg = ToWorker::Adopt {
+            conns: vec![moved(addr, 99, 4242)],
+        };
+        master.send_fds(&msg, &[fd.as_fd()]).unwrap();
+        drop(fd);
+        let (m, fds) = next(&master, &|m| matches!(m, ToMaster::Refused { .. }));
+        let ToMaster::Refused { conns } = m else {
+            unreachable!()
+        };
+        assert_eq!((conns.len(), fds.len()), (1, 1));
+        let back = conns[0].moved.as_ref().unwrap();
+        assert_eq!(back.origin, 4242);
+        assert_eq!(back.input, b"carried ");
+        let why = back.refused.as_deref().unwrap_or("");
+        assert!(why.contains("99"), "{why}");
+        crate::os::fd::write(fds[0].as_fd(), b"still yours").unwrap();
+        let mut got = [0u8; 11];
+        refused_client.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"still yours");
+
+        let (mut c, fd) = client_and_server_socket();
+        let msg = ToWorker::Adopt {
+            conns: vec![moved(addr, 1, 4242)],
+        };
+        master.send_fds(&msg, &[fd.as_fd()]).unwrap();
+        drop(fd);
+        // The carried input reaches the handler first, then the new bytes.
+        c.write_all(b"bytes\n").unwrap();
+        let mut got = vec![0u8; 14];
+        c.read_exact(&mut got).expect("the echo");
+        assert_eq!(got, b"carried bytes\n");
+        round_trip(&mut c, b"and more\n");
+    }
+
+    /// The origin's side: a connection it suspended comes back refused; it resumes it
+    /// with its own service, serves it to the end without offering it again, and exits
+    /// once the client leaves.
+    #[test]
+    fn a_refused_connection_is_served_to_the_end_by_its_origin() {
+        let dir = tempfile::tempdir().unwrap();
+        let (master, done, addr) = echo_worker(dir.path());
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        round_trip(&mut c, b"before\n");
+
+        master
+            .send(&ToWorker::Drain {
+                idle: IdlePolicy::Handoff,
+            })
+            .unwrap();
+        let (m, fds) = next(&master, &|m| matches!(m, ToMaster::Handoff { .. }));
+        let ToMaster::Handoff { mut conns } = m else {
+            unreachable!()
+        };
+        assert_eq!((conns.len(), fds.len()), (1, 1));
+        let m = conns[0].moved.as_mut().expect("echo suspends");
+        assert_eq!(m.origin, std::process::id());
+        m.refused = Some("test: the new generation refused it".into());
+        let back = ToWorker::Keep {
+            conns,
+            reason: "refused".into(),
+        };
+        master.send_fds(&back, &[fds[0].as_fd()]).unwrap();
+        drop(fds);
+
+        for i in 0..20 {
+            round_trip(&mut c, format!("after {i}\n").as_bytes());
+        }
+        // Each of those exchanges ended at a quiescent point: none was offered again.
+        std::thread::sleep(Duration::from_millis(200));
+        while let Some((m, _)) = master.recv_fds::<ToMaster>().unwrap() {
+            assert!(
+                !matches!(m, ToMaster::Handoff { .. }),
+                "a pinned connection was handed over again: {m:?}"
+            );
+        }
+        assert!(done.try_recv().is_err(), "the worker exited with a client");
+        drop(c);
+        let code = done
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the worker did not exit once its last client left");
+        assert_eq!(code, 0);
+    }
+}
