@@ -89,6 +89,73 @@ fn a_thousand_echo_streams_survive_twenty_reloads_byte_exact() {
     );
 }
 
+/// The same streams through three binary upgrades: after each, every connection is
+/// served by the new master's workers (moved across masters), the old master and its
+/// workers leave without waiting for `drain_timeout`, and no stream sees an error.
+#[test]
+fn a_thousand_echo_streams_survive_three_binary_upgrades_byte_exact() {
+    const STREAMS: usize = 1000;
+    const UPGRADES: usize = 3;
+    raise_nofile();
+    let c = Corral::start(&echo_config(2));
+    let streams = EchoStreams::start(c.addr(), STREAMS, 4, Duration::from_millis(100));
+    assert!(
+        wait_until(POLL_LIMIT, || streams.total.load(Relaxed)
+            >= 2 * STREAMS as u64),
+        "the streams do not get going\n{}",
+        c.log_tail(40)
+    );
+    let mut master = c.master_pid();
+    for i in 0..UPGRADES {
+        let old_workers = c.workers_of(master);
+        let t0 = std::time::Instant::now();
+        let out = c.cli(&["-s", "upgrade"]);
+        for p in new_master_pids(&c.log()) {
+            c.adopt_master(p);
+        }
+        assert!(
+            out.status.success(),
+            "upgrade {i}: `corral -s upgrade` failed: {}\n{}",
+            out.all(),
+            c.log_tail(60)
+        );
+        let new_master = *new_master_pids(&c.log()).last().expect("a new master");
+        assert_ne!(new_master, master, "upgrade {i}: no new master");
+        let old_gone = wait_until(POLL_LIMIT, || {
+            old_workers.iter().all(|w| !proc_alive(*w))
+                && read_stat(master).is_none_or(|s| s.state == 'Z')
+        });
+        let took = t0.elapsed();
+        eprintln!("upgrade {i}: old master {master} and its workers gone after {took:?}");
+        assert!(
+            old_gone && took <= POLL_LIMIT,
+            "upgrade {i}: the old master or its workers still run {took:?} later (drain_timeout is 60 s)\n{}",
+            c.log_tail(60)
+        );
+        let before = streams.total.load(Relaxed);
+        assert!(
+            wait_until(POLL_LIMIT, || streams.total.load(Relaxed)
+                >= before + STREAMS as u64),
+            "upgrade {i}: round trips stopped\n{}",
+            c.log_tail(40)
+        );
+        master = new_master;
+    }
+    let report = streams.finish();
+    assert!(
+        report.errors.is_empty(),
+        "{} errors, first: {:?}\n{}",
+        report.errors.len(),
+        &report.errors[..report.errors.len().min(10)],
+        c.log_tail(40)
+    );
+    let least = report.done.iter().min().copied().unwrap_or(0);
+    assert!(
+        least >= UPGRADES as u64,
+        "a stream did only {least} round trips"
+    );
+}
+
 fn proxy_config(proxy_port: u16, upstream: SocketAddr, splice: bool) -> String {
     format!(
         "[master]\nworkers = 2\ndrain_timeout = \"60s\"\n\n\
@@ -99,8 +166,9 @@ fn proxy_config(proxy_port: u16, upstream: SocketAddr, splice: bool) -> String {
 }
 
 /// Sessions through the proxy to a real (threaded) echo server, several MiB each
-/// way, every byte checked, while the proxy reloads ten times: each pair (client and
-/// upstream socket) moves to the new generation, and the old one is gone long before
+/// way, every byte checked, while the proxy reloads ten times and then upgrades its
+/// binary: each pair (client and upstream socket) moves to the new generation, then
+/// to the new master's workers, and the old ones are gone long before
 /// `drain_timeout`.
 fn proxied_sessions_survive_reloads(splice: bool) {
     const SESSIONS: usize = 3;
@@ -137,6 +205,34 @@ fn proxied_sessions_survive_reloads(splice: bool) {
             c.log_tail(40)
         );
     }
+    // And a binary upgrade: each pair moves to the new master's workers.
+    let old_master = c.master_pid();
+    let old_workers = c.workers_of(old_master);
+    let before: Vec<u64> = sessions.iter().map(|s| s.received.load(Relaxed)).collect();
+    let out = c.cli(&["-s", "upgrade"]);
+    for p in new_master_pids(&c.log()) {
+        c.adopt_master(p);
+    }
+    assert!(
+        out.status.success(),
+        "`corral -s upgrade` failed: {}\n{}",
+        out.all(),
+        c.log_tail(60)
+    );
+    assert!(
+        wait_until(POLL_LIMIT, || old_workers.iter().all(|w| !proc_alive(*w))
+            && read_stat(old_master).is_none_or(|s| s.state == 'Z')),
+        "the old master or its workers still run after the upgrade (drain_timeout is 60 s)\n{}",
+        c.log_tail(60)
+    );
+    assert!(
+        wait_until(POLL_LIMIT, || sessions
+            .iter()
+            .zip(&before)
+            .all(|(s, b)| s.received.load(Relaxed) > b + (256 << 10))),
+        "a session stopped after the upgrade\n{}",
+        c.log_tail(40)
+    );
     // Several MiB each way however fast the reloads went.
     assert!(
         wait_until(POLL_LIMIT * 4, || sessions

@@ -7,10 +7,9 @@
 //! the one in flight) and `max_old_generations` bounds the draining ones: this checks
 //! that neither costs a client anything while connections move.
 //!
-//! Echo streams: `ECHO_STREAMS` long-lived echo connections doing round trips join
-//! the storm once echo connections can move at reload (the Service suspend/resume
-//! work). Until then an echo stream pins its old generation until `drain_timeout`,
-//! and a storm makes `max_old_generations` cut it, so it is 0 here.
+//! Echo streams: `ECHO_STREAMS` long-lived echo connections doing round trips ride
+//! the storm too: they move to the new generation at each reload (suspended between
+//! round trips), so none pins an old generation or is cut by `max_old_generations`.
 
 mod common;
 
@@ -25,8 +24,8 @@ use nix::sys::signal::Signal;
 
 const CLIENTS: usize = 2000;
 const CLIENT_THREADS: usize = 8;
-/// Switch on (e.g. 500) once echo connections move at reload.
-const ECHO_STREAMS: usize = 0;
+/// Long-lived echo streams doing round trips through the storm.
+const ECHO_STREAMS: usize = 500;
 const STORM: Duration = Duration::from_secs(30);
 const EVERY: Duration = Duration::from_millis(100);
 /// Growth allowed over the storm: a few fds in flight at the moment of sampling, and
