@@ -14,9 +14,10 @@
 #           where the connections are afterwards); SAMPLE echo connections doing round
 #           trips before, during and after (echo only); how many held connections were
 #           lost; worker memory after the clients left.
-#   SERVICE=http holds idle keep-alive HTTP connections instead: those move to the new
-#           generation at a reload. Echo connections stay in their old generation until
-#           their client closes them or drain_timeout (DRAIN_TIMEOUT, 10m here) cuts them.
+#   SERVICE=http holds idle keep-alive HTTP connections instead. Both kinds move to the
+#           new generation at a reload and to the new master's workers at an upgrade
+#           (echo ones are suspended between round trips); what cannot move in time
+#           stays until its client closes it or drain_timeout (DRAIN_TIMEOUT) cuts it.
 #
 # Box safety: 1M loopback pairs cost ~10 GB of kernel memory. The script refuses to start
 # unless MemAvailable covers N x 12 KB + 3 GiB (and >= 16 GiB for N >= 500k), checks

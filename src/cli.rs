@@ -440,20 +440,21 @@ pub fn status(path: &Path, json: bool) -> i32 {
 }
 
 /// The per-generation lines of `corral status`: what each draining (or recently
-/// gone) generation did with its connections.
+/// gone) generation did with its connections. One sentence per generation, after a
+/// blank line, so that a script reading the worker rows (first field a pid) is not
+/// misled by them.
 fn print_generations(resp: &Response) {
     if resp.generations.is_empty() {
         return;
     }
-    println!(
-        "{:>4} {:<9} {:>7} {:>8} {:>8} {:>8} {:>9}",
-        "GEN", "STATE", "WORKERS", "MOVED", "KEPT", "CLOSED", "EXIT MS"
-    );
+    println!();
     for g in &resp.generations {
-        let exit = g.exit_ms.map_or("-".to_string(), |ms| ms.to_string());
+        let exit = g
+            .exit_ms
+            .map_or(String::new(), |ms| format!(", gone after {ms} ms"));
         println!(
-            "{:>4} {:<9} {:>7} {:>8} {:>8} {:>8} {:>9}",
-            g.generation, g.state, g.workers, g.moved, g.kept, g.closed, exit
+            "generation {}: {}, {} worker(s); connections moved {}, kept {}, closed {}{exit}",
+            g.generation, g.state, g.workers, g.moved, g.kept, g.closed
         );
     }
     if resp.moved_from_old_master > 0 {

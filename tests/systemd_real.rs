@@ -22,6 +22,10 @@ use common::*;
 /// Extra time allowed on top of a configured timeout on a loaded 2-core box.
 const MARGIN: Duration = Duration::from_secs(10);
 
+/// `suspend = false`: these tests keep a connection on the old master to watch what
+/// systemd does while it drains (whose child the new master is, a stop mid-drain);
+/// a movable echo connection would follow the upgrade to the new master instead
+/// (tests/moves.rs and tests/upgrade_moves.rs cover that).
 fn config(workers: usize, drain: &str) -> String {
     format!(
         "[master]\n\
@@ -35,7 +39,8 @@ fn config(workers: usize, drain: &str) -> String {
          \n\
          [[listen]]\n\
          address = \"127.0.0.1:{}\"\n\
-         service = \"echo\"\n",
+         service = \"echo\"\n\
+         suspend = false\n",
         sysd::PORT
     )
 }

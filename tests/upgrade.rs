@@ -176,6 +176,19 @@ fn start(bin: &Bin, upgrade_timeout: &str) -> Corral {
     )
 }
 
+/// `start`, with the echo connections pinned (`suspend = false`): for a test that
+/// watches the old master drain connections that cannot move (movable ones follow the
+/// upgrade to the new master: tests/moves.rs, tests/upgrade_moves.rs).
+fn start_pinned(bin: &Bin, upgrade_timeout: &str) -> Corral {
+    Corral::start_with(
+        &format!("{}suspend = false\n", config(upgrade_timeout)),
+        Launch {
+            binary: Some(bin.path.clone()),
+            ..Launch::default()
+        },
+    )
+}
+
 fn oldbin(c: &Corral) -> PathBuf {
     let mut s = c.pid_file.clone().into_os_string();
     s.push(".oldbin");
@@ -467,7 +480,7 @@ fn upgrade_to_same_binary_under_load_loses_nothing() {
     // Dropped after the harness (declared first): only catches what it left.
     let guard = GroupGuard::new();
     let bin = Bin::copy();
-    let c = start(&bin, "20s");
+    let c = start_pinned(&bin, "20s");
     let old_master = c.master_pid();
     let old_workers = c.workers();
     assert_eq!(old_workers.len(), 2, "{}", c.log_tail(40));

@@ -116,14 +116,19 @@ pub fn pick(workers: &mut [Worker], generation: u64, now: Instant) -> Option<(us
     if workers.iter().any(|w| w.recycling) {
         return None;
     }
-    workers.iter().enumerate().find_map(|(i, w)| {
-        if w.generation != generation || w.state != WorkerState::Ready {
-            return None;
-        }
-        w.limits
-            .due(w.stats.accepted, w.started_at, now)
-            .map(|r| (i, r))
-    })
+    // The oldest due worker first: under a steady load the young replacements reach
+    // their limits too, and picking in table order could pass over one slot forever.
+    workers
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| w.generation == generation && w.state == WorkerState::Ready)
+        .filter_map(|(i, w)| {
+            w.limits
+                .due(w.stats.accepted, w.started_at, now)
+                .map(|r| (i, r, w.started_at))
+        })
+        .min_by_key(|&(_, _, started)| started)
+        .map(|(i, r, _)| (i, r))
 }
 
 impl Master {
