@@ -31,19 +31,57 @@ fn echo_config(workers: usize) -> String {
     )
 }
 
+/// A corral with 2 echo workers and `n` streams doing round trips on it, going.
+fn start_streams(n: usize) -> (Corral, EchoStreams) {
+    raise_nofile();
+    let c = Corral::start(&echo_config(2));
+    let streams = EchoStreams::start(c.addr(), n, 4, Duration::from_millis(100));
+    assert!(
+        wait_until(POLL_LIMIT, || streams.total.load(Relaxed) >= 2 * n as u64),
+        "the streams do not get going\n{}",
+        c.log_tail(40)
+    );
+    (c, streams)
+}
+
+/// `corral -s upgrade`, then waits until the old master and its workers are gone
+/// (their connections moved: `drain_timeout` is 60 s); returns how long that took.
+fn upgrade_and_wait_old_gone(c: &Corral, what: &str) -> Duration {
+    // The master now serving: the last one an upgrade started, or the first.
+    let master = new_master_pids(&c.log())
+        .last()
+        .copied()
+        .unwrap_or(c.master_pid());
+    let old_workers = c.workers_of(master);
+    let t0 = std::time::Instant::now();
+    let out = c.cli(&["-s", "upgrade"]);
+    for p in new_master_pids(&c.log()) {
+        c.adopt_master(p);
+    }
+    assert!(
+        out.status.success(),
+        "{what}: `corral -s upgrade` failed: {}\n{}",
+        out.all(),
+        c.log_tail(60)
+    );
+    let gone = wait_until(POLL_LIMIT, || {
+        old_workers.iter().all(|w| !proc_alive(*w))
+            && read_stat(master).is_none_or(|s| s.state == 'Z')
+    });
+    assert!(
+        gone,
+        "{what}: the old master {master} or its workers still run {:?} later\n{}",
+        t0.elapsed(),
+        c.log_tail(60)
+    );
+    t0.elapsed()
+}
+
 #[test]
 fn a_thousand_echo_streams_survive_twenty_reloads_byte_exact() {
     const STREAMS: usize = 1000;
     const RELOADS: usize = 20;
-    raise_nofile();
-    let c = Corral::start(&echo_config(2));
-    let streams = EchoStreams::start(c.addr(), STREAMS, 4, Duration::from_millis(100));
-    assert!(
-        wait_until(POLL_LIMIT, || streams.total.load(Relaxed)
-            >= 2 * STREAMS as u64),
-        "the streams do not get going\n{}",
-        c.log_tail(40)
-    );
+    let (c, streams) = start_streams(STREAMS);
     let mut slowest = Duration::ZERO;
     for i in 0..RELOADS {
         let before = streams.total.load(Relaxed);
@@ -96,42 +134,10 @@ fn a_thousand_echo_streams_survive_twenty_reloads_byte_exact() {
 fn a_thousand_echo_streams_survive_three_binary_upgrades_byte_exact() {
     const STREAMS: usize = 1000;
     const UPGRADES: usize = 3;
-    raise_nofile();
-    let c = Corral::start(&echo_config(2));
-    let streams = EchoStreams::start(c.addr(), STREAMS, 4, Duration::from_millis(100));
-    assert!(
-        wait_until(POLL_LIMIT, || streams.total.load(Relaxed)
-            >= 2 * STREAMS as u64),
-        "the streams do not get going\n{}",
-        c.log_tail(40)
-    );
-    let mut master = c.master_pid();
+    let (c, streams) = start_streams(STREAMS);
     for i in 0..UPGRADES {
-        let old_workers = c.workers_of(master);
-        let t0 = std::time::Instant::now();
-        let out = c.cli(&["-s", "upgrade"]);
-        for p in new_master_pids(&c.log()) {
-            c.adopt_master(p);
-        }
-        assert!(
-            out.status.success(),
-            "upgrade {i}: `corral -s upgrade` failed: {}\n{}",
-            out.all(),
-            c.log_tail(60)
-        );
-        let new_master = *new_master_pids(&c.log()).last().expect("a new master");
-        assert_ne!(new_master, master, "upgrade {i}: no new master");
-        let old_gone = wait_until(POLL_LIMIT, || {
-            old_workers.iter().all(|w| !proc_alive(*w))
-                && read_stat(master).is_none_or(|s| s.state == 'Z')
-        });
-        let took = t0.elapsed();
-        eprintln!("upgrade {i}: old master {master} and its workers gone after {took:?}");
-        assert!(
-            old_gone && took <= POLL_LIMIT,
-            "upgrade {i}: the old master or its workers still run {took:?} later (drain_timeout is 60 s)\n{}",
-            c.log_tail(60)
-        );
+        let took = upgrade_and_wait_old_gone(&c, &format!("upgrade {i}"));
+        eprintln!("upgrade {i}: old master and its workers gone after {took:?}");
         let before = streams.total.load(Relaxed);
         assert!(
             wait_until(POLL_LIMIT, || streams.total.load(Relaxed)
@@ -139,7 +145,6 @@ fn a_thousand_echo_streams_survive_three_binary_upgrades_byte_exact() {
             "upgrade {i}: round trips stopped\n{}",
             c.log_tail(40)
         );
-        master = new_master;
     }
     let report = streams.finish();
     assert!(
@@ -206,25 +211,8 @@ fn proxied_sessions_survive_reloads(splice: bool) {
         );
     }
     // And a binary upgrade: each pair moves to the new master's workers.
-    let old_master = c.master_pid();
-    let old_workers = c.workers_of(old_master);
     let before: Vec<u64> = sessions.iter().map(|s| s.received.load(Relaxed)).collect();
-    let out = c.cli(&["-s", "upgrade"]);
-    for p in new_master_pids(&c.log()) {
-        c.adopt_master(p);
-    }
-    assert!(
-        out.status.success(),
-        "`corral -s upgrade` failed: {}\n{}",
-        out.all(),
-        c.log_tail(60)
-    );
-    assert!(
-        wait_until(POLL_LIMIT, || old_workers.iter().all(|w| !proc_alive(*w))
-            && read_stat(old_master).is_none_or(|s| s.state == 'Z')),
-        "the old master or its workers still run after the upgrade (drain_timeout is 60 s)\n{}",
-        c.log_tail(60)
-    );
+    upgrade_and_wait_old_gone(&c, "the upgrade");
     assert!(
         wait_until(POLL_LIMIT, || sessions
             .iter()
