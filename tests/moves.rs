@@ -161,6 +161,58 @@ fn a_thousand_echo_streams_survive_three_binary_upgrades_byte_exact() {
     );
 }
 
+/// The bench's shape at a small size: many reuseport sockets (6 workers x 2
+/// listeners), a reload first (which frees low fd numbers in the master), then an
+/// upgrade. The master-to-master link used to be copied after the listeners were
+/// placed onto fds 3.., so when its number was among them the new master got a
+/// listener under the link's name and nothing moved: the old master then held every
+/// connection until drain_timeout.
+#[test]
+fn streams_move_at_an_upgrade_after_a_reload_with_many_reuseport_sockets() {
+    const STREAMS: usize = 300;
+    raise_nofile();
+    let second = free_port();
+    let c = Corral::start(&format!(
+        "[master]\nworkers = 6\ndrain_timeout = \"60s\"\n\n\
+         [[listen]]\naddress = \"127.0.0.1:{{port}}\"\nservice = \"echo\"\naccept = \"reuseport\"\n\n\
+         [[listen]]\naddress = \"127.0.0.1:{second}\"\nservice = \"echo\"\naccept = \"reuseport\"\n"
+    ));
+    let streams = EchoStreams::start(c.addr(), STREAMS, 2, Duration::from_millis(100));
+    assert!(
+        wait_until(POLL_LIMIT, || streams.total.load(Relaxed)
+            >= 2 * STREAMS as u64),
+        "the streams do not get going\n{}",
+        c.log_tail(40)
+    );
+    let (_, took) = reload_and_wait_old_gone(&c, POLL_LIMIT);
+    assert!(
+        took <= OLD_GONE_WITHIN,
+        "reload: old generation took {took:?}"
+    );
+    let took = upgrade_and_wait_old_gone(&c, "the upgrade");
+    eprintln!("upgrade: old master gone after {took:?}");
+    assert!(
+        !c.log()
+            .contains("no connection will move from the old master"),
+        "the new master did not get the link\n{}",
+        c.log_tail(40)
+    );
+    let before = streams.total.load(Relaxed);
+    assert!(
+        wait_until(POLL_LIMIT, || streams.total.load(Relaxed)
+            >= before + STREAMS as u64),
+        "round trips stopped after the upgrade\n{}",
+        c.log_tail(40)
+    );
+    let report = streams.finish();
+    assert!(
+        report.errors.is_empty(),
+        "{} errors, first: {:?}",
+        report.errors.len(),
+        &report.errors[..report.errors.len().min(10)]
+    );
+}
+
 fn proxy_config(proxy_port: u16, upstream: SocketAddr, splice: bool) -> String {
     format!(
         "[master]\nworkers = 2\ndrain_timeout = \"60s\"\n\n\

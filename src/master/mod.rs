@@ -1739,29 +1739,39 @@ impl Master {
         // Above where `hand_over` places the listeners and the readiness pipe, so
         // that neither overwrites it.
         let floor = sockets::LISTEN_FDS_START + self.listeners.len() as i32 + 2;
-        let exec = || match sockets::hand_over(&self.listeners, &pipe_w) {
-            Ok(mut env) => match signals::reset_for_exec() {
-                Ok(()) => {
-                    env.extend(me);
-                    env.extend(totals);
-                    if let Some(t) = &theirs {
-                        match fd::dup_inheritable(t.as_fd(), floor) {
-                            Ok(raw) => env.push((xfer::XFER_FD_ENV.into(), raw.to_string())),
-                            Err(e) => return e.to_string(),
+        let exec = || {
+            // Copied above the floor first: `hand_over` dup2()s the listeners onto
+            // 3.., and the link's own number may be among them (a master with few
+            // fds and many reuseport sockets), which would hand the new master a
+            // listener under the link's name.
+            let link_fd = match &theirs {
+                Some(t) => match fd::dup_inheritable(t.as_fd(), floor) {
+                    Ok(raw) => Some(raw),
+                    Err(e) => return e.to_string(),
+                },
+                None => None,
+            };
+            match sockets::hand_over(&self.listeners, &pipe_w) {
+                Ok(mut env) => match signals::reset_for_exec() {
+                    Ok(()) => {
+                        env.extend(me);
+                        env.extend(totals);
+                        if let Some(raw) = link_fd {
+                            env.push((xfer::XFER_FD_ENV.into(), raw.to_string()));
                         }
+                        if bad {
+                            env.push((crate::fault::ENV.into(), "bad-upgrade".into()));
+                        }
+                        format!(
+                            "exec of {} failed: {}",
+                            self.binary.display(),
+                            sockets::exec(&path, &args, &env)
+                        )
                     }
-                    if bad {
-                        env.push((crate::fault::ENV.into(), "bad-upgrade".into()));
-                    }
-                    format!(
-                        "exec of {} failed: {}",
-                        self.binary.display(),
-                        sockets::exec(&path, &args, &env)
-                    )
-                }
-                Err(e) => e.to_string(),
-            },
-            Err(e) => e,
+                    Err(e) => e.to_string(),
+                },
+                Err(e) => e,
+            }
         };
         let spawned = upgrade::detached(exec, &pipe_w);
         drop(theirs);
