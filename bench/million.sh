@@ -205,7 +205,7 @@ move() {
     log "$name: hand-over done $(($(now_ms) - a)) ms after the command: $(conns_by_gen)"
   else
     sleep 2
-    log "$name: the current master's workers: $(conns_by_gen) (echo connections, and every connection at an upgrade, stay with their old workers)"
+    log "$name: the current master's workers: $(conns_by_gen) (connections move to the newest generation, and at an upgrade to the new master, within seconds)"
   fi
 }
 if [[ -z $STOP_REASON ]]; then
