@@ -33,8 +33,13 @@ fn echo_config(workers: usize) -> String {
 
 /// A corral with 2 echo workers and `n` streams doing round trips on it, going.
 fn start_streams(n: usize) -> (Corral, EchoStreams) {
+    start_streams_with(&echo_config(2), n)
+}
+
+/// `start_streams` with a config of its own (the streams use its first listener).
+fn start_streams_with(config: &str, n: usize) -> (Corral, EchoStreams) {
     raise_nofile();
-    let c = Corral::start(&echo_config(2));
+    let c = Corral::start(config);
     let streams = EchoStreams::start(c.addr(), n, 4, Duration::from_millis(100));
     assert!(
         wait_until(POLL_LIMIT, || streams.total.load(Relaxed) >= 2 * n as u64),
@@ -170,19 +175,14 @@ fn a_thousand_echo_streams_survive_three_binary_upgrades_byte_exact() {
 #[test]
 fn streams_move_at_an_upgrade_after_a_reload_with_many_reuseport_sockets() {
     const STREAMS: usize = 300;
-    raise_nofile();
     let second = free_port();
-    let c = Corral::start(&format!(
+    let (c, streams) = start_streams_with(
+        &format!(
         "[master]\nworkers = 6\ndrain_timeout = \"60s\"\n\n\
          [[listen]]\naddress = \"127.0.0.1:{{port}}\"\nservice = \"echo\"\naccept = \"reuseport\"\n\n\
          [[listen]]\naddress = \"127.0.0.1:{second}\"\nservice = \"echo\"\naccept = \"reuseport\"\n"
-    ));
-    let streams = EchoStreams::start(c.addr(), STREAMS, 2, Duration::from_millis(100));
-    assert!(
-        wait_until(POLL_LIMIT, || streams.total.load(Relaxed)
-            >= 2 * STREAMS as u64),
-        "the streams do not get going\n{}",
-        c.log_tail(40)
+        ),
+        STREAMS,
     );
     let (_, took) = reload_and_wait_old_gone(&c, POLL_LIMIT);
     assert!(

@@ -36,7 +36,9 @@ fn read_to_eof(s: &mut TcpStream) -> Result<Vec<u8>, String> {
     Ok(got)
 }
 
-fn run_clients(addr: SocketAddr) -> Vec<String> {
+/// `ROUNDS` connections over `THREADS` threads: each sends with `request(stream, i,
+/// expected reply)` and must then read exactly `payload(i, len)` and the EOF.
+fn run_clients(addr: SocketAddr, request: fn(&mut TcpStream, usize, &[u8])) -> Vec<String> {
     let threads: Vec<_> = (0..THREADS)
         .map(|t| {
             std::thread::spawn(move || {
@@ -46,7 +48,7 @@ fn run_clients(addr: SocketAddr) -> Vec<String> {
                         break;
                     }
                     let i = t * ROUNDS + k;
-                    let len = 1 + (i * 7919) % 3000;
+                    let want = payload(i, 1 + (i * 7919) % 3000);
                     let mut s = match connect(addr, Duration::from_secs(10)) {
                         Ok(s) => s,
                         Err(e) => {
@@ -54,14 +56,14 @@ fn run_clients(addr: SocketAddr) -> Vec<String> {
                             continue;
                         }
                     };
-                    let want = payload(i, len);
-                    // Data and FIN back to back: both are usually there by the time
-                    // the worker wakes up.
-                    s.write_all(&want).unwrap();
-                    s.shutdown(Shutdown::Write).unwrap();
+                    request(&mut s, i, &want);
                     match read_to_eof(&mut s) {
                         Ok(got) if got == want => {}
-                        Ok(got) => failures.push(format!("conn {i}: {} of {len} bytes", got.len())),
+                        Ok(got) => failures.push(format!(
+                            "conn {i}: {} of {} bytes",
+                            got.len(),
+                            want.len()
+                        )),
                         Err(e) => failures.push(format!("conn {i}: {e}")),
                     }
                 }
@@ -78,7 +80,12 @@ fn run_clients(addr: SocketAddr) -> Vec<String> {
 #[test]
 fn echo_sees_the_bytes_and_the_fin_sent_together() {
     let c = Corral::start(&Conf::new(2).render());
-    let failures = run_clients(c.addr());
+    let failures = run_clients(c.addr(), |s, _, want| {
+        // Data and FIN back to back: both are usually there by the time the worker
+        // wakes up.
+        s.write_all(want).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+    });
     assert!(
         failures.is_empty(),
         "{} failures, first: {:?}\n{}",
@@ -123,42 +130,10 @@ fn the_proxy_forwards_an_upstream_reply_and_its_fin_sent_together() {
     );
     let c = Corral::start(&template);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let threads: Vec<_> = (0..THREADS)
-        .map(|t| {
-            std::thread::spawn(move || {
-                let mut failures = Vec::new();
-                for k in 0..ROUNDS / THREADS {
-                    if failures.len() >= MAX_FAILURES {
-                        break;
-                    }
-                    let i = t * ROUNDS + k;
-                    let want = payload(i, 1 + (i * 7919) % 3000);
-                    let mut s = match connect(addr, Duration::from_secs(10)) {
-                        Ok(s) => s,
-                        Err(e) => {
-                            failures.push(format!("connect {i}: {e}"));
-                            continue;
-                        }
-                    };
-                    s.write_all(&(i as u64).to_le_bytes()).unwrap();
-                    match read_to_eof(&mut s) {
-                        Ok(got) if got == want => {}
-                        Ok(got) => failures.push(format!(
-                            "conn {i}: {} of {} bytes",
-                            got.len(),
-                            want.len()
-                        )),
-                        Err(e) => failures.push(format!("conn {i}: {e}")),
-                    }
-                }
-                failures
-            })
-        })
-        .collect();
-    let failures: Vec<String> = threads
-        .into_iter()
-        .flat_map(|t| t.join().unwrap())
-        .collect();
+    // The id tells the upstream which payload to send back, with its FIN.
+    let failures = run_clients(addr, |s, i, _| {
+        s.write_all(&(i as u64).to_le_bytes()).unwrap()
+    });
     stop.store(true, Ordering::Relaxed);
     let served = server.join().unwrap();
     assert!(
