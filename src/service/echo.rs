@@ -6,7 +6,7 @@
 
 use std::net::IpAddr;
 
-use super::{Handler, Io, ResumeError, Service, Suspended};
+use super::{check_stateless, Handler, Io, ResumeError, Service, Suspended};
 
 /// The only state format: none.
 const VERSION: u32 = 1;
@@ -28,11 +28,8 @@ impl Service for Echo {
         state: &[u8],
         version: u32,
     ) -> Result<Box<dyn Handler>, ResumeError> {
-        match (version, state.is_empty()) {
-            (VERSION, true) => Ok(Box::new(EchoConn)),
-            (VERSION, false) => Err(ResumeError::Invalid("echo has no state".into())),
-            (v, _) => Err(ResumeError::Version(v)),
-        }
+        check_stateless(VERSION, state, version)?;
+        Ok(Box::new(EchoConn))
     }
 }
 

@@ -293,6 +293,19 @@ pub enum ResumeError {
     Invalid(String),
 }
 
+/// For a service whose connections carry no state: accepts a suspended connection
+/// written in format `expected` with an empty state, refuses anything else.
+pub fn check_stateless(expected: u32, state: &[u8], version: u32) -> Result<(), ResumeError> {
+    match (version == expected, state.is_empty()) {
+        (true, true) => Ok(()),
+        (true, false) => Err(ResumeError::Invalid(format!(
+            "{} bytes of state for a service that keeps none",
+            state.len()
+        ))),
+        (false, _) => Err(ResumeError::Version(version)),
+    }
+}
+
 /// A protocol: makes handlers for the connections of one listener.
 pub trait Service {
     /// A client connected.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Balance, ListenConfig};
 
-use super::{Handler, Io, ResumeError, Service, Suspended, Upstreams};
+use super::{check_stateless, Handler, Io, ResumeError, Service, Suspended, Upstreams};
 
 /// The only state format: none (the loop carries the upstream).
 const VERSION: u32 = 1;
@@ -91,11 +91,8 @@ impl Service for Proxy {
         state: &[u8],
         version: u32,
     ) -> Result<Box<dyn Handler>, ResumeError> {
-        match (version, state.is_empty()) {
-            (VERSION, true) => Ok(Box::new(Forwarded)),
-            (VERSION, false) => Err(ResumeError::Invalid("a proxy has no state".into())),
-            (v, _) => Err(ResumeError::Version(v)),
-        }
+        check_stateless(VERSION, state, version)?;
+        Ok(Box::new(Forwarded))
     }
 
     fn upstreams(&mut self) -> Option<&mut dyn Upstreams> {
