@@ -49,6 +49,31 @@ fn start_streams_with(config: &str, n: usize) -> (Corral, EchoStreams) {
     (c, streams)
 }
 
+/// The streams go on: `n` more round trips within the poll limit.
+fn assert_streams_go_on(c: &Corral, streams: &EchoStreams, n: usize, what: &str) {
+    let before = streams.total.load(Relaxed);
+    assert!(
+        wait_until(POLL_LIMIT, || streams.total.load(Relaxed)
+            >= before + n as u64),
+        "{what}: round trips stopped\n{}",
+        c.log_tail(40)
+    );
+}
+
+/// Ends the streams: none saw an error, and each did at least `least` round trips.
+fn finish_streams(c: &Corral, streams: EchoStreams, least: u64) {
+    let report = streams.finish();
+    assert!(
+        report.errors.is_empty(),
+        "{} errors, first: {:?}\n{}",
+        report.errors.len(),
+        &report.errors[..report.errors.len().min(10)],
+        c.log_tail(40)
+    );
+    let fewest = report.done.iter().min().copied().unwrap_or(0);
+    assert!(fewest >= least, "a stream did only {fewest} round trips");
+}
+
 /// `corral -s upgrade`, then waits until the old master and its workers are gone
 /// (their connections moved: `drain_timeout` is 60 s); returns how long that took.
 fn upgrade_and_wait_old_gone(c: &Corral, what: &str) -> Duration {
@@ -143,27 +168,9 @@ fn a_thousand_echo_streams_survive_three_binary_upgrades_byte_exact() {
     for i in 0..UPGRADES {
         let took = upgrade_and_wait_old_gone(&c, &format!("upgrade {i}"));
         eprintln!("upgrade {i}: old master and its workers gone after {took:?}");
-        let before = streams.total.load(Relaxed);
-        assert!(
-            wait_until(POLL_LIMIT, || streams.total.load(Relaxed)
-                >= before + STREAMS as u64),
-            "upgrade {i}: round trips stopped\n{}",
-            c.log_tail(40)
-        );
+        assert_streams_go_on(&c, &streams, STREAMS, &format!("upgrade {i}"));
     }
-    let report = streams.finish();
-    assert!(
-        report.errors.is_empty(),
-        "{} errors, first: {:?}\n{}",
-        report.errors.len(),
-        &report.errors[..report.errors.len().min(10)],
-        c.log_tail(40)
-    );
-    let least = report.done.iter().min().copied().unwrap_or(0);
-    assert!(
-        least >= UPGRADES as u64,
-        "a stream did only {least} round trips"
-    );
+    finish_streams(&c, streams, UPGRADES as u64);
 }
 
 /// The bench's shape at a small size: many reuseport sockets (6 workers x 2
@@ -197,20 +204,8 @@ fn streams_move_at_an_upgrade_after_a_reload_with_many_reuseport_sockets() {
         "the new master did not get the link\n{}",
         c.log_tail(40)
     );
-    let before = streams.total.load(Relaxed);
-    assert!(
-        wait_until(POLL_LIMIT, || streams.total.load(Relaxed)
-            >= before + STREAMS as u64),
-        "round trips stopped after the upgrade\n{}",
-        c.log_tail(40)
-    );
-    let report = streams.finish();
-    assert!(
-        report.errors.is_empty(),
-        "{} errors, first: {:?}",
-        report.errors.len(),
-        &report.errors[..report.errors.len().min(10)]
-    );
+    assert_streams_go_on(&c, &streams, STREAMS, "after the upgrade");
+    finish_streams(&c, streams, 1);
 }
 
 fn proxy_config(proxy_port: u16, upstream: SocketAddr, splice: bool) -> String {
