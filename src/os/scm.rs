@@ -7,6 +7,7 @@
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
+use super::syscall::{cvt, retry};
 use nix::errno::Errno;
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 
@@ -29,19 +30,17 @@ pub fn send(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::R
     let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
     let cmsg = [ControlMessage::ScmRights(&raw)];
     let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsg };
-    loop {
-        match sendmsg::<()>(
+    retry(|| {
+        sendmsg::<()>(
             sock.as_raw_fd(),
             &[IoSlice::new(bytes)],
             cmsgs,
             MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
             None,
-        ) {
-            Ok(_) => return Ok(()),
-            Err(Errno::EINTR) => continue,
-            Err(e) => return Err(io::Error::from(e)),
-        }
-    }
+        )
+    })
+    .map(|_| ())
+    .map_err(io::Error::from)
 }
 
 /// Receives one datagram into `buf` if one is waiting (`Ok(None)` when none is),
@@ -85,10 +84,7 @@ pub fn unread(sock: BorrowedFd<'_>) -> io::Result<usize> {
     let mut n: libc::c_int = 0;
     // SAFETY: SIOCOUTQ (= TIOCOUTQ) writes one c_int through the pointer, which is
     // valid and exclusively ours for the duration of the call.
-    let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    cvt(unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut n) })?;
     Ok(usize::try_from(n).unwrap_or(0))
 }
 
