@@ -42,8 +42,7 @@ impl SysError {
 
     /// From an `io::Error` that carries an errno (one of [`syscall::cvt`]'s).
     pub fn from_io(call: &'static str, context: impl Into<String>, e: &std::io::Error) -> Self {
-        let errno = nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0));
-        SysError::new(call, context, errno)
+        SysError::new(call, context, syscall::errno_of(e))
     }
 
     /// The errno as a `std::io::Error`, for callers that speak io.

@@ -6,6 +6,7 @@ pub use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 pub use nix::unistd::Pid;
 
+use super::syscall::cvt;
 use super::{Ctx, SysError};
 
 /// Which side of a fork we are on.
@@ -271,16 +272,11 @@ pub fn wait_reparented(parent: Pid, timeout: std::time::Duration) -> bool {
 /// race-free by itself: check `parent_pid()` afterwards.
 pub fn set_parent_death_signal(sig: Signal) -> Result<(), SysError> {
     // SAFETY: PR_SET_PDEATHSIG takes a signal number by value and no pointers.
-    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(SysError::new(
-            "prctl(PR_SET_PDEATHSIG)",
-            format!("asking for {} when the master dies", sig.as_str()),
-            nix::errno::Errno::last(),
-        ))
-    }
+    cvt(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) })
+        .ctx("prctl(PR_SET_PDEATHSIG)", || {
+            format!("asking for {} when the master dies", sig.as_str())
+        })
+        .map(drop)
 }
 
 #[cfg(test)]

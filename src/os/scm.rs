@@ -130,4 +130,44 @@ mod tests {
         let b = bundle(&[r1.as_fd()]).unwrap();
         assert!(unbundle(b, 2).is_err(), "a count mismatch is an error");
     }
+
+    /// One datagram carries its payload and the most fds the kernel takes, which
+    /// arrive open, CLOEXEC, in order, and still reach what they were opened on.
+    #[test]
+    fn fds_round_trip_with_their_payload() {
+        use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+        // Three fds per pipe sent: over the default soft limit of 1024 beside other tests.
+        let _ = crate::os::process::raise_nofile_limit();
+        let (a, b) = crate::os::fd::seqpacket_pair().unwrap();
+        let mut buf = [0u8; 64];
+        assert!(
+            recv(b.as_fd(), &mut buf).unwrap().is_none(),
+            "nothing sent yet"
+        );
+        let pipes: Vec<(OwnedFd, OwnedFd)> = (0..MAX_FDS)
+            .map(|_| crate::os::fd::pipe().unwrap())
+            .collect();
+        let writers: Vec<BorrowedFd<'_>> = pipes.iter().map(|(_, w)| w.as_fd()).collect();
+        send(a.as_fd(), b"payload", &writers).unwrap();
+        let got = recv(b.as_fd(), &mut buf).unwrap().expect("a message");
+        assert_eq!(&buf[..got.len], b"payload");
+        assert!(!got.truncated);
+        assert_eq!(got.fds.len(), MAX_FDS);
+        for (i, (fd, (r, w))) in got.fds.iter().zip(&pipes).enumerate() {
+            assert_ne!(fd.as_raw_fd(), w.as_raw_fd(), "a new fd, not the sender's");
+            let flags =
+                FdFlag::from_bits_truncate(fcntl(fd.as_raw_fd(), FcntlArg::F_GETFD).unwrap());
+            assert!(flags.contains(FdFlag::FD_CLOEXEC), "fd {i} is inheritable");
+            let byte = [i as u8];
+            crate::os::fd::write(fd.as_fd(), &byte).unwrap();
+            let mut one = [0u8; 1];
+            assert_eq!(crate::os::fd::read(r.as_fd(), &mut one).unwrap(), 1);
+            assert_eq!(one, byte, "fd {i} arrived out of order");
+        }
+        drop(a);
+        let eof = recv(b.as_fd(), &mut buf)
+            .unwrap()
+            .expect("EOF reads as a message");
+        assert_eq!((eof.len, eof.fds.len()), (0, 0));
+    }
 }

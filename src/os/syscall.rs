@@ -35,6 +35,11 @@ pub fn cvt<T: IsMinusOne>(ret: T) -> io::Result<T> {
     }
 }
 
+/// The errno an `io::Error` carries (0 for one that carries none).
+pub fn errno_of(e: &io::Error) -> nix::errno::Errno {
+    nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0))
+}
+
 /// An error that may stand for EINTR: a signal handler ran while the call blocked.
 pub trait Interrupted {
     fn interrupted(&self) -> bool;
