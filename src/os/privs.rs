@@ -254,7 +254,7 @@ pub fn is_root() -> bool {
 
 /// Our effective uid.
 pub fn euid() -> u32 {
-    nix::unistd::geteuid().as_raw()
+    super::cred::euid()
 }
 
 #[cfg(test)]

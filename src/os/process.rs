@@ -229,14 +229,7 @@ pub fn exit_now(code: i32) -> ! {
 /// Raises the soft RLIMIT_NOFILE to the hard limit, since a worker holding many
 /// connections needs fds and the default soft limit (1024) is a historical accident.
 pub fn raise_nofile_limit() -> Result<u64, SysError> {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let (soft, hard) =
-        getrlimit(Resource::RLIMIT_NOFILE).ctx("getrlimit()", || "reading RLIMIT_NOFILE".into())?;
-    if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
-            .ctx("setrlimit()", || "raising RLIMIT_NOFILE".into())?;
-    }
-    Ok(hard)
+    super::privs::raise_nofile().map(|(_, hard)| hard)
 }
 
 /// The soft RLIMIT_NOFILE: how many fds this process may have open.
