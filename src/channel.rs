@@ -305,7 +305,7 @@ impl Channel {
             Ok(Some(got)) => got,
             Ok(None) => return Ok(None),
             // The peer exited with our messages unread: as good as EOF.
-            Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => {
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
                 return Err(ChannelError::Closed)
             }
             Err(e) => return Err(e.into()),

@@ -286,7 +286,7 @@ pub fn send(path: &Path, what: SignalArg) -> i32 {
 /// pid file and a plain signal, saying that the outcome is unknown. Only a pid that
 /// /proc proves to be the master that wrote the pid file is signalled.
 fn signal_fallback(pid_file: &Path, what: SignalArg, why: &str) -> i32 {
-    use nix::sys::signal::Signal;
+    use crate::os::process::Signal;
     let sig = match what {
         SignalArg::Reload => Signal::SIGHUP,
         SignalArg::Quit => Signal::SIGQUIT,
@@ -301,7 +301,7 @@ fn signal_fallback(pid_file: &Path, what: SignalArg, why: &str) -> i32 {
             return 1;
         }
     };
-    if let Err(e) = nix::sys::signal::kill(pid, sig) {
+    if let Err(e) = crate::os::process::signal(pid, sig) {
         eprintln!("corral: cannot send {} to pid {pid}: {e}", sig.as_str());
         return 1;
     }
@@ -313,10 +313,10 @@ fn signal_fallback(pid_file: &Path, what: SignalArg, why: &str) -> i32 {
 }
 
 fn wait_gone(pid: i32, limit: Duration) -> i32 {
-    let pid = nix::unistd::Pid::from_raw(pid);
+    let pid = crate::os::process::Pid::from_raw(pid);
     let start = std::time::Instant::now();
     while start.elapsed() < limit {
-        if nix::sys::signal::kill(pid, None).is_err() || is_zombie(pid) {
+        if !crate::os::process::alive(pid) || is_zombie(pid) {
             println!("corral: master {pid} has exited");
             return 0;
         }
@@ -327,7 +327,7 @@ fn wait_gone(pid: i32, limit: Duration) -> i32 {
 }
 
 /// An exited process its parent has not reaped yet still answers kill(pid, 0).
-fn is_zombie(pid: nix::unistd::Pid) -> bool {
+fn is_zombie(pid: crate::os::process::Pid) -> bool {
     crate::os::procfs::stat(pid.as_raw()).is_ok_and(|s| s.state == 'Z')
 }
 

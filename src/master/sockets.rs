@@ -75,7 +75,8 @@ pub fn take_inherited() -> Vec<Inherited> {
     let mut out = Vec::new();
     for i in 0..n.max(0) {
         let raw = LISTEN_FDS_START + i;
-        let fd = match fd::adopt(raw) {
+        // SAFETY: LISTEN_FDS names these fds once, for us; its variables are gone now.
+        let fd = match unsafe { fd::adopt(raw) } {
             Ok(fd) => fd,
             Err(e) => {
                 warn!("ignoring passed socket: {e}");
@@ -345,7 +346,8 @@ pub fn hand_over(listeners: &[Listener], extra: &OwnedFd) -> Result<Vec<(String,
         .map(|l| l.fd.as_raw_fd())
         .chain([extra.as_raw_fd()])
         .collect();
-    crate::os::exec::place_fds(&sources, LISTEN_FDS_START)?;
+    // SAFETY: we are the forked child about to exec (see above).
+    unsafe { crate::os::exec::place_fds(&sources, LISTEN_FDS_START) }?;
     let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
     let pid = std::process::id();
     Ok(vec![

@@ -44,7 +44,8 @@ impl Reporter {
     pub fn from_env() -> Option<Reporter> {
         let raw = std::env::var(READY_FD_ENV).ok()?.parse().ok()?;
         std::env::remove_var(READY_FD_ENV);
-        let fd = fd::adopt(raw).ok()?;
+        // SAFETY: the old master named this fd once, for us; the variable is gone now.
+        let fd = unsafe { fd::adopt(raw) }.ok()?;
         let _ = fd::set_cloexec(fd.as_fd(), true);
         Some(Reporter { fd })
     }

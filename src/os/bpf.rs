@@ -14,6 +14,8 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
+use super::syscall::cvt;
+
 /// Knuth's multiplicative constant (2^32 / golden ratio).
 const MIX: u32 = 0x9E37_79B1;
 
@@ -57,7 +59,7 @@ pub fn steer_by_client_ip(fd: BorrowedFd<'_>, n: u32, v6: bool) -> io::Result<()
     };
     // SAFETY: `prog` points at `filter`, which outlives the call; the kernel copies
     // the program and reads exactly `size_of::<sock_fprog>()` bytes of `prog`.
-    let r = unsafe {
+    cvt(unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
@@ -65,12 +67,8 @@ pub fn steer_by_client_ip(fd: BorrowedFd<'_>, n: u32, v6: bool) -> io::Result<()
             (&prog as *const libc::sock_fprog).cast(),
             std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
         )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    })
+    .map(drop)
 }
 
 /// `SO_DETACH_REUSEPORT_BPF` (asm-generic/socket.h; not in the libc crate).
@@ -80,7 +78,7 @@ const SO_DETACH_REUSEPORT_BPF: libc::c_int = 68;
 pub fn unsteer(fd: BorrowedFd<'_>) -> io::Result<()> {
     let zero: libc::c_int = 0;
     // SAFETY: the option takes (and ignores) an int, which `zero` is, for the call.
-    let r = unsafe {
+    let r = cvt(unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
@@ -88,14 +86,11 @@ pub fn unsteer(fd: BorrowedFd<'_>) -> io::Result<()> {
             (&zero as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
-    };
+    });
     match r {
-        0 => Ok(()),
-        _ => match io::Error::last_os_error() {
-            // Nothing was attached.
-            e if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            e => Err(e),
-        },
+        // ENOENT: nothing was attached.
+        Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
+        _ => Ok(()),
     }
 }
 

@@ -5,7 +5,8 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
-use super::SysError;
+use super::syscall::{cvt, Interrupted};
+use super::{Ctx, SysError};
 
 /// What to wait for on a descriptor.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -49,7 +50,9 @@ impl Interest {
     }
 }
 
-/// One readiness report.
+/// One readiness report. The three flags are what the loops act on; the predicates
+/// below read the kernel's bits exactly, as mio's do, for code that must tell a
+/// closed read side from an error.
 #[derive(Clone, Copy, Debug)]
 pub struct Event {
     pub token: u64,
@@ -57,6 +60,53 @@ pub struct Event {
     pub writable: bool,
     /// Peer closed or error: the fd needs attention even if no interest matches.
     pub hangup: bool,
+    bits: u32,
+}
+
+impl Event {
+    fn from_bits(token: u64, bits: u32) -> Event {
+        let has = |b: libc::c_int| bits & (b as u32) != 0;
+        Event {
+            token,
+            readable: has(libc::EPOLLIN),
+            writable: has(libc::EPOLLOUT),
+            hangup: has(libc::EPOLLHUP | libc::EPOLLERR | libc::EPOLLRDHUP),
+            bits,
+        }
+    }
+
+    fn has(&self, b: libc::c_int) -> bool {
+        self.bits & (b as u32) != 0
+    }
+
+    /// Data (or urgent data) to read, or an end of file to read as 0.
+    pub fn is_readable(&self) -> bool {
+        self.has(libc::EPOLLIN) || self.has(libc::EPOLLPRI)
+    }
+
+    pub fn is_writable(&self) -> bool {
+        self.has(libc::EPOLLOUT)
+    }
+
+    /// EPOLLERR: a pending socket error (read it with SO_ERROR), or a pipe whose
+    /// reading end closed.
+    pub fn is_error(&self) -> bool {
+        self.has(libc::EPOLLERR)
+    }
+
+    /// The peer will send nothing more: both directions closed (EPOLLHUP), or a FIN
+    /// or `shutdown(SHUT_RD)` arrived (EPOLLRDHUP, reported with EPOLLIN).
+    pub fn is_read_closed(&self) -> bool {
+        self.has(libc::EPOLLHUP) || (self.has(libc::EPOLLIN) && self.has(libc::EPOLLRDHUP))
+    }
+
+    /// Nothing more can be written: both directions closed, or the reading end of a
+    /// pipe went away (EPOLLERR, alone or with EPOLLOUT).
+    pub fn is_write_closed(&self) -> bool {
+        self.has(libc::EPOLLHUP)
+            || (self.has(libc::EPOLLOUT) && self.has(libc::EPOLLERR))
+            || self.bits == libc::EPOLLERR as u32
+    }
 }
 
 /// An epoll instance.
@@ -69,14 +119,8 @@ impl Epoll {
     /// A CLOEXEC epoll instance that reports at most `capacity` events per wait.
     pub fn new(capacity: usize) -> Result<Epoll, SysError> {
         // SAFETY: epoll_create1 has no memory arguments; the result is checked.
-        let raw = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if raw < 0 {
-            return Err(SysError::new(
-                "epoll_create1()",
-                "creating the event loop",
-                nix::errno::Errno::last(),
-            ));
-        }
+        let raw = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })
+            .ctx("epoll_create1()", || "creating the event loop".into())?;
         // SAFETY: raw was just returned by epoll_create1 and is owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         Ok(Epoll {
@@ -98,12 +142,7 @@ impl Epoll {
         };
         // SAFETY: ev is a valid epoll_event for the duration of the call; the kernel
         // copies it.
-        let r = unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), op, fd.as_raw_fd(), &mut ev) };
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        cvt(unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), op, fd.as_raw_fd(), &mut ev) }).map(drop)
     }
 
     pub fn add(&self, fd: BorrowedFd<'_>, interest: Interest, token: u64) -> io::Result<()> {
@@ -133,31 +172,67 @@ impl Epoll {
             }
         };
         // SAFETY: buf holds buf.len() initialised epoll_event slots for the kernel to fill.
-        let n = unsafe {
+        let n = cvt(unsafe {
             libc::epoll_wait(
                 self.fd.as_raw_fd(),
                 self.buf.as_mut_ptr(),
                 self.buf.len() as libc::c_int,
                 ms,
             )
+        });
+        // Not retried: the caller's deadlines may have moved, so it recomputes them.
+        let n = match n {
+            Ok(n) => n as usize,
+            Err(e) if e.interrupted() => 0,
+            Err(e) => return Err(e),
         };
-        let n = if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-            0
-        } else {
-            n as usize
+        Ok(self.buf[..n]
+            .iter()
+            .map(|ev| Event::from_bits(ev.u64, ev.events)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    fn one_event(ep: &mut Epoll) -> Event {
+        let evs: Vec<Event> = ep.wait(Some(Duration::from_secs(10))).unwrap().collect();
+        assert_eq!(evs.len(), 1, "{evs:?}");
+        evs[0]
+    }
+
+    #[test]
+    fn a_peer_shutdown_is_read_closed_not_an_error() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut ep = Epoll::new(4).unwrap();
+        ep.add(a.as_fd(), Interest::READ, 7).unwrap();
+        b.shutdown(std::net::Shutdown::Write).unwrap();
+        let ev = one_event(&mut ep);
+        assert_eq!(ev.token, 7);
+        assert!(ev.is_readable() && ev.is_read_closed(), "{ev:?}");
+        assert!(!ev.is_error() && !ev.is_write_closed(), "{ev:?}");
+        assert!(
+            ev.readable && ev.hangup,
+            "the loops' flags stay as they were"
+        );
+    }
+
+    #[test]
+    fn a_pipe_without_reader_is_write_closed() {
+        let (r, w) = crate::os::fd::pipe().unwrap();
+        let mut ep = Epoll::new(4).unwrap();
+        let write = Interest {
+            write: true,
+            ..Interest::default()
         };
-        Ok(self.buf[..n].iter().map(|ev| {
-            let bits = ev.events;
-            Event {
-                token: ev.u64,
-                readable: bits & (libc::EPOLLIN as u32) != 0,
-                writable: bits & (libc::EPOLLOUT as u32) != 0,
-                hangup: bits & ((libc::EPOLLHUP | libc::EPOLLERR | libc::EPOLLRDHUP) as u32) != 0,
-            }
-        }))
+        ep.add(w.as_fd(), write, 1).unwrap();
+        let ev = one_event(&mut ep);
+        assert!(ev.is_writable() && !ev.is_write_closed(), "{ev:?}");
+        drop(r);
+        let ev = one_event(&mut ep);
+        assert!(ev.is_error() && ev.is_write_closed(), "{ev:?}");
+        assert!(!ev.is_read_closed(), "{ev:?}");
     }
 }

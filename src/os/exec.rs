@@ -4,35 +4,36 @@
 use std::ffi::CString;
 use std::os::fd::RawFd;
 
+use super::syscall::cvt;
+
 /// Places `sources` at fds `first`, `first + 1`, … with CLOEXEC cleared on exactly
 /// those, as the socket-activation protocol wants them.
 ///
-/// Runs between fork and exec. Every source is first moved above the target range, so
-/// placing one can never overwrite another still to be placed.
-pub fn place_fds(sources: &[RawFd], first: RawFd) -> Result<(), String> {
+/// Every source is first moved above the target range, so placing one can never
+/// overwrite another still to be placed.
+///
+/// # Safety
+///
+/// Only in a forked child about to exec: whatever this process holds at the target
+/// numbers is replaced under its owner (an `OwnedFd` there would later close a
+/// listener, or the listener be mistaken for it), and the copies above the range are
+/// left open for the exec to close (they are CLOEXEC).
+pub unsafe fn place_fds(sources: &[RawFd], first: RawFd) -> Result<(), String> {
     let floor = first + sources.len() as RawFd + 1;
     let mut temps = Vec::with_capacity(sources.len());
     for &src in sources {
-        // SAFETY: F_DUPFD_CLOEXEC duplicates an fd we own; no memory is involved.
-        let t = unsafe { libc::fcntl(src, libc::F_DUPFD_CLOEXEC, floor) };
-        if t < 0 {
-            return Err(format!(
-                "fcntl(F_DUPFD_CLOEXEC) failed: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
+        // SAFETY: F_DUPFD_CLOEXEC only makes a new fd; a source that is not open
+        // fails with EBADF. No memory is involved.
+        let t = cvt(unsafe { libc::fcntl(src, libc::F_DUPFD_CLOEXEC, floor) })
+            .map_err(|e| format!("fcntl(F_DUPFD_CLOEXEC) failed: {e}"))?;
         temps.push(t);
     }
     for (i, &t) in temps.iter().enumerate() {
         let target = first + i as RawFd;
-        // SAFETY: dup2 onto a number we deliberately take over; whatever was there is
-        // CLOEXEC and would be closed by the exec anyway. The new fd is not CLOEXEC.
-        if unsafe { libc::dup2(t, target) } < 0 {
-            return Err(format!(
-                "dup2() to fd {target} failed: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
+        // SAFETY: dup2 onto a number we deliberately take over, which the caller
+        // vouched for (see `# Safety`). The new fd is not CLOEXEC.
+        cvt(unsafe { libc::dup2(t, target) })
+            .map_err(|e| format!("dup2() to fd {target} failed: {e}"))?;
     }
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
+use super::syscall::{cvt, retry};
 use super::{Ctx, SysError};
 
 /// A pipe, both ends CLOEXEC and non-blocking: (read end, write end).
@@ -82,77 +83,61 @@ pub fn check_channel_from(raw: RawFd, creator: i32) -> Result<(), String> {
 
 /// `read(2)` into `buf`; `Ok(0)` is end of file, `WouldBlock` means no data now.
 pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
+    retry(|| {
         // SAFETY: buf is a valid writable region of buf.len() bytes for the whole call.
-        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+        cvt(unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) })
+    })
+    .map(|n| n as usize)
 }
 
 /// `send(2)` with MSG_NOSIGNAL: a peer that went away yields EPIPE, never SIGPIPE.
 pub fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
-    loop {
+    retry(|| {
         // SAFETY: buf is a valid readable region of buf.len() bytes for the whole call.
-        let n = unsafe {
+        cvt(unsafe {
             libc::send(
                 fd.as_raw_fd(),
                 buf.as_ptr().cast(),
                 buf.len(),
                 libc::MSG_NOSIGNAL,
             )
-        };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+        })
+    })
+    .map(|n| n as usize)
 }
 
 /// `write(2)` for pipes and other non-sockets.
 pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
-    loop {
+    retry(|| {
         // SAFETY: buf is a valid readable region of buf.len() bytes for the whole call.
-        let n = unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+        cvt(unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) })
+    })
+    .map(|n| n as usize)
 }
 
 /// Takes ownership of a raw fd handed to us by the environment (`LISTEN_FDS`, a
 /// command-line number). Refuses fds that are not open.
-pub fn adopt(raw: RawFd) -> Result<OwnedFd, SysError> {
+///
+/// # Safety
+///
+/// Nothing else in this process may own `raw`: an open fd that something else owns
+/// would be closed twice, the second time perhaps closing an unrelated file that got
+/// the number in between. That holds for an fd inherited across exec by a protocol
+/// that names it (open since we started, so no `open` here returned its number), taken
+/// once.
+pub unsafe fn adopt(raw: RawFd) -> Result<OwnedFd, SysError> {
     fcntl(raw, FcntlArg::F_GETFD)
         .ctx("fcntl(F_GETFD)", || format!("checking inherited fd {raw}"))?;
-    // SAFETY: the fd is open (checked above) and, by the protocol that handed it to us,
-    // owned by nobody else in this process.
+    // SAFETY: the fd is open (checked above) and, by the caller's guarantee, owned by
+    // nobody else in this process.
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
 /// An eventfd, CLOEXEC and non-blocking, for waking an event loop from elsewhere.
 pub fn eventfd() -> Result<OwnedFd, SysError> {
     // SAFETY: eventfd has no memory arguments; the result is checked before use.
-    let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    if raw < 0 {
-        return Err(SysError::new(
-            "eventfd()",
-            "creating a wake-up fd",
-            nix::errno::Errno::last(),
-        ));
-    }
+    let raw = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })
+        .ctx("eventfd()", || "creating a wake-up fd".into())?;
     // SAFETY: raw was just returned by eventfd and is owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
@@ -160,9 +145,9 @@ pub fn eventfd() -> Result<OwnedFd, SysError> {
 /// `splice(2)` up to `len` bytes from `from` to `to` (one of them a pipe), without
 /// blocking and without copying through user space. `Ok(0)` is end of file on `from`.
 pub fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
-    loop {
+    retry(|| {
         // SAFETY: null offsets mean "current position"; no user memory is involved.
-        let n = unsafe {
+        cvt(unsafe {
             libc::splice(
                 from.as_raw_fd(),
                 std::ptr::null_mut(),
@@ -171,15 +156,9 @@ pub fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Resul
                 len,
                 libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
             )
-        };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+        })
+    })
+    .map(|n| n as usize)
 }
 
 /// True when the fd is readable now, without blocking.
@@ -199,9 +178,6 @@ pub fn readable_bytes(fd: BorrowedFd<'_>) -> io::Result<usize> {
     let mut n: libc::c_int = 0;
     // SAFETY: FIONREAD writes one c_int through the pointer, which is valid and
     // exclusively ours for the duration of the call.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) })?;
     Ok(usize::try_from(n).unwrap_or(0))
 }

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use nix::sys::stat::{umask, Mode};
 
+use super::syscall::{cvt, retry};
+
 /// Creates `dir` and any missing parents, each with exactly `mode` (set again after
 /// `mkdir`, which the umask trims). Existing directories are left as they are.
 pub fn create_dir_all(dir: &Path, mode: u32) -> io::Result<()> {
@@ -31,15 +33,11 @@ pub fn random_hex() -> io::Result<String> {
     let mut buf = [0u8; 8];
     let mut got = 0;
     while got < buf.len() {
-        // SAFETY: the pointer and length describe the unfilled tail of `buf`.
-        let n = unsafe { libc::getrandom(buf[got..].as_mut_ptr().cast(), buf.len() - got, 0) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
+        let tail = &mut buf[got..];
+        let n = retry(|| {
+            // SAFETY: the pointer and length describe the unfilled tail of `buf`.
+            cvt(unsafe { libc::getrandom(tail.as_mut_ptr().cast(), tail.len(), 0) })
+        })?;
         got += n as usize;
     }
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())

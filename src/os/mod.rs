@@ -20,6 +20,7 @@ pub mod process;
 pub mod procfs;
 pub mod scm;
 pub mod signals;
+pub mod syscall;
 
 /// The error of a system call, with the call and what it was for.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,11 @@ impl SysError {
         }
     }
 
+    /// From an `io::Error` that carries an errno (one of [`syscall::cvt`]'s).
+    pub fn from_io(call: &'static str, context: impl Into<String>, e: &std::io::Error) -> Self {
+        SysError::new(call, context, syscall::errno_of(e))
+    }
+
     /// The errno as a `std::io::Error`, for callers that speak io.
     pub fn io(&self) -> std::io::Error {
         std::io::Error::from_raw_os_error(self.errno as i32)
@@ -53,5 +59,12 @@ pub(crate) trait Ctx<T> {
 impl<T> Ctx<T> for nix::Result<T> {
     fn ctx(self, call: &'static str, context: impl FnOnce() -> String) -> Result<T, SysError> {
         self.map_err(|e| SysError::new(call, context(), e))
+    }
+}
+
+/// For raw calls through [`syscall::cvt`], whose errors are `io::Error`s of an errno.
+impl<T> Ctx<T> for std::io::Result<T> {
+    fn ctx(self, call: &'static str, context: impl FnOnce() -> String) -> Result<T, SysError> {
+        self.map_err(|e| SysError::from_io(call, context(), &e))
     }
 }

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
+use super::syscall::{cvt, retry};
 use crate::config::ListenAddr;
 
 /// Why a listener could not be opened.
@@ -120,25 +121,24 @@ pub fn accept(listener: BorrowedFd<'_>) -> io::Result<Accepted> {
     // SAFETY: zeroed sockaddr_storage is a valid (AF_UNSPEC) value.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    let raw = loop {
+    let raw = retry(|| {
         // SAFETY: storage and len are valid for writes of the sizes given.
-        let raw = unsafe {
+        let r = cvt(unsafe {
             libc::accept4(
                 listener.as_raw_fd(),
                 (&mut storage as *mut libc::sockaddr_storage).cast(),
                 &mut len,
                 libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
             )
-        };
-        if raw >= 0 {
-            break raw;
+        });
+        match r {
+            // ECONNABORTED: the client gave up while queued; just take the next one.
+            Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
+                Err(io::ErrorKind::Interrupted.into())
+            }
+            r => r,
         }
-        let e = io::Error::last_os_error();
-        // ECONNABORTED: the client gave up while queued; just take the next one.
-        if e.kind() != io::ErrorKind::Interrupted && e.raw_os_error() != Some(libc::ECONNABORTED) {
-            return Err(e);
-        }
-    };
+    })?;
     // SAFETY: raw was just returned by accept4 and is owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     // SAFETY: the kernel filled `len` bytes of storage with a valid address.
@@ -219,7 +219,7 @@ fn keepalive_defaults() -> (u32, u32, u32) {
 
 fn set_int(fd: BorrowedFd<'_>, level: i32, name: i32, value: i32) -> io::Result<()> {
     // SAFETY: value is a valid c_int for the size given, read by the kernel only.
-    let rc = unsafe {
+    cvt(unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
             level,
@@ -227,12 +227,8 @@ fn set_int(fd: BorrowedFd<'_>, level: i32, name: i32, value: i32) -> io::Result<
             (&value as *const i32).cast(),
             std::mem::size_of::<i32>() as libc::socklen_t,
         )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    })
+    .map(drop)
 }
 
 /// `getsockopt` of an int option (for checks and tests).
@@ -240,7 +236,7 @@ pub fn get_int(fd: BorrowedFd<'_>, level: i32, name: i32) -> io::Result<i32> {
     let mut value: i32 = 0;
     let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
     // SAFETY: value and len are valid for writes of the sizes given.
-    let rc = unsafe {
+    cvt(unsafe {
         libc::getsockopt(
             fd.as_raw_fd(),
             level,
@@ -248,35 +244,25 @@ pub fn get_int(fd: BorrowedFd<'_>, level: i32, name: i32) -> io::Result<i32> {
             (&mut value as *mut i32).cast(),
             &mut len,
         )
-    };
-    if rc == 0 {
-        Ok(value)
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    })?;
+    Ok(value)
 }
 
 /// `recv(2)` with MSG_PEEK: the bytes stay queued for the next read (a PROXY header is
 /// looked at before it is known how much of the input it takes).
 pub fn peek(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
+    retry(|| {
         // SAFETY: buf is a valid writable region of buf.len() bytes for the whole call.
-        let n = unsafe {
+        cvt(unsafe {
             libc::recv(
                 fd.as_raw_fd(),
                 buf.as_mut_ptr().cast(),
                 buf.len(),
                 libc::MSG_PEEK,
             )
-        };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+        })
+    })
+    .map(|n| n as usize)
 }
 
 /// A connected socket's (peer, local) IP addresses; None for Unix sockets.

@@ -8,14 +8,14 @@
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
-use nix::errno::Errno;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use super::fd::poll_readable;
 use super::process::ExitReason;
 use super::procfs;
-use super::SysError;
+use super::syscall::cvt;
+use super::{Ctx, SysError};
 
 /// A pidfd: a handle on one process that outlives its pid.
 pub struct PidFd {
@@ -28,14 +28,8 @@ impl PidFd {
     pub fn open(pid: Pid) -> Result<PidFd, SysError> {
         // SAFETY: pidfd_open takes a pid and flags, no memory; it returns a new fd
         // (CLOEXEC by definition) or -1.
-        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
-        if raw < 0 {
-            return Err(SysError::new(
-                "pidfd_open()",
-                format!("following pid {pid}"),
-                Errno::last(),
-            ));
-        }
+        let raw = cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) })
+            .ctx("pidfd_open()", || format!("following pid {pid}"))?;
         // SAFETY: the kernel just gave us this fd and nothing else owns it.
         let fd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
         Ok(PidFd { fd, pid })
@@ -53,7 +47,7 @@ impl PidFd {
     /// Sends `sig` to this very process; one that is gone is not an error.
     pub fn signal(&self, sig: Signal) -> Result<(), SysError> {
         // SAFETY: pidfd_send_signal with a null siginfo and no flags reads no memory.
-        let r = unsafe {
+        let r = cvt(unsafe {
             libc::syscall(
                 libc::SYS_pidfd_send_signal,
                 self.fd.as_raw_fd(),
@@ -61,14 +55,14 @@ impl PidFd {
                 std::ptr::null::<libc::siginfo_t>(),
                 0,
             )
-        };
-        match Errno::result(r) {
-            Ok(_) | Err(Errno::ESRCH) => Ok(()),
-            Err(e) => Err(SysError::new(
+        });
+        match r {
+            Err(e) if e.raw_os_error() != Some(libc::ESRCH) => Err(SysError::from_io(
                 "pidfd_send_signal()",
                 format!("sending {} to pid {}", sig.as_str(), self.pid),
-                e,
+                &e,
             )),
+            _ => Ok(()),
         }
     }
 }

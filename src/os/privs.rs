@@ -13,6 +13,7 @@ use nix::errno::Errno;
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::unistd::{Gid, Uid};
 
+use super::syscall::{cvt, errno_of};
 use super::{Ctx, SysError};
 
 /// Who a worker becomes, resolved from names at config load.
@@ -47,7 +48,7 @@ pub fn drop_to(creds: &Credentials, keep_dumpable: bool) -> Result<(), PrivsErro
     // The bounding set can only shrink with CAP_SETPCAP, i.e. before setuid.
     drop_bounding_set().map_err(|e| SysError::new("prctl(PR_CAPBSET_DROP)", who(), e))?;
     // SAFETY: PR_CAP_AMBIENT_CLEAR_ALL takes no pointers.
-    let rc = unsafe {
+    let rc = cvt(unsafe {
         libc::prctl(
             libc::PR_CAP_AMBIENT,
             libc::PR_CAP_AMBIENT_CLEAR_ALL,
@@ -55,24 +56,25 @@ pub fn drop_to(creds: &Credentials, keep_dumpable: bool) -> Result<(), PrivsErro
             0,
             0,
         )
-    };
-    // EINVAL: a kernel without ambient capabilities has none to clear.
-    if rc != 0 && Errno::last() != Errno::EINVAL {
-        return Err(SysError::new("prctl(PR_CAP_AMBIENT_CLEAR_ALL)", who(), Errno::last()).into());
+    });
+    match rc {
+        // EINVAL: a kernel without ambient capabilities has none to clear.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+        rc => {
+            rc.ctx("prctl(PR_CAP_AMBIENT_CLEAR_ALL)", who)?;
+        }
     }
     nix::unistd::setresuid(uid, uid, uid).ctx("setresuid()", who)?;
     // Leaving uid 0 already cleared the permitted and effective sets; the inheritable
     // set is not cleared by the kernel, so clear everything explicitly.
     clear_capabilities().map_err(|e| SysError::new("capset()", who(), e))?;
     // SAFETY: PR_SET_NO_NEW_PRIVS takes integers only.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        return Err(SysError::new("prctl(PR_SET_NO_NEW_PRIVS)", who(), Errno::last()).into());
-    }
+    cvt(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })
+        .ctx("prctl(PR_SET_NO_NEW_PRIVS)", who)?;
     if keep_dumpable {
         // SAFETY: PR_SET_DUMPABLE takes integers only.
-        if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) } != 0 {
-            return Err(SysError::new("prctl(PR_SET_DUMPABLE)", who(), Errno::last()).into());
-        }
+        cvt(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) })
+            .ctx("prctl(PR_SET_DUMPABLE)", who)?;
     }
     verify(creds)
 }
@@ -101,12 +103,11 @@ fn verify(creds: &Credentials) -> Result<(), PrivsError> {
 fn drop_bounding_set() -> Result<(), Errno> {
     for cap in 0..64 {
         // SAFETY: PR_CAPBSET_DROP takes a capability number by value.
-        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 {
-            match Errno::last() {
-                // Past the last capability this kernel knows.
-                Errno::EINVAL => return Ok(()),
-                e => return Err(e),
-            }
+        match cvt(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) }) {
+            Ok(_) => {}
+            // Past the last capability this kernel knows.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(()),
+            Err(e) => return Err(errno_of(&e)),
         }
     }
     Ok(())
@@ -136,18 +137,15 @@ fn clear_capabilities() -> Result<(), Errno> {
     let data = [CapData::default(); 2];
     // SAFETY: header and the two data words (version 3 uses two) are valid for the
     // kernel to read for the duration of the call.
-    let rc = unsafe {
+    cvt(unsafe {
         libc::syscall(
             libc::SYS_capset,
             &mut header as *mut CapHeader,
             data.as_ptr(),
         )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(Errno::last())
-    }
+    })
+    .map(drop)
+    .map_err(|e| errno_of(&e))
 }
 
 /// The hard `RLIMIT_NOFILE`: as many fds as any process here may get.
@@ -256,7 +254,7 @@ pub fn is_root() -> bool {
 
 /// Our effective uid.
 pub fn euid() -> u32 {
-    nix::unistd::geteuid().as_raw()
+    super::cred::euid()
 }
 
 #[cfg(test)]

@@ -2,10 +2,11 @@
 
 use std::fmt;
 
-use nix::sys::signal::Signal;
+pub use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
+pub use nix::unistd::Pid;
 
+use super::syscall::cvt;
 use super::{Ctx, SysError};
 
 /// Which side of a fork we are on.
@@ -14,17 +15,45 @@ pub enum Forked {
     Child,
 }
 
-/// `fork(2)`.
+/// `fork(2)`, refused (EDEADLK, naming the thread count) unless this process has
+/// exactly one thread.
 ///
-/// Only the single-threaded master calls this (it never starts a thread), which is what
-/// makes running arbitrary code in the child sound.
+/// The child of a threaded process holds a copy of every lock the other threads held
+/// at that instant, with nobody left to release them; only a single-threaded parent
+/// makes running arbitrary code in the child sound. The master never starts a thread,
+/// and this check keeps it so: a thread added by accident fails the fork loudly
+/// instead of deadlocking a worker some day.
 pub fn fork(context: impl FnOnce() -> String) -> Result<Forked, SysError> {
-    // SAFETY: the caller is single-threaded (the master never starts a thread), so the
-    // child does not inherit locks held by threads that no longer exist.
+    let threads = match thread_count() {
+        Ok(n) => n,
+        Err(e) => {
+            let why = format!("{} (counting threads in /proc/self/task)", context());
+            return Err(SysError::from_io("fork()", why, &e));
+        }
+    };
+    if threads != 1 {
+        return Err(SysError::new(
+            "fork()",
+            format!(
+                "{} (refused: this process has {threads} threads, and a child forked \
+                 from a threaded process can deadlock on locks the others held)",
+                context()
+            ),
+            nix::errno::Errno::EDEADLK,
+        ));
+    }
+    // SAFETY: this process has exactly one thread (checked just above, and nothing
+    // between the check and the fork starts one), so the child inherits no lock held
+    // by a thread that does not exist in it.
     match unsafe { nix::unistd::fork() }.ctx("fork()", context)? {
         nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent(child)),
         nix::unistd::ForkResult::Child => Ok(Forked::Child),
     }
+}
+
+/// How many threads this process has: the entries of /proc/self/task.
+pub fn thread_count() -> std::io::Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/task")?.count())
 }
 
 /// How a child ended.
@@ -116,6 +145,12 @@ pub fn kill(pid: Pid, sig: Signal) -> Result<(), SysError> {
     }
 }
 
+/// Sends `sig` to `pid`, reporting every failure, ESRCH included (for a command
+/// that must say whether its signal arrived).
+pub fn signal(pid: Pid, sig: Signal) -> Result<(), nix::errno::Errno> {
+    nix::sys::signal::kill(pid, sig)
+}
+
 /// True if a process with this pid exists (it may be a zombie).
 pub fn alive(pid: Pid) -> bool {
     nix::sys::signal::kill(pid, None).is_ok()
@@ -194,14 +229,7 @@ pub fn exit_now(code: i32) -> ! {
 /// Raises the soft RLIMIT_NOFILE to the hard limit, since a worker holding many
 /// connections needs fds and the default soft limit (1024) is a historical accident.
 pub fn raise_nofile_limit() -> Result<u64, SysError> {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let (soft, hard) =
-        getrlimit(Resource::RLIMIT_NOFILE).ctx("getrlimit()", || "reading RLIMIT_NOFILE".into())?;
-    if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
-            .ctx("setrlimit()", || "raising RLIMIT_NOFILE".into())?;
-    }
-    Ok(hard)
+    super::privs::raise_nofile().map(|(_, hard)| hard)
 }
 
 /// The soft RLIMIT_NOFILE: how many fds this process may have open.
@@ -237,14 +265,81 @@ pub fn wait_reparented(parent: Pid, timeout: std::time::Duration) -> bool {
 /// race-free by itself: check `parent_pid()` afterwards.
 pub fn set_parent_death_signal(sig: Signal) -> Result<(), SysError> {
     // SAFETY: PR_SET_PDEATHSIG takes a signal number by value and no pointers.
-    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(SysError::new(
-            "prctl(PR_SET_PDEATHSIG)",
-            format!("asking for {} when the master dies", sig.as_str()),
-            nix::errno::Errno::last(),
-        ))
+    cvt(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) })
+        .ctx("prctl(PR_SET_PDEATHSIG)", || {
+            format!("asking for {} when the master dies", sig.as_str())
+        })
+        .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    /// In a forked, single-threaded copy of the test process: `fork` works while it has
+    /// one thread and refuses, naming the count, once a second thread runs. Returns
+    /// the exit code (0 = as expected) and what it saw.
+    fn in_child() -> (i32, String) {
+        match thread_count() {
+            Ok(1) => {}
+            other => return (10, format!("thread count {other:?} right after fork")),
+        }
+        match fork(|| "forking a grandchild".into()) {
+            Ok(Forked::Child) => exit_now(0),
+            Ok(Forked::Parent(p)) => {
+                if wait_child(p) != Some(ExitReason::Code(0)) {
+                    return (11, "the grandchild did not exit 0".into());
+                }
+            }
+            Err(e) => return (12, format!("single-threaded fork refused: {e}")),
+        }
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let Ok(t) = std::thread::Builder::new().spawn(move || rx.recv()) else {
+            return (13, "cannot start a thread".into());
+        };
+        let out = match fork(|| "spawning a test grandchild".into()) {
+            Ok(Forked::Child) => exit_now(0),
+            Ok(Forked::Parent(p)) => {
+                let _ = wait_child(p);
+                (14, "forked with two threads".into())
+            }
+            Err(e) => (0, e.to_string()),
+        };
+        drop(tx);
+        let _ = t.join();
+        out
+    }
+
+    #[test]
+    fn fork_refuses_a_threaded_process() {
+        let (r, w) = crate::os::fd::pipe().unwrap();
+        crate::os::fd::set_nonblocking(r.as_fd(), false).unwrap();
+        // SAFETY: the test harness is threaded, so the child runs only what is sound
+        // after such a fork with glibc: malloc (reset by glibc's fork), system calls,
+        // and `_exit`. It never returns into the harness, and prints nothing (stdout's
+        // lock may be held by another thread).
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            drop(r);
+            let (code, text) = in_child();
+            let _ = crate::os::fd::write(w.as_fd(), text.as_bytes());
+            exit_now(code);
+        }
+        drop(w);
+        let mut text = Vec::new();
+        let mut buf = [0u8; 512];
+        loop {
+            match crate::os::fd::read(r.as_fd(), &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => text.extend_from_slice(&buf[..n]),
+            }
+        }
+        let text = String::from_utf8_lossy(&text);
+        let ended = wait_child(Pid::from_raw(pid));
+        assert_eq!(ended, Some(ExitReason::Code(0)), "the child saw: {text}");
+        assert!(text.contains("has 2 threads"), "{text}");
+        assert!(text.contains("spawning a test grandchild"), "{text}");
     }
 }

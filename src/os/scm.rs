@@ -7,6 +7,7 @@
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
+use super::syscall::{cvt, retry};
 use nix::errno::Errno;
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 
@@ -29,19 +30,17 @@ pub fn send(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::R
     let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
     let cmsg = [ControlMessage::ScmRights(&raw)];
     let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsg };
-    loop {
-        match sendmsg::<()>(
+    retry(|| {
+        sendmsg::<()>(
             sock.as_raw_fd(),
             &[IoSlice::new(bytes)],
             cmsgs,
             MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
             None,
-        ) {
-            Ok(_) => return Ok(()),
-            Err(Errno::EINTR) => continue,
-            Err(e) => return Err(io::Error::from(e)),
-        }
-    }
+        )
+    })
+    .map(|_| ())
+    .map_err(io::Error::from)
 }
 
 /// Receives one datagram into `buf` if one is waiting (`Ok(None)` when none is),
@@ -85,10 +84,7 @@ pub fn unread(sock: BorrowedFd<'_>) -> io::Result<usize> {
     let mut n: libc::c_int = 0;
     // SAFETY: SIOCOUTQ (= TIOCOUTQ) writes one c_int through the pointer, which is
     // valid and exclusively ours for the duration of the call.
-    let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    cvt(unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut n) })?;
     Ok(usize::try_from(n).unwrap_or(0))
 }
 
@@ -133,5 +129,45 @@ mod tests {
         }
         let b = bundle(&[r1.as_fd()]).unwrap();
         assert!(unbundle(b, 2).is_err(), "a count mismatch is an error");
+    }
+
+    /// One datagram carries its payload and the most fds the kernel takes, which
+    /// arrive open, CLOEXEC, in order, and still reach what they were opened on.
+    #[test]
+    fn fds_round_trip_with_their_payload() {
+        use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+        // Three fds per pipe sent: over the default soft limit of 1024 beside other tests.
+        let _ = crate::os::process::raise_nofile_limit();
+        let (a, b) = crate::os::fd::seqpacket_pair().unwrap();
+        let mut buf = [0u8; 64];
+        assert!(
+            recv(b.as_fd(), &mut buf).unwrap().is_none(),
+            "nothing sent yet"
+        );
+        let pipes: Vec<(OwnedFd, OwnedFd)> = (0..MAX_FDS)
+            .map(|_| crate::os::fd::pipe().unwrap())
+            .collect();
+        let writers: Vec<BorrowedFd<'_>> = pipes.iter().map(|(_, w)| w.as_fd()).collect();
+        send(a.as_fd(), b"payload", &writers).unwrap();
+        let got = recv(b.as_fd(), &mut buf).unwrap().expect("a message");
+        assert_eq!(&buf[..got.len], b"payload");
+        assert!(!got.truncated);
+        assert_eq!(got.fds.len(), MAX_FDS);
+        for (i, (fd, (r, w))) in got.fds.iter().zip(&pipes).enumerate() {
+            assert_ne!(fd.as_raw_fd(), w.as_raw_fd(), "a new fd, not the sender's");
+            let flags =
+                FdFlag::from_bits_truncate(fcntl(fd.as_raw_fd(), FcntlArg::F_GETFD).unwrap());
+            assert!(flags.contains(FdFlag::FD_CLOEXEC), "fd {i} is inheritable");
+            let byte = [i as u8];
+            crate::os::fd::write(fd.as_fd(), &byte).unwrap();
+            let mut one = [0u8; 1];
+            assert_eq!(crate::os::fd::read(r.as_fd(), &mut one).unwrap(), 1);
+            assert_eq!(one, byte, "fd {i} arrived out of order");
+        }
+        drop(a);
+        let eof = recv(b.as_fd(), &mut buf)
+            .unwrap()
+            .expect("EOF reads as a message");
+        assert_eq!((eof.len, eof.fds.len()), (0, 0));
     }
 }
