@@ -1,0 +1,317 @@
+//! One `[[listen]]` entry: its address, its service and the keys that shape how the
+//! worker loop serves its connections.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize};
+
+use super::{privs, Dur, FlowConfig, ProxyProtocol, Size, Steer, WorkerConfig};
+
+/// How a proxy listener picks an upstream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    /// Each new connection goes to the next upstream in turn.
+    #[default]
+    RoundRobin,
+    /// Each new connection goes to the upstream with the fewest open connections
+    /// (from this worker).
+    LeastConn,
+}
+
+/// How workers share a listener.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AcceptMode {
+    /// One socket in every worker's epoll with EPOLLEXCLUSIVE.
+    #[default]
+    Shared,
+    /// One SO_REUSEPORT socket per worker slot, kept across generations, so the
+    /// kernel spreads connections evenly and a reload resets no queued connection.
+    Reuseport,
+}
+
+/// What a listener binds: a TCP address or a Unix socket path.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(into = "String")]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl From<ListenAddr> for String {
+    fn from(a: ListenAddr) -> String {
+        a.to_string()
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl std::str::FromStr for ListenAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(p) = s.strip_prefix("unix:") {
+            if p.is_empty() {
+                return Err("`unix:` needs a path".into());
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(p)));
+        }
+        if s.starts_with('/') {
+            return Ok(ListenAddr::Unix(PathBuf::from(s)));
+        }
+        s.parse().map(ListenAddr::Tcp).map_err(|_| {
+            format!(
+                "`{s}` is not an address (write \"127.0.0.1:8080\", \"[::1]:8080\" or \"unix:/run/corral.sock\")"
+            )
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(de::Error::custom)
+    }
+}
+
+/// One `[[listen]]` entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// `"127.0.0.1:8080"`, `"[::1]:8080"` or `"unix:/path"`.
+    pub address: ListenAddr,
+    /// Which service answers on it: `echo`, `http`, `proxy`, or one registered by a
+    /// program built on the library.
+    pub service: String,
+    /// Name used to match sockets passed in by systemd (`LISTEN_FDNAMES`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Listen backlog.
+    #[serde(default = "default_backlog")]
+    pub backlog: i32,
+    /// How workers share this listener.
+    #[serde(default)]
+    pub accept: AcceptMode,
+    /// Overrides `[flow] rate` for this listener's clients.
+    #[serde(default)]
+    pub rate: Option<Size>,
+    /// Overrides `[flow] burst` for this listener's clients.
+    #[serde(default)]
+    pub burst: Option<Size>,
+    /// Overrides `[flow] max_connections_per_ip` for this listener.
+    #[serde(default)]
+    pub max_connections_per_ip: Option<usize>,
+    /// http: the status code of every response.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// http: the body of every response.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// http: extra response headers.
+    #[serde(default)]
+    pub headers: Option<std::collections::BTreeMap<String, String>>,
+    /// http: a request's headers must arrive within this (slowloris).
+    #[serde(default)]
+    pub header_timeout: Option<Dur>,
+    /// http: largest request head (request line and headers) accepted.
+    #[serde(default)]
+    pub max_header_size: Option<Size>,
+    /// http: largest request body (`Content-Length` or chunked) accepted, 413 above;
+    /// `"0"` (the default) = no limit: bodies are discarded as they arrive.
+    #[serde(default)]
+    pub max_body_size: Option<Size>,
+    /// proxy: where connections are forwarded (`"host:port"`).
+    #[serde(default)]
+    pub upstreams: Vec<String>,
+    /// proxy: how an upstream is picked.
+    #[serde(default)]
+    pub balance: Option<Balance>,
+    /// proxy: how long connecting to an upstream may take before the next is tried.
+    #[serde(default)]
+    pub connect_timeout: Option<Dur>,
+    /// proxy: how long an upstream that refused or timed out is skipped.
+    #[serde(default)]
+    pub upstream_backoff: Option<Dur>,
+    /// proxy: move bytes with splice(2) through kernel pipes instead of copying them
+    /// through user space (costs 4 fds and up to 128 KiB of pipe memory per
+    /// connection; pays for bulk transfers). Ignored while a `rate` limit applies.
+    #[serde(default)]
+    pub splice: Option<bool>,
+    /// Overrides `[worker] idle_timeout` for this listener (`"0"` = never), for
+    /// database pools, pub/sub and other connections that are quiet by design.
+    #[serde(default)]
+    pub idle_timeout: Option<Dur>,
+    /// proxy: `upstreams` resolved by the master at config load (not a config key).
+    /// Workers use these and never resolve names themselves.
+    #[serde(skip)]
+    pub resolved_upstreams: Vec<SocketAddr>,
+    /// TCP: TCP_DEFER_ACCEPT, `true` (1 s) or how long to wait for the first bytes.
+    #[serde(default)]
+    pub defer_accept: Option<privs::DeferAccept>,
+    /// TCP: TCP_NODELAY on accepted connections (default true).
+    #[serde(default)]
+    pub nodelay: Option<bool>,
+    /// TCP: SO_KEEPALIVE on accepted connections.
+    #[serde(default)]
+    pub keepalive: Option<bool>,
+    /// TCP: idle time before the first keep-alive probe (TCP_KEEPIDLE).
+    #[serde(default)]
+    pub keepalive_idle: Option<Dur>,
+    /// TCP: time between keep-alive probes (TCP_KEEPINTVL).
+    #[serde(default)]
+    pub keepalive_interval: Option<Dur>,
+    /// TCP: unanswered probes before the connection is dropped (TCP_KEEPCNT).
+    #[serde(default)]
+    pub keepalive_count: Option<u32>,
+    /// Unix: the socket file's mode, an octal string (`"0660"`).
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// Unix: the socket file's owner, `"user[:group]"`.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// `owner` resolved at load (not a config key).
+    #[serde(skip)]
+    pub resolved_owner: Option<(u32, Option<u32>)>,
+    /// proxy: send a PROXY protocol header (`"v1"` or `"v2"`) to the upstream before
+    /// any client byte, naming the real client and this listener's address.
+    #[serde(default)]
+    pub proxy_protocol: Option<ProxyProtocol>,
+    /// Read a PROXY protocol header (v1 or v2) from every client before the service
+    /// sees a byte: the address in it is the client's, for limits, logs and
+    /// `proxy_protocol`. Only for listeners that a balancer alone can reach.
+    #[serde(default)]
+    pub accept_proxy: Option<bool>,
+    /// How long a client has to send its PROXY header (default 3s).
+    #[serde(default)]
+    pub accept_proxy_timeout: Option<Dur>,
+    /// One info line per connection at close (client, listener, upstream, bytes
+    /// each way, duration, how it ended), like HAProxy's tcplog.
+    #[serde(default)]
+    pub log_connections: Option<bool>,
+    /// reuseport: which slot's socket the kernel gives a new connection to
+    /// (`"client-ip"`: a hash of the client address, so a client sticks to a slot).
+    #[serde(default)]
+    pub steer: Option<Steer>,
+    /// `false`: this listener's connections are never suspended at reload; only idle
+    /// ones (HTTP keep-alive between requests) move, the others stay in the old worker
+    /// until they end or `drain_timeout` cuts them (the behaviour before suspend).
+    #[serde(default)]
+    pub suspend: Option<bool>,
+}
+
+/// Keys that only make sense for one service, for the "wrong service" check.
+pub(super) const HTTP_KEYS: &[&str] = &[
+    "status",
+    "body",
+    "headers",
+    "header_timeout",
+    "max_header_size",
+    "max_body_size",
+];
+pub(super) const PROXY_KEYS: &[&str] = &[
+    "upstreams",
+    "balance",
+    "connect_timeout",
+    "upstream_backoff",
+    "splice",
+];
+
+impl ListenConfig {
+    pub(super) fn set_keys(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let set = [
+            ("status", self.status.is_some()),
+            ("body", self.body.is_some()),
+            ("headers", self.headers.is_some()),
+            ("header_timeout", self.header_timeout.is_some()),
+            ("max_header_size", self.max_header_size.is_some()),
+            ("max_body_size", self.max_body_size.is_some()),
+            ("upstreams", !self.upstreams.is_empty()),
+            ("balance", self.balance.is_some()),
+            ("connect_timeout", self.connect_timeout.is_some()),
+            ("upstream_backoff", self.upstream_backoff.is_some()),
+            ("splice", self.splice.is_some()),
+        ];
+        for (k, on) in set {
+            if on {
+                out.push(k);
+            }
+        }
+        out
+    }
+
+    /// The proxy's upstream addresses, resolved now. A literal `ip:port` costs no
+    /// lookup; a name goes through the system resolver (/etc/hosts, then DNS),
+    /// which blocks the caller for as long as the resolver takes.
+    pub fn upstream_addrs(&self) -> Result<Vec<SocketAddr>, String> {
+        use std::net::ToSocketAddrs;
+        let mut out = Vec::new();
+        for u in &self.upstreams {
+            if let Ok(a) = u.parse::<SocketAddr>() {
+                out.push(a);
+                continue;
+            }
+            let mut addrs = u.to_socket_addrs().map_err(|e| {
+                format!("upstream `{u}` does not resolve: {e} (write \"host:port\")")
+            })?;
+            match addrs.next() {
+                Some(a) => out.push(a),
+                None => return Err(format!("upstream `{u}` resolves to no address")),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The flow-control limits in force on one listener (its overrides, else `[flow]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenFlow {
+    /// Bytes per second per client; 0 = unlimited.
+    pub rate: u64,
+    /// Bucket size in bytes.
+    pub burst: u64,
+    /// Connections per client IP per worker; 0 = unlimited.
+    pub max_connections_per_ip: usize,
+}
+
+impl ListenConfig {
+    /// This listener's effective flow-control limits.
+    /// The idle timeout in force on this listener: its own, else `[worker]`'s; zero
+    /// means none.
+    pub fn idle_timeout(&self, worker: &WorkerConfig) -> Duration {
+        self.idle_timeout.unwrap_or(worker.idle_timeout).0
+    }
+
+    pub fn flow(&self, flow: &FlowConfig) -> ListenFlow {
+        let rate = self.rate.unwrap_or(flow.rate).0;
+        let burst = self.burst.unwrap_or(flow.burst).0;
+        ListenFlow {
+            rate,
+            // Default burst: 100 ms worth of rate (at least 4 KiB), the same horizon
+            // as the throttle timer, so a throttled client moves in smooth steps.
+            burst: if burst > 0 {
+                burst
+            } else {
+                (rate / 10).max(4096)
+            },
+            max_connections_per_ip: self
+                .max_connections_per_ip
+                .unwrap_or(flow.max_connections_per_ip),
+        }
+    }
+}
+
+fn default_backlog() -> i32 {
+    511
+}
