@@ -1,13 +1,13 @@
 //! One `[[listen]]` entry: its address, its service and the keys that shape how the
 //! worker loop serves its connections.
 
-use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::de::{self, Deserializer};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
+
+pub use crate::os::net::ListenAddr;
 
 use super::{privs, Dur, FlowConfig, ProxyProtocol, Size, Steer, WorkerConfig};
 
@@ -35,46 +35,10 @@ pub enum AcceptMode {
     Reuseport,
 }
 
-/// What a listener binds: a TCP address or a Unix socket path.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(into = "String")]
-pub enum ListenAddr {
-    Tcp(SocketAddr),
-    Unix(PathBuf),
-}
-
-impl From<ListenAddr> for String {
-    fn from(a: ListenAddr) -> String {
-        a.to_string()
-    }
-}
-
-impl fmt::Display for ListenAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ListenAddr::Tcp(a) => write!(f, "{a}"),
-            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
-        }
-    }
-}
-
-impl std::str::FromStr for ListenAddr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        if let Some(p) = s.strip_prefix("unix:") {
-            if p.is_empty() {
-                return Err("`unix:` needs a path".into());
-            }
-            return Ok(ListenAddr::Unix(PathBuf::from(p)));
-        }
-        if s.starts_with('/') {
-            return Ok(ListenAddr::Unix(PathBuf::from(s)));
-        }
-        s.parse().map(ListenAddr::Tcp).map_err(|_| {
-            format!(
-                "`{s}` is not an address (write \"127.0.0.1:8080\", \"[::1]:8080\" or \"unix:/run/corral.sock\")"
-            )
-        })
+/// Written back as the string it was read from (for `corral -T`).
+impl Serialize for ListenAddr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 

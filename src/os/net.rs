@@ -9,7 +9,7 @@ use std::path::Path;
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use crate::config::ListenAddr;
+pub use super::addr::ListenAddr;
 
 /// Why a listener could not be opened.
 #[derive(Debug, thiserror::Error)]
