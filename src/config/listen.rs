@@ -1,7 +1,6 @@
 //! One `[[listen]]` entry: its address, its service and the keys that shape how the
 //! worker loop serves its connections.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::de::{self, Deserializer};
@@ -9,19 +8,8 @@ use serde::{Deserialize, Serialize, Serializer};
 
 pub use crate::os::net::ListenAddr;
 
-use super::{privs, Dur, FlowConfig, ProxyProtocol, Size, Steer, WorkerConfig};
-
-/// How a proxy listener picks an upstream.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Balance {
-    /// Each new connection goes to the next upstream in turn.
-    #[default]
-    RoundRobin,
-    /// Each new connection goes to the upstream with the fewest open connections
-    /// (from this worker).
-    LeastConn,
-}
+use super::options::{ParsedOptions, RawOptions};
+use super::{privs, Dur, FlowConfig, Size, Steer, WorkerConfig};
 
 /// How workers share a listener.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,8 +38,8 @@ impl<'de> Deserialize<'de> for ListenAddr {
 }
 
 /// One `[[listen]]` entry.
+/// Unknown keys are not refused here but by the service, which declares its keys.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ListenConfig {
     /// `"127.0.0.1:8080"`, `"[::1]:8080"` or `"unix:/path"`.
     pub address: ListenAddr,
@@ -76,50 +64,10 @@ pub struct ListenConfig {
     /// Overrides `[flow] max_connections_per_ip` for this listener.
     #[serde(default)]
     pub max_connections_per_ip: Option<usize>,
-    /// http: the status code of every response.
-    #[serde(default)]
-    pub status: Option<u16>,
-    /// http: the body of every response.
-    #[serde(default)]
-    pub body: Option<String>,
-    /// http: extra response headers.
-    #[serde(default)]
-    pub headers: Option<std::collections::BTreeMap<String, String>>,
-    /// http: a request's headers must arrive within this (slowloris).
-    #[serde(default)]
-    pub header_timeout: Option<Dur>,
-    /// http: largest request head (request line and headers) accepted.
-    #[serde(default)]
-    pub max_header_size: Option<Size>,
-    /// http: largest request body (`Content-Length` or chunked) accepted, 413 above;
-    /// `"0"` (the default) = no limit: bodies are discarded as they arrive.
-    #[serde(default)]
-    pub max_body_size: Option<Size>,
-    /// proxy: where connections are forwarded (`"host:port"`).
-    #[serde(default)]
-    pub upstreams: Vec<String>,
-    /// proxy: how an upstream is picked.
-    #[serde(default)]
-    pub balance: Option<Balance>,
-    /// proxy: how long connecting to an upstream may take before the next is tried.
-    #[serde(default)]
-    pub connect_timeout: Option<Dur>,
-    /// proxy: how long an upstream that refused or timed out is skipped.
-    #[serde(default)]
-    pub upstream_backoff: Option<Dur>,
-    /// proxy: move bytes with splice(2) through kernel pipes instead of copying them
-    /// through user space (costs 4 fds and up to 128 KiB of pipe memory per
-    /// connection; pays for bulk transfers). Ignored while a `rate` limit applies.
-    #[serde(default)]
-    pub splice: Option<bool>,
     /// Overrides `[worker] idle_timeout` for this listener (`"0"` = never), for
     /// database pools, pub/sub and other connections that are quiet by design.
     #[serde(default)]
     pub idle_timeout: Option<Dur>,
-    /// proxy: `upstreams` resolved by the master at config load (not a config key).
-    /// Workers use these and never resolve names themselves.
-    #[serde(skip)]
-    pub resolved_upstreams: Vec<SocketAddr>,
     /// TCP: TCP_DEFER_ACCEPT, `true` (1 s) or how long to wait for the first bytes.
     #[serde(default)]
     pub defer_accept: Option<privs::DeferAccept>,
@@ -147,10 +95,6 @@ pub struct ListenConfig {
     /// `owner` resolved at load (not a config key).
     #[serde(skip)]
     pub resolved_owner: Option<(u32, Option<u32>)>,
-    /// proxy: send a PROXY protocol header (`"v1"` or `"v2"`) to the upstream before
-    /// any client byte, naming the real client and this listener's address.
-    #[serde(default)]
-    pub proxy_protocol: Option<ProxyProtocol>,
     /// Read a PROXY protocol header (v1 or v2) from every client before the service
     /// sees a byte: the address in it is the client's, for limits, logs and
     /// `proxy_protocol`. Only for listeners that a balancer alone can reach.
@@ -172,70 +116,13 @@ pub struct ListenConfig {
     /// until they end or `drain_timeout` cuts them (the behaviour before suspend).
     #[serde(default)]
     pub suspend: Option<bool>,
-}
-
-/// Keys that only make sense for one service, for the "wrong service" check.
-pub(super) const HTTP_KEYS: &[&str] = &[
-    "status",
-    "body",
-    "headers",
-    "header_timeout",
-    "max_header_size",
-    "max_body_size",
-];
-pub(super) const PROXY_KEYS: &[&str] = &[
-    "upstreams",
-    "balance",
-    "connect_timeout",
-    "upstream_backoff",
-    "splice",
-];
-
-impl ListenConfig {
-    pub(super) fn set_keys(&self) -> Vec<&'static str> {
-        let mut out = Vec::new();
-        let set = [
-            ("status", self.status.is_some()),
-            ("body", self.body.is_some()),
-            ("headers", self.headers.is_some()),
-            ("header_timeout", self.header_timeout.is_some()),
-            ("max_header_size", self.max_header_size.is_some()),
-            ("max_body_size", self.max_body_size.is_some()),
-            ("upstreams", !self.upstreams.is_empty()),
-            ("balance", self.balance.is_some()),
-            ("connect_timeout", self.connect_timeout.is_some()),
-            ("upstream_backoff", self.upstream_backoff.is_some()),
-            ("splice", self.splice.is_some()),
-        ];
-        for (k, on) in set {
-            if on {
-                out.push(k);
-            }
-        }
-        out
-    }
-
-    /// The proxy's upstream addresses, resolved now. A literal `ip:port` costs no
-    /// lookup; a name goes through the system resolver (/etc/hosts, then DNS),
-    /// which blocks the caller for as long as the resolver takes.
-    pub fn upstream_addrs(&self) -> Result<Vec<SocketAddr>, String> {
-        use std::net::ToSocketAddrs;
-        let mut out = Vec::new();
-        for u in &self.upstreams {
-            if let Ok(a) = u.parse::<SocketAddr>() {
-                out.push(a);
-                continue;
-            }
-            let mut addrs = u.to_socket_addrs().map_err(|e| {
-                format!("upstream `{u}` does not resolve: {e} (write \"host:port\")")
-            })?;
-            match addrs.next() {
-                Some(a) => out.push(a),
-                None => return Err(format!("upstream `{u}` resolves to no address")),
-            }
-        }
-        Ok(out)
-    }
+    /// Every other key: the service's own, kept as written for the service to parse
+    /// and check (see [`super::options`]).
+    #[serde(flatten)]
+    pub options: RawOptions,
+    /// `options` as the service parsed them at load (not a config key).
+    #[serde(skip)]
+    pub parsed: ParsedOptions,
 }
 
 /// The flow-control limits in force on one listener (its overrides, else `[flow]`).

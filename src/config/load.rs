@@ -8,8 +8,8 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    checks, privs, ConfigError, FlowConfig, ListenConfig, LogConfig, MasterConfig, WorkerConfig,
-    ENV_PREFIX, ENV_SECTIONS,
+    checks, privs, ConfigError, FlowConfig, ListenConfig, LogConfig, MasterConfig, ParsedOptions,
+    Services, WorkerConfig, ENV_PREFIX, ENV_SECTIONS,
 };
 
 /// The whole configuration.
@@ -27,9 +27,11 @@ pub struct Config {
 }
 
 impl Config {
-    /// Reads, layers and validates the config at `path`. A missing file is an error:
-    /// running on silent defaults would surprise an operator who mistyped `-c`.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    /// Reads, layers and validates the config at `path`, each listener's service
+    /// options parsed and checked by `services`. A missing file is an error: running
+    /// on silent defaults would surprise an operator who mistyped `-c`.
+    /// (`Config::load`, with corral's service registry, is in `crate::service`.)
+    pub fn load_with(path: &Path, services: &dyn Services) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
@@ -46,8 +48,8 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        config.validate().map_err(|e| blame(e, &figment))?;
-        config.resolve_upstreams()?;
+        config.validate(services).map_err(|e| blame(e, &figment))?;
+        config.parse_options(services)?;
         privs::resolve(&mut config).map_err(|e| blame(e, &figment))?;
         for i in 0..config.listen.len() {
             config.check_proxy_loop(i)?;
@@ -64,19 +66,16 @@ impl Config {
             .collect()
     }
 
-    /// Resolves every proxy listener's upstreams, once, here in the master (at
-    /// start, `-t` and every reload, so a reload picks up changed DNS): a name that
-    /// does not resolve is an error naming the listener and the name, and workers
-    /// receive addresses, so they never resolve, nor end up with no upstream.
-    fn resolve_upstreams(&mut self) -> Result<(), ConfigError> {
+    /// Hands each listener's own keys to its service, which parses and checks them
+    /// (a proxy resolves its upstreams here, in the master, at start, `-t` and every
+    /// reload, so that workers never resolve). Options in `[[listen]]` come from the
+    /// file only, so the file is named.
+    fn parse_options(&mut self, services: &dyn Services) -> Result<(), ConfigError> {
         for i in 0..self.listen.len() {
             let l = &self.listen[i];
-            if l.service != "proxy" || l.upstreams.is_empty() {
-                continue;
-            }
-            match l.upstream_addrs() {
-                Ok(addrs) => self.listen[i].resolved_upstreams = addrs,
-                Err(e) => return Err(self.invalid(&format!("listen[{i}].upstreams"), e)),
+            match services.parse(&l.service, &l.options) {
+                Ok(parsed) => self.listen[i].parsed = ParsedOptions(Some(parsed)),
+                Err(e) => return Err(self.invalid(&format!("listen[{i}].{}", e.key), e.reason)),
             }
         }
         Ok(())

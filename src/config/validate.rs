@@ -3,13 +3,11 @@
 
 use std::time::Duration;
 
-use super::{
-    checks, pp, recycle, AcceptMode, Config, ConfigError, ListenAddr, HTTP_KEYS, PROXY_KEYS,
-};
+use super::{checks, pp, recycle, AcceptMode, Config, ConfigError, ListenAddr, Services};
 
 impl Config {
     /// Checks what types cannot: ranges and relations between keys.
-    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+    pub(super) fn validate(&self, services: &dyn Services) -> Result<(), ConfigError> {
         let n = self.master.workers.count();
         if n == 0 || n > 1024 {
             return Err(self.invalid("master.workers", format!("{n} is out of range (1 to 1024)")));
@@ -75,74 +73,16 @@ impl Config {
         }
         for (i, l) in self.listen.iter().enumerate() {
             let key = |k: &str| format!("listen[{i}].{k}");
-            if !crate::service::is_known(&l.service) {
+            let known = services.names();
+            if !known.contains(&l.service) {
                 return Err(self.invalid(
                     &key("service"),
                     format!(
                         "unknown service `{}` (known: {})",
                         l.service,
-                        crate::service::known().join(", ")
+                        known.join(", ")
                     ),
                 ));
-            }
-            let own: &[&str] = match l.service.as_str() {
-                "http" => HTTP_KEYS,
-                "proxy" => PROXY_KEYS,
-                _ => &[],
-            };
-            if let Some(k) = l
-                .set_keys()
-                .into_iter()
-                .find(|k| !own.contains(k) && (HTTP_KEYS.contains(k) || PROXY_KEYS.contains(k)))
-            {
-                return Err(self.invalid(
-                    &key(k),
-                    format!("does not apply to service `{}`", l.service),
-                ));
-            }
-            if l.service == "proxy" && l.upstreams.is_empty() {
-                return Err(self.invalid(&key("upstreams"), "a proxy needs at least one upstream"));
-            }
-            if l.header_timeout.is_some_and(|d| d.0.is_zero()) {
-                return Err(self.invalid(
-                    &key("header_timeout"),
-                    "must be more than 0 (0 would answer 408 to every request)",
-                ));
-            }
-            if l.connect_timeout.is_some_and(|d| d.0.is_zero()) {
-                return Err(self.invalid(
-                    &key("connect_timeout"),
-                    "must be more than 0 (0 would fail every upstream connect)",
-                ));
-            }
-            if let Some(size) = l.max_header_size {
-                if size.0 < MIN_HEADER_SIZE {
-                    return Err(self.invalid(
-                        &key("max_header_size"),
-                        format!(
-                            "{size} is too small: no request head fits (at least {MIN_HEADER_SIZE} bytes)"
-                        ),
-                    ));
-                }
-            }
-            if let Some(st) = l.status {
-                if !(200..=599).contains(&st) {
-                    return Err(self.invalid(
-                        &key("status"),
-                        format!("{st} is not a status code (200-599)"),
-                    ));
-                }
-            }
-            if let Some(h) = &l.headers {
-                for (k, v) in h {
-                    let bad = |c: char| c.is_control() || c == ':' || c.is_whitespace();
-                    if k.is_empty() || k.contains(bad) || v.contains(['\r', '\n']) {
-                        return Err(self.invalid(
-                            &key("headers"),
-                            format!("`{k}: {v}` is not a valid header"),
-                        ));
-                    }
-                }
             }
             if l.accept == AcceptMode::Reuseport && matches!(l.address, ListenAddr::Unix(_)) {
                 return Err(self.invalid(
@@ -178,13 +118,10 @@ impl Config {
     }
 }
 
-/// The smallest `max_header_size`: a request line and a Host header.
-const MIN_HEADER_SIZE: u64 = 64;
-
 impl Config {
-    /// A proxy whose upstreams lead back to itself (directly, or through corral's
-    /// other proxy listeners) would forward connections round in a loop until fds run
-    /// out. Forwarding to one of corral's own echo or http listeners is fine.
+    /// A listener whose upstreams lead back to itself (directly, or through corral's
+    /// other forwarding listeners) would forward connections round in a loop until
+    /// fds run out. Forwarding to one of corral's own echo or http listeners is fine.
     pub(super) fn check_proxy_loop(&self, i: usize) -> Result<(), ConfigError> {
         match checks::proxy_loop(self, i) {
             Some(why) => Err(self.invalid(&format!("listen[{i}].upstreams"), why)),

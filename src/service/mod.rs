@@ -136,7 +136,11 @@ use crate::config::ListenConfig;
 pub mod echo;
 pub mod http;
 pub mod metrics;
+pub mod options;
 pub mod proxy;
+
+use options::OptionsKind;
+pub use options::{options, NoOptions, ServiceOptions};
 
 /// Work for the worker's blocking pool: runs on a pool thread; its result comes back
 /// to the connection's handler in [`Handler::on_complete`], on the loop thread.
@@ -354,66 +358,79 @@ pub trait Upstreams {
 /// Makes the service for one listener (called in each worker, after fork).
 pub type Factory = fn(&ListenConfig) -> Box<dyn Service>;
 
-fn registry() -> &'static Mutex<Vec<(String, Factory)>> {
-    static REGISTRY: OnceLock<Mutex<Vec<(String, Factory)>>> = OnceLock::new();
+/// A registered service: its name, its factory and how its keys are parsed.
+type Entry = (String, Factory, OptionsKind);
+
+fn registry() -> &'static Mutex<Vec<Entry>> {
+    static REGISTRY: OnceLock<Mutex<Vec<Entry>>> = OnceLock::new();
     REGISTRY.get_or_init(|| {
         Mutex::new(vec![
             (
                 "echo".to_string(),
                 (|_: &ListenConfig| Box::new(echo::Echo) as Box<dyn Service>) as Factory,
+                OptionsKind::of::<echo::EchoOptions>(),
             ),
             (
                 "http".to_string(),
                 (|l: &ListenConfig| Box::new(http::Http::new(l)) as Box<dyn Service>) as Factory,
+                OptionsKind::of::<http::options::HttpOptions>(),
             ),
             (
                 "metrics".to_string(),
                 (|_: &ListenConfig| Box::new(metrics::Metrics) as Box<dyn Service>) as Factory,
+                OptionsKind::of::<metrics::MetricsOptions>(),
             ),
             (
                 "proxy".to_string(),
                 (|l: &ListenConfig| Box::new(proxy::Proxy::new(l)) as Box<dyn Service>) as Factory,
+                OptionsKind::of::<proxy::options::ProxyOptions>(),
             ),
         ])
     })
 }
 
-/// Makes `service = "name"` available in `[[listen]]` entries. Call it before
-/// [`crate::app::main`], so that config checks and workers know the name.
+fn entries() -> std::sync::MutexGuard<'static, Vec<Entry>> {
+    registry().lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Makes `service = "name"` available in `[[listen]]` entries, for a service that
+/// takes no key of its own (any other key in its listeners is refused). Call it
+/// before [`crate::app::main`], so that config checks and workers know the name.
 pub fn register(name: &str, factory: Factory) {
-    let mut r = registry().lock().unwrap_or_else(|p| p.into_inner());
-    r.retain(|(n, _)| n != name);
-    r.push((name.to_string(), factory));
+    register_with_options::<NoOptions>(name, factory);
+}
+
+/// Like [`register`], for a service that takes the keys of `O` in its `[[listen]]`
+/// tables: they are parsed and checked at every config load, and its factory reads
+/// them with [`options`].
+pub fn register_with_options<O: ServiceOptions>(name: &str, factory: Factory) {
+    let mut r = entries();
+    r.retain(|(n, _, _)| n != name);
+    r.push((name.to_string(), factory, OptionsKind::of::<O>()));
 }
 
 /// True if a service of that name exists.
 pub fn is_known(name: &str) -> bool {
-    registry()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .any(|(n, _)| n == name)
+    entries().iter().any(|(n, _, _)| n == name)
 }
 
 /// The names of every service, for error messages.
 pub fn known() -> Vec<String> {
-    registry()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .map(|(n, _)| n.clone())
-        .collect()
+    entries().iter().map(|(n, _, _)| n.clone()).collect()
+}
+
+/// Every service's name with how its keys are parsed.
+fn option_kinds() -> Vec<(String, OptionsKind)> {
+    entries().iter().map(|(n, _, k)| (n.clone(), *k)).collect()
 }
 
 /// The service configured for a listener. The config was validated, so the name is
 /// known; an unknown one (a bug) falls back to echo rather than failing a worker.
 pub fn make(listen: &ListenConfig) -> Box<dyn Service> {
-    let factory = registry()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
+    let factory = entries()
         .iter()
-        .find(|(n, _)| *n == listen.service)
-        .map(|(_, f)| *f);
+        .find(|(n, _, _)| *n == listen.service)
+        .map(|(_, f, _)| *f);
     match factory {
         Some(f) => f(listen),
         None => Box::new(echo::Echo),
