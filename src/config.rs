@@ -5,6 +5,11 @@
 //! key, and why, because a config error is read by an operator in a hurry. Values take
 //! human units (`"30s"`, `"64KiB"`). A config is an immutable value: a reload builds a
 //! new one and either swaps it in whole or leaves the running one untouched.
+//!
+//! Config knows the keys common to every `[[listen]]` table, not the services: the
+//! rest of a table is its service's, parsed and checked by the [`Services`] that
+//! [`Config::load_with`] is given (`crate::service` implements them and defines
+//! `Config::load` with its registry), so this module imports no service.
 
 use std::path::PathBuf;
 

@@ -1,5 +1,6 @@
-//! One `[[listen]]` entry: its address, its service and the keys that shape how the
-//! worker loop serves its connections.
+//! One `[[listen]]` entry: its address, its service and the keys common to every
+//! listener (socket options, flow limits, timeouts, how connections move). The other
+//! keys of the table belong to its service: they are kept raw and parsed by it.
 
 use std::time::Duration;
 
@@ -37,8 +38,9 @@ impl<'de> Deserialize<'de> for ListenAddr {
     }
 }
 
-/// One `[[listen]]` entry.
-/// Unknown keys are not refused here but by the service, which declares its keys.
+/// One `[[listen]]` entry. A key that is none of these is not refused here but by the
+/// service, which declares its own (serde's `deny_unknown_fields` cannot be combined
+/// with the `flatten` that collects them).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ListenConfig {
     /// `"127.0.0.1:8080"`, `"[::1]:8080"` or `"unix:/path"`.

@@ -69,10 +69,6 @@ mod tests {
         )
         .unwrap();
         let l = &c.listen[0];
-        assert_eq!(
-            crate::service::proxy::options::of(l).and_then(|o| o.proxy_protocol),
-            Some(crate::service::proxy::options::ProxyProtocol::V2)
-        );
         assert!(l.accepts_proxy() && l.logs_connections());
         assert_eq!(l.accept_proxy_timeout().as_millis(), 500);
 

@@ -47,6 +47,49 @@
 //!
 //! `examples/kv.rs` is a complete key/value server built this way.
 //!
+//! # Keys of its own
+//!
+//! A `[[listen]]` table holds the keys common to every listener and those of its
+//! service. A service declares its keys as a serde struct (`deny_unknown_fields`, so a
+//! mistyped key is an error) implementing [`ServiceOptions`], and registers with
+//! [`register_with_options`]; corral parses and checks them in the master at every
+//! load (start, `-t`, `-T`, reload: errors name the file, `listen[i]` and the key), and
+//! the factory reads the parsed value with [`options`]:
+//!
+//! ```no_run
+//! use corral::config::{ListenConfig, OptionError};
+//! use corral::service::{options, register_with_options, ServiceOptions};
+//! # use corral::service::{Handler, Io, Service};
+//! # struct Greeter(String);
+//! # impl Service for Greeter {
+//! #     fn connect(&mut self, _: Option<std::net::IpAddr>) -> Box<dyn Handler> { unimplemented!() }
+//! # }
+//!
+//! #[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+//! #[serde(deny_unknown_fields)]
+//! struct GreeterOptions {
+//!     #[serde(default)]
+//!     greeting: Option<String>,
+//! }
+//!
+//! impl ServiceOptions for GreeterOptions {
+//!     fn check(&mut self) -> Result<(), OptionError> {
+//!         match &self.greeting {
+//!             Some(g) if g.contains('\n') => Err(OptionError::new("greeting", "one line only")),
+//!             _ => Ok(()),
+//!         }
+//!     }
+//! }
+//!
+//! fn main() {
+//!     register_with_options::<GreeterOptions>("greeter", |l: &ListenConfig| {
+//!         let o = options::<GreeterOptions>(l).cloned().unwrap_or_default();
+//!         Box::new(Greeter(o.greeting.unwrap_or_else(|| "hello".into())))
+//!     });
+//!     std::process::exit(corral::app::main());
+//! }
+//! ```
+//!
 //! # Connections that move at reload
 //!
 //! On reload the old workers hand their connections to the new generation instead of

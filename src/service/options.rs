@@ -191,3 +191,51 @@ pub fn attach(listen: &mut ListenConfig) -> Result<(), OptionError> {
     listen.parsed = crate::config::ParsedOptions(Some(parsed));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::http::options::HttpOptions;
+
+    fn raw(toml: &str) -> RawOptions {
+        figment::Figment::from(
+            <figment::providers::Toml as figment::providers::Format>::string(toml),
+        )
+        .extract()
+        .unwrap()
+    }
+
+    #[test]
+    fn keys_are_the_fields_serde_knows() {
+        assert_eq!(
+            keys::<HttpOptions>(),
+            [
+                "status",
+                "body",
+                "headers",
+                "header_timeout",
+                "max_header_size",
+                "max_body_size"
+            ]
+        );
+        assert!(keys::<NoOptions>().is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_say_whose_they_are() {
+        let e = Registry.parse("echo", &raw("status = 200")).unwrap_err();
+        assert_eq!(e.key, "status");
+        assert!(
+            e.reason.contains("service `echo`") && e.reason.contains("`http`"),
+            "{e:?}"
+        );
+        let e = Registry.parse("http", &raw("stauts = 200")).unwrap_err();
+        assert_eq!(e.key, "stauts");
+        assert!(e.reason.contains("status, body"), "{e:?}");
+        let e = Registry.parse("echo", &raw("nonsense = 1")).unwrap_err();
+        assert!(e.reason.contains("takes none of its own"), "{e:?}");
+        let e = Registry.parse("http", &raw("status = \"x\"")).unwrap_err();
+        assert_eq!(e.key, "status");
+        assert!(Registry.parse("http", &raw("status = 204")).is_ok());
+    }
+}

@@ -131,3 +131,26 @@ impl ServiceOptions for ProxyOptions {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn keys_parse_and_upstreams_resolve_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[master]\nworkers = 1\n[[listen]]\naddress = \"127.0.0.1:1\"\nservice = \"proxy\"\n\
+             upstreams = [\"127.0.0.1:7\"]\nproxy_protocol = \"v2\"\nbalance = \"least-conn\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&path).unwrap();
+        let o = of(&c.listen[0]).expect("proxy options parsed at load");
+        assert_eq!(o.proxy_protocol, Some(ProxyProtocol::V2));
+        assert_eq!(o.balance, Some(Balance::LeastConn));
+        assert_eq!(o.resolved, [SocketAddr::from(([127, 0, 0, 1], 7))]);
+    }
+}
