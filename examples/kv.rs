@@ -7,11 +7,23 @@
 //! printf 'SET colour blue\nGET colour\nSLEEP 50\nQUIT\n' | nc 127.0.0.1 7171
 //! ```
 //!
-//! Protocol, one command per line: `SET key value`, `GET key`, `DEL key`, `KEYS`,
+//! Protocol, one command per line: `SET key value` (`ERROR store full` past
+//! `max_keys`), `GET key`, `DEL key`, `KEYS`,
 //! `SLEEP ms` (runs on the worker's blocking pool, so the event loop keeps serving
 //! everyone else meanwhile), `COUNT` (how many commands this connection has sent),
 //! `QUIT`. Each worker keeps its own map: workers share nothing (run one worker if
 //! clients must see each other's keys).
+//!
+//! It takes a key of its own in its `[[listen]]` table, declared as a serde struct
+//! ([`KvOptions`]) and registered with `service::register_with_options`, so corral
+//! checks it at start, `-t` and reload like its own keys, and refuses any other:
+//!
+//! ```toml
+//! [[listen]]
+//! address = "127.0.0.1:7171"
+//! service = "kv"
+//! max_keys = 1000  # a SET of a new key beyond this many is refused; unset: no limit
+//! ```
 //!
 //! Connections survive reloads: between commands a connection suspends with its
 //! state (the command count, format version 1) and the new worker resumes it. With
@@ -28,7 +40,9 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use corral::config::ListenConfig;
-use corral::service::{self, Handler, Io, ResumeError, Service, Suspended};
+use corral::config::OptionError;
+use corral::service::{self, Handler, Io, ResumeError, Service, ServiceOptions, Suspended};
+use serde::{Deserialize, Serialize};
 
 /// The longest line accepted, in bytes, not counting its line end (`\n` or `\r\n`);
 /// a client sending more is told so and disconnected. The limit is exact however the
@@ -43,12 +57,35 @@ const LINGER: Duration = Duration::from_secs(2);
 /// The format of a suspended connection's state: its command count, 8 bytes LE.
 const STATE_VERSION: u32 = 1;
 
+/// The keys a `[[listen]] service = "kv"` table may set besides the common ones.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct KvOptions {
+    /// Most keys one worker's store holds; a SET of a new key beyond it gets an
+    /// `ERROR` reply (overwriting an existing key still works). Unset: no limit.
+    #[serde(default)]
+    max_keys: Option<usize>,
+}
+
+impl ServiceOptions for KvOptions {
+    fn check(&mut self) -> Result<(), OptionError> {
+        match self.max_keys {
+            Some(0) => Err(OptionError::new(
+                "max_keys",
+                "must be at least 1 (leave it unset for no limit)",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// One worker's store, shared by its connections (the loop is single-threaded, so
 /// `Rc<RefCell<…>>` is all the sharing needed).
 type Store = Rc<RefCell<BTreeMap<String, String>>>;
 
 struct Kv {
     store: Store,
+    max_keys: Option<usize>,
     /// Connections may suspend or say they are idle (move at reload); off with
     /// `CORRAL_KV_SUSPEND=off`.
     suspend: bool,
@@ -56,6 +93,7 @@ struct Kv {
 
 struct KvConn {
     store: Store,
+    max_keys: Option<usize>,
     /// A SLEEP is running on the pool: replies wait for it, to keep them in order.
     busy: bool,
     /// Lines that arrived while busy; `None` stands for a line that was too long,
@@ -74,6 +112,7 @@ impl Kv {
     fn conn(&self, commands: u64) -> KvConn {
         KvConn {
             store: self.store.clone(),
+            max_keys: self.max_keys,
             busy: false,
             queued: Vec::new(),
             refused: false,
@@ -110,8 +149,16 @@ impl KvConn {
         let mut parts = line.splitn(3, ' ');
         let reply = match (parts.next(), parts.next(), parts.next()) {
             (Some("SET"), Some(k), Some(v)) => {
-                self.store.borrow_mut().insert(k.to_string(), v.to_string());
-                "OK".to_string()
+                let mut store = self.store.borrow_mut();
+                match self.max_keys {
+                    Some(max) if store.len() >= max && !store.contains_key(k) => {
+                        format!("ERROR store full: max_keys is {max}")
+                    }
+                    _ => {
+                        store.insert(k.to_string(), v.to_string());
+                        "OK".to_string()
+                    }
+                }
             }
             (Some("GET"), Some(k), None) => match self.store.borrow().get(k) {
                 Some(v) => format!("VALUE {v}"),
@@ -247,9 +294,10 @@ impl Handler for KvConn {
 }
 
 fn main() {
-    service::register("kv", |_: &ListenConfig| {
+    service::register_with_options::<KvOptions>("kv", |l: &ListenConfig| {
         Box::new(Kv {
             store: Rc::new(RefCell::new(BTreeMap::new())),
+            max_keys: service::options::<KvOptions>(l).and_then(|o| o.max_keys),
             suspend: std::env::var("CORRAL_KV_SUSPEND").as_deref() != Ok("off"),
         })
     });

@@ -90,7 +90,10 @@ fn run(cli: Cli, cmd: clap::Command) -> i32 {
         return 1;
     }
     if cli.print_config {
-        return match crate::config::effective::render(&cli.config) {
+        return match crate::config::effective::render(
+            &cli.config,
+            &crate::service::options::Registry,
+        ) {
             Ok(text) => {
                 print!("{text}");
                 0

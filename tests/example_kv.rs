@@ -244,3 +244,203 @@ fn a_program_built_on_the_library_reports_its_own_name_and_version() {
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(help.contains("Usage: kv"), "{help}");
 }
+
+/// A corral running the kv example with `extra` keys in its kv listener.
+fn start_kv_with(extra: &str) -> (Corral, SocketAddr) {
+    let kv_port = free_port();
+    let c = Corral::start_with(
+        &kv_config(kv_port, extra),
+        Launch {
+            binary: Some(example_binary()),
+            ..Launch::default()
+        },
+    );
+    (c, SocketAddr::from(([127, 0, 0, 1], kv_port)))
+}
+
+/// The config `start_kv_with` runs: the echo listener first (the harness's
+/// readiness check), so the kv listener is `listen[1]`.
+fn kv_config(kv_port: u16, extra: &str) -> String {
+    format!(
+        "[master]\nworkers = 1\n\n[[listen]]\naddress = \"127.0.0.1:{{port}}\"\nservice = \"echo\"\n\n\
+         [[listen]]\naddress = \"127.0.0.1:{kv_port}\"\nservice = \"kv\"\n{extra}"
+    )
+}
+
+/// The replies to `commands` (then QUIT) on a new connection, BYE left out.
+fn session(addr: SocketAddr, commands: &str) -> Vec<String> {
+    let mut s = connect(addr, Duration::from_secs(10)).expect("connect to kv");
+    s.write_all(format!("{commands}QUIT\n").as_bytes())
+        .expect("send commands");
+    let mut got = read_to_eof(&mut s, Duration::from_secs(10)).expect("replies");
+    assert_eq!(got.pop().as_deref(), Some("BYE"), "{got:?}");
+    got
+}
+
+/// Runs the kv binary with `args` in `dir`, killed (by pid) if it has not exited
+/// within `timeout` (`None`: it kept running, so it accepted its config).
+fn run_kv(dir: &std::path::Path, args: &[&str], timeout: Duration) -> Option<CliOutput> {
+    let out = std::fs::File::create(dir.join("kv.out")).expect("create kv.out");
+    let err = std::fs::File::create(dir.join("kv.err")).expect("create kv.err");
+    let mut child = std::process::Command::new(example_binary())
+        .args(args)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("spawn kv");
+    let mut status = None;
+    wait_until(timeout, || {
+        status = child.try_wait().expect("try_wait kv");
+        status.is_some()
+    });
+    if status.is_none() {
+        // It is serving: stop it and kill what it forked, by pid.
+        let pid = child.id() as i32;
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGSTOP,
+        );
+        let kids = live_children(pid);
+        let _ = child.kill();
+        let _ = child.wait();
+        for k in kids.into_iter().filter(|&k| proc_alive(k)) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(k.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        return None;
+    }
+    Some(CliOutput {
+        status: status?,
+        stdout: std::fs::read_to_string(dir.join("kv.out")).unwrap_or_default(),
+        stderr: std::fs::read_to_string(dir.join("kv.err")).unwrap_or_default(),
+    })
+}
+
+/// A refusal that names the file, the listener and the key, and why.
+fn assert_names(out: &CliOutput, what: &str, file: &str, key: &str, why: &str) {
+    let text = out.all();
+    assert!(!out.status.success(), "{what}: accepted: {text}");
+    for want in [file, key, why] {
+        assert!(text.contains(want), "{what}: {want:?} missing in: {text}");
+    }
+}
+
+#[test]
+fn kv_max_keys_is_enforced_and_a_reload_that_changes_it_applies() {
+    let (c, addr) = start_kv_with("max_keys = 2\n");
+    let got = session(
+        addr,
+        "SET a 1\nSET b 2\nSET c 3\nSET a 4\nGET c\nDEL b\nSET c 3\n",
+    );
+    assert_eq!(got.len(), 7, "{got:?}");
+    assert_eq!(&got[..2], ["OK", "OK"], "{got:?}");
+    assert!(
+        got[2].starts_with("ERROR") && got[2].contains("max_keys is 2"),
+        "a third key was stored with max_keys = 2: {got:?}"
+    );
+    // Overwriting a key is no new key; a deleted key makes room.
+    assert_eq!(&got[3..], ["OK", "NOT_FOUND", "DELETED", "OK"], "{got:?}");
+
+    // `-t` with the kv binary accepts the key and reads its value.
+    let cfg = c.config_str();
+    let out = run_kv(
+        c.config().parent().unwrap(),
+        &["-t", "-c", &cfg],
+        Duration::from_secs(20),
+    )
+    .expect("kv -t did not exit");
+    assert!(
+        out.status.success(),
+        "kv -t refused max_keys: {}",
+        out.all()
+    );
+
+    // A reload with max_keys = 3: the new worker (a fresh store) takes three keys
+    // and refuses the fourth.
+    let new = c.config_str();
+    let text = std::fs::read_to_string(&new).expect("read config");
+    std::fs::write(&new, text.replace("max_keys = 2", "max_keys = 3")).expect("write config");
+    let out = c.cli(&["-s", "reload"]);
+    assert!(
+        out.status.success(),
+        "reload: {}\n{}",
+        out.all(),
+        c.log_tail(30)
+    );
+    let mut last = Vec::new();
+    let applied = wait_until(Duration::from_secs(30), || {
+        last = session(addr, "SET x1 1\nSET x2 1\nSET x3 1\nSET x4 1\n");
+        last.len() == 4 && last[..3] == ["OK", "OK", "OK"] && last[3].contains("max_keys is 3")
+    });
+    assert!(
+        applied,
+        "max_keys = 3 not in force after the reload: {last:?}\n{}",
+        c.log_tail(30)
+    );
+}
+
+#[test]
+fn kv_unknown_key_is_refused_at_start_and_at_reload() {
+    // At start (and -t): the kv binary refuses a key kv does not take, naming the
+    // file, listen[1] and the key, and saying which keys kv takes.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad-kv.toml");
+    let body = kv_config(free_port(), "max_kyes = 2\n").replace("{port}", &free_port().to_string());
+    let body = format!("{body}\n").replace(
+        "[master]\n",
+        &format!("[master]\npid_file = \"{}/kv.pid\"\n", dir.path().display()),
+    );
+    std::fs::write(&bad, &body).unwrap();
+    let p = bad.display().to_string();
+    for (what, args) in [("-t", vec!["-t", "-c", &p]), ("start", vec!["-c", &p])] {
+        let out = run_kv(dir.path(), &args, Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("kv {what} started serving with max_kyes:\n{body}"));
+        assert_names(
+            &out,
+            what,
+            "bad-kv.toml",
+            "`listen[1].max_kyes`",
+            "max_keys",
+        );
+    }
+    // A value kv refuses is named as well.
+    std::fs::write(&bad, body.replace("max_kyes = 2", "max_keys = 0")).unwrap();
+    let out = run_kv(dir.path(), &["-t", "-c", &p], Duration::from_secs(20)).expect("kv -t");
+    assert_names(
+        &out,
+        "-t",
+        "bad-kv.toml",
+        "`listen[1].max_keys`",
+        "at least 1",
+    );
+
+    // At reload: refused with the same words, and the running service keeps its
+    // config (max_keys = 1 still in force).
+    let (c, addr) = start_kv_with("max_keys = 1\n");
+    let cfg = c.config_str();
+    let good = std::fs::read_to_string(&cfg).expect("read config");
+    std::fs::write(
+        &cfg,
+        good.replace("max_keys = 1", "max_keys = 1\nmax_kyes = 5"),
+    )
+    .expect("write config");
+    let out = c.cli(&["-s", "reload"]);
+    let file = c
+        .config()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    assert_names(&out, "reload", &file, "`listen[1].max_kyes`", "max_keys");
+    let got = session(addr, "SET a 1\nSET b 2\n");
+    assert_eq!(got[0], "OK", "{got:?}");
+    assert!(
+        got[1].contains("max_keys is 1"),
+        "the refused reload changed the running service: {got:?}\n{}",
+        c.log_tail(30)
+    );
+}

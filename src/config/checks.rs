@@ -90,17 +90,16 @@ fn own_listener(config: &Config, to: SocketAddr) -> Option<usize> {
         .position(|l| matches!(l.address, ListenAddr::Tcp(a) if covers(a, to)))
 }
 
-/// The own listeners that proxy listener `i` forwards to: (upstream, address, index).
+/// The own listeners that listener `i` forwards to: (upstream, address, index).
 fn forwards_to(config: &Config, i: usize) -> Vec<(String, SocketAddr, usize)> {
-    let l = &config.listen[i];
-    if l.service != "proxy" {
+    // Parsed (and resolved) by the service, before this check runs.
+    let Some(parsed) = &config.listen[i].parsed.0 else {
         return Vec::new();
-    }
-    // Resolved once, by `Config::load`, before this check runs.
-    l.upstreams
-        .iter()
-        .zip(l.resolved_upstreams.iter().copied())
-        .filter_map(|(u, to)| own_listener(config, to).map(|j| (u.clone(), to, j)))
+    };
+    parsed
+        .forwards_to()
+        .into_iter()
+        .filter_map(|(u, to)| own_listener(config, to).map(|j| (u, to, j)))
         .collect()
 }
 
@@ -123,7 +122,7 @@ fn leads_to(config: &Config, from: usize, target: usize) -> bool {
     false
 }
 
-/// Why proxy listener `i` would forward connections to itself, if it would.
+/// Why forwarding listener `i` would forward connections to itself, if it would.
 pub fn proxy_loop(config: &Config, i: usize) -> Option<String> {
     for (u, to, j) in forwards_to(config, i) {
         if j == i {

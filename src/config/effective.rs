@@ -10,11 +10,13 @@ use figment::providers::{Format, Toml};
 use figment::{Figment, Source};
 use serde_json::Value;
 
-use super::{env_var_name, layered, Config, ConfigError};
+use super::{env_var_name, layered, Config, ConfigError, Services};
 
-/// Loads and checks `path` exactly as a start would, then renders the result.
-pub fn render(path: &Path) -> Result<String, ConfigError> {
-    let config = Config::load(path)?;
+/// Loads and checks `path` exactly as a start would (with the services a start
+/// knows), then renders the result; a listener's service options are shown as the
+/// service parsed them, defaults included.
+pub fn render(path: &Path, services: &dyn Services) -> Result<String, ConfigError> {
+    let config = Config::load_with(path, services)?;
     let figment = layered(path);
     // What the file itself says, to tell a listener's key set there from a default
     // that serde filled in (figment's metadata covers only whole `listen` arrays).
@@ -44,19 +46,38 @@ pub fn render(path: &Path) -> Result<String, ConfigError> {
             Value::Array(items) => {
                 for (i, item) in items.iter().enumerate() {
                     let Value::Object(table) = item else { continue };
+                    let table = with_parsed_options(table, &config, name, i);
                     let _ = writeln!(out, "\n[[{name}]]  # {name}[{i}]");
                     let in_file = file.get(name).and_then(|l| l.get(i));
                     let origin = |key: &str| match in_file.and_then(|t| t.get(key)) {
                         Some(_) => format!("file {}", path.display()),
                         None => "default".to_string(),
                     };
-                    write_table(&mut out, table, origin);
+                    write_table(&mut out, &table, origin);
                 }
             }
             _ => {}
         }
     }
     Ok(out)
+}
+
+/// `listen[i]`'s table with its service options as parsed (defaults filled in)
+/// instead of as written.
+fn with_parsed_options(
+    table: &serde_json::Map<String, Value>,
+    config: &Config,
+    name: &str,
+    i: usize,
+) -> serde_json::Map<String, Value> {
+    let mut table = table.clone();
+    let parsed = config.listen.get(i).and_then(|l| l.parsed.0.as_ref());
+    if let (Some(parsed), "listen") = (parsed, name) {
+        if let Value::Object(options) = parsed.effective() {
+            table.extend(options);
+        }
+    }
+    table
 }
 
 fn write_table(

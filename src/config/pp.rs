@@ -1,22 +1,11 @@
-//! The PROXY protocol and connection-log keys of a `[[listen]]` entry, and their
-//! checks: `proxy_protocol` only means something where there is an upstream to send
-//! it to, and a header timeout of 0 would close every client before it could speak.
+//! The PROXY protocol (`accept_proxy`) and connection-log keys of a `[[listen]]`
+//! entry, and their checks: a header timeout of 0 would close every client before it
+//! could speak. (`proxy_protocol`, the header a proxy sends upstream, is the proxy
+//! service's own key.)
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use super::ListenConfig;
-
-/// `proxy_protocol = "v1" | "v2"`: which PROXY header a proxy sends upstream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProxyProtocol {
-    /// The human-readable line (`PROXY TCP4 ...\r\n`).
-    V1,
-    /// The binary header.
-    V2,
-}
 
 /// `accept_proxy_timeout` when not set: long enough for a balancer on a busy box,
 /// short enough that silent clients do not pile up.
@@ -42,15 +31,6 @@ impl ListenConfig {
 
 /// The key at fault and why, for the caller to turn into a config error.
 pub(super) fn check(l: &ListenConfig) -> Option<(&'static str, String)> {
-    if l.proxy_protocol.is_some() && l.service != "proxy" {
-        return Some((
-            "proxy_protocol",
-            format!(
-                "only a proxy listener sends a PROXY header upstream; service `{}` has no upstream",
-                l.service
-            ),
-        ));
-    }
     if l.accept_proxy_timeout.is_some_and(|d| d.0.is_zero()) {
         return Some((
             "accept_proxy_timeout",
@@ -89,7 +69,6 @@ mod tests {
         )
         .unwrap();
         let l = &c.listen[0];
-        assert_eq!(l.proxy_protocol, Some(super::ProxyProtocol::V2));
         assert!(l.accepts_proxy() && l.logs_connections());
         assert_eq!(l.accept_proxy_timeout().as_millis(), 500);
 

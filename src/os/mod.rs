@@ -6,6 +6,7 @@
 //! of the crate sits here with its `// SAFETY:` justification, including the one that
 //! takes ownership of fds received over the channel (SCM_RIGHTS, in `scm`).
 
+pub mod addr;
 pub mod bpf;
 pub mod cred;
 pub mod epoll;

@@ -10,7 +10,7 @@ use std::path::Path;
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::syscall::{cvt, retry};
-use crate::config::ListenAddr;
+pub use super::addr::ListenAddr;
 
 /// Why a listener could not be opened.
 #[derive(Debug, thiserror::Error)]

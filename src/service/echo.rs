@@ -11,6 +11,10 @@ use super::{check_stateless, Handler, Io, ResumeError, Service, Suspended};
 /// The only state format: none.
 const VERSION: u32 = 1;
 
+/// `echo` takes no key of its own in its `[[listen]]` tables: any key besides the
+/// common ones is refused.
+pub type EchoOptions = super::NoOptions;
+
 /// The echo service.
 pub struct Echo;
 

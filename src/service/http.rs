@@ -33,6 +33,7 @@ use super::{Handler, Io, Service};
 use crate::config::ListenConfig;
 
 mod chunked;
+pub mod options;
 use chunked::{ChunkError, Decoder, Step};
 
 /// Body of every response unless `body` is configured. Non-empty, so a health check
@@ -203,6 +204,9 @@ impl Http {
     /// Builds every response of the listener from its config (already validated:
     /// status in 200..=599, header names and values without CR/LF).
     pub fn new(listen: &ListenConfig) -> Http {
+        let listen = super::options::<options::HttpOptions>(listen)
+            .cloned()
+            .unwrap_or_default();
         let status = listen.status.unwrap_or(200);
         let body = listen.body.as_deref().unwrap_or(DEFAULT_BODY);
         let extra: Vec<(&str, &str)> = listen
@@ -906,15 +910,15 @@ impl Handler for HttpConn {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Dur, Size};
 
     fn listen(extra: &str) -> ListenConfig {
         let toml = format!("address = \"127.0.0.1:1\"\nservice = \"http\"\n{extra}");
         let l: Result<ListenConfig, _> = figment::Figment::new()
             .merge(<figment::providers::Toml as figment::providers::Format>::string(&toml))
             .extract();
-        match l {
-            Ok(l) => l,
+        match l.map(|mut l| crate::service::options::attach(&mut l).map(|()| l)) {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) => panic!("bad test config: {e:?}"),
             Err(e) => panic!("bad test config: {e}"),
         }
     }
@@ -1381,9 +1385,7 @@ mod tests {
         let s = Http::new(&l).shared;
         assert_eq!(s.max_head, DEFAULT_MAX_HEADER_SIZE);
         assert_eq!(s.header_timeout, DEFAULT_HEADER_TIMEOUT);
-        let mut l = l;
-        l.header_timeout = Some(Dur(Duration::from_millis(1500)));
-        l.max_header_size = Some(Size(100));
+        let l = listen("header_timeout = \"1500ms\"\nmax_header_size = \"100\"\n");
         let s = Http::new(&l).shared;
         assert_eq!(s.max_head, 100);
         assert_eq!(s.header_timeout, Duration::from_millis(1500));

@@ -116,6 +116,10 @@ fn forget(id: u64) {
     });
 }
 
+/// `metrics` takes no key of its own in its `[[listen]]` tables: any key besides the
+/// common ones is refused.
+pub type MetricsOptions = super::NoOptions;
+
 /// The metrics service.
 pub struct Metrics;
 

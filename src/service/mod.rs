@@ -47,6 +47,49 @@
 //!
 //! `examples/kv.rs` is a complete key/value server built this way.
 //!
+//! # Keys of its own
+//!
+//! A `[[listen]]` table holds the keys common to every listener and those of its
+//! service. A service declares its keys as a serde struct (`deny_unknown_fields`, so a
+//! mistyped key is an error) implementing [`ServiceOptions`], and registers with
+//! [`register_with_options`]; corral parses and checks them in the master at every
+//! load (start, `-t`, `-T`, reload: errors name the file, `listen[i]` and the key), and
+//! the factory reads the parsed value with [`options`]:
+//!
+//! ```no_run
+//! use corral::config::{ListenConfig, OptionError};
+//! use corral::service::{options, register_with_options, ServiceOptions};
+//! # use corral::service::{Handler, Io, Service};
+//! # struct Greeter(String);
+//! # impl Service for Greeter {
+//! #     fn connect(&mut self, _: Option<std::net::IpAddr>) -> Box<dyn Handler> { unimplemented!() }
+//! # }
+//!
+//! #[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+//! #[serde(deny_unknown_fields)]
+//! struct GreeterOptions {
+//!     #[serde(default)]
+//!     greeting: Option<String>,
+//! }
+//!
+//! impl ServiceOptions for GreeterOptions {
+//!     fn check(&mut self) -> Result<(), OptionError> {
+//!         match &self.greeting {
+//!             Some(g) if g.contains('\n') => Err(OptionError::new("greeting", "one line only")),
+//!             _ => Ok(()),
+//!         }
+//!     }
+//! }
+//!
+//! fn main() {
+//!     register_with_options::<GreeterOptions>("greeter", |l: &ListenConfig| {
+//!         let o = options::<GreeterOptions>(l).cloned().unwrap_or_default();
+//!         Box::new(Greeter(o.greeting.unwrap_or_else(|| "hello".into())))
+//!     });
+//!     std::process::exit(corral::app::main());
+//! }
+//! ```
+//!
 //! # Connections that move at reload
 //!
 //! On reload the old workers hand their connections to the new generation instead of
@@ -136,7 +179,11 @@ use crate::config::ListenConfig;
 pub mod echo;
 pub mod http;
 pub mod metrics;
+pub mod options;
 pub mod proxy;
+
+use options::OptionsKind;
+pub use options::{options, NoOptions, ServiceOptions};
 
 /// Work for the worker's blocking pool: runs on a pool thread; its result comes back
 /// to the connection's handler in [`Handler::on_complete`], on the loop thread.
@@ -354,66 +401,79 @@ pub trait Upstreams {
 /// Makes the service for one listener (called in each worker, after fork).
 pub type Factory = fn(&ListenConfig) -> Box<dyn Service>;
 
-fn registry() -> &'static Mutex<Vec<(String, Factory)>> {
-    static REGISTRY: OnceLock<Mutex<Vec<(String, Factory)>>> = OnceLock::new();
+/// A registered service: its name, its factory and how its keys are parsed.
+type Entry = (String, Factory, OptionsKind);
+
+fn registry() -> &'static Mutex<Vec<Entry>> {
+    static REGISTRY: OnceLock<Mutex<Vec<Entry>>> = OnceLock::new();
     REGISTRY.get_or_init(|| {
         Mutex::new(vec![
             (
                 "echo".to_string(),
                 (|_: &ListenConfig| Box::new(echo::Echo) as Box<dyn Service>) as Factory,
+                OptionsKind::of::<echo::EchoOptions>(),
             ),
             (
                 "http".to_string(),
                 (|l: &ListenConfig| Box::new(http::Http::new(l)) as Box<dyn Service>) as Factory,
+                OptionsKind::of::<http::options::HttpOptions>(),
             ),
             (
                 "metrics".to_string(),
                 (|_: &ListenConfig| Box::new(metrics::Metrics) as Box<dyn Service>) as Factory,
+                OptionsKind::of::<metrics::MetricsOptions>(),
             ),
             (
                 "proxy".to_string(),
                 (|l: &ListenConfig| Box::new(proxy::Proxy::new(l)) as Box<dyn Service>) as Factory,
+                OptionsKind::of::<proxy::options::ProxyOptions>(),
             ),
         ])
     })
 }
 
-/// Makes `service = "name"` available in `[[listen]]` entries. Call it before
-/// [`crate::app::main`], so that config checks and workers know the name.
+fn entries() -> std::sync::MutexGuard<'static, Vec<Entry>> {
+    registry().lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Makes `service = "name"` available in `[[listen]]` entries, for a service that
+/// takes no key of its own (any other key in its listeners is refused). Call it
+/// before [`crate::app::main`], so that config checks and workers know the name.
 pub fn register(name: &str, factory: Factory) {
-    let mut r = registry().lock().unwrap_or_else(|p| p.into_inner());
-    r.retain(|(n, _)| n != name);
-    r.push((name.to_string(), factory));
+    register_with_options::<NoOptions>(name, factory);
+}
+
+/// Like [`register`], for a service that takes the keys of `O` in its `[[listen]]`
+/// tables: they are parsed and checked at every config load, and its factory reads
+/// them with [`options`].
+pub fn register_with_options<O: ServiceOptions>(name: &str, factory: Factory) {
+    let mut r = entries();
+    r.retain(|(n, _, _)| n != name);
+    r.push((name.to_string(), factory, OptionsKind::of::<O>()));
 }
 
 /// True if a service of that name exists.
 pub fn is_known(name: &str) -> bool {
-    registry()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .any(|(n, _)| n == name)
+    entries().iter().any(|(n, _, _)| n == name)
 }
 
 /// The names of every service, for error messages.
 pub fn known() -> Vec<String> {
-    registry()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .map(|(n, _)| n.clone())
-        .collect()
+    entries().iter().map(|(n, _, _)| n.clone()).collect()
+}
+
+/// Every service's name with how its keys are parsed.
+fn option_kinds() -> Vec<(String, OptionsKind)> {
+    entries().iter().map(|(n, _, k)| (n.clone(), *k)).collect()
 }
 
 /// The service configured for a listener. The config was validated, so the name is
 /// known; an unknown one (a bug) falls back to echo rather than failing a worker.
 pub fn make(listen: &ListenConfig) -> Box<dyn Service> {
-    let factory = registry()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
+    let factory = entries()
         .iter()
-        .find(|(n, _)| *n == listen.service)
-        .map(|(_, f)| *f);
+        .find(|(n, _, _)| *n == listen.service)
+        .map(|(_, f, _)| *f);
     match factory {
         Some(f) => f(listen),
         None => Box::new(echo::Echo),

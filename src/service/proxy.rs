@@ -14,7 +14,10 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use crate::config::{Balance, ListenConfig};
+use crate::config::ListenConfig;
+use options::Balance;
+
+pub mod options;
 
 use super::{check_stateless, Handler, Io, ResumeError, Service, Suspended, Upstreams};
 
@@ -43,9 +46,10 @@ impl Proxy {
     /// addresses the master resolved (a worker never resolves: a lookup failing
     /// here would silently leave it with no upstream).
     pub fn new(l: &ListenConfig) -> Proxy {
+        let l = options::of(l).cloned().unwrap_or_default();
         Proxy {
             upstreams: l
-                .resolved_upstreams
+                .resolved
                 .iter()
                 .map(|&addr| Upstream {
                     addr,
@@ -212,9 +216,14 @@ mod tests {
         .unwrap();
         let mut config = crate::config::Config::load(&path).unwrap();
         let l = &mut config.listen[0];
-        assert_eq!(l.resolved_upstreams.len(), 2, "resolved at load");
+        assert_eq!(
+            options::of(l).unwrap().resolved.len(),
+            2,
+            "resolved at load"
+        );
         // Were the worker to resolve again, these names would leave it with nothing.
-        l.upstreams = vec!["no-such-host.invalid:7".into(), "also-not.invalid:9".into()];
+        let names = vec!["no-such-host.invalid:7", "also-not.invalid:9"];
+        l.options.insert("upstreams".into(), names.into());
         let p = Proxy::new(l);
         let addrs: Vec<SocketAddr> = p.upstreams.iter().map(|u| u.addr).collect();
         assert_eq!(addrs.len(), 2);

@@ -15,9 +15,9 @@ use std::time::Instant;
 
 use tracing::debug;
 
-use crate::config::ProxyProtocol;
 use crate::os::{fd, net};
 use crate::proxy_protocol::{self as pp, Parsed};
+use crate::service::proxy::options::{self as proxy_options, ProxyProtocol};
 use crate::service::{Handler, Io};
 
 use super::conn::Token;
@@ -160,7 +160,7 @@ impl Worker {
             .config
             .listen
             .get(usize::from(c.listener))
-            .and_then(|l| l.proxy_protocol);
+            .and_then(|l| proxy_options::of(l)?.proxy_protocol);
         let Some(version) = version else {
             return Vec::new();
         };

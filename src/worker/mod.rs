@@ -915,7 +915,7 @@ impl Worker {
                 .config
                 .listen
                 .get(listener)
-                .and_then(|l| l.splice)
+                .and_then(|l| crate::service::proxy::options::of(l)?.splice)
                 .unwrap_or(false);
             if splice && c.bucket.is_none() {
                 match conn::Pipes::new() {

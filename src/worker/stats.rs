@@ -75,12 +75,14 @@ impl Counters {
         let mut c = Counters::default();
         for l in &config.listen {
             let listen = l.address.to_string();
+            let proxy = crate::service::proxy::options::of(l);
             c.listeners.push(ListenerCounters {
                 listen: listen.clone(),
                 ..Default::default()
             });
             c.upstreams.push(
-                l.resolved_upstreams
+                proxy
+                    .map_or(&[][..], |p| &p.resolved)
                     .iter()
                     .map(|a| UpstreamCounters {
                         listen: listen.clone(),
@@ -89,8 +91,11 @@ impl Counters {
                     })
                     .collect(),
             );
-            c.backoff
-                .push(l.upstream_backoff.map_or(DEFAULT_BACKOFF, |d| d.0));
+            c.backoff.push(
+                proxy
+                    .and_then(|p| p.upstream_backoff)
+                    .map_or(DEFAULT_BACKOFF, |d| d.0),
+            );
         }
         c
     }

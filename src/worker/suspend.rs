@@ -256,9 +256,10 @@ impl Worker {
             let l = &self.config.listen[listener];
             // Indices differ between configs; addresses do not. An upstream the new
             // config dropped serves its session to the end, counted nowhere.
-            let index = l.resolved_upstreams.iter().position(|a| *a == addr);
+            let opts = crate::service::proxy::options::of(l);
+            let index = opts.and_then(|o| o.resolved.iter().position(|a| *a == addr));
             let mut up = Upstream::moved(ufd, index.unwrap_or(usize::MAX), addr);
-            if l.splice.unwrap_or(false) && conn.bucket.is_none() {
+            if opts.and_then(|o| o.splice).unwrap_or(false) && conn.bucket.is_none() {
                 match Pipes::new() {
                     Ok(p) => up.pipes = Some(Box::new(p)),
                     Err(e) => debug!("no pipes for splice ({e}); copying instead"),

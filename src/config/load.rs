@@ -1,0 +1,168 @@
+//! Loading: built-in defaults, then the file, then `CORRAL_*` variables, layered with
+//! figment; errors name the file or the variable that gave the refused value.
+
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    checks, privs, ConfigError, FlowConfig, ListenConfig, LogConfig, MasterConfig, ParsedOptions,
+    Services, WorkerConfig, ENV_PREFIX, ENV_SECTIONS,
+};
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub master: MasterConfig,
+    pub worker: WorkerConfig,
+    pub flow: FlowConfig,
+    pub log: LogConfig,
+    pub listen: Vec<ListenConfig>,
+    /// The file this config was read from (not a config key).
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+impl Config {
+    /// Reads, layers and validates the config at `path`, each listener's service
+    /// options parsed and checked by `services`. A missing file is an error: running
+    /// on silent defaults would surprise an operator who mistyped `-c`.
+    /// (`Config::load`, with corral's service registry, is in `crate::service`.)
+    pub fn load_with(path: &Path, services: &dyn Services) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        // The file's text was read above so that an unreadable file is reported as
+        // such; figment re-reads it with file_exact to keep the path in its messages.
+        drop(text);
+        let figment = layered(path);
+        let mut config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Parse(render_figment_error(e)))?;
+        config.source = path.to_path_buf();
+        config.resolve_paths().map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        config.validate(services).map_err(|e| blame(e, &figment))?;
+        config.parse_options(services)?;
+        privs::resolve(&mut config).map_err(|e| blame(e, &figment))?;
+        for i in 0..config.listen.len() {
+            config.check_proxy_loop(i)?;
+        }
+        Ok(config)
+    }
+
+    /// Values that are accepted but probably not what the operator wants; `-t`, start
+    /// and reload print them.
+    pub fn warnings(&self) -> Vec<String> {
+        checks::rss_warning(self.master.max_worker_rss)
+            .into_iter()
+            .chain(privs::warnings(self))
+            .collect()
+    }
+
+    /// Hands each listener's own keys to its service, which parses and checks them
+    /// (a proxy resolves its upstreams here, in the master, at start, `-t` and every
+    /// reload, so that workers never resolve). Options in `[[listen]]` come from the
+    /// file only, so the file is named.
+    fn parse_options(&mut self, services: &dyn Services) -> Result<(), ConfigError> {
+        for i in 0..self.listen.len() {
+            let l = &self.listen[i];
+            match services.parse(&l.service, &l.options) {
+                Ok(parsed) => self.listen[i].parsed = ParsedOptions(Some(parsed)),
+                Err(e) => return Err(self.invalid(&format!("listen[{i}].{}", e.key), e.reason)),
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn invalid(&self, key: &str, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            key: key.into(),
+            origin: self.source.display().to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Defaults, then the file, then `CORRAL_*` variables of the sections they may set:
+/// the layering every reader of a config uses, and whose metadata tells `-T` where
+/// each value came from.
+pub(super) fn layered(path: &Path) -> Figment {
+    Figment::from(Serialized::defaults(Config::default()))
+        .merge(Toml::file_exact(path))
+        .merge(Env::prefixed(ENV_PREFIX).split("__").filter(|k| {
+            let k = k.as_str().to_ascii_lowercase();
+            ENV_SECTIONS
+                .iter()
+                .any(|s| k.len() > s.len() && k.starts_with(s) && k[s.len()..].starts_with('.'))
+        }))
+}
+
+/// Names the environment variable instead of the file when the refused value came
+/// from one: figment remembers which provider gave each value.
+fn blame(e: ConfigError, figment: &Figment) -> ConfigError {
+    match e {
+        ConfigError::Invalid {
+            key,
+            origin,
+            reason,
+        } => {
+            let origin = env_var_of(figment, &key).unwrap_or(origin);
+            ConfigError::Invalid {
+                key,
+                origin,
+                reason,
+            }
+        }
+        other => other,
+    }
+}
+
+/// `environment variable CORRAL_MASTER__WORKERS` if that is where `key` was set.
+fn env_var_of(figment: &Figment, key: &str) -> Option<String> {
+    // Keys inside [[listen]] (`listen[0].…`) come from the file only.
+    if key.contains('[') {
+        return None;
+    }
+    let md = figment.find_metadata(key)?;
+    let from_env = md.source.is_none() && md.name.contains("environment variable");
+    from_env.then(|| format!("environment variable {}", env_var_name(key)))
+}
+
+/// The variable that sets `key`: `master.workers` → `CORRAL_MASTER__WORKERS`.
+pub(super) fn env_var_name(key: &str) -> String {
+    let parts: Vec<String> = key.split('.').map(|p| p.to_ascii_uppercase()).collect();
+    format!("{ENV_PREFIX}{}", parts.join("__"))
+}
+
+/// Figment's own message names the key and, in most cases, the file or variable; it
+/// may report several errors, each of which an operator wants to see.
+fn render_figment_error(e: figment::Error) -> String {
+    let mut out = Vec::new();
+    for err in e {
+        let mut line = String::new();
+        if !err.path.is_empty() {
+            line.push_str(&format!("key `{}`: ", err.path.join(".")));
+        }
+        line.push_str(&err.kind.to_string());
+        if let Some(md) = &err.metadata {
+            match &md.source {
+                Some(src) => line.push_str(&format!(" (in {src})")),
+                None if md.name.contains("environment variable") && !err.path.is_empty() => line
+                    .push_str(&format!(
+                        " (in environment variable {})",
+                        env_var_name(&err.path.join("."))
+                    )),
+                None => line.push_str(&format!(" (in {})", md.name)),
+            }
+        }
+        out.push(line);
+    }
+    out.join("; ")
+}
