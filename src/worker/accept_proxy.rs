@@ -20,8 +20,8 @@ use crate::os::{fd, net};
 use crate::proxy_protocol::{self as pp, Parsed};
 use crate::service::{Handler, Io};
 
-use super::conn::Token;
 use super::connlog::End;
+use super::token::Token;
 use super::{Timer, Worker};
 
 /// The handler of a connection whose PROXY header is still on its way: the loop reads

@@ -12,7 +12,8 @@ use std::time::Instant;
 
 use tracing::info;
 
-use super::conn::{Conn, Token};
+use super::conn::Conn;
+use super::token::Token;
 use super::Worker;
 
 /// How a connection ended, in the words of the log line.
@@ -136,7 +137,7 @@ impl Worker {
     }
 
     /// `close`, with the reason for the log line.
-    pub(super) fn close_as(&mut self, token: Token, end: End) {
+    pub(crate) fn close_as(&mut self, token: Token, end: End) {
         self.end_as(token, end);
         self.close(token);
     }

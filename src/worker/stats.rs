@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::conn::Slab;
+use super::slab::Slab;
 use crate::config::Config;
 
 /// What an upstream's backoff is when the listener does not set `upstream_backoff`

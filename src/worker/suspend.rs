@@ -22,7 +22,9 @@ use crate::channel::{Handed, Moved, ToMaster};
 use crate::os::{process, scm};
 use crate::service::Handler;
 
-use super::conn::{Bucket, Conn, Leaving, Pipes, Token, Upstream};
+use super::bucket::Bucket;
+use super::conn::{Conn, Leaving, Pipes, Upstream};
+use super::token::Token;
 use super::{Timer, Worker};
 
 impl Worker {
