@@ -9,10 +9,11 @@ use tracing::{debug, warn};
 
 use crate::channel::Handed;
 use crate::os::epoll::Interest;
-use crate::os::net;
+use crate::os::{net, stream};
 
 use super::bucket::Bucket;
 use super::conn::Conn;
+use super::conn::Flags;
 use super::token::{Token, TOKEN_LISTENER};
 use super::{accept_proxy, connlog, Phase, Timer, Worker};
 
@@ -73,12 +74,7 @@ impl Worker {
                     accepted += 1;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-                    ) =>
-                {
+                Err(e) if stream::out_of_resources(&e) => {
                     self.notices.accept_failed(&e, ACCEPT_BACKOFF);
                     self.pause_accept();
                     let until = Instant::now() + ACCEPT_BACKOFF;
@@ -158,9 +154,9 @@ impl Worker {
         let now = Instant::now();
         let bucket = (flow.rate > 0).then(|| Box::new(Bucket::new(flow.rate, flow.burst, now)));
         let mut conn = Conn::new(a.fd, a.peer, handler, bucket, now);
-        conn.counted_ip = counted_ip;
+        conn.flags.set(Flags::COUNTED_IP, counted_ip);
         conn.listener = listener as u16;
-        conn.origin = origin;
+        conn.set_origin(origin);
         conn.log = log.then(|| connlog::Record::new(now, conn.fd.as_fd()));
         let token = self.conns.insert(conn);
         let c = self.conns.get_mut(token)?;

@@ -11,15 +11,17 @@ use std::time::Instant;
 
 use crate::channel::Stats;
 use crate::os::epoll::Interest;
-use crate::os::fd;
+use crate::os::{fd, stream};
 use crate::service::{Handler, Io, Job, Suspended};
 
 use super::bucket::Bucket;
 
+mod flags;
 mod proxy_pump;
 mod splice;
 mod upstream;
 
+pub use flags::Flags;
 pub use splice::Pipes;
 pub use upstream::Upstream;
 
@@ -27,63 +29,48 @@ pub use upstream::Upstream;
 /// one client must not leave the worker holding its peak memory.
 pub const POOLED_CAPACITY: usize = 64 << 10;
 
+/// One client connection. Kept small (see the size test): a worker holds one per
+/// open connection, most of them idle, so every field here is paid a million times;
+/// what only some connections need (a proxy's upstream, a rate limit, a PROXY-header
+/// origin, a handler timer, a connection log line) sits behind a pointer.
 pub struct Conn {
     pub fd: OwnedFd,
-    pub peer: Option<IpAddr>,
-    handler: Box<dyn Handler>,
-    /// Output not yet sent: `out[out_pos..]`. Empty (no allocation) while idle.
-    out: Vec<u8>,
-    out_pos: usize,
-    /// Input the handler has not consumed yet. Empty (no allocation) while idle.
-    inbuf: Vec<u8>,
-    pub last_active: Instant,
+    /// Which listener accepted it (index in the config).
+    pub listener: u16,
+    /// The client socket's readiness and the loop's decisions about it.
+    pub flags: Flags,
     /// What epoll currently watches for.
     pub registered: Interest,
-    /// Edge-triggered: readable edge seen and not yet drained (to EAGAIN, or by a
-    /// short read, see `peer_hup`).
-    pub may_read: bool,
-    /// epoll reported the client's FIN or an error. Until then a read that returns
-    /// less than it asked for proves the socket drained (the next byte brings a new
-    /// edge), which saves the EAGAIN read per round trip; after it, the EOF is
-    /// already there and brings no new edge, so reading goes on until it is seen.
-    pub peer_hup: bool,
-    /// The client sent FIN.
-    read_closed: bool,
-    /// Close once output is flushed and no blocking job is outstanding.
-    close: bool,
     /// Blocking jobs submitted for this connection whose completion has not been
     /// delivered: their results may still write output the client is owed.
     jobs_pending: u32,
-    /// Reading is suspended until output falls under the low water mark.
-    backpressured: bool,
+    /// Output not yet sent: `out[out_pos..]`. Empty (no allocation) while idle.
+    out_pos: usize,
+    out: Vec<u8>,
+    /// Input the handler has not consumed yet. Empty (no allocation) while idle.
+    inbuf: Vec<u8>,
+    handler: Box<dyn Handler>,
+    pub last_active: Instant,
     /// Per-client rate limit, if one is configured.
     pub bucket: Option<Box<Bucket>>,
-    /// The rate limit ran out: not read from until the throttle timer re-admits it.
-    pub throttled: bool,
-    /// A throttle timer is pending for this connection.
-    pub throttle_armed: bool,
-    /// Counted in the worker's per-IP connection table.
-    pub counted_ip: bool,
-    /// Which listener accepted it (index in the config).
-    pub listener: u16,
-    /// The handler asked for `on_timer` at this instant.
-    pub timer_at: Option<Instant>,
-    /// The earliest handler-timer entry already in the worker's heap.
-    pub timer_queued: Option<Instant>,
-    /// The handler asked for a half-close once output is flushed.
-    shutdown_write: bool,
-    write_shut: bool,
     /// For a proxied connection: the upstream side.
     pub upstream: Option<Box<Upstream>>,
-    /// The real client when it is not the socket's peer (a PROXY header named it).
-    pub origin: Option<SocketAddr>,
-    /// `accept_proxy`: the PROXY header has not been read yet; the handler is a
-    /// placeholder until it has.
-    pub awaiting_header: bool,
     /// `log_connections`: what the line at close will say.
     pub log: Option<Box<super::connlog::Record>>,
-    /// Stays in this worker whatever happens (the new generation refused it).
-    pub pinned: bool,
+    /// The rarely set rest, allocated only when one of them is.
+    rare: Option<Box<Rare>>,
+    pub peer: Option<IpAddr>,
+}
+
+/// What few connections carry.
+#[derive(Default)]
+struct Rare {
+    /// The real client when it is not the socket's peer (a PROXY header named it).
+    origin: Option<SocketAddr>,
+    /// The handler asked for `on_timer` at this instant.
+    timer_at: Option<Instant>,
+    /// The earliest handler-timer entry already in the worker's heap.
+    timer_queued: Option<Instant>,
 }
 
 /// How a connection leaves a draining worker.
@@ -128,36 +115,56 @@ impl Conn {
     ) -> Conn {
         Conn {
             fd,
-            peer,
-            handler,
-            out: Vec::new(),
-            out_pos: 0,
-            inbuf: Vec::new(),
-            last_active: now,
+            listener: 0,
+            flags: Flags::new(Flags::MAY_READ),
             registered: Interest {
                 edge: true,
                 ..Interest::READ
             },
-            may_read: true,
-            peer_hup: false,
-            read_closed: false,
-            close: false,
             jobs_pending: 0,
-            backpressured: false,
+            out_pos: 0,
+            out: Vec::new(),
+            inbuf: Vec::new(),
+            handler,
+            last_active: now,
             bucket,
-            throttled: false,
-            throttle_armed: false,
-            counted_ip: false,
-            listener: 0,
-            timer_at: None,
-            timer_queued: None,
-            shutdown_write: false,
-            write_shut: false,
             upstream: None,
-            origin: None,
-            awaiting_header: false,
             log: None,
-            pinned: false,
+            rare: None,
+            peer,
+        }
+    }
+
+    /// The real client when it is not the socket's peer (a PROXY header named it).
+    pub fn origin(&self) -> Option<SocketAddr> {
+        self.rare.as_ref().and_then(|r| r.origin)
+    }
+
+    pub fn set_origin(&mut self, origin: Option<SocketAddr>) {
+        if origin.is_some() || self.rare.is_some() {
+            self.rare.get_or_insert_with(Box::default).origin = origin;
+        }
+    }
+
+    /// The handler asked for `on_timer` at this instant.
+    pub fn timer_at(&self) -> Option<Instant> {
+        self.rare.as_ref().and_then(|r| r.timer_at)
+    }
+
+    pub fn set_timer_at(&mut self, at: Option<Instant>) {
+        if at.is_some() || self.rare.is_some() {
+            self.rare.get_or_insert_with(Box::default).timer_at = at;
+        }
+    }
+
+    /// The earliest handler-timer entry already in the worker's heap.
+    pub fn timer_queued(&self) -> Option<Instant> {
+        self.rare.as_ref().and_then(|r| r.timer_queued)
+    }
+
+    pub fn set_timer_queued(&mut self, at: Option<Instant>) {
+        if at.is_some() || self.rare.is_some() {
+            self.rare.get_or_insert_with(Box::default).timer_queued = at;
         }
     }
 
@@ -168,12 +175,14 @@ impl Conn {
 
     /// The client sent FIN.
     pub fn client_eof(&self) -> bool {
-        self.read_closed
+        self.flags.has(Flags::READ_CLOSED)
     }
 
     /// The upstream sent FIN.
     pub fn upstream_eof(&self) -> bool {
-        self.upstream.as_ref().is_some_and(|u| u.read_closed)
+        self.upstream
+            .as_ref()
+            .is_some_and(|u| u.flags.has(Flags::READ_CLOSED))
     }
 
     fn pending(&self) -> usize {
@@ -182,11 +191,11 @@ impl Conn {
 
     /// Reading is possible and allowed now.
     pub fn wants_read(&self) -> bool {
-        self.may_read
-            && !self.read_closed
-            && !self.backpressured
-            && !self.close
-            && !self.throttled
+        self.flags.has(Flags::MAY_READ)
+            && !self.flags.has(Flags::READ_CLOSED)
+            && !self.flags.has(Flags::BACKPRESSURED)
+            && !self.flags.has(Flags::CLOSE)
+            && !self.flags.has(Flags::THROTTLED)
             && !self.client_paused()
     }
 
@@ -195,10 +204,10 @@ impl Conn {
     pub fn more_to_read(&self) -> bool {
         self.wants_read()
             || self.upstream.as_ref().is_some_and(|u| {
-                u.connected
-                    && u.may_read
-                    && !u.read_closed
-                    && !u.backpressured
+                u.flags.has(Flags::CONNECTED)
+                    && u.flags.has(Flags::MAY_READ)
+                    && !u.flags.has(Flags::READ_CLOSED)
+                    && !u.flags.has(Flags::BACKPRESSURED)
                     && !u.pipes.as_ref().is_some_and(|p| p.u2c.full)
             })
     }
@@ -206,9 +215,9 @@ impl Conn {
     /// A proxied client is not read while its bytes wait for the upstream beyond
     /// the high water mark (`Upstream::backpressured` is the mirror image).
     fn client_paused(&self) -> bool {
-        self.upstream
-            .as_ref()
-            .is_some_and(|u| u.backpressured_client || u.pipes.as_ref().is_some_and(|p| p.c2u.full))
+        self.upstream.as_ref().is_some_and(|u| {
+            u.flags.has(Flags::BACKPRESSURED_CLIENT) || u.pipes.as_ref().is_some_and(|p| p.c2u.full)
+        })
     }
 
     /// Closing now loses nothing.
@@ -225,13 +234,13 @@ impl Conn {
     /// `may_suspend` (the listener says `suspend = false`) only an idle connection
     /// leaves, with nothing to carry.
     pub fn suspend(&mut self, may_suspend: bool) -> Option<Leaving> {
-        let quiet = !self.pinned
+        let quiet = !self.flags.has(Flags::PINNED)
             && self.out.len() == self.out_pos
             && self.jobs_pending == 0
-            && !self.close
-            && !self.shutdown_write
-            && !self.read_closed
-            && !self.write_shut
+            && !self.flags.has(Flags::CLOSE)
+            && !self.flags.has(Flags::SHUTDOWN_WRITE)
+            && !self.flags.has(Flags::READ_CLOSED)
+            && !self.flags.has(Flags::WRITE_SHUT)
             && self.upstream.as_ref().is_none_or(|u| u.quiescent());
         if !quiet {
             return None;
@@ -265,10 +274,10 @@ impl Conn {
     /// output is pending.
     pub fn interest(&self) -> Interest {
         Interest {
-            read: !self.read_closed
-                && !self.backpressured
-                && !self.close
-                && !self.throttled
+            read: !self.flags.has(Flags::READ_CLOSED)
+                && !self.flags.has(Flags::BACKPRESSURED)
+                && !self.flags.has(Flags::CLOSE)
+                && !self.flags.has(Flags::THROTTLED)
                 && !self.client_paused(),
             write: self.pending() > 0,
             edge: true,
@@ -287,13 +296,13 @@ impl Conn {
                 };
                 match fd::read(self.fd.as_fd(), &mut env.scratch[..asked]) {
                     Ok(0) => {
-                        self.read_closed = true;
+                        self.flags.set(Flags::READ_CLOSED, true);
                         self.with_io(env, |h, io| h.on_eof(io));
                     }
                     Ok(n) => {
                         active = true;
-                        if n < asked && !self.peer_hup {
-                            self.may_read = false;
+                        if n < asked && !self.flags.has(Flags::PEER_HUP) {
+                            self.flags.set(Flags::MAY_READ, false);
                         }
                         env.budget -= n;
                         self.charge(n);
@@ -306,10 +315,12 @@ impl Conn {
                             )));
                         }
                         if self.pending() >= env.high {
-                            self.backpressured = true;
+                            self.flags.set(Flags::BACKPRESSURED, true);
                         }
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.may_read = false,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.flags.set(Flags::MAY_READ, false)
+                    }
                     Err(e) => return Outcome::Close(Some(format!("read failed: {e}"))),
                 }
             }
@@ -319,17 +330,17 @@ impl Conn {
             }
             if self.pending() == 0 {
                 self.release_out(env.pool);
-                if self.shutdown_write && !self.write_shut {
+                if self.flags.has(Flags::SHUTDOWN_WRITE) && !self.flags.has(Flags::WRITE_SHUT) {
                     // The handler's half-close: FIN to the client, reading goes on.
-                    self.write_shut = true;
-                    let _ = socket2::SockRef::from(&self.fd).shutdown(std::net::Shutdown::Write);
+                    self.flags.set(Flags::WRITE_SHUT, true);
+                    let _ = stream::shutdown_write(&self.fd);
                 }
             }
-            if self.backpressured && self.pending() <= env.low {
+            if self.flags.has(Flags::BACKPRESSURED) && self.pending() <= env.low {
                 // Output drained: read again. The readable edge may have been consumed
                 // while we were not reading, so try rather than wait for a new one.
-                self.backpressured = false;
-                self.may_read = true;
+                self.flags.set(Flags::BACKPRESSURED, false);
+                self.flags.set(Flags::MAY_READ, true);
                 self.with_io(env, |h, io| h.on_resume(io));
                 if env.budget > 0 {
                     continue;
@@ -340,7 +351,7 @@ impl Conn {
         // A close (the handler's, or the default one after EOF) waits for what the
         // connection still owes: queued output, and blocking jobs whose results may
         // write more.
-        if self.close && self.pending() == 0 && self.jobs_pending == 0 {
+        if self.flags.has(Flags::CLOSE) && self.pending() == 0 && self.jobs_pending == 0 {
             return Outcome::Close(None);
         }
         Outcome::Open { active }
@@ -354,7 +365,7 @@ impl Conn {
         };
         let allowed = b.available(Instant::now());
         if allowed == 0 {
-            self.throttled = true;
+            self.flags.set(Flags::THROTTLED, true);
             return None;
         }
         Some(want.min(allowed.min(usize::MAX as u64) as usize))
@@ -382,20 +393,43 @@ impl Conn {
         env: &mut Env<'_>,
         f: impl FnOnce(&mut dyn Handler, &mut Io<'_>) -> R,
     ) -> R {
-        self.take_out_buf(env.pool);
-        let jobs_before = env.jobs.len();
+        self.io_call(env.pool, env.jobs, env.draining, |h, io, _| f(h, io))
+    }
+
+    /// The one place a handler's `Io` is made: the connection's flags it may change
+    /// are lent as plain bools and written back after the callback, which also sees
+    /// the unconsumed input.
+    fn io_call<R>(
+        &mut self,
+        pool: &mut Vec<Vec<u8>>,
+        jobs: &mut Vec<Job>,
+        draining: bool,
+        f: impl FnOnce(&mut dyn Handler, &mut Io<'_>, &mut Vec<u8>) -> R,
+    ) -> R {
+        self.take_out_buf(pool);
+        let jobs_before = jobs.len();
+        let mut close = self.flags.has(Flags::CLOSE);
+        let mut shutdown_write = self.flags.has(Flags::SHUTDOWN_WRITE);
+        let timer_before = self.timer_at();
+        let mut timer = timer_before;
         let mut io = Io {
             out: &mut self.out,
-            close: &mut self.close,
-            shutdown_write: &mut self.shutdown_write,
-            timer: &mut self.timer_at,
-            jobs: env.jobs,
+            close: &mut close,
+            shutdown_write: &mut shutdown_write,
+            timer: &mut timer,
+            jobs,
             peer: self.peer,
-            draining: env.draining,
-            held: self.backpressured,
+            draining,
+            held: self.flags.has(Flags::BACKPRESSURED),
         };
-        let r = f(self.handler.as_mut(), &mut io);
-        self.count_jobs(env.jobs.len(), jobs_before);
+        let r = f(self.handler.as_mut(), &mut io, &mut self.inbuf);
+        let jobs_now = io.jobs.len();
+        self.flags.set(Flags::CLOSE, close);
+        self.flags.set(Flags::SHUTDOWN_WRITE, shutdown_write);
+        if timer != timer_before {
+            self.set_timer_at(timer);
+        }
+        self.count_jobs(jobs_now, jobs_before);
         r
     }
 
@@ -407,36 +441,22 @@ impl Conn {
     /// Hands the `n` new bytes in the scratch buffer to the handler, after whatever it
     /// left unconsumed before.
     fn feed(&mut self, n: usize, env: &mut Env<'_>) {
-        self.take_out_buf(env.pool);
-        let jobs_before = env.jobs.len();
-        let mut io = Io {
-            out: &mut self.out,
-            close: &mut self.close,
-            shutdown_write: &mut self.shutdown_write,
-            timer: &mut self.timer_at,
-            jobs: env.jobs,
-            peer: self.peer,
-            draining: env.draining,
-            held: self.backpressured,
-        };
         let data = &env.scratch[..n];
-        if self.inbuf.is_empty() {
-            let used = self.handler.on_data(&mut io, data).min(data.len());
-            if used < data.len() {
-                self.inbuf.extend_from_slice(&data[used..]);
+        self.io_call(env.pool, env.jobs, env.draining, |handler, io, inbuf| {
+            if inbuf.is_empty() {
+                let used = handler.on_data(io, data).min(data.len());
+                if used < data.len() {
+                    inbuf.extend_from_slice(&data[used..]);
+                }
+            } else {
+                inbuf.extend_from_slice(data);
+                let used = handler.on_data(io, inbuf).min(inbuf.len());
+                inbuf.drain(..used);
+                if inbuf.is_empty() {
+                    *inbuf = Vec::new();
+                }
             }
-        } else {
-            self.inbuf.extend_from_slice(data);
-            let used = self
-                .handler
-                .on_data(&mut io, &self.inbuf)
-                .min(self.inbuf.len());
-            self.inbuf.drain(..used);
-            if self.inbuf.is_empty() {
-                self.inbuf = Vec::new();
-            }
-        }
-        self.count_jobs(env.jobs.len(), jobs_before);
+        });
     }
 
     /// Sends pending output until the socket would block; returns bytes sent.
@@ -493,4 +513,19 @@ fn send_pending(fd: std::os::fd::BorrowedFd<'_>, buf: &[u8], pos: &mut usize) ->
         }
     }
     Ok(sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Conn;
+
+    /// Every byte here is paid per open connection (a million of them in the scale
+    /// bench): the bound is what the layout reached, so a field added carelessly
+    /// fails here instead of in the idle-memory figures.
+    #[test]
+    fn a_connection_stays_small() {
+        let size = std::mem::size_of::<Conn>();
+        println!("size_of::<Conn>() = {size} bytes");
+        assert!(size <= 160, "Conn grew to {size} bytes");
+    }
 }

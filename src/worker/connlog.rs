@@ -13,6 +13,7 @@ use std::time::Instant;
 use tracing::info;
 
 use super::conn::Conn;
+use super::conn::Flags;
 use super::token::Token;
 use super::Worker;
 
@@ -153,7 +154,7 @@ impl Worker {
             None => End::ServiceClosed,
         });
         let client = c
-            .origin
+            .origin()
             .or(r.client)
             .map_or_else(|| "unix".to_string(), |a| a.to_string());
         let listener = self
@@ -162,10 +163,10 @@ impl Worker {
             .get(usize::from(c.listener))
             .map(|l| l.name.clone().unwrap_or_else(|| l.address.to_string()))
             .unwrap_or_default();
-        let upstream = c
-            .upstream
-            .as_ref()
-            .map_or_else(|| "-".to_string(), |u| upstream_text(u.addr, u.connected));
+        let upstream = c.upstream.as_ref().map_or_else(
+            || "-".to_string(),
+            |u| upstream_text(u.addr, u.flags.has(Flags::CONNECTED)),
+        );
         info!(
             target: "corral::connlog",
             "conn client={client} listener={listener} upstream={upstream} bytes_in={} \

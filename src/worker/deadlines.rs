@@ -7,6 +7,7 @@ use tracing::{debug, info, warn};
 
 use crate::channel::ToMaster;
 
+use super::conn::Flags;
 use super::connlog;
 use super::token::Token;
 use super::Worker;
@@ -42,14 +43,14 @@ impl Worker {
                     let Some(c) = self.conns.get_mut(token) else {
                         continue;
                     };
-                    c.timer_queued = None;
-                    match c.timer_at {
+                    c.set_timer_queued(None);
+                    match c.timer_at() {
                         Some(at) if at <= now => {
-                            c.timer_at = None;
+                            c.set_timer_at(None);
                             self.with_handler(token, |h, io| h.on_timer(io));
                         }
                         Some(at) => {
-                            c.timer_queued = Some(at);
+                            c.set_timer_queued(Some(at));
                             self.timers.schedule(at, Timer::Handler(token));
                         }
                         None => {}
@@ -60,16 +61,16 @@ impl Worker {
                         .conns
                         .get(token)
                         .and_then(|c| c.upstream.as_ref())
-                        .is_some_and(|u| !u.connected && u.attempt == attempt);
+                        .is_some_and(|u| !u.flags.has(Flags::CONNECTED) && u.attempt == attempt);
                     if timed_out {
                         self.upstream_failed(token, "connect timed out");
                     }
                 }
                 Timer::Throttle(token) => {
                     if let Some(c) = self.conns.get_mut(token) {
-                        c.throttled = false;
-                        c.throttle_armed = false;
-                        c.may_read = true;
+                        c.flags.set(Flags::THROTTLED, false);
+                        c.flags.set(Flags::THROTTLE_ARMED, false);
+                        c.flags.set(Flags::MAY_READ, true);
                         self.drive(token);
                     }
                 }

@@ -9,6 +9,7 @@ use tracing::{debug, warn};
 
 use crate::os::epoll::Event;
 
+use super::conn::Flags;
 use super::conn::{self, Conn, Env};
 use super::token::Token;
 use super::{connlog, Phase, Timer, Worker, POOL_MAX};
@@ -19,9 +20,9 @@ impl Worker {
             return;
         };
         if ev.readable || ev.hangup {
-            c.may_read = true;
+            c.flags.set(Flags::MAY_READ, true);
         }
-        c.peer_hup |= ev.hangup;
+        c.flags.or(Flags::PEER_HUP, ev.hangup);
         self.drive(token);
     }
 
@@ -33,7 +34,7 @@ impl Worker {
         let Some(c) = self.conns.get_mut(token) else {
             return;
         };
-        if c.awaiting_header {
+        if c.flags.has(Flags::AWAITING_HEADER) {
             return self.read_header(token);
         }
         let before = (self.stats.bytes_in, self.stats.bytes_out);
@@ -54,7 +55,11 @@ impl Worker {
             c.pump(&mut env)
         };
         let budget = env.budget;
-        if let Some(up) = c.upstream.as_ref().filter(|u| u.connected) {
+        if let Some(up) = c
+            .upstream
+            .as_ref()
+            .filter(|u| u.flags.has(Flags::CONNECTED))
+        {
             let (i, o) = (
                 self.stats.bytes_in - before.0,
                 self.stats.bytes_out - before.1,
@@ -90,9 +95,9 @@ impl Worker {
                 warn!("cannot run a blocking job: {e}");
             }
         }
-        if let Some(at) = c.timer_at {
-            if c.timer_queued.is_none_or(|q| at < q) {
-                c.timer_queued = Some(at);
+        if let Some(at) = c.timer_at() {
+            if c.timer_queued().is_none_or(|q| at < q) {
+                c.set_timer_queued(Some(at));
                 self.timers.schedule(at, Timer::Handler(token));
             }
         }
@@ -108,8 +113,8 @@ impl Worker {
         if c.more_to_read() && (budget == 0 || c.upstream.is_some()) {
             self.ready.push(token);
         }
-        if c.throttled && !c.throttle_armed {
-            c.throttle_armed = true;
+        if c.flags.has(Flags::THROTTLED) && !c.flags.has(Flags::THROTTLE_ARMED) {
+            c.flags.set(Flags::THROTTLE_ARMED, true);
             self.counters.throttled(usize::from(c.listener));
             let at = c.readmit_at(now);
             self.timers.schedule(at, Timer::Throttle(token));
@@ -162,7 +167,7 @@ impl Worker {
             jobs: &mut self.jobs,
         };
         c.with_io(&mut env, f);
-        c.may_read = true;
+        c.flags.set(Flags::MAY_READ, true);
         self.drive(token);
     }
 
@@ -178,14 +183,18 @@ impl Worker {
         let mut conn = None;
         if let Some(mut c) = self.conns.remove(token) {
             self.log_closed(&mut c);
-            if let Some(up) = c.upstream.as_ref().filter(|u| u.connected) {
+            if let Some(up) = c
+                .upstream
+                .as_ref()
+                .filter(|u| u.flags.has(Flags::CONNECTED))
+            {
                 let index = up.index;
                 let service = self.listeners.get_mut(usize::from(c.listener));
                 if let Some(u) = service.and_then(|l| l.service.upstreams()) {
                     u.released(index);
                 }
             }
-            if let (true, Some(ip)) = (c.counted_ip, c.peer) {
+            if let (true, Some(ip)) = (c.flags.has(Flags::COUNTED_IP), c.peer) {
                 if let Some(n) = self.per_ip.get_mut(&ip) {
                     *n -= 1;
                     if *n == 0 {

@@ -231,7 +231,7 @@ impl Worker {
         let peer = peer_ip(&fd);
         if let Some(token) = self.add_conn(index, net::Accepted { fd, peer }, Some(h)) {
             if let Some(c) = self.conns.get_mut(token) {
-                c.pinned = pinned;
+                c.flags.set(super::conn::Flags::PINNED, pinned);
             }
         }
     }

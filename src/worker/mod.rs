@@ -55,7 +55,7 @@ use timer::Timers;
 use token::{TOKEN_CHANNEL, TOKEN_LISTENER, TOKEN_POOL, TOKEN_SIGNALS, UPSTREAM_BIT};
 
 // For the proxy's connection logic, which lives with the proxy service.
-pub(crate) use conn::{Pipes, Upstream};
+pub(crate) use conn::{Flags, Pipes, Upstream};
 pub(crate) use connlog::End;
 pub(crate) use deadlines::Timer;
 pub(crate) use token::Token;
@@ -304,7 +304,7 @@ impl Worker {
     fn other_work(&mut self) {
         if std::mem::take(&mut self.signals_ready) {
             for sig in self.signals.drain() {
-                use nix::sys::signal::Signal::*;
+                use crate::os::types::Signal::*;
                 match sig {
                     SIGTERM | SIGINT => {
                         info!("{sig}: stopping now");
@@ -331,7 +331,7 @@ impl Worker {
                 c.job_done();
                 if result.is::<pool::Panicked>() {
                     // No result to deliver, but a close waiting for it may proceed.
-                    c.may_read = true;
+                    c.flags.set(Flags::MAY_READ, true);
                     self.drive(token);
                 } else {
                     self.with_handler(token, |h, io| h.on_complete(io, result));

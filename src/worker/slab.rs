@@ -99,3 +99,17 @@ impl Slab {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// A slot is a connection plus its generation: no more.
+    #[test]
+    fn a_slot_stays_small() {
+        let size = std::mem::size_of::<super::Slot>();
+        println!("size_of::<Slot>() = {size} bytes");
+        assert!(
+            size <= std::mem::size_of::<super::Conn>() + 8,
+            "Slot is {size} bytes"
+        );
+    }
+}

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::conn::Flags;
 use super::slab::Slab;
 use crate::config::Config;
 
@@ -211,7 +212,11 @@ impl Counters {
             if let Some(l) = self.listeners.get_mut(listener) {
                 l.active += 1;
             }
-            if let Some(up) = c.upstream.as_ref().filter(|u| u.connected) {
+            if let Some(up) = c
+                .upstream
+                .as_ref()
+                .filter(|u| u.flags.has(Flags::CONNECTED))
+            {
                 if let Some(u) = self.upstream(listener, up.index) {
                     u.active += 1;
                 }

@@ -23,6 +23,7 @@ use crate::os::{process, scm};
 use crate::service::Handler;
 
 use super::bucket::Bucket;
+use super::conn::Flags;
 use super::conn::{Conn, Leaving, Pipes, Upstream};
 use super::token::Token;
 use super::{Timer, Worker};
@@ -51,7 +52,7 @@ impl Worker {
                     if let Leaving::Suspended(_, input) = leaving {
                         c.carry_input(input);
                     }
-                    c.pinned = true;
+                    c.flags.set(Flags::PINNED, true);
                     return false;
                 }
             },
@@ -59,19 +60,21 @@ impl Worker {
         };
         let handed = match leaving {
             Leaving::Idle => Handed {
-                peer: c.origin,
+                peer: c.origin(),
                 ..Handed::idle(listen)
             },
             Leaving::Suspended(s, input) => Handed {
                 listen,
-                peer: c.origin,
+                peer: c.origin(),
                 moved: Some(Box::new(Moved {
                     service: l.map(|l| l.service.clone()).unwrap_or_default(),
                     version: s.version,
                     state: s.state,
                     input,
                     idle_ms: millis(now.saturating_duration_since(c.last_active)),
-                    timer_ms: c.timer_at.map(|t| millis(t.saturating_duration_since(now))),
+                    timer_ms: c
+                        .timer_at()
+                        .map(|t| millis(t.saturating_duration_since(now))),
                     origin: process::pid().as_raw() as u32,
                     upstream: c.upstream.as_ref().map(|u| u.addr),
                     refused: None,
@@ -242,17 +245,17 @@ impl Worker {
         let now = Instant::now();
         let bucket = (flow.rate > 0).then(|| Box::new(Bucket::new(flow.rate, flow.burst, now)));
         let mut conn = Conn::new(fd, peer, handler, bucket, now);
-        conn.counted_ip = counted_ip;
+        conn.flags.set(Flags::COUNTED_IP, counted_ip);
         conn.listener = listener as u16;
-        conn.pinned = pinned;
-        conn.origin = origin;
+        conn.flags.set(Flags::PINNED, pinned);
+        conn.set_origin(origin);
         if self.config.listen[listener].logs_connections() {
             conn.log = Some(super::connlog::Record::new(now, conn.fd.as_fd()));
         }
         conn.last_active = now
             .checked_sub(Duration::from_millis(m.idle_ms))
             .unwrap_or(now);
-        conn.timer_at = m.timer_ms.map(|ms| now + Duration::from_millis(ms));
+        conn.set_timer_at(m.timer_ms.map(|ms| now + Duration::from_millis(ms)));
         conn.carry_input(m.input.clone());
         if let (Some(ufd), Some(addr)) = (upstream, m.upstream) {
             let l = &self.config.listen[listener];
@@ -289,8 +292,8 @@ impl Worker {
             self.close(token);
             return;
         }
-        if let Some(at) = c.timer_at {
-            c.timer_queued = Some(at);
+        if let Some(at) = c.timer_at() {
+            c.set_timer_queued(Some(at));
             self.timers.schedule(at, Timer::Handler(token));
         }
         let idle = self.listeners[listener].idle;
@@ -336,7 +339,7 @@ mod tests {
         let (master, worker_end) = Channel::pair().unwrap();
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let signals = SignalReader::new(&[nix::sys::signal::Signal::SIGUSR1]).unwrap();
+            let signals = SignalReader::new(&[crate::os::types::Signal::SIGUSR1]).unwrap();
             let init = WorkerInit {
                 slot: 0,
                 generation: 1,

@@ -2,13 +2,14 @@
 //! (non-blocking, with a timeout), falling back to the next upstream on failure, and
 //! the upstream socket's events. Moving the bytes is `worker::conn`'s proxy pump.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::time::Instant;
 
 use tracing::{debug, warn};
 
 use crate::os::epoll::Event;
-use crate::worker::{End, Pipes};
+use crate::os::stream;
+use crate::worker::{End, Flags, Pipes};
 use crate::worker::{Timer, Token, Upstream, Worker};
 
 impl Worker {
@@ -39,21 +40,9 @@ impl Worker {
                 return self.close_as(token, End::NoUpstream);
             };
             tried.push(index);
-            let started = socket2::Socket::new(
-                socket2::Domain::for_address(addr),
-                socket2::Type::STREAM.nonblocking().cloexec(),
-                None,
-            )
-            .and_then(|s| {
-                let _ = s.set_nodelay(true);
-                match s.connect(&addr.into()) {
-                    Ok(()) => Ok(s),
-                    Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(s),
-                    Err(e) => Err(e),
-                }
-            });
+            let started = stream::connect_nonblocking(addr);
             let sock = match started {
-                Ok(s) => OwnedFd::from(s),
+                Ok(s) => s,
                 Err(e) => {
                     u.failed(index, now);
                     self.counters.upstream_failed(listener, index, now);
@@ -117,8 +106,8 @@ impl Worker {
         let Some(up) = c.upstream.as_mut() else {
             return;
         };
-        if !up.connected {
-            let error = match socket2::SockRef::from(&up.fd).take_error() {
+        if !up.flags.has(Flags::CONNECTED) {
+            let error = match stream::take_error(&up.fd) {
                 Ok(Some(e)) | Err(e) => Some(e.to_string()),
                 Ok(None) if ev.writable => None,
                 Ok(None) => Some("connection closed".into()),
@@ -126,8 +115,8 @@ impl Worker {
             if let Some(why) = error {
                 return self.upstream_failed(token, &why);
             }
-            up.connected = true;
-            up.may_read = true;
+            up.flags.set(Flags::CONNECTED, true);
+            up.flags.set(Flags::MAY_READ, true);
             let index = up.index;
             // What the client sent while we connected goes to this upstream now.
             let carried = up.pending() as u64;
@@ -159,9 +148,9 @@ impl Worker {
             return;
         };
         if ev.readable || ev.hangup {
-            up.may_read = true;
+            up.flags.set(Flags::MAY_READ, true);
         }
-        up.peer_hup |= ev.hangup;
+        up.flags.or(Flags::PEER_HUP, ev.hangup);
         self.drive(token);
     }
 }

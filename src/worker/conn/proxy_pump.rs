@@ -3,9 +3,9 @@
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 
-use crate::os::fd;
+use crate::os::{fd, stream};
 
-use super::{send_pending, Conn, Env, Outcome, Pipes, Upstream, POOLED_CAPACITY};
+use super::{send_pending, Conn, Env, Flags, Outcome, Pipes, Upstream, POOLED_CAPACITY};
 
 impl Conn {
     /// A proxied connection: moves bytes both ways between the client and its
@@ -25,29 +25,31 @@ impl Conn {
         // A few passes: a flush on one side can unblock reading on the other.
         for _ in 0..4 {
             let mut progress = false;
-            if up.connected && up.out.len() == up.out_pos && self.out.len() == self.out_pos {
+            if up.flags.has(Flags::CONNECTED)
+                && up.out.len() == up.out_pos
+                && self.out.len() == self.out_pos
+            {
                 if let Some(p) = up.pipes.as_mut() {
-                    match self.splice_both_ways(
-                        p,
-                        &up.fd,
-                        &mut up.may_read,
-                        &mut up.read_closed,
-                        env,
-                    ) {
+                    match self.splice_both_ways(p, &up.fd, &mut up.flags, env) {
                         Ok(moved) => {
                             progress |= moved;
                             active |= moved;
                         }
                         Err(e) => return Outcome::Close(Some(format!("splice failed: {e}"))),
                     }
-                    if self.read_closed && p.c2u.len == 0 && !up.write_shut {
-                        up.write_shut = true;
-                        let _ = socket2::SockRef::from(&up.fd).shutdown(std::net::Shutdown::Write);
+                    if self.flags.has(Flags::READ_CLOSED)
+                        && p.c2u.len == 0
+                        && !up.flags.has(Flags::WRITE_SHUT)
+                    {
+                        up.flags.set(Flags::WRITE_SHUT, true);
+                        let _ = stream::shutdown_write(&up.fd);
                     }
-                    if up.read_closed && p.u2c.len == 0 && !self.write_shut {
-                        self.write_shut = true;
-                        let _ =
-                            socket2::SockRef::from(&self.fd).shutdown(std::net::Shutdown::Write);
+                    if up.flags.has(Flags::READ_CLOSED)
+                        && p.u2c.len == 0
+                        && !self.flags.has(Flags::WRITE_SHUT)
+                    {
+                        self.flags.set(Flags::WRITE_SHUT, true);
+                        let _ = stream::shutdown_write(&self.fd);
                     }
                     if !progress {
                         break;
@@ -56,55 +58,63 @@ impl Conn {
                 }
             }
             // client -> upstream
-            while self.may_read
-                && !self.read_closed
-                && !up.backpressured_client
-                && !self.throttled
+            while self.flags.has(Flags::MAY_READ)
+                && !self.flags.has(Flags::READ_CLOSED)
+                && !up.flags.has(Flags::BACKPRESSURED_CLIENT)
+                && !self.flags.has(Flags::THROTTLED)
                 && env.budget > 0
             {
                 let Some(asked) = self.allowance(env.budget.min(env.scratch.len())) else {
                     break;
                 };
                 match fd::read(self.fd.as_fd(), &mut env.scratch[..asked]) {
-                    Ok(0) => self.read_closed = true,
+                    Ok(0) => self.flags.set(Flags::READ_CLOSED, true),
                     Ok(n) => {
                         active = true;
                         progress = true;
-                        if n < asked && !self.peer_hup {
-                            self.may_read = false;
+                        if n < asked && !self.flags.has(Flags::PEER_HUP) {
+                            self.flags.set(Flags::MAY_READ, false);
                         }
                         env.budget -= n;
                         self.charge(n);
                         env.stats.bytes_in += n as u64;
                         up.out.extend_from_slice(&env.scratch[..n]);
                         if up.pending() >= env.high {
-                            up.backpressured_client = true;
+                            up.flags.set(Flags::BACKPRESSURED_CLIENT, true);
                         }
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.may_read = false,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.flags.set(Flags::MAY_READ, false)
+                    }
                     Err(e) => return Outcome::Close(Some(format!("client read failed: {e}"))),
                 }
             }
-            if up.connected {
+            if up.flags.has(Flags::CONNECTED) {
                 // upstream -> client
-                while up.may_read && !up.read_closed && !up.backpressured && env.budget > 0 {
+                while up.flags.has(Flags::MAY_READ)
+                    && !up.flags.has(Flags::READ_CLOSED)
+                    && !up.flags.has(Flags::BACKPRESSURED)
+                    && env.budget > 0
+                {
                     let asked = env.budget.min(env.scratch.len());
                     match fd::read(up.fd.as_fd(), &mut env.scratch[..asked]) {
-                        Ok(0) => up.read_closed = true,
+                        Ok(0) => up.flags.set(Flags::READ_CLOSED, true),
                         Ok(n) => {
                             active = true;
                             progress = true;
-                            if n < asked && !up.peer_hup {
-                                up.may_read = false;
+                            if n < asked && !up.flags.has(Flags::PEER_HUP) {
+                                up.flags.set(Flags::MAY_READ, false);
                             }
                             env.budget -= n;
                             self.take_out_buf(env.pool);
                             self.out.extend_from_slice(&env.scratch[..n]);
                             if self.pending() >= env.high {
-                                up.backpressured = true;
+                                up.flags.set(Flags::BACKPRESSURED, true);
                             }
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => up.may_read = false,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            up.flags.set(Flags::MAY_READ, false)
+                        }
                         Err(e) => {
                             return Outcome::Close(Some(format!("upstream read failed: {e}")))
                         }
@@ -121,14 +131,17 @@ impl Conn {
                         up.out = Vec::new();
                     }
                 }
-                if up.backpressured_client && up.pending() <= env.low {
-                    up.backpressured_client = false;
-                    self.may_read = true;
+                if up.flags.has(Flags::BACKPRESSURED_CLIENT) && up.pending() <= env.low {
+                    up.flags.set(Flags::BACKPRESSURED_CLIENT, false);
+                    self.flags.set(Flags::MAY_READ, true);
                     progress = true;
                 }
-                if self.read_closed && up.pending() == 0 && !up.write_shut {
-                    up.write_shut = true;
-                    let _ = socket2::SockRef::from(&up.fd).shutdown(std::net::Shutdown::Write);
+                if self.flags.has(Flags::READ_CLOSED)
+                    && up.pending() == 0
+                    && !up.flags.has(Flags::WRITE_SHUT)
+                {
+                    up.flags.set(Flags::WRITE_SHUT, true);
+                    let _ = stream::shutdown_write(&up.fd);
                 }
             }
             match self.flush(env.stats) {
@@ -138,20 +151,27 @@ impl Conn {
             if self.pending() == 0 {
                 self.release_out(env.pool);
             }
-            if up.backpressured && self.pending() <= env.low {
-                up.backpressured = false;
-                up.may_read = true;
+            if up.flags.has(Flags::BACKPRESSURED) && self.pending() <= env.low {
+                up.flags.set(Flags::BACKPRESSURED, false);
+                up.flags.set(Flags::MAY_READ, true);
                 progress = true;
             }
-            if up.read_closed && self.pending() == 0 && !self.write_shut {
-                self.write_shut = true;
-                let _ = socket2::SockRef::from(&self.fd).shutdown(std::net::Shutdown::Write);
+            if up.flags.has(Flags::READ_CLOSED)
+                && self.pending() == 0
+                && !self.flags.has(Flags::WRITE_SHUT)
+            {
+                self.flags.set(Flags::WRITE_SHUT, true);
+                let _ = stream::shutdown_write(&self.fd);
             }
             if !progress {
                 break;
             }
         }
-        if self.read_closed && up.read_closed && self.pending() == 0 && up.pending() == 0 {
+        if self.flags.has(Flags::READ_CLOSED)
+            && up.flags.has(Flags::READ_CLOSED)
+            && self.pending() == 0
+            && up.pending() == 0
+        {
             return Outcome::Close(None);
         }
         Outcome::Open { active }
@@ -163,24 +183,23 @@ impl Conn {
         &mut self,
         p: &mut Pipes,
         up_fd: &OwnedFd,
-        up_may_read: &mut bool,
-        up_read_closed: &mut bool,
+        up_flags: &mut Flags,
         env: &mut Env<'_>,
     ) -> io::Result<bool> {
         let mut moved = false;
-        if !self.read_closed {
+        if !self.flags.has(Flags::READ_CLOSED) {
             let (n, eof) = p
                 .c2u
-                .fill(self.fd.as_fd(), &mut env.budget, &mut self.may_read)?;
+                .fill(self.fd.as_fd(), &mut env.budget, &mut self.flags)?;
             env.stats.bytes_in += n as u64;
             moved |= n > 0;
-            self.read_closed |= eof;
+            self.flags.or(Flags::READ_CLOSED, eof);
         }
         moved |= p.c2u.drain(up_fd.as_fd())? > 0;
-        if !*up_read_closed {
-            let (n, eof) = p.u2c.fill(up_fd.as_fd(), &mut env.budget, up_may_read)?;
+        if !up_flags.has(Flags::READ_CLOSED) {
+            let (n, eof) = p.u2c.fill(up_fd.as_fd(), &mut env.budget, up_flags)?;
             moved |= n > 0;
-            *up_read_closed |= eof;
+            up_flags.or(Flags::READ_CLOSED, eof);
         }
         let n = p.u2c.drain(self.fd.as_fd())?;
         env.stats.bytes_out += n as u64;

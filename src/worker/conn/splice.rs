@@ -5,6 +5,8 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use crate::os::fd;
 
+use super::Flags;
+
 /// A kernel pipe carrying one direction of a spliced connection.
 pub struct Pipe {
     pub(super) r: OwnedFd,
@@ -30,17 +32,17 @@ impl Pipe {
     }
 
     /// Moves bytes from socket `from` into the pipe, within `budget`. Returns (bytes,
-    /// end of file). A socket with nothing to read ends with `may_read = false`; a
+    /// end of file). A socket with nothing to read ends without `Flags::MAY_READ`; a
     /// pipe that cannot take more sets `full` instead (reading resumes once it drains,
     /// so no readable edge is lost).
     pub(super) fn fill(
         &mut self,
         from: std::os::fd::BorrowedFd<'_>,
         budget: &mut usize,
-        may_read: &mut bool,
+        flags: &mut Flags,
     ) -> io::Result<(usize, bool)> {
         let mut moved = 0;
-        while *may_read && !self.full && *budget > 0 && self.len < PIPE_CAP {
+        while flags.has(Flags::MAY_READ) && !self.full && *budget > 0 && self.len < PIPE_CAP {
             match fd::splice(from, self.w.as_fd(), (*budget).min(PIPE_CAP - self.len)) {
                 Ok(0) => return Ok((moved, true)),
                 Ok(n) => {
@@ -52,7 +54,7 @@ impl Pipe {
                     // EAGAIN into an empty pipe means the socket is empty; with bytes
                     // in the pipe it may as well be the pipe that is out of buffers.
                     if self.len == 0 {
-                        *may_read = false;
+                        flags.set(Flags::MAY_READ, false);
                     } else {
                         self.full = true;
                     }

@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use crate::os::epoll::Interest;
 use crate::os::fd;
 
-use super::Pipes;
+use super::{Flags, Pipes};
 
 /// The upstream side of a proxied connection.
 pub struct Upstream {
@@ -16,23 +16,17 @@ pub struct Upstream {
     /// Its address, for log lines.
     pub addr: SocketAddr,
     pub tried: Vec<usize>,
-    pub connected: bool,
     /// Bumped per attempt, so a connect timer for an earlier attempt is ignored.
     pub attempt: u32,
     /// Client bytes not yet sent upstream: `out[out_pos..]`.
     pub(super) out: Vec<u8>,
     pub(super) out_pos: usize,
-    pub may_read: bool,
-    /// As `Conn::peer_hup`, for the upstream socket.
-    pub peer_hup: bool,
-    /// The upstream sent FIN.
-    pub(super) read_closed: bool,
-    /// We sent FIN upstream (the client half-closed).
-    pub(super) write_shut: bool,
-    /// Not read while the client's output is above the high water mark.
-    pub(super) backpressured: bool,
-    /// The client is not read while its bytes wait here above the high water mark.
-    pub(super) backpressured_client: bool,
+    /// The upstream socket's readiness (`READ_CLOSED`: the upstream sent FIN;
+    /// `WRITE_SHUT`: we sent FIN upstream as the client half-closed; `BACKPRESSURED`:
+    /// not read while the client's output is above the high water mark), whether it
+    /// is `CONNECTED`, and `BACKPRESSURED_CLIENT`: the client is not read while its
+    /// bytes wait here above the high water mark.
+    pub flags: Flags,
     pub registered: Interest,
     /// Zero-copy forwarding, once connected, when the listener asks for it.
     pub pipes: Option<Box<Pipes>>,
@@ -51,16 +45,10 @@ impl Upstream {
             index,
             addr,
             tried,
-            connected: false,
             attempt,
             out: Vec::new(),
             out_pos: 0,
-            may_read: false,
-            peer_hup: false,
-            read_closed: false,
-            write_shut: false,
-            backpressured: false,
-            backpressured_client: false,
+            flags: Flags::default(),
             pipes: None,
             registered: Interest {
                 write: true,
@@ -73,8 +61,8 @@ impl Upstream {
     /// An established upstream connection that moved here with its client.
     pub fn moved(fd: OwnedFd, index: usize, addr: SocketAddr) -> Upstream {
         let mut up = Upstream::new(fd, index, addr, vec![index], 1);
-        up.connected = true;
-        up.may_read = true;
+        up.flags.set(Flags::CONNECTED, true);
+        up.flags.set(Flags::MAY_READ, true);
         up.registered = up.interest();
         up
     }
@@ -88,11 +76,11 @@ impl Upstream {
                 .iter()
                 .all(|pipe| pipe.len == 0 && fd::readable_bytes(pipe.r.as_fd()).ok() == Some(0))
         });
-        self.connected
+        self.flags.has(Flags::CONNECTED)
             && self.out.len() == self.out_pos
             && pipes_empty
-            && !self.read_closed
-            && !self.write_shut
+            && !self.flags.has(Flags::READ_CLOSED)
+            && !self.flags.has(Flags::WRITE_SHUT)
     }
 
     /// Client bytes not yet delivered upstream, in user space or in the pipe.
@@ -109,10 +97,10 @@ impl Upstream {
     /// only while client bytes wait.
     pub fn interest(&self) -> Interest {
         Interest {
-            read: !self.read_closed
-                && !self.backpressured
+            read: !self.flags.has(Flags::READ_CLOSED)
+                && !self.flags.has(Flags::BACKPRESSURED)
                 && !self.pipes.as_ref().is_some_and(|p| p.u2c.full),
-            write: !self.connected || self.pending() > 0,
+            write: !self.flags.has(Flags::CONNECTED) || self.pending() > 0,
             edge: true,
             exclusive: false,
         }
