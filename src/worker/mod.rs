@@ -23,6 +23,8 @@ mod drive;
 mod events;
 mod fault;
 mod handoff;
+#[cfg(test)]
+mod kit_tests;
 mod master_link;
 pub mod orphan;
 mod pool;
@@ -30,6 +32,8 @@ mod ratelog;
 mod slab;
 pub mod stats;
 mod suspend;
+#[cfg(test)]
+mod testkit;
 pub mod timer;
 mod token;
 mod trim;

@@ -313,58 +313,14 @@ mod tests {
     use std::io::{Read, Write};
     use std::net::{SocketAddr, TcpListener, TcpStream};
     use std::os::fd::{AsFd, OwnedFd};
-    use std::sync::mpsc::Receiver;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
-    use crate::channel::{Channel, Handed, IdlePolicy, Moved, ToMaster, ToWorker};
-    use crate::config::Config;
-    use crate::os::signals::SignalReader;
-    use crate::worker::{self, WorkerInit};
+    use crate::channel::{Handed, IdlePolicy, Moved, ToMaster, ToWorker};
+    use crate::worker::testkit::{round_trip, Kit};
 
     /// A worker loop (in a thread) serving echo, with this test as its master.
-    fn echo_worker(dir: &std::path::Path) -> (Channel, Receiver<i32>, SocketAddr) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let path = dir.join("corral.toml");
-        std::fs::write(
-            &path,
-            format!(
-                "[master]\nworkers = 1\ndrain_timeout = \"60s\"\n\n[worker]\nblocking_threads = 1\n\n\
-                 [[listen]]\naddress = \"{addr}\"\nservice = \"echo\"\n"
-            ),
-        )
-        .unwrap();
-        let config = Config::load(&path).unwrap();
-        let (master, worker_end) = Channel::pair().unwrap();
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let signals = SignalReader::new(&[crate::os::types::Signal::SIGUSR1]).unwrap();
-            let init = WorkerInit {
-                slot: 0,
-                generation: 1,
-                config,
-                listeners: vec![listener.into()],
-                channel: worker_end,
-                signals,
-            };
-            let _ = done_tx.send(worker::run(init));
-        });
-        next(&master, &|m| *m == ToMaster::Ready);
-        (master, done_rx, addr)
-    }
-
-    /// The next message from the worker that `want` accepts (others are skipped).
-    fn next(master: &Channel, want: &dyn Fn(&ToMaster) -> bool) -> (ToMaster, Vec<OwnedFd>) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            assert!(Instant::now() < deadline, "the worker went silent");
-            match master.recv_fds::<ToMaster>().unwrap() {
-                Some((m, fds)) if want(&m) => return (m, fds),
-                Some(_) => {}
-                None => std::thread::sleep(Duration::from_millis(2)),
-            }
-        }
+    fn echo_worker() -> Kit {
+        Kit::start("echo", "[worker]\nblocking_threads = 1", "")
     }
 
     /// A connected client and the server side of its socket (to hand over).
@@ -375,13 +331,6 @@ mod tests {
         s.set_nonblocking(true).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         (c, s.into())
-    }
-
-    fn round_trip(c: &mut TcpStream, msg: &[u8]) {
-        c.write_all(msg).unwrap();
-        let mut got = vec![0u8; msg.len()];
-        c.read_exact(&mut got).expect("the echo");
-        assert_eq!(got, msg);
     }
 
     fn moved(listen: SocketAddr, version: u32, origin: u32) -> Handed {
@@ -407,8 +356,8 @@ mod tests {
     /// on, untouched; a version it reads is resumed and served, input carried.
     #[test]
     fn a_state_the_service_cannot_read_goes_back_to_its_origin() {
-        let dir = tempfile::tempdir().unwrap();
-        let (master, _done, addr) = echo_worker(dir.path());
+        let kit = echo_worker();
+        let (master, addr) = (&kit.master, kit.addr);
 
         let (mut refused_client, fd) = client_and_server_socket();
         let msg = ToWorker::Adopt {
@@ -416,7 +365,7 @@ mod tests {
         };
         master.send_fds(&msg, &[fd.as_fd()]).unwrap();
         drop(fd);
-        let (m, fds) = next(&master, &|m| matches!(m, ToMaster::Refused { .. }));
+        let (m, fds) = kit.next(&|m| matches!(m, ToMaster::Refused { .. }));
         let ToMaster::Refused { conns } = m else {
             unreachable!()
         };
@@ -450,8 +399,8 @@ mod tests {
     /// once the client leaves.
     #[test]
     fn a_refused_connection_is_served_to_the_end_by_its_origin() {
-        let dir = tempfile::tempdir().unwrap();
-        let (master, done, addr) = echo_worker(dir.path());
+        let kit = echo_worker();
+        let (master, done, addr) = (&kit.master, &kit.done, kit.addr);
         let mut c = TcpStream::connect(addr).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         round_trip(&mut c, b"before\n");
@@ -461,7 +410,7 @@ mod tests {
                 idle: IdlePolicy::Handoff,
             })
             .unwrap();
-        let (m, fds) = next(&master, &|m| matches!(m, ToMaster::Handoff { .. }));
+        let (m, fds) = kit.next(&|m| matches!(m, ToMaster::Handoff { .. }));
         let ToMaster::Handoff { mut conns } = m else {
             unreachable!()
         };
