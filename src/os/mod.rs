@@ -22,6 +22,8 @@ pub mod procfs;
 pub mod scm;
 pub mod signals;
 pub mod syscall;
+pub mod stream;
+pub mod types;
 
 /// The error of a system call, with the call and what it was for.
 #[derive(Debug, thiserror::Error)]

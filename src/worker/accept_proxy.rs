@@ -20,8 +20,9 @@ use crate::proxy_protocol::{self as pp, Parsed};
 use crate::service::proxy::options::{self as proxy_options, ProxyProtocol};
 use crate::service::{Handler, Io};
 
-use super::conn::Token;
+use super::conn::Flags;
 use super::connlog::End;
+use super::token::Token;
 use super::{Timer, Worker};
 
 /// The handler of a connection whose PROXY header is still on its way: the loop reads
@@ -45,7 +46,7 @@ impl Worker {
         let Some(c) = self.conns.get_mut(token) else {
             return;
         };
-        c.awaiting_header = true;
+        c.flags.set(Flags::AWAITING_HEADER, true);
         let timeout = self
             .config
             .listen
@@ -58,7 +59,11 @@ impl Worker {
 
     /// `accept_proxy_timeout` is over: a connection still without its header closes.
     pub(super) fn header_timeout(&mut self, token: Token) {
-        if self.conns.get(token).is_some_and(|c| c.awaiting_header) {
+        if self
+            .conns
+            .get(token)
+            .is_some_and(|c| c.flags.has(Flags::AWAITING_HEADER))
+        {
             debug!("no PROXY header in time; closing");
             self.stats.proxy_header_failed += 1;
             self.close_as(token, End::HeaderTimeout);
@@ -77,7 +82,7 @@ impl Worker {
             Ok(0) => Err("the client closed before its PROXY header".to_string()),
             Ok(n) => pp::parse(&self.scratch[..n], limit).map_err(|e| e.to_string()),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                c.may_read = false;
+                c.flags.set(Flags::MAY_READ, false);
                 return;
             }
             Err(e) => Err(format!("read failed: {e}")),
@@ -85,7 +90,7 @@ impl Worker {
         let header = match got {
             Ok(Parsed::Partial) => {
                 // Peeking left the bytes queued: only new ones raise a new edge.
-                c.may_read = false;
+                c.flags.set(Flags::MAY_READ, false);
                 return;
             }
             Ok(Parsed::Done(h)) => h,
@@ -104,9 +109,9 @@ impl Worker {
             }
             Err(e) => return self.close_as(token, End::Error(format!("read failed: {e}"))),
         }
-        c.awaiting_header = false;
+        c.flags.set(Flags::AWAITING_HEADER, false);
         if let Some((src, _)) = header.addrs {
-            c.origin = Some(src);
+            c.set_origin(Some(src));
             c.peer = Some(src.ip());
         }
         let (listener, peer) = (usize::from(c.listener), c.peer);
@@ -118,7 +123,7 @@ impl Worker {
             return;
         };
         c.set_handler(handler);
-        c.may_read = true;
+        c.flags.set(Flags::MAY_READ, true);
         if self.listeners[listener].service.upstreams().is_some() {
             let header = self.upstream_header(token);
             self.connect_upstream(token, Vec::new(), header, 1);
@@ -146,7 +151,7 @@ impl Worker {
             return false;
         }
         *n += 1;
-        c.counted_ip = true;
+        c.flags.set(Flags::COUNTED_IP, true);
         true
     }
 
@@ -165,7 +170,7 @@ impl Worker {
             return Vec::new();
         };
         let addrs: Option<(SocketAddr, SocketAddr)> =
-            net::tcp_addrs(c.fd.as_fd()).map(|(peer, local)| (c.origin.unwrap_or(peer), local));
+            net::tcp_addrs(c.fd.as_fd()).map(|(peer, local)| (c.origin().unwrap_or(peer), local));
         let version = match version {
             ProxyProtocol::V1 => pp::Version::V1,
             ProxyProtocol::V2 => pp::Version::V2,

@@ -12,7 +12,9 @@ use std::time::Instant;
 
 use tracing::info;
 
-use super::conn::{Conn, Token};
+use super::conn::Conn;
+use super::conn::Flags;
+use super::token::Token;
 use super::Worker;
 
 /// How a connection ended, in the words of the log line.
@@ -136,7 +138,7 @@ impl Worker {
     }
 
     /// `close`, with the reason for the log line.
-    pub(super) fn close_as(&mut self, token: Token, end: End) {
+    pub(crate) fn close_as(&mut self, token: Token, end: End) {
         self.end_as(token, end);
         self.close(token);
     }
@@ -152,7 +154,7 @@ impl Worker {
             None => End::ServiceClosed,
         });
         let client = c
-            .origin
+            .origin()
             .or(r.client)
             .map_or_else(|| "unix".to_string(), |a| a.to_string());
         let listener = self
@@ -161,10 +163,10 @@ impl Worker {
             .get(usize::from(c.listener))
             .map(|l| l.name.clone().unwrap_or_else(|| l.address.to_string()))
             .unwrap_or_default();
-        let upstream = c
-            .upstream
-            .as_ref()
-            .map_or_else(|| "-".to_string(), |u| upstream_text(u.addr, u.connected));
+        let upstream = c.upstream.as_ref().map_or_else(
+            || "-".to_string(),
+            |u| upstream_text(u.addr, u.flags.has(Flags::CONNECTED)),
+        );
         info!(
             target: "corral::connlog",
             "conn client={client} listener={listener} upstream={upstream} bytes_in={} \

@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::Signal;
+use crate::os::types::Signal;
 use tracing::{error, warn};
 
 use crate::fault::kind::{FaultKind, EMFILE_HOLD_MS, SLOW_FOR_MS};

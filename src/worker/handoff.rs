@@ -231,7 +231,7 @@ impl Worker {
         let peer = peer_ip(&fd);
         if let Some(token) = self.add_conn(index, net::Accepted { fd, peer }, Some(h)) {
             if let Some(c) = self.conns.get_mut(token) {
-                c.pinned = pinned;
+                c.flags.set(super::conn::Flags::PINNED, pinned);
             }
         }
     }
@@ -284,14 +284,12 @@ pub(super) fn peer_ip(fd: &OwnedFd) -> Option<std::net::IpAddr> {
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Write};
-    use std::net::{TcpListener, TcpStream};
+    use std::net::TcpStream;
     use std::os::fd::AsFd;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
-    use crate::channel::{Channel, HandoffCounts, IdlePolicy, ToMaster, ToWorker};
-    use crate::config::Config;
-    use crate::os::signals::SignalReader;
-    use crate::worker::{self, WorkerInit};
+    use crate::channel::{HandoffCounts, IdlePolicy, ToMaster, ToWorker};
+    use crate::worker::testkit::Kit;
 
     const CONNS: usize = 300;
     const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n";
@@ -332,44 +330,12 @@ mod tests {
     /// connections itself under the drain rules, then exits once they are gone.
     #[test]
     fn connections_the_master_returns_are_kept_and_served() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("corral.toml");
-        std::fs::write(
-            &path,
-            format!(
-                "[master]\nworkers = 1\ndrain_timeout = \"60s\"\n\n[worker]\nidle_timeout = \"60s\"\n\
-                 blocking_threads = 1\n\n[[listen]]\naddress = \"{addr}\"\nservice = \"http\"\n"
-            ),
-        )
-        .unwrap();
-        let config = Config::load(&path).unwrap();
-        let (master, worker_end) = Channel::pair().unwrap();
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let signals = SignalReader::new(&[nix::sys::signal::Signal::SIGUSR1]).unwrap();
-            let init = WorkerInit {
-                slot: 0,
-                generation: 1,
-                config,
-                listeners: vec![listener.into()],
-                channel: worker_end,
-                signals,
-            };
-            let _ = done_tx.send(worker::run(init));
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let next = |want: &dyn Fn(&ToMaster) -> bool| loop {
-            assert!(Instant::now() < deadline, "the worker went silent");
-            match master.recv_fds::<ToMaster>().unwrap() {
-                Some((m, fds)) if want(&m) => return (m, fds),
-                Some(_) => {}
-                None => std::thread::sleep(Duration::from_millis(2)),
-            }
-        };
-        next(&|m| *m == ToMaster::Ready);
+        let kit = Kit::start(
+            "http",
+            "[worker]\nidle_timeout = \"60s\"\nblocking_threads = 1",
+            "",
+        );
+        let (master, addr, next) = (&kit.master, kit.addr, |w: &dyn Fn(&_) -> bool| kit.next(w));
 
         let mut clients: Vec<TcpStream> = (0..CONNS)
             .map(|_| {
@@ -438,9 +404,6 @@ mod tests {
             assert_eq!(body, crate::service::http::DEFAULT_BODY);
         }
         drop(clients);
-        let code = done_rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the worker did not exit once its kept connections were gone");
-        assert_eq!(code, 0);
+        assert_eq!(kit.exit_code(), 0, "once its kept connections were gone");
     }
 }

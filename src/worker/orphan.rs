@@ -17,8 +17,7 @@
 
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
-use nix::unistd::Pid;
+use crate::os::types::{Pid, Signal};
 
 use crate::os::process;
 

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::conn::Slab;
+use super::conn::Flags;
+use super::slab::Slab;
 use crate::config::Config;
 
 /// What an upstream's backoff is when the listener does not set `upstream_backoff`
@@ -216,7 +217,11 @@ impl Counters {
             if let Some(l) = self.listeners.get_mut(listener) {
                 l.active += 1;
             }
-            if let Some(up) = c.upstream.as_ref().filter(|u| u.connected) {
+            if let Some(up) = c
+                .upstream
+                .as_ref()
+                .filter(|u| u.flags.has(Flags::CONNECTED))
+            {
                 if let Some(u) = self.upstream(listener, up.index) {
                     u.active += 1;
                 }

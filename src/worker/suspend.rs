@@ -22,7 +22,10 @@ use crate::channel::{Handed, Moved, ToMaster};
 use crate::os::{process, scm};
 use crate::service::Handler;
 
-use super::conn::{Bucket, Conn, Leaving, Pipes, Token, Upstream};
+use super::bucket::Bucket;
+use super::conn::Flags;
+use super::conn::{Conn, Leaving, Pipes, Upstream};
+use super::token::Token;
 use super::{Timer, Worker};
 
 impl Worker {
@@ -49,7 +52,7 @@ impl Worker {
                     if let Leaving::Suspended(_, input) = leaving {
                         c.carry_input(input);
                     }
-                    c.pinned = true;
+                    c.flags.set(Flags::PINNED, true);
                     return false;
                 }
             },
@@ -57,19 +60,21 @@ impl Worker {
         };
         let handed = match leaving {
             Leaving::Idle => Handed {
-                peer: c.origin,
+                peer: c.origin(),
                 ..Handed::idle(listen)
             },
             Leaving::Suspended(s, input) => Handed {
                 listen,
-                peer: c.origin,
+                peer: c.origin(),
                 moved: Some(Box::new(Moved {
                     service: l.map(|l| l.service.clone()).unwrap_or_default(),
                     version: s.version,
                     state: s.state,
                     input,
                     idle_ms: millis(now.saturating_duration_since(c.last_active)),
-                    timer_ms: c.timer_at.map(|t| millis(t.saturating_duration_since(now))),
+                    timer_ms: c
+                        .timer_at()
+                        .map(|t| millis(t.saturating_duration_since(now))),
                     origin: process::pid().as_raw() as u32,
                     upstream: c.upstream.as_ref().map(|u| u.addr),
                     refused: None,
@@ -240,17 +245,17 @@ impl Worker {
         let now = Instant::now();
         let bucket = (flow.rate > 0).then(|| Box::new(Bucket::new(flow.rate, flow.burst, now)));
         let mut conn = Conn::new(fd, peer, handler, bucket, now);
-        conn.counted_ip = counted_ip;
+        conn.flags.set(Flags::COUNTED_IP, counted_ip);
         conn.listener = listener as u16;
-        conn.pinned = pinned;
-        conn.origin = origin;
+        conn.flags.set(Flags::PINNED, pinned);
+        conn.set_origin(origin);
         if self.config.listen[listener].logs_connections() {
             conn.log = Some(super::connlog::Record::new(now, conn.fd.as_fd()));
         }
         conn.last_active = now
             .checked_sub(Duration::from_millis(m.idle_ms))
             .unwrap_or(now);
-        conn.timer_at = m.timer_ms.map(|ms| now + Duration::from_millis(ms));
+        conn.set_timer_at(m.timer_ms.map(|ms| now + Duration::from_millis(ms)));
         conn.carry_input(m.input.clone());
         if let (Some(ufd), Some(addr)) = (upstream, m.upstream) {
             let l = &self.config.listen[listener];
@@ -288,8 +293,8 @@ impl Worker {
             self.close(token);
             return;
         }
-        if let Some(at) = c.timer_at {
-            c.timer_queued = Some(at);
+        if let Some(at) = c.timer_at() {
+            c.set_timer_queued(Some(at));
             self.timers.schedule(at, Timer::Handler(token));
         }
         let idle = self.listeners[listener].idle;
@@ -309,58 +314,14 @@ mod tests {
     use std::io::{Read, Write};
     use std::net::{SocketAddr, TcpListener, TcpStream};
     use std::os::fd::{AsFd, OwnedFd};
-    use std::sync::mpsc::Receiver;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
-    use crate::channel::{Channel, Handed, IdlePolicy, Moved, ToMaster, ToWorker};
-    use crate::config::Config;
-    use crate::os::signals::SignalReader;
-    use crate::worker::{self, WorkerInit};
+    use crate::channel::{Handed, IdlePolicy, Moved, ToMaster, ToWorker};
+    use crate::worker::testkit::{round_trip, Kit};
 
     /// A worker loop (in a thread) serving echo, with this test as its master.
-    fn echo_worker(dir: &std::path::Path) -> (Channel, Receiver<i32>, SocketAddr) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let path = dir.join("corral.toml");
-        std::fs::write(
-            &path,
-            format!(
-                "[master]\nworkers = 1\ndrain_timeout = \"60s\"\n\n[worker]\nblocking_threads = 1\n\n\
-                 [[listen]]\naddress = \"{addr}\"\nservice = \"echo\"\n"
-            ),
-        )
-        .unwrap();
-        let config = Config::load(&path).unwrap();
-        let (master, worker_end) = Channel::pair().unwrap();
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let signals = SignalReader::new(&[nix::sys::signal::Signal::SIGUSR1]).unwrap();
-            let init = WorkerInit {
-                slot: 0,
-                generation: 1,
-                config,
-                listeners: vec![listener.into()],
-                channel: worker_end,
-                signals,
-            };
-            let _ = done_tx.send(worker::run(init));
-        });
-        next(&master, &|m| *m == ToMaster::Ready);
-        (master, done_rx, addr)
-    }
-
-    /// The next message from the worker that `want` accepts (others are skipped).
-    fn next(master: &Channel, want: &dyn Fn(&ToMaster) -> bool) -> (ToMaster, Vec<OwnedFd>) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            assert!(Instant::now() < deadline, "the worker went silent");
-            match master.recv_fds::<ToMaster>().unwrap() {
-                Some((m, fds)) if want(&m) => return (m, fds),
-                Some(_) => {}
-                None => std::thread::sleep(Duration::from_millis(2)),
-            }
-        }
+    fn echo_worker() -> Kit {
+        Kit::start("echo", "[worker]\nblocking_threads = 1", "")
     }
 
     /// A connected client and the server side of its socket (to hand over).
@@ -371,13 +332,6 @@ mod tests {
         s.set_nonblocking(true).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         (c, s.into())
-    }
-
-    fn round_trip(c: &mut TcpStream, msg: &[u8]) {
-        c.write_all(msg).unwrap();
-        let mut got = vec![0u8; msg.len()];
-        c.read_exact(&mut got).expect("the echo");
-        assert_eq!(got, msg);
     }
 
     fn moved(listen: SocketAddr, version: u32, origin: u32) -> Handed {
@@ -403,8 +357,8 @@ mod tests {
     /// on, untouched; a version it reads is resumed and served, input carried.
     #[test]
     fn a_state_the_service_cannot_read_goes_back_to_its_origin() {
-        let dir = tempfile::tempdir().unwrap();
-        let (master, _done, addr) = echo_worker(dir.path());
+        let kit = echo_worker();
+        let (master, addr) = (&kit.master, kit.addr);
 
         let (mut refused_client, fd) = client_and_server_socket();
         let msg = ToWorker::Adopt {
@@ -412,7 +366,7 @@ mod tests {
         };
         master.send_fds(&msg, &[fd.as_fd()]).unwrap();
         drop(fd);
-        let (m, fds) = next(&master, &|m| matches!(m, ToMaster::Refused { .. }));
+        let (m, fds) = kit.next(&|m| matches!(m, ToMaster::Refused { .. }));
         let ToMaster::Refused { conns } = m else {
             unreachable!()
         };
@@ -446,8 +400,8 @@ mod tests {
     /// once the client leaves.
     #[test]
     fn a_refused_connection_is_served_to_the_end_by_its_origin() {
-        let dir = tempfile::tempdir().unwrap();
-        let (master, done, addr) = echo_worker(dir.path());
+        let kit = echo_worker();
+        let (master, done, addr) = (&kit.master, &kit.done, kit.addr);
         let mut c = TcpStream::connect(addr).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         round_trip(&mut c, b"before\n");
@@ -457,7 +411,7 @@ mod tests {
                 idle: IdlePolicy::Handoff,
             })
             .unwrap();
-        let (m, fds) = next(&master, &|m| matches!(m, ToMaster::Handoff { .. }));
+        let (m, fds) = kit.next(&|m| matches!(m, ToMaster::Handoff { .. }));
         let ToMaster::Handoff { mut conns } = m else {
             unreachable!()
         };

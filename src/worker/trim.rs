@@ -35,6 +35,34 @@ impl Trim {
     }
 }
 
+use tracing::debug;
+
+use crate::os::process;
+
+use super::{Worker, POOL_MAX};
+
+impl Worker {
+    /// Shrinks what grew with the connection count and returns free heap pages.
+    pub(super) fn trim_memory(&mut self) {
+        let before = process::self_rss();
+        self.compact_timers_now();
+        self.timers.shrink();
+        self.conns.shrink();
+        self.ready.shrink_to_fit();
+        self.per_ip.shrink_to_fit();
+        self.bufs.truncate(POOL_MAX / 4);
+        self.bufs.shrink_to_fit();
+        crate::os::memory::trim();
+        debug!(
+            connections = self.conns.len(),
+            trims = self.trim.count,
+            rss_before = before,
+            rss_after = process::self_rss(),
+            "gave memory back"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

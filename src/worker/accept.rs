@@ -1,0 +1,184 @@
+//! Accepting: listeners in and out of the epoll set, batches of `accept4`, back-off
+//! on resource errors, and admitting a new (or handed-over) connection.
+
+use std::io;
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, warn};
+
+use crate::channel::Handed;
+use crate::os::epoll::Interest;
+use crate::os::{net, stream};
+
+use super::bucket::Bucket;
+use super::conn::Conn;
+use super::conn::Flags;
+use super::token::{Token, TOKEN_LISTENER};
+use super::{accept_proxy, connlog, Phase, Timer, Worker};
+
+/// Connections accepted per listener event before the loop moves on, so a flood of
+/// new connections cannot starve the existing ones.
+const ACCEPT_BATCH: usize = 64;
+/// How long accepting pauses after EMFILE/ENFILE/ENOBUFS instead of spinning on them.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+impl Worker {
+    pub(super) fn pause_accept(&mut self) {
+        if !self.accepting {
+            return;
+        }
+        for fd in self.listeners.iter().filter_map(|l| l.fd.as_ref()) {
+            let _ = self.epoll.delete(fd.as_fd());
+        }
+        self.accepting = false;
+    }
+
+    pub(super) fn resume_accept(&mut self) -> io::Result<()> {
+        if self.accepting || self.phase != Phase::Running || self.accept_backoff_until.is_some() {
+            return Ok(());
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            let Some(fd) = &l.fd else { continue };
+            let interest = Interest {
+                exclusive: true,
+                ..Interest::READ
+            };
+            self.epoll
+                .add(fd.as_fd(), interest, TOKEN_LISTENER | i as u64)?;
+        }
+        self.accepting = true;
+        Ok(())
+    }
+
+    pub(super) fn accept_on(&mut self, index: usize) {
+        let max = self.config.worker.max_connections;
+        let mut accepted = 0;
+        for _ in 0..ACCEPT_BATCH {
+            if !self.accepting {
+                return;
+            }
+            if self.conns.len() >= max {
+                self.notices.max_connections(max);
+                self.counters.at_limit(index);
+                self.pause_accept();
+                return;
+            }
+            let Some(fd) = self.listeners.get(index).and_then(|l| l.fd.as_ref()) else {
+                return;
+            };
+            match net::accept(fd.as_fd()) {
+                Ok(a) => {
+                    self.counters.accepted(index);
+                    let _ = self.add_conn(index, a, None);
+                    accepted += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if stream::out_of_resources(&e) => {
+                    self.notices.accept_failed(&e, ACCEPT_BACKOFF);
+                    self.pause_accept();
+                    let until = Instant::now() + ACCEPT_BACKOFF;
+                    self.accept_backoff_until = Some(until);
+                    self.timers.schedule(until, Timer::AcceptResume);
+                    return;
+                }
+                Err(e) => {
+                    debug!("accept() failed: {e}");
+                    break;
+                }
+            }
+        }
+        if accepted > 0 {
+            self.rearm(index);
+        }
+    }
+
+    /// EPOLLEXCLUSIVE wakes the first waiter in the listener's queue, so the worker
+    /// that registered first would take nearly every connection while load is light.
+    /// Re-registering after a batch moves this worker to the back of the queue, which
+    /// turns the wake-ups into a round robin over the idle workers.
+    pub(super) fn rearm(&mut self, index: usize) {
+        let Some(fd) = self.listeners.get(index).and_then(|l| l.fd.as_ref()) else {
+            return;
+        };
+        let interest = Interest {
+            exclusive: true,
+            ..Interest::READ
+        };
+        let fd = fd.as_fd();
+        if let Err(e) = self
+            .epoll
+            .delete(fd)
+            .and_then(|_| self.epoll.add(fd, interest, TOKEN_LISTENER | index as u64))
+        {
+            warn!("cannot re-arm listener: {e}");
+        }
+    }
+
+    /// A connection to serve: just accepted, or `handed` over from another worker
+    /// (which read its PROXY header, if any: it is not expected again).
+    pub(super) fn add_conn(
+        &mut self,
+        listener: usize,
+        mut a: net::Accepted,
+        handed: Option<&Handed>,
+    ) -> Option<Token> {
+        let flow = self.listeners[listener].flow;
+        let listen = &self.config.listen[listener];
+        let header = listen.accepts_proxy() && handed.is_none();
+        let log = listen.logs_connections();
+        let origin = handed.and_then(|h| h.peer);
+        a.peer = origin.map(|o| o.ip()).or(a.peer);
+        // With a PROXY header to come, the socket's peer is the balancer: the per-IP
+        // limit applies once the header names the client.
+        let counted_ip = match a.peer.filter(|_| !header) {
+            Some(ip) if flow.max_connections_per_ip > 0 => {
+                let n = self.per_ip.entry(ip).or_insert(0);
+                if *n as usize >= flow.max_connections_per_ip {
+                    self.notices
+                        .per_ip(listener as u16, ip, flow.max_connections_per_ip);
+                    self.stats.refused += 1;
+                    self.counters.per_ip(listener);
+                    return None; // dropping the fd closes the connection
+                }
+                *n += 1;
+                true
+            }
+            _ => false,
+        };
+        let handler = if header {
+            accept_proxy::placeholder()
+        } else {
+            self.listeners[listener].service.connect(a.peer)
+        };
+        let now = Instant::now();
+        let bucket = (flow.rate > 0).then(|| Box::new(Bucket::new(flow.rate, flow.burst, now)));
+        let mut conn = Conn::new(a.fd, a.peer, handler, bucket, now);
+        conn.flags.set(Flags::COUNTED_IP, counted_ip);
+        conn.listener = listener as u16;
+        conn.set_origin(origin);
+        conn.log = log.then(|| connlog::Record::new(now, conn.fd.as_fd()));
+        let token = self.conns.insert(conn);
+        let c = self.conns.get_mut(token)?;
+        if let Err(e) = self.epoll.add(c.fd.as_fd(), c.registered, token.0) {
+            warn!("cannot watch a new connection: {e}");
+            self.conns.remove(token);
+            return None;
+        }
+        self.stats.accepted += 1;
+        // idle_timeout = 0 means off: no idle timer at all.
+        let idle = self.listeners[listener].idle;
+        if !idle.is_zero() {
+            self.timers.schedule(now + idle, Timer::Idle(token));
+        }
+        if header {
+            self.await_header(token, listener, now);
+            return Some(token);
+        }
+        if self.listeners[listener].service.upstreams().is_some() {
+            let header = self.upstream_header(token);
+            self.connect_upstream(token, Vec::new(), header, 1);
+        }
+        Some(token)
+    }
+}

@@ -1,0 +1,209 @@
+//! The proxy pump: moves a proxied connection's bytes between client and upstream.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+
+use crate::os::{fd, stream};
+
+use super::{send_pending, Conn, Env, Flags, Outcome, Pipes, Upstream, POOLED_CAPACITY};
+
+impl Conn {
+    /// A proxied connection: moves bytes both ways between the client and its
+    /// upstream, each direction bounded by the water marks of the other side, and
+    /// forwards half-closes (FIN) each way once the bytes before them are through.
+    pub fn pump_proxy(&mut self, env: &mut Env<'_>) -> Outcome {
+        let Some(mut up) = self.upstream.take() else {
+            return self.pump(env);
+        };
+        let outcome = self.proxy_both_ways(&mut up, env);
+        self.upstream = Some(up);
+        outcome
+    }
+
+    fn proxy_both_ways(&mut self, up: &mut Upstream, env: &mut Env<'_>) -> Outcome {
+        let mut active = false;
+        // A few passes: a flush on one side can unblock reading on the other.
+        for _ in 0..4 {
+            let mut progress = false;
+            if up.flags.has(Flags::CONNECTED)
+                && up.out.len() == up.out_pos
+                && self.out.len() == self.out_pos
+            {
+                if let Some(p) = up.pipes.as_mut() {
+                    match self.splice_both_ways(p, &up.fd, &mut up.flags, env) {
+                        Ok(moved) => {
+                            progress |= moved;
+                            active |= moved;
+                        }
+                        Err(e) => return Outcome::Close(Some(format!("splice failed: {e}"))),
+                    }
+                    if self.flags.has(Flags::READ_CLOSED)
+                        && p.c2u.len == 0
+                        && !up.flags.has(Flags::WRITE_SHUT)
+                    {
+                        up.flags.set(Flags::WRITE_SHUT, true);
+                        let _ = stream::shutdown_write(&up.fd);
+                    }
+                    if up.flags.has(Flags::READ_CLOSED)
+                        && p.u2c.len == 0
+                        && !self.flags.has(Flags::WRITE_SHUT)
+                    {
+                        self.flags.set(Flags::WRITE_SHUT, true);
+                        let _ = stream::shutdown_write(&self.fd);
+                    }
+                    if !progress {
+                        break;
+                    }
+                    continue;
+                }
+            }
+            // client -> upstream
+            while self.flags.has(Flags::MAY_READ)
+                && !self.flags.has(Flags::READ_CLOSED)
+                && !up.flags.has(Flags::BACKPRESSURED_CLIENT)
+                && !self.flags.has(Flags::THROTTLED)
+                && env.budget > 0
+            {
+                let Some(asked) = self.allowance(env.budget.min(env.scratch.len())) else {
+                    break;
+                };
+                match fd::read(self.fd.as_fd(), &mut env.scratch[..asked]) {
+                    Ok(0) => self.flags.set(Flags::READ_CLOSED, true),
+                    Ok(n) => {
+                        active = true;
+                        progress = true;
+                        if n < asked && !self.flags.has(Flags::PEER_HUP) {
+                            self.flags.set(Flags::MAY_READ, false);
+                        }
+                        env.budget -= n;
+                        self.charge(n);
+                        env.stats.bytes_in += n as u64;
+                        up.out.extend_from_slice(&env.scratch[..n]);
+                        if up.pending() >= env.high {
+                            up.flags.set(Flags::BACKPRESSURED_CLIENT, true);
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.flags.set(Flags::MAY_READ, false)
+                    }
+                    Err(e) => return Outcome::Close(Some(format!("client read failed: {e}"))),
+                }
+            }
+            if up.flags.has(Flags::CONNECTED) {
+                // upstream -> client
+                while up.flags.has(Flags::MAY_READ)
+                    && !up.flags.has(Flags::READ_CLOSED)
+                    && !up.flags.has(Flags::BACKPRESSURED)
+                    && env.budget > 0
+                {
+                    let asked = env.budget.min(env.scratch.len());
+                    match fd::read(up.fd.as_fd(), &mut env.scratch[..asked]) {
+                        Ok(0) => up.flags.set(Flags::READ_CLOSED, true),
+                        Ok(n) => {
+                            active = true;
+                            progress = true;
+                            if n < asked && !up.flags.has(Flags::PEER_HUP) {
+                                up.flags.set(Flags::MAY_READ, false);
+                            }
+                            env.budget -= n;
+                            self.take_out_buf(env.pool);
+                            self.out.extend_from_slice(&env.scratch[..n]);
+                            if self.pending() >= env.high {
+                                up.flags.set(Flags::BACKPRESSURED, true);
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            up.flags.set(Flags::MAY_READ, false)
+                        }
+                        Err(e) => {
+                            return Outcome::Close(Some(format!("upstream read failed: {e}")))
+                        }
+                    }
+                }
+                match send_pending(up.fd.as_fd(), &up.out, &mut up.out_pos) {
+                    Ok(sent) => progress |= sent > 0,
+                    Err(e) => return Outcome::Close(Some(format!("upstream write failed: {e}"))),
+                }
+                if up.pending() == 0 {
+                    up.out.clear();
+                    up.out_pos = 0;
+                    if up.out.capacity() > POOLED_CAPACITY {
+                        up.out = Vec::new();
+                    }
+                }
+                if up.flags.has(Flags::BACKPRESSURED_CLIENT) && up.pending() <= env.low {
+                    up.flags.set(Flags::BACKPRESSURED_CLIENT, false);
+                    self.flags.set(Flags::MAY_READ, true);
+                    progress = true;
+                }
+                if self.flags.has(Flags::READ_CLOSED)
+                    && up.pending() == 0
+                    && !up.flags.has(Flags::WRITE_SHUT)
+                {
+                    up.flags.set(Flags::WRITE_SHUT, true);
+                    let _ = stream::shutdown_write(&up.fd);
+                }
+            }
+            match self.flush(env.stats) {
+                Ok(sent) => progress |= sent > 0,
+                Err(e) => return Outcome::Close(Some(format!("client write failed: {e}"))),
+            }
+            if self.pending() == 0 {
+                self.release_out(env.pool);
+            }
+            if up.flags.has(Flags::BACKPRESSURED) && self.pending() <= env.low {
+                up.flags.set(Flags::BACKPRESSURED, false);
+                up.flags.set(Flags::MAY_READ, true);
+                progress = true;
+            }
+            if up.flags.has(Flags::READ_CLOSED)
+                && self.pending() == 0
+                && !self.flags.has(Flags::WRITE_SHUT)
+            {
+                self.flags.set(Flags::WRITE_SHUT, true);
+                let _ = stream::shutdown_write(&self.fd);
+            }
+            if !progress {
+                break;
+            }
+        }
+        if self.flags.has(Flags::READ_CLOSED)
+            && up.flags.has(Flags::READ_CLOSED)
+            && self.pending() == 0
+            && up.pending() == 0
+        {
+            return Outcome::Close(None);
+        }
+        Outcome::Open { active }
+    }
+
+    /// One pass of zero-copy forwarding: socket → pipe → socket, each way. Returns
+    /// whether any byte moved.
+    fn splice_both_ways(
+        &mut self,
+        p: &mut Pipes,
+        up_fd: &OwnedFd,
+        up_flags: &mut Flags,
+        env: &mut Env<'_>,
+    ) -> io::Result<bool> {
+        let mut moved = false;
+        if !self.flags.has(Flags::READ_CLOSED) {
+            let (n, eof) = p
+                .c2u
+                .fill(self.fd.as_fd(), &mut env.budget, &mut self.flags)?;
+            env.stats.bytes_in += n as u64;
+            moved |= n > 0;
+            self.flags.or(Flags::READ_CLOSED, eof);
+        }
+        moved |= p.c2u.drain(up_fd.as_fd())? > 0;
+        if !up_flags.has(Flags::READ_CLOSED) {
+            let (n, eof) = p.u2c.fill(up_fd.as_fd(), &mut env.budget, up_flags)?;
+            moved |= n > 0;
+            up_flags.or(Flags::READ_CLOSED, eof);
+        }
+        let n = p.u2c.drain(self.fd.as_fd())?;
+        env.stats.bytes_out += n as u64;
+        moved |= n > 0;
+        Ok(moved)
+    }
+}

@@ -1,0 +1,121 @@
+//! The upstream side of a proxied connection: its socket, pending bytes and state.
+
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+
+use crate::os::epoll::Interest;
+use crate::os::fd;
+
+use super::{Flags, Pipes};
+
+/// The upstream side of a proxied connection.
+pub struct Upstream {
+    pub fd: OwnedFd,
+    /// Which upstream (index in the service's list), and every one tried so far.
+    pub index: usize,
+    /// Its address, for log lines.
+    pub addr: SocketAddr,
+    pub tried: Vec<usize>,
+    /// Bumped per attempt, so a connect timer for an earlier attempt is ignored.
+    pub attempt: u32,
+    /// Client bytes not yet sent upstream: `out[out_pos..]`.
+    pub(super) out: Vec<u8>,
+    pub(super) out_pos: usize,
+    /// The upstream socket's readiness (`READ_CLOSED`: the upstream sent FIN;
+    /// `WRITE_SHUT`: we sent FIN upstream as the client half-closed; `BACKPRESSURED`:
+    /// not read while the client's output is above the high water mark), whether it
+    /// is `CONNECTED`, and `BACKPRESSURED_CLIENT`: the client is not read while its
+    /// bytes wait here above the high water mark.
+    pub flags: Flags,
+    pub registered: Interest,
+    /// Zero-copy forwarding, once connected, when the listener asks for it.
+    pub pipes: Option<Box<Pipes>>,
+}
+
+impl Upstream {
+    pub fn new(
+        fd: OwnedFd,
+        index: usize,
+        addr: SocketAddr,
+        tried: Vec<usize>,
+        attempt: u32,
+    ) -> Upstream {
+        Upstream {
+            fd,
+            index,
+            addr,
+            tried,
+            attempt,
+            out: Vec::new(),
+            out_pos: 0,
+            flags: Flags::default(),
+            pipes: None,
+            registered: Interest {
+                write: true,
+                edge: true,
+                ..Interest::READ
+            },
+        }
+    }
+
+    /// An established upstream connection that moved here with its client.
+    pub fn moved(fd: OwnedFd, index: usize, addr: SocketAddr) -> Upstream {
+        let mut up = Upstream::new(fd, index, addr, vec![index], 1);
+        up.flags.set(Flags::CONNECTED, true);
+        up.flags.set(Flags::MAY_READ, true);
+        up.registered = up.interest();
+        up
+    }
+
+    /// Neither direction holds a byte here, and no half-close is under way: the pair
+    /// can move. Pipe fills are read from the kernel (FIONREAD), not only from our
+    /// counts, so a byte a splice left behind is never stranded.
+    pub(super) fn quiescent(&self) -> bool {
+        let pipes_empty = self.pipes.as_ref().is_none_or(|p| {
+            [&p.c2u, &p.u2c]
+                .iter()
+                .all(|pipe| pipe.len == 0 && fd::readable_bytes(pipe.r.as_fd()).ok() == Some(0))
+        });
+        self.flags.has(Flags::CONNECTED)
+            && self.out.len() == self.out_pos
+            && pipes_empty
+            && !self.flags.has(Flags::READ_CLOSED)
+            && !self.flags.has(Flags::WRITE_SHUT)
+    }
+
+    /// Client bytes not yet delivered upstream, in user space or in the pipe.
+    pub fn pending(&self) -> usize {
+        self.out.len() - self.out_pos + self.pipes.as_ref().map_or(0, |p| p.c2u.len)
+    }
+
+    /// Upstream bytes not yet delivered to the client that sit in the pipe.
+    pub(super) fn piped_to_client(&self) -> usize {
+        self.pipes.as_ref().map_or(0, |p| p.u2c.len)
+    }
+
+    /// Epoll interest: the connect's completion, then reads unless paused and writes
+    /// only while client bytes wait.
+    pub fn interest(&self) -> Interest {
+        Interest {
+            read: !self.flags.has(Flags::READ_CLOSED)
+                && !self.flags.has(Flags::BACKPRESSURED)
+                && !self.pipes.as_ref().is_some_and(|p| p.u2c.full),
+            write: !self.flags.has(Flags::CONNECTED) || self.pending() > 0,
+            edge: true,
+            exclusive: false,
+        }
+    }
+
+    /// Carries pending client bytes over to a new attempt.
+    pub fn take_pending(&mut self) -> Vec<u8> {
+        let mut v = std::mem::take(&mut self.out);
+        v.drain(..self.out_pos);
+        self.out_pos = 0;
+        v
+    }
+
+    pub fn set_pending(&mut self, v: Vec<u8>) {
+        self.out = v;
+        self.out_pos = 0;
+    }
+}

@@ -1,0 +1,215 @@
+//! Step 3 of the loop for one connection: read within the quantum and the water
+//! marks, let the handler work, write, update epoll interest; and the one place a
+//! connection leaves the worker (`close`, `detach`).
+
+use std::os::fd::AsFd;
+use std::time::Instant;
+
+use tracing::{debug, warn};
+
+use crate::os::epoll::Event;
+
+use super::conn::Flags;
+use super::conn::{self, Conn, Env};
+use super::token::Token;
+use super::{connlog, Phase, Timer, Worker, POOL_MAX};
+
+impl Worker {
+    pub(super) fn conn_event(&mut self, token: Token, ev: Event) {
+        let Some(c) = self.conns.get_mut(token) else {
+            return;
+        };
+        if ev.readable || ev.hangup {
+            c.flags.set(Flags::MAY_READ, true);
+        }
+        c.flags.or(Flags::PEER_HUP, ev.hangup);
+        self.drive(token);
+    }
+
+    /// Reads (within the quantum and the water marks), lets the handler work, writes,
+    /// and updates epoll interest; closes the connection when it is done.
+    pub(crate) fn drive(&mut self, token: Token) {
+        let flow = &self.config.flow;
+        let draining = self.phase == Phase::Draining;
+        let Some(c) = self.conns.get_mut(token) else {
+            return;
+        };
+        if c.flags.has(Flags::AWAITING_HEADER) {
+            return self.read_header(token);
+        }
+        let before = (self.stats.bytes_in, self.stats.bytes_out);
+        let mut env = Env {
+            scratch: &mut self.scratch,
+            budget: flow.read_quantum.0 as usize,
+            high: flow.write_high_water.0 as usize,
+            low: flow.write_low_water.0 as usize,
+            inbuf_limit: (flow.read_quantum.0 as usize).max(64 << 10) * 4,
+            pool: &mut self.bufs,
+            stats: &mut self.stats,
+            draining,
+            jobs: &mut self.jobs,
+        };
+        let outcome = if c.upstream.is_some() {
+            c.pump_proxy(&mut env)
+        } else {
+            c.pump(&mut env)
+        };
+        let budget = env.budget;
+        if let Some(up) = c
+            .upstream
+            .as_ref()
+            .filter(|u| u.flags.has(Flags::CONNECTED))
+        {
+            let (i, o) = (
+                self.stats.bytes_in - before.0,
+                self.stats.bytes_out - before.1,
+            );
+            self.counters
+                .upstream_bytes(usize::from(c.listener), up.index, i, o);
+        }
+        let now = Instant::now();
+        c.log_progress(
+            self.stats.bytes_in - before.0,
+            self.stats.bytes_out - before.1,
+        );
+        match outcome {
+            conn::Outcome::Close(reason) => {
+                if let Some(reason) = reason {
+                    debug!(peer = ?c.peer, "closing: {reason}");
+                    c.log_end(connlog::End::Error(reason));
+                }
+                // Jobs of a connection closed by an error have no one to report to;
+                // left here they would be submitted under the next connection's token.
+                self.jobs.clear();
+                self.close(token);
+                return;
+            }
+            conn::Outcome::Open { active } => {
+                if active {
+                    c.last_active = now;
+                }
+            }
+        }
+        for job in self.jobs.drain(..) {
+            if let Err(e) = self.pool.submit(token.0, job) {
+                warn!("cannot run a blocking job: {e}");
+            }
+        }
+        if let Some(at) = c.timer_at() {
+            if c.timer_queued().is_none_or(|q| at < q) {
+                c.set_timer_queued(Some(at));
+                self.timers.schedule(at, Timer::Handler(token));
+            }
+        }
+        // Every exchange ends at a point where the connection may be able to move.
+        if draining && self.release_idle(token) {
+            return;
+        }
+        let Some(c) = self.conns.get_mut(token) else {
+            return;
+        };
+        // Reads cut short (by the quantum, or a proxy's bounded passes) continue in
+        // step 4: with edge-triggered epoll no new event would announce them.
+        if c.more_to_read() && (budget == 0 || c.upstream.is_some()) {
+            self.ready.push(token);
+        }
+        if c.flags.has(Flags::THROTTLED) && !c.flags.has(Flags::THROTTLE_ARMED) {
+            c.flags.set(Flags::THROTTLE_ARMED, true);
+            self.counters.throttled(usize::from(c.listener));
+            let at = c.readmit_at(now);
+            self.timers.schedule(at, Timer::Throttle(token));
+        }
+        if let Some(up) = &mut c.upstream {
+            let want = up.interest();
+            if want != up.registered {
+                if let Err(e) = self.epoll.modify(up.fd.as_fd(), want, token.upstream()) {
+                    debug!("epoll modify of an upstream failed: {e}");
+                    self.close(token);
+                    return;
+                }
+                up.registered = want;
+            }
+        }
+        let want = c.interest();
+        if want != c.registered {
+            if let Err(e) = self.epoll.modify(c.fd.as_fd(), want, token.0) {
+                debug!("epoll modify failed: {e}");
+                self.close(token);
+                return;
+            }
+            c.registered = want;
+        }
+        if POOL_MAX < self.bufs.len() {
+            self.bufs.truncate(POOL_MAX);
+        }
+    }
+
+    /// Runs a handler callback outside of a read (timer, completion), then lets the
+    /// connection move whatever it produced.
+    pub(super) fn with_handler(
+        &mut self,
+        token: Token,
+        f: impl FnOnce(&mut dyn crate::service::Handler, &mut crate::service::Io<'_>),
+    ) {
+        let draining = self.phase == Phase::Draining;
+        let Some(c) = self.conns.get_mut(token) else {
+            return;
+        };
+        let mut env = Env {
+            scratch: &mut self.scratch,
+            budget: 0,
+            high: 0,
+            low: 0,
+            inbuf_limit: 0,
+            pool: &mut self.bufs,
+            stats: &mut self.stats,
+            draining,
+            jobs: &mut self.jobs,
+        };
+        c.with_io(&mut env, f);
+        c.flags.set(Flags::MAY_READ, true);
+        self.drive(token);
+    }
+
+    pub(crate) fn close(&mut self, token: Token) {
+        if let Some(c) = self.detach(token) {
+            c.recycle(&mut self.bufs);
+        }
+    }
+
+    /// Takes a connection out of the worker (its upstream, per-IP count, timers) and
+    /// returns it: to be closed, or its socket handed over.
+    pub(super) fn detach(&mut self, token: Token) -> Option<Conn> {
+        let mut conn = None;
+        if let Some(mut c) = self.conns.remove(token) {
+            self.log_closed(&mut c);
+            if let Some(up) = c
+                .upstream
+                .as_ref()
+                .filter(|u| u.flags.has(Flags::CONNECTED))
+            {
+                let index = up.index;
+                let service = self.listeners.get_mut(usize::from(c.listener));
+                if let Some(u) = service.and_then(|l| l.service.upstreams()) {
+                    u.released(index);
+                }
+            }
+            if let (true, Some(ip)) = (c.flags.has(Flags::COUNTED_IP), c.peer) {
+                if let Some(n) = self.per_ip.get_mut(&ip) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.per_ip.remove(&ip);
+                    }
+                }
+            }
+            conn = Some(c);
+            self.compact_timers();
+        }
+        if self.conns.len() * 10 <= self.config.worker.max_connections * 9 {
+            if let Err(e) = self.resume_accept() {
+                warn!("cannot resume accepting: {e}");
+            }
+        }
+        conn
+    }
+}

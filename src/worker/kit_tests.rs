@@ -1,0 +1,158 @@
+//! The worker loop in process, through the test kit: flow control, idle timers and a
+//! hand-over burst, each with real sockets and the test as the master.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use crate::channel::{HandoffCounts, IdlePolicy, ToMaster, ToWorker};
+
+use super::testkit::{read_to_eof, round_trip, Kit, PATIENCE};
+
+/// A client sending flat out is read at its `rate`, not faster, and is re-admitted
+/// each time its bucket refills: every byte comes back, in order, in about
+/// (total - burst) / rate, never much less.
+#[test]
+fn a_client_over_its_rate_is_throttled_and_readmitted() {
+    const RATE: usize = 128 << 10;
+    const BURST: usize = 16 << 10;
+    const TOTAL: usize = 384 << 10;
+    let kit = Kit::start(
+        "echo",
+        &format!(
+            "[flow]\nrate = \"{}KiB\"\nburst = \"{}KiB\"",
+            RATE >> 10,
+            BURST >> 10
+        ),
+        "",
+    );
+    let c = kit.connect();
+    let mut writer = c.try_clone().unwrap();
+    let data: Vec<u8> = (0..TOTAL).map(|i| (i % 251) as u8).collect();
+    let sent = data.clone();
+    let started = Instant::now();
+    let w = std::thread::spawn(move || writer.write_all(&sent).unwrap());
+    let mut reader = c;
+    let mut got = vec![0u8; TOTAL];
+    reader.read_exact(&mut got).expect("every byte echoed");
+    let took = started.elapsed();
+    w.join().unwrap();
+    assert!(got == data, "the echo came back altered");
+    // A lower bound only: a loaded box makes it slower, never faster.
+    let floor = Duration::from_secs_f64((TOTAL - BURST) as f64 / RATE as f64 * 0.8);
+    assert!(
+        took >= floor,
+        "{TOTAL} bytes at {RATE} B/s (burst {BURST}) took {took:?}: not throttled"
+    );
+}
+
+/// A silent connection is closed once `idle_timeout` passed, not before; one that
+/// keeps talking for longer than the timeout stays open, and is closed in turn once
+/// it falls silent.
+#[test]
+fn idle_connections_are_closed_and_busy_ones_kept() {
+    const IDLE: Duration = Duration::from_secs(2);
+    let kit = Kit::start("echo", "[worker]\nidle_timeout = \"2s\"", "");
+    let started = Instant::now();
+    let mut silent = kit.connect();
+    let mut busy = kit.connect();
+    round_trip(&mut busy, b"hello\n");
+    let chatter = std::thread::spawn(move || {
+        // Talks for longer than the timeout, in steps well inside it.
+        let until = Instant::now() + IDLE * 2 + Duration::from_millis(500);
+        let mut n = 0;
+        let mut last = Instant::now();
+        while Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(200));
+            last = Instant::now();
+            round_trip(&mut busy, format!("still here {n}\n").as_bytes());
+            n += 1;
+        }
+        (busy, last)
+    });
+    assert!(read_to_eof(&mut silent).is_empty());
+    let closed_after = started.elapsed();
+    assert!(
+        closed_after >= IDLE - Duration::from_millis(100),
+        "closed after {closed_after:?}, before its idle timeout"
+    );
+    let (mut busy, last) = chatter.join().expect("the busy connection was cut");
+    assert!(read_to_eof(&mut busy).is_empty());
+    // Its last exchange started at `last`: the timeout counts from that activity.
+    let quiet = last.elapsed();
+    assert!(
+        quiet >= IDLE - Duration::from_millis(100),
+        "closed {quiet:?} after its last exchange"
+    );
+}
+
+/// Thousands of idle connections leave a draining worker in batches, every one of
+/// them: the sockets the master receives are exactly the clients' (no loss, no
+/// duplicate), still connected both ways, and the worker counts them all as handed
+/// and exits.
+#[test]
+fn a_burst_of_thousands_of_connections_is_handed_over_whole() {
+    const CONNS: usize = 3000;
+    let kit = Kit::start("echo", "", "");
+    let mut clients: HashMap<SocketAddr, TcpStream> = HashMap::new();
+    for i in 0..CONNS {
+        let mut c = kit.connect();
+        round_trip(&mut c, format!("{i}\n").as_bytes());
+        clients.insert(c.local_addr().unwrap(), c);
+    }
+    kit.master
+        .send(&ToWorker::Drain {
+            idle: IdlePolicy::Handoff,
+        })
+        .unwrap();
+    let mut handed: HashMap<SocketAddr, TcpStream> = HashMap::new();
+    let mut messages = 0;
+    while handed.len() < CONNS {
+        let (m, fds) = kit.next(&|m| matches!(m, ToMaster::Handoff { .. }));
+        let ToMaster::Handoff { conns } = m else {
+            unreachable!()
+        };
+        assert_eq!(conns.len(), fds.len());
+        messages += 1;
+        for fd in fds {
+            let s = TcpStream::from(fd);
+            let peer = s.peer_addr().expect("a handed socket is still connected");
+            assert!(
+                handed.insert(peer, s).is_none(),
+                "{peer} was handed over twice"
+            );
+        }
+    }
+    assert!(
+        messages < CONNS / 4,
+        "{messages} messages for {CONNS}: not batched"
+    );
+    let (m, _) = kit.next(&|m| matches!(m, ToMaster::HandoffDone(_)));
+    assert_eq!(
+        m,
+        ToMaster::HandoffDone(HandoffCounts {
+            handed: CONNS as u64,
+            kept: 0,
+            closed: 0
+        })
+    );
+    let mut missing: Vec<_> = clients.keys().filter(|a| !handed.contains_key(a)).collect();
+    missing.truncate(5);
+    assert!(missing.is_empty(), "never handed over: {missing:?}...");
+    // Both directions still work on every socket the master now holds.
+    for (addr, s) in &mut handed {
+        s.set_nonblocking(false).unwrap();
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        s.write_all(b"moved\n").unwrap();
+        let c = clients.get_mut(addr).unwrap();
+        let mut got = [0u8; 6];
+        c.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"moved\n");
+        c.write_all(b"back\n").unwrap();
+        let mut got = [0u8; 5];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"back\n");
+    }
+    assert_eq!(kit.exit_code(), 0);
+}

@@ -1,0 +1,83 @@
+//! The worker's side of its master channel: commands in, heartbeats and counters out.
+
+use std::os::fd::AsFd;
+use std::time::Instant;
+
+use tracing::{debug, info, warn};
+
+use crate::channel::{ChannelError, IdlePolicy, ToMaster, ToWorker};
+use crate::os::process;
+
+use super::{Timer, Worker};
+
+impl Worker {
+    pub(super) fn read_channel(&mut self) {
+        loop {
+            let got = match &self.channel {
+                Some(ch) => ch.recv_fds::<ToWorker>(),
+                None => return,
+            };
+            match got {
+                Ok(Some((msg, fds))) => match msg {
+                    ToWorker::Drain { idle } => self.start_drain("master asked", idle),
+                    ToWorker::Adopt { conns } => self.adopt(conns, fds),
+                    ToWorker::Keep { conns, reason } => self.keep(conns, fds, &reason),
+                    ToWorker::Stop => {
+                        info!("master asked to stop now");
+                        self.exit = Some(0);
+                    }
+                    ToWorker::ReopenLogs => self.reopen_logs(),
+                    ToWorker::Metrics { id, text, last } => {
+                        crate::service::metrics::deliver(id, text, last)
+                    }
+                    ToWorker::Fault { kind } => {
+                        if let Some(at) = self.injected.apply(kind) {
+                            self.timers.schedule(at, Timer::FaultEnd);
+                        }
+                    }
+                },
+                Ok(None) => return,
+                Err(e) => {
+                    if !matches!(e, ChannelError::Closed) {
+                        warn!("master channel failed: {e}");
+                    }
+                    if let Some(ch) = self.channel.take() {
+                        let _ = self.epoll.delete(ch.as_fd());
+                    }
+                    self.start_drain("master is gone", IdlePolicy::Close);
+                    // What waits for the hand-over has nowhere to go now: keep it.
+                    if !self.handoff.is_idle() {
+                        self.flush_handoff();
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    pub(super) fn reopen_logs(&mut self) {
+        if let Err(e) = crate::log::reopen() {
+            warn!("cannot reopen the log: {e}");
+        }
+    }
+
+    pub(super) fn send(&mut self, msg: ToMaster) {
+        if let Some(ch) = &self.channel {
+            if let Err(e) = ch.send(&msg) {
+                debug!("cannot send {msg:?} to the master: {e}");
+            }
+        }
+    }
+
+    pub(super) fn heartbeat(&mut self) {
+        self.stats.connections = self.conns.len() as u64;
+        self.stats.rss = process::self_rss();
+        // The log writer thread reports drops itself, once it writes again.
+        self.stats.log_dropped = crate::log::dropped();
+        self.send(ToMaster::Heartbeat(self.stats));
+        self.counters.refresh(&self.conns, Instant::now());
+        for part in self.counters.parts() {
+            self.send(ToMaster::Counters(part));
+        }
+    }
+}
