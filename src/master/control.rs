@@ -18,6 +18,8 @@ use super::table::WorkerStatus;
 use crate::fault::kind::{FaultOutcome, FaultRequest};
 use crate::os::cred;
 
+mod tickets;
+
 /// What a client asks for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

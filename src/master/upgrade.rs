@@ -20,6 +20,7 @@ use crate::os::pidfd::{self, PidFd};
 use crate::os::process::{self, ExitReason};
 
 mod predecessor;
+mod run;
 pub mod shim;
 mod spawn;
 pub use predecessor::{env_value as predecessor_env, Predecessor, PREDECESSOR_ENV};
