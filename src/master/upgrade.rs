@@ -19,6 +19,7 @@ use crate::os::fd;
 use crate::os::pidfd::{self, PidFd};
 use crate::os::process::{self, ExitReason};
 
+mod exec;
 mod predecessor;
 mod run;
 pub mod shim;

@@ -70,7 +70,7 @@ impl Master {
                 },
                 None => None,
             };
-            match sockets::hand_over(&self.listeners, &pipe_w) {
+            match super::exec::hand_over(&self.listeners, &pipe_w) {
                 Ok(mut env) => match signals::reset_for_exec() {
                     Ok(()) => {
                         env.extend(me);
@@ -84,7 +84,7 @@ impl Master {
                         format!(
                             "exec of {} failed: {}",
                             self.binary.display(),
-                            sockets::exec(&path, &args, &env)
+                            super::exec::exec(&path, &args, &env)
                         )
                     }
                     Err(e) => e.to_string(),
