@@ -116,7 +116,7 @@ impl Master {
                 .filter(move |(_, w)| {
                     let live = w.state == WorkerState::Ready
                         || gen < current && matches!(w.state, WorkerState::Draining { .. });
-                    w.generation == gen && live && !w.recycling && w.watchdog_kill.is_none()
+                    w.generation == gen && live && !w.recycling && w.kill.is_none()
                 })
                 .map(|(i, _)| i)
         };

@@ -29,6 +29,7 @@ mod stop;
 mod supervision;
 pub mod table;
 pub mod upgrade;
+mod waiters;
 mod xfer;
 
 use std::os::fd::{AsFd, OwnedFd};
@@ -54,8 +55,9 @@ use reload::Reload;
 use sockets::Listener;
 use stop::STOPPING_RELOAD;
 use supervision::drain;
-use table::{Slot, Worker, WorkerState, WorkerStatus};
+use table::{Kill, Slot, Worker, WorkerState, WorkerStatus};
 use upgrade::{Report, Reporter, Upgrade};
+use waiters::{Pending, Ticket, Waiters};
 
 /// Why the master could not start.
 #[derive(Debug, thiserror::Error)]
@@ -107,7 +109,7 @@ pub enum Command {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Job {
     pub command: Command,
-    pub waiter: Option<u64>,
+    pub waiter: Option<Ticket>,
 }
 
 impl Job {
@@ -225,14 +227,8 @@ pub struct Master {
     next_ticket: u64,
     pid_file: Option<PidFile>,
     state: State,
-    /// A reload asked for while another was in flight runs when it ends (reload
-    /// storms coalesce into at most one queued reload).
-    reload_queued: Vec<u64>,
-    queued_reload: bool,
-    /// SIGWINCH: workers were stopped on purpose; do not refill their slots.
-    workers_parked: bool,
-    /// Control clients waiting for a stop to finish.
-    stop_waiters: Vec<u64>,
+    /// Requests waiting behind a reload, an upgrade or a stop.
+    waiting: Pending,
     /// Exit code once stopped: non-zero when the master gave up (startup failed).
     exit_code: i32,
     /// Round-robin position for handing over connections.
@@ -251,8 +247,6 @@ pub struct Master {
     predecessor: Option<upgrade::Predecessor>,
     /// When to enforce `max_old_generations` after the last reload.
     old_generations_check: Option<Instant>,
-    /// Upgrade requests waiting behind a reload, answered when it ends.
-    upgrade_refused_waiters: Vec<u64>,
     /// `WATCHDOG=1` period when systemd's watchdog is on, and the next one due.
     sd_watchdog: Option<(Duration, Instant)>,
     /// Fds given back right before a fork, so a respawn works at the fd limit.
@@ -307,11 +301,11 @@ impl Master {
                 Command::Reap => self.reap(),
                 Command::FastStop | Command::GracefulStop => {
                     let graceful = cmd == Command::GracefulStop;
-                    for &t in &waiters {
+                    for &t in waiters.tickets() {
                         let how = if graceful { "graceful" } else { "fast" };
                         self.answer(t, true, format!("{how} stop started"));
                     }
-                    self.stop_waiters.extend(waiters);
+                    self.waiting.stop.join(waiters);
                     self.stop(graceful, IdlePolicy::Close);
                 }
                 Command::Reload => self.reload(waiters),
@@ -328,9 +322,7 @@ impl Master {
                     let (ok, message) = self
                         .reopen_logs()
                         .map_or_else(|e| (false, e), |m| (true, m));
-                    for t in waiters {
-                        self.answer(t, ok, message.clone());
-                    }
+                    self.answer_all(waiters, ok, &message);
                 }
                 Command::Fault => {
                     for t in waiters {
@@ -339,9 +331,7 @@ impl Master {
                 }
                 Command::Metrics => {
                     let text = self.prometheus();
-                    for t in waiters {
-                        self.answer(t, true, text.clone());
-                    }
+                    self.answer_all(waiters, true, &text);
                 }
                 Command::Status => {
                     let resp = self.status();
@@ -380,12 +370,12 @@ impl Master {
 
 /// Groups a batch of jobs by command in priority order, each command once with the
 /// waiters of all its requests (in arrival order).
-fn batch(jobs: Vec<Job>) -> Vec<(Command, Vec<u64>)> {
-    let mut out: Vec<(Command, Vec<u64>)> = Vec::new();
+fn batch(jobs: Vec<Job>) -> Vec<(Command, Waiters)> {
+    let mut out: Vec<(Command, Waiters)> = Vec::new();
     for job in jobs {
         match out.iter_mut().find(|(c, _)| *c == job.command) {
-            Some((_, w)) => w.extend(job.waiter),
-            None => out.push((job.command, job.waiter.into_iter().collect())),
+            Some((_, w)) => w.join(job.waiter.into()),
+            None => out.push((job.command, job.waiter.into())),
         }
     }
     out.sort_by_key(|(c, _)| c.priority());
@@ -420,12 +410,12 @@ mod tests {
         assert_eq!(
             batch(jobs),
             vec![
-                (Command::Reap, vec![]),
-                (Command::FastStop, vec![]),
-                (Command::GracefulStop, vec![3]),
-                (Command::Reload, vec![1, 2]),
-                (Command::Upgrade, vec![4]),
-                (Command::Status, vec![5]),
+                (Command::Reap, Waiters::none()),
+                (Command::FastStop, Waiters::none()),
+                (Command::GracefulStop, Waiters::from_iter([3])),
+                (Command::Reload, Waiters::from_iter([1, 2])),
+                (Command::Upgrade, Waiters::from_iter([4])),
+                (Command::Status, Waiters::from_iter([5])),
             ]
         );
     }

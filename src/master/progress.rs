@@ -65,9 +65,8 @@ impl Master {
                         drain(w, deadline, IdlePolicy::Handoff);
                     }
                 }
-                if self.queued_reload && !self.rolled_back_alive() {
-                    self.queued_reload = false;
-                    let waiters = std::mem::take(&mut self.reload_queued);
+                if self.waiting.reload.is_some() && !self.rolled_back_alive() {
+                    let waiters = self.waiting.reload.take().unwrap_or_default();
                     self.start_reload(waiters);
                 }
             }
@@ -82,13 +81,12 @@ impl Master {
             State::Stopping { .. } => {}
         }
         if !matches!(self.state, State::Reloading(_)) {
-            for t in std::mem::take(&mut self.upgrade_refused_waiters) {
-                self.answer(
-                    t,
-                    false,
-                    "a reload was in progress; upgrade not started, try again".into(),
-                );
-            }
+            let refused = std::mem::take(&mut self.waiting.upgrade);
+            self.answer_all(
+                refused,
+                false,
+                "a reload was in progress; upgrade not started, try again",
+            );
         }
     }
 
@@ -133,12 +131,7 @@ impl Master {
             if let WorkerState::Draining { deadline } = w.state {
                 d.push(deadline);
             }
-            match w.watchdog_kill {
-                Some(t) => {
-                    d.push(t.max(Instant::now()) + WATCHDOG_GRACE.min(Duration::from_millis(100)))
-                }
-                None => d.push(w.last_heartbeat + wd),
-            }
+            d.extend(w.kill_due(wd, Instant::now()));
         }
         d.into_iter().min()
     }

@@ -12,7 +12,7 @@ pub(super) struct Reload {
     pub(super) started: Instant,
     /// Control clients waiting for the outcome (indices into `Master::clients` are not
     /// stable, so clients are marked by a ticket instead).
-    pub(super) waiters: Vec<u64>,
+    pub(super) waiters: Waiters,
     /// `reload_surge`: slots are replaced a few at a time.
     pub(super) rolling: Option<rolling::Roll>,
 }
@@ -40,39 +40,33 @@ impl Master {
     /// Starts a reload, or queues it behind the one in flight. `waiters` are
     /// control clients to answer when it is done (all requests of one batch share
     /// one reload).
-    pub(super) fn reload(&mut self, waiters: Vec<u64>) {
+    pub(super) fn reload(&mut self, waiters: Waiters) {
         match self.state {
             State::Running if !self.rolled_back_alive() => self.start_reload(waiters),
             State::Upgrading(_) => {
                 warn!("reload refused: a binary upgrade is in progress");
-                for t in waiters {
-                    self.answer(
-                        t,
-                        false,
-                        "a binary upgrade is in progress; reload refused".into(),
-                    );
-                }
+                self.answer_all(
+                    waiters,
+                    false,
+                    "a binary upgrade is in progress; reload refused",
+                );
             }
             State::Running => {
                 info!("reload queued until the workers of the rolled-back reload are gone");
-                self.queued_reload = true;
-                self.reload_queued.extend(waiters);
+                self.waiting.queue_reload(waiters);
             }
             State::Reloading(_) | State::Starting { .. } => {
                 info!("reload queued behind the one in progress");
-                self.queued_reload = true;
-                self.reload_queued.extend(waiters);
+                self.waiting.queue_reload(waiters);
             }
             State::Stopping { .. } => {
                 info!("reload ignored: the master is stopping");
-                for t in waiters {
-                    self.answer(t, false, STOPPING_RELOAD.into());
-                }
+                self.answer_all(waiters, false, STOPPING_RELOAD);
             }
         }
     }
 
-    pub(super) fn start_reload(&mut self, waiters: Vec<u64>) {
+    pub(super) fn start_reload(&mut self, waiters: Waiters) {
         let started = Instant::now();
         let path = self.config.source.clone();
         info!(config = %path.display(), "reloading");
@@ -179,7 +173,6 @@ impl Master {
             warn!("{e}; connections are spread by the kernel's hash meanwhile");
         }
         self.generation = generation;
-        self.workers_parked = false;
         // Old workers with nothing left exit within milliseconds of their drain
         // message; counting them right now (on a loaded box, before they were even
         // scheduled) would cut a generation that still serves clients.
@@ -194,21 +187,17 @@ impl Master {
         );
         info!("{msg}");
         crate::notify::ready(&self.status_line());
-        for t in waiters {
-            self.answer(t, true, msg.clone());
-        }
+        self.answer_all(waiters, true, &msg);
     }
 
-    pub(super) fn reload_failed(&mut self, msg: &str, waiters: Vec<u64>) {
+    pub(super) fn reload_failed(&mut self, msg: &str, waiters: Waiters) {
         error!("{msg}");
         self.metrics.own.reloads.record(false, None);
         crate::notify::ready(&format!(
             "{}; last reload failed: {msg}",
             self.status_line()
         ));
-        for t in waiters {
-            self.answer(t, false, msg.to_string());
-        }
+        self.answer_all(waiters, false, msg);
     }
 
     /// Keeps at most `max_old_generations` draining generations; older ones are cut

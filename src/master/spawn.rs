@@ -40,7 +40,7 @@ impl Master {
                     started_at: now,
                     last_heartbeat: now,
                     stats: Default::default(),
-                    watchdog_kill: None,
+                    kill: None,
                     recycling: false,
                     channel_closed: false,
                     handoff: Default::default(),

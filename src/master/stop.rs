@@ -48,13 +48,10 @@ impl Master {
             self.rollback_upgrade("the master is stopping".into());
         }
         // Requests queued behind the reload or upgrade just cut short will not run.
-        self.queued_reload = false;
-        for t in std::mem::take(&mut self.reload_queued) {
-            self.answer(t, false, STOPPING_RELOAD.into());
-        }
-        for t in std::mem::take(&mut self.upgrade_refused_waiters) {
-            self.answer(t, false, "the master is stopping; upgrade not done".into());
-        }
+        let queued = self.waiting.reload.take().unwrap_or_default();
+        self.answer_all(queued, false, STOPPING_RELOAD);
+        let refused = std::mem::take(&mut self.waiting.upgrade);
+        self.answer_all(refused, false, "the master is stopping; upgrade not done");
         if !self.handed_over {
             crate::notify::stopping();
         }
@@ -120,7 +117,9 @@ impl Master {
             return;
         }
         info!("SIGWINCH: draining all workers; the master keeps the listeners (send SIGHUP to start workers again)");
-        self.workers_parked = true;
+        for s in &mut self.slots {
+            s.parked = true;
+        }
         let deadline = Instant::now() + self.config.master.drain_timeout.0;
         for w in &mut self.workers {
             if matches!(w.state, WorkerState::Starting | WorkerState::Ready) {
@@ -141,9 +140,8 @@ impl Master {
     }
 
     pub(super) fn cleanup(&mut self) {
-        for ticket in std::mem::take(&mut self.stop_waiters) {
-            self.answer(ticket, true, "stopped".into());
-        }
+        let stopped = std::mem::take(&mut self.waiting.stop);
+        self.answer_all(stopped, true, "stopped");
         // Nobody leaves with EOF: whoever still waits hears that the master is gone.
         let waiting: Vec<u64> = self
             .clients

@@ -101,7 +101,7 @@ impl Master {
             info!(slot, generation, pid, %reason, "worker exited");
             return;
         }
-        if self.workers_parked {
+        if self.slots.get(slot).is_some_and(|s| s.parked) {
             info!(slot, generation, pid, %reason, "worker exited");
             return;
         }
@@ -143,12 +143,12 @@ impl Master {
     }
 
     pub(super) fn respawn_due(&mut self, now: Instant) {
-        if matches!(self.state, State::Stopping { .. }) || self.workers_parked {
+        if matches!(self.state, State::Stopping { .. }) {
             return;
         }
         for slot in 0..self.slots.len() {
             let due = self.slots[slot].respawn_at.is_some_and(|t| t <= now);
-            if due && !self.slots[slot].fatal {
+            if due && !self.slots[slot].fatal && !self.slots[slot].parked {
                 if let Err(e) = self.spawn(slot, self.generation) {
                     error!("{e}; retrying in 1s");
                     self.slots[slot].respawn_at = Some(now + Duration::from_secs(1));
@@ -166,7 +166,7 @@ impl Master {
             if matches!(w.state, WorkerState::Stopping) {
                 continue;
             }
-            match w.watchdog_kill {
+            match w.kill {
                 None if now.saturating_duration_since(w.last_heartbeat) >= limit => {
                     error!(
                         slot = w.slot,
@@ -178,16 +178,16 @@ impl Master {
                     let _ = process::kill(w.pid, Signal::SIGABRT);
                     // SIGABRT on a stopped process waits until it is continued.
                     let _ = process::kill(w.pid, Signal::SIGCONT);
-                    w.watchdog_kill = Some(now);
+                    w.kill = Some(Kill::Aborted(now));
                     fired.push(w.pid);
                 }
-                Some(t) if now.saturating_duration_since(t) >= WATCHDOG_GRACE => {
+                Some(Kill::Aborted(t)) if now.saturating_duration_since(t) >= WATCHDOG_GRACE => {
                     warn!(
                         pid = w.pid.as_raw(),
                         "hung worker survived SIGABRT; sending SIGKILL"
                     );
                     let _ = process::kill(w.pid, Signal::SIGKILL);
-                    w.watchdog_kill = Some(now + Duration::from_secs(3600));
+                    w.kill = Some(Kill::Killed { again_after: None });
                 }
                 _ => {}
             }
@@ -243,7 +243,7 @@ impl Master {
                 WorkerState::Draining { deadline } => deadline <= now,
                 _ => stop_deadline.is_some(),
             };
-            if overdue && w.watchdog_kill.is_none_or(|t| t <= now) {
+            if overdue && w.may_kill(now) {
                 warn!(
                     slot = w.slot,
                     pid = w.pid.as_raw(),
@@ -252,7 +252,9 @@ impl Master {
                 );
                 let _ = process::kill(w.pid, Signal::SIGKILL);
                 w.state = WorkerState::Stopping;
-                w.watchdog_kill = Some(now + KILL_GRACE);
+                w.kill = Some(Kill::Killed {
+                    again_after: Some(now + KILL_GRACE),
+                });
             }
         }
     }

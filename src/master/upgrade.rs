@@ -124,7 +124,7 @@ pub struct Upgrade {
     pub buf: Vec<u8>,
     pub deadline: Instant,
     pub started: Instant,
-    pub waiters: Vec<u64>,
+    pub waiters: super::Waiters,
 }
 
 impl Upgrade {

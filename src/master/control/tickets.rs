@@ -139,6 +139,13 @@ impl Master {
         }
     }
 
+    /// Answers every waiter of one outcome alike.
+    pub(in crate::master) fn answer_all(&mut self, waiters: Waiters, ok: bool, message: &str) {
+        for t in waiters {
+            self.answer(t, ok, message.to_string());
+        }
+    }
+
     pub(in crate::master) fn flush_clients(&mut self) {
         let now = Instant::now();
         self.clients

@@ -11,7 +11,7 @@ impl Master {
             State::Running => {}
             State::Reloading(_) => {
                 info!("upgrade requested during a reload: refused until the reload ends");
-                self.upgrade_refused_waiters.extend(waiter);
+                self.waiting.upgrade.join(waiter.into());
                 return;
             }
             _ => {
@@ -118,7 +118,7 @@ impl Master {
                     buf: Vec::new(),
                     deadline: started + self.config.master.upgrade_timeout.0,
                     started,
-                    waiters: waiter.into_iter().collect(),
+                    waiters: waiter.into(),
                 }));
             }
         }
@@ -189,9 +189,7 @@ impl Master {
                 binary: self.binary.clone(),
             });
         }
-        for t in u.waiters {
-            self.answer(t, true, msg.clone());
-        }
+        self.answer_all(u.waiters, true, &msg);
         // The new master owns the control socket path now; ours stops listening.
         if let Some(c) = self.control.take() {
             c.forget();
@@ -241,7 +239,7 @@ impl Master {
         u.child_exit(wait_ms)
     }
 
-    pub(in crate::master) fn upgrade_failed(&mut self, waiters: Vec<u64>, why: String) {
+    pub(in crate::master) fn upgrade_failed(&mut self, waiters: Waiters, why: String) {
         self.metrics.own.upgrades.record(false, None);
         self.stop_sharing();
         let msg = format!(
@@ -253,9 +251,7 @@ impl Master {
             "{}; last upgrade failed: {why}",
             self.status_line()
         ));
-        for t in waiters {
-            self.answer(t, false, msg.clone());
-        }
+        self.answer_all(waiters, false, &msg);
     }
 
     pub(in crate::master) fn restore_pid_file(&mut self) {
