@@ -1,37 +1,45 @@
-//! Step 1 of the loop: poll signals, worker channels, control clients and the upgrade
-//! pipe, and collect what happened.
+//! Step 1 of the loop: wait on signals, worker channels, control clients and the
+//! upgrade's pipe and pidfd, and collect what happened, without acting on it.
+//!
+//! What is collected becomes jobs (signals, control requests, the upgrade's news) and
+//! worker reports; the loop orders and handles them after. The one thing pumped here
+//! is connection hand-over traffic (fds passing through the master between workers
+//! and masters): it is data, not a decision, and it must keep flowing while the
+//! master holds few enough fds.
 
 use super::*;
+use crate::os::master::{poll, PollFlags};
+
+/// One loop iteration's harvest.
+#[derive(Default)]
+pub(super) struct Collected {
+    /// What to do: signals, control requests and the upgrade's news, unordered.
+    pub(super) jobs: Vec<Job>,
+    /// What the workers reported (ready, heartbeats, counters...), by pid.
+    pub(super) heard: Vec<(Pid, ToMaster)>,
+}
 
 impl Master {
-    /// Step 1 of the loop: poll signals, worker channels and control clients until
-    /// something happens or the nearest deadline; returns what to do. Control
-    /// requests are only collected here, never acted on: `handle` orders them with
-    /// the signals of the same batch.
-    pub(super) fn wait(&mut self) -> Vec<Job> {
+    /// Waits until something happens or the nearest deadline, then reads it all.
+    /// Control requests are only collected here, never acted on: `handle` orders them
+    /// with the signals of the same batch.
+    pub(super) fn collect(&mut self) -> Collected {
         let timeout = self
             .next_deadline()
-            .map(|d| d.saturating_duration_since(Instant::now()))
-            .map(|d| {
-                let ms = d.as_micros().div_ceil(1000).min(60_000) as u16;
-                PollTimeout::from(ms)
-            })
-            .unwrap_or(PollTimeout::NONE);
+            .map(|d| d.saturating_duration_since(self.fx.now()));
+        let mut out = Collected::default();
         let mut ready_workers = Vec::new();
         let mut ready_clients = Vec::new();
-        let upgrade_ready;
-        let upgrade_gone;
         let mut xfer_ready = Vec::new();
-        let (sig_ready, ctl_ready) = {
-            let mut fds: Vec<PollFd<'_>> =
-                Vec::with_capacity(2 + self.workers.len() + self.clients.len());
+        let (sig_ready, ctl_ready, upgrade_ready, upgrade_gone) = {
+            let mut fds = Vec::with_capacity(2 + self.workers.len() + self.clients.len());
             if let Some(s) = &self.signals {
-                fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
+                fds.push((s.as_fd(), PollFlags::POLLIN));
             }
             let ctl_index = fds.len();
             let accepting = self.accept_paused_until.is_none();
             if let Some(c) = self.control.as_ref().filter(|_| accepting) {
-                fds.push(PollFd::new(c.fd(), PollFlags::POLLIN));
+                fds.push((c.fd(), PollFlags::POLLIN));
             }
             let workers_at = fds.len();
             let in_flight = self.handoff_in_flight();
@@ -46,12 +54,12 @@ impl Master {
                 if !w.channel_closed && w.handoff.wants_write() {
                     flags |= PollFlags::POLLOUT;
                 }
-                fds.push(PollFd::new(w.channel.as_fd(), flags));
+                fds.push((w.channel.as_fd(), flags));
             }
             let upgrade_at = fds.len();
             if let State::Upgrading(u) = &self.state {
-                fds.push(PollFd::new(u.pipe_fd(), PollFlags::POLLIN));
-                fds.push(PollFd::new(u.pidfd.as_fd(), PollFlags::POLLIN));
+                fds.push((u.pipe_fd(), PollFlags::POLLIN));
+                fds.push((u.pidfd.as_fd(), PollFlags::POLLIN));
             }
             let xfer_at = fds.len();
             let links = self.xfer.pollable();
@@ -60,7 +68,7 @@ impl Master {
                 if *write {
                     flags |= PollFlags::POLLOUT;
                 }
-                fds.push(PollFd::new(*fd, flags));
+                fds.push((*fd, flags));
             }
             let clients_at = fds.len();
             for (_, c) in &self.clients {
@@ -71,40 +79,39 @@ impl Master {
                 if c.wants_write() {
                     flags |= PollFlags::POLLOUT;
                 }
-                fds.push(PollFd::new(c.fd(), flags));
+                fds.push((c.fd(), flags));
             }
-            if let Err(e) = nix::poll::poll(&mut fds, timeout) {
-                if e != nix::errno::Errno::EINTR {
-                    error!("poll() failed in the master loop: {e}");
+            let revents = match poll(&fds, timeout) {
+                Ok(r) => r,
+                Err(e) => {
+                    error!("{e}");
+                    return out;
                 }
-                return Vec::new();
-            }
-            let fired = |p: &PollFd<'_>| p.revents().is_some_and(|r| !r.is_empty());
+            };
+            let fired = |k: usize| !revents[k].is_empty();
             for (k, (side, _, _)) in links.iter().enumerate() {
-                if fired(&fds[xfer_at + k]) {
+                if fired(xfer_at + k) {
                     xfer_ready.push(*side);
                 }
             }
-            for (i, p) in fds[workers_at..upgrade_at].iter().enumerate() {
-                if fired(p) {
+            for (i, k) in (workers_at..upgrade_at).enumerate() {
+                if fired(k) {
                     ready_workers.push(self.workers[i].pid);
                 }
             }
-            for (i, p) in fds[clients_at..].iter().enumerate() {
-                if fired(p) {
-                    let hup = p
-                        .revents()
-                        .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR));
+            for (i, r) in revents[clients_at..].iter().enumerate() {
+                if !r.is_empty() {
+                    let hup = r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR);
                     ready_clients.push((self.clients[i].0, hup));
                 }
             }
-            let sig = self.signals.is_some() && fired(&fds[0]);
-            let ctl = self.control.is_some() && accepting && fired(&fds[ctl_index]);
-            upgrade_ready = upgrade_at < xfer_at && fired(&fds[upgrade_at]);
-            upgrade_gone = upgrade_at + 1 < xfer_at && fired(&fds[upgrade_at + 1]);
-            (sig, ctl)
+            (
+                self.signals.is_some() && fired(0),
+                self.control.is_some() && accepting && fired(ctl_index),
+                upgrade_at < xfer_at && fired(upgrade_at),
+                upgrade_at + 1 < xfer_at && fired(upgrade_at + 1),
+            )
         };
-        let mut commands = Vec::new();
         if sig_ready {
             if let Some(s) = &self.signals {
                 for sig in s.drain() {
@@ -120,7 +127,7 @@ impl Master {
                         }
                         other => other,
                     };
-                    commands.extend(cmd.map(Job::signal));
+                    out.jobs.extend(cmd.map(Job::signal));
                 }
             }
         }
@@ -128,29 +135,30 @@ impl Master {
             self.xfer_read(side);
         }
         for pid in ready_workers {
-            self.read_worker(pid);
+            out.heard
+                .extend(self.read_worker(pid).into_iter().map(|m| (pid, m)));
         }
         for (ticket, hup) in ready_clients {
-            commands.extend(self.serve_client(ticket, hup));
+            out.jobs.extend(self.serve_client(ticket, hup));
         }
         if ctl_ready {
-            commands.extend(self.accept_clients());
+            out.jobs.extend(self.accept_clients());
         }
-        // Exit first: a "ready" from a new master that is already dead must not commit.
         if upgrade_gone {
-            self.upgrade_child_gone();
+            out.jobs.push(Job::signal(Command::UpgradeExited));
         }
         if upgrade_ready {
-            self.read_upgrade_report();
+            out.jobs.push(Job::signal(Command::UpgradeReported));
         }
-        commands
+        out
     }
 
     /// Reads every message a worker has sent (hand-overs only while the master holds
-    /// few enough fds), and sends what is queued for it.
-    pub(super) fn read_worker(&mut self, pid: Pid) {
+    /// few enough fds), and sends what is queued for it. Returns its reports.
+    pub(super) fn read_worker(&mut self, pid: Pid) -> Vec<ToMaster> {
+        let mut heard = Vec::new();
         let Some(i) = self.worker_index(pid) else {
-            return;
+            return heard;
         };
         self.flush_handoff(i);
         loop {
@@ -181,12 +189,12 @@ impl Master {
                         self.answer_fault(t, o);
                     }
                 }
-                Ok(Some((msg, _))) => self.worker_message(i, msg),
+                Ok(Some((msg, _))) => heard.push(msg),
                 Ok(None) => break,
                 // EOF: the worker is exiting; SIGCHLD tells the rest.
                 Err(ChannelError::Closed) => {
                     self.handoff_channel_closed(i);
-                    return;
+                    return heard;
                 }
                 Err(e) => {
                     warn!(pid = pid.as_raw(), "bad message from worker: {e}");
@@ -195,13 +203,27 @@ impl Master {
             }
         }
         self.flush_handoff(i);
+        heard
     }
 
-    pub(super) fn worker_message(&mut self, i: usize, msg: ToMaster) {
+    /// Step 2: what the workers reported becomes the master's view of them. True when
+    /// a heartbeat came (its memory and limits are looked at by `Command::Recycle`).
+    pub(super) fn record(&mut self, heard: Vec<(Pid, ToMaster)>) -> bool {
+        let mut heartbeat = false;
+        for (pid, msg) in heard {
+            heartbeat |= matches!(msg, ToMaster::Heartbeat(_));
+            if let Some(i) = self.worker_index(pid) {
+                self.worker_message(i, msg);
+            }
+        }
+        heartbeat
+    }
+
+    fn worker_message(&mut self, i: usize, msg: ToMaster) {
         let w = &mut self.workers[i];
         match msg {
             ToMaster::Ready => {
-                let now = Instant::now();
+                let now = self.fx.now();
                 w.last_heartbeat = now;
                 if w.state == WorkerState::Starting {
                     w.state = WorkerState::Ready;
@@ -225,15 +247,13 @@ impl Master {
                     pid = pid.as_raw(),
                     "worker survived an injected fault: {note}"
                 );
-                for (t, o) in self.faults.survived(pid, Instant::now()) {
+                for (t, o) in self.faults.survived(pid, self.fx.now()) {
                     self.answer_fault(t, o);
                 }
             }
             ToMaster::Heartbeat(stats) => {
-                w.last_heartbeat = Instant::now();
+                w.last_heartbeat = self.fx.now();
                 w.stats = stats;
-                self.check_rss(i);
-                self.check_recycle();
             }
             ToMaster::Counters(c) => self.metrics.counters(w.pid.as_raw(), c),
             ToMaster::MetricsRequest { id } => self.answer_metrics(i, id),

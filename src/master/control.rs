@@ -237,10 +237,7 @@ pub struct Accepted {
 
 /// Out of fds or kernel memory: retrying at once would fail the same way.
 fn is_exhaustion(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
+    crate::os::master::is_exhaustion(e)
 }
 
 /// The listening control socket.

@@ -5,7 +5,7 @@
 use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
 
-use nix::unistd::Pid;
+use crate::os::master::Pid;
 use tracing::warn;
 
 use super::faults;
@@ -66,7 +66,7 @@ impl Master {
         if !matches!(self.state, State::Running) {
             return Err("the master is busy (starting, reloading, upgrading or stopping)".into());
         }
-        let now = Instant::now();
+        let now = self.fx.now();
         let timeout = Duration::from_millis(req.timeout_ms).min(MAX_TIMEOUT);
         if req.kind == FaultKind::BadUpgrade {
             self.faults.add(

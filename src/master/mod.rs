@@ -9,6 +9,7 @@
 
 mod collect;
 pub mod control;
+mod effects;
 pub mod faults;
 pub mod generations;
 mod handoff;
@@ -36,19 +37,18 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use nix::poll::{PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::Signal;
-use nix::unistd::Pid;
 use tracing::{debug, error, info, warn};
 
 use crate::channel::{Channel, ChannelError, IdlePolicy, ToMaster, ToWorker};
 use crate::config::Config;
+use crate::os::master::{Pid, Signal};
 use crate::os::process::{self, ExitReason, Forked};
 use crate::os::signals::{self, SignalReader, MASTER_SIGNALS};
 use crate::os::{fd, net, SysError};
 use crate::worker::{self, WorkerInit, EXIT_FATAL};
 
 use control::{Client, Request, Response};
+use effects::Effects;
 use pidfile::PidFile;
 use pressure::{FdReserve, LogOnce};
 use reload::Reload;
@@ -103,6 +103,13 @@ pub enum Command {
     /// `corral fault`: inject a fault (each waiter's request is in
     /// `Master::fault_requests`, so that commands stay plain values).
     Fault,
+    /// The new master of an upgrade exited (its pidfd fired).
+    UpgradeExited,
+    /// The new master of an upgrade wrote on its readiness pipe.
+    UpgradeReported,
+    /// Heartbeats came in: replace workers over `max_worker_rss`, `max_requests` or
+    /// `max_lifetime`.
+    Recycle,
 }
 
 /// A command and the control client waiting for its outcome (none for a signal).
@@ -154,19 +161,26 @@ impl Command {
     }
 
     /// Handling order within one loop iteration, nginx's: reap first, then the most
-    /// drastic request, so a stop is never delayed behind a reload.
+    /// drastic request, so a stop is never delayed behind a reload. Before the reap,
+    /// the news of an upgrade: its exit first (a "ready" from a new master that is
+    /// already dead must not commit), and what it wrote says more about a failure
+    /// than an exit status would. The rest comes after the state changes, so that
+    /// what it reports shows them.
     fn priority(self) -> u8 {
         match self {
-            Command::Reap => 0,
-            Command::FastStop => 1,
-            Command::GracefulStop => 2,
-            Command::Reload => 3,
-            Command::Upgrade => 4,
-            Command::StopWorkers => 5,
-            Command::ReopenLogs => 6,
-            Command::Status => 7,
-            Command::Metrics => 7,
-            Command::Fault => 8,
+            Command::UpgradeExited => 0,
+            Command::UpgradeReported => 1,
+            Command::Reap => 2,
+            Command::FastStop => 3,
+            Command::GracefulStop => 4,
+            Command::Reload => 5,
+            Command::Upgrade => 6,
+            Command::StopWorkers => 7,
+            Command::ReopenLogs => 8,
+            Command::Recycle => 9,
+            Command::Status => 10,
+            Command::Metrics => 10,
+            Command::Fault => 11,
         }
     }
 }
@@ -270,6 +284,8 @@ pub struct Master {
     xfer: xfer::Links,
     /// What became of each draining generation's connections.
     gens: generations::Generations,
+    /// Forks, signals, the new master of an upgrade and the clock (faked in tests).
+    fx: Box<dyn Effects>,
 }
 
 impl Master {
@@ -281,9 +297,20 @@ impl Master {
         // before the exec.
         self.reap();
         let code = loop {
-            let commands = self.wait();
-            self.handle(commands);
-            self.tick(Instant::now());
+            // 1. Collect: wait, then read signals, requests, reports; nothing acts.
+            let collect::Collected { mut jobs, heard } = self.collect();
+            // 2. What the workers said becomes the master's view of them.
+            if self.record(heard) {
+                jobs.push(Job::signal(Command::Recycle));
+            }
+            // 3. The batch, in one priority order, each command with its waiters.
+            self.handle(jobs);
+            // 4. Deadlines, then what waited on them or on the batch moves forward.
+            let now = self.fx.now();
+            self.deadlines(now);
+            self.progress(now);
+            self.flush_clients();
+            // 5. Exit once stopped and every worker is gone.
             if let Some(code) = self.finished() {
                 break code;
             }
@@ -298,6 +325,9 @@ impl Master {
     fn handle(&mut self, jobs: Vec<Job>) {
         for (cmd, waiters) in batch(jobs) {
             match cmd {
+                Command::UpgradeExited => self.upgrade_child_gone(),
+                Command::UpgradeReported => self.read_upgrade_report(),
+                Command::Recycle => self.recycle(),
                 Command::Reap => self.reap(),
                 Command::FastStop | Command::GracefulStop => {
                     let graceful = cmd == Command::GracefulStop;
@@ -345,16 +375,15 @@ impl Master {
         }
     }
 
-    /// Step 3: deadlines — respawns due, drain and stop deadlines, the watchdog, a
-    /// reload that takes too long.
-    fn tick(&mut self, now: Instant) {
+    /// Deadlines: respawns due, drain and stop deadlines, the watchdog, the
+    /// generation cap, timers of systemd, metrics and faults.
+    fn deadlines(&mut self, now: Instant) {
         if self.accept_paused_until.is_some_and(|t| t <= now) {
             self.accept_paused_until = None;
         }
         self.respawn_due(now);
         self.watchdog(now);
         self.enforce_deadlines(now);
-        self.check_progress(now);
         if self.old_generations_check.is_some_and(|t| t <= now) {
             self.old_generations_check = None;
             self.limit_old_generations();
@@ -364,7 +393,6 @@ impl Master {
         for (t, outcome) in self.faults.expired(now) {
             self.answer_fault(t, outcome);
         }
-        self.flush_clients();
     }
 }
 

@@ -14,7 +14,7 @@ impl Master {
     }
 
     /// Moves state forward once what it waits for has happened.
-    pub(super) fn check_progress(&mut self, now: Instant) {
+    pub(super) fn progress(&mut self, now: Instant) {
         self.roll(now);
         match &self.state {
             State::Starting { deadline } => {
@@ -62,7 +62,7 @@ impl Master {
                 for w in &mut self.workers {
                     if w.recycling && w.state == WorkerState::Ready && ready_slots.contains(&w.slot)
                     {
-                        drain(w, deadline, IdlePolicy::Handoff);
+                        drain(&mut *self.fx, w, deadline, IdlePolicy::Handoff);
                     }
                 }
                 if self.waiting.reload.is_some() && !self.rolled_back_alive() {
@@ -121,7 +121,7 @@ impl Master {
         d.extend(self.old_generations_check);
         if self.predecessor.is_some() && matches!(self.state, State::Stopping { .. }) {
             // Waiting for the old master to exit (no fd to poll for it here).
-            d.push(Instant::now() + PREDECESSOR_POLL);
+            d.push(self.fx.now() + PREDECESSOR_POLL);
         }
         d.extend(self.accept_paused_until);
         d.extend(self.faults.next_deadline());
@@ -131,7 +131,7 @@ impl Master {
             if let WorkerState::Draining { deadline } = w.state {
                 d.push(deadline);
             }
-            d.extend(w.kill_due(wd, Instant::now()));
+            d.extend(w.kill_due(wd, self.fx.now()));
         }
         d.into_iter().min()
     }

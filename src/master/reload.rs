@@ -67,7 +67,7 @@ impl Master {
     }
 
     pub(super) fn start_reload(&mut self, waiters: Waiters) {
-        let started = Instant::now();
+        let started = self.fx.now();
         let path = self.config.source.clone();
         info!(config = %path.display(), "reloading");
         crate::notify::reloading();
@@ -149,14 +149,14 @@ impl Master {
             waiters,
             ..
         } = *r;
-        let now = Instant::now();
+        let now = self.fx.now();
         let deadline = now + config.master.drain_timeout.0;
         let mut drained = 0;
         for w in &mut self.workers {
             if w.generation < generation
                 && matches!(w.state, WorkerState::Starting | WorkerState::Ready)
             {
-                drain(w, deadline, IdlePolicy::Handoff);
+                drain(&mut *self.fx, w, deadline, IdlePolicy::Handoff);
                 self.gens.draining(w.generation, now);
                 drained += 1;
             }
@@ -207,7 +207,7 @@ impl Master {
         // the younger ones are still handing their connections over, and cutting one
         // would close connections that were about to move. Those are looked at again
         // once they are old enough.
-        let now = Instant::now();
+        let now = self.fx.now();
         let mut young = None;
         let mut old: Vec<u64> = Vec::new();
         for w in &self.workers {
@@ -239,9 +239,9 @@ impl Master {
                     generation = w.generation,
                     "too many old generations (max_old_generations = {max}): stopping this worker now"
                 );
-                let _ = process::kill(w.pid, Signal::SIGTERM);
+                let _ = self.fx.kill(w.pid, Signal::SIGTERM);
                 w.state = WorkerState::Draining {
-                    deadline: Instant::now() + self.config.master.stop_timeout.0,
+                    deadline: self.fx.now() + self.config.master.stop_timeout.0,
                 };
             }
         }
@@ -257,7 +257,7 @@ impl Master {
         } else {
             for w in &mut self.workers {
                 if w.generation == r.generation {
-                    let _ = process::kill(w.pid, Signal::SIGKILL);
+                    let _ = self.fx.kill(w.pid, Signal::SIGKILL);
                     w.state = WorkerState::Stopping;
                 }
             }

@@ -10,7 +10,7 @@ impl Master {
         self.reserve.release();
         let result = self.fork_worker(slot, generation);
         if !self.reserve.refill() {
-            if let Some(n) = self.log_reserve.hit(Instant::now()) {
+            if let Some(n) = self.log_reserve.hit(self.fx.now()) {
                 warn!(
                     held = self.reserve.held(),
                     "cannot refill the master's fd reserve: the fd limit is reached \
@@ -25,12 +25,13 @@ impl Master {
         let (master_end, worker_end) = Channel::pair()?;
         let crash = generation == self.generation && self.faults.take_crash_on_start(slot);
         let master = process::pid();
-        let forked =
-            process::fork(|| format!("spawning worker {slot} of generation {generation}"))?;
+        let forked = self
+            .fx
+            .fork(&|| format!("spawning worker {slot} of generation {generation}"))?;
         match forked {
             Forked::Parent(pid) => {
                 drop(worker_end);
-                let now = Instant::now();
+                let now = self.fx.now();
                 self.workers.push(Worker {
                     slot,
                     generation,

@@ -3,6 +3,16 @@
 
 use super::*;
 
+/// What the master holds from the system before it forks anything (nothing of it in
+/// the unit tests of its decisions).
+#[derive(Default)]
+pub(super) struct Opened {
+    pub(super) signals: Option<SignalReader>,
+    pub(super) listeners: Vec<Listener>,
+    pub(super) pid_file: Option<PidFile>,
+    pub(super) control: Option<control::Server>,
+}
+
 impl Master {
     /// Binds the listeners, writes the pid file, opens the control socket and forks
     /// the first generation.
@@ -27,10 +37,9 @@ impl Master {
         reporter: Option<Reporter>,
     ) -> Result<Master, (MasterError, Option<Reporter>)> {
         match Master::open(&mut config, &opts) {
-            Ok((signals, listeners, pid_file, control)) => {
-                let mut master = Master::new(
-                    config, opts, reporter, signals, listeners, pid_file, control,
-                );
+            Ok(opened) => {
+                let fx = Box::new(effects::System);
+                let mut master = Master::new(config, opts, reporter, opened, fx);
                 let n = master.slots.len();
                 for slot in 0..n {
                     if let Err(e) = master.spawn(slot, 1) {
@@ -46,11 +55,7 @@ impl Master {
     }
 
     /// Everything the master needs from the system before it forks anything.
-    #[allow(clippy::type_complexity)]
-    pub(super) fn open(
-        config: &mut Config,
-        opts: &StartOptions,
-    ) -> Result<(SignalReader, Vec<Listener>, PidFile, control::Server), MasterError> {
+    pub(super) fn open(config: &mut Config, opts: &StartOptions) -> Result<Opened, MasterError> {
         // Absolute, so that a daemon's chdir or a new master's exec keep finding it.
         config.source =
             std::path::absolute(&config.source).map_err(|source| MasterError::ConfigPath {
@@ -78,17 +83,20 @@ impl Master {
             let sockets = listeners.iter().filter(|o| o.addr == l.addr).count();
             info!(address = %l.addr, sockets, "listening");
         }
-        Ok((signals, listeners, pid_file, control))
+        Ok(Opened {
+            signals: Some(signals),
+            listeners,
+            pid_file: Some(pid_file),
+            control: Some(control),
+        })
     }
 
     pub(super) fn new(
         config: Config,
         opts: StartOptions,
         reporter: Option<Reporter>,
-        signals: SignalReader,
-        listeners: Vec<Listener>,
-        pid_file: PidFile,
-        control: control::Server,
+        opened: Opened,
+        fx: Box<dyn Effects>,
     ) -> Master {
         let n = config.master.workers.count();
         let links = xfer::Links::inherited();
@@ -96,16 +104,16 @@ impl Master {
         Master {
             config,
             generation: 1,
-            listeners,
+            listeners: opened.listeners,
             workers: Vec::new(),
             slots: vec![Slot::default(); n],
-            signals: Some(signals),
-            control: Some(control),
+            signals: opened.signals,
+            control: opened.control,
             clients: Vec::new(),
             next_ticket: 0,
-            pid_file: Some(pid_file),
+            pid_file: opened.pid_file,
             state: State::Starting {
-                deadline: Instant::now() + START_TIMEOUT,
+                deadline: fx.now() + START_TIMEOUT,
             },
             waiting: Pending::default(),
             exit_code: 0,
@@ -116,7 +124,7 @@ impl Master {
             successor: None,
             predecessor,
             old_generations_check: None,
-            sd_watchdog: crate::notify::watchdog_interval().map(|d| (d, Instant::now())),
+            sd_watchdog: crate::notify::watchdog_interval().map(|d| (d, fx.now())),
             reserve: FdReserve::new(pressure::RESERVE_FDS),
             client_cap: pressure::client_cap(process::nofile_limit().unwrap_or(1024)),
             accept_paused_until: None,
@@ -128,6 +136,7 @@ impl Master {
             metrics: metrics::Metrics::from_env(),
             xfer: links,
             gens: generations::Generations::default(),
+            fx,
         }
     }
 }

@@ -22,7 +22,7 @@ impl Master {
     }
 
     pub(super) fn status(&self) -> Response {
-        let now = Instant::now();
+        let now = self.fx.now();
         let mut workers: Vec<WorkerStatus> = self
             .workers
             .iter()

@@ -14,12 +14,12 @@ impl Master {
         match self.state {
             State::Stopping { deadline, .. } if self.workers.is_empty() => {
                 // Connections on their way to the new master leave with it, not us.
-                if self.xfer.sending_to_new() && Instant::now() < deadline {
+                if self.xfer.sending_to_new() && self.fx.now() < deadline {
                     return None;
                 }
                 // Exiting would let systemd SIGKILL the old master's connections.
                 if let Some(p) = &self.predecessor {
-                    if Instant::now() < deadline {
+                    if self.fx.now() < deadline {
                         return None;
                     }
                     warn!(
@@ -35,7 +35,7 @@ impl Master {
 
     /// Stops: gracefully (drain, with `idle` for idle connections) or fast.
     pub(super) fn stop(&mut self, graceful: bool, idle: IdlePolicy) {
-        let now = Instant::now();
+        let now = self.fx.now();
         if let State::Stopping { graceful: g, .. } = self.state {
             if graceful || !g {
                 return; // already stopping at least this hard
@@ -101,11 +101,11 @@ impl Master {
                     w.state,
                     WorkerState::Draining { .. } | WorkerState::Stopping
                 ) {
-                    drain(w, now + timeout, idle);
+                    drain(&mut *self.fx, w, now + timeout, idle);
                 }
             } else if !matches!(w.state, WorkerState::Stopping) {
                 let _ = w.channel.send(&ToWorker::Stop);
-                let _ = process::kill(w.pid, Signal::SIGTERM);
+                let _ = self.fx.kill(w.pid, Signal::SIGTERM);
                 w.state = WorkerState::Stopping;
             }
         }
@@ -120,10 +120,10 @@ impl Master {
         for s in &mut self.slots {
             s.parked = true;
         }
-        let deadline = Instant::now() + self.config.master.drain_timeout.0;
+        let deadline = self.fx.now() + self.config.master.drain_timeout.0;
         for w in &mut self.workers {
             if matches!(w.state, WorkerState::Starting | WorkerState::Ready) {
-                drain(w, deadline, IdlePolicy::Close);
+                drain(&mut *self.fx, w, deadline, IdlePolicy::Close);
             }
         }
     }
@@ -131,7 +131,7 @@ impl Master {
     /// Kills every worker at once (startup failure) and reaps them.
     pub(super) fn shutdown_now(&mut self) {
         for w in &self.workers {
-            let _ = process::kill(w.pid, Signal::SIGKILL);
+            let _ = self.fx.kill(w.pid, Signal::SIGKILL);
         }
         for w in self.workers.drain(..) {
             process::wait_child(w.pid);

@@ -5,7 +5,7 @@ use super::*;
 
 /// Tells a worker to drain; it exits by itself by `deadline` (its own drain timeout)
 /// and is killed shortly after if it has not.
-pub(super) fn drain(w: &mut Worker, deadline: Instant, idle: IdlePolicy) {
+pub(super) fn drain(fx: &mut dyn Effects, w: &mut Worker, deadline: Instant, idle: IdlePolicy) {
     let deadline = deadline + DRAIN_BACKSTOP;
     if let Err(e) = w
         .handoff
@@ -16,7 +16,7 @@ pub(super) fn drain(w: &mut Worker, deadline: Instant, idle: IdlePolicy) {
             pid = w.pid.as_raw(),
             "drain message not delivered ({e}); sending SIGQUIT"
         );
-        let _ = process::kill(w.pid, Signal::SIGQUIT);
+        let _ = fx.kill(w.pid, Signal::SIGQUIT);
     }
     w.state = WorkerState::Draining { deadline };
 }
@@ -49,7 +49,7 @@ impl Master {
             // Killed, or ended at its drain deadline: what it still served is closed.
             let cut = match w.state {
                 WorkerState::Draining { deadline } => {
-                    reason != ExitReason::Code(0) || Instant::now() + DRAIN_BACKSTOP >= deadline
+                    reason != ExitReason::Code(0) || self.fx.now() + DRAIN_BACKSTOP >= deadline
                 }
                 WorkerState::Stopping => true,
                 _ => false,
@@ -59,14 +59,14 @@ impl Master {
             }
             self.worker_exited(w, reason);
             if !self.workers.iter().any(|o| o.generation == generation) {
-                self.gens.gone(generation, Instant::now());
+                self.gens.gone(generation, self.fx.now());
             }
         }
     }
 
     pub(super) fn worker_exited(&mut self, w: Worker, reason: ExitReason) {
         self.retire_worker(&w);
-        let now = Instant::now();
+        let now = self.fx.now();
         // Killed while draining, its clients are as lost as in any crash.
         let drained =
             matches!(w.state, WorkerState::Draining { .. }) && reason == ExitReason::Code(0);
@@ -175,9 +175,9 @@ impl Master {
                         "worker sent no heartbeat for {:?}: hung; sending SIGABRT",
                         limit
                     );
-                    let _ = process::kill(w.pid, Signal::SIGABRT);
+                    let _ = self.fx.kill(w.pid, Signal::SIGABRT);
                     // SIGABRT on a stopped process waits until it is continued.
-                    let _ = process::kill(w.pid, Signal::SIGCONT);
+                    let _ = self.fx.kill(w.pid, Signal::SIGCONT);
                     w.kill = Some(Kill::Aborted(now));
                     fired.push(w.pid);
                 }
@@ -186,7 +186,7 @@ impl Master {
                         pid = w.pid.as_raw(),
                         "hung worker survived SIGABRT; sending SIGKILL"
                     );
-                    let _ = process::kill(w.pid, Signal::SIGKILL);
+                    let _ = self.fx.kill(w.pid, Signal::SIGKILL);
                     w.kill = Some(Kill::Killed { again_after: None });
                 }
                 _ => {}
@@ -196,6 +196,14 @@ impl Master {
         for pid in fired {
             self.faults.watchdog_fired(pid, now);
         }
+    }
+
+    /// `Command::Recycle`: each worker over a limit gets its replacement started.
+    pub(super) fn recycle(&mut self) {
+        for i in 0..self.workers.len() {
+            self.check_rss(i);
+        }
+        self.check_recycle();
     }
 
     /// A worker above `max_worker_rss` is replaced gracefully: the new one starts
@@ -217,7 +225,7 @@ impl Master {
         // A limit below what a fresh worker needs would replace workers in a loop: a
         // worker gets a few heartbeats of life first, which bounds that churn.
         let min_age = self.config.worker.heartbeat_interval.0 * RECYCLE_MIN_HEARTBEATS;
-        if w.started_at.elapsed() < min_age {
+        if self.fx.now().saturating_duration_since(w.started_at) < min_age {
             return;
         }
         let (slot, pid, rss) = (w.slot, w.pid.as_raw(), w.stats.rss);
@@ -226,7 +234,7 @@ impl Master {
             pid, rss, max, "worker outgrew max_worker_rss; replacing it"
         );
         self.workers[i].recycling = true;
-        self.faults.recycling(self.workers[i].pid, Instant::now());
+        self.faults.recycling(self.workers[i].pid, self.fx.now());
         if let Err(e) = self.spawn(slot, self.generation) {
             error!("{e}");
             self.workers[i].recycling = false;
@@ -250,7 +258,7 @@ impl Master {
                     generation = w.generation,
                     "worker still running at its deadline; sending SIGKILL"
                 );
-                let _ = process::kill(w.pid, Signal::SIGKILL);
+                let _ = self.fx.kill(w.pid, Signal::SIGKILL);
                 w.state = WorkerState::Stopping;
                 w.kill = Some(Kill::Killed {
                     again_after: Some(now + KILL_GRACE),

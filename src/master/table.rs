@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use nix::unistd::Pid;
+use crate::os::master::Pid;
 use serde::Serialize;
 
 use crate::channel::{Channel, Stats};

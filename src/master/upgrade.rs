@@ -13,7 +13,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use nix::unistd::Pid;
+use crate::os::master::Pid;
 
 use crate::os::fd;
 use crate::os::pidfd::{self, PidFd};

@@ -14,7 +14,7 @@ impl Master {
             return Vec::new();
         };
         let accepted = server.accept(pressure::ACCEPT_BATCH);
-        let now = Instant::now();
+        let now = self.fx.now();
         let mut jobs = Vec::new();
         let mut turned_away = 0usize;
         let full_round = accepted.clients.len() == pressure::ACCEPT_BATCH;
@@ -147,7 +147,7 @@ impl Master {
     }
 
     pub(in crate::master) fn flush_clients(&mut self) {
-        let now = Instant::now();
+        let now = self.fx.now();
         self.clients
             .retain_mut(|(_, c)| !c.flush() && !c.stale(now));
     }

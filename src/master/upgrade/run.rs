@@ -23,7 +23,7 @@ impl Master {
                 return;
             }
         }
-        let started = Instant::now();
+        let started = self.fx.now();
         info!(binary = %self.binary.display(), "binary upgrade: starting a new master");
         let prepared = upgrade::command_line(&self.binary, &self.config.source)
             .and_then(|cmd| fd::pipe().map(|p| (cmd, p)).map_err(|e| e.to_string()));
@@ -92,7 +92,7 @@ impl Master {
                 Err(e) => e,
             }
         };
-        let spawned = upgrade::detached(exec, &pipe_w);
+        let spawned = self.fx.start_master(Box::new(exec), &pipe_w);
         drop(theirs);
         match spawned {
             Err(e) => {
@@ -169,7 +169,7 @@ impl Master {
         let State::Upgrading(u) = std::mem::replace(&mut self.state, State::Running) else {
             return;
         };
-        let took = u.started.elapsed();
+        let took = self.fx.now().saturating_duration_since(u.started);
         self.metrics.own.upgrades.record(true, Some(took));
         self.final_share();
         let msg = format!(
@@ -211,10 +211,10 @@ impl Master {
         };
         // The new master leads its own process group: its workers go with it. The
         // pidfd reaches it even before it has made that group.
-        let _ = nix::sys::signal::killpg(u.child, Signal::SIGKILL);
+        let _ = self.fx.kill_group(u.child, Signal::SIGKILL);
         // Nothing moved over it (moves begin only at the commit).
         self.xfer.to_new = None;
-        if let Err(e) = u.pidfd.signal(Signal::SIGKILL) {
+        if let Err(e) = self.fx.signal_pidfd(&u.pidfd, Signal::SIGKILL) {
             warn!("{e}");
         }
         // In case it had already named itself the main process (ready just as the
@@ -225,7 +225,7 @@ impl Master {
             error!("{e}");
         }
         self.upgrade_failed(u.waiters, why);
-        for (t, o) in self.faults.rolled_back(u.child, Instant::now()) {
+        for (t, o) in self.faults.rolled_back(u.child, self.fx.now()) {
             self.answer_fault(t, o);
         }
     }
