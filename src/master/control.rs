@@ -111,7 +111,7 @@ pub struct Client {
 
 impl Client {
     /// A freshly accepted client (its stream already non-blocking) of `uid`.
-    fn new(stream: UnixStream, uid: u32) -> Client {
+    pub(super) fn new(stream: UnixStream, uid: u32) -> Client {
         Client {
             stream,
             inbuf: Vec::new(),

@@ -9,7 +9,11 @@
 
 mod collect;
 pub mod control;
+#[cfg(test)]
+mod decisions;
 mod effects;
+#[cfg(test)]
+mod fake;
 pub mod faults;
 pub mod generations;
 mod handoff;

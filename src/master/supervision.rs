@@ -29,20 +29,27 @@ impl Master {
     /// Reaps every exited child and decides what each exit means.
     pub(super) fn reap(&mut self) {
         for (pid, reason) in process::reap_all() {
+            self.child_exited(pid, reason);
+        }
+    }
+
+    /// What one reaped child's exit means.
+    pub(super) fn child_exited(&mut self, pid: Pid, reason: ExitReason) {
+        {
             // PID 1 reaps its successor too: keep the status for the init shim.
             if let Some(s) = self.successor.as_mut().filter(|s| s.pid == pid) {
                 s.exit = Some(reason);
-                continue;
+                return;
             }
             if let State::Upgrading(u) = &self.state {
                 if u.child == pid {
                     self.rollback_upgrade(format!("the new master exited with {reason}"));
-                    continue;
+                    return;
                 }
             }
             let Some(i) = self.worker_index(pid) else {
                 debug!(pid = pid.as_raw(), %reason, "reaped a child that is not a worker");
-                continue;
+                return;
             };
             let w = self.workers.swap_remove(i);
             let generation = w.generation;
