@@ -59,7 +59,7 @@ use reload::Reload;
 use sockets::Listener;
 use stop::STOPPING_RELOAD;
 use supervision::drain;
-use table::{Kill, Slot, Worker, WorkerState, WorkerStatus};
+use table::{Kill, Slot, Worker, WorkerState, WorkerStatus, WorkerTable};
 use upgrade::{Report, Reporter, Upgrade};
 use waiters::{Pending, Ticket, Waiters};
 
@@ -236,7 +236,7 @@ pub struct Master {
     config: Config,
     generation: u64,
     listeners: Vec<Listener>,
-    workers: Vec<Worker>,
+    workers: WorkerTable,
     slots: Vec<Slot>,
     /// None only inside a freshly forked child, which drops it at once.
     signals: Option<SignalReader>,

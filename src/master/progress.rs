@@ -92,12 +92,7 @@ impl Master {
 
     /// True when `want` workers of `generation` have reported ready.
     pub(super) fn all_ready(&self, generation: u64, want: usize) -> bool {
-        let ready = self
-            .workers
-            .iter()
-            .filter(|w| w.generation == generation && w.state == WorkerState::Ready)
-            .count();
-        ready >= want && want > 0
+        self.workers.ready(generation) >= want && want > 0
     }
 
     pub(super) fn fail_startup(&mut self, why: String) {

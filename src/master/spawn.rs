@@ -32,6 +32,7 @@ impl Master {
             Forked::Parent(pid) => {
                 drop(worker_end);
                 let now = self.fx.now();
+                let limits = recycle::Limits::draw(&self.worker_config(generation).worker);
                 self.workers.push(Worker {
                     slot,
                     generation,
@@ -45,7 +46,7 @@ impl Master {
                     recycling: false,
                     channel_closed: false,
                     handoff: Default::default(),
-                    limits: recycle::Limits::draw(&self.worker_config(generation).worker),
+                    limits,
                 });
                 if let Some(s) = self.slots.get_mut(slot) {
                     s.respawn_at = None;

@@ -105,7 +105,7 @@ impl Master {
             config,
             generation: 1,
             listeners: opened.listeners,
-            workers: Vec::new(),
+            workers: WorkerTable::default(),
             slots: vec![Slot::default(); n],
             signals: opened.signals,
             control: opened.control,

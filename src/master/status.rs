@@ -5,16 +5,8 @@ use super::*;
 impl Master {
     /// One line for `systemctl status`.
     pub(super) fn status_line(&self) -> String {
-        let serving = self
-            .workers
-            .iter()
-            .filter(|w| w.generation == self.generation && w.state == WorkerState::Ready)
-            .count();
-        let draining = self
-            .workers
-            .iter()
-            .filter(|w| matches!(w.state, WorkerState::Draining { .. }))
-            .count();
+        let serving = self.workers.ready(self.generation);
+        let draining = self.workers.draining();
         format!(
             "generation {}: {serving} workers serving, {draining} draining",
             self.generation

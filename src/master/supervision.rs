@@ -23,7 +23,7 @@ pub(super) fn drain(fx: &mut dyn Effects, w: &mut Worker, deadline: Instant, idl
 
 impl Master {
     pub(super) fn worker_index(&self, pid: Pid) -> Option<usize> {
-        self.workers.iter().position(|w| w.pid == pid)
+        self.workers.index(pid)
     }
 
     /// Reaps every exited child and decides what each exit means.
@@ -65,7 +65,7 @@ impl Master {
                 self.gens.closed(generation, w.stats.connections);
             }
             self.worker_exited(w, reason);
-            if !self.workers.iter().any(|o| o.generation == generation) {
+            if !self.workers.any_of(generation) {
                 self.gens.gone(generation, self.fx.now());
             }
         }

@@ -1,4 +1,5 @@
-//! The worker table: every live worker process and every slot's history.
+//! The worker table: every live worker process and every slot's history, with the
+//! questions the master asks of them.
 
 use std::time::{Duration, Instant};
 
@@ -90,6 +91,70 @@ impl Worker {
     pub fn is_serving(&self, generation: u64) -> bool {
         self.generation == generation
             && matches!(self.state, WorkerState::Starting | WorkerState::Ready)
+    }
+}
+
+/// Every live worker process, in no particular order.
+///
+/// It derefs to the list for the code that walks or edits workers directly (the
+/// hand-over pump, metrics); the questions asked in more than one place live here.
+#[derive(Default)]
+pub struct WorkerTable(Vec<Worker>);
+
+impl std::ops::Deref for WorkerTable {
+    type Target = Vec<Worker>;
+    fn deref(&self) -> &Vec<Worker> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for WorkerTable {
+    fn deref_mut(&mut self) -> &mut Vec<Worker> {
+        &mut self.0
+    }
+}
+
+impl<'a> IntoIterator for &'a WorkerTable {
+    type Item = &'a Worker;
+    type IntoIter = std::slice::Iter<'a, Worker>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a mut WorkerTable {
+    type Item = &'a mut Worker;
+    type IntoIter = std::slice::IterMut<'a, Worker>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter_mut()
+    }
+}
+
+impl WorkerTable {
+    /// Where the worker with `pid` is.
+    pub fn index(&self, pid: Pid) -> Option<usize> {
+        self.0.iter().position(|w| w.pid == pid)
+    }
+
+    /// How many workers of `generation` have reported ready.
+    pub fn ready(&self, generation: u64) -> usize {
+        self.0
+            .iter()
+            .filter(|w| w.generation == generation && w.state == WorkerState::Ready)
+            .count()
+    }
+
+    /// How many workers are draining.
+    pub fn draining(&self) -> usize {
+        self.0
+            .iter()
+            .filter(|w| matches!(w.state, WorkerState::Draining { .. }))
+            .count()
+    }
+
+    /// Whether any worker of `generation` is left.
+    pub fn any_of(&self, generation: u64) -> bool {
+        self.0.iter().any(|w| w.generation == generation)
     }
 }
 
