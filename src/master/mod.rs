@@ -323,7 +323,7 @@ impl Master {
         code
     }
 
-    /// Step 2: act on the batch in one priority order (reap, fast stop, graceful
+    /// Step 3: act on the batch in one priority order (reap, fast stop, graceful
     /// stop, reload, upgrade, …), each kind once, with all of its waiters: a stop
     /// in the same batch as a reload wins, and the reload's waiters hear why.
     fn handle(&mut self, jobs: Vec<Job>) {
