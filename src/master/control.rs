@@ -18,6 +18,8 @@ use super::table::WorkerStatus;
 use crate::fault::kind::{FaultOutcome, FaultRequest};
 use crate::os::cred;
 
+mod tickets;
+
 /// What a client asks for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -109,7 +111,7 @@ pub struct Client {
 
 impl Client {
     /// A freshly accepted client (its stream already non-blocking) of `uid`.
-    fn new(stream: UnixStream, uid: u32) -> Client {
+    pub(super) fn new(stream: UnixStream, uid: u32) -> Client {
         Client {
             stream,
             inbuf: Vec::new(),
@@ -235,10 +237,7 @@ pub struct Accepted {
 
 /// Out of fds or kernel memory: retrying at once would fail the same way.
 fn is_exhaustion(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
+    crate::os::master::is_exhaustion(e)
 }
 
 /// The listening control socket.

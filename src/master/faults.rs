@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use nix::unistd::Pid;
+use crate::os::master::Pid;
 
 use crate::fault::kind::{FaultKind, FaultOutcome};
 use crate::os::process::ExitReason;

@@ -5,7 +5,7 @@
 use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
 
-use nix::unistd::Pid;
+use crate::os::master::Pid;
 use tracing::warn;
 
 use super::faults;
@@ -66,7 +66,7 @@ impl Master {
         if !matches!(self.state, State::Running) {
             return Err("the master is busy (starting, reloading, upgrading or stopping)".into());
         }
-        let now = Instant::now();
+        let now = self.fx.now();
         let timeout = Duration::from_millis(req.timeout_ms).min(MAX_TIMEOUT);
         if req.kind == FaultKind::BadUpgrade {
             self.faults.add(
@@ -116,7 +116,7 @@ impl Master {
                 .filter(move |(_, w)| {
                     let live = w.state == WorkerState::Ready
                         || gen < current && matches!(w.state, WorkerState::Draining { .. });
-                    w.generation == gen && live && !w.recycling && w.watchdog_kill.is_none()
+                    w.generation == gen && live && !w.recycling && w.kill.is_none()
                 })
                 .map(|(i, _)| i)
         };

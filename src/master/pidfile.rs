@@ -13,7 +13,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use nix::unistd::Pid;
+use crate::os::master::Pid;
 
 use crate::os::cred::{self, TrustError};
 use crate::os::{files, process, procfs};

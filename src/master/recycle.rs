@@ -139,7 +139,7 @@ impl Master {
         if !matches!(self.state, State::Running) {
             return;
         }
-        let Some((i, reason)) = pick(&mut self.workers, self.generation, Instant::now()) else {
+        let Some((i, reason)) = pick(&mut self.workers, self.generation, self.fx.now()) else {
             return;
         };
         let w = &mut self.workers[i];

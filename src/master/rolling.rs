@@ -14,13 +14,13 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::Signal;
+use crate::os::master::Signal;
 use tracing::error;
 
+use super::effects::Effects;
 use super::table::{Worker, WorkerState};
 use super::{Master, State, START_TIMEOUT};
 use crate::channel::IdlePolicy;
-use crate::os::process;
 
 /// A rolling reload's progress.
 #[derive(Debug)]
@@ -53,6 +53,7 @@ impl Roll {
     /// `max(old, new) + surge` live workers.
     pub fn step(
         &mut self,
+        fx: &mut dyn Effects,
         workers: &mut [Worker],
         old: u64,
         new: u64,
@@ -68,7 +69,7 @@ impl Roll {
                 && ready.contains(&w.slot)
                 && matches!(w.state, WorkerState::Starting | WorkerState::Ready)
             {
-                super::drain(w, drain_deadline, IdlePolicy::Handoff);
+                super::drain(fx, w, drain_deadline, IdlePolicy::Handoff);
                 if !self.replaced.contains(&w.slot) {
                     self.replaced.push(w.slot);
                 }
@@ -90,6 +91,7 @@ impl Roll {
     /// old-generation worker again.
     pub fn roll_back(
         self,
+        fx: &mut dyn Effects,
         workers: &mut [Worker],
         new: u64,
         drain_deadline: Instant,
@@ -97,10 +99,10 @@ impl Roll {
         for w in workers.iter_mut().filter(|w| w.generation == new) {
             match w.state {
                 WorkerState::Ready if self.replaced.contains(&w.slot) => w.recycling = true,
-                WorkerState::Ready => super::drain(w, drain_deadline, IdlePolicy::Handoff),
+                WorkerState::Ready => super::drain(fx, w, drain_deadline, IdlePolicy::Handoff),
                 WorkerState::Draining { .. } => {}
                 _ => {
-                    let _ = process::kill(w.pid, Signal::SIGKILL);
+                    let _ = fx.kill(w.pid, Signal::SIGKILL);
                     w.state = WorkerState::Stopping;
                 }
             }
@@ -123,7 +125,13 @@ impl Master {
         let Some(roll) = r.rolling.as_mut() else {
             return false;
         };
-        let slots = roll.step(&mut self.workers, old, new, now + drain_timeout);
+        let slots = roll.step(
+            &mut *self.fx,
+            &mut self.workers,
+            old,
+            new,
+            now + drain_timeout,
+        );
         if !slots.is_empty() {
             // Each step may wait for a predecessor's drain: the deadline is per step.
             r.deadline = now + START_TIMEOUT + drain_timeout;
@@ -141,13 +149,13 @@ impl Master {
     /// again): gives the replaced slots workers of the current generation again.
     /// Returns what the reload answer adds about it.
     pub(super) fn roll_back(&mut self, roll: Roll, new: u64) -> String {
-        let deadline = Instant::now() + self.config.master.drain_timeout.0;
-        let slots = roll.roll_back(&mut self.workers, new, deadline);
+        let deadline = self.fx.now() + self.config.master.drain_timeout.0;
+        let slots = roll.roll_back(&mut *self.fx, &mut self.workers, new, deadline);
         for &slot in &slots {
             if let Err(e) = self.spawn(slot, self.generation) {
                 error!("{e}; slot {slot} is refilled by the respawn path");
                 if let Some(s) = self.slots.get_mut(slot) {
-                    s.respawn_at = Some(Instant::now() + Duration::from_secs(1));
+                    s.respawn_at = Some(self.fx.now() + Duration::from_secs(1));
                 }
             }
         }

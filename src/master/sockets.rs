@@ -15,8 +15,7 @@
 //! only a shrinking `workers` closes sockets, always the top of the group, where a
 //! moved socket is itself one that is leaving.
 
-use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 
 use tracing::{info, warn};
 
@@ -75,8 +74,7 @@ pub fn take_inherited() -> Vec<Inherited> {
     let mut out = Vec::new();
     for i in 0..n.max(0) {
         let raw = LISTEN_FDS_START + i;
-        // SAFETY: LISTEN_FDS names these fds once, for us; its variables are gone now.
-        let fd = match unsafe { fd::adopt(raw) } {
+        let fd = match fd::adopt(raw) {
             Ok(fd) => fd,
             Err(e) => {
                 warn!("ignoring passed socket: {e}");
@@ -331,44 +329,4 @@ pub fn remove_paths(listeners: &[Listener], keep: &[Listener]) {
             }
         }
     }
-}
-
-/// In a forked child about to exec a new master: places the listeners at fds 3.. and
-/// `extra` right after them, clearing CLOEXEC on exactly those, and returns the
-/// environment the new master needs (`LISTEN_*`, and where `extra` is).
-///
-/// Runs between fork and exec; it only calls async-signal-safe functions plus
-/// allocation, which is fine in a child of a single-threaded parent.
-pub fn hand_over(listeners: &[Listener], extra: &OwnedFd) -> Result<Vec<(String, String)>, String> {
-    let n = listeners.len() as RawFd;
-    let sources: Vec<RawFd> = listeners
-        .iter()
-        .map(|l| l.fd.as_raw_fd())
-        .chain([extra.as_raw_fd()])
-        .collect();
-    // SAFETY: we are the forked child about to exec (see above).
-    unsafe { crate::os::exec::place_fds(&sources, LISTEN_FDS_START) }?;
-    let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
-    let pid = std::process::id();
-    Ok(vec![
-        ("LISTEN_PID".into(), pid.to_string()),
-        ("LISTEN_FDS".into(), n.to_string()),
-        ("LISTEN_FDNAMES".into(), names.join(":")),
-        (
-            super::upgrade::READY_FD_ENV.into(),
-            (LISTEN_FDS_START + n).to_string(),
-        ),
-    ])
-}
-
-/// `execv` of `path` with `args`, the current environment plus `env`.
-pub fn exec(path: &CString, args: &[CString], env: &[(String, String)]) -> std::io::Error {
-    for (k, v) in env {
-        std::env::set_var(k, v);
-    }
-    if std::env::var_os("WATCHDOG_USEC").is_some() {
-        // The watchdog follows the main process; tell the new one it is meant.
-        std::env::set_var("WATCHDOG_PID", std::process::id().to_string());
-    }
-    crate::os::exec::execv(path, args)
 }

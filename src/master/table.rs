@@ -1,8 +1,9 @@
-//! The worker table: every live worker process and every slot's history.
+//! The worker table: every live worker process and every slot's history, with the
+//! questions the master asks of them.
 
 use std::time::{Duration, Instant};
 
-use nix::unistd::Pid;
+use crate::os::master::Pid;
 use serde::Serialize;
 
 use crate::channel::{Channel, Stats};
@@ -32,6 +33,17 @@ impl WorkerState {
     }
 }
 
+/// How far the master went to end a worker that would not end by itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kill {
+    /// The watchdog sent SIGABRT at this time (for a core dump that shows where it
+    /// hung); SIGKILL follows after a grace period.
+    Aborted(Instant),
+    /// SIGKILL was sent. A deadline sends it again no sooner than `again_after`
+    /// (never, once the watchdog sent it).
+    Killed { again_after: Option<Instant> },
+}
+
 /// One live worker process.
 pub struct Worker {
     pub slot: usize,
@@ -42,8 +54,8 @@ pub struct Worker {
     pub started_at: Instant,
     pub last_heartbeat: Instant,
     pub stats: Stats,
-    /// When the watchdog sent SIGABRT; SIGKILL follows after a grace period.
-    pub watchdog_kill: Option<Instant>,
+    /// What the master did to end it when it would not end by itself.
+    pub kill: Option<Kill>,
     /// A replacement was started because this worker outgrew `max_worker_rss`.
     pub recycling: bool,
     /// The worker closed its end of the channel (it is exiting).
@@ -55,10 +67,94 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// Whether a deadline may (again) SIGKILL this worker at `now`.
+    pub fn may_kill(&self, now: Instant) -> bool {
+        match self.kill {
+            None => true,
+            Some(Kill::Aborted(at)) => at <= now,
+            Some(Kill::Killed { again_after }) => again_after.is_some_and(|t| t <= now),
+        }
+    }
+
+    /// When the watchdog or a deadline looks at this worker next.
+    pub fn kill_due(&self, watchdog_timeout: Duration, now: Instant) -> Option<Instant> {
+        // A short step while an escalation is in flight, as the watchdog's grace and a
+        // repeated deadline kill are measured from then.
+        let step = Duration::from_millis(100);
+        match self.kill {
+            None => Some(self.last_heartbeat + watchdog_timeout),
+            Some(Kill::Aborted(at)) => Some(at.max(now) + step),
+            Some(Kill::Killed { again_after }) => again_after.map(|t| t.max(now) + step),
+        }
+    }
     /// Current-generation workers that count towards serving capacity.
     pub fn is_serving(&self, generation: u64) -> bool {
         self.generation == generation
             && matches!(self.state, WorkerState::Starting | WorkerState::Ready)
+    }
+}
+
+/// Every live worker process, in no particular order.
+///
+/// It derefs to the list for the code that walks or edits workers directly (the
+/// hand-over pump, metrics); the questions asked in more than one place live here.
+#[derive(Default)]
+pub struct WorkerTable(Vec<Worker>);
+
+impl std::ops::Deref for WorkerTable {
+    type Target = Vec<Worker>;
+    fn deref(&self) -> &Vec<Worker> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for WorkerTable {
+    fn deref_mut(&mut self) -> &mut Vec<Worker> {
+        &mut self.0
+    }
+}
+
+impl<'a> IntoIterator for &'a WorkerTable {
+    type Item = &'a Worker;
+    type IntoIter = std::slice::Iter<'a, Worker>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a mut WorkerTable {
+    type Item = &'a mut Worker;
+    type IntoIter = std::slice::IterMut<'a, Worker>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter_mut()
+    }
+}
+
+impl WorkerTable {
+    /// Where the worker with `pid` is.
+    pub fn index(&self, pid: Pid) -> Option<usize> {
+        self.0.iter().position(|w| w.pid == pid)
+    }
+
+    /// How many workers of `generation` have reported ready.
+    pub fn ready(&self, generation: u64) -> usize {
+        self.0
+            .iter()
+            .filter(|w| w.generation == generation && w.state == WorkerState::Ready)
+            .count()
+    }
+
+    /// How many workers are draining.
+    pub fn draining(&self) -> usize {
+        self.0
+            .iter()
+            .filter(|w| matches!(w.state, WorkerState::Draining { .. }))
+            .count()
+    }
+
+    /// Whether any worker of `generation` is left.
+    pub fn any_of(&self, generation: u64) -> bool {
+        self.0.iter().any(|w| w.generation == generation)
     }
 }
 
@@ -75,6 +171,8 @@ pub struct Slot {
     pub respawn_at: Option<Instant>,
     /// A worker of this slot exited with the fatal code: do not refill it.
     pub fatal: bool,
+    /// SIGWINCH stopped its worker on purpose: do not refill it until a reload.
+    pub parked: bool,
 }
 
 /// A worker that lived this long before crashing resets its slot's backoff.

@@ -13,13 +13,15 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use nix::unistd::Pid;
+use crate::os::master::Pid;
 
 use crate::os::fd;
 use crate::os::pidfd::{self, PidFd};
 use crate::os::process::{self, ExitReason};
 
+mod exec;
 mod predecessor;
+mod run;
 pub mod shim;
 mod spawn;
 pub use predecessor::{env_value as predecessor_env, Predecessor, PREDECESSOR_ENV};
@@ -123,7 +125,7 @@ pub struct Upgrade {
     pub buf: Vec<u8>,
     pub deadline: Instant,
     pub started: Instant,
-    pub waiters: Vec<u64>,
+    pub waiters: super::Waiters,
 }
 
 impl Upgrade {

@@ -13,6 +13,7 @@ pub mod epoll;
 pub mod exec;
 pub mod fd;
 pub mod files;
+pub mod master;
 pub mod memory;
 pub mod net;
 pub mod pidfd;

@@ -8,8 +8,8 @@
 //! master's environment, and the new master, once stopping, waits for it (within its
 //! own stop deadline) before it exits; on a fast stop it passes the SIGTERM on.
 
-use nix::sys::signal::Signal;
-use nix::unistd::Pid;
+use crate::os::master::Pid;
+use crate::os::master::Signal;
 
 use crate::os::pidfd::{self, PidFd};
 use crate::os::process;

@@ -17,8 +17,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
-use nix::unistd::Pid;
+use crate::os::master::Pid;
+use crate::os::master::Signal;
 use tracing::{error, info, warn};
 
 use crate::os::fd::poll_readable;

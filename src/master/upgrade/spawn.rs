@@ -14,7 +14,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use nix::unistd::Pid;
+use crate::os::master::Pid;
 
 use crate::os::pidfd::{self, PidFd};
 use crate::os::process::{self, Forked};
@@ -67,7 +67,7 @@ pub fn detached(exec: impl FnOnce() -> String, report: &OwnedFd) -> Result<Spawn
                 Err(e) => {
                     // Unfollowable, so it must not run: its pid is still safe to use,
                     // as the intermediate has not exited and cannot have reaped it.
-                    let _ = process::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                    let _ = process::kill(pid, crate::os::master::Signal::SIGKILL);
                     Err(e.into())
                 }
             });

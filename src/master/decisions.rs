@@ -1,0 +1,266 @@
+//! Unit tests of the master's decisions, over the fake effects (`fake.rs`): no process
+//! is forked and no signal sent; each test drives a real `Master` through the same
+//! steps as its loop and checks what it did and what every waiter heard.
+
+use std::time::Duration;
+
+use super::control::Request;
+use super::fake::{Bench, Did};
+use super::{Command, Job, State, WorkerState};
+use crate::os::master::Signal;
+use crate::os::process::ExitReason;
+
+fn signal(command: Command) -> Job {
+    Job {
+        command,
+        waiter: None,
+    }
+}
+
+#[test]
+fn reloads_during_a_reload_coalesce_into_one_more_and_every_waiter_hears() {
+    let mut b = Bench::running(2, "");
+    let (first, mut a) = b.ask(Request::Reload);
+    b.handle(vec![first]);
+    assert_eq!(b.state(), "reloading to generation 2");
+    assert_eq!(b.fx.forks(), 4);
+    // Three more while it starts: a client, a SIGHUP, another client.
+    let (second, mut c) = b.ask(Request::Reload);
+    b.handle(vec![second]);
+    b.handle(vec![signal(Command::Reload)]);
+    let (third, mut d) = b.ask(Request::Reload);
+    b.handle(vec![third]);
+    assert_eq!(
+        b.fx.forks(),
+        4,
+        "nothing more starts while generation 2 does"
+    );
+    assert!(a.answer().is_none(), "not answered before it is done");
+
+    b.ready(2);
+    let got = a.answer().expect("the first reload is answered");
+    assert!(got.ok && got.message.contains("generation 2"), "{got:?}");
+    // The queued one runs once the first is done: one reload for the three.
+    b.tick();
+    assert_eq!(b.state(), "reloading to generation 3");
+    assert_eq!(b.fx.forks(), 6);
+    b.ready(3);
+    for w in [&mut c, &mut d] {
+        let got = w.answer().expect("every queued waiter is answered");
+        assert!(got.ok && got.message.contains("generation 3"), "{got:?}");
+    }
+    b.tick();
+    assert_eq!(b.state(), "running", "no fourth reload");
+    assert_eq!(b.fx.forks(), 6);
+}
+
+#[test]
+fn an_upgrade_during_a_reload_is_refused_once_the_reload_ends() {
+    let mut b = Bench::running(1, "");
+    let (reload, _r) = b.ask(Request::Reload);
+    b.handle(vec![reload]);
+    let (upgrade, mut u) = b.ask(Request::Upgrade);
+    b.handle(vec![upgrade]);
+    assert!(u.answer().is_none(), "held until the reload ends");
+    b.ready(2);
+    let got = u.answer().expect("answered when the reload ends");
+    assert!(
+        !got.ok && got.message.contains("reload was in progress"),
+        "{got:?}"
+    );
+    assert!(
+        !b.fx.done().iter().any(|d| matches!(d, Did::StartMaster(_))),
+        "no new master was started"
+    );
+    assert_eq!(b.state(), "running");
+}
+
+#[test]
+fn an_upgrade_that_does_not_report_in_time_is_rolled_back() {
+    let mut b = Bench::running(1, "upgrade_timeout = \"5s\"");
+    let (upgrade, mut u) = b.ask(Request::Upgrade);
+    b.handle(vec![upgrade]);
+    let child = match b.fx.done().last() {
+        Some(Did::StartMaster(p)) => *p,
+        other => panic!("a new master is started: {other:?}"),
+    };
+    assert!(b.state().starts_with("upgrading"));
+    b.later(Duration::from_secs(4));
+    assert!(
+        b.state().starts_with("upgrading"),
+        "still within upgrade_timeout"
+    );
+    assert!(u.answer().is_none());
+    b.later(Duration::from_secs(2));
+    let got = u.answer().expect("the upgrade is answered");
+    assert!(!got.ok && got.message.contains("rolled back"), "{got:?}");
+    assert!(got.message.contains("upgrade_timeout"), "{got:?}");
+    let done = b.fx.done();
+    assert!(
+        done.contains(&Did::KillGroup(child, Signal::SIGKILL)),
+        "{done:?}"
+    );
+    assert!(
+        done.contains(&Did::SignalPidfd(Signal::SIGKILL)),
+        "{done:?}"
+    );
+    assert_eq!(b.state(), "running");
+    assert_eq!(
+        b.pids(1, WorkerState::Ready).len(),
+        1,
+        "the old workers serve on"
+    );
+}
+
+#[test]
+fn an_upgrade_whose_new_master_fails_is_rolled_back_with_its_reason() {
+    let mut b = Bench::running(1, "");
+    let (upgrade, mut u) = b.ask(Request::Upgrade);
+    b.handle(vec![upgrade]);
+    b.fx.report("error cannot bind: address in use\n");
+    b.handle(vec![signal(Command::UpgradeReported)]);
+    let got = u.answer().expect("answered");
+    assert!(!got.ok, "{got:?}");
+    assert!(
+        got.message.contains("cannot bind: address in use"),
+        "{got:?}"
+    );
+    assert_eq!(b.state(), "running");
+}
+
+#[test]
+fn a_crashing_slot_is_respawned_at_once_then_with_a_growing_backoff() {
+    let mut b = Bench::running(1, "");
+    let crash = ExitReason::Signal {
+        signal: Signal::SIGSEGV,
+        core_dumped: false,
+    };
+    let forks = b.fx.forks();
+    let pid = b.pids(1, WorkerState::Ready)[0];
+    b.exit(pid, crash);
+    assert_eq!(
+        b.fx.forks(),
+        forks + 1,
+        "an isolated crash is refilled at once"
+    );
+
+    let pid = b.pids(1, WorkerState::Starting)[0];
+    b.exit(pid, crash);
+    assert_eq!(b.fx.forks(), forks + 1, "a second crash in a row waits");
+    b.later(Duration::from_millis(60));
+    assert_eq!(b.fx.forks(), forks + 1, "not before 100 ms");
+    b.later(Duration::from_millis(50));
+    assert_eq!(b.fx.forks(), forks + 2, "refilled after 100 ms");
+
+    let pid = b.pids(1, WorkerState::Starting)[0];
+    b.exit(pid, crash);
+    b.later(Duration::from_millis(150));
+    assert_eq!(b.fx.forks(), forks + 2, "the third waits 200 ms");
+    b.later(Duration::from_millis(60));
+    assert_eq!(b.fx.forks(), forks + 3);
+}
+
+#[test]
+fn a_hung_worker_gets_sigabrt_then_sigkill_once() {
+    let mut b = Bench::running(2, "watchdog_timeout = \"10s\"");
+    let hung = b.pids(1, WorkerState::Ready)[0];
+    let alive = b.pids(1, WorkerState::Ready)[1];
+    b.later(Duration::from_secs(6));
+    let beat = vec![(
+        alive,
+        crate::channel::ToMaster::Heartbeat(Default::default()),
+    )];
+    b.m.record(beat);
+    b.later(Duration::from_secs(5));
+    assert_eq!(
+        b.fx.signals_to(hung),
+        vec![Signal::SIGABRT, Signal::SIGCONT],
+        "no heartbeat for the timeout: SIGABRT (and SIGCONT, in case it is stopped)"
+    );
+    assert!(
+        b.fx.signals_to(alive).is_empty(),
+        "a worker that beats is left alone"
+    );
+    b.later(Duration::from_secs(1));
+    assert_eq!(b.fx.signals_to(hung).len(), 2, "a grace for the core dump");
+    b.later(Duration::from_millis(1100));
+    assert_eq!(b.fx.signals_to(hung).last(), Some(&Signal::SIGKILL));
+    b.later(Duration::from_secs(30));
+    let kills =
+        b.fx.signals_to(hung)
+            .iter()
+            .filter(|s| **s == Signal::SIGKILL)
+            .count();
+    assert_eq!(kills, 1, "SIGKILL is sent once");
+}
+
+#[test]
+fn old_generations_beyond_the_cap_are_stopped_oldest_first() {
+    let mut b = Bench::running(1, "max_old_generations = 1\ndrain_timeout = \"60s\"");
+    for generation in [2, 3] {
+        b.handle(vec![signal(Command::Reload)]);
+        b.ready(generation);
+    }
+    let (first, second) = (b.pids(1, draining())[0], b.pids(2, draining())[0]);
+    b.later(Duration::from_millis(500));
+    assert!(
+        !b.fx.signals_to(first).contains(&Signal::SIGTERM),
+        "not within the grace"
+    );
+    b.later(Duration::from_millis(600));
+    assert!(
+        b.fx.signals_to(first).contains(&Signal::SIGTERM),
+        "the oldest is cut short"
+    );
+    assert!(
+        !b.fx.signals_to(second).contains(&Signal::SIGTERM),
+        "the newest old generation drains on"
+    );
+}
+
+fn draining() -> WorkerState {
+    WorkerState::Draining {
+        deadline: std::time::Instant::now(),
+    }
+}
+
+#[test]
+fn a_stop_answers_every_waiter_including_those_it_overtakes() {
+    let mut b = Bench::running(2, "");
+    let (reload, mut r) = b.ask(Request::Reload);
+    b.handle(vec![reload]);
+    let (queued, mut q) = b.ask(Request::Reload);
+    let (upgrade, mut u) = b.ask(Request::Upgrade);
+    b.handle(vec![queued, upgrade]);
+    // A stop and a reload in one batch: the stop wins.
+    let (late, mut l) = b.ask(Request::Reload);
+    let (stop, mut s) = b.ask(Request::Quit);
+    b.handle(vec![late, stop]);
+    for (who, w) in [
+        ("in flight", &mut r),
+        ("queued", &mut q),
+        ("same batch", &mut l),
+    ] {
+        let got = w
+            .answer()
+            .unwrap_or_else(|| panic!("the {who} reload is answered"));
+        assert!(
+            !got.ok && got.message.contains("stopping"),
+            "{who}: {got:?}"
+        );
+    }
+    let got = u.answer().expect("the refused upgrade is answered");
+    assert!(!got.ok && got.message.contains("stopping"), "{got:?}");
+    let got = s.answer().expect("the stop is answered");
+    assert!(
+        got.ok && got.message.contains("graceful stop started"),
+        "{got:?}"
+    );
+    assert_eq!(b.state(), "stopping (graceful)");
+    assert_eq!(b.m.finished(), None, "workers are still draining");
+    for pid in b.m.workers.iter().map(|w| w.pid).collect::<Vec<_>>() {
+        b.exit(pid, ExitReason::Code(0));
+    }
+    assert!(matches!(b.m.state, State::Stopping { .. }));
+    assert_eq!(b.m.finished(), Some(0), "stopped once every worker is gone");
+}

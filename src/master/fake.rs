@@ -1,0 +1,285 @@
+//! A fake of the master's effects for the unit tests of its decisions: it forks
+//! nothing and signals nobody, records every effect instead, and keeps a clock the
+//! test moves by hand. `Bench` builds a master over it from a real config file.
+
+use std::cell::RefCell;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use super::control::{Client, Request, Response};
+use super::effects::{Effects, Exec};
+use super::start::Opened;
+use super::upgrade::{SpawnError, Spawned};
+use super::{Job, Master, StartOptions, State, Ticket, WorkerState};
+use crate::channel::ToMaster;
+use crate::config::Config;
+use crate::os::master::{Pid, Signal};
+use crate::os::pidfd::PidFd;
+use crate::os::process::{self, ExitReason, Forked};
+use crate::os::SysError;
+
+/// Pids of fake processes: above any `pid_max`, so a signal that slipped past the
+/// fake would find nobody.
+const FAKE_PIDS: i32 = 1 << 23;
+
+/// One effect the master had.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Did {
+    Fork(Pid),
+    Kill(Pid, Signal),
+    KillGroup(Pid, Signal),
+    SignalPidfd(Signal),
+    StartMaster(Pid),
+}
+
+#[derive(Default)]
+struct World {
+    now: Option<Instant>,
+    did: Vec<Did>,
+    next_pid: i32,
+    /// Copies of each new master's readiness pipe, for the test to report on.
+    reports: Vec<OwnedFd>,
+}
+
+/// The fake; the test keeps a clone to look and to move the clock.
+#[derive(Clone, Default)]
+pub struct Fake(Rc<RefCell<World>>);
+
+impl Fake {
+    fn new() -> Fake {
+        let f = Fake::default();
+        f.0.borrow_mut().now = Some(Instant::now());
+        f
+    }
+
+    fn pid(&self) -> Pid {
+        let mut w = self.0.borrow_mut();
+        w.next_pid += 1;
+        Pid::from_raw(FAKE_PIDS + w.next_pid)
+    }
+
+    fn did(&self, d: Did) {
+        self.0.borrow_mut().did.push(d);
+    }
+
+    /// Everything done so far.
+    pub fn done(&self) -> Vec<Did> {
+        self.0.borrow().did.clone()
+    }
+
+    pub fn forks(&self) -> usize {
+        self.done()
+            .iter()
+            .filter(|d| matches!(d, Did::Fork(_)))
+            .count()
+    }
+
+    /// The signals sent to `pid`, in order.
+    pub fn signals_to(&self, pid: Pid) -> Vec<Signal> {
+        self.done()
+            .iter()
+            .filter_map(|d| match d {
+                Did::Kill(p, s) if *p == pid => Some(*s),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn advance(&self, by: Duration) {
+        let mut w = self.0.borrow_mut();
+        w.now = w.now.map(|t| t + by);
+    }
+
+    /// Writes `line` on the last new master's readiness pipe, as it would.
+    pub fn report(&self, line: &str) {
+        let w = self.0.borrow();
+        let fd = w.reports.last().expect("a new master was started");
+        let mut f = std::fs::File::from(fd.try_clone().expect("dup"));
+        f.write_all(line.as_bytes()).expect("report");
+    }
+}
+
+impl Effects for Fake {
+    fn now(&self) -> Instant {
+        self.0.borrow().now.unwrap_or_else(Instant::now)
+    }
+
+    fn fork(&mut self, _context: &dyn Fn() -> String) -> Result<Forked, SysError> {
+        let pid = self.pid();
+        self.did(Did::Fork(pid));
+        Ok(Forked::Parent(pid))
+    }
+
+    fn kill(&mut self, pid: Pid, sig: Signal) -> Result<(), SysError> {
+        self.did(Did::Kill(pid, sig));
+        Ok(())
+    }
+
+    fn kill_group(&mut self, leader: Pid, sig: Signal) -> Result<(), SysError> {
+        self.did(Did::KillGroup(leader, sig));
+        Ok(())
+    }
+
+    fn signal_pidfd(&mut self, _pidfd: &PidFd, sig: Signal) -> Result<(), SysError> {
+        self.did(Did::SignalPidfd(sig));
+        Ok(())
+    }
+
+    fn start_master(&mut self, exec: Exec<'_>, report: &OwnedFd) -> Result<Spawned, SpawnError> {
+        drop(exec);
+        let pid = self.pid();
+        self.did(Did::StartMaster(pid));
+        self.0.borrow_mut().reports.push(
+            report
+                .try_clone()
+                .map_err(|e| SpawnError::Intermediate(e.to_string()))?,
+        );
+        // A pidfd on ourselves: never polled by these tests, never signalled (the
+        // signal goes through `signal_pidfd`), and it does not fire while we live.
+        let pidfd = PidFd::open(process::pid())?;
+        Ok(Spawned {
+            pid,
+            pidfd,
+            start: 0,
+        })
+    }
+}
+
+/// A master over the fake, from a config file in a directory of its own.
+pub struct Bench {
+    pub m: Master,
+    pub fx: Fake,
+    dir: PathBuf,
+    next_ticket: Ticket,
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Bench {
+    /// `workers` echo workers, with `master` lines added to `[master]`, forked (not
+    /// really) and ready: the master is running generation 1.
+    pub fn running(workers: usize, master: &str) -> Bench {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("corral-unit-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let text = format!(
+            "[master]\nworkers = {workers}\npid_file = \"{d}/corral.pid\"\n\
+             control_socket = \"{d}/corral.sock\"\n{master}\n\n\
+             [[listen]]\naddress = \"127.0.0.1:{port}\"\nservice = \"echo\"\n",
+            d = dir.display()
+        );
+        let path = dir.join("corral.toml");
+        std::fs::write(&path, text).expect("config");
+        let config = Config::load(&path).expect("a valid config");
+        let fx = Fake::new();
+        let opts = StartOptions {
+            binary: PathBuf::from("/bin/false"),
+            reporter: None,
+            upgraded: false,
+        };
+        let m = Master::new(config, opts, None, Opened::default(), Box::new(fx.clone()));
+        let mut b = Bench {
+            m,
+            fx,
+            dir,
+            next_ticket: 1000,
+        };
+        for slot in 0..workers {
+            b.m.spawn(slot, 1).expect("fake fork");
+        }
+        b.ready(1);
+        assert!(matches!(b.m.state, State::Running), "generation 1 serves");
+        b
+    }
+
+    /// Every starting worker of `generation` reports ready; the master moves on.
+    pub fn ready(&mut self, generation: u64) {
+        let heard = self
+            .pids(generation, WorkerState::Starting)
+            .into_iter()
+            .map(|p| (p, ToMaster::Ready))
+            .collect();
+        self.m.record(heard);
+        self.tick();
+    }
+
+    /// Deadlines, progress and answers at the fake's now, as the loop runs them.
+    pub fn tick(&mut self) {
+        let now = self.fx.now();
+        self.m.deadlines(now);
+        self.m.progress(now);
+        self.m.flush_clients();
+    }
+
+    pub fn later(&mut self, by: Duration) {
+        self.fx.advance(by);
+        self.tick();
+    }
+
+    pub fn pids(&self, generation: u64, state: WorkerState) -> Vec<Pid> {
+        self.m
+            .workers
+            .iter()
+            .filter(|w| w.generation == generation && w.state.name() == state.name())
+            .map(|w| w.pid)
+            .collect()
+    }
+
+    pub fn state(&self) -> String {
+        self.m.status().message
+    }
+
+    /// A control client asks `req`: its job, and the client's end to read the
+    /// answer from.
+    pub fn ask(&mut self, req: Request) -> (Job, Asker) {
+        let (ours, mut theirs) = UnixStream::pair().expect("socketpair");
+        ours.set_nonblocking(true).expect("nonblocking");
+        let line = serde_json::to_string(&req).expect("json") + "\n";
+        theirs.write_all(line.as_bytes()).expect("request");
+        let mut c = Client::new(ours, 0);
+        assert_eq!(c.read().expect("read"), Some(req.clone()));
+        self.next_ticket += 1;
+        let t = self.next_ticket;
+        self.m.clients.push((t, c));
+        (Job::request(req, t), Asker(theirs))
+    }
+
+    /// Handles one batch, as the loop does after collecting it.
+    pub fn handle(&mut self, jobs: Vec<Job>) {
+        self.m.handle(jobs);
+        self.tick();
+    }
+
+    /// Reaps `pid` with `reason`.
+    pub fn exit(&mut self, pid: Pid, reason: ExitReason) {
+        self.m.child_exited(pid, reason);
+        self.tick();
+    }
+}
+
+/// A control client's end of the socket.
+pub struct Asker(UnixStream);
+
+impl Asker {
+    /// The answer, if the master has sent it (and closed).
+    pub fn answer(&mut self) -> Option<Response> {
+        self.0.set_nonblocking(true).expect("nonblocking");
+        let mut buf = Vec::new();
+        let _ = self.0.read_to_end(&mut buf);
+        let line = String::from_utf8_lossy(&buf);
+        serde_json::from_str(line.trim()).ok()
+    }
+}
