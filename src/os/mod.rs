@@ -20,6 +20,7 @@ pub mod process;
 pub mod procfs;
 pub mod scm;
 pub mod signals;
+pub mod sockio;
 
 /// The error of a system call, with the call and what it was for.
 #[derive(Debug, thiserror::Error)]
