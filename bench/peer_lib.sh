@@ -6,12 +6,13 @@
 # under `timeout`, so nothing outlives the script by more than its bound even if the
 # script itself is killed with SIGKILL. Only 127.0.0.0/8 is used.
 #
-# Knobs: NO_BUILD=1 (skip `cargo build --release`), CARGO_TARGET_DIR, KEEP=1 (keep the
+# Knobs: NO_BUILD=1 (skip `cargo build --release`), CARGO_TARGET_DIR, BENCH_DIR (where the
+# work directory goes; default /tmp), KEEP=1 (keep the
 # work directory), NGINX_BIN (default /usr/sbin/nginx).
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-CORRAL=$TARGET_DIR/release/corral
+CORRAL=${CORRAL_BIN:-$TARGET_DIR/release/corral}
 LOAD=$TARGET_DIR/release/corral-load
 SHARED_BENCH=${SHARED_BENCH:-/work/shared/bench}
 NGINX_BIN=${NGINX_BIN:-/usr/sbin/nginx}
@@ -19,7 +20,7 @@ KEEP=${KEEP:-0}
 CLK_TCK=$(getconf CLK_TCK)
 PAGE_SIZE=$(getconf PAGESIZE)
 
-WORK=$(mktemp -d "/tmp/corral-peer.XXXXXX")
+WORK=$(mktemp -d "${BENCH_DIR:-/tmp}/corral-peer.XXXXXX")
 STARTED=()          # pids of everything we started (usually `timeout` wrappers)
 C_WRAPPER="" C_MASTER="" C_CONF=""
 N_MASTER="" N_PREFIX=""
