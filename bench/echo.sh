@@ -56,7 +56,7 @@ EOF
       "$ECHO_SERVER" 127.0.0.1 "$2" 2>"$WORK/echo_server-$2.log" &
     S_WRAPPER=$!
     STARTED+=("$S_WRAPPER")
-    local deadline=$(($(now_ms) + 5000))
+    local deadline=$(($(now_ms) + 60000)) # ss is slow with many sockets on the box
     until ss -Htln "( sport = :$2 )" | grep -q .; do
       (($(now_ms) < deadline)) || die "echo_server not listening"
       sleep 0.1

@@ -77,7 +77,7 @@ EOF
       2>"$WORK/echo_server-$2.log" &
     E_WRAPPER=$!
     STARTED+=("$E_WRAPPER")
-    local deadline=$(($(now_ms) + 15000))
+    local deadline=$(($(now_ms) + 60000)) # ss is slow with many sockets on the box
     until ss -Htln "( sport = :$2 )" | grep -q .; do
       alive "$E_WRAPPER" || die "echo_server exited at start"
       (($(now_ms) < deadline)) || die "echo_server not listening"

@@ -145,7 +145,7 @@ EOF
       >"$WORK/$name-$port.log" 2>&1 &
     H_WRAPPER=$!
     STARTED+=("$H_WRAPPER")
-    local deadline=$(($(now_ms) + 5000))
+    local deadline=$(($(now_ms) + 60000)) # ss is slow with many sockets on the box
     until ss -Htln "( sport = :$port )" | grep -q .; do
       alive "$H_WRAPPER" || { cat "$WORK/$name-$port.log" >&2; die "haproxy exited"; }
       (($(now_ms) < deadline)) || die "haproxy not listening"
