@@ -189,6 +189,28 @@ nginx_stop() {
   N_MASTER="" N_WRAPPER=""
 }
 
+# ---- the shared C echo server ---------------------------------------------------------
+# c_echo_start BIN PORT LIMIT_S CPU -> sets E_WRAPPER (its timeout) and E_PID
+E_WRAPPER="" E_PID=""
+c_echo_start() {
+  timeout --kill-after=5 "$3" taskset -c "$4" "$1" 127.0.0.1 "$2" 2>"$WORK/echo_server-$2.log" &
+  E_WRAPPER=$!
+  STARTED+=("$E_WRAPPER")
+  local deadline=$(($(now_ms) + 60000)) # ss is slow with many sockets on the box
+  until ss -Htln "( sport = :$2 )" | grep -q .; do
+    alive "$E_WRAPPER" || die "echo_server exited at start"
+    (($(now_ms) < deadline)) || die "echo_server not listening"
+    sleep 0.1
+  done
+  E_PID=$(cat /proc/"$E_WRAPPER"/task/*/children | awk '{ print $1; exit }')
+}
+c_echo_stop() {
+  [[ -n $E_WRAPPER ]] || return 0
+  kill -TERM "$E_WRAPPER" 2>/dev/null || true
+  wait "$E_WRAPPER" 2>/dev/null || true
+  E_WRAPPER="" E_PID=""
+}
+
 # ---- measurements ---------------------------------------------------------------------
 # total CPU ticks (utime+stime) of a list of pids; missing pids count 0
 cpu_ticks() {

@@ -31,7 +31,6 @@ ECHO_LOAD=$WORK/echo_load
 gcc -O2 -o "$ECHO_SERVER" "$SHARED_BENCH/echo_server.c" || die "cannot build echo_server.c"
 gcc -O2 -o "$ECHO_LOAD" "$SHARED_BENCH/echo_load.c" || die "cannot build echo_load.c"
 LIMIT=$((DURATION * 6 + 120))
-E_WRAPPER=""
 
 # server_start KIND PORT -> sets SERVER_PIDS (the one worker)
 server_start() {
@@ -73,17 +72,8 @@ EOF
     SERVER_PIDS=$(nginx_workers | head -n1)
     ;;
   c-echo)
-    timeout --kill-after=5 "$LIMIT" taskset -c "$SERVER_CPU" "$ECHO_SERVER" 127.0.0.1 "$2" \
-      2>"$WORK/echo_server-$2.log" &
-    E_WRAPPER=$!
-    STARTED+=("$E_WRAPPER")
-    local deadline=$(($(now_ms) + 60000)) # ss is slow with many sockets on the box
-    until ss -Htln "( sport = :$2 )" | grep -q .; do
-      alive "$E_WRAPPER" || die "echo_server exited at start"
-      (($(now_ms) < deadline)) || die "echo_server not listening"
-      sleep 0.1
-    done
-    SERVER_PIDS=$(cat /proc/"$E_WRAPPER"/task/*/children | awk '{ print $1; exit }')
+    c_echo_start "$ECHO_SERVER" "$2" "$LIMIT" "$SERVER_CPU"
+    SERVER_PIDS=$E_PID
     ;;
   esac
 }
@@ -91,11 +81,7 @@ server_stop() {
   case $1 in
   corral-*) corral_stop ;;
   nginx) nginx_stop ;;
-  c-echo)
-    kill -TERM "$E_WRAPPER" 2>/dev/null || true
-    wait "$E_WRAPPER" 2>/dev/null || true
-    E_WRAPPER=""
-    ;;
+  c-echo) c_echo_stop ;;
   esac
 }
 

@@ -28,6 +28,9 @@ from datetime import datetime, timezone
 
 CORRAL, WORK, ROUNDS = sys.argv[1], sys.argv[2], int(sys.argv[3])
 NGINX = os.environ.get("NGINX_BIN", "/usr/sbin/nginx")
+# RT=1: run the servers (and the floor's /bin/true) under SCHED_FIFO, so that what is
+# measured is their own work, not the run queue of a loaded box. Children inherit it.
+PRIO = ["chrt", "-f", "10"] if os.environ.get("RT") == "1" else []
 started = []
 
 
@@ -106,7 +109,7 @@ def corral_start(name, workers, port):
                 f'[log]\nlevel = "info"\n[[listen]]\naddress = "127.0.0.1:{port}"\n'
                 'service = "http"\n')
     log = open(os.path.join(d, "log"), "w")
-    p = subprocess.Popen(["timeout", "--kill-after=5", "300", CORRAL, "-c", conf],
+    p = subprocess.Popen(["timeout", "--kill-after=5", "300"] + PRIO + [CORRAL, "-c", conf],
                          stdout=log, stderr=subprocess.STDOUT)
     started.append(p)
     pidf = os.path.join(d, "corral.pid")
@@ -183,7 +186,7 @@ def spawn_floor(rounds):
     out = []
     for _ in range(rounds):
         t0 = time.monotonic()
-        subprocess.run(["/bin/true"])
+        subprocess.run(PRIO + ["/bin/true"])
         out.append((time.monotonic() - t0) * 1000)
     return out
 
@@ -223,7 +226,7 @@ def nginx_start(name, workers, port):
                 f"worker_processes {workers};\nevents {{ worker_connections 1024; }}\n"
                 f"http {{ access_log off; client_body_temp_path {d};\n"
                 f"  server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }} }} }}\n")
-    p = subprocess.Popen(["timeout", "--kill-after=5", "300", NGINX, "-c", conf, "-p", d,
+    p = subprocess.Popen(["timeout", "--kill-after=5", "300"] + PRIO + [NGINX, "-c", conf, "-p", d,
                           "-e", f"{d}/logs/error.log"])
     started.append(p)
     master = wait(lambda: (children(p.pid) or [None])[0], "nginx master")
@@ -303,7 +306,8 @@ def main():
         a, b, c = (med([ph[i] for ph in PHASES]) for i in range(3))
         print(f"corral reload phases (medians): signal -> master logs it {a:.1f} ms, -> first new "
               f"worker ready {b:.1f} ms, -> all 4 ready {c:.1f} ms")
-    print(f"box floor: fork+exec+exit of /bin/true {med(floor):.1f} ms (median), load {os.getloadavg()[0]:.1f}")
+    print(f"box floor: fork+exec+exit of /bin/true {med(floor):.1f} ms (median), load "
+          f"{os.getloadavg()[0]:.1f}{', servers under SCHED_FIFO (RT=1)' if PRIO else ''}")
     print(f"(medians of {ROUNDS} rounds; nginx's reload figure is new processes, not readiness)")
 
 

@@ -3,6 +3,7 @@
 # SIGKILL a worker -> its slot accepting again (goal <= 10 ms), corral vs nginx in the
 # same run; see reload_latency.py for exactly what each figure measures.
 # usage: bench/reload_latency.sh [ROUNDS=10]     Knobs: NO_BUILD=1 BENCH_DIR KEEP=1
+#        RT=1 (servers under SCHED_FIFO: their own latency, not a loaded box's run queue)
 # needs: python3, nginx.
 set -euo pipefail
 . "$(dirname "$0")/peer_lib.sh"
