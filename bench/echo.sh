@@ -32,7 +32,6 @@ gcc -O2 -o "$ECHO_LOAD" "$SHARED_BENCH/echo_load.c" || die "cannot build echo_lo
 RES=$WORK/echo.tsv
 : >"$RES"
 
-S_WRAPPER=""
 start_server() { # corral|c-echo PORT
   case $1 in
   corral)
@@ -52,27 +51,15 @@ EOF
     SERVER_PIDS=$(corral_workers)
     ;;
   c-echo)
-    timeout --kill-after=5 $((RUNS * DURATION * 4 + 300)) taskset -c "$SERVER_CPU" \
-      "$ECHO_SERVER" 127.0.0.1 "$2" 2>"$WORK/echo_server-$2.log" &
-    S_WRAPPER=$!
-    STARTED+=("$S_WRAPPER")
-    local deadline=$(($(now_ms) + 5000))
-    until ss -Htln "( sport = :$2 )" | grep -q .; do
-      (($(now_ms) < deadline)) || die "echo_server not listening"
-      sleep 0.1
-    done
-    SERVER_PIDS=$(cat /proc/"$S_WRAPPER"/task/*/children | xargs)
+    c_echo_start "$ECHO_SERVER" "$2" $((RUNS * DURATION * 4 + 300)) "$SERVER_CPU"
+    SERVER_PIDS=$E_PID
     ;;
   esac
 }
 stop_server() {
   case $1 in
   corral) corral_stop ;;
-  c-echo)
-    kill -TERM "$S_WRAPPER" 2>/dev/null || true
-    wait "$S_WRAPPER" 2>/dev/null || true
-    S_WRAPPER=""
-    ;;
+  c-echo) c_echo_stop ;;
   esac
 }
 

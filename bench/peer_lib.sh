@@ -6,12 +6,13 @@
 # under `timeout`, so nothing outlives the script by more than its bound even if the
 # script itself is killed with SIGKILL. Only 127.0.0.0/8 is used.
 #
-# Knobs: NO_BUILD=1 (skip `cargo build --release`), CARGO_TARGET_DIR, KEEP=1 (keep the
+# Knobs: NO_BUILD=1 (skip `cargo build --release`), CARGO_TARGET_DIR, BENCH_DIR (where the
+# work directory goes; default /tmp), KEEP=1 (keep the
 # work directory), NGINX_BIN (default /usr/sbin/nginx).
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-CORRAL=$TARGET_DIR/release/corral
+CORRAL=${CORRAL_BIN:-$TARGET_DIR/release/corral}
 LOAD=$TARGET_DIR/release/corral-load
 SHARED_BENCH=${SHARED_BENCH:-/work/shared/bench}
 NGINX_BIN=${NGINX_BIN:-/usr/sbin/nginx}
@@ -19,7 +20,7 @@ KEEP=${KEEP:-0}
 CLK_TCK=$(getconf CLK_TCK)
 PAGE_SIZE=$(getconf PAGESIZE)
 
-WORK=$(mktemp -d "/tmp/corral-peer.XXXXXX")
+WORK=$(mktemp -d "${BENCH_DIR:-/tmp}/corral-peer.XXXXXX")
 STARTED=()          # pids of everything we started (usually `timeout` wrappers)
 C_WRAPPER="" C_MASTER="" C_CONF=""
 N_MASTER="" N_PREFIX=""
@@ -186,6 +187,28 @@ nginx_stop() {
   kill -TERM "$N_MASTER" 2>/dev/null || true   # fast shutdown
   wait "$N_WRAPPER" 2>/dev/null || true
   N_MASTER="" N_WRAPPER=""
+}
+
+# ---- the shared C echo server ---------------------------------------------------------
+# c_echo_start BIN PORT LIMIT_S CPU -> sets E_WRAPPER (its timeout) and E_PID
+E_WRAPPER="" E_PID=""
+c_echo_start() {
+  timeout --kill-after=5 "$3" taskset -c "$4" "$1" 127.0.0.1 "$2" 2>"$WORK/echo_server-$2.log" &
+  E_WRAPPER=$!
+  STARTED+=("$E_WRAPPER")
+  local deadline=$(($(now_ms) + 60000)) # ss is slow with many sockets on the box
+  until ss -Htln "( sport = :$2 )" | grep -q .; do
+    alive "$E_WRAPPER" || die "echo_server exited at start"
+    (($(now_ms) < deadline)) || die "echo_server not listening"
+    sleep 0.1
+  done
+  E_PID=$(cat /proc/"$E_WRAPPER"/task/*/children | awk '{ print $1; exit }')
+}
+c_echo_stop() {
+  [[ -n $E_WRAPPER ]] || return 0
+  kill -TERM "$E_WRAPPER" 2>/dev/null || true
+  wait "$E_WRAPPER" 2>/dev/null || true
+  E_WRAPPER="" E_PID=""
 }
 
 # ---- measurements ---------------------------------------------------------------------

@@ -18,7 +18,12 @@
 # Reported: Gbit/s received by the iperf3 server, CPU of the proxy processes (corral and
 # nginx: their workers; HAProxy: its process) in % of one core, busy % of each CPU.
 #
-# Usage: bench/proxy.sh
+# MODE=sockperf: small-message latency instead of throughput: a sockperf TCP server
+# behind every proxy, `sockperf ping-pong -m 64` through it for DURATION s; reports the
+# median (p50), average and p99 round-trip latency in us, and corral / peer ratios
+# (< 1: corral is faster). STREAMS is ignored (one connection).
+#
+# Usage: bench/proxy.sh            MODE=sockperf bench/proxy.sh
 # Knobs: RUNS=2 DURATION=10 STREAMS="1 8" PROXIES="direct corral-1w nginx-1w haproxy-1t
 #        corral-2w nginx-2w haproxy-2t" NO_BUILD=1 KEEP=1
 set -euo pipefail
@@ -28,7 +33,13 @@ RUNS=${RUNS:-2}
 DURATION=${DURATION:-10}
 STREAMS=${STREAMS:-"1 8"}
 PROXIES=${PROXIES:-"direct corral-1w nginx-1w haproxy-1t corral-2w nginx-2w haproxy-2t"}
-command -v iperf3 >/dev/null || die "iperf3 missing (apt-get install -y iperf3)"
+MODE=${MODE:-iperf3}
+if [[ $MODE == sockperf ]]; then
+  command -v sockperf >/dev/null || die "sockperf missing (apt-get install -y sockperf)"
+  STREAMS=1
+else
+  command -v iperf3 >/dev/null || die "iperf3 missing (apt-get install -y iperf3)"
+fi
 
 build_corral
 RES=$WORK/proxy.tsv
@@ -37,12 +48,28 @@ LIMIT=$((RUNS * 60 * 2 * (DURATION + 10) + 600))
 
 # iperf3 server behind every proxy, for the whole run
 IPORT=$(free_port)
-timeout --kill-after=5 "$LIMIT" iperf3 -s -B 127.0.0.1 -p "$IPORT" >"$WORK/iperf3-server.log" 2>&1 &
+if [[ $MODE == sockperf ]]; then
+  timeout --kill-after=5 "$LIMIT" sockperf server --tcp -i 127.0.0.1 -p "$IPORT" >"$WORK/sockperf-server.log" 2>&1 &
+else
+  timeout --kill-after=5 "$LIMIT" iperf3 -s -B 127.0.0.1 -p "$IPORT" >"$WORK/iperf3-server.log" 2>&1 &
+fi
 IPERF_WRAPPER=$!
 STARTED+=("$IPERF_WRAPPER")
 sleep 1
 IPERF_PID=$(cat /proc/"$IPERF_WRAPPER"/task/*/children | xargs)
-[[ -n $IPERF_PID ]] || die "iperf3 server did not start"
+[[ -n $IPERF_PID ]] || die "$MODE server did not start"
+
+# sockperf_run PORT TAG -> "p50 avg p99" in us (NA when it failed)
+sockperf_run() {
+  local f=$WORK/sockperf-$2.txt
+  timeout $((DURATION + 30)) sockperf ping-pong --tcp -i 127.0.0.1 -p "$1" -t "$DURATION" -m 64 \
+    >"$f" 2>&1 || true
+  local avg p50 p99
+  avg=$(grep -o 'avg-latency=[0-9.]*' "$f" | cut -d= -f2)
+  p50=$(awk '/percentile 50.000/ { print $NF }' "$f")
+  p99=$(awk '/percentile 99.000/ { print $NF }' "$f")
+  echo "${p50:-NA} ${avg:-NA} ${p99:-NA}"
+}
 
 H_WRAPPER=""
 start_proxy() { # NAME PORT -> sets PROXY_PIDS
@@ -118,7 +145,7 @@ EOF
       >"$WORK/$name-$port.log" 2>&1 &
     H_WRAPPER=$!
     STARTED+=("$H_WRAPPER")
-    local deadline=$(($(now_ms) + 5000))
+    local deadline=$(($(now_ms) + 60000)) # ss is slow with many sockets on the box
     until ss -Htln "( sport = :$port )" | grep -q .; do
       alive "$H_WRAPPER" || { cat "$WORK/$name-$port.log" >&2; die "haproxy exited"; }
       (($(now_ms) < deadline)) || die "haproxy not listening"
@@ -153,6 +180,15 @@ for ((r = 1; r <= RUNS; r++)); do
       c0=$(cpu_snap)
       p0=$(cpu_ticks $PROXY_PIDS)
       s0=$(now_ms)
+      if [[ $MODE == sockperf ]]; then
+        read -r sp50 savg sp99 < <(sockperf_run "$port" "$name-$r")
+        s1=$(now_ms)
+        p1=$(cpu_ticks $PROXY_PIDS)
+        printf '%s\trun=%d\tp50_us=%s\tavg_us=%s\tp99_us=%s\tloadavg=%s\t%s\n' \
+          "$name" "$r" "$sp50" "$savg" "$sp99" "$la" "$quiet" | tee -a "$RES"
+        sleep 1
+        continue
+      fi
       timeout $((DURATION + 30)) iperf3 -c 127.0.0.1 -p "$port" -t "$DURATION" -P "$P" -J >"$j" || true
       s1=$(now_ms)
       p1=$(cpu_ticks $PROXY_PIDS)
@@ -174,6 +210,20 @@ except Exception:
     stop_proxy "$name"
   done
 done
+
+if [[ $MODE == sockperf ]]; then
+  echo
+  echo "== summary: sockperf ping-pong -m 64 -t $DURATION through each proxy, $RUNS runs (medians, us)"
+  sget() { grep -P "^$1\trun=" "$RES" | grep -oP "\t$2=\K[0-9.NA]+" | median; }
+  printf '%-18s %10s %10s %10s %18s\n' proxy p50 avg p99 "corral-1w/this p50"
+  c50=$(sget corral-1w p50_us)
+  for name in $PROXIES; do
+    a=$(sget "$name" p50_us)
+    printf '%-18s %10s %10s %10s %18s\n' "$name" "$a" "$(sget "$name" avg_us)" "$(sget "$name" p99_us)" "$(ratio "$c50" "$a")"
+  done
+  echo "(ratio < 1: corral-1w's median round trip is shorter than this proxy's, same run)"
+  exit 0
+fi
 
 echo
 echo "== summary: iperf3 -t $DURATION, $RUNS runs each (medians); CPU = proxy processes, % of one core"

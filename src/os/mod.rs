@@ -25,6 +25,7 @@ pub mod signals;
 pub mod syscall;
 pub mod stream;
 pub mod types;
+pub mod sockio;
 
 /// The error of a system call, with the call and what it was for.
 #[derive(Debug, thiserror::Error)]

@@ -294,7 +294,7 @@ impl Conn {
                 let Some(asked) = self.allowance(env.budget.min(env.scratch.len())) else {
                     break;
                 };
-                match fd::read(self.fd.as_fd(), &mut env.scratch[..asked]) {
+                match crate::os::sockio::recv(self.fd.as_fd(), &mut env.scratch[..asked]) {
                     Ok(0) => {
                         self.flags.set(Flags::READ_CLOSED, true);
                         self.with_io(env, |h, io| h.on_eof(io));
