@@ -2,7 +2,9 @@
 //! (state, children, memory) and installing a binary to exec.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use super::corral_bin;
 use std::process::{Command, Stdio};
 
 /// A process identity that survives pid reuse: pid plus start time (clock
@@ -123,4 +125,16 @@ pub fn install_exec(src: &Path, dst: &Path) {
     );
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(dst, fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+/// A copy of the built corral in a temp dir of its own, for tests that upgrade to
+/// (or replace) the binary: an upgrade execs the binary's path.
+pub fn copy_binary() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix("corral-bin-")
+        .tempdir()
+        .expect("create temp dir for the binary");
+    let path = dir.path().join("corral");
+    install_exec(Path::new(corral_bin()), &path);
+    (dir, path)
 }
