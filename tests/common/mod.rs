@@ -29,6 +29,8 @@ pub use wait::*;
 #[allow(dead_code)]
 pub mod fault;
 #[allow(dead_code)]
+pub mod fds;
+#[allow(dead_code)]
 pub mod handover;
 #[allow(dead_code)]
 pub mod inputs;
