@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use crate::{Bucket, Histogram, Plan, STOP};
+use crate::bucket::Bucket;
+use crate::histogram::Histogram;
+use crate::plan::Plan;
+use crate::run::STOP;
 
 /// Most bytes in flight per connection (sent, not yet received back).
 const WINDOW: usize = 256 << 10;
