@@ -2,9 +2,12 @@
 //! catches an echo delivered to the wrong connection or replayed.
 
 use std::io::{self};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd;
 use std::time::Instant;
 
-use socket2::Socket;
+use corral::os::epoll::{Epoll, Interest};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::counters::Counters;
 use crate::histogram::Histogram;
@@ -92,4 +95,55 @@ pub(crate) fn is_would_block(e: &io::Error) -> bool {
 
 pub(crate) fn is_interrupted(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::Interrupted
+}
+
+/// What every load connection waits for: both directions, edge-triggered.
+const CONN_INTEREST: Interest = Interest {
+    read: true,
+    write: true,
+    edge: true,
+    exclusive: false,
+};
+
+/// Creates a non-blocking TCP socket (with `TCP_NODELAY` when `nodelay`), binds it to
+/// `source` if given, starts connecting it to `addr` and registers it on `epoll`
+/// under `token`: the one socket set-up of the closed-loop and the stream modes.
+pub(crate) fn open_connection(
+    epoll: &Epoll,
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    nodelay: bool,
+    token: u64,
+) -> Result<Socket, String> {
+    let sock = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )
+    .map_err(|e| format!("socket() failed: {e}"))?;
+    if nodelay {
+        // A round trip is one small write; Nagle would only add delay.
+        sock.set_nodelay(true)
+            .map_err(|e| format!("setsockopt(TCP_NODELAY) failed: {e}"))?;
+    }
+    if let Some(src) = source {
+        // Defer the port choice to connect(), so a source port is shared by every
+        // destination and the whole range is usable per source address.
+        nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::IpBindAddressNoPort, &true)
+            .map_err(|e| format!("setsockopt(IP_BIND_ADDRESS_NO_PORT) failed: {e}"))?;
+        sock.bind(&SockAddr::from(SocketAddr::new(src, 0)))
+            .map_err(|e| format!("bind({src}) failed: {e}"))?;
+    }
+    match sock.connect(&SockAddr::from(addr)) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(format!("connect({addr}) failed: {e}")),
+    }
+    // Registered after connect(): an unconnected socket polls as hung up, which
+    // would look like a failed connect. Adding a socket that is already connected
+    // still reports it writable, so completion always arrives as an event.
+    epoll
+        .add(sock.as_fd(), CONN_INTEREST, token)
+        .map_err(|e| format!("epoll_ctl(ADD) failed: {e}"))?;
+    Ok(sock)
 }

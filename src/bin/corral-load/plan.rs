@@ -5,7 +5,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use clap::ValueEnum;
-use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
 use crate::Args;
 
@@ -157,13 +156,13 @@ impl Plan {
 /// Raises the soft RLIMIT_NOFILE to the hard limit when `needed` is more than the soft
 /// one. Returns the limit now in force and the old soft limit if it was raised.
 pub(crate) fn raise_nofile(needed: u64) -> Result<(u64, Option<u64>), String> {
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)
-        .map_err(|e| format!("getrlimit(RLIMIT_NOFILE) failed: {e}"))?;
+    // corral's own raise (to the hard limit); a soft limit that already sufficed is
+    // reported as the one in force, as before.
+    let (soft, hard) =
+        corral::os::privs::raise_nofile().map_err(|e| format!("RLIMIT_NOFILE: {e}"))?;
     if soft >= needed {
         return Ok((soft, None));
     }
-    setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
-        .map_err(|e| format!("setrlimit(RLIMIT_NOFILE) to the hard limit {hard} failed: {e}"))?;
     Ok((hard, Some(soft)))
 }
 

@@ -5,23 +5,25 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::io::{Read, Write};
 use std::mem::MaybeUninit;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use corral::os::epoll::{Epoll, Event};
+use socket2::Socket;
 
 use crate::bucket::Bucket;
 use crate::conn::{
-    fill_message, is_interrupted, is_would_block, key, Conn, Outcome, Report, State,
+    fill_message, is_interrupted, is_would_block, key, open_connection, Conn, Outcome, Report,
+    State,
 };
 use crate::counters::Counters;
 use crate::histogram::Histogram;
 use crate::plan::{Mode, Plan};
 use crate::run::STOP;
 
+/// Most readiness events taken from one epoll wait.
+const EVENTS: usize = 1024;
 /// Longest epoll wait, so a Ctrl-C or the end of the run is noticed quickly.
 pub(crate) const MAX_WAIT: Duration = Duration::from_millis(100);
 /// First retry delay after a failed connect; doubles per consecutive failure.
@@ -51,7 +53,7 @@ pub(crate) struct Worker<'p> {
 
 impl<'p> Worker<'p> {
     pub(crate) fn new(plan: &'p Plan, thread: usize, now: Instant) -> Result<Self, String> {
-        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
+        let epoll = Epoll::new(EVENTS)
             .map_err(|e| format!("epoll_create1() failed in thread {thread}: {e}"))?;
         let conns: Vec<Conn> = (0..plan.conns)
             .filter(|g| g % plan.threads == thread)
@@ -103,7 +105,7 @@ impl<'p> Worker<'p> {
         let mut tick = 0u64;
         let mut next_report = start + Duration::from_secs(1);
         let mut reported = Counters::default();
-        let mut events = vec![EpollEvent::empty(); 1024];
+        let mut events: Vec<Event> = Vec::with_capacity(EVENTS);
         loop {
             let now = Instant::now();
             if now >= end || STOP.load(Ordering::Relaxed) {
@@ -153,21 +155,20 @@ impl<'p> Worker<'p> {
                 };
             }
             let wait = wake.saturating_duration_since(Instant::now()).min(MAX_WAIT);
-            // Round up to whole ms: never wake early for nothing. A timer may fire up to
-            // 1 ms late; pacing keeps an ideal schedule, so the rate does not drift.
-            let ms = wait.as_micros().div_ceil(1000) as u16;
-            let n = match self.epoll.wait(&mut events, ms) {
-                Ok(n) => n,
-                Err(nix::errno::Errno::EINTR) => continue,
+            // Rounded up to whole ms by the wait: never wake early for nothing. A timer
+            // may fire up to 1 ms late; pacing keeps an ideal schedule, so the rate does
+            // not drift. An interrupted wait is a wait with no events.
+            events.clear();
+            match self.epoll.wait(Some(wait)) {
+                Ok(ready) => events.extend(ready),
                 Err(e) => return Err(format!("epoll_wait() failed: {e}")),
-            };
+            }
             // 3. IO
-            for ev in &events[..n] {
-                let data = ev.data();
-                let idx = (data >> 32) as usize;
-                let token = data as u32;
+            for ev in &events {
+                let idx = (ev.token >> 32) as usize;
+                let token = ev.token as u32;
                 if self.conns.get(idx).is_some_and(|c| c.token == token) {
-                    self.on_event(idx, ev.events());
+                    self.on_event(idx, *ev);
                 }
             }
         }
@@ -274,53 +275,10 @@ impl<'p> Worker<'p> {
 
     /// Creates, binds, connects and registers a non-blocking socket.
     pub(crate) fn open_socket(&mut self, idx: usize) -> Result<Socket, String> {
-        let addr = self.plan.addr;
-        let domain = if addr.is_ipv4() {
-            Domain::IPV4
-        } else {
-            Domain::IPV6
-        };
-        let sock = Socket::new(
-            domain,
-            Type::STREAM.nonblocking().cloexec(),
-            Some(Protocol::TCP),
-        )
-        .map_err(|e| format!("socket() failed: {e}"))?;
-        // A round trip is one small write; Nagle would only add delay.
-        sock.set_nodelay(true)
-            .map_err(|e| format!("setsockopt(TCP_NODELAY) failed: {e}"))?;
-        if !self.plan.sources.is_empty() {
-            let src = self.plan.sources[self.conns[idx].global % self.plan.sources.len()];
-            // Defer the port choice to connect(), so a source port is shared by every
-            // destination and the whole range is usable per source address.
-            nix::sys::socket::setsockopt(
-                &sock,
-                nix::sys::socket::sockopt::IpBindAddressNoPort,
-                &true,
-            )
-            .map_err(|e| format!("setsockopt(IP_BIND_ADDRESS_NO_PORT) failed: {e}"))?;
-            sock.bind(&SockAddr::from(SocketAddr::new(src, 0)))
-                .map_err(|e| format!("bind({src}) failed: {e}"))?;
-        }
-        match sock.connect(&SockAddr::from(addr)) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-            Err(e) => return Err(format!("connect({addr}) failed: {e}")),
-        }
-        // Registered after connect(): an unconnected socket polls as hung up, which
-        // would look like a failed connect. Adding a socket that is already connected
-        // still reports it writable, so completion always arrives as an event.
-        let ev = EpollEvent::new(
-            EpollFlags::EPOLLIN
-                | EpollFlags::EPOLLOUT
-                | EpollFlags::EPOLLRDHUP
-                | EpollFlags::EPOLLET,
-            key(idx, self.conns[idx].token),
-        );
-        self.epoll
-            .add(&sock, ev)
-            .map_err(|e| format!("epoll_ctl(ADD) failed: {e}"))?;
-        Ok(sock)
+        let source = (!self.plan.sources.is_empty())
+            .then(|| self.plan.sources[self.conns[idx].global % self.plan.sources.len()]);
+        let token = key(idx, self.conns[idx].token);
+        open_connection(&self.epoll, self.plan.addr, source, true, token)
     }
 
     pub(crate) fn connect_failed(&mut self, idx: usize, why: String) {
@@ -359,10 +317,9 @@ impl<'p> Worker<'p> {
         self.queue.push_back(idx);
     }
 
-    pub(crate) fn on_event(&mut self, idx: usize, flags: EpollFlags) {
+    pub(crate) fn on_event(&mut self, idx: usize, ev: Event) {
         if self.conns[idx].state == State::Connecting {
-            if !flags.intersects(EpollFlags::EPOLLOUT | EpollFlags::EPOLLERR | EpollFlags::EPOLLHUP)
-            {
+            if !(ev.writable || ev.hangup) {
                 return;
             }
             self.finish_connect(idx);
@@ -374,12 +331,7 @@ impl<'p> Worker<'p> {
             State::Connecting => {}
             State::Sending | State::Receiving => self.drive(idx),
             State::Paced | State::Idle => {
-                if flags.intersects(
-                    EpollFlags::EPOLLIN
-                        | EpollFlags::EPOLLRDHUP
-                        | EpollFlags::EPOLLHUP
-                        | EpollFlags::EPOLLERR,
-                ) {
+                if ev.readable || ev.hangup {
                     self.check_alive(idx);
                 }
             }
