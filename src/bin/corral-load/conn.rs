@@ -4,9 +4,9 @@
 use std::io::{self};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use corral::os::epoll::{Epoll, Interest};
+use corral::os::epoll::{Epoll, Event, Interest};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::counters::Counters;
@@ -146,4 +146,20 @@ pub(crate) fn open_connection(
         .add(sock.as_fd(), CONN_INTEREST, token)
         .map_err(|e| format!("epoll_ctl(ADD) failed: {e}"))?;
     Ok(sock)
+}
+
+/// One epoll wait of at most `timeout` (rounded up to whole ms by the wait: never
+/// early for nothing): the events in `events` as (connection index, socket token,
+/// event). An interrupted wait is a wait with no events.
+pub(crate) fn wait_events(
+    epoll: &mut Epoll,
+    timeout: Duration,
+    events: &mut Vec<(usize, u32, Event)>,
+) -> Result<(), String> {
+    events.clear();
+    let ready = epoll
+        .wait(Some(timeout))
+        .map_err(|e| format!("epoll_wait() failed: {e}"))?;
+    events.extend(ready.map(|ev| ((ev.token >> 32) as usize, ev.token as u32, ev)));
+    Ok(())
 }

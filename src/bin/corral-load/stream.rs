@@ -17,7 +17,7 @@ use corral::os::epoll::{Epoll, Event};
 use socket2::Socket;
 
 use crate::bucket::Bucket;
-use crate::conn::{key, open_connection};
+use crate::conn::{key, open_connection, wait_events};
 use crate::histogram::Histogram;
 use crate::plan::Plan;
 use crate::run::STOP;
@@ -153,24 +153,17 @@ impl<'p> Thread<'p> {
 
     fn run(mut self, start: Instant) -> Result<StreamOutcome, String> {
         let end = start + self.plan.duration;
-        let mut events: Vec<Event> = Vec::with_capacity(1024);
+        let mut events = Vec::with_capacity(1024);
         loop {
             let now = Instant::now();
             if now >= end || STOP.load(Ordering::Relaxed) {
                 break;
             }
             self.connect_due(now);
-            // An interrupted wait is a wait with no events.
-            events.clear();
-            match self.epoll.wait(Some(Duration::from_millis(20))) {
-                Ok(ready) => events.extend(ready),
-                Err(e) => return Err(format!("epoll_wait() failed: {e}")),
-            }
-            for ev in &events {
-                let idx = (ev.token >> 32) as usize;
-                let token = ev.token as u32;
+            wait_events(&mut self.epoll, Duration::from_millis(20), &mut events)?;
+            for &(idx, token, ev) in &events {
                 if self.conns.get(idx).is_some_and(|c| c.token == token) {
-                    self.on_event(idx, *ev);
+                    self.on_event(idx, ev);
                 }
             }
         }

@@ -14,8 +14,8 @@ use socket2::Socket;
 
 use crate::bucket::Bucket;
 use crate::conn::{
-    fill_message, is_interrupted, is_would_block, key, open_connection, Conn, Outcome, Report,
-    State,
+    fill_message, is_interrupted, is_would_block, key, open_connection, wait_events, Conn, Outcome,
+    Report, State,
 };
 use crate::counters::Counters;
 use crate::histogram::Histogram;
@@ -105,7 +105,7 @@ impl<'p> Worker<'p> {
         let mut tick = 0u64;
         let mut next_report = start + Duration::from_secs(1);
         let mut reported = Counters::default();
-        let mut events: Vec<Event> = Vec::with_capacity(EVENTS);
+        let mut events = Vec::with_capacity(EVENTS);
         loop {
             let now = Instant::now();
             if now >= end || STOP.load(Ordering::Relaxed) {
@@ -155,20 +155,13 @@ impl<'p> Worker<'p> {
                 };
             }
             let wait = wake.saturating_duration_since(Instant::now()).min(MAX_WAIT);
-            // Rounded up to whole ms by the wait: never wake early for nothing. A timer
-            // may fire up to 1 ms late; pacing keeps an ideal schedule, so the rate does
-            // not drift. An interrupted wait is a wait with no events.
-            events.clear();
-            match self.epoll.wait(Some(wait)) {
-                Ok(ready) => events.extend(ready),
-                Err(e) => return Err(format!("epoll_wait() failed: {e}")),
-            }
+            // A timer may fire up to 1 ms late; pacing keeps an ideal schedule, so the
+            // rate does not drift.
+            wait_events(&mut self.epoll, wait, &mut events)?;
             // 3. IO
-            for ev in &events {
-                let idx = (ev.token >> 32) as usize;
-                let token = ev.token as u32;
+            for &(idx, token, ev) in &events {
                 if self.conns.get(idx).is_some_and(|c| c.token == token) {
-                    self.on_event(idx, *ev);
+                    self.on_event(idx, ev);
                 }
             }
         }
