@@ -37,10 +37,11 @@ fn accepted_by_worker(c: &Corral) -> HashMap<i64, u64> {
 }
 
 fn config(workers: usize, extra_flow: &str, accept: &str) -> String {
-    format!(
-        "[master]\nworkers = {workers}\n\n[worker]\nheartbeat_interval = \"100ms\"\n\n\
-         [flow]\n{extra_flow}\n\n[[listen]]\naddress = \"127.0.0.1:{{port}}\"\nservice = \"echo\"\naccept = \"{accept}\"\n"
-    )
+    Conf::bare(workers)
+        .worker("heartbeat_interval = \"100ms\"")
+        .table("flow", extra_flow)
+        .echo(&format!("accept = \"{accept}\""))
+        .render()
 }
 
 #[test]

@@ -12,12 +12,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::handover::*;
+use common::xmaster::http_template;
 use common::*;
 
 /// Connections per test.
@@ -33,30 +33,6 @@ const IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// One heavy test at a time.
 static HEAVY: Mutex<()> = Mutex::new(());
 
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
-}
-
-/// `workers` workers; the echo listener on `{port}` for the harness, http on
-/// `http_port`; `master_extra` lines go in `[master]`.
-fn template(workers: usize, http_port: u16, master_extra: &str) -> String {
-    let mut conf = Conf::new(workers).drain(DRAIN).idle("300s");
-    conf.max_connections = 10_000;
-    let mut out = String::new();
-    for line in conf.render().lines() {
-        out.push_str(line);
-        out.push('\n');
-        if line.trim() == "[master]" {
-            out.push_str("upgrade_timeout = \"30s\"\n");
-            out.push_str(master_extra);
-        }
-    }
-    out.push_str(&format!(
-        "\n[[listen]]\naddress = \"127.0.0.1:{http_port}\"\nservice = \"http\"\n"
-    ));
-    out
-}
-
 fn start(binary: Option<PathBuf>) -> (Corral, u16) {
     start_with(binary, 2, "")
 }
@@ -64,7 +40,7 @@ fn start(binary: Option<PathBuf>) -> (Corral, u16) {
 fn start_with(binary: Option<PathBuf>, workers: usize, master_extra: &str) -> (Corral, u16) {
     let port = free_port();
     let c = Corral::start_with(
-        &template(workers, port, master_extra),
+        &http_template(workers, port, master_extra),
         Launch {
             binary,
             ..Launch::default()
@@ -122,26 +98,6 @@ fn assert_gone(c: &Corral, procs: &[ProcId], t0: Instant, who: &str, after: &str
         c.log_tail(60)
     );
     took
-}
-
-/// One more request on every connection, with the tally printed after `label`; every
-/// answer must be a full `200` with keep-alive (the connection lives on).
-fn all_kept_alive(c: &Corral, conns: &mut [std::net::TcpStream], label: &str) {
-    let answers = request_all(conns, IO_TIMEOUT);
-    let summary = tally(&answers);
-    eprintln!("after {label}: {summary}");
-    assert!(
-        answers.iter().all(|a| matches!(
-            a,
-            Answer::Full {
-                status: 200,
-                closes: false,
-                ..
-            }
-        )),
-        "{summary}\n{}",
-        c.log_tail(60)
-    );
 }
 
 /// Every connection answers `200` in full (`tally` prints after `label`, with the
@@ -262,17 +218,6 @@ fn reload_hands_5000_idle_connections_to_the_new_generation() {
          {answer_took:?}",
         answers.iter().filter(|a| a.is_ok()).count()
     );
-}
-
-/// A copy of the built corral in a temp dir (an upgrade execs the binary's path).
-fn copy_binary() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::Builder::new()
-        .prefix("corral-handover-bin-")
-        .tempdir()
-        .expect("create temp dir for the binary");
-    let path = dir.path().join("corral");
-    install_exec(Path::new(corral_bin()), &path);
-    (dir, path)
 }
 
 #[test]
@@ -497,7 +442,7 @@ fn back_to_back_reloads_pass_5000_idle_connections_on_to_the_newest_generation()
     let exit_took = assert_gone(&c, &older, t0, "older workers", "the reloads");
     eprintln!("older generations gone in {exit_took:?}");
 
-    all_kept_alive(&c, &mut conns, "3 reloads");
+    all_kept_alive(&c, &mut conns, "3 reloads", IO_TIMEOUT);
     assert_owned(port, &conns, &newest, "newest workers");
     for l in c
         .log()
@@ -565,7 +510,7 @@ fn a_reload_while_the_last_one_is_still_handing_over_loses_nothing() {
         "older workers",
         "the second generation resumed",
     );
-    all_kept_alive(&c, &mut conns, "two overlapping reloads");
+    all_kept_alive(&c, &mut conns, "two overlapping reloads", IO_TIMEOUT);
     assert_owned(port, &conns, &third, "third generation");
     assert_drained_count(&c, "closed", 0, "an old worker closed connections");
 }

@@ -24,11 +24,7 @@ const OLD_GONE_WITHIN: Duration = Duration::from_secs(5);
 const POLL_LIMIT: Duration = Duration::from_secs(30);
 
 fn echo_config(workers: usize) -> String {
-    format!(
-        "[master]\nworkers = {workers}\ndrain_timeout = \"60s\"\n\n\
-         [worker]\nmax_connections = 5000\n\n\
-         [[listen]]\naddress = \"127.0.0.1:{{port}}\"\nservice = \"echo\"\n"
-    )
+    Conf::bare(workers).drain("60s").max_conns(5000).render()
 }
 
 /// A corral with 2 echo workers and `n` streams doing round trips on it, going.
@@ -209,12 +205,14 @@ fn streams_move_at_an_upgrade_after_a_reload_with_many_reuseport_sockets() {
 }
 
 fn proxy_config(proxy_port: u16, upstream: SocketAddr, splice: bool) -> String {
-    format!(
-        "[master]\nworkers = 2\ndrain_timeout = \"60s\"\n\n\
-         [[listen]]\naddress = \"127.0.0.1:{{port}}\"\nservice = \"echo\"\n\n\
-         [[listen]]\naddress = \"127.0.0.1:{proxy_port}\"\nservice = \"proxy\"\n\
-         upstreams = [\"{upstream}\"]\nsplice = {splice}\n"
-    )
+    Conf::bare(2)
+        .drain("60s")
+        .listen(
+            proxy_port,
+            "proxy",
+            &format!("upstreams = [\"{upstream}\"]\nsplice = {splice}"),
+        )
+        .render()
 }
 
 /// Sessions through the proxy to a real (threaded) echo server, several MiB each

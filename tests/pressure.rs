@@ -450,10 +450,13 @@ fn a_reload_queued_when_the_master_stops_is_answered() {
 // ---------------------------------------------------------------------------
 
 fn proxy_template(proxy_port: u16, upstream: &str) -> String {
-    format!(
-        "{}\n[[listen]]\naddress = \"127.0.0.1:{proxy_port}\"\nservice = \"proxy\"\nupstreams = [\"{upstream}\"]\n",
-        Conf::new(1).render()
-    )
+    Conf::new(1)
+        .listen(
+            proxy_port,
+            "proxy",
+            &format!("upstreams = [\"{upstream}\"]"),
+        )
+        .render()
 }
 
 fn must_proxy(c: &Corral, port: u16, msg: &str) {

@@ -45,11 +45,15 @@ fn config(master: &str, worker: &str, log: Option<&Path>, listen_extra: &str) ->
     let log = log
         .map(|p| format!("file = \"{}\"\n", p.display()))
         .unwrap_or_default();
-    format!(
-        "[master]\nworkers = 2\ndrain_timeout = \"20s\"\nstop_timeout = \"3s\"\n{master}\n\
-         [worker]\n{worker}\n[log]\nlevel = \"info\"\n{log}\n\
-         [[listen]]\naddress = \"127.0.0.1:{{port}}\"\nservice = \"echo\"\n{listen_extra}"
-    )
+    Conf::bare(2)
+        .drain("20s")
+        .stop("3s")
+        .master(master)
+        .worker(worker)
+        .level("info")
+        .log(&log)
+        .echo(listen_extra)
+        .render()
 }
 
 /// Every worker runs as `uid`/`gid` in all four fields, with `groups`, no

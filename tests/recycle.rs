@@ -15,12 +15,15 @@ use nix::unistd::Pid;
 
 /// An echo config with `master` and `worker` lines added to their tables.
 fn config(workers: usize, master: &str, worker: &str, listen: &str) -> String {
-    format!(
-        "[master]\nworkers = {workers}\ndrain_timeout = \"10s\"\nstop_timeout = \"3s\"\n{master}\n\n\
-         [worker]\nheartbeat_interval = \"100ms\"\n{worker}\n\n\
-         [log]\nlevel = \"info\"\n\n\
-         [[listen]]\naddress = \"127.0.0.1:{{port}}\"\nservice = \"echo\"\n{listen}\n"
-    )
+    Conf::bare(workers)
+        .drain("10s")
+        .stop("3s")
+        .master(master)
+        .worker("heartbeat_interval = \"100ms\"")
+        .worker(worker)
+        .level("info")
+        .echo(listen)
+        .render()
 }
 
 /// Polls status while `load` runs (and at most `max`), then returns what it saw.
@@ -40,6 +43,43 @@ fn watch(c: &Corral, load: &Load, max: Duration, mut until: impl FnMut(&Seen) ->
         }
     }
     seen
+}
+
+/// What both recycle-under-load tests require: no failed connection, at least
+/// `least` made, every one of the 4 slots replaced, one slot (and so at most 5
+/// workers) recycling at a time, in the log as in status.
+fn assert_recycled_under_load(
+    c: &Corral,
+    seen: &Seen,
+    (ok, failed, errors): (u64, u64, &[String]),
+    least: u64,
+) {
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} connections failed: {errors:?}\n{}",
+        ok + failed,
+        c.log_tail(30)
+    );
+    assert!(ok >= least, "only {ok} connections were made");
+    assert_eq!(
+        replaced_slots(seen, 4),
+        4,
+        "not every slot was recycled: {:?}\n{}",
+        seen.workers,
+        c.log_tail(30)
+    );
+    assert!(
+        seen.max_busy_slots <= 1,
+        "{} slots were recycling at the same time",
+        seen.max_busy_slots
+    );
+    assert!(
+        seen.max_alive <= 5,
+        "{} workers alive at once: more than one slot recycling",
+        seen.max_alive
+    );
+    assert_one_recycle_at_a_time(&c.log());
 }
 
 /// From the log: each recycled worker exited before the next recycle began.
@@ -86,32 +126,7 @@ fn workers_are_recycled_after_max_requests_one_at_a_time_without_a_failure() {
     let (ok, failed, errors) = load.finish();
     seen.poll(&c);
     let log = c.log();
-    assert_eq!(
-        failed,
-        0,
-        "{failed} of {} connections failed: {errors:?}\n{}",
-        ok + failed,
-        c.log_tail(30)
-    );
-    assert!(ok >= 2000, "only {ok} connections were made");
-    assert_eq!(
-        replaced_slots(&seen, 4),
-        4,
-        "not every slot was recycled: {:?}\n{}",
-        seen.workers,
-        c.log_tail(30)
-    );
-    assert!(
-        seen.max_busy_slots <= 1,
-        "{} slots were recycling at the same time",
-        seen.max_busy_slots
-    );
-    assert!(
-        seen.max_alive <= 5,
-        "{} workers alive at once: more than one slot recycling",
-        seen.max_alive
-    );
-    assert_one_recycle_at_a_time(&c.log());
+    assert_recycled_under_load(&c, &seen, (ok, failed, &errors), 2000);
     // No worker went before serving 200: the replaced ones together served at
     // least 200 each, out of the connections the clients made.
     let replaced: usize = (0..4).map(|s| seen.slot_history(s).len() - 1).sum();
@@ -158,32 +173,7 @@ fn workers_are_recycled_after_max_lifetime_without_a_failure() {
     });
     let (ok, failed, errors) = load.finish();
     seen.poll(&c);
-    assert_eq!(
-        failed,
-        0,
-        "{failed} of {} connections failed: {errors:?}\n{}",
-        ok + failed,
-        c.log_tail(30)
-    );
-    assert!(ok >= 1000, "only {ok} connections were made");
-    assert_eq!(
-        replaced_slots(&seen, 4),
-        4,
-        "not every slot was recycled: {:?}\n{}",
-        seen.workers,
-        c.log_tail(30)
-    );
-    assert!(
-        seen.max_busy_slots <= 1,
-        "{} slots were recycling at the same time",
-        seen.max_busy_slots
-    );
-    assert!(
-        seen.max_alive <= 5,
-        "{} workers alive at once: more than one slot recycling",
-        seen.max_alive
-    );
-    assert_one_recycle_at_a_time(&c.log());
+    assert_recycled_under_load(&c, &seen, (ok, failed, &errors), 1000);
     for slot in 0..4 {
         let hist = seen.slot_history(slot);
         for (pid, w) in &hist[..hist.len() - 1] {

@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::io::ErrorKind;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,15 +25,10 @@ const MARGIN: Duration = Duration::from_secs(6);
 
 /// A config template: `Conf` plus extra `[master]` and `[worker]` lines.
 fn template(workers: usize, drain: &str, master_extra: &[&str]) -> String {
-    let mut t = Conf::new(workers).drain(drain).render();
-    if !master_extra.is_empty() {
-        t = t.replacen(
-            "[master]\n",
-            &format!("[master]\n{}\n", master_extra.join("\n")),
-            1,
-        );
-    }
-    t
+    Conf::new(workers)
+        .drain(drain)
+        .master(&master_extra.join("\n"))
+        .render()
 }
 
 /// `template` whose echo connections stay in their worker at reload (`suspend =
@@ -89,10 +84,6 @@ fn only_current_generation(c: &Corral, n: usize) -> bool {
             .iter()
             .all(|w| w.generation == generation && w.state == "ready")
         && procs == listed
-}
-
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
 }
 
 // ---------------------------------------------------------------------------

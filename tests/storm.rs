@@ -13,7 +13,6 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -32,10 +31,6 @@ const EVERY: Duration = Duration::from_millis(100);
 /// allocator noise, not one per reload.
 const FD_SLACK: usize = 32;
 const RSS_SLACK_KIB: u64 = 16 * 1024;
-
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
-}
 
 /// (generation, workers of it, all workers) from `corral status --json`.
 fn generations(c: &Corral) -> (u64, usize, usize) {

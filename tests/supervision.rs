@@ -27,22 +27,10 @@ const MARGIN: Duration = Duration::from_secs(6);
 
 /// A config template: `Conf` plus extra `[master]` and `[worker]` lines.
 fn template(workers: usize, master_extra: &[&str], worker_extra: &[&str]) -> String {
-    let mut t = Conf::new(workers).render();
-    if !master_extra.is_empty() {
-        t = t.replacen(
-            "[master]\n",
-            &format!("[master]\n{}\n", master_extra.join("\n")),
-            1,
-        );
-    }
-    if !worker_extra.is_empty() {
-        t = t.replacen(
-            "[worker]\n",
-            &format!("[worker]\n{}\n", worker_extra.join("\n")),
-            1,
-        );
-    }
-    t
+    Conf::new(workers)
+        .master(&master_extra.join("\n"))
+        .worker(&worker_extra.join("\n"))
+        .render()
 }
 
 /// `corral -s reload`, which must succeed; returns its output.

@@ -127,12 +127,7 @@ struct Bin {
 
 impl Bin {
     fn copy() -> Bin {
-        let dir = tempfile::Builder::new()
-            .prefix("corral-upgrade-bin-")
-            .tempdir()
-            .expect("create temp dir for the binary");
-        let path = dir.path().join("corral");
-        install_exec(Path::new(corral_bin()), &path);
+        let (dir, path) = copy_binary();
         Bin { _dir: dir, path }
     }
 
@@ -155,15 +150,10 @@ impl Bin {
 
 /// A 2-worker echo config with `upgrade_timeout`.
 fn config(upgrade_timeout: &str) -> String {
-    let mut out = String::new();
-    for line in Conf::new(2).drain("20s").render().lines() {
-        out.push_str(line);
-        out.push('\n');
-        if line.trim() == "[master]" {
-            out.push_str(&format!("upgrade_timeout = \"{upgrade_timeout}\"\n"));
-        }
-    }
-    out
+    Conf::new(2)
+        .drain("20s")
+        .master(&format!("upgrade_timeout = \"{upgrade_timeout}\""))
+        .render()
 }
 
 fn start(bin: &Bin, upgrade_timeout: &str) -> Corral {

@@ -7,8 +7,7 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -25,21 +24,6 @@ const IO_TIMEOUT: Duration = Duration::from_secs(120);
 /// One heavy test at a time.
 static HEAVY: Mutex<()> = Mutex::new(());
 
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
-}
-
-/// A copy of the built corral in a temp dir (an upgrade execs the binary's path).
-fn copy_binary() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::Builder::new()
-        .prefix("corral-xmaster-bin-")
-        .tempdir()
-        .expect("create temp dir for the binary");
-    let path = dir.path().join("corral");
-    install_exec(Path::new(corral_bin()), &path);
-    (dir, path)
-}
-
 fn start(bin: &Path) -> (Corral, u16) {
     let port = free_port();
     let c = Corral::start_with(
@@ -50,25 +34,6 @@ fn start(bin: &Path) -> (Corral, u16) {
         },
     );
     (c, port)
-}
-
-/// Every connection answers a full 200 that keeps the connection alive.
-fn all_kept_alive(c: &Corral, conns: &mut [std::net::TcpStream], label: &str) {
-    let answers = request_all(conns, IO_TIMEOUT);
-    let summary = tally(&answers);
-    eprintln!("after {label}: {summary}");
-    assert!(
-        answers.iter().all(|a| matches!(
-            a,
-            Answer::Full {
-                status: 200,
-                closes: false,
-                ..
-            }
-        )),
-        "{label}: {summary}\n{}",
-        c.log_tail(60)
-    );
 }
 
 #[test]
@@ -160,7 +125,7 @@ fn upgrade_moves_2000_idle_connections_to_the_new_masters_workers() {
         "moved connections not spread over the new workers: {spread:?}"
     );
     // ...and answers from there, keeping the connection alive.
-    all_kept_alive(&c, &mut conns, "the upgrade");
+    all_kept_alive(&c, &mut conns, "the upgrade", IO_TIMEOUT);
 
     // The old master said what became of its generation; the new one counts them.
     let log = c.log();
@@ -230,7 +195,7 @@ fn an_upgrade_that_rolls_back_moves_nothing_and_loses_nothing() {
         own.iter().filter(|o| o.is_none()).count(),
         c.log_tail(40)
     );
-    all_kept_alive(&c, &mut conns, "the rollback");
+    all_kept_alive(&c, &mut conns, "the rollback", IO_TIMEOUT);
     assert!(
         !c.log().contains("gone after"),
         "a generation was drained by a rolled-back upgrade\n{}",

@@ -96,6 +96,8 @@ impl Master {
         self.pid_file = None;
         self.reporter = None;
         self.xfer = xfer::Links::default();
+        // The old master's pidfd (after an upgrade) is the master's to wait on.
+        self.predecessor = None;
         if let State::Upgrading(_) = self.state {
             self.state = State::Running;
         }

@@ -348,6 +348,11 @@ impl Master {
                 Side::ToOld => {}
             }
         }
+        // The old master is gone for good: nothing more comes on its link, so its fd
+        // closes instead of staying open for the new master's whole life.
+        if side == Side::ToOld {
+            self.xfer.to_old = None;
+        }
     }
 
     /// Returns connections to our worker `pid`, or if it is gone to another of our

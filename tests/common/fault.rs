@@ -7,32 +7,19 @@ use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use super::{echo, owners, run_cli, wait_until, Corral, Echo};
+use super::{echo, owners, run_cli, wait_until, Conf, Corral, Echo};
 
 /// A config with `workers` echo workers, a 2 s watchdog, 200 ms heartbeats, a
 /// 64 MiB RSS limit and fault injection as `injection` says.
 pub fn conf(workers: usize, injection: bool) -> String {
-    format!(
-        "[master]\n\
-         workers = {workers}\n\
-         drain_timeout = \"20s\"\n\
-         stop_timeout = \"3s\"\n\
-         watchdog_timeout = \"2s\"\n\
-         max_worker_rss = \"64MiB\"\n\
-         fault_injection = {injection}\n\
-         \n\
-         [worker]\n\
-         heartbeat_interval = \"200ms\"\n\
-         max_connections = 4096\n\
-         idle_timeout = \"120s\"\n\
-         \n\
-         [log]\n\
-         level = \"info\"\n\
-         \n\
-         [[listen]]\n\
-         address = \"127.0.0.1:{{port}}\"\n\
-         service = \"echo\"\n"
-    )
+    Conf::new(workers)
+        .master(&format!(
+            "watchdog_timeout = \"2s\"\nmax_worker_rss = \"64MiB\"\nfault_injection = {injection}"
+        ))
+        .worker("heartbeat_interval = \"200ms\"")
+        .max_conns(4096)
+        .idle("120s")
+        .render()
 }
 
 /// One worker as the master reports it.

@@ -6,6 +6,8 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use super::Corral;
+
 /// One request, keep-alive (HTTP/1.1 default).
 pub const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: handover\r\n\r\n";
 
@@ -270,4 +272,24 @@ pub fn settle<T: PartialEq + Copy>(
             return (last, false);
         }
     }
+}
+
+/// One more request on every connection, with the tally printed after `label`; every
+/// answer must be a full `200` with keep-alive (the connection lives on).
+pub fn all_kept_alive(c: &Corral, conns: &mut [TcpStream], label: &str, timeout: Duration) {
+    let answers = request_all(conns, timeout);
+    let summary = tally(&answers);
+    eprintln!("after {label}: {summary}");
+    assert!(
+        answers.iter().all(|a| matches!(
+            a,
+            Answer::Full {
+                status: 200,
+                closes: false,
+                ..
+            }
+        )),
+        "{label}: {summary}\n{}",
+        c.log_tail(60)
+    );
 }

@@ -191,10 +191,7 @@ pub fn scrape_until(
 /// A config: `Conf::new(workers)` (echo on `{port}`) plus a metrics listener on
 /// `metrics_port`, and `extra` appended.
 pub fn config(conf: Conf, metrics_port: u16, extra: &str) -> String {
-    format!(
-        "{}\n[[listen]]\naddress = \"127.0.0.1:{metrics_port}\"\nservice = \"metrics\"\n{extra}",
-        conf.render()
-    )
+    conf.listen(metrics_port, "metrics", extra).render()
 }
 
 /// One HTTP/1.1 exchange on a kept-alive socket: the status, the head, and whether

@@ -11,7 +11,7 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::{wait_until, Corral};
+use super::{wait_until, Conf, Corral};
 
 /// The scale tests hold tens of thousands of sockets each: one at a time, even when
 /// the harness runs tests in parallel.
@@ -121,12 +121,16 @@ pub fn total_connections(c: &Corral) -> u64 {
 /// An echo config for many connections: `accept = "reuseport"`, `extra` lines in
 /// `[flow]`.
 pub fn echo_conf(workers: usize, max_conns: usize, drain: &str, flow: &str) -> String {
-    format!(
-        "[master]\nworkers = {workers}\ndrain_timeout = \"{drain}\"\nstop_timeout = \"5s\"\n\n\
-         [worker]\nmax_connections = {max_conns}\nidle_timeout = \"10m\"\nheartbeat_interval = \"500ms\"\n\n\
-         [flow]\n{flow}\n\n[log]\nlevel = \"warn\"\n\n\
-         [[listen]]\naddress = \"127.0.0.1:{{port}}\"\nservice = \"echo\"\naccept = \"reuseport\"\nbacklog = 4096\n"
-    )
+    Conf::new(workers)
+        .drain(drain)
+        .stop("5s")
+        .max_conns(max_conns)
+        .idle("10m")
+        .worker("heartbeat_interval = \"500ms\"")
+        .table("flow", flow)
+        .level("warn")
+        .echo("accept = \"reuseport\"\nbacklog = 4096")
+        .render()
 }
 
 /// Starts `procs` idle-mode clients holding `total` connections between them over

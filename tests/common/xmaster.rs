@@ -17,21 +17,14 @@ use super::{connect, Conf, Corral};
 /// drain and idle timeout (an exit at either would fail the tests), room for
 /// thousands of connections; `master_extra` lines go in `[master]`.
 pub fn http_template(workers: usize, http_port: u16, master_extra: &str) -> String {
-    let mut conf = Conf::new(workers).drain("60s").idle("300s");
-    conf.max_connections = 10_000;
-    let mut out = String::new();
-    for line in conf.render().lines() {
-        out.push_str(line);
-        out.push('\n');
-        if line.trim() == "[master]" {
-            out.push_str("upgrade_timeout = \"30s\"\n");
-            out.push_str(master_extra);
-        }
-    }
-    out.push_str(&format!(
-        "\n[[listen]]\naddress = \"127.0.0.1:{http_port}\"\nservice = \"http\"\n"
-    ));
-    out
+    Conf::new(workers)
+        .drain("60s")
+        .idle("300s")
+        .max_conns(10_000)
+        .master("upgrade_timeout = \"30s\"")
+        .master(master_extra)
+        .listen(http_port, "http", "")
+        .render()
 }
 
 /// `corral status --json`, parsed; panics with the output if it is not an answer.

@@ -10,14 +10,17 @@
 //! pause; the summary reports the affected and the unaffected clients separately.
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use corral::os::epoll::{Epoll, Event};
+use socket2::Socket;
 
-use crate::{Bucket, Histogram, Plan, STOP};
+use crate::bucket::Bucket;
+use crate::conn::{key, open_connection, wait_events};
+use crate::histogram::Histogram;
+use crate::plan::Plan;
+use crate::run::STOP;
 
 /// Most bytes in flight per connection (sent, not yet received back).
 const WINDOW: usize = 256 << 10;
@@ -66,10 +69,6 @@ pub struct StreamOutcome {
     pub gaps_us: Histogram,
     pub connect_failed: u64,
     pub window: Duration,
-}
-
-fn key(idx: usize, token: u32) -> u64 {
-    ((idx as u64) << 32) | u64::from(token)
 }
 
 struct Thread<'p> {
@@ -122,8 +121,7 @@ impl<'p> Thread<'p> {
         thread: usize,
         start: Instant,
     ) -> Result<Self, String> {
-        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
-            .map_err(|e| format!("epoll_create1() failed: {e}"))?;
+        let epoll = Epoll::new(1024).map_err(|e| format!("epoll_create1() failed: {e}"))?;
         let conns = (0..plan.conns)
             .filter(|g| g % plan.threads == thread)
             .map(|global| Conn {
@@ -155,23 +153,17 @@ impl<'p> Thread<'p> {
 
     fn run(mut self, start: Instant) -> Result<StreamOutcome, String> {
         let end = start + self.plan.duration;
-        let mut events = vec![EpollEvent::empty(); 1024];
+        let mut events = Vec::with_capacity(1024);
         loop {
             let now = Instant::now();
             if now >= end || STOP.load(Ordering::Relaxed) {
                 break;
             }
             self.connect_due(now);
-            let n = match self.epoll.wait(&mut events, 20u16) {
-                Ok(n) => n,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(format!("epoll_wait() failed: {e}")),
-            };
-            for ev in &events[..n] {
-                let idx = (ev.data() >> 32) as usize;
-                let token = ev.data() as u32;
+            wait_events(&mut self.epoll, Duration::from_millis(20), &mut events)?;
+            for &(idx, token, ev) in &events {
                 if self.conns.get(idx).is_some_and(|c| c.token == token) {
-                    self.on_event(idx, ev.events());
+                    self.on_event(idx, ev);
                 }
             }
         }
@@ -217,40 +209,11 @@ impl<'p> Thread<'p> {
     }
 
     fn open(&mut self, idx: usize) -> Result<(), String> {
-        let addr: SocketAddr = self.plan.addr;
-        let sock = Socket::new(
-            Domain::for_address(addr),
-            Type::STREAM.nonblocking().cloexec(),
-            Some(Protocol::TCP),
-        )
-        .map_err(|e| format!("socket() failed: {e}"))?;
-        if !self.plan.sources.is_empty() {
-            let src = self.plan.sources[self.conns[idx].global % self.plan.sources.len()];
-            nix::sys::socket::setsockopt(
-                &sock,
-                nix::sys::socket::sockopt::IpBindAddressNoPort,
-                &true,
-            )
-            .map_err(|e| format!("setsockopt(IP_BIND_ADDRESS_NO_PORT) failed: {e}"))?;
-            sock.bind(&SockAddr::from(SocketAddr::new(src, 0)))
-                .map_err(|e| format!("bind({src}) failed: {e}"))?;
-        }
-        match sock.connect(&SockAddr::from(addr)) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-            Err(e) => return Err(format!("connect({addr}) failed: {e}")),
-        }
+        let source = (!self.plan.sources.is_empty())
+            .then(|| self.plan.sources[self.conns[idx].global % self.plan.sources.len()]);
+        let token = key(idx, self.conns[idx].token);
+        let sock = open_connection(&self.epoll, self.plan.addr, source, false, token)?;
         let c = &mut self.conns[idx];
-        let ev = EpollEvent::new(
-            EpollFlags::EPOLLIN
-                | EpollFlags::EPOLLOUT
-                | EpollFlags::EPOLLRDHUP
-                | EpollFlags::EPOLLET,
-            key(idx, c.token),
-        );
-        self.epoll
-            .add(&sock, ev)
-            .map_err(|e| format!("epoll_ctl(ADD) failed: {e}"))?;
         c.sock = Some(sock);
         c.sent = 0;
         c.received = 0;
@@ -258,13 +221,13 @@ impl<'p> Thread<'p> {
         Ok(())
     }
 
-    fn on_event(&mut self, idx: usize, flags: EpollFlags) {
+    fn on_event(&mut self, idx: usize, ev: Event) {
         if !self.conns[idx].connected {
             let Some(sock) = &self.conns[idx].sock else {
                 return;
             };
             match sock.take_error() {
-                Ok(None) if flags.contains(EpollFlags::EPOLLOUT) => {
+                Ok(None) if ev.writable => {
                     self.conns[idx].connected = true;
                 }
                 Ok(None) => return,

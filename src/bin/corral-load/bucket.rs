@@ -1,0 +1,48 @@
+//! The `--connect-rate` token bucket (corral-load's own copy: the worker's moves to
+//! `src/worker/bucket.rs`, which the integrator may switch this to).
+
+use std::time::{Duration, Instant};
+
+/// A token bucket for `--connect-rate`, with about 100 ms of burst.
+pub(crate) struct Bucket {
+    pub(crate) rate: f64,
+    pub(crate) tokens: f64,
+    pub(crate) cap: f64,
+    pub(crate) last: Instant,
+}
+
+impl Bucket {
+    pub(crate) fn new(rate: f64, now: Instant) -> Self {
+        let cap = (rate / 10.0).max(1.0);
+        Bucket {
+            rate,
+            tokens: 1.0,
+            cap,
+            last: now,
+        }
+    }
+
+    pub(crate) fn refill(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + dt * self.rate).min(self.cap);
+        self.last = now;
+    }
+
+    pub(crate) fn take(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    pub(crate) fn next_token(&self, now: Instant) -> Instant {
+        if self.tokens >= 1.0 {
+            now
+        } else {
+            now + Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
+        }
+    }
+}
