@@ -22,10 +22,10 @@ pub mod process;
 pub mod procfs;
 pub mod scm;
 pub mod signals;
-pub mod syscall;
-pub mod stream;
-pub mod types;
 pub mod sockio;
+pub mod stream;
+pub mod syscall;
+pub mod types;
 
 /// The error of a system call, with the call and what it was for.
 #[derive(Debug, thiserror::Error)]

@@ -9,8 +9,8 @@ use std::path::Path;
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use super::syscall::{cvt, retry};
 pub use super::addr::ListenAddr;
+use super::syscall::{cvt, retry};
 
 /// Why a listener could not be opened.
 #[derive(Debug, thiserror::Error)]
