@@ -467,6 +467,9 @@ struct Counters {
     closed_idle: u64,
     bytes_sent: u64,
     bytes_received: u64,
+    /// Connection slots lost (any of the four above) at least once: unlike the events,
+    /// this never exceeds the connections held, however often a slot reconnects.
+    conns_lost: u64,
 }
 
 impl Counters {
@@ -480,6 +483,7 @@ impl Counters {
         self.closed_idle += o.closed_idle;
         self.bytes_sent += o.bytes_sent;
         self.bytes_received += o.bytes_received;
+        self.conns_lost += o.conns_lost;
     }
 
     fn since(&self, o: &Counters) -> Counters {
@@ -493,6 +497,7 @@ impl Counters {
             closed_idle: self.closed_idle - o.closed_idle,
             bytes_sent: self.bytes_sent - o.bytes_sent,
             bytes_received: self.bytes_received - o.bytes_received,
+            conns_lost: self.conns_lost - o.conns_lost,
         }
     }
 
@@ -546,6 +551,8 @@ struct Conn {
     back: Vec<u8>,
     got: usize,
     failures: u32,
+    /// Counted in `conns_lost` already.
+    was_lost: bool,
 }
 
 /// Per-second progress sent from a thread to the main thread.
@@ -677,6 +684,7 @@ impl<'p> Worker<'p> {
                 back: vec![0; plan.size],
                 got: 0,
                 failures: 0,
+                was_lost: false,
             })
             .collect();
         let queue = (0..conns.len()).collect();
@@ -842,6 +850,7 @@ impl<'p> Worker<'p> {
                 }
                 State::Sending | State::Receiving => {
                     self.counters.timeouts += 1;
+                    self.note_lost(idx);
                     self.reconnect(idx);
                 }
                 _ => {}
@@ -956,6 +965,13 @@ impl<'p> Worker<'p> {
         if c.established {
             c.established = false;
             self.open -= 1;
+        }
+    }
+
+    /// Counts slot `idx` in `conns_lost`, once.
+    fn note_lost(&mut self, idx: usize) {
+        if !std::mem::replace(&mut self.conns[idx].was_lost, true) {
+            self.counters.conns_lost += 1;
         }
     }
 
@@ -1099,6 +1115,7 @@ impl<'p> Worker<'p> {
     /// The server closed or reset while an echo was expected.
     fn lost(&mut self, idx: usize) {
         self.counters.reset_eof += 1;
+        self.note_lost(idx);
         self.reconnect(idx);
     }
 
@@ -1109,6 +1126,7 @@ impl<'p> Worker<'p> {
         let c = &mut self.conns[idx];
         if c.back != c.out {
             self.counters.mismatch += 1;
+            self.note_lost(idx);
             // The stream is out of step; only a new connection can resynchronise.
             self.reconnect(idx);
             return false;
@@ -1161,11 +1179,13 @@ impl<'p> Worker<'p> {
             Err(e) if is_would_block(&e) || is_interrupted(&e) => {}
             Ok(0) | Err(_) => {
                 self.counters.closed_idle += 1;
+                self.note_lost(idx);
                 self.reconnect(idx);
             }
             Ok(_) => {
                 // An echo server never speaks first.
                 self.counters.mismatch += 1;
+                self.note_lost(idx);
                 self.reconnect(idx);
             }
         }
@@ -1330,6 +1350,7 @@ fn summary_json(plan: &Plan, s: &Summary) -> serde_json::Value {
             "timeouts": c.timeouts,
             "closed_idle": c.closed_idle,
             "total": c.errors(),
+            "conns_lost": c.conns_lost,
         },
         "first_connect_error": s.first_connect_error,
     })
