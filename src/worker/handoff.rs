@@ -24,6 +24,12 @@ use super::{Phase, Timer, Worker, TOKEN_CHANNEL};
 /// How often a drained worker looks whether the master has read its last hand-overs.
 const SETTLE_CHECK: Duration = Duration::from_millis(10);
 
+/// Most channel messages one loop turn reads (at most 64 connections each). Without a
+/// bound, a worker adopting from a master that keeps its channel full reads for as
+/// long as the master sends: on a busy box with a million connections moving, long
+/// enough to miss its heartbeats and be killed by the watchdog as hung.
+pub(super) const CHANNEL_TURN: usize = 32;
+
 /// A worker's hand-over in progress.
 #[derive(Debug, Default)]
 pub(super) struct Handoff {

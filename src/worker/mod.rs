@@ -487,7 +487,9 @@ impl Worker {
     }
 
     fn read_channel(&mut self) {
-        loop {
+        // million: a turn's worth, so that a worker adopting thousands of connections
+        // still reaches its timers (and heartbeats); the channel is level-triggered.
+        for _ in 0..handoff::CHANNEL_TURN {
             let got = match &self.channel {
                 Some(ch) => ch.recv_fds::<ToWorker>(),
                 None => return,
