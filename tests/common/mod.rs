@@ -1117,4 +1117,6 @@ pub mod sysd;
 #[allow(dead_code)]
 pub mod metrics;
 #[allow(dead_code)]
+pub mod million;
+#[allow(dead_code)]
 pub mod xmaster;
