@@ -187,7 +187,7 @@ fn held_connections_move_through_a_reload_and_an_upgrade_without_loss() {
         c.log_tail(40)
     );
     assert!(
-        new_master.is_some_and(|p| proc_alive_pid(p)),
+        new_master.is_some_and(proc_alive_pid),
         "the new master is gone"
     );
     eprintln!(

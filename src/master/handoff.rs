@@ -22,7 +22,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
@@ -153,15 +153,27 @@ impl Master {
     /// now: their heartbeats wait behind hand-overs the master chose not to read yet.
     /// Called before the watchdog looks; once reading resumes, the usual limit runs
     /// from the last of these.
-    pub(super) fn excuse_unread_heartbeats(&mut self, now: Instant) {
+    ///
+    /// And a worker that looks silent may only be unread: one master turn spent
+    /// forwarding a draining worker's stream of hand-overs can outlast the watchdog's
+    /// limit, with the other workers' heartbeats waiting on their channels. Those are
+    /// read first, so that only a worker with nothing waiting is judged.
+    pub(super) fn excuse_unread_heartbeats(&mut self, now: Instant, limit: Duration) {
         let in_flight = self.handoff_in_flight();
-        if in_flight < MAX_IN_FLIGHT {
-            return;
-        }
+        let mut overdue = Vec::new();
         for k in 0..self.workers.len() {
-            if self.handoff_paused(&self.workers[k], in_flight) {
+            let w = &self.workers[k];
+            if self.handoff_paused(w, in_flight) {
                 self.workers[k].last_heartbeat = now;
+            } else if !w.channel_closed
+                && w.watchdog_kill.is_none()
+                && now.saturating_duration_since(w.last_heartbeat) >= limit
+            {
+                overdue.push(w.pid);
             }
+        }
+        for pid in overdue {
+            self.read_worker(pid);
         }
     }
 

@@ -1074,9 +1074,9 @@ impl Master {
     /// Kills workers that stopped sending heartbeats: SIGABRT first, for a core dump
     /// that shows where it hung, then SIGKILL.
     fn watchdog(&mut self, now: Instant) {
-        // million: heartbeats left unread behind paused hand-overs are no hang.
-        self.excuse_unread_heartbeats(now);
         let limit = self.config.master.watchdog_timeout.0;
+        // million: heartbeats the master has not read yet are no hang.
+        self.excuse_unread_heartbeats(now, limit);
         let mut fired = Vec::new();
         for w in &mut self.workers {
             if matches!(w.state, WorkerState::Stopping) {
