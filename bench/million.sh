@@ -28,7 +28,8 @@
 #
 # Usage: bench/million.sh [N]
 # Knobs: SERVICE=echo|http PORTS=2 CONNECT_RATE=20000 SAMPLE=200 DRAIN_TIMEOUT=10m
-#        DEADLINE_S=1500 MIN_AVAIL_GB=3 NO_BUILD=1 KEEP=1
+#        DEADLINE_S=1500 MIN_AVAIL_GB=3 NO_BUILD=1 KEEP=1 LOG_LEVEL=warn (info logs each
+#        worker's hand-over counts) MOVE_WAIT_S=300 (longest wait for one move to finish)
 # Last line: held=<N> lost=<M> establish_s=<S> user_bytes_per_conn=<B>
 set -euo pipefail
 . "$(dirname "$0")/peer_lib.sh"
@@ -40,6 +41,8 @@ CONNECT_RATE=${CONNECT_RATE:-20000}
 SAMPLE=${SAMPLE:-200}
 DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-10m}
 DEADLINE_S=${DEADLINE_S:-1500}
+LOG_LEVEL=${LOG_LEVEL:-warn}
+MOVE_WAIT_S=${MOVE_WAIT_S:-300}
 MIN_AVAIL_GB=${MIN_AVAIL_GB:-3}
 PER_WORKER=18000
 PER_CLIENT=18000
@@ -94,7 +97,7 @@ upgrade_timeout = "120s"
 max_connections = 19000
 idle_timeout = "30m"
 [log]
-level = "warn"
+level = "$LOG_LEVEL"
 $(listen_blocks)
 EOF
 T_READY=$(now_ms)
@@ -112,6 +115,8 @@ spread() { status_json | python3 -c '
 import json,sys
 c=[w.get("connections",0) for w in json.load(sys.stdin).get("workers",[]) if w.get("state")=="ready"]
 print(f"{min(c)}..{max(c)} over {len(c)} workers" if c else "-")' 2>/dev/null || echo "-"; }
+# running PID: alive and not a zombie
+running() { [[ -n ${1:-} ]] && [[ -r /proc/$1/stat ]] && [[ $(awk '{ print $3 }' /proc/"$1"/stat 2>/dev/null) != Z ]]; }
 workers_now() { cat /proc/"$C_MASTER"/task/*/children 2>/dev/null | xargs -n1 2>/dev/null || true; }
 
 sleep 1
@@ -185,45 +190,61 @@ UB=$(awk -v a="$P0" -v b="$P1" -v n="$HELD_BEFORE" 'BEGIN { if (n > 0) printf "%
 log "holding $HELD_BEFORE: workers $SPREAD; Pss $P0 -> $P1 kB ($UB B/conn); sockstat TCP mem $S0 -> $S1 pages; Slab $SL0 -> $SL1 kB; corral status median ${ST_MED} ms (${ST_MS[*]}); idle CPU ${IDLE_CPU}% of a core (master + workers)"
 
 # ----- reload and upgrade while holding -----------------------------------------------
-# move NAME CMD...: time the command; for http, also until one generation holds everything
+# move NAME CMD...: time the command, then how long until every held connection has
+# left where it was: for a reload, until only the newest generation has workers; for an
+# upgrade, until the old master (and so every one of its workers) is gone.
+MOVE_MS=()
 move() {
-  local name=$1 a b out rc=0
+  local name=$1 a b out rc=0 old=$C_MASTER
   shift
   a=$(now_ms)
   out=$(timeout 300 "$@" 2>&1) || rc=$?
   b=$(now_ms)
   log "$name: rc=$rc in $((b - a)) ms: $(echo "$out" | tail -n1)"
-  # after an upgrade the new master sees only its own (new) workers: nothing to wait for
-  if [[ $SERVICE == http && $name == reload ]]; then
-    local d=$(($(now_ms) + 120000)) g
-    while (($(now_ms) < d)); do
-      g=$(conns_by_gen)
-      [[ $(wc -w <<<"$g") == 1 ]] && break
-      mem_ok || break
-      sleep 0.5
-    done
-    log "$name: hand-over done $(($(now_ms) - a)) ms after the command: $(conns_by_gen)"
+  if [[ $name == upgrade ]]; then
+    local new
+    new=$(cat "$(dirname "$C_CONF")/corral.pid" 2>/dev/null || echo "")
+    if [[ -n $new && $new != "$old" ]]; then
+      C_MASTER=$new
+      log "upgrade: master $old -> $new"
+    fi
+  fi
+  local d=$((a + MOVE_WAIT_S * 1000)) g done=0 next_log=$((a + 5000))
+  while (($(now_ms) < d)); do
+    g=$(conns_by_gen)
+    if [[ $name == reload ]]; then
+      [[ $(wc -w <<<"$g") == 1 ]] && done=1
+    else
+      running "$old" || done=1
+    fi
+    ((done)) && break
+    mem_ok || break
+    if (($(now_ms) >= next_log)); then
+      log "$name: +$((($(now_ms) - a) / 1000)) s: the current master's workers: $g"
+      next_log=$((next_log + 5000))
+    fi
+    sleep 0.5
+  done
+  local took=$(($(now_ms) - a))
+  if ((done)); then
+    MOVE_MS+=("$name=${took}ms")
+    log "$name: moved: $took ms after the command: $(conns_by_gen)"
   else
-    sleep 2
-    log "$name: the current master's workers: $(conns_by_gen) (connections move to the newest generation, and at an upgrade to the new master, within seconds)"
+    MOVE_MS+=("$name=unfinished")
+    log "$name: NOT finished $took ms after the command${STOP_REASON:+ ($STOP_REASON)}: $(conns_by_gen)"
   fi
 }
 if [[ -z $STOP_REASON ]]; then
   move reload "$CORRAL" -s reload -c "$C_CONF"
 fi
 if [[ -z $STOP_REASON ]] && mem_ok; then
-  old=$C_MASTER
   move upgrade "$CORRAL" -s upgrade -c "$C_CONF"
-  new=$(cat "$(dirname "$C_CONF")/corral.pid" 2>/dev/null || echo "")
-  if [[ -n $new && $new != "$old" ]]; then
-    C_MASTER=$new
-    log "upgrade: master $old -> $new"
-  fi
 fi
 mem_ok || true
 sleep 3
 HELD_AFTER=0
 for ((i = 0; i < PORTS; i++)); do HELD_AFTER=$((HELD_AFTER + $(estab_count $((BASE_PORT + i))))); done
+log "move times (command to the last connection moved): ${MOVE_MS[*]:-none}"
 log "after the moves: $HELD_AFTER established on the server ports (ss; every master and generation), the current master's workers: $(conns_by_gen); MemAvailable $(($(meminfo_kb MemAvailable) / 1024)) MiB"
 
 # ----- clients leave ------------------------------------------------------------------
@@ -231,10 +252,13 @@ for p in "${CL[@]}" $SAMPLE_PID; do kill -TERM "$p" 2>/dev/null || true; done
 t_stop=$(now_ms)
 for p in "${CL[@]}" $SAMPLE_PID; do wait "$p" 2>/dev/null || true; done
 log "clients stopped in $(($(now_ms) - t_stop)) ms"
-LOST=0 CFAIL=0 OPEN=0
+# lost: held connections (client slots) closed, reset or silent at least once; each
+# client counts a slot once however often it reconnects, so lost <= held.
+EVENTS=0 CFAIL=0 OPEN=0 LOST=0
 for f in "$WORK"/idle-*.json; do
+  LOST=$((LOST + $(jget conns_lost "$f" 2>/dev/null || echo 0)))
   for k in reset_eof closed_idle mismatch timeouts; do
-    LOST=$((LOST + $(jget "$k" "$f" 2>/dev/null || echo 0)))
+    EVENTS=$((EVENTS + $(jget "$k" "$f" 2>/dev/null || echo 0)))
   done
   CFAIL=$((CFAIL + $(jget connect_failed "$f" 2>/dev/null || echo 0)))
   OPEN=$((OPEN + $(jget conns_open_at_end "$f" 2>/dev/null || echo 0)))
@@ -244,7 +268,7 @@ if [[ -n $SAMPLE_PID && -s $WORK/sample.json ]]; then
   f=$WORK/sample.json
   SAMPLE_LINE="round_trips=$(jget round_trips "$f") failed=$(jget round_trips_failed "$f") reset_eof=$(jget reset_eof "$f") p99_us=$(jlat p99 "$f")"
 fi
-log "clients: open at end $OPEN, lost while held $LOST, connect failures (retried) $CFAIL; echo sample: $SAMPLE_LINE"
+log "clients: open at end $OPEN, loss events $EVENTS (a reconnected connection can be lost again), connect failures (retried) $CFAIL; echo sample: $SAMPLE_LINE"
 d=$(($(now_ms) + 60000))
 while (($(conns_total) > 0 && $(now_ms) < d)); do sleep 1; done
 sleep 2

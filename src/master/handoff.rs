@@ -10,10 +10,19 @@
 //! filling the master's fd table. With no ready worker to give a connection to, the
 //! master returns it to the worker that handed it over (`ToWorker::Keep`), where it
 //! stays under the drain rules; only a connection whose both ends are gone is closed.
+//!
+//! Two things matter at scale (a million connections over 56 workers). Connections
+//! are spread in runs of at least `SPREAD_RUN`, not one by one, so that a target's
+//! messages carry many fds each (one fd per message would cost the master a `sendmsg`
+//! per connection, and fill a worker's channel after ~280 of them). And a draining
+//! worker whose channel the master leaves unread has its heartbeats waiting unread
+//! there: that silence is the master's own doing, and must not make the watchdog kill
+//! the worker (with every connection it still holds) as hung.
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
@@ -25,6 +34,10 @@ use super::Master;
 /// Most handed-over fds the master holds at once (its soft limit is ~20000, and a
 /// single worker may hand over 10000).
 pub const MAX_IN_FLIGHT: usize = 2048;
+
+/// Fewest connections given to one target in a row when a batch is spread (unless
+/// the batch is smaller).
+pub const SPREAD_RUN: usize = 16;
 
 /// A worker record's hand-over queues and counts.
 #[derive(Debug)]
@@ -136,6 +149,34 @@ impl Master {
         in_flight >= MAX_IN_FLIGHT && matches!(w.state, WorkerState::Draining { .. })
     }
 
+    /// Workers whose channel is left unread (`handoff_paused`) count as heard from
+    /// now: their heartbeats wait behind hand-overs the master chose not to read yet.
+    /// Called before the watchdog looks; once reading resumes, the usual limit runs
+    /// from the last of these.
+    ///
+    /// And a worker that looks silent may only be unread: one master turn spent
+    /// forwarding a draining worker's stream of hand-overs can outlast the watchdog's
+    /// limit, with the other workers' heartbeats waiting on their channels. Those are
+    /// read first, so that only a worker with nothing waiting is judged.
+    pub(super) fn excuse_unread_heartbeats(&mut self, now: Instant, limit: Duration) {
+        let in_flight = self.handoff_in_flight();
+        let mut overdue = Vec::new();
+        for k in 0..self.workers.len() {
+            let w = &self.workers[k];
+            if self.handoff_paused(w, in_flight) {
+                self.workers[k].last_heartbeat = now;
+            } else if !w.channel_closed
+                && w.watchdog_kill.is_none()
+                && now.saturating_duration_since(w.last_heartbeat) >= limit
+            {
+                overdue.push(w.pid);
+            }
+        }
+        for pid in overdue {
+            self.read_worker(pid);
+        }
+    }
+
     /// Workers that may adopt connections: ready, current generation, not on their way
     /// out, reachable.
     fn adopters(&self, except: Option<usize>) -> Vec<usize> {
@@ -199,12 +240,21 @@ impl Master {
         if let Some(f) = from {
             self.workers[f].handoff.forwarded += n;
         }
-        for (c, fd) in conns {
-            self.handoff_rr = self.handoff_rr.wrapping_add(1);
+        self.spread(&targets, conns);
+    }
+
+    /// Queues `conns` on the `targets` in turn, in runs of at least `SPREAD_RUN` (the
+    /// turn goes on from batch to batch, so the runs even out), and sends.
+    fn spread(&mut self, targets: &[usize], conns: Vec<(Handed, OwnedFd)>) {
+        let run = conns.len().div_ceil(targets.len()).max(SPREAD_RUN);
+        for (k, (c, fd)) in conns.into_iter().enumerate() {
+            if k % run == 0 {
+                self.handoff_rr = self.handoff_rr.wrapping_add(1);
+            }
             let t = targets[self.handoff_rr % targets.len()];
             self.workers[t].handoff.adopt.push(c, fd);
         }
-        for t in targets {
+        for &t in targets {
             self.flush_handoff(t);
         }
     }
@@ -224,14 +274,7 @@ impl Master {
             );
             return Err((why, conns));
         }
-        for (c, fd) in conns {
-            self.handoff_rr = self.handoff_rr.wrapping_add(1);
-            let t = targets[self.handoff_rr % targets.len()];
-            self.workers[t].handoff.adopt.push(c, fd);
-        }
-        for t in targets {
-            self.flush_handoff(t);
-        }
+        self.spread(&targets, conns);
         Ok(())
     }
 

@@ -168,6 +168,8 @@ impl Master {
     /// that shows where it hung, then SIGKILL.
     pub(super) fn watchdog(&mut self, now: Instant) {
         let limit = self.config.master.watchdog_timeout.0;
+        // Heartbeats the master has not read yet are no hang.
+        self.excuse_unread_heartbeats(now, limit);
         let mut fired = Vec::new();
         for w in &mut self.workers {
             if matches!(w.state, WorkerState::Stopping) {

@@ -55,8 +55,12 @@ impl Worker {
             Instant::now() + self.config.master.drain_timeout.0,
             Timer::DrainDeadline,
         );
-        for token in self.conns.tokens() {
+        for (k, token) in self.conns.tokens().into_iter().enumerate() {
             self.release_idle(token);
+            // Suspending 18k connections is one long turn.
+            if k % super::handoff::BEAT_EVERY == super::handoff::BEAT_EVERY - 1 {
+                self.beat_if_due();
+            }
         }
     }
 

@@ -24,6 +24,16 @@ use super::{Phase, Timer, Worker, TOKEN_CHANNEL};
 /// How often a drained worker looks whether the master has read its last hand-overs.
 const SETTLE_CHECK: Duration = Duration::from_millis(10);
 
+/// Most channel messages one loop turn reads (at most 64 connections each). Without a
+/// bound, a worker adopting from a master that keeps its channel full reads for as
+/// long as the master sends: on a busy box with a million connections moving, long
+/// enough to miss its heartbeats and be killed by the watchdog as hung.
+pub(super) const CHANNEL_TURN: usize = 32;
+
+/// Connections suspended at a drain between two looks at the heartbeat's due time
+/// (see `beat_if_due`).
+pub(super) const BEAT_EVERY: usize = 256;
+
 /// A worker's hand-over in progress.
 #[derive(Debug, Default)]
 pub(super) struct Handoff {
@@ -39,6 +49,8 @@ pub(super) struct Handoff {
     reported: HandoffCounts,
     /// A `HandoffSettle` timer is pending.
     pub(super) settle_armed: bool,
+    /// When a heartbeat sent from inside a long turn (`beat_if_due`) is next due.
+    next_beat: Option<Instant>,
 }
 
 impl Handoff {
@@ -58,6 +70,20 @@ impl Handoff {
 }
 
 impl Worker {
+    /// Suspending every connection at a drain, or adopting a few thousand, is one
+    /// loop turn that can outlast `watchdog_timeout` on a busy box with tens of
+    /// thousands of connections: the heartbeat timer would not run until it ends, and
+    /// the master would kill this worker as hung, with the connections it holds. So
+    /// such a turn sends a heartbeat itself when one is due.
+    pub(super) fn beat_if_due(&mut self) {
+        let now = Instant::now();
+        if self.handoff.next_beat.is_some_and(|t| now < t) {
+            return;
+        }
+        self.handoff.next_beat = Some(now + self.config.worker.heartbeat_interval.0);
+        self.heartbeat();
+    }
+
     /// Step 4: sends what is queued, as far as the channel takes it.
     pub(super) fn flush_handoff(&mut self) {
         let h = &mut self.handoff;
@@ -123,6 +149,8 @@ impl Worker {
                 "handed-over connections and fds do not match; closing the unmatched"
             );
         }
+        // A turn may read many of these messages in a row.
+        self.beat_if_due();
         let mut refused = Vec::new();
         for (h, fd) in conns.into_iter().zip(fds) {
             match (self.phase, self.idle_policy) {

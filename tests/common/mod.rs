@@ -51,4 +51,6 @@ pub mod sysd;
 #[allow(dead_code)]
 pub mod metrics;
 #[allow(dead_code)]
+pub mod million;
+#[allow(dead_code)]
 pub mod xmaster;

@@ -50,6 +50,8 @@ pub(crate) struct Conn {
     pub(crate) back: Vec<u8>,
     pub(crate) got: usize,
     pub(crate) failures: u32,
+    /// Counted in `conns_lost` already.
+    pub(crate) was_lost: bool,
 }
 
 /// Per-second progress sent from a thread to the main thread.

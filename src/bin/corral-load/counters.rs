@@ -20,6 +20,9 @@ pub(crate) struct Counters {
     pub(crate) closed_idle: u64,
     pub(crate) bytes_sent: u64,
     pub(crate) bytes_received: u64,
+    /// Connection slots lost (any of the four above) at least once: unlike the events,
+    /// this never exceeds the connections held, however often a slot reconnects.
+    pub(crate) conns_lost: u64,
 }
 
 impl Counters {
@@ -33,6 +36,7 @@ impl Counters {
         self.closed_idle += o.closed_idle;
         self.bytes_sent += o.bytes_sent;
         self.bytes_received += o.bytes_received;
+        self.conns_lost += o.conns_lost;
     }
 
     pub(crate) fn since(&self, o: &Counters) -> Counters {
@@ -46,6 +50,7 @@ impl Counters {
             closed_idle: self.closed_idle - o.closed_idle,
             bytes_sent: self.bytes_sent - o.bytes_sent,
             bytes_received: self.bytes_received - o.bytes_received,
+            conns_lost: self.conns_lost - o.conns_lost,
         }
     }
 

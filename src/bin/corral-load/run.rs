@@ -215,6 +215,7 @@ pub(crate) fn summary_json(plan: &Plan, s: &Summary) -> serde_json::Value {
             "timeouts": c.timeouts,
             "closed_idle": c.closed_idle,
             "total": c.errors(),
+            "conns_lost": c.conns_lost,
         },
         "first_connect_error": s.first_connect_error,
     })

@@ -72,6 +72,7 @@ impl<'p> Worker<'p> {
                 back: vec![0; plan.size],
                 got: 0,
                 failures: 0,
+                was_lost: false,
             })
             .collect();
         let queue = (0..conns.len()).collect();
@@ -229,6 +230,7 @@ impl<'p> Worker<'p> {
                 }
                 State::Sending | State::Receiving => {
                     self.counters.timeouts += 1;
+                    self.note_lost(idx);
                     self.reconnect(idx);
                 }
                 _ => {}
@@ -300,6 +302,13 @@ impl<'p> Worker<'p> {
         if c.established {
             c.established = false;
             self.open -= 1;
+        }
+    }
+
+    /// Counts slot `idx` in `conns_lost`, once.
+    fn note_lost(&mut self, idx: usize) {
+        if !std::mem::replace(&mut self.conns[idx].was_lost, true) {
+            self.counters.conns_lost += 1;
         }
     }
 
@@ -437,6 +446,7 @@ impl<'p> Worker<'p> {
     /// The server closed or reset while an echo was expected.
     pub(crate) fn lost(&mut self, idx: usize) {
         self.counters.reset_eof += 1;
+        self.note_lost(idx);
         self.reconnect(idx);
     }
 
@@ -447,6 +457,7 @@ impl<'p> Worker<'p> {
         let c = &mut self.conns[idx];
         if c.back != c.out {
             self.counters.mismatch += 1;
+            self.note_lost(idx);
             // The stream is out of step; only a new connection can resynchronise.
             self.reconnect(idx);
             return false;
@@ -499,11 +510,13 @@ impl<'p> Worker<'p> {
             Err(e) if is_would_block(&e) || is_interrupted(&e) => {}
             Ok(0) | Err(_) => {
                 self.counters.closed_idle += 1;
+                self.note_lost(idx);
                 self.reconnect(idx);
             }
             Ok(_) => {
                 // An echo server never speaks first.
                 self.counters.mismatch += 1;
+                self.note_lost(idx);
                 self.reconnect(idx);
             }
         }
