@@ -166,7 +166,7 @@ impl Master {
             if self.handoff_paused(w, in_flight) {
                 self.workers[k].last_heartbeat = now;
             } else if !w.channel_closed
-                && w.watchdog_kill.is_none()
+                && w.kill.is_none()
                 && now.saturating_duration_since(w.last_heartbeat) >= limit
             {
                 overdue.push(w.pid);
