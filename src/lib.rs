@@ -8,19 +8,26 @@
 //! the [`service`] API for writing protocol handlers, and the pieces the `corral`
 //! binary is built from.
 
+#![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 pub mod app;
-pub mod channel;
-pub mod cli;
+pub(crate) mod channel;
+pub(crate) mod cli;
 pub mod config;
-pub mod config_paths;
-pub mod fault;
-pub mod log;
-pub mod master;
-pub mod notify;
+pub(crate) mod config_paths;
+pub(crate) mod fault;
+pub(crate) mod log;
+pub(crate) mod master;
+pub(crate) mod notify;
+/// The system-call layer: the only code that calls the C library directly (public
+/// for the corral-load tool).
+#[doc(hidden)]
+#[allow(unsafe_code)]
 pub mod os;
-pub mod proxy_protocol;
+pub(crate) mod proxy_protocol;
 pub mod service;
-pub mod worker;
+pub(crate) mod worker;
 
 /// Runs corral's command line as a program of its own: `--version`, `--help`, the
 /// completions and the man page carry the calling binary's name and its package's

@@ -5,10 +5,9 @@
 //! starts something long (a reload) is answered when it has finished, so the caller
 //! learns whether it worked — the thing `nginx -s reload` never tells you.
 
+use crate::os::posix::{PermissionsExt, UnixListener, UnixStream};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -339,13 +338,9 @@ impl Server {
     }
 }
 
-/// Client side: sends one request and waits up to `timeout` for the answer.
-pub fn request(path: &Path, req: Request, timeout: Duration) -> Result<Response, ControlError> {
-    request_from(path, req, timeout, &[])
-}
-
-/// `request`, sent only to a server run by root or our uid and, when `masters` is not
-/// empty, only to one of those pids (the masters the pid file proves).
+/// Client side: sends one request and waits up to `timeout` for the answer, only to a
+/// server run by root or our uid and, when `masters` is not empty, only to one of
+/// those pids (the masters the pid file proves).
 pub fn request_from(
     path: &Path,
     req: Request,

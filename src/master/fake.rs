@@ -2,10 +2,10 @@
 //! nothing and signals nobody, records every effect instead, and keeps a clock the
 //! test moves by hand. `Bench` builds a master over it from a real config file.
 
+use crate::os::posix::UnixStream;
 use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};

@@ -79,8 +79,6 @@ pub enum MasterError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("workers failed to start: {0}")]
-    Startup(String),
 }
 
 /// Everything that makes the master act, from signals or the control socket.
@@ -412,11 +410,6 @@ fn batch(jobs: Vec<Job>) -> Vec<(Command, Waiters)> {
     }
     out.sort_by_key(|(c, _)| c.priority());
     out
-}
-
-/// Reads the pid in a pid file.
-pub fn pidfile_read(path: &std::path::Path) -> Result<Pid, pidfile::PidFileError> {
-    pidfile::read(path)
 }
 
 #[cfg(test)]

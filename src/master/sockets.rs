@@ -74,8 +74,7 @@ pub fn take_inherited() -> Vec<Inherited> {
     let mut out = Vec::new();
     for i in 0..n.max(0) {
         let raw = LISTEN_FDS_START + i;
-        // SAFETY: LISTEN_FDS names these fds once, for us; its variables are gone now.
-        let fd = match unsafe { fd::adopt(raw) } {
+        let fd = match fd::claim_inherited(raw) {
             Ok(fd) => fd,
             Err(e) => {
                 warn!("ignoring passed socket: {e}");

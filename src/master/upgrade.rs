@@ -6,10 +6,10 @@
 //! the new master exits, or `upgrade_timeout` passes, it kills the new master's whole
 //! process group and keeps serving — rollback needs no operator.
 
+use crate::os::posix::OsStrExt;
 use std::ffi::{CString, OsString};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -46,8 +46,7 @@ impl Reporter {
     pub fn from_env() -> Option<Reporter> {
         let raw = std::env::var(READY_FD_ENV).ok()?.parse().ok()?;
         std::env::remove_var(READY_FD_ENV);
-        // SAFETY: the old master named this fd once, for us; the variable is gone now.
-        let fd = unsafe { fd::adopt(raw) }.ok()?;
+        let fd = fd::claim_inherited(raw).ok()?;
         let _ = fd::set_cloexec(fd.as_fd(), true);
         Some(Reporter { fd })
     }

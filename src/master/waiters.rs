@@ -24,10 +24,6 @@ impl Waiters {
         self.0.extend(other.0);
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     pub fn tickets(&self) -> &[Ticket] {
         &self.0
     }

@@ -151,8 +151,7 @@ impl Link {
         };
         fd::check_channel_from(raw, old)
             .map_err(|why| refuse(format!("{why} (the old master is {old})")))?;
-        // SAFETY: named once by our environment, and just checked to be the old master's.
-        let owned = unsafe { fd::adopt(raw) }.map_err(|e| refuse(e.to_string()))?;
+        let owned = fd::claim_inherited(raw).map_err(|e| refuse(e.to_string()))?;
         let _ = fd::set_cloexec(owned.as_fd(), true);
         fd::set_nonblocking(owned.as_fd(), true).map_err(|e| refuse(e.to_string()))?;
         let channel = Channel::from_fd(owned);

@@ -133,6 +133,40 @@ pub unsafe fn adopt(raw: RawFd) -> Result<OwnedFd, SysError> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
+/// Fd numbers [`claim_inherited`] has handed out, so that none is owned twice.
+static CLAIMED: std::sync::Mutex<Vec<RawFd>> = std::sync::Mutex::new(Vec::new());
+
+/// Takes ownership of an fd that a protocol of our environment names (`LISTEN_FDS`,
+/// the upgrade's readiness pipe and link), once: a number claimed before, one of
+/// 0–2, or one that is not open is refused.
+///
+/// This is the safe way in for inherited fds: such a number was open when the
+/// program started, so no `open` of ours returned it and nothing else owns it unless
+/// it was claimed already, which the registry refuses. The callers remove the
+/// environment variable as they read it, so children never see it.
+pub fn claim_inherited(raw: RawFd) -> Result<OwnedFd, SysError> {
+    let refuse = |why: &str| {
+        SysError::new(
+            "claim",
+            format!("inherited fd {raw}: {why}"),
+            nix::errno::Errno::EBADF,
+        )
+    };
+    if raw < 3 {
+        return Err(refuse("0, 1 and 2 are the standard streams"));
+    }
+    // A poisoned lock only means a panic elsewhere; the list itself is still whole.
+    let mut claimed = CLAIMED.lock().unwrap_or_else(|e| e.into_inner());
+    if claimed.contains(&raw) {
+        return Err(refuse("already claimed"));
+    }
+    // SAFETY: open since exec (checked by `adopt`) and, by the registry, claimed by
+    // nobody else in this process.
+    let fd = unsafe { adopt(raw) }?;
+    claimed.push(raw);
+    Ok(fd)
+}
+
 /// An eventfd, CLOEXEC and non-blocking, for waking an event loop from elsewhere.
 pub fn eventfd() -> Result<OwnedFd, SysError> {
     // SAFETY: eventfd has no memory arguments; the result is checked before use.

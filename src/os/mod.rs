@@ -17,6 +17,7 @@ pub mod master;
 pub mod memory;
 pub mod net;
 pub mod pidfd;
+pub mod posix;
 pub mod privs;
 pub mod process;
 pub mod procfs;

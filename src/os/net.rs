@@ -103,6 +103,15 @@ pub fn local_addr(fd: BorrowedFd<'_>) -> io::Result<ListenAddr> {
     }
 }
 
+/// A connected socket's peer IP address (None for a Unix socket, or on error).
+pub fn peer_ip(fd: BorrowedFd<'_>) -> Option<IpAddr> {
+    socket2::SockRef::from(&fd)
+        .peer_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .map(|a| a.ip())
+}
+
 /// True if the fd is a listening stream socket.
 pub fn is_listener(fd: BorrowedFd<'_>) -> bool {
     let sock = socket2::SockRef::from(&fd);

@@ -272,6 +272,18 @@ pub fn set_parent_death_signal(sig: Signal) -> Result<(), SysError> {
         .map(drop)
 }
 
+/// Dies of a real invalid memory access (SIGSEGV), as a service bug would: what
+/// `corral fault segv` injects into a worker.
+pub fn segfault() -> ! {
+    let addr = std::hint::black_box(16usize) as *mut u8;
+    // SAFETY: deliberately invalid. Address 16 is in the never-mapped first page
+    // (vm.mmap_min_addr), so the store faults and the process dies of SIGSEGV before
+    // anything could observe it; that death is the point.
+    unsafe { std::ptr::write_volatile(addr, 1) };
+    // Unreachable in practice; abort rather than carry on after an "impossible" store.
+    std::process::abort()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

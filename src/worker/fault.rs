@@ -117,13 +117,7 @@ impl Injected {
 
 /// A real invalid memory access: the kernel sends SIGSEGV, as for a service bug.
 fn segv() -> ! {
-    let addr = std::hint::black_box(16usize) as *mut u8;
-    // SAFETY: deliberately invalid. Address 16 is in the never-mapped first page
-    // (vm.mmap_min_addr), so the store faults and the worker dies of SIGSEGV before
-    // anything could observe it; that death is the point of `corral fault segv`.
-    unsafe { std::ptr::write_volatile(addr, 1) };
-    // Unreachable in practice; abort rather than carry on after an "impossible" store.
-    std::process::abort()
+    crate::os::process::segfault()
 }
 
 /// The event loop stops turning: no heartbeat, no IO, until the watchdog kills it.

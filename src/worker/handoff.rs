@@ -302,11 +302,7 @@ impl Worker {
 
 /// The client's IP address (None for a Unix-socket client).
 pub(super) fn peer_ip(fd: &OwnedFd) -> Option<std::net::IpAddr> {
-    socket2::SockRef::from(fd)
-        .peer_addr()
-        .ok()
-        .and_then(|a| a.as_socket())
-        .map(|a| a.ip())
+    crate::os::net::peer_ip(fd.as_fd())
 }
 
 #[cfg(test)]

@@ -11,7 +11,9 @@ use crate::master::sockets::{Listener, LISTEN_FDS_START};
 /// environment the new master needs (`LISTEN_*`, and where `extra` is).
 ///
 /// Runs between fork and exec; it only calls async-signal-safe functions plus
-/// allocation, which is fine in a child of a single-threaded parent.
+/// allocation, which is fine in a child of a single-threaded parent. The one place
+/// outside `os/` allowed `unsafe`: only this caller knows it is that child.
+#[allow(unsafe_code)]
 pub fn hand_over(listeners: &[Listener], extra: &OwnedFd) -> Result<Vec<(String, String)>, String> {
     let n = listeners.len() as RawFd;
     let sources: Vec<RawFd> = listeners

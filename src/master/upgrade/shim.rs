@@ -11,9 +11,9 @@
 //! well, and once the old one has exited it is the one corral process left among our
 //! children.
 
+use crate::os::posix::OsStrExt;
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
