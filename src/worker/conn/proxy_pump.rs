@@ -78,7 +78,24 @@ impl Conn {
                         env.budget -= n;
                         self.charge(n);
                         env.stats.bytes_in += n as u64;
-                        up.out.extend_from_slice(&env.scratch[..n]);
+                        let data = &env.scratch[..n];
+                        // Before the connect completes everything waits in the queue.
+                        let direct = up.flags.has(Flags::CONNECTED) && up.pending() == 0;
+                        let sent = if direct {
+                            match send_now(up.fd.as_fd(), data) {
+                                Ok(sent) => sent,
+                                Err(e) => {
+                                    return Outcome::Close(Some(format!(
+                                        "upstream write failed: {e}"
+                                    )))
+                                }
+                            }
+                        } else {
+                            0
+                        };
+                        if sent < n {
+                            up.out.extend_from_slice(&data[sent..]);
+                        }
                         if up.pending() >= env.high {
                             up.flags.set(Flags::BACKPRESSURED_CLIENT, true);
                         }
@@ -106,8 +123,26 @@ impl Conn {
                                 up.flags.set(Flags::MAY_READ, false);
                             }
                             env.budget -= n;
-                            self.take_out_buf(env.pool);
-                            self.out.extend_from_slice(&env.scratch[..n]);
+                            let data = &env.scratch[..n];
+                            // Nothing queued or piped may precede these bytes.
+                            let sent =
+                                if self.out.len() == self.out_pos && up.piped_to_client() == 0 {
+                                    match send_now(self.fd.as_fd(), data) {
+                                        Ok(sent) => sent,
+                                        Err(e) => {
+                                            return Outcome::Close(Some(format!(
+                                                "client write failed: {e}"
+                                            )))
+                                        }
+                                    }
+                                } else {
+                                    0
+                                };
+                            env.stats.bytes_out += sent as u64;
+                            if sent < n {
+                                self.take_out_buf(env.pool);
+                                self.out.extend_from_slice(&data[sent..]);
+                            }
                             if self.pending() >= env.high {
                                 up.flags.set(Flags::BACKPRESSURED, true);
                             }
@@ -206,4 +241,21 @@ impl Conn {
         moved |= n > 0;
         Ok(moved)
     }
+}
+
+/// Sends `data` straight from the read buffer, as far as the socket takes it now. The
+/// pump calls it only when nothing is queued before these bytes, so order holds; what
+/// is not taken is queued by the caller. Copying every byte into the queue first was
+/// a third copy per byte (after the kernel's two) that nginx and HAProxy do not make:
+/// a user-space `memmove` at 6 % of a worker's samples under iperf3.
+fn send_now(dst: std::os::fd::BorrowedFd<'_>, data: &[u8]) -> io::Result<usize> {
+    let mut sent = 0;
+    while sent < data.len() {
+        match fd::send(dst, &data[sent..]) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(sent)
 }
