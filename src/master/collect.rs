@@ -155,6 +155,7 @@ impl Master {
 
     /// Reads every message a worker has sent (hand-overs only while the master holds
     /// few enough fds), and sends what is queued for it. Returns its reports.
+    #[must_use = "what the worker said must be recorded"]
     pub(super) fn read_worker(&mut self, pid: Pid) -> Vec<ToMaster> {
         let mut heard = Vec::new();
         let Some(i) = self.worker_index(pid) else {

@@ -172,9 +172,13 @@ impl Master {
                 overdue.push(w.pid);
             }
         }
+        // What they said is recorded now, before the watchdog judges them: a
+        // heartbeat read here and left for the next turn's record step would not count.
+        let mut heard = Vec::new();
         for pid in overdue {
-            self.read_worker(pid);
+            heard.extend(self.read_worker(pid).into_iter().map(|m| (pid, m)));
         }
+        self.record(heard);
     }
 
     /// Workers that may adopt connections: ready, current generation, not on their way
