@@ -133,15 +133,9 @@ impl Worker {
         // limit applies once the header names the client.
         let counted_ip = match a.peer.filter(|_| !header) {
             Some(ip) if flow.max_connections_per_ip > 0 => {
-                let n = self.per_ip.entry(ip).or_insert(0);
-                if *n as usize >= flow.max_connections_per_ip {
-                    self.notices
-                        .per_ip(listener as u16, ip, flow.max_connections_per_ip);
-                    self.stats.refused += 1;
-                    self.counters.per_ip(listener);
+                if !self.count_ip(listener, ip, flow.max_connections_per_ip) {
                     return None; // dropping the fd closes the connection
                 }
-                *n += 1;
                 true
             }
             _ => false,
@@ -180,5 +174,21 @@ impl Worker {
             self.connect_upstream(token, Vec::new(), header, 1);
         }
         Some(token)
+    }
+}
+
+impl Worker {
+    /// Counts one more connection from `ip` against `max` (`max_connections_per_ip`);
+    /// false, counted as refused, when `ip` is at the limit already.
+    pub(super) fn count_ip(&mut self, listener: usize, ip: std::net::IpAddr, max: usize) -> bool {
+        let n = self.per_ip.entry(ip).or_insert(0);
+        if *n as usize >= max {
+            self.notices.per_ip(listener as u16, ip, max);
+            self.stats.refused += 1;
+            self.counters.per_ip(listener);
+            return false;
+        }
+        *n += 1;
+        true
     }
 }

@@ -142,16 +142,12 @@ impl Worker {
         let Some(ip) = c.peer.filter(|_| flow.max_connections_per_ip > 0) else {
             return true;
         };
-        let n = self.per_ip.entry(ip).or_insert(0);
-        if *n as usize >= flow.max_connections_per_ip {
-            self.notices
-                .per_ip(listener as u16, ip, flow.max_connections_per_ip);
-            self.stats.refused += 1;
-            self.counters.per_ip(listener);
+        if !self.count_ip(listener, ip, flow.max_connections_per_ip) {
             return false;
         }
-        *n += 1;
-        c.flags.set(Flags::COUNTED_IP, true);
+        if let Some(c) = self.conns.get_mut(token) {
+            c.flags.set(Flags::COUNTED_IP, true);
+        }
         true
     }
 
