@@ -1,5 +1,7 @@
-//! The `--connect-rate` token bucket (corral-load's own copy: the worker's moves to
-//! `src/worker/bucket.rs`, which the integrator may switch this to).
+//! The `--connect-rate` token bucket: it paces connection opens (one fractional token
+//! per connect, about 100 ms of burst). Not the worker's `Bucket`, which meters bytes
+//! against a configured rate and burst and answers when a throttled client may read
+//! again; the two share the idea, not the job, so each keeps its own.
 
 use std::time::{Duration, Instant};
 
