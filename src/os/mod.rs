@@ -8,6 +8,7 @@
 
 pub mod addr;
 pub mod bpf;
+pub mod client;
 pub mod cred;
 pub mod epoll;
 pub mod exec;

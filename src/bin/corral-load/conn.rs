@@ -6,8 +6,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
+use corral::os::client::Socket;
 use corral::os::epoll::{Epoll, Event, Interest};
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::counters::Counters;
 use crate::histogram::Histogram;
@@ -117,30 +117,7 @@ pub(crate) fn open_connection(
     nodelay: bool,
     token: u64,
 ) -> Result<Socket, String> {
-    let sock = Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM.nonblocking().cloexec(),
-        Some(Protocol::TCP),
-    )
-    .map_err(|e| format!("socket() failed: {e}"))?;
-    if nodelay {
-        // A round trip is one small write; Nagle would only add delay.
-        sock.set_nodelay(true)
-            .map_err(|e| format!("setsockopt(TCP_NODELAY) failed: {e}"))?;
-    }
-    if let Some(src) = source {
-        // Defer the port choice to connect(), so a source port is shared by every
-        // destination and the whole range is usable per source address.
-        nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::IpBindAddressNoPort, &true)
-            .map_err(|e| format!("setsockopt(IP_BIND_ADDRESS_NO_PORT) failed: {e}"))?;
-        sock.bind(&SockAddr::from(SocketAddr::new(src, 0)))
-            .map_err(|e| format!("bind({src}) failed: {e}"))?;
-    }
-    match sock.connect(&SockAddr::from(addr)) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(format!("connect({addr}) failed: {e}")),
-    }
+    let sock = corral::os::client::connect_from(addr, source, nodelay)?;
     // Registered after connect(): an unconnected socket polls as hung up, which
     // would look like a failed connect. Adding a socket that is already connected
     // still reports it writable, so completion always arrives as an event.

@@ -2,7 +2,6 @@
 //! lines, the summary (text or JSON) and the `corral status` sample.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -12,9 +11,6 @@ use crate::histogram::Histogram;
 use crate::plan::Plan;
 use crate::thread::Worker;
 use crate::Args;
-
-/// Set by SIGINT/SIGTERM: threads stop and the summary is still printed.
-pub(crate) static STOP: AtomicBool = AtomicBool::new(false);
 
 /// Connections per worker, as `corral status --json` reported them: (pid, count).
 pub(crate) type WorkerCounts = Vec<(i64, u64)>;
@@ -59,25 +55,9 @@ pub(crate) fn sample_workers(
     }))
 }
 
-extern "C" fn on_stop_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
-}
-
 /// Ctrl-C ends the run early but still prints what was measured.
 pub(crate) fn install_stop_handler() -> Result<(), String> {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    let act = SigAction::new(
-        SigHandler::Handler(on_stop_signal),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    for sig in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe, and
-        // no other code in this process installs handlers for these signals.
-        unsafe { sigaction(sig, &act) }
-            .map_err(|e| format!("sigaction({}) failed: {e}", sig.as_str()))?;
-    }
-    Ok(())
+    corral::os::client::stop_on_interrupt().map_err(|e| e.to_string())
 }
 
 pub(crate) struct Summary {

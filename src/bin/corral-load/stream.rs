@@ -10,17 +10,15 @@
 //! pause; the summary reports the affected and the unaffected clients separately.
 
 use std::io;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use corral::os::client::Socket;
 use corral::os::epoll::{Epoll, Event};
-use socket2::Socket;
 
 use crate::bucket::Bucket;
 use crate::conn::{key, open_connection, wait_events};
 use crate::histogram::Histogram;
 use crate::plan::Plan;
-use crate::run::STOP;
 
 /// Most bytes in flight per connection (sent, not yet received back).
 const WINDOW: usize = 256 << 10;
@@ -156,7 +154,7 @@ impl<'p> Thread<'p> {
         let mut events = Vec::with_capacity(1024);
         loop {
             let now = Instant::now();
-            if now >= end || STOP.load(Ordering::Relaxed) {
+            if now >= end || corral::os::client::stop_requested() {
                 break;
             }
             self.connect_due(now);

@@ -5,12 +5,11 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::io::{Read, Write};
 use std::mem::MaybeUninit;
-use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use corral::os::client::Socket;
 use corral::os::epoll::{Epoll, Event};
-use socket2::Socket;
 
 use crate::bucket::Bucket;
 use crate::conn::{
@@ -20,7 +19,6 @@ use crate::conn::{
 use crate::counters::Counters;
 use crate::histogram::Histogram;
 use crate::plan::{Mode, Plan};
-use crate::run::STOP;
 
 /// Most readiness events taken from one epoll wait.
 const EVENTS: usize = 1024;
@@ -109,7 +107,7 @@ impl<'p> Worker<'p> {
         let mut events = Vec::with_capacity(EVENTS);
         loop {
             let now = Instant::now();
-            if now >= end || STOP.load(Ordering::Relaxed) {
+            if now >= end || corral::os::client::stop_requested() {
                 break;
             }
             // 1. timers
