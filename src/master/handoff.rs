@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 
 use crate::channel::{ConnQueue, Handed, HandoffCounts, ToWorker};
 
-use super::table::{Worker, WorkerState};
+use super::table::{WorkerRecord, WorkerState};
 use super::Master;
 
 /// Most handed-over fds the master holds at once (its soft limit is ~20000, and a
@@ -145,7 +145,7 @@ impl Master {
 
     /// Whether to leave a worker's channel unread for now: it is draining (so it may
     /// send more hand-overs) and the master holds enough fds already.
-    pub(super) fn handoff_paused(&self, w: &Worker, in_flight: usize) -> bool {
+    pub(super) fn handoff_paused(&self, w: &WorkerRecord, in_flight: usize) -> bool {
         in_flight >= MAX_IN_FLIGHT && matches!(w.state, WorkerState::Draining { .. })
     }
 

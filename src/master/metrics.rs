@@ -375,7 +375,7 @@ impl Master {
 
     /// A worker exited: what it sent last (a final heartbeat comes with its exit)
     /// becomes part of the totals for good.
-    pub(super) fn retire_worker(&mut self, w: &super::table::Worker) {
+    pub(super) fn retire_worker(&mut self, w: &super::table::WorkerRecord) {
         let pid = w.pid.as_raw();
         let mut stats = w.stats;
         // Anything else still queued (a hand-over) was already lost with the worker.

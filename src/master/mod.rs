@@ -59,7 +59,7 @@ use reload::Reload;
 use sockets::Listener;
 use stop::STOPPING_RELOAD;
 use supervision::drain;
-use table::{Kill, Slot, Worker, WorkerState, WorkerStatus, WorkerTable};
+use table::{Kill, Slot, WorkerRecord, WorkerState, WorkerStatus, WorkerTable};
 use upgrade::{Report, Reporter, Upgrade};
 use waiters::{Pending, Ticket, Waiters};
 

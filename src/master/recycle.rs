@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info};
 
-use super::table::{Worker, WorkerState};
+use super::table::{WorkerRecord, WorkerState};
 use super::{Master, State};
 use crate::config::WorkerConfig;
 
@@ -97,7 +97,11 @@ impl Limits {
 /// The worker to recycle now, if any: a ready worker of `generation` over one of its
 /// limits, unless a recycling (by any reason, `max_worker_rss` too) is still under
 /// way, that is until the recycled worker has exited.
-pub fn pick(workers: &mut [Worker], generation: u64, now: Instant) -> Option<(usize, Reason)> {
+pub fn pick(
+    workers: &mut [WorkerRecord],
+    generation: u64,
+    now: Instant,
+) -> Option<(usize, Reason)> {
     // A replacement that died before it was ready leaves its predecessor marked: it
     // serves on and may be tried again, instead of blocking recycling for good.
     for i in 0..workers.len() {

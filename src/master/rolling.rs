@@ -18,7 +18,7 @@ use crate::os::master::Signal;
 use tracing::error;
 
 use super::effects::Effects;
-use super::table::{Worker, WorkerState};
+use super::table::{WorkerRecord, WorkerState};
 use super::{Master, State, START_TIMEOUT};
 use crate::channel::IdlePolicy;
 
@@ -54,7 +54,7 @@ impl Roll {
     pub fn step(
         &mut self,
         fx: &mut dyn Effects,
-        workers: &mut [Worker],
+        workers: &mut [WorkerRecord],
         old: u64,
         new: u64,
         drain_deadline: Instant,
@@ -92,7 +92,7 @@ impl Roll {
     pub fn roll_back(
         self,
         fx: &mut dyn Effects,
-        workers: &mut [Worker],
+        workers: &mut [WorkerRecord],
         new: u64,
         drain_deadline: Instant,
     ) -> Vec<usize> {

@@ -33,7 +33,7 @@ impl Master {
                 drop(worker_end);
                 let now = self.fx.now();
                 let limits = recycle::Limits::draw(&self.worker_config(generation).worker);
-                self.workers.push(Worker {
+                self.workers.push(WorkerRecord {
                     slot,
                     generation,
                     pid,

@@ -5,7 +5,12 @@ use super::*;
 
 /// Tells a worker to drain; it exits by itself by `deadline` (its own drain timeout)
 /// and is killed shortly after if it has not.
-pub(super) fn drain(fx: &mut dyn Effects, w: &mut Worker, deadline: Instant, idle: IdlePolicy) {
+pub(super) fn drain(
+    fx: &mut dyn Effects,
+    w: &mut WorkerRecord,
+    deadline: Instant,
+    idle: IdlePolicy,
+) {
     let deadline = deadline + DRAIN_BACKSTOP;
     if let Err(e) = w
         .handoff
@@ -71,7 +76,7 @@ impl Master {
         }
     }
 
-    pub(super) fn worker_exited(&mut self, w: Worker, reason: ExitReason) {
+    pub(super) fn worker_exited(&mut self, w: WorkerRecord, reason: ExitReason) {
         self.retire_worker(&w);
         let now = self.fx.now();
         // Killed while draining, its clients are as lost as in any crash.

@@ -44,8 +44,9 @@ pub enum Kill {
     Killed { again_after: Option<Instant> },
 }
 
-/// One live worker process.
-pub struct Worker {
+/// What the master knows of one live worker process (the process itself runs
+/// `crate::worker::Worker`).
+pub struct WorkerRecord {
     pub slot: usize,
     pub generation: u64,
     pub pid: Pid,
@@ -66,7 +67,7 @@ pub struct Worker {
     pub limits: super::recycle::Limits,
 }
 
-impl Worker {
+impl WorkerRecord {
     /// Whether a deadline may (again) SIGKILL this worker at `now`.
     pub fn may_kill(&self, now: Instant) -> bool {
         match self.kill {
@@ -99,32 +100,32 @@ impl Worker {
 /// It derefs to the list for the code that walks or edits workers directly (the
 /// hand-over pump, metrics); the questions asked in more than one place live here.
 #[derive(Default)]
-pub struct WorkerTable(Vec<Worker>);
+pub struct WorkerTable(Vec<WorkerRecord>);
 
 impl std::ops::Deref for WorkerTable {
-    type Target = Vec<Worker>;
-    fn deref(&self) -> &Vec<Worker> {
+    type Target = Vec<WorkerRecord>;
+    fn deref(&self) -> &Vec<WorkerRecord> {
         &self.0
     }
 }
 
 impl std::ops::DerefMut for WorkerTable {
-    fn deref_mut(&mut self) -> &mut Vec<Worker> {
+    fn deref_mut(&mut self) -> &mut Vec<WorkerRecord> {
         &mut self.0
     }
 }
 
 impl<'a> IntoIterator for &'a WorkerTable {
-    type Item = &'a Worker;
-    type IntoIter = std::slice::Iter<'a, Worker>;
+    type Item = &'a WorkerRecord;
+    type IntoIter = std::slice::Iter<'a, WorkerRecord>;
     fn into_iter(self) -> Self::IntoIter {
         self.0.iter()
     }
 }
 
 impl<'a> IntoIterator for &'a mut WorkerTable {
-    type Item = &'a mut Worker;
-    type IntoIter = std::slice::IterMut<'a, Worker>;
+    type Item = &'a mut WorkerRecord;
+    type IntoIter = std::slice::IterMut<'a, WorkerRecord>;
     fn into_iter(self) -> Self::IntoIter {
         self.0.iter_mut()
     }

@@ -361,7 +361,7 @@ impl Master {
         if conns.is_empty() {
             return;
         }
-        let live = |w: &super::table::Worker| {
+        let live = |w: &super::table::WorkerRecord| {
             !w.channel_closed && matches!(w.state, WorkerState::Draining { .. })
         };
         let target = self

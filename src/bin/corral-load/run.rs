@@ -9,7 +9,7 @@ use crate::conn::Report;
 use crate::counters::Counters;
 use crate::histogram::Histogram;
 use crate::plan::Plan;
-use crate::thread::Worker;
+use crate::thread::ClientThread;
 use crate::Args;
 
 /// Connections per worker, as `corral status --json` reported them: (pid, count).
@@ -79,7 +79,7 @@ pub(crate) fn run_load(plan: &Plan) -> Result<Summary, String> {
             let tx = plan.progress.then(|| tx.clone());
             let h = std::thread::Builder::new()
                 .name(format!("load-{t}"))
-                .spawn_scoped(s, move || Worker::new(plan, t, start)?.run(start, tx))
+                .spawn_scoped(s, move || ClientThread::new(plan, t, start)?.run(start, tx))
                 .map_err(|e| format!("cannot start thread {t}: {e}"));
             handles.push(h);
         }

@@ -30,7 +30,7 @@ pub(crate) const RETRY_MAX: Duration = Duration::from_secs(1);
 /// Round trips one connection may complete in a row before the others get a turn.
 pub(crate) const DRIVE_BUDGET: u32 = 8;
 
-pub(crate) struct Worker<'p> {
+pub(crate) struct ClientThread<'p> {
     pub(crate) plan: &'p Plan,
     pub(crate) epoll: Epoll,
     pub(crate) conns: Vec<Conn>,
@@ -49,7 +49,7 @@ pub(crate) struct Worker<'p> {
     pub(crate) first_connect_error: Option<String>,
 }
 
-impl<'p> Worker<'p> {
+impl<'p> ClientThread<'p> {
     pub(crate) fn new(plan: &'p Plan, thread: usize, now: Instant) -> Result<Self, String> {
         let epoll = Epoll::new(EVENTS)
             .map_err(|e| format!("epoll_create1() failed in thread {thread}: {e}"))?;
@@ -74,7 +74,7 @@ impl<'p> Worker<'p> {
             })
             .collect();
         let queue = (0..conns.len()).collect();
-        Ok(Worker {
+        Ok(ClientThread {
             plan,
             epoll,
             conns,
