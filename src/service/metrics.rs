@@ -12,7 +12,7 @@
 //! connections are handed to it.
 //!
 //! Parsing is strict and bounded: a malformed request line or header, a body, or a
-//! head over [`MAX_HEAD`] bytes gets a 400 and the connection closes.
+//! head over `MAX_HEAD` bytes gets a 400 and the connection closes.
 
 use std::cell::RefCell;
 use std::collections::HashMap;

@@ -54,7 +54,7 @@
 //! mistyped key is an error) implementing [`ServiceOptions`], and registers with
 //! [`register_with_options`]; corral parses and checks them in the master at every
 //! load (start, `-t`, `-T`, reload: errors name the file, `listen[i]` and the key), and
-//! the factory reads the parsed value with [`options`]:
+//! the factory reads the parsed value with [`options()`]:
 //!
 //! ```no_run
 //! use corral::config::{ListenConfig, OptionError};
@@ -445,7 +445,7 @@ pub fn register(name: &str, factory: Factory) {
 
 /// Like [`register`], for a service that takes the keys of `O` in its `[[listen]]`
 /// tables: they are parsed and checked at every config load, and its factory reads
-/// them with [`options`].
+/// them with [`options()`].
 pub fn register_with_options<O: ServiceOptions>(name: &str, factory: Factory) {
     let mut r = entries();
     r.retain(|(n, _, _)| n != name);
