@@ -5,27 +5,9 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-/// The example binary, built by `cargo test` (examples are part of its build); built
-/// here if this test runs alone.
-fn example_binary() -> PathBuf {
-    let bin = PathBuf::from(corral_bin());
-    let dir = bin.parent().expect("target dir");
-    let path = dir.join("examples").join("kv");
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args(["build", "--example", "kv"])
-            .status()
-            .expect("run cargo build --example kv");
-        assert!(status.success(), "cargo build --example kv failed");
-    }
-    path
-}
 
 fn line(r: &mut BufReader<TcpStream>) -> String {
     let mut s = String::new();
@@ -87,7 +69,7 @@ fn start_kv() -> (Corral, SocketAddr) {
              [[listen]]\naddress = \"127.0.0.1:{kv_port}\"\nservice = \"kv\"\n"
         ),
         Launch {
-            binary: Some(example_binary()),
+            binary: Some(common::moves::kv_binary()),
             ..Launch::default()
         },
     );
@@ -228,7 +210,7 @@ fn kv_line_limit_is_exact_whatever_the_segmentation() {
 
 #[test]
 fn a_program_built_on_the_library_reports_its_own_name_and_version() {
-    let out = std::process::Command::new(example_binary())
+    let out = std::process::Command::new(common::moves::kv_binary())
         .arg("--version")
         .output()
         .expect("run kv --version");
@@ -237,7 +219,7 @@ fn a_program_built_on_the_library_reports_its_own_name_and_version() {
         String::from_utf8_lossy(&out.stdout).trim(),
         format!("kv {}", env!("CARGO_PKG_VERSION"))
     );
-    let help = std::process::Command::new(example_binary())
+    let help = std::process::Command::new(common::moves::kv_binary())
         .arg("--help")
         .output()
         .expect("run kv --help");
@@ -251,7 +233,7 @@ fn start_kv_with(extra: &str) -> (Corral, SocketAddr) {
     let c = Corral::start_with(
         &kv_config(kv_port, extra),
         Launch {
-            binary: Some(example_binary()),
+            binary: Some(common::moves::kv_binary()),
             ..Launch::default()
         },
     );
@@ -282,7 +264,7 @@ fn session(addr: SocketAddr, commands: &str) -> Vec<String> {
 fn run_kv(dir: &std::path::Path, args: &[&str], timeout: Duration) -> Option<CliOutput> {
     let out = std::fs::File::create(dir.join("kv.out")).expect("create kv.out");
     let err = std::fs::File::create(dir.join("kv.err")).expect("create kv.err");
-    let mut child = std::process::Command::new(example_binary())
+    let mut child = std::process::Command::new(common::moves::kv_binary())
         .args(args)
         .current_dir(dir)
         .stdin(std::process::Stdio::null())
