@@ -240,6 +240,15 @@ fn vet(t: &Target) -> Result<Vec<i32>, String> {
         .collect())
 }
 
+/// "Is corral running?" helps only when nothing answered the connect: a master that
+/// took the request and is slow to answer is running.
+fn running_hint(e: &control::ControlError) -> &'static str {
+    match e {
+        control::ControlError::Connect { .. } => " (is corral running?)",
+        _ => "",
+    }
+}
+
 /// `corral -s …`: returns the process exit code.
 pub fn send(path: &Path, what: SignalArg) -> i32 {
     let (t, masters) = match locate(path).and_then(|t| vet(&t).map(|m| (t, m))) {
@@ -363,7 +372,7 @@ pub fn status_prometheus(path: &Path) -> i32 {
             1
         }
         Err(e) => {
-            eprintln!("corral: {e} (is corral running?)");
+            eprintln!("corral: {e}{}", running_hint(&e));
             1
         }
     }
@@ -386,7 +395,7 @@ pub fn status(path: &Path, json: bool) -> i32 {
     ) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("corral: {e} (is corral running?)");
+            eprintln!("corral: {e}{}", running_hint(&e));
             return 1;
         }
     };

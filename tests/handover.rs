@@ -514,3 +514,103 @@ fn a_reload_while_the_last_one_is_still_handing_over_loses_nothing() {
     assert_owned(port, &conns, &third, "third generation");
     assert_drained_count(&c, "closed", 0, "an old worker closed connections");
 }
+
+/// A master that gets only a sliver of a CPU (a box too busy to run it: here 5 ms in
+/// every 100, by SIGSTOP/SIGCONT) while its workers hand over thousands of
+/// connections, with a 1 s watchdog: the draining workers' channels stay full of
+/// hand-overs most of the time, so their heartbeats often find no room, and the
+/// master reads them late. No worker may be taken for hung, every connection moves.
+/// (At a million connections on a loaded box the watchdog did kill seven draining
+/// workers in one reload, 2115 connections lost; this smaller run does not
+/// reproduce that on the old code, it guards the condition.)
+/// Old workers and adopters: several, so that the adopters' channels do not fill
+/// and the master never holds enough fds to stop reading (which excuses silence).
+const STARVED_WORKERS: usize = 2;
+const STARVED_CONNS: usize = 8_000;
+
+#[test]
+fn a_starved_master_mid_hand_over_takes_no_worker_for_hung() {
+    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    raise_nofile();
+    let port = free_port();
+    let conf = Conf::new(STARVED_WORKERS)
+        .drain("60s")
+        .idle("300s")
+        .max_conns(10_000)
+        .master("watchdog_timeout = \"1s\"")
+        .worker("heartbeat_interval = \"250ms\"")
+        .listen(port, "http", "")
+        .render();
+    let c = Corral::start(&conf);
+    let master = c.master_pid();
+    let old = c.workers();
+    assert_eq!(old.len(), STARVED_WORKERS, "{}", c.log_tail(40));
+    let mut conns = open_on(&c, port, &old, STARVED_CONNS);
+
+    reload(&c, "`corral -s reload` failed");
+    let t0 = Instant::now();
+    {
+        let _starved = Starve::start(master, Duration::from_millis(5), Duration::from_millis(95));
+        let gone = wait_until(Duration::from_secs(120), || {
+            !old.iter().any(|p| proc_alive(*p))
+        });
+        assert!(
+            gone,
+            "the old worker still runs {:?} after the reload",
+            t0.elapsed()
+        );
+    }
+    eprintln!(
+        "old worker gone {:?} after the reload, with the master starved",
+        t0.elapsed()
+    );
+    all_answered(&c, &mut conns, "the hand-over with a starved master");
+    let log = c.log();
+    assert!(
+        !log.contains("sent no heartbeat"),
+        "the watchdog took the draining worker for hung:\n{}",
+        c.log_tail(40)
+    );
+    assert_drained_count(
+        &c,
+        "handed",
+        STARVED_CONNS as u64,
+        "old workers' handed counts",
+    );
+}
+
+/// Keeps a process running `on` out of every `on + off` (SIGCONT / SIGSTOP from a
+/// thread) until dropped; it is left running.
+struct Starve {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Starve {
+    fn start(pid: i32, on: Duration, off: Duration) -> Starve {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                freeze(&[pid], true);
+                std::thread::sleep(off);
+                freeze(&[pid], false);
+                std::thread::sleep(on);
+            }
+        });
+        Starve {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Starve {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -972,3 +972,28 @@ fn silent_control_clients_are_dropped() {
     let out = c.cli(&["status"]);
     assert!(out.status.success(), "{}", out.all());
 }
+
+/// A master too busy to answer (here: stopped) is running: `corral status` says it
+/// took the request and did not answer in time, names its pid, and does not ask
+/// whether corral is running.
+#[test]
+fn a_master_that_does_not_answer_is_reported_busy_not_absent() {
+    let c = Corral::start(&Conf::new(1).render());
+    let master = c.master_pid();
+    let before = c.worker_pids();
+    kill(Pid::from_raw(master), Signal::SIGSTOP).expect("SIGSTOP the master");
+    let out = c.cli(&["status"]);
+    kill(Pid::from_raw(master), Signal::SIGCONT).expect("SIGCONT the master");
+    assert!(!out.status.success(), "status succeeded: {}", out.all());
+    let text = out.all();
+    assert!(
+        text.contains(&format!("the master (pid {master}) took the request"))
+            && text.contains("did not answer within"),
+        "{text}"
+    );
+    assert!(!text.contains("is corral running"), "{text}");
+    // Running again, it answers at once.
+    let out = c.cli(&["status"]);
+    assert!(out.status.success(), "{}", out.all());
+    assert_eq!(c.worker_pids().len(), before.len());
+}

@@ -19,7 +19,7 @@ pub fn request(config: &Path, req: FaultRequest) -> Result<FaultOutcome, String>
     let (t, masters) = super::locate(config).and_then(|t| super::vet(&t).map(|m| (t, m)))?;
     let wait = Duration::from_millis(req.timeout_ms) + ANSWER_SLACK;
     let resp = control::request_from(&t.socket, Request::Fault(req), wait, &masters)
-        .map_err(|e| format!("{e} (is corral running?)"))?;
+        .map_err(|e| format!("{e}{}", super::running_hint(&e)))?;
     resp.fault.ok_or(resp.message)
 }
 

@@ -10,6 +10,23 @@
 use super::*;
 use crate::os::master::{poll, PollFlags};
 
+/// Messages read from one worker's channel in one turn: with 56 workers streaming
+/// hand-overs, reading each until it is empty made one turn last seconds, and
+/// exits, control requests and the watchdog all waited for it. The channel is
+/// polled level-triggered, so what is left is read next turn.
+pub(super) const MASTER_CHANNEL_TURN: usize = 64;
+
+/// How much of a worker's channel to read.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Reading {
+    /// One turn's share: bounded, and no hand-overs while the master holds enough fds.
+    Turn,
+    /// Everything, regardless of the bound: the worker has exited, and what it left
+    /// in its channel (its last hand-overs, its `HandoffDone`) must not be dropped
+    /// with the channel.
+    All,
+}
+
 /// One loop iteration's harvest.
 #[derive(Default)]
 pub(super) struct Collected {
@@ -135,8 +152,11 @@ impl Master {
             self.xfer_read(side);
         }
         for pid in ready_workers {
-            out.heard
-                .extend(self.read_worker(pid).into_iter().map(|m| (pid, m)));
+            out.heard.extend(
+                self.read_worker(pid, Reading::Turn)
+                    .into_iter()
+                    .map(|m| (pid, m)),
+            );
         }
         for (ticket, hup) in ready_clients {
             out.jobs.extend(self.serve_client(ticket, hup));
@@ -153,20 +173,39 @@ impl Master {
         out
     }
 
-    /// Reads every message a worker has sent (hand-overs only while the master holds
-    /// few enough fds), and sends what is queued for it. Returns its reports.
+    /// Reads what a worker has sent (hand-overs only while the master holds few enough
+    /// fds, and in a turn at most `MASTER_CHANNEL_TURN` messages), and sends what is
+    /// queued for it. Returns its reports.
+    ///
+    /// Any message counts as hearing from the worker: a draining worker's heartbeat can
+    /// find its channel full of hand-overs and be dropped, but a worker whose
+    /// hand-overs keep arriving is running its loop, not hung.
     #[must_use = "what the worker said must be recorded"]
-    pub(super) fn read_worker(&mut self, pid: Pid) -> Vec<ToMaster> {
+    pub(super) fn read_worker(&mut self, pid: Pid, how: Reading) -> Vec<ToMaster> {
         let mut heard = Vec::new();
         let Some(i) = self.worker_index(pid) else {
             return heard;
         };
         self.flush_handoff(i);
+        let mut budget = match how {
+            Reading::Turn => MASTER_CHANNEL_TURN,
+            Reading::All => usize::MAX,
+        };
         loop {
-            if self.handoff_paused(&self.workers[i], self.handoff_in_flight()) {
+            if how == Reading::Turn
+                && self.handoff_paused(&self.workers[i], self.handoff_in_flight())
+            {
                 break;
             }
-            match self.workers[i].channel.recv_fds::<ToMaster>() {
+            if budget == 0 {
+                break;
+            }
+            budget -= 1;
+            let got = self.workers[i].channel.recv_fds::<ToMaster>();
+            if let Ok(Some(_)) = got {
+                self.workers[i].last_heartbeat = self.fx.now();
+            }
+            match got {
                 Ok(Some((ToMaster::Handoff { conns }, fds))) => {
                     if conns.len() != fds.len() {
                         warn!(

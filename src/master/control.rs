@@ -78,6 +78,14 @@ pub enum ControlError {
         uid: u32,
         me: u32,
     },
+    /// The request went out but no answer came in time: the master is alive (it
+    /// holds the socket) but busy or stuck, and may still carry the request out.
+    #[error("the master (pid {pid}) took the request on {path} but did not answer within {waited:?}: it is running but busy (or stuck); the request may still be carried out, see `corral status`")]
+    NoAnswer {
+        path: PathBuf,
+        pid: i32,
+        waited: Duration,
+    },
     /// The server is not the master the pid file names.
     #[error("control socket {path} is served by pid {pid}, not by the master the pid file names ({expected}); not trusting its answer")]
     WrongMaster {
@@ -379,7 +387,20 @@ pub fn request_from(
     line.push(b'\n');
     stream.write_all(&line).map_err(io_err)?;
     let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).map_err(io_err)?;
+    stream.read_to_end(&mut answer).map_err(|source| {
+        if matches!(
+            source.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ) {
+            ControlError::NoAnswer {
+                path: path.to_path_buf(),
+                pid: server.pid,
+                waited: timeout,
+            }
+        } else {
+            io_err(source)
+        }
+    })?;
     serde_json::from_slice(&answer).map_err(|source| ControlError::Malformed {
         path: path.to_path_buf(),
         source,

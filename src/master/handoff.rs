@@ -176,7 +176,11 @@ impl Master {
         // heartbeat read here and left for the next turn's record step would not count.
         let mut heard = Vec::new();
         for pid in overdue {
-            heard.extend(self.read_worker(pid).into_iter().map(|m| (pid, m)));
+            heard.extend(
+                self.read_worker(pid, super::collect::Reading::Turn)
+                    .into_iter()
+                    .map(|m| (pid, m)),
+            );
         }
         self.record(heard);
     }

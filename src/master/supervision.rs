@@ -56,6 +56,16 @@ impl Master {
                 debug!(pid = pid.as_raw(), %reason, "reaped a child that is not a worker");
                 return;
             };
+            // What it sent before it exited is still in its channel (a turn reads only
+            // part of a channel): its last hand-overs and its `HandoffDone`, whose
+            // counts the generation's summary needs.
+            if !self.workers[i].channel_closed {
+                let left = self.read_worker(pid, super::collect::Reading::All);
+                self.record(left.into_iter().map(|m| (pid, m)).collect());
+            }
+            let Some(i) = self.worker_index(pid) else {
+                return;
+            };
             let w = self.workers.swap_remove(i);
             let generation = w.generation;
             // Killed, or ended at its drain deadline: what it still served is closed.

@@ -51,17 +51,22 @@ pub(super) struct Handoff {
     pub(super) settle_armed: bool,
     /// When a heartbeat sent from inside a long turn (`beat_if_due`) is next due.
     next_beat: Option<Instant>,
+    /// Messages that found the channel full (of hand-overs) and must not be dropped: a
+    /// heartbeat (without it the watchdog takes a busy worker for hung) and
+    /// `HandoffDone` (the generation's moved/kept/closed counts). Sent before the next
+    /// hand-over.
+    pub(super) owed: Vec<ToMaster>,
 }
 
 impl Handoff {
     /// Nothing is waiting to be sent: a draining worker may exit.
     pub(super) fn is_idle(&self) -> bool {
-        self.queue.is_empty()
+        self.queue.is_empty() && self.owed.is_empty()
     }
 
     /// Whether step 4 has sending to do.
     pub(super) fn wants_flush(&self) -> bool {
-        !self.queue.is_empty() && (self.dirty || self.writable)
+        (!self.owed.is_empty() || !self.queue.is_empty()) && (self.dirty || self.writable)
     }
 
     pub(super) fn counts(&self) -> HandoffCounts {
@@ -89,6 +94,11 @@ impl Worker {
         let h = &mut self.handoff;
         h.dirty = false;
         h.writable = false;
+        if !self.send_owed() {
+            // Still full: the hand-overs wait behind what is owed.
+            return self.set_channel_write(true);
+        }
+        let h = &mut self.handoff;
         let Some(ch) = &self.channel else {
             return self.keep_all("the channel to the master is gone");
         };
@@ -278,7 +288,7 @@ impl Worker {
             left = self.conns.len(),
             "hand-over done"
         );
-        self.send(ToMaster::HandoffDone(c));
+        self.send_or_owe(ToMaster::HandoffDone(c));
     }
 
     fn set_channel_write(&mut self, on: bool) {

@@ -71,12 +71,60 @@ impl Worker {
         }
     }
 
+    /// Sends `msg`, or keeps it for the next flush when the channel is full (or
+    /// something owed is waiting, to keep the order). False when it was kept.
+    pub(super) fn send_or_owe(&mut self, msg: ToMaster) -> bool {
+        let Some(ch) = &self.channel else {
+            return true;
+        };
+        if self.handoff.owed.is_empty() {
+            match ch.send(&msg) {
+                Ok(()) => return true,
+                Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => {
+                    debug!("cannot send {msg:?} to the master: {e}");
+                    return true;
+                }
+                Err(_) => {}
+            }
+        }
+        self.handoff.owed.push(msg);
+        self.handoff.dirty = true;
+        false
+    }
+
+    /// Sends what `send_or_owe` kept, in order. True when nothing is owed any more.
+    pub(super) fn send_owed(&mut self) -> bool {
+        let Some(ch) = &self.channel else {
+            self.handoff.owed.clear();
+            return true;
+        };
+        let mut sent = 0;
+        for msg in &self.handoff.owed {
+            match ch.send(msg) {
+                Ok(()) => sent += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    debug!("cannot send {msg:?} to the master: {e}");
+                    sent += 1;
+                }
+            }
+        }
+        self.handoff.owed.drain(..sent);
+        self.handoff.owed.is_empty()
+    }
+
     pub(super) fn heartbeat(&mut self) {
         self.stats.connections = self.conns.len() as u64;
         self.stats.rss = process::self_rss();
         // The log writer thread reports drops itself, once it writes again.
         self.stats.log_dropped = crate::log::dropped();
-        self.send(ToMaster::Heartbeat(self.stats));
+        // An older heartbeat still owed is stale: this one replaces it.
+        self.handoff
+            .owed
+            .retain(|m| !matches!(m, ToMaster::Heartbeat(_)));
+        if !self.send_or_owe(ToMaster::Heartbeat(self.stats)) {
+            return;
+        }
         self.counters.refresh(&self.conns, Instant::now());
         for part in self.counters.parts() {
             self.send(ToMaster::Counters(part));
