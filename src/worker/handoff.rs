@@ -220,6 +220,11 @@ impl Worker {
                 "drain timeout: closing connections still waiting for the hand-over"
             );
             self.handoff.counts.closed += n as u64;
+            // Told now: a worker still waiting for the master to read its last
+            // hand-overs may be killed at the backstop before it reports otherwise,
+            // and the generation's summary would say "closed 0".
+            self.set_channel_write(false);
+            self.report_handoff();
         }
     }
 

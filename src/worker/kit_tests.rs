@@ -156,3 +156,56 @@ fn a_burst_of_thousands_of_connections_is_handed_over_whole() {
     }
     assert_eq!(kit.exit_code(), 0);
 }
+
+/// A draining worker whose channel the master keeps nearly full (it stalls, then
+/// reads slowly while the worker refills with hand-overs) keeps its heartbeats
+/// coming among the hand-overs: without them the master's watchdog would take the
+/// worker for hung, with every connection it still held. (A heartbeat that finds
+/// the channel full waits in `Handoff::owed`; this run did not need that on the
+/// old code, where heartbeats mostly fit beside the hand-overs.)
+#[test]
+fn heartbeats_get_through_a_channel_kept_full_of_hand_overs() {
+    const CONNS: usize = 6000;
+    let kit = Kit::start("echo", "[worker]\nheartbeat_interval = \"50ms\"", "");
+    let mut clients = Vec::with_capacity(CONNS);
+    for i in 0..CONNS {
+        let mut c = kit.connect();
+        round_trip(&mut c, format!("{i}\n").as_bytes());
+        clients.push(c);
+    }
+    while let Ok(Some(_)) = kit.master.recv_fds::<ToMaster>() {}
+    kit.master
+        .send(&ToWorker::Drain {
+            idle: IdlePolicy::Handoff,
+        })
+        .unwrap();
+    // A stalled master: the channel fills, heartbeats come due meanwhile.
+    std::thread::sleep(Duration::from_millis(300));
+    // Then a slow one: a message every 10 ms, so the worker refills at once.
+    let (mut beats, mut handoffs, mut handed) = (0, 0, 0);
+    let deadline = Instant::now() + PATIENCE;
+    while handed < CONNS {
+        assert!(
+            Instant::now() < deadline,
+            "only {handed} of {CONNS} handed over"
+        );
+        match kit.master.recv_fds::<ToMaster>().unwrap() {
+            Some((ToMaster::Heartbeat(_), _)) => beats += 1,
+            Some((ToMaster::Handoff { conns }, _)) => {
+                handoffs += 1;
+                handed += conns.len();
+            }
+            Some(_) => {}
+            None => {}
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!("{handoffs} hand-over messages, {beats} heartbeats among them");
+    assert!(
+        beats >= 3,
+        "{beats} heartbeats among {handoffs} hand-over messages read over {} ms",
+        handoffs * 10
+    );
+    drop(clients);
+    assert_eq!(kit.exit_code(), 0);
+}
