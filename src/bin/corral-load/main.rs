@@ -72,6 +72,11 @@ struct Args {
     /// A connect or round trip taking longer than this is abandoned (counted, reopened).
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     timeout_ms: u64,
+    /// Idle mode: how often every held connection is checked (a `MSG_PEEK` each) besides
+    /// what epoll reports. At a million connections a 1 s check costs the clients a
+    /// core, which they take from the server being measured.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    alive_check_ms: u64,
     /// Print one progress line per second on stderr.
     #[arg(long)]
     progress: bool,

@@ -50,6 +50,8 @@ pub(crate) struct Plan {
     /// New connections per second per thread.
     pub(crate) connect_rate: Option<f64>,
     pub(crate) timeout: Duration,
+    /// Idle mode: the period of the check that every held connection is still open.
+    pub(crate) alive_check: Duration,
     pub(crate) progress: bool,
     /// Requested connections when the fd limit forced fewer.
     pub(crate) capped_from: Option<usize>,
@@ -146,6 +148,7 @@ impl Plan {
             sources,
             connect_rate: a.connect_rate.map(|r| r / threads as f64),
             timeout: Duration::from_millis(a.timeout_ms),
+            alive_check: Duration::from_millis(a.alive_check_ms),
             progress: a.progress,
             capped_from: capped,
             nofile,

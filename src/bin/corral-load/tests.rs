@@ -150,6 +150,7 @@ fn plan(addr: SocketAddr, mode: Mode, conns: usize) -> Plan {
         sources: Vec::new(),
         connect_rate: None,
         timeout: Duration::from_secs(5),
+        alive_check: Duration::from_secs(1),
         progress: false,
         capped_from: None,
         nofile: 1024,

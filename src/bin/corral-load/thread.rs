@@ -100,7 +100,7 @@ impl<'p> ClientThread<'p> {
         let end = start + self.plan.duration;
         let sweep_every = (self.plan.timeout / 10).clamp(Duration::from_millis(1), MAX_WAIT);
         let mut next_sweep = start + sweep_every;
-        let mut next_alive_check = start + Duration::from_secs(1);
+        let mut next_alive_check = start + self.plan.alive_check;
         let mut tick = 0u64;
         let mut next_report = start + Duration::from_secs(1);
         let mut reported = Counters::default();
@@ -118,7 +118,7 @@ impl<'p> ClientThread<'p> {
             }
             if now >= next_alive_check {
                 self.check_idle_alive();
-                next_alive_check += Duration::from_secs(1);
+                next_alive_check += self.plan.alive_check;
             }
             if now >= next_report {
                 tick += 1;
@@ -236,7 +236,7 @@ impl<'p> ClientThread<'p> {
         }
     }
 
-    /// Idle mode's once-a-second check that every held connection is still open. epoll
+    /// Idle mode's periodic (`--alive-check-ms`, 1 s by default) check that every held connection is still open. epoll
     /// reports most closes at once; this also catches a peer that vanished without one
     /// being delivered in a way the state machine looked at.
     pub(crate) fn check_idle_alive(&mut self) {
