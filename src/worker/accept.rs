@@ -171,7 +171,7 @@ impl Worker {
         }
         if self.listeners[listener].service.upstreams().is_some() {
             let header = self.upstream_header(token);
-            self.connect_upstream(token, Vec::new(), header, 1);
+            self.connect_upstream(token, Vec::new(), header);
         }
         Some(token)
     }

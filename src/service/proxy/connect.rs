@@ -15,13 +15,7 @@ use crate::worker::{Timer, Token, Upstream, Worker};
 impl Worker {
     /// Starts connecting a proxied client to the next upstream it has not tried,
     /// carrying over the bytes it already sent; closes it when none is left.
-    pub(crate) fn connect_upstream(
-        &mut self,
-        token: Token,
-        mut tried: Vec<usize>,
-        carry: Vec<u8>,
-        attempt: u32,
-    ) {
+    pub(crate) fn connect_upstream(&mut self, token: Token, mut tried: Vec<usize>, carry: Vec<u8>) {
         let now = Instant::now();
         let Some(listener) = self.conns.get(token).map(|c| usize::from(c.listener)) else {
             return;
@@ -54,7 +48,7 @@ impl Worker {
             let Some(c) = self.conns.get_mut(token) else {
                 return;
             };
-            let mut up = Upstream::new(sock, index, addr, tried, attempt);
+            let mut up = Upstream::new(sock, index, addr, tried, now + timeout);
             up.set_pending(carry);
             if let Err(e) = self
                 .epoll
@@ -64,8 +58,7 @@ impl Worker {
                 return self.close(token);
             }
             c.upstream = Some(Box::new(up));
-            self.timers
-                .schedule(now + timeout, Timer::Connect(token, attempt));
+            self.timers.schedule(now + timeout, Timer::Connect(token));
             return;
         }
     }
@@ -94,8 +87,9 @@ impl Worker {
             u.failed(up.index, now);
         }
         self.counters.upstream_failed(listener, up.index, now);
-        // A new attempt number, so the old attempt's connect timer finds a mismatch.
-        self.connect_upstream(token, tried, carry, up.attempt + 1);
+        // The next attempt's deadline is later, so this one's connect timer, still in
+        // the heap, finds it not yet due and does nothing.
+        self.connect_upstream(token, tried, carry);
     }
 
     pub(crate) fn upstream_event(&mut self, token: Token, ev: Event) {
