@@ -15,6 +15,7 @@ use crate::os::{fd, stream};
 use crate::service::{Handler, Io, Job, Suspended};
 
 use super::bucket::Bucket;
+use super::connlog::Record;
 
 mod flags;
 mod proxy_pump;
@@ -37,10 +38,9 @@ pub struct Conn {
     pub fd: OwnedFd,
     /// Which listener accepted it (index in the config).
     pub listener: u16,
-    /// The client socket's readiness and the loop's decisions about it.
+    /// The client socket's readiness, the loop's decisions about it, and what epoll
+    /// currently watches it for (`registered`).
     pub flags: Flags,
-    /// What epoll currently watches for.
-    pub registered: Interest,
     /// Blocking jobs submitted for this connection whose completion has not been
     /// delivered: their results may still write output the client is owed.
     jobs_pending: u32,
@@ -51,12 +51,8 @@ pub struct Conn {
     inbuf: Vec<u8>,
     handler: Box<dyn Handler>,
     pub last_active: Instant,
-    /// Per-client rate limit, if one is configured.
-    pub bucket: Option<Box<Bucket>>,
     /// For a proxied connection: the upstream side.
     pub upstream: Option<Box<Upstream>>,
-    /// `log_connections`: what the line at close will say.
-    pub log: Option<Box<super::connlog::Record>>,
     /// The rarely set rest, allocated only when one of them is.
     rare: Option<Box<Rare>>,
     pub peer: Option<IpAddr>,
@@ -71,6 +67,10 @@ struct Rare {
     timer_at: Option<Instant>,
     /// The earliest handler-timer entry already in the worker's heap.
     timer_queued: Option<Instant>,
+    /// Per-client rate limit, if one is configured.
+    bucket: Option<Box<Bucket>>,
+    /// `log_connections`: what the line at close will say.
+    log: Option<Box<Record>>,
 }
 
 /// How a connection leaves a draining worker.
@@ -116,23 +116,64 @@ impl Conn {
         Conn {
             fd,
             listener: 0,
-            flags: Flags::new(Flags::MAY_READ),
-            registered: Interest {
-                edge: true,
-                ..Interest::READ
-            },
+            flags: Flags::new(Flags::MAY_READ | Flags::WATCH_READ),
             jobs_pending: 0,
             out_pos: 0,
             out: Vec::new(),
             inbuf: Vec::new(),
             handler,
             last_active: now,
-            bucket,
             upstream: None,
-            log: None,
-            rare: None,
+            rare: bucket.map(|b| {
+                Box::new(Rare {
+                    bucket: Some(b),
+                    ..Rare::default()
+                })
+            }),
             peer,
         }
+    }
+
+    /// What epoll currently watches the client socket for.
+    pub fn registered(&self) -> Interest {
+        Interest {
+            read: self.flags.has(Flags::WATCH_READ),
+            write: self.flags.has(Flags::WATCH_WRITE),
+            edge: true,
+            exclusive: false,
+        }
+    }
+
+    /// Notes what epoll now watches for (only read and write vary: `interest` is
+    /// always edge-triggered and never exclusive).
+    pub fn set_registered(&mut self, i: Interest) {
+        debug_assert!(i.edge && !i.exclusive);
+        self.flags.set(Flags::WATCH_READ, i.read);
+        self.flags.set(Flags::WATCH_WRITE, i.write);
+    }
+
+    /// The per-client rate limit, if one is configured.
+    pub fn bucket(&self) -> Option<&Bucket> {
+        self.rare.as_ref().and_then(|r| r.bucket.as_deref())
+    }
+
+    fn bucket_mut(&mut self) -> Option<&mut Bucket> {
+        self.rare.as_mut().and_then(|r| r.bucket.as_deref_mut())
+    }
+
+    /// `log_connections`: the line this connection will log at close.
+    pub fn log_mut(&mut self) -> Option<&mut Record> {
+        self.rare.as_mut().and_then(|r| r.log.as_deref_mut())
+    }
+
+    pub fn set_log(&mut self, log: Option<Box<Record>>) {
+        if log.is_some() || self.rare.is_some() {
+            self.rare.get_or_insert_with(Box::default).log = log;
+        }
+    }
+
+    pub fn take_log(&mut self) -> Option<Box<Record>> {
+        self.rare.as_mut().and_then(|r| r.log.take())
     }
 
     /// The real client when it is not the socket's peer (a PROXY header named it).
@@ -360,7 +401,7 @@ impl Conn {
     /// How many of `want` bytes the rate limit lets us read now; None (and the
     /// connection throttled) when it allows none.
     fn allowance(&mut self, want: usize) -> Option<usize> {
-        let Some(b) = &mut self.bucket else {
+        let Some(b) = self.bucket_mut() else {
             return Some(want);
         };
         let allowed = b.available(Instant::now());
@@ -373,7 +414,7 @@ impl Conn {
 
     /// Takes `n` read bytes out of the rate limit's bucket.
     fn charge(&mut self, n: usize) {
-        if let Some(b) = &mut self.bucket {
+        if let Some(b) = self.bucket_mut() {
             b.take(n as u64);
         }
     }
@@ -480,7 +521,7 @@ impl Conn {
 
     /// When to re-admit a throttled connection.
     pub fn readmit_at(&self, now: Instant) -> Instant {
-        match &self.bucket {
+        match self.bucket() {
             Some(b) => b.readmit_at(now),
             None => now,
         }
@@ -526,6 +567,6 @@ mod tests {
     fn a_connection_stays_small() {
         let size = std::mem::size_of::<Conn>();
         println!("size_of::<Conn>() = {size} bytes");
-        assert!(size <= 160, "Conn grew to {size} bytes");
+        assert!(size <= 136, "Conn grew to {size} bytes");
     }
 }

@@ -131,13 +131,13 @@ impl Worker {
             }
         }
         let want = c.interest();
-        if want != c.registered {
+        if want != c.registered() {
             if let Err(e) = self.epoll.modify(c.fd.as_fd(), want, token.0) {
                 debug!("epoll modify failed: {e}");
                 self.close(token);
                 return;
             }
-            c.registered = want;
+            c.set_registered(want);
         }
         if POOL_MAX < self.bufs.len() {
             self.bufs.truncate(POOL_MAX);

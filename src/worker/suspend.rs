@@ -250,7 +250,7 @@ impl Worker {
         conn.flags.set(Flags::PINNED, pinned);
         conn.set_origin(origin);
         if self.config.listen[listener].logs_connections() {
-            conn.log = Some(super::connlog::Record::new(now, conn.fd.as_fd()));
+            conn.set_log(Some(super::connlog::Record::new(now, conn.fd.as_fd())));
         }
         conn.last_active = now
             .checked_sub(Duration::from_millis(m.idle_ms))
@@ -264,7 +264,7 @@ impl Worker {
             let opts = crate::service::proxy::options::of(l);
             let index = opts.and_then(|o| o.resolved.iter().position(|a| *a == addr));
             let mut up = Upstream::moved(ufd, index.unwrap_or(usize::MAX), addr);
-            if opts.and_then(|o| o.splice).unwrap_or(false) && conn.bucket.is_none() {
+            if opts.and_then(|o| o.splice).unwrap_or(false) && conn.bucket().is_none() {
                 match Pipes::new() {
                     Ok(p) => up.pipes = Some(Box::new(p)),
                     Err(e) => debug!("no pipes for splice ({e}); copying instead"),
@@ -281,7 +281,7 @@ impl Worker {
         };
         let watched = self
             .epoll
-            .add(c.fd.as_fd(), c.registered, token.0)
+            .add(c.fd.as_fd(), c.registered(), token.0)
             .and_then(|()| match &c.upstream {
                 Some(up) => self
                     .epoll

@@ -97,6 +97,7 @@ impl Worker {
             return;
         };
         let listener = usize::from(c.listener);
+        let rate_limited = c.bucket().is_some();
         let Some(up) = c.upstream.as_mut() else {
             return;
         };
@@ -122,7 +123,7 @@ impl Worker {
                 .get(listener)
                 .and_then(|l| crate::service::proxy::options::of(l)?.splice)
                 .unwrap_or(false);
-            if splice && c.bucket.is_none() {
+            if splice && !rate_limited {
                 match Pipes::new() {
                     Ok(p) => up.pipes = Some(Box::new(p)),
                     Err(e) => debug!("no pipes for splice ({e}); copying instead"),
