@@ -33,7 +33,7 @@ pub const POOLED_CAPACITY: usize = 64 << 10;
 /// One client connection. Kept small (see the size test): a worker holds one per
 /// open connection, most of them idle, so every field here is paid a million times;
 /// what only some connections need (a proxy's upstream, a rate limit, a PROXY-header
-/// origin, a handler timer, a connection log line) sits behind a pointer.
+/// origin, a handler timer, a connection log line) sits behind one pointer, `rare`.
 pub struct Conn {
     pub fd: OwnedFd,
     /// Which listener accepted it (index in the config).
@@ -51,8 +51,6 @@ pub struct Conn {
     inbuf: Vec<u8>,
     handler: Box<dyn Handler>,
     pub last_active: Instant,
-    /// For a proxied connection: the upstream side.
-    pub upstream: Option<Box<Upstream>>,
     /// The rarely set rest, allocated only when one of them is.
     rare: Option<Box<Rare>>,
     pub peer: Option<IpAddr>,
@@ -71,6 +69,8 @@ struct Rare {
     bucket: Option<Box<Bucket>>,
     /// `log_connections`: what the line at close will say.
     log: Option<Box<Record>>,
+    /// For a proxied connection: the upstream side.
+    upstream: Option<Box<Upstream>>,
 }
 
 /// How a connection leaves a draining worker.
@@ -123,7 +123,6 @@ impl Conn {
             inbuf: Vec::new(),
             handler,
             last_active: now,
-            upstream: None,
             rare: bucket.map(|b| {
                 Box::new(Rare {
                     bucket: Some(b),
@@ -176,6 +175,25 @@ impl Conn {
         self.rare.as_mut().and_then(|r| r.log.take())
     }
 
+    /// For a proxied connection: the upstream side.
+    pub fn upstream(&self) -> Option<&Upstream> {
+        self.rare.as_ref().and_then(|r| r.upstream.as_deref())
+    }
+
+    pub fn upstream_mut(&mut self) -> Option<&mut Upstream> {
+        self.rare.as_mut().and_then(|r| r.upstream.as_deref_mut())
+    }
+
+    pub fn set_upstream(&mut self, up: Option<Box<Upstream>>) {
+        if up.is_some() || self.rare.is_some() {
+            self.rare.get_or_insert_with(Box::default).upstream = up;
+        }
+    }
+
+    pub fn take_upstream(&mut self) -> Option<Box<Upstream>> {
+        self.rare.as_mut().and_then(|r| r.upstream.take())
+    }
+
     /// The real client when it is not the socket's peer (a PROXY header named it).
     pub fn origin(&self) -> Option<SocketAddr> {
         self.rare.as_ref().and_then(|r| r.origin)
@@ -221,13 +239,12 @@ impl Conn {
 
     /// The upstream sent FIN.
     pub fn upstream_eof(&self) -> bool {
-        self.upstream
-            .as_ref()
+        self.upstream()
             .is_some_and(|u| u.flags.has(Flags::READ_CLOSED))
     }
 
     fn pending(&self) -> usize {
-        self.out.len() - self.out_pos + self.upstream.as_ref().map_or(0, |u| u.piped_to_client())
+        self.out.len() - self.out_pos + self.upstream().map_or(0, |u| u.piped_to_client())
     }
 
     /// Reading is possible and allowed now.
@@ -244,7 +261,7 @@ impl Conn {
     /// must come back to this connection even if no new edge arrives.
     pub fn more_to_read(&self) -> bool {
         self.wants_read()
-            || self.upstream.as_ref().is_some_and(|u| {
+            || self.upstream().is_some_and(|u| {
                 u.flags.has(Flags::CONNECTED)
                     && u.flags.has(Flags::MAY_READ)
                     && !u.flags.has(Flags::READ_CLOSED)
@@ -256,7 +273,7 @@ impl Conn {
     /// A proxied client is not read while its bytes wait for the upstream beyond
     /// the high water mark (`Upstream::backpressured` is the mirror image).
     fn client_paused(&self) -> bool {
-        self.upstream.as_ref().is_some_and(|u| {
+        self.upstream().is_some_and(|u| {
             u.flags.has(Flags::BACKPRESSURED_CLIENT) || u.pipes.as_ref().is_some_and(|p| p.c2u.full)
         })
     }
@@ -282,12 +299,12 @@ impl Conn {
             && !self.flags.has(Flags::SHUTDOWN_WRITE)
             && !self.flags.has(Flags::READ_CLOSED)
             && !self.flags.has(Flags::WRITE_SHUT)
-            && self.upstream.as_ref().is_none_or(|u| u.quiescent());
+            && self.upstream().is_none_or(|u| u.quiescent());
         if !quiet {
             return None;
         }
         if !may_suspend {
-            return (self.upstream.is_none() && self.idle_closable()).then_some(Leaving::Idle);
+            return (self.upstream().is_none() && self.idle_closable()).then_some(Leaving::Idle);
         }
         match self.handler.suspend() {
             Some(s) if s.state.len() + self.inbuf.len() <= crate::channel::MAX_MOVED_BYTES => {
@@ -295,7 +312,7 @@ impl Conn {
             }
             // Too big to travel now: the handler keeps serving, and is asked again.
             Some(_) => None,
-            None if self.upstream.is_none() && self.idle_closable() => Some(Leaving::Idle),
+            None if self.upstream().is_none() && self.idle_closable() => Some(Leaving::Idle),
             None => None,
         }
     }
@@ -536,7 +553,8 @@ impl Conn {
     /// caller instead of closing them (a hand-over sends them on).
     pub fn into_fds(mut self, pool: &mut Vec<Vec<u8>>) -> (OwnedFd, Option<OwnedFd>) {
         self.release_out(pool);
-        (self.fd, self.upstream.map(|u| u.fd))
+        let up = self.take_upstream();
+        (self.fd, up.map(|u| u.fd))
     }
 }
 
@@ -567,6 +585,6 @@ mod tests {
     fn a_connection_stays_small() {
         let size = std::mem::size_of::<Conn>();
         println!("size_of::<Conn>() = {size} bytes");
-        assert!(size <= 136, "Conn grew to {size} bytes");
+        assert!(size <= 128, "Conn grew to {size} bytes");
     }
 }

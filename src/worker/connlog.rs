@@ -163,7 +163,7 @@ impl Worker {
             .get(usize::from(c.listener))
             .map(|l| l.name.clone().unwrap_or_else(|| l.address.to_string()))
             .unwrap_or_default();
-        let upstream = c.upstream.as_ref().map_or_else(
+        let upstream = c.upstream().map_or_else(
             || "-".to_string(),
             |u| upstream_text(u.addr, u.flags.has(Flags::CONNECTED)),
         );

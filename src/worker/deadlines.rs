@@ -67,7 +67,7 @@ impl Worker {
                     let timed_out = self
                         .conns
                         .get(token)
-                        .and_then(|c| c.upstream.as_ref())
+                        .and_then(|c| c.upstream())
                         .is_some_and(|u| !u.flags.has(Flags::CONNECTED) && u.connect_by <= now);
                     if timed_out {
                         self.upstream_failed(token, "connect timed out");

@@ -57,7 +57,7 @@ impl Worker {
                 warn!("cannot watch an upstream socket: {e}");
                 return self.close(token);
             }
-            c.upstream = Some(Box::new(up));
+            c.set_upstream(Some(Box::new(up)));
             self.timers.schedule(now + timeout, Timer::Connect(token));
             return;
         }
@@ -70,7 +70,7 @@ impl Worker {
         let Some(c) = self.conns.get_mut(token) else {
             return;
         };
-        let Some(mut up) = c.upstream.take() else {
+        let Some(mut up) = c.take_upstream() else {
             return;
         };
         let listener = usize::from(c.listener);
@@ -98,7 +98,7 @@ impl Worker {
         };
         let listener = usize::from(c.listener);
         let rate_limited = c.bucket().is_some();
-        let Some(up) = c.upstream.as_mut() else {
+        let Some(up) = c.upstream_mut() else {
             return;
         };
         if !up.flags.has(Flags::CONNECTED) {
@@ -139,7 +139,7 @@ impl Worker {
             self.counters.upstream_connected(listener, index);
             self.counters.upstream_bytes(listener, index, carried, 0);
         }
-        let Some(up) = self.conns.get_mut(token).and_then(|c| c.upstream.as_mut()) else {
+        let Some(up) = self.conns.get_mut(token).and_then(|c| c.upstream_mut()) else {
             return;
         };
         if ev.readable || ev.hangup {
