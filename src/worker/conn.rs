@@ -5,7 +5,7 @@
 //! `conn/`.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Instant;
 
@@ -15,14 +15,15 @@ use crate::os::{fd, stream};
 use crate::service::{Handler, Io, Job, Suspended};
 
 use super::bucket::Bucket;
-use super::connlog::Record;
 
 mod flags;
 mod proxy_pump;
+mod rare;
 mod splice;
 mod upstream;
 
 pub use flags::Flags;
+use rare::Rare;
 pub use splice::Pipes;
 pub use upstream::Upstream;
 
@@ -54,23 +55,6 @@ pub struct Conn {
     /// The rarely set rest, allocated only when one of them is.
     rare: Option<Box<Rare>>,
     pub peer: Option<IpAddr>,
-}
-
-/// What few connections carry.
-#[derive(Default)]
-struct Rare {
-    /// The real client when it is not the socket's peer (a PROXY header named it).
-    origin: Option<SocketAddr>,
-    /// The handler asked for `on_timer` at this instant.
-    timer_at: Option<Instant>,
-    /// The earliest handler-timer entry already in the worker's heap.
-    timer_queued: Option<Instant>,
-    /// Per-client rate limit, if one is configured.
-    bucket: Option<Box<Bucket>>,
-    /// `log_connections`: what the line at close will say.
-    log: Option<Box<Record>>,
-    /// For a proxied connection: the upstream side.
-    upstream: Option<Box<Upstream>>,
 }
 
 /// How a connection leaves a draining worker.
@@ -123,12 +107,7 @@ impl Conn {
             inbuf: Vec::new(),
             handler,
             last_active: now,
-            rare: bucket.map(|b| {
-                Box::new(Rare {
-                    bucket: Some(b),
-                    ..Rare::default()
-                })
-            }),
+            rare: bucket.map(Rare::with_bucket),
             peer,
         }
     }
@@ -149,82 +128,6 @@ impl Conn {
         debug_assert!(i.edge && !i.exclusive);
         self.flags.set(Flags::WATCH_READ, i.read);
         self.flags.set(Flags::WATCH_WRITE, i.write);
-    }
-
-    /// The per-client rate limit, if one is configured.
-    pub fn bucket(&self) -> Option<&Bucket> {
-        self.rare.as_ref().and_then(|r| r.bucket.as_deref())
-    }
-
-    fn bucket_mut(&mut self) -> Option<&mut Bucket> {
-        self.rare.as_mut().and_then(|r| r.bucket.as_deref_mut())
-    }
-
-    /// `log_connections`: the line this connection will log at close.
-    pub fn log_mut(&mut self) -> Option<&mut Record> {
-        self.rare.as_mut().and_then(|r| r.log.as_deref_mut())
-    }
-
-    pub fn set_log(&mut self, log: Option<Box<Record>>) {
-        if log.is_some() || self.rare.is_some() {
-            self.rare.get_or_insert_with(Box::default).log = log;
-        }
-    }
-
-    pub fn take_log(&mut self) -> Option<Box<Record>> {
-        self.rare.as_mut().and_then(|r| r.log.take())
-    }
-
-    /// For a proxied connection: the upstream side.
-    pub fn upstream(&self) -> Option<&Upstream> {
-        self.rare.as_ref().and_then(|r| r.upstream.as_deref())
-    }
-
-    pub fn upstream_mut(&mut self) -> Option<&mut Upstream> {
-        self.rare.as_mut().and_then(|r| r.upstream.as_deref_mut())
-    }
-
-    pub fn set_upstream(&mut self, up: Option<Box<Upstream>>) {
-        if up.is_some() || self.rare.is_some() {
-            self.rare.get_or_insert_with(Box::default).upstream = up;
-        }
-    }
-
-    pub fn take_upstream(&mut self) -> Option<Box<Upstream>> {
-        self.rare.as_mut().and_then(|r| r.upstream.take())
-    }
-
-    /// The real client when it is not the socket's peer (a PROXY header named it).
-    pub fn origin(&self) -> Option<SocketAddr> {
-        self.rare.as_ref().and_then(|r| r.origin)
-    }
-
-    pub fn set_origin(&mut self, origin: Option<SocketAddr>) {
-        if origin.is_some() || self.rare.is_some() {
-            self.rare.get_or_insert_with(Box::default).origin = origin;
-        }
-    }
-
-    /// The handler asked for `on_timer` at this instant.
-    pub fn timer_at(&self) -> Option<Instant> {
-        self.rare.as_ref().and_then(|r| r.timer_at)
-    }
-
-    pub fn set_timer_at(&mut self, at: Option<Instant>) {
-        if at.is_some() || self.rare.is_some() {
-            self.rare.get_or_insert_with(Box::default).timer_at = at;
-        }
-    }
-
-    /// The earliest handler-timer entry already in the worker's heap.
-    pub fn timer_queued(&self) -> Option<Instant> {
-        self.rare.as_ref().and_then(|r| r.timer_queued)
-    }
-
-    pub fn set_timer_queued(&mut self, at: Option<Instant>) {
-        if at.is_some() || self.rare.is_some() {
-            self.rare.get_or_insert_with(Box::default).timer_queued = at;
-        }
     }
 
     /// The service's handler, once a PROXY header told who the client is.
