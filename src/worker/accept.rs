@@ -151,10 +151,10 @@ impl Worker {
         conn.flags.set(Flags::COUNTED_IP, counted_ip);
         conn.listener = listener as u16;
         conn.set_origin(origin);
-        conn.log = log.then(|| connlog::Record::new(now, conn.fd.as_fd()));
+        conn.set_log(log.then(|| connlog::Record::new(now, conn.fd.as_fd())));
         let token = self.conns.insert(conn);
         let c = self.conns.get_mut(token)?;
-        if let Err(e) = self.epoll.add(c.fd.as_fd(), c.registered, token.0) {
+        if let Err(e) = self.epoll.add(c.fd.as_fd(), c.registered(), token.0) {
             warn!("cannot watch a new connection: {e}");
             self.conns.remove(token);
             return None;
@@ -171,7 +171,7 @@ impl Worker {
         }
         if self.listeners[listener].service.upstreams().is_some() {
             let header = self.upstream_header(token);
-            self.connect_upstream(token, Vec::new(), header, 1);
+            self.connect_upstream(token, Vec::new(), header);
         }
         Some(token)
     }

@@ -126,7 +126,7 @@ impl Worker {
         c.flags.set(Flags::MAY_READ, true);
         if self.listeners[listener].service.upstreams().is_some() {
             let header = self.upstream_header(token);
-            self.connect_upstream(token, Vec::new(), header, 1);
+            self.connect_upstream(token, Vec::new(), header);
         }
         // Bytes that came with the header are still in the socket: serve them now.
         self.drive(token);

@@ -5,7 +5,7 @@
 //! `conn/`.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Instant;
 
@@ -18,10 +18,12 @@ use super::bucket::Bucket;
 
 mod flags;
 mod proxy_pump;
+mod rare;
 mod splice;
 mod upstream;
 
 pub use flags::Flags;
+use rare::Rare;
 pub use splice::Pipes;
 pub use upstream::Upstream;
 
@@ -32,15 +34,14 @@ pub const POOLED_CAPACITY: usize = 64 << 10;
 /// One client connection. Kept small (see the size test): a worker holds one per
 /// open connection, most of them idle, so every field here is paid a million times;
 /// what only some connections need (a proxy's upstream, a rate limit, a PROXY-header
-/// origin, a handler timer, a connection log line) sits behind a pointer.
+/// origin, a handler timer, a connection log line) sits behind one pointer, `rare`.
 pub struct Conn {
     pub fd: OwnedFd,
     /// Which listener accepted it (index in the config).
     pub listener: u16,
-    /// The client socket's readiness and the loop's decisions about it.
+    /// The client socket's readiness, the loop's decisions about it, and what epoll
+    /// currently watches it for (`registered`).
     pub flags: Flags,
-    /// What epoll currently watches for.
-    pub registered: Interest,
     /// Blocking jobs submitted for this connection whose completion has not been
     /// delivered: their results may still write output the client is owed.
     jobs_pending: u32,
@@ -51,26 +52,9 @@ pub struct Conn {
     inbuf: Vec<u8>,
     handler: Box<dyn Handler>,
     pub last_active: Instant,
-    /// Per-client rate limit, if one is configured.
-    pub bucket: Option<Box<Bucket>>,
-    /// For a proxied connection: the upstream side.
-    pub upstream: Option<Box<Upstream>>,
-    /// `log_connections`: what the line at close will say.
-    pub log: Option<Box<super::connlog::Record>>,
     /// The rarely set rest, allocated only when one of them is.
     rare: Option<Box<Rare>>,
     pub peer: Option<IpAddr>,
-}
-
-/// What few connections carry.
-#[derive(Default)]
-struct Rare {
-    /// The real client when it is not the socket's peer (a PROXY header named it).
-    origin: Option<SocketAddr>,
-    /// The handler asked for `on_timer` at this instant.
-    timer_at: Option<Instant>,
-    /// The earliest handler-timer entry already in the worker's heap.
-    timer_queued: Option<Instant>,
 }
 
 /// How a connection leaves a draining worker.
@@ -116,56 +100,34 @@ impl Conn {
         Conn {
             fd,
             listener: 0,
-            flags: Flags::new(Flags::MAY_READ),
-            registered: Interest {
-                edge: true,
-                ..Interest::READ
-            },
+            flags: Flags::new(Flags::MAY_READ | Flags::WATCH_READ),
             jobs_pending: 0,
             out_pos: 0,
             out: Vec::new(),
             inbuf: Vec::new(),
             handler,
             last_active: now,
-            bucket,
-            upstream: None,
-            log: None,
-            rare: None,
+            rare: bucket.map(Rare::with_bucket),
             peer,
         }
     }
 
-    /// The real client when it is not the socket's peer (a PROXY header named it).
-    pub fn origin(&self) -> Option<SocketAddr> {
-        self.rare.as_ref().and_then(|r| r.origin)
-    }
-
-    pub fn set_origin(&mut self, origin: Option<SocketAddr>) {
-        if origin.is_some() || self.rare.is_some() {
-            self.rare.get_or_insert_with(Box::default).origin = origin;
+    /// What epoll currently watches the client socket for.
+    pub fn registered(&self) -> Interest {
+        Interest {
+            read: self.flags.has(Flags::WATCH_READ),
+            write: self.flags.has(Flags::WATCH_WRITE),
+            edge: true,
+            exclusive: false,
         }
     }
 
-    /// The handler asked for `on_timer` at this instant.
-    pub fn timer_at(&self) -> Option<Instant> {
-        self.rare.as_ref().and_then(|r| r.timer_at)
-    }
-
-    pub fn set_timer_at(&mut self, at: Option<Instant>) {
-        if at.is_some() || self.rare.is_some() {
-            self.rare.get_or_insert_with(Box::default).timer_at = at;
-        }
-    }
-
-    /// The earliest handler-timer entry already in the worker's heap.
-    pub fn timer_queued(&self) -> Option<Instant> {
-        self.rare.as_ref().and_then(|r| r.timer_queued)
-    }
-
-    pub fn set_timer_queued(&mut self, at: Option<Instant>) {
-        if at.is_some() || self.rare.is_some() {
-            self.rare.get_or_insert_with(Box::default).timer_queued = at;
-        }
+    /// Notes what epoll now watches for (only read and write vary: `interest` is
+    /// always edge-triggered and never exclusive).
+    pub fn set_registered(&mut self, i: Interest) {
+        debug_assert!(i.edge && !i.exclusive);
+        self.flags.set(Flags::WATCH_READ, i.read);
+        self.flags.set(Flags::WATCH_WRITE, i.write);
     }
 
     /// The service's handler, once a PROXY header told who the client is.
@@ -180,13 +142,12 @@ impl Conn {
 
     /// The upstream sent FIN.
     pub fn upstream_eof(&self) -> bool {
-        self.upstream
-            .as_ref()
+        self.upstream()
             .is_some_and(|u| u.flags.has(Flags::READ_CLOSED))
     }
 
     fn pending(&self) -> usize {
-        self.out.len() - self.out_pos + self.upstream.as_ref().map_or(0, |u| u.piped_to_client())
+        self.out.len() - self.out_pos + self.upstream().map_or(0, |u| u.piped_to_client())
     }
 
     /// Reading is possible and allowed now.
@@ -203,7 +164,7 @@ impl Conn {
     /// must come back to this connection even if no new edge arrives.
     pub fn more_to_read(&self) -> bool {
         self.wants_read()
-            || self.upstream.as_ref().is_some_and(|u| {
+            || self.upstream().is_some_and(|u| {
                 u.flags.has(Flags::CONNECTED)
                     && u.flags.has(Flags::MAY_READ)
                     && !u.flags.has(Flags::READ_CLOSED)
@@ -215,7 +176,7 @@ impl Conn {
     /// A proxied client is not read while its bytes wait for the upstream beyond
     /// the high water mark (`Upstream::backpressured` is the mirror image).
     fn client_paused(&self) -> bool {
-        self.upstream.as_ref().is_some_and(|u| {
+        self.upstream().is_some_and(|u| {
             u.flags.has(Flags::BACKPRESSURED_CLIENT) || u.pipes.as_ref().is_some_and(|p| p.c2u.full)
         })
     }
@@ -241,12 +202,12 @@ impl Conn {
             && !self.flags.has(Flags::SHUTDOWN_WRITE)
             && !self.flags.has(Flags::READ_CLOSED)
             && !self.flags.has(Flags::WRITE_SHUT)
-            && self.upstream.as_ref().is_none_or(|u| u.quiescent());
+            && self.upstream().is_none_or(|u| u.quiescent());
         if !quiet {
             return None;
         }
         if !may_suspend {
-            return (self.upstream.is_none() && self.idle_closable()).then_some(Leaving::Idle);
+            return (self.upstream().is_none() && self.idle_closable()).then_some(Leaving::Idle);
         }
         match self.handler.suspend() {
             Some(s) if s.state.len() + self.inbuf.len() <= crate::channel::MAX_MOVED_BYTES => {
@@ -254,7 +215,7 @@ impl Conn {
             }
             // Too big to travel now: the handler keeps serving, and is asked again.
             Some(_) => None,
-            None if self.upstream.is_none() && self.idle_closable() => Some(Leaving::Idle),
+            None if self.upstream().is_none() && self.idle_closable() => Some(Leaving::Idle),
             None => None,
         }
     }
@@ -360,7 +321,7 @@ impl Conn {
     /// How many of `want` bytes the rate limit lets us read now; None (and the
     /// connection throttled) when it allows none.
     fn allowance(&mut self, want: usize) -> Option<usize> {
-        let Some(b) = &mut self.bucket else {
+        let Some(b) = self.bucket_mut() else {
             return Some(want);
         };
         let allowed = b.available(Instant::now());
@@ -373,7 +334,7 @@ impl Conn {
 
     /// Takes `n` read bytes out of the rate limit's bucket.
     fn charge(&mut self, n: usize) {
-        if let Some(b) = &mut self.bucket {
+        if let Some(b) = self.bucket_mut() {
             b.take(n as u64);
         }
     }
@@ -480,7 +441,7 @@ impl Conn {
 
     /// When to re-admit a throttled connection.
     pub fn readmit_at(&self, now: Instant) -> Instant {
-        match &self.bucket {
+        match self.bucket() {
             Some(b) => b.readmit_at(now),
             None => now,
         }
@@ -495,7 +456,8 @@ impl Conn {
     /// caller instead of closing them (a hand-over sends them on).
     pub fn into_fds(mut self, pool: &mut Vec<Vec<u8>>) -> (OwnedFd, Option<OwnedFd>) {
         self.release_out(pool);
-        (self.fd, self.upstream.map(|u| u.fd))
+        let up = self.take_upstream();
+        (self.fd, up.map(|u| u.fd))
     }
 }
 
@@ -526,6 +488,6 @@ mod tests {
     fn a_connection_stays_small() {
         let size = std::mem::size_of::<Conn>();
         println!("size_of::<Conn>() = {size} bytes");
-        assert!(size <= 160, "Conn grew to {size} bytes");
+        assert!(size <= 128, "Conn grew to {size} bytes");
     }
 }

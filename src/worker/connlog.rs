@@ -102,11 +102,11 @@ impl Record {
 impl Conn {
     /// After each pump: bytes that moved, and which side's FIN came first.
     pub fn log_progress(&mut self, bytes_in: u64, bytes_out: u64) {
-        if self.log.is_none() {
+        if self.log_mut().is_none() {
             return;
         }
         let (client, upstream) = (self.client_eof(), self.upstream_eof());
-        let Some(r) = self.log.as_mut() else {
+        let Some(r) = self.log_mut() else {
             return;
         };
         r.bytes_in += bytes_in;
@@ -123,7 +123,7 @@ impl Conn {
     /// Records why the connection is about to close, unless a reason is known already
     /// (the first one is the cause, what follows is consequence).
     pub fn log_end(&mut self, end: End) {
-        if let Some(r) = self.log.as_mut() {
+        if let Some(r) = self.log_mut() {
             r.end.get_or_insert(end);
         }
     }
@@ -145,7 +145,7 @@ impl Worker {
 
     /// Writes the line of a connection leaving this worker.
     pub(super) fn log_closed(&self, c: &mut Conn) {
-        let Some(r) = c.log.take() else {
+        let Some(r) = c.take_log() else {
             return;
         };
         let end = r.end.clone().unwrap_or(match r.first_eof {
@@ -163,7 +163,7 @@ impl Worker {
             .get(usize::from(c.listener))
             .map(|l| l.name.clone().unwrap_or_else(|| l.address.to_string()))
             .unwrap_or_default();
-        let upstream = c.upstream.as_ref().map_or_else(
+        let upstream = c.upstream().map_or_else(
             || "-".to_string(),
             |u| upstream_text(u.addr, u.flags.has(Flags::CONNECTED)),
         );

@@ -9,15 +9,22 @@ use crate::channel::ToMaster;
 
 use super::conn::Flags;
 use super::connlog;
+use super::timer::Packed;
 use super::token::Token;
 use super::Worker;
 
+/// What a timer does when it comes due. Packed into 8 bytes in the heap (one entry
+/// per idle connection): a kind in the top 3 bits, a connection's token (61 bits, see
+/// `token.rs`) or which worker-wide timer in the rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Timer {
     Idle(Token),
     /// Re-admit a client whose rate limit ran out.
     Throttle(Token),
-    /// A proxied connection's upstream connect attempt (by number) timed out.
-    Connect(Token, u32),
+    /// A proxied connection's upstream connect attempt may have timed out (checked
+    /// against the attempt's own deadline, `Upstream::connect_by`: a timer of an
+    /// earlier, failed attempt finds a later deadline and does nothing).
+    Connect(Token),
     /// A handler's `set_timer` came due (checked against the connection's own
     /// deadline: lazy cancellation).
     Handler(Token),
@@ -56,12 +63,12 @@ impl Worker {
                         None => {}
                     }
                 }
-                Timer::Connect(token, attempt) => {
+                Timer::Connect(token) => {
                     let timed_out = self
                         .conns
                         .get(token)
-                        .and_then(|c| c.upstream.as_ref())
-                        .is_some_and(|u| !u.flags.has(Flags::CONNECTED) && u.attempt == attempt);
+                        .and_then(|c| c.upstream())
+                        .is_some_and(|u| !u.flags.has(Flags::CONNECTED) && u.connect_by <= now);
                     if timed_out {
                         self.upstream_failed(token, "connect timed out");
                     }
@@ -139,7 +146,7 @@ impl Worker {
     pub(super) fn compact_timers_now(&mut self) {
         let conns = &self.conns;
         self.timers.retain(|t| match t {
-            Timer::Idle(k) | Timer::Throttle(k) | Timer::Handler(k) | Timer::Connect(k, _) => {
+            Timer::Idle(k) | Timer::Throttle(k) | Timer::Handler(k) | Timer::Connect(k) => {
                 conns.get(*k).is_some()
             }
             Timer::AcceptResume
@@ -149,5 +156,84 @@ impl Worker {
             | Timer::FaultEnd => true,
             Timer::Header(k) => conns.get(*k).is_some(),
         });
+    }
+}
+
+/// The top 3 bits of a packed timer; 0 is a worker-wide timer, the rest say
+/// what to do with the connection whose token fills the low 61 bits.
+const KIND_SHIFT: u32 = 61;
+const LOW_MASK: u64 = (1 << KIND_SHIFT) - 1;
+
+impl Packed for Timer {
+    fn pack(&self) -> u64 {
+        let (kind, low) = match *self {
+            Timer::AcceptResume => (0, 0),
+            Timer::Heartbeat => (0, 1),
+            Timer::DrainDeadline => (0, 2),
+            Timer::HandoffSettle => (0, 3),
+            Timer::FaultEnd => (0, 4),
+            Timer::Idle(t) => (1, t.0),
+            Timer::Throttle(t) => (2, t.0),
+            Timer::Connect(t) => (3, t.0),
+            Timer::Handler(t) => (4, t.0),
+            Timer::Header(t) => (5, t.0),
+        };
+        // A connection's token uses bits 0-60 only (the higher ones mark epoll
+        // tokens that are not connections, which never get a timer).
+        debug_assert_eq!(low & !LOW_MASK, 0);
+        (kind << KIND_SHIFT) | (low & LOW_MASK)
+    }
+
+    fn unpack(bits: u64) -> Option<Timer> {
+        let low = bits & LOW_MASK;
+        let token = Token(low);
+        Some(match bits >> KIND_SHIFT {
+            0 => match low {
+                0 => Timer::AcceptResume,
+                1 => Timer::Heartbeat,
+                2 => Timer::DrainDeadline,
+                3 => Timer::HandoffSettle,
+                4 => Timer::FaultEnd,
+                _ => return None,
+            },
+            1 => Timer::Idle(token),
+            2 => Timer::Throttle(token),
+            3 => Timer::Connect(token),
+            4 => Timer::Handler(token),
+            5 => Timer::Header(token),
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::token::GEN_MASK;
+    use super::*;
+
+    /// Every timer comes back as it went in, with the largest token there is.
+    #[test]
+    fn timers_pack_into_8_bytes_and_back() {
+        let big = Token::new(u32::MAX as usize, GEN_MASK);
+        let small = Token::new(0, 0);
+        let all = [
+            Timer::AcceptResume,
+            Timer::Heartbeat,
+            Timer::DrainDeadline,
+            Timer::HandoffSettle,
+            Timer::FaultEnd,
+            Timer::Idle(big),
+            Timer::Throttle(big),
+            Timer::Connect(big),
+            Timer::Handler(big),
+            Timer::Header(big),
+            Timer::Idle(small),
+            Timer::Header(small),
+        ];
+        for t in all {
+            assert_eq!(Timer::unpack(t.pack()), Some(t), "{t:?}");
+        }
+        assert_eq!(Timer::unpack(7 << KIND_SHIFT), None);
+        assert_eq!(Timer::unpack(5), None);
     }
 }

@@ -49,17 +49,13 @@ impl Worker {
             draining,
             jobs: &mut self.jobs,
         };
-        let outcome = if c.upstream.is_some() {
+        let outcome = if c.upstream().is_some() {
             c.pump_proxy(&mut env)
         } else {
             c.pump(&mut env)
         };
         let budget = env.budget;
-        if let Some(up) = c
-            .upstream
-            .as_ref()
-            .filter(|u| u.flags.has(Flags::CONNECTED))
-        {
+        if let Some(up) = c.upstream().filter(|u| u.flags.has(Flags::CONNECTED)) {
             let (i, o) = (
                 self.stats.bytes_in - before.0,
                 self.stats.bytes_out - before.1,
@@ -110,7 +106,7 @@ impl Worker {
         };
         // Reads cut short (by the quantum, or a proxy's bounded passes) continue in
         // step 4: with edge-triggered epoll no new event would announce them.
-        if c.more_to_read() && (budget == 0 || c.upstream.is_some()) {
+        if c.more_to_read() && (budget == 0 || c.upstream().is_some()) {
             self.ready.push(token);
         }
         if c.flags.has(Flags::THROTTLED) && !c.flags.has(Flags::THROTTLE_ARMED) {
@@ -119,7 +115,7 @@ impl Worker {
             let at = c.readmit_at(now);
             self.timers.schedule(at, Timer::Throttle(token));
         }
-        if let Some(up) = &mut c.upstream {
+        if let Some(up) = c.upstream_mut() {
             let want = up.interest();
             if want != up.registered {
                 if let Err(e) = self.epoll.modify(up.fd.as_fd(), want, token.upstream()) {
@@ -131,13 +127,13 @@ impl Worker {
             }
         }
         let want = c.interest();
-        if want != c.registered {
+        if want != c.registered() {
             if let Err(e) = self.epoll.modify(c.fd.as_fd(), want, token.0) {
                 debug!("epoll modify failed: {e}");
                 self.close(token);
                 return;
             }
-            c.registered = want;
+            c.set_registered(want);
         }
         if POOL_MAX < self.bufs.len() {
             self.bufs.truncate(POOL_MAX);
@@ -183,11 +179,7 @@ impl Worker {
         let mut conn = None;
         if let Some(mut c) = self.conns.remove(token) {
             self.log_closed(&mut c);
-            if let Some(up) = c
-                .upstream
-                .as_ref()
-                .filter(|u| u.flags.has(Flags::CONNECTED))
-            {
+            if let Some(up) = c.upstream().filter(|u| u.flags.has(Flags::CONNECTED)) {
                 let index = up.index;
                 let service = self.listeners.get_mut(usize::from(c.listener));
                 if let Some(u) = service.and_then(|l| l.service.upstreams()) {

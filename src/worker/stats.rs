@@ -217,11 +217,7 @@ impl Counters {
             if let Some(l) = self.listeners.get_mut(listener) {
                 l.active += 1;
             }
-            if let Some(up) = c
-                .upstream
-                .as_ref()
-                .filter(|u| u.flags.has(Flags::CONNECTED))
-            {
+            if let Some(up) = c.upstream().filter(|u| u.flags.has(Flags::CONNECTED)) {
                 if let Some(u) = self.upstream(listener, up.index) {
                     u.active += 1;
                 }

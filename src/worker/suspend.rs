@@ -44,7 +44,7 @@ impl Worker {
         let listen = l.map(|l| l.address.to_string()).unwrap_or_default();
         // Bundled before anything is taken apart: if that fails, the pair is served
         // here as if it had never been asked.
-        let bundle = match &c.upstream {
+        let bundle = match c.upstream() {
             Some(up) => match scm::bundle(&[c.fd.as_fd(), up.fd.as_fd()]) {
                 Ok(b) => Some(b),
                 Err(e) => {
@@ -76,7 +76,7 @@ impl Worker {
                         .timer_at()
                         .map(|t| millis(t.saturating_duration_since(now))),
                     origin: process::pid().as_raw() as u32,
-                    upstream: c.upstream.as_ref().map(|u| u.addr),
+                    upstream: c.upstream().map(|u| u.addr),
                     refused: None,
                 })),
             },
@@ -84,7 +84,7 @@ impl Worker {
         // The fds stay open (queued, then in flight): without an explicit delete this
         // epoll set would keep reporting their events under a token that is reused.
         let _ = self.epoll.delete(c.fd.as_fd());
-        if let Some(up) = &c.upstream {
+        if let Some(up) = c.upstream() {
             let _ = self.epoll.delete(up.fd.as_fd());
         }
         self.end_as(token, super::connlog::End::HandedOver);
@@ -250,7 +250,7 @@ impl Worker {
         conn.flags.set(Flags::PINNED, pinned);
         conn.set_origin(origin);
         if self.config.listen[listener].logs_connections() {
-            conn.log = Some(super::connlog::Record::new(now, conn.fd.as_fd()));
+            conn.set_log(Some(super::connlog::Record::new(now, conn.fd.as_fd())));
         }
         conn.last_active = now
             .checked_sub(Duration::from_millis(m.idle_ms))
@@ -264,7 +264,7 @@ impl Worker {
             let opts = crate::service::proxy::options::of(l);
             let index = opts.and_then(|o| o.resolved.iter().position(|a| *a == addr));
             let mut up = Upstream::moved(ufd, index.unwrap_or(usize::MAX), addr);
-            if opts.and_then(|o| o.splice).unwrap_or(false) && conn.bucket.is_none() {
+            if opts.and_then(|o| o.splice).unwrap_or(false) && conn.bucket().is_none() {
                 match Pipes::new() {
                     Ok(p) => up.pipes = Some(Box::new(p)),
                     Err(e) => debug!("no pipes for splice ({e}); copying instead"),
@@ -273,7 +273,7 @@ impl Worker {
             if let (Some(i), Some(u)) = (index, self.listeners[listener].service.upstreams()) {
                 u.connected(i);
             }
-            conn.upstream = Some(Box::new(up));
+            conn.set_upstream(Some(Box::new(up)));
         }
         let token = self.conns.insert(conn);
         let Some(c) = self.conns.get_mut(token) else {
@@ -281,8 +281,8 @@ impl Worker {
         };
         let watched = self
             .epoll
-            .add(c.fd.as_fd(), c.registered, token.0)
-            .and_then(|()| match &c.upstream {
+            .add(c.fd.as_fd(), c.registered(), token.0)
+            .and_then(|()| match c.upstream() {
                 Some(up) => self
                     .epoll
                     .add(up.fd.as_fd(), up.registered, token.upstream()),

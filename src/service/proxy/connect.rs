@@ -15,13 +15,7 @@ use crate::worker::{Timer, Token, Upstream, Worker};
 impl Worker {
     /// Starts connecting a proxied client to the next upstream it has not tried,
     /// carrying over the bytes it already sent; closes it when none is left.
-    pub(crate) fn connect_upstream(
-        &mut self,
-        token: Token,
-        mut tried: Vec<usize>,
-        carry: Vec<u8>,
-        attempt: u32,
-    ) {
+    pub(crate) fn connect_upstream(&mut self, token: Token, mut tried: Vec<usize>, carry: Vec<u8>) {
         let now = Instant::now();
         let Some(listener) = self.conns.get(token).map(|c| usize::from(c.listener)) else {
             return;
@@ -54,7 +48,7 @@ impl Worker {
             let Some(c) = self.conns.get_mut(token) else {
                 return;
             };
-            let mut up = Upstream::new(sock, index, addr, tried, attempt);
+            let mut up = Upstream::new(sock, index, addr, tried, now + timeout);
             up.set_pending(carry);
             if let Err(e) = self
                 .epoll
@@ -63,9 +57,8 @@ impl Worker {
                 warn!("cannot watch an upstream socket: {e}");
                 return self.close(token);
             }
-            c.upstream = Some(Box::new(up));
-            self.timers
-                .schedule(now + timeout, Timer::Connect(token, attempt));
+            c.set_upstream(Some(Box::new(up)));
+            self.timers.schedule(now + timeout, Timer::Connect(token));
             return;
         }
     }
@@ -77,7 +70,7 @@ impl Worker {
         let Some(c) = self.conns.get_mut(token) else {
             return;
         };
-        let Some(mut up) = c.upstream.take() else {
+        let Some(mut up) = c.take_upstream() else {
             return;
         };
         let listener = usize::from(c.listener);
@@ -94,8 +87,9 @@ impl Worker {
             u.failed(up.index, now);
         }
         self.counters.upstream_failed(listener, up.index, now);
-        // A new attempt number, so the old attempt's connect timer finds a mismatch.
-        self.connect_upstream(token, tried, carry, up.attempt + 1);
+        // The next attempt's deadline is later, so this one's connect timer, still in
+        // the heap, finds it not yet due and does nothing.
+        self.connect_upstream(token, tried, carry);
     }
 
     pub(crate) fn upstream_event(&mut self, token: Token, ev: Event) {
@@ -103,7 +97,8 @@ impl Worker {
             return;
         };
         let listener = usize::from(c.listener);
-        let Some(up) = c.upstream.as_mut() else {
+        let rate_limited = c.bucket().is_some();
+        let Some(up) = c.upstream_mut() else {
             return;
         };
         if !up.flags.has(Flags::CONNECTED) {
@@ -128,7 +123,7 @@ impl Worker {
                 .get(listener)
                 .and_then(|l| crate::service::proxy::options::of(l)?.splice)
                 .unwrap_or(false);
-            if splice && c.bucket.is_none() {
+            if splice && !rate_limited {
                 match Pipes::new() {
                     Ok(p) => up.pipes = Some(Box::new(p)),
                     Err(e) => debug!("no pipes for splice ({e}); copying instead"),
@@ -144,7 +139,7 @@ impl Worker {
             self.counters.upstream_connected(listener, index);
             self.counters.upstream_bytes(listener, index, carried, 0);
         }
-        let Some(up) = self.conns.get_mut(token).and_then(|c| c.upstream.as_mut()) else {
+        let Some(up) = self.conns.get_mut(token).and_then(|c| c.upstream_mut()) else {
             return;
         };
         if ev.readable || ev.hangup {

@@ -40,6 +40,10 @@ impl Flags {
     pub const AWAITING_HEADER: u16 = 1 << 10;
     /// Stays in this worker whatever happens (the new generation refused it).
     pub const PINNED: u16 = 1 << 11;
+    /// What epoll watches the client socket for (always edge-triggered, never
+    /// exclusive): two bits here instead of an `Interest` of four bools per connection.
+    pub const WATCH_READ: u16 = 1 << 14;
+    pub const WATCH_WRITE: u16 = 1 << 15;
 
     // A proxy's upstream side.
     /// The non-blocking connect completed.

@@ -12,11 +12,11 @@ impl Conn {
     /// upstream, each direction bounded by the water marks of the other side, and
     /// forwards half-closes (FIN) each way once the bytes before them are through.
     pub fn pump_proxy(&mut self, env: &mut Env<'_>) -> Outcome {
-        let Some(mut up) = self.upstream.take() else {
+        let Some(mut up) = self.take_upstream() else {
             return self.pump(env);
         };
         let outcome = self.proxy_both_ways(&mut up, env);
-        self.upstream = Some(up);
+        self.set_upstream(Some(up));
         outcome
     }
 

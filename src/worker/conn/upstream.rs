@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
+use std::time::Instant;
 
 use crate::os::epoll::Interest;
 use crate::os::fd;
@@ -16,8 +17,9 @@ pub struct Upstream {
     /// Its address, for log lines.
     pub addr: SocketAddr,
     pub tried: Vec<usize>,
-    /// Bumped per attempt, so a connect timer for an earlier attempt is ignored.
-    pub attempt: u32,
+    /// When this attempt's connect times out: a connect timer of an earlier attempt
+    /// (due before this) finds the connection still connecting and is ignored.
+    pub connect_by: Instant,
     /// Client bytes not yet sent upstream: `out[out_pos..]`.
     pub(super) out: Vec<u8>,
     pub(super) out_pos: usize,
@@ -38,14 +40,14 @@ impl Upstream {
         index: usize,
         addr: SocketAddr,
         tried: Vec<usize>,
-        attempt: u32,
+        connect_by: Instant,
     ) -> Upstream {
         Upstream {
             fd,
             index,
             addr,
             tried,
-            attempt,
+            connect_by,
             out: Vec::new(),
             out_pos: 0,
             flags: Flags::default(),
@@ -60,7 +62,8 @@ impl Upstream {
 
     /// An established upstream connection that moved here with its client.
     pub fn moved(fd: OwnedFd, index: usize, addr: SocketAddr) -> Upstream {
-        let mut up = Upstream::new(fd, index, addr, vec![index], 1);
+        // Connected already: no connect timer will look at the deadline.
+        let mut up = Upstream::new(fd, index, addr, vec![index], Instant::now());
         up.flags.set(Flags::CONNECTED, true);
         up.flags.set(Flags::MAY_READ, true);
         up.registered = up.interest();

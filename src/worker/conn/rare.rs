@@ -1,0 +1,115 @@
+//! The part of a connection that few connections need (a proxy's upstream, a rate
+//! limit, a PROXY-header origin, a handler timer, a connection log line), allocated
+//! only once one of them is set, so an idle connection pays one pointer for all.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::super::bucket::Bucket;
+use super::super::connlog::Record;
+use super::{Conn, Upstream};
+
+/// What few connections carry.
+#[derive(Default)]
+pub(super) struct Rare {
+    /// The real client when it is not the socket's peer (a PROXY header named it).
+    origin: Option<SocketAddr>,
+    /// The handler asked for `on_timer` at this instant.
+    timer_at: Option<Instant>,
+    /// The earliest handler-timer entry already in the worker's heap.
+    timer_queued: Option<Instant>,
+    /// Per-client rate limit, if one is configured.
+    bucket: Option<Box<Bucket>>,
+    /// `log_connections`: what the line at close will say.
+    log: Option<Box<Record>>,
+    /// For a proxied connection: the upstream side.
+    upstream: Option<Box<Upstream>>,
+}
+
+impl Rare {
+    /// The box of a connection that starts with a rate limit.
+    pub(super) fn with_bucket(bucket: Box<Bucket>) -> Box<Rare> {
+        Box::new(Rare {
+            bucket: Some(bucket),
+            ..Rare::default()
+        })
+    }
+}
+
+impl Conn {
+    /// The per-client rate limit, if one is configured.
+    pub fn bucket(&self) -> Option<&Bucket> {
+        self.rare.as_ref().and_then(|r| r.bucket.as_deref())
+    }
+
+    pub(super) fn bucket_mut(&mut self) -> Option<&mut Bucket> {
+        self.rare.as_mut().and_then(|r| r.bucket.as_deref_mut())
+    }
+
+    /// `log_connections`: the line this connection will log at close.
+    pub fn log_mut(&mut self) -> Option<&mut Record> {
+        self.rare.as_mut().and_then(|r| r.log.as_deref_mut())
+    }
+
+    pub fn set_log(&mut self, log: Option<Box<Record>>) {
+        if log.is_some() || self.rare.is_some() {
+            self.rare.get_or_insert_with(Box::default).log = log;
+        }
+    }
+
+    pub fn take_log(&mut self) -> Option<Box<Record>> {
+        self.rare.as_mut().and_then(|r| r.log.take())
+    }
+
+    /// For a proxied connection: the upstream side.
+    pub fn upstream(&self) -> Option<&Upstream> {
+        self.rare.as_ref().and_then(|r| r.upstream.as_deref())
+    }
+
+    pub fn upstream_mut(&mut self) -> Option<&mut Upstream> {
+        self.rare.as_mut().and_then(|r| r.upstream.as_deref_mut())
+    }
+
+    pub fn set_upstream(&mut self, up: Option<Box<Upstream>>) {
+        if up.is_some() || self.rare.is_some() {
+            self.rare.get_or_insert_with(Box::default).upstream = up;
+        }
+    }
+
+    pub fn take_upstream(&mut self) -> Option<Box<Upstream>> {
+        self.rare.as_mut().and_then(|r| r.upstream.take())
+    }
+
+    /// The real client when it is not the socket's peer (a PROXY header named it).
+    pub fn origin(&self) -> Option<SocketAddr> {
+        self.rare.as_ref().and_then(|r| r.origin)
+    }
+
+    pub fn set_origin(&mut self, origin: Option<SocketAddr>) {
+        if origin.is_some() || self.rare.is_some() {
+            self.rare.get_or_insert_with(Box::default).origin = origin;
+        }
+    }
+
+    /// The handler asked for `on_timer` at this instant.
+    pub fn timer_at(&self) -> Option<Instant> {
+        self.rare.as_ref().and_then(|r| r.timer_at)
+    }
+
+    pub fn set_timer_at(&mut self, at: Option<Instant>) {
+        if at.is_some() || self.rare.is_some() {
+            self.rare.get_or_insert_with(Box::default).timer_at = at;
+        }
+    }
+
+    /// The earliest handler-timer entry already in the worker's heap.
+    pub fn timer_queued(&self) -> Option<Instant> {
+        self.rare.as_ref().and_then(|r| r.timer_queued)
+    }
+
+    pub fn set_timer_queued(&mut self, at: Option<Instant>) {
+        if at.is_some() || self.rare.is_some() {
+            self.rare.get_or_insert_with(Box::default).timer_queued = at;
+        }
+    }
+}
