@@ -144,7 +144,7 @@ except Exception:
   if [[ $TRACE == strace ]]; then
     # per MB: every syscall, the reads, the sends, epoll_wait, epoll_ctl; bytes per read/send
     awk -v mb="$(awk -v b="$bytes" 'BEGIN { print b / 1e6 }')" -v name="$name" -v P="$P" -v b="$bytes" '
-      $1 ~ /^[0-9.]+$/ && NF >= 5 {
+      $1 ~ /^[0-9.]+$/ && NF >= 5 && $NF != "total" {
         calls = $4; sc = $NF
         tot += calls
         if (sc ~ /^(read|recvfrom|recvmsg|readv)$/) rd += calls
