@@ -16,16 +16,26 @@
 # Each round runs every proxy once, in order, so host drift is spread over all of them.
 #
 # Reported: Gbit/s received by the iperf3 server, CPU of the proxy processes (corral and
-# nginx: their workers; HAProxy: its process) in % of one core, busy % of each CPU.
+# nginx: their workers; HAProxy: its process) in % of one core, MB the server received
+# per CPU second of the proxy processes (MB/cpu_s: per-core efficiency, what a loaded box
+# does not distort), busy % of each CPU; ratios corral / peer of Gbit/s and of MB/cpu_s.
 #
 # MODE=sockperf: small-message latency instead of throughput: a sockperf TCP server
 # behind every proxy, `sockperf ping-pong -m 64` through it for DURATION s; reports the
 # median (p50), average and p99 round-trip latency in us, and corral / peer ratios
 # (< 1: corral is faster). STREAMS is ignored (one connection).
 #
+# TRACE=strace / TRACE=perf: after each proxy's measured runs, one more iperf3 run of
+# TRACE_S seconds (default 3) per stream count with the tracer attached to the proxy
+# processes for the whole run: `strace -c -f` (every thread) gives syscalls per MB moved
+# and the mean bytes per read / send; `perf record -g` gives the top symbols by self
+# share. Files: $WORK/trace-NAME-PN.* (kept with KEEP=1); a summary at the end. Rates
+# under a tracer mean nothing; only the per-byte counts and the shares do.
+#
 # Usage: bench/proxy.sh            MODE=sockperf bench/proxy.sh
 # Knobs: RUNS=2 DURATION=10 STREAMS="1 8" PROXIES="direct corral-1w nginx-1w haproxy-1t
-#        corral-2w nginx-2w haproxy-2t" NO_BUILD=1 KEEP=1
+#        corral-2w nginx-2w haproxy-2t" NO_BUILD=1 KEEP=1 TRACE= TRACE_S=3
+#        PORT_MIN= PORT_MAX= (listen ports from this range only, for a shared box)
 set -euo pipefail
 . "$(dirname "$0")/peer_lib.sh"
 
@@ -41,8 +51,33 @@ else
   command -v iperf3 >/dev/null || die "iperf3 missing (apt-get install -y iperf3)"
 fi
 
+TRACE=${TRACE:-}
+TRACE_S=${TRACE_S:-3}
+case $TRACE in
+"") ;;
+strace | perf) command -v "$TRACE" >/dev/null || die "$TRACE missing" ;;
+*) die "TRACE must be strace or perf" ;;
+esac
+if [[ -n ${PORT_MIN:-} ]]; then
+  # peer_lib's free_port, confined to PORT_MIN..PORT_MAX
+  free_port() {
+    local p
+    for _ in $(seq 200); do
+      p=$((PORT_MIN + RANDOM % (${PORT_MAX:-$((PORT_MIN + 999))} - PORT_MIN + 1)))
+      if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null &&
+        ! ss -Htln "( sport = :$p )" | grep -q .; then
+        echo "$p"
+        return 0
+      fi
+    done
+    die "no free loopback port in $PORT_MIN..${PORT_MAX:-}"
+  }
+fi
+
 build_corral
 RES=$WORK/proxy.tsv
+TRC=$WORK/trace.tsv
+: >"$TRC"
 : >"$RES"
 LIMIT=$((RUNS * 60 * 2 * (DURATION + 10) + 600))
 
@@ -69,6 +104,70 @@ sockperf_run() {
   p50=$(awk '/percentile 50.000/ { print $NF }' "$f")
   p99=$(awk '/percentile 99.000/ { print $NF }' "$f")
   echo "${p50:-NA} ${avg:-NA} ${p99:-NA}"
+}
+
+# mb_per_cpu_s BYTES TICKS0 TICKS1 -> MB (1e6 bytes) the proxy moved per second of its CPU:
+# the figure a loaded box does not distort (Gbit/s is whoever the scheduler favoured).
+mb_per_cpu_s() {
+  awk -v n="$1" -v a="$2" -v b="$3" -v hz="$CLK_TCK" \
+    'BEGIN { if (n == "NA" || b <= a) print "NA"; else printf "%.0f", n / 1e6 / ((b - a) / hz) }'
+}
+
+# trace_run NAME PORT P: one iperf3 run of TRACE_S s with $TRACE on the proxy processes;
+# appends a line to $TRC.
+trace_run() {
+  local name=$1 port=$2 P=$3 f=$WORK/trace-$1-P$3 tids=() p t
+  for p in $PROXY_PIDS; do
+    for t in /proc/"$p"/task/*; do tids+=(-p "${t##*/}"); done
+  done
+  ((${#tids[@]})) || return 0
+  local tpid
+  if [[ $TRACE == strace ]]; then
+    timeout $((TRACE_S + 60)) strace -c -f -o "$f.strace" "${tids[@]}" 2>/dev/null &
+  else
+    timeout $((TRACE_S + 60)) perf record -q -e cpu-clock -g -F 2999 -o "$f.perf" -p "$(echo $PROXY_PIDS | tr ' ' ,)" \
+      >/dev/null 2>&1 &
+  fi
+  tpid=$!
+  STARTED+=("$tpid")
+  sleep 1
+  timeout $((TRACE_S + 30)) iperf3 -c 127.0.0.1 -p "$port" -t "$TRACE_S" -P "$P" -J >"$f.json" || true
+  kill -INT "$tpid" 2>/dev/null || true
+  wait "$tpid" 2>/dev/null || true
+  local bytes
+  bytes=$(python3 -c '
+import json, sys
+try:
+    print(json.load(open(sys.argv[1]))["end"]["sum_received"]["bytes"])
+except Exception:
+    print(0)' "$f.json")
+  if [[ $TRACE == strace ]]; then
+    # per MB: every syscall, the reads, the sends, epoll_wait, epoll_ctl; bytes per read/send
+    awk -v mb="$(awk -v b="$bytes" 'BEGIN { print b / 1e6 }')" -v name="$name" -v P="$P" -v b="$bytes" '
+      $1 ~ /^[0-9.]+$/ && NF >= 5 && $NF != "total" {
+        calls = $4; sc = $NF
+        tot += calls
+        if (sc ~ /^(read|recvfrom|recvmsg|readv)$/) rd += calls
+        else if (sc ~ /^(write|sendto|sendmsg|writev)$/) wr += calls
+        else if (sc ~ /^epoll_(p?wait|pwait2)$/) ew += calls
+        else if (sc == "epoll_ctl") ec += calls
+      }
+      END {
+        if (mb <= 0) { printf "%s\tP=%s\tbytes=0\n", name, P; exit }
+        printf "%s\tP=%s\tMB=%.0f\tsyscalls/MB=%.2f\treads/MB=%.2f\tsends/MB=%.2f\tepoll_wait/MB=%.2f\tepoll_ctl/MB=%.3f\tKiB/read=%.1f\tKiB/send=%.1f\n",
+          name, P, mb, tot / mb, rd / mb, wr / mb, ew / mb, ec / mb,
+          rd ? b / rd / 1024 : 0, wr ? b / wr / 1024 : 0
+      }' "$f.strace" | tee -a "$TRC"
+  else
+    # (the whole report first: head closing the pipe early would fail it under pipefail)
+    perf report -i "$f.perf" --no-children --sort sym --stdio >"$f.report" 2>/dev/null || true
+    perf report -i "$f.perf" --no-children --sort dso --stdio 2>/dev/null |
+      grep -E '^ +[0-9.]+%' >"$f.dso" || true
+    grep -E '^ +[0-9.]+%' "$f.report" | sed -n 1,40p >"$f.top" || true
+    printf '%s\tP=%s\tMB=%.0f\ttop: %s\n' "$name" "$P" "$(awk -v b="$bytes" 'BEGIN { print b / 1e6 }')" \
+      "$(awk 'NR <= 8 { printf "%s %s; ", $1, $NF }' "$f.top") kernel $(awk '/kernel/ { print $1 }' "$f.dso")" |
+      tee -a "$TRC"
+  fi
 }
 
 H_WRAPPER=""
@@ -193,19 +292,26 @@ for ((r = 1; r <= RUNS; r++)); do
       s1=$(now_ms)
       p1=$(cpu_ticks $PROXY_PIDS)
       c1=$(cpu_snap)
-      gbps=$(python3 -c '
+      read -r gbps bytes < <(python3 -c '
 import json, sys
 try:
     d = json.load(open(sys.argv[1]))
-    print("NA" if "error" in d else "%.2f" % (d["end"]["sum_received"]["bits_per_second"] / 1e9))
+    r = d["end"]["sum_received"]
+    print("NA NA" if "error" in d else "%.2f %d" % (r["bits_per_second"] / 1e9, r["bytes"]))
 except Exception:
-    print("NA")' "$j")
-      pcpu=NA
-      [[ -n $PROXY_PIDS ]] && pcpu=$(cpu_pct "$p0" "$p1" "$(awk -v a="$s0" -v b="$s1" 'BEGIN { print (b - a) / 1000 }')")
-      printf '%s\tP=%s\trun=%d\tGbit/s=%s\tproxy_cpu%%=%s\tbusy: %s\tloadavg=%s\t%s\n' \
-        "$name" "$P" "$r" "$gbps" "$pcpu" "$(cpu_busy "$c0" "$c1")" "$la" "$quiet" | tee -a "$RES"
+    print("NA NA")' "$j")
+      pcpu=NA mbcpu=NA
+      if [[ -n $PROXY_PIDS ]]; then
+        pcpu=$(cpu_pct "$p0" "$p1" "$(awk -v a="$s0" -v b="$s1" 'BEGIN { print (b - a) / 1000 }')")
+        mbcpu=$(mb_per_cpu_s "$bytes" "$p0" "$p1")
+      fi
+      printf '%s\tP=%s\trun=%d\tGbit/s=%s\tproxy_cpu%%=%s\tMB/cpu_s=%s\tbusy: %s\tloadavg=%s\t%s\n' \
+        "$name" "$P" "$r" "$gbps" "$pcpu" "$mbcpu" "$(cpu_busy "$c0" "$c1")" "$la" "$quiet" | tee -a "$RES"
       sleep 1
     done
+    if [[ -n $TRACE && $r == 1 && $MODE == iperf3 ]]; then
+      for P in $STREAMS; do trace_run "$name" "$port" "$P"; done
+    fi
     [[ $name == corral-* ]] && log "corral $name log: $(corral_log_problems "$name-$port") WARN/ERROR lines"
     stop_proxy "$name"
   done
@@ -241,16 +347,37 @@ for name in $PROXIES; do
   echo
 done
 echo
-echo "== ratios corral / peer (Gbit/s; medians), for every peer run at corral's worker count"
-for w in 1 2; do
-  grep -qP "^corral-${w}w\t" "$RES" || continue
-  for P in $STREAMS; do
-    c=$(get "corral-${w}w" "$P" Gbit/s)
-    line="$w worker(s), P=$P:"
-    for peer in $PROXIES; do
-      case $peer in nginx-${w}w | nginx-${w}w-* | haproxy-${w}t | haproxy-${w}t-*) ;; *) continue ;; esac
-      line+=" corral/$peer $(ratio "$c" "$(get "$peer" "$P" Gbit/s)")"
+echo "== MB moved per CPU second of the proxy processes (medians; the robust figure on a shared box)"
+printf '%-18s' proxy
+for P in $STREAMS; do printf ' | %10s' "P=$P"; done
+echo
+for name in $PROXIES; do
+  [[ $name == direct ]] && continue
+  printf '%-18s' "$name"
+  for P in $STREAMS; do printf ' | %10s' "$(get "$name" "$P" MB/cpu_s)"; done
+  echo
+done
+echo
+for key in Gbit/s MB/cpu_s; do
+  echo "== ratios corral / peer ($key; medians), for every peer run at corral's worker count"
+  for w in 1 2; do
+    for cname in $PROXIES; do
+      case $cname in corral-${w}w | corral-${w}w-*) ;; *) continue ;; esac
+      grep -qP "^$cname\t" "$RES" || continue
+      for P in $STREAMS; do
+        c=$(get "$cname" "$P" "$key")
+        line="$cname, P=$P:"
+        for peer in $PROXIES; do
+          case $peer in nginx-${w}w | nginx-${w}w-* | haproxy-${w}t | haproxy-${w}t-*) ;; *) continue ;; esac
+          line+=" $cname/$peer $(ratio "$c" "$(get "$peer" "$P" "$key")")"
+        done
+        echo "$line"
+      done
     done
-    echo "$line"
   done
 done
+if [[ -n $TRACE ]]; then
+  echo
+  echo "== $TRACE on the proxy processes, one ${TRACE_S} s iperf3 run each (files: $WORK/trace-*)"
+  cat "$TRC"
+fi

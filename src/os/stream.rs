@@ -29,6 +29,12 @@ pub fn take_error(fd: impl AsFd) -> io::Result<Option<io::Error>> {
     SockRef::from(&fd.as_fd()).take_error()
 }
 
+/// The socket's current maximum segment size (`TCP_MAXSEG`): the payload of one full
+/// TCP segment on this connection.
+pub fn segment_size(fd: impl AsFd) -> io::Result<u32> {
+    SockRef::from(&fd.as_fd()).mss()
+}
+
 /// Sends FIN: no more writes, reading goes on.
 pub fn shutdown_write(fd: impl AsFd) -> io::Result<()> {
     SockRef::from(&fd.as_fd()).shutdown(Shutdown::Write)

@@ -1,11 +1,11 @@
 //! The upstream side of a proxied connection: its socket, pending bytes and state.
 
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
 use crate::os::epoll::Interest;
-use crate::os::fd;
+use crate::os::{fd, stream};
 
 use super::{Flags, Pipes};
 
@@ -32,6 +32,11 @@ pub struct Upstream {
     pub registered: Interest,
     /// Zero-copy forwarding, once connected, when the listener asks for it.
     pub pipes: Option<Box<Pipes>>,
+    /// The segment sizes (TCP MSS) of the upstream and the client socket, learnt at
+    /// the first copying pump after the connect (1: unknown, no rounding). The
+    /// copy pump reads whole segments' worth for the socket it writes to (see
+    /// `proxy_pump::whole_segments`).
+    pub(super) segments: Option<(u32, u32)>,
 }
 
 impl Upstream {
@@ -52,6 +57,7 @@ impl Upstream {
             out_pos: 0,
             flags: Flags::default(),
             pipes: None,
+            segments: None,
             registered: Interest {
                 write: true,
                 edge: true,
@@ -84,6 +90,16 @@ impl Upstream {
             && pipes_empty
             && !self.flags.has(Flags::READ_CLOSED)
             && !self.flags.has(Flags::WRITE_SHUT)
+    }
+
+    /// The segment sizes `(upstream, client)`, asked of the kernel once per
+    /// connection; 1 (no rounding) for a socket that does not say.
+    pub(super) fn segments(&mut self, client: BorrowedFd<'_>) -> (usize, usize) {
+        let (up, client) = *self.segments.get_or_insert_with(|| {
+            let mss = |fd: BorrowedFd<'_>| stream::segment_size(fd).unwrap_or(0).max(1);
+            (mss(self.fd.as_fd()), mss(client))
+        });
+        (up as usize, client as usize)
     }
 
     /// Client bytes not yet delivered upstream, in user space or in the pipe.
