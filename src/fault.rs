@@ -30,6 +30,7 @@ pub fn arm_panic() {
 }
 
 /// Panics if `corral fault panic` armed it; called where service code runs.
+#[inline]
 pub fn panic_if_armed(site: &str) {
     // Called for every read and timer: a plain load first, the write only when armed.
     if PANIC_ARMED.load(Ordering::Relaxed) && PANIC_ARMED.swap(false, Ordering::Relaxed) {
@@ -72,6 +73,7 @@ fn parse(s: &str) -> Option<Fault> {
 }
 
 /// The configured fault, if any.
+#[inline]
 pub fn get() -> Option<&'static Fault> {
     static FAULT: OnceLock<Option<Fault>> = OnceLock::new();
     FAULT
@@ -92,14 +94,24 @@ pub fn delay_ready() {
 }
 
 /// Panics (`panic-on`) or hangs for good (`hang-on`) if `data` holds the
-/// configured trigger.
+/// configured trigger. Inlined into the echo service's per-read path, where the
+/// common case is two loads and no call: the search itself is out of line.
+#[inline]
 pub fn maybe_panic(data: &[u8]) {
     panic_if_armed("on_data");
-    match get() {
-        Some(Fault::PanicOn(t)) if data.windows(t.len()).any(|w| w == t.as_slice()) => {
+    if let Some(f @ (Fault::PanicOn(_) | Fault::HangOn(_))) = get() {
+        data_fault(f, data);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn data_fault(fault: &Fault, data: &[u8]) {
+    match fault {
+        Fault::PanicOn(t) if data.windows(t.len()).any(|w| w == t.as_slice()) => {
             panic!("injected fault: {} seen", String::from_utf8_lossy(t));
         }
-        Some(Fault::HangOn(t)) if data.windows(t.len()).any(|w| w == t.as_slice()) => {
+        Fault::HangOn(t) if data.windows(t.len()).any(|w| w == t.as_slice()) => {
             tracing::error!(
                 "injected fault: {} seen; hanging",
                 String::from_utf8_lossy(t)

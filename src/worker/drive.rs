@@ -63,7 +63,15 @@ impl Worker {
             self.counters
                 .upstream_bytes(usize::from(c.listener), up.index, i, o);
         }
-        let now = Instant::now();
+        // The loop's clock (read once per epoll batch), not a clock read per event:
+        // `last_active` is then early by at most the batch's processing time, which
+        // an idle timeout (seconds) does not notice. A rate-limited connection reads
+        // the clock itself: its re-admission time is computed from it.
+        let now = if c.bucket().is_some() {
+            Instant::now()
+        } else {
+            self.now
+        };
         c.log_progress(
             self.stats.bytes_in - before.0,
             self.stats.bytes_out - before.1,
@@ -86,10 +94,8 @@ impl Worker {
                 }
             }
         }
-        for job in self.jobs.drain(..) {
-            if let Err(e) = self.pool.submit(token.0, job) {
-                warn!("cannot run a blocking job: {e}");
-            }
+        if !self.jobs.is_empty() {
+            submit_jobs(&mut self.jobs, &mut self.pool, token);
         }
         if let Some(at) = c.timer_at() {
             if c.timer_queued().is_none_or(|q| at < q) {
@@ -97,16 +103,22 @@ impl Worker {
                 self.timers.schedule(at, Timer::Handler(token));
             }
         }
-        // Every exchange ends at a point where the connection may be able to move.
-        if draining && self.release_idle(token) {
-            return;
-        }
-        let Some(c) = self.conns.get_mut(token) else {
-            return;
+        // Every exchange ends at a point where the connection may be able to move
+        // (only while draining: otherwise `c` is still the connection, no new lookup).
+        let c = if draining {
+            if self.release_idle(token) {
+                return;
+            }
+            let Some(c) = self.conns.get_mut(token) else {
+                return;
+            };
+            c
+        } else {
+            c
         };
         // Reads cut short (by the quantum, or a proxy's bounded passes) continue in
         // step 4: with edge-triggered epoll no new event would announce them.
-        if c.more_to_read() && (budget == 0 || c.upstream().is_some()) {
+        if (budget == 0 || c.upstream().is_some()) && c.more_to_read() {
             self.ready.push(token);
         }
         if c.flags.has(Flags::THROTTLED) && !c.flags.has(Flags::THROTTLE_ARMED) {
@@ -203,5 +215,16 @@ impl Worker {
             }
         }
         conn
+    }
+}
+
+/// Sends the blocking jobs a handler just submitted to the pool (rare: kept out of
+/// `drive`'s per-event path).
+#[cold]
+fn submit_jobs(jobs: &mut Vec<crate::service::Job>, pool: &mut super::pool::Pool, token: Token) {
+    for job in jobs.drain(..) {
+        if let Err(e) = pool.submit(token.0, job) {
+            warn!("cannot run a blocking job: {e}");
+        }
     }
 }

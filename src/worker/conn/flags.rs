@@ -59,6 +59,12 @@ impl Flags {
         self.0 & bit != 0
     }
 
+    /// Any of the bits in `mask` is set: one test instead of a chain of `has` on the
+    /// per-event path.
+    pub fn any(self, mask: u16) -> bool {
+        self.0 & mask != 0
+    }
+
     pub fn set(&mut self, bit: u16, on: bool) {
         if on {
             self.0 |= bit;
