@@ -10,6 +10,11 @@ use crate::channel::{HandoffCounts, IdlePolicy, ToMaster, ToWorker};
 
 use super::testkit::{read_to_eof, round_trip, Kit, PATIENCE};
 
+/// The lib tests share one process and its 20 000 fds: each test here holds three
+/// fds per connection (client, worker side, handed copy), so the thousands-of-
+/// connections tests take turns.
+static MANY_FDS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A client sending flat out is read at its `rate`, not faster, and is re-admitted
 /// each time its bucket refills: every byte comes back, in order, in about
 /// (total - burst) / rate, never much less.
@@ -94,6 +99,7 @@ fn idle_connections_are_closed_and_busy_ones_kept() {
 #[test]
 fn a_burst_of_thousands_of_connections_is_handed_over_whole() {
     const CONNS: usize = 3000;
+    let _turn = MANY_FDS.lock().unwrap_or_else(|e| e.into_inner());
     let kit = Kit::start("echo", "", "");
     let mut clients: HashMap<SocketAddr, TcpStream> = HashMap::new();
     for i in 0..CONNS {
@@ -165,7 +171,8 @@ fn a_burst_of_thousands_of_connections_is_handed_over_whole() {
 /// old code, where heartbeats mostly fit beside the hand-overs.)
 #[test]
 fn heartbeats_get_through_a_channel_kept_full_of_hand_overs() {
-    const CONNS: usize = 6000;
+    const CONNS: usize = 4000;
+    let _turn = MANY_FDS.lock().unwrap_or_else(|e| e.into_inner());
     let kit = Kit::start("echo", "[worker]\nheartbeat_interval = \"50ms\"", "");
     let mut clients = Vec::with_capacity(CONNS);
     for i in 0..CONNS {
