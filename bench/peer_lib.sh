@@ -77,17 +77,19 @@ build_corral() {
 }
 
 # A free loopback TCP port below the ephemeral range (no client port can take it).
+# free_port: a free loopback port in PORT_MIN..PORT_MAX (default 20000..31999), so that
+# benches run side by side can be given ranges of their own.
 free_port() {
-  local p
+  local p lo=${PORT_MIN:-20000} hi=${PORT_MAX:-$((${PORT_MIN:-20000} + 11999))}
   for _ in $(seq 200); do
-    p=$((20000 + RANDOM % 12000))
+    p=$((lo + RANDOM % (hi - lo + 1)))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null &&
       ! ss -Htln "( sport = :$p )" | grep -q .; then
       echo "$p"
       return 0
     fi
   done
-  die "no free loopback port"
+  die "no free loopback port in $lo..$hi"
 }
 
 # ---- corral ---------------------------------------------------------------------------

@@ -58,21 +58,6 @@ case $TRACE in
 strace | perf) command -v "$TRACE" >/dev/null || die "$TRACE missing" ;;
 *) die "TRACE must be strace or perf" ;;
 esac
-if [[ -n ${PORT_MIN:-} ]]; then
-  # peer_lib's free_port, confined to PORT_MIN..PORT_MAX
-  free_port() {
-    local p
-    for _ in $(seq 200); do
-      p=$((PORT_MIN + RANDOM % (${PORT_MAX:-$((PORT_MIN + 999))} - PORT_MIN + 1)))
-      if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null &&
-        ! ss -Htln "( sport = :$p )" | grep -q .; then
-        echo "$p"
-        return 0
-      fi
-    done
-    die "no free loopback port in $PORT_MIN..${PORT_MAX:-}"
-  }
-fi
 
 build_corral
 RES=$WORK/proxy.tsv
