@@ -1,0 +1,253 @@
+//! What travels over a channel: the messages each side sends, and the record of a
+//! connection moving between workers. Every field added after the first release is
+//! `#[serde(default)]`, because an upgrade puts two binaries on one channel.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::b64;
+
+/// A worker's counters, sent with every heartbeat.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Open client connections.
+    pub connections: u64,
+    /// Connections accepted since the worker started.
+    pub accepted: u64,
+    /// Bytes read from clients.
+    pub bytes_in: u64,
+    /// Bytes written to clients.
+    pub bytes_out: u64,
+    /// Resident set size in bytes.
+    pub rss: u64,
+    /// Connections closed at once because their IP was over `max_connections_per_ip`.
+    #[serde(default)]
+    pub refused: u64,
+    /// Log lines dropped because the worker's log writer could not keep up.
+    #[serde(default)]
+    pub log_dropped: u64,
+    /// `accept_proxy` connections closed for a malformed, missing or late PROXY header.
+    #[serde(default)]
+    pub proxy_header_failed: u64,
+}
+
+/// One connection travelling between workers; its fd travels in the same message,
+/// at the same position.
+///
+/// New fields are `#[serde(default)]`, so a record from an older binary (a bare
+/// listener name: an idle connection, a fresh `connect` on arrival) still reads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handed {
+    /// The listener that accepted it, by address: listener indices differ between the
+    /// configs of two generations, addresses do not.
+    pub listen: String,
+    /// The real client, when a PROXY header named one: the socket's own peer is the
+    /// balancer, and the new worker must not expect a header again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<std::net::SocketAddr>,
+    /// A suspended connection: its service's state and the bytes the loop held for it.
+    /// None for a connection that was merely idle (the receiver calls `connect`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved: Option<Box<Moved>>,
+}
+
+/// Most bytes of service state plus carried input one suspended connection may
+/// take along. Base64 makes that ~22 KB in the message, which stays under
+/// `MAX_MESSAGE` even alone in a batch; a connection holding more is not moved yet.
+pub const MAX_MOVED_BYTES: usize = 16 << 10;
+
+/// What a suspended connection takes along (see `Handler::suspend`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Moved {
+    /// The service that suspended it (its name in the config): only the same service
+    /// resumes it, whatever the version numbers say.
+    #[serde(default)]
+    pub service: String,
+    /// The state's format, as the service that wrote it numbers it.
+    pub version: u32,
+    /// The service's state, opaque to corral.
+    #[serde(with = "b64")]
+    pub state: Vec<u8>,
+    /// Bytes read from the client that the handler had not consumed: the new handler
+    /// sees them first.
+    #[serde(default, with = "b64")]
+    pub input: Vec<u8>,
+    /// Milliseconds since the connection last moved a byte: its idle clock runs on.
+    #[serde(default)]
+    pub idle_ms: u64,
+    /// The handler's timer (`Io::set_timer`), in milliseconds from the suspend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timer_ms: Option<u64>,
+    /// The worker that suspended it (pid): where a refused connection goes back.
+    #[serde(default)]
+    pub origin: u32,
+    /// A proxied connection: its upstream travels with it (the record's fd is then a
+    /// bundle holding both sockets, see `worker::suspend`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<SocketAddr>,
+    /// The receiving service could not resume it, and why: it goes back to `origin`
+    /// and stays there under the drain rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
+impl Handed {
+    /// An idle connection accepted on `listen`, with nothing to carry.
+    pub fn idle(listen: String) -> Handed {
+        Handed {
+            listen,
+            peer: None,
+            moved: None,
+        }
+    }
+
+    /// What this entry costs in a message, for `BATCH_BYTES` (JSON overhead included).
+    pub(super) fn weight(&self) -> usize {
+        let moved = self.moved.as_ref().map_or(0, |m| {
+            b64::encoded_len(m.state.len())
+                + b64::encoded_len(m.input.len())
+                + m.refused.as_ref().map_or(0, |r| r.len() + 16)
+                + 192
+        });
+        self.listen.len() + 16 + if self.peer.is_some() { 60 } else { 0 } + moved
+    }
+}
+
+/// Counts of a worker's hand-over.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoffCounts {
+    /// Sent to the master for the new generation.
+    pub handed: u64,
+    /// Kept here under the drain rules (the master had nowhere to put them, or the
+    /// channel failed).
+    pub kept: u64,
+    /// Closed without a hand-over (the drain deadline came first).
+    pub closed: u64,
+}
+
+/// Worker → master.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ToMaster {
+    /// Initialised and accepting.
+    Ready,
+    /// A draining worker hands over idle connections (their fds travel with the
+    /// message, in order) for workers of the current generation to adopt: the client
+    /// never sees its keep-alive connection closed.
+    Handoff { conns: Vec<Handed> },
+    /// A worker's service refused suspended connections adopted from `Moved::origin`
+    /// (their fds travel with the message, in order): the master returns each to its
+    /// origin as a `ToWorker::Keep`, or closes it when the origin is gone.
+    Refused { conns: Vec<Handed> },
+    /// A draining worker's queue of hand-overs ran empty; its counts so far.
+    HandoffDone(HandoffCounts),
+    /// Still alive; sent from the timer step of the loop, so a hung loop goes silent.
+    Heartbeat(Stats),
+    /// An injected fault the worker survives (`slow`, `emfile`) is over; `note` says
+    /// what it did.
+    FaultOver { note: String },
+    /// Per-listener and per-upstream counters, sent right after each heartbeat (in
+    /// several messages when there are many; each names its entries).
+    Counters(crate::worker::stats::Counters),
+    /// A metrics scrape on this worker waits for the master's text (answered with
+    /// `ToWorker::Metrics` parts carrying the same `id`).
+    MetricsRequest { id: u64 },
+}
+
+/// Master → worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// Stop accepting; deal with idle connections as `idle` says; let active ones
+    /// finish; exit when the last one is gone.
+    Drain { idle: IdlePolicy },
+    /// Adopt connections handed over by a draining worker (their fds travel with the
+    /// message, in order), as if accepted on the listeners they name.
+    Adopt { conns: Vec<Handed> },
+    /// Take back connections this worker handed over: the master had no worker of the
+    /// current generation to give them to. They stay under this worker's drain rules.
+    Keep { conns: Vec<Handed>, reason: String },
+    /// Close everything and exit now.
+    Stop,
+    /// Reopen the log file (after logrotate renamed it).
+    ReopenLogs,
+    /// `corral fault`: fail in this way, for real.
+    Fault { kind: crate::fault::kind::FaultKind },
+    /// One part of the metrics text for the scrape `id`; `last` ends it. Large texts
+    /// travel in several parts, each well inside `MAX_MESSAGE`.
+    Metrics { id: u64, text: String, last: bool },
+}
+
+/// Old master → new master of a binary upgrade, on their private channel (a
+/// socketpair the new master inherited): idle connections of the old master's worker
+/// `from` (its pid), for the new master's workers to adopt; their fds travel with the
+/// message, in order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ToSuccessor {
+    Conns { from: i32, conns: Vec<Handed> },
+}
+
+/// New master → old master: connections it could not place, for the old master's
+/// worker `to` (or, if it is gone, another of its draining workers) to keep under the
+/// old generation's drain rules.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ToPredecessor {
+    /// The new master accepted the channel (sent before it reports ready): only
+    /// then does the old master send anything over it.
+    Hello,
+    Back {
+        to: i32,
+        conns: Vec<Handed>,
+        reason: String,
+    },
+}
+
+/// What a draining worker does with connections that are idle (closable without
+/// loss, e.g. HTTP keep-alive between requests).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IdlePolicy {
+    /// Reload: hand them to a worker of the new generation through the master.
+    Handoff,
+    /// Binary upgrade: keep them; the service ends each after its next response
+    /// (HTTP answers it with `Connection: close`), so no client sees a reset.
+    Linger,
+    /// Stop: close them now.
+    Close,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handed(listen: &str) -> Handed {
+        Handed::idle(listen.into())
+    }
+
+    /// A record from a binary without the `moved` field still reads (an idle
+    /// connection), and an idle one is written without it.
+    #[test]
+    fn handed_records_stay_compatible() {
+        let old: Handed = serde_json::from_str(r#"{"listen":"127.0.0.1:80"}"#).unwrap();
+        assert_eq!(old, handed("127.0.0.1:80"));
+        assert_eq!(
+            serde_json::to_string(&old).unwrap(),
+            r#"{"listen":"127.0.0.1:80"}"#
+        );
+    }
+
+    #[test]
+    fn handed_peer_travels_and_old_records_still_parse() {
+        let h = Handed {
+            listen: "127.0.0.1:80".into(),
+            peer: Some("203.0.113.5:6000".parse().unwrap()),
+            moved: None,
+        };
+        let json = serde_json::to_string(&h).unwrap();
+        assert_eq!(serde_json::from_str::<Handed>(&json).unwrap(), h);
+        // A record from a binary without the field (an upgrade from it).
+        let old: Handed = serde_json::from_str(r#"{"listen":"127.0.0.1:80"}"#).unwrap();
+        assert_eq!(old.peer, None);
+        assert!(!serde_json::to_string(&handed("x"))
+            .unwrap()
+            .contains("peer"));
+    }
+}
