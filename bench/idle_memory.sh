@@ -76,11 +76,11 @@ events { worker_connections $MAX_CONNS; }
 http {
     default_type text/plain;
     access_log off;
-    client_body_temp_path $N_PREFIX/tmp/body;
-    proxy_temp_path       $N_PREFIX/tmp/proxy;
-    fastcgi_temp_path     $N_PREFIX/tmp/fastcgi;
-    uwsgi_temp_path       $N_PREFIX/tmp/uwsgi;
-    scgi_temp_path        $N_PREFIX/tmp/scgi;
+    client_body_temp_path @PREFIX@/tmp/body;
+    proxy_temp_path       @PREFIX@/tmp/proxy;
+    fastcgi_temp_path     @PREFIX@/tmp/fastcgi;
+    uwsgi_temp_path       @PREFIX@/tmp/uwsgi;
+    scgi_temp_path        @PREFIX@/tmp/scgi;
     client_header_timeout 600s;
     keepalive_timeout 600s;
     server {

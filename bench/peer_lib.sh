@@ -159,8 +159,17 @@ nginx_start() {
     echo "daemon off;"
     echo "pid $N_PREFIX/nginx.pid;"
     echo "error_log $N_PREFIX/logs/error.log warn;"
-    cat
+    # The body names its own directory @PREFIX@: a heredoc expands before this
+    # function runs, when $N_PREFIX is still empty or another run's.
+    sed "s|@PREFIX@|$N_PREFIX|g"
   } >"$N_PREFIX/nginx.conf"
+  # nginx, started as root, chowns every temp path to its worker user: a path outside
+  # our directory (once, an empty prefix made it /tmp itself) gives it to `nobody`.
+  local t
+  for t in $(grep -oE '_temp_path[[:space:]]+[^;[:space:]]+' "$N_PREFIX/nginx.conf" | awk '{ print $2 }'); do
+    [[ $t == "$N_PREFIX"/* ]] ||
+      die "nginx ($name): temp path $t is outside $N_PREFIX (write it as @PREFIX@/...)"
+  done
   "$NGINX_BIN" -t -q -c "$N_PREFIX/nginx.conf" -p "$N_PREFIX" -e "$N_PREFIX/logs/error.log" ||
     die "nginx rejects $N_PREFIX/nginx.conf"
   local pin=()

@@ -62,7 +62,7 @@ http {
     default_type text/plain;
     access_log off;
     tcp_nodelay on;
-    client_body_temp_path $N_PREFIX/tmp;
+    client_body_temp_path @PREFIX@/tmp;
     server {
         listen 127.0.0.1:$2 backlog=4096;
         location / { return 200 "hello\n"; }
