@@ -76,9 +76,9 @@ build_corral() {
   [[ -x $CORRAL && -x $LOAD ]] || die "missing $CORRAL or $LOAD (build first)"
 }
 
-# A free loopback TCP port below the ephemeral range (no client port can take it).
-# free_port: a free loopback port in PORT_MIN..PORT_MAX (default 20000..31999), so that
-# benches run side by side can be given ranges of their own.
+# A free loopback TCP port in PORT_MIN..PORT_MAX (default 20000..31999: below the
+# ephemeral range, so no client port can take it); benches run side by side can be
+# given ranges of their own.
 free_port() {
   local p lo=${PORT_MIN:-20000} hi=${PORT_MAX:-$((${PORT_MIN:-20000} + 11999))}
   for _ in $(seq 200); do
