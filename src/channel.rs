@@ -133,10 +133,6 @@ impl AsFd for Channel {
 mod tests {
     use super::*;
 
-    fn handed(listen: &str) -> Handed {
-        Handed::idle(listen.into())
-    }
-
     #[test]
     fn messages_round_trip_and_eof_is_closed() {
         let (m, w) = Channel::pair().unwrap();
@@ -173,7 +169,7 @@ mod tests {
         let (r1, w1) = crate::os::fd::pipe().unwrap();
         let (r2, w2) = crate::os::fd::pipe().unwrap();
         let msg = ToMaster::Handoff {
-            conns: vec![handed("a"), handed("b")],
+            conns: vec![Handed::idle("a".into()), Handed::idle("b".into())],
         };
         w.send_fds(&msg, &[w1.as_fd(), w2.as_fd()]).unwrap();
         drop((w1, w2));

@@ -218,16 +218,12 @@ pub enum IdlePolicy {
 mod tests {
     use super::*;
 
-    fn handed(listen: &str) -> Handed {
-        Handed::idle(listen.into())
-    }
-
     /// A record from a binary without the `moved` field still reads (an idle
     /// connection), and an idle one is written without it.
     #[test]
     fn handed_records_stay_compatible() {
         let old: Handed = serde_json::from_str(r#"{"listen":"127.0.0.1:80"}"#).unwrap();
-        assert_eq!(old, handed("127.0.0.1:80"));
+        assert_eq!(old, Handed::idle("127.0.0.1:80".into()));
         assert_eq!(
             serde_json::to_string(&old).unwrap(),
             r#"{"listen":"127.0.0.1:80"}"#
@@ -246,7 +242,7 @@ mod tests {
         // A record from a binary without the field (an upgrade from it).
         let old: Handed = serde_json::from_str(r#"{"listen":"127.0.0.1:80"}"#).unwrap();
         assert_eq!(old.peer, None);
-        assert!(!serde_json::to_string(&handed("x"))
+        assert!(!serde_json::to_string(&Handed::idle("x".into()))
             .unwrap()
             .contains("peer"));
     }

@@ -101,10 +101,6 @@ mod tests {
     use super::*;
     use crate::channel::{Moved, ToMaster, ToWorker, MAX_MOVED_BYTES};
 
-    fn handed(listen: &str) -> Handed {
-        Handed::idle(listen.into())
-    }
-
     /// Thousands of connections through a channel nobody reads at first: the queue
     /// sends 64 per message until the socket is full, keeps the rest (nothing is
     /// dropped on EAGAIN), and delivers every one, in order, as the reader catches up.
@@ -121,7 +117,7 @@ mod tests {
         for i in 0..N {
             let (r, wr) = crate::os::fd::pipe().unwrap();
             reads.push(r);
-            q.push(handed(&name(i)), wr);
+            q.push(Handed::idle(name(i)), wr);
         }
         let first = q.flush(&w, |conns| ToMaster::Handoff { conns });
         assert!(first.error.is_none(), "{:?}", first.error);
@@ -168,7 +164,7 @@ mod tests {
         let state: Vec<u8> = (0..MAX_MOVED_BYTES).map(|i| (i * 7) as u8).collect();
         for _ in 0..3 {
             let (_r, wr) = crate::os::fd::pipe().unwrap();
-            let mut h = handed(&"x".repeat(100));
+            let mut h = Handed::idle("x".repeat(100));
             h.moved = Some(Box::new(Moved {
                 service: "kv".into(),
                 version: 7,
@@ -203,7 +199,7 @@ mod tests {
         let long = "x".repeat(1000);
         for _ in 0..BATCH_CONNS {
             let (_r, wr) = crate::os::fd::pipe().unwrap();
-            q.push(handed(&long), wr);
+            q.push(Handed::idle(long.clone()), wr);
         }
         let n = q.next_batch();
         assert!(n < BATCH_CONNS && n * 1016 <= BATCH_BYTES, "{n}");
