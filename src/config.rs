@@ -25,12 +25,14 @@ mod listen;
 mod load;
 pub mod options;
 mod sections;
+pub mod tls;
 mod units;
 mod validate;
 pub use listen::*;
 pub use load::*;
 pub use options::{ListenOptions, OptionError, ParsedOptions, RawOptions, Services};
 pub use sections::*;
+pub use tls::{TlsConfig, TlsLoaded};
 pub use units::*;
 #[cfg(test)]
 mod tests;

@@ -47,6 +47,9 @@ impl Config {
             if let ListenAddr::Unix(p) = &mut l.address {
                 *p = resolve(&base, p);
             }
+            for p in l.tls.iter_mut().flat_map(|t| t.paths_mut()) {
+                *p = resolve(&base, p);
+            }
         }
         Ok(())
     }

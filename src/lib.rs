@@ -27,6 +27,7 @@ pub(crate) mod notify;
 pub mod os;
 pub(crate) mod proxy_protocol;
 pub mod service;
+pub(crate) mod tls;
 pub(crate) mod worker;
 
 /// Runs corral's command line as a program of its own: `--version`, `--help`, the

@@ -30,6 +30,9 @@ pub struct Stats {
     /// `accept_proxy` connections closed for a malformed, missing or late PROXY header.
     #[serde(default)]
     pub proxy_header_failed: u64,
+    /// TLS handshakes and failures.
+    #[serde(default)]
+    pub tls: crate::tls::TlsCounts,
 }
 
 /// One connection travelling between workers; its fd travels in the same message,

@@ -118,6 +118,10 @@ pub struct ListenConfig {
     /// until they end or `drain_timeout` cuts them (the behaviour before suspend).
     #[serde(default)]
     pub suspend: Option<bool>,
+    /// `[listen.tls]`: terminate TLS on this listener (certificates, SNI, ALPN,
+    /// client certificates); the service sees plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<super::TlsConfig>,
     /// Every other key: the service's own, kept as written for the service to parse
     /// and check (see [`super::options`]).
     #[serde(flatten)]

@@ -54,15 +54,22 @@ impl Config {
         for i in 0..config.listen.len() {
             config.check_proxy_loop(i)?;
         }
+        config.load_tls()?;
         Ok(config)
     }
 
     /// Values that are accepted but probably not what the operator wants; `-t`, start
     /// and reload print them.
     pub fn warnings(&self) -> Vec<String> {
+        let tls = self.listen.iter().enumerate().flat_map(|(i, l)| {
+            l.tls
+                .iter()
+                .flat_map(move |t| crate::tls::load::expiry_warnings(&t.loaded, i))
+        });
         checks::rss_warning(self.master.max_worker_rss)
             .into_iter()
             .chain(privs::warnings(self))
+            .chain(tls)
             .collect()
     }
 
@@ -76,6 +83,24 @@ impl Config {
             match services.parse(&l.service, &l.options) {
                 Ok(parsed) => self.listen[i].parsed = ParsedOptions(Some(parsed)),
                 Err(e) => return Err(self.invalid(&format!("listen[{i}].{}", e.key), e.reason)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads every TLS listener's certificates and keys (see `crate::tls::load`).
+    fn load_tls(&mut self) -> Result<(), ConfigError> {
+        for i in 0..self.listen.len() {
+            let Some(t) = &self.listen[i].tls else {
+                continue;
+            };
+            match crate::tls::load::load(t) {
+                Ok(loaded) => {
+                    if let Some(t) = self.listen[i].tls.as_mut() {
+                        t.loaded = loaded;
+                    }
+                }
+                Err(e) => return Err(self.invalid(&format!("listen[{i}].tls.{}", e.key), e.reason)),
             }
         }
         Ok(())

@@ -101,6 +101,9 @@ pub struct MasterConfig {
     /// Reload replaces this many slots at a time, each new worker ready before its
     /// predecessor drains; 0 = the whole generation at once.
     pub reload_surge: usize,
+    /// How often the master makes a new TLS session-ticket key (every worker gets it;
+    /// a ticket resumes for between one and two of these).
+    pub tls_ticket_rotation: Dur,
 }
 
 impl Default for MasterConfig {
@@ -123,6 +126,7 @@ impl Default for MasterConfig {
             graceful_sigterm: false,
             credentials: None,
             reload_surge: 0,
+            tls_ticket_rotation: Dur(Duration::from_secs(6 * 3600)),
         }
     }
 }

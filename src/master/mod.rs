@@ -74,6 +74,8 @@ pub enum MasterError {
     Control(#[from] control::ControlError),
     #[error(transparent)]
     PidFile(#[from] pidfile::PidFileError),
+    #[error("cannot make TLS session-ticket keys: the system's random source failed")]
+    TicketKeys,
     #[error("cannot resolve the config path {path}: {source}")]
     ConfigPath {
         path: PathBuf,

@@ -71,6 +71,10 @@ impl Master {
             Err(e) => warn!("{e}"),
         }
         privs::give_log_file(config);
+        // Made before any worker forks, so that all of them seal and open tickets with
+        // the same keys (a new master of an upgrade already holds its predecessor's).
+        crate::tls::tickets::ensure(config.master.tls_ticket_rotation.0)
+            .map_err(|_| MasterError::TicketKeys)?;
         let mut inherited = sockets::take_inherited();
         for s in &mut inherited {
             s.from_corral = opts.upgraded;

@@ -175,6 +175,7 @@ use std::time::{Duration, Instant};
 use std::sync::{Mutex, OnceLock};
 
 use crate::config::ListenConfig;
+pub use crate::tls::TlsInfo;
 
 pub mod echo;
 pub mod http;
@@ -191,6 +192,7 @@ pub type Job = Box<dyn FnOnce() -> Box<dyn Any + Send> + Send>;
 
 /// What a handler may do to its connection while handling an event.
 pub struct Io<'a> {
+    pub(crate) tls: Option<&'a TlsInfo>,
     pub(crate) out: &'a mut Vec<u8>,
     pub(crate) close: &'a mut bool,
     pub(crate) shutdown_write: &'a mut bool,
@@ -223,6 +225,12 @@ impl Io<'_> {
     /// The client's IP address (None for Unix-socket clients).
     pub fn peer(&self) -> Option<IpAddr> {
         self.peer
+    }
+
+    /// On a TLS listener, what the handshake settled: SNI, ALPN, version, suite, the
+    /// client's certificate. None on a plain listener.
+    pub fn tls(&self) -> Option<&TlsInfo> {
+        self.tls
     }
 
     /// Bytes queued and not yet sent.

@@ -160,6 +160,11 @@ impl Worker {
             return None;
         }
         self.stats.accepted += 1;
+        // A connection handed over began on the old generation's listener, plain (TLS
+        // connections do not move): it continues as it began.
+        if handed.is_none() && !self.attach_tls(token, listener, now) {
+            return None;
+        }
         // idle_timeout = 0 means off: no idle timer at all.
         let idle = self.listeners[listener].idle;
         if !idle.is_zero() {

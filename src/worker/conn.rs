@@ -148,7 +148,9 @@ impl Conn {
 
     #[inline]
     fn pending(&self) -> usize {
-        self.out.len() - self.out_pos + self.upstream().map_or(0, |u| u.piped_to_client())
+        self.out.len() - self.out_pos
+            + self.upstream().map_or(0, |u| u.piped_to_client())
+            + self.tls().map_or(0, |t| usize::from(t.wants_write()))
     }
 
     /// Reading is possible and allowed now.
@@ -200,6 +202,11 @@ impl Conn {
     /// `may_suspend` (the listener says `suspend = false`) only an idle connection
     /// leaves, with nothing to carry.
     pub fn suspend(&mut self, may_suspend: bool) -> Option<Leaving> {
+        // A TLS connection's state lives in its engine, which cannot travel (yet): it
+        // stays in this worker under the drain rules.
+        if self.tls().is_some() {
+            return None;
+        }
         let quiet = !self.flags.has(Flags::PINNED)
             && self.out.len() == self.out_pos
             && self.jobs_pending == 0
@@ -257,14 +264,16 @@ impl Conn {
                 let Some(asked) = self.allowance(env.budget.min(env.scratch.len())) else {
                     break;
                 };
-                match sockio::recv(self.fd.as_fd(), &mut env.scratch[..asked]) {
+                match self.recv(&mut env.scratch[..asked], env.stats) {
                     Ok(0) => {
                         self.flags.set(Flags::READ_CLOSED, true);
                         self.with_io(env, |h, io| h.on_eof(io));
                     }
                     Ok(n) => {
                         active = true;
-                        if n < asked && !self.flags.has(Flags::PEER_HUP) {
+                        // A short read drained a plain socket; a TLS engine may have
+                        // stopped at a record's end with more ciphertext queued.
+                        if n < asked && !self.flags.has(Flags::PEER_HUP) && self.tls().is_none() {
                             self.flags.set(Flags::MAY_READ, false);
                         }
                         env.budget -= n;
@@ -294,8 +303,12 @@ impl Conn {
             if self.pending() == 0 {
                 self.release_out(env.pool);
                 if self.flags.has(Flags::SHUTDOWN_WRITE) && !self.flags.has(Flags::WRITE_SHUT) {
-                    // The handler's half-close: FIN to the client, reading goes on.
+                    // The handler's half-close: FIN to the client (after close_notify
+                    // on TLS), reading goes on.
                     self.flags.set(Flags::WRITE_SHUT, true);
+                    if let Some((tls, fd)) = self.tls_on_fd() {
+                        tls.close_notify(fd);
+                    }
                     let _ = stream::shutdown_write(&self.fd);
                 }
             }
@@ -375,7 +388,9 @@ impl Conn {
         let mut shutdown_write = self.flags.has(Flags::SHUTDOWN_WRITE);
         let timer_before = self.timer_at();
         let mut timer = timer_before;
+        let tls = self.rare.as_deref().and_then(Rare::tls_info);
         let mut io = Io {
+            tls,
             out: &mut self.out,
             close: &mut close,
             shutdown_write: &mut shutdown_write,
@@ -426,9 +441,22 @@ impl Conn {
 
     /// Sends pending output until the socket would block; returns bytes sent.
     fn flush(&mut self, stats: &mut Stats) -> io::Result<usize> {
-        let sent = send_pending(self.fd.as_fd(), &self.out, &mut self.out_pos)?;
+        let sent = match self.rare.as_deref_mut().and_then(Rare::tls_mut) {
+            None => send_pending(self.fd.as_fd(), &self.out, &mut self.out_pos)?,
+            Some(tls) => send_pending_tls(tls, self.fd.as_fd(), &self.out, &mut self.out_pos)?,
+        };
         stats.bytes_out += sent as u64;
         Ok(sent)
+    }
+
+    /// Reads from the client: the socket's bytes, or on TLS the plaintext its engine
+    /// makes of them (counting handshakes and failures).
+    #[inline]
+    fn recv(&mut self, buf: &mut [u8], stats: &mut Stats) -> io::Result<usize> {
+        match self.rare.as_deref_mut().and_then(Rare::tls_mut) {
+            None => sockio::recv(self.fd.as_fd(), buf),
+            Some(tls) => tls.recv(self.fd.as_fd(), buf, &mut stats.tls),
+        }
     }
 
     /// Returns an empty output buffer to the pool, so idle connections hold none.
@@ -451,8 +479,12 @@ impl Conn {
         }
     }
 
-    /// Gives the connection's buffer back to the pool as it closes.
+    /// Gives the connection's buffer back to the pool as it closes (telling a TLS
+    /// client first, with close_notify, that the end is an end and not a cut).
     pub fn recycle(mut self, pool: &mut Vec<Vec<u8>>) {
+        if let Some((tls, fd)) = self.tls_on_fd() {
+            tls.close_notify(fd);
+        }
         self.release_out(pool);
     }
 
@@ -479,6 +511,33 @@ fn send_pending(fd: std::os::fd::BorrowedFd<'_>, buf: &[u8], pos: &mut usize) ->
         }
     }
     Ok(sent)
+}
+
+/// `send_pending` through a TLS engine: plaintext goes into rustls, ciphertext out to
+/// the socket, until the socket would block or rustls will take no more; returns the
+/// plaintext bytes taken.
+fn send_pending_tls(
+    tls: &mut crate::tls::TlsSession,
+    fd: std::os::fd::BorrowedFd<'_>,
+    buf: &[u8],
+    pos: &mut usize,
+) -> io::Result<usize> {
+    let mut sent = 0;
+    while *pos < buf.len() {
+        match tls.send(fd, &buf[*pos..]) {
+            Ok(n) => {
+                *pos += n;
+                sent += n;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(sent),
+            Err(e) => return Err(e),
+        }
+    }
+    match tls.write_tls(fd) {
+        Ok(()) => Ok(sent),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(sent),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]

@@ -29,6 +29,8 @@ pub enum End {
     IdleTimeout,
     /// No (complete) PROXY header within `accept_proxy_timeout`.
     HeaderTimeout,
+    /// No finished TLS handshake within `handshake_timeout`.
+    HandshakeTimeout,
     /// A malformed PROXY header, or the client left before sending one.
     BadHeader(String),
     /// The client's IP was over `max_connections_per_ip`.
@@ -52,6 +54,7 @@ impl std::fmt::Display for End {
             End::ServiceClosed => f.write_str("service closed"),
             End::IdleTimeout => f.write_str("idle timeout"),
             End::HeaderTimeout => f.write_str("proxy header timeout"),
+            End::HandshakeTimeout => f.write_str("tls handshake timeout"),
             End::BadHeader(why) => write!(f, "bad proxy header: {why}"),
             End::PerIpLimit => f.write_str("per-ip limit"),
             End::NoUpstream => f.write_str("no upstream"),

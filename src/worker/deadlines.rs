@@ -37,6 +37,8 @@ pub(crate) enum Timer {
     FaultEnd,
     /// `accept_proxy_timeout` of a connection that may still lack its PROXY header.
     Header(Token),
+    /// `handshake_timeout` of a TLS connection that may still be in its handshake.
+    Handshake(Token),
 }
 
 impl Worker {
@@ -98,6 +100,7 @@ impl Worker {
                 // The loop checks again after this wake-up.
                 Timer::HandoffSettle => self.handoff.settle_armed = false,
                 Timer::Header(token) => self.header_timeout(token),
+                Timer::Handshake(token) => self.handshake_timeout(token),
                 Timer::FaultEnd => {
                     for note in self.injected.expire(now) {
                         info!("injected fault over: {note}");
@@ -154,7 +157,7 @@ impl Worker {
             | Timer::DrainDeadline
             | Timer::HandoffSettle
             | Timer::FaultEnd => true,
-            Timer::Header(k) => conns.get(*k).is_some(),
+            Timer::Header(k) | Timer::Handshake(k) => conns.get(*k).is_some(),
         });
     }
 }
@@ -177,6 +180,7 @@ impl Packed for Timer {
             Timer::Connect(t) => (3, t.0),
             Timer::Handler(t) => (4, t.0),
             Timer::Header(t) => (5, t.0),
+            Timer::Handshake(t) => (6, t.0),
         };
         // A connection's token uses bits 0-60 only (the higher ones mark epoll
         // tokens that are not connections, which never get a timer).
@@ -201,6 +205,7 @@ impl Packed for Timer {
             3 => Timer::Connect(token),
             4 => Timer::Handler(token),
             5 => Timer::Header(token),
+            6 => Timer::Handshake(token),
             _ => return None,
         })
     }
@@ -227,8 +232,10 @@ mod tests {
             Timer::Connect(big),
             Timer::Handler(big),
             Timer::Header(big),
+            Timer::Handshake(big),
             Timer::Idle(small),
             Timer::Header(small),
+            Timer::Handshake(small),
         ];
         for t in all {
             assert_eq!(Timer::unpack(t.pack()), Some(t), "{t:?}");

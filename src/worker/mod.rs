@@ -35,6 +35,7 @@ mod suspend;
 #[cfg(test)]
 mod testkit;
 pub mod timer;
+mod tls;
 mod token;
 mod trim;
 

@@ -50,6 +50,7 @@ impl Harness {
     fn with_io<R>(&mut self, f: impl FnOnce(&mut dyn Handler, &mut Io<'_>) -> R) -> R {
         let mut jobs = Vec::new();
         let mut io = Io {
+            tls: None,
             out: &mut self.out,
             close: &mut self.close,
             shutdown_write: &mut self.shut,

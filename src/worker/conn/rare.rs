@@ -1,5 +1,5 @@
 //! The part of a connection that few connections need (a proxy's upstream, a rate
-//! limit, a PROXY-header origin, a handler timer, a connection log line), allocated
+//! limit, a PROXY-header origin, a handler timer, a connection log line, a TLS engine), allocated
 //! only once one of them is set, so an idle connection pays one pointer for all.
 
 use std::net::SocketAddr;
@@ -8,6 +8,7 @@ use std::time::Instant;
 use super::super::bucket::Bucket;
 use super::super::connlog::Record;
 use super::{Conn, Upstream};
+use crate::tls::TlsSession;
 
 /// What few connections carry.
 #[derive(Default)]
@@ -24,9 +25,21 @@ pub(super) struct Rare {
     log: Option<Box<Record>>,
     /// For a proxied connection: the upstream side.
     upstream: Option<Box<Upstream>>,
+    /// On a TLS listener: the connection's TLS engine.
+    tls: Option<Box<TlsSession>>,
 }
 
 impl Rare {
+    /// The TLS engine (borrowed beside the connection's other fields).
+    pub(super) fn tls_mut(&mut self) -> Option<&mut TlsSession> {
+        self.tls.as_deref_mut()
+    }
+
+    /// What the TLS handshake settled, for a handler's `Io`.
+    pub(super) fn tls_info(&self) -> Option<&crate::tls::TlsInfo> {
+        self.tls.as_deref().and_then(TlsSession::info)
+    }
+
     /// The box of a connection that starts with a rate limit.
     pub(super) fn with_bucket(bucket: Box<Bucket>) -> Box<Rare> {
         Box::new(Rare {
@@ -78,6 +91,27 @@ impl Conn {
 
     pub fn take_upstream(&mut self) -> Option<Box<Upstream>> {
         self.rare.as_mut().and_then(|r| r.upstream.take())
+    }
+
+    /// On a TLS listener: the connection's TLS engine.
+    pub fn tls(&self) -> Option<&TlsSession> {
+        self.rare.as_ref().and_then(|r| r.tls.as_deref())
+    }
+
+    pub fn tls_mut(&mut self) -> Option<&mut TlsSession> {
+        self.rare.as_mut().and_then(|r| r.tls.as_deref_mut())
+    }
+
+    /// The TLS engine with the socket it runs on (two fields of the connection
+    /// borrowed at once).
+    pub(super) fn tls_on_fd(&mut self) -> Option<(&mut TlsSession, std::os::fd::BorrowedFd<'_>)> {
+        use std::os::fd::AsFd;
+        let tls = self.rare.as_deref_mut().and_then(Rare::tls_mut)?;
+        Some((tls, self.fd.as_fd()))
+    }
+
+    pub fn set_tls(&mut self, tls: Box<TlsSession>) {
+        self.rare.get_or_insert_with(Box::default).tls = Some(tls);
     }
 
     /// The real client when it is not the socket's peer (a PROXY header named it).
