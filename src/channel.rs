@@ -9,6 +9,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 use crate::os::{fd, scm};
 
@@ -66,7 +67,9 @@ impl Channel {
     /// Sends one message without blocking. A full buffer (a worker that stopped
     /// reading) surfaces as `WouldBlock`; the caller decides what that means.
     pub fn send<T: Serialize>(&self, msg: &T) -> io::Result<()> {
-        let bytes = serde_json::to_vec(msg).map_err(io::Error::other)?;
+        // Wiped after use, as every message buffer here: some messages carry secrets
+        // (TLS ticket keys).
+        let bytes = Zeroizing::new(serde_json::to_vec(msg).map_err(io::Error::other)?);
         fd::send(self.fd.as_fd(), &bytes).map(drop)
     }
 
@@ -74,7 +77,7 @@ impl Channel {
     /// blocking: the receiver gets its own copies of the open files; ours can be
     /// closed right after. `WouldBlock` means nothing was sent.
     pub fn send_fds<T: Serialize>(&self, msg: &T, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-        let bytes = serde_json::to_vec(msg).map_err(io::Error::other)?;
+        let bytes = Zeroizing::new(serde_json::to_vec(msg).map_err(io::Error::other)?);
         if bytes.len() > MAX_MESSAGE {
             return Err(io::Error::other(format!(
                 "channel message of {} bytes exceeds {MAX_MESSAGE}",
@@ -100,7 +103,7 @@ impl Channel {
     pub fn recv_fds<T: for<'de> Deserialize<'de>>(
         &self,
     ) -> Result<Option<(T, Vec<OwnedFd>)>, ChannelError> {
-        let mut buf = vec![0u8; MAX_MESSAGE];
+        let mut buf = Zeroizing::new(vec![0u8; MAX_MESSAGE]);
         let got = match scm::recv(self.fd.as_fd(), &mut buf) {
             Ok(Some(got)) => got,
             Ok(None) => return Ok(None),

@@ -175,6 +175,9 @@ pub enum ToWorker {
     ReopenLogs,
     /// `corral fault`: fail in this way, for real.
     Fault { kind: crate::fault::kind::FaultKind },
+    /// The master's new TLS session-ticket key: it seals from now on, the one before
+    /// it still opens.
+    TicketKey(crate::tls::tickets::KeyBytes),
     /// One part of the metrics text for the scrape `id`; `last` ends it. Large texts
     /// travel in several parts, each well inside `MAX_MESSAGE`.
     Metrics { id: u64, text: String, last: bool },
@@ -186,7 +189,13 @@ pub enum ToWorker {
 /// message, in order.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ToSuccessor {
-    Conns { from: i32, conns: Vec<Handed> },
+    Conns {
+        from: i32,
+        conns: Vec<Handed>,
+    },
+    /// The TLS session-ticket keys in force, sent before the new master starts, so
+    /// that its workers open the tickets the old ones sealed.
+    TicketKeys(crate::tls::tickets::KeysWire),
 }
 
 /// New master → old master: connections it could not place, for the old master's

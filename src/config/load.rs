@@ -94,6 +94,13 @@ impl Config {
             let Some(t) = &self.listen[i].tls else {
                 continue;
             };
+            let splice = self.listen[i].options.get("splice");
+            if splice.is_some_and(|v| v.to_bool() == Some(true)) {
+                return Err(self.invalid(
+                    &format!("listen[{i}].splice"),
+                    "cannot be used with [listen.tls]: every byte must pass through the TLS engine",
+                ));
+            }
             match crate::tls::load::load(t) {
                 Ok(loaded) => {
                     if let Some(t) = self.listen[i].tls.as_mut() {

@@ -33,6 +33,7 @@ mod status;
 mod stop;
 mod supervision;
 pub mod table;
+mod ticket_keys;
 pub mod upgrade;
 mod waiters;
 mod xfer;
@@ -288,6 +289,8 @@ pub struct Master {
     xfer: xfer::Links,
     /// What became of each draining generation's connections.
     gens: generations::Generations,
+    /// When the TLS session-ticket keys rotate next.
+    ticket_rotation_due: Instant,
     /// Forks, signals, the new master of an upgrade and the clock (faked in tests).
     fx: Box<dyn Effects>,
 }
@@ -393,6 +396,7 @@ impl Master {
             self.limit_old_generations();
         }
         self.sd_watchdog(now);
+        self.rotate_ticket_keys(now);
         self.metrics_tick(now);
         for (t, outcome) in self.faults.expired(now) {
             self.answer_fault(t, outcome);

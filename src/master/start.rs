@@ -104,6 +104,7 @@ impl Master {
     ) -> Master {
         let n = config.master.workers.count();
         let links = xfer::Links::inherited();
+        let rotation = config.master.tls_ticket_rotation.0;
         let predecessor = upgrade::Predecessor::from_env();
         Master {
             config,
@@ -140,6 +141,7 @@ impl Master {
             metrics: metrics::Metrics::from_env(),
             xfer: links,
             gens: generations::Generations::default(),
+            ticket_rotation_due: fx.now() + rotation,
             fx,
         }
     }

@@ -108,6 +108,15 @@ pub struct Link {
 }
 
 impl Link {
+    /// The old master's TLS ticket keys, queued for the new master before it starts.
+    pub fn send_ticket_keys(&self) {
+        if let Some(k) = crate::tls::tickets::KeysWire::snapshot() {
+            if let Err(e) = self.channel.send(&ToSuccessor::TicketKeys(k)) {
+                warn!("cannot pass the TLS ticket keys to the new master ({e}); tickets will not resume across this upgrade");
+            }
+        }
+    }
+
     fn new(channel: Channel) -> Link {
         Link {
             channel,
@@ -155,6 +164,16 @@ impl Link {
         let _ = fd::set_cloexec(owned.as_fd(), true);
         fd::set_nonblocking(owned.as_fd(), true).map_err(|e| refuse(e.to_string()))?;
         let channel = Channel::from_fd(owned);
+        // The old master queued its TLS ticket keys before it started us: in force
+        // before our first worker forks, so tickets it sealed still open here.
+        match channel.recv::<ToSuccessor>() {
+            Ok(Some(ToSuccessor::TicketKeys(k))) if k.install() => {}
+            Ok(Some(ToSuccessor::TicketKeys(_))) => {
+                warn!("the old master's TLS ticket keys do not decode; tickets it issued will not resume here")
+            }
+            Ok(_) => {}
+            Err(e) => return Err(refuse(format!("cannot read the old master's keys: {e}"))),
+        }
         // Before we report ready, so it is there when the old master commits.
         channel
             .send(&ToPredecessor::Hello)
@@ -403,7 +422,11 @@ impl Master {
                     })
                 }),
                 Side::ToOld => l.channel.recv_fds::<ToSuccessor>().map(|m| {
-                    m.map(|(ToSuccessor::Conns { from, conns }, f)| (from, conns, String::new(), f))
+                    m.map(|(msg, f)| match msg {
+                        ToSuccessor::Conns { from, conns } => (from, conns, String::new(), f),
+                        // Read at start (`from_env`); another copy changes nothing.
+                        ToSuccessor::TicketKeys(_) => (0, Vec::new(), String::new(), f),
+                    })
                 }),
             };
             match got {
@@ -520,6 +543,7 @@ mod tests {
         while let Some((ToSuccessor::Conns { from, conns }, fds)) =
             other.recv_fds::<ToSuccessor>().unwrap()
         {
+            // (TicketKeys would end the loop: none is sent here.)
             assert_eq!(conns.len(), fds.len());
             seen.push((from, conns.len()));
         }

@@ -112,6 +112,74 @@ impl TicketKey {
     }
 }
 
+/// Key material on its way to a worker or a new master: zeroized when dropped,
+/// never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyBytes(Zeroizing<Vec<u8>>);
+
+impl serde::Serialize for KeyBytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for KeyBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Vec::<u8>::deserialize(d).map(|v| KeyBytes(Zeroizing::new(v)))
+    }
+}
+
+impl std::fmt::Debug for KeyBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyBytes(redacted)")
+    }
+}
+
+impl KeyBytes {
+    pub fn of(k: &TicketKey) -> KeyBytes {
+        KeyBytes(k.to_bytes())
+    }
+
+    pub fn key(&self) -> Option<TicketKey> {
+        TicketKey::from_bytes(&self.0)
+    }
+}
+
+/// Every key in force, as a new master of an upgrade receives them.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeysWire {
+    pub current: KeyBytes,
+    pub previous: Option<KeyBytes>,
+    pub rotation_secs: u64,
+}
+
+impl KeysWire {
+    /// This process's keys, to hand on; None if it has none.
+    pub fn snapshot() -> Option<KeysWire> {
+        let k = keys();
+        let k = k.as_ref()?;
+        Some(KeysWire {
+            current: KeyBytes::of(&k.current),
+            previous: k.previous.as_ref().map(KeyBytes::of),
+            rotation_secs: k.rotation.as_secs(),
+        })
+    }
+
+    /// Puts these keys in force in this process; false if they do not decode.
+    pub fn install(&self) -> bool {
+        let Some(current) = self.current.key() else {
+            return false;
+        };
+        let previous = self.previous.as_ref().and_then(KeyBytes::key);
+        install(TicketKeys {
+            current,
+            previous,
+            rotation: Duration::from_secs(self.rotation_secs.max(1)),
+        });
+        true
+    }
+}
+
 /// The keys in force: the one that seals, and the one before it, which still opens.
 #[derive(Clone, Debug)]
 pub struct TicketKeys {
@@ -137,13 +205,8 @@ fn keys() -> std::sync::MutexGuard<'static, Option<TicketKeys>> {
 }
 
 /// Puts `k` in force in this process.
-pub fn install(k: TicketKeys) {
+fn install(k: TicketKeys) {
     *keys() = Some(k);
-}
-
-/// A copy of the keys in force, to hand on.
-pub fn snapshot() -> Option<TicketKeys> {
-    keys().clone()
 }
 
 /// Makes the keys this process starts with, unless it has some already (a new master
@@ -163,11 +226,26 @@ pub fn ensure(rotation: Duration) -> Result<(), aws_lc_rs::error::Unspecified> {
     Ok(())
 }
 
-/// A worker's half of a rotation: the master's new current key.
+/// The rotation period in force (the tickets' lifetime hint follows it).
+pub fn set_rotation(every: Duration) {
+    if let Some(k) = keys().as_mut() {
+        k.rotation = every;
+    }
+}
+
+/// A rotation: `fresh` (the master's new key, in a worker) becomes the current key.
 pub fn rotate_to(fresh: TicketKey) {
     if let Some(k) = keys().as_mut() {
         k.rotate(fresh);
     }
+}
+
+/// The master's half of a rotation: a new key, in force here, to send to workers.
+pub fn rotate_new() -> Result<KeyBytes, aws_lc_rs::error::Unspecified> {
+    let fresh = TicketKey::generate()?;
+    let bytes = KeyBytes::of(&fresh);
+    rotate_to(fresh);
+    Ok(bytes)
 }
 
 /// The rustls ticketer over this process's keys.
@@ -233,6 +311,7 @@ mod tests {
         assert_eq!(back.open(&t).as_deref(), Some(&b"y"[..]));
         assert!(TicketKey::from_bytes(&[0; 35]).is_none());
         assert!(!format!("{a:?}").contains(&format!("{:?}", &a.key[..4])));
+        assert_eq!(format!("{:?}", KeyBytes::of(&a)), "KeyBytes(redacted)");
     }
 
     #[test]

@@ -29,6 +29,10 @@ impl Worker {
                         self.exit = Some(0);
                     }
                     ToWorker::ReopenLogs => self.reopen_logs(),
+                    ToWorker::TicketKey(k) => match k.key() {
+                        Some(k) => crate::tls::tickets::rotate_to(k),
+                        None => warn!("the master sent a ticket key that does not decode"),
+                    },
                     ToWorker::Metrics { id, text, last } => {
                         crate::service::metrics::deliver(id, text, last)
                     }

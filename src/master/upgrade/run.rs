@@ -49,7 +49,10 @@ impl Master {
         let bad = self.faults.take_bad_upgrade();
         // The channel the idle connections move over once the upgrade is committed.
         let (link, theirs) = match xfer::Link::pair() {
-            Ok((l, t)) => (Some(l), Some(t)),
+            Ok((l, t)) => {
+                l.send_ticket_keys();
+                (Some(l), Some(t))
+            }
             Err(e) => {
                 warn!("{e}; idle connections will stay with this master's workers");
                 (None, None)

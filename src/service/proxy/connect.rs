@@ -97,7 +97,9 @@ impl Worker {
             return;
         };
         let listener = usize::from(c.listener);
-        let rate_limited = c.bucket().is_some();
+        // A TLS client's bytes must pass through its engine: no splice for it
+        // (config refuses `splice` with `tls`; this keeps a hand-built listener safe).
+        let copy_only = c.bucket().is_some() || c.tls().is_some();
         let Some(up) = c.upstream_mut() else {
             return;
         };
@@ -123,7 +125,7 @@ impl Worker {
                 .get(listener)
                 .and_then(|l| crate::service::proxy::options::of(l)?.splice)
                 .unwrap_or(false);
-            if splice && !rate_limited {
+            if splice && !copy_only {
                 match Pipes::new() {
                     Ok(p) => up.pipes = Some(Box::new(p)),
                     Err(e) => debug!("no pipes for splice ({e}); copying instead"),

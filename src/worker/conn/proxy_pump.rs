@@ -80,12 +80,12 @@ impl Conn {
                 let Some(asked) = self.allowance(want) else {
                     break;
                 };
-                match sockio::recv(self.fd.as_fd(), &mut env.scratch[..asked]) {
+                match self.recv(&mut env.scratch[..asked], env.stats) {
                     Ok(0) => self.flags.set(Flags::READ_CLOSED, true),
                     Ok(n) => {
                         active = true;
                         progress = true;
-                        if n < asked && !self.flags.has(Flags::PEER_HUP) {
+                        if n < asked && !self.flags.has(Flags::PEER_HUP) && self.tls().is_none() {
                             self.flags.set(Flags::MAY_READ, false);
                         }
                         env.budget -= n;
@@ -140,7 +140,7 @@ impl Conn {
                             // Nothing queued or piped may precede these bytes.
                             let sent =
                                 if self.out.len() == self.out_pos && up.piped_to_client() == 0 {
-                                    match send_now(self.fd.as_fd(), data) {
+                                    match self.send_now(data) {
                                         Ok(sent) => sent,
                                         Err(e) => {
                                             return Outcome::Close(Some(format!(
@@ -209,6 +209,9 @@ impl Conn {
                 && !self.flags.has(Flags::WRITE_SHUT)
             {
                 self.flags.set(Flags::WRITE_SHUT, true);
+                if let Some((tls, fd)) = self.tls_on_fd() {
+                    tls.close_notify(fd);
+                }
                 let _ = stream::shutdown_write(&self.fd);
             }
             if !progress {
@@ -223,6 +226,22 @@ impl Conn {
             return Outcome::Close(None);
         }
         Outcome::Open { active }
+    }
+
+    /// `send_now` to the client: straight to its socket, or through its TLS engine.
+    fn send_now(&mut self, data: &[u8]) -> io::Result<usize> {
+        let Some((tls, fd)) = self.tls_on_fd() else {
+            return send_now(self.fd.as_fd(), data);
+        };
+        let mut sent = 0;
+        while sent < data.len() {
+            match tls.send(fd, &data[sent..]) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(sent)
     }
 
     /// One pass of zero-copy forwarding: socket → pipe → socket, each way. Returns

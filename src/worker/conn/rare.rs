@@ -98,10 +98,6 @@ impl Conn {
         self.rare.as_ref().and_then(|r| r.tls.as_deref())
     }
 
-    pub fn tls_mut(&mut self) -> Option<&mut TlsSession> {
-        self.rare.as_mut().and_then(|r| r.tls.as_deref_mut())
-    }
-
     /// The TLS engine with the socket it runs on (two fields of the connection
     /// borrowed at once).
     pub(super) fn tls_on_fd(&mut self) -> Option<(&mut TlsSession, std::os::fd::BorrowedFd<'_>)> {
