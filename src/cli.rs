@@ -445,6 +445,7 @@ pub fn status(path: &Path, json: bool) -> i32 {
         );
     }
     print_generations(&resp);
+    print_tls(&resp);
     0
 }
 
@@ -470,6 +471,47 @@ fn print_generations(resp: &Response) {
         println!(
             "connections moved in from the old master at the last upgrade: {}",
             resp.moved_from_old_master
+        );
+    }
+}
+
+/// The TLS lines of `corral status`: handshakes and failures over the live workers,
+/// and each certificate with its expiry.
+fn print_tls(resp: &Response) {
+    if resp.certificates.is_empty() {
+        return;
+    }
+    let mut t = crate::tls::TlsCounts::default();
+    for w in &resp.workers {
+        t.add(&w.tls);
+    }
+    println!();
+    let failed: Vec<String> = crate::tls::Failure::ALL
+        .iter()
+        .filter(|f| t.failures(**f) > 0)
+        .map(|f| format!("{} {}", f.label(), t.failures(*f)))
+        .collect();
+    println!(
+        "tls: handshakes {} full, {} resumed (TLSv1.3 {}, TLSv1.2 {}); failed: {}",
+        t.full,
+        t.resumed,
+        t.tls13,
+        t.tls12,
+        if failed.is_empty() {
+            "none".to_string()
+        } else {
+            failed.join(", ")
+        }
+    );
+    for c in &resp.certificates {
+        println!(
+            "certificate {} on {}: {} [{}], expires {} ({} days)",
+            c.file,
+            c.listen,
+            c.subject,
+            c.names.join(" "),
+            c.expires,
+            c.days_left
         );
     }
 }

@@ -36,6 +36,9 @@ impl Config {
                 ),
             ));
         }
+        if self.master.tls_ticket_rotation.0 < Duration::from_secs(1) {
+            return Err(self.invalid("master.tls_ticket_rotation", "must be at least 1s"));
+        }
         if self.master.max_old_generations == 0 {
             return Err(self.invalid("master.max_old_generations", "must be at least 1"));
         }

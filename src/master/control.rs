@@ -54,6 +54,25 @@ pub struct Response {
     /// Connections adopted from the old master of the upgrade that started us.
     #[serde(default)]
     pub moved_from_old_master: u64,
+    /// Every TLS certificate the current config loaded, with its expiry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CertificateStatus>,
+}
+
+/// One loaded TLS certificate in `corral status`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CertificateStatus {
+    /// The listener's address.
+    pub listen: String,
+    pub file: String,
+    pub subject: String,
+    /// The DNS names it serves (subjectAltName).
+    pub names: Vec<String>,
+    /// notAfter, as a Unix time, and as a date (UTC).
+    pub not_after: i64,
+    pub expires: String,
+    /// Whole days until it expires (negative once it has).
+    pub days_left: i64,
 }
 
 /// Why talking to the master failed.

@@ -15,6 +15,7 @@
 
 mod expo;
 mod render;
+mod tls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -109,6 +110,9 @@ pub struct Totals {
     pub upgrades: Outcomes,
     pub watchdog_kills: u64,
     pub restarts: u64,
+    /// TLS handshakes and failures.
+    #[serde(default)]
+    pub tls: crate::tls::TlsCounts,
 }
 
 /// Hand-over outcomes (a `HandoffCounts` that can be serialised into the file).
@@ -149,6 +153,7 @@ impl Totals {
         self.upgrades.add(&o.upgrades);
         self.watchdog_kills += o.watchdog_kills;
         self.restarts += o.restarts;
+        self.tls.add(&o.tls);
     }
 
     /// One worker's counting, as totals.
@@ -158,6 +163,7 @@ impl Totals {
             bytes_in: stats.bytes_in,
             bytes_out: stats.bytes_out,
             refused_per_ip: stats.refused,
+            tls: stats.tls,
             ..Totals::default()
         };
         if let Some(h) = h {

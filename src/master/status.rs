@@ -1,6 +1,7 @@
 //! `corral status` and the line systemd shows.
 
 use super::*;
+use crate::master::control::CertificateStatus;
 
 impl Master {
     /// One line for `systemctl status`.
@@ -11,6 +12,29 @@ impl Master {
             "generation {}: {serving} workers serving, {draining} draining",
             self.generation
         )
+    }
+
+    /// Every loaded certificate, for `corral status` (expiry first to the eye).
+    fn certificates(&self) -> Vec<CertificateStatus> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let mut out = Vec::new();
+        for l in &self.config.listen {
+            let Some(tls) = &l.tls else { continue };
+            for c in &tls.loaded.certs {
+                out.push(CertificateStatus {
+                    listen: l.address.to_string(),
+                    file: c.file.display().to_string(),
+                    subject: c.subject.clone(),
+                    names: c.names.clone(),
+                    not_after: c.not_after,
+                    expires: crate::tls::load::date(c.not_after),
+                    days_left: (c.not_after - now).div_euclid(86_400),
+                });
+            }
+        }
+        out
     }
 
     pub(super) fn status(&self) -> Response {
@@ -36,6 +60,7 @@ impl Master {
                     rss: w.stats.rss,
                     log_dropped: w.stats.log_dropped,
                     proxy_header_failed: w.stats.proxy_header_failed,
+                    tls: w.stats.tls,
                     restarts: slot.map_or(0, |s| s.restarts),
                     last_exit: slot.and_then(|s| s.last_exit).map(|(r, t)| {
                         format!(
@@ -71,6 +96,7 @@ impl Master {
             fault: None,
             generations,
             moved_from_old_master: self.gens.from_predecessor,
+            certificates: self.certificates(),
         }
     }
 }

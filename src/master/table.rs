@@ -223,6 +223,9 @@ pub struct WorkerStatus {
     /// `accept_proxy` connections closed for a bad, missing or late PROXY header.
     #[serde(default)]
     pub proxy_header_failed: u64,
+    /// TLS handshakes (full, resumed, by version) and failures by reason.
+    #[serde(default)]
+    pub tls: crate::tls::TlsCounts,
 }
 
 #[cfg(test)]

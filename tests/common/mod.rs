@@ -53,4 +53,6 @@ pub mod metrics;
 #[allow(dead_code)]
 pub mod million;
 #[allow(dead_code)]
+pub mod tls;
+#[allow(dead_code)]
 pub mod xmaster;

@@ -194,6 +194,8 @@ impl Master {
         )
         .sample("corral_sent_bytes_total", &[], t.bytes_out as f64);
 
+        self.tls_metrics(&mut e, &t.tls);
+
         let mut active: BTreeMap<&str, u64> = BTreeMap::new();
         for w in &self.workers {
             if let Some(cs) = self.metrics.live.get(&w.pid.as_raw()) {
