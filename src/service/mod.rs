@@ -228,7 +228,27 @@ impl Io<'_> {
     }
 
     /// On a TLS listener, what the handshake settled: SNI, ALPN, version, suite, the
-    /// client's certificate. None on a plain listener.
+    /// client's certificate. None on a plain listener. The service only ever sees
+    /// plaintext, after the handshake: this is how it learns about it.
+    ///
+    /// ```
+    /// use corral::service::{Handler, Io};
+    ///
+    /// /// Greets a client by the name it asked for.
+    /// struct Hello;
+    ///
+    /// impl Handler for Hello {
+    ///     fn on_data(&mut self, io: &mut Io<'_>, data: &[u8]) -> usize {
+    ///         let name = io
+    ///             .tls()
+    ///             .and_then(|t| t.sni.clone())
+    ///             .unwrap_or_else(|| "plain".into());
+    ///         io.write(format!("hello {name}\n").as_bytes());
+    ///         data.len()
+    ///     }
+    /// }
+    /// # let _ = Hello;
+    /// ```
     pub fn tls(&self) -> Option<&TlsInfo> {
         self.tls
     }
