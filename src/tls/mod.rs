@@ -35,6 +35,7 @@
 mod counts;
 mod info;
 pub mod load;
+pub mod record;
 mod resolve;
 mod session;
 pub mod tickets;
@@ -42,3 +43,5 @@ pub mod tickets;
 pub use counts::{Failure, TlsCounts};
 pub use info::TlsInfo;
 pub use session::TlsSession;
+#[cfg(test)]
+mod record_kat;

@@ -1,0 +1,1 @@
+//! Known-answer tests for the continued record layer (placeholder until filled in).
