@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 
 use crate::os::{fd, scm};
 
-mod b64;
+pub(crate) mod b64;
 mod messages;
 mod queue;
 

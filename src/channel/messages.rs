@@ -53,6 +53,9 @@ pub struct Handed {
     /// None for a connection that was merely idle (the receiver calls `connect`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moved: Option<Box<Moved>>,
+    /// A TLS connection: its record layer, which the receiver continues.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Box<crate::tls::TlsMoved>>,
 }
 
 /// Most bytes of service state plus carried input one suspended connection may
@@ -102,6 +105,7 @@ impl Handed {
             listen,
             peer: None,
             moved: None,
+            tls: None,
         }
     }
 
@@ -113,7 +117,8 @@ impl Handed {
                 + m.refused.as_ref().map_or(0, |r| r.len() + 16)
                 + 192
         });
-        self.listen.len() + 16 + if self.peer.is_some() { 60 } else { 0 } + moved
+        let tls = self.tls.as_ref().map_or(0, |t| t.weight());
+        self.listen.len() + 16 + if self.peer.is_some() { 60 } else { 0 } + moved + tls
     }
 }
 
@@ -248,6 +253,7 @@ mod tests {
             listen: "127.0.0.1:80".into(),
             peer: Some("203.0.113.5:6000".parse().unwrap()),
             moved: None,
+            tls: None,
         };
         let json = serde_json::to_string(&h).unwrap();
         assert_eq!(serde_json::from_str::<Handed>(&json).unwrap(), h);

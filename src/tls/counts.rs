@@ -19,6 +19,12 @@ pub enum Failure {
     Malformed,
     /// Anything else (an alert from the client, an internal error).
     Other,
+    /// After a move: a handshake message (KeyUpdate), closed with close_notify.
+    MovedHandshake,
+    /// After a move: a record that did not open (`bad_record_mac`) or is malformed.
+    MovedBadRecord,
+    /// After a move: the client sent an alert other than close_notify.
+    MovedAlert,
 }
 
 impl Failure {
@@ -71,16 +77,22 @@ impl Failure {
             Failure::Timeout => "timeout",
             Failure::Malformed => "malformed",
             Failure::Other => "other",
+            Failure::MovedHandshake => "moved_key_update",
+            Failure::MovedBadRecord => "moved_bad_record",
+            Failure::MovedAlert => "moved_alert",
         }
     }
 
-    pub const ALL: [Failure; 6] = [
+    pub const ALL: [Failure; 9] = [
         Failure::NoSharedCipher,
         Failure::BadCertificate,
         Failure::ProtocolVersion,
         Failure::Timeout,
         Failure::Malformed,
         Failure::Other,
+        Failure::MovedHandshake,
+        Failure::MovedBadRecord,
+        Failure::MovedAlert,
     ];
 }
 
@@ -102,6 +114,12 @@ pub struct TlsCounts {
     pub timeout: u64,
     pub malformed: u64,
     pub other: u64,
+    pub moved_key_update: u64,
+    pub moved_bad_record: u64,
+    pub moved_alert: u64,
+    /// Connections whose record layer moved out to another worker, and in from one.
+    pub moved_out: u64,
+    pub moved_in: u64,
 }
 
 impl TlsCounts {
@@ -130,6 +148,9 @@ impl TlsCounts {
             Failure::Timeout => self.timeout,
             Failure::Malformed => self.malformed,
             Failure::Other => self.other,
+            Failure::MovedHandshake => self.moved_key_update,
+            Failure::MovedBadRecord => self.moved_bad_record,
+            Failure::MovedAlert => self.moved_alert,
         }
     }
 
@@ -141,6 +162,9 @@ impl TlsCounts {
             Failure::Timeout => &mut self.timeout,
             Failure::Malformed => &mut self.malformed,
             Failure::Other => &mut self.other,
+            Failure::MovedHandshake => &mut self.moved_key_update,
+            Failure::MovedBadRecord => &mut self.moved_bad_record,
+            Failure::MovedAlert => &mut self.moved_alert,
         }
     }
 
@@ -150,6 +174,8 @@ impl TlsCounts {
         self.resumed += o.resumed;
         self.tls13 += o.tls13;
         self.tls12 += o.tls12;
+        self.moved_out += o.moved_out;
+        self.moved_in += o.moved_in;
         for f in Failure::ALL {
             *self.slot(f) += o.failures(f);
         }

@@ -120,6 +120,9 @@ pub fn load(t: &TlsConfig) -> Result<TlsLoaded, LoadError> {
     // Nothing is sent before the handshake ends that the handler did not write, and
     // the service reads plaintext as a stream: 0-RTT data (replayable) stays off.
     server.max_early_data_size = 0;
+    // A TLS 1.3 connection moves at reload and upgrade with its record keys
+    // (`session.rs`): rustls gives them only when asked for here.
+    server.enable_secret_extraction = true;
     Ok(TlsLoaded {
         server: Some(Arc::new(server)),
         certs,

@@ -35,13 +35,16 @@
 mod counts;
 mod info;
 pub mod load;
+pub mod moved;
 pub mod record;
 mod resolve;
+mod secret;
 mod session;
 pub mod tickets;
 
 pub use counts::{Failure, TlsCounts};
 pub use info::TlsInfo;
-pub use session::TlsSession;
+pub use moved::TlsMoved;
+pub use session::{NotNow, TlsSession};
 #[cfg(test)]
 mod record_kat;

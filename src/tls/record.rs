@@ -105,6 +105,8 @@ impl Suite {
 /// One direction: its key, IV and next sequence number.
 pub struct Direction {
     key: LessSafeKey,
+    /// The key's bytes, to travel again if the connection moves on.
+    key_bytes: Zeroizing<Vec<u8>>,
     iv: Zeroizing<[u8; NONCE_LEN]>,
     /// The next record's sequence number.
     pub seq: u64,
@@ -114,13 +116,23 @@ impl Direction {
     /// A direction from its secrets; None if the key has the wrong length for the
     /// suite or the IV is not 12 bytes.
     pub fn new(suite: Suite, key: &[u8], iv: &[u8], seq: u64) -> Option<Direction> {
-        let key = LessSafeKey::new(UnboundKey::new(suite.algorithm(), key).ok()?);
+        let aead = LessSafeKey::new(UnboundKey::new(suite.algorithm(), key).ok()?);
         let mut v = Zeroizing::new([0u8; NONCE_LEN]);
         if iv.len() != NONCE_LEN {
             return None;
         }
         v.copy_from_slice(iv);
-        Some(Direction { key, iv: v, seq })
+        Some(Direction {
+            key: aead,
+            key_bytes: Zeroizing::new(key.to_vec()),
+            iv: v,
+            seq,
+        })
+    }
+
+    /// The key and IV, to hand on with `seq`.
+    pub fn secrets(&self) -> (&[u8], &[u8]) {
+        (&self.key_bytes, &self.iv[..])
     }
 
     /// The nonce of the record numbered `self.seq`, which is then used up.

@@ -22,6 +22,8 @@ use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NO
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
+pub use super::secret::KeyBytes;
+
 /// The bytes of one key and its id.
 #[derive(Clone)]
 pub struct TicketKey {
@@ -32,6 +34,16 @@ pub struct TicketKey {
 impl std::fmt::Debug for TicketKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "TicketKey({:02x?})", self.id)
+    }
+}
+
+impl KeyBytes {
+    pub fn of(k: &TicketKey) -> KeyBytes {
+        KeyBytes::from_slice(&k.to_bytes())
+    }
+
+    pub fn key(&self) -> Option<TicketKey> {
+        TicketKey::from_bytes(self.bytes())
     }
 }
 
@@ -109,39 +121,6 @@ impl TicketKey {
             .open_in_place(nonce, Aad::from(self.id), &mut buf)
             .ok()?;
         Some(plain.to_vec())
-    }
-}
-
-/// Key material on its way to a worker or a new master: zeroized when dropped,
-/// never shown by `Debug`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct KeyBytes(Zeroizing<Vec<u8>>);
-
-impl serde::Serialize for KeyBytes {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter())
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for KeyBytes {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Vec::<u8>::deserialize(d).map(|v| KeyBytes(Zeroizing::new(v)))
-    }
-}
-
-impl std::fmt::Debug for KeyBytes {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("KeyBytes(redacted)")
-    }
-}
-
-impl KeyBytes {
-    pub fn of(k: &TicketKey) -> KeyBytes {
-        KeyBytes(k.to_bytes())
-    }
-
-    pub fn key(&self) -> Option<TicketKey> {
-        TicketKey::from_bytes(&self.0)
     }
 }
 

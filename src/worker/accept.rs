@@ -160,10 +160,12 @@ impl Worker {
             return None;
         }
         self.stats.accepted += 1;
-        // A connection handed over began on the old generation's listener, plain (TLS
-        // connections do not move): it continues as it began.
-        if handed.is_none() && !self.attach_tls(token, listener, now) {
-            return None;
+        // A connection handed over continues as it began: on the record layer it
+        // brought (TLS), or plain, whatever this listener is now.
+        match handed {
+            None if !self.attach_tls(token, listener, now) => return None,
+            Some(Handed { tls: Some(t), .. }) if !self.attach_moved_tls(token, t) => return None,
+            _ => {}
         }
         // idle_timeout = 0 means off: no idle timer at all.
         let idle = self.listeners[listener].idle;

@@ -13,6 +13,7 @@ use crate::channel::Stats;
 use crate::os::epoll::Interest;
 use crate::os::{sockio, stream};
 use crate::service::{Handler, Io, Job, Suspended};
+use crate::tls::TlsMoved;
 
 use super::bucket::Bucket;
 
@@ -201,12 +202,33 @@ impl Conn {
     /// whether the connection can move, and with what. None: not now. Without
     /// `may_suspend` (the listener says `suspend = false`) only an idle connection
     /// leaves, with nothing to carry.
-    pub fn suspend(&mut self, may_suspend: bool) -> Option<Leaving> {
-        // A TLS connection's state lives in its engine, which cannot travel (yet): it
-        // stays in this worker under the drain rules.
-        if self.tls().is_some() {
+    ///
+    /// A TLS connection leaves only at a point where its engine is quiet too (see
+    /// `TlsSession::movable`), and then with its record layer; one that can never
+    /// move (TLS 1.2) stays under the drain rules.
+    pub fn suspend(&mut self, may_suspend: bool) -> Option<(Leaving, Option<Box<TlsMoved>>)> {
+        if self.tls().is_some_and(|t| t.movable().is_err()) {
             return None;
         }
+        let leaving = self.leaving(may_suspend)?;
+        let Some((tls, _)) = self.tls_on_fd() else {
+            return Some((leaving, None));
+        };
+        match tls.suspend() {
+            Some(moved) => Some((leaving, Some(moved))),
+            None => {
+                // The engine would not give its secrets: this connection stays.
+                if let Leaving::Suspended(_, input) = leaving {
+                    self.inbuf = input;
+                }
+                self.flags.set(Flags::PINNED, true);
+                None
+            }
+        }
+    }
+
+    /// `suspend` without the TLS part.
+    fn leaving(&mut self, may_suspend: bool) -> Option<Leaving> {
         let quiet = !self.flags.has(Flags::PINNED)
             && self.out.len() == self.out_pos
             && self.jobs_pending == 0

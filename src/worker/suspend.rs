@@ -38,7 +38,7 @@ impl Worker {
             return false;
         };
         let l = self.config.listen.get(usize::from(c.listener));
-        let Some(leaving) = c.suspend(l.and_then(|l| l.suspend).unwrap_or(true)) else {
+        let Some((leaving, tls)) = c.suspend(l.and_then(|l| l.suspend).unwrap_or(true)) else {
             return false;
         };
         let listen = l.map(|l| l.address.to_string()).unwrap_or_default();
@@ -52,6 +52,10 @@ impl Worker {
                     if let Leaving::Suspended(_, input) = leaving {
                         c.carry_input(input);
                     }
+                    // Its TLS engine gave up its secrets: it goes on from them here.
+                    if let Some(t) = tls.as_deref().and_then(crate::tls::TlsSession::continued) {
+                        c.set_tls(Box::new(t));
+                    }
                     c.flags.set(Flags::PINNED, true);
                     return false;
                 }
@@ -61,6 +65,7 @@ impl Worker {
         let handed = match leaving {
             Leaving::Idle => Handed {
                 peer: c.origin(),
+                tls,
                 ..Handed::idle(listen)
             },
             Leaving::Suspended(s, input) => Handed {
@@ -79,8 +84,12 @@ impl Worker {
                     upstream: c.upstream().map(|u| u.addr),
                     refused: None,
                 })),
+                tls,
             },
         };
+        if handed.tls.is_some() {
+            self.stats.tls.moved_out += 1;
+        }
         // The fds stay open (queued, then in flight): without an explicit delete this
         // epoll set would keep reporting their events under a token that is reused.
         let _ = self.epoll.delete(c.fd.as_fd());
@@ -185,12 +194,22 @@ impl Worker {
                         listen: h.listen,
                         peer: h.peer,
                         moved: Some(m),
+                        tls: h.tls,
                     },
                     fd,
                 ));
             }
         };
-        self.add_moved(index, client, (peer, h.peer), handler, &m, upstream, pinned);
+        let moved = (&*m, h.tls.as_deref());
+        self.add_moved(
+            index,
+            client,
+            (peer, h.peer),
+            handler,
+            moved,
+            upstream,
+            pinned,
+        );
         Ok(())
     }
 
@@ -228,7 +247,7 @@ impl Worker {
         fd: OwnedFd,
         (peer, origin): (Option<std::net::IpAddr>, Option<std::net::SocketAddr>),
         handler: Box<dyn Handler>,
-        m: &Moved,
+        (m, tls): (&Moved, Option<&crate::tls::TlsMoved>),
         upstream: Option<OwnedFd>,
         pinned: bool,
     ) {
@@ -293,6 +312,14 @@ impl Worker {
             self.close(token);
             return;
         }
+        if let Some(t) = tls {
+            if !self.attach_moved_tls(token, t) {
+                return;
+            }
+        }
+        let Some(c) = self.conns.get_mut(token) else {
+            return;
+        };
         if let Some(at) = c.timer_at() {
             c.set_timer_queued(Some(at));
             self.timers.schedule(at, Timer::Handler(token));
@@ -338,6 +365,7 @@ mod tests {
         Handed {
             listen: listen.to_string(),
             peer: None,
+            tls: None,
             moved: Some(Box::new(Moved {
                 service: "echo".into(),
                 version,

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use tracing::{debug, warn};
 
-use crate::tls::{Failure, TlsSession};
+use crate::tls::{Failure, TlsMoved, TlsSession};
 
 use super::connlog::End;
 use super::token::Token;
@@ -46,6 +46,31 @@ impl Worker {
             Err(e) => {
                 warn!("cannot start a TLS session: {e}");
                 self.stats.tls.failed(Failure::Other);
+                self.close(token);
+                false
+            }
+        }
+    }
+
+    /// Gives a connection that moved here its TLS engine, continued from the record
+    /// layer it brought; false (and the connection closed, counted) if this binary
+    /// cannot continue that state.
+    pub(super) fn attach_moved_tls(&mut self, token: Token, t: &TlsMoved) -> bool {
+        match TlsSession::continued(t) {
+            Some(s) => {
+                if let Some(c) = self.conns.get_mut(token) {
+                    c.set_tls(Box::new(s));
+                }
+                self.stats.tls.moved_in += 1;
+                true
+            }
+            None => {
+                warn!(
+                    version = t.version,
+                    suite = t.suite,
+                    "cannot continue a moved TLS connection's state; closing it"
+                );
+                self.handoff.counts.closed += 1;
                 self.close(token);
                 false
             }
