@@ -20,6 +20,7 @@ impl Worker {
             || !self.conns.is_empty()
             || !self.handoff.is_idle()
             || self.handoff_in_transit(Instant::now())
+            || self.awaiting_refusals()
         {
             return false;
         }

@@ -49,6 +49,11 @@ pub(super) struct Handoff {
     reported: HandoffCounts,
     /// A `HandoffSettle` timer is pending.
     pub(super) settle_armed: bool,
+    /// Suspended connections handed over that the new generation may still refuse:
+    /// neither a refusal (`Keep`) nor word that they were taken (`Settled`) came back
+    /// yet. A draining worker does not exit while some are out (until
+    /// `drain_timeout`): a refusal must find it alive to serve the connection.
+    pub(super) unsettled: u64,
     /// When a heartbeat sent from inside a long turn (`beat_if_due`) is next due.
     next_beat: Option<Instant>,
     /// Messages that found the channel full (of hand-overs) and must not be dropped: a
@@ -130,6 +135,8 @@ impl Worker {
     pub(super) fn keep(&mut self, conns: Vec<Handed>, fds: Vec<OwnedFd>, reason: &str) {
         let n = fds.len() as u64;
         self.handoff.counts.handed = self.handoff.counts.handed.saturating_sub(n);
+        let mine = conns.iter().filter(|h| suspended_by_me(h)).count() as u64;
+        self.settled(mine);
         let refused = |h: &Handed| h.moved.as_ref().is_some_and(|m| m.refused.is_some());
         if conns.iter().any(|h| !refused(h)) {
             self.linger_from_now(reason);
@@ -162,11 +169,15 @@ impl Worker {
         // A turn may read many of these messages in a row.
         self.beat_if_due();
         let mut refused = Vec::new();
+        // Origins whose connections are ours for good from here on.
+        let mut taken = Origins::default();
         for (h, fd) in conns.into_iter().zip(fds) {
+            let origin = h.moved.as_ref().map(|m| m.origin);
             match (self.phase, self.idle_policy) {
                 (Phase::Running, _) => {
                     if let Err(back) = self.restore(h, fd, false) {
                         refused.push(back);
+                        continue;
                     }
                 }
                 (Phase::Draining, IdlePolicy::Handoff) => {
@@ -175,6 +186,7 @@ impl Worker {
                     // that may be gone by then.
                     if let Some(m) = h.moved.as_mut() {
                         m.origin = crate::os::process::pid().as_raw() as u32;
+                        self.handoff.unsettled += 1;
                     }
                     self.handoff.queue.push(h, fd);
                     self.handoff.dirty = true;
@@ -186,8 +198,25 @@ impl Worker {
                 // Stopping: idle connections close (dropping the fd closes it).
                 (Phase::Draining, IdlePolicy::Close) => self.handoff.counts.closed += 1,
             }
+            if let Some(o) = origin {
+                taken.add(o);
+            }
         }
         self.send_refused(refused);
+        if !taken.0.is_empty() {
+            self.send_or_owe(ToMaster::Settled { origins: taken.0 });
+        }
+    }
+
+    /// `n` of the suspended connections this worker handed over will not come back.
+    pub(super) fn settled(&mut self, n: u64) {
+        self.handoff.unsettled = self.handoff.unsettled.saturating_sub(n);
+    }
+
+    /// Whether a refusal may still come back to this worker: then it must not exit
+    /// yet. Not once the master is gone (nothing can come back then).
+    pub(super) fn awaiting_refusals(&self) -> bool {
+        self.handoff.unsettled > 0 && self.channel.is_some()
     }
 
     /// Hand-overs sent but not yet read by the master: a worker that exited now would
@@ -236,6 +265,8 @@ impl Worker {
             return;
         }
         self.linger_from_now(why);
+        let mine = queued.iter().filter(|(h, _)| suspended_by_me(h)).count() as u64;
+        self.settled(mine);
         for (h, fd) in queued {
             self.handoff.counts.kept += 1;
             let _ = self.restore(h, fd, true);
@@ -311,6 +342,25 @@ impl Worker {
         match self.epoll.modify(ch.as_fd(), interest, TOKEN_CHANNEL) {
             Ok(()) => self.handoff.want_write = on,
             Err(e) => warn!("cannot change the channel's epoll interest: {e}"),
+        }
+    }
+}
+
+/// A suspended connection whose origin is this worker (a refusal would come here).
+fn suspended_by_me(h: &Handed) -> bool {
+    let me = crate::os::process::pid().as_raw() as u32;
+    h.moved.as_ref().is_some_and(|m| m.origin == me)
+}
+
+/// Adopted suspended connections per origin worker (few origins per batch).
+#[derive(Default)]
+struct Origins(Vec<(u32, u64)>);
+
+impl Origins {
+    fn add(&mut self, origin: u32) {
+        match self.0.iter_mut().find(|(o, _)| *o == origin) {
+            Some((_, n)) => *n += 1,
+            None => self.0.push((origin, 1)),
         }
     }
 }
