@@ -194,21 +194,25 @@ impl Conn {
             && self.handler.is_idle()
     }
 
-    /// At a quiescent point (everything queued sent, no job outstanding, no close or
-    /// half-close under way, a proxy's both directions empty), asks the handler
-    /// whether the connection can move, and with what. None: not now. Without
-    /// `may_suspend` (the listener says `suspend = false`) only an idle connection
-    /// leaves, with nothing to carry.
-    pub fn suspend(&mut self, may_suspend: bool) -> Option<Leaving> {
-        let quiet = !self.flags.has(Flags::PINNED)
+    /// At a quiescent point: everything queued sent, no job outstanding, no close or
+    /// half-close under way, a proxy's both directions empty; and not pinned here.
+    /// (Whether its service lets it go is `suspend`'s question.)
+    pub fn may_move(&self) -> bool {
+        !self.flags.has(Flags::PINNED)
             && self.out.len() == self.out_pos
             && self.jobs_pending == 0
             && !self.flags.has(Flags::CLOSE)
             && !self.flags.has(Flags::SHUTDOWN_WRITE)
             && !self.flags.has(Flags::READ_CLOSED)
             && !self.flags.has(Flags::WRITE_SHUT)
-            && self.upstream().is_none_or(|u| u.quiescent());
-        if !quiet {
+            && self.upstream().is_none_or(|u| u.quiescent())
+    }
+
+    /// At a quiescent point (`may_move`), asks the handler whether the connection can
+    /// move, and with what. None: not now. Without `may_suspend` (the listener says
+    /// `suspend = false`) only an idle connection leaves, with nothing to carry.
+    pub fn suspend(&mut self, may_suspend: bool) -> Option<Leaving> {
+        if !self.may_move() {
             return None;
         }
         if !may_suspend {

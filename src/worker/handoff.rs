@@ -2,10 +2,11 @@
 //! suspended by their service: see `suspend`) go to the next generation through the
 //! master, queued and sent in batches, never dropped.
 //!
-//! A reload can leave thousands of idle keep-alive connections on an old worker. Each
-//! is taken out of this worker's epoll set and queued; the queue is flushed in step 4
-//! of the loop, 64 fds per message, until the channel is full, and again when epoll
-//! reports it writable (EPOLLOUT interest only while something is queued). What the
+//! A reload can leave thousands of idle keep-alive connections on an old worker. They
+//! wait their turn (`move_order`), still served here; in step 4 of the loop each in
+//! turn is taken out of this worker's epoll set and queued, a batch at a time, and the
+//! queue is flushed, 64 fds per message, until the channel is full, and again when
+//! epoll reports it writable (EPOLLOUT interest only while something waits). What the
 //! master cannot place comes back (`ToWorker::Keep`) and stays here under the drain
 //! rules: it is served until the client leaves or `drain_timeout` ends it. The same
 //! happens to what is queued when the channel to the master fails.
@@ -19,6 +20,7 @@ use crate::channel::{ConnQueue, Handed, HandoffCounts, IdlePolicy, ToMaster};
 use crate::os::epoll::Interest;
 use crate::os::net;
 
+use super::move_order::MoveOrder;
 use super::{Phase, Timer, Worker, TOKEN_CHANNEL};
 
 /// How often a drained worker looks whether the master has read its last hand-overs.
@@ -37,6 +39,10 @@ pub(super) const BEAT_EVERY: usize = 256;
 /// A worker's hand-over in progress.
 #[derive(Debug, Default)]
 pub(super) struct Handoff {
+    /// Connections waiting for their turn, still served here (see `move_order`).
+    pub(super) order: MoveOrder,
+    /// Connections taken out for the hand-over, not yet sent (at most about a batch
+    /// beyond what the channel takes).
     pub(super) queue: ConnQueue,
     /// Connections were queued since the last flush.
     pub(super) dirty: bool,
@@ -66,12 +72,17 @@ pub(super) struct Handoff {
 impl Handoff {
     /// Nothing is waiting to be sent: a draining worker may exit.
     pub(super) fn is_idle(&self) -> bool {
-        self.queue.is_empty() && self.owed.is_empty()
+        self.queue.is_empty() && self.owed.is_empty() && self.order.is_empty()
     }
 
     /// Whether step 4 has sending to do.
     pub(super) fn wants_flush(&self) -> bool {
-        (!self.owed.is_empty() || !self.queue.is_empty()) && (self.dirty || self.writable)
+        !self.is_idle() && (self.dirty || self.writable)
+    }
+
+    /// Connections wait to be sent (EPOLLOUT wanted while the channel is full).
+    fn sending(&self) -> bool {
+        !self.queue.is_empty() || !self.order.is_empty()
     }
 
     pub(super) fn counts(&self) -> HandoffCounts {
@@ -103,28 +114,65 @@ impl Worker {
             // Still full: the hand-overs wait behind what is owed.
             return self.set_channel_write(true);
         }
-        let h = &mut self.handoff;
-        let Some(ch) = &self.channel else {
+        if self.channel.is_none() {
             return self.keep_all("the channel to the master is gone");
-        };
-        let done = h.queue.flush(ch, |conns| ToMaster::Handoff { conns });
-        h.counts.handed += done.conns as u64;
-        if done.conns > 0 {
+        }
+        // Taken out a batch at a time, only while the channel takes them: the rest
+        // are still served here meanwhile.
+        let (mut conns, mut messages) = (0, 0);
+        loop {
+            self.take_out_next_batch();
+            let h = &mut self.handoff;
+            let Some(ch) = &self.channel else {
+                return self.keep_all("the channel to the master is gone");
+            };
+            let done = h.queue.flush(ch, |conns| ToMaster::Handoff { conns });
+            h.counts.handed += done.conns as u64;
+            conns += done.conns;
+            messages += done.messages;
+            if let Some(e) = done.error {
+                warn!("cannot hand over connections to the master: {e}");
+                return self.keep_all("the channel to the master failed");
+            }
+            if !h.queue.is_empty() || h.order.is_empty() {
+                break;
+            }
+        }
+        let h = &self.handoff;
+        if conns > 0 {
             debug!(
-                conns = done.conns,
-                messages = done.messages,
+                conns,
+                messages,
                 queued = h.queue.len(),
+                waiting = !h.order.is_empty(),
                 "handed over idle connections"
             );
         }
-        if let Some(e) = done.error {
-            warn!("cannot hand over connections to the master: {e}");
-            return self.keep_all("the channel to the master failed");
-        }
-        let want_write = !h.queue.is_empty();
+        let want_write = h.sending();
         self.set_channel_write(want_write);
         if !want_write {
             self.report_handoff();
+        }
+    }
+
+    /// Suspends the connections whose turn it is, up to a batch in the queue. Only
+    /// while handing over: once the worker keeps its connections, those waiting stay.
+    fn take_out_next_batch(&mut self) {
+        if self.idle_policy != IdlePolicy::Handoff {
+            self.handoff.order.clear();
+            return;
+        }
+        let mut asked = 0;
+        while self.handoff.queue.len() < crate::channel::BATCH_CONNS {
+            let Some(token) = self.handoff.order.pop() else {
+                break;
+            };
+            // Not at a quiescent point now: it comes back after its next exchange.
+            self.try_move(token);
+            asked += 1;
+            if asked % BEAT_EVERY == 0 {
+                self.beat_if_due();
+            }
         }
     }
 
@@ -242,7 +290,14 @@ impl Worker {
 
     /// At the drain deadline: what is still queued closes with the worker.
     pub(super) fn handoff_deadline(&mut self) {
-        let n = self.handoff.queue.take_all().len();
+        let waiting = self
+            .handoff
+            .order
+            .tokens()
+            .filter(|&t| self.conns.get(t).is_some());
+        let waiting = waiting.count();
+        self.handoff.order.clear();
+        let n = self.handoff.queue.take_all().len() + waiting;
         if n > 0 {
             warn!(
                 connections = n,
@@ -259,6 +314,7 @@ impl Worker {
 
     /// Everything queued stays here after all.
     fn keep_all(&mut self, why: &str) {
+        self.handoff.order.clear();
         let queued = self.handoff.queue.take_all();
         self.set_channel_write(false);
         if queued.is_empty() {
@@ -276,6 +332,8 @@ impl Worker {
 
     fn linger_from_now(&mut self, why: &str) {
         if self.idle_policy == IdlePolicy::Handoff {
+            // Those still waiting for their turn stay too.
+            self.handoff.order.clear();
             info!("{why}: keeping idle connections here until they finish");
             self.idle_policy = IdlePolicy::Linger;
         }
