@@ -290,14 +290,10 @@ impl Worker {
 
     /// At the drain deadline: what is still queued closes with the worker.
     pub(super) fn handoff_deadline(&mut self) {
-        let waiting = self
-            .handoff
-            .order
-            .tokens()
-            .filter(|&t| self.conns.get(t).is_some());
-        let waiting = waiting.count();
+        // Those still waiting their turn are open connections of this worker: the
+        // master counts them as closed from its last heartbeat, with the rest.
         self.handoff.order.clear();
-        let n = self.handoff.queue.take_all().len() + waiting;
+        let n = self.handoff.queue.take_all().len();
         if n > 0 {
             warn!(
                 connections = n,

@@ -62,11 +62,6 @@ impl MoveOrder {
         self.waiting.is_empty()
     }
 
-    /// The waiting tokens (to count those whose connection is still open).
-    pub(super) fn tokens(&self) -> impl Iterator<Item = Token> + '_ {
-        self.waiting.keys().map(|&t| Token(t))
-    }
-
     /// Nothing moves any more: every connection stays where it is.
     pub(super) fn clear(&mut self) {
         self.hot.clear();
