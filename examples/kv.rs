@@ -23,6 +23,9 @@
 //! address = "127.0.0.1:7171"
 //! service = "kv"
 //! max_keys = 1000  # a SET of a new key beyond this many is refused; unset: no limit
+//! state_version = 1  # the suspended state's format version; raise it to play a new
+//!                    # build whose format changed (old connections are then refused
+//!                    # by the new workers and served to the end by the old ones)
 //! ```
 //!
 //! Connections survive reloads: between commands a connection suspends with its
@@ -55,6 +58,7 @@ const LINE_TIMEOUT: Duration = Duration::from_secs(10);
 /// before the client reads it; so FIN first, then close when the client does.
 const LINGER: Duration = Duration::from_secs(2);
 /// The format of a suspended connection's state: its command count, 8 bytes LE.
+/// `state_version` may number it otherwise (see `KvOptions`).
 const STATE_VERSION: u32 = 1;
 
 /// The keys a `[[listen]] service = "kv"` table may set besides the common ones.
@@ -65,6 +69,12 @@ struct KvOptions {
     /// `ERROR` reply (overwriting an existing key still works). Unset: no limit.
     #[serde(default)]
     max_keys: Option<usize>,
+    /// The version this build's suspended state is written in, and the only one it
+    /// resumes (default 1). Raising it at a reload or an upgrade plays a new build
+    /// whose state format changed: its workers refuse the old connections' state, and
+    /// those are served to the end by the old workers that suspended them.
+    #[serde(default)]
+    state_version: Option<u32>,
 }
 
 impl ServiceOptions for KvOptions {
@@ -73,6 +83,10 @@ impl ServiceOptions for KvOptions {
             Some(0) => Err(OptionError::new(
                 "max_keys",
                 "must be at least 1 (leave it unset for no limit)",
+            )),
+            _ if self.state_version == Some(0) => Err(OptionError::new(
+                "state_version",
+                "must be at least 1 (leave it unset for 1)",
             )),
             _ => Ok(()),
         }
@@ -89,6 +103,8 @@ struct Kv {
     /// Connections may suspend or say they are idle (move at reload); off with
     /// `CORRAL_KV_SUSPEND=off`.
     suspend: bool,
+    /// The suspended state's format version (`state_version`).
+    version: u32,
 }
 
 struct KvConn {
@@ -106,6 +122,7 @@ struct KvConn {
     /// Commands this connection sent: its state across reloads.
     commands: u64,
     suspend: bool,
+    version: u32,
 }
 
 impl Kv {
@@ -119,6 +136,7 @@ impl Kv {
             lingering: false,
             commands,
             suspend: self.suspend,
+            version: self.version,
         }
     }
 }
@@ -134,7 +152,7 @@ impl Service for Kv {
         state: &[u8],
         version: u32,
     ) -> Result<Box<dyn Handler>, ResumeError> {
-        if version != STATE_VERSION {
+        if version != self.version {
             return Err(ResumeError::Version(version));
         }
         let count = <[u8; 8]>::try_from(state)
@@ -289,15 +307,17 @@ impl Handler for KvConn {
     /// unconsumed input, its timeout as the handler's timer).
     fn suspend(&mut self) -> Option<Suspended> {
         self.is_idle()
-            .then(|| Suspended::new(STATE_VERSION, self.commands.to_le_bytes().to_vec()))
+            .then(|| Suspended::new(self.version, self.commands.to_le_bytes().to_vec()))
     }
 }
 
 fn main() {
     service::register_with_options::<KvOptions>("kv", |l: &ListenConfig| {
+        let opts = service::options::<KvOptions>(l);
         Box::new(Kv {
             store: Rc::new(RefCell::new(BTreeMap::new())),
-            max_keys: service::options::<KvOptions>(l).and_then(|o| o.max_keys),
+            max_keys: opts.and_then(|o| o.max_keys),
+            version: opts.and_then(|o| o.state_version).unwrap_or(STATE_VERSION),
             suspend: std::env::var("CORRAL_KV_SUSPEND").as_deref() != Ok("off"),
         })
     });

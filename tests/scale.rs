@@ -211,6 +211,10 @@ fn held_connections_move_through_a_reload_and_an_upgrade_without_loss() {
         "held connections open when the clients stopped"
     );
     let j = sample.finish(Duration::from_secs(60));
+    eprintln!(
+        "FIGURES echo sample through the reload and the upgrade: {} round trips, latency_us {}",
+        j["round_trips"], j["latency_us"]
+    );
     assert_eq!(
         conns_lost(&j),
         0,

@@ -147,6 +147,11 @@ pub enum ToMaster {
     /// (their fds travel with the message, in order): the master returns each to its
     /// origin as a `ToWorker::Keep`, or closes it when the origin is gone.
     Refused { conns: Vec<Handed> },
+    /// Suspended connections adopted from these origins (worker pid, how many) that
+    /// this worker took over for good (resumed, passed on as their new origin, or
+    /// closed): none of them can be refused any more, so their origins need not wait
+    /// for them (`ToWorker::Settled`).
+    Settled { origins: Vec<(u32, u64)> },
     /// A draining worker's queue of hand-overs ran empty; its counts so far.
     HandoffDone(HandoffCounts),
     /// Still alive; sent from the timer step of the loop, so a hung loop goes silent.
@@ -174,6 +179,11 @@ pub enum ToWorker {
     /// Take back connections this worker handed over: the master had no worker of the
     /// current generation to give them to. They stay under this worker's drain rules.
     Keep { conns: Vec<Handed>, reason: String },
+    /// `n` suspended connections this worker handed over were taken for good by the
+    /// new generation: they will not come back refused. A draining worker waits for
+    /// these (or the refusals themselves) before it exits, so that a refusal always
+    /// finds it alive.
+    Settled { n: u64 },
     /// Close everything and exit now.
     Stop,
     /// Reopen the log file (after logrotate renamed it).
@@ -216,6 +226,9 @@ pub enum ToPredecessor {
         conns: Vec<Handed>,
         reason: String,
     },
+    /// `n` suspended connections of the old master's worker `to` were taken for good
+    /// by the new master's workers (relayed to it as `ToWorker::Settled`).
+    Settled { to: i32, n: u64 },
 }
 
 /// What a draining worker does with connections that are idle (closable without

@@ -220,6 +220,7 @@ impl Master {
                 Ok(Some((ToMaster::Refused { conns }, fds))) => {
                     self.refused(conns.into_iter().zip(fds).collect());
                 }
+                Ok(Some((ToMaster::Settled { origins }, _))) => self.settle(origins),
                 Ok(Some((ToMaster::HandoffDone(counts), _))) => {
                     let w = &self.workers[i];
                     self.gens.counts(w.generation, w.pid.as_raw(), counts);
@@ -297,7 +298,10 @@ impl Master {
             }
             ToMaster::Counters(c) => self.metrics.counters(w.pid.as_raw(), c),
             ToMaster::MetricsRequest { id } => self.answer_metrics(i, id),
-            ToMaster::Handoff { .. } | ToMaster::Refused { .. } | ToMaster::HandoffDone(_) => {}
+            ToMaster::Handoff { .. }
+            | ToMaster::Refused { .. }
+            | ToMaster::Settled { .. }
+            | ToMaster::HandoffDone(_) => {}
         }
     }
 }

@@ -39,16 +39,20 @@ struct Draining {
     counts: HashMap<i32, HandoffCounts>,
     /// Closed by the master or by a kill, beyond what workers reported.
     closed: u64,
+    /// Handed over by a worker (so in its `handed`), then refused or given back and
+    /// closed by the master: they did not move.
+    bounced: u64,
 }
 
 impl Draining {
     fn totals(&self) -> (u64, u64, u64) {
-        let mut t = (0, 0, self.closed);
+        let mut t = (0u64, 0, self.closed);
         for c in self.counts.values() {
             t.0 += c.handed;
             t.1 += c.kept;
             t.2 += c.closed;
         }
+        t.0 = t.0.saturating_sub(self.bounced);
         t
     }
 }
@@ -93,15 +97,31 @@ impl Generations {
         }
     }
 
-    /// Connections closed with no generation left to charge them to.
-    pub fn closed_unowned(&mut self, n: u64) {
-        if let Some((_, d)) = self.live.iter_mut().next() {
-            d.closed += n;
-        }
-    }
-
     pub fn adopted_from_predecessor(&mut self, n: u64) {
         self.from_predecessor += n;
+    }
+
+    /// Adopted from the old master, then refused and sent back to it.
+    pub fn returned_to_predecessor(&mut self, n: u64) {
+        self.from_predecessor = self.from_predecessor.saturating_sub(n);
+    }
+
+    /// `n` connections worker `pid` handed over came back (refused, or nobody could
+    /// take them) and were closed by the master: closed, not moved, in its
+    /// generation's counts (the oldest draining one if its counts are not known).
+    pub fn bounced(&mut self, pid: i32, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let d = match self.live.values_mut().find(|d| d.counts.contains_key(&pid)) {
+            Some(d) => d,
+            None => match self.live.values_mut().next() {
+                Some(d) => d,
+                None => return,
+            },
+        };
+        d.bounced += n;
+        d.closed += n;
     }
 
     /// `generation` has no worker left: if it was draining, it is gone now (logged
@@ -194,5 +214,29 @@ mod tests {
         assert_eq!(s.len(), 2);
         assert_eq!(s[1].exit_ms, Some(30));
         assert_eq!(s[1].moved, 11);
+    }
+
+    /// Connections a worker handed over that the master then closed (refused, and
+    /// nobody left to take them back) count as closed in that worker's generation,
+    /// not as moved.
+    #[test]
+    fn bounced_connections_count_as_closed_not_moved() {
+        let mut g = Generations::default();
+        let t0 = Instant::now();
+        g.draining(1, t0);
+        g.draining(2, t0);
+        let handed = |handed| HandoffCounts {
+            handed,
+            kept: 0,
+            closed: 0,
+        };
+        g.counts(1, 10, handed(5));
+        g.counts(2, 20, handed(4));
+        g.bounced(20, 3);
+        let s = g.status(&BTreeMap::from([(1, 1), (2, 1), (3, 1)]), 3);
+        let gen2 = s.iter().find(|s| s.generation == 2).unwrap();
+        assert_eq!((gen2.moved, gen2.kept, gen2.closed), (1, 0, 3));
+        let gen1 = s.iter().find(|s| s.generation == 1).unwrap();
+        assert_eq!((gen1.moved, gen1.closed), (5, 0));
     }
 }

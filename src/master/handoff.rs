@@ -104,6 +104,12 @@ impl WorkerHandoff {
 }
 
 impl WorkerHandoff {
+    /// Queues a control message that must not be lost, to go out before the next
+    /// connections (the caller flushes).
+    pub fn owe(&mut self, msg: ToWorker) {
+        self.control.push_back(msg);
+    }
+
     /// `n` of this worker's connections went on (to the new master of an upgrade).
     pub fn note_forwarded(&mut self, n: u64) {
         self.forwarded += n;
@@ -348,27 +354,63 @@ impl Master {
     }
 
     /// Suspended connections the new generation's service could not resume: each goes
-    /// back to the worker that suspended it (a `Keep`), or closes if it is gone.
+    /// back to the worker that suspended it (a `Keep`): one of ours, or, after an
+    /// upgrade, one of the old master's (over the upgrade channel). Closed only when
+    /// that worker is gone.
     pub(super) fn refused(&mut self, conns: Vec<(Handed, OwnedFd)>) {
         for (c, fd) in conns {
             let origin = c.moved.as_ref().map_or(0, |m| m.origin);
-            let why = c.moved.as_ref().and_then(|m| m.refused.clone());
-            let back = self
+            let why = c
+                .moved
+                .as_ref()
+                .and_then(|m| m.refused.clone())
+                .unwrap_or_else(|| "refused by the new generation".into());
+            let ours = self
                 .workers
                 .iter()
-                .position(|w| w.pid.as_raw() as u32 == origin && !w.channel_closed);
-            let Some(f) = back else {
-                warn!(
-                    origin,
-                    "closing a refused connection: the worker that suspended it is gone"
-                );
-                continue;
+                .position(|w| w.pid.as_raw() as u32 == origin);
+            let (c, fd) = match ours {
+                Some(f) if !self.workers[f].channel_closed => {
+                    let h = &mut self.workers[f].handoff;
+                    h.returned += 1;
+                    h.keep_reason = why;
+                    h.keep.push(c, fd);
+                    self.flush_handoff(f);
+                    continue;
+                }
+                Some(_) => (c, fd),
+                // Not one of ours: a worker of the old master we adopted it from.
+                None => match self.xfer_refused(origin, &why, (c, fd)) {
+                    Ok(()) => continue,
+                    Err(back) => back,
+                },
             };
-            let h = &mut self.workers[f].handoff;
-            h.returned += 1;
-            h.keep_reason = why.unwrap_or_else(|| "refused by the new generation".into());
-            h.keep.push(c, fd);
-            self.flush_handoff(f);
+            drop((c, fd));
+            warn!(
+                origin,
+                "closing a refused connection: the worker that suspended it is gone"
+            );
+            self.gens.bounced(origin as i32, 1);
+        }
+    }
+
+    /// Workers took suspended connections from these origins for good: an origin
+    /// waits for that word (or the refusal) before it exits. Ours are told directly;
+    /// the old master's through it.
+    pub(super) fn settle(&mut self, origins: Vec<(u32, u64)>) {
+        for (origin, n) in origins {
+            let ours = self
+                .workers
+                .iter()
+                .position(|w| w.pid.as_raw() as u32 == origin);
+            match ours {
+                Some(f) if !self.workers[f].channel_closed => {
+                    self.workers[f].handoff.owe(ToWorker::Settled { n });
+                    self.flush_handoff(f);
+                }
+                Some(_) => {}
+                None => self.xfer_settled(origin as i32, n),
+            }
         }
     }
 

@@ -16,6 +16,7 @@
 //! under the old generation's drain rules. Each side counts the fds queued here in
 //! its `MAX_IN_FLIGHT` bound (master/handoff.rs), so neither fills its fd table.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 
@@ -92,11 +93,22 @@ impl Queues {
     }
 }
 
+/// A message read from the other master: connections (worker pid, records, the
+/// reason they come back, fds), or word that a worker's suspended connections were
+/// taken for good.
+enum Got {
+    Conns(i32, Vec<Handed>, String, Vec<OwnedFd>),
+    Settled(i32, u64),
+}
+
 /// One master's end of the pair.
 #[derive(Debug)]
 pub struct Link {
     channel: Channel,
     out: Queues,
+    /// Messages without fds that must not be lost (`ToPredecessor::Settled`), sent
+    /// before the connections queued in `out`.
+    control: VecDeque<ToPredecessor>,
     /// The other master closed its end (exited) or the channel failed.
     pub closed: bool,
     /// Usable: the new master greeted us (always, on the new master's side).
@@ -121,6 +133,7 @@ impl Link {
         Link {
             channel,
             out: Queues::default(),
+            control: VecDeque::new(),
             closed: false,
             confirmed: false,
             moved: 0,
@@ -193,7 +206,22 @@ impl Link {
     }
 
     pub fn wants_write(&self) -> bool {
-        !self.closed && self.out.len() > 0
+        !self.closed && (self.out.len() > 0 || !self.control.is_empty())
+    }
+
+    /// Sends the queued control messages; `Err` when the channel failed (not merely
+    /// full).
+    fn flush_control(&mut self) -> io::Result<()> {
+        while let Some(msg) = self.control.front() {
+            match self.channel.send(msg) {
+                Ok(()) => {
+                    self.control.pop_front();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -321,6 +349,10 @@ impl Master {
         let Some(l) = self.xfer.get_mut(side).filter(|l| l.wants_write()) else {
             return;
         };
+        if let Err(e) = l.flush_control() {
+            warn!("the channel to the other master failed: {e}");
+            return self.xfer_closed(side);
+        }
         let result = match side {
             Side::ToNew => l
                 .out
@@ -399,7 +431,7 @@ impl Master {
                     connections = conns.len(),
                     "closing connections the new master gave back ({why}): no worker of ours is left to keep them"
                 );
-                self.gens.closed_unowned(conns.len() as u64);
+                self.gens.bounced(pid, conns.len() as u64);
             }
         }
     }
@@ -417,21 +449,27 @@ impl Master {
             let got = match side {
                 Side::ToNew => l.channel.recv_fds::<ToPredecessor>().map(|m| {
                     m.map(|(msg, f)| match msg {
-                        ToPredecessor::Back { to, conns, reason } => (to, conns, reason, f),
-                        ToPredecessor::Hello => (0, Vec::new(), String::new(), f),
+                        ToPredecessor::Back { to, conns, reason } => {
+                            Got::Conns(to, conns, reason, f)
+                        }
+                        ToPredecessor::Hello => Got::Conns(0, Vec::new(), String::new(), f),
+                        ToPredecessor::Settled { to, n } => Got::Settled(to, n),
                     })
                 }),
                 Side::ToOld => l.channel.recv_fds::<ToSuccessor>().map(|m| {
                     m.map(|(msg, f)| match msg {
-                        ToSuccessor::Conns { from, conns } => (from, conns, String::new(), f),
+                        ToSuccessor::Conns { from, conns } => {
+                            Got::Conns(from, conns, String::new(), f)
+                        }
                         // Read at start (`from_env`); another copy changes nothing.
-                        ToSuccessor::TicketKeys(_) => (0, Vec::new(), String::new(), f),
+                        ToSuccessor::TicketKeys(_) => Got::Conns(0, Vec::new(), String::new(), f),
                     })
                 }),
             };
             match got {
-                Ok(Some((_, conns, _, fds))) if conns.is_empty() && fds.is_empty() => {}
-                Ok(Some((pid, conns, reason, fds))) => {
+                Ok(Some(Got::Settled(pid, n))) => self.settle_ours(pid, n),
+                Ok(Some(Got::Conns(_, conns, _, fds))) if conns.is_empty() && fds.is_empty() => {}
+                Ok(Some(Got::Conns(pid, conns, reason, fds))) => {
                     if conns.len() != fds.len() {
                         warn!(
                             described = conns.len(),
@@ -467,6 +505,51 @@ impl Master {
             }
         }
         self.xfer_flush(side);
+    }
+
+    /// Old master: `n` suspended connections of our worker `pid` were taken for good
+    /// by the new master's workers.
+    fn settle_ours(&mut self, pid: i32, n: u64) {
+        if let Some(i) = self
+            .workers
+            .iter()
+            .position(|w| w.pid.as_raw() == pid && !w.channel_closed)
+        {
+            self.workers[i]
+                .handoff
+                .owe(crate::channel::ToWorker::Settled { n });
+            self.flush_handoff(i);
+        }
+    }
+
+    /// New master: a connection our worker refused goes back to the old master's
+    /// worker `origin` that suspended it, to be served there to the end. `Err` (the
+    /// connection) when the old master cannot be reached.
+    pub(super) fn xfer_refused(
+        &mut self,
+        origin: u32,
+        why: &str,
+        conn: (Handed, OwnedFd),
+    ) -> Result<(), (Handed, OwnedFd)> {
+        let Some(l) = self.xfer.to_old.as_mut().filter(|l| !l.closed) else {
+            return Err(conn);
+        };
+        l.out.push(origin as i32, why, vec![conn]);
+        // It did not stay: the status's "moved from the old master" says what did.
+        self.gens.returned_to_predecessor(1);
+        self.xfer_flush(Side::ToOld);
+        Ok(())
+    }
+
+    /// New master: tells the old master that `n` suspended connections of its worker
+    /// `origin` were taken for good (nothing to say once it is gone).
+    pub(super) fn xfer_settled(&mut self, origin: i32, n: u64) {
+        let Some(l) = self.xfer.to_old.as_mut().filter(|l| !l.closed) else {
+            return;
+        };
+        l.control
+            .push_back(ToPredecessor::Settled { to: origin, n });
+        self.xfer_flush(Side::ToOld);
     }
 
     /// New master: connections from the old master's worker `from`, spread over our

@@ -197,11 +197,23 @@ impl Conn {
             && self.handler.is_idle()
     }
 
-    /// At a quiescent point (everything queued sent, no job outstanding, no close or
-    /// half-close under way, a proxy's both directions empty), asks the handler
-    /// whether the connection can move, and with what. None: not now. Without
-    /// `may_suspend` (the listener says `suspend = false`) only an idle connection
-    /// leaves, with nothing to carry.
+    /// At a quiescent point: everything queued sent, no job outstanding, no close or
+    /// half-close under way, a proxy's both directions empty; and not pinned here.
+    /// (Whether its service lets it go is `suspend`'s question.)
+    pub fn may_move(&self) -> bool {
+        !self.flags.has(Flags::PINNED)
+            && self.out.len() == self.out_pos
+            && self.jobs_pending == 0
+            && !self.flags.has(Flags::CLOSE)
+            && !self.flags.has(Flags::SHUTDOWN_WRITE)
+            && !self.flags.has(Flags::READ_CLOSED)
+            && !self.flags.has(Flags::WRITE_SHUT)
+            && self.upstream().is_none_or(|u| u.quiescent())
+    }
+
+    /// At a quiescent point (`may_move`), asks the handler whether the connection can
+    /// move, and with what. None: not now. Without `may_suspend` (the listener says
+    /// `suspend = false`) only an idle connection leaves, with nothing to carry.
     ///
     /// A TLS connection leaves only at a point where its engine is quiet too (see
     /// `TlsSession::movable`), and then with its record layer; one that can never
@@ -229,15 +241,7 @@ impl Conn {
 
     /// `suspend` without the TLS part.
     fn leaving(&mut self, may_suspend: bool) -> Option<Leaving> {
-        let quiet = !self.flags.has(Flags::PINNED)
-            && self.out.len() == self.out_pos
-            && self.jobs_pending == 0
-            && !self.flags.has(Flags::CLOSE)
-            && !self.flags.has(Flags::SHUTDOWN_WRITE)
-            && !self.flags.has(Flags::READ_CLOSED)
-            && !self.flags.has(Flags::WRITE_SHUT)
-            && self.upstream().is_none_or(|u| u.quiescent());
-        if !quiet {
+        if !self.may_move() {
             return None;
         }
         if !may_suspend {

@@ -20,6 +20,7 @@ impl Worker {
             || !self.conns.is_empty()
             || !self.handoff.is_idle()
             || self.handoff_in_transit(Instant::now())
+            || self.awaiting_refusals()
         {
             return false;
         }
@@ -55,8 +56,13 @@ impl Worker {
             Instant::now() + self.config.master.drain_timeout.0,
             Timer::DrainDeadline,
         );
-        for (k, token) in self.conns.tokens().into_iter().enumerate() {
-            self.release_idle(token);
+        let mut tokens = self.conns.tokens();
+        if idle == IdlePolicy::Handoff {
+            // Most recently active first (see `move_order`).
+            tokens.sort_by_key(|&t| std::cmp::Reverse(self.conns.get(t).map(|c| c.last_active)));
+        }
+        for (k, token) in tokens.into_iter().enumerate() {
+            self.release_idle(token, false);
             // Suspending 18k connections is one long turn.
             if k % super::handoff::BEAT_EVERY == super::handoff::BEAT_EVERY - 1 {
                 self.beat_if_due();
@@ -64,10 +70,11 @@ impl Worker {
         }
     }
 
-    /// A draining worker's connection, if it can go now: handed to the new generation
-    /// (idle, or suspended by its service), or closed when idle, as the drain's policy
-    /// says; otherwise left to finish its next exchange. True if it left.
-    pub(super) fn release_idle(&mut self, token: Token) -> bool {
+    /// A draining worker's connection, if it can go now: closed when idle, or queued
+    /// for the hand-over to the new generation (taken out when its turn comes; `hot`:
+    /// it just finished an exchange), as the drain's policy says; otherwise left to
+    /// finish its next exchange. True if it left.
+    pub(super) fn release_idle(&mut self, token: Token, hot: bool) -> bool {
         match self.idle_policy {
             IdlePolicy::Linger => false,
             IdlePolicy::Close => {
@@ -77,7 +84,13 @@ impl Worker {
                 self.close_as(token, connlog::End::Drain);
                 true
             }
-            IdlePolicy::Handoff => self.try_move(token),
+            IdlePolicy::Handoff => {
+                if self.conns.get(token).is_some_and(Conn::may_move) {
+                    self.handoff.order.push(token, hot);
+                    self.handoff.dirty = true;
+                }
+                false
+            }
         }
     }
 }

@@ -106,7 +106,7 @@ impl Worker {
         // Every exchange ends at a point where the connection may be able to move
         // (only while draining: otherwise `c` is still the connection, no new lookup).
         let c = if draining {
-            if self.release_idle(token) {
+            if self.release_idle(token, true) {
                 return;
             }
             let Some(c) = self.conns.get_mut(token) else {

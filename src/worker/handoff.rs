@@ -2,10 +2,11 @@
 //! suspended by their service: see `suspend`) go to the next generation through the
 //! master, queued and sent in batches, never dropped.
 //!
-//! A reload can leave thousands of idle keep-alive connections on an old worker. Each
-//! is taken out of this worker's epoll set and queued; the queue is flushed in step 4
-//! of the loop, 64 fds per message, until the channel is full, and again when epoll
-//! reports it writable (EPOLLOUT interest only while something is queued). What the
+//! A reload can leave thousands of idle keep-alive connections on an old worker. They
+//! wait their turn (`move_order`), still served here; in step 4 of the loop each in
+//! turn is taken out of this worker's epoll set and queued, a batch at a time, and the
+//! queue is flushed, 64 fds per message, until the channel is full, and again when
+//! epoll reports it writable (EPOLLOUT interest only while something waits). What the
 //! master cannot place comes back (`ToWorker::Keep`) and stays here under the drain
 //! rules: it is served until the client leaves or `drain_timeout` ends it. The same
 //! happens to what is queued when the channel to the master fails.
@@ -19,6 +20,7 @@ use crate::channel::{ConnQueue, Handed, HandoffCounts, IdlePolicy, ToMaster};
 use crate::os::epoll::Interest;
 use crate::os::net;
 
+use super::move_order::MoveOrder;
 use super::{Phase, Timer, Worker, TOKEN_CHANNEL};
 
 /// How often a drained worker looks whether the master has read its last hand-overs.
@@ -37,6 +39,10 @@ pub(super) const BEAT_EVERY: usize = 256;
 /// A worker's hand-over in progress.
 #[derive(Debug, Default)]
 pub(super) struct Handoff {
+    /// Connections waiting for their turn, still served here (see `move_order`).
+    pub(super) order: MoveOrder,
+    /// Connections taken out for the hand-over, not yet sent (at most about a batch
+    /// beyond what the channel takes).
     pub(super) queue: ConnQueue,
     /// Connections were queued since the last flush.
     pub(super) dirty: bool,
@@ -49,6 +55,11 @@ pub(super) struct Handoff {
     reported: HandoffCounts,
     /// A `HandoffSettle` timer is pending.
     pub(super) settle_armed: bool,
+    /// Suspended connections handed over that the new generation may still refuse:
+    /// neither a refusal (`Keep`) nor word that they were taken (`Settled`) came back
+    /// yet. A draining worker does not exit while some are out (until
+    /// `drain_timeout`): a refusal must find it alive to serve the connection.
+    pub(super) unsettled: u64,
     /// When a heartbeat sent from inside a long turn (`beat_if_due`) is next due.
     next_beat: Option<Instant>,
     /// Messages that found the channel full (of hand-overs) and must not be dropped: a
@@ -61,12 +72,17 @@ pub(super) struct Handoff {
 impl Handoff {
     /// Nothing is waiting to be sent: a draining worker may exit.
     pub(super) fn is_idle(&self) -> bool {
-        self.queue.is_empty() && self.owed.is_empty()
+        self.queue.is_empty() && self.owed.is_empty() && self.order.is_empty()
     }
 
     /// Whether step 4 has sending to do.
     pub(super) fn wants_flush(&self) -> bool {
-        (!self.owed.is_empty() || !self.queue.is_empty()) && (self.dirty || self.writable)
+        !self.is_idle() && (self.dirty || self.writable)
+    }
+
+    /// Connections wait to be sent (EPOLLOUT wanted while the channel is full).
+    fn sending(&self) -> bool {
+        !self.queue.is_empty() || !self.order.is_empty()
     }
 
     pub(super) fn counts(&self) -> HandoffCounts {
@@ -98,28 +114,65 @@ impl Worker {
             // Still full: the hand-overs wait behind what is owed.
             return self.set_channel_write(true);
         }
-        let h = &mut self.handoff;
-        let Some(ch) = &self.channel else {
+        if self.channel.is_none() {
             return self.keep_all("the channel to the master is gone");
-        };
-        let done = h.queue.flush(ch, |conns| ToMaster::Handoff { conns });
-        h.counts.handed += done.conns as u64;
-        if done.conns > 0 {
+        }
+        // Taken out a batch at a time, only while the channel takes them: the rest
+        // are still served here meanwhile.
+        let (mut conns, mut messages) = (0, 0);
+        loop {
+            self.take_out_next_batch();
+            let h = &mut self.handoff;
+            let Some(ch) = &self.channel else {
+                return self.keep_all("the channel to the master is gone");
+            };
+            let done = h.queue.flush(ch, |conns| ToMaster::Handoff { conns });
+            h.counts.handed += done.conns as u64;
+            conns += done.conns;
+            messages += done.messages;
+            if let Some(e) = done.error {
+                warn!("cannot hand over connections to the master: {e}");
+                return self.keep_all("the channel to the master failed");
+            }
+            if !h.queue.is_empty() || h.order.is_empty() {
+                break;
+            }
+        }
+        let h = &self.handoff;
+        if conns > 0 {
             debug!(
-                conns = done.conns,
-                messages = done.messages,
+                conns,
+                messages,
                 queued = h.queue.len(),
+                waiting = !h.order.is_empty(),
                 "handed over idle connections"
             );
         }
-        if let Some(e) = done.error {
-            warn!("cannot hand over connections to the master: {e}");
-            return self.keep_all("the channel to the master failed");
-        }
-        let want_write = !h.queue.is_empty();
+        let want_write = h.sending();
         self.set_channel_write(want_write);
         if !want_write {
             self.report_handoff();
+        }
+    }
+
+    /// Suspends the connections whose turn it is, up to a batch in the queue. Only
+    /// while handing over: once the worker keeps its connections, those waiting stay.
+    fn take_out_next_batch(&mut self) {
+        if self.idle_policy != IdlePolicy::Handoff {
+            self.handoff.order.clear();
+            return;
+        }
+        let mut asked = 0;
+        while self.handoff.queue.len() < crate::channel::BATCH_CONNS {
+            let Some(token) = self.handoff.order.pop() else {
+                break;
+            };
+            // Not at a quiescent point now: it comes back after its next exchange.
+            self.try_move(token);
+            asked += 1;
+            if asked % BEAT_EVERY == 0 {
+                self.beat_if_due();
+            }
         }
     }
 
@@ -130,6 +183,8 @@ impl Worker {
     pub(super) fn keep(&mut self, conns: Vec<Handed>, fds: Vec<OwnedFd>, reason: &str) {
         let n = fds.len() as u64;
         self.handoff.counts.handed = self.handoff.counts.handed.saturating_sub(n);
+        let mine = conns.iter().filter(|h| suspended_by_me(h)).count() as u64;
+        self.settled(mine);
         let refused = |h: &Handed| h.moved.as_ref().is_some_and(|m| m.refused.is_some());
         if conns.iter().any(|h| !refused(h)) {
             self.linger_from_now(reason);
@@ -162,11 +217,15 @@ impl Worker {
         // A turn may read many of these messages in a row.
         self.beat_if_due();
         let mut refused = Vec::new();
+        // Origins whose connections are ours for good from here on.
+        let mut taken = Origins::default();
         for (h, fd) in conns.into_iter().zip(fds) {
+            let origin = h.moved.as_ref().map(|m| m.origin);
             match (self.phase, self.idle_policy) {
                 (Phase::Running, _) => {
                     if let Err(back) = self.restore(h, fd, false) {
                         refused.push(back);
+                        continue;
                     }
                 }
                 (Phase::Draining, IdlePolicy::Handoff) => {
@@ -175,6 +234,7 @@ impl Worker {
                     // that may be gone by then.
                     if let Some(m) = h.moved.as_mut() {
                         m.origin = crate::os::process::pid().as_raw() as u32;
+                        self.handoff.unsettled += 1;
                     }
                     self.handoff.queue.push(h, fd);
                     self.handoff.dirty = true;
@@ -186,8 +246,25 @@ impl Worker {
                 // Stopping: idle connections close (dropping the fd closes it).
                 (Phase::Draining, IdlePolicy::Close) => self.handoff.counts.closed += 1,
             }
+            if let Some(o) = origin {
+                taken.add(o);
+            }
         }
         self.send_refused(refused);
+        if !taken.0.is_empty() {
+            self.send_or_owe(ToMaster::Settled { origins: taken.0 });
+        }
+    }
+
+    /// `n` of the suspended connections this worker handed over will not come back.
+    pub(super) fn settled(&mut self, n: u64) {
+        self.handoff.unsettled = self.handoff.unsettled.saturating_sub(n);
+    }
+
+    /// Whether a refusal may still come back to this worker: then it must not exit
+    /// yet. Not once the master is gone (nothing can come back then).
+    pub(super) fn awaiting_refusals(&self) -> bool {
+        self.handoff.unsettled > 0 && self.channel.is_some()
     }
 
     /// Hand-overs sent but not yet read by the master: a worker that exited now would
@@ -213,6 +290,9 @@ impl Worker {
 
     /// At the drain deadline: what is still queued closes with the worker.
     pub(super) fn handoff_deadline(&mut self) {
+        // Those still waiting their turn are open connections of this worker: the
+        // master counts them as closed from its last heartbeat, with the rest.
+        self.handoff.order.clear();
         let n = self.handoff.queue.take_all().len();
         if n > 0 {
             warn!(
@@ -230,12 +310,15 @@ impl Worker {
 
     /// Everything queued stays here after all.
     fn keep_all(&mut self, why: &str) {
+        self.handoff.order.clear();
         let queued = self.handoff.queue.take_all();
         self.set_channel_write(false);
         if queued.is_empty() {
             return;
         }
         self.linger_from_now(why);
+        let mine = queued.iter().filter(|(h, _)| suspended_by_me(h)).count() as u64;
+        self.settled(mine);
         for (h, fd) in queued {
             self.handoff.counts.kept += 1;
             let _ = self.restore(h, fd, true);
@@ -245,6 +328,8 @@ impl Worker {
 
     fn linger_from_now(&mut self, why: &str) {
         if self.idle_policy == IdlePolicy::Handoff {
+            // Those still waiting for their turn stay too.
+            self.handoff.order.clear();
             info!("{why}: keeping idle connections here until they finish");
             self.idle_policy = IdlePolicy::Linger;
         }
@@ -311,6 +396,25 @@ impl Worker {
         match self.epoll.modify(ch.as_fd(), interest, TOKEN_CHANNEL) {
             Ok(()) => self.handoff.want_write = on,
             Err(e) => warn!("cannot change the channel's epoll interest: {e}"),
+        }
+    }
+}
+
+/// A suspended connection whose origin is this worker (a refusal would come here).
+fn suspended_by_me(h: &Handed) -> bool {
+    let me = crate::os::process::pid().as_raw() as u32;
+    h.moved.as_ref().is_some_and(|m| m.origin == me)
+}
+
+/// Adopted suspended connections per origin worker (few origins per batch).
+#[derive(Default)]
+struct Origins(Vec<(u32, u64)>);
+
+impl Origins {
+    fn add(&mut self, origin: u32) {
+        match self.0.iter_mut().find(|(o, _)| *o == origin) {
+            Some((_, n)) => *n += 1,
+            None => self.0.push((origin, 1)),
         }
     }
 }

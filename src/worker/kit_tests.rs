@@ -160,6 +160,11 @@ fn a_burst_of_thousands_of_connections_is_handed_over_whole() {
         s.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"back\n");
     }
+    // Taken for good (a master says so once new workers resumed them): none can come
+    // back refused, and the worker may go.
+    kit.master
+        .send(&ToWorker::Settled { n: CONNS as u64 })
+        .unwrap();
     assert_eq!(kit.exit_code(), 0);
 }
 
@@ -214,5 +219,76 @@ fn heartbeats_get_through_a_channel_kept_full_of_hand_overs() {
         handoffs * 10
     );
     drop(clients);
+    kit.master
+        .send(&ToWorker::Settled { n: CONNS as u64 })
+        .unwrap();
     assert_eq!(kit.exit_code(), 0);
+}
+
+/// Who moves first, and nobody waits on the queue: the connection whose client spoke
+/// last leaves first, although it was accepted in the middle of thousands; and while
+/// the master reads nothing (the channel fills, the rest wait their turn), the
+/// connection last in line, whose client speaks now, is answered by this worker
+/// instead of waiting for a hand-over that cannot come yet.
+#[test]
+fn the_last_active_move_first_and_those_waiting_are_still_served() {
+    const CONNS: usize = 3000;
+    let _turn = MANY_FDS.lock().unwrap_or_else(|e| e.into_inner());
+    let kit = Kit::start("echo", "", "");
+    let open = |n: usize| -> Vec<TcpStream> {
+        (0..n)
+            .map(|i| {
+                let mut c = kit.connect();
+                round_trip(&mut c, format!("{i}\n").as_bytes());
+                c
+            })
+            .collect()
+    };
+    let mut early = open(CONNS / 2);
+    let mut active = kit.connect();
+    round_trip(&mut active, b"hello\n");
+    let late = open(CONNS / 2);
+    // The loop's clock must see a later instant than the last of the others.
+    std::thread::sleep(Duration::from_millis(50));
+    round_trip(&mut active, b"me again\n");
+    while let Ok(Some(_)) = kit.master.recv_fds::<ToMaster>() {}
+
+    kit.master
+        .send(&ToWorker::Drain {
+            idle: IdlePolicy::Handoff,
+        })
+        .unwrap();
+    // The master reads nothing yet. The first accepted, least recently active, is
+    // last in line; its client speaks and is answered here.
+    round_trip(&mut early[0], b"still served\n");
+    round_trip(&mut early[0], b"and again\n");
+
+    let (m, fds) = kit.next(&|m| matches!(m, ToMaster::Handoff { .. }));
+    let ToMaster::Handoff { conns } = m else {
+        unreachable!()
+    };
+    assert_eq!(conns.len(), fds.len());
+    let first = TcpStream::from(fds.into_iter().next().unwrap());
+    assert_eq!(
+        first.peer_addr().unwrap(),
+        active.local_addr().unwrap(),
+        "the last active connection did not move first"
+    );
+    // Every one leaves in the end, the one that spoke during the drain too.
+    let mut handed = conns.len();
+    while handed < CONNS + 1 {
+        let (m, _) = kit.next(&|m| matches!(m, ToMaster::Handoff { .. }));
+        let ToMaster::Handoff { conns } = m else {
+            unreachable!()
+        };
+        handed += conns.len();
+    }
+    assert_eq!(handed, CONNS + 1);
+    kit.master
+        .send(&ToWorker::Settled {
+            n: CONNS as u64 + 1,
+        })
+        .unwrap();
+    assert_eq!(kit.exit_code(), 0);
+    drop((late, first));
 }

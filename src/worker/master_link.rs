@@ -24,6 +24,7 @@ impl Worker {
                     ToWorker::Drain { idle } => self.start_drain("master asked", idle),
                     ToWorker::Adopt { conns } => self.adopt(conns, fds),
                     ToWorker::Keep { conns, reason } => self.keep(conns, fds, &reason),
+                    ToWorker::Settled { n } => self.settled(n),
                     ToWorker::Stop => {
                         info!("master asked to stop now");
                         self.exit = Some(0);

@@ -26,6 +26,7 @@ mod handoff;
 #[cfg(test)]
 mod kit_tests;
 mod master_link;
+mod move_order;
 pub mod orphan;
 mod pool;
 mod ratelog;

@@ -103,6 +103,10 @@ impl Worker {
         // Detaching released the upstream in this worker's balancer counts; the
         // receiver counts it as connected there.
         let (fd, _upstream) = c.into_fds(&mut self.bufs);
+        if handed.moved.is_some() {
+            // The new generation may refuse its state and send it back here.
+            self.handoff.unsettled += 1;
+        }
         self.handoff.queue.push(handed, bundle.unwrap_or(fd));
         self.handoff.dirty = true;
         true
@@ -421,6 +425,54 @@ mod tests {
         c.read_exact(&mut got).expect("the echo");
         assert_eq!(got, b"carried bytes\n");
         round_trip(&mut c, b"and more\n");
+        // Its origin is told it will not come back (the refused one was not).
+        let (m, _) = kit.next(&|m| matches!(m, ToMaster::Settled { .. }));
+        assert_eq!(
+            m,
+            ToMaster::Settled {
+                origins: vec![(4242, 1)]
+            }
+        );
+    }
+
+    /// A worker that handed over a suspended connection does not exit while the new
+    /// generation may still refuse it (the refusal would find nobody to serve it): it
+    /// stays, beating, until the master says the connection was taken for good.
+    #[test]
+    fn the_origin_stays_until_what_it_handed_over_is_settled() {
+        let kit = Kit::start(
+            "echo",
+            "[worker]\nblocking_threads = 1\nheartbeat_interval = \"100ms\"",
+            "",
+        );
+        let (master, done, addr) = (&kit.master, &kit.done, kit.addr);
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        round_trip(&mut c, b"before\n");
+
+        master
+            .send(&ToWorker::Drain {
+                idle: IdlePolicy::Handoff,
+            })
+            .unwrap();
+        let (m, fds) = kit.next(&|m| matches!(m, ToMaster::Handoff { .. }));
+        let ToMaster::Handoff { conns } = m else {
+            unreachable!()
+        };
+        assert_eq!((conns.len(), fds.len()), (1, 1));
+        assert!(conns[0].moved.is_some(), "echo suspends");
+        // Beats after its hand-over was read: its loop ran with no connection left,
+        // and it stayed.
+        for _ in 0..3 {
+            kit.next(&|m| matches!(m, ToMaster::Heartbeat(_)));
+        }
+        assert!(
+            done.try_recv().is_err(),
+            "the worker exited while its connection could still be refused"
+        );
+        master.send(&ToWorker::Settled { n: 1 }).unwrap();
+        assert_eq!(kit.exit_code(), 0, "once its connection was settled");
+        drop(fds);
     }
 
     /// The origin's side: a connection it suspended comes back refused; it resumes it
