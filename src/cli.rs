@@ -492,11 +492,13 @@ fn print_tls(resp: &Response) {
         .map(|f| format!("{} {}", f.label(), t.failures(*f)))
         .collect();
     println!(
-        "tls: handshakes {} full, {} resumed (TLSv1.3 {}, TLSv1.2 {}); failed: {}",
+        "tls: handshakes {} full, {} resumed (TLSv1.3 {}, TLSv1.2 {}); moved in {}, out {}; failed: {}",
         t.full,
         t.resumed,
         t.tls13,
         t.tls12,
+        t.moved_in,
+        t.moved_out,
         if failed.is_empty() {
             "none".to_string()
         } else {

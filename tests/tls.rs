@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::tls::{have, run, write_atomically, Pair, Pki, PyTls};
+use common::tls::{have, read_response, run, rustls_client, write_atomically, Pair, Pki, PyTls};
 use common::xmaster::status_json;
 use common::*;
 
@@ -398,47 +398,6 @@ fn a_ticket_outlives_one_key_rotation_and_not_two() {
     assert!(wait_until(Duration::from_secs(15), || rotations() >= sealed_at + 3));
     let a = py.ask("probe three rotations later");
     assert!(a.ok && !a.reused, "a ticket outlived its key: {a:?}");
-}
-
-/// A rustls client for the keep-alive load: it trusts the test CA only.
-fn rustls_client(ca: &std::path::Path) -> Arc<rustls::ClientConfig> {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth(),
-    )
-}
-
-/// Reads one HTTP response (head and `Content-Length` body) from `s`: its status
-/// code and whether the server closes after it.
-fn read_response(s: &mut impl Read) -> std::io::Result<(u16, bool)> {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        if s.read(&mut byte)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
-    let code = head.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body)?;
-    Ok((code, head.contains("connection: close")))
 }
 
 #[test]

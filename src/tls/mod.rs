@@ -45,6 +45,6 @@ pub mod tickets;
 pub use counts::{Failure, TlsCounts};
 pub use info::TlsInfo;
 pub use moved::TlsMoved;
-pub use session::{NotNow, TlsSession};
+pub use session::TlsSession;
 #[cfg(test)]
 mod record_kat;

@@ -176,11 +176,6 @@ impl TlsSession {
         self.info.as_deref()
     }
 
-    /// Arrived from another worker (its record layer continued here).
-    pub fn is_continued(&self) -> bool {
-        matches!(self.engine, Engine::Continued(_))
-    }
-
     /// Ciphertext is waiting to go out.
     pub fn wants_write(&self) -> bool {
         match &self.engine {

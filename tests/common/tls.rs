@@ -3,10 +3,10 @@
 //! (python's `ssl`, OpenSSL underneath) driven line by line, which keeps its session
 //! between connections so that resumption can be watched.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use rcgen::{
@@ -235,4 +235,53 @@ pub fn have(cmd: &str) -> bool {
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// A rustls client that trusts the test CA only.
+pub fn rustls_client(ca: &std::path::Path) -> Arc<rustls::ClientConfig> {
+    rustls_client_versions(ca, rustls::DEFAULT_VERSIONS)
+}
+
+/// `rustls_client` speaking only `versions`.
+pub fn rustls_client_versions(
+    ca: &std::path::Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
+}
+
+/// Reads one HTTP response (head and `Content-Length` body) from `s`: its status
+/// code and whether the server closes after it.
+pub fn read_response(s: &mut impl Read) -> std::io::Result<(u16, bool)> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    let code = head.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body)?;
+    Ok((code, head.contains("connection: close")))
 }

@@ -8,6 +8,8 @@ Each line on stdin is a command; each answer is one JSON line on stdout:
   probe MSG       the same, but the saved session stays the one it was
   get PATH        new connection, an HTTP/1.1 GET with Connection: close
   forget          drop the saved session (the next connection is a full handshake)
+  open            a connection that stays open for `send`
+  send MSG        on that connection: MSG + newline, read the echoed line
 Every answer has: ok, version, reused, subject (the server certificate's CN),
 reply or error. Uses only the standard library's ssl module (OpenSSL).
 """
@@ -24,6 +26,7 @@ if len(sys.argv) > 5 and sys.argv[5]:
 if len(sys.argv) > 6 and sys.argv[6]:
     ctx.maximum_version = versions[sys.argv[6]]
 session = None
+kept = None
 
 
 def subject(t):
@@ -42,8 +45,28 @@ def connect():
     return t
 
 
+def echo_line(t, msg):
+    t.sendall(msg.encode() + b"\n")
+    buf = b""
+    while not buf.endswith(b"\n"):
+        d = t.recv(4096)
+        if not d:
+            break
+        buf += d
+    return buf.decode(errors="replace").rstrip("\n")
+
+
 for line in sys.stdin:
     cmd, _, arg = line.strip().partition(" ")
+    if cmd == "send":
+        out = {"ok": False}
+        try:
+            out.update(version=kept.version(), reused=kept.session_reused, reply=echo_line(kept, arg))
+            out["ok"] = True
+        except Exception as e:
+            out["error"] = f"{type(e).__name__}: {e}"
+        print(json.dumps(out), flush=True)
+        continue
     if cmd == "forget":
         session = None
         print(json.dumps({"ok": True}), flush=True)
@@ -52,15 +75,13 @@ for line in sys.stdin:
     try:
         t = connect()
         out.update(version=t.version(), reused=t.session_reused, subject=subject(t))
+        if cmd == "open":
+            kept = t
+            out["ok"] = True
+            print(json.dumps(out), flush=True)
+            continue
         if cmd in ("echo", "probe"):
-            t.sendall(arg.encode() + b"\n")
-            buf = b""
-            while not buf.endswith(b"\n"):
-                d = t.recv(4096)
-                if not d:
-                    break
-                buf += d
-            out["reply"] = buf.decode(errors="replace").rstrip("\n")
+            out["reply"] = echo_line(t, arg)
         elif cmd == "get":
             t.sendall(f"GET {arg} HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
             buf = b""

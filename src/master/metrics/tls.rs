@@ -32,7 +32,7 @@ impl Master {
         e.family(
             "corral_tls_failures_total",
             c,
-            "TLS connections that failed, by reason: no_shared_cipher, bad_certificate, protocol_version, timeout (handshake_timeout), malformed (not TLS, a bad record), other.",
+            "TLS connections that failed, by reason: no_shared_cipher, bad_certificate, protocol_version, timeout (handshake_timeout), malformed (not TLS, a bad record), other; after a move: moved_key_update (closed with close_notify), moved_bad_record, moved_alert.",
         );
         for f in Failure::ALL {
             e.sample(
@@ -40,6 +40,14 @@ impl Master {
                 &[("reason", f.label())],
                 t.failures(f) as f64,
             );
+        }
+        e.family(
+            "corral_tls_moves_total",
+            c,
+            "TLS connections whose record layer moved to another worker at a reload or upgrade: direction = out (suspended here) or in (continued here).",
+        );
+        for (d, v) in [("out", t.moved_out), ("in", t.moved_in)] {
+            e.sample("corral_tls_moves_total", &[("direction", d)], v as f64);
         }
         e.family(
             "corral_tls_certificate_expiry_timestamp_seconds",
