@@ -98,6 +98,9 @@ impl Outcomes {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Totals {
     pub accepted: u64,
+    /// Absent from the file of an older old master.
+    #[serde(default)]
+    pub adopted: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub refused_per_ip: u64,
@@ -122,6 +125,7 @@ pub struct HandoffTotals {
 impl Totals {
     fn add(&mut self, o: &Totals) {
         self.accepted += o.accepted;
+        self.adopted += o.adopted;
         self.bytes_in += o.bytes_in;
         self.bytes_out += o.bytes_out;
         self.refused_per_ip += o.refused_per_ip;
@@ -155,6 +159,7 @@ impl Totals {
     fn of_worker(stats: &Stats, c: Option<&Live>, h: Option<&HandoffCounts>) -> Totals {
         let mut t = Totals {
             accepted: stats.accepted,
+            adopted: stats.adopted,
             bytes_in: stats.bytes_in,
             bytes_out: stats.bytes_out,
             refused_per_ip: stats.refused,

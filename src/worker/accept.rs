@@ -70,6 +70,7 @@ impl Worker {
             match net::accept(fd.as_fd()) {
                 Ok(a) => {
                     self.counters.accepted(index);
+                    self.stats.accepted += 1;
                     let _ = self.add_conn(index, a, None);
                     accepted += 1;
                 }
@@ -159,7 +160,6 @@ impl Worker {
             self.conns.remove(token);
             return None;
         }
-        self.stats.accepted += 1;
         // idle_timeout = 0 means off: no idle timer at all.
         let idle = self.listeners[listener].idle;
         if !idle.is_zero() {

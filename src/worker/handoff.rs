@@ -276,6 +276,9 @@ impl Worker {
             if let Some(c) = self.conns.get_mut(token) {
                 c.flags.set(super::conn::Flags::PINNED, pinned);
             }
+            if !pinned {
+                self.stats.adopted += 1;
+            }
         }
     }
 

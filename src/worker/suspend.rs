@@ -293,6 +293,10 @@ impl Worker {
             self.close(token);
             return;
         }
+        if !pinned {
+            // Handed back to this worker is not a new arrival: counted once, here.
+            self.stats.adopted += 1;
+        }
         if let Some(at) = c.timer_at() {
             c.set_timer_queued(Some(at));
             self.timers.schedule(at, Timer::Handler(token));

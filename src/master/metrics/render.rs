@@ -68,7 +68,7 @@ impl Master {
                 ]
             })
             .collect();
-        let per_worker: [WorkerSeries; 5] = [
+        let per_worker: [WorkerSeries; 6] = [
             (
                 "corral_worker_connections",
                 g,
@@ -78,8 +78,14 @@ impl Master {
             (
                 "corral_worker_accepted_total",
                 c,
-                "Connections a worker accepted.",
+                "Connections a worker accepted from its listeners (new clients only).",
                 |s| s.accepted,
+            ),
+            (
+                "corral_worker_adopted_total",
+                c,
+                "Connections a worker took over from another worker or the old master.",
+                |s| s.adopted,
             ),
             (
                 "corral_worker_received_bytes_total",
@@ -178,9 +184,15 @@ impl Master {
         e.family(
             "corral_accepted_total",
             c,
-            "Connections accepted by every worker, ever.",
+            "Connections accepted from the listeners by every worker, ever (new clients only).",
         )
         .sample("corral_accepted_total", &[], t.accepted as f64);
+        e.family(
+            "corral_adopted_total",
+            c,
+            "Connections workers took over from another worker or the old master, ever.",
+        )
+        .sample("corral_adopted_total", &[], t.adopted as f64);
         e.family(
             "corral_received_bytes_total",
             c,
@@ -280,7 +292,7 @@ impl Master {
                 .sample(&ready, &[], o.last_ready_secs);
             }
         }
-        e.family("corral_handoff_connections_total", c, "Idle connections of draining workers by outcome: moved to the new generation, kept, closed.");
+        e.family("corral_handoff_connections_total", c, "Connections of draining workers by outcome: moved to a newer generation or master (idle ones, and busy sessions of services that move), kept (served to their end by the draining worker), closed.");
         for (outcome, v) in [
             ("moved", t.handoff.moved),
             ("kept", t.handoff.kept),
