@@ -67,7 +67,8 @@ impl Master {
                 workers = self.workers.len(),
                 "handing over to the new master: {} within {:?}, then this master exits",
                 match idle {
-                    IdlePolicy::Handoff => "moving idle connections to it and draining the rest",
+                    IdlePolicy::Handoff =>
+                        "moving the connections that can move to it, draining the rest",
                     _ => "draining this master's connections",
                 },
                 timeout
