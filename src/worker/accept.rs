@@ -152,7 +152,8 @@ impl Worker {
         conn.flags.set(Flags::COUNTED_IP, counted_ip);
         conn.listener = listener as u16;
         conn.set_origin(origin);
-        conn.set_log(log.then(|| connlog::Record::new(now, conn.fd.as_fd())));
+        let addr = a.addr;
+        conn.set_log(log.then(|| connlog::Record::new(now, conn.fd.as_fd(), addr)));
         let token = self.conns.insert(conn);
         let c = self.conns.get_mut(token)?;
         if let Err(e) = self.epoll.add(c.fd.as_fd(), c.registered(), token.0) {

@@ -87,10 +87,11 @@ pub struct Record {
 }
 
 impl Record {
-    pub fn new(now: Instant, fd: BorrowedFd<'_>) -> Box<Record> {
+    /// `accepted`: the peer accept() named, if known; else the socket is asked.
+    pub fn new(now: Instant, fd: BorrowedFd<'_>, accepted: Option<SocketAddr>) -> Box<Record> {
         Box::new(Record {
             start: now,
-            client: crate::os::net::tcp_addrs(fd).map(|(peer, _)| peer),
+            client: accepted.or_else(|| crate::os::net::tcp_addrs(fd).map(|(peer, _)| peer)),
             bytes_in: 0,
             bytes_out: 0,
             end: None,

@@ -250,7 +250,11 @@ impl Worker {
         conn.flags.set(Flags::PINNED, pinned);
         conn.set_origin(origin);
         if self.config.listen[listener].logs_connections() {
-            conn.set_log(Some(super::connlog::Record::new(now, conn.fd.as_fd())));
+            conn.set_log(Some(super::connlog::Record::new(
+                now,
+                conn.fd.as_fd(),
+                None,
+            )));
         }
         conn.last_active = now
             .checked_sub(Duration::from_millis(m.idle_ms))
