@@ -3,7 +3,8 @@
 //! expressions use must be one that a running instance really exports (scraped from
 //! its `metrics` listener), so a renamed metric cannot leave a panel or an alert
 //! silently empty. Where promtool is installed, the rules pass `promtool check rules`
-//! and their unit tests (`promtool test rules`).
+//! and their unit tests (`promtool test rules`), and every dashboard query parses as
+//! PromQL.
 
 mod common;
 
@@ -100,6 +101,7 @@ fn dashboard_and_rules_use_only_metrics_corral_exports() {
         let targets = p["targets"].as_array().map_or(0, Vec::len);
         assert!(targets > 0, "panel {} has no query", p["title"]);
     }
+    let dashboard_exprs = exprs.clone();
     let used: BTreeSet<String> = exprs.iter().flat_map(|e| metric_names(e)).collect();
     // What the issue asks the dashboard to show, each through its metric.
     for m in [
@@ -166,6 +168,35 @@ fn dashboard_and_rules_use_only_metrics_corral_exports() {
         );
         return;
     };
+    // The dashboard's queries are PromQL too: with Grafana's variables given values,
+    // promtool parses each of them as a recording rule.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, e) in dashboard_exprs
+        .iter()
+        .filter(|e| !e.starts_with("label_values("))
+        .enumerate()
+    {
+        let e = e
+            .replace("$__rate_interval", "5m")
+            .replace("$instance", ".*");
+        let quoted = serde_json::to_string(&e).unwrap();
+        rules.push_str(&format!(
+            "      - record: dashboard_{i}\n        expr: {quoted}\n"
+        ));
+    }
+    std::fs::write(tmp.path().join("dashboard.yml"), rules).unwrap();
+    let out = Command::new(&promtool)
+        .args(["check", "rules", "dashboard.yml"])
+        .current_dir(tmp.path())
+        .output()
+        .expect("run promtool");
+    assert!(
+        out.status.success(),
+        "a dashboard query is not valid PromQL: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let dir = shipped("etc/prometheus");
     for args in [
         ["check", "rules", "corral-rules.yml"],
