@@ -146,6 +146,8 @@ fn run(cli: Cli, cmd: clap::Command) -> i32 {
         }
         return 1;
     }
+    // After daemonize(): the pid named is the master's own.
+    let _master = crate::log::enter_master();
     let opts = StartOptions {
         binary,
         reporter,

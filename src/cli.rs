@@ -101,8 +101,9 @@ pub enum Sub {
         #[arg(long, default_value = "5s")]
         every: crate::config::Dur,
         /// Comma-separated kinds to pick from (`leak:64`, `slow:20` give arguments).
-        #[arg(long, default_value = "kill,hang,leak", value_delimiter = ',')]
-        faults: Vec<crate::fault::kind::FaultKind>,
+        /// Default: kill,hang, and leak when [master] max_worker_rss is set.
+        #[arg(long, value_delimiter = ',')]
+        faults: Option<Vec<crate::fault::kind::FaultKind>>,
         /// Exit non-zero if any recovery took longer.
         #[arg(long, default_value = "10s")]
         max_recovery: crate::config::Dur,
@@ -414,7 +415,7 @@ pub fn status(path: &Path, json: bool) -> i32 {
         resp.master_pid, resp.message, resp.generation
     );
     println!(
-        "{:>8} {:>4} {:>4} {:<9} {:>9} {:>6} {:>9} {:>11} {:>11} {:>9} {:>8}  last exit",
+        "{:>8} {:>4} {:>4} {:<9} {:>9} {:>6} {:>9} {:>8} {:>11} {:>11} {:>9} {:>8}  last exit",
         "PID",
         "SLOT",
         "GEN",
@@ -422,6 +423,7 @@ pub fn status(path: &Path, json: bool) -> i32 {
         "UPTIME",
         "CONNS",
         "ACCEPTED",
+        "ADOPTED",
         "BYTES IN",
         "BYTES OUT",
         "RSS",
@@ -429,7 +431,7 @@ pub fn status(path: &Path, json: bool) -> i32 {
     );
     for w in &resp.workers {
         println!(
-            "{:>8} {:>4} {:>4} {:<9} {:>8.0}s {:>6} {:>9} {:>11} {:>11} {:>9} {:>8}  {}",
+            "{:>8} {:>4} {:>4} {:<9} {:>8.0}s {:>6} {:>9} {:>8} {:>11} {:>11} {:>9} {:>8}  {}",
             w.pid,
             w.slot,
             w.generation,
@@ -437,6 +439,7 @@ pub fn status(path: &Path, json: bool) -> i32 {
             w.uptime_secs,
             w.connections,
             w.accepted,
+            w.adopted,
             w.bytes_in,
             w.bytes_out,
             crate::config::Size(w.rss / 1024 * 1024),

@@ -580,3 +580,67 @@ fn a_fault_with_no_outcome_in_time_says_so_and_exits_non_zero() {
     assert!(all.contains("no outcome within 1s"), "{all}");
     assert_eq!(ready_in_slot(&c, 0), Some(victim));
 }
+
+#[test]
+fn chaos_defaults_run_on_a_config_without_an_rss_limit_and_bad_plans_inject_nothing() {
+    // fault_injection on, but no max_worker_rss: `leak` cannot be recycled here.
+    let conf = fault::conf(2, true).replace("max_worker_rss = \"64MiB\"\n", "");
+    assert!(!conf.contains("max_worker_rss"), "{conf}");
+    let c = Corral::start(&conf);
+    let cfg = c.config_path.display().to_string();
+    let chaos = |extra: &[&str]| {
+        let mut args = vec!["-c", &cfg, "chaos"];
+        args.extend(extra);
+        run_cli(c.dir.path(), &args, Duration::from_secs(90))
+    };
+    // Asked for leak explicitly: refused before anything is injected.
+    let out = chaos(&["--faults", "kill,leak", "--duration", "2s", "--every", "1s"]);
+    assert_eq!(out.status.code(), Some(2), "{}", out.all());
+    assert!(
+        out.all().contains("max_worker_rss") && out.all().contains("nothing was injected"),
+        "{}",
+        out.all()
+    );
+    // The defaults pick only what this config can run, and every fault recovers.
+    let out = chaos(&["--duration", "2s", "--every", "1s", "--json"]);
+    assert!(out.status.success(), "{}\n{}", out.all(), c.log_tail(40));
+    let r: serde_json::Value =
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.all()));
+    assert_eq!(r["failed"].as_array().map(Vec::len), Some(0), "{r}");
+    let kinds: Vec<&String> = r["per_kind"]
+        .as_object()
+        .expect("per_kind")
+        .keys()
+        .collect();
+    assert!(!kinds.is_empty(), "{r}");
+    assert!(
+        kinds.iter().all(|k| *k == "kill" || *k == "hang"),
+        "default kinds on a config without max_worker_rss: {kinds:?}"
+    );
+    // The refused run injected nothing: every fault the master saw came from the
+    // second run.
+    let injected = c.log().matches("fault injection requested").count();
+    let faults = r["faults"].as_u64().unwrap_or(0) as usize;
+    assert_eq!(
+        injected,
+        faults,
+        "injections logged vs faults of the second run\n{}",
+        c.log_tail(40)
+    );
+    // fault_injection off: refused up front too, naming the key.
+    let off = c.dir.path().join("off.toml");
+    let text = std::fs::read_to_string(&c.config_path).unwrap();
+    std::fs::write(
+        &off,
+        text.replace("fault_injection = true", "fault_injection = false"),
+    )
+    .unwrap();
+    let off = off.display().to_string();
+    let out = run_cli(
+        c.dir.path(),
+        &["-c", &off, "chaos"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", out.all());
+    assert!(out.all().contains("fault_injection"), "{}", out.all());
+}

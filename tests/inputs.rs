@@ -181,6 +181,25 @@ fn environment_errors_name_the_variable() {
             "{var}={value}: blames the file: {err}"
         );
     }
+    // A variable shaped like an override whose section is mistyped would be ignored
+    // silently (the default used instead): refused, naming the variable, as a
+    // mistyped key in the file is.
+    for (var, says) in [
+        ("CORRAL_MASTR__WORKERS", "no config section `mastr`"),
+        ("CORRAL_MASTER_WORKERS", "CORRAL_MASTER__WORKERS"),
+    ] {
+        let out = check(dir.path(), &cfg, &[(var, "3")])
+            .unwrap_or_else(|| panic!("`corral -t` did not exit with {var}=3"));
+        let err = out.all();
+        assert!(!out.status.success(), "{var}=3 accepted: {err}");
+        assert!(
+            err.contains(&format!("environment variable {var}")) && err.contains(says),
+            "{var}=3: the variable or the reason is not named: {err}"
+        );
+    }
+    // Other `CORRAL_*` variables (a harness's, a service's) are not config overrides.
+    let out = check(dir.path(), &cfg, &[("CORRAL_SOMETHING_ELSE", "1")]).expect("-t exits");
+    assert!(out.status.success(), "{}", out.all());
     // The same bad value in the file is still blamed on the file.
     let path = write_config(
         dir.path(),

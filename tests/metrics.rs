@@ -8,7 +8,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -617,4 +617,81 @@ fn rejections_are_counted_by_reason() {
         Some(1.0)
     );
     close(held);
+}
+
+/// `accepted` has one meaning everywhere: a client accepted from a listener, once, by
+/// one worker. Connections moved at a reload are `adopted` by the new workers, not
+/// accepted again: status and the metrics agree, and `corral_accepted_total` is the
+/// sum of the listeners' counts.
+#[test]
+fn moved_connections_are_adopted_not_accepted_again() {
+    if !parser_available() {
+        return;
+    }
+    let mport = free_port();
+    let c = Corral::start(&config(Conf::new(2).drain("30s"), mport, ""));
+    const N: usize = 20;
+    let mut conns: Vec<TcpStream> = (0..N).map(|_| c.connect()).collect();
+    for (i, s) in conns.iter_mut().enumerate() {
+        must_echo(&c, s, &format!("before {i}\n"));
+    }
+    let out = c.cli(&["-s", "reload"]);
+    assert!(out.status.success(), "reload: {}", out.all());
+    // Every connection moved to the new generation and still echoes.
+    let status = |c: &Corral| -> serde_json::Value {
+        serde_json::from_str(&c.cli(&["status", "--json"]).stdout).unwrap_or_default()
+    };
+    let adopted = |v: &serde_json::Value| -> u64 {
+        v["workers"].as_array().map_or(0, |ws| {
+            ws.iter().filter_map(|w| w["adopted"].as_u64()).sum()
+        })
+    };
+    let mut v = serde_json::Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            v = status(&c);
+            adopted(&v) == N as u64
+                && v["workers"]
+                    .as_array()
+                    .is_some_and(|ws| ws.iter().all(|w| w["generation"] == 2))
+        }),
+        "the new generation did not adopt the {N} connections: {v}\n{}",
+        c.log_tail(30)
+    );
+    for (i, s) in conns.iter_mut().enumerate() {
+        must_echo(&c, s, &format!("after {i}\n"));
+    }
+    let p = scrape_until(maddr(mport), Duration::from_secs(20), |p| {
+        p.get("corral_adopted_total", &[]) == Some(N as f64)
+    });
+    assert_eq!(p.get("corral_adopted_total", &[]), Some(N as f64));
+    let per_worker: f64 = p
+        .all("corral_worker_adopted_total")
+        .iter()
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(per_worker, N as f64, "status said {}", adopted(&v));
+    let listeners: f64 = p
+        .all("corral_listener_accepted_total")
+        .iter()
+        .map(|(_, v)| v)
+        .sum();
+    let accepted = p.get("corral_accepted_total", &[]).unwrap_or(-1.0);
+    assert_eq!(
+        accepted, listeners,
+        "corral_accepted_total is not the sum of the listeners' (moves counted twice?)"
+    );
+    // The new workers accepted none of the moved clients: at most the scrapes and
+    // the harness's probes reached them.
+    let echo_accepted = p
+        .get(
+            "corral_listener_accepted_total",
+            &[("listen", &echo_listen(&c))],
+        )
+        .unwrap_or(0.0);
+    assert!(
+        echo_accepted < (2 * N) as f64,
+        "echo listener accepted {echo_accepted} for {N} clients"
+    );
+    drop(conns);
 }

@@ -93,6 +93,26 @@ fn print_config_shows_each_value_and_where_it_came_from() {
         "{out}"
     );
     assert!(line_of(&out, "backlog = ").ends_with("# default"), "{out}");
+    // Keys that are unset but have a default show the value the listener runs with,
+    // not "not set" (the service's own keys, and keys inherited from a section).
+    for (line, why) in [
+        ("status = 200", "# default"),
+        ("header_timeout = \"10s\"", "# default"),
+        ("max_header_size = \"8KiB\"", "# default"),
+        ("nodelay = true", "# default"),
+        ("accept_proxy = false", "# default"),
+    ] {
+        assert!(line_of(&out, line).ends_with(why), "{line}: {out}");
+    }
+    let listen = &out[out.find("[[listen]]").expect("a listener")..];
+    assert!(
+        line_of(listen, "idle_timeout = ").ends_with("# default: [worker] idle_timeout"),
+        "{listen}"
+    );
+    // What stays unset says what that means.
+    for l in out.lines().filter(|l| l.contains("is not set")) {
+        assert!(l.contains("# default: "), "unexplained: {l}\n{out}");
+    }
     // What it prints is a config corral reads back as the same thing.
     fs::write(dir.path().join("eff.toml"), &out).unwrap();
     let (code, again, err) = corral(dir.path(), &[], &["-T", "-c", "eff.toml"]);

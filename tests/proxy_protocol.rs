@@ -552,3 +552,35 @@ fn proxy_protocol_on_a_non_proxy_listener_is_a_config_error() {
         assert!(text.contains(want), "{want:?} missing in {text}");
     }
 }
+
+/// A client that resets at once (as HAProxy's health checks do) is still logged with
+/// its address, taken from accept(): never as `client=unix`, whether the reset came
+/// before or after the worker accepted it.
+#[test]
+fn a_client_that_resets_at_once_is_logged_with_its_address() {
+    let port = free_port();
+    let c = start(&format!(
+        "[[listen]]\naddress = \"127.0.0.1:{port}\"\nservice = \"echo\"\nlog_connections = true\n"
+    ));
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        let s = connect_from(lo(45), local(port));
+        clients.push(s.local_addr().unwrap());
+        // SO_LINGER 0: close() sends a RST instead of a FIN.
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(s);
+    }
+    for me in &clients {
+        let line = wait_conn_line(&c, &[&format!("client={me} ")]);
+        assert!(line.contains("bytes_in=0 "), "{line}");
+    }
+    let lines = conn_lines(&c);
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("client=unix") || l.contains("client=unknown")),
+        "{lines:#?}"
+    );
+}

@@ -84,7 +84,7 @@ fn assert_recycled_under_load(
 
 /// From the log: each recycled worker exited before the next recycle began.
 fn assert_one_recycle_at_a_time(log: &str) {
-    let pid_of = |l: &str| number_after(l, "pid=").map(|p| p as i32);
+    let pid_of = |l: &str| number_after(l, " pid=").map(|p| p as i32);
     let mut current: Option<i32> = None;
     for l in log.lines() {
         if l.contains("recycling worker") {

@@ -955,3 +955,111 @@ fn sigusr2_upgrades_and_the_new_master_can_upgrade_again() {
         c.log_tail(40)
     );
 }
+
+/// The value of `corral_generation` in `corral status --prometheus`.
+fn generation_gauge(c: &Corral) -> Option<u64> {
+    let out = c.cli(&["status", "--prometheus"]);
+    out.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("corral_generation "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+#[test]
+fn generations_continue_across_an_upgrade_and_each_master_names_itself() {
+    let guard = GroupGuard::new();
+    let bin = Bin::copy();
+    let c = start(&bin, "20s");
+    let old_master = c.master_pid();
+    let out = c.cli(&["-s", "reload"]);
+    assert!(out.status.success(), "reload: {}", out.all());
+    assert_eq!(generation_gauge(&c), Some(2), "{}", c.log_tail(20));
+
+    let out = c.cli(&["-s", "upgrade"]);
+    adopt_new_masters(&c, &guard);
+    assert!(
+        out.status.success(),
+        "upgrade: {}\n{}",
+        out.all(),
+        c.log_tail(40)
+    );
+    let (new_master, _) = parse_upgraded(&out.all()).expect("upgraded: new master N");
+    guard.add(new_master);
+    c.adopt_master(new_master);
+    // The new master continues the numbering: status, its workers and the gauge.
+    let mut status = serde_json::Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let out = c.cli(&["status", "--json"]);
+            status = serde_json::from_str(&out.stdout).unwrap_or_default();
+            status["master_pid"] == new_master
+        }),
+        "status never answered from the new master: {status}\n{}",
+        c.log_tail(40)
+    );
+    assert_eq!(status["generation"], 3, "{status}");
+    let workers = status["workers"].as_array().expect("workers");
+    assert!(
+        workers.iter().any(|w| w["generation"] == 3),
+        "no worker of generation 3: {status}"
+    );
+    assert!(
+        workers.iter().all(|w| w["generation"].as_u64() >= Some(3)),
+        "the new master runs a generation below 3: {status}"
+    );
+    assert_eq!(generation_gauge(&c), Some(3));
+    assert!(
+        wait_until(Duration::from_secs(20) + MARGIN, || !proc_alive_pid(
+            old_master
+        )),
+        "old master {old_master} still alive\n{}",
+        c.log_tail(40)
+    );
+
+    // Both masters wrote to one log: each of their lines says which one speaks.
+    let log = c.log();
+    let old_tag = format!("master{{pid={old_master}}}");
+    let new_tag = format!("master{{pid={new_master}}}");
+    let line = |needle: &str| {
+        log.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no `{needle}` line in:\n{log}"))
+            .to_string()
+    };
+    assert!(line("upgraded: new master").contains(&old_tag), "{log}");
+    // What the old master does after the commit is a hand-over, not a shutdown.
+    assert!(
+        line("handing over to the new master").contains(&old_tag),
+        "{log}"
+    );
+    assert!(
+        !log.contains("graceful stop: draining"),
+        "the old master's hand-over reads like a shutdown:\n{log}"
+    );
+    let starting = log
+        .lines()
+        .filter(|l| l.contains("listening"))
+        .map(str::to_string)
+        .collect::<Vec<_>>();
+    assert!(
+        starting.iter().any(|l| l.contains(&new_tag)),
+        "the new master's start lines do not name it: {starting:?}"
+    );
+    for l in log.lines().filter(|l| l.contains(" gone after ")) {
+        assert!(l.contains("master{pid="), "whose generation? {l}");
+    }
+    // Worker lines name the worker only, never the master that forked it.
+    for l in log.lines().filter(|l| l.contains("worker{pid=")) {
+        assert!(
+            !l.contains("master{pid="),
+            "a worker line carries its master's tag: {l}"
+        );
+    }
+    let out = c.cli(&["-s", "stop"]);
+    assert!(out.status.success(), "-s stop: {}", out.all());
+}
+
+fn proc_alive_pid(pid: i32) -> bool {
+    proc_id(pid).is_some_and(proc_alive)
+}

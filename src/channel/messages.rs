@@ -13,8 +13,13 @@ use super::b64;
 pub struct Stats {
     /// Open client connections.
     pub connections: u64,
-    /// Connections accepted since the worker started.
+    /// Connections this worker accepted from its listeners since it started: new
+    /// clients only (the sum of its listeners' `accepted`).
     pub accepted: u64,
+    /// Connections this worker took over from another worker or from the old master
+    /// of an upgrade (idle hand-overs and moved sessions), not accepted here.
+    #[serde(default)]
+    pub adopted: u64,
     /// Bytes read from clients.
     pub bytes_in: u64,
     /// Bytes written to clients.

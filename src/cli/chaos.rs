@@ -22,7 +22,8 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 pub struct Plan {
     pub duration: Dur,
     pub every: Dur,
-    pub faults: Vec<FaultKind>,
+    /// None: the defaults the config can run ([`faults_for`]).
+    pub faults: Option<Vec<FaultKind>>,
     pub max_recovery: Dur,
     pub timeout: Dur,
 }
@@ -85,8 +86,53 @@ fn available(config: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// The faults to pick from, checked against the config before anything is injected:
+/// a run that the master would refuse fault after fault is refused at once instead.
+/// Without `--faults`, every kind the config allows: `leak` only when
+/// `max_worker_rss` is set (nothing would recycle the worker otherwise), sized past it. A config the
+/// client cannot read leaves the checks to the master.
+pub fn faults_for(
+    config: Option<&crate::config::Config>,
+    asked: Option<Vec<FaultKind>>,
+) -> Result<Vec<FaultKind>, String> {
+    let Some(c) = config else {
+        return Ok(asked.unwrap_or_else(|| vec![FaultKind::Kill, FaultKind::Hang]));
+    };
+    let path = c.source.display();
+    if !c.master.fault_injection {
+        return Err(format!(
+            "[master] fault_injection is off in {path}: the master would refuse every \
+             fault; set it to true and reload"
+        ));
+    }
+    let rss = c.master.max_worker_rss.0 > 0;
+    match asked {
+        None => {
+            let mut kinds = vec![FaultKind::Kill, FaultKind::Hang];
+            if rss {
+                // Sized past the limit, whatever it is: a leak under it would never be
+                // recycled and the run would report it as never recovered.
+                let limit_mib = c.master.max_worker_rss.0.div_ceil(1 << 20);
+                kinds.push(FaultKind::Leak {
+                    mib: (limit_mib + 16).min(crate::fault::kind::MAX_LEAK_MIB),
+                });
+            }
+            Ok(kinds)
+        }
+        Some(kinds) => {
+            if !rss && kinds.iter().any(|k| matches!(k, FaultKind::Leak { .. })) {
+                return Err(format!(
+                    "`leak` needs [master] max_worker_rss (off in {path}): nothing would \
+                     recycle the worker; set it, or leave leak out of --faults"
+                ));
+            }
+            Ok(kinds)
+        }
+    }
+}
+
 /// Runs the plan and builds the report.
-pub fn chaos(config: &Path, plan: &Plan) -> Report {
+pub fn chaos(config: &Path, plan: &Plan, faults: &[FaultKind]) -> Report {
     let start = Instant::now();
     let mut report = Report {
         max_recovery_ms: plan.max_recovery.0.as_millis() as u64,
@@ -94,7 +140,7 @@ pub fn chaos(config: &Path, plan: &Plan) -> Report {
     };
     let mut next = start;
     while next < start + plan.duration.0 {
-        let kind = plan.faults[random(plan.faults.len())];
+        let kind = faults[random(faults.len())];
         let req = FaultRequest {
             kind,
             victim: Victim::Random,
@@ -173,11 +219,25 @@ pub fn chaos(config: &Path, plan: &Plan) -> Report {
 /// `corral chaos`: returns the process exit code (1 when a recovery exceeded
 /// `max_recovery` or a fault got no outcome).
 pub fn run(config: &Path, plan: Plan, json: bool) -> i32 {
-    if plan.faults.is_empty() || plan.every.0.is_zero() {
+    if plan.faults.as_ref().is_some_and(Vec::is_empty) || plan.every.0.is_zero() {
         eprintln!("corral: chaos needs at least one fault in --faults and a non-zero --every");
         return 2;
     }
-    let r = chaos(config, &plan);
+    let loaded = match crate::config::Config::load(config) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("corral: note: {e}; the master alone checks the faults");
+            None
+        }
+    };
+    let faults = match faults_for(loaded.as_ref(), plan.faults.clone()) {
+        Ok(f) => f,
+        Err(why) => {
+            eprintln!("corral: chaos refused: {why}; nothing was injected");
+            return 2;
+        }
+    };
+    let r = chaos(config, &plan, &faults);
     if json {
         match serde_json::to_string_pretty(&r) {
             Ok(s) => println!("{s}"),

@@ -26,6 +26,7 @@ const MAN_EXTRA: &str = r#".SH ENVIRONMENT
 \fBCORRAL_\fR\fISECTION\fR\fB__\fR\fIKEY\fR=\fIvalue\fR
 Overrides a key of the [master], [worker], [flow] or [log] section of the file, e.g.
 \fBCORRAL_MASTER__WORKERS=4\fR. \fBcorral \-T\fR shows which value won and where it came from.
+A variable of this shape whose section does not exist (\fBCORRAL_MASTR__WORKERS\fR) is refused, as a mistyped key in the file is.
 .SH SIGNALS
 Sent to the master, or through \fBcorral \-s\fR, which waits for the outcome and exits non\-zero if it failed.
 .TP
@@ -43,6 +44,7 @@ Reopen the log files (after logrotate).
 .TP
 \fBSIGUSR2\fR (\fB\-s upgrade\fR)
 Start the binary on disk as a new master with the listening sockets; drain this one once it serves; roll back if it fails.
+The new master continues the generation numbers where the old one stopped; while both run, each log line of a master names it (\fBmaster{pid=N}\fR).
 .TP
 \fBSIGWINCH\fR
 Drain every worker but keep the master and its listeners (SIGHUP starts workers again).
@@ -54,17 +56,45 @@ The default configuration file (\fB\-c\fR).
 0 on success; 1 when the config is invalid, the master could not start, or a command sent with \fB\-s\fR failed; 2 on a usage error.
 "#;
 
+/// The subcommands, as `corral NAME` with what each does. clap_mangen's own section
+/// refers to a page per subcommand (`corral-status(1)`) that no package ships.
+fn commands_section(cmd: &clap::Command, out: &mut Vec<u8>) -> std::io::Result<()> {
+    let name = roff_text(cmd.get_name());
+    writeln!(out, ".SH COMMANDS")?;
+    writeln!(
+        out,
+        "\\fB{name} \\fR\\fICOMMAND\\fR \\fB\\-\\-help\\fR prints the options of each."
+    )?;
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
+        writeln!(out, ".TP")?;
+        writeln!(out, "\\fB{name} {}\\fR", roff_text(sub.get_name()))?;
+        writeln!(out, "{}", roff_text(&about))?;
+    }
+    Ok(())
+}
+
+/// Text safe in a roff line: backslashes and hyphens escaped, no leading control
+/// character.
+fn roff_text(s: &str) -> String {
+    let t = s.replace('\\', "\\e").replace('-', "\\-");
+    match t.starts_with(['.', '\'']) {
+        true => format!("\\&{t}"),
+        false => t,
+    }
+}
+
 /// `corral man [-o FILE]`: renders the man page (section 1) to `output` or stdout.
 pub fn man(cmd: clap::Command, output: Option<&Path>) -> i32 {
     let mut page = Vec::new();
-    let man = clap_mangen::Man::new(cmd);
+    let man = clap_mangen::Man::new(cmd.clone());
     let rendered = man
         .render_title(&mut page)
         .and_then(|()| man.render_name_section(&mut page))
         .and_then(|()| man.render_synopsis_section(&mut page))
         .and_then(|()| man.render_description_section(&mut page))
         .and_then(|()| man.render_options_section(&mut page))
-        .and_then(|()| man.render_subcommands_section(&mut page))
+        .and_then(|()| commands_section(&cmd, &mut page))
         .and_then(|()| page.write_all(MAN_EXTRA.as_bytes()))
         .and_then(|()| man.render_version_section(&mut page));
     if let Err(e) = rendered {

@@ -41,7 +41,8 @@ pub fn render(path: &Path, services: &dyn Services) -> Result<String, ConfigErro
             Value::Object(table) => {
                 let _ = writeln!(out, "\n[{name}]");
                 let origin = |key: &str| origin_of(&figment, path, &format!("{name}.{key}"));
-                write_table(&mut out, table, origin);
+                let unset = |key: &str| unset_section_key(&config, name, key);
+                write_table(&mut out, table, origin, unset);
             }
             Value::Array(items) => {
                 for (i, item) in items.iter().enumerate() {
@@ -53,7 +54,13 @@ pub fn render(path: &Path, services: &dyn Services) -> Result<String, ConfigErro
                         Some(_) => format!("file {}", path.display()),
                         None => "default".to_string(),
                     };
-                    write_table(&mut out, &table, origin);
+                    let unset = |key: &str| {
+                        config
+                            .listen
+                            .get(i)
+                            .and_then(|l| unset_listen_key(&config, l, key))
+                    };
+                    write_table(&mut out, &table, origin, unset);
                 }
             }
             _ => {}
@@ -84,14 +91,113 @@ fn write_table(
     out: &mut String,
     table: &serde_json::Map<String, Value>,
     origin: impl Fn(&str) -> String,
+    unset: impl Fn(&str) -> Option<Unset>,
 ) {
     for (key, value) in table {
-        let line = match value {
-            // TOML has no null: an unset optional key is shown, commented out.
-            Value::Null => format!("# {key} is not set"),
-            v => format!("{} = {}", toml_key(key), toml_value(v)),
+        let (line, note) = match (value, unset(key)) {
+            // An unset key whose default is a value: the value, as if written.
+            (Value::Null, Some(Unset::Value(v, from))) => {
+                (format!("{} = {}", toml_key(key), toml_value(&v)), from)
+            }
+            // TOML has no null: an unset optional key is shown, commented out, with
+            // what being unset means.
+            (Value::Null, Some(Unset::Means(what))) => {
+                (format!("# {key} is not set"), what.to_string())
+            }
+            (Value::Null, None) => (format!("# {key} is not set"), String::new()),
+            (v, _) => (
+                format!("{} = {}", toml_key(key), toml_value(v)),
+                String::new(),
+            ),
         };
-        let _ = writeln!(out, "{line:<48} # {}", origin(key));
+        let origin = origin(key);
+        let _ = match note.is_empty() {
+            true => writeln!(out, "{line:<48} # {origin}"),
+            false => writeln!(out, "{line:<48} # {origin}: {note}"),
+        };
+    }
+}
+
+/// What an unset optional key stands for.
+enum Unset {
+    /// A value, and where it comes from when that is not a plain constant.
+    Value(Value, String),
+    /// No value: what that means.
+    Means(&'static str),
+}
+
+fn value(v: impl serde::Serialize) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+/// The meaning of an unset key of `[master]`, `[worker]`, `[flow]` or `[log]`.
+fn unset_section_key(config: &Config, section: &str, key: &str) -> Option<Unset> {
+    Some(match (section, key) {
+        ("master", "control_socket") => Unset::Value(
+            value(config.master.control_socket_path().display().to_string()),
+            "the pid file's path with .sock".into(),
+        ),
+        ("master", "user") => Unset::Means("workers keep the master's user"),
+        ("master", "group") => Unset::Means("the user's groups"),
+        (_, "rlimit_core" | "rlimit_nofile") => Unset::Means("inherited from the master"),
+        ("log", "file") => Unset::Means("standard error"),
+        _ => return None,
+    })
+}
+
+/// The meaning of an unset key of listener `l`: the value it runs with where there is
+/// one. Keys that do not apply to the listener (TCP options on a unix socket, the
+/// PROXY header's timeout without `accept_proxy`) stay unset: written, they would be
+/// refused, and this output is meant to be fed back to `-c`.
+fn unset_listen_key(config: &Config, l: &super::ListenConfig, key: &str) -> Option<Unset> {
+    use crate::os::addr::ListenAddr;
+    let tcp = matches!(l.address, ListenAddr::Tcp(_));
+    let plain = |v: Value| Some(Unset::Value(v, String::new()));
+    let flow = l.flow(&config.flow);
+    match key {
+        "accept_proxy" => plain(Value::Bool(false)),
+        "accept_proxy_timeout" if l.accepts_proxy() => {
+            plain(value(super::Dur(l.accept_proxy_timeout())))
+        }
+        "log_connections" => plain(Value::Bool(false)),
+        "suspend" => plain(Value::Bool(true)),
+        "idle_timeout" => Some(Unset::Value(
+            value(super::Dur(l.idle_timeout(&config.worker))),
+            "[worker] idle_timeout".into(),
+        )),
+        "rate" => Some(Unset::Value(
+            value(super::Size(flow.rate)),
+            "[flow] rate".into(),
+        )),
+        "burst" if flow.rate > 0 => Some(Unset::Value(
+            value(super::Size(flow.burst)),
+            "[flow] burst, else 100 ms of rate (at least 4KiB)".into(),
+        )),
+        "max_connections_per_ip" => Some(Unset::Value(
+            value(flow.max_connections_per_ip),
+            "[flow] max_connections_per_ip".into(),
+        )),
+        "name" => Some(Unset::Means("none")),
+        "steer" => Some(Unset::Means("off")),
+        "nodelay" if tcp => plain(Value::Bool(true)),
+        "keepalive" if tcp => plain(Value::Bool(false)),
+        "defer_accept" if tcp => Some(Unset::Means("off")),
+        "keepalive_idle" | "keepalive_interval" | "keepalive_count" if tcp => Some(Unset::Means(
+            "the kernel's net.ipv4.tcp_keepalive_* setting",
+        )),
+        "mode" if !tcp => Some(Unset::Means("from the umask")),
+        "owner" if !tcp => Some(Unset::Means("the master's user")),
+        "nodelay" | "keepalive" | "defer_accept" | "keepalive_idle" | "keepalive_interval"
+        | "keepalive_count" => Some(Unset::Means("TCP listeners only")),
+        "mode" | "owner" => Some(Unset::Means("unix-socket listeners only")),
+        "accept_proxy_timeout" => Some(Unset::Means("only with accept_proxy")),
+        "burst" => Some(Unset::Means("no rate limit")),
+        // Service keys whose unset value is "none" rather than a default.
+        "headers" if l.service == "http" => Some(Unset::Means("no extra headers")),
+        "proxy_protocol" if l.service == "proxy" => {
+            Some(Unset::Means("off: no PROXY header to the upstream"))
+        }
+        _ => None,
     }
 }
 

@@ -39,6 +39,7 @@ impl Config {
         // The file's text was read above so that an unreadable file is reported as
         // such; figment re-reads it with file_exact to keep the path in its messages.
         drop(text);
+        check_env_names(std::env::vars_os().map(|(k, _)| k))?;
         let figment = layered(path);
         let mut config: Config = figment
             .extract()
@@ -134,6 +135,55 @@ pub(super) fn layered(path: &Path) -> Figment {
                 .iter()
                 .any(|s| k.len() > s.len() && k.starts_with(s) && k[s.len()..].starts_with('.'))
         }))
+}
+
+/// Refuses a `CORRAL_*` variable shaped like a config override that would otherwise be
+/// ignored: a section that does not exist (`CORRAL_MASTR__WORKERS`), `[[listen]]`
+/// (file only), or a single underscore after a section (`CORRAL_MASTER_WORKERS`). The
+/// operator meant to set something, as with a mistyped key in the file. Variables of
+/// another shape (`CORRAL_FAULT`, a harness's `CORRAL_BIN`) stay none of our business.
+pub(super) fn check_env_names(
+    names: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Result<(), ConfigError> {
+    let sections = ENV_SECTIONS
+        .iter()
+        .map(|s| format!("[{s}]"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    for name in names {
+        let Some(name) = name.to_str() else { continue };
+        let Some(rest) = name
+            .get(..ENV_PREFIX.len())
+            .filter(|p| p.eq_ignore_ascii_case(ENV_PREFIX))
+            .and_then(|_| name.get(ENV_PREFIX.len()..))
+        else {
+            continue;
+        };
+        let lower = rest.to_ascii_lowercase();
+        let why = match lower.split_once("__") {
+            Some((section, _)) if ENV_SECTIONS.contains(&section) => continue,
+            Some(("listen", _)) => "[[listen]] is set in the config file only".to_string(),
+            Some((section, _)) => format!(
+                "there is no config section `{section}`; CORRAL_<SECTION>__<KEY> sets keys \
+                 of {sections}"
+            ),
+            None => match ENV_SECTIONS
+                .iter()
+                .find(|s| lower.len() > s.len() + 1 && lower.starts_with(&format!("{s}_")))
+            {
+                Some(s) => format!(
+                    "section and key are separated by two underscores: {ENV_PREFIX}{}__{}",
+                    s.to_ascii_uppercase(),
+                    &rest[s.len() + 1..]
+                ),
+                None => continue,
+            },
+        };
+        return Err(ConfigError::Parse(format!(
+            "environment variable {name}: {why}"
+        )));
+    }
+    Ok(())
 }
 
 /// Names the environment variable instead of the file when the refused value came

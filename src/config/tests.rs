@@ -189,6 +189,33 @@ fn env_var_names() {
 }
 
 #[test]
+fn mistyped_env_sections_are_refused_by_name() {
+    let check = |names: &[&str]| check_env_names(names.iter().map(|n| n.into()));
+    // Overrides of real sections and variables of another shape pass.
+    for ok in [
+        "CORRAL_MASTER__WORKERS",
+        "CORRAL_LOG__LEVEL",
+        "CORRAL_FAULT",
+        "CORRAL_BIN",
+        "CORRAL_UPGRADE_GENERATION",
+        "CORRAL_METRICS_TOTALS",
+        "PATH",
+    ] {
+        assert!(check(&[ok]).is_ok(), "{ok} refused");
+    }
+    for (bad, says) in [
+        ("CORRAL_MASTR__WORKERS", "no config section `mastr`"),
+        ("CORRAL_LISTEN__ADDRESS", "config file only"),
+        ("CORRAL_MASTER_WORKERS", "CORRAL_MASTER__WORKERS"),
+        ("corral_wrker__max_connections", "no config section `wrker`"),
+    ] {
+        let e = check(&["CORRAL_LOG__LEVEL", bad]).unwrap_err().to_string();
+        assert!(e.contains(&format!("environment variable {bad}")), "{e}");
+        assert!(e.contains(says), "{e}");
+    }
+}
+
+#[test]
 fn small_rss_limit_is_a_warning() {
     let c = load_str(&format!("[master]\nmax_worker_rss = \"1MiB\"\n{MIN}")).unwrap();
     assert_eq!(c.warnings().len(), 1, "{:?}", c.warnings());

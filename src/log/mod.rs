@@ -177,6 +177,26 @@ pub fn reopen() -> Result<(), LogError> {
     Ok(())
 }
 
+/// Names the master on each of its lines (`master{pid=N}: …`): during a binary upgrade
+/// two masters write to one log, and "generation 3 gone" must say whose. Held for the
+/// master's life; a forked worker leaves it at once ([`leave_master`]).
+pub fn enter_master() -> tracing::span::EnteredSpan {
+    tracing::info_span!("master", pid = std::process::id()).entered()
+}
+
+/// In a freshly forked child: stop speaking as the master. The child inherited the
+/// master's entered span, and its lines (before and inside the worker's own span)
+/// would otherwise carry the parent's pid. The guard stays behind in the master's
+/// stack frame, which the child never returns to.
+pub fn leave_master() {
+    let current = tracing::Span::current();
+    if current.metadata().is_some_and(|m| m.name() == "master") {
+        if let Some(id) = current.id() {
+            tracing::dispatcher::get_default(|d| d.exit(&id));
+        }
+    }
+}
+
 /// In a freshly forked worker: move writing to a background thread. The thread is
 /// started here, after fork, never in the master. If it cannot start, the worker keeps
 /// writing synchronously, which is slower under pressure but loses nothing.

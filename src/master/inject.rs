@@ -36,7 +36,10 @@ impl Master {
             "fault injection requested by uid {uid}"
         );
         match self.try_inject(ticket, &req) {
-            Ok(()) => {}
+            Ok(()) => {
+                let kind = req.kind.name().to_string();
+                *self.metrics.own.faults.entry(kind).or_default() += 1;
+            }
             Err(why) => {
                 warn!("fault injection refused: {why}");
                 self.answer(ticket, false, format!("fault injection refused: {why}"));

@@ -99,9 +99,22 @@ impl Outcomes {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Totals {
     pub accepted: u64,
+    /// Absent from the file of an older old master.
+    #[serde(default)]
+    pub adopted: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub refused_per_ip: u64,
+    /// `accept_proxy` connections closed for a bad, missing or late PROXY header.
+    #[serde(default)]
+    pub proxy_header_failed: u64,
+    /// Log lines workers dropped because their writer could not keep up.
+    #[serde(default)]
+    pub log_dropped: u64,
+    /// Faults injected on request (`corral fault`, `corral chaos`), by kind: so that a
+    /// dashboard tells a rehearsal from a real failure.
+    #[serde(default)]
+    pub faults: BTreeMap<String, u64>,
     pub listeners: BTreeMap<String, ListenerTotals>,
     /// By (listener, upstream) address.
     pub upstreams: BTreeMap<String, BTreeMap<String, UpstreamTotals>>,
@@ -126,9 +139,15 @@ pub struct HandoffTotals {
 impl Totals {
     fn add(&mut self, o: &Totals) {
         self.accepted += o.accepted;
+        self.adopted += o.adopted;
         self.bytes_in += o.bytes_in;
         self.bytes_out += o.bytes_out;
         self.refused_per_ip += o.refused_per_ip;
+        self.proxy_header_failed += o.proxy_header_failed;
+        self.log_dropped += o.log_dropped;
+        for (k, n) in &o.faults {
+            *self.faults.entry(k.clone()).or_default() += n;
+        }
         for (k, l) in &o.listeners {
             let t = self.listeners.entry(k.clone()).or_default();
             t.accepted += l.accepted;
@@ -160,10 +179,13 @@ impl Totals {
     fn of_worker(stats: &Stats, c: Option<&Live>, h: Option<&HandoffCounts>) -> Totals {
         let mut t = Totals {
             accepted: stats.accepted,
+            adopted: stats.adopted,
             bytes_in: stats.bytes_in,
             bytes_out: stats.bytes_out,
             refused_per_ip: stats.refused,
             tls: stats.tls,
+            proxy_header_failed: stats.proxy_header_failed,
+            log_dropped: stats.log_dropped,
             ..Totals::default()
         };
         if let Some(h) = h {

@@ -6,8 +6,9 @@
 //!
 //! Each worker draws its own limits at fork, the configured value plus a random
 //! jitter, so workers started together (at start or after a reload) do not all
-//! reach their limit in the same heartbeat. The worker only reports its count of
-//! accepted connections (in its heartbeat `Stats`); the master decides.
+//! reach their limit in the same heartbeat. The worker only reports its counts of
+//! connections (in its heartbeat `Stats`); the master decides. A connection it served
+//! counts whether it accepted it or adopted it from an older generation.
 
 use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
@@ -128,7 +129,7 @@ pub fn pick(
         .filter(|(_, w)| w.generation == generation && w.state == WorkerState::Ready)
         .filter_map(|(i, w)| {
             w.limits
-                .due(w.stats.accepted, w.started_at, now)
+                .due(w.stats.accepted + w.stats.adopted, w.started_at, now)
                 .map(|r| (i, r, w.started_at))
         })
         .min_by_key(|&(_, _, started)| started)

@@ -55,6 +55,7 @@ impl Master {
                 Ok(())
             }
             Forked::Child => {
+                crate::log::leave_master();
                 drop(master_end);
                 if crash {
                     error!("injected fault (corral fault crash-on-start): worker {slot} aborting at start");

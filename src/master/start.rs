@@ -42,7 +42,7 @@ impl Master {
                 let mut master = Master::new(config, opts, reporter, opened, fx);
                 let n = master.slots.len();
                 for slot in 0..n {
-                    if let Err(e) = master.spawn(slot, 1) {
+                    if let Err(e) = master.spawn(slot, master.generation) {
                         let reporter = master.reporter.take();
                         master.shutdown_now();
                         return Err((e.into(), reporter));
@@ -108,7 +108,7 @@ impl Master {
         let predecessor = upgrade::Predecessor::from_env();
         Master {
             config,
-            generation: 1,
+            generation: upgrade::first_generation(),
             listeners: opened.listeners,
             workers: WorkerTable::default(),
             slots: vec![Slot::default(); n],

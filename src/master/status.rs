@@ -55,6 +55,7 @@ impl Master {
                     uptime_secs: now.saturating_duration_since(w.started_at).as_secs_f64(),
                     connections: w.stats.connections,
                     accepted: w.stats.accepted,
+                    adopted: w.stats.adopted,
                     bytes_in: w.stats.bytes_in,
                     bytes_out: w.stats.bytes_out,
                     rss: w.stats.rss,

@@ -60,17 +60,32 @@ impl Master {
         } else {
             self.config.master.stop_timeout.0
         };
-        info!(
-            workers = self.workers.len(),
-            "{} stop: {} within {:?}",
-            if graceful { "graceful" } else { "fast" },
-            if graceful {
-                "draining connections"
-            } else {
-                "closing everything"
-            },
-            timeout
-        );
+        if self.handed_over && graceful {
+            // Not a shutdown of the service: the new master serves already, and an
+            // operator reading "graceful stop" here would think otherwise.
+            info!(
+                workers = self.workers.len(),
+                "handing over to the new master: {} within {:?}, then this master exits",
+                match idle {
+                    IdlePolicy::Handoff =>
+                        "moving the connections that can move to it, draining the rest",
+                    _ => "draining this master's connections",
+                },
+                timeout
+            );
+        } else {
+            info!(
+                workers = self.workers.len(),
+                "{} stop: {} within {:?}",
+                if graceful { "graceful" } else { "fast" },
+                if graceful {
+                    "draining connections"
+                } else {
+                    "closing everything"
+                },
+                timeout
+            );
+        }
         self.state = State::Stopping {
             graceful,
             deadline: now + timeout,

@@ -212,6 +212,9 @@ pub struct WorkerStatus {
     pub uptime_secs: f64,
     pub connections: u64,
     pub accepted: u64,
+    /// Connections taken over from another worker or the old master.
+    #[serde(default)]
+    pub adopted: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub rss: u64,

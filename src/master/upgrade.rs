@@ -31,6 +31,25 @@ pub use spawn::{detached, SpawnError, Spawned};
 /// Environment variable naming the fd on which a new master reports readiness.
 pub const READY_FD_ENV: &str = "CORRAL_UPGRADE_READY_FD";
 
+/// Environment variable carrying the old master's newest generation, so that the new
+/// master's numbering continues from it instead of starting again at 1: status, logs
+/// and `corral_generation` never go backwards across an upgrade.
+pub const GENERATION_ENV: &str = "CORRAL_UPGRADE_GENERATION";
+
+/// The first generation this master runs: one past the old master's newest when an
+/// upgrade started us, else 1. The variable is removed so our own children and later
+/// upgrades never see a stale value.
+pub fn first_generation() -> u64 {
+    let Some(value) = std::env::var_os(GENERATION_ENV) else {
+        return 1;
+    };
+    std::env::remove_var(GENERATION_ENV);
+    value
+        .to_str()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(1, |g| g.saturating_add(1))
+}
+
 /// The writing end of a readiness report.
 pub struct Reporter {
     fd: OwnedFd,

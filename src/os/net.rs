@@ -123,6 +123,10 @@ pub struct Accepted {
     pub fd: OwnedFd,
     /// The peer's IP (None for Unix sockets).
     pub peer: Option<IpAddr>,
+    /// The peer's address as accept() returned it: still known when the client
+    /// reset before anyone asked (getpeername then fails), as a balancer's health
+    /// check does.
+    pub addr: Option<SocketAddr>,
 }
 
 /// `accept4(2)` with SOCK_NONBLOCK | SOCK_CLOEXEC. `WouldBlock` when the queue is empty.
@@ -152,9 +156,10 @@ pub fn accept(listener: BorrowedFd<'_>) -> io::Result<Accepted> {
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     // SAFETY: the kernel filled `len` bytes of storage with a valid address.
     let addr = unsafe { SockAddr::new(storage, len) };
-    let peer = addr.as_socket().map(|sa: SocketAddr| sa.ip());
+    let addr = addr.as_socket();
+    let peer = addr.map(|sa: SocketAddr| sa.ip());
     // TCP_NODELAY and keep-alive come from the listener (see `set_tcp_options`).
-    Ok(Accepted { fd, peer })
+    Ok(Accepted { fd, peer, addr })
 }
 
 /// Keep-alive probing of accepted connections; `None` fields keep the system's

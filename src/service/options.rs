@@ -41,6 +41,13 @@ pub trait ServiceOptions:
     fn misplaced(_key: &str, _other: &str) -> Option<String> {
         None
     }
+
+    /// The options as the service runs with them, for `corral -T`: an unset key with
+    /// a default shows that default. Override to fill in defaults; the keys left
+    /// unset are printed as such.
+    fn effective(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
 }
 
 impl<O: ServiceOptions> ListenOptions for O {
@@ -51,7 +58,7 @@ impl<O: ServiceOptions> ListenOptions for O {
         ServiceOptions::forwards_to(self)
     }
     fn effective(&self) -> serde_json::Value {
-        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+        ServiceOptions::effective(self)
     }
 }
 

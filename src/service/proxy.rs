@@ -26,6 +26,11 @@ use super::{check_stateless, Handler, Io, ResumeError, Service, Suspended, Upstr
 /// The only state format: none (the loop carries the upstream).
 const VERSION: u32 = 1;
 
+/// `connect_timeout` when not set.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// `upstream_backoff` when not set.
+pub const UPSTREAM_BACKOFF: Duration = Duration::from_secs(10);
+
 /// The proxy service of one listener, in one worker.
 pub struct Proxy {
     upstreams: Vec<Upstream>,
@@ -61,14 +66,8 @@ impl Proxy {
                 .collect(),
             balance: l.balance.unwrap_or_default(),
             next: 0,
-            connect_timeout: l
-                .connect_timeout
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(5)),
-            backoff: l
-                .upstream_backoff
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(10)),
+            connect_timeout: l.connect_timeout.map(|d| d.0).unwrap_or(CONNECT_TIMEOUT),
+            backoff: l.upstream_backoff.map(|d| d.0).unwrap_or(UPSTREAM_BACKOFF),
         }
     }
 }

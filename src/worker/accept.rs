@@ -70,6 +70,7 @@ impl Worker {
             match net::accept(fd.as_fd()) {
                 Ok(a) => {
                     self.counters.accepted(index);
+                    self.stats.accepted += 1;
                     let _ = self.add_conn(index, a, None);
                     accepted += 1;
                 }
@@ -151,7 +152,8 @@ impl Worker {
         conn.flags.set(Flags::COUNTED_IP, counted_ip);
         conn.listener = listener as u16;
         conn.set_origin(origin);
-        conn.set_log(log.then(|| connlog::Record::new(now, conn.fd.as_fd())));
+        let addr = a.addr;
+        conn.set_log(log.then(|| connlog::Record::new(now, conn.fd.as_fd(), addr)));
         let token = self.conns.insert(conn);
         let c = self.conns.get_mut(token)?;
         if let Err(e) = self.epoll.add(c.fd.as_fd(), c.registered(), token.0) {
@@ -159,7 +161,6 @@ impl Worker {
             self.conns.remove(token);
             return None;
         }
-        self.stats.accepted += 1;
         // A connection handed over continues as it began: on the record layer it
         // brought (TLS), or plain, whatever this listener is now.
         match handed {

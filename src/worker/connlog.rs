@@ -90,10 +90,11 @@ pub struct Record {
 }
 
 impl Record {
-    pub fn new(now: Instant, fd: BorrowedFd<'_>) -> Box<Record> {
+    /// `accepted`: the peer accept() named, if known; else the socket is asked.
+    pub fn new(now: Instant, fd: BorrowedFd<'_>, accepted: Option<SocketAddr>) -> Box<Record> {
         Box::new(Record {
             start: now,
-            client: crate::os::net::tcp_addrs(fd).map(|(peer, _)| peer),
+            client: accepted.or_else(|| crate::os::net::tcp_addrs(fd).map(|(peer, _)| peer)),
             bytes_in: 0,
             bytes_out: 0,
             end: None,
@@ -156,14 +157,17 @@ impl Worker {
             Some(Side::Upstream) => End::UpstreamClosed,
             None => End::ServiceClosed,
         });
-        let client = c
-            .origin()
-            .or(r.client)
-            .map_or_else(|| "unix".to_string(), |a| a.to_string());
-        let listener = self
-            .config
-            .listen
-            .get(usize::from(c.listener))
+        let l = self.config.listen.get(usize::from(c.listener));
+        // A TCP socket reset before accept returned no longer has a peer to read:
+        // that is not a unix client, and saying so would mislead.
+        let client = c.origin().or(r.client).map_or_else(
+            || match l.map(|l| &l.address) {
+                Some(crate::os::addr::ListenAddr::Unix(_)) => "unix".to_string(),
+                _ => "unknown".to_string(),
+            },
+            |a| a.to_string(),
+        );
+        let listener = l
             .map(|l| l.name.clone().unwrap_or_else(|| l.address.to_string()))
             .unwrap_or_default();
         let upstream = c.upstream().map_or_else(

@@ -357,9 +357,20 @@ impl Worker {
             return;
         };
         let peer = peer_ip(&fd);
-        if let Some(token) = self.add_conn(index, net::Accepted { fd, peer }, Some(h)) {
+        if let Some(token) = self.add_conn(
+            index,
+            net::Accepted {
+                fd,
+                peer,
+                addr: None,
+            },
+            Some(h),
+        ) {
             if let Some(c) = self.conns.get_mut(token) {
                 c.flags.set(super::conn::Flags::PINNED, pinned);
+            }
+            if !pinned {
+                self.stats.adopted += 1;
             }
         }
     }

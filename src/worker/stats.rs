@@ -24,7 +24,8 @@ const PART_BYTES: usize = 12 * 1024;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListenerCounters {
     pub listen: String,
-    /// Connections accepted (adopted hand-overs are not new clients: not counted).
+    /// Connections accepted from this listener: new clients only (adopted hand-overs
+    /// are counted as the worker's `adopted`).
     pub accepted: u64,
     /// Open connections (gauge, as of the last heartbeat).
     pub active: u64,

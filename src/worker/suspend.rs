@@ -273,7 +273,11 @@ impl Worker {
         conn.flags.set(Flags::PINNED, pinned);
         conn.set_origin(origin);
         if self.config.listen[listener].logs_connections() {
-            conn.set_log(Some(super::connlog::Record::new(now, conn.fd.as_fd())));
+            conn.set_log(Some(super::connlog::Record::new(
+                now,
+                conn.fd.as_fd(),
+                None,
+            )));
         }
         conn.last_active = now
             .checked_sub(Duration::from_millis(m.idle_ms))
@@ -324,6 +328,10 @@ impl Worker {
         let Some(c) = self.conns.get_mut(token) else {
             return;
         };
+        if !pinned {
+            // Handed back to this worker is not a new arrival: counted once, here.
+            self.stats.adopted += 1;
+        }
         if let Some(at) = c.timer_at() {
             c.set_timer_queued(Some(at));
             self.timers.schedule(at, Timer::Handler(token));

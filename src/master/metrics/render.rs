@@ -68,7 +68,7 @@ impl Master {
                 ]
             })
             .collect();
-        let per_worker: [WorkerSeries; 5] = [
+        let per_worker: [WorkerSeries; 6] = [
             (
                 "corral_worker_connections",
                 g,
@@ -78,8 +78,14 @@ impl Master {
             (
                 "corral_worker_accepted_total",
                 c,
-                "Connections a worker accepted.",
+                "Connections a worker accepted from its listeners (new clients only).",
                 |s| s.accepted,
+            ),
+            (
+                "corral_worker_adopted_total",
+                c,
+                "Connections a worker took over from another worker or the old master.",
+                |s| s.adopted,
             ),
             (
                 "corral_worker_received_bytes_total",
@@ -178,9 +184,15 @@ impl Master {
         e.family(
             "corral_accepted_total",
             c,
-            "Connections accepted by every worker, ever.",
+            "Connections accepted from the listeners by every worker, ever (new clients only).",
         )
         .sample("corral_accepted_total", &[], t.accepted as f64);
+        e.family(
+            "corral_adopted_total",
+            c,
+            "Connections workers took over from another worker or the old master, ever.",
+        )
+        .sample("corral_adopted_total", &[], t.adopted as f64);
         e.family(
             "corral_received_bytes_total",
             c,
@@ -193,6 +205,30 @@ impl Master {
             "Bytes written to clients by every worker, ever.",
         )
         .sample("corral_sent_bytes_total", &[], t.bytes_out as f64);
+        e.family(
+            "corral_proxy_header_failures_total",
+            c,
+            "accept_proxy connections closed for a bad, missing or late PROXY header.",
+        )
+        .sample(
+            "corral_proxy_header_failures_total",
+            &[],
+            t.proxy_header_failed as f64,
+        );
+        e.family(
+            "corral_log_dropped_lines_total",
+            c,
+            "Log lines workers dropped because their log writer could not keep up.",
+        )
+        .sample("corral_log_dropped_lines_total", &[], t.log_dropped as f64);
+        e.family(
+            "corral_faults_injected_total",
+            c,
+            "Faults injected on request (corral fault, corral chaos), by kind.",
+        );
+        for (kind, n) in &t.faults {
+            e.sample("corral_faults_injected_total", &[("kind", kind)], *n as f64);
+        }
 
         self.tls_metrics(&mut e, &t.tls);
 
@@ -262,27 +298,34 @@ impl Master {
             e.family(&total, c, &format!("Finished {kind}s by result."));
             e.sample(&total, &[("result", "succeeded")], o.succeeded as f64);
             e.sample(&total, &[("result", "failed")], o.failed as f64);
+            // The families are announced even before the first one, without a
+            // sample: a dashboard or rule finds the name in every scrape, and "no
+            // data" still means "never happened".
+            let last = format!("corral_{kind}_last_success");
+            e.family(
+                &last,
+                g,
+                &format!("1 if the last {kind} succeeded, 0 if it failed."),
+            );
             if let Some(ok) = o.last_ok {
-                let last = format!("corral_{kind}_last_success");
-                e.family(
-                    &last,
-                    g,
-                    &format!("1 if the last {kind} succeeded, 0 if it failed."),
-                )
-                .sample(&last, &[], if ok { 1.0 } else { 0.0 });
-                let at = format!("corral_{kind}_last_timestamp_seconds");
-                e.family(&at, g, &format!("When the last {kind} ended (Unix time)."))
-                    .sample(&at, &[], o.last_at);
-                let ready = format!("corral_{kind}_ready_seconds");
-                e.family(
-                    &ready,
-                    g,
-                    &format!("How long the last successful {kind} took to be ready."),
-                )
-                .sample(&ready, &[], o.last_ready_secs);
+                e.sample(&last, &[], if ok { 1.0 } else { 0.0 });
+            }
+            let at = format!("corral_{kind}_last_timestamp_seconds");
+            e.family(&at, g, &format!("When the last {kind} ended (Unix time)."));
+            if o.last_ok.is_some() {
+                e.sample(&at, &[], o.last_at);
+            }
+            let ready = format!("corral_{kind}_ready_seconds");
+            e.family(
+                &ready,
+                g,
+                &format!("How long the last successful {kind} took to be ready."),
+            );
+            if o.last_ok.is_some() {
+                e.sample(&ready, &[], o.last_ready_secs);
             }
         }
-        e.family("corral_handoff_connections_total", c, "Idle connections of draining workers by outcome: moved to the new generation, kept, closed.");
+        e.family("corral_handoff_connections_total", c, "Connections of draining workers by outcome: moved to a newer generation or master (idle ones, and busy sessions of services that move), kept (served to their end by the draining worker), closed.");
         for (outcome, v) in [
             ("moved", t.handoff.moved),
             ("kept", t.handoff.kept),

@@ -46,6 +46,10 @@ impl Master {
         // at the next stop instead of letting it drain.
         let me = upgrade::predecessor_env();
         let totals = self.share_totals();
+        let generation = (
+            upgrade::GENERATION_ENV.to_string(),
+            self.generation.to_string(),
+        );
         let bad = self.faults.take_bad_upgrade();
         // The channel the idle connections move over once the upgrade is committed.
         let (link, theirs) = match xfer::Link::pair() {
@@ -78,6 +82,7 @@ impl Master {
                     Ok(()) => {
                         env.extend(me);
                         env.extend(totals);
+                        env.push(generation);
                         if let Some(raw) = link_fd {
                             env.push((xfer::XFER_FD_ENV.into(), raw.to_string()));
                         }

@@ -35,6 +35,19 @@ pub struct HttpOptions {
 }
 
 impl ServiceOptions for HttpOptions {
+    fn effective(&self) -> serde_json::Value {
+        let mut o = self.clone();
+        o.status.get_or_insert(200);
+        o.body
+            .get_or_insert_with(|| super::DEFAULT_BODY.to_string());
+        o.header_timeout
+            .get_or_insert(Dur(super::DEFAULT_HEADER_TIMEOUT));
+        o.max_header_size
+            .get_or_insert(Size(super::DEFAULT_MAX_HEADER_SIZE as u64));
+        o.max_body_size.get_or_insert(Size(0));
+        serde_json::to_value(o).unwrap_or(serde_json::Value::Null)
+    }
+
     fn check(&mut self) -> Result<(), OptionError> {
         if self.header_timeout.is_some_and(|d| d.0.is_zero()) {
             return Err(OptionError::new(

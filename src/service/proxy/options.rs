@@ -92,6 +92,16 @@ impl ProxyOptions {
 }
 
 impl ServiceOptions for ProxyOptions {
+    fn effective(&self) -> serde_json::Value {
+        let mut o = self.clone();
+        o.balance.get_or_insert_with(Balance::default);
+        o.connect_timeout.get_or_insert(Dur(super::CONNECT_TIMEOUT));
+        o.upstream_backoff
+            .get_or_insert(Dur(super::UPSTREAM_BACKOFF));
+        o.splice.get_or_insert(false);
+        serde_json::to_value(o).unwrap_or(serde_json::Value::Null)
+    }
+
     /// Resolves the upstreams here, in the master (at start, `-t` and every reload,
     /// so a reload picks up changed DNS): a name that does not resolve is an error
     /// naming it, and workers receive addresses, so they never resolve, nor end up
