@@ -117,6 +117,10 @@ fn dashboard_and_rules_use_only_metrics_corral_exports() {
         "corral_listener_accepted_total",
         "corral_listener_rejected_total",
         "corral_faults_injected_total",
+        "corral_tls_handshakes_total",
+        "corral_tls_failures_total",
+        "corral_tls_moves_total",
+        "corral_tls_certificate_expiry_timestamp_seconds",
     ] {
         assert!(used.contains(m), "the dashboard shows nothing of {m}");
     }
