@@ -665,3 +665,56 @@ fn bad_certificates_and_keys_are_refused_by_name_and_a_bad_reload_changes_nothin
         assert_eq!(a.reply.as_deref(), Some("untouched"), "{a:?}");
     }
 }
+
+#[test]
+fn per_ip_limits_and_idle_timeouts_hold_on_tls_connections() {
+    if !need(&["python3"]) {
+        return;
+    }
+    let pki = Pki::new();
+    let srv = pki.server("srv", &["localhost"], None, 90);
+    let port = free_port();
+    let c = Corral::start(
+        &Conf::new(1)
+            .listen(
+                port,
+                "echo",
+                &format!(
+                    "max_connections_per_ip = 2\nidle_timeout = \"2s\"\n{}",
+                    srv.tls_table("")
+                ),
+            )
+            .render(),
+    );
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut py = PyTls::start(port, &pki.ca, "localhost", "", "");
+        assert!(py.ask("open").ok);
+        held.push(py);
+    }
+    // A third from the same address is closed at once, before any handshake.
+    let mut third = PyTls::start(port, &pki.ca, "localhost", "", "");
+    let a = third.ask("echo third");
+    assert!(!a.ok, "a third connection from one IP was served: {a:?}");
+    // The two held ones go quiet; the idle timeout closes them, TLS or not.
+    // Counts come with the worker's heartbeat, once a second.
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            status_json(&c)["workers"][0]["connections"].as_u64() == Some(2)
+        }),
+        "{}",
+        status_json(&c)
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            status_json(&c)["workers"][0]["connections"].as_u64() == Some(0)
+        }),
+        "idle TLS connections were not closed: {}",
+        status_json(&c)
+    );
+    let a = held[0].ask("send after the idle timeout");
+    assert!(
+        !a.ok || a.reply.as_deref() == Some(""),
+        "a connection past its idle timeout still answered: {a:?}"
+    );
+}

@@ -7,7 +7,9 @@
 //! - `resolve`: the certificate for the name a client asks for (SNI).
 //! - `tickets`: session-ticket keys made by the master, shared by every worker and
 //!   handed to a new master at a binary upgrade, so resumption survives both.
-//! - `session`: one connection's engine, driven by the loop's readiness.
+//! - `session`: one connection's engine, driven by the loop's readiness: rustls, or
+//!   after a move the continued record layer (`record`), with the state that travels
+//!   (`moved`) and key material in transit (`secret`).
 //! - `counts`, `info`: what is counted and what a handler may see.
 //!
 //! # Threat model
@@ -31,6 +33,20 @@
 //! decrypt: the connection gets rustls's alert where there is one, is closed, and
 //! is counted by reason; the worker goes on. 0-RTT data is refused (it can be
 //! replayed).
+//!
+//! A moving TLS 1.3 connection adds a third secret: its record keys and IVs, taken from
+//! rustls at a quiescent point. They cross the same private channels as ticket keys
+//! (old worker → master → new worker; at an upgrade, old master → new master), inside
+//! the message that carries the socket itself, so whoever could read them could
+//! already take the connection; they are zeroized when the message buffers and the
+//! engine that held them are dropped, and `Debug` shows none of them. Why a nonce never
+//! repeats is in `record`'s module doc. Failure paths of a move: rustls refuses to give
+//! its secrets (the connection stays, pinned, and is served to its end); the receiver
+//! cannot continue the state (unknown version or suite: the connection is closed and
+//! counted); the receiving worker dies before it adopts (the socket and state die with
+//! the message, as for plain connections: nothing was sealed with them); a refusal by
+//! the new service (the connection goes back with its state untouched, and the origin
+//! continues it with the same sequence numbers, since nothing used them meanwhile).
 
 mod counts;
 mod info;
