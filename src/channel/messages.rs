@@ -101,6 +101,11 @@ pub struct Moved {
     /// and stays there under the drain rules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
+    /// It was idle, with no state of its service (the receiver calls `connect`); it
+    /// travels as moved only for what rides beside it (a TLS record layer) and a way
+    /// back to `origin` if that is refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub idle: bool,
 }
 
 impl Handed {

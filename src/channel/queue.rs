@@ -175,6 +175,7 @@ mod tests {
                 origin: 1,
                 upstream: Some(SocketAddr::from(([127, 0, 0, 1], 9))),
                 refused: Some("r".repeat(200)),
+                idle: false,
             }));
             q.push(h, wr);
         }

@@ -42,8 +42,8 @@
 //! engine that held them are dropped, and `Debug` shows none of them. Why a nonce never
 //! repeats is in `record`'s module doc. Failure paths of a move: rustls refuses to give
 //! its secrets (the connection stays, pinned, and is served to its end); the receiver
-//! cannot continue the state (unknown version or suite: the connection is closed and
-//! counted); the receiving worker dies before it adopts (the socket and state die with
+//! cannot continue the state (unknown version or suite: it is refused and goes back to
+//! the worker that suspended it, which continues it); the receiving worker dies before it adopts (the socket and state die with
 //! the message, as for plain connections: nothing was sealed with them); a refusal by
 //! the new service (the connection goes back with its state untouched, and the origin
 //! continues it with the same sequence numbers, since nothing used them meanwhile).

@@ -142,6 +142,24 @@ impl TlsSession {
         }
     }
 
+    /// Why this binary cannot continue `m` (its format or suite is unknown, its keys
+    /// do not fit the suite); None if it can.
+    pub fn cannot_continue(m: &TlsMoved) -> Option<String> {
+        if m.version != TLS_STATE_VERSION {
+            return Some(format!(
+                "TLS state version {} is not one this binary reads",
+                m.version
+            ));
+        }
+        match TlsSession::continued(m) {
+            Some(_) => None,
+            None => Some(format!(
+                "TLS state with suite {:#06x} cannot be continued",
+                m.suite
+            )),
+        }
+    }
+
     /// A connection that moved here, continued from its record-layer state; None if
     /// the state is not one this binary can continue (the caller refuses the move).
     pub fn continued(m: &TlsMoved) -> Option<TlsSession> {

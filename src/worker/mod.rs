@@ -25,6 +25,8 @@ mod fault;
 mod handoff;
 #[cfg(test)]
 mod kit_tests;
+#[cfg(test)]
+mod kit_tls_tests;
 mod master_link;
 mod move_order;
 pub mod orphan;

@@ -63,9 +63,27 @@ impl Worker {
             None => None,
         };
         let handed = match leaving {
+            // An idle TLS connection travels as moved, so that a receiver that
+            // cannot continue its record layer can send it back here.
+            Leaving::Idle if tls.is_some() => Handed {
+                peer: c.origin(),
+                moved: Some(Box::new(Moved {
+                    service: l.map(|l| l.service.clone()).unwrap_or_default(),
+                    version: 0,
+                    state: Vec::new(),
+                    input: Vec::new(),
+                    idle_ms: millis(now.saturating_duration_since(c.last_active)),
+                    timer_ms: None,
+                    origin: process::pid().as_raw() as u32,
+                    upstream: None,
+                    refused: None,
+                    idle: true,
+                })),
+                tls,
+                ..Handed::idle(listen)
+            },
             Leaving::Idle => Handed {
                 peer: c.origin(),
-                tls,
                 ..Handed::idle(listen)
             },
             Leaving::Suspended(s, input) => Handed {
@@ -83,6 +101,7 @@ impl Worker {
                     origin: process::pid().as_raw() as u32,
                     upstream: c.upstream().map(|u| u.addr),
                     refused: None,
+                    idle: false,
                 })),
                 tls,
             },
@@ -159,11 +178,19 @@ impl Worker {
             .map(|a| a.ip())
             .or_else(|| super::handoff::peer_ip(&client));
         let service = &self.config.listen[index].service;
-        let resumed = if *service != m.service {
+        let tls_refused = h
+            .tls
+            .as_deref()
+            .and_then(crate::tls::TlsSession::cannot_continue);
+        let resumed = if let Some(why) = tls_refused {
+            Err(why)
+        } else if *service != m.service {
             Err(format!(
                 "the listener now runs service {service:?}, not {:?}",
                 m.service
             ))
+        } else if m.idle {
+            Ok(self.listeners[index].service.connect(peer))
         } else {
             self.listeners[index]
                 .service
@@ -388,6 +415,7 @@ mod tests {
                 origin,
                 upstream: None,
                 refused: None,
+                idle: false,
             })),
         }
     }
