@@ -20,8 +20,9 @@
 //! by the one worker that holds the connection; a worker that suspends it stops
 //! using the keys before they leave (its engine is consumed), and a move that is
 //! refused comes back with the same numbers, untouched: the receiver refuses before
-//! it seals or opens anything. A sequence number that would wrap ends the
-//! connection instead.
+//! it seals or opens anything. A direction that reaches [`RECORD_LIMIT`] records (RFC
+//! 8446 §5.5's bound for AES-GCM under one key) ends the connection with close_notify,
+//! long before a sequence number could wrap.
 //!
 //! # What cannot be continued
 //!
@@ -56,6 +57,8 @@ const DECODE_ERROR: u8 = 50;
 pub const MAX_PLAINTEXT: usize = 1 << 14;
 const MAX_CIPHERTEXT: usize = MAX_PLAINTEXT + 256;
 pub const HEADER: usize = 5;
+/// Most records one direction may carry under one key here (see `next_nonce`).
+pub const RECORD_LIMIT: u64 = 1 << 24;
 const TAG: usize = 16;
 
 /// The TLS 1.3 cipher suites a moved connection can continue with, by IANA number.
@@ -138,9 +141,14 @@ impl Direction {
     /// The nonce of the record numbered `self.seq`, which is then used up.
     fn next_nonce(&mut self) -> Result<Nonce, Failure> {
         let seq = self.seq;
-        // 2^64 records cannot be sent in practice; refusing is still cheaper than
-        // ever reusing a nonce.
-        self.seq = seq.checked_add(1).ok_or(Failure::SequenceExhausted)?;
+        // RFC 8446 §5.5: at most 2^24.5 AES-GCM records under one key. rustls would
+        // send a KeyUpdate before that; the secret that derives the next key did not
+        // travel, so a continued connection ends (close_notify) at 2^24 records in
+        // either direction instead. The same bound for ChaCha20-Poly1305 costs nothing.
+        if seq >= RECORD_LIMIT {
+            return Err(Failure::SequenceExhausted);
+        }
+        self.seq = seq + 1;
         let mut n = *self.iv;
         for (b, s) in n[NONCE_LEN - 8..].iter_mut().zip(seq.to_be_bytes()) {
             *b ^= s;
@@ -370,9 +378,9 @@ mod tests {
     }
 
     #[test]
-    fn a_sequence_number_never_wraps() {
+    fn a_key_stops_at_its_record_limit_and_a_sequence_number_never_wraps() {
         let suite = Suite::Aes128Gcm;
-        let mut tx = Direction::new(suite, &[1; 16], &[2; 12], u64::MAX).unwrap();
+        let mut tx = Direction::new(suite, &[1; 16], &[2; 12], RECORD_LIMIT).unwrap();
         let mut w = Vec::new();
         assert_eq!(
             seal(&mut tx, APPLICATION_DATA, b"x", &mut w),

@@ -113,7 +113,7 @@ fn rfc8448_server_application_data_record_opens_and_reseals_exactly() {
 #[test]
 fn rfc8448_records_open_only_at_their_own_sequence_number_and_key() {
     // The nonce depends on the sequence number: one off and the tag fails.
-    for seq in [0, 2, 1 << 32] {
+    for seq in [0, 2, (1 << 24) - 1] {
         let mut rx = rfc8448_direction(S_AP_KEY, S_AP_IV, seq);
         let mut rec = hex(S_APP_RECORD);
         assert_eq!(open(&mut rx, &mut rec), Err(Failure::BadRecordMac));

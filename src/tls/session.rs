@@ -62,7 +62,9 @@ impl Incoming {
     fn consume(&mut self, n: usize) {
         self.pos += n;
         if self.pos == self.buf.len() {
-            self.buf.clear();
+            // Freed, not kept: an idle connection holds no buffer (a million of them
+            // would otherwise each keep their largest read).
+            self.buf = Vec::new();
             self.pos = 0;
         }
     }
