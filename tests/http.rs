@@ -600,7 +600,7 @@ fn slowloris_is_cut_at_header_timeout_but_idle_keep_alive_is_not() {
 // ---------------------------------------------------------------------------
 
 #[test]
-fn a_draining_worker_answers_its_last_request_with_connection_close() {
+fn a_request_finished_by_a_draining_worker_keeps_its_connection_which_then_moves() {
     let h = Http::start(1, "20s", "");
     let old = h.c.worker_pids();
     assert_eq!(old.len(), 1);
@@ -639,23 +639,22 @@ fn a_draining_worker_answers_its_last_request_with_connection_close() {
     );
     let r = must(&h, "response from the draining worker", cl.response(false));
     assert_eq!(r.status, 200, "{r:?}");
+    // The connection will move once idle: the client is not told to go away
+    // (reconnecting would cost it a handshake, and a request in flight may race).
     assert!(
-        r.closes(),
-        "a draining worker must say Connection: close: {r:?}"
+        !r.closes(),
+        "a connection that moves was told to close: {r:?}"
     );
-    if let Err(e) = cl.expect_closed(IO_TIMEOUT) {
-        panic!("the draining worker did not close: {e}");
-    }
-    // The new generation serves with keep-alive; the old worker exits.
-    let mut cl = h.client();
-    let r = must(&h, "new generation", cl.roundtrip(GET));
+    // It moved: the same connection is answered by the new generation, and the old
+    // worker exits.
+    let r = must(&h, "after the move", cl.roundtrip(GET));
     assert!(!r.closes(), "{r:?}");
     assert!(
         wait_until(Duration::from_secs(10), || !h
             .c
             .worker_pids()
             .contains(&old[0])),
-        "the old worker did not exit once its last connection closed\n{}",
+        "the old worker did not exit once its last connection moved\n{}",
         h.c.log_tail(40)
     );
 }

@@ -9,11 +9,9 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::tls::{have, read_response, run, rustls_client, write_atomically, Pair, Pki, PyTls};
+use common::tls::{have, run, rustls_client, write_atomically, HttpsLoad, Pair, Pki, PyTls};
 use common::xmaster::status_json;
 use common::*;
 
@@ -410,78 +408,22 @@ fn renewing_the_certificate_is_a_reload_that_fails_no_keep_alive_request() {
             .listen(port, "http", &srv.tls_table(""))
             .render(),
     );
-    let config = rustls_client(&pki.ca);
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let mut clients = Vec::new();
-    for _ in 0..8 {
-        let (config, stop, ok, failed) = (config.clone(), stop.clone(), ok.clone(), failed.clone());
-        clients.push(std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-                let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
-                let Ok(sock) = TcpStream::connect(("127.0.0.1", port)) else {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                };
-                sock.set_read_timeout(Some(Duration::from_secs(10)))
-                    .unwrap();
-                let mut s = rustls::StreamOwned::new(conn, sock);
-                // Keep-alive until the server says close (a draining worker does).
-                loop {
-                    if stop.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let req = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
-                    match s.write_all(req).and_then(|_| read_response(&mut s)) {
-                        Ok((200, close)) => {
-                            ok.fetch_add(1, Ordering::Relaxed);
-                            if close {
-                                break;
-                            }
-                        }
-                        Ok((code, _)) => {
-                            eprintln!("status {code}");
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            break;
-                        }
-                        Err(e) => {
-                            eprintln!("request failed: {e}");
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            break;
-                        }
-                    }
-                }
-            }
-        }));
-    }
-    assert!(wait_until(Duration::from_secs(10), || ok
-        .load(Ordering::Relaxed)
-        > 200));
+    let load = HttpsLoad::start(port, rustls_client(&pki.ca), 8);
+    assert!(load.progress(200, Duration::from_secs(10)));
     for round in 0..3 {
         // certbot's deploy hook: new files in place, then a reload.
         let renewed = pki.server(&format!("renewed{round}"), &["localhost"], None, 90);
         write_atomically(&srv.cert, &std::fs::read(&renewed.cert).unwrap());
         write_atomically(&srv.key, &std::fs::read(&renewed.key).unwrap());
-        let before = ok.load(Ordering::Relaxed);
         let out = c.cli(&["-s", "reload"]);
         assert!(out.status.success(), "reload {round}: {}", out.all());
         assert!(
-            wait_until(Duration::from_secs(10), || ok.load(Ordering::Relaxed)
-                > before + 200),
+            load.progress(200, Duration::from_secs(10)),
             "requests stopped after reload {round}"
         );
     }
-    stop.store(true, Ordering::Relaxed);
-    for t in clients {
-        t.join().unwrap();
-    }
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "failed requests across renewals"
-    );
+    let (_, failed, _) = load.finish();
+    assert_eq!(failed, 0, "failed requests across renewals");
     // New connections get the last certificate.
     let v = status_json(&c);
     let serial_file = v["certificates"][0]["file"]

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::moves::stdout_lines;
-use common::tls::{have, read_response, rustls_client, rustls_client_versions, Pki, PyTls};
+use common::tls::{have, rustls_client, rustls_client_versions, HttpsLoad, Pki, PyTls};
 use common::xmaster::status_json;
 use common::*;
 
@@ -327,53 +327,8 @@ fn https_keep_alive_through_a_reload_storm_fails_nothing() {
             .listen(port, "http", &srv.tls_table(""))
             .render(),
     );
-    let config = rustls_client(&pki.ca);
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed, handshakes) = (
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-    );
-    let mut clients = Vec::new();
-    for _ in 0..8 {
-        let (config, stop, ok, failed, handshakes) = (
-            config.clone(),
-            stop.clone(),
-            ok.clone(),
-            failed.clone(),
-            handshakes.clone(),
-        );
-        clients.push(std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(90);
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                let mut s = connect(port, &config);
-                handshakes.fetch_add(1, Ordering::Relaxed);
-                loop {
-                    if stop.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let req = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
-                    match s.write_all(req).and_then(|_| read_response(&mut s)) {
-                        Ok((200, false)) => {
-                            ok.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok((200, true)) => {
-                            ok.fetch_add(1, Ordering::Relaxed);
-                            break;
-                        }
-                        other => {
-                            eprintln!("request failed: {other:?}");
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            break;
-                        }
-                    }
-                }
-            }
-        }));
-    }
-    assert!(wait_until(Duration::from_secs(20), || ok
-        .load(Ordering::Relaxed)
-        > 500));
+    let load = HttpsLoad::start(port, rustls_client(&pki.ca), 8);
+    assert!(load.progress(500, Duration::from_secs(20)));
     // A reload every 100 ms for 10 s, each waited for (`-s reload` returns once the
     // new generation serves).
     let t0 = Instant::now();
@@ -387,32 +342,17 @@ fn https_keep_alive_through_a_reload_storm_fails_nothing() {
             std::thread::sleep(d); // pacing the storm, not a synchronisation
         }
     }
-    let before = ok.load(Ordering::Relaxed);
-    assert!(wait_until(Duration::from_secs(20), || ok
-        .load(Ordering::Relaxed)
-        > before + 500));
-    stop.store(true, Ordering::Relaxed);
-    for t in clients {
-        t.join().unwrap();
-    }
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "failed requests in {reloads} reloads"
-    );
-    assert_eq!(
-        handshakes.load(Ordering::Relaxed),
-        8,
-        "a reload forced new handshakes"
-    );
+    assert!(load.progress(500, Duration::from_secs(20)));
+    let (answered, failed, handshakes) = load.finish();
+    assert_eq!(failed, 0, "failed requests in {reloads} reloads");
+    assert_eq!(handshakes, 8, "a reload forced new handshakes");
     assert!(
         wait_until(Duration::from_secs(20), || old_generations_alive(&c) == 0),
         "more than one generation left: {}",
         status_json(&c)
     );
     eprintln!(
-        "FIGURES tls_reload_storm reloads={reloads} requests={} failed=0 new_handshakes=0",
-        ok.load(Ordering::Relaxed)
+        "FIGURES tls_reload_storm reloads={reloads} requests={answered} failed=0 new_handshakes=0"
     );
 }
 

@@ -258,8 +258,10 @@ impl Io<'_> {
         self.out.len()
     }
 
-    /// The worker is draining (reload, upgrade, stop): finish what is in progress and
-    /// do not invite more — an HTTP service answers with `Connection: close`.
+    /// The worker is draining (reload, upgrade, stop) and this connection will not
+    /// move to the next generation: finish what is in progress and do not invite more
+    /// — an HTTP service answers with `Connection: close`. A connection waiting to
+    /// move at a reload is not told: it goes on where it is, then moves.
     pub fn draining(&self) -> bool {
         self.draining
     }

@@ -55,7 +55,7 @@ pub mod moved;
 pub mod record;
 mod resolve;
 mod secret;
-mod session;
+pub mod session;
 pub mod tickets;
 
 pub use counts::{Failure, TlsCounts};

@@ -239,6 +239,16 @@ impl Conn {
         }
     }
 
+    /// Whether a drain that hands connections over will (sooner or later) take this
+    /// one: then its service need not tell the client to go (`Io::draining` is false
+    /// for it). A TLS 1.2 connection never moves, so it is told.
+    pub fn can_move(&self) -> bool {
+        !self.flags.has(Flags::PINNED)
+            && self
+                .tls()
+                .is_none_or(|t| t.movable() != Err(crate::tls::session::NotNow::Never))
+    }
+
     /// `suspend` without the TLS part.
     fn leaving(&mut self, may_suspend: bool) -> Option<Leaving> {
         if !self.may_move() {

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use tracing::{debug, warn};
 
+use crate::channel::IdlePolicy;
 use crate::os::epoll::Event;
 
 use super::conn::Flags;
@@ -31,12 +32,14 @@ impl Worker {
     pub(crate) fn drive(&mut self, token: Token) {
         let flow = &self.config.flow;
         let draining = self.phase == Phase::Draining;
+        let moving = self.idle_policy == IdlePolicy::Handoff;
         let Some(c) = self.conns.get_mut(token) else {
             return;
         };
         if c.flags.has(Flags::AWAITING_HEADER) {
             return self.read_header(token);
         }
+        let tell_draining = draining && !(moving && c.can_move());
         let before = (self.stats.bytes_in, self.stats.bytes_out);
         let mut env = Env {
             scratch: &mut self.scratch,
@@ -46,7 +49,7 @@ impl Worker {
             inbuf_limit: (flow.read_quantum.0 as usize).max(64 << 10) * 4,
             pool: &mut self.bufs,
             stats: &mut self.stats,
-            draining,
+            draining: tell_draining,
             jobs: &mut self.jobs,
         };
         let outcome = if c.upstream().is_some() {
@@ -159,10 +162,12 @@ impl Worker {
         token: Token,
         f: impl FnOnce(&mut dyn crate::service::Handler, &mut crate::service::Io<'_>),
     ) {
+        let moving = self.idle_policy == IdlePolicy::Handoff;
         let draining = self.phase == Phase::Draining;
         let Some(c) = self.conns.get_mut(token) else {
             return;
         };
+        let draining = draining && !(moving && c.can_move());
         let mut env = Env {
             scratch: &mut self.scratch,
             budget: 0,

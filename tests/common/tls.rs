@@ -285,3 +285,99 @@ pub fn read_response(s: &mut impl Read) -> std::io::Result<(u16, bool)> {
     s.read_exact(&mut body)?;
     Ok((code, head.contains("connection: close")))
 }
+
+/// HTTPS keep-alive clients (rustls), each keeping its connection until the server
+/// says `Connection: close`, then opening another; every request is checked.
+pub struct HttpsLoad {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    /// Requests answered 200.
+    pub ok: Arc<std::sync::atomic::AtomicU64>,
+    /// Requests that failed (an error, or another status).
+    pub failed: Arc<std::sync::atomic::AtomicU64>,
+    /// TLS connections opened (each a handshake).
+    pub handshakes: Arc<std::sync::atomic::AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl HttpsLoad {
+    pub fn start(port: u16, config: Arc<rustls::ClientConfig>, clients: usize) -> HttpsLoad {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let handshakes = Arc::new(AtomicU64::new(0));
+        let mut threads = Vec::new();
+        for _ in 0..clients {
+            let (config, stop, ok, failed, handshakes) = (
+                config.clone(),
+                stop.clone(),
+                ok.clone(),
+                failed.clone(),
+                handshakes.clone(),
+            );
+            threads.push(std::thread::spawn(move || {
+                let deadline = std::time::Instant::now() + Duration::from_secs(120);
+                while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+                    let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+                    let Ok(sock) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    sock.set_read_timeout(Some(Duration::from_secs(10)))
+                        .unwrap();
+                    handshakes.fetch_add(1, Ordering::Relaxed);
+                    let mut s = rustls::StreamOwned::new(conn, sock);
+                    while !stop.load(Ordering::Relaxed) {
+                        let req = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
+                        match s.write_all(req).and_then(|_| read_response(&mut s)) {
+                            Ok((200, close)) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                                if close {
+                                    break;
+                                }
+                            }
+                            other => {
+                                eprintln!("request failed: {other:?}");
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                break;
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+        HttpsLoad {
+            stop,
+            ok,
+            failed,
+            handshakes,
+            threads,
+        }
+    }
+
+    /// Requests answered so far.
+    pub fn answered(&self) -> u64 {
+        self.ok.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until `more` requests beyond now were answered.
+    pub fn progress(&self, more: u64, timeout: Duration) -> bool {
+        let from = self.answered();
+        super::wait_until(timeout, || self.answered() >= from + more)
+    }
+
+    /// Stops the clients; (answered, failed, handshakes).
+    pub fn finish(self) -> (u64, u64, u64) {
+        use std::sync::atomic::Ordering;
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            self.handshakes.load(Ordering::Relaxed),
+        )
+    }
+}
