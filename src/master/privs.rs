@@ -43,6 +43,11 @@ pub fn give_log_file(config: &Config) {
     let (Some(creds), Some(file)) = (&config.master.credentials, &config.log.file) else {
         return;
     };
+    // The implicit `nobody` gets the reopened file over its channel instead: the
+    // operator's file keeps its owner.
+    if creds.implicit {
+        return;
+    }
     if creds.uid == privs::euid() {
         return;
     }
