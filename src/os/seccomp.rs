@@ -485,6 +485,61 @@ mod tests {
     }
 
     #[test]
+    fn attacker_calls_get_eperm_and_unlisted_ones_kill() {
+        let p = Policy {
+            action: Action::Enforce,
+            network: false,
+            extra: vec![],
+        };
+        let progs = programs(&p, 0).unwrap();
+        // SAFETY: the child (of a threaded test process) only makes raw system calls
+        // (the filters are built before the fork) and leaves by _exit or by SIGSYS.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            unsafe {
+                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                for prog in &progs {
+                    let f = libc::sock_fprog {
+                        len: prog.len() as u16,
+                        filter: prog.as_ptr() as *mut libc::sock_filter,
+                    };
+                    if libc::syscall(libc::SYS_seccomp, 1, 0, &f as *const libc::sock_fprog) != 0 {
+                        libc::_exit(10);
+                    }
+                }
+                let eperm = || *libc::__errno_location() == libc::EPERM;
+                if libc::setuid(0) != -1 || !eperm() {
+                    libc::_exit(11);
+                }
+                let path = b"/tmp/corral-seccomp-test\0";
+                let flags = libc::O_WRONLY | libc::O_CREAT;
+                if libc::open(path.as_ptr().cast(), flags, 0o600) != -1 || !eperm() {
+                    libc::_exit(12);
+                }
+                if libc::kill(1, 0) != -1 || !eperm() {
+                    libc::_exit(13);
+                }
+                // Reading by path is allowed.
+                let fd = libc::open(b"/proc/self/statm\0".as_ptr().cast(), libc::O_RDONLY);
+                if fd < 0 {
+                    libc::_exit(14);
+                }
+                // Not on any list: the trap's SIGSYS (default action) ends it.
+                libc::syscall(libc::SYS_getcwd, std::ptr::null_mut::<u8>(), 0);
+                libc::_exit(15);
+            }
+        }
+        let mut status = 0;
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS,
+            "child ended with status {status:#x} (exit {})",
+            libc::WEXITSTATUS(status)
+        );
+    }
+
+    #[test]
     fn programs_compile_in_both_modes() {
         for action in [Action::Enforce, Action::Log] {
             for network in [false, true] {
