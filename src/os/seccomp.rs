@@ -516,16 +516,16 @@ mod tests {
                 if libc::setuid(0) != -1 || !eperm() {
                     libc::_exit(11);
                 }
-                let path = b"/tmp/corral-seccomp-test\0";
+                let path = c"/tmp/corral-seccomp-test";
                 let flags = libc::O_WRONLY | libc::O_CREAT;
-                if libc::open(path.as_ptr().cast(), flags, 0o600) != -1 || !eperm() {
+                if libc::open(path.as_ptr(), flags, 0o600) != -1 || !eperm() {
                     libc::_exit(12);
                 }
                 if libc::kill(1, 0) != -1 || !eperm() {
                     libc::_exit(13);
                 }
                 // Reading by path is allowed.
-                let fd = libc::open(b"/proc/self/statm\0".as_ptr().cast(), libc::O_RDONLY);
+                let fd = libc::open(c"/proc/self/statm".as_ptr(), libc::O_RDONLY);
                 if fd < 0 {
                     libc::_exit(14);
                 }
