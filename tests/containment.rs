@@ -159,3 +159,17 @@ fn a_worker_dead_by_sigsys_is_reported_as_killed_by_seccomp_and_replaced() {
     );
     assert!(master_view(&c).is_some());
 }
+
+#[test]
+fn in_log_mode_nothing_is_refused_and_the_worker_lives() {
+    // For bringing up a custom service: the kernel logs, the worker keeps running,
+    // and `fault escape` shows what the filter would have stopped.
+    let c = Corral::start(&conf("", "seccomp = \"log\""));
+    let (ok, v, _) = escape(&c);
+    assert!(!ok, "{v}");
+    assert_eq!(v["outcome"], "survived", "{v}");
+    let a = attempts(&v);
+    let fork = a.iter().find(|(n, _, _)| n == "fork").unwrap();
+    assert!(!fork.1, "{fork:?}");
+    must_echo(&c, &mut c.connect(), "still here");
+}
