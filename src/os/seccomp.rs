@@ -531,6 +531,65 @@ mod tests {
         );
     }
 
+    /// The filter's cost per system call, printed (not asserted: it depends on the
+    /// box): `cargo test --release --lib seccomp_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn seccomp_cost() {
+        let p = Policy {
+            action: Action::Enforce,
+            network: true,
+            extra: vec![],
+        };
+        let progs = programs(&p, 0).unwrap();
+        const N: u32 = 1_000_000;
+        let time = |f: &dyn Fn()| {
+            let t = std::time::Instant::now();
+            for _ in 0..N {
+                f();
+            }
+            t.elapsed().as_nanos() as f64 / f64::from(N)
+        };
+        let mut fds = [0; 2];
+        // SAFETY: a pipe into `fds`, a valid out-array of two.
+        unsafe { libc::pipe(fds.as_mut_ptr()) };
+        // SAFETY: system calls without pointers, or with `fds` and a byte on the stack.
+        let getppid = || unsafe {
+            libc::syscall(libc::SYS_getppid);
+        };
+        let rw = || unsafe {
+            let b = 0u8;
+            libc::write(fds[1], (&b as *const u8).cast(), 1);
+            libc::read(fds[0], (&b as *const u8 as *mut u8).cast(), 1);
+        };
+        // SAFETY: as in the test above; the child measures, prints and _exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            unsafe {
+                let _warm = (time(&getppid), time(&rw));
+                let before = (time(&getppid), time(&rw));
+                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                for prog in &progs {
+                    let f = libc::sock_fprog {
+                        len: prog.len() as u16,
+                        filter: prog.as_ptr() as *mut libc::sock_filter,
+                    };
+                    libc::syscall(libc::SYS_seccomp, 1, 0, &f as *const libc::sock_fprog);
+                }
+                let after = (time(&getppid), time(&rw));
+                let line = format!(
+                    "ns per call, off -> enforce: getppid {:.0} -> {:.0}, write+read {:.0} -> {:.0}\n",
+                    before.0, after.0, before.1, after.1
+                );
+                libc::write(2, line.as_ptr().cast(), line.len());
+                libc::_exit(0);
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child; `status` is a valid out-pointer.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+    }
+
     #[test]
     fn programs_compile_in_both_modes() {
         for action in [Action::Enforce, Action::Log] {
