@@ -553,18 +553,20 @@ mod tests {
         let mut fds = [0; 2];
         // SAFETY: a pipe into `fds`, a valid out-array of two.
         unsafe { libc::pipe(fds.as_mut_ptr()) };
-        // SAFETY: system calls without pointers, or with `fds` and a byte on the stack.
+        // SAFETY: a system call without pointers.
         let getppid = || unsafe {
             libc::syscall(libc::SYS_getppid);
         };
+        // SAFETY: one byte through the pipe, from and into a byte on the stack.
         let rw = || unsafe {
-            let b = 0u8;
+            let mut b = 0u8;
             libc::write(fds[1], (&b as *const u8).cast(), 1);
-            libc::read(fds[0], (&b as *const u8 as *mut u8).cast(), 1);
+            libc::read(fds[0], (&mut b as *mut u8).cast(), 1);
         };
         // SAFETY: as in the test above; the child measures, prints and _exits.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
+            // SAFETY: raw system calls on the filter programs, which outlive them.
             unsafe {
                 let _warm = (time(&getppid), time(&rw));
                 let before = (time(&getppid), time(&rw));
