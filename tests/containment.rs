@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::fault::{master_view, ready_in_slot};
 use common::privs::TempUser;
-use common::{must_echo, run_cli, wait_until, Conf, Corral};
+use common::{free_port, must_echo, run_cli, wait_until, Conf, Corral};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -172,4 +172,42 @@ fn in_log_mode_nothing_is_refused_and_the_worker_lives() {
     let fork = a.iter().find(|(n, _, _)| n == "fork").unwrap();
     assert!(!fork.1, "{fork:?}");
     must_echo(&c, &mut c.connect(), "still here");
+}
+
+#[test]
+fn a_proxy_worker_may_dial_its_upstreams_only() {
+    // A proxy must make sockets and connect, which seccomp cannot restrict by
+    // address; Landlock's network rules (where the kernel has them) limit it to the
+    // upstreams' ports. The upstream is the echo listener itself.
+    let proxy_port = free_port();
+    let body = Conf::new(1)
+        .master("fault_injection = true")
+        .listen(proxy_port, "proxy", "upstreams = [\"127.0.0.1:{port}\"]")
+        .render();
+    let c = Corral::start(&body);
+    // Through the proxy to the upstream: allowed.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", proxy_port)).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    std::io::Write::write_all(&mut s, b"via proxy\n").unwrap();
+    let mut buf = [0u8; 10];
+    std::io::Read::read_exact(&mut s, &mut buf).unwrap();
+    assert_eq!(&buf, b"via proxy\n");
+    let (_, v, _) = escape(&c);
+    let a = attempts(&v);
+    let connect = a.iter().find(|(n, _, _)| n == "connect-elsewhere").unwrap();
+    if corral::os::landlock::abi() >= 4 {
+        assert!(connect.1, "{connect:?}");
+        assert!(
+            connect.2.contains("os error 13"),
+            "Landlock says EACCES: {connect:?}"
+        );
+    } else {
+        // Without Landlock's network rules the attempt reaches the network.
+        assert!(!connect.1, "{connect:?}");
+    }
+    let others: Vec<_> = a
+        .iter()
+        .filter(|(n, b, _)| !b && n != "connect-elsewhere")
+        .collect();
+    assert!(others.is_empty(), "{others:?}");
 }

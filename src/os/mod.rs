@@ -15,6 +15,7 @@ pub mod escape;
 pub mod exec;
 pub mod fd;
 pub mod files;
+pub mod landlock;
 pub mod master;
 pub mod memory;
 pub mod net;
