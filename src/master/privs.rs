@@ -42,10 +42,11 @@ pub fn enter_worker(config: &Config) -> Result<(), PrivsError> {
 /// A proxy worker may connect over TCP to its upstreams' ports only (Landlock, where
 /// the kernel has network rules): seccomp must allow it `connect`, but cannot see
 /// where to. Set here, before the worker starts any thread, because Landlock binds
-/// the calling thread and the threads it starts later. Not when the filter is off,
-/// nor when a custom service declared `connect` (it dials where it likes).
+/// the calling thread and the threads it starts later. Only under `enforce` (`log`
+/// refuses nothing), and not when a custom service declared `connect` (it dials
+/// where it likes).
 fn limit_connects(config: &Config) {
-    if config.worker.seccomp == crate::config::SeccompMode::Off
+    if config.worker.seccomp != crate::config::SeccompMode::Enforce
         || crate::os::seccomp::extra().contains(&libc::SYS_connect)
     {
         return;
