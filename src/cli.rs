@@ -60,7 +60,8 @@ pub enum Sub {
     /// fault_injection = true`) and print how the master coped.
     Fault {
         /// kill, segv, abort, panic, hang, stall, leak, slow, emfile,
-        /// crash-on-start or bad-upgrade.
+        /// crash-on-start, bad-upgrade, or escape (the worker tries what an attacker
+        /// would and reports what was blocked; exit 1 if anything was not).
         kind: String,
         /// leak: MiB to allocate; slow: ms per loop iteration; crash-on-start: N.
         arg: Option<String>,

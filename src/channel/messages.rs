@@ -169,6 +169,10 @@ pub enum ToMaster {
     /// An injected fault the worker survives (`slow`, `emfile`) is over; `note` says
     /// what it did.
     FaultOver { note: String },
+    /// `corral fault escape` is done: what each attempt met.
+    Escaped {
+        attempts: Vec<crate::os::escape::Attempt>,
+    },
     /// Per-listener and per-upstream counters, sent right after each heartbeat (in
     /// several messages when there are many; each names its entries).
     Counters(crate::worker::stats::Counters),

@@ -66,6 +66,15 @@ pub fn run(
             } else {
                 println!("corral: {}", crate::master::faults::summary(&o));
             }
+            if let Some(a) = o.attempts.as_ref().filter(|a| a.iter().any(|a| !a.blocked)) {
+                let open: Vec<&str> = a
+                    .iter()
+                    .filter(|a| !a.blocked)
+                    .map(|a| a.name.as_str())
+                    .collect();
+                eprintln!("corral: not blocked: {}", open.join(", "));
+                return 1;
+            }
             if o.outcome == TIMEOUT {
                 eprintln!(
                     "corral: no outcome within {timeout}: the master saw no exit, silence or \

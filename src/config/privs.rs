@@ -124,7 +124,7 @@ fn credentials(config: &Config) -> Result<Option<Credentials>, ConfigError> {
                 "needs master.user as well (workers would otherwise keep running as root)",
             ));
         }
-        return Ok(None);
+        return Ok(implicit_nobody());
     };
     let (uid, primary, name) =
         privs::lookup_user(user).map_err(|e| config.invalid("master.user", e))?;
@@ -158,7 +158,32 @@ fn credentials(config: &Config) -> Result<Option<Credentials>, ConfigError> {
         uid,
         gid,
         groups,
+        implicit: false,
     }))
+}
+
+/// The user nginx falls back to, and its uid and gid where it has no passwd entry.
+pub const DEFAULT_USER: &str = "nobody";
+const NOBODY_ID: u32 = 65534;
+
+/// A root master without `[master] user` still does not run service code as root:
+/// its workers become `nobody` (nginx's default), with no supplementary group.
+/// `user = "root"` keeps them root, for the operator who really means it.
+fn implicit_nobody() -> Option<Credentials> {
+    if !privs::is_root() {
+        return None;
+    }
+    let (uid, gid) = match privs::lookup_user(DEFAULT_USER) {
+        Ok((uid, Some(gid), _)) => (uid, gid),
+        _ => (NOBODY_ID, NOBODY_ID),
+    };
+    Some(Credentials {
+        user: DEFAULT_USER.into(),
+        uid,
+        gid,
+        groups: vec![gid],
+        implicit: true,
+    })
 }
 
 /// Checks listener `i`'s socket options; returns its resolved `owner`.

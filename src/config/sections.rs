@@ -166,6 +166,23 @@ pub struct WorkerConfig {
     pub max_lifetime: Dur,
     /// Up to this much is added to each worker's `max_lifetime`, drawn per worker.
     pub max_lifetime_jitter: Dur,
+    /// The worker's system-call filter: enforce (default), log or off.
+    pub seccomp: SeccompMode,
+}
+
+/// `[worker] seccomp`: what a worker's seccomp filter does with a system call outside
+/// its allowlist (see `os::seccomp`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SeccompMode {
+    /// Kill the worker (SIGSYS); the attacker's calls fail with EPERM.
+    #[default]
+    Enforce,
+    /// Allow it, and have the kernel log it (audit log, `dmesg`): for bringing up a
+    /// custom service.
+    Log,
+    /// No filter at all.
+    Off,
 }
 
 impl Default for WorkerConfig {
@@ -181,6 +198,7 @@ impl Default for WorkerConfig {
             max_requests_jitter: 0,
             max_lifetime: Dur(Duration::ZERO),
             max_lifetime_jitter: Dur(Duration::ZERO),
+            seccomp: SeccompMode::Enforce,
         }
     }
 }

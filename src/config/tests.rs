@@ -243,3 +243,38 @@ fn unix_addresses() {
     );
     assert!("[::1]:80".parse::<ListenAddr>().is_ok());
 }
+
+#[test]
+fn seccomp_modes() {
+    let l = "[[listen]]\naddress = \"127.0.0.1:1\"\nservice = \"echo\"\n";
+    assert_eq!(load_str(l).unwrap().worker.seccomp, SeccompMode::Enforce);
+    for (v, m) in [
+        ("enforce", SeccompMode::Enforce),
+        ("log", SeccompMode::Log),
+        ("off", SeccompMode::Off),
+    ] {
+        let c = load_str(&format!("[worker]\nseccomp = \"{v}\"\n{l}")).unwrap();
+        assert_eq!(c.worker.seccomp, m);
+    }
+    let e = load_str(&format!("[worker]\nseccomp = \"strict\"\n{l}"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("seccomp") && e.contains("enforce"), "{e}");
+}
+
+#[test]
+fn a_root_master_without_user_runs_workers_as_nobody() {
+    let l = "[[listen]]\naddress = \"127.0.0.1:1\"\nservice = \"echo\"\n";
+    let c = load_str(l).unwrap();
+    if crate::os::privs::is_root() {
+        let creds = c.master.credentials.unwrap();
+        assert_eq!(creds.user, "nobody");
+        assert!(creds.implicit);
+        assert_ne!(creds.uid, 0);
+        // `user = "root"` keeps them root, because the operator said so.
+        let c = load_str(&format!("[master]\nuser = \"root\"\n{l}")).unwrap();
+        assert_eq!(c.master.credentials.unwrap().uid, 0);
+    } else {
+        assert!(c.master.credentials.is_none());
+    }
+}

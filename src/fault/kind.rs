@@ -39,6 +39,9 @@ pub enum FaultKind {
     CrashOnStart { n: u32 },
     /// Master side: an upgrade is started whose new master exits at once (rollback).
     BadUpgrade,
+    /// The worker tries what an attacker holding it would (exec, fork, files, the
+    /// master, the network, root) and reports what was blocked; it survives.
+    Escape,
 }
 
 impl FaultKind {
@@ -56,6 +59,7 @@ impl FaultKind {
             FaultKind::Emfile => "emfile",
             FaultKind::CrashOnStart { .. } => "crash-on-start",
             FaultKind::BadUpgrade => "bad-upgrade",
+            FaultKind::Escape => "escape",
         }
     }
 
@@ -89,6 +93,7 @@ impl FaultKind {
             "stall" => no_arg(FaultKind::Stall),
             "emfile" => no_arg(FaultKind::Emfile),
             "bad-upgrade" => no_arg(FaultKind::BadUpgrade),
+            "escape" => no_arg(FaultKind::Escape),
             "leak" => Ok(FaultKind::Leak {
                 mib: num(256, "MiB")?.min(MAX_LEAK_MIB),
             }),
@@ -100,7 +105,7 @@ impl FaultKind {
             }),
             _ => Err(format!(
                 "unknown fault {name:?}; known: kill, segv, abort, panic, hang, stall, \
-                 leak MiB, slow MS, emfile, crash-on-start N, bad-upgrade"
+                 leak MiB, slow MS, emfile, crash-on-start N, bad-upgrade, escape"
             )),
         }
     }
@@ -199,6 +204,9 @@ pub struct FaultOutcome {
     pub exit: Option<String>,
     /// The worker that took its slot.
     pub replacement_pid: Option<i32>,
+    /// `escape`: each attempt and whether it was blocked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<Vec<crate::os::escape::Attempt>>,
 }
 
 #[cfg(test)]

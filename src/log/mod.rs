@@ -197,6 +197,32 @@ pub fn leave_master() {
     }
 }
 
+/// A handle on the master's log file, to pass to its workers after a reopen; `None`
+/// when logging goes to stderr.
+pub fn file_handle() -> Option<std::os::fd::OwnedFd> {
+    match &*sink() {
+        Sink::Sync(t) => t.file_handle().ok().flatten().map(Into::into),
+        Sink::Async { .. } => None,
+    }
+}
+
+/// In a worker: write to `fd`, the log file the master just reopened, from now on.
+/// A worker whose filesystem access is restricted (unprivileged user, Landlock)
+/// may not be able to open the path itself.
+pub fn adopt(fd: std::os::fd::OwnedFd) {
+    let mut s = sink();
+    let path = match &*s {
+        Sink::Sync(t) => t.path.clone(),
+        Sink::Async { path, .. } => path.clone(),
+    };
+    let fresh = Target::adopt(path, fd.into());
+    match &mut *s {
+        Sink::Sync(t) => *t = fresh,
+        Sink::Async { queue: Some(q), .. } => q.replace_target(fresh),
+        Sink::Async { queue: None, .. } => {}
+    }
+}
+
 /// In a freshly forked worker: move writing to a background thread. The thread is
 /// started here, after fork, never in the master. If it cannot start, the worker keeps
 /// writing synchronously, which is slower under pressure but loses nothing.

@@ -32,6 +32,20 @@ impl Target {
         })
     }
 
+    /// The file the master opened at `path`, passed to a worker over its channel
+    /// (so that a worker reopens without opening anything by path).
+    pub(super) fn adopt(path: Option<PathBuf>, file: File) -> Target {
+        Target {
+            path,
+            file: Some(file),
+        }
+    }
+
+    /// Another handle on the open file, if there is one (stderr has none to pass).
+    pub(super) fn file_handle(&self) -> io::Result<Option<File>> {
+        self.file.as_ref().map(File::try_clone).transpose()
+    }
+
     /// A second handle on the same open file (or stderr), for a writer thread.
     pub(super) fn duplicate(&self) -> io::Result<Target> {
         Ok(Target {

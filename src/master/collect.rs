@@ -292,6 +292,19 @@ impl Master {
                     self.answer_fault(t, o);
                 }
             }
+            ToMaster::Escaped { attempts } => {
+                let pid = w.pid;
+                let open = attempts.iter().filter(|a| !a.blocked).count();
+                info!(
+                    pid = pid.as_raw(),
+                    "worker tried {} escapes: {open} not blocked",
+                    attempts.len()
+                );
+                for (t, mut o) in self.faults.survived(pid, self.fx.now()) {
+                    o.attempts = Some(attempts.clone());
+                    self.answer_fault(t, o);
+                }
+            }
             ToMaster::Heartbeat(stats) => {
                 w.last_heartbeat = self.fx.now();
                 w.stats = stats;

@@ -81,6 +81,7 @@ impl Injection {
             outcome: outcome.to_string(),
             exit: self.exit.clone(),
             replacement_pid: replacement.map(Pid::as_raw),
+            attempts: None,
         }
     }
 }
@@ -335,9 +336,19 @@ pub fn summary(o: &FaultOutcome) -> String {
         .exit
         .as_deref()
         .map_or(String::new(), |e| format!(" ({e})"));
+    let attempts: String = o
+        .attempts
+        .iter()
+        .flatten()
+        .map(|a| {
+            let verdict = if a.blocked { "blocked" } else { "NOT BLOCKED" };
+            format!("\n  {:<18} {verdict}: {}", a.name, a.how)
+        })
+        .collect();
     format!(
         "fault {} on pid {} (slot {}, generation {}): {}{exit}; detected after {}, \
-         recovered after {}{replacement}; {} connections lost, {} handed over, backoff {} ms",
+         recovered after {}{replacement}; {} connections lost, {} handed over, backoff {} ms\
+         {attempts}",
         o.kind,
         o.pid,
         o.slot,

@@ -35,7 +35,43 @@ pub fn enter_worker(config: &Config) -> Result<(), PrivsError> {
         privs::drop_to(creds, cores)?;
         tracing::info!(user = %creds.user, uid = creds.uid, gid = creds.gid, "worker dropped privileges");
     }
+    limit_connects(config);
     Ok(())
+}
+
+/// A proxy worker may connect over TCP to its upstreams' ports only (Landlock, where
+/// the kernel has network rules): seccomp must allow it `connect`, but cannot see
+/// where to. Set here, before the worker starts any thread, because Landlock binds
+/// the calling thread and the threads it starts later. Only under `enforce` (`log`
+/// refuses nothing), and not when a custom service declared `connect` (it dials
+/// where it likes).
+fn limit_connects(config: &Config) {
+    if config.worker.seccomp != crate::config::SeccompMode::Enforce
+        || crate::os::seccomp::extra().contains(&libc::SYS_connect)
+    {
+        return;
+    }
+    let proxies: Vec<_> = config
+        .listen
+        .iter()
+        .filter_map(crate::service::proxy::options::of)
+        .collect();
+    if proxies.is_empty() {
+        // No sockets at all: seccomp refuses socket(2).
+        return;
+    }
+    let ports: Vec<u16> = proxies
+        .iter()
+        .flat_map(|p| p.resolved.iter().map(|a| a.port()))
+        .collect();
+    match crate::os::landlock::restrict_tcp(&ports) {
+        Ok(crate::os::landlock::Applied::Restricted) => {}
+        Ok(crate::os::landlock::Applied::Unsupported(abi)) => tracing::debug!(
+            abi,
+            "no Landlock network rules on this kernel: proxy workers may connect anywhere"
+        ),
+        Err(e) => warn!("cannot restrict this worker's connects with Landlock: {e}"),
+    }
 }
 
 /// Gives the log file to the workers' user, so that they can reopen it.
@@ -43,6 +79,11 @@ pub fn give_log_file(config: &Config) {
     let (Some(creds), Some(file)) = (&config.master.credentials, &config.log.file) else {
         return;
     };
+    // The implicit `nobody` gets the reopened file over its channel instead: the
+    // operator's file keeps its owner.
+    if creds.implicit {
+        return;
+    }
     if creds.uid == privs::euid() {
         return;
     }

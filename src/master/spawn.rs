@@ -128,6 +128,13 @@ impl Master {
             }
         };
         crate::log::become_worker();
+        // After the set-up above (and the threads it started, which TSYNC covers),
+        // before the first byte of service code: the services are made in
+        // `worker::run`.
+        if let Err(e) = install_filter(&config) {
+            error!("worker {slot}: {e}");
+            return EXIT_FATAL;
+        }
         // A panic in service code is logged through tracing (so it reaches the log
         // file), then the worker exits; the master respawns it.
         std::panic::set_hook(Box::new(|info| error!("worker panicked: {info}")));
@@ -157,4 +164,21 @@ impl Master {
             _ => self.config.master.drain_timeout.0,
         }
     }
+}
+
+/// Installs the worker's seccomp filter as `[worker] seccomp` says.
+fn install_filter(config: &Config) -> Result<(), crate::os::seccomp::SeccompError> {
+    use crate::config::SeccompMode;
+    use crate::os::seccomp::{self, Action, Policy};
+    let action = match config.worker.seccomp {
+        SeccompMode::Off => return Ok(()),
+        SeccompMode::Log => Action::Log,
+        SeccompMode::Enforce => Action::Enforce,
+    };
+    let policy = Policy {
+        action,
+        network: config.listen.iter().any(|l| l.service == "proxy"),
+        extra: seccomp::extra(),
+    };
+    seccomp::install(&policy)
 }

@@ -311,8 +311,14 @@ impl Master {
                 ))
             }
         };
+        // The fresh file travels with the request, so that a worker reopens without
+        // opening anything by path (it may not be allowed to: see os::seccomp).
+        let file = crate::log::file_handle();
         for w in &self.workers {
-            let _ = w.channel.send(&ToWorker::ReopenLogs);
+            let _ = match &file {
+                Some(fd) => w.channel.send_fds(&ToWorker::ReopenLogs, &[fd.as_fd()]),
+                None => w.channel.send(&ToWorker::ReopenLogs),
+            };
         }
         outcome
     }

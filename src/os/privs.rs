@@ -26,6 +26,8 @@ pub struct Credentials {
     /// Supplementary groups: the user's (from the group database), or only `gid`
     /// when `[master] group` is set.
     pub groups: Vec<u32>,
+    /// Not asked for: the `nobody` a root master picks when `[master] user` is unset.
+    pub implicit: bool,
 }
 
 /// Why a worker could not give up its privileges. Each is fatal for the worker.

@@ -79,6 +79,10 @@ impl fmt::Display for ExitReason {
                 core_dumped,
             } => {
                 write!(f, "signal {}", signal.as_str())?;
+                if *signal == Signal::SIGSYS {
+                    // The only sender of SIGSYS to a worker is its seccomp filter.
+                    write!(f, " (killed by seccomp)")?;
+                }
                 if *core_dumped {
                     write!(f, " (core dumped)")?;
                 }

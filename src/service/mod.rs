@@ -482,6 +482,22 @@ pub fn register_with_options<O: ServiceOptions>(name: &str, factory: Factory) {
     r.push((name.to_string(), factory, OptionsKind::of::<O>()));
 }
 
+/// Adds system calls (`libc::SYS_*` numbers) to every worker's seccomp allowlist,
+/// for a custom service that needs more than the built-in ones (a file lock, a
+/// socket of its own). Call it before [`crate::app::main`], like [`register`].
+/// A call on the attacker list (`execve`, `socket`, `kill` of others, ...) named here
+/// is allowed too: the service has said it needs it. Run with
+/// `[worker] seccomp = "log"` to find what to list (the kernel logs each call
+/// outside the allowlist), then list it here and go back to `enforce`.
+///
+/// ```no_run
+/// // A service that takes advisory file locks:
+/// corral::service::allow_syscalls(&[libc::SYS_flock]);
+/// ```
+pub fn allow_syscalls(calls: &[i64]) {
+    crate::os::seccomp::allow_extra(calls);
+}
+
 /// True if a service of that name exists.
 pub fn is_known(name: &str) -> bool {
     entries().iter().any(|(n, _, _)| n == name)

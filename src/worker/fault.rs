@@ -83,7 +83,7 @@ impl Injected {
                 self.held = Some((files, until));
                 Some(until)
             }
-            FaultKind::CrashOnStart { .. } | FaultKind::BadUpgrade => None,
+            FaultKind::CrashOnStart { .. } | FaultKind::BadUpgrade | FaultKind::Escape => None,
         }
     }
 
@@ -126,4 +126,29 @@ fn hang() -> ! {
     loop {
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// `escape`: makes each attacker's attempt for real (see `os::escape`) and logs
+/// what it met. The address to dial is a loopback port that no listener or
+/// upstream of `config` uses; the file to write is in the system's temporary
+/// directory, which no worker has any business writing to.
+pub fn escape(config: &crate::config::Config) -> Vec<crate::os::escape::Attempt> {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+    let used = format!("{config:?}");
+    let port = [9u16, 7, 1, 13]
+        .into_iter()
+        .find(|p| !used.contains(&format!(":{p}\"")) && !used.contains(&format!(":{p},")))
+        .unwrap_or(9);
+    let elsewhere = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+    let outside = std::env::temp_dir().join(format!("corral-escape-{}", process::pid()));
+    let master = process::parent_pid().as_raw();
+    let attempts = crate::os::escape::attempt_all(master, elsewhere, &outside.to_string_lossy());
+    for a in &attempts {
+        if a.blocked {
+            warn!(attempt = %a.name, "injected fault (escape): blocked: {}", a.how);
+        } else {
+            error!(attempt = %a.name, "injected fault (escape): NOT blocked: {}", a.how);
+        }
+    }
+    attempts
 }

@@ -29,13 +29,22 @@ impl Worker {
                         info!("master asked to stop now");
                         self.exit = Some(0);
                     }
-                    ToWorker::ReopenLogs => self.reopen_logs(),
+                    ToWorker::ReopenLogs => match fds.into_iter().next() {
+                        Some(fd) => crate::log::adopt(fd),
+                        None => self.reopen_logs(),
+                    },
                     ToWorker::TicketKey(k) => match k.key() {
                         Some(k) => crate::tls::tickets::rotate_to(k),
                         None => warn!("the master sent a ticket key that does not decode"),
                     },
                     ToWorker::Metrics { id, text, last } => {
                         crate::service::metrics::deliver(id, text, last)
+                    }
+                    ToWorker::Fault {
+                        kind: crate::fault::kind::FaultKind::Escape,
+                    } => {
+                        let attempts = super::fault::escape(&self.config);
+                        self.send(ToMaster::Escaped { attempts });
                     }
                     ToWorker::Fault { kind } => {
                         if let Some(at) = self.injected.apply(kind) {
