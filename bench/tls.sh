@@ -369,17 +369,19 @@ for ((r = 1; r <= RUNS; r++)); do
     done
   done
   if has bulk; then
-    eport=$(free_port)
-    c_echo_start "$ECHO_SERVER" "$eport" "$LIMIT" "$CLIENT_CPU"
     for s in corral-proxy nginx-stream haproxy-tcp corral-echo; do
       case $s in corral*) ;; *) [[ " $SERVERS " == *" ${s%-*} "* ]] || continue ;; esac
+      # a fresh echo_server each time: it does not ignore SIGPIPE, so the proxy
+      # closing while it still writes the last echoes ends it
+      eport=$(free_port)
+      c_echo_start "$ECHO_SERVER" "$eport" "$LIMIT" "$CLIENT_CPU"
       port=$(free_port)
       start "$s" ecdsa "$port" "$eport"
       sleep 0.5
       bulk "$s" "$port" "$s-$r"
       stop "$s"
+      c_echo_stop
     done
-    c_echo_stop
   fi
 done
 
