@@ -44,6 +44,7 @@
 # Knobs: RUNS=1 DURATION=5 KEYS="ecdsa rsa" SERVERS="corral nginx haproxy"
 #        TESTS="full resumed keepalive idle bulk" HS_PROCS=4 WRK_CONNS=100
 #        IDLE_CONNS=3000 SERVER_CPU=1 CLIENT_CPU=0 QUIET_WAIT=10 NO_BUILD=1 KEEP=1
+#        COMPACT=1 (corral's listeners get `compact_idle = true`)
 # needs: openssl, wrk, nginx + libnginx-mod-stream, haproxy, python3, gcc
 #        (apt-get install -y nginx haproxy wrk libnginx-mod-stream)
 set -euo pipefail
@@ -58,6 +59,8 @@ TESTS=${TESTS:-"full resumed keepalive idle bulk"}
 HS_PROCS=${HS_PROCS:-4}
 WRK_CONNS=${WRK_CONNS:-100}
 IDLE_CONNS=${IDLE_CONNS:-3000}
+COMPACT=${COMPACT:-0}
+COMPACT_LINE=""; [[ "$COMPACT" == 1 ]] && COMPACT_LINE="compact_idle = true"
 SERVER_CPU=${SERVER_CPU:-1}
 CLIENT_CPU=${CLIENT_CPU:-0}
 HAPROXY_BIN=${HAPROXY_BIN:-/usr/sbin/haproxy}
@@ -150,6 +153,7 @@ backlog = 4096
 [listen.tls]
 cert = "$cert"
 key = "$key"
+$COMPACT_LINE
 EOF
     SERVER_PIDS=$(corral_workers | xargs)
     ;;

@@ -464,6 +464,49 @@ fn a_tls_proxy_session_mid_transfer_survives_reloads_and_an_upgrade_byte_exact()
     );
 }
 
+#[test]
+fn a_tls_connection_moves_again_before_it_speaks() {
+    if !have("python3") {
+        eprintln!("SKIPPED: python3 is not installed");
+        return;
+    }
+    let pki = Pki::new();
+    let srv = pki.server("srv", &["localhost"], None, 90);
+    let port = free_port();
+    let c = Corral::start(
+        &Conf::new(2)
+            .drain("60s")
+            .listen(port, "echo", &srv.tls_table(""))
+            .render(),
+    );
+    let mut clients: Vec<PyTls> = (0..10)
+        .map(|_| {
+            let mut p = PyTls::start(port, &pki.ca, "localhost", "", "");
+            assert!(p.ask("open").ok);
+            assert_eq!(p.ask("send hello").reply.as_deref(), Some("hello"));
+            p
+        })
+        .collect();
+    // Two reloads with no byte from the clients in between: each generation must
+    // hand every connection on at once, not keep the ones it never read from.
+    for i in 0..2 {
+        let out = c.cli(&["-s", "reload"]);
+        assert!(out.status.success(), "{}", out.all());
+        assert!(
+            wait_until(Duration::from_secs(15), || old_generations_alive(&c) == 0),
+            "reload {i}: an old generation kept connections it could have moved: {}",
+            status_json(&c)
+        );
+    }
+    for (i, p) in clients.iter_mut().enumerate() {
+        let m = format!("after two moves {i}");
+        assert_eq!(
+            p.ask(&format!("send {m}")).reply.as_deref(),
+            Some(m.as_str())
+        );
+    }
+}
+
 /// A connection that has moved at least once: connect, round trip, reload, round
 /// trip (now on the new generation's worker).
 fn moved_connection(c: &Corral, port: u16, config: &Arc<rustls::ClientConfig>) -> Tls {

@@ -114,6 +114,8 @@ pub struct TlsSession {
     /// The last read found the socket and the engine empty: nothing is in flight
     /// towards the service, a point where the connection may move.
     drained: bool,
+    /// `compact_idle`: at such a point, trade rustls for the record layer alone.
+    compact: bool,
 }
 
 /// Why a move of this connection cannot happen (now or ever).
@@ -126,11 +128,12 @@ pub enum NotNow {
 }
 
 impl TlsSession {
-    /// A session for a newly accepted client of a listener configured with `config`.
-    pub fn new(config: Arc<ServerConfig>) -> Result<TlsSession, rustls::Error> {
-        Ok(TlsSession::with(Engine::Rustls(Box::new(
-            ServerConnection::new(config)?,
-        ))))
+    /// A session for a newly accepted client of a listener configured with `config`;
+    /// `compact`: the listener's `compact_idle`.
+    pub fn new(config: Arc<ServerConfig>, compact: bool) -> Result<TlsSession, rustls::Error> {
+        let mut s = TlsSession::with(Engine::Rustls(Box::new(ServerConnection::new(config)?)));
+        s.compact = compact;
+        Ok(s)
     }
 
     fn with(engine: Engine) -> TlsSession {
@@ -141,6 +144,7 @@ impl TlsSession {
             info: None,
             failed: false,
             drained: false,
+            compact: false,
         }
     }
 
@@ -182,6 +186,10 @@ impl TlsSession {
         };
         let mut s = TlsSession::with(Engine::Continued(Box::new(c)));
         s.cin.push(&m.pending);
+        // Taken at a quiescent point, so it still is one: it may move on before it is
+        // first read here (what arrived meanwhile waits in the socket, which moves
+        // with it). Otherwise a second reload soon after would leave it behind.
+        s.drained = true;
         s.info = Some(Box::new(m.info(suite)));
         Some(s)
     }
@@ -236,6 +244,9 @@ impl TlsSession {
                 Ok(n) => self.cin.push(&buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.drained = true;
+                    if self.compact {
+                        self.compact_now();
+                    }
                     return Err(e);
                 }
                 Err(e) => return Err(e),
@@ -439,6 +450,24 @@ impl TlsSession {
             }
             _ if quiet => Ok(()),
             _ => Err(NotNow::Busy),
+        }
+    }
+
+    /// `compact_idle`: at a quiet point, the rustls engine (about 6 KB with its read
+    /// buffer) makes way for the record layer it would hand to another worker, here.
+    fn compact_now(&mut self) {
+        if !matches!(self.engine, Engine::Rustls(_)) || self.movable().is_err() {
+            return;
+        }
+        let Some(m) = self.suspend() else {
+            return;
+        };
+        match TlsSession::continued(&m) {
+            Some(c) => {
+                self.engine = c.engine;
+                self.cin = c.cin;
+            }
+            None => self.failed = true,
         }
     }
 

@@ -35,7 +35,7 @@ impl Worker {
             return false;
         };
         let timeout = tls.handshake_timeout();
-        match TlsSession::new(server) {
+        match TlsSession::new(server, tls.compact_idle) {
             Ok(s) => {
                 if let Some(c) = self.conns.get_mut(token) {
                     c.set_tls(Box::new(s));
