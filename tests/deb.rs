@@ -262,6 +262,17 @@ fn the_package_installs_serves_reloads_upgrades_and_purges_without_a_trace() {
         "packaged unit:\n{unit}"
     );
 
+    // lintian, where installed: no error (the remaining warnings are explained in
+    // docs/architecture.md).
+    if sh("command -v lintian").0 {
+        let (_, out) = sh(&format!("lintian {} 2>&1", deb1.display()));
+        eprintln!("lintian:\n{out}");
+        assert!(
+            !out.lines().any(|l| l.starts_with("E:")),
+            "lintian reports errors:\n{out}"
+        );
+    }
+
     let before = corral_paths();
     let _guard = PurgeGuard;
     let ns = SystemdNs::boot_unit(
