@@ -293,6 +293,14 @@ fn the_package_installs_serves_reloads_upgrades_and_purges_without_a_trace() {
     let deb1s = deb1.to_str().expect("utf-8 path");
     exec_ok(&ns, &["dpkg", "-i", deb1s], "install");
     assert!(sh("getent passwd corral").0, "no corral user after install");
+    for p in PACKAGED {
+        assert!(Path::new(p).exists(), "{p} missing after install");
+    }
+    let (ok, man) = sh("man -l /usr/share/man/man1/corral.1.gz 2>&1 | head -20");
+    assert!(
+        !sh("command -v man").0 || (ok && man.contains("corral")),
+        "the installed man page does not render: {man}"
+    );
     assert!(
         ns.wait_prop("ActiveState", "active", Duration::from_secs(30)),
         "the postinst did not start corral.service\n{}",
