@@ -115,15 +115,18 @@ pub struct SystemdNs {
     pub root: PathBuf,
     /// systemd's pid on the host, to enter its namespaces.
     host_pid: i32,
+    /// The binary and config the unit runs: in `root`, or where a package put them.
+    bin: PathBuf,
+    config: PathBuf,
 }
 
 /// The installed binary, config and log inside `root` (same paths inside and out).
 impl SystemdNs {
     pub fn bin(&self) -> PathBuf {
-        self.root.join("corral")
+        self.bin.clone()
     }
     pub fn config(&self) -> PathBuf {
-        self.root.join("corral.toml")
+        self.config.clone()
     }
     pub fn log_path(&self) -> PathBuf {
         self.root.join("corral.log")
@@ -150,6 +153,39 @@ impl SystemdNs {
     /// Installs corral (the built binary, `config`, the shipped units adapted to the
     /// test) and boots systemd. Panics with the console if systemd does not come up.
     pub fn boot(script: &Path, config: &str, opts: &UnitOpts) -> SystemdNs {
+        let mut ns = SystemdNs::prepare(script, None);
+        install_exec(Path::new(corral_bin()), &ns.bin());
+        fs::write(ns.config(), config).expect("write config");
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let unit = fs::read_to_string(repo.join("systemd/corral.service")).expect("unit");
+        fs::write(
+            ns.root.join("units/corral.service"),
+            adapt_service(&unit, &ns.bin(), &ns.config(), &ns.log_path(), opts),
+        )
+        .expect("write unit");
+        if opts.socket {
+            let sock = fs::read_to_string(repo.join("systemd/corral.socket")).expect("socket");
+            fs::write(ns.root.join("units/corral.socket"), adapt_common(&sock)).expect("write");
+        }
+        ns.start();
+        ns
+    }
+
+    /// Boots systemd with `service` (e.g. the unit a package installs, which runs
+    /// `bin` with `config` where the package puts them) as its corral.service, in the
+    /// namespace's /etc/systemd/system, adapted like the shipped one (no default
+    /// dependencies, log to a file).
+    pub fn boot_unit(script: &Path, service: &str, bin: &Path, config: &Path) -> SystemdNs {
+        let mut ns = SystemdNs::prepare(script, Some((bin, config)));
+        let unit = adapt_service(service, bin, config, &ns.log_path(), &UnitOpts::default());
+        fs::write(ns.root.join("units/corral.service"), unit).expect("write unit");
+        ns.start();
+        ns
+    }
+
+    /// A fresh root with its units and state folders; the binary and config are in
+    /// it unless `installed` names them.
+    fn prepare(script: &Path, installed: Option<(&Path, &Path)>) -> SystemdNs {
         static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let nonce = {
@@ -165,26 +201,26 @@ impl SystemdNs {
         let _ = fs::remove_dir_all(&root);
         fs::create_dir_all(root.join("units")).expect("create install dir");
         fs::create_dir_all(root.join("state")).expect("create state dir");
+        let (bin, config) = match installed {
+            Some((b, c)) => (b.to_path_buf(), c.to_path_buf()),
+            None => (root.join("corral"), root.join("corral.toml")),
+        };
         // From here on Drop cleans up, even if booting fails.
-        let mut ns = SystemdNs {
+        SystemdNs {
             script: script.to_path_buf(),
             root,
             host_pid: 0,
-        };
-        install_exec(Path::new(corral_bin()), &ns.bin());
-        fs::write(ns.config(), config).expect("write config");
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let unit = fs::read_to_string(repo.join("systemd/corral.service")).expect("unit");
-        fs::write(
-            ns.root.join("units/corral.service"),
-            adapt_service(&unit, &ns.bin(), &ns.config(), &ns.log_path(), opts),
-        )
-        .expect("write unit");
-        if opts.socket {
-            let sock = fs::read_to_string(repo.join("systemd/corral.socket")).expect("socket");
-            fs::write(ns.root.join("units/corral.socket"), adapt_common(&sock)).expect("write");
+            bin,
+            config,
         }
-        let target = script
+    }
+
+    /// Boots systemd on the units written in `root/units` (plus the target it boots
+    /// into). Panics with the console if systemd does not come up.
+    fn start(&mut self) {
+        let ns = self;
+        let target = ns
+            .script
             .parent()
             .expect("script dir")
             .join("system/corral-test.target");
@@ -197,7 +233,6 @@ impl SystemdNs {
             "systemd did not boot: {out}\n{}",
             ns.console_tail(40)
         );
-        ns
     }
 
     fn script_cmd(&self, args: &[&str]) -> String {
