@@ -293,13 +293,23 @@ impl Handler for KvConn {
     }
 }
 
+/// A kv service with an empty store; `suspend` says whether its connections move at
+/// reload. (Also how the fuzz target `state_kv` and `tests/fuzz_kv_state.rs`, which
+/// include this file, build one.)
+pub(crate) fn new_service(max_keys: Option<usize>, suspend: bool) -> Box<dyn Service> {
+    Box::new(Kv {
+        store: Rc::new(RefCell::new(BTreeMap::new())),
+        max_keys,
+        suspend,
+    })
+}
+
 fn main() {
     service::register_with_options::<KvOptions>("kv", |l: &ListenConfig| {
-        Box::new(Kv {
-            store: Rc::new(RefCell::new(BTreeMap::new())),
-            max_keys: service::options::<KvOptions>(l).and_then(|o| o.max_keys),
-            suspend: std::env::var("CORRAL_KV_SUSPEND").as_deref() != Ok("off"),
-        })
+        new_service(
+            service::options::<KvOptions>(l).and_then(|o| o.max_keys),
+            std::env::var("CORRAL_KV_SUSPEND").as_deref() != Ok("off"),
+        )
     });
     // `kv --version` says kv, not corral.
     std::process::exit(corral::main!());
