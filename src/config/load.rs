@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
+use serde::{Deserialize, Serialize};
 
 use crate::os::posix::PermissionsExt;
-use serde::{Deserialize, Serialize};
 
 use super::{
     checks, privs, ConfigError, FlowConfig, ListenConfig, LogConfig, MasterConfig, ParsedOptions,
@@ -51,9 +51,9 @@ impl Config {
     }
 
     /// Loads a config from `text` as if read from a file at `source` (which need not
-    /// exist; relative paths are relative to its directory): the same layering and
-    /// checks as [`Config::load_with`] but the file's own (empty, writable by others).
-    /// For the config fuzz target, which must not touch the file system per input.
+    /// exist; relative paths are relative to its directory): the layering and checks
+    /// of [`Config::load_with`] except those of the file itself (empty, writable by
+    /// others). For the config fuzz target, which must not touch the file system.
     pub(crate) fn load_str(
         text: &str,
         source: &Path,

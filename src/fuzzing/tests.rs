@@ -50,6 +50,17 @@ fn channel_message() {
 #[test]
 fn config() {
     replay("config", super::config);
+    // The seeds that should load do, so the round trip is exercised.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/config");
+    for seed in ["minimal", "full"] {
+        let text = std::fs::read_to_string(root.join(seed)).expect("read a seed");
+        let loaded = crate::config::Config::load_str(
+            &text,
+            Path::new(super::FUZZ_SOURCE),
+            &super::NoLookups,
+        );
+        assert!(loaded.is_ok(), "seed {seed}: {loaded:?}");
+    }
 }
 
 #[test]
