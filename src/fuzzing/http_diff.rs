@@ -221,3 +221,40 @@ fn named<'h>(
         .filter(move |f| f.name.eq_ignore_ascii_case(n))
         .map(|f| f.value)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The comparison is not vacuous: these heads are accepted by both parsers (and so
+    /// compared field by field), and each deliberate difference is met by its rule.
+    #[test]
+    fn both_accept_and_each_stricter_rule_is_reached() {
+        for head in [
+            &b"GET /a?b HTTP/1.1\r\nHost: x\r\nX-Obs: \x80\xff\r\nEmpty:\r\n\r\n"[..],
+            b"POST / HTTP/1.1\nHost: x\nTransfer-Encoding: gzip,chunked\n\n",
+        ] {
+            assert!(matches!(parse_head(head, MAX_HEAD), Verdict::Accept(_)));
+            let mut slots = [httparse::EMPTY_HEADER; 8];
+            let mut req = httparse::Request::new(&mut slots);
+            assert!(matches!(req.parse(head), Ok(httparse::Status::Complete(_))));
+            check(head);
+        }
+        for (head, status) in [
+            (&b"CONNECT a:1 HTTP/1.1\r\nHost: a:1\r\n\r\n"[..], 501),
+            (b"GET a HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\n\r\n", 400),
+            (
+                b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                400,
+            ),
+            (b"GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        ] {
+            assert_eq!(parse_head(head, MAX_HEAD), Verdict::Refuse(status));
+            let mut slots = [httparse::EMPTY_HEADER; 8];
+            let mut req = httparse::Request::new(&mut slots);
+            assert!(matches!(req.parse(head), Ok(httparse::Status::Complete(_))));
+            check(head);
+        }
+    }
+}
