@@ -59,7 +59,7 @@ const LINE_TIMEOUT: Duration = Duration::from_secs(10);
 const LINGER: Duration = Duration::from_secs(2);
 /// The format of a suspended connection's state: its command count, 8 bytes LE.
 /// `state_version` may number it otherwise (see `KvOptions`).
-const STATE_VERSION: u32 = 1;
+pub(crate) const STATE_VERSION: u32 = 1;
 
 /// The keys a `[[listen]] service = "kv"` table may set besides the common ones.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -311,15 +311,30 @@ impl Handler for KvConn {
     }
 }
 
+/// A kv service with an empty store; `suspend` says whether its connections move at
+/// reload. (Also how the fuzz target `state_kv` and `tests/fuzz_kv_state.rs`, which
+/// include this file, build one.)
+pub(crate) fn new_service(
+    max_keys: Option<usize>,
+    version: u32,
+    suspend: bool,
+) -> Box<dyn Service> {
+    Box::new(Kv {
+        store: Rc::new(RefCell::new(BTreeMap::new())),
+        max_keys,
+        version,
+        suspend,
+    })
+}
+
 fn main() {
     service::register_with_options::<KvOptions>("kv", |l: &ListenConfig| {
         let opts = service::options::<KvOptions>(l);
-        Box::new(Kv {
-            store: Rc::new(RefCell::new(BTreeMap::new())),
-            max_keys: opts.and_then(|o| o.max_keys),
-            version: opts.and_then(|o| o.state_version).unwrap_or(STATE_VERSION),
-            suspend: std::env::var("CORRAL_KV_SUSPEND").as_deref() != Ok("off"),
-        })
+        new_service(
+            opts.and_then(|o| o.max_keys),
+            opts.and_then(|o| o.state_version).unwrap_or(STATE_VERSION),
+            std::env::var("CORRAL_KV_SUSPEND").as_deref() != Ok("off"),
+        )
     });
     // `kv --version` says kv, not corral.
     std::process::exit(corral::main!());

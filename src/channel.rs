@@ -17,6 +17,8 @@ pub(crate) mod b64;
 mod messages;
 mod queue;
 
+/// For [`crate::fuzzing`]'s canonical-encoding check.
+pub(crate) use b64::{decode as b64_decode, encode as b64_encode};
 pub use messages::{
     Handed, HandoffCounts, IdlePolicy, Moved, Stats, ToMaster, ToPredecessor, ToSuccessor,
     ToWorker, MAX_MOVED_BYTES,

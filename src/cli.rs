@@ -155,6 +155,10 @@ pub enum SignalArg {
 struct Locator {
     #[serde(default)]
     master: LocatorMaster,
+    /// Only counted: a file without a listener configures no master at all, and its
+    /// default paths could belong to another instance.
+    #[serde(default)]
+    listen: Vec<figment::value::Value>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -211,6 +215,9 @@ fn locate(path: &Path) -> Result<Target, String> {
         )
         .extract()
         .map_err(|_| refuse(full.to_string()))?;
+    if loc.listen.is_empty() {
+        return Err(refuse(full.to_string()));
+    }
     let base = crate::config_paths::base_of(path).map_err(|e| refuse(e.to_string()))?;
     let m = crate::config::MasterConfig {
         pid_file: resolve(&base, &loc.master.pid_file),

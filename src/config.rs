@@ -59,6 +59,20 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// An empty file (nothing but whitespace): never a config with every default,
+    /// which would name the default runtime paths and so perhaps another instance.
+    #[error("config file {path} is empty: it needs at least one [[listen]] entry")]
+    Empty { path: PathBuf },
+    /// Users other than the owner may write the file (see `load::check_writers`).
+    #[error(
+        "config file {path} is writable by {who} (mode {mode:04o}): refusing it, since \
+         whoever can write it controls the master; remove the write bit (chmod go-w)"
+    )]
+    Writable {
+        path: PathBuf,
+        mode: u32,
+        who: &'static str,
+    },
     /// TOML syntax, type errors and unknown keys, as reported by figment (which names
     /// the key and the file or environment variable).
     #[error("{0}")]

@@ -17,6 +17,9 @@ pub(crate) mod cli;
 pub mod config;
 pub(crate) mod config_paths;
 pub(crate) mod fault;
+/// For the fuzz targets in `fuzz/` only (see the module): not an API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod log;
 pub(crate) mod master;
 pub(crate) mod notify;

@@ -93,16 +93,20 @@ pub fn parse(buf: &[u8], limit: usize) -> Result<Parsed, Error> {
 
 fn parse_v1(buf: &[u8]) -> Result<Parsed, Error> {
     let window = &buf[..buf.len().min(V1_MAX)];
-    let Some(cr) = window.iter().position(|&b| b == b'\r') else {
-        if window.contains(&b'\n') {
-            return Err(Error::V1Syntax("LF without CR"));
-        }
+    // The first line end decides, CR or LF: a bare LF before the CR is refused
+    // whether or not the CR has arrived yet (found by the proxy_protocol fuzz
+    // target: `PROXY UNKNOWN x\ny\r\n` was accepted in one read and refused when it
+    // came in two).
+    let Some(cr) = window.iter().position(|&b| b == b'\r' || b == b'\n') else {
         return if buf.len() >= V1_MAX {
             Err(Error::V1TooLong)
         } else {
             Ok(Parsed::Partial)
         };
     };
+    if window[cr] == b'\n' {
+        return Err(Error::V1Syntax("LF without CR"));
+    }
     match window.get(cr + 1) {
         None if cr + 1 >= V1_MAX => return Err(Error::V1TooLong),
         None => return Ok(Parsed::Partial),
@@ -307,6 +311,15 @@ mod tests {
             Err(e) => e,
             other => panic!("{:?} accepted: {other:?}", String::from_utf8_lossy(buf)),
         }
+    }
+
+    /// Found by the proxy_protocol fuzz target: the verdict on a bare LF depended on
+    /// whether the CR after it had arrived.
+    #[test]
+    fn a_bare_lf_is_refused_however_the_line_arrives() {
+        let line = b"PROXY UNKNOWN x\ny\r\n";
+        assert_eq!(err(line), Error::V1Syntax("LF without CR"));
+        assert_eq!(err(&line[..16]), Error::V1Syntax("LF without CR"));
     }
 
     #[test]

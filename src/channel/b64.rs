@@ -42,10 +42,14 @@ pub fn decode(text: &str) -> Result<Vec<u8>, String> {
         ));
     }
     let mut out = Vec::with_capacity(text.len() / 4 * 3);
-    for chunk in text.chunks(4) {
+    let last = text.len() / 4;
+    for (i, chunk) in text.chunks(4).enumerate() {
         let pad = chunk.iter().rev().take_while(|&&c| c == b'=').count();
         if pad > 2 {
             return Err("base64 with more than two padding characters".into());
+        }
+        if pad > 0 && i + 1 != last {
+            return Err("base64 padding before the end".into());
         }
         let mut n = 0u32;
         for &c in &chunk[..4 - pad] {
@@ -54,6 +58,11 @@ pub fn decode(text: &str) -> Result<Vec<u8>, String> {
                 .position(|&a| a == c)
                 .ok_or_else(|| format!("invalid base64 character {:?}", char::from(c)))?;
             n = (n << 6) | v as u32;
+        }
+        // The bits below the last byte must be zero: one spelling per byte string
+        // (found by the channel_message fuzz target: `Zm9vYme=` read as `Zm9vYmc=`).
+        if n & ((1 << (2 * pad)) - 1) != 0 {
+            return Err("base64 with stray bits before its padding".into());
         }
         n <<= 6 * pad as u32;
         let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
@@ -88,5 +97,16 @@ mod tests {
         assert_eq!(encode(b"fo"), "Zm8=");
         assert!(decode("Zm8").is_err());
         assert!(decode("Zm!=").is_err());
+    }
+
+    /// Every byte string has one spelling: no padding mid-text, no stray bits.
+    #[test]
+    fn only_the_canonical_spelling_decodes() {
+        assert_eq!(decode("Zm9vYmE=").unwrap(), b"fooba");
+        assert_eq!(decode("Zm9vYmc=").unwrap(), b"foobg");
+        assert!(decode("Zm9vYme=").is_err());
+        assert!(decode("Zm9=").is_err());
+        assert!(decode("Zg==Zg==").is_err());
+        assert!(decode("Zh==").is_err());
     }
 }

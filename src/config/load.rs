@@ -7,6 +7,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::os::posix::PermissionsExt;
+
 use super::{
     checks, privs, ConfigError, FlowConfig, ListenConfig, LogConfig, MasterConfig, ParsedOptions,
     Services, WorkerConfig, ENV_PREFIX, ENV_SECTIONS,
@@ -36,11 +38,53 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
+        check_writers(path)?;
+        if text.trim().is_empty() {
+            return Err(ConfigError::Empty {
+                path: path.to_path_buf(),
+            });
+        }
         // The file's text was read above so that an unreadable file is reported as
         // such; figment re-reads it with file_exact to keep the path in its messages.
         drop(text);
         check_env_names(std::env::vars_os().map(|(k, _)| k))?;
-        let figment = layered(path);
+        Config::load_figment(layered(path), path, services)
+    }
+
+    /// Loads a config from `text` as if read from a file at `source` (which need not
+    /// exist; relative paths are relative to its directory): the layering and checks
+    /// of [`Config::load_with`] except those of the file itself (empty, writable by
+    /// others). For the config fuzz target, which must not touch the file system.
+    pub(crate) fn load_str(
+        text: &str,
+        source: &Path,
+        services: &dyn Services,
+    ) -> Result<Config, ConfigError> {
+        let figment = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .merge(env_layer());
+        Config::load_figment(figment, source, services)
+    }
+
+    /// `config` loaded again from its own serialization (what the fuzz target checks:
+    /// loading is idempotent, nothing it fills in is refused on a second pass).
+    pub(crate) fn reload_serialized(
+        config: &Config,
+        source: &Path,
+        services: &dyn Services,
+    ) -> Result<Config, ConfigError> {
+        Config::load_figment(
+            Figment::from(Serialized::defaults(config)),
+            source,
+            services,
+        )
+    }
+
+    fn load_figment(
+        figment: Figment,
+        path: &Path,
+        services: &dyn Services,
+    ) -> Result<Config, ConfigError> {
         let mut config: Config = figment
             .extract()
             .map_err(|e| ConfigError::Parse(render_figment_error(e)))?;
@@ -129,12 +173,39 @@ impl Config {
 pub(super) fn layered(path: &Path) -> Figment {
     Figment::from(Serialized::defaults(Config::default()))
         .merge(Toml::file_exact(path))
-        .merge(Env::prefixed(ENV_PREFIX).split("__").filter(|k| {
-            let k = k.as_str().to_ascii_lowercase();
-            ENV_SECTIONS
-                .iter()
-                .any(|s| k.len() > s.len() && k.starts_with(s) && k[s.len()..].starts_with('.'))
-        }))
+        .merge(env_layer())
+}
+
+/// The `CORRAL_*` variables of the sections they may set.
+fn env_layer() -> Env {
+    Env::prefixed(ENV_PREFIX).split("__").filter(|k| {
+        let k = k.as_str().to_ascii_lowercase();
+        ENV_SECTIONS
+            .iter()
+            .any(|s| k.len() > s.len() && k.starts_with(s) && k[s.len()..].starts_with('.'))
+    })
+}
+
+/// Refuses a config file that anyone but its owner may write: whoever can edit it
+/// chooses what the master (often root) runs, listens on and writes to, as sshd
+/// refuses a group- or world-writable `authorized_keys`. The file as opened (a
+/// symlink's target) is what counts.
+fn check_writers(path: &Path) -> Result<(), ConfigError> {
+    let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o7777;
+    let who = match (mode & 0o020 != 0, mode & 0o002 != 0) {
+        (_, true) => "every user",
+        (true, false) => "its group",
+        (false, false) => return Ok(()),
+    };
+    Err(ConfigError::Writable {
+        path: path.to_path_buf(),
+        mode,
+        who,
+    })
 }
 
 /// Refuses a `CORRAL_*` variable shaped like a config override that would otherwise be

@@ -186,16 +186,9 @@ impl Client {
         if self.request.is_some() {
             return Ok(None);
         }
-        let line = match self.inbuf.iter().position(|&b| b == b'\n') {
-            Some(end) => &self.inbuf[..end],
-            None if self.read_closed && !self.inbuf.trim_ascii().is_empty() => &self.inbuf[..],
-            None if self.read_closed => return Err(io::ErrorKind::UnexpectedEof.into()),
-            None => return Ok(None),
-        };
-        let req: Request = serde_json::from_slice(line)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        self.request = Some(req.clone());
-        Ok(Some(req))
+        let req = parse_request(&self.inbuf, self.read_closed)?;
+        self.request.clone_from(&req);
+        Ok(req)
     }
 
     /// Whether there is anything left to read: a half-closed client is polled only
@@ -365,6 +358,27 @@ impl Server {
     }
 }
 
+/// The request in what a client sent so far: its first line, or everything when the
+/// client half-closed without a newline; None while the line is incomplete.
+pub(crate) fn parse_request(inbuf: &[u8], read_closed: bool) -> io::Result<Option<Request>> {
+    let line = match inbuf.iter().position(|&b| b == b'\n') {
+        Some(end) => &inbuf[..end],
+        None if read_closed && !inbuf.trim_ascii().is_empty() => inbuf,
+        None if read_closed => return Err(io::ErrorKind::UnexpectedEof.into()),
+        None => return Ok(None),
+    };
+    serde_json::from_slice(line)
+        .map(Some)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// The line a client sends for `req`, newline included.
+pub(crate) fn request_line(req: &Request) -> io::Result<Vec<u8>> {
+    let mut line = serde_json::to_vec(req).map_err(io::Error::other)?;
+    line.push(b'\n');
+    Ok(line)
+}
+
 /// Client side: sends one request and waits up to `timeout` for the answer, only to a
 /// server run by root or our uid and, when `masters` is not empty, only to one of
 /// those pids (the masters the pid file proves).
@@ -402,8 +416,7 @@ pub fn request_from(
     }
     stream.set_read_timeout(Some(timeout)).map_err(io_err)?;
     stream.set_write_timeout(Some(timeout)).map_err(io_err)?;
-    let mut line = serde_json::to_vec(&req).map_err(|e| io_err(io::Error::other(e)))?;
-    line.push(b'\n');
+    let line = request_line(&req).map_err(io_err)?;
     stream.write_all(&line).map_err(io_err)?;
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).map_err(|source| {

@@ -32,6 +32,8 @@ use crate::config::ListenConfig;
 
 mod chunked;
 mod conn;
+/// The parsers, for [`crate::fuzzing`] only.
+pub(crate) mod fuzzing;
 pub mod options;
 mod parse;
 mod refusal;

@@ -25,7 +25,7 @@ const LINGER: Duration = Duration::from_secs(2);
 /// first empty line is free; more start the header timer as a request would (so a
 /// client trickling `\r\n` cannot keep a connection open past `header_timeout`,
 /// nor reset the idle timeout with them); more than this many bytes get a 400.
-pub(super) const MAX_BLANK: usize = 16;
+pub(crate) const MAX_BLANK: usize = 16;
 /// The bytes of the one free empty line (CRLF).
 const FREE_BLANK: usize = 2;
 
