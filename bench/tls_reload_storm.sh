@@ -13,8 +13,10 @@
 # Prints per server and run: reloads, requests ok, failed requests by kind, the new TLS
 # handshakes the reloads forced (keep-alive clients that had to reconnect: a client
 # whose connection survives never handshakes again), keep-alive connections the server
-# closed between requests, p50/p99/max, processes left; corral's TLS moves (status); then
-# the medians over the runs side by side with corral / peer ratios.
+# closed between requests (and how many of those closes followed a response that said
+# `Connection: close`, and how each close looked: close_notify, an EOF without it, a
+# reset), p50/p99/max, processes left; then the medians over the runs side by side with
+# corral / peer ratios.
 #
 # usage: bench/tls_reload_storm.sh [DURATION_S=15] [INTERVAL_MS=100] [CONNS=500] [THINK_MS=200]
 # needs: python3, openssl, nginx, haproxy (a peer that is missing is skipped, said so).
@@ -47,7 +49,7 @@ port_in_range() {
 # ---- the certificate: ECDSA P-256, self-signed for localhost, shared by all three ----
 TLS=$WORK/tls
 mkdir -p "$TLS"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
   -subj /CN=localhost -addext subjectAltName=DNS:localhost \
   -keyout "$TLS/key.pem" -out "$TLS/cert.pem" 2>"$TLS/openssl.log" || die "openssl req failed"
 cat "$TLS/cert.pem" "$TLS/key.pem" >"$TLS/haproxy.pem" # HAProxy wants both in one file
@@ -232,17 +234,10 @@ for tag in tags:
         continue
     n, rfail, span = (rd(tag, "reloads") or "0 0 0").split()
     k = r["by_kind"]
-    moves = ""
-    if name == "corral":
-        try:
-            st = json.load(open(os.path.join(work, f"{tag}.status.json")))
-            moves = f" status={json.dumps(st.get('tls_totals', st.get('tls', '')))[:200]}"
-        except (OSError, ValueError):
-            pass
     print(f"{tag:<10} reloads={n}/{int(span)/1000:.1f}s (failed {rfail}) ok={r['requests_ok']} "
           f"failed={r['errors']} (reset {k['reset']}, eof {k['eof']}, tls {k['tls']}, timeout {k['timeout']}, "
           f"connect {k['connect']}, non200 {k['non200']}) forced_handshakes={r['forced_handshakes']} "
-          f"idle_closed={r['idle_closed_by_server']} churn={r['churn_cycles']} versions={r['tls_versions']} "
+          f"idle_closed={r['idle_closed_by_server']} (after a Connection: close {r['responses_connection_close']}; {r['closes_seen']}) churn={r['churn_cycles']} versions={r['tls_versions']} "
           f"p50={r['p50_ms']}ms p99={r['p99_ms']}ms max={r['max_ms']}ms "
           f"processes_after={rd(tag, 'procs')} warn_lines={rd(tag, 'warn')}")
     rows.setdefault(name, []).append((int(n), r))

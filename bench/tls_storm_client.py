@@ -13,7 +13,9 @@ is a full handshake, as for a client that kept no ticket.
 What it counts, like the plain storm_client.py: failed requests by kind (a reset, an
 EOF before a complete response, a TLS error on an open connection, a timeout of 5 s, a
 connect or handshake that failed, a non-200), keep-alive connections the server closed
-between requests (`idle_closed_by_server`: not an error, but each is a reconnect), and
+between requests (`idle_closed_by_server`: not an error, but each is a reconnect; how
+each ended is in `closes_seen`, and `responses_connection_close` counts keep-alive
+responses that announced the close), and
 the handshakes: `handshakes_keepalive` counts every completed handshake of the
 keep-alive connections, so `forced_handshakes` = that minus CONNS (the first one each)
 is the handshakes the reloads forced; a client whose connection survives never
@@ -86,8 +88,14 @@ def main():
     ok = [0]
     churned = [0]
     idle_closed = [0]
+    told_close = [0]  # keep-alive responses that said `Connection: close`
     hs = {"keepalive": 0, "churn": 0}
     versions = {}
+    why = {}  # what ended connections the client did not close: exception text -> count
+
+    def note(d, e):
+        k = e if isinstance(e, str) else f"{type(e).__name__}: {e}"[:120]
+        d[k] = d.get(k, 0) + 1
 
     def watch(c, ev):
         if c.events == ev:
@@ -119,7 +127,8 @@ def main():
 
     def open_(c, now):
         s = ctx.wrap_socket(socket.socket(), server_hostname="localhost",
-                            do_handshake_on_connect=False)
+                            do_handshake_on_connect=False,
+                            suppress_ragged_eofs=False)  # an EOF without close_notify raises
         s.setblocking(False)
         try:
             rc = s.connect_ex((host, port))
@@ -186,7 +195,8 @@ def main():
                 return
             except ssl.SSLWantWriteError:
                 return
-            except ssl.SSLError:
+            except ssl.SSLError as e:
+                note(why, e)
                 if c.waiting:
                     fail(c, "tls", now)
                 else:
@@ -194,6 +204,7 @@ def main():
                     close(c)
                 return
             except OSError as e:
+                note(why, e)
                 if c.waiting:
                     fail(c, "reset" if e.errno == errno.ECONNRESET else "eof", now)
                 else:
@@ -202,6 +213,7 @@ def main():
                 return
             t = time.monotonic()
             if not data:
+                note(why, "close_notify")
                 if c.waiting:
                     fail(c, "eof", t)
                 else:
@@ -213,6 +225,8 @@ def main():
             if got is None:
                 continue
             status, used = got
+            if not c.churn and b"\r\nconnection: close" in c.buf[:used].lower():
+                told_close[0] += 1
             c.buf = c.buf[used:]
             c.waiting = c.sent = False
             if status != 200:
@@ -277,6 +291,8 @@ def main():
         "handshakes_churn": hs["churn"],
         "tls_versions": versions,
         "idle_closed_by_server": idle_closed[0],
+        "closes_seen": why,
+        "responses_connection_close": told_close[0],
         "p50_ms": pct(0.50),
         "p99_ms": pct(0.99),
         "max_ms": round(lat[-1] * 1000, 2) if lat else None,
