@@ -549,8 +549,37 @@ fn bad_certificates_and_keys_are_refused_by_name_and_a_bad_reload_changes_nothin
         );
         (out.status.code(), out.all())
     };
+    use std::os::unix::fs::PermissionsExt;
+    let chmod = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    chmod(&good.key, 0o600);
     let (code, out) = check(&good.cert, &good.key, "");
     assert_eq!(code, Some(0), "{out}");
+    assert!(!out.contains("warning"), "{out}");
+    // A key others can read: loaded, with a warning; one others can write: refused.
+    chmod(&good.key, 0o644);
+    let (code, out) = check(&good.cert, &good.key, "");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("warning") && out.contains("can be read by every user"),
+        "{out}"
+    );
+    chmod(&good.key, 0o666);
+    let (code, out) = check(&good.cert, &good.key, "");
+    assert!(
+        code != Some(0)
+            && out.contains("writable by every user")
+            && out.contains("listen[0].tls.key"),
+        "{out}"
+    );
+    chmod(&good.key, 0o620);
+    let (code, out) = check(&good.cert, &good.key, "");
+    assert!(
+        code != Some(0) && out.contains("writable by its group"),
+        "{out}"
+    );
+    chmod(&good.key, 0o600);
     let (code, out) = check(&good.cert, &other.key, "");
     assert_ne!(code, Some(0));
     assert!(

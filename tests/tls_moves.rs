@@ -601,3 +601,43 @@ fn what_cannot_be_continued_after_a_move_ends_cleanly_and_is_counted() {
         "the old generation did not leave once its TLS 1.2 client left"
     );
 }
+
+#[test]
+fn compact_idle_connections_serve_on_the_record_layer_alone() {
+    let pki = Pki::new();
+    let srv = pki.server("srv", &["localhost"], None, 90);
+    let port = free_port();
+    let c = Corral::start(
+        &Conf::new(1)
+            .drain("60s")
+            .listen(port, "echo", &srv.tls_table("compact_idle = true\n"))
+            .render(),
+    );
+    let config = rustls_client(&pki.ca);
+    // Many exchanges, big and small, after the engine was traded at the first pause.
+    let mut s = connect(port, &config);
+    for i in 0..200 {
+        let m = format!("{i} {}\n", "x".repeat(i * 97 % 20_000));
+        assert_eq!(round_trip(&mut s, &m).unwrap(), m);
+    }
+    // It still moves.
+    let out = c.cli(&["-s", "reload"]);
+    assert!(out.status.success(), "{}", out.all());
+    assert!(wait_until(
+        Duration::from_secs(15),
+        || old_generations_alive(&c) == 0
+    ));
+    assert_eq!(round_trip(&mut s, "moved\n").unwrap(), "moved\n");
+    // The trade's price: a KeyUpdate ends the connection cleanly.
+    s.conn.refresh_traffic_keys().unwrap();
+    let _ = s.write_all(b"after the key update\n");
+    let mut b = [0u8; 64];
+    assert!(
+        matches!(s.read(&mut b), Ok(0)),
+        "no clean close after a KeyUpdate"
+    );
+    assert!(wait_until(Duration::from_secs(10), || tls_sum(
+        &c,
+        "moved_key_update"
+    ) >= 1));
+}

@@ -109,7 +109,7 @@ impl Config {
         let tls = self.listen.iter().enumerate().flat_map(|(i, l)| {
             l.tls
                 .iter()
-                .flat_map(move |t| crate::tls::load::expiry_warnings(&t.loaded, i))
+                .flat_map(move |t| crate::tls::load::warnings(&t.loaded, i))
         });
         checks::rss_warning(self.master.max_worker_rss)
             .into_iter()

@@ -107,6 +107,8 @@ pub struct CertSummary {
 pub struct TlsLoaded {
     pub server: Option<Arc<rustls::ServerConfig>>,
     pub certs: Vec<CertSummary>,
+    /// What was loaded but deserves the operator's eye (a key file others can read).
+    pub warnings: Vec<String>,
 }
 
 impl PartialEq for TlsLoaded {

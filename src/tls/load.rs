@@ -53,6 +53,15 @@ pub fn load(t: &TlsConfig) -> Result<TlsLoaded, LoadError> {
     let provider = provider();
     let now = unix_now();
     let mut certs = Vec::new();
+    let mut warnings = Vec::new();
+    for (k, path) in std::iter::once(("key".to_string(), &t.key)).chain(
+        t.sni
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("sni[{i}].key"), &s.key)),
+    ) {
+        warnings.extend(key_file_permissions(path, &k)?);
+    }
     let (default, summary) = certified(&t.cert, &t.key, "cert", "key", &provider, now)?;
     certs.push(summary.clone());
     let mut by_name = ByName::new(Arc::new(default));
@@ -126,12 +135,51 @@ pub fn load(t: &TlsConfig) -> Result<TlsLoaded, LoadError> {
     Ok(TlsLoaded {
         server: Some(Arc::new(server)),
         certs,
+        warnings,
     })
 }
 
-/// Warnings for certificates that expire soon, with the date.
-pub fn expiry_warnings(loaded: &TlsLoaded, listener: usize) -> Vec<String> {
+/// A private key file that others can change is refused (whoever can write it can
+/// make this server present their key); one that others can read is loaded with a
+/// warning (they can read the key).
+fn key_file_permissions(path: &Path, key: &str) -> Result<Option<String>, LoadError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| LoadError::new(key, format!("cannot read {}: {e}", path.display())))?
+        .permissions()
+        .mode()
+        & 0o7777;
+    let writers = match (mode & 0o020 != 0, mode & 0o002 != 0) {
+        (_, true) => Some("every user"),
+        (true, false) => Some("its group"),
+        (false, false) => None,
+    };
+    if let Some(who) = writers {
+        return Err(LoadError::new(
+            key,
+            format!(
+                "{} is writable by {who} (mode {mode:04o}): refusing a private key others can replace (chmod go-w)",
+                path.display()
+            ),
+        ));
+    }
+    Ok((mode & 0o044 != 0).then(|| {
+        format!(
+            "{key}: the private key {} can be read by {} (mode {mode:04o}); chmod 600 it (workers never read it: the master does)",
+            path.display(),
+            if mode & 0o004 != 0 { "every user" } else { "its group" }
+        )
+    }))
+}
+
+/// Warnings for certificates that expire soon, with the date, and key files others
+/// can read.
+pub fn warnings(loaded: &TlsLoaded, listener: usize) -> Vec<String> {
     let now = unix_now();
+    let keys = loaded
+        .warnings
+        .iter()
+        .map(move |w| format!("listen[{listener}].tls.{w}"));
     loaded
         .certs
         .iter()
@@ -145,6 +193,7 @@ pub fn expiry_warnings(loaded: &TlsLoaded, listener: usize) -> Vec<String> {
                 (c.not_after - now).max(0) / 86_400
             )
         })
+        .chain(keys)
         .collect()
 }
 
