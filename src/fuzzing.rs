@@ -283,3 +283,60 @@ pub fn suspended_state(service: &mut dyn Service, data: &[u8]) {
         }
     }
 }
+
+/// The record layer a moved TLS connection continues on (`tls::record`), fed bytes
+/// from the wire: every record the header parser frames is opened (and fails to
+/// authenticate, or opens to what was sealed), and never panics. Then a round trip:
+/// the input, sealed in records of the sizes its first bytes pick, opens to itself
+/// in every suite, in order, with the sequence numbers in step.
+pub fn tls_record(data: &[u8]) {
+    use crate::tls::record::{self, Direction, Opened, Suite, APPLICATION_DATA};
+    let suites = [Suite::Aes128Gcm, Suite::Aes256Gcm, Suite::Chacha20Poly1305];
+    let Some((&pick, rest)) = data.split_first() else {
+        return;
+    };
+    let suite = suites[usize::from(pick) % 3];
+    let key = vec![0x42u8; if suite == Suite::Aes128Gcm { 16 } else { 32 }];
+    let dir = |seq| Direction::new(suite, &key, &[7; 12], seq).expect("key and IV fit");
+    // The wire: frame records as the session does; open each.
+    let mut rx = dir(0);
+    let mut wire = rest.to_vec();
+    let mut at = 0;
+    while let Ok(Some(len)) = record::record_len(&wire[at..]) {
+        if at + len > wire.len() {
+            break;
+        }
+        let rec = &mut wire[at..at + len];
+        match record::open(&mut rx, rec) {
+            Ok(Opened::Data(n)) => assert!(n <= record::MAX_PLAINTEXT),
+            Ok(Opened::CloseNotify) | Err(_) => {}
+        }
+        at += len;
+    }
+    // The round trip.
+    let (mut tx, mut rx) = (dir(9), dir(9));
+    let mut sealed = Vec::new();
+    let mut chunks = Vec::new();
+    let mut left = rest;
+    let mut i = 0usize;
+    while !left.is_empty() {
+        let size = (usize::from(pick.wrapping_add(i as u8)) * 67 + 1).min(left.len());
+        let (chunk, tail) = left.split_at(size.min(record::MAX_PLAINTEXT));
+        record::seal(&mut tx, APPLICATION_DATA, chunk, &mut sealed).expect("seal");
+        chunks.push(chunk);
+        left = tail;
+        i += 1;
+    }
+    let mut at = 0;
+    for chunk in chunks {
+        let len = record::record_len(&sealed[at..])
+            .expect("a header we wrote")
+            .expect("a whole record");
+        let rec = &mut sealed[at..at + len];
+        assert_eq!(record::open(&mut rx, rec), Ok(Opened::Data(chunk.len())));
+        assert_eq!(&rec[..chunk.len()], chunk);
+        at += len;
+    }
+    assert_eq!(at, sealed.len());
+    assert_eq!(tx.seq, rx.seq);
+}

@@ -10,7 +10,7 @@ mod kv;
 
 thread_local! {
     static SERVICE: RefCell<Box<dyn corral::service::Service>> =
-        RefCell::new(kv::new_service(None, true));
+        RefCell::new(kv::new_service(None, kv::STATE_VERSION, true));
 }
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {

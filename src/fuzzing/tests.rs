@@ -72,3 +72,8 @@ fn suspended_state() {
         });
     }
 }
+
+#[test]
+fn tls_record() {
+    replay("tls_record", super::tls_record);
+}
