@@ -235,7 +235,10 @@ fn top_in_a_terminal_shows_workers_events_and_restores_the_terminal_on_every_exi
         .iter()
         .all(|w| w.generation == 2)));
     let s = t.wait("generation 2 and the reload event", |s| {
-        shows_workers(s, &c, 2) && s.contains("reload: generation 2 serving (was 1)")
+        shows_workers(s, &c, 2)
+            && s.contains("reload: generation 2 serving (was 1)")
+            && s.lines().any(|l| l.contains("│2") && l.contains("serving"))
+            && s.contains("generation 1 gone after")
     });
     eprintln!("{s}");
     t.keys(&["q"]);

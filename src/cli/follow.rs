@@ -174,17 +174,22 @@ pub fn follow(config: &Path, w: Watch, limit: Duration) {
                 Watch::Reload { .. } => "old generation gone",
                 Watch::Upgrade { .. } => "old master gone",
             };
-            finish(
-                bar.as_ref(),
-                &format!(
+            let line = if total == 0 {
+                format!(
+                    "{what} after {:.1}s (it had no connections)",
+                    start.elapsed().as_secs_f64()
+                )
+            } else {
+                format!(
                     "{what} after {:.1}s: {} moved, {} kept, {} closed, {} ended by their clients (of {total})",
                     start.elapsed().as_secs_f64(),
                     c.moved,
                     c.kept,
                     c.closed,
                     total.saturating_sub(c.done() + c.kept)
-                ),
-            );
+                )
+            };
+            finish(bar.as_ref(), &line);
             return;
         }
         if start.elapsed() >= limit {

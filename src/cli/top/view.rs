@@ -19,37 +19,27 @@ pub fn draw(f: &mut Frame, m: &Model) {
     // A table's height: its rows, a header, two borders.
     let h = |s: &Section| (s.rows.len() as u16).saturating_add(3);
     let tls_h = if tls.rows.is_empty() { 0 } else { h(&tls) };
+    // The workers get their full height when there is room, the events the rest;
+    // on a small terminal both shrink (the events keep a few lines).
     let [head, work, gen, tls_area, ev, help] = Layout::vertical([
         Constraint::Length(1),
-        Constraint::Min(h(&workers).min(6)),
-        Constraint::Length(h(&gens).min(8)),
+        Constraint::Max(h(&workers)),
+        Constraint::Length(h(&gens)),
         Constraint::Length(tls_h),
         Constraint::Min(4),
         Constraint::Length(1),
     ])
     .areas(f.area());
     f.render_widget(Paragraph::new(m.headline()), head);
-    // The workers get their full height when there is room; the events the rest.
-    let [work, extra] =
-        Layout::vertical([Constraint::Max(h(&workers)), Constraint::Fill(1)]).areas(work);
     table(f, &workers, work, Some(m.sort));
     table(f, &gens, gen, None);
     if tls_h > 0 {
         table(f, &tls, tls_area, None);
     }
-    let events_area = if extra.height > 0 {
-        Rect {
-            y: extra.y,
-            height: extra.height + ev.height,
-            ..extra
-        }
-    } else {
-        ev
-    };
     let items: Vec<ListItem> = m.events().map(|e| ListItem::new(e.as_str())).collect();
     f.render_widget(
         List::new(items).block(Block::default().borders(Borders::ALL).title("events")),
-        events_area,
+        ev,
     );
     f.render_widget(
         Paragraph::new(Line::from(HELP)).style(Style::default().add_modifier(Modifier::DIM)),
