@@ -115,9 +115,8 @@ pub fn follow(config: &Path, w: Watch, limit: Duration) {
     let start = Instant::now();
     let bar = tty.then(|| {
         let b = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stdout());
-        if let Ok(s) = ProgressStyle::with_template(
-            "{spinner} [{bar:40}] {pos}/{len} moved ({per_sec}, {eta} left) {msg}",
-        ) {
+        if let Ok(s) = ProgressStyle::with_template("{spinner} [{bar:40}] {pos}/{len} moved {msg}")
+        {
             b.set_style(s.progress_chars("=> "));
         }
         b
@@ -148,16 +147,18 @@ pub fn follow(config: &Path, w: Watch, limit: Duration) {
         let total = w.total().max(c.done() + c.kept);
         let mut c = c;
         c.remaining = c.remaining.min(total - c.done());
+        // Rate over the whole follow (moves come in bursts; a per-tick rate jumps).
+        let rate = c.done() as f64 / start.elapsed().as_secs_f64().max(0.001);
         if let Some(b) = &bar {
             b.set_length(total);
-            b.set_position(c.moved + c.closed);
+            b.set_position(c.done());
+            let left = total.saturating_sub(c.done()) as f64 / rate.max(1.0);
             b.set_message(format!(
-                "kept {}, closed {}, remaining {}",
+                "({rate:.0}/s, {left:.0}s left) kept {}, closed {}, remaining {}",
                 c.kept, c.closed, c.remaining
             ));
         } else if last_line.elapsed() >= Duration::from_secs(1) && !gone {
             last_line = Instant::now();
-            let rate = (c.moved + c.closed) as f64 / start.elapsed().as_secs_f64().max(0.001);
             println!(
                 "corral: moving: {} of {} moved, {} kept, {} closed, {} remaining ({:.0}/s, {:.1}s)",
                 c.moved,
