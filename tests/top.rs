@@ -92,6 +92,20 @@ impl Tmux {
         last
     }
 
+    /// The pid of the one process the pane's shell runs now.
+    fn child_of_shell(&self) -> i32 {
+        let out = self.cmd(&["list-panes", "-F", "#{pane_pid}"]);
+        let shell = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let kids = fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
+            .expect("the shell's children");
+        let kids: Vec<i32> = kids
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        assert_eq!(kids.len(), 1, "the shell runs one command: {kids:?}");
+        kids[0]
+    }
+
     /// The terminal is back in cooked mode with echo (what `corral top` must leave).
     fn assert_terminal_restored(&self) {
         // The marker is computed, so the typed command line does not match it.
@@ -252,7 +266,15 @@ fn top_in_a_terminal_shows_workers_events_and_restores_the_terminal_on_every_exi
     t.wait("corral top's exit on Ctrl-C", |s| s.contains("TOP-EXIT=0"));
     t.assert_terminal_restored();
 
-    // 3. The master goes away.
+    // 3. SIGTERM to corral top (the shell's child, which this test started).
+    t.line(&format!("clear; {cmd}"));
+    t.wait("the workers again", |s| shows_workers(s, &c, 2));
+    let top = t.child_of_shell();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(top), Signal::SIGTERM).expect("kill top");
+    t.wait("corral top's exit on SIGTERM", |s| s.contains("TOP-EXIT=0"));
+    t.assert_terminal_restored();
+
+    // 4. The master goes away.
     t.line(&format!("clear; {cmd}"));
     t.wait("the workers again", |s| shows_workers(s, &c, 2));
     c.signal(Signal::SIGTERM);

@@ -2,8 +2,8 @@
 //! once per interval (the `status` request only, so that watching costs the master
 //! one small answer per second), drawn with ratatui; `--once` prints one frame as
 //! plain text for scripts. The terminal is restored on every way out: `q`, Ctrl-C
-//! (a key in raw mode), a master that stays away, and a panic (ratatui's hook and a
-//! guard that restores on unwinding).
+//! (a key in raw mode), SIGTERM and its kin, a master that stays away, and a panic
+//! (ratatui's hook and a guard that restores on unwinding).
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -67,6 +67,16 @@ fn live(config: &Path, interval: Duration, mut m: Model) -> i32 {
         }
     };
     let _restore = Restore;
+    // SIGTERM, SIGHUP, SIGQUIT and SIGINT end it cleanly too (read from a signalfd: no
+    // handler; SIGWINCH stays crossterm's, for the resize).
+    use crate::os::process::Signal;
+    let signals = crate::os::signals::SignalReader::new(&[
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGINT,
+    ])
+    .ok();
     let mut next = Instant::now() + interval;
     let mut failing_since: Option<Instant> = None;
     loop {
@@ -75,7 +85,13 @@ fn live(config: &Path, interval: Duration, mut m: Model) -> i32 {
             eprintln!("corral: terminal: {e}");
             return 1;
         }
-        let wait = next.saturating_duration_since(Instant::now());
+        if signals.as_ref().is_some_and(|s| !s.drain().is_empty()) {
+            return 0;
+        }
+        // Short enough waits that a signal is seen promptly.
+        let wait = next
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(200));
         match event::poll(wait) {
             Ok(true) => match event::read() {
                 Ok(Event::Key(k)) if k.kind == KeyEventKind::Press => {
@@ -94,6 +110,7 @@ fn live(config: &Path, interval: Duration, mut m: Model) -> i32 {
                     return 1;
                 }
             },
+            Ok(false) if Instant::now() < next => continue,
             Ok(false) => {}
             Err(e) => {
                 drop(_restore);
