@@ -398,3 +398,43 @@ fn reload_shows_a_progress_bar_on_a_terminal() {
     assert!(s.contains("corral: old generation gone after "), "{s}");
     assert!(s.contains(&format!("(of {total})")), "{s}");
 }
+
+/// An upgrade is followed until the old master is gone: the final counts say how
+/// many connections the new master took over, not a terminal.
+#[test]
+fn upgrade_follows_the_old_master_until_it_is_gone() {
+    let c = Corral::start(&Conf::new(2).drain("60s").max_conns(2000).render());
+    let _idle: Vec<TcpStream> = (0..IDLE).map(|_| c.connect()).collect();
+    assert!(
+        wait_until(SCREEN, || connections(&c) >= IDLE as u64),
+        "the master never counted {IDLE} connections\n{}",
+        c.log_tail(40)
+    );
+    let old = c.master_pid();
+    let out = run_cli_with(
+        c.dir.path(),
+        &["-s", "upgrade", "-c", &c.config_str()],
+        Duration::from_secs(60),
+        || {
+            let _ = c.master_exited();
+        },
+    );
+    for p in new_master_pids(&c.log()) {
+        c.adopt_master(p);
+    }
+    eprintln!("{}", out.all());
+    assert!(out.status.success(), "{}", out.all());
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("corral: upgraded: new master"),
+        "{}",
+        out.stdout
+    );
+    let last = lines.last().unwrap();
+    assert!(last.starts_with("corral: old master gone after "), "{last}");
+    assert_eq!(moved_in(last), IDLE as u64, "{last}");
+    assert!(
+        read_stat(old).is_none_or(|s| s.state == 'Z'),
+        "the old master still runs"
+    );
+}
