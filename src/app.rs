@@ -58,6 +58,7 @@ fn run(cli: Cli, cmd: clap::Command) -> i32 {
             let victim = cli::fault::victim(slot, generation);
             return cli::fault::run(&cli.config, &kind, arg.as_deref(), victim, timeout, json);
         }
+        Some(Sub::Top { interval, once }) => return cli::top::run(&cli.config, interval.0, once),
         Some(Sub::Chaos {
             duration,
             every,
@@ -78,7 +79,7 @@ fn run(cli: Cli, cmd: clap::Command) -> i32 {
         None => {}
     }
     if let Some(what) = cli.signal {
-        return cli::send(&cli.config, what);
+        return cli::send(&cli.config, what, cli.no_wait);
     }
     // Started by an old master's binary upgrade: report to it, never daemonize (the
     // old master is the one holding the terminal and the service manager's attention).

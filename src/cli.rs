@@ -15,7 +15,10 @@ use crate::master::pidfile;
 
 pub mod chaos;
 pub mod fault;
+pub mod follow;
 pub mod packaging;
+pub mod poll;
+pub mod top;
 
 /// corral: a supervised worker runtime in the style of nginx.
 #[derive(Debug, Parser)]
@@ -36,6 +39,10 @@ pub struct Cli {
     /// Send a command to the running master and wait for its outcome.
     #[arg(short = 's', long = "signal", value_enum)]
     pub signal: Option<SignalArg>,
+    /// With `-s reload` or `-s upgrade`: return as soon as the new generation (or
+    /// master) serves, without following the old one's connections until it is gone.
+    #[arg(long = "no-wait", requires = "signal")]
+    pub no_wait: bool,
     /// Run in the background (same as `[master] daemon = true`); returns once the
     /// master serves, or with its error.
     #[arg(short = 'd', long = "daemon")]
@@ -80,6 +87,17 @@ pub enum Sub {
         /// Print the outcome as one JSON object.
         #[arg(long)]
         json: bool,
+    },
+    /// A live view of the running master: workers with their rates, generations
+    /// with their moves, TLS, and recent events (q quits, 1-9 sort, r reverses).
+    Top {
+        /// Time between polls of the master.
+        #[arg(long, default_value = "1s")]
+        interval: crate::config::Dur,
+        /// Print one frame as plain text and exit (it samples twice, one interval
+        /// apart, so that the rates are real).
+        #[arg(long)]
+        once: bool,
     },
     /// Print a shell completion script (e.g. `corral completions bash >
     /// /etc/bash_completion.d/corral`).
@@ -258,8 +276,9 @@ fn running_hint(e: &control::ControlError) -> &'static str {
     }
 }
 
-/// `corral -s …`: returns the process exit code.
-pub fn send(path: &Path, what: SignalArg) -> i32 {
+/// `corral -s …`: returns the process exit code. A reload or an upgrade is then
+/// followed until the old generation (or master) is gone, unless `no_wait`.
+pub fn send(path: &Path, what: SignalArg, no_wait: bool) -> i32 {
     let (t, masters) = match locate(path).and_then(|t| vet(&t).map(|m| (t, m))) {
         Ok(x) => x,
         Err(e) => {
@@ -274,6 +293,14 @@ pub fn send(path: &Path, what: SignalArg) -> i32 {
         SignalArg::Reopen => Request::Reopen,
         SignalArg::Upgrade => Request::Upgrade,
     };
+    // What to follow afterwards, from the status just before the request.
+    let watch = if no_wait || !matches!(what, SignalArg::Reload | SignalArg::Upgrade) {
+        None
+    } else {
+        control::request_from(&t.socket, Request::Status, Duration::from_secs(5), &masters)
+            .ok()
+            .and_then(|r| follow::Watch::before(what, &r))
+    };
     // A reload waits for the new generation (up to 30 s); leave room for that.
     let timeout = Duration::from_secs(90);
     match control::request_from(&t.socket, req, timeout, &masters) {
@@ -281,6 +308,10 @@ pub fn send(path: &Path, what: SignalArg) -> i32 {
             report(&resp);
             if !resp.ok {
                 return 1;
+            }
+            if let Some(w) = watch {
+                let limit = t.wait.unwrap_or(Duration::from_secs(60)) + Duration::from_secs(10);
+                follow::follow(path, w, limit);
             }
             if matches!(what, SignalArg::Quit | SignalArg::Stop) {
                 return wait_gone(

@@ -297,10 +297,18 @@ impl Corral {
         kill(Pid::from_raw(w.pid), sig).expect("kill(worker)");
     }
 
-    /// Runs `corral ARGS -c CONFIG`.
+    /// Runs `corral ARGS -c CONFIG`. `-s reload` and `-s upgrade` get `--no-wait`
+    /// (they return once the new generation serves, as these tests expect; the
+    /// following of the move is tested in tests/top.rs).
     pub fn cli(&self, args: &[&str]) -> CliOutput {
         let cfg = self.config_str();
         let mut all: Vec<&str> = args.to_vec();
+        let follows = args
+            .windows(2)
+            .any(|w| w[0] == "-s" && matches!(w[1], "reload" | "upgrade"));
+        if follows && !args.contains(&"--no-wait") {
+            all.push("--no-wait");
+        }
         all.push("-c");
         all.push(&cfg);
         // Reap the master as soon as it exits: `-s stop` waits for it to be gone.
