@@ -34,6 +34,9 @@ _corral() {
             corral,status)
                 cmd="corral__subcmd__status"
                 ;;
+            corral,top)
+                cmd="corral__subcmd__top"
+                ;;
             *)
                 ;;
         esac
@@ -41,7 +44,7 @@ _corral() {
 
     case "${cmd}" in
         corral)
-            opts="-c -t -T -s -d -h -V --config --test --print-config --signal --daemon --help --version status fault completions man chaos help"
+            opts="-c -t -T -s -d -h -V --config --test --print-config --signal --no-wait --daemon --help --version status fault top completions man chaos help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -219,6 +222,32 @@ _corral() {
                 return 0
             fi
             case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        corral__subcmd__top)
+            opts="-c -h --interval --once --config --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --interval)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

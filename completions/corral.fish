@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_corral_global_optspecs
-    string join \n c/config= t/test T/print-config s/signal= d/daemon h/help V/version
+    string join \n c/config= t/test T/print-config s/signal= no-wait d/daemon h/help V/version
 end
 
 function __fish_corral_needs_command
@@ -32,11 +32,13 @@ reopen\t'Reopen log files'
 upgrade\t'Binary upgrade: start the binary on disk as a new master; roll back if it fails'"
 complete -c corral -n "__fish_corral_needs_command" -s t -l test -d 'Check the configuration and exit (0 if it is valid). Not with `-s`: a check that also signalled the master would act on a config it had not checked'
 complete -c corral -n "__fish_corral_needs_command" -s T -l print-config -d 'Check the configuration, then print the effective one (defaults, then the file, then `CORRAL_*` environment variables), each value with where it came from, and exit'
+complete -c corral -n "__fish_corral_needs_command" -l no-wait -d 'With `-s reload` or `-s upgrade`: return as soon as the new generation (or master) serves, without following the old one\'s connections until it is gone'
 complete -c corral -n "__fish_corral_needs_command" -s d -l daemon -d 'Run in the background (same as `[master] daemon = true`); returns once the master serves, or with its error'
 complete -c corral -n "__fish_corral_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c corral -n "__fish_corral_needs_command" -s V -l version -d 'Print version'
 complete -c corral -n "__fish_corral_needs_command" -f -a "status" -d 'Show every worker of the running master'
 complete -c corral -n "__fish_corral_needs_command" -f -a "fault" -d 'Make a worker of the running master fail for real (needs `[master] fault_injection = true`) and print how the master coped'
+complete -c corral -n "__fish_corral_needs_command" -f -a "top" -d 'A live view of the running master: workers with their rates, generations with their moves, TLS, and recent events (q quits, 1-9 sort, r reverses)'
 complete -c corral -n "__fish_corral_needs_command" -f -a "completions" -d 'Print a shell completion script (e.g. `corral completions bash > /etc/bash_completion.d/corral`)'
 complete -c corral -n "__fish_corral_needs_command" -f -a "man" -d 'Write the man page (roff) to standard output, or to a file'
 complete -c corral -n "__fish_corral_needs_command" -f -a "chaos" -d 'Inject random faults on a schedule and report detection and recovery'
@@ -52,6 +54,10 @@ complete -c corral -n "__fish_corral_using_subcommand fault" -s c -l config -d '
 complete -c corral -n "__fish_corral_using_subcommand fault" -l random -d 'A random ready worker of the current generation (the default)'
 complete -c corral -n "__fish_corral_using_subcommand fault" -l json -d 'Print the outcome as one JSON object'
 complete -c corral -n "__fish_corral_using_subcommand fault" -s h -l help -d 'Print help'
+complete -c corral -n "__fish_corral_using_subcommand top" -l interval -d 'Time between polls of the master' -r
+complete -c corral -n "__fish_corral_using_subcommand top" -s c -l config -d 'Configuration file' -r -F
+complete -c corral -n "__fish_corral_using_subcommand top" -l once -d 'Print one frame as plain text and exit (it samples twice, one interval apart, so that the rates are real)'
+complete -c corral -n "__fish_corral_using_subcommand top" -s h -l help -d 'Print help'
 complete -c corral -n "__fish_corral_using_subcommand completions" -s c -l config -d 'Configuration file' -r -F
 complete -c corral -n "__fish_corral_using_subcommand completions" -s h -l help -d 'Print help'
 complete -c corral -n "__fish_corral_using_subcommand man" -s o -l output -d 'Write it here instead of standard output' -r -F
