@@ -59,6 +59,7 @@ fn assert_all_blocked(c: &Corral) {
         "exec-shell",
         "fork",
         "read-etc-shadow",
+        "read-outside",
         "write-outside",
         "ptrace-master",
         "signal-master",
@@ -121,6 +122,7 @@ fn with_the_filter_off_the_escapes_are_seen_getting_through() {
     for name in [
         "fork",
         "exec-shell",
+        "read-outside",
         "write-outside",
         "signal-master",
         "setuid-root",

@@ -36,7 +36,25 @@ pub fn enter_worker(config: &Config) -> Result<(), PrivsError> {
         tracing::info!(user = %creds.user, uid = creds.uid, gid = creds.gid, "worker dropped privileges");
     }
     limit_connects(config);
+    limit_files(config);
     Ok(())
+}
+
+/// Takes the worker off the filesystem (Landlock): it needs no path after set-up but
+/// its own `/proc/<pid>` and `/dev/null` (see `os::landlock`), and paths a custom
+/// service declared. Only under `enforce`.
+fn limit_files(config: &Config) {
+    if config.worker.seccomp != crate::config::SeccompMode::Enforce {
+        return;
+    }
+    match crate::os::landlock::restrict_fs() {
+        Ok(crate::os::landlock::Applied::Restricted) => {}
+        Ok(crate::os::landlock::Applied::Unsupported(abi)) => tracing::debug!(
+            abi,
+            "no Landlock on this kernel: workers rely on seccomp and their user for files"
+        ),
+        Err(e) => warn!("cannot take this worker off the filesystem with Landlock: {e}"),
+    }
 }
 
 /// A proxy worker may connect over TCP to its upstreams' ports only (Landlock, where

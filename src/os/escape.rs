@@ -3,8 +3,8 @@
 //!
 //! Each attempt is made so that it does no harm when it is *not* blocked (with
 //! `seccomp = "off"`, or as `user = "root"`): the shell runs `exit 0` in a forked
-//! child, a forked child exits at once, `/etc/shadow` is opened and closed without
-//! reading, the file written outside is created empty and removed, the master is
+//! child, a forked child exits at once, `/etc/shadow` and the config file are opened
+//! and closed without reading, the file written outside is created empty and removed, the master is
 //! traced with `PTRACE_SEIZE` (which does not stop it) and released, the signal to
 //! the master is signal 0 (a permission check that sends nothing), the connection
 //! goes to a loopback port and is closed, and `setuid(0)` by a root worker changes
@@ -54,12 +54,19 @@ fn outcome(name: &str, result: Result<String, i32>) -> Attempt {
 }
 
 /// Makes every attempt, in this process; `elsewhere` is an address no listener or
-/// upstream of the config names, `outside` a path outside the worker's directories.
-pub fn attempt_all(master: i32, elsewhere: SocketAddrV4, outside: &str) -> Vec<Attempt> {
+/// upstream of the config names, `outside` a path outside the worker's directories,
+/// `readable` a file every user may read (the config file).
+pub fn attempt_all(
+    master: i32,
+    elsewhere: SocketAddrV4,
+    outside: &str,
+    readable: &str,
+) -> Vec<Attempt> {
     vec![
         outcome("exec-shell", exec_shell()),
         outcome("fork", fork()),
         outcome("read-etc-shadow", open_path("/etc/shadow", libc::O_RDONLY)),
+        outcome("read-outside", open_path(readable, libc::O_RDONLY)),
         outcome(
             "write-outside",
             open_path(outside, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL),

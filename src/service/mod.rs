@@ -498,6 +498,19 @@ pub fn allow_syscalls(calls: &[i64]) {
     crate::os::seccomp::allow_extra(calls);
 }
 
+/// Lets workers read (and, with `write`, change) the files beneath `paths`: under
+/// `[worker] seccomp = "enforce"` a worker is otherwise off the filesystem (Landlock),
+/// since everything it needs comes from the master. Call it before
+/// [`crate::app::main`], like [`allow_syscalls`].
+///
+/// ```no_run
+/// // A service that serves files from /srv/www:
+/// corral::service::allow_paths(&[std::path::Path::new("/srv/www")], false);
+/// ```
+pub fn allow_paths(paths: &[&std::path::Path], write: bool) {
+    crate::os::landlock::allow_paths(paths, write);
+}
+
 /// True if a service of that name exists.
 pub fn is_known(name: &str) -> bool {
     entries().iter().any(|(n, _, _)| n == name)

@@ -142,7 +142,10 @@ pub fn escape(config: &crate::config::Config) -> Vec<crate::os::escape::Attempt>
     let elsewhere = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
     let outside = std::env::temp_dir().join(format!("corral-escape-{}", process::pid()));
     let master = process::parent_pid().as_raw();
-    let attempts = crate::os::escape::attempt_all(master, elsewhere, &outside.to_string_lossy());
+    // A file every user may read: a worker off the filesystem (Landlock) cannot.
+    let readable = config.source.to_string_lossy().into_owned();
+    let attempts =
+        crate::os::escape::attempt_all(master, elsewhere, &outside.to_string_lossy(), &readable);
     for a in &attempts {
         if a.blocked {
             warn!(attempt = %a.name, "injected fault (escape): blocked: {}", a.how);
