@@ -215,3 +215,10 @@ pub fn readable_bytes(fd: BorrowedFd<'_>) -> io::Result<usize> {
     cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) })?;
     Ok(usize::try_from(n).unwrap_or(0))
 }
+
+/// Sets a socket's send buffer (SO_SNDBUF; the kernel doubles it). For tests that need
+/// a channel to fill after a known amount, whatever the box's `wmem_default`.
+#[cfg(test)]
+pub fn set_send_buffer(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
+    socket2::SockRef::from(&fd).set_send_buffer_size(bytes)
+}

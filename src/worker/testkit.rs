@@ -35,6 +35,17 @@ impl Kit {
     /// is TOML put before the listener (e.g. `[worker]` keys), `listen` extra keys
     /// of the listener. Returns once the worker reported `Ready`.
     pub fn start(service: &str, sections: &str, listen: &str) -> Kit {
+        Kit::start_with(service, sections, listen, None)
+    }
+
+    /// `start`, with the worker's end of the channel given a send buffer of
+    /// `channel_buf` bytes, so that hand-overs fill it after a known amount.
+    pub fn start_with(
+        service: &str,
+        sections: &str,
+        listen: &str,
+        channel_buf: Option<usize>,
+    ) -> Kit {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -50,6 +61,10 @@ impl Kit {
         .unwrap();
         let config = Config::load(&path).unwrap();
         let (master, worker_end) = Channel::pair().unwrap();
+        if let Some(bytes) = channel_buf {
+            use std::os::fd::AsFd;
+            crate::os::fd::set_send_buffer(worker_end.as_fd(), bytes).unwrap();
+        }
         let (done_tx, done) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let signals = SignalReader::new(&[Signal::SIGUSR1]).unwrap();
