@@ -330,12 +330,20 @@ impl SystemdNs {
         .unwrap_or_else(|_| Err(io::Error::other("connect thread panicked")))
     }
 
-    /// `corral ARGS -c CONFIG` inside the namespace (e.g. `-s upgrade`).
+    /// `corral ARGS -c CONFIG` inside the namespace (e.g. `-s upgrade`). `-s reload`
+    /// and `-s upgrade` get `--no-wait`, as in the harness: these tests watch the old
+    /// generation or master drain, which following the move would wait out.
     pub fn corral(&self, args: &[&str]) -> (bool, String) {
         let bin = self.bin();
         let cfg = self.config();
         let mut all = vec![bin.to_str().expect("utf-8 path")];
         all.extend_from_slice(args);
+        let follows = args
+            .windows(2)
+            .any(|w| w[0] == "-s" && matches!(w[1], "reload" | "upgrade"));
+        if follows && !args.contains(&"--no-wait") {
+            all.push("--no-wait");
+        }
         all.extend(["-c", cfg.to_str().expect("utf-8 path")]);
         let (ok, out, err) = self.exec(&all);
         (ok, format!("{out}{err}"))
