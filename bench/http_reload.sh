@@ -59,9 +59,9 @@ nupgrade="$SHARED/nginx_binary_upgrade.sh $(nginx_pidfile)"
 
 results=()
 nginx_start "$C2"; results+=("$(run nginx-2w-reload http://127.0.0.1:8080/ "$RI" "$nreload")"); nginx_stop
-corral_start; results+=("$(run corral-2w-reload "http://127.0.0.1:$PORT/" "$RI" "$BIN -s reload -c $WORK/c.toml")"); corral_stop
+corral_start; results+=("$(run corral-2w-reload "http://127.0.0.1:$PORT/" "$RI" "$BIN -s reload --no-wait -c $WORK/c.toml")"); corral_stop
 nginx_start "$C2"; results+=("$(run nginx-2w-upgrade http://127.0.0.1:8080/ "$UI" "$nupgrade")"); nginx_stop
-corral_start; results+=("$(run corral-2w-upgrade "http://127.0.0.1:$PORT/" "$UI" "$BIN -s upgrade -c $WORK/c.toml")")
+corral_start; results+=("$(run corral-2w-upgrade "http://127.0.0.1:$PORT/" "$UI" "$BIN -s upgrade --no-wait -c $WORK/c.toml")")
 # After upgrades the master is another process: stop it through the pid file.
 "$BIN" -s stop -c "$WORK/c.toml" >/dev/null || true; CPID=""
 

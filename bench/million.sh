@@ -238,10 +238,10 @@ move() {
   fi
 }
 if [[ -z $STOP_REASON ]]; then
-  move reload "$CORRAL" -s reload -c "$C_CONF"
+  move reload "$CORRAL" -s reload --no-wait -c "$C_CONF"
 fi
 if [[ -z $STOP_REASON ]] && mem_ok; then
-  move upgrade "$CORRAL" -s upgrade -c "$C_CONF"
+  move upgrade "$CORRAL" -s upgrade --no-wait -c "$C_CONF"
 fi
 mem_ok || true
 sleep 3

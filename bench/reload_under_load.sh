@@ -165,7 +165,7 @@ while :; do
   ((wait_ms > 0)) && sleep "$(awk -v m="$wait_ms" 'BEGIN { printf "%.3f", m / 1000 }')"
   t0=$(now_ms)
   rc=0
-  out=$(timeout 60 "$CORRAL" -s reload -c "$CONFIG" 2>&1) || rc=$?
+  out=$(timeout 60 "$CORRAL" -s reload --no-wait -c "$CONFIG" 2>&1) || rc=$?
   t1=$(now_ms)
   ready=$(sed -n 's/.*ready in \([0-9][0-9]*\) ms.*/\1/p' <<<"$out" | head -n1)
   echo "$rc $((t1 - t0)) ${ready:--}" >>"$WORK/reloads.txt"

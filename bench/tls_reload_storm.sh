@@ -108,7 +108,7 @@ EOF
   if [[ $CORRAL_RELOAD == hup ]]; then
     storm "$tag" "$port" kill -HUP "$C_MASTER"
   else
-    storm "$tag" "$port" timeout 60 "$CORRAL" -s reload -c "$C_CONF"
+    storm "$tag" "$port" timeout 60 "$CORRAL" -s reload --no-wait -c "$C_CONF"
   fi
   sleep 3
   timeout 10 "$CORRAL" status --json -c "$C_CONF" >"$WORK/$tag.status.json" 2>/dev/null || true
