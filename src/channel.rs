@@ -9,7 +9,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use serde::{Deserialize, Serialize};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::os::{fd, scm};
 
@@ -105,7 +105,7 @@ impl Channel {
     pub fn recv_fds<T: for<'de> Deserialize<'de>>(
         &self,
     ) -> Result<Option<(T, Vec<OwnedFd>)>, ChannelError> {
-        let mut buf = Zeroizing::new(vec![0u8; MAX_MESSAGE]);
+        let mut buf = vec![0u8; MAX_MESSAGE];
         let got = match scm::recv(self.fd.as_fd(), &mut buf) {
             Ok(Some(got)) => got,
             Ok(None) => return Ok(None),
@@ -124,7 +124,12 @@ impl Channel {
                 "channel message lost some of its file descriptors in transit"
             );
         }
-        Ok(Some((serde_json::from_slice(&buf[..got.len])?, got.fds)))
+        let parsed = serde_json::from_slice(&buf[..got.len]);
+        // Wiped after use (only the bytes a message took: most receives find none,
+        // and the rest of the buffer never held anything): some messages carry
+        // secrets (TLS ticket and record keys).
+        buf[..got.len].zeroize();
+        Ok(Some((parsed?, got.fds)))
     }
 }
 
