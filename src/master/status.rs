@@ -16,9 +16,7 @@ impl Master {
 
     /// Every loaded certificate, for `corral status` (expiry first to the eye).
     fn certificates(&self) -> Vec<CertificateStatus> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let now = crate::tls::load::unix_now();
         let mut out = Vec::new();
         for l in &self.config.listen {
             let Some(tls) = &l.tls else { continue };

@@ -29,7 +29,7 @@ pub enum Failure {
 
 impl Failure {
     /// Classifies a rustls error.
-    pub fn of(e: &rustls::Error, _handshaking: bool) -> Failure {
+    pub fn of(e: &rustls::Error) -> Failure {
         use rustls::{AlertDescription as A, Error as E, PeerIncompatible as P};
         match e {
             E::PeerIncompatible(

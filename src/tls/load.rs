@@ -300,7 +300,8 @@ fn summarize(file: &Path, der: &CertificateDer<'_>) -> Result<CertSummary, Strin
     })
 }
 
-fn unix_now() -> i64 {
+/// Now, as a Unix time (what certificates' dates are compared with).
+pub fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))

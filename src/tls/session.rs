@@ -302,7 +302,7 @@ impl TlsSession {
                 // rustls queued the alert that tells the client why: send it.
                 let _ = write_all(conn, fd);
                 self.failed = true;
-                counts.failed(Failure::of(&e, self.info.is_none()));
+                counts.failed(Failure::of(&e));
                 return Err(io::Error::new(io::ErrorKind::InvalidData, e));
             }
             if self.info.is_none() && !conn.is_handshaking() {
