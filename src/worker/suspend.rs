@@ -62,49 +62,41 @@ impl Worker {
             },
             None => None,
         };
-        let handed = match leaving {
+        // What a connection with no service state carries; a suspended one adds its own.
+        let idle = Moved {
+            service: l.map(|l| l.service.clone()).unwrap_or_default(),
+            version: 0,
+            state: Vec::new(),
+            input: Vec::new(),
+            idle_ms: millis(now.saturating_duration_since(c.last_active)),
+            timer_ms: None,
+            origin: process::pid().as_raw() as u32,
+            upstream: None,
+            refused: None,
+            idle: true,
+        };
+        let moved = match leaving {
+            Leaving::Idle if tls.is_none() => None,
             // An idle TLS connection travels as moved, so that a receiver that
             // cannot continue its record layer can send it back here.
-            Leaving::Idle if tls.is_some() => Handed {
-                peer: c.origin(),
-                moved: Some(Box::new(Moved {
-                    service: l.map(|l| l.service.clone()).unwrap_or_default(),
-                    version: 0,
-                    state: Vec::new(),
-                    input: Vec::new(),
-                    idle_ms: millis(now.saturating_duration_since(c.last_active)),
-                    timer_ms: None,
-                    origin: process::pid().as_raw() as u32,
-                    upstream: None,
-                    refused: None,
-                    idle: true,
-                })),
-                tls,
-                ..Handed::idle(listen)
-            },
-            Leaving::Idle => Handed {
-                peer: c.origin(),
-                ..Handed::idle(listen)
-            },
-            Leaving::Suspended(s, input) => Handed {
-                listen,
-                peer: c.origin(),
-                moved: Some(Box::new(Moved {
-                    service: l.map(|l| l.service.clone()).unwrap_or_default(),
-                    version: s.version,
-                    state: s.state,
-                    input,
-                    idle_ms: millis(now.saturating_duration_since(c.last_active)),
-                    timer_ms: c
-                        .timer_at()
-                        .map(|t| millis(t.saturating_duration_since(now))),
-                    origin: process::pid().as_raw() as u32,
-                    upstream: c.upstream().map(|u| u.addr),
-                    refused: None,
-                    idle: false,
-                })),
-                tls,
-            },
+            Leaving::Idle => Some(idle),
+            Leaving::Suspended(s, input) => Some(Moved {
+                version: s.version,
+                state: s.state,
+                input,
+                timer_ms: c
+                    .timer_at()
+                    .map(|t| millis(t.saturating_duration_since(now))),
+                upstream: c.upstream().map(|u| u.addr),
+                idle: false,
+                ..idle
+            }),
+        };
+        let handed = Handed {
+            listen,
+            peer: c.origin(),
+            moved: moved.map(Box::new),
+            tls,
         };
         if handed.tls.is_some() {
             self.stats.tls.moved_out += 1;
