@@ -132,7 +132,9 @@ fn upgraded_to(out: &str) -> Option<i32> {
 #[test]
 fn pid1_master_upgrades_and_stays_as_init_for_its_successors() {
     if let Some(why) = skip_reason() {
-        eprintln!("SKIPPED pid1_master_upgrades_and_stays_as_init_for_its_successors: {why}");
+        skipped(format_args!(
+            "SKIPPED pid1_master_upgrades_and_stays_as_init_for_its_successors: {why}"
+        ));
         return;
     }
     let dir = tempfile::Builder::new()

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::fault::{master_view, ready_in_slot};
 use common::privs::TempUser;
-use common::{free_port, must_echo, run_cli, wait_until, Conf, Corral};
+use common::{free_port, must_echo, run_cli, skipped, wait_until, Conf, Corral};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -96,11 +96,11 @@ fn with_the_defaults_every_escape_is_blocked() {
 #[test]
 fn with_an_explicit_user_every_escape_is_blocked() {
     if !root() {
-        eprintln!("skipping: needs root");
+        skipped(format_args!("skipping: needs root"));
         return;
     }
     let Some(u) = TempUser::new("esc", "nogroup") else {
-        eprintln!("skipping: useradd is missing or failed");
+        skipped(format_args!("skipping: useradd is missing or failed"));
         return;
     };
     let c = Corral::start(&conf(&format!("user = \"{}\"", u.name), ""));
@@ -112,7 +112,7 @@ fn with_the_filter_off_the_escapes_are_seen_getting_through() {
     // The test of the test: the attempts are real. A root worker without the
     // filter can fork, exec, write to /tmp, signal the master and become root.
     if !root() {
-        eprintln!("skipping: needs root");
+        skipped(format_args!("skipping: needs root"));
         return;
     }
     let c = Corral::start(&conf("user = \"root\"", "seccomp = \"off\""));

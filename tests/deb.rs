@@ -216,7 +216,7 @@ fn process_users(ns: &SystemdNs, main: i32) -> (String, Vec<String>) {
 #[test]
 fn the_package_installs_serves_reloads_upgrades_and_purges_without_a_trace() {
     if let Some(why) = skip_reason() {
-        eprintln!("SKIPPED the_package_installs_serves_reloads_upgrades_and_purges_without_a_trace: {why}");
+        skipped(format_args!("SKIPPED the_package_installs_serves_reloads_upgrades_and_purges_without_a_trace: {why}"));
         return;
     }
     let script = sysd::available().expect("checked");

@@ -684,7 +684,9 @@ fn wrk_summary(out: &str) -> (u64, Option<String>, Option<String>) {
 #[test]
 fn wrk_with_keep_alive_across_10_reloads_sees_zero_errors() {
     let Some(wrk) = wrk_path() else {
-        eprintln!("skipping: wrk is not installed (apt-get install wrk)");
+        skipped(format_args!(
+            "skipping: wrk is not installed (apt-get install wrk)"
+        ));
         return;
     };
     const RELOADS: u32 = 10;

@@ -26,7 +26,7 @@ fn root_or_skip(what: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    eprintln!("skipping {what}: needs root");
+    skipped(format_args!("skipping {what}: needs root"));
     false
 }
 
@@ -198,7 +198,7 @@ fn a_user_made_for_the_test_with_its_groups_or_one_group() {
         return;
     }
     let Some(u) = TempUser::new("a", "nogroup") else {
-        eprintln!("skipping: useradd is missing or failed");
+        skipped(format_args!("skipping: useradd is missing or failed"));
         return;
     };
     let nogroup = gid_of("nogroup");
@@ -251,7 +251,9 @@ fn unknown_user_or_group_is_a_config_error() {
 #[test]
 fn user_other_than_self_is_refused_when_not_root() {
     if !root_or_skip("user_other_than_self") || !have("setpriv") {
-        eprintln!("skipping the unprivileged check: needs root and setpriv");
+        skipped(format_args!(
+            "skipping the unprivileged check: needs root and setpriv"
+        ));
         return;
     }
     let dir = open_dir();
@@ -366,7 +368,9 @@ fn listener_options_are_on_the_real_sockets() {
         return;
     }
     if !have("ss") {
-        eprintln!("skipping listener_options: ss is not installed (iproute2)");
+        skipped(format_args!(
+            "skipping listener_options: ss is not installed (iproute2)"
+        ));
         return;
     }
     let tcp = libc::IPPROTO_TCP;
@@ -527,7 +531,7 @@ fn pid1_skip() -> Option<String> {
 #[test]
 fn as_pid1_corral_reaps_orphans_and_drains_on_sigterm() {
     if let Some(why) = pid1_skip() {
-        eprintln!("skipping as_pid1: {why}");
+        skipped(format_args!("skipping as_pid1: {why}"));
         return;
     }
     let dir = open_dir();
@@ -606,7 +610,7 @@ fn as_pid1_corral_reaps_orphans_and_drains_on_sigterm() {
 #[test]
 fn without_graceful_sigterm_sigterm_stays_a_fast_stop() {
     if let Some(why) = pid1_skip() {
-        eprintln!("skipping: {why}");
+        skipped(format_args!("skipping: {why}"));
         return;
     }
     let dir = open_dir();

@@ -558,7 +558,9 @@ fn socket_activation_matches_a_named_socket() {
 
 fn socket_activation_case(fdname: Option<&str>) {
     let Some(activate) = tool("systemd-socket-activate") else {
-        eprintln!("SKIPPED: systemd-socket-activate not installed (apt-get install systemd)");
+        skipped(format_args!(
+            "SKIPPED: systemd-socket-activate not installed (apt-get install systemd)"
+        ));
         return;
     };
     let g = ProcGuard::new("corral-sockact-");
@@ -995,7 +997,9 @@ fn systemd_units_pass_systemd_analyze_verify() {
     );
 
     let Some(analyze) = tool("systemd-analyze") else {
-        eprintln!("SKIPPED: systemd-analyze not installed (apt-get install systemd)");
+        skipped(format_args!(
+            "SKIPPED: systemd-analyze not installed (apt-get install systemd)"
+        ));
         return;
     };
     let dir = tempfile::Builder::new()

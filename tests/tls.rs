@@ -48,7 +48,7 @@ fn s_client(port: u16, args: &[&str], input: &str) -> String {
 fn need(tools: &[&str]) -> bool {
     for t in tools {
         if !have(t) {
-            eprintln!("SKIPPED: `{t}` is not installed");
+            skipped(format_args!("SKIPPED: `{t}` is not installed"));
             return false;
         }
     }
@@ -477,7 +477,7 @@ fn bad_handshakes_are_closed_counted_and_never_take_a_worker_down() {
         assert!(!a.ok, "a TLS 1.2-only client was served: {a:?}");
         assert!(wait_tls(&c, "protocol_version", 1, Duration::from_secs(10)));
     } else {
-        eprintln!("SKIPPED (part): python3 is not installed");
+        skipped(format_args!("SKIPPED (part): python3 is not installed"));
     }
     // 10 000 handshakes that never finish: the start of a record, then silence.
     let _ =

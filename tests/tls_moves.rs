@@ -467,7 +467,7 @@ fn a_tls_proxy_session_mid_transfer_survives_reloads_and_an_upgrade_byte_exact()
 #[test]
 fn a_tls_connection_moves_again_before_it_speaks() {
     if !have("python3") {
-        eprintln!("SKIPPED: python3 is not installed");
+        skipped(format_args!("SKIPPED: python3 is not installed"));
         return;
     }
     let pki = Pki::new();

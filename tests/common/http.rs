@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use super::skipped;
 use std::fs::File;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -86,7 +87,9 @@ pub const CURL: &str = "/usr/bin/curl";
 /// by pid if it overruns 20 s; None if curl is not installed.
 pub fn run_curl(dir: &Path, args: &[&str]) -> Option<CurlRun> {
     if !Path::new(CURL).exists() {
-        eprintln!("skipping the curl part: {CURL} is not installed");
+        skipped(format_args!(
+            "skipping the curl part: {CURL} is not installed"
+        ));
         return None;
     }
     static SEQ: AtomicUsize = AtomicUsize::new(0);

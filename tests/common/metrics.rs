@@ -2,6 +2,7 @@
 //! scrapes with curl, raw HTTP on a kept-alive socket, and parsing with the real
 //! Prometheus text parser (the `prometheus_client` Python package).
 
+use super::skipped;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -65,10 +66,10 @@ pub fn parser_available() -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        eprintln!(
+        skipped(format_args!(
             "SKIPPED: python3 with the prometheus_client package is needed \
              (pip install prometheus_client; .ci/run installs it)"
-        );
+        ));
     }
     ok
 }

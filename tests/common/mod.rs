@@ -56,3 +56,11 @@ pub mod million;
 pub mod tls;
 #[allow(dead_code)]
 pub mod xmaster;
+
+/// Says that a test (or part of one) could not run here, and why, where a newcomer
+/// running `cargo test` sees it: straight to stderr, past the test harness's capture
+/// (which shows `eprintln!` output only for a failing test).
+pub fn skipped(why: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{why}");
+}

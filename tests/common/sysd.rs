@@ -9,6 +9,7 @@
 //! `setns(CLONE_NEWNET)` (network namespaces are per thread), so tests use ordinary
 //! `TcpStream`s.
 
+use super::skipped;
 use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read};
@@ -91,7 +92,7 @@ pub fn or_skip(test: &str) -> Option<PathBuf> {
     match available() {
         Ok(s) => Some(s),
         Err(why) => {
-            eprintln!("SKIPPED {test}: {why}");
+            skipped(format_args!("SKIPPED {test}: {why}"));
             None
         }
     }
