@@ -4,7 +4,7 @@
 //! connection stays usable, limits answer 413, and broken framing is a 400 and a close
 //! that the worker survives.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

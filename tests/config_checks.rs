@@ -5,7 +5,7 @@
 //! runtime paths and so could address another instance. The real binary throughout;
 //! see `common/mod.rs` for the harness rules.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::Path;

@@ -6,7 +6,7 @@
 //!
 //! Skipped, with the reason printed, where root or `unshare`/`nsenter` are missing.
 
-mod common;
+use crate::common;
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! defaults every attempt is blocked; a call outside the allowlist kills the worker,
 //! which the master reports as "killed by seccomp" and replaces.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //! and their unit tests (`promtool test rules`), and every dashboard query parses as
 //! PromQL.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;

@@ -18,7 +18,7 @@
 //! Root only; skipped, with the reason printed, without namespaces, systemd,
 //! cargo-deb or dpkg, or when a package or user named corral already exists here.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

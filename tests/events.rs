@@ -4,7 +4,7 @@
 //! upstream is left, and listeners a reload added or removed. See `common/mod.rs` for
 //! the harness rules (deadline waits, loopback only, kill by pid).
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};

@@ -1,7 +1,7 @@
 //! The custom-service example (`examples/kv.rs`) builds, and the master runs it like
 //! a built-in service.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -3,7 +3,7 @@
 //! runs (respawn, watchdog, recycling, backoff, rollback), clients on the other
 //! workers keep echoing, and what corral reports matches what the test saw.
 
-mod common;
+use crate::common;
 
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -16,7 +16,7 @@
 //! jobserver pipe) reach corral through exec like any child's; they are named
 //! "inherited from the test runner" and expected, since they are not corral's.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;

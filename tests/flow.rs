@@ -2,7 +2,7 @@
 //! per-IP limits, accept balancing in both accept modes, and reuseport sockets that
 //! survive a reload with connections queued on them.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};

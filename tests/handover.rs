@@ -9,11 +9,10 @@
 //! generation also leaves at once. The two tests take turns (each holds 5000
 //! sockets and keeps the box busy); see `common/mod.rs` for the harness rules.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::handover::*;
@@ -29,9 +28,6 @@ const DRAIN: &str = "60s";
 /// loaded 2-core box; the hand-over itself takes well under a second).
 const EXIT_WITHIN: Duration = Duration::from_secs(20);
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// One heavy test at a time.
-static HEAVY: Mutex<()> = Mutex::new(());
 
 fn start(binary: Option<PathBuf>) -> (Corral, u16) {
     start_with(binary, 2, "")
@@ -151,7 +147,7 @@ fn assert_drained_count(c: &Corral, key: &str, want: u64, what: &str) {
 
 #[test]
 fn reload_hands_5000_idle_connections_to_the_new_generation() {
-    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    let _heavy = common::heavy();
     raise_nofile();
     let (c, port) = start(None);
     let old = c.workers();
@@ -222,7 +218,7 @@ fn reload_hands_5000_idle_connections_to_the_new_generation() {
 
 #[test]
 fn upgrade_answers_all_5000_idle_connections() {
-    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    let _heavy = common::heavy();
     raise_nofile();
     let (_bin_dir, bin) = copy_binary();
     let (c, port) = start(Some(bin));
@@ -324,7 +320,7 @@ const SLOW_CONNS: usize = 8000;
 /// again every connection answers from the new generation.
 #[test]
 fn a_slow_master_and_slow_new_workers_lose_no_handed_over_connection() {
-    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    let _heavy = common::heavy();
     raise_nofile();
     // Frozen processes send no heartbeats: keep the watchdog out of this.
     let (c, port) = start_with(None, 1, "watchdog_timeout = \"300s\"\n");
@@ -411,7 +407,7 @@ fn a_slow_master_and_slow_new_workers_lose_no_handed_over_connection() {
 /// is passed on too). Every one ends up on the newest generation, with keep-alive.
 #[test]
 fn back_to_back_reloads_pass_5000_idle_connections_on_to_the_newest_generation() {
-    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    let _heavy = common::heavy();
     raise_nofile();
     let (c, port) = start(None);
     let first = c.workers();
@@ -465,7 +461,7 @@ fn back_to_back_reloads_pass_5000_idle_connections_on_to_the_newest_generation()
 /// ends up on the third generation.
 #[test]
 fn a_reload_while_the_last_one_is_still_handing_over_loses_nothing() {
-    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    let _heavy = common::heavy();
     raise_nofile();
     let (c, port) = start_with(None, 1, "watchdog_timeout = \"300s\"\n");
     let master = c.master_pid();
@@ -530,7 +526,7 @@ const STARVED_CONNS: usize = 8_000;
 
 #[test]
 fn a_starved_master_mid_hand_over_takes_no_worker_for_hung() {
-    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    let _heavy = common::heavy();
     raise_nofile();
     let port = free_port();
     let conf = Conf::new(STARVED_WORKERS)

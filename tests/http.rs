@@ -4,7 +4,7 @@
 //! listener under test on a second free port. See `common/mod.rs` for the harness
 //! rules (deadline waits, loopback only, kill by pid).
 
-mod common;
+use crate::common;
 
 use std::fs::File;
 use std::io::{self, Read, Write};

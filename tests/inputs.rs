@@ -4,7 +4,7 @@
 //! that failed quietly, and a blocked log pipe that stalled the workers. Every test runs
 //! the real binary; see `common/mod.rs` for the harness rules.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::net::TcpStream;

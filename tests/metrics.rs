@@ -5,7 +5,7 @@
 //! of bad requests, a master that does not answer (503), and a text big enough to
 //! travel in several channel messages (60 workers, 20 listeners).
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -4,7 +4,7 @@
 //! Every test sets `drain_timeout = "60s"`, so an old generation that is gone within
 //! a second or so can only be gone because its connections moved.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;

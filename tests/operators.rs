@@ -2,7 +2,7 @@
 //! users cannot plant, fake or command anything, runtime files get their modes
 //! whatever the umask, and a daemon started with relative paths keeps working.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use common::moves::kv_binary;
 use common::opsec::*;
 use common::*;
 

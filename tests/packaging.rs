@@ -3,7 +3,7 @@
 //! from the parser and committed, so the two are checked to match), `--help`, and the
 //! license files that Cargo.toml promises.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::Path;

@@ -4,7 +4,7 @@
 //! upstreams that do not resolve. Everything runs the real `corral` binary; see
 //! `common/mod.rs` for the harness rules.
 
-mod common;
+use crate::common;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};

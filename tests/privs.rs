@@ -6,7 +6,7 @@
 //! Needs root (everything here is about giving root up); tests skip with the reason
 //! printed otherwise.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::io::{Read, Write};

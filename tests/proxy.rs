@@ -2,7 +2,7 @@
 //! half-close, failover between upstreams, giving up within `connect_timeout`, and
 //! backpressure against a client that does not read.
 
-mod common;
+use crate::common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener};

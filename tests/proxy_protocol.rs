@@ -4,7 +4,7 @@
 //! malformed headers that must close without reaching the service or the worker, the
 //! real client through a reload's hand-over, and the line each connection logs.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpStream};

@@ -5,7 +5,7 @@
 //! of times, to the echo service and through the proxy from an upstream that does the
 //! same, and require every byte and the EOF each time.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};

@@ -2,7 +2,7 @@
 //! steering reuseport connections by client address. Everything runs the real
 //! `corral` binary under real client load; see `common/mod.rs` for the harness rules.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, TcpStream};

@@ -6,7 +6,7 @@
 //! counts them as kept, none moved, none closed. `drain_timeout` is 60 s: the old
 //! generation leaves once its last client does, not at the deadline.
 
-mod common;
+use crate::common;
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};

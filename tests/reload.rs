@@ -4,7 +4,7 @@
 //! Everything runs the real `corral` binary on loopback ports; see
 //! `common/mod.rs` for the harness rules.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::io::ErrorKind;

@@ -7,19 +7,19 @@
 //! test process itself). These are small versions of `bench/million.sh` and
 //! `bench/streaming.sh`: loose bands, no speed goals. One heavy test runs at a time.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
 use common::million::{conns_lost, copied_binary, echo_sample, moving_conf};
-use common::scale::{echo_conf, hold, pss_kb, status_workers, total_connections, Load, HEAVY};
+use common::scale::{echo_conf, hold, pss_kb, status_workers, total_connections, Load};
 use common::{new_master_pids, proc_alive, wait_until, Corral, Launch};
 
 /// Held connections in the reload test (3 client processes, 4 workers).
 const HELD: usize = 40_000;
 
 fn lock() -> std::sync::MutexGuard<'static, ()> {
-    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+    common::heavy()
 }
 
 fn errors(j: &serde_json::Value) -> String {

@@ -11,7 +11,7 @@
 //! the storm too: they move to the new generation at each reload (suspended between
 //! round trips), so none pins an old generation or is cut by `max_old_generations`.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -46,6 +46,7 @@ fn generations(c: &Corral) -> (u64, usize, usize) {
 
 #[test]
 fn a_reload_every_100ms_for_30s_fails_no_request() {
+    let _heavy = common::heavy();
     raise_nofile();
     let port = free_port();
     let c = Corral::start(&http_template(2, port, ""));

@@ -3,7 +3,7 @@
 //! Everything runs the real `corral` binary on loopback ports; see
 //! `common/mod.rs` for the harness rules.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::fs::{self, File};

@@ -7,7 +7,7 @@
 //! masters) are found by their command line, which names the test's own temp dir,
 //! and killed by pid at the end whatever the outcome.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::io::{ErrorKind, IoSliceMut};

@@ -12,7 +12,7 @@
 //! Skipped, with the reason printed, only where root, namespaces or systemd are
 //! missing.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -4,7 +4,7 @@
 //! and bad input. Every wait is a deadline on a condition (a counter in `corral
 //! status`, a reply); every process started here is killed by pid at the end.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -443,6 +443,7 @@ fn renewing_the_certificate_is_a_reload_that_fails_no_keep_alive_request() {
 
 #[test]
 fn bad_handshakes_are_closed_counted_and_never_take_a_worker_down() {
+    let _heavy = common::heavy();
     let pki = Pki::new();
     let srv = pki.server("srv", &["localhost"], None, 90);
     let port = free_port();
@@ -480,8 +481,7 @@ fn bad_handshakes_are_closed_counted_and_never_take_a_worker_down() {
         skipped(format_args!("SKIPPED (part): python3 is not installed"));
     }
     // 10 000 handshakes that never finish: the start of a record, then silence.
-    let _ =
-        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 12_000, 20_000);
+    common::handover::raise_nofile();
     let mut stalled = Vec::new();
     for _ in 0..10_000 {
         match TcpStream::connect(("127.0.0.1", port)) {

@@ -5,7 +5,7 @@
 //! must be gone within seconds (not at `drain_timeout`). Then what cannot be
 //! continued after a move: a KeyUpdate, a corrupted record, TLS 1.2.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -6,7 +6,7 @@
 //! stay on the old worker until their client quits), so the drain lasts exactly as
 //! long as the test wants, with no timing guess.
 
-mod common;
+use crate::common;
 
 use std::fs::{self, File};
 use std::net::{SocketAddr, TcpStream};

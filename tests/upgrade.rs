@@ -8,7 +8,7 @@
 //! file busy"). New masters are adopted by the harness as soon as their pid is known,
 //! and every process left in a new master's process group is killed at the end.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::net::{SocketAddr, TcpStream};

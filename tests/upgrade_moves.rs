@@ -5,10 +5,9 @@
 //! are empty, long before `drain_timeout` (60 s). And an upgrade that rolls back
 //! moves nothing: every connection stays with the old workers and answers.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::handover::*;
@@ -20,9 +19,6 @@ const CONNS: usize = 2000;
 const EXIT_WITHIN: Duration = Duration::from_secs(20);
 /// Generous: 2000 answers at once on a loaded 2-core box.
 const IO_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// One heavy test at a time.
-static HEAVY: Mutex<()> = Mutex::new(());
 
 fn start(bin: &Path) -> (Corral, u16) {
     let port = free_port();
@@ -38,7 +34,7 @@ fn start(bin: &Path) -> (Corral, u16) {
 
 #[test]
 fn upgrade_moves_2000_idle_connections_to_the_new_masters_workers() {
-    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    let _heavy = common::heavy();
     raise_nofile();
     let (_bin_dir, bin) = copy_binary();
     let (c, port) = start(&bin);
@@ -158,7 +154,7 @@ fn upgrade_moves_2000_idle_connections_to_the_new_masters_workers() {
 
 #[test]
 fn an_upgrade_that_rolls_back_moves_nothing_and_loses_nothing() {
-    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    let _heavy = common::heavy();
     raise_nofile();
     let (bin_dir, bin) = copy_binary();
     let (c, port) = start(&bin);

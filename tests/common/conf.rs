@@ -112,7 +112,8 @@ impl Conf {
         push_lines(&mut self.worker, lines);
         self
     }
-    /// `lines` added to `[log]`.
+    /// `lines` added to `[log]` (only the privileged tests use it).
+    #[allow(dead_code)]
     pub fn log(mut self, lines: &str) -> Conf {
         push_lines(&mut self.log, lines);
         self

@@ -27,6 +27,8 @@ pub struct Corral {
     pub pid_file: PathBuf,
     pub log_path: PathBuf,
     pub port: u16,
+    /// `workers = N` from the config (only the privileged tests read it).
+    #[allow(dead_code)]
     pub workers: usize,
     master: ProcId,
     child: Mutex<Child>,

@@ -2,8 +2,6 @@
 //! corral's log by line and level, counting rate-limited lines, and running curl
 //! with a bound on its time.
 
-#![allow(dead_code)]
-
 use super::skipped;
 use std::fs::File;
 use std::path::Path;
@@ -76,7 +74,6 @@ pub fn events_counted(log: &str, what: &str) -> u64 {
 /// What a curl run printed.
 pub struct CurlRun {
     pub ok: bool,
-    pub code: Option<i32>,
     pub stdout: String,
     pub stderr: String,
 }
@@ -122,7 +119,6 @@ pub fn run_curl(dir: &Path, args: &[&str]) -> Option<CurlRun> {
     }
     Some(CurlRun {
         ok: status.is_some_and(|s| s.success()),
-        code: status.and_then(|s| s.code()),
         stdout: std::fs::read_to_string(&out).unwrap_or_default(),
         stderr: std::fs::read_to_string(&err).unwrap_or_default(),
     })

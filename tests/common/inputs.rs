@@ -143,10 +143,6 @@ impl PipedCorral {
         SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.port))
     }
 
-    pub fn master_pid(&self) -> i32 {
-        self.master.pid
-    }
-
     /// Live workers (remembered for cleanup).
     pub fn workers(&self) -> Vec<ProcId> {
         let w = live_children(self.master.pid);

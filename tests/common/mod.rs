@@ -8,8 +8,6 @@
 //! on "Address already in use", the master's stderr goes to a file in the test's
 //! own temp dir, and only pids this harness started are ever signalled.
 
-#![allow(dead_code)]
-
 pub mod http;
 
 mod cli;
@@ -26,36 +24,36 @@ pub use net::*;
 pub use procs::*;
 pub use wait::*;
 
-#[allow(dead_code)]
 pub mod fault;
-#[allow(dead_code)]
 pub mod fds;
-#[allow(dead_code)]
 pub mod handover;
-#[allow(dead_code)]
 pub mod inputs;
-#[allow(dead_code)]
 pub mod moves;
 pub mod opsec;
 pub mod pp;
 pub mod pressure;
+pub mod recycle;
+pub mod scale;
+// The privileged tests' part of the harness (real systemd, second uids, PID 1).
 #[allow(dead_code)]
 pub mod privs;
 #[allow(dead_code)]
-pub mod recycle;
-#[allow(dead_code)]
-pub mod scale;
-#[allow(dead_code)]
 pub mod sysd;
 
-#[allow(dead_code)]
 pub mod metrics;
-#[allow(dead_code)]
 pub mod million;
-#[allow(dead_code)]
 pub mod tls;
-#[allow(dead_code)]
 pub mod xmaster;
+
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Taken by a test that holds thousands of sockets (or tens of thousands through
+/// corral-load) for as long as it holds them: the suite is one process with one
+/// 20000-fd limit, and two such tests side by side would also starve each other of
+/// the box's two cores. A test that panicked while holding it does not stop the rest.
+pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Says that a test (or part of one) could not run here, and why, where a newcomer
 /// running `cargo test` sees it: straight to stderr, past the test harness's capture

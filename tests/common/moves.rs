@@ -357,7 +357,6 @@ pub fn pattern_byte(s: usize, i: u64) -> u8 {
 /// what it sent, then EOF.
 pub struct Session {
     stop: Arc<AtomicBool>,
-    pub sent: Arc<AtomicU64>,
     pub received: Arc<AtomicU64>,
     writer: JoinHandle<Result<u64, String>>,
     reader: JoinHandle<Result<u64, String>>,
@@ -420,7 +419,6 @@ impl Session {
         });
         Session {
             stop,
-            sent,
             received,
             writer,
             reader,
@@ -446,8 +444,8 @@ impl Session {
     }
 }
 
-/// The kv example's binary, (re)built here: `cargo test --test moves` alone does not
-/// build examples, and a stale one would test old code.
+/// The kv example's binary, (re)built once per test run: `cargo test --test suite
+/// moves::` alone builds no examples, and a stale one would test old code.
 pub fn kv_binary() -> std::path::PathBuf {
     static BUILT: std::sync::Once = std::sync::Once::new();
     let bin = std::path::PathBuf::from(super::corral_bin());

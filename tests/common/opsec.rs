@@ -2,10 +2,8 @@
 //! user, a bystander process, a master started by hand (own paths, own cwd, own
 //! binary, own umask) and a guard that kills every master a test made, by pid.
 
-#![allow(dead_code)]
-
 use std::fs::{self, File};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -274,27 +272,6 @@ pub fn echo_config(port: u16, master: &str) -> String {
         "[master]\nworkers = 1\nstop_timeout = \"3s\"\ndrain_timeout = \"5s\"\n{master}\n\n\
          [[listen]]\naddress = \"127.0.0.1:{port}\"\nservice = \"echo\"\n"
     )
-}
-
-/// The `examples/kv` binary, (re)built when missing or older than the corral binary:
-/// `cargo test --test NAME` builds no examples, and a stale one is an older corral.
-pub fn kv_binary() -> PathBuf {
-    let bin = PathBuf::from(super::corral_bin());
-    let path = bin
-        .parent()
-        .expect("target dir")
-        .join("examples")
-        .join("kv");
-    let mtime = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
-    if mtime(&path).is_none() || mtime(&path) < mtime(&bin) {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--example", "kv"])
-            .status()
-            .expect("run cargo build --example kv");
-        assert!(status.success(), "cargo build --example kv failed");
-    }
-    path
 }
 
 /// Sets the mode of `path`.

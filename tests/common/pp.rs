@@ -16,7 +16,6 @@ use super::{wait_until, Corral};
 
 /// An external server (haproxy, nginx) this test started; killed by pid on drop.
 pub struct Peer {
-    pub name: &'static str,
     child: Child,
     pub log: PathBuf,
 }
@@ -78,7 +77,7 @@ pub fn start_peer(name: &'static str, bin: &Path, args: &[&str], dir: &Path, por
         .stderr(err)
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-    let mut peer = Peer { name, child, log };
+    let mut peer = Peer { child, log };
     let up = wait_until(Duration::from_secs(20), || {
         TcpStream::connect_timeout(
             &SocketAddr::from(([127, 0, 0, 1], port)),

@@ -123,6 +123,8 @@ pub struct Seen {
     pub workers: HashMap<i32, SeenWorker>,
 }
 
+// `generation` is read through `Debug`, in a failing test's message.
+#[allow(dead_code)]
 #[derive(Clone, Debug)]
 pub struct SeenWorker {
     pub slot: u64,

@@ -5,17 +5,13 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::{wait_until, Conf, Corral};
-
-/// The scale tests hold tens of thousands of sockets each: one at a time, even when
-/// the harness runs tests in parallel.
-pub static HEAVY: Mutex<()> = Mutex::new(());
 
 pub fn load_bin() -> &'static str {
     env!("CARGO_BIN_EXE_corral-load")

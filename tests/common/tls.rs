@@ -127,7 +127,9 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) {
     std::fs::rename(&tmp, path).expect("rename");
 }
 
-/// One answer of the python client.
+/// One answer of the python client (`error` is read through `Debug`, in a failing
+/// test's message).
+#[allow(dead_code)]
 #[derive(Debug, serde::Deserialize)]
 pub struct Answer {
     pub ok: bool,
