@@ -14,11 +14,13 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::os::{fd, scm};
 
 pub(crate) mod b64;
+mod counters;
 mod messages;
 mod queue;
 
 /// For [`crate::fuzzing`]'s canonical-encoding check.
 pub(crate) use b64::{decode as b64_decode, encode as b64_encode};
+pub use counters::{Counters, ListenerCounters, UpstreamCounters};
 pub use messages::{
     Handed, HandoffCounts, IdlePolicy, Moved, Stats, ToMaster, ToPredecessor, ToSuccessor,
     ToWorker, MAX_MOVED_BYTES,

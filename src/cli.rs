@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, DEFAULT_CONFIG_PATH, ENV_PREFIX};
 use crate::config_paths::resolve;
-use crate::master::control::{self, Request, Response};
+use crate::control::{self, Request, Response};
 use crate::master::pidfile;
 
 pub mod chaos;

@@ -159,7 +159,7 @@ fn encode_round_trip(addrs: (std::net::SocketAddr, std::net::SocketAddr)) {
 /// The control socket's request line: the first byte says whether the client
 /// half-closed; a request read survives the client's encoder.
 pub fn control_request(data: &[u8]) {
-    use crate::master::control::{parse_request, request_line};
+    use crate::control::{parse_request, request_line};
     let Some((&flags, buf)) = data.split_first() else {
         return;
     };

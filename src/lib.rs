@@ -16,6 +16,7 @@ pub(crate) mod channel;
 pub(crate) mod cli;
 pub mod config;
 pub(crate) mod config_paths;
+pub(crate) mod control;
 pub(crate) mod fault;
 /// For the fuzz targets in `fuzz/` only (see the module): not an API.
 #[doc(hidden)]

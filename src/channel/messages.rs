@@ -175,7 +175,7 @@ pub enum ToMaster {
     },
     /// Per-listener and per-upstream counters, sent right after each heartbeat (in
     /// several messages when there are many; each names its entries).
-    Counters(crate::worker::stats::Counters),
+    Counters(super::Counters),
     /// A metrics scrape on this worker waits for the master's text (answered with
     /// `ToWorker::Metrics` parts carrying the same `id`).
     MetricsRequest { id: u64 },

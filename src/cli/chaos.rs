@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::config::Dur;
+use crate::control::{self, Request};
 use crate::fault::kind::{FaultKind, FaultOutcome, FaultRequest, Victim};
-use crate::master::control::{self, Request};
 
 /// How often `status` is sampled.
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::config::Dur;
+use crate::control::{self, Request};
 use crate::fault::kind::{FaultKind, FaultOutcome, FaultRequest, Victim};
-use crate::master::control::{self, Request};
 use crate::master::faults::TIMEOUT;
 
 /// Extra time the client waits beyond the master's own timeout for the outcome.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::master::control::Response;
+use crate::control::Response;
 
 /// How often the bar is refreshed (the plain lines come once per second).
 const TICK: Duration = Duration::from_millis(250);
@@ -225,7 +225,7 @@ fn finish(bar: Option<&ProgressBar>, line: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::master::generations::GenerationStatus;
+    use crate::control::GenerationStatus;
 
     fn gen(g: u64, state: &str, moved: u64) -> GenerationStatus {
         GenerationStatus {

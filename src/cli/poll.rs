@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::master::control::{self, Request, Response};
+use crate::control::{self, Request, Response};
 
 /// How long one poll may wait for its answer.
 const POLL_TIMEOUT: Duration = Duration::from_secs(5);

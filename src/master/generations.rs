@@ -6,7 +6,6 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use crate::channel::HandoffCounts;
@@ -14,23 +13,7 @@ use crate::channel::HandoffCounts;
 /// Gone generations `corral status` still shows.
 const HISTORY: usize = 8;
 
-/// One generation, as `corral status --json` shows it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GenerationStatus {
-    pub generation: u64,
-    /// "serving", "draining" or "gone".
-    pub state: String,
-    /// Live workers.
-    pub workers: usize,
-    /// Connections handed to a newer generation or to the new master of an upgrade.
-    pub moved: u64,
-    /// Connections it kept (nobody could take them), served until they end.
-    pub kept: u64,
-    /// Connections closed without a move (drain deadline, cut short, nowhere to go).
-    pub closed: u64,
-    /// From the drain order to its last worker's exit; None while not gone.
-    pub exit_ms: Option<u64>,
-}
+use crate::control::GenerationStatus;
 
 #[derive(Debug, Default)]
 struct Draining {

@@ -26,8 +26,8 @@ use tracing::{debug, warn};
 
 use super::table::WorkerState;
 use super::{Master, State};
+use crate::channel::{Counters, ListenerCounters, UpstreamCounters};
 use crate::channel::{HandoffCounts, Stats, ToMaster, ToWorker, MAX_MESSAGE};
-use crate::worker::stats::{Counters, ListenerCounters, UpstreamCounters};
 use expo::Kind;
 
 /// The environment variable naming the old master's totals file at an upgrade.

@@ -8,7 +8,7 @@
 //! everyone's crash.
 
 mod collect;
-pub mod control;
+mod control_clients;
 #[cfg(test)]
 mod decisions;
 mod effects;
@@ -52,7 +52,7 @@ use crate::os::signals::{self, SignalReader, MASTER_SIGNALS};
 use crate::os::{fd, net, SysError};
 use crate::worker::{self, WorkerInit, EXIT_FATAL};
 
-use control::{Client, Request, Response};
+use crate::control::{self, Client, Request, Response, WorkerStatus};
 use effects::Effects;
 use pidfile::PidFile;
 use pressure::{FdReserve, LogOnce};
@@ -60,7 +60,7 @@ use reload::Reload;
 use sockets::Listener;
 use stop::STOPPING_RELOAD;
 use supervision::drain;
-use table::{Kill, Slot, WorkerRecord, WorkerState, WorkerStatus, WorkerTable};
+use table::{Kill, Slot, WorkerRecord, WorkerState, WorkerTable};
 use upgrade::{Report, Reporter, Upgrade};
 use waiters::{Pending, Ticket, Waiters};
 

@@ -1,7 +1,7 @@
 //! `corral status` and the line systemd shows.
 
 use super::*;
-use crate::master::control::CertificateStatus;
+use crate::control::CertificateStatus;
 
 impl Master {
     /// One line for `systemctl status`.

@@ -4,7 +4,6 @@
 use std::time::{Duration, Instant};
 
 use crate::os::master::Pid;
-use serde::Serialize;
 
 use crate::channel::{Channel, Stats};
 use crate::os::process::ExitReason;
@@ -200,35 +199,6 @@ impl Slot {
         self.respawn_at = Some(now + delay);
         delay
     }
-}
-
-/// One worker's line in `corral status`.
-#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
-pub struct WorkerStatus {
-    pub pid: i32,
-    pub slot: usize,
-    pub generation: u64,
-    pub state: String,
-    pub uptime_secs: f64,
-    pub connections: u64,
-    pub accepted: u64,
-    /// Connections taken over from another worker or the old master.
-    #[serde(default)]
-    pub adopted: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub rss: u64,
-    pub restarts: u64,
-    pub last_exit: Option<String>,
-    /// Log lines the worker dropped because its log writer could not keep up.
-    #[serde(default)]
-    pub log_dropped: u64,
-    /// `accept_proxy` connections closed for a bad, missing or late PROXY header.
-    #[serde(default)]
-    pub proxy_header_failed: u64,
-    /// TLS handshakes (full, resumed, by version) and failures by reason.
-    #[serde(default)]
-    pub tls: crate::tls::TlsCounts,
 }
 
 #[cfg(test)]

@@ -11,8 +11,6 @@
 //! holds a byte in corral; the loop checks that. The upstream is found again by its
 //! address in the new configuration, so each worker's connection counts stay right.
 
-mod connect;
-
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 

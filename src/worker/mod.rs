@@ -31,6 +31,7 @@ mod master_link;
 mod move_order;
 pub mod orphan;
 mod pool;
+mod proxy_connect;
 mod ratelog;
 mod slab;
 pub mod stats;
@@ -144,7 +145,7 @@ pub(crate) struct Worker {
     /// Faults injected by `corral fault` that are still in progress.
     injected: fault::Injected,
     /// Per-listener and per-upstream counters for the metrics service.
-    pub(crate) counters: stats::Counters,
+    pub(crate) counters: crate::channel::Counters,
     /// When to give memory back after a peak of connections left.
     trim: trim::Trim,
     /// The loop's clock: read before the timers and again when epoll_wait returns,
@@ -211,7 +212,7 @@ impl Worker {
                 .map(|l| l.address.to_string())
                 .collect(),
         );
-        let counters = stats::Counters::new(&init.config);
+        let counters = crate::channel::Counters::new(&init.config);
         let mut w = Worker {
             config: init.config,
             epoll,

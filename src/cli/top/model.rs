@@ -7,8 +7,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::master::control::Response;
-use crate::master::table::WorkerStatus;
+use crate::control::Response;
+use crate::control::WorkerStatus;
 use crate::tls::{Failure, TlsCounts};
 
 /// Events kept for the scrolling list.

@@ -1,7 +1,7 @@
-//! The master's side of the control socket: clients by ticket, requests turned into
+//! The master's side of the control socket (the protocol is `crate::control`): clients by ticket, requests turned into
 //! jobs, and answers.
 
-use super::super::*;
+use super::*;
 
 impl Master {
     /// Accepts a round of control clients and reads what each has sent already

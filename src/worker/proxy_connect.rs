@@ -1,4 +1,5 @@
-//! The proxy's connection logic in the worker loop: connecting a client's upstream
+//! The proxy's connection logic in the worker loop (runtime machinery, so it lives in
+//! the worker; the `proxy` service only chooses upstreams and learns outcomes): connecting a client's upstream
 //! (non-blocking, with a timeout), falling back to the next upstream on failure, and
 //! the upstream socket's events. Moving the bytes is `worker::conn`'s proxy pump.
 
@@ -7,10 +8,10 @@ use std::time::Instant;
 
 use tracing::{debug, warn};
 
+use super::{End, Flags, Pipes};
+use super::{Timer, Token, Upstream, Worker};
 use crate::os::epoll::Event;
 use crate::os::stream;
-use crate::worker::{End, Flags, Pipes};
-use crate::worker::{Timer, Token, Upstream, Worker};
 
 impl Worker {
     /// Starts connecting a proxied client to the next upstream it has not tried,

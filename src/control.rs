@@ -1,5 +1,7 @@
 //! The control socket: a Unix socket (mode 0600) next to the pid file through which
-//! `corral -s …` and `corral status` talk to the master and get an answer.
+//! `corral -s …` and `corral status` talk to the master and get an answer. This module
+//! is the protocol (requests, responses, the client and the listening end), below both
+//! the CLI and the master; the master's handling of clients is `master::control_clients`.
 //!
 //! The protocol is one JSON request line and one JSON response line. A request that
 //! starts something long (a reload) is answered when it has finished, so the caller
@@ -13,11 +15,55 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::table::WorkerStatus;
 use crate::fault::kind::{FaultOutcome, FaultRequest};
 use crate::os::cred;
 
-mod tickets;
+/// One worker's line in `corral status`.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct WorkerStatus {
+    pub pid: i32,
+    pub slot: usize,
+    pub generation: u64,
+    pub state: String,
+    pub uptime_secs: f64,
+    pub connections: u64,
+    pub accepted: u64,
+    /// Connections taken over from another worker or the old master.
+    #[serde(default)]
+    pub adopted: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub rss: u64,
+    pub restarts: u64,
+    pub last_exit: Option<String>,
+    /// Log lines the worker dropped because its log writer could not keep up.
+    #[serde(default)]
+    pub log_dropped: u64,
+    /// `accept_proxy` connections closed for a bad, missing or late PROXY header.
+    #[serde(default)]
+    pub proxy_header_failed: u64,
+    /// TLS handshakes (full, resumed, by version) and failures by reason.
+    #[serde(default)]
+    pub tls: crate::tls::TlsCounts,
+}
+
+/// One generation, as `corral status --json` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerationStatus {
+    pub generation: u64,
+    /// "serving", "draining" or "gone".
+    pub state: String,
+    /// Live workers.
+    pub workers: usize,
+    /// Connections handed to a newer generation or to the new master of an upgrade.
+    pub moved: u64,
+    /// Connections it kept (nobody could take them), served until they end.
+    pub kept: u64,
+    /// Connections closed without a move (drain deadline, cut short, nowhere to go).
+    pub closed: u64,
+    /// From the drain order to its last worker's exit; None while not gone.
+    pub exit_ms: Option<u64>,
+}
 
 /// What a client asks for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,7 +96,7 @@ pub struct Response {
     /// Per generation: live workers, and what became of its connections once it
     /// drained (moved, kept, closed) and how long it took to be gone.
     #[serde(default)]
-    pub generations: Vec<super::generations::GenerationStatus>,
+    pub generations: Vec<GenerationStatus>,
     /// Connections adopted from the old master of the upgrade that started us.
     #[serde(default)]
     pub moved_from_old_master: u64,
