@@ -1,6 +1,6 @@
 //! The Debian package, as an operator uses it: `cargo deb` builds it, and dpkg
 //! installs, upgrades, removes and purges it on this machine while the real systemd
-//! (booted as PID 1 of private namespaces by `../shared/systemd-ns`) runs the service.
+//! (booted as PID 1 of private namespaces by `common::sysd`) runs the service.
 //!
 //! Every dpkg command runs inside those namespaces, so the maintainer scripts talk to
 //! that systemd as they would on a host (enable, start on install, the in-place binary
@@ -219,7 +219,7 @@ fn the_package_installs_serves_reloads_upgrades_and_purges_without_a_trace() {
         skipped(format_args!("SKIPPED the_package_installs_serves_reloads_upgrades_and_purges_without_a_trace: {why}"));
         return;
     }
-    let script = sysd::available().expect("checked");
+    let boot = sysd::available().expect("checked");
     let t_all = Instant::now();
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let work = repo.join("target/deb-test");
@@ -276,7 +276,7 @@ fn the_package_installs_serves_reloads_upgrades_and_purges_without_a_trace() {
     let before = corral_paths();
     let _guard = PurgeGuard;
     let ns = SystemdNs::boot_unit(
-        &script,
+        &boot,
         &unit,
         Path::new("/usr/bin/corral"),
         Path::new("/etc/corral/corral.toml"),

@@ -1,5 +1,5 @@
 //! corral under the real systemd (the distribution's, 252 here), booted as PID 1 of
-//! private namespaces by `../shared/systemd-ns/run-systemd-ns.sh` with the shipped
+//! private namespaces by the harness's own boot (`common::sysd`) with the shipped
 //! `systemd/corral.service` and `corral.socket` (paths adapted, log to a file).
 //!
 //! What an operator relies on: `systemctl start` returns once corral serves; `systemctl
@@ -237,13 +237,13 @@ fn stop_drains(ns: &SystemdNs, drain: Duration) -> (Duration, Duration) {
 
 #[test]
 fn start_reload_upgrades_watchdog_and_drained_stop() {
-    let Some(script) = or_skip("start_reload_upgrades_watchdog_and_drained_stop") else {
+    let Some(boot) = or_skip("start_reload_upgrades_watchdog_and_drained_stop") else {
         return;
     };
     let drain = Duration::from_secs(3);
     let watchdog = Duration::from_secs(3);
     let ns = SystemdNs::boot(
-        &script,
+        &boot,
         &config(2, "3s"),
         &UnitOpts {
             watchdog: Some("3s".into()),
@@ -347,11 +347,11 @@ fn start_reload_upgrades_watchdog_and_drained_stop() {
 
 #[test]
 fn stop_after_upgrade_drains_ten_times_in_a_row() {
-    let Some(script) = or_skip("stop_after_upgrade_drains_ten_times_in_a_row") else {
+    let Some(boot) = or_skip("stop_after_upgrade_drains_ten_times_in_a_row") else {
         return;
     };
     let drain = Duration::from_secs(1);
-    let ns = SystemdNs::boot(&script, &config(2, "1s"), &UnitOpts::default());
+    let ns = SystemdNs::boot(&boot, &config(2, "1s"), &UnitOpts::default());
     let mut figures = Vec::new();
     for run in 1..=10 {
         // Ten starts in a few seconds are past systemd's default start rate limit
@@ -374,11 +374,11 @@ fn stop_after_upgrade_drains_ten_times_in_a_row() {
 
 #[test]
 fn socket_activation_through_corral_socket() {
-    let Some(script) = or_skip("socket_activation_through_corral_socket") else {
+    let Some(boot) = or_skip("socket_activation_through_corral_socket") else {
         return;
     };
     let ns = SystemdNs::boot(
-        &script,
+        &boot,
         &config(2, "2s"),
         &UnitOpts {
             socket: true,
@@ -435,10 +435,10 @@ fn socket_activation_through_corral_socket() {
 
 #[test]
 fn broken_upgrade_rolls_back_and_systemd_keeps_the_old_master() {
-    let Some(script) = or_skip("broken_upgrade_rolls_back_and_systemd_keeps_the_old_master") else {
+    let Some(boot) = or_skip("broken_upgrade_rolls_back_and_systemd_keeps_the_old_master") else {
         return;
     };
-    let ns = SystemdNs::boot(&script, &config(2, "2s"), &UnitOpts::default());
+    let ns = SystemdNs::boot(&boot, &config(2, "2s"), &UnitOpts::default());
     ns.systemctl(&["start", "corral.service"]);
     assert_active(&ns, "after start");
     let main = ns.main_pid();
@@ -499,11 +499,11 @@ fn broken_upgrade_rolls_back_and_systemd_keeps_the_old_master() {
 /// clean close at the old master's drain deadline.
 #[test]
 fn stop_while_the_old_master_drains_keeps_its_connections() {
-    let Some(script) = or_skip("stop_while_the_old_master_drains_keeps_its_connections") else {
+    let Some(boot) = or_skip("stop_while_the_old_master_drains_keeps_its_connections") else {
         return;
     };
     let drain = Duration::from_secs(5);
-    let ns = SystemdNs::boot(&script, &config(2, "5s"), &UnitOpts::default());
+    let ns = SystemdNs::boot(&boot, &config(2, "5s"), &UnitOpts::default());
     ns.systemctl(&["start", "corral.service"]);
     assert_active(&ns, "after start");
     let old = ns.main_pid();

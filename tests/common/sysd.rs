@@ -1,6 +1,11 @@
-//! A real systemd (the distribution's, booted as PID 1 of private namespaces by
-//! `../shared/systemd-ns/run-systemd-ns.sh`) running corral from the shipped unit
-//! files, for the tests in `tests/systemd_real.rs`.
+//! A real systemd (the distribution's `/lib/systemd/systemd`, booted here as PID 1 of
+//! fresh pid, mount, uts, ipc, net and cgroup namespaces) running corral from the
+//! shipped unit files, for `tests/systemd_real.rs` and `tests/deb.rs`. The boot is the
+//! repository's own (no script outside it): `unshare` starts a small `sh` that mounts
+//! a private /run, binds the test's unit folder over /etc/systemd/system and execs
+//! systemd into `corral-test.target`; `nsenter` runs commands inside. Each instance
+//! first moves into cgroups of its own (one per hierarchy), so the systemd inside
+//! manages that subtree and nothing of the host's, and `timeout` bounds its life.
 //!
 //! Each `SystemdNs` has its own state folder and its own install folder under
 //! `/var/lib` (the unit's `PrivateTmp=yes` hides /tmp from the service), and its
@@ -24,42 +29,35 @@ use super::{corral_bin, install_exec, wait_until};
 /// The port the test configs listen on (the network namespace is private).
 pub const PORT: u16 = 7070;
 
-/// Where the boot script lives, relative to the repository root.
-const SCRIPT: &str = "../shared/systemd-ns/run-systemd-ns.sh";
+/// The target systemd boots into: no default dependencies (there is no basic.target
+/// in these namespaces).
+const TARGET: &str = "[Unit]\nDescription=corral test target\nDefaultDependencies=no\n";
+
+/// PID 1's first steps inside the namespaces (private mount propagation): its own /run,
+/// the test's units as /etc/systemd/system, loopback up, then systemd.
+const INNER: &str = "set -e
+umount -R /sys/fs/cgroup || true
+mount -t tmpfs tmpfs /run
+mount --bind \"$UNITS\" /etc/systemd/system
+ip link set lo up 2>/dev/null || true
+export container=corral-test
+exec /lib/systemd/systemd --log-target=console --log-level=info --unit=corral-test.target --show-status=no";
+
+/// The longest one systemd may live (a test that hangs still ends).
+const MAX_LIFE_S: &str = "300";
 
 /// How long one `systemctl`/`exec` call may take on a loaded box.
 const EXEC_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Where the boot script is: `../shared` beside the clone, or, in a git worktree,
-/// beside the main clone (`SYSTEMD_NS_SCRIPT` overrides both).
-fn script_path() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("SYSTEMD_NS_SCRIPT") {
-        return Ok(PathBuf::from(p));
-    }
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut tried = vec![repo.join(SCRIPT)];
-    // A worktree's .git is a file naming <main clone>/.git/worktrees/<name>.
-    if let Ok(dotgit) = fs::read_to_string(repo.join(".git")) {
-        if let Some(dir) = dotgit.trim().strip_prefix("gitdir: ") {
-            if let Some(main) = Path::new(dir).ancestors().nth(3) {
-                tried.push(main.join(SCRIPT));
-            }
-        }
-    }
-    tried
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .ok_or_else(|| format!("no {SCRIPT} (looked for {tried:?})"))
-}
+/// A proof that systemd can be booted here (returned by [`available`]).
+pub struct Boot(());
 
-/// The boot script, or why these tests cannot run here.
-pub fn available() -> Result<PathBuf, String> {
-    let script = script_path()?;
+/// Whether systemd can be booted here, or why these tests cannot run.
+pub fn available() -> Result<Boot, String> {
     if !nix::unistd::geteuid().is_root() {
         return Err("not root: booting systemd in namespaces needs root".into());
     }
-    for tool in ["unshare", "nsenter", "timeout"] {
+    for tool in ["unshare", "nsenter", "timeout", "ps", "mount"] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .stdout(Stdio::null())
@@ -84,11 +82,12 @@ pub fn available() -> Result<PathBuf, String> {
     if !ok {
         return Err("cannot create pid/mount/net/cgroup namespaces here".into());
     }
-    Ok(script)
+    Ok(Boot(()))
 }
 
-/// Returns the boot script, or prints why the test is skipped and returns None.
-pub fn or_skip(test: &str) -> Option<PathBuf> {
+/// Whether systemd can be booted here, or prints why the test is skipped and returns
+/// None.
+pub fn or_skip(test: &str) -> Option<Boot> {
     match available() {
         Ok(s) => Some(s),
         Err(why) => {
@@ -111,7 +110,11 @@ pub struct UnitOpts {
 
 /// One systemd in its namespaces, with corral installed for it.
 pub struct SystemdNs {
-    script: PathBuf,
+    /// `timeout` (whose child is `unshare`, whose child is systemd); killed and reaped
+    /// on drop.
+    boot: Option<std::process::Child>,
+    /// This instance's cgroup in each hierarchy, removed on drop.
+    cgroups: Vec<PathBuf>,
     /// `/var/lib/corral-test-<unique>`: binary, config, units, state, log.
     pub root: PathBuf,
     /// systemd's pid on the host, to enter its namespaces.
@@ -153,8 +156,8 @@ impl SystemdNs {
 
     /// Installs corral (the built binary, `config`, the shipped units adapted to the
     /// test) and boots systemd. Panics with the console if systemd does not come up.
-    pub fn boot(script: &Path, config: &str, opts: &UnitOpts) -> SystemdNs {
-        let mut ns = SystemdNs::prepare(script, None);
+    pub fn boot(_: &Boot, config: &str, opts: &UnitOpts) -> SystemdNs {
+        let mut ns = SystemdNs::prepare(None);
         install_exec(Path::new(corral_bin()), &ns.bin());
         fs::write(ns.config(), config).expect("write config");
         let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -176,8 +179,8 @@ impl SystemdNs {
     /// `bin` with `config` where the package puts them) as its corral.service, in the
     /// namespace's /etc/systemd/system, adapted like the shipped one (no default
     /// dependencies, log to a file).
-    pub fn boot_unit(script: &Path, service: &str, bin: &Path, config: &Path) -> SystemdNs {
-        let mut ns = SystemdNs::prepare(script, Some((bin, config)));
+    pub fn boot_unit(_: &Boot, service: &str, bin: &Path, config: &Path) -> SystemdNs {
+        let mut ns = SystemdNs::prepare(Some((bin, config)));
         let unit = adapt_service(service, bin, config, &ns.log_path(), &UnitOpts::default());
         fs::write(ns.root.join("units/corral.service"), unit).expect("write unit");
         ns.start();
@@ -186,7 +189,7 @@ impl SystemdNs {
 
     /// A fresh root with its units and state folders; the binary and config are in
     /// it unless `installed` names them.
-    fn prepare(script: &Path, installed: Option<(&Path, &Path)>) -> SystemdNs {
+    fn prepare(installed: Option<(&Path, &Path)>) -> SystemdNs {
         static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let nonce = {
@@ -208,7 +211,8 @@ impl SystemdNs {
         };
         // From here on Drop cleans up, even if booting fails.
         SystemdNs {
-            script: script.to_path_buf(),
+            boot: None,
+            cgroups: Vec::new(),
             root,
             host_pid: 0,
             bin,
@@ -219,33 +223,47 @@ impl SystemdNs {
     /// Boots systemd on the units written in `root/units` (plus the target it boots
     /// into). Panics with the console if systemd does not come up.
     fn start(&mut self) {
-        let ns = self;
-        let target = ns
-            .script
-            .parent()
-            .expect("script dir")
-            .join("system/corral-test.target");
-        fs::copy(&target, ns.root.join("units/corral-test.target")).expect("copy target");
-        let out = ns.script_cmd(&["start"]);
-        let pid = fs::read_to_string(ns.root.join("state/systemd.pid")).unwrap_or_default();
-        ns.host_pid = pid.trim().parse().unwrap_or(0);
+        fs::write(self.root.join("units/corral-test.target"), TARGET).expect("write target");
+        self.cgroups = own_cgroups(&self.root);
+        let console = fs::File::create(self.root.join("state/systemd.console")).expect("console");
+        // sh moves itself into this instance's cgroups (so the systemd it becomes
+        // manages them as its root), then becomes `timeout`, which bounds the rest.
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(
+                r#"for d in "$@"; do echo $$ > "$d/cgroup.procs" 2>/dev/null; done
+exec timeout --kill-after=5 "$MAX_LIFE_S" unshare --fork --kill-child=SIGKILL --pid --mount \
+  --propagation private --uts --ipc --net --cgroup --mount-proc sh -c "$INNER""#,
+            )
+            .arg("sh")
+            .args(&self.cgroups)
+            .env("UNITS", self.root.join("units"))
+            .env("INNER", INNER)
+            .env("MAX_LIFE_S", MAX_LIFE_S)
+            .stdin(Stdio::null())
+            .stdout(console.try_clone().expect("dup console"))
+            .stderr(console);
+        let child = cmd.spawn().expect("spawn unshare");
+        let timeout_pid = child.id() as i32;
+        self.boot = Some(child);
+        // timeout → unshare → systemd (PID 1 inside).
+        let mut systemd = 0;
+        wait_until(Duration::from_secs(20), || {
+            systemd = child_of(timeout_pid).and_then(child_of).unwrap_or(0);
+            systemd > 0
+        });
+        self.host_pid = systemd;
+        let mut state = String::new();
+        let up = systemd > 0
+            && wait_until(EXEC_TIMEOUT, || {
+                state = self.exec(&["systemctl", "is-system-running"]).1;
+                matches!(state.trim(), "running" | "degraded")
+            });
         assert!(
-            ns.host_pid > 0 && (out.contains("(running)") || out.contains("(degraded)")),
-            "systemd did not boot: {out}\n{}",
-            ns.console_tail(40)
+            up,
+            "systemd did not boot (host pid {systemd}, state {state:?})\n{}",
+            self.console_tail(40)
         );
-    }
-
-    fn script_cmd(&self, args: &[&str]) -> String {
-        let out = run_bounded(
-            Command::new(&self.script)
-                .args(args)
-                .env("STATE", self.root.join("state"))
-                .env("UNITS", self.root.join("units"))
-                .env("SYSTEMD_NS_MAX_S", "300"),
-            EXEC_TIMEOUT,
-        );
-        format!("{}{}", out.1, out.2)
     }
 
     /// Runs a command inside systemd's namespaces; (success, stdout, stderr).
@@ -353,8 +371,25 @@ impl SystemdNs {
 
 impl Drop for SystemdNs {
     fn drop(&mut self) {
-        if self.root.join("state/timeout.pid").exists() {
-            let _ = self.script_cmd(&["stop"]);
+        if let Some(mut boot) = self.boot.take() {
+            // Killing PID 1 ends its namespace and everything in it; then `unshare` and
+            // `timeout` exit, and reaping `timeout` says so.
+            if self.host_pid > 0 {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(self.host_pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let gone = wait_until(Duration::from_secs(30), || {
+                boot.try_wait().ok().flatten().is_some()
+            });
+            if !gone {
+                let _ = boot.kill();
+                let _ = boot.wait();
+            }
+        }
+        for cg in &self.cgroups {
+            remove_cgroup(cg);
         }
         if std::env::var_os("CORRAL_TEST_KEEP").is_none() {
             let _ = fs::remove_dir_all(&self.root);
@@ -362,6 +397,94 @@ impl Drop for SystemdNs {
             eprintln!("kept {}", self.root.display());
         }
     }
+}
+
+/// The first child of `pid` (from `ps`, as the kernel's children list may be absent).
+fn child_of(pid: i32) -> Option<i32> {
+    let out = Command::new("ps")
+        .args(["-o", "pid=", "--ppid", &pid.to_string()])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Makes a cgroup for this instance (named after its root folder) under this
+/// process's cgroup in every mounted hierarchy (cgroup v1 controllers, the named
+/// systemd hierarchy, the unified v2 one), and returns their paths.
+fn own_cgroups(root: &Path) -> Vec<PathBuf> {
+    let name = root
+        .file_name()
+        .expect("root name")
+        .to_string_lossy()
+        .to_string();
+    let mine = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let mut out = Vec::new();
+    let Ok(dirs) = fs::read_dir("/sys/fs/cgroup") else {
+        return out;
+    };
+    for d in dirs.flatten() {
+        let h = d.path();
+        if !h.join("cgroup.procs").exists() {
+            continue;
+        }
+        let base = d.file_name().to_string_lossy().to_string();
+        // "ID:CONTROLLERS:PATH": v1 names its controllers (or name=systemd); v2 is "0::".
+        let within = mine.lines().find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (id, ctl, path) = (f.next()?, f.next()?, f.next()?);
+            let hit = ctl
+                .split(',')
+                .any(|c| c == base || c == format!("name={base}"))
+                || (base == "unified" && id == "0");
+            hit.then(|| path.trim_start_matches('/').to_string())
+        });
+        let Some(within) = within else { continue };
+        let dir = h.join(within).join(&name);
+        if fs::create_dir_all(&dir).is_ok() {
+            out.push(dir);
+        }
+    }
+    // Unified-only hosts mount v2 at /sys/fs/cgroup itself.
+    if out.is_empty() && Path::new("/sys/fs/cgroup/cgroup.procs").exists() {
+        let within = mine
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .unwrap_or("/")
+            .trim_start_matches('/');
+        let dir = Path::new("/sys/fs/cgroup").join(within).join(&name);
+        if fs::create_dir_all(&dir).is_ok() {
+            out.push(dir);
+        }
+    }
+    out
+}
+
+/// Removes a cgroup and the ones systemd made in it, deepest first; a cgroup whose
+/// last process is still exiting is busy for a moment, so each try is retried.
+fn remove_cgroup(cg: &Path) {
+    fn dirs(p: &Path, out: &mut Vec<PathBuf>) {
+        if let Ok(rd) = fs::read_dir(p) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    dirs(&e.path(), out);
+                }
+            }
+        }
+        out.push(p.to_path_buf());
+    }
+    wait_until(Duration::from_secs(10), || {
+        let mut all = Vec::new();
+        dirs(cg, &mut all);
+        for d in &all {
+            let _ = fs::remove_dir(d);
+        }
+        !cg.exists()
+    });
 }
 
 /// Runs `cmd` with piped output, killing it (by pid) after `timeout`.
