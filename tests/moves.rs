@@ -368,7 +368,15 @@ fn a_service_that_refuses_to_suspend_keeps_the_drain_behaviour() {
     let out = c.cli(&["-s", "reload"]);
     assert!(out.status.success(), "{}", out.all());
     let new = gen_of(&c);
-    std::thread::sleep(Duration::from_millis(1500));
+    // The old worker says it drains with the connection in hand (it did not hand it
+    // on); from then on only the connection's end or drain_timeout ends it.
+    assert!(
+        wait_until(POLL_LIMIT, || c
+            .log()
+            .contains("draining (master asked) connections=1")),
+        "the old worker never drained with its connection\n{}",
+        c.log_tail(40)
+    );
     assert_eq!(
         generations(&c).len(),
         2,
