@@ -7,8 +7,11 @@
 //! and masters): it is data, not a decision, and it must keep flowing while the
 //! master holds few enough fds.
 
-use super::*;
+use super::{ChannelError, Command, Job, Master, Pid, Signal, State, ToMaster, WorkerState};
 use crate::os::master::{poll, PollFlags};
+use crate::os::signals;
+use std::os::fd::AsFd;
+use tracing::{error, info, warn};
 
 /// Messages read from one worker's channel in one turn: with 56 workers streaming
 /// hand-overs, reading each until it is empty made one turn last seconds, and

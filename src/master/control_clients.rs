@@ -1,7 +1,10 @@
 //! The master's side of the control socket (the protocol is `crate::control`): clients by ticket, requests turned into
 //! jobs, and answers.
 
-use super::*;
+use super::{Job, Master, Request, Response, Waiters};
+use crate::master::pressure;
+use crate::os::process;
+use tracing::{debug, error, warn};
 
 impl Master {
     /// Accepts a round of control clients and reads what each has sent already

@@ -38,19 +38,18 @@ pub mod upgrade;
 mod waiters;
 mod xfer;
 
-use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use tracing::{debug, error, info, warn};
+use tracing::{info, warn};
 
 use crate::channel::{Channel, ChannelError, IdlePolicy, ToMaster, ToWorker};
 use crate::config::Config;
 use crate::os::master::{Pid, Signal};
-use crate::os::process::{self, ExitReason, Forked};
-use crate::os::signals::{self, SignalReader, MASTER_SIGNALS};
-use crate::os::{fd, net, SysError};
-use crate::worker::{self, WorkerInit, EXIT_FATAL};
+use crate::os::process::{ExitReason, Forked};
+use crate::os::signals::{SignalReader, MASTER_SIGNALS};
+use crate::os::{net, SysError};
+use crate::worker::{WorkerInit, EXIT_FATAL};
 
 use crate::control::{self, Client, Request, Response, WorkerStatus};
 use effects::Effects;

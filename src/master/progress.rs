@@ -1,7 +1,11 @@
 //! Deadlines and progress: what moves the master's state forward once what it waits for
 //! has happened (or has not, in time).
 
-use super::*;
+use super::{drain, IdlePolicy, Master, State, WorkerState, PREDECESSOR_POLL, START_TIMEOUT};
+use crate::master::sockets;
+use crate::os::process;
+use std::time::Instant;
+use tracing::{error, info};
 
 impl Master {
     pub(super) fn sd_watchdog(&mut self, now: Instant) {

@@ -1,7 +1,15 @@
 //! Reload: start a new generation, commit it once ready or abort it, and cap the old
 //! generations that still drain.
 
-use super::*;
+use super::{
+    drain, Config, IdlePolicy, Listener, Master, Signal, Slot, State, Waiters, WorkerState,
+    OLD_GENERATIONS_GRACE, START_TIMEOUT, STOPPING_RELOAD,
+};
+use crate::master::privs;
+use crate::master::rolling;
+use crate::master::sockets;
+use std::time::Instant;
+use tracing::{error, info, warn};
 
 /// A reload in flight: the new generation is starting.
 pub(super) struct Reload {

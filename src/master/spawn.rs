@@ -1,6 +1,18 @@
 //! Forking a worker, and the child's side of the fork: shed the master, run the loop.
 
-use super::*;
+use super::{recycle, xfer};
+use super::{
+    Channel, Config, FdReserve, Forked, Master, State, SysError, WorkerInit, WorkerRecord,
+    WorkerState, EXIT_FATAL,
+};
+use crate::master::privs;
+use crate::master::sockets;
+use crate::os::process;
+use crate::os::signals;
+use crate::worker;
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+use tracing::{debug, error, warn};
 
 impl Master {
     /// Forks a worker into `slot` of `generation`, with that generation's listeners.

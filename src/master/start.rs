@@ -1,7 +1,19 @@
 //! Starting the master: bind the listeners, write the pid file, open the control socket
 //! and fork the first generation.
 
-use super::*;
+use super::{faults, generations, metrics, xfer};
+use super::{
+    info, warn, Config, Effects, FdReserve, Listener, LogOnce, Master, MasterError, Pending,
+    PidFile, Reporter, SignalReader, Slot, StartOptions, State, WorkerTable, MASTER_SIGNALS,
+    START_TIMEOUT,
+};
+use crate::control;
+use crate::master::effects;
+use crate::master::pressure;
+use crate::master::privs;
+use crate::master::sockets;
+use crate::master::upgrade;
+use crate::os::process;
 
 /// What the master holds from the system before it forks anything (nothing of it in
 /// the unit tests of its decisions).

@@ -1,7 +1,8 @@
 //! `corral status` and the line systemd shows.
 
-use super::*;
+use super::{Master, Response, State, WorkerStatus};
 use crate::control::CertificateStatus;
+use crate::os::process;
 
 impl Master {
     /// One line for `systemctl status`.

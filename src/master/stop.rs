@@ -1,6 +1,9 @@
 //! Stopping: graceful and fast stops, SIGWINCH parking, and the master's exit.
 
-use super::*;
+use super::{drain, IdlePolicy, Master, Signal, State, ToWorker, WorkerState};
+use crate::master::sockets;
+use crate::os::process;
+use tracing::{info, warn};
 
 /// The answer to a reload that a stop overtook.
 pub(super) const STOPPING_RELOAD: &str = "the master is stopping; reload not done";

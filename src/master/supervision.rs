@@ -1,7 +1,15 @@
 //! Supervision: reaping, respawn backoff, the heartbeat watchdog, memory recycling and
 //! drain deadlines.
 
-use super::*;
+use super::{
+    Effects, ExitReason, IdlePolicy, Kill, Master, Pid, Signal, State, ToWorker, WorkerRecord,
+    WorkerState, DRAIN_BACKSTOP, EXIT_FATAL, KILL_GRACE, RECYCLE_MIN_HEARTBEATS, WATCHDOG_GRACE,
+};
+use crate::master::privs;
+use crate::os::process;
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+use tracing::{debug, error, info, warn};
 
 /// Tells a worker to drain; it exits by itself by `deadline` (its own drain timeout)
 /// and is killed shortly after if it has not.

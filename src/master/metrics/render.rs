@@ -4,7 +4,12 @@
 //! this file only renders.
 
 use super::expo::{Expo, Kind};
-use super::*;
+use super::{
+    ListenerTotals, Master, State, Totals, UpstreamSeries, UpstreamTotals, WorkerSeries,
+    WorkerState,
+};
+use std::collections::BTreeMap;
+use std::time::Instant;
 
 impl Master {
     /// The exposition text.

@@ -4,7 +4,7 @@
 use crate::tls::{Failure, TlsCounts};
 
 use super::expo::{Expo, Kind};
-use super::*;
+use super::Master;
 
 impl Master {
     pub(super) fn tls_metrics(&self, e: &mut Expo, t: &TlsCounts) {

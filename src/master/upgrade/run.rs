@@ -1,7 +1,16 @@
 //! The master's side of a binary upgrade: start a new master, commit once it reports
 //! ready, roll back when it does not.
 
-use super::super::*;
+use super::super::{IdlePolicy, Master, Report, Signal, State, Upgrade, Waiters};
+use crate::control;
+use crate::master::sockets;
+use crate::master::upgrade;
+use crate::master::xfer;
+use crate::os::fd;
+use crate::os::process;
+use crate::os::signals;
+use std::os::fd::AsFd;
+use tracing::{error, info, warn};
 
 impl Master {
     /// Forks and execs the binary on disk as a new master that inherits our
