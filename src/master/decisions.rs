@@ -264,3 +264,100 @@ fn a_stop_answers_every_waiter_including_those_it_overtakes() {
     assert!(matches!(b.m.state, State::Stopping { .. }));
     assert_eq!(b.m.finished(), Some(0), "stopped once every worker is gone");
 }
+
+/// Live workers of the two generations of a rolling reload (old 1, new 2).
+fn alive(b: &Bench) -> usize {
+    b.m.workers
+        .iter()
+        .filter(|w| w.generation == 1 || w.generation == 2)
+        .count()
+}
+
+#[test]
+fn a_rolling_reload_replaces_one_slot_at_a_time_within_the_surge() {
+    let mut b = Bench::running(3, "reload_surge = 1");
+    let (reload, mut r) = b.ask(Request::Reload);
+    b.handle(vec![reload]);
+    assert_eq!(b.fx.forks(), 4, "one new worker to start with");
+    let mut peak = alive(&b);
+    for slot in 0..3 {
+        b.ready(2);
+        peak = peak.max(alive(&b));
+        // The slot's old worker drains only once its successor is ready; the next
+        // slot waits for it to exit (3 old + 1 new is the most allowed).
+        let old: Vec<_> = b.pids(1, draining());
+        assert_eq!(old.len(), 1, "slot {slot}: one old worker drains at a time");
+        assert_eq!(
+            b.fx.forks(),
+            4 + slot,
+            "slot {slot}: nothing more before it exits"
+        );
+        b.exit(old[0], ExitReason::Code(0));
+        peak = peak.max(alive(&b));
+    }
+    assert_eq!(b.fx.forks(), 6, "three new workers in all");
+    assert!(peak <= 4, "at most workers + surge alive: {peak}");
+    assert_eq!(b.pids(2, WorkerState::Ready).len(), 3);
+    assert!(b.pids(1, WorkerState::Ready).is_empty());
+    let got = r.answer().expect("the reload is answered");
+    assert!(got.ok && got.message.contains("generation 2"), "{got:?}");
+    assert_eq!(b.state(), "running");
+}
+
+#[test]
+fn a_rolling_reload_whose_new_worker_dies_gives_replaced_slots_their_old_generation_back() {
+    let mut b = Bench::running(3, "reload_surge = 1");
+    let (reload, mut r) = b.ask(Request::Reload);
+    b.handle(vec![reload]);
+    b.ready(2);
+    let replaced = b.pids(2, WorkerState::Ready);
+    let old0 = b.pids(1, draining());
+    b.exit(old0[0], ExitReason::Code(0));
+    // Slot 1's new worker starts, then crashes before it is ready.
+    let crashing = b.pids(2, WorkerState::Starting);
+    assert_eq!(crashing.len(), 1);
+    let forks = b.fx.forks();
+    b.exit(
+        crashing[0],
+        ExitReason::Signal {
+            signal: Signal::SIGSEGV,
+            core_dumped: false,
+        },
+    );
+    let got = r.answer().expect("the failed reload is answered");
+    assert!(!got.ok, "{got:?}");
+    assert!(got.message.contains("rolling back slot(s) [0]"), "{got:?}");
+    // Slot 0 gets a generation-1 worker again; its generation-2 worker keeps serving
+    // (marked for recycling) until that one is ready, then drains.
+    assert_eq!(
+        b.fx.forks(),
+        forks + 1,
+        "one old-generation worker for slot 0"
+    );
+    let refill = b.pids(1, WorkerState::Starting);
+    assert_eq!(refill.len(), 1);
+    let rec = |b: &Bench, pid| {
+        b.m.workers
+            .iter()
+            .find(|w| w.pid == pid)
+            .map(|w| (w.slot, w.recycling, w.state.name()))
+    };
+    assert_eq!(rec(&b, refill[0]).map(|r| r.0), Some(0));
+    assert_eq!(
+        rec(&b, replaced[0]),
+        Some((0, true, "ready")),
+        "serves until its slot is refilled"
+    );
+    b.ready(1);
+    assert_eq!(
+        rec(&b, replaced[0]).map(|r| r.2),
+        Some("draining"),
+        "drains once the old generation serves its slot again"
+    );
+    assert_eq!(
+        b.pids(1, WorkerState::Ready).len(),
+        3,
+        "generation 1 serves every slot"
+    );
+    assert_eq!(b.state(), "running");
+}
