@@ -361,3 +361,82 @@ fn a_rolling_reload_whose_new_worker_dies_gives_replaced_slots_their_old_generat
     );
     assert_eq!(b.state(), "running");
 }
+
+/// A heartbeat from `pid` saying it has served `accepted` connections.
+fn beat(b: &mut Bench, pid: crate::os::master::Pid, accepted: u64) {
+    let stats = crate::channel::Stats {
+        accepted,
+        ..Default::default()
+    };
+    if b.m
+        .record(vec![(pid, crate::channel::ToMaster::Heartbeat(stats))])
+    {
+        b.handle(vec![signal(Command::Recycle)]);
+    }
+}
+
+#[test]
+fn workers_past_max_requests_are_replaced_one_slot_at_a_time_successor_first() {
+    let mut b = Bench::running(2, "[worker]\nmax_requests = 10\nmax_requests_jitter = 0");
+    let (a, c) = {
+        let ready = b.pids(1, WorkerState::Ready);
+        (ready[0], ready[1])
+    };
+    beat(&mut b, a, 9);
+    assert_eq!(b.fx.forks(), 2, "under its limit: nothing");
+    beat(&mut b, a, 10);
+    beat(&mut b, c, 50);
+    assert_eq!(
+        b.fx.forks(),
+        3,
+        "one replacement at a time, the oldest due first"
+    );
+    let successor = b.pids(1, WorkerState::Starting);
+    assert_eq!(successor.len(), 1);
+    assert!(
+        b.fx.signals_to(a).is_empty() && b.pids(1, draining()).is_empty(),
+        "the worker serves on until its successor is ready"
+    );
+    b.ready(1);
+    assert_eq!(b.pids(1, draining()), vec![a], "then it drains");
+    beat(&mut b, c, 51);
+    assert_eq!(
+        b.fx.forks(),
+        3,
+        "the next waits until the recycled one has exited"
+    );
+    b.exit(a, ExitReason::Code(0));
+    beat(&mut b, c, 52);
+    assert_eq!(b.fx.forks(), 4, "now the other slot");
+    b.ready(1);
+    assert_eq!(b.pids(1, draining()), vec![c]);
+    assert_eq!(
+        b.pids(1, WorkerState::Ready).len(),
+        2,
+        "capacity never dipped"
+    );
+}
+
+#[test]
+fn parked_workers_drain_and_are_not_respawned_until_a_reload() {
+    let mut b = Bench::running(2, "");
+    let pids = b.pids(1, WorkerState::Ready);
+    b.handle(vec![signal(Command::StopWorkers)]);
+    assert_eq!(
+        b.pids(1, draining()).len(),
+        2,
+        "SIGWINCH drains every worker"
+    );
+    for pid in pids {
+        b.exit(pid, ExitReason::Code(0));
+    }
+    b.later(Duration::from_secs(30));
+    assert_eq!(b.fx.forks(), 2, "parked slots are not respawned");
+    assert!(b.m.workers.is_empty());
+    b.handle(vec![signal(Command::Reload)]);
+    assert_eq!(b.fx.forks(), 4, "a reload starts workers again");
+    b.ready(2);
+    assert_eq!(b.pids(2, WorkerState::Ready).len(), 2);
+    b.later(Duration::from_secs(30));
+    assert_eq!(b.fx.forks(), 4);
+}
