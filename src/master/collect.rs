@@ -52,13 +52,13 @@ impl Master {
         let mut ready_clients = Vec::new();
         let mut xfer_ready = Vec::new();
         let (sig_ready, ctl_ready, upgrade_ready, upgrade_gone) = {
-            let mut fds = Vec::with_capacity(2 + self.workers.len() + self.clients.len());
+            let mut fds = Vec::with_capacity(2 + self.workers.len() + self.ctl.clients.len());
             if let Some(s) = &self.signals {
                 fds.push((s.as_fd(), PollFlags::POLLIN));
             }
             let ctl_index = fds.len();
-            let accepting = self.accept_paused_until.is_none();
-            if let Some(c) = self.control.as_ref().filter(|_| accepting) {
+            let accepting = self.ctl.paused_until.is_none();
+            if let Some(c) = self.ctl.server.as_ref().filter(|_| accepting) {
                 fds.push((c.fd(), PollFlags::POLLIN));
             }
             let workers_at = fds.len();
@@ -82,7 +82,7 @@ impl Master {
                 fds.push((u.pidfd.as_fd(), PollFlags::POLLIN));
             }
             let xfer_at = fds.len();
-            let links = self.xfer.pollable();
+            let links = self.up.xfer.pollable();
             for (_, fd, write) in &links {
                 let mut flags = PollFlags::POLLIN;
                 if *write {
@@ -91,7 +91,7 @@ impl Master {
                 fds.push((*fd, flags));
             }
             let clients_at = fds.len();
-            for (_, c) in &self.clients {
+            for (_, c) in &self.ctl.clients {
                 let mut flags = PollFlags::empty();
                 if c.wants_read() {
                     flags |= PollFlags::POLLIN;
@@ -122,12 +122,12 @@ impl Master {
             for (i, r) in revents[clients_at..].iter().enumerate() {
                 if !r.is_empty() {
                     let hup = r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR);
-                    ready_clients.push((self.clients[i].0, hup));
+                    ready_clients.push((self.ctl.clients[i].0, hup));
                 }
             }
             (
                 self.signals.is_some() && fired(0),
-                self.control.is_some() && accepting && fired(ctl_index),
+                self.ctl.server.is_some() && accepting && fired(ctl_index),
                 upgrade_at < xfer_at && fired(upgrade_at),
                 upgrade_at + 1 < xfer_at && fired(upgrade_at + 1),
             )

@@ -1,10 +1,44 @@
 //! The master's side of the control socket (the protocol is `crate::control`): clients by ticket, requests turned into
 //! jobs, and answers.
 
-use super::{Job, Master, Request, Response, Waiters};
+use super::{control, Client, Job, Master, Request, Response, Waiters};
 use crate::master::pressure;
+use crate::master::pressure::LogOnce;
 use crate::os::process;
+use std::time::Instant;
 use tracing::{debug, error, warn};
+
+/// The master's control-socket part: the listening end, the clients with their
+/// tickets, and the flood and fd-exhaustion guards around accepting them.
+pub(super) struct Desk {
+    /// None only in a forked child (dropped at once) and in unit tests.
+    pub server: Option<control::Server>,
+    pub clients: Vec<(u64, Client)>,
+    pub next_ticket: u64,
+    /// Most clients at once, from `RLIMIT_NOFILE`.
+    pub cap: usize,
+    /// The control socket stays out of the poll set until then (flood or EMFILE).
+    pub paused_until: Option<Instant>,
+    pub log_flood: LogOnce,
+    pub log_exhausted: LogOnce,
+    /// `corral fault` requests of this batch, by ticket, with the requester's uid.
+    pub fault_requests: Vec<(u64, crate::fault::kind::FaultRequest, u32)>,
+}
+
+impl Desk {
+    pub(super) fn new(server: Option<control::Server>) -> Desk {
+        Desk {
+            server,
+            clients: Vec::new(),
+            next_ticket: 0,
+            cap: pressure::client_cap(process::nofile_limit().unwrap_or(1024)),
+            paused_until: None,
+            log_flood: LogOnce::new(pressure::LOG_EVERY),
+            log_exhausted: LogOnce::new(pressure::LOG_EVERY),
+            fault_requests: Vec::new(),
+        }
+    }
+}
 
 impl Master {
     /// Accepts a round of control clients and reads what each has sent already
@@ -13,7 +47,7 @@ impl Master {
     /// an answer. Turning clients away, or running out of fds, pauses accepting for
     /// a moment so a flood cannot keep the master busy.
     pub(in crate::master) fn accept_clients(&mut self) -> Vec<Job> {
-        let Some(server) = &self.control else {
+        let Some(server) = &self.ctl.server else {
             return Vec::new();
         };
         let accepted = server.accept(pressure::ACCEPT_BATCH);
@@ -31,8 +65,9 @@ impl Master {
                     continue;
                 }
             };
-            if self.clients.len() >= self.client_cap {
+            if self.ctl.clients.len() >= self.ctl.cap {
                 let oldest_silent = self
+                    .ctl
                     .clients
                     .iter()
                     .enumerate()
@@ -41,28 +76,28 @@ impl Master {
                     .map(|(i, _)| i);
                 turned_away += 1;
                 match oldest_silent {
-                    Some(i) => drop(self.clients.remove(i)),
+                    Some(i) => drop(self.ctl.clients.remove(i)),
                     None => {
                         let why = format!(
                             "too many control clients ({}) are waiting for answers; try again",
-                            self.client_cap
+                            self.ctl.cap
                         );
                         c.reject(&self.response(false, why));
                         continue;
                     }
                 }
             }
-            self.next_ticket += 1;
-            let ticket = self.next_ticket;
+            self.ctl.next_ticket += 1;
+            let ticket = self.ctl.next_ticket;
             if let Some(req) = req {
                 debug!(?req, "control request");
                 jobs.push(self.job_for(req, ticket, c.uid));
             }
-            self.clients.push((ticket, c));
+            self.ctl.clients.push((ticket, c));
         }
         if let Some(e) = accepted.exhausted {
-            self.accept_paused_until = Some(now + pressure::EXHAUSTED_PAUSE);
-            if let Some(n) = self.log_exhausted.hit(now) {
+            self.ctl.paused_until = Some(now + pressure::EXHAUSTED_PAUSE);
+            if let Some(n) = self.ctl.log_exhausted.hit(now) {
                 error!(
                     "control socket: accept() failed: {e}; not accepting for {:?} \
                      ({n} more times since last said)",
@@ -70,10 +105,10 @@ impl Master {
                 );
             }
         } else if turned_away > 0 || full_round {
-            self.accept_paused_until = Some(now + pressure::FLOOD_PAUSE);
-            if let Some(n) = self.log_flood.hit(now) {
+            self.ctl.paused_until = Some(now + pressure::FLOOD_PAUSE);
+            if let Some(n) = self.ctl.log_flood.hit(now) {
                 warn!(
-                    cap = self.client_cap,
+                    cap = self.ctl.cap,
                     "control socket flooded: {turned_away} clients dropped or turned away \
                      ({n} more floods since last said); accepting in pauses of {:?}",
                     pressure::FLOOD_PAUSE
@@ -86,12 +121,12 @@ impl Master {
     /// Reads a client's request and turns it into a job; nothing is acted on here.
     /// `hup`: poll saw the client hang up (or fail).
     pub(in crate::master) fn serve_client(&mut self, ticket: u64, hup: bool) -> Option<Job> {
-        let i = self.clients.iter().position(|(t, _)| *t == ticket)?;
-        let c = &mut self.clients[i].1;
+        let i = self.ctl.clients.iter().position(|(t, _)| *t == ticket)?;
+        let c = &mut self.ctl.clients[i].1;
         if !c.wants_read() {
             // Half-closed earlier; now fully gone, nobody is left to answer.
             if hup && !c.wants_write() {
-                self.clients.swap_remove(i);
+                self.ctl.clients.swap_remove(i);
             }
             return None;
         }
@@ -100,25 +135,25 @@ impl Master {
             Ok(None) => return None,
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
                 let resp = self.response(false, format!("malformed control request: {e}"));
-                self.clients[i].1.answer(&resp);
+                self.ctl.clients[i].1.answer(&resp);
                 return None;
             }
             Err(_) => {
                 if !c.wants_write() {
-                    self.clients.swap_remove(i);
+                    self.ctl.clients.swap_remove(i);
                 }
                 return None;
             }
         };
         debug!(?req, "control request");
-        let uid = self.clients[i].1.uid;
+        let uid = self.ctl.clients[i].1.uid;
         Some(self.job_for(req, ticket, uid))
     }
 
     /// The job for a request; a fault request's details wait in `fault_requests`.
     pub(in crate::master) fn job_for(&mut self, req: Request, ticket: u64, uid: u32) -> Job {
         if let Request::Fault(f) = &req {
-            self.fault_requests.push((ticket, f.clone(), uid));
+            self.ctl.fault_requests.push((ticket, f.clone(), uid));
         }
         Job::request(req, ticket)
     }
@@ -137,7 +172,7 @@ impl Master {
 
     pub(in crate::master) fn answer(&mut self, ticket: u64, ok: bool, message: String) {
         let resp = self.response(ok, message);
-        if let Some((_, c)) = self.clients.iter_mut().find(|(t, _)| *t == ticket) {
+        if let Some((_, c)) = self.ctl.clients.iter_mut().find(|(t, _)| *t == ticket) {
             c.answer(&resp);
         }
     }
@@ -151,7 +186,8 @@ impl Master {
 
     pub(in crate::master) fn flush_clients(&mut self) {
         let now = self.fx.now();
-        self.clients
+        self.ctl
+            .clients
             .retain_mut(|(_, c)| !c.flush() && !c.stale(now));
     }
 }

@@ -253,7 +253,7 @@ impl Bench {
         assert_eq!(c.read().expect("read"), Some(req.clone()));
         self.next_ticket += 1;
         let t = self.next_ticket;
-        self.m.clients.push((t, c));
+        self.m.ctl.clients.push((t, c));
         (Job::request(req, t), Asker(theirs))
     }
 

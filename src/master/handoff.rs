@@ -141,7 +141,7 @@ impl Drop for WorkerHandoff {
 impl Master {
     /// Fds held for hand-overs, over all workers.
     pub(super) fn handoff_in_flight(&self) -> usize {
-        let link = self.xfer.queued();
+        let link = self.up.xfer.queued();
         self.workers
             .iter()
             .map(|w| w.handoff.queued())

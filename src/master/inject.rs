@@ -21,13 +21,14 @@ impl Master {
     /// Handles the `corral fault` request of control client `ticket`.
     pub(super) fn inject(&mut self, ticket: u64) {
         let Some(i) = self
+            .ctl
             .fault_requests
             .iter()
             .position(|(t, _, _)| *t == ticket)
         else {
             return;
         };
-        let (_, req, uid) = self.fault_requests.swap_remove(i);
+        let (_, req, uid) = self.ctl.fault_requests.swap_remove(i);
         warn!(
             uid,
             kind = %req.kind,
@@ -156,7 +157,7 @@ impl Master {
             faults::summary(&outcome),
         );
         resp.fault = Some(outcome);
-        if let Some((_, c)) = self.clients.iter_mut().find(|(t, _)| *t == ticket) {
+        if let Some((_, c)) = self.ctl.clients.iter_mut().find(|(t, _)| *t == ticket) {
             c.answer(&resp);
         }
     }

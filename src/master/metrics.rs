@@ -384,7 +384,7 @@ impl Master {
         }
         // The old master is gone: take its last word now, so its file does not
         // outlive it even if nobody scrapes.
-        if self.metrics.base_file.is_some() && self.predecessor.is_none() {
+        if self.metrics.base_file.is_some() && self.up.predecessor.is_none() {
             self.metrics.refresh_base(true);
         }
     }

@@ -17,6 +17,7 @@ mod fake;
 pub mod faults;
 pub mod generations;
 mod handoff;
+mod host;
 mod inject;
 mod metrics;
 pub mod pidfile;
@@ -231,7 +232,11 @@ const KILL_GRACE: Duration = Duration::from_millis(500);
 /// backstop, this much later, so a worker that is exiting on time is not shot.
 const DRAIN_BACKSTOP: Duration = Duration::from_millis(500);
 
-/// The running master.
+/// The running master. Its state comes in parts, each with its own file: the
+/// workers it supervises (`table.rs`: `workers`, `slots`), the control clients
+/// (`control_clients.rs`: `ctl`), the other master of an upgrade (`upgrade.rs`: `up`),
+/// what it owns in the host (`host.rs`: `host`), and the reload, metrics, faults and
+/// generation records below.
 pub struct Master {
     config: Config,
     generation: u64,
@@ -240,52 +245,23 @@ pub struct Master {
     slots: Vec<Slot>,
     /// None only inside a freshly forked child, which drops it at once.
     signals: Option<SignalReader>,
-    control: Option<control::Server>,
-    clients: Vec<(u64, Client)>,
-    next_ticket: u64,
-    pid_file: Option<PidFile>,
+    /// The control socket and its clients.
+    ctl: control_clients::Desk,
+    /// The other master of a binary upgrade, either side.
+    up: upgrade::Sides,
+    /// The pid file, readiness, systemd's watchdog, the fd reserve, the exit code.
+    host: host::Host,
     state: State,
     /// Requests waiting behind a reload, an upgrade or a stop.
     waiting: Pending,
-    /// Exit code once stopped: non-zero when the master gave up (startup failed).
-    exit_code: i32,
     /// Round-robin position for handing over connections.
     handoff_rr: usize,
-    /// The binary to exec on upgrade.
-    binary: PathBuf,
-    /// Told once we serve (or fail to).
-    reporter: Option<Reporter>,
-    /// A new master took over: our pid file is `.oldbin` and the control socket path
-    /// is no longer ours to remove.
-    handed_over: bool,
-    /// As PID 1 of a pid namespace, the master we handed over to: we stay as its init.
-    successor: Option<upgrade::Successor>,
-    /// The old master of the upgrade that started us, while it still drains: a stop
-    /// waits for it (see `upgrade::Predecessor`).
-    predecessor: Option<upgrade::Predecessor>,
     /// When to enforce `max_old_generations` after the last reload.
     old_generations_check: Option<Instant>,
-    /// `WATCHDOG=1` period when systemd's watchdog is on, and the next one due.
-    sd_watchdog: Option<(Duration, Instant)>,
-    /// Fds given back right before a fork, so a respawn works at the fd limit.
-    reserve: FdReserve,
-    /// Most control clients at once, from `RLIMIT_NOFILE`.
-    client_cap: usize,
-    /// The control socket stays out of the poll set until then (flood or EMFILE).
-    accept_paused_until: Option<Instant>,
-    log_flood: LogOnce,
-    log_exhausted: LogOnce,
-    log_reserve: LogOnce,
-    /// `corral fault` requests of this batch, by ticket, with the requester's uid.
-    fault_requests: Vec<(u64, crate::fault::kind::FaultRequest, u32)>,
     /// Injected faults in flight and master-side faults armed.
     faults: faults::Faults,
     /// Counters for the metrics service and `status --prometheus`.
     metrics: metrics::Metrics,
-    /// The channel to the other master of a binary upgrade: the new one (made for
-    /// the upgrade in flight, used once it is committed) or the old one (that
-    /// started us, while it still drains).
-    xfer: xfer::Links,
     /// What became of each draining generation's connections.
     gens: generations::Generations,
     /// When the TLS session-ticket keys rotate next.
@@ -372,7 +348,7 @@ impl Master {
                 Command::Status => {
                     let resp = self.status();
                     for t in waiters {
-                        if let Some((_, c)) = self.clients.iter_mut().find(|(k, _)| *k == t) {
+                        if let Some((_, c)) = self.ctl.clients.iter_mut().find(|(k, _)| *k == t) {
                             c.answer(&resp);
                         }
                     }
@@ -384,8 +360,8 @@ impl Master {
     /// Deadlines: respawns due, drain and stop deadlines, the watchdog, the
     /// generation cap, timers of systemd, metrics and faults.
     fn deadlines(&mut self, now: Instant) {
-        if self.accept_paused_until.is_some_and(|t| t <= now) {
-            self.accept_paused_until = None;
+        if self.ctl.paused_until.is_some_and(|t| t <= now) {
+            self.ctl.paused_until = None;
         }
         self.respawn_due(now);
         self.watchdog(now);

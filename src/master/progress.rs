@@ -9,10 +9,10 @@ use tracing::{error, info};
 
 impl Master {
     pub(super) fn sd_watchdog(&mut self, now: Instant) {
-        if let Some((every, due)) = self.sd_watchdog {
+        if let Some((every, due)) = self.host.sd_watchdog {
             if due <= now {
                 crate::notify::watchdog();
-                self.sd_watchdog = Some((every, now + every));
+                self.host.sd_watchdog = Some((every, now + every));
             }
         }
     }
@@ -32,7 +32,7 @@ impl Master {
                     );
                     self.state = State::Running;
                     sockets::adopt_paths(&mut self.listeners);
-                    if let Some(r) = self.reporter.take() {
+                    if let Some(r) = self.host.reporter.take() {
                         r.ready();
                     }
                     crate::notify::main_pid(std::process::id());
@@ -101,10 +101,10 @@ impl Master {
 
     pub(super) fn fail_startup(&mut self, why: String) {
         error!("startup failed: {why}");
-        if let Some(r) = self.reporter.take() {
+        if let Some(r) = self.host.reporter.take() {
             r.failed(&why);
         }
-        self.exit_code = 1;
+        self.host.exit_code = 1;
         self.stop(false, IdlePolicy::Close);
     }
 
@@ -116,14 +116,14 @@ impl Master {
             State::Upgrading(u) => d.push(u.deadline),
             State::Running => {}
         }
-        d.extend(self.sd_watchdog.map(|(_, due)| due));
+        d.extend(self.host.sd_watchdog.map(|(_, due)| due));
         d.extend(self.old_generations_check);
         d.push(self.ticket_rotation_due);
-        if self.predecessor.is_some() && matches!(self.state, State::Stopping { .. }) {
+        if self.up.predecessor.is_some() && matches!(self.state, State::Stopping { .. }) {
             // Waiting for the old master to exit (no fd to poll for it here).
             d.push(self.fx.now() + PREDECESSOR_POLL);
         }
-        d.extend(self.accept_paused_until);
+        d.extend(self.ctl.paused_until);
         d.extend(self.faults.next_deadline());
         d.extend(self.slots.iter().filter_map(|s| s.respawn_at));
         let wd = self.config.master.watchdog_timeout.0;

@@ -81,9 +81,9 @@ impl Master {
         crate::notify::reloading();
         // Reading the file and binding new listeners need fds even at the limit;
         // the first spawn takes the reserve back.
-        self.reserve.release();
+        self.host.reserve.release();
         let loaded = self.load_for_reload(&path);
-        self.reserve.refill();
+        self.host.reserve.refill();
         let (new, listeners) = match loaded {
             Ok(x) => x,
             Err(msg) => {

@@ -19,12 +19,12 @@ impl Master {
     pub(super) fn spawn(&mut self, slot: usize, generation: u64) -> Result<(), SysError> {
         // At the fd limit the channel's socketpair would fail: the reserve makes
         // room for it, and is taken back once the child holds its end.
-        self.reserve.release();
+        self.host.reserve.release();
         let result = self.fork_worker(slot, generation);
-        if !self.reserve.refill() {
-            if let Some(n) = self.log_reserve.hit(self.fx.now()) {
+        if !self.host.reserve.refill() {
+            if let Some(n) = self.host.log_reserve.hit(self.fx.now()) {
                 warn!(
-                    held = self.reserve.held(),
+                    held = self.host.reserve.held(),
                     "cannot refill the master's fd reserve: the fd limit is reached \
                      ({n} more times since last said)"
                 );
@@ -73,7 +73,7 @@ impl Master {
                     error!("injected fault (corral fault crash-on-start): worker {slot} aborting at start");
                     std::process::abort();
                 }
-                self.reserve = FdReserve::none();
+                self.host.reserve = FdReserve::none();
                 // Before any thread exists and before any service code runs; a worker
                 // that cannot drop is not run as root instead.
                 if let Err(e) = privs::enter_worker(self.worker_config(generation)) {
@@ -103,14 +103,14 @@ impl Master {
         // Other workers' channels must close here, or a sibling would keep this
         // worker's master end open and it would never see EOF when the master dies.
         self.workers.clear();
-        self.clients.clear();
-        self.control = None;
+        self.ctl.clients.clear();
+        self.ctl.server = None;
         self.signals = None;
-        self.pid_file = None;
-        self.reporter = None;
-        self.xfer = xfer::Links::default();
+        self.host.pid_file = None;
+        self.host.reporter = None;
+        self.up.xfer = xfer::Links::default();
         // The old master's pidfd (after an upgrade) is the master's to wait on.
-        self.predecessor = None;
+        self.up.predecessor = None;
         if let State::Upgrading(_) = self.state {
             self.state = State::Running;
         }

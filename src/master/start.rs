@@ -1,7 +1,7 @@
 //! Starting the master: bind the listeners, write the pid file, open the control socket
 //! and fork the first generation.
 
-use super::{faults, generations, metrics, xfer};
+use super::{control_clients, faults, generations, host, metrics, xfer};
 use super::{
     info, warn, Config, Effects, FdReserve, Listener, LogOnce, Master, MasterError, Pending,
     PidFile, Reporter, SignalReader, Slot, StartOptions, State, WorkerTable, MASTER_SIGNALS,
@@ -13,7 +13,6 @@ use crate::master::pressure;
 use crate::master::privs;
 use crate::master::sockets;
 use crate::master::upgrade;
-use crate::os::process;
 
 /// What the master holds from the system before it forks anything (nothing of it in
 /// the unit tests of its decisions).
@@ -55,7 +54,7 @@ impl Master {
                 let n = master.slots.len();
                 for slot in 0..n {
                     if let Err(e) = master.spawn(slot, master.generation) {
-                        let reporter = master.reporter.take();
+                        let reporter = master.host.reporter.take();
                         master.shutdown_now();
                         return Err((e.into(), reporter));
                     }
@@ -125,33 +124,30 @@ impl Master {
             workers: WorkerTable::default(),
             slots: vec![Slot::default(); n],
             signals: opened.signals,
-            control: opened.control,
-            clients: Vec::new(),
-            next_ticket: 0,
-            pid_file: opened.pid_file,
+            ctl: control_clients::Desk::new(opened.control),
+            up: upgrade::Sides {
+                binary: opts.binary,
+                handed_over: false,
+                successor: None,
+                predecessor,
+                xfer: links,
+            },
+            host: host::Host {
+                pid_file: opened.pid_file,
+                reporter,
+                sd_watchdog: crate::notify::watchdog_interval().map(|d| (d, fx.now())),
+                reserve: FdReserve::new(pressure::RESERVE_FDS),
+                log_reserve: LogOnce::new(pressure::LOG_EVERY),
+                exit_code: 0,
+            },
             state: State::Starting {
                 deadline: fx.now() + START_TIMEOUT,
             },
             waiting: Pending::default(),
-            exit_code: 0,
             handoff_rr: 0,
-            binary: opts.binary,
-            reporter,
-            handed_over: false,
-            successor: None,
-            predecessor,
             old_generations_check: None,
-            sd_watchdog: crate::notify::watchdog_interval().map(|d| (d, fx.now())),
-            reserve: FdReserve::new(pressure::RESERVE_FDS),
-            client_cap: pressure::client_cap(process::nofile_limit().unwrap_or(1024)),
-            accept_paused_until: None,
-            log_flood: LogOnce::new(pressure::LOG_EVERY),
-            log_exhausted: LogOnce::new(pressure::LOG_EVERY),
-            log_reserve: LogOnce::new(pressure::LOG_EVERY),
-            fault_requests: Vec::new(),
             faults: faults::Faults::default(),
             metrics: metrics::Metrics::from_env(),
-            xfer: links,
             gens: generations::Generations::default(),
             ticket_rotation_due: fx.now() + rotation,
             fx,

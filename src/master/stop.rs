@@ -11,17 +11,17 @@ pub(super) const STOPPING_RELOAD: &str = "the master is stopping; reload not don
 impl Master {
     /// The exit code, once the master is done.
     pub(super) fn finished(&mut self) -> Option<i32> {
-        if self.predecessor.as_ref().is_some_and(|p| p.gone()) {
-            self.predecessor = None;
+        if self.up.predecessor.as_ref().is_some_and(|p| p.gone()) {
+            self.up.predecessor = None;
         }
         match self.state {
             State::Stopping { deadline, .. } if self.workers.is_empty() => {
                 // Connections on their way to the new master leave with it, not us.
-                if self.xfer.sending_to_new() && self.fx.now() < deadline {
+                if self.up.xfer.sending_to_new() && self.fx.now() < deadline {
                     return None;
                 }
                 // Exiting would let systemd SIGKILL the old master's connections.
-                if let Some(p) = &self.predecessor {
+                if let Some(p) = &self.up.predecessor {
                     if self.fx.now() < deadline {
                         return None;
                     }
@@ -30,7 +30,7 @@ impl Master {
                         "exiting while the old master of the last upgrade still drains"
                     );
                 }
-                Some(self.exit_code)
+                Some(self.host.exit_code)
             }
             _ => None,
         }
@@ -55,7 +55,7 @@ impl Master {
         self.answer_all(queued, false, STOPPING_RELOAD);
         let refused = std::mem::take(&mut self.waiting.upgrade);
         self.answer_all(refused, false, "the master is stopping; upgrade not done");
-        if !self.handed_over {
+        if !self.up.handed_over {
             crate::notify::stopping();
         }
         let timeout = if graceful {
@@ -63,7 +63,7 @@ impl Master {
         } else {
             self.config.master.stop_timeout.0
         };
-        if self.handed_over && graceful {
+        if self.up.handed_over && graceful {
             // Not a shutdown of the service: the new master serves already, and an
             // operator reading "graceful stop" here would think otherwise.
             info!(
@@ -93,7 +93,7 @@ impl Master {
             graceful,
             deadline: now + timeout,
         };
-        if let Some(p) = &self.predecessor {
+        if let Some(p) = &self.up.predecessor {
             // The old master of the last upgrade drains on its own deadline; a fast
             // stop is for it too.
             info!(
@@ -108,7 +108,7 @@ impl Master {
         // close theirs, instead of piling up in a backlog nobody will accept from.
         // Our Unix socket files go with them (not after a hand-over: the new master
         // serves on them).
-        if !self.handed_over {
+        if !self.up.handed_over {
             sockets::remove_paths(&self.listeners, &[]);
         }
         self.listeners.clear();
@@ -162,6 +162,7 @@ impl Master {
         self.answer_all(stopped, true, "stopped");
         // Nobody leaves with EOF: whoever still waits hears that the master is gone.
         let waiting: Vec<u64> = self
+            .ctl
             .clients
             .iter()
             .filter(|(_, c)| c.waiting())
@@ -175,13 +176,13 @@ impl Master {
             );
         }
         self.flush_clients();
-        if let Some(c) = self.control.take() {
+        if let Some(c) = self.ctl.server.take() {
             c.remove();
         }
-        if !self.handed_over {
+        if !self.up.handed_over {
             sockets::remove_paths(&self.listeners, &[]);
         }
-        if let Some(p) = self.pid_file.take() {
+        if let Some(p) = self.host.pid_file.take() {
             p.remove();
         }
         self.final_share();

@@ -50,7 +50,7 @@ impl Master {
     pub(super) fn child_exited(&mut self, pid: Pid, reason: ExitReason) {
         {
             // PID 1 reaps its successor too: keep the status for the init shim.
-            if let Some(s) = self.successor.as_mut().filter(|s| s.pid == pid) {
+            if let Some(s) = self.up.successor.as_mut().filter(|s| s.pid == pid) {
                 s.exit = Some(reason);
                 return;
             }

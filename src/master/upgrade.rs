@@ -26,6 +26,25 @@ pub mod shim;
 mod spawn;
 pub use predecessor::{env_value as predecessor_env, Predecessor, PREDECESSOR_ENV};
 pub use shim::Successor;
+
+/// The master's upgrade part: the binary it execs, and the other master of an
+/// upgrade on either side of it.
+pub struct Sides {
+    /// The binary to exec on upgrade.
+    pub binary: PathBuf,
+    /// A new master took over: our pid file is `.oldbin` and the control socket path
+    /// is no longer ours to remove.
+    pub handed_over: bool,
+    /// As PID 1 of a pid namespace, the master we handed over to: we stay as its init.
+    pub successor: Option<Successor>,
+    /// The old master of the upgrade that started us, while it still drains: a stop
+    /// waits for it (see `Predecessor`).
+    pub predecessor: Option<Predecessor>,
+    /// The channel to the other master of a binary upgrade: the new one (made for the
+    /// upgrade in flight, used once it is committed) or the old one (that started us,
+    /// while it still drains).
+    pub xfer: super::xfer::Links,
+}
 pub use spawn::{detached, SpawnError, Spawned};
 
 /// Environment variable naming the fd on which a new master reports readiness.

@@ -325,11 +325,12 @@ impl Master {
     /// to the new master. False (the caller places them as usual) when the link is
     /// not usable.
     pub(super) fn xfer_send(&mut self, from: usize, conns: &mut Vec<(Handed, OwnedFd)>) -> bool {
-        if !self.handed_over {
+        if !self.up.handed_over {
             return false;
         }
         let pid = self.workers[from].pid.as_raw();
         let Some(l) = self
+            .up
             .xfer
             .to_new
             .as_mut()
@@ -346,7 +347,7 @@ impl Master {
 
     /// Sends what is queued on a link as far as it takes it.
     pub(super) fn xfer_flush(&mut self, side: Side) {
-        let Some(l) = self.xfer.get_mut(side).filter(|l| l.wants_write()) else {
+        let Some(l) = self.up.xfer.get_mut(side).filter(|l| l.wants_write()) else {
             return;
         };
         if let Err(e) = l.flush_control() {
@@ -380,7 +381,7 @@ impl Master {
 
     /// The other master is gone: what was on its way there stays here.
     fn xfer_closed(&mut self, side: Side) {
-        let Some(l) = self.xfer.get_mut(side) else {
+        let Some(l) = self.up.xfer.get_mut(side) else {
             return;
         };
         l.closed = true;
@@ -401,7 +402,7 @@ impl Master {
         // The old master is gone for good: nothing more comes on its link, so its fd
         // closes instead of staying open for the new master's whole life.
         if side == Side::ToOld {
-            self.xfer.to_old = None;
+            self.up.xfer.to_old = None;
         }
     }
 
@@ -443,7 +444,7 @@ impl Master {
             if side == Side::ToOld && self.handoff_in_flight() >= super::handoff::MAX_IN_FLIGHT {
                 break;
             }
-            let Some(l) = self.xfer.get(side).filter(|l| !l.closed) else {
+            let Some(l) = self.up.xfer.get(side).filter(|l| !l.closed) else {
                 return;
             };
             let got = match side {
@@ -480,7 +481,7 @@ impl Master {
                     let conns: Vec<(Handed, OwnedFd)> = conns.into_iter().zip(fds).collect();
                     match side {
                         Side::ToNew => {
-                            if let Some(l) = self.xfer.to_new.as_mut() {
+                            if let Some(l) = self.up.xfer.to_new.as_mut() {
                                 l.returned += conns.len() as u64;
                             }
                             info!(
@@ -531,7 +532,7 @@ impl Master {
         why: &str,
         conn: (Handed, OwnedFd),
     ) -> Result<(), (Handed, OwnedFd)> {
-        let Some(l) = self.xfer.to_old.as_mut().filter(|l| !l.closed) else {
+        let Some(l) = self.up.xfer.to_old.as_mut().filter(|l| !l.closed) else {
             return Err(conn);
         };
         l.out.push(origin as i32, why, vec![conn]);
@@ -544,7 +545,7 @@ impl Master {
     /// New master: tells the old master that `n` suspended connections of its worker
     /// `origin` were taken for good (nothing to say once it is gone).
     pub(super) fn xfer_settled(&mut self, origin: i32, n: u64) {
-        let Some(l) = self.xfer.to_old.as_mut().filter(|l| !l.closed) else {
+        let Some(l) = self.up.xfer.to_old.as_mut().filter(|l| !l.closed) else {
             return;
         };
         l.control
@@ -561,13 +562,13 @@ impl Master {
         let n = conns.len() as u64;
         match self.place(conns) {
             Ok(()) => {
-                if let Some(l) = self.xfer.to_old.as_mut() {
+                if let Some(l) = self.up.xfer.to_old.as_mut() {
                     l.moved += n;
                 }
                 self.gens.adopted_from_predecessor(n);
             }
             Err((why, back)) => {
-                if let Some(l) = self.xfer.to_old.as_mut() {
+                if let Some(l) = self.up.xfer.to_old.as_mut() {
                     l.out.push(from, &why, back);
                 }
                 self.xfer_flush(Side::ToOld);

@@ -15,7 +15,7 @@ impl Master {
     /// The exposition text.
     pub(in crate::master) fn prometheus(&mut self) -> String {
         if self.metrics.base_file.is_some() {
-            let gone = self.predecessor.is_none();
+            let gone = self.up.predecessor.is_none();
             self.metrics.refresh_base(gone);
         }
         let t = self.totals();

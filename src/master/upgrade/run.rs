@@ -33,8 +33,8 @@ impl Master {
             }
         }
         let started = self.fx.now();
-        info!(binary = %self.binary.display(), "binary upgrade: starting a new master");
-        let prepared = upgrade::command_line(&self.binary, &self.config.source)
+        info!(binary = %self.up.binary.display(), "binary upgrade: starting a new master");
+        let prepared = upgrade::command_line(&self.up.binary, &self.config.source)
             .and_then(|cmd| fd::pipe().map(|p| (cmd, p)).map_err(|e| e.to_string()));
         let ((path, args), (pipe_r, pipe_w)) = match prepared {
             Ok(x) => x,
@@ -45,7 +45,7 @@ impl Master {
                 )
             }
         };
-        if let Some(p) = &mut self.pid_file {
+        if let Some(p) = &mut self.host.pid_file {
             if let Err(e) = p.rename_to_oldbin() {
                 warn!("{e}");
             }
@@ -100,7 +100,7 @@ impl Master {
                         }
                         format!(
                             "exec of {} failed: {}",
-                            self.binary.display(),
+                            self.up.binary.display(),
                             super::exec::exec(&path, &args, &env)
                         )
                     }
@@ -122,7 +122,7 @@ impl Master {
                     warn!("{e}");
                 }
                 let child = spawned.pid;
-                self.xfer.to_new = link;
+                self.up.xfer.to_new = link;
                 info!(
                     pid = child.as_raw(),
                     "new master started; waiting for it to report ready"
@@ -198,22 +198,22 @@ impl Master {
         // systemd must follow the new main process before we exit, or it would take
         // our exit for the service's and kill the new master.
         crate::notify::main_pid(pid as u32);
-        self.handed_over = true;
+        self.up.handed_over = true;
         if upgrade::we_are_init() {
-            self.successor = Some(upgrade::Successor {
+            self.up.successor = Some(upgrade::Successor {
                 pid: u.child,
                 exit: None,
-                binary: self.binary.clone(),
+                binary: self.up.binary.clone(),
             });
         }
         self.answer_all(u.waiters, true, &msg);
         // The new master owns the control socket path now; ours stops listening.
-        if let Some(c) = self.control.take() {
+        if let Some(c) = self.ctl.server.take() {
             c.forget();
         }
         // Idle connections move to the new master over the link (master/xfer.rs);
         // without one they linger here as before.
-        let idle = if self.xfer.confirm() {
+        let idle = if self.up.xfer.confirm() {
             IdlePolicy::Handoff
         } else {
             IdlePolicy::Linger
@@ -230,7 +230,7 @@ impl Master {
         // pidfd reaches it even before it has made that group.
         let _ = self.fx.kill_group(u.child, Signal::SIGKILL);
         // Nothing moved over it (moves begin only at the commit).
-        self.xfer.to_new = None;
+        self.up.xfer.to_new = None;
         if let Err(e) = self.fx.signal_pidfd(&u.pidfd, Signal::SIGKILL) {
             warn!("{e}");
         }
@@ -272,7 +272,7 @@ impl Master {
     }
 
     pub(in crate::master) fn restore_pid_file(&mut self) {
-        if let Some(p) = &mut self.pid_file {
+        if let Some(p) = &mut self.host.pid_file {
             if let Err(e) = p.restore_from_oldbin() {
                 error!("{e}");
             }
@@ -281,16 +281,16 @@ impl Master {
 
     /// The master we handed over to, if we must stay as its init (PID 1) once done.
     pub fn take_successor(&mut self) -> Option<upgrade::Successor> {
-        self.successor.take()
+        self.up.successor.take()
     }
 
     /// A failed new master may have taken the control socket's path: take it back.
     pub(in crate::master) fn rebind_control(&mut self) -> Result<(), control::ControlError> {
         let path = self.config.master.control_socket_path();
-        if let Some(c) = self.control.take() {
+        if let Some(c) = self.ctl.server.take() {
             c.forget();
         }
-        self.control = Some(control::Server::bind(&path, true)?);
+        self.ctl.server = Some(control::Server::bind(&path, true)?);
         Ok(())
     }
 }
