@@ -61,7 +61,7 @@ pub struct WorkerRecord {
     /// The worker closed its end of the channel (it is exiting).
     pub channel_closed: bool,
     /// Connections the master holds for it (hand-overs in flight) and its counts.
-    pub handoff: super::handoff::WorkerHandoff,
+    pub handoff: super::moves::WorkerHandoff,
     /// When it is due for recycling (`max_requests`, `max_lifetime`).
     pub limits: super::recycle::Limits,
 }

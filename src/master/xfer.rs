@@ -441,7 +441,7 @@ impl Master {
     pub(super) fn xfer_read(&mut self, side: Side) {
         loop {
             // What the old master sends is bounded by our fds in flight.
-            if side == Side::ToOld && self.handoff_in_flight() >= super::handoff::MAX_IN_FLIGHT {
+            if side == Side::ToOld && self.handoff_in_flight() >= super::moves::MAX_IN_FLIGHT {
                 break;
             }
             let Some(l) = self.up.xfer.get(side).filter(|l| !l.closed) else {

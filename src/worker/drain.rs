@@ -65,7 +65,7 @@ impl Worker {
         for (k, token) in tokens.into_iter().enumerate() {
             self.release_idle(token, false);
             // Suspending 18k connections is one long turn.
-            if k % super::handoff::BEAT_EVERY == super::handoff::BEAT_EVERY - 1 {
+            if k % super::moves::BEAT_EVERY == super::moves::BEAT_EVERY - 1 {
                 self.beat_if_due();
             }
         }

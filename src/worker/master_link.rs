@@ -14,7 +14,7 @@ impl Worker {
     pub(super) fn read_channel(&mut self) {
         // A turn's worth, so that a worker adopting thousands of connections still
         // reaches its timers (and heartbeats); the channel is level-triggered.
-        for _ in 0..super::handoff::CHANNEL_TURN {
+        for _ in 0..super::moves::CHANNEL_TURN {
             let got = match &self.channel {
                 Some(ch) => ch.recv_fds::<ToWorker>(),
                 None => return,

@@ -22,20 +22,18 @@ mod drain;
 mod drive;
 mod events;
 mod fault;
-mod handoff;
 #[cfg(test)]
 mod kit_tests;
 #[cfg(test)]
 mod kit_tls_tests;
 mod master_link;
-mod move_order;
+mod moves;
 pub mod orphan;
 mod pool;
 mod proxy_connect;
 mod ratelog;
 mod slab;
 pub mod stats;
-mod suspend;
 #[cfg(test)]
 mod testkit;
 pub mod timer;
@@ -135,7 +133,7 @@ pub(crate) struct Worker {
     /// What to do with idle connections while draining.
     idle_policy: IdlePolicy,
     /// Idle connections on their way to the next generation.
-    handoff: handoff::Handoff,
+    handoff: moves::Handoff,
     pool: Pool,
     pool_ready: bool,
     /// Blocking jobs submitted by handlers, sent to the pool after each callback.
@@ -234,7 +232,7 @@ impl Worker {
             exit: None,
             per_ip: HashMap::new(),
             idle_policy: IdlePolicy::Close,
-            handoff: handoff::Handoff::default(),
+            handoff: moves::Handoff::default(),
             pool,
             pool_ready: false,
             jobs: Vec::new(),

@@ -1,4 +1,4 @@
-//! The master's side of the hand-over: connections a draining worker gives up are
+//! The master's side of a move: connections a draining worker gives up are
 //! forwarded, in batches and with backpressure, to ready workers of the current
 //! generation, spread over all of them.
 //!

@@ -13,12 +13,12 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use super::token::Token;
+use super::super::token::Token;
 
 /// Connections waiting for their turn to move, as tokens (a token whose connection
 /// closed meanwhile finds nothing: tokens carry their slot's generation).
 #[derive(Debug, Default)]
-pub(super) struct MoveOrder {
+pub(in crate::worker) struct MoveOrder {
     /// Active during the drain: they go first.
     hot: VecDeque<Token>,
     /// Present when the drain started, most recently active first.
@@ -31,7 +31,7 @@ pub(super) struct MoveOrder {
 impl MoveOrder {
     /// Adds a connection; one already waiting in the cold queue that became active
     /// goes to the hot one.
-    pub(super) fn push(&mut self, token: Token, hot: bool) {
+    pub(in crate::worker) fn push(&mut self, token: Token, hot: bool) {
         match self.waiting.get(&token.0) {
             Some(&was_hot) if was_hot || !hot => return,
             _ => {}
@@ -45,7 +45,7 @@ impl MoveOrder {
     }
 
     /// The next connection whose turn it is.
-    pub(super) fn pop(&mut self) -> Option<Token> {
+    pub(in crate::worker) fn pop(&mut self) -> Option<Token> {
         loop {
             let (token, hot) = match self.hot.pop_front() {
                 Some(t) => (t, true),
@@ -58,12 +58,12 @@ impl MoveOrder {
         }
     }
 
-    pub(super) fn is_empty(&self) -> bool {
+    pub(in crate::worker) fn is_empty(&self) -> bool {
         self.waiting.is_empty()
     }
 
     /// Nothing moves any more: every connection stays where it is.
-    pub(super) fn clear(&mut self) {
+    pub(in crate::worker) fn clear(&mut self) {
         self.hot.clear();
         self.cold.clear();
         self.waiting.clear();

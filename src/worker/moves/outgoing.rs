@@ -1,0 +1,405 @@
+//! The draining worker's side of a move: the turn order's next connections are
+//! suspended, taken out of the loop, queued and sent to the master in batches, and
+//! the generation's counts reported (see the folder's `mod.rs`).
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, warn};
+
+use crate::channel::{Handed, IdlePolicy, Moved, ToMaster};
+use crate::os::epoll::Interest;
+use crate::os::{process, scm};
+use crate::service::Handler;
+
+use super::super::bucket::Bucket;
+use super::super::conn::Flags;
+use super::super::conn::{Conn, Leaving, Pipes, Upstream};
+use super::super::token::Token;
+use super::super::{Timer, Worker, TOKEN_CHANNEL};
+use super::{millis, suspended_by_me, BEAT_EVERY, SETTLE_CHECK};
+
+impl Worker {
+    /// Suspending every connection at a drain, or adopting a few thousand, is one
+    /// loop turn that can outlast `watchdog_timeout` on a busy box with tens of
+    /// thousands of connections: the heartbeat timer would not run until it ends, and
+    /// the master would kill this worker as hung, with the connections it holds. So
+    /// such a turn sends a heartbeat itself when one is due.
+    pub(in crate::worker) fn beat_if_due(&mut self) {
+        let now = Instant::now();
+        if self.handoff.next_beat.is_some_and(|t| now < t) {
+            return;
+        }
+        self.handoff.next_beat = Some(now + self.config.worker.heartbeat_interval.0);
+        self.heartbeat();
+    }
+
+    /// Step 4: sends what is queued, as far as the channel takes it.
+    pub(in crate::worker) fn flush_handoff(&mut self) {
+        let h = &mut self.handoff;
+        h.dirty = false;
+        h.writable = false;
+        if !self.send_owed() {
+            // Still full: the hand-overs wait behind what is owed.
+            return self.set_channel_write(true);
+        }
+        if self.channel.is_none() {
+            return self.keep_all("the channel to the master is gone");
+        }
+        // Taken out a batch at a time, only while the channel takes them: the rest
+        // are still served here meanwhile.
+        let (mut conns, mut messages) = (0, 0);
+        loop {
+            self.take_out_next_batch();
+            let h = &mut self.handoff;
+            let Some(ch) = &self.channel else {
+                return self.keep_all("the channel to the master is gone");
+            };
+            let done = h.queue.flush(ch, |conns| ToMaster::Handoff { conns });
+            h.counts.handed += done.conns as u64;
+            conns += done.conns;
+            messages += done.messages;
+            if let Some(e) = done.error {
+                warn!("cannot hand over connections to the master: {e}");
+                return self.keep_all("the channel to the master failed");
+            }
+            if !h.queue.is_empty() || h.order.is_empty() {
+                break;
+            }
+        }
+        let h = &self.handoff;
+        if conns > 0 {
+            debug!(
+                conns,
+                messages,
+                queued = h.queue.len(),
+                waiting = !h.order.is_empty(),
+                "handed over idle connections"
+            );
+        }
+        let want_write = h.sending();
+        self.set_channel_write(want_write);
+        if !want_write {
+            self.report_handoff();
+        }
+    }
+
+    /// Suspends the connections whose turn it is, up to a batch in the queue. Only
+    /// while handing over: once the worker keeps its connections, those waiting stay.
+    pub(super) fn take_out_next_batch(&mut self) {
+        if self.idle_policy != IdlePolicy::Handoff {
+            self.handoff.order.clear();
+            return;
+        }
+        let mut asked = 0;
+        while self.handoff.queue.len() < crate::channel::BATCH_CONNS {
+            let Some(token) = self.handoff.order.pop() else {
+                break;
+            };
+            // Not at a quiescent point now: it comes back after its next exchange.
+            self.try_move(token);
+            asked += 1;
+            if asked % BEAT_EVERY == 0 {
+                self.beat_if_due();
+            }
+        }
+    }
+
+    /// Draining for a reload: if the connection is at a quiescent point and its
+    /// handler agrees, takes it out of this worker and queues it for the next
+    /// generation. True if it left.
+    pub(in crate::worker) fn try_move(&mut self, token: Token) -> bool {
+        let now = Instant::now();
+        let Some(c) = self.conns.get_mut(token) else {
+            return false;
+        };
+        let l = self.config.listen.get(usize::from(c.listener));
+        let Some((leaving, tls)) = c.suspend(l.and_then(|l| l.suspend).unwrap_or(true)) else {
+            return false;
+        };
+        let listen = l.map(|l| l.address.to_string()).unwrap_or_default();
+        // Bundled before anything is taken apart: if that fails, the pair is served
+        // here as if it had never been asked.
+        let bundle = match c.upstream() {
+            Some(up) => match scm::bundle(&[c.fd.as_fd(), up.fd.as_fd()]) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    warn!("cannot bundle a proxied pair for the hand-over ({e}); it stays here");
+                    if let Leaving::Suspended(_, input) = leaving {
+                        c.carry_input(input);
+                    }
+                    // Its TLS engine gave up its secrets: it goes on from them here.
+                    if let Some(t) = tls.as_deref().and_then(crate::tls::TlsSession::continued) {
+                        c.set_tls(Box::new(t));
+                    }
+                    c.flags.set(Flags::PINNED, true);
+                    return false;
+                }
+            },
+            None => None,
+        };
+        // What a connection with no service state carries; a suspended one adds its own.
+        let idle = Moved {
+            service: l.map(|l| l.service.clone()).unwrap_or_default(),
+            version: 0,
+            state: Vec::new(),
+            input: Vec::new(),
+            idle_ms: millis(now.saturating_duration_since(c.last_active)),
+            timer_ms: None,
+            origin: process::pid().as_raw() as u32,
+            upstream: None,
+            refused: None,
+            idle: true,
+        };
+        let moved = match leaving {
+            Leaving::Idle if tls.is_none() => None,
+            // An idle TLS connection travels as moved, so that a receiver that
+            // cannot continue its record layer can send it back here.
+            Leaving::Idle => Some(idle),
+            Leaving::Suspended(s, input) => Some(Moved {
+                version: s.version,
+                state: s.state,
+                input,
+                timer_ms: c
+                    .timer_at()
+                    .map(|t| millis(t.saturating_duration_since(now))),
+                upstream: c.upstream().map(|u| u.addr),
+                idle: false,
+                ..idle
+            }),
+        };
+        let handed = Handed {
+            listen,
+            peer: c.origin(),
+            moved: moved.map(Box::new),
+            tls,
+        };
+        if handed.tls.is_some() {
+            self.stats.tls.moved_out += 1;
+        }
+        // The fds stay open (queued, then in flight): without an explicit delete this
+        // epoll set would keep reporting their events under a token that is reused.
+        let _ = self.epoll.delete(c.fd.as_fd());
+        if let Some(up) = c.upstream() {
+            let _ = self.epoll.delete(up.fd.as_fd());
+        }
+        self.end_as(token, super::super::connlog::End::HandedOver);
+        let Some(c) = self.detach(token) else {
+            return false;
+        };
+        // Detaching released the upstream in this worker's balancer counts; the
+        // receiver counts it as connected there.
+        let (fd, _upstream) = c.into_fds(&mut self.bufs);
+        if handed.moved.is_some() {
+            // The new generation may refuse its state and send it back here.
+            self.handoff.unsettled += 1;
+        }
+        self.handoff.queue.push(handed, bundle.unwrap_or(fd));
+        self.handoff.dirty = true;
+        true
+    }
+
+    /// Serves a resumed connection as if it had been accepted here, with the idle
+    /// clock, timer and input it brought, and its upstream already connected.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn add_moved(
+        &mut self,
+        listener: usize,
+        fd: OwnedFd,
+        (peer, origin): (Option<std::net::IpAddr>, Option<std::net::SocketAddr>),
+        handler: Box<dyn Handler>,
+        (m, tls): (&Moved, Option<&crate::tls::TlsMoved>),
+        upstream: Option<OwnedFd>,
+        pinned: bool,
+    ) {
+        let flow = self.listeners[listener].flow;
+        // Counted but never refused: the client is connected already, and refusing
+        // here would cut it.
+        let counted_ip = match peer {
+            Some(ip) if flow.max_connections_per_ip > 0 => {
+                *self.per_ip.entry(ip).or_insert(0) += 1;
+                true
+            }
+            _ => false,
+        };
+        let now = Instant::now();
+        let bucket = (flow.rate > 0).then(|| Box::new(Bucket::new(flow.rate, flow.burst, now)));
+        let mut conn = Conn::new(fd, peer, handler, bucket, now);
+        conn.flags.set(Flags::COUNTED_IP, counted_ip);
+        conn.listener = listener as u16;
+        conn.flags.set(Flags::PINNED, pinned);
+        conn.set_origin(origin);
+        if self.config.listen[listener].logs_connections() {
+            conn.set_log(Some(super::super::connlog::Record::new(
+                now,
+                conn.fd.as_fd(),
+                None,
+            )));
+        }
+        conn.last_active = now
+            .checked_sub(Duration::from_millis(m.idle_ms))
+            .unwrap_or(now);
+        conn.set_timer_at(m.timer_ms.map(|ms| now + Duration::from_millis(ms)));
+        conn.carry_input(m.input.clone());
+        if let (Some(ufd), Some(addr)) = (upstream, m.upstream) {
+            let l = &self.config.listen[listener];
+            // Indices differ between configs; addresses do not. An upstream the new
+            // config dropped serves its session to the end, counted nowhere.
+            let opts = crate::service::proxy::options::of(l);
+            let index = opts.and_then(|o| o.resolved.iter().position(|a| *a == addr));
+            let mut up = Upstream::moved(ufd, index.unwrap_or(usize::MAX), addr);
+            if opts.and_then(|o| o.splice).unwrap_or(false) && conn.bucket().is_none() {
+                match Pipes::new() {
+                    Ok(p) => up.pipes = Some(Box::new(p)),
+                    Err(e) => debug!("no pipes for splice ({e}); copying instead"),
+                }
+            }
+            if let (Some(i), Some(u)) = (index, self.listeners[listener].service.upstreams()) {
+                u.connected(i);
+            }
+            conn.set_upstream(Some(Box::new(up)));
+        }
+        let token = self.conns.insert(conn);
+        let Some(c) = self.conns.get_mut(token) else {
+            return;
+        };
+        let watched = self
+            .epoll
+            .add(c.fd.as_fd(), c.registered(), token.0)
+            .and_then(|()| match c.upstream() {
+                Some(up) => self
+                    .epoll
+                    .add(up.fd.as_fd(), up.registered, token.upstream()),
+                None => Ok(()),
+            });
+        if let Err(e) = watched {
+            warn!("cannot watch a moved connection: {e}");
+            self.close(token);
+            return;
+        }
+        if let Some(t) = tls {
+            if !self.attach_moved_tls(token, t) {
+                return;
+            }
+        }
+        let Some(c) = self.conns.get_mut(token) else {
+            return;
+        };
+        if !pinned {
+            // Handed back to this worker is not a new arrival: counted once, here.
+            self.stats.adopted += 1;
+        }
+        if let Some(at) = c.timer_at() {
+            c.set_timer_queued(Some(at));
+            self.timers.schedule(at, Timer::Handler(token));
+        }
+        let idle = self.listeners[listener].idle;
+        if !idle.is_zero() {
+            self.timers
+                .schedule(c.last_active + idle, Timer::Idle(token));
+        }
+    }
+
+    /// Logs (at info) and tells the master the counts, once per finished burst.
+    pub(super) fn report_handoff(&mut self) {
+        let c = self.handoff.counts;
+        if c == self.handoff.reported {
+            return;
+        }
+        self.handoff.reported = c;
+        info!(
+            handed = c.handed,
+            kept = c.kept,
+            closed = c.closed,
+            left = self.conns.len(),
+            "hand-over done"
+        );
+        self.send_or_owe(ToMaster::HandoffDone(c));
+    }
+
+    pub(super) fn set_channel_write(&mut self, on: bool) {
+        if self.handoff.want_write == on {
+            return;
+        }
+        let Some(ch) = &self.channel else {
+            self.handoff.want_write = false;
+            return;
+        };
+        let interest = Interest {
+            write: on,
+            ..Interest::READ
+        };
+        match self.epoll.modify(ch.as_fd(), interest, TOKEN_CHANNEL) {
+            Ok(()) => self.handoff.want_write = on,
+            Err(e) => warn!("cannot change the channel's epoll interest: {e}"),
+        }
+    }
+
+    /// Hand-overs sent but not yet read by the master: a worker that exited now would
+    /// take their fds with it (the master may be holding off reading while it has many
+    /// fds in flight). While there are some, a timer looks again shortly.
+    pub(in crate::worker) fn handoff_in_transit(&mut self, now: Instant) -> bool {
+        if self.handoff.counts.handed == 0 {
+            return false;
+        }
+        let Some(ch) = &self.channel else {
+            return false;
+        };
+        if ch.unread() == 0 {
+            return false;
+        }
+        if !self.handoff.settle_armed {
+            self.handoff.settle_armed = true;
+            self.timers
+                .schedule(now + SETTLE_CHECK, Timer::HandoffSettle);
+        }
+        true
+    }
+
+    /// At the drain deadline: what is still queued closes with the worker.
+    pub(in crate::worker) fn handoff_deadline(&mut self) {
+        // Those still waiting their turn are open connections of this worker: the
+        // master counts them as closed from its last heartbeat, with the rest.
+        self.handoff.order.clear();
+        let n = self.handoff.queue.take_all().len();
+        if n > 0 {
+            warn!(
+                connections = n,
+                "drain timeout: closing connections still waiting for the hand-over"
+            );
+            self.handoff.counts.closed += n as u64;
+            // Told now: a worker still waiting for the master to read its last
+            // hand-overs may be killed at the backstop before it reports otherwise,
+            // and the generation's summary would say "closed 0".
+            self.set_channel_write(false);
+            self.report_handoff();
+        }
+    }
+
+    /// Everything queued stays here after all.
+    pub(super) fn keep_all(&mut self, why: &str) {
+        self.handoff.order.clear();
+        let queued = self.handoff.queue.take_all();
+        self.set_channel_write(false);
+        if queued.is_empty() {
+            return;
+        }
+        self.linger_from_now(why);
+        let mine = queued.iter().filter(|(h, _)| suspended_by_me(h)).count() as u64;
+        self.settled(mine);
+        for (h, fd) in queued {
+            self.handoff.counts.kept += 1;
+            let _ = self.restore(h, fd, true);
+        }
+        self.report_handoff();
+    }
+
+    pub(super) fn linger_from_now(&mut self, why: &str) {
+        if self.idle_policy == IdlePolicy::Handoff {
+            // Those still waiting for their turn stay too.
+            self.handoff.order.clear();
+            info!("{why}: keeping idle connections here until they finish");
+            self.idle_policy = IdlePolicy::Linger;
+        }
+    }
+}
