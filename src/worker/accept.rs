@@ -17,6 +17,17 @@ use super::conn::Flags;
 use super::token::{Token, TOKEN_LISTENER};
 use super::{accept_proxy, connlog, Phase, Timer, Worker};
 
+/// Whether the worker accepts now, and the per-IP connection counts it admits by.
+#[derive(Debug, Default)]
+pub(super) struct Admission {
+    /// Listeners are in the epoll set.
+    pub on: bool,
+    /// Accepting is paused after a resource error until this instant.
+    pub backoff_until: Option<Instant>,
+    /// Connections per client IP, for listeners with `max_connections_per_ip`.
+    pub per_ip: std::collections::HashMap<std::net::IpAddr, u32>,
+}
+
 /// Connections accepted per listener event before the loop moves on, so a flood of
 /// new connections cannot starve the existing ones.
 const ACCEPT_BATCH: usize = 64;
@@ -25,17 +36,17 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 impl Worker {
     pub(super) fn pause_accept(&mut self) {
-        if !self.accepting {
+        if !self.admit.on {
             return;
         }
         for fd in self.listeners.iter().filter_map(|l| l.fd.as_ref()) {
             let _ = self.epoll.delete(fd.as_fd());
         }
-        self.accepting = false;
+        self.admit.on = false;
     }
 
     pub(super) fn resume_accept(&mut self) -> io::Result<()> {
-        if self.accepting || self.phase != Phase::Running || self.accept_backoff_until.is_some() {
+        if self.admit.on || self.phase != Phase::Running || self.admit.backoff_until.is_some() {
             return Ok(());
         }
         for (i, l) in self.listeners.iter().enumerate() {
@@ -47,7 +58,7 @@ impl Worker {
             self.epoll
                 .add(fd.as_fd(), interest, TOKEN_LISTENER | i as u64)?;
         }
-        self.accepting = true;
+        self.admit.on = true;
         Ok(())
     }
 
@@ -55,12 +66,12 @@ impl Worker {
         let max = self.config.worker.max_connections;
         let mut accepted = 0;
         for _ in 0..ACCEPT_BATCH {
-            if !self.accepting {
+            if !self.admit.on {
                 return;
             }
             if self.conns.len() >= max {
                 self.notices.max_connections(max);
-                self.counters.at_limit(index);
+                self.tally.counters.at_limit(index);
                 self.pause_accept();
                 return;
             }
@@ -69,8 +80,8 @@ impl Worker {
             };
             match net::accept(fd.as_fd()) {
                 Ok(a) => {
-                    self.counters.accepted(index);
-                    self.stats.accepted += 1;
+                    self.tally.counters.accepted(index);
+                    self.tally.stats.accepted += 1;
                     let _ = self.add_conn(index, a, None);
                     accepted += 1;
                 }
@@ -79,7 +90,7 @@ impl Worker {
                     self.notices.accept_failed(&e, ACCEPT_BACKOFF);
                     self.pause_accept();
                     let until = Instant::now() + ACCEPT_BACKOFF;
-                    self.accept_backoff_until = Some(until);
+                    self.admit.backoff_until = Some(until);
                     self.timers.schedule(until, Timer::AcceptResume);
                     return;
                 }
@@ -189,11 +200,11 @@ impl Worker {
     /// Counts one more connection from `ip` against `max` (`max_connections_per_ip`);
     /// false, counted as refused, when `ip` is at the limit already.
     pub(super) fn count_ip(&mut self, listener: usize, ip: std::net::IpAddr, max: usize) -> bool {
-        let n = self.per_ip.entry(ip).or_insert(0);
+        let n = self.admit.per_ip.entry(ip).or_insert(0);
         if *n as usize >= max {
             self.notices.per_ip(listener as u16, ip, max);
-            self.stats.refused += 1;
-            self.counters.per_ip(listener);
+            self.tally.stats.refused += 1;
+            self.tally.counters.per_ip(listener);
             return false;
         }
         *n += 1;

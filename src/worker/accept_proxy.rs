@@ -65,7 +65,7 @@ impl Worker {
             .is_some_and(|c| c.flags.has(Flags::AWAITING_HEADER))
         {
             debug!("no PROXY header in time; closing");
-            self.stats.proxy_header_failed += 1;
+            self.tally.stats.proxy_header_failed += 1;
             self.close_as(token, End::HeaderTimeout);
         }
     }
@@ -96,7 +96,7 @@ impl Worker {
             Ok(Parsed::Done(h)) => h,
             Err(why) => {
                 debug!(peer = ?c.peer, "closing: {why}");
-                self.stats.proxy_header_failed += 1;
+                self.tally.stats.proxy_header_failed += 1;
                 return self.close_as(token, End::BadHeader(why));
             }
         };

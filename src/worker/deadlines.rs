@@ -84,7 +84,7 @@ impl Worker {
                     }
                 }
                 Timer::AcceptResume => {
-                    self.accept_backoff_until = None;
+                    self.admit.backoff_until = None;
                     if let Err(e) = self.resume_accept() {
                         warn!("cannot resume accepting: {e}");
                     }

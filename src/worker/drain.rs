@@ -27,7 +27,7 @@ impl Worker {
         let c = self.handoff.counts();
         info!(
             handed = c.handed,
-            tls_handed = self.stats.tls.moved_out,
+            tls_handed = self.tally.stats.tls.moved_out,
             kept = c.kept,
             closed = c.closed,
             "drained, exiting"

@@ -40,7 +40,7 @@ impl Worker {
             return self.read_header(token);
         }
         let tell_draining = draining && !(moving && c.can_move());
-        let before = (self.stats.bytes_in, self.stats.bytes_out);
+        let before = (self.tally.stats.bytes_in, self.tally.stats.bytes_out);
         let mut env = Env {
             scratch: &mut self.scratch,
             budget: flow.read_quantum.0 as usize,
@@ -48,9 +48,9 @@ impl Worker {
             low: flow.write_low_water.0 as usize,
             inbuf_limit: (flow.read_quantum.0 as usize).max(64 << 10) * 4,
             pool: &mut self.bufs,
-            stats: &mut self.stats,
+            stats: &mut self.tally.stats,
             draining: tell_draining,
-            jobs: &mut self.jobs,
+            jobs: &mut self.blocking.jobs,
         };
         let outcome = if c.upstream().is_some() {
             c.pump_proxy(&mut env)
@@ -60,10 +60,11 @@ impl Worker {
         let budget = env.budget;
         if let Some(up) = c.upstream().filter(|u| u.flags.has(Flags::CONNECTED)) {
             let (i, o) = (
-                self.stats.bytes_in - before.0,
-                self.stats.bytes_out - before.1,
+                self.tally.stats.bytes_in - before.0,
+                self.tally.stats.bytes_out - before.1,
             );
-            self.counters
+            self.tally
+                .counters
                 .upstream_bytes(usize::from(c.listener), up.index, i, o);
         }
         // The loop's clock (read once per epoll batch), not a clock read per event:
@@ -76,8 +77,8 @@ impl Worker {
             self.now
         };
         c.log_progress(
-            self.stats.bytes_in - before.0,
-            self.stats.bytes_out - before.1,
+            self.tally.stats.bytes_in - before.0,
+            self.tally.stats.bytes_out - before.1,
         );
         match outcome {
             conn::Outcome::Close(reason) => {
@@ -87,7 +88,7 @@ impl Worker {
                 }
                 // Jobs of a connection closed by an error have no one to report to;
                 // left here they would be submitted under the next connection's token.
-                self.jobs.clear();
+                self.blocking.jobs.clear();
                 self.close(token);
                 return;
             }
@@ -97,8 +98,8 @@ impl Worker {
                 }
             }
         }
-        if !self.jobs.is_empty() {
-            submit_jobs(&mut self.jobs, &mut self.pool, token);
+        if !self.blocking.jobs.is_empty() {
+            submit_jobs(&mut self.blocking.jobs, &mut self.blocking.pool, token);
         }
         if let Some(at) = c.timer_at() {
             if c.timer_queued().is_none_or(|q| at < q) {
@@ -126,7 +127,7 @@ impl Worker {
         }
         if c.flags.has(Flags::THROTTLED) && !c.flags.has(Flags::THROTTLE_ARMED) {
             c.flags.set(Flags::THROTTLE_ARMED, true);
-            self.counters.throttled(usize::from(c.listener));
+            self.tally.counters.throttled(usize::from(c.listener));
             let at = c.readmit_at(now);
             self.timers.schedule(at, Timer::Throttle(token));
         }
@@ -175,9 +176,9 @@ impl Worker {
             low: 0,
             inbuf_limit: 0,
             pool: &mut self.bufs,
-            stats: &mut self.stats,
+            stats: &mut self.tally.stats,
             draining,
-            jobs: &mut self.jobs,
+            jobs: &mut self.blocking.jobs,
         };
         c.with_io(&mut env, f);
         c.flags.set(Flags::MAY_READ, true);
@@ -204,10 +205,10 @@ impl Worker {
                 }
             }
             if let (true, Some(ip)) = (c.flags.has(Flags::COUNTED_IP), c.peer) {
-                if let Some(n) = self.per_ip.get_mut(&ip) {
+                if let Some(n) = self.admit.per_ip.get_mut(&ip) {
                     *n -= 1;
                     if *n == 0 {
-                        self.per_ip.remove(&ip);
+                        self.admit.per_ip.remove(&ip);
                     }
                 }
             }

@@ -10,12 +10,20 @@ use crate::os::process;
 
 use super::{Timer, Worker};
 
+/// The worker's end of the channel to the master.
+pub(super) struct Link {
+    /// None once the master is gone.
+    pub channel: Option<crate::channel::Channel>,
+    /// epoll reported it readable.
+    pub ready: bool,
+}
+
 impl Worker {
     pub(super) fn read_channel(&mut self) {
         // A turn's worth, so that a worker adopting thousands of connections still
         // reaches its timers (and heartbeats); the channel is level-triggered.
         for _ in 0..super::moves::CHANNEL_TURN {
-            let got = match &self.channel {
+            let got = match &self.link.channel {
                 Some(ch) => ch.recv_fds::<ToWorker>(),
                 None => return,
             };
@@ -57,7 +65,7 @@ impl Worker {
                     if !matches!(e, ChannelError::Closed) {
                         warn!("master channel failed: {e}");
                     }
-                    if let Some(ch) = self.channel.take() {
+                    if let Some(ch) = self.link.channel.take() {
                         let _ = self.epoll.delete(ch.as_fd());
                     }
                     self.start_drain("master is gone", IdlePolicy::Close);
@@ -78,7 +86,7 @@ impl Worker {
     }
 
     pub(super) fn send(&mut self, msg: ToMaster) {
-        if let Some(ch) = &self.channel {
+        if let Some(ch) = &self.link.channel {
             if let Err(e) = ch.send(&msg) {
                 debug!("cannot send {msg:?} to the master: {e}");
             }
@@ -88,7 +96,7 @@ impl Worker {
     /// Sends `msg`, or keeps it for the next flush when the channel is full (or
     /// something owed is waiting, to keep the order). False when it was kept.
     pub(super) fn send_or_owe(&mut self, msg: ToMaster) -> bool {
-        let Some(ch) = &self.channel else {
+        let Some(ch) = &self.link.channel else {
             return true;
         };
         if self.handoff.owed.is_empty() {
@@ -108,7 +116,7 @@ impl Worker {
 
     /// Sends what `send_or_owe` kept, in order. True when nothing is owed any more.
     pub(super) fn send_owed(&mut self) -> bool {
-        let Some(ch) = &self.channel else {
+        let Some(ch) = &self.link.channel else {
             self.handoff.owed.clear();
             return true;
         };
@@ -128,19 +136,19 @@ impl Worker {
     }
 
     pub(super) fn heartbeat(&mut self) {
-        self.stats.connections = self.conns.len() as u64;
-        self.stats.rss = process::self_rss();
+        self.tally.stats.connections = self.conns.len() as u64;
+        self.tally.stats.rss = process::self_rss();
         // The log writer thread reports drops itself, once it writes again.
-        self.stats.log_dropped = crate::log::dropped();
+        self.tally.stats.log_dropped = crate::log::dropped();
         // An older heartbeat still owed is stale: this one replaces it.
         self.handoff
             .owed
             .retain(|m| !matches!(m, ToMaster::Heartbeat(_)));
-        if !self.send_or_owe(ToMaster::Heartbeat(self.stats)) {
+        if !self.send_or_owe(ToMaster::Heartbeat(self.tally.stats)) {
             return;
         }
-        self.counters.refresh(&self.conns, Instant::now());
-        for part in self.counters.parts() {
+        self.tally.counters.refresh(&self.conns, Instant::now());
+        for part in self.tally.counters.parts() {
             self.send(ToMaster::Counters(part));
         }
     }

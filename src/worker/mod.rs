@@ -41,9 +41,7 @@ mod tls;
 mod token;
 mod trim;
 
-use std::collections::HashMap;
 use std::io;
-use std::net::IpAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -109,13 +107,10 @@ pub(crate) struct Worker {
     pub(crate) epoll: Epoll,
     events: Vec<Event>,
     pub(crate) listeners: Vec<Listener>,
-    /// Listeners are in the epoll set.
-    accepting: bool,
-    /// Accepting is paused after a resource error until this instant.
-    accept_backoff_until: Option<Instant>,
-    /// None once the master is gone.
-    channel: Option<Channel>,
-    channel_ready: bool,
+    /// Whether and when it accepts, and its per-IP counts.
+    admit: accept::Admission,
+    /// The channel to the master.
+    link: master_link::Link,
     signals: SignalReader,
     signals_ready: bool,
     pub(crate) conns: Slab,
@@ -125,25 +120,20 @@ pub(crate) struct Worker {
     scratch: Vec<u8>,
     /// Output buffers for reuse, so idle connections hold none.
     bufs: Vec<Vec<u8>>,
-    stats: Stats,
+    /// What the heartbeat reports: worker-wide stats, per-listener counters.
+    tally: stats::Tally,
     phase: Phase,
     exit: Option<i32>,
-    /// Connections per client IP, for listeners with `max_connections_per_ip`.
-    per_ip: HashMap<IpAddr, u32>,
     /// What to do with idle connections while draining.
     idle_policy: IdlePolicy,
     /// Idle connections on their way to the next generation.
     handoff: moves::Handoff,
-    pool: Pool,
-    pool_ready: bool,
-    /// Blocking jobs submitted by handlers, sent to the pool after each callback.
-    jobs: Vec<crate::service::Job>,
+    /// Handlers' blocking jobs and the thread pool that runs them.
+    blocking: pool::Blocking,
     /// Rate-limited log lines for events clients can repeat (rejections, failures).
     pub(crate) notices: events::Events,
     /// Faults injected by `corral fault` that are still in progress.
     injected: fault::Injected,
-    /// Per-listener and per-upstream counters for the metrics service.
-    pub(crate) counters: crate::channel::Counters,
     /// When to give memory back after a peak of connections left.
     trim: trim::Trim,
     /// The loop's clock: read before the timers and again when epoll_wait returns,
@@ -216,10 +206,11 @@ impl Worker {
             epoll,
             events: Vec::with_capacity(EVENTS),
             listeners,
-            accepting: false,
-            accept_backoff_until: None,
-            channel: Some(init.channel),
-            channel_ready: false,
+            admit: accept::Admission::default(),
+            link: master_link::Link {
+                channel: Some(init.channel),
+                ready: false,
+            },
             signals: init.signals,
             signals_ready: false,
             conns: Slab::default(),
@@ -227,18 +218,21 @@ impl Worker {
             ready: Vec::new(),
             scratch,
             bufs: Vec::new(),
-            stats: Stats::default(),
+            tally: stats::Tally {
+                stats: Stats::default(),
+                counters,
+            },
             phase: Phase::Running,
             exit: None,
-            per_ip: HashMap::new(),
             idle_policy: IdlePolicy::Close,
             handoff: moves::Handoff::default(),
-            pool,
-            pool_ready: false,
-            jobs: Vec::new(),
+            blocking: pool::Blocking {
+                pool,
+                ready: false,
+                jobs: Vec::new(),
+            },
             notices,
             injected: fault::Injected::default(),
-            counters,
             trim: trim::Trim::default(),
             now: Instant::now(),
         };
@@ -305,11 +299,11 @@ impl Worker {
         }
         match ev.token {
             TOKEN_CHANNEL => {
-                self.channel_ready = true;
+                self.link.ready = true;
                 self.handoff.writable |= ev.writable;
             }
             TOKEN_SIGNALS => self.signals_ready = true,
-            TOKEN_POOL => self.pool_ready = true,
+            TOKEN_POOL => self.blocking.ready = true,
             t if t & TOKEN_LISTENER != 0 && t & TOKEN_CHANNEL == 0 => {
                 self.accept_on((t & !TOKEN_LISTENER) as usize)
             }
@@ -333,14 +327,14 @@ impl Worker {
                 }
             }
         }
-        if std::mem::take(&mut self.channel_ready) {
+        if std::mem::take(&mut self.link.ready) {
             self.read_channel();
         }
         for id in crate::service::metrics::take_requests() {
             self.send(ToMaster::MetricsRequest { id });
         }
-        if std::mem::take(&mut self.pool_ready) {
-            for (token, result) in self.pool.completions() {
+        if std::mem::take(&mut self.blocking.ready) {
+            for (token, result) in self.blocking.pool.completions() {
                 let token = Token(token);
                 let Some(c) = self.conns.get_mut(token) else {
                     continue;

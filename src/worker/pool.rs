@@ -11,6 +11,16 @@ use std::sync::{Arc, Mutex};
 use crate::os::fd;
 use crate::service::Job;
 
+/// Handlers' blocking jobs: those submitted during the current callback, and the pool
+/// of threads that runs them.
+pub(super) struct Blocking {
+    pub pool: Pool,
+    /// The pool's completion fd is readable.
+    pub ready: bool,
+    /// Submitted by handlers, sent to the pool after each callback.
+    pub jobs: Vec<Job>,
+}
+
 /// Posted in place of the result of a job that panicked.
 pub struct Panicked;
 

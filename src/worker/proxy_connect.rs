@@ -40,7 +40,7 @@ impl Worker {
                 Ok(s) => s,
                 Err(e) => {
                     u.failed(index, now);
-                    self.counters.upstream_failed(listener, index, now);
+                    self.tally.counters.upstream_failed(listener, index, now);
                     self.notices
                         .upstream_failed(listener as u16, index, addr, &e.to_string());
                     continue;
@@ -87,7 +87,7 @@ impl Worker {
         {
             u.failed(up.index, now);
         }
-        self.counters.upstream_failed(listener, up.index, now);
+        self.tally.counters.upstream_failed(listener, up.index, now);
         // The next attempt's deadline is later, so this one's connect timer, still in
         // the heap, finds it not yet due and does nothing.
         self.connect_upstream(token, tried, carry);
@@ -139,8 +139,10 @@ impl Worker {
             {
                 u.connected(index);
             }
-            self.counters.upstream_connected(listener, index);
-            self.counters.upstream_bytes(listener, index, carried, 0);
+            self.tally.counters.upstream_connected(listener, index);
+            self.tally
+                .counters
+                .upstream_bytes(listener, index, carried, 0);
         }
         let Some(up) = self.conns.get_mut(token).and_then(|c| c.upstream_mut()) else {
             return;

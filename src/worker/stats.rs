@@ -14,6 +14,13 @@ use super::slab::Slab;
 use crate::channel::{Counters, ListenerCounters, UpstreamCounters};
 use crate::config::Config;
 
+/// What a worker's heartbeat reports: its worker-wide stats, and the per-listener and
+/// per-upstream counters for the metrics service.
+pub(crate) struct Tally {
+    pub stats: crate::channel::Stats,
+    pub counters: Counters,
+}
+
 /// What an upstream's backoff is when the listener does not set `upstream_backoff`
 /// (the proxy service's own default).
 const DEFAULT_BACKOFF: Duration = Duration::from_secs(10);

@@ -45,7 +45,7 @@ impl Worker {
             }
             Err(e) => {
                 warn!("cannot start a TLS session: {e}");
-                self.stats.tls.failed(Failure::Other);
+                self.tally.stats.tls.failed(Failure::Other);
                 self.close(token);
                 false
             }
@@ -61,7 +61,7 @@ impl Worker {
                 if let Some(c) = self.conns.get_mut(token) {
                     c.set_tls(Box::new(s));
                 }
-                self.stats.tls.moved_in += 1;
+                self.tally.stats.tls.moved_in += 1;
                 true
             }
             None => {
@@ -86,7 +86,7 @@ impl Worker {
             .is_some_and(TlsSession::handshaking)
         {
             debug!("no TLS handshake in time; closing");
-            self.stats.tls.failed(Failure::Timeout);
+            self.tally.stats.tls.failed(Failure::Timeout);
             self.close_as(token, End::HandshakeTimeout);
         }
     }

@@ -49,7 +49,7 @@ impl Worker {
         self.timers.shrink();
         self.conns.shrink();
         self.ready.shrink_to_fit();
-        self.per_ip.shrink_to_fit();
+        self.admit.per_ip.shrink_to_fit();
         self.bufs.truncate(POOL_MAX / 4);
         self.bufs.shrink_to_fit();
         crate::os::memory::trim();

@@ -102,7 +102,7 @@ impl Worker {
     /// Whether a refusal may still come back to this worker: then it must not exit
     /// yet. Not once the master is gone (nothing can come back then).
     pub(in crate::worker) fn awaiting_refusals(&self) -> bool {
-        self.handoff.unsettled > 0 && self.channel.is_some()
+        self.handoff.unsettled > 0 && self.link.channel.is_some()
     }
 
     /// The index of the listener at address `listen`, if this worker has it.
@@ -140,7 +140,7 @@ impl Worker {
                 c.flags.set(Flags::PINNED, pinned);
             }
             if !pinned {
-                self.stats.adopted += 1;
+                self.tally.stats.adopted += 1;
             }
         }
     }
@@ -263,7 +263,7 @@ impl Worker {
         }
         let (conns, fds): (Vec<Handed>, Vec<OwnedFd>) = refused.into_iter().unzip();
         let n = conns.len();
-        let Some(ch) = &self.channel else {
+        let Some(ch) = &self.link.channel else {
             warn!(
                 connections = n,
                 "closing refused connections: the master is gone"

@@ -43,7 +43,7 @@ impl Worker {
             // Still full: the hand-overs wait behind what is owed.
             return self.set_channel_write(true);
         }
-        if self.channel.is_none() {
+        if self.link.channel.is_none() {
             return self.keep_all("the channel to the master is gone");
         }
         // Taken out a batch at a time, only while the channel takes them: the rest
@@ -52,7 +52,7 @@ impl Worker {
         loop {
             self.take_out_next_batch();
             let h = &mut self.handoff;
-            let Some(ch) = &self.channel else {
+            let Some(ch) = &self.link.channel else {
                 return self.keep_all("the channel to the master is gone");
             };
             let done = h.queue.flush(ch, |conns| ToMaster::Handoff { conns });
@@ -175,7 +175,7 @@ impl Worker {
             tls,
         };
         if handed.tls.is_some() {
-            self.stats.tls.moved_out += 1;
+            self.tally.stats.tls.moved_out += 1;
         }
         // The fds stay open (queued, then in flight): without an explicit delete this
         // epoll set would keep reporting their events under a token that is reused.
@@ -217,7 +217,7 @@ impl Worker {
         // here would cut it.
         let counted_ip = match peer {
             Some(ip) if flow.max_connections_per_ip > 0 => {
-                *self.per_ip.entry(ip).or_insert(0) += 1;
+                *self.admit.per_ip.entry(ip).or_insert(0) += 1;
                 true
             }
             _ => false,
@@ -287,7 +287,7 @@ impl Worker {
         };
         if !pinned {
             // Handed back to this worker is not a new arrival: counted once, here.
-            self.stats.adopted += 1;
+            self.tally.stats.adopted += 1;
         }
         if let Some(at) = c.timer_at() {
             c.set_timer_queued(Some(at));
@@ -321,7 +321,7 @@ impl Worker {
         if self.handoff.want_write == on {
             return;
         }
-        let Some(ch) = &self.channel else {
+        let Some(ch) = &self.link.channel else {
             self.handoff.want_write = false;
             return;
         };
@@ -342,7 +342,7 @@ impl Worker {
         if self.handoff.counts.handed == 0 {
             return false;
         }
-        let Some(ch) = &self.channel else {
+        let Some(ch) = &self.link.channel else {
             return false;
         };
         if ch.unread() == 0 {
