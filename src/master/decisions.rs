@@ -440,3 +440,72 @@ fn parked_workers_drain_and_are_not_respawned_until_a_reload() {
     b.later(Duration::from_secs(30));
     assert_eq!(b.fx.forks(), 4);
 }
+
+/// The value of the sample `line_start` (a metric name with its labels) in `text`.
+fn sample(text: &str, line_start: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(line_start) && l[line_start.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn the_exposition_is_well_formed_and_totals_outlive_their_workers() {
+    let mut b = Bench::running(2, "");
+    let pids = b.pids(1, WorkerState::Ready);
+    for &pid in &pids {
+        beat(&mut b, pid, 5);
+    }
+    let text = b.m.prometheus();
+    // Each family once, HELP then TYPE, then only its own samples; every sample a
+    // name, optional labels and a number.
+    let mut families = std::collections::HashSet::new();
+    let mut current = String::new();
+    for l in text.lines() {
+        if let Some(rest) = l.strip_prefix("# HELP ") {
+            current = rest.split(' ').next().unwrap_or_default().to_string();
+            assert!(families.insert(current.clone()), "{current} twice");
+        } else if let Some(rest) = l.strip_prefix("# TYPE ") {
+            assert!(
+                rest.starts_with(&format!("{current} ")),
+                "TYPE out of place: {l}"
+            );
+        } else {
+            let (name, value) = l.rsplit_once(' ').expect("name and value");
+            let bare = name.split('{').next().unwrap_or_default();
+            assert!(
+                bare == current
+                    || bare
+                        .strip_prefix(current.as_str())
+                        .is_some_and(|s| matches!(s, "_bucket" | "_sum" | "_count")),
+                "sample {bare} under family {current}"
+            );
+            assert!(value.parse::<f64>().is_ok(), "not a number: {l}");
+            if let Some(labels) = name.strip_prefix(bare) {
+                assert!(
+                    labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
+                    "{l}"
+                );
+            }
+        }
+    }
+    assert!(families.len() > 20, "{} families", families.len());
+    assert_eq!(sample(&text, "corral_accepted_total"), Some(10.0), "{text}");
+    assert_eq!(sample(&text, "corral_generation"), Some(1.0));
+
+    // A worker's counts stay in the totals after it exits; its respawn starts at 0.
+    b.exit(
+        pids[0],
+        ExitReason::Signal {
+            signal: Signal::SIGKILL,
+            core_dumped: false,
+        },
+    );
+    let text = b.m.prometheus();
+    assert_eq!(sample(&text, "corral_accepted_total"), Some(10.0), "{text}");
+    assert_eq!(
+        sample(&text, "corral_worker_restarts_total"),
+        Some(1.0),
+        "{text}"
+    );
+}
