@@ -56,6 +56,8 @@ pub struct Conn {
     /// The rarely set rest, allocated only when one of them is.
     rare: Option<Box<Rare>>,
     pub peer: Option<IpAddr>,
+    /// The peer's port, for `Io::peer` (0 when unknown).
+    pub peer_port: u16,
 }
 
 /// How a connection leaves a draining worker.
@@ -110,6 +112,7 @@ impl Conn {
             last_active: now,
             rare: bucket.map(Rare::with_bucket),
             peer,
+            peer_port: 0,
         }
     }
 
@@ -432,9 +435,10 @@ impl Conn {
             shutdown_write: &mut shutdown_write,
             timer: &mut timer,
             jobs,
-            peer: self.peer,
+            peer: self.peer.map(|ip| std::net::SocketAddr::new(ip, self.peer_port)),
             draining,
             held: self.flags.has(Flags::BACKPRESSURED),
+            now: None,
         };
         let r = f(self.handler.as_mut(), &mut io, &mut self.inbuf);
         let jobs_now = io.jobs.len();

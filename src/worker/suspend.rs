@@ -291,6 +291,9 @@ impl Worker {
         conn.listener = listener as u16;
         conn.flags.set(Flags::PINNED, pinned);
         conn.set_origin(origin);
+        conn.peer_port = origin
+            .or_else(|| crate::os::net::peer_addr(conn.fd.as_fd()))
+            .map_or(0, |a| a.port());
         if self.config.listen[listener].logs_connections() {
             conn.set_log(Some(super::connlog::Record::new(
                 now,
@@ -316,7 +319,12 @@ impl Worker {
                     Err(e) => debug!("no pipes for splice ({e}); copying instead"),
                 }
             }
-            if let (Some(i), Some(u)) = (index, self.listeners[listener].service.upstreams()) {
+            if let (Some(i), Some(u)) = (
+                index,
+                self.listeners[listener]
+                    .service
+                    .upstreams(crate::service::sealed::FORWARDING),
+            ) {
                 u.connected(i);
             }
             conn.set_upstream(Some(Box::new(up)));

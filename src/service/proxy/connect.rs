@@ -24,7 +24,7 @@ impl Worker {
             let Some(u) = self
                 .listeners
                 .get_mut(listener)
-                .and_then(|l| l.service.upstreams())
+                .and_then(|l| l.service.upstreams(crate::service::sealed::FORWARDING))
             else {
                 return self.close(token);
             };
@@ -82,7 +82,7 @@ impl Worker {
         if let Some(u) = self
             .listeners
             .get_mut(listener)
-            .and_then(|l| l.service.upstreams())
+            .and_then(|l| l.service.upstreams(crate::service::sealed::FORWARDING))
         {
             u.failed(up.index, now);
         }
@@ -134,7 +134,7 @@ impl Worker {
             if let Some(u) = self
                 .listeners
                 .get_mut(listener)
-                .and_then(|l| l.service.upstreams())
+                .and_then(|l| l.service.upstreams(crate::service::sealed::FORWARDING))
             {
                 u.connected(index);
             }
