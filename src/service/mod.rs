@@ -199,7 +199,9 @@ impl Io<'_> {
     /// FIN after the last byte, then reads and throws away whatever the client still
     /// sends until it closes too, or for at most [`LINGER`]. (Closing a socket with
     /// unread input makes the kernel send a reset, which can destroy the reply
-    /// before the client reads it.) A client that already sent FIN is closed at once.
+    /// before the client reads it.) A client that already sent FIN is closed at once,
+    /// and so is one the handler half-closed itself with [`Io::shutdown_write`] (it
+    /// then reads on as long as it wants before it closes).
     pub fn close(&mut self) {
         *self.close = true;
     }
