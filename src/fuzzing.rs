@@ -6,7 +6,7 @@
 //! `cargo test` replays the seed corpora and every input that once failed
 //! (`fuzz/corpus/`, `fuzz/regressions/`) through them, so internals stay
 //! `pub(crate)`; only this module is public. The HTTP head parser's differential
-//! check against httparse is in [`http_diff`] (with the `fuzzing` feature).
+//! check against httparse is in `http_diff` (with the `fuzzing` feature).
 
 use std::fmt::Debug;
 use std::path::Path;
