@@ -11,6 +11,7 @@
 //! `max_keys`), `GET key`, `DEL key`, `KEYS`,
 //! `SLEEP ms` (runs on the worker's blocking pool, so the event loop keeps serving
 //! everyone else meanwhile), `COUNT` (how many commands this connection has sent),
+//! `PEER` (the client's address and port, as `Io::peer` gives them),
 //! `QUIT`. Each worker keeps its own map: workers share nothing (run one worker if
 //! clients must see each other's keys).
 //!
@@ -197,6 +198,10 @@ impl KvConn {
                 _ => "ERROR SLEEP takes 0 to 10000 milliseconds".to_string(),
             },
             (Some("COUNT"), None, None) => format!("COUNT {}", self.commands),
+            (Some("PEER"), None, None) => match io.peer() {
+                Some(addr) => format!("PEER {addr}"),
+                None => "PEER unix".to_string(),
+            },
             (Some("QUIT"), None, None) => {
                 io.write(b"BYE\n");
                 io.close();

@@ -274,3 +274,102 @@ fn with_options<O: ServiceOptions, S>(
         None => factory(&crate::service::parse_unloaded::<O>(listen), listen),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::config::{Config, OptionError};
+    use crate::service::{Handler, Io, Registry};
+
+    struct Greeter(String);
+    struct Greeting(String);
+
+    impl Service for Greeter {
+        fn connect(&mut self, _: Option<IpAddr>) -> Box<dyn Handler> {
+            Box::new(Greeting(self.0.clone()))
+        }
+    }
+
+    impl Handler for Greeting {
+        fn on_data(&mut self, io: &mut Io<'_>, data: &[u8]) -> usize {
+            io.write(self.0.as_bytes());
+            data.len()
+        }
+    }
+
+    #[derive(Debug, Default, serde::Deserialize, serde::Serialize)]
+    #[serde(deny_unknown_fields)]
+    struct GreeterOptions {
+        #[serde(default)]
+        greeting: Option<String>,
+    }
+
+    impl ServiceOptions for GreeterOptions {
+        fn check(&mut self) -> Result<(), OptionError> {
+            match self.greeting.as_deref() {
+                Some("") => Err(OptionError::new("greeting", "empty")),
+                _ => Ok(()),
+            }
+        }
+    }
+
+    fn listener(text: &str) -> Result<ListenConfig, String> {
+        Config::load_str(text, Path::new("/test/runtime.toml"), &Registry)
+            .map(|mut c| c.listen.remove(0))
+            .map_err(|e| e.to_string())
+    }
+
+    fn greet(listen: &ListenConfig) -> Vec<u8> {
+        let mut service = registry::make(listen).expect("registered");
+        let mut h = crate::testing::Harness::connect(&mut service);
+        h.send(b"hi");
+        h.take_written()
+    }
+
+    #[test]
+    fn factories_capture_state_and_read_their_options() {
+        static CALLS: AtomicUsize = AtomicUsize::new(0);
+        let word = String::from("captured");
+        Runtime::new()
+            .service("rt_test_plain", move |_| {
+                CALLS.fetch_add(1, Ordering::SeqCst);
+                Greeter(word.clone())
+            })
+            .service_with("rt_test_opts", |o: &GreeterOptions, _| {
+                Greeter(o.greeting.clone().unwrap_or_else(|| "default".into()))
+            })
+            .install();
+        let l = |service: &str, extra: &str| {
+            format!("[[listen]]\naddress = \"127.0.0.1:1\"\nservice = \"{service}\"\n{extra}")
+        };
+        assert_eq!(
+            greet(&listener(&l("rt_test_plain", "")).unwrap()),
+            b"captured"
+        );
+        assert_eq!(CALLS.load(Ordering::SeqCst), 1);
+        let opts = listener(&l("rt_test_opts", "greeting = \"bonjour\"")).unwrap();
+        assert_eq!(greet(&opts), b"bonjour");
+        assert_eq!(
+            greet(&listener(&l("rt_test_opts", "")).unwrap()),
+            b"default"
+        );
+        // Its keys are checked at load, with the file and the key.
+        let e = listener(&l("rt_test_opts", "greeting = \"\"")).unwrap_err();
+        assert!(
+            e.contains("runtime.toml") && e.contains("listen[0].greeting"),
+            "{e}"
+        );
+        let e = listener(&l("rt_test_plain", "greeting = \"x\"")).unwrap_err();
+        assert!(e.contains("listen[0].greeting"), "{e}");
+        // A name nobody registered is refused by the load, naming the key.
+        let e = listener(&l("rt_test_nobody", "")).unwrap_err();
+        assert!(
+            e.contains("listen[0].service") && e.contains("unknown service"),
+            "{e}"
+        );
+    }
+}

@@ -48,7 +48,9 @@ fn an_unknown_service_is_refused_at_test_and_start_naming_file_and_key() {
 
 #[test]
 fn a_reload_with_an_unknown_service_changes_nothing() {
-    let c = Corral::start("[master]\nworkers = 1\n\n[[listen]]\naddress = \"127.0.0.1:{port}\"\nservice = \"echo\"\n");
+    let c = Corral::start(
+        "[master]\nworkers = 1\n\n[[listen]]\naddress = \"127.0.0.1:{port}\"\nservice = \"echo\"\n",
+    );
     let mut s = c.connect();
     must_echo(&c, &mut s, "before");
     let cfg = c.config_str();
