@@ -10,24 +10,26 @@ use crate::config::ListenConfig;
 use crate::service::registry::{self, Factory};
 use crate::service::{Forwarder, NoOptions, OptionsKind, Service, ServiceOptions, Upstreams};
 
-/// A program built on corral: its services, then [`Runtime::run`].
+/// A program built on corral: its services, then [`Runtime::run`] (the README's
+/// example, kept identical):
 ///
 /// ```no_run
 /// use corral::service::{Handler, Io, Service};
 ///
-/// /// Answers every line in upper case, and counts the lines of its connection.
+/// /// Answers every line in upper case, numbered per connection.
 /// struct Upper;
-/// struct Conn {
+///
+/// struct UpperConn {
 ///     lines: u64,
 /// }
 ///
 /// impl Service for Upper {
 ///     fn connect(&mut self, _peer: Option<std::net::IpAddr>) -> Box<dyn Handler> {
-///         Box::new(Conn { lines: 0 })
+///         Box::new(UpperConn { lines: 0 })
 ///     }
 /// }
 ///
-/// impl Handler for Conn {
+/// impl Handler for UpperConn {
 ///     fn on_data(&mut self, io: &mut Io<'_>, data: &[u8]) -> usize {
 ///         let mut used = 0;
 ///         while let Some(n) = data[used..].iter().position(|&b| b == b'\n') {
@@ -36,15 +38,11 @@ use crate::service::{Forwarder, NoOptions, OptionsKind, Service, ServiceOptions,
 ///             io.write(format!("{} {line}\n", self.lines).as_bytes());
 ///             used += n + 1;
 ///         }
-///         used // a partial line stays buffered for the next call
-///     }
-///     fn is_idle(&self) -> bool {
-///         true // nothing in flight between lines: a reload may move it
+///         used // a partial line stays buffered: the next call sees it first
 ///     }
 /// }
 ///
 /// fn main() -> std::process::ExitCode {
-///     // `[[listen]] service = "upper"` in the config now works.
 ///     corral::runtime!().service("upper", |_listen| Upper).run()
 /// }
 /// ```
