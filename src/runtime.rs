@@ -281,6 +281,7 @@ mod tests {
 
     use super::*;
     use crate::config::{Config, OptionError};
+    use crate::service::sealed::FORWARDING;
     use crate::service::{Handler, Io, Registry};
 
     struct Greeter(String);
@@ -363,6 +364,29 @@ mod tests {
         );
         let e = listener(&l("rt_test_plain", "greeting = \"x\"")).unwrap_err();
         assert!(e.contains("listen[0].greeting"), "{e}");
+        // A forwarder is one because it was registered as one; a service is not.
+        struct One;
+        impl Upstreams for One {
+            fn pick(
+                &mut self,
+                tried: &[usize],
+                _: std::time::Instant,
+            ) -> Option<(usize, std::net::SocketAddr)> {
+                tried.is_empty().then(|| (0, ([127, 0, 0, 1], 9).into()))
+            }
+            fn connected(&mut self, _: usize) {}
+            fn failed(&mut self, _: usize, _: std::time::Instant) {}
+            fn released(&mut self, _: usize) {}
+            fn connect_timeout(&self) -> std::time::Duration {
+                std::time::Duration::from_secs(1)
+            }
+        }
+        Runtime::new().forward("rt_test_fwd", |_| One).install();
+        let fwd = FORWARDING;
+        let mut f = registry::make(&listener(&l("rt_test_fwd", "")).unwrap()).unwrap();
+        assert!(f.upstreams(fwd).is_some());
+        let mut p = registry::make(&listener(&l("rt_test_plain", "")).unwrap()).unwrap();
+        assert!(p.upstreams(fwd).is_none());
         // A name nobody registered is refused by the load, naming the key.
         let e = listener(&l("rt_test_nobody", "")).unwrap_err();
         assert!(

@@ -186,7 +186,14 @@ impl<H: Handler + ?Sized> Harness<H> {
         while !self.jobs.is_empty() {
             let job = self.jobs.remove(0);
             let result = job();
-            self.call(|h, io, _| crate::service::complete(h.as_any_mut(), io, result));
+            let delivered =
+                self.call(|h, io, _| crate::service::complete(h.as_any_mut(), io, result));
+            // In a worker the result would be dropped (and logged): here the test
+            // learns that its completion names another type than its handler.
+            assert!(
+                delivered,
+                "a job's completion names another type than the handler it was spawned by"
+            );
         }
     }
 
