@@ -11,11 +11,12 @@
 //! `max_keys`), `GET key`, `DEL key`, `KEYS`,
 //! `SLEEP ms` (runs on the worker's blocking pool, so the event loop keeps serving
 //! everyone else meanwhile), `COUNT` (how many commands this connection has sent),
+//! `PEER` (the client's address and port, as `Io::peer` gives them),
 //! `QUIT`. Each worker keeps its own map: workers share nothing (run one worker if
 //! clients must see each other's keys).
 //!
 //! It takes a key of its own in its `[[listen]]` table, declared as a serde struct
-//! ([`KvOptions`]) and registered with `service::register_with_options`, so corral
+//! ([`KvOptions`]) and named with `Runtime::service_with`, so corral
 //! checks it at start, `-t` and reload like its own keys, and refuses any other:
 //!
 //! ```toml
@@ -35,17 +36,15 @@
 //! drain behaviour (it stays in the old worker until it ends or `drain_timeout` cuts
 //! it).
 
-use std::any::Any;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use corral::config::ListenConfig;
 use corral::config::OptionError;
-use corral::service::{self, Handler, Io, ResumeError, Service, ServiceOptions, Suspended};
-use serde::{Deserialize, Serialize};
+use corral::serde::{Deserialize, Serialize};
+use corral::service::{Handler, Io, ResumeError, Service, ServiceOptions, Suspended};
 
 /// The longest line accepted, in bytes, not counting its line end (`\n` or `\r\n`);
 /// a client sending more is told so and disconnected. The limit is exact however the
@@ -53,17 +52,13 @@ use serde::{Deserialize, Serialize};
 const MAX_LINE: usize = 4096;
 /// A connection that sends half a line and then nothing is closed after this.
 const LINE_TIMEOUT: Duration = Duration::from_secs(10);
-/// After refusing a line, how long input is still read and thrown away before the
-/// close: closing with unread input would send RST, which can destroy the refusal
-/// before the client reads it; so FIN first, then close when the client does.
-const LINGER: Duration = Duration::from_secs(2);
 /// The format of a suspended connection's state: its command count, 8 bytes LE.
 /// `state_version` may number it otherwise (see `KvOptions`).
 pub(crate) const STATE_VERSION: u32 = 1;
 
 /// The keys a `[[listen]] service = "kv"` table may set besides the common ones.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(crate = "corral::serde", deny_unknown_fields)]
 struct KvOptions {
     /// Most keys one worker's store holds; a SET of a new key beyond it gets an
     /// `ERROR` reply (overwriting an existing key still works). Unset: no limit.
@@ -115,10 +110,8 @@ struct KvConn {
     /// Lines that arrived while busy; `None` stands for a line that was too long,
     /// answered (and the connection closed) in its turn.
     queued: Vec<Option<String>>,
-    /// A line was too long: nothing after it is run.
+    /// A line was too long, or the client said QUIT: nothing after it is run.
     refused: bool,
-    /// The refusal is out: waiting for the client to go (see `LINGER`).
-    lingering: bool,
     /// Commands this connection sent: its state across reloads.
     commands: u64,
     suspend: bool,
@@ -133,7 +126,6 @@ impl Kv {
             busy: false,
             queued: Vec::new(),
             refused: false,
-            lingering: false,
             commands,
             suspend: self.suspend,
             version: self.version,
@@ -192,20 +184,30 @@ impl KvConn {
             }
             (Some("SLEEP"), Some(ms), None) => match ms.parse::<u64>() {
                 Ok(ms) if ms <= 10_000 => {
-                    // Blocking work goes to the pool; the result arrives in on_complete.
+                    // Blocking work goes to the pool; its result comes back to `slept`.
                     self.busy = true;
-                    io.spawn_blocking(move || {
-                        std::thread::sleep(Duration::from_millis(ms));
-                        ms
-                    });
+                    io.spawn_blocking(
+                        move || {
+                            std::thread::sleep(Duration::from_millis(ms));
+                            ms
+                        },
+                        KvConn::slept,
+                    );
                     return;
                 }
                 _ => "ERROR SLEEP takes 0 to 10000 milliseconds".to_string(),
             },
             (Some("COUNT"), None, None) => format!("COUNT {}", self.commands),
+            (Some("PEER"), None, None) => match io.peer() {
+                Some(addr) => format!("PEER {addr}"),
+                None => "PEER unix".to_string(),
+            },
             (Some("QUIT"), None, None) => {
                 io.write(b"BYE\n");
                 io.close();
+                // Nothing after QUIT runs, queued or still to come.
+                self.refused = true;
+                self.queued.clear();
                 return;
             }
             _ => format!("ERROR unknown command: {line}"),
@@ -235,11 +237,18 @@ impl KvConn {
         }
     }
 
+    /// The refusal arrives although the client may still be sending the rest of the
+    /// line: `close` sends it, then FIN, and reads until the client closes too.
     fn too_long(&mut self, io: &mut Io<'_>) {
         io.write(format!("ERROR line too long: more than {MAX_LINE} bytes; closing\n").as_bytes());
-        io.shutdown_write();
-        io.set_timer(LINGER);
-        self.lingering = true;
+        io.close();
+    }
+
+    /// A SLEEP finished on the pool: its reply, then the lines that waited for it.
+    fn slept(&mut self, io: &mut Io<'_>, ms: u64) {
+        self.busy = false;
+        io.write(format!("SLEPT {ms}\n").as_bytes());
+        self.run_queued(io);
     }
 }
 
@@ -267,6 +276,9 @@ impl Handler for KvConn {
                 self.queued.push(Some(line));
             } else {
                 self.command(io, &line);
+                if self.refused {
+                    return data.len();
+                }
             }
         }
         // Half a line: already too long if it has more than MAX_LINE bytes, not
@@ -285,18 +297,8 @@ impl Handler for KvConn {
     }
 
     fn on_timer(&mut self, io: &mut Io<'_>) {
-        if !self.lingering {
-            io.write(b"ERROR line timeout\n");
-        }
+        io.write(b"ERROR line timeout\n");
         io.close();
-    }
-
-    fn on_complete(&mut self, io: &mut Io<'_>, result: Box<dyn Any + Send>) {
-        self.busy = false;
-        if let Ok(ms) = result.downcast::<u64>() {
-            io.write(format!("SLEPT {ms}\n").as_bytes());
-        }
-        self.run_queued(io);
     }
 
     fn is_idle(&self) -> bool {
@@ -327,15 +329,17 @@ pub(crate) fn new_service(
     })
 }
 
-fn main() {
-    service::register_with_options::<KvOptions>("kv", |l: &ListenConfig| {
-        let opts = service::options::<KvOptions>(l);
-        new_service(
-            opts.and_then(|o| o.max_keys),
-            opts.and_then(|o| o.state_version).unwrap_or(STATE_VERSION),
-            std::env::var("CORRAL_KV_SUSPEND").as_deref() != Ok("off"),
-        )
-    });
-    // `kv --version` says kv, not corral.
-    std::process::exit(corral::main!());
+fn main() -> std::process::ExitCode {
+    // Read once, in the master, before it forks: every worker's factory sees it.
+    let suspend = std::env::var("CORRAL_KV_SUSPEND").as_deref() != Ok("off");
+    // `runtime!` names the program after this binary: `kv --version` says kv.
+    corral::runtime!()
+        .service_with("kv", move |o: &KvOptions, _listen| {
+            new_service(
+                o.max_keys,
+                o.state_version.unwrap_or(STATE_VERSION),
+                suspend,
+            )
+        })
+        .run()
 }

@@ -9,16 +9,9 @@ use crate::config::Config;
 use crate::master::upgrade::{self, Report, Reporter};
 use crate::master::{Master, StartOptions};
 
-/// Runs corral with the process's command line and returns the exit code. Register
-/// custom services with [`crate::service::register`] before calling it. A program of
-/// its own should rather call [`main_as`] (or the [`crate::main!`] macro), so that
-/// `--version`, `--help`, completions and the man page carry its name.
-pub fn main() -> i32 {
-    main_as("corral", env!("CARGO_PKG_VERSION"))
-}
-
-/// [`main`] for a program with its own name and version (`mykv --version` prints
-/// `mykv 1.2.0`, not corral's).
+/// Runs corral with the process's command line, under the program's own name and
+/// version (`mykv --version` prints `mykv 1.2.0`), and returns the exit code. The
+/// services are registered already (see `crate::Runtime::run`).
 pub fn main_as(name: &'static str, version: &'static str) -> i32 {
     let mut cmd = command(name, version);
     let matches = cmd.get_matches_mut();
@@ -91,10 +84,7 @@ fn run(cli: Cli, cmd: clap::Command) -> i32 {
         return 1;
     }
     if cli.print_config {
-        return match crate::config::effective::render(
-            &cli.config,
-            &crate::service::options::Registry,
-        ) {
+        return match crate::config::effective::render(&cli.config, &crate::service::Registry) {
             Ok(text) => {
                 print!("{text}");
                 0

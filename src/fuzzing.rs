@@ -6,7 +6,7 @@
 //! `cargo test` replays the seed corpora and every input that once failed
 //! (`fuzz/corpus/`, `fuzz/regressions/`) through them, so internals stay
 //! `pub(crate)`; only this module is public. The HTTP head parser's differential
-//! check against httparse is in [`http_diff`] (with the `fuzzing` feature).
+//! check against httparse is in `http_diff` (with the `fuzzing` feature).
 
 use std::fmt::Debug;
 use std::path::Path;
@@ -224,7 +224,7 @@ struct NoLookups;
 
 impl Services for NoLookups {
     fn names(&self) -> Vec<String> {
-        crate::service::options::Registry.names()
+        crate::service::Registry.names()
     }
 
     fn parse(
@@ -246,7 +246,7 @@ impl Services for NoLookups {
                 "fuzzing: names are not resolved",
             ));
         }
-        crate::service::options::Registry.parse(service, options)
+        crate::service::Registry.parse(service, options)
     }
 }
 
@@ -260,7 +260,10 @@ pub fn builtin_service(name: &str) -> Box<dyn Service> {
     };
     let text = format!("[[listen]]\naddress = \"127.0.0.1:1\"\nservice = \"{name}\"\n{extra}");
     match Config::load_str(&text, Path::new(FUZZ_SOURCE), &NoLookups) {
-        Ok(c) => crate::service::make(&c.listen[0]),
+        Ok(c) => match crate::service::registry::make(&c.listen[0]) {
+            Some(s) => s,
+            None => panic!("no service named {name}"),
+        },
         Err(e) => panic!("the {name} listener does not load: {e}"),
     }
 }

@@ -4,14 +4,17 @@
 //! single-threaded worker processes, each running one fixed event loop (timers →
 //! epoll → IO → other work). The master reloads its configuration on SIGHUP without
 //! dropping a connection, respawns crashed and hung workers, and drains old
-//! generations. See the README for operating it; this crate's library side exposes
-//! the [`service`] API for writing protocol handlers, and the pieces the `corral`
-//! binary is built from.
+//! generations. See the README for operating it.
+//!
+//! As a library it runs services of your own the same way: implement
+//! [`service::Service`] and [`service::Handler`], name the service in a [`Runtime`],
+//! and `run` it ([`Runtime`] has a complete example; [`service`] the contract of a
+//! handler; [`testing`] unit-tests one without processes).
 
 #![deny(unsafe_code)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-pub mod app;
+pub(crate) mod app;
 pub(crate) mod channel;
 pub(crate) mod cli;
 pub mod config;
@@ -30,28 +33,14 @@ pub(crate) mod notify;
 #[allow(unsafe_code)]
 pub mod os;
 pub(crate) mod proxy_protocol;
+mod runtime;
 pub mod service;
+pub mod testing;
 pub(crate) mod tls;
 pub(crate) mod worker;
 
-/// Runs corral's command line as a program of its own: `--version`, `--help`, the
-/// completions and the man page carry the calling binary's name and its package's
-/// version. Register services first.
-///
-/// ```no_run
-/// // corral::service::register("mine", ...) first, then:
-/// std::process::exit(corral::main!());
-/// ```
-#[macro_export]
-macro_rules! main {
-    () => {
-        $crate::app::main_as(
-            // Set for binaries and examples; a library calling it gets its package name.
-            match option_env!("CARGO_BIN_NAME") {
-                Some(name) => name,
-                None => env!("CARGO_PKG_NAME"),
-            },
-            env!("CARGO_PKG_VERSION"),
-        )
-    };
-}
+pub use runtime::Runtime;
+/// serde, as corral uses it: a service's options derive `Deserialize` and
+/// `Serialize` from here (`#[serde(crate = "corral::serde")]`), so a program needs
+/// no serde of its own.
+pub use serde;

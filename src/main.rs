@@ -1,5 +1,5 @@
 //! The `corral` binary: the built-in services, run by the library's program.
 
-fn main() {
-    std::process::exit(corral::app::main());
+fn main() -> std::process::ExitCode {
+    corral::Runtime::new().run()
 }

@@ -10,6 +10,7 @@
 mod common;
 
 mod chunked;
+mod close_delivers;
 mod config_checks;
 mod dashboards;
 mod events;
@@ -22,6 +23,7 @@ mod fuzz_kv_state;
 mod handover;
 mod http;
 mod inputs;
+mod library_api;
 mod metrics;
 mod moves;
 mod operators;
@@ -40,5 +42,6 @@ mod systemd;
 mod tls;
 mod tls_moves;
 mod top;
+mod unknown_service;
 mod upgrade;
 mod upgrade_moves;

@@ -105,11 +105,15 @@ pub fn local_addr(fd: BorrowedFd<'_>) -> io::Result<ListenAddr> {
 
 /// A connected socket's peer IP address (None for a Unix socket, or on error).
 pub fn peer_ip(fd: BorrowedFd<'_>) -> Option<IpAddr> {
+    peer_addr(fd).map(|a| a.ip())
+}
+
+/// A connected socket's peer address and port (None for a Unix socket, or on error).
+pub fn peer_addr(fd: BorrowedFd<'_>) -> Option<SocketAddr> {
     socket2::SockRef::from(&fd)
         .peer_addr()
         .ok()
         .and_then(|a| a.as_socket())
-        .map(|a| a.ip())
 }
 
 /// True if the fd is a listening stream socket.

@@ -31,7 +31,7 @@
 //! In `log` mode nothing is refused: every call outside the allowlist, the attacker's
 //! included, is allowed and logged by the kernel (audit log, `dmesg`). It is meant for
 //! finding the calls a custom service needs, which it then declares with
-//! [`allow_extra`] (`corral::service::allow_syscalls`).
+//! [`allow_extra`] (`corral::Runtime::allow_syscalls`).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

@@ -55,7 +55,7 @@ fn with<R>(f: impl FnOnce(&mut Mailbox) -> R) -> R {
 }
 
 /// For the worker loop: scrapes waiting to be asked of the master.
-pub fn take_requests() -> Vec<u64> {
+pub(crate) fn take_requests() -> Vec<u64> {
     with(|m| {
         if m.outbox.is_empty() {
             Vec::new()
@@ -67,7 +67,7 @@ pub fn take_requests() -> Vec<u64> {
 
 /// For the worker loop: one part of the master's answer to scrape `id`. Parts for a
 /// scrape nobody waits for any more (timed out, closed) are dropped.
-pub fn deliver(id: u64, text: String, last: bool) {
+pub(crate) fn deliver(id: u64, text: String, last: bool) {
     with(|m| {
         let Some(mut acc) = m.partial.remove(&id) else {
             return;
@@ -82,7 +82,7 @@ pub fn deliver(id: u64, text: String, last: bool) {
 }
 
 /// For the worker loop: the worker started draining to stop (not to reload).
-pub fn set_stopping() {
+pub(crate) fn set_stopping() {
     with(|m| m.stopping = true)
 }
 

@@ -8,23 +8,17 @@
 //! [`Io::set_timer`]. A forwarding service (a TCP proxy) returns [`Upstreams`] instead
 //! and the loop moves the bytes.
 //!
-//! A program with its own service registers it and runs corral's command line:
+//! A program names its services in a [`crate::Runtime`] and runs it (the
+//! [`crate::Runtime`] documentation has a complete program); [`crate::testing`] drives
+//! a handler in a unit test. `examples/kv.rs` is a complete key/value server.
 //!
-//! ```no_run
-//! use corral::config::ListenConfig;
-//! use corral::service::{register, Handler, Io, Service};
+//! ```
+//! use corral::service::{Handler, Io};
 //!
 //! /// Answers every line with its length.
 //! struct LineLength;
-//! struct Conn;
 //!
-//! impl Service for LineLength {
-//!     fn connect(&mut self, _peer: Option<std::net::IpAddr>) -> Box<dyn Handler> {
-//!         Box::new(Conn)
-//!     }
-//! }
-//!
-//! impl Handler for Conn {
+//! impl Handler for LineLength {
 //!     fn on_data(&mut self, io: &mut Io<'_>, data: &[u8]) -> usize {
 //!         let mut used = 0;
 //!         while let Some(n) = data[used..].iter().position(|&b| b == b'\n') {
@@ -38,57 +32,21 @@
 //!     }
 //! }
 //!
-//! fn main() {
-//!     register("linelength", |_: &ListenConfig| Box::new(LineLength));
-//!     // `[[listen]] service = "linelength"` now works in the config.
-//!     std::process::exit(corral::app::main());
-//! }
+//! let mut h = corral::testing::Harness::new(LineLength);
+//! h.send(b"abc\nde");
+//! h.send(b"f\n");
+//! assert_eq!(h.take_written(), b"3\n3\n");
 //! ```
-//!
-//! `examples/kv.rs` is a complete key/value server built this way.
 //!
 //! # Keys of its own
 //!
 //! A `[[listen]]` table holds the keys common to every listener and those of its
 //! service. A service declares its keys as a serde struct (`deny_unknown_fields`, so a
-//! mistyped key is an error) implementing [`ServiceOptions`], and registers with
-//! [`register_with_options`]; corral parses and checks them in the master at every
-//! load (start, `-t`, `-T`, reload: errors name the file, `listen[i]` and the key), and
-//! the factory reads the parsed value with [`options()`]:
-//!
-//! ```no_run
-//! use corral::config::{ListenConfig, OptionError};
-//! use corral::service::{options, register_with_options, ServiceOptions};
-//! # use corral::service::{Handler, Io, Service};
-//! # struct Greeter(String);
-//! # impl Service for Greeter {
-//! #     fn connect(&mut self, _: Option<std::net::IpAddr>) -> Box<dyn Handler> { unimplemented!() }
-//! # }
-//!
-//! #[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
-//! #[serde(deny_unknown_fields)]
-//! struct GreeterOptions {
-//!     #[serde(default)]
-//!     greeting: Option<String>,
-//! }
-//!
-//! impl ServiceOptions for GreeterOptions {
-//!     fn check(&mut self) -> Result<(), OptionError> {
-//!         match &self.greeting {
-//!             Some(g) if g.contains('\n') => Err(OptionError::new("greeting", "one line only")),
-//!             _ => Ok(()),
-//!         }
-//!     }
-//! }
-//!
-//! fn main() {
-//!     register_with_options::<GreeterOptions>("greeter", |l: &ListenConfig| {
-//!         let o = options::<GreeterOptions>(l).cloned().unwrap_or_default();
-//!         Box::new(Greeter(o.greeting.unwrap_or_else(|| "hello".into())))
-//!     });
-//!     std::process::exit(corral::app::main());
-//! }
-//! ```
+//! mistyped key is an error; derive from [`crate::serde`], no serde of your own needed)
+//! implementing [`ServiceOptions`], and is named with [`crate::Runtime::service_with`];
+//! corral parses and checks them in the master at every load (start, `-t`, `-T`,
+//! reload: errors name the file, `listen[i]` and the key), and hands the parsed value
+//! to the factory.
 //!
 //! # Connections that move at reload
 //!
@@ -172,23 +130,43 @@ use std::any::Any;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use std::sync::{Mutex, OnceLock};
-
-use crate::config::ListenConfig;
 pub use crate::tls::TlsInfo;
 
-pub mod echo;
-pub mod http;
-pub mod metrics;
-pub mod options;
-pub mod proxy;
+pub(crate) mod echo;
+pub(crate) mod http;
+pub(crate) mod metrics;
+mod options;
+pub(crate) mod proxy;
+pub(crate) mod registry;
 
-use options::OptionsKind;
+#[cfg(test)]
+pub(crate) use options::attach;
+pub(crate) use options::OptionsKind;
 pub use options::{options, NoOptions, ServiceOptions};
+pub(crate) use options::{parse_unloaded, Registry};
 
-/// Work for the worker's blocking pool: runs on a pool thread; its result comes back
-/// to the connection's handler in [`Handler::on_complete`], on the loop thread.
-pub type Job = Box<dyn FnOnce() -> Box<dyn Any + Send> + Send>;
+/// Work for the worker's blocking pool, as the loop hands it over: runs on a pool
+/// thread and returns the [`Completion`] that delivers its result.
+pub(crate) type Job = Box<dyn FnOnce() -> Box<dyn Any + Send> + Send>;
+
+/// A finished job's result with what the handler asked to do with it: called on the
+/// loop thread with the connection's handler (as `Any`, to be downcast to the type
+/// the job was spawned for). False if the handler is not of that type.
+pub(crate) type Completion = Box<dyn FnOnce(&mut dyn Any, &mut Io<'_>) -> bool + Send>;
+
+/// Hands a finished job's result to the handler that spawned it (see
+/// [`Io::spawn_blocking`]). False if `result` is not a [`Completion`] or the handler is
+/// not of the type it was spawned for (its result is then dropped).
+pub(crate) fn complete(
+    handler: &mut dyn Any,
+    io: &mut Io<'_>,
+    result: Box<dyn Any + Send>,
+) -> bool {
+    match result.downcast::<Completion>() {
+        Ok(done) => done(handler, io),
+        Err(_) => false,
+    }
+}
 
 /// What a handler may do to its connection while handling an event.
 pub struct Io<'a> {
@@ -198,9 +176,12 @@ pub struct Io<'a> {
     pub(crate) shutdown_write: &'a mut bool,
     pub(crate) timer: &'a mut Option<Instant>,
     pub(crate) jobs: &'a mut Vec<Job>,
-    pub(crate) peer: Option<IpAddr>,
+    pub(crate) peer: Option<SocketAddr>,
     pub(crate) draining: bool,
     pub(crate) held: bool,
+    /// The clock timers count from: None in a worker (the real clock); a test
+    /// harness's own clock, which it advances by hand.
+    pub(crate) now: Option<Instant>,
 }
 
 impl Io<'_> {
@@ -211,8 +192,16 @@ impl Io<'_> {
     }
 
     /// Closes the connection once everything queued has been sent and every job from
-    /// [`Io::spawn_blocking`] has completed (and whatever its `on_complete` queued has
-    /// been sent). Nothing more is read meanwhile.
+    /// [`Io::spawn_blocking`] has completed (and whatever its completion queued has
+    /// been sent). The handler sees nothing more.
+    ///
+    /// What was written arrives even if the client is still sending: the loop sends
+    /// FIN after the last byte, then reads and throws away whatever the client still
+    /// sends until it closes too, or for at most [`LINGER`]. (Closing a socket with
+    /// unread input makes the kernel send a reset, which can destroy the reply
+    /// before the client reads it.) A client that already sent FIN is closed at once,
+    /// and so is one the handler half-closed itself with [`Io::shutdown_write`] (it
+    /// then reads on as long as it wants before it closes).
     pub fn close(&mut self) {
         *self.close = true;
     }
@@ -222,8 +211,9 @@ impl Io<'_> {
         *self.shutdown_write = true;
     }
 
-    /// The client's IP address (None for Unix-socket clients).
-    pub fn peer(&self) -> Option<IpAddr> {
+    /// The client's address and port (None for Unix-socket clients). Behind a
+    /// balancer that sends a PROXY header (`accept_proxy`), the client it names.
+    pub fn peer(&self) -> Option<SocketAddr> {
         self.peer
     }
 
@@ -276,7 +266,7 @@ impl Io<'_> {
 
     /// Calls [`Handler::on_timer`] after `after` (replacing any earlier request).
     pub fn set_timer(&mut self, after: Duration) {
-        *self.timer = Some(Instant::now() + after);
+        *self.timer = Some(self.now.unwrap_or_else(Instant::now) + after);
     }
 
     /// Cancels the timer.
@@ -285,27 +275,95 @@ impl Io<'_> {
     }
 
     /// Runs `job` on the worker's blocking pool (threads started after fork, on first
-    /// use) and hands its result to [`Handler::on_complete`]. The event loop never
-    /// waits for it; if the connection is gone by then, the result is dropped.
-    pub fn spawn_blocking<F, R>(&mut self, job: F)
+    /// use), then `done` with its result, on the loop thread, with the handler and
+    /// its `Io`. The event loop never waits for the job; if the connection is gone by
+    /// then, the result is dropped. A close waits for every job's `done` (and what
+    /// it writes).
+    ///
+    /// `H` is the handler's own type (name it in `done`'s first argument): the
+    /// result reaches the handler that spawned the job, typed, with no downcast.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use corral::service::{Handler, Io};
+    ///
+    /// /// Answers each line with its length, computed "slowly" off the loop.
+    /// struct Slow {
+    ///     answered: u64,
+    /// }
+    ///
+    /// impl Handler for Slow {
+    ///     fn on_data(&mut self, io: &mut Io<'_>, data: &[u8]) -> usize {
+    ///         let len = data.len();
+    ///         io.spawn_blocking(
+    ///             move || {
+    ///                 std::thread::sleep(Duration::from_millis(1));
+    ///                 len
+    ///             },
+    ///             |this: &mut Slow, io, len: usize| {
+    ///                 this.answered += 1;
+    ///                 io.write(format!("{len}\n").as_bytes());
+    ///             },
+    ///         );
+    ///         data.len()
+    ///     }
+    /// }
+    ///
+    /// let mut h = corral::testing::Harness::new(Slow { answered: 0 });
+    /// h.send(b"four");
+    /// h.run_jobs();
+    /// assert_eq!(h.take_written(), b"4\n");
+    /// assert_eq!(h.handler().answered, 1);
+    /// ```
+    pub fn spawn_blocking<H, R, F, D>(&mut self, job: F, done: D)
     where
+        H: Handler,
+        R: Send + 'static,
         F: FnOnce() -> R + Send + 'static,
-        R: Any + Send,
+        D: FnOnce(&mut H, &mut Io<'_>, R) + Send + 'static,
     {
-        self.jobs
-            .push(Box::new(move || Box::new(job()) as Box<dyn Any + Send>));
+        self.jobs.push(Box::new(move || {
+            let result = job();
+            let completion: Completion = Box::new(move |handler: &mut dyn Any, io: &mut Io<'_>| {
+                match handler.downcast_mut::<H>() {
+                    Some(h) => {
+                        done(h, io, result);
+                        true
+                    }
+                    None => false,
+                }
+            });
+            Box::new(completion) as Box<dyn Any + Send>
+        }));
+    }
+}
+
+/// How long a closing connection waits for a client that is still sending (see
+/// [`Io::close`]) before it closes anyway.
+pub const LINGER: Duration = Duration::from_secs(2);
+
+/// Implemented for every type, so that the loop can hand a job's result to the
+/// handler type that asked for it (see [`Io::spawn_blocking`]): nothing to do.
+pub trait AsAny: Any {
+    /// `self` as `Any`.
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+impl<T: Any> AsAny for T {
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
     }
 }
 
 /// One connection's protocol logic.
-pub trait Handler {
+pub trait Handler: AsAny {
     /// Bytes arrived. `data` holds what earlier calls left unconsumed followed by the
     /// new bytes; return how many were consumed (the rest is kept for the next call).
     fn on_data(&mut self, io: &mut Io<'_>, data: &[u8]) -> usize;
 
     /// The client half-closed (sent FIN). By default the connection closes once it
     /// has given the client everything it owes: queued output is flushed and every
-    /// job from [`Io::spawn_blocking`] has completed (their `on_complete` may write
+    /// job from [`Io::spawn_blocking`] has completed (their completions may write
     /// more, which is flushed too). [`Io::close`] always waits for both.
     fn on_eof(&mut self, io: &mut Io<'_>) {
         io.close();
@@ -319,9 +377,6 @@ pub trait Handler {
     fn on_timer(&mut self, io: &mut Io<'_>) {
         io.close();
     }
-
-    /// A job from [`Io::spawn_blocking`] finished.
-    fn on_complete(&mut self, _io: &mut Io<'_>, _result: Box<dyn Any + Send>) {}
 
     /// True when closing the connection now loses nothing (e.g. HTTP keep-alive
     /// between requests). Draining workers hand such connections to the new
@@ -355,6 +410,9 @@ pub struct Suspended {
 }
 
 impl Suspended {
+    /// The state `state`, written in the service's format number `version` (which
+    /// its [`Service::resume`] reads back): at most [`MAX_STATE`] bytes with the
+    /// input the handler left unconsumed.
     pub fn new(version: u32, state: Vec<u8>) -> Suspended {
         Suspended { version, state }
     }
@@ -405,11 +463,66 @@ pub trait Service {
         }
     }
 
-    /// A forwarding service (a TCP proxy) returns its upstream choice here: the loop
-    /// then connects each client to an upstream and moves the bytes both ways itself,
-    /// and the handler from `connect` never sees data.
-    fn upstreams(&mut self) -> Option<&mut dyn Upstreams> {
+    /// Only a forwarding service answers here (the built-in `proxy`, and those a
+    /// program registers with [`crate::Runtime::forward`]): the loop then connects
+    /// each client to an upstream and moves the bytes both ways itself. Sealed: a
+    /// service of your own cannot turn into a forwarder by overriding it.
+    #[doc(hidden)]
+    fn upstreams(&mut self, _: sealed::Forwarding) -> Option<&mut dyn Upstreams> {
         None
+    }
+}
+
+/// A boxed service is a service (a factory may choose among several at run time).
+impl<S: Service + ?Sized> Service for Box<S> {
+    fn connect(&mut self, peer: Option<IpAddr>) -> Box<dyn Handler> {
+        (**self).connect(peer)
+    }
+
+    fn resume(
+        &mut self,
+        peer: Option<IpAddr>,
+        state: &[u8],
+        version: u32,
+    ) -> Result<Box<dyn Handler>, ResumeError> {
+        (**self).resume(peer, state, version)
+    }
+
+    fn upstreams(&mut self, f: sealed::Forwarding) -> Option<&mut dyn Upstreams> {
+        (**self).upstreams(f)
+    }
+}
+
+pub(crate) mod sealed {
+    /// Names [`super::Service::upstreams`]' argument: nameable only inside the crate,
+    /// so only corral's own forwarders implement that method.
+    #[derive(Clone, Copy)]
+    pub struct Forwarding(pub(crate) ());
+
+    pub(crate) const FORWARDING: Forwarding = Forwarding(());
+}
+
+/// A forwarding service made of an upstream choice (see [`crate::Runtime::forward`]):
+/// its handlers never see data, the loop moves the bytes.
+pub(crate) struct Forwarder<U>(pub(crate) U);
+
+impl<U: Upstreams + 'static> Service for Forwarder<U> {
+    fn connect(&mut self, _peer: Option<IpAddr>) -> Box<dyn Handler> {
+        Box::new(proxy::Forwarded)
+    }
+
+    fn resume(
+        &mut self,
+        _peer: Option<IpAddr>,
+        state: &[u8],
+        version: u32,
+    ) -> Result<Box<dyn Handler>, ResumeError> {
+        check_stateless(proxy::VERSION, state, version)?;
+        Ok(Box::new(proxy::Forwarded))
+    }
+
+    fn upstreams(&mut self, _: sealed::Forwarding) -> Option<&mut dyn Upstreams> {
+        Some(&mut self.0)
     }
 }
 
@@ -426,115 +539,4 @@ pub trait Upstreams {
     fn released(&mut self, index: usize);
     /// How long a connect may take before the next upstream is tried.
     fn connect_timeout(&self) -> Duration;
-}
-
-/// Makes the service for one listener (called in each worker, after fork).
-pub type Factory = fn(&ListenConfig) -> Box<dyn Service>;
-
-/// A registered service: its name, its factory and how its keys are parsed.
-type Entry = (String, Factory, OptionsKind);
-
-fn registry() -> &'static Mutex<Vec<Entry>> {
-    static REGISTRY: OnceLock<Mutex<Vec<Entry>>> = OnceLock::new();
-    REGISTRY.get_or_init(|| {
-        Mutex::new(vec![
-            (
-                "echo".to_string(),
-                (|_: &ListenConfig| Box::new(echo::Echo) as Box<dyn Service>) as Factory,
-                OptionsKind::of::<echo::EchoOptions>(),
-            ),
-            (
-                "http".to_string(),
-                (|l: &ListenConfig| Box::new(http::Http::new(l)) as Box<dyn Service>) as Factory,
-                OptionsKind::of::<http::options::HttpOptions>(),
-            ),
-            (
-                "metrics".to_string(),
-                (|_: &ListenConfig| Box::new(metrics::Metrics) as Box<dyn Service>) as Factory,
-                OptionsKind::of::<metrics::MetricsOptions>(),
-            ),
-            (
-                "proxy".to_string(),
-                (|l: &ListenConfig| Box::new(proxy::Proxy::new(l)) as Box<dyn Service>) as Factory,
-                OptionsKind::of::<proxy::options::ProxyOptions>(),
-            ),
-        ])
-    })
-}
-
-fn entries() -> std::sync::MutexGuard<'static, Vec<Entry>> {
-    registry().lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Makes `service = "name"` available in `[[listen]]` entries, for a service that
-/// takes no key of its own (any other key in its listeners is refused). Call it
-/// before [`crate::app::main`], so that config checks and workers know the name.
-pub fn register(name: &str, factory: Factory) {
-    register_with_options::<NoOptions>(name, factory);
-}
-
-/// Like [`register`], for a service that takes the keys of `O` in its `[[listen]]`
-/// tables: they are parsed and checked at every config load, and its factory reads
-/// them with [`options()`].
-pub fn register_with_options<O: ServiceOptions>(name: &str, factory: Factory) {
-    let mut r = entries();
-    r.retain(|(n, _, _)| n != name);
-    r.push((name.to_string(), factory, OptionsKind::of::<O>()));
-}
-
-/// Adds system calls (`libc::SYS_*` numbers) to every worker's seccomp allowlist,
-/// for a custom service that needs more than the built-in ones (a file lock, a
-/// socket of its own). Call it before [`crate::app::main`], like [`register`].
-/// A call on the attacker list (`execve`, `socket`, `kill` of others, ...) named here
-/// is allowed too: the service has said it needs it. Run with
-/// `[worker] seccomp = "log"` to find what to list (the kernel logs each call
-/// outside the allowlist), then list it here and go back to `enforce`.
-///
-/// ```no_run
-/// // A service that takes advisory file locks:
-/// corral::service::allow_syscalls(&[libc::SYS_flock]);
-/// ```
-pub fn allow_syscalls(calls: &[i64]) {
-    crate::os::seccomp::allow_extra(calls);
-}
-
-/// Lets workers read (and, with `write`, change) the files beneath `paths`: under
-/// `[worker] seccomp = "enforce"` a worker is otherwise off the filesystem (Landlock),
-/// since everything it needs comes from the master. Call it before
-/// [`crate::app::main`], like [`allow_syscalls`].
-///
-/// ```no_run
-/// // A service that serves files from /srv/www:
-/// corral::service::allow_paths(&[std::path::Path::new("/srv/www")], false);
-/// ```
-pub fn allow_paths(paths: &[&std::path::Path], write: bool) {
-    crate::os::landlock::allow_paths(paths, write);
-}
-
-/// True if a service of that name exists.
-pub fn is_known(name: &str) -> bool {
-    entries().iter().any(|(n, _, _)| n == name)
-}
-
-/// The names of every service, for error messages.
-pub fn known() -> Vec<String> {
-    entries().iter().map(|(n, _, _)| n.clone()).collect()
-}
-
-/// Every service's name with how its keys are parsed.
-fn option_kinds() -> Vec<(String, OptionsKind)> {
-    entries().iter().map(|(n, _, k)| (n.clone(), *k)).collect()
-}
-
-/// The service configured for a listener. The config was validated, so the name is
-/// known; an unknown one (a bug) falls back to echo rather than failing a worker.
-pub fn make(listen: &ListenConfig) -> Box<dyn Service> {
-    let factory = entries()
-        .iter()
-        .find(|(n, _, _)| *n == listen.service)
-        .map(|(_, f, _)| *f);
-    match factory {
-        Some(f) => f(listen),
-        None => Box::new(echo::Echo),
-    }
 }

@@ -19,7 +19,7 @@ use crate::config::{
 /// A service's own `[[listen]]` keys. Implement it on a
 /// `#[derive(Deserialize, Serialize)] #[serde(deny_unknown_fields)]` struct whose
 /// fields are the keys (optional ones with `#[serde(default)]`), and register the
-/// service with [`super::register_with_options`].
+/// service with [`crate::Runtime::service_with`].
 pub trait ServiceOptions:
     DeserializeOwned + Serialize + std::fmt::Debug + Send + Sync + 'static
 {
@@ -71,14 +71,14 @@ impl ServiceOptions for NoOptions {}
 
 /// How the registry handles one service's options without knowing their type.
 #[derive(Clone, Copy)]
-pub(super) struct OptionsKind {
+pub(crate) struct OptionsKind {
     parse: fn(&RawOptions) -> Result<Arc<dyn ListenOptions>, ParseError>,
     keys: fn() -> &'static [&'static str],
     misplaced: fn(&str, &str) -> Option<String>,
 }
 
 impl OptionsKind {
-    pub(super) fn of<O: ServiceOptions>() -> OptionsKind {
+    pub(crate) fn of<O: ServiceOptions>() -> OptionsKind {
         OptionsKind {
             parse: parse::<O>,
             keys: keys::<O>,
@@ -120,11 +120,11 @@ fn keys<O: ServiceOptions>() -> &'static [&'static str] {
 }
 
 /// corral's registry of services, as config's loader asks it.
-pub struct Registry;
+pub(crate) struct Registry;
 
 impl Services for Registry {
     fn names(&self) -> Vec<String> {
-        super::known()
+        super::registry::known()
     }
 
     fn parse(
@@ -132,7 +132,7 @@ impl Services for Registry {
         service: &str,
         options: &RawOptions,
     ) -> Result<Arc<dyn ListenOptions>, OptionError> {
-        let kinds = super::option_kinds();
+        let kinds = super::registry::option_kinds();
         let Some(own) = kinds.iter().find(|(n, _)| n == service).map(|(_, k)| *k) else {
             return Err(OptionError::new(
                 "service",
@@ -191,9 +191,25 @@ pub fn options<O: ServiceOptions>(listen: &ListenConfig) -> Option<&O> {
     listen.parsed.0.as_ref()?.as_any().downcast_ref()
 }
 
+/// Parses `listen`'s options for a listener that was built without a load (a test
+/// calling a factory by hand). A load checked them already for every listener a
+/// worker serves, so a refusal here is the test's own mistake.
+pub(crate) fn parse_unloaded<O: ServiceOptions>(listen: &ListenConfig) -> O {
+    let value = figment::value::Value::from(listen.options.clone());
+    let mut o: O = match value.deserialize() {
+        Ok(o) => o,
+        Err(e) => panic!("listen options of `{}` do not parse: {e}", listen.service),
+    };
+    if let Err(e) = o.check() {
+        panic!("listen options of `{}` refused: {e:?}", listen.service);
+    }
+    o
+}
+
 /// Parses `listen`'s options as a load does, for code that builds a listener
 /// without loading a file (tests).
-pub fn attach(listen: &mut ListenConfig) -> Result<(), OptionError> {
+#[cfg(test)]
+pub(crate) fn attach(listen: &mut ListenConfig) -> Result<(), OptionError> {
     let parsed = Registry.parse(&listen.service, &listen.options)?;
     listen.parsed = crate::config::ParsedOptions(Some(parsed));
     Ok(())

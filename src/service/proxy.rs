@@ -22,7 +22,7 @@ pub mod options;
 use super::{check_stateless, Handler, Io, ResumeError, Service, Suspended, Upstreams};
 
 /// The only state format: none (the loop carries the upstream).
-const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 1;
 
 /// `connect_timeout` when not set.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -71,7 +71,7 @@ impl Proxy {
 }
 
 /// The client side's handler: a proxied connection's bytes never reach it.
-struct Forwarded;
+pub(crate) struct Forwarded;
 
 impl Handler for Forwarded {
     fn on_data(&mut self, _io: &mut Io<'_>, data: &[u8]) -> usize {
@@ -98,7 +98,7 @@ impl Service for Proxy {
         Ok(Box::new(Forwarded))
     }
 
-    fn upstreams(&mut self) -> Option<&mut dyn Upstreams> {
+    fn upstreams(&mut self, _: super::sealed::Forwarding) -> Option<&mut dyn Upstreams> {
         Some(self)
     }
 }

@@ -163,6 +163,7 @@ impl Worker {
         conn.flags.set(Flags::COUNTED_IP, counted_ip);
         conn.listener = listener as u16;
         conn.set_origin(origin);
+        conn.peer_port = origin.or(a.addr).map_or(0, |o| o.port());
         let addr = a.addr;
         conn.set_log(log.then(|| connlog::Record::new(now, conn.fd.as_fd(), addr)));
         let token = self.conns.insert(conn);
@@ -188,7 +189,11 @@ impl Worker {
             self.await_header(token, listener, now);
             return Some(token);
         }
-        if self.listeners[listener].service.upstreams().is_some() {
+        if self.listeners[listener]
+            .service
+            .upstreams(crate::service::sealed::FORWARDING)
+            .is_some()
+        {
             let header = self.upstream_header(token);
             self.connect_upstream(token, Vec::new(), header);
         }

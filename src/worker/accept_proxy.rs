@@ -113,6 +113,7 @@ impl Worker {
         if let Some((src, _)) = header.addrs {
             c.set_origin(Some(src));
             c.peer = Some(src.ip());
+            c.peer_port = src.port();
         }
         let (listener, peer) = (usize::from(c.listener), c.peer);
         if !self.admit_ip(token, listener) {
@@ -124,7 +125,11 @@ impl Worker {
         };
         c.set_handler(handler);
         c.flags.set(Flags::MAY_READ, true);
-        if self.listeners[listener].service.upstreams().is_some() {
+        if self.listeners[listener]
+            .service
+            .upstreams(crate::service::sealed::FORWARDING)
+            .is_some()
+        {
             let header = self.upstream_header(token);
             self.connect_upstream(token, Vec::new(), header);
         }

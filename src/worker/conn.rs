@@ -56,6 +56,8 @@ pub struct Conn {
     /// The rarely set rest, allocated only when one of them is.
     rare: Option<Box<Rare>>,
     pub peer: Option<IpAddr>,
+    /// The peer's port, for `Io::peer` (0 when unknown).
+    pub peer_port: u16,
 }
 
 /// How a connection leaves a draining worker.
@@ -110,6 +112,7 @@ impl Conn {
             last_active: now,
             rare: bucket.map(Rare::with_bucket),
             peer,
+            peer_port: 0,
         }
     }
 
@@ -165,7 +168,39 @@ impl Conn {
     fn read_allowed(&self) -> bool {
         const STOP: u16 =
             Flags::READ_CLOSED | Flags::BACKPRESSURED | Flags::CLOSE | Flags::THROTTLED;
-        !self.flags.any(STOP) && !self.client_paused()
+        if self.flags.any(STOP) {
+            // A lingering close reads (and throws away) until the client's FIN.
+            return self.lingering() && !self.flags.any(Flags::READ_CLOSED | Flags::THROTTLED);
+        }
+        !self.client_paused()
+    }
+
+    /// A close whose output is all sent while the client has not sent FIN: FIN to
+    /// the client, then linger (see `lingering`). True if it started now. A handler
+    /// that half-closed itself (`Io::shutdown_write`) read on until it closed, as
+    /// the http service does: its close is not delayed again.
+    fn start_lingering(&mut self) -> bool {
+        if !self.flags.has(Flags::CLOSE)
+            || self.flags.any(Flags::READ_CLOSED | Flags::SHUTDOWN_WRITE)
+            || self.pending() > 0
+            || self.jobs_pending > 0
+            || self.lingering()
+        {
+            return false;
+        }
+        self.send_fin();
+        self.set_lingering(Instant::now() + crate::service::LINGER);
+        self.flags.set(Flags::MAY_READ, true);
+        true
+    }
+
+    /// FIN to the client after everything queued (close_notify first on TLS).
+    fn send_fin(&mut self) {
+        self.flags.set(Flags::WRITE_SHUT, true);
+        if let Some((tls, fd)) = self.tls_on_fd() {
+            tls.close_notify(fd);
+        }
+        let _ = stream::shutdown_write(&self.fd);
     }
 
     /// Bytes may be waiting on either side and reading them is allowed: the loop
@@ -303,7 +338,15 @@ impl Conn {
                 match self.recv(&mut env.scratch[..asked], env.stats) {
                     Ok(0) => {
                         self.flags.set(Flags::READ_CLOSED, true);
-                        self.with_io(env, |h, io| h.on_eof(io));
+                        if !self.flags.has(Flags::CLOSE) {
+                            self.with_io(env, |h, io| h.on_eof(io));
+                        }
+                    }
+                    Ok(n) if self.flags.has(Flags::CLOSE) => {
+                        // Lingering: the handler is done, the bytes go nowhere.
+                        env.budget -= n;
+                        self.charge(n);
+                        env.stats.bytes_in += n as u64;
                     }
                     Ok(n) => {
                         active = true;
@@ -339,13 +382,8 @@ impl Conn {
             if self.pending() == 0 {
                 self.release_out(env.pool);
                 if self.flags.has(Flags::SHUTDOWN_WRITE) && !self.flags.has(Flags::WRITE_SHUT) {
-                    // The handler's half-close: FIN to the client (after close_notify
-                    // on TLS), reading goes on.
-                    self.flags.set(Flags::WRITE_SHUT, true);
-                    if let Some((tls, fd)) = self.tls_on_fd() {
-                        tls.close_notify(fd);
-                    }
-                    let _ = stream::shutdown_write(&self.fd);
+                    // The handler's half-close: FIN to the client, reading goes on.
+                    self.send_fin();
                 }
             }
             if self.flags.has(Flags::BACKPRESSURED) && self.pending() <= env.low {
@@ -358,12 +396,21 @@ impl Conn {
                     continue;
                 }
             }
+            // A close with everything owed sent, the client still sending: FIN, then
+            // read what is already queued.
+            if self.start_lingering() && env.budget > 0 {
+                continue;
+            }
             break;
         }
         // A close (the handler's, or the default one after EOF) waits for what the
         // connection still owes: queued output, and blocking jobs whose results may
-        // write more.
-        if self.flags.has(Flags::CLOSE) && self.pending() == 0 && self.jobs_pending == 0 {
+        // write more; and, lingering, for the client's FIN.
+        if self.flags.has(Flags::CLOSE)
+            && self.pending() == 0
+            && self.jobs_pending == 0
+            && (self.flags.has(Flags::READ_CLOSED) || !self.lingering())
+        {
             return Outcome::Close(None);
         }
         Outcome::Open { active }
@@ -432,9 +479,12 @@ impl Conn {
             shutdown_write: &mut shutdown_write,
             timer: &mut timer,
             jobs,
-            peer: self.peer,
+            peer: self
+                .peer
+                .map(|ip| std::net::SocketAddr::new(ip, self.peer_port)),
             draining,
             held: self.flags.has(Flags::BACKPRESSURED),
+            now: None,
         };
         let r = f(self.handler.as_mut(), &mut io, &mut self.inbuf);
         let jobs_now = io.jobs.len();

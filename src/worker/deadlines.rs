@@ -54,6 +54,10 @@ impl Worker {
                     };
                     c.set_timer_queued(None);
                     match c.timer_at() {
+                        Some(at) if at <= now && c.lingering() => {
+                            // The client kept the connection open past `LINGER`.
+                            self.close(token);
+                        }
                         Some(at) if at <= now => {
                             c.set_timer_at(None);
                             self.with_handler(token, |h, io| h.on_timer(io));

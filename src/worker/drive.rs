@@ -200,7 +200,9 @@ impl Worker {
             if let Some(up) = c.upstream().filter(|u| u.flags.has(Flags::CONNECTED)) {
                 let index = up.index;
                 let service = self.listeners.get_mut(usize::from(c.listener));
-                if let Some(u) = service.and_then(|l| l.service.upstreams()) {
+                if let Some(u) =
+                    service.and_then(|l| l.service.upstreams(crate::service::sealed::FORWARDING))
+                {
                     u.released(index);
                 }
             }

@@ -185,13 +185,20 @@ impl Worker {
             .listeners
             .into_iter()
             .zip(&init.config.listen)
-            .map(|(fd, l)| Listener {
-                fd: Some(fd),
-                service: crate::service::make(l),
-                flow: l.flow(&init.config.flow),
-                idle: l.idle_timeout(&init.config.worker),
+            .map(|(fd, l)| {
+                // Config checks refuse unknown names at every load: only a program
+                // whose registry differs from its master's could get here.
+                let service = crate::service::registry::make(l).ok_or_else(|| {
+                    io::Error::other(format!("no service named `{}` in this program", l.service))
+                })?;
+                Ok(Listener {
+                    fd: Some(fd),
+                    service,
+                    flow: l.flow(&init.config.flow),
+                    idle: l.idle_timeout(&init.config.worker),
+                })
             })
-            .collect();
+            .collect::<io::Result<Vec<_>>>()?;
         let scratch = vec![0u8; init.config.flow.read_quantum.0.min(1 << 20) as usize];
         let notices = events::Events::new(
             init.config
@@ -345,7 +352,13 @@ impl Worker {
                     c.flags.set(Flags::MAY_READ, true);
                     self.drive(token);
                 } else {
-                    self.with_handler(token, |h, io| h.on_complete(io, result));
+                    self.with_handler(token, |h, io| {
+                        if !crate::service::complete(h.as_any_mut(), io, result) {
+                            tracing::warn!(
+                                "a blocking job's result was for another handler type: dropped"
+                            );
+                        }
+                    });
                 }
             }
         }

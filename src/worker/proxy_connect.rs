@@ -25,7 +25,7 @@ impl Worker {
             let Some(u) = self
                 .listeners
                 .get_mut(listener)
-                .and_then(|l| l.service.upstreams())
+                .and_then(|l| l.service.upstreams(crate::service::sealed::FORWARDING))
             else {
                 return self.close(token);
             };
@@ -83,7 +83,7 @@ impl Worker {
         if let Some(u) = self
             .listeners
             .get_mut(listener)
-            .and_then(|l| l.service.upstreams())
+            .and_then(|l| l.service.upstreams(crate::service::sealed::FORWARDING))
         {
             u.failed(up.index, now);
         }
@@ -135,7 +135,7 @@ impl Worker {
             if let Some(u) = self
                 .listeners
                 .get_mut(listener)
-                .and_then(|l| l.service.upstreams())
+                .and_then(|l| l.service.upstreams(crate::service::sealed::FORWARDING))
             {
                 u.connected(index);
             }

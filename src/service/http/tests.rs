@@ -11,7 +11,7 @@ fn listen(extra: &str) -> ListenConfig {
     let l: Result<ListenConfig, _> = figment::Figment::new()
         .merge(<figment::providers::Toml as figment::providers::Format>::string(&toml))
         .extract();
-    match l.map(|mut l| crate::service::options::attach(&mut l).map(|()| l)) {
+    match l.map(|mut l| crate::service::attach(&mut l).map(|()| l)) {
         Ok(Ok(l)) => l,
         Ok(Err(e)) => panic!("bad test config: {e:?}"),
         Err(e) => panic!("bad test config: {e}"),
@@ -59,6 +59,7 @@ impl Harness {
             peer: None,
             draining: self.draining,
             held: self.held,
+            now: None,
         };
         f(self.conn.as_mut(), &mut io)
     }

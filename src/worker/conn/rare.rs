@@ -27,6 +27,8 @@ pub(super) struct Rare {
     upstream: Option<Box<Upstream>>,
     /// On a TLS listener: the connection's TLS engine.
     tls: Option<Box<TlsSession>>,
+    /// Closing: FIN sent, reading until the client's (see `Conn::lingering`).
+    lingering: bool,
 }
 
 impl Rare {
@@ -122,6 +124,22 @@ impl Conn {
     }
 
     /// The handler asked for `on_timer` at this instant.
+    /// Closing: FIN sent after everything owed, reading (and throwing away) what the
+    /// client still sends until it closes too or `service::LINGER` passes: closing
+    /// a socket with unread input sends a reset, which can destroy the last reply
+    /// before the client reads it (see `Io::close`).
+    pub fn lingering(&self) -> bool {
+        self.rare.as_ref().is_some_and(|r| r.lingering)
+    }
+
+    /// Starts lingering: the deadline takes the handler's timer slot (the handler,
+    /// closed, is not called again).
+    pub(super) fn set_lingering(&mut self, until: Instant) {
+        let rare = self.rare.get_or_insert_with(Box::default);
+        rare.lingering = true;
+        rare.timer_at = Some(until);
+    }
+
     pub fn timer_at(&self) -> Option<Instant> {
         self.rare.as_ref().and_then(|r| r.timer_at)
     }

@@ -3,14 +3,17 @@
 //! they come back (see the folder's `mod.rs`).
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use crate::channel::{Handed, IdlePolicy, ToMaster};
+use crate::channel::{Handed, IdlePolicy, Moved, ToMaster};
 use crate::os::{net, scm};
+use crate::service::Handler;
 
-use super::super::conn::Flags;
-use super::super::{Phase, Worker};
+use super::super::bucket::Bucket;
+use super::super::conn::{Conn, Flags, Pipes, Upstream};
+use super::super::{Phase, Timer, Worker};
 use super::{peer_ip, suspended_by_me, Origins};
 
 impl Worker {
@@ -277,6 +280,115 @@ impl Worker {
                 connections = n,
                 "cannot send refused connections back ({e}); closing them"
             ),
+        }
+    }
+
+    /// Serves a resumed connection as if it had been accepted here, with the idle
+    /// clock, timer and input it brought, and its upstream already connected.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn add_moved(
+        &mut self,
+        listener: usize,
+        fd: OwnedFd,
+        (peer, origin): (Option<std::net::IpAddr>, Option<std::net::SocketAddr>),
+        handler: Box<dyn Handler>,
+        (m, tls): (&Moved, Option<&crate::tls::TlsMoved>),
+        upstream: Option<OwnedFd>,
+        pinned: bool,
+    ) {
+        let flow = self.listeners[listener].flow;
+        // Counted but never refused: the client is connected already, and refusing
+        // here would cut it.
+        let counted_ip = match peer {
+            Some(ip) if flow.max_connections_per_ip > 0 => {
+                *self.admit.per_ip.entry(ip).or_insert(0) += 1;
+                true
+            }
+            _ => false,
+        };
+        let now = Instant::now();
+        let bucket = (flow.rate > 0).then(|| Box::new(Bucket::new(flow.rate, flow.burst, now)));
+        let mut conn = Conn::new(fd, peer, handler, bucket, now);
+        conn.flags.set(Flags::COUNTED_IP, counted_ip);
+        conn.listener = listener as u16;
+        conn.flags.set(Flags::PINNED, pinned);
+        conn.set_origin(origin);
+        conn.peer_port = origin
+            .or_else(|| crate::os::net::peer_addr(conn.fd.as_fd()))
+            .map_or(0, |a| a.port());
+        if self.config.listen[listener].logs_connections() {
+            conn.set_log(Some(super::super::connlog::Record::new(
+                now,
+                conn.fd.as_fd(),
+                None,
+            )));
+        }
+        conn.last_active = now
+            .checked_sub(Duration::from_millis(m.idle_ms))
+            .unwrap_or(now);
+        conn.set_timer_at(m.timer_ms.map(|ms| now + Duration::from_millis(ms)));
+        conn.carry_input(m.input.clone());
+        if let (Some(ufd), Some(addr)) = (upstream, m.upstream) {
+            let l = &self.config.listen[listener];
+            // Indices differ between configs; addresses do not. An upstream the new
+            // config dropped serves its session to the end, counted nowhere.
+            let opts = crate::service::proxy::options::of(l);
+            let index = opts.and_then(|o| o.resolved.iter().position(|a| *a == addr));
+            let mut up = Upstream::moved(ufd, index.unwrap_or(usize::MAX), addr);
+            if opts.and_then(|o| o.splice).unwrap_or(false) && conn.bucket().is_none() {
+                match Pipes::new() {
+                    Ok(p) => up.pipes = Some(Box::new(p)),
+                    Err(e) => debug!("no pipes for splice ({e}); copying instead"),
+                }
+            }
+            if let (Some(i), Some(u)) = (
+                index,
+                self.listeners[listener]
+                    .service
+                    .upstreams(crate::service::sealed::FORWARDING),
+            ) {
+                u.connected(i);
+            }
+            conn.set_upstream(Some(Box::new(up)));
+        }
+        let token = self.conns.insert(conn);
+        let Some(c) = self.conns.get_mut(token) else {
+            return;
+        };
+        let watched = self
+            .epoll
+            .add(c.fd.as_fd(), c.registered(), token.0)
+            .and_then(|()| match c.upstream() {
+                Some(up) => self
+                    .epoll
+                    .add(up.fd.as_fd(), up.registered, token.upstream()),
+                None => Ok(()),
+            });
+        if let Err(e) = watched {
+            warn!("cannot watch a moved connection: {e}");
+            self.close(token);
+            return;
+        }
+        if let Some(t) = tls {
+            if !self.attach_moved_tls(token, t) {
+                return;
+            }
+        }
+        let Some(c) = self.conns.get_mut(token) else {
+            return;
+        };
+        if !pinned {
+            // Handed back to this worker is not a new arrival: counted once, here.
+            self.tally.stats.adopted += 1;
+        }
+        if let Some(at) = c.timer_at() {
+            c.set_timer_queued(Some(at));
+            self.timers.schedule(at, Timer::Handler(token));
+        }
+        let idle = self.listeners[listener].idle;
+        if !idle.is_zero() {
+            self.timers
+                .schedule(c.last_active + idle, Timer::Idle(token));
         }
     }
 }
