@@ -114,9 +114,11 @@ impl Clients {
         self.conns.iter().filter(|(_, p)| *p == pid).count()
     }
 
-    /// Waits until the master's heartbeat view counts our connections on each worker.
+    /// Waits until the master's heartbeat view counts our connections on each worker
+    /// (a few heartbeats; generous, as a loaded 2-core box delays them: 10 s was seen
+    /// to fall short at a load average of 16).
     pub fn wait_seen(&self, c: &Corral) {
-        let ok = wait_until(Duration::from_secs(10), || {
+        let ok = wait_until(Duration::from_secs(30), || {
             master_view(c)
                 .is_some_and(|(_, ws)| ws.iter().all(|w| w.connections as usize == self.on(w.pid)))
         });
