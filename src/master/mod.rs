@@ -291,6 +291,8 @@ pub struct Master {
     gens: generations::Generations,
     /// When the TLS session-ticket keys rotate next.
     ticket_rotation_due: Instant,
+    /// When the log file rolls over next (`[log] rotation`).
+    log_roll_due: Option<Instant>,
     /// Forks, signals, the new master of an upgrade and the clock (faked in tests).
     fx: Box<dyn Effects>,
 }
@@ -397,6 +399,7 @@ impl Master {
         }
         self.sd_watchdog(now);
         self.rotate_ticket_keys(now);
+        self.roll_logs(now);
         self.metrics_tick(now);
         for (t, outcome) in self.faults.expired(now) {
             self.answer_fault(t, outcome);

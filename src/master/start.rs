@@ -142,6 +142,7 @@ impl Master {
             xfer: links,
             gens: generations::Generations::default(),
             ticket_rotation_due: fx.now() + rotation,
+            log_roll_due: supervision::next_log_roll(fx.now()),
             fx,
         }
     }
