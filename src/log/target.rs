@@ -146,3 +146,37 @@ fn open_append(p: &Path) -> Result<File, LogError> {
             source,
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A rolling master's target, one period on: it opens the next period's file for
+    /// its workers (the appender rolls by its own clock, which a test cannot move).
+    #[test]
+    fn a_new_period_opens_the_next_file_for_the_workers() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("corral.log");
+        let mut t = Target::open(Some(&file), Rotation::Hourly).unwrap();
+        let now = SystemTime::now();
+        assert_eq!(
+            t.current.as_deref(),
+            Some(rolling::path_at(&file, Rotation::Hourly, now).as_path())
+        );
+        // Still the same period: nothing to do (unless the hour just turned).
+        let same = t.roll(now).unwrap();
+        assert!(!same || t.current != Some(rolling::path_at(&file, Rotation::Hourly, now)));
+        let later = now + Duration::from_secs(3600);
+        assert!(t.roll(later).unwrap());
+        let next = rolling::path_at(&file, Rotation::Hourly, later);
+        assert_eq!(t.current.as_deref(), Some(next.as_path()));
+        let mut handed = t.file_handle().unwrap().unwrap();
+        handed.write_all(b"from a worker\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&next).unwrap(), "from a worker\n");
+        assert!(!t.roll(later).unwrap(), "rolled twice for one period");
+        // Never rolls without a rotation.
+        let mut plain = Target::open(Some(&file), Rotation::Never).unwrap();
+        assert!(!plain.roll(later).unwrap());
+    }
+}
