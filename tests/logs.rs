@@ -1,6 +1,8 @@
 //! The log writers as an operator meets them: `[log] rotation` writes the current
 //! period's file (`corral.log.YYYY-MM-DD-HH`, `corral.log.YYYY-MM-DD`, UTC), master and
-//! workers alike, also after SIGUSR1; a worker's lost lines (a log nobody reads, a
+//! workers alike, also after SIGUSR1, and at the hour the workers follow the master to
+//! the next file (a clock started at hh:59:54 by libfaketime, so no test waits an
+//! hour), the master staying single-threaded; a worker's lost lines (a log nobody reads, a
 //! file that refuses writes) are counted in `log_dropped` and said in the log; a
 //! rotation without a file is refused naming the file, the key and the reason. The
 //! real binary throughout; see `common/mod.rs` for the harness rules.
@@ -159,12 +161,105 @@ fn rolling_files_take_the_master_and_worker_lines_of_the_current_period() {
             "{rotation}: {} was written although the log rolls",
             file.display()
         );
+        assert_eq!(
+            threads(c.master_pid()),
+            1,
+            "{rotation}: the master started a thread"
+        );
         eprintln!(
             "[logs] {rotation}: {} has {} lines",
             before.display(),
             current().lines().count()
         );
     }
+}
+
+/// Threads of process `pid` (the master must have exactly one: it forks).
+fn threads(pid: i32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
+}
+
+/// libfaketime's preload library, where Debian puts it.
+fn libfaketime() -> Option<PathBuf> {
+    let dirs = fs::read_dir("/usr/lib").ok()?;
+    dirs.flatten()
+        .map(|d| d.path().join("faketime/libfaketime.so.1"))
+        .chain([PathBuf::from("/usr/lib/faketime/libfaketime.so.1")])
+        .find(|p| p.exists())
+}
+
+#[test]
+fn at_the_hour_the_workers_follow_the_master_to_the_next_file() {
+    let Some(lib) = libfaketime() else {
+        skipped(format_args!(
+            "libfaketime is not installed (apt-get install faketime): the real rollover \
+             of [log] rotation is not tested"
+        ));
+        return;
+    };
+    let logs = tempfile::Builder::new()
+        .prefix("corral-test-logs-")
+        .tempdir()
+        .expect("temp dir");
+    let file = logs.path().join("corral.log");
+    let t = Conf::new(1)
+        .level("info,corral::worker=debug")
+        .log(&format!(
+            "file = \"{}\"\nrotation = \"hourly\"",
+            file.display()
+        ))
+        .render();
+    // The master's wall clock starts at 08:59:54 (its monotonic clock is left alone:
+    // deadlines stay real), and its workers inherit it.
+    let launch = Launch {
+        env: vec![
+            ("LD_PRELOAD".into(), lib.display().to_string()),
+            ("FAKETIME".into(), "@2026-12-07 08:59:54".into()),
+            ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+        ],
+        ..Launch::default()
+    };
+    let c = Corral::start_with(&t, launch);
+    let eight = logs.path().join("corral.log.2026-12-07-08");
+    let nine = logs.path().join("corral.log.2026-12-07-09");
+    let worker_lines = |p: &Path| {
+        read(p)
+            .lines()
+            .filter(|l| l.contains("worker{pid=") && l.contains("read failed"))
+            .count()
+    };
+    assert_eq!(reset_connections(c.addr(), 5, Duration::from_secs(20)), 5);
+    assert!(
+        wait_until(Duration::from_secs(10), || worker_lines(&eight) > 0),
+        "no worker line in {} before the hour:\n{}\nstderr:\n{}",
+        eight.display(),
+        read(&eight),
+        c.log_tail(20)
+    );
+    // Keep the worker logging until its lines reach the next hour's file.
+    let rolled = wait_until(Duration::from_secs(40), || {
+        reset_connections(c.addr(), 1, Duration::from_secs(2));
+        read(&nine).contains("log file rolled over") && worker_lines(&nine) > 0
+    });
+    assert!(
+        rolled,
+        "the workers did not follow to {}:\n{}\n--- {} ---\n{}",
+        nine.display(),
+        read(&nine),
+        eight.display(),
+        read(&eight)
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(threads(c.master_pid()), 1, "the master started a thread");
+    eprintln!(
+        "[logs] rollover: {} worker lines in the 08 file, {} in the 09 file",
+        worker_lines(&eight),
+        worker_lines(&nine)
+    );
 }
 
 #[test]
