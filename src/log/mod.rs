@@ -170,14 +170,15 @@ pub fn reconfigure(level: &str, file: Option<&Path>, rotation: Rotation) -> Resu
 /// Reopens the log file by its path (after logrotate moved it away). On failure the
 /// current file stays in use, so no line is lost.
 pub fn reopen() -> Result<(), LogError> {
-    let (path, rotation, worker) = match &*sink() {
-        Sink::Sync(t) => (t.path.clone(), t.rotation, false),
-        Sink::Async { path, rotation, .. } => (path.clone(), *rotation, true),
+    let (path, rotation, rolls) = match &*sink() {
+        Sink::Sync(t) => (t.path.clone(), t.rotation, t.rolls()),
+        Sink::Async { path, rotation, .. } => (path.clone(), *rotation, false),
     };
-    // Opened outside the lock: a slow open must not hold up other threads' lines. A
-    // worker opens the plain file, never an appender (see `rolling`).
-    let fresh = match (&path, worker) {
-        (Some(p), true) => Target::open_plain(p, rotation)?,
+    // Opened outside the lock: a slow open must not hold up other threads' lines. Only
+    // the master's target has an appender; a worker opens the plain file (see
+    // `rolling`).
+    let fresh = match &path {
+        Some(p) if !rolls => Target::open_plain(p, rotation)?,
         _ => Target::open(path.as_deref(), rotation)?,
     };
     match &mut *sink() {
@@ -274,6 +275,9 @@ pub fn become_worker() {
     let Sink::Sync(t) = &*s else {
         return;
     };
+    // The worker's own handle on the file: never the master's appender, which would
+    // open the next period's file by path (refused in a worker).
+    let own = t.duplicate();
     let started = t
         .duplicate()
         .map_err(LogError::Thread)
@@ -287,6 +291,9 @@ pub fn become_worker() {
             };
         }
         Err(e) => {
+            if let Ok(own) = own {
+                *s = Sink::Sync(own);
+            }
             drop(s);
             tracing::warn!("{e}; this worker logs synchronously");
         }

@@ -98,6 +98,11 @@ impl Target {
         })
     }
 
+    /// True for a rolling master's target (it has the appender).
+    pub(super) fn rolls(&self) -> bool {
+        self.appender.is_some()
+    }
+
     /// In a rolling master, when a period ended: makes the appender roll now (not at
     /// its next line) and opens the same new file for the workers. False when there
     /// is nothing to do (not rolling, or still the same period).
