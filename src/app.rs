@@ -130,7 +130,11 @@ fn run(cli: Cli, cmd: clap::Command) -> i32 {
             Err(code) => return code,
         }
     }
-    if let Err(e) = crate::log::init(&config.log.level, config.log.file.as_deref()) {
+    if let Err(e) = crate::log::init(
+        &config.log.level,
+        config.log.file.as_deref(),
+        config.log.rotation,
+    ) {
         eprintln!("corral: {e}");
         if let Some(r) = reporter {
             r.failed(&e.to_string());

@@ -16,6 +16,7 @@ use crate::master::pidfile;
 pub mod chaos;
 pub mod fault;
 pub mod follow;
+pub mod interrupt;
 pub mod packaging;
 pub mod poll;
 pub mod top;

@@ -438,3 +438,53 @@ fn upgrade_follows_the_old_master_until_it_is_gone() {
         "the old master still runs"
     );
 }
+
+/// Ctrl-C while following a reload ends the following (signal-hook's flag), not the
+/// move: exit status 0, a last line that says so, the old generation still there.
+#[test]
+fn ctrl_c_ends_the_reload_follow_and_the_move_goes_on() {
+    let (c, kv) = start_kv();
+    let (_idle, kvs) = hold(&c, kv);
+    let out_path = c.dir.path().join("reload.out");
+    let mut child = Command::new(corral_bin())
+        .args(["-s", "reload", "-c", &c.config_str()])
+        .stdin(Stdio::null())
+        .stdout(File::create(&out_path).unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn corral -s reload");
+    let read = || fs::read_to_string(&out_path).unwrap_or_default();
+    let following = wait_until(SCREEN, || read().contains("corral: moving: "));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGINT,
+    )
+    .expect("SIGINT to corral -s reload");
+    let mut exit = None;
+    wait_until(SCREEN, || {
+        exit = child.try_wait().ok().flatten();
+        exit.is_some()
+    });
+    if exit.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let text = read();
+    eprintln!("{text}");
+    assert!(following, "no progress line before Ctrl-C:\n{text}");
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "corral -s reload did not end with status 0 on Ctrl-C: {exit:?}\n{text}"
+    );
+    assert!(
+        text.lines()
+            .last()
+            .is_some_and(|l| l.contains("stopped following") && l.contains("the move goes on")),
+        "{text}"
+    );
+    assert!(
+        status(&c).2.iter().any(|w| w.generation == 1),
+        "the old generation should still hold its kv connections"
+    );
+    quit(kvs);
+}

@@ -139,7 +139,11 @@ pub fn chaos(config: &Path, plan: &Plan, faults: &[FaultKind]) -> Report {
         ..Report::default()
     };
     let mut next = start;
-    while next < start + plan.duration.0 {
+    // Ctrl-C ends the schedule early: the fault in flight is waited for (its timeout
+    // bounds it), and the report covers what ran.
+    use super::interrupt::{Interrupt, SIGINT, SIGTERM};
+    let stop = Interrupt::on(&[SIGINT, SIGTERM]);
+    while next < start + plan.duration.0 && !stop.requested() {
         let kind = faults[random(faults.len())];
         let req = FaultRequest {
             kind,
@@ -161,7 +165,7 @@ pub fn chaos(config: &Path, plan: &Plan, faults: &[FaultKind]) -> Report {
             }
             if result.is_none() {
                 result = rx.recv_timeout(SAMPLE_EVERY).ok();
-            } else if Instant::now() >= next {
+            } else if Instant::now() >= next || stop.requested() {
                 break;
             } else {
                 std::thread::sleep(

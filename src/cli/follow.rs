@@ -123,7 +123,20 @@ pub fn follow(config: &Path, w: Watch, limit: Duration) {
     });
     let mut last_line = Instant::now();
     let mut failures = 0;
+    // Ctrl-C ends the following, not the move: the bar is finished and says so.
+    use super::interrupt::{Interrupt, SIGINT, SIGTERM};
+    let stop = Interrupt::on(&[SIGINT, SIGTERM]);
     loop {
+        if stop.requested() {
+            finish(
+                bar.as_ref(),
+                &format!(
+                    "stopped following after {:.1}s; the move goes on (`corral status` shows it)",
+                    start.elapsed().as_secs_f64()
+                ),
+            );
+            return;
+        }
         let (c, gone) = match super::poll::status(config) {
             Ok(r) => {
                 failures = 0;

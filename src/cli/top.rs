@@ -67,16 +67,10 @@ fn live(config: &Path, interval: Duration, mut m: Model) -> i32 {
         }
     };
     let _restore = Restore;
-    // SIGTERM, SIGHUP, SIGQUIT and SIGINT end it cleanly too (read from a signalfd: no
-    // handler; SIGWINCH stays crossterm's, for the resize).
-    use crate::os::process::Signal;
-    let signals = crate::os::signals::SignalReader::new(&[
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-        Signal::SIGINT,
-    ])
-    .ok();
+    // SIGTERM, SIGHUP, SIGQUIT and SIGINT end it cleanly too, the terminal restored
+    // (SIGWINCH stays crossterm's, for the resize).
+    use super::interrupt::{Interrupt, SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+    let stop = Interrupt::on(&[SIGTERM, SIGHUP, SIGQUIT, SIGINT]);
     let mut next = Instant::now() + interval;
     let mut failing_since: Option<Instant> = None;
     loop {
@@ -85,7 +79,7 @@ fn live(config: &Path, interval: Duration, mut m: Model) -> i32 {
             eprintln!("corral: terminal: {e}");
             return 1;
         }
-        if signals.as_ref().is_some_and(|s| !s.drain().is_empty()) {
+        if stop.requested() {
             return 0;
         }
         // Short enough waits that a signal is seen promptly.

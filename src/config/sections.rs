@@ -244,6 +244,20 @@ pub struct LogConfig {
     pub level: String,
     /// Log file (reopened on SIGUSR1); stderr when unset.
     pub file: Option<PathBuf>,
+    /// When the log file rolls over to a new one; needs `file`.
+    pub rotation: Rotation,
+}
+
+/// `[log] rotation`: `never` (one file, for logrotate and SIGUSR1), or a new file
+/// each hour or day (UTC), named `<file>.YYYY-MM-DD-HH` or `<file>.YYYY-MM-DD` as
+/// tracing-appender's rolling files are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rotation {
+    #[default]
+    Never,
+    Hourly,
+    Daily,
 }
 
 impl Default for LogConfig {
@@ -251,6 +265,7 @@ impl Default for LogConfig {
         LogConfig {
             level: "info".into(),
             file: None,
+            rotation: Rotation::Never,
         }
     }
 }

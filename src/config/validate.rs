@@ -68,6 +68,12 @@ impl Config {
                 return Err(self.invalid("log.file", e));
             }
         }
+        if self.log.rotation != super::Rotation::Never && self.log.file.is_none() {
+            return Err(self.invalid(
+                "log.rotation",
+                "rolling files need log.file (stderr cannot roll)",
+            ));
+        }
         if self.listen.is_empty() {
             return Err(self.invalid("listen", "at least one [[listen]] entry is needed"));
         }

@@ -1,33 +1,36 @@
-//! Logging: tracing to stderr or to a file that SIGUSR1 reopens.
+//! Logging: tracing to stderr or to a file that SIGUSR1 reopens, or to rolling files.
 //!
 //! The master writes synchronously: it forks, so it must never own a writer thread, and
-//! a blocked stderr therefore stalls the master (its workers keep serving). A worker
-//! switches, right after fork, to a bounded queue drained by a writer thread of its own
-//! ([`queue`]), so neither a slow disk nor a full pipe ever stalls its event loop; lines
-//! dropped under pressure are counted and reported, not silently lost. Both go through
-//! one `MakeWriter` that consults a process-wide sink, because tracing's global
-//! subscriber can only be installed once and a forked worker inherits the master's.
+//! a blocked stderr therefore stalls the master (its workers keep serving). With
+//! `[log] rotation`, its writer is tracing-appender's rolling appender, which writes in
+//! the calling thread too ([`rolling`]). A worker switches, right after fork, to
+//! tracing-appender's non-blocking writer, lossy, whose thread is started in the
+//! worker ([`nonblocking`]), so neither a slow disk nor a full pipe ever stalls its
+//! event loop; lines dropped under pressure are counted and reported, not silently
+//! lost. Both go through one `MakeWriter` that consults a process-wide sink, because
+//! tracing's global subscriber can only be installed once and a forked worker inherits
+//! the master's.
 
 mod filter;
-mod queue;
+mod nonblocking;
+mod rolling;
 mod target;
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use std::time::SystemTime;
 
+use tracing_appender::non_blocking::NonBlocking;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
 
+use crate::config::Rotation;
 pub use filter::check as check_level;
-use queue::{Queue, QueueWriter};
+use nonblocking::Writer;
 use target::Target;
-
-/// How long an exiting worker waits for its writer thread to write what is queued.
-const FINISH_WITHIN: Duration = Duration::from_secs(1);
 
 /// Why logging could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -43,11 +46,12 @@ pub enum LogError {
 enum Sink {
     /// Master (and tools): write in the calling thread.
     Sync(Target),
-    /// Worker: queue lines for the writer thread, which owns the target. `queue` is
+    /// Worker: hand lines to the writer thread, which owns the target. `writer` is
     /// `None` once the worker shut logging down.
     Async {
         path: Option<PathBuf>,
-        queue: Option<Queue>,
+        rotation: Rotation,
+        writer: Option<Writer>,
     },
 }
 
@@ -70,8 +74,8 @@ struct LogWriter;
 enum LineWriter {
     /// The master's target, written under the sink's lock.
     Sync,
-    /// A worker's queue.
-    Async(QueueWriter),
+    /// A worker's non-blocking writer.
+    Async(NonBlocking),
     /// After shutdown.
     Discard,
 }
@@ -104,15 +108,18 @@ impl<'a> MakeWriter<'a> for LogWriter {
     fn make_writer(&'a self) -> LineWriter {
         match &*sink() {
             Sink::Sync(_) => LineWriter::Sync,
-            Sink::Async { queue: Some(q), .. } => LineWriter::Async(q.writer()),
-            Sink::Async { queue: None, .. } => LineWriter::Discard,
+            Sink::Async {
+                writer: Some(w), ..
+            } => LineWriter::Async(w.line_writer()),
+            Sink::Async { writer: None, .. } => LineWriter::Discard,
         }
     }
 }
 
-/// Installs the global subscriber, writing synchronously to `file` or stderr.
-pub fn init(level: &str, file: Option<&Path>) -> Result<(), LogError> {
-    let target = Target::open(file)?;
+/// Installs the global subscriber, writing synchronously to `file` (rolling with
+/// `rotation`) or stderr.
+pub fn init(level: &str, file: Option<&Path>, rotation: Rotation) -> Result<(), LogError> {
+    let target = Target::open(file, rotation)?;
     let (filter, note) = filter::effective(level).map_err(LogError::Level)?;
     *sink() = Sink::Sync(target);
     let (filter, handle) = reload::Layer::new(filter);
@@ -140,14 +147,14 @@ pub fn init(level: &str, file: Option<&Path>) -> Result<(), LogError> {
     Ok(())
 }
 
-/// Applies a reloaded config's level and file. A file that cannot be opened leaves the
-/// current target in place and is reported.
-pub fn reconfigure(level: &str, file: Option<&Path>) -> Result<(), LogError> {
+/// Applies a reloaded config's level, file and rotation. A file that cannot be opened
+/// leaves the current target in place and is reported.
+pub fn reconfigure(level: &str, file: Option<&Path>, rotation: Rotation) -> Result<(), LogError> {
     let (filter, note) = filter::effective(level).map_err(LogError::Level)?;
     let mut s = sink();
     if let Sink::Sync(t) = &mut *s {
-        if t.path.as_deref() != file {
-            *t = Target::open(file)?;
+        if t.path.as_deref() != file || t.rotation != rotation {
+            *t = Target::open(file, rotation)?;
         }
     }
     drop(s);
@@ -163,18 +170,51 @@ pub fn reconfigure(level: &str, file: Option<&Path>) -> Result<(), LogError> {
 /// Reopens the log file by its path (after logrotate moved it away). On failure the
 /// current file stays in use, so no line is lost.
 pub fn reopen() -> Result<(), LogError> {
-    let path = match &*sink() {
-        Sink::Sync(t) => t.path.clone(),
-        Sink::Async { path, .. } => path.clone(),
+    let (path, rotation, rolls) = match &*sink() {
+        Sink::Sync(t) => (t.path.clone(), t.rotation, t.rolls()),
+        Sink::Async { path, rotation, .. } => (path.clone(), *rotation, false),
     };
-    // Opened outside the lock: a slow open must not hold up other threads' lines.
-    let fresh = Target::open(path.as_deref())?;
+    // Opened outside the lock: a slow open must not hold up other threads' lines. Only
+    // the master's target has an appender; a worker opens the plain file (see
+    // `rolling`).
+    let fresh = match &path {
+        Some(p) if !rolls => Target::open_plain(p, rotation)?,
+        _ => Target::open(path.as_deref(), rotation)?,
+    };
     match &mut *sink() {
         Sink::Sync(t) => *t = fresh,
-        Sink::Async { queue: Some(q), .. } => q.replace_target(fresh),
-        Sink::Async { queue: None, .. } => {}
+        Sink::Async {
+            writer: Some(w), ..
+        } => w.replace_target(fresh),
+        Sink::Async { writer: None, .. } => {}
     }
     Ok(())
+}
+
+/// In the master with `[log] rotation`: when the current period is over, rolls to the
+/// next file. True when it did: its workers must then be handed the new file
+/// ([`file_handle`]), as after a reopen. On failure the current file stays in use.
+pub fn roll() -> Result<bool, LogError> {
+    match &mut *sink() {
+        Sink::Sync(t) => t.roll(SystemTime::now()),
+        Sink::Async { .. } => Ok(false),
+    }
+}
+
+/// When the master's current log period ends (None: the log does not roll).
+pub fn next_roll() -> Option<SystemTime> {
+    match &*sink() {
+        Sink::Sync(t) => rolling::next_boundary(t.rotation, SystemTime::now()),
+        Sink::Async { .. } => None,
+    }
+}
+
+/// The file being written now (the current period's when rolling); None: stderr.
+pub fn current_file() -> Option<PathBuf> {
+    match &*sink() {
+        Sink::Sync(t) => t.current.clone(),
+        Sink::Async { .. } => None,
+    }
 }
 
 /// Names the master on each of its lines (`master{pid=N}: …`): during a binary upgrade
@@ -211,39 +251,49 @@ pub fn file_handle() -> Option<std::os::fd::OwnedFd> {
 /// may not be able to open the path itself.
 pub fn adopt(fd: std::os::fd::OwnedFd) {
     let mut s = sink();
-    let path = match &*s {
-        Sink::Sync(t) => t.path.clone(),
-        Sink::Async { path, .. } => path.clone(),
+    let (path, rotation) = match &*s {
+        Sink::Sync(t) => (t.path.clone(), t.rotation),
+        Sink::Async { path, rotation, .. } => (path.clone(), *rotation),
     };
-    let fresh = Target::adopt(path, fd.into());
+    let fresh = Target::adopt(path, rotation, fd.into());
     match &mut *s {
         Sink::Sync(t) => *t = fresh,
-        Sink::Async { queue: Some(q), .. } => q.replace_target(fresh),
-        Sink::Async { queue: None, .. } => {}
+        Sink::Async {
+            writer: Some(w), ..
+        } => w.replace_target(fresh),
+        Sink::Async { writer: None, .. } => {}
     }
 }
 
-/// In a freshly forked worker: move writing to a background thread. The thread is
-/// started here, after fork, never in the master. If it cannot start, the worker keeps
-/// writing synchronously, which is slower under pressure but loses nothing.
+/// In a freshly forked worker: move writing to tracing-appender's non-blocking writer
+/// and its thread. The thread is started here, after fork, never in the master. If it
+/// cannot start, the worker keeps writing synchronously, which is slower under
+/// pressure but loses nothing. A rolling master's appender stays behind: the worker
+/// writes the current period's file, and gets the next one from the master.
 pub fn become_worker() {
     let mut s = sink();
     let Sink::Sync(t) = &*s else {
         return;
     };
+    // The worker's own handle on the file: never the master's appender, which would
+    // open the next period's file by path (refused in a worker).
+    let own = t.duplicate();
     let started = t
         .duplicate()
         .map_err(LogError::Thread)
-        .and_then(|t| Queue::start(t, queue::CAPACITY).map_err(LogError::Thread));
+        .and_then(|t| Writer::start(t, nonblocking::CAPACITY).map_err(LogError::Thread));
     match started {
-        Ok(queue) => {
-            let path = t.path.clone();
+        Ok(writer) => {
             *s = Sink::Async {
-                path,
-                queue: Some(queue),
+                path: t.path.clone(),
+                rotation: t.rotation,
+                writer: Some(writer),
             };
         }
         Err(e) => {
+            if let Ok(own) = own {
+                *s = Sink::Sync(own);
+            }
             drop(s);
             tracing::warn!("{e}; this worker logs synchronously");
         }
@@ -253,19 +303,21 @@ pub fn become_worker() {
 /// Lines the worker's writer dropped since it started (0 in the master).
 pub fn dropped() -> u64 {
     match &*sink() {
-        Sink::Async { queue: Some(q), .. } => q.dropped(),
+        Sink::Async {
+            writer: Some(w), ..
+        } => w.dropped(),
         _ => 0,
     }
 }
 
-/// Lets the worker's writer thread finish (for at most a second); call before a worker
-/// exits.
+/// Lets the worker's writer thread finish (for about a second at most); call before
+/// a worker exits.
 pub fn shutdown() {
-    let queue = match &mut *sink() {
-        Sink::Async { queue, .. } => queue.take(),
+    let writer = match &mut *sink() {
+        Sink::Async { writer, .. } => writer.take(),
         Sink::Sync(_) => None,
     };
-    if let Some(q) = queue {
-        q.finish(FINISH_WITHIN);
+    if let Some(w) = writer {
+        w.finish();
     }
 }

@@ -17,6 +17,8 @@ pub(super) struct Host {
     /// Fds given back right before a fork, so a respawn works at the fd limit.
     pub reserve: FdReserve,
     pub log_reserve: LogOnce,
+    /// When the log file rolls over next (`[log] rotation`).
+    pub log_roll_due: Option<Instant>,
     /// Exit code once stopped: non-zero when the master gave up (startup failed).
     pub exit_code: i32,
 }

@@ -372,6 +372,7 @@ impl Master {
         }
         self.sd_watchdog(now);
         self.rotate_ticket_keys(now);
+        self.roll_logs(now);
         self.metrics_tick(now);
         for (t, outcome) in self.faults.expired(now) {
             self.answer_fault(t, outcome);

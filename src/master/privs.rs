@@ -92,9 +92,11 @@ fn limit_connects(config: &Config) {
     }
 }
 
-/// Gives the log file to the workers' user, so that they can reopen it.
+/// Gives the log file (the current period's, when it rolls) to the workers' user, so
+/// that they can reopen it.
 pub fn give_log_file(config: &Config) {
-    let (Some(creds), Some(file)) = (&config.master.credentials, &config.log.file) else {
+    let file = config.log.file.as_ref().and(crate::log::current_file());
+    let (Some(creds), Some(file)) = (&config.master.credentials, file) else {
         return;
     };
     // The implicit `nobody` gets the reopened file over its channel instead: the
@@ -105,7 +107,7 @@ pub fn give_log_file(config: &Config) {
     if creds.uid == privs::euid() {
         return;
     }
-    match privs::chown(file, Some(creds.uid), Some(creds.gid)) {
+    match privs::chown(&file, Some(creds.uid), Some(creds.gid)) {
         Ok(()) => {
             info!(file = %file.display(), user = %creds.user, "log file given to the workers' user")
         }

@@ -119,6 +119,7 @@ impl Master {
         d.extend(self.host.sd_watchdog.map(|(_, due)| due));
         d.extend(self.old_generations_check);
         d.push(self.ticket_rotation_due);
+        d.extend(self.host.log_roll_due);
         if self.up.predecessor.is_some() && matches!(self.state, State::Stopping { .. }) {
             // Waiting for the old master to exit (no fd to poll for it here).
             d.push(self.fx.now() + PREDECESSOR_POLL);

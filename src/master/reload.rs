@@ -91,10 +91,13 @@ impl Master {
                 return;
             }
         };
-        if let Err(e) = crate::log::reconfigure(&new.log.level, new.log.file.as_deref()) {
+        if let Err(e) =
+            crate::log::reconfigure(&new.log.level, new.log.file.as_deref(), new.log.rotation)
+        {
             warn!("logging settings not applied: {e}");
         }
         privs::give_log_file(&new);
+        self.host.log_roll_due = super::supervision::next_log_roll(self.fx.now());
         let generation = self.generation + 1;
         let n = new.master.workers.count();
         let roll = rolling::Roll::new(

@@ -138,6 +138,7 @@ impl Master {
                 sd_watchdog: crate::notify::watchdog_interval().map(|d| (d, fx.now())),
                 reserve: FdReserve::new(pressure::RESERVE_FDS),
                 log_reserve: LogOnce::new(pressure::LOG_EVERY),
+                log_roll_due: super::supervision::next_log_roll(fx.now()),
                 exit_code: 0,
             },
             state: State::Starting {

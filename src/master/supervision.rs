@@ -319,8 +319,14 @@ impl Master {
                 ))
             }
         };
-        // The fresh file travels with the request, so that a worker reopens without
-        // opening anything by path (it may not be allowed to: see os::seccomp).
+        self.hand_log_file();
+        outcome
+    }
+
+    /// Has every worker switch to the master's current log file. The file travels
+    /// with the request, so that a worker reopens without opening anything by path
+    /// (it may not be allowed to: see os::seccomp).
+    fn hand_log_file(&self) {
         let file = crate::log::file_handle();
         for w in &self.workers {
             let _ = match &file {
@@ -328,6 +334,33 @@ impl Master {
                 None => w.channel.send(&ToWorker::ReopenLogs),
             };
         }
-        outcome
     }
+
+    /// With `[log] rotation`, at a period's end: the master rolls to the next file
+    /// (tracing-appender's appender) and hands it to every worker, as on a reopen.
+    pub(super) fn roll_logs(&mut self, now: Instant) {
+        if self.host.log_roll_due.is_none_or(|t| t > now) {
+            return;
+        }
+        match crate::log::roll() {
+            Ok(true) => {
+                privs::give_log_file(&self.config);
+                self.hand_log_file();
+                info!("log file rolled over");
+            }
+            Ok(false) => {}
+            Err(e) => error!("{e}; still writing to the previous log file"),
+        }
+        self.host.log_roll_due = next_log_roll(now);
+    }
+}
+
+/// When the master's log rolls next, on the master's clock (None: it does not roll).
+/// A little after the boundary: rolling early would find the same period.
+pub(super) fn next_log_roll(now: Instant) -> Option<Instant> {
+    let at = crate::log::next_roll()?;
+    let left = at
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    Some(now + left + Duration::from_millis(50))
 }

@@ -1,12 +1,9 @@
-//! Client-side sockets and signals for the `corral-load` tool: a non-blocking TCP
-//! connect from a chosen source address, and Ctrl-C as a flag. The server never uses
-//! these; they live here because this layer is the one that calls the C library.
+//! Client-side sockets for the `corral-load` tool: a non-blocking TCP connect from a
+//! chosen source address. The server never uses these; they live here because this
+//! layer is the one that calls the C library. (Its Ctrl-C flag is signal-hook's.)
 
-use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 pub use socket2::Socket;
 use socket2::{Domain, Protocol, SockAddr, Type};
 
@@ -43,32 +40,4 @@ pub fn connect_from(
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(sock),
         Err(e) => Err(format!("connect({addr}) failed: {e}")),
     }
-}
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_stop_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
-}
-
-/// SIGINT and SIGTERM set the flag [`stop_requested`] reads, instead of killing the
-/// process: a run ended early still prints what it measured.
-pub fn stop_on_interrupt() -> io::Result<()> {
-    let act = SigAction::new(
-        SigHandler::Handler(on_stop_signal),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    for sig in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe, and
-        // nothing else in the load tool installs handlers for these signals.
-        unsafe { sigaction(sig, &act) }
-            .map_err(|e| io::Error::other(format!("sigaction({}) failed: {e}", sig.as_str())))?;
-    }
-    Ok(())
-}
-
-/// True once SIGINT or SIGTERM arrived (after [`stop_on_interrupt`]).
-pub fn stop_requested() -> bool {
-    STOP.load(Ordering::Relaxed)
 }

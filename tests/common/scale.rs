@@ -40,6 +40,11 @@ impl Load {
         Load { child, out, err }
     }
 
+    /// Its process id (to signal it).
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
     /// Asks it to stop (SIGTERM: it still prints its summary) without waiting.
     pub fn stop(&self) {
         let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);

@@ -2,7 +2,10 @@
 //! lines, the summary (text or JSON) and the `corral status` sample.
 
 use std::collections::BTreeMap;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, OnceLock};
+
+use signal_hook::consts::{SIGINT, SIGTERM};
 use std::time::{Duration, Instant};
 
 use crate::conn::Report;
@@ -55,9 +58,25 @@ pub(crate) fn sample_workers(
     }))
 }
 
-/// Ctrl-C ends the run early but still prints what was measured.
+/// Set by SIGINT or SIGTERM (signal-hook's flag: the handler only stores to it).
+static STOP: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+/// Ctrl-C (or SIGTERM) ends the run early but still prints what was measured; a
+/// second one ends the tool at once (exit status 1), should a thread be stuck.
 pub(crate) fn install_stop_handler() -> Result<(), String> {
-    corral::os::client::stop_on_interrupt().map_err(|e| e.to_string())
+    let flag = STOP.get_or_init(Arc::default);
+    for sig in [SIGINT, SIGTERM] {
+        // In this order: the shutdown looks at the flag before this signal sets it.
+        signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(flag))
+            .and_then(|_| signal_hook::flag::register(sig, Arc::clone(flag)))
+            .map_err(|e| format!("cannot handle signal {sig}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// True once SIGINT or SIGTERM arrived (after [`install_stop_handler`]).
+pub(crate) fn stop_requested() -> bool {
+    STOP.get().is_some_and(|f| f.load(Ordering::Relaxed))
 }
 
 pub(crate) struct Summary {

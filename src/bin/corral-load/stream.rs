@@ -154,7 +154,7 @@ impl<'p> Thread<'p> {
         let mut events = Vec::with_capacity(1024);
         loop {
             let now = Instant::now();
-            if now >= end || corral::os::client::stop_requested() {
+            if now >= end || crate::run::stop_requested() {
                 break;
             }
             self.connect_due(now);

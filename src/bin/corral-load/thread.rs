@@ -107,7 +107,7 @@ impl<'p> ClientThread<'p> {
         let mut events = Vec::with_capacity(EVENTS);
         loop {
             let now = Instant::now();
-            if now >= end || corral::os::client::stop_requested() {
+            if now >= end || crate::run::stop_requested() {
                 break;
             }
             // 1. timers

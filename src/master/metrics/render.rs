@@ -223,7 +223,7 @@ impl Master {
         e.family(
             "corral_log_dropped_lines_total",
             c,
-            "Log lines workers dropped because their log writer could not keep up.",
+            "Log lines workers lost: their log writer could not keep up, or the file refused them.",
         )
         .sample("corral_log_dropped_lines_total", &[], t.log_dropped as f64);
         e.family(
