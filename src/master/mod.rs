@@ -28,6 +28,7 @@ mod reload;
 mod rolling;
 pub mod sockets;
 mod spawn;
+mod stalls;
 mod start;
 mod status;
 mod stop;
@@ -289,6 +290,8 @@ pub struct Master {
     xfer: xfer::Links,
     /// What became of each draining generation's connections.
     gens: generations::Generations,
+    /// The reuseport queues' watch, and the slots lent while their workers stall.
+    stalls: stalls::Stalls,
     /// When the TLS session-ticket keys rotate next.
     ticket_rotation_due: Instant,
     /// Forks, signals, the new master of an upgrade and the clock (faked in tests).
@@ -389,6 +392,7 @@ impl Master {
             self.accept_paused_until = None;
         }
         self.respawn_due(now);
+        self.check_stalls(now);
         self.watchdog(now);
         self.enforce_deadlines(now);
         if self.old_generations_check.is_some_and(|t| t <= now) {

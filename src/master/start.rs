@@ -141,6 +141,7 @@ impl Master {
             metrics: metrics::Metrics::from_env(),
             xfer: links,
             gens: generations::Generations::default(),
+            stalls: stalls::Stalls::default(),
             ticket_rotation_due: fx.now() + rotation,
             fx,
         }

@@ -48,6 +48,7 @@ impl Worker {
         info!(connections = self.conns.len(), "draining ({why})");
         self.phase = Phase::Draining;
         self.pause_accept();
+        self.give_all_back();
         // Our copies of the listeners go now: an orphaned worker must not keep the
         // port from a master that restarts, and the master holds its own copies.
         for l in &mut self.listeners {

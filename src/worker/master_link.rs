@@ -25,6 +25,8 @@ impl Worker {
                     ToWorker::Adopt { conns } => self.adopt(conns, fds),
                     ToWorker::Keep { conns, reason } => self.keep(conns, fds, &reason),
                     ToWorker::Settled { n } => self.settled(n),
+                    ToWorker::Lend { slot, listens } => self.borrow(slot, &listens, fds),
+                    ToWorker::Unlend { slot } => self.give_back(slot),
                     ToWorker::Stop => {
                         info!("master asked to stop now");
                         self.exit = Some(0);

@@ -14,6 +14,7 @@
 
 mod accept;
 mod accept_proxy;
+mod borrowed;
 pub mod bucket;
 mod conn;
 mod connlog;
@@ -110,6 +111,8 @@ pub(crate) struct Worker {
     pub(crate) epoll: Epoll,
     events: Vec<Event>,
     pub(crate) listeners: Vec<Listener>,
+    /// Other slots' reuseport sockets the master lent us while their workers stall.
+    borrowed: borrowed::Borrowed,
     /// Listeners are in the epoll set.
     accepting: bool,
     /// Accepting is paused after a resource error until this instant.
@@ -217,6 +220,7 @@ impl Worker {
             epoll,
             events: Vec::with_capacity(EVENTS),
             listeners,
+            borrowed: borrowed::Borrowed::default(),
             accepting: false,
             accept_backoff_until: None,
             channel: Some(init.channel),
@@ -312,7 +316,11 @@ impl Worker {
             TOKEN_SIGNALS => self.signals_ready = true,
             TOKEN_POOL => self.pool_ready = true,
             t if t & TOKEN_LISTENER != 0 && t & TOKEN_CHANNEL == 0 => {
-                self.accept_on((t & !TOKEN_LISTENER) as usize)
+                if t & token::BORROWED_BIT != 0 {
+                    self.accept_borrowed((t & !(TOKEN_LISTENER | token::BORROWED_BIT)) as usize)
+                } else {
+                    self.accept_on((t & !TOKEN_LISTENER) as usize)
+                }
             }
             t if t & UPSTREAM_BIT != 0 => self.upstream_event(Token(t & !UPSTREAM_BIT), ev),
             t => self.conn_event(Token(t), ev),
