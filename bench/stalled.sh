@@ -31,7 +31,8 @@ address = "127.0.0.1:$PORT"
 service = "echo"
 accept = "reuseport"
 EOF2
-W=$(corral_workers | head -n1)
+WS=($(corral_workers))
+W=${WS[0]}
 kill -STOP "$W"
 log "worker $W stopped; $CONNS new connections, one every $INTERVAL_MS ms"
 OUT=$(timeout 120 python3 - "$PORT" "$CONNS" "$INTERVAL_MS" <<'PY'

@@ -13,8 +13,13 @@ use super::{Timer, Worker};
 impl Worker {
     pub(super) fn read_channel(&mut self) {
         // A turn's worth, so that a worker adopting thousands of connections still
-        // reaches its timers (and heartbeats); the channel is level-triggered.
+        // reaches its timers (and heartbeats) and serves its own clients between
+        // batches (`ADOPT_TURN`); the channel is level-triggered.
+        let mut adopted = 0;
         for _ in 0..super::handoff::CHANNEL_TURN {
+            if adopted >= super::handoff::ADOPT_TURN {
+                return; // this turn's share: our own clients are served first
+            }
             let got = match &self.channel {
                 Some(ch) => ch.recv_fds::<ToWorker>(),
                 None => return,
@@ -22,7 +27,10 @@ impl Worker {
             match got {
                 Ok(Some((msg, fds))) => match msg {
                     ToWorker::Drain { idle } => self.start_drain("master asked", idle),
-                    ToWorker::Adopt { conns } => self.adopt(conns, fds),
+                    ToWorker::Adopt { conns } => {
+                        adopted += conns.len();
+                        self.adopt(conns, fds)
+                    }
                     ToWorker::Keep { conns, reason } => self.keep(conns, fds, &reason),
                     ToWorker::Settled { n } => self.settled(n),
                     ToWorker::Lend { slot, listens } => self.borrow(slot, &listens, fds),
