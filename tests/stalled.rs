@@ -119,3 +119,54 @@ fn new_connections_are_served_while_a_worker_is_stopped() {
         c.log_tail(30)
     );
 }
+
+/// A worker stuck in a long turn (`corral fault hang`: its loop spins without
+/// heartbeats) is not stopped, so only its missed heartbeat (here 200 ms apart) tells
+/// it from a busy one: its clients are served after about 300 ms plus the queue's
+/// 80 ms, still long before the watchdog (60 s here).
+#[test]
+fn new_connections_are_served_while_a_worker_hangs() {
+    let c = Corral::start(
+        &Conf::new(3)
+            .master("watchdog_timeout = \"60s\"\nfault_injection = true")
+            .worker("heartbeat_interval = \"200ms\"")
+            .echo("accept = \"reuseport\"")
+            .render(),
+    );
+    let victim = fault::ready_in_slot(&c, 0).expect("slot 0 ready");
+    // The CLI waits for the fault's outcome (the watchdog, a minute away): not joined.
+    let _cli = fault::fault_async(&c, &["hang", "--slot", "0"]);
+    // Spinning: running at every look (an idle worker sleeps in epoll_wait).
+    let mut running = 0;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let r = read_stat(victim).is_some_and(|s| s.state == 'R');
+            running = if r { running + 1 } else { 0 };
+            running >= 5
+        }),
+        "the worker never started spinning\n{}",
+        c.log_tail(30)
+    );
+    let got = round_trips(&c, N, "hung");
+    let failed: Vec<&String> = got.iter().filter_map(|r| r.as_ref().err()).collect();
+    let worst = got.iter().filter_map(|r| r.as_ref().ok()).max();
+    eprintln!("{N} new connections with one of 3 workers hung: the last echoed after {worst:?}");
+    assert!(
+        failed.is_empty(),
+        "{} of {N} new connections not served while a worker hung: {failed:?}\n{}",
+        failed.len(),
+        c.log_tail(30)
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || c
+            .log()
+            .contains("accepts on its sockets")),
+        "no slot was lent while its worker hung\n{}",
+        c.log_tail(30)
+    );
+    assert!(
+        !c.log().contains("sent no heartbeat"),
+        "the watchdog, not the lending, served them\n{}",
+        c.log_tail(30)
+    );
+}

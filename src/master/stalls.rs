@@ -3,14 +3,14 @@
 //! slot's sockets to a healthy worker (`ToWorker::Lend`), which accepts on them too,
 //! until the slot's own worker is heard from again (`ToWorker::Unlend`).
 //!
-//! Why the queue and not the heartbeat: heartbeats come once a second (and more often
-//! would cost every worker a message per beat all the time), while the symptom that
-//! matters, a client waiting, shows in the queue at once. A healthy worker empties its
-//! queue within milliseconds of a SYN (it accepts until EAGAIN), so a queue seen
-//! non-empty at every check for `STALLED_AFTER` means its worker is stopped, stuck in
-//! a long turn, or gone (a crashed slot waiting for its respawn). Seen wrongly (a
-//! worker merely busy for 100 ms) it costs little: another worker takes some of its
-//! new clients until its next heartbeat.
+//! A queue that held connections at every check for `STALLED_AFTER` is a symptom,
+//! not yet a stall: a flood of connects on a loaded box keeps healthy workers' queues
+//! non-empty too (measured: lends churned during `bench/move_latency.sh`'s 40 000
+//! connects/s). So its worker must also be unable to take it: none ready (a respawn
+//! waiting out its backoff), stopped (state `T` in /proc, seen at once), or silent past
+//! one and a half heartbeats (stuck in a long turn). Heartbeats alone come once a
+//! second (more often would cost every worker a message per beat all the time), too
+//! late for a stopped worker's clients; the queue and /proc see that within ~100 ms.
 //!
 //! Why lend rather than steer around it (a reuseport BPF program without the stalled
 //! socket): the connections already queued on the stalled socket would still wait,
@@ -108,7 +108,7 @@ impl Master {
             let stalled = w
                 .waiting_since
                 .is_some_and(|t| now.saturating_duration_since(t) >= STALLED_AFTER);
-            if stalled && w.lent.is_none() && !self.full(slot, now) {
+            if stalled && w.lent.is_none() && self.unresponsive(slot, now) {
                 self.lend(slot, &waiting, now);
             }
         }
@@ -134,19 +134,25 @@ impl Master {
         waiting
     }
 
-    /// Slot `slot`'s worker was lately heard from at `max_connections`: it leaves its
-    /// queue alone on purpose (the clients wait there, as the limit promises), which
-    /// is not a stall.
-    fn full(&self, slot: usize, now: Instant) -> bool {
-        let heard_within = self.config.worker.heartbeat_interval.0 * 2;
+    /// Whether slot `slot`'s queue waits because its worker cannot take it: there is
+    /// no ready one (a respawn waiting out its backoff), or it is stopped (SIGSTOP,
+    /// a debugger: state `T` in /proc, seen at once), or it missed a heartbeat (stuck
+    /// in a long turn: seen after `heartbeat_interval` and a half). A queue that is
+    /// merely busy (a connection flood faster than the worker accepts, or a worker
+    /// at `max_connections` leaving it alone on purpose) is its own worker's.
+    fn unresponsive(&self, slot: usize, now: Instant) -> bool {
+        let beat = self.config.worker.heartbeat_interval.0;
         let max = self.config.worker.max_connections as u64;
-        self.workers.iter().any(|w| {
-            w.slot == slot
-                && w.generation == self.generation
-                && w.state == WorkerState::Ready
-                && now.saturating_duration_since(w.last_heartbeat) <= heard_within
-                && w.stats.connections >= max
-        })
+        let owner = self.workers.iter().find(|w| {
+            w.slot == slot && w.generation == self.generation && w.state == WorkerState::Ready
+        });
+        let Some(w) = owner else {
+            return true;
+        };
+        let stopped =
+            crate::os::procfs::stat(w.pid.as_raw()).is_ok_and(|s| matches!(s.state, 'T' | 't'));
+        let silent = now.saturating_duration_since(w.last_heartbeat) > beat + beat / 2;
+        stopped || (silent && w.stats.connections < max)
     }
 
     /// A ready worker of the current generation.
