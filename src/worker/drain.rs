@@ -21,6 +21,9 @@ impl Worker {
             || !self.handoff.is_idle()
             || self.handoff_in_transit(Instant::now())
             || self.awaiting_refusals()
+            // Adoptions still unread (a turn reads at most `ADOPT_TURN` of them): they
+            // would close with the channel.
+            || self.channel.as_ref().is_some_and(|c| c.has_input())
         {
             return false;
         }
