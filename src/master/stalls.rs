@@ -50,8 +50,6 @@ struct Watch {
 pub struct Stalls {
     next: Option<Instant>,
     slots: Vec<Watch>,
-    /// Times a slot's sockets were lent (for the log and tests).
-    pub lends: u64,
 }
 
 impl Stalls {
@@ -221,7 +219,6 @@ impl Master {
             w.pid.as_raw()
         );
         self.stalls.slots[slot].lent = Some((w.pid, now));
-        self.stalls.lends += 1;
     }
 
     /// Takes back the lent sockets of the slots `which` picks.
