@@ -91,6 +91,16 @@ impl Channel {
         scm::send(self.fd.as_fd(), &bytes, fds)
     }
 
+    /// Whether a message (or the other side's EOF) waits to be read.
+    pub fn has_input(&self) -> bool {
+        use crate::os::master::{poll, PollFlags};
+        poll(
+            &[(self.fd.as_fd(), PollFlags::POLLIN)],
+            Some(std::time::Duration::ZERO),
+        )
+        .is_ok_and(|r| r.first().is_some_and(|f| !f.is_empty()))
+    }
+
     /// Bytes we sent that the other side has not read yet (0 if that cannot be told).
     pub fn unread(&self) -> usize {
         scm::unread(self.fd.as_fd()).unwrap_or(0)

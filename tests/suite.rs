@@ -38,6 +38,7 @@ mod recycle;
 mod refused_moves;
 mod reload;
 mod scale;
+mod stalled;
 mod storm;
 mod supervision;
 mod systemd;

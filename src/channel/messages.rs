@@ -210,6 +210,13 @@ pub enum ToWorker {
     /// One part of the metrics text for the scrape `id`; `last` ends it. Large texts
     /// travel in several parts, each well inside `MAX_MESSAGE`.
     Metrics { id: u64, text: String, last: bool },
+    /// Accept on these listening sockets too (their fds travel with the message, one
+    /// per address in `listens`, in order): they are slot `slot`'s reuseport sockets,
+    /// and its worker has let connections wait in them (stopped, or stuck in a long
+    /// turn). Until `Unlend` for the same slot.
+    Lend { slot: usize, listens: Vec<String> },
+    /// Slot `slot`'s worker is serving again: stop accepting on its sockets.
+    Unlend { slot: usize },
 }
 
 /// Old master → new master of a binary upgrade, on their private channel (a

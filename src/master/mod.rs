@@ -29,6 +29,7 @@ mod reload;
 mod rolling;
 pub mod sockets;
 mod spawn;
+mod stalls;
 mod start;
 mod status;
 mod stop;
@@ -264,6 +265,8 @@ pub struct Master {
     metrics: metrics::Metrics,
     /// What became of each draining generation's connections.
     gens: generations::Generations,
+    /// The reuseport queues' watch, and the slots lent while their workers stall.
+    stalls: stalls::Stalls,
     /// When the TLS session-ticket keys rotate next.
     ticket_rotation_due: Instant,
     /// Forks, signals, the new master of an upgrade and the clock (faked in tests).
@@ -364,6 +367,7 @@ impl Master {
             self.ctl.paused_until = None;
         }
         self.respawn_due(now);
+        self.check_stalls(now);
         self.watchdog(now);
         self.enforce_deadlines(now);
         if self.old_generations_check.is_some_and(|t| t <= now) {

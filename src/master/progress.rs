@@ -125,6 +125,7 @@ impl Master {
             d.push(self.fx.now() + PREDECESSOR_POLL);
         }
         d.extend(self.ctl.paused_until);
+        d.extend(self.stalls.next_check());
         d.extend(self.faults.next_deadline());
         d.extend(self.slots.iter().filter_map(|s| s.respawn_at));
         let wd = self.config.master.watchdog_timeout.0;

@@ -1,7 +1,7 @@
 //! Starting the master: bind the listeners, write the pid file, open the control socket
 //! and fork the first generation.
 
-use super::{control_clients, faults, generations, host, metrics, xfer};
+use super::{control_clients, faults, generations, host, metrics, stalls, xfer};
 use super::{
     info, warn, Config, Effects, FdReserve, Listener, LogOnce, Master, MasterError, Pending,
     PidFile, Reporter, SignalReader, Slot, StartOptions, State, WorkerTable, MASTER_SIGNALS,
@@ -150,6 +150,7 @@ impl Master {
             faults: faults::Faults::default(),
             metrics: metrics::Metrics::from_env(),
             gens: generations::Generations::default(),
+            stalls: stalls::Stalls::default(),
             ticket_rotation_due: fx.now() + rotation,
             fx,
         }

@@ -42,6 +42,7 @@ impl Worker {
         for fd in self.listeners.iter().filter_map(|l| l.fd.as_ref()) {
             let _ = self.epoll.delete(fd.as_fd());
         }
+        self.watch_borrowed(false);
         self.admit.on = false;
     }
 
@@ -58,6 +59,7 @@ impl Worker {
             self.epoll
                 .add(fd.as_fd(), interest, TOKEN_LISTENER | i as u64)?;
         }
+        self.watch_borrowed(true);
         self.admit.on = true;
         Ok(())
     }
@@ -87,11 +89,7 @@ impl Worker {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if stream::out_of_resources(&e) => {
-                    self.notices.accept_failed(&e, ACCEPT_BACKOFF);
-                    self.pause_accept();
-                    let until = Instant::now() + ACCEPT_BACKOFF;
-                    self.admit.backoff_until = Some(until);
-                    self.timers.schedule(until, Timer::AcceptResume);
+                    self.accept_out_of_resources(&e);
                     return;
                 }
                 Err(e) => {
@@ -103,6 +101,15 @@ impl Worker {
         if accepted > 0 {
             self.rearm(index);
         }
+    }
+
+    /// Out of fds or memory: accepting pauses for `ACCEPT_BACKOFF` instead of spinning.
+    pub(super) fn accept_out_of_resources(&mut self, e: &io::Error) {
+        self.notices.accept_failed(e, ACCEPT_BACKOFF);
+        self.pause_accept();
+        let until = Instant::now() + ACCEPT_BACKOFF;
+        self.admit.backoff_until = Some(until);
+        self.timers.schedule(until, Timer::AcceptResume);
     }
 
     /// EPOLLEXCLUSIVE wakes the first waiter in the listener's queue, so the worker

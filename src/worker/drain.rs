@@ -21,6 +21,9 @@ impl Worker {
             || !self.handoff.is_idle()
             || self.handoff_in_transit(Instant::now())
             || self.awaiting_refusals()
+            // Adoptions still unread (a turn reads at most `ADOPT_TURN` of them): they
+            // would close with the channel.
+            || self.link.channel.as_ref().is_some_and(|c| c.has_input())
         {
             return false;
         }
@@ -48,6 +51,7 @@ impl Worker {
         info!(connections = self.conns.len(), "draining ({why})");
         self.phase = Phase::Draining;
         self.pause_accept();
+        self.give_all_back();
         // Our copies of the listeners go now: an orphaned worker must not keep the
         // port from a master that restarts, and the master holds its own copies.
         for l in &mut self.listeners {

@@ -296,3 +296,78 @@ fn the_last_active_move_first_and_those_waiting_are_still_served() {
     assert_eq!(kit.exit_code(), 0);
     drop((late, first));
 }
+
+/// Fair to the running service: a worker adopting a burst of connections serves its
+/// own client between batches of `ADOPT_TURN`, not after all of them. Every loop turn
+/// is made slow (the `slow` fault: 40 ms more per turn), so a turn that read the
+/// whole burst at once would leave nothing unread when the client is answered; with
+/// the budget most of it is still in the channel then.
+#[test]
+fn a_worker_serves_its_clients_between_batches_of_adoptions() {
+    use crate::channel::Handed;
+    use std::net::TcpListener;
+    use std::os::fd::{AsFd, OwnedFd};
+    const MESSAGES: usize = 30; // under CHANNEL_TURN: one unbounded turn reads them all
+    const CONNS: usize = MESSAGES * 64;
+    let _turn = MANY_FDS.lock().unwrap_or_else(|e| e.into_inner());
+    let kit = Kit::start("echo", "", "");
+    crate::os::fd::set_send_buffer(kit.master.as_fd(), 4 << 20).unwrap();
+    let mut active = kit.connect();
+    round_trip(&mut active, b"hello\n");
+    // The connections to adopt: plain idle ones, their server sides handed over.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut clients = Vec::with_capacity(CONNS);
+    let mut sides: Vec<OwnedFd> = Vec::with_capacity(CONNS);
+    for _ in 0..CONNS {
+        clients.push(TcpStream::connect(l.local_addr().unwrap()).unwrap());
+        let (s, _) = l.accept().unwrap();
+        s.set_nonblocking(true).unwrap();
+        sides.push(s.into());
+    }
+    kit.master
+        .send(&ToWorker::Fault {
+            kind: crate::fault::kind::FaultKind::Slow { ms: 40 },
+        })
+        .unwrap();
+    let listen = kit.addr.to_string();
+    for chunk in sides.chunks(64) {
+        let conns = chunk
+            .iter()
+            .map(|_| Handed {
+                listen: listen.clone(),
+                peer: None,
+                moved: None,
+                tls: None,
+            })
+            .collect();
+        let fds: Vec<_> = chunk.iter().map(|f| f.as_fd()).collect();
+        kit.master
+            .send_fds(&ToWorker::Adopt { conns }, &fds)
+            .unwrap();
+    }
+    drop(sides);
+    let total = kit.master.unread();
+    assert!(total > 0, "the burst is not in the channel");
+    // Once the worker has begun adopting, the client speaks.
+    let deadline = Instant::now() + PATIENCE;
+    while kit.master.unread() == total {
+        assert!(
+            Instant::now() < deadline,
+            "the worker never read its channel"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    round_trip(&mut active, b"still served\n");
+    let left = kit.master.unread();
+    assert!(
+        left > 0,
+        "the client was answered only after all {CONNS} adoptions were read"
+    );
+    println!("answered with {left} of {total} bytes of adoptions still unread");
+    // Every adopted connection is served in the end.
+    for (i, c) in clients.iter_mut().enumerate().step_by(97) {
+        c.set_read_timeout(Some(PATIENCE)).unwrap();
+        round_trip(c, format!("adopted {i}\n").as_bytes());
+    }
+    drop(clients);
+}

@@ -21,8 +21,13 @@ pub(super) struct Link {
 impl Worker {
     pub(super) fn read_channel(&mut self) {
         // A turn's worth, so that a worker adopting thousands of connections still
-        // reaches its timers (and heartbeats); the channel is level-triggered.
+        // reaches its timers (and heartbeats) and serves its own clients between
+        // batches (`ADOPT_TURN`); the channel is level-triggered.
+        let mut adopted = 0;
         for _ in 0..super::moves::CHANNEL_TURN {
+            if adopted >= super::moves::ADOPT_TURN {
+                return; // this turn's share: our own clients are served first
+            }
             let got = match &self.link.channel {
                 Some(ch) => ch.recv_fds::<ToWorker>(),
                 None => return,
@@ -30,9 +35,14 @@ impl Worker {
             match got {
                 Ok(Some((msg, fds))) => match msg {
                     ToWorker::Drain { idle } => self.start_drain("master asked", idle),
-                    ToWorker::Adopt { conns } => self.adopt(conns, fds),
+                    ToWorker::Adopt { conns } => {
+                        adopted += conns.len();
+                        self.adopt(conns, fds)
+                    }
                     ToWorker::Keep { conns, reason } => self.keep(conns, fds, &reason),
                     ToWorker::Settled { n } => self.settled(n),
+                    ToWorker::Lend { slot, listens } => self.borrow(slot, &listens, fds),
+                    ToWorker::Unlend { slot } => self.give_back(slot),
                     ToWorker::Stop => {
                         info!("master asked to stop now");
                         self.exit = Some(0);

@@ -14,6 +14,7 @@
 
 mod accept;
 mod accept_proxy;
+mod borrowed;
 pub mod bucket;
 mod conn;
 mod connlog;
@@ -107,6 +108,8 @@ pub(crate) struct Worker {
     pub(crate) epoll: Epoll,
     events: Vec<Event>,
     pub(crate) listeners: Vec<Listener>,
+    /// Other slots' reuseport sockets the master lent us while their workers stall.
+    borrowed: borrowed::Borrowed,
     /// Whether and when it accepts, and its per-IP counts.
     admit: accept::Admission,
     /// The channel to the master.
@@ -213,6 +216,7 @@ impl Worker {
             epoll,
             events: Vec::with_capacity(EVENTS),
             listeners,
+            borrowed: borrowed::Borrowed::default(),
             admit: accept::Admission::default(),
             link: master_link::Link {
                 channel: Some(init.channel),
@@ -312,7 +316,11 @@ impl Worker {
             TOKEN_SIGNALS => self.signals_ready = true,
             TOKEN_POOL => self.blocking.ready = true,
             t if t & TOKEN_LISTENER != 0 && t & TOKEN_CHANNEL == 0 => {
-                self.accept_on((t & !TOKEN_LISTENER) as usize)
+                if t & token::BORROWED_BIT != 0 {
+                    self.accept_borrowed((t & !(TOKEN_LISTENER | token::BORROWED_BIT)) as usize)
+                } else {
+                    self.accept_on((t & !TOKEN_LISTENER) as usize)
+                }
             }
             t if t & UPSTREAM_BIT != 0 => self.upstream_event(Token(t & !UPSTREAM_BIT), ev),
             t => self.conn_event(Token(t), ev),

@@ -36,3 +36,6 @@ pub const TOKEN_SIGNALS: u64 = (1 << 63) | 1;
 pub const TOKEN_POOL: u64 = (1 << 63) | 2;
 /// A listener, by index in the config (or'ed in).
 pub const TOKEN_LISTENER: u64 = 1 << 62;
+/// With `TOKEN_LISTENER`: a listening socket lent by the master (`worker/borrowed.rs`),
+/// by its place among the borrowed ones.
+pub const BORROWED_BIT: u64 = 1 << 40;

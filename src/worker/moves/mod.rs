@@ -48,6 +48,13 @@ pub(super) const SETTLE_CHECK: Duration = Duration::from_millis(10);
 /// enough to miss its heartbeats and be killed by the watchdog as hung.
 pub(in crate::worker) const CHANNEL_TURN: usize = 32;
 
+/// Most connections one loop turn adopts (`ToWorker::Adopt`, read in the turn's
+/// "other work" step); the rest wait in the channel (level-triggered) for the next
+/// turn. A turn of 32 full messages restored 2 048 connections while this worker's
+/// own clients waited for the next epoll; 256 (~4 messages, a few ms) keeps their
+/// round trips short during a move and costs the move one epoll_wait per 256.
+pub(in crate::worker) const ADOPT_TURN: usize = 256;
+
 /// Connections suspended at a drain between two looks at the heartbeat's due time
 /// (see `beat_if_due`).
 pub(in crate::worker) const BEAT_EVERY: usize = 256;
