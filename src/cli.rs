@@ -18,6 +18,7 @@ pub mod fault;
 pub mod follow;
 pub mod packaging;
 pub mod poll;
+pub mod publish;
 pub mod top;
 
 /// corral: a supervised worker runtime in the style of nginx.
@@ -98,6 +99,15 @@ pub enum Sub {
         /// apart, so that the rates are real).
         #[arg(long)]
         once: bool,
+    },
+    /// Publish MESSAGE to every connection subscribed to TOPIC, in every worker
+    /// (services subscribe connections with `Io::subscribe`); exits 0 once the master
+    /// handed it to every worker.
+    Publish {
+        /// The topic (1 to 255 bytes).
+        topic: String,
+        /// The message (at most 3072 bytes); the service frames it for its clients.
+        message: String,
     },
     /// Print a shell completion script (e.g. `corral completions bash >
     /// /etc/bash_completion.d/corral`).

@@ -38,6 +38,9 @@ pub struct Stats {
     /// TLS handshakes and failures.
     #[serde(default)]
     pub tls: crate::tls::TlsCounts,
+    /// Push: deliveries, and what was dropped and why.
+    #[serde(default)]
+    pub push: super::PushCounts,
 }
 
 /// One connection travelling between workers; its fd travels in the same message,
@@ -106,6 +109,9 @@ pub struct Moved {
     /// back to `origin` if that is refused.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub idle: bool,
+    /// Its subscriptions (`service::push`), which the new worker takes over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<super::PushMoved>,
 }
 
 impl Handed {
@@ -125,6 +131,7 @@ impl Handed {
             b64::encoded_len(m.state.len())
                 + b64::encoded_len(m.input.len())
                 + m.refused.as_ref().map_or(0, |r| r.len() + 16)
+                + m.push.as_ref().map_or(0, |p| p.weight())
                 + 192
         });
         let tls = self.tls.as_ref().map_or(0, |t| t.weight());
@@ -210,6 +217,19 @@ pub enum ToWorker {
     /// One part of the metrics text for the scrape `id`; `last` ends it. Large texts
     /// travel in several parts, each well inside `MAX_MESSAGE`.
     Metrics { id: u64, text: String, last: bool },
+    /// The end of a socketpair to worker `pid` (travelling with the message): one
+    /// link of the workers' bus (`worker::bus`), made by the master when one of the
+    /// two was forked.
+    BusPeer { pid: u32 },
+    /// `corral publish`: a message for this worker's subscribers of `topic` (the
+    /// master sends it to every worker; `publisher` and `seq` number it like a
+    /// worker's own publishes).
+    Publish {
+        publisher: u64,
+        seq: u64,
+        topic: String,
+        message: String,
+    },
 }
 
 /// Old master → new master of a binary upgrade, on their private channel (a

@@ -33,6 +33,11 @@ pub enum Request {
     Prometheus,
     /// `corral fault`: make a worker fail and report how the master coped.
     Fault(FaultRequest),
+    /// `corral publish`: a message to every subscriber of `topic` in every worker.
+    Publish {
+        topic: String,
+        message: String,
+    },
 }
 
 /// The master's answer.

@@ -7,6 +7,7 @@
 //! about it; nothing in here panics on a runtime path, because the master's crash is
 //! everyone's crash.
 
+mod bus;
 mod collect;
 pub mod control;
 #[cfg(test)]
@@ -108,6 +109,8 @@ pub enum Command {
     /// `corral fault`: inject a fault (each waiter's request is in
     /// `Master::fault_requests`, so that commands stay plain values).
     Fault,
+    /// `corral publish` (the message waits in `Master::publish_requests`).
+    Publish,
     /// The new master of an upgrade exited (its pidfd fired).
     UpgradeExited,
     /// The new master of an upgrade wrote on its readiness pipe.
@@ -143,6 +146,7 @@ impl Job {
             Request::Prometheus => Command::Metrics,
             Request::Upgrade => Command::Upgrade,
             Request::Fault(_) => Command::Fault,
+            Request::Publish { .. } => Command::Publish,
         };
         Job {
             command,
@@ -186,6 +190,7 @@ impl Command {
             Command::Status => 10,
             Command::Metrics => 10,
             Command::Fault => 11,
+            Command::Publish => 12,
         }
     }
 }
@@ -279,6 +284,11 @@ pub struct Master {
     log_reserve: LogOnce,
     /// `corral fault` requests of this batch, by ticket, with the requester's uid.
     fault_requests: Vec<(u64, crate::fault::kind::FaultRequest, u32)>,
+    /// `corral publish` requests of this batch: (ticket, topic, message).
+    publish_requests: Vec<(u64, String, String)>,
+    /// The master as a publisher (`corral publish`): its id and last sequence number.
+    publisher: u64,
+    publish_seq: u64,
     /// Injected faults in flight and master-side faults armed.
     faults: faults::Faults,
     /// Counters for the metrics service and `status --prometheus`.
@@ -364,6 +374,11 @@ impl Master {
                 Command::Fault => {
                     for t in waiters {
                         self.inject(t);
+                    }
+                }
+                Command::Publish => {
+                    for t in waiters {
+                        self.publish(t);
                     }
                 }
                 Command::Metrics => {

@@ -182,9 +182,11 @@ pub mod http;
 pub mod metrics;
 pub mod options;
 pub mod proxy;
+pub mod push;
 
 use options::OptionsKind;
 pub use options::{options, NoOptions, ServiceOptions};
+pub use push::{ConnId, Overflow};
 
 /// Work for the worker's blocking pool: runs on a pool thread; its result comes back
 /// to the connection's handler in [`Handler::on_complete`], on the loop thread.
@@ -201,6 +203,8 @@ pub struct Io<'a> {
     pub(crate) peer: Option<IpAddr>,
     pub(crate) draining: bool,
     pub(crate) held: bool,
+    /// Writes to other connections, topics (see [`push`]); None outside a worker.
+    pub(crate) push: Option<&'a mut push::Outbox>,
 }
 
 impl Io<'_> {
@@ -323,6 +327,18 @@ pub trait Handler {
     /// A job from [`Io::spawn_blocking`] finished.
     fn on_complete(&mut self, _io: &mut Io<'_>, _result: Box<dyn Any + Send>) {}
 
+    /// The connection was just accepted (and its PROXY header, if any, read): a
+    /// greeting goes here. Not called for a connection that arrives by a move at a
+    /// reload (it was opened in its old worker). By default nothing happens.
+    fn on_open(&mut self, _io: &mut Io<'_>) {}
+
+    /// A message published to a topic this connection subscribed to (see [`push`]).
+    /// By default it is written to the client as it is; a service frames it here
+    /// (a line, a WebSocket frame, an SSE event).
+    fn on_push(&mut self, io: &mut Io<'_>, _topic: &str, message: &[u8]) {
+        io.write(message);
+    }
+
     /// True when closing the connection now loses nothing (e.g. HTTP keep-alive
     /// between requests). Draining workers hand such connections to the new
     /// generation on reload, or close them on stop; they wait for the others. By
@@ -410,6 +426,13 @@ pub trait Service {
     /// and the handler from `connect` never sees data.
     fn upstreams(&mut self) -> Option<&mut dyn Upstreams> {
         None
+    }
+
+    /// What a write from elsewhere ([`Io::send_to`], a topic's message) does to one of
+    /// this service's connections whose unsent output is over `write_high_water`: drop
+    /// the message (the default) or close the connection. Either is counted.
+    fn overflow(&self) -> Overflow {
+        Overflow::Drop
     }
 }
 

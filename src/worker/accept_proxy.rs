@@ -124,6 +124,7 @@ impl Worker {
         };
         c.set_handler(handler);
         c.flags.set(Flags::MAY_READ, true);
+        self.open_conn(token);
         if self.listeners[listener].service.upstreams().is_some() {
             let header = self.upstream_header(token);
             self.connect_upstream(token, Vec::new(), header);

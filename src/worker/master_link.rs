@@ -40,6 +40,16 @@ impl Worker {
                     ToWorker::Metrics { id, text, last } => {
                         crate::service::metrics::deliver(id, text, last)
                     }
+                    ToWorker::BusPeer { pid } => match fds.into_iter().next() {
+                        Some(fd) => self.add_bus_peer(fd, pid),
+                        None => warn!(peer = pid, "a bus peer came without its socket"),
+                    },
+                    ToWorker::Publish {
+                        publisher,
+                        seq,
+                        topic,
+                        message,
+                    } => self.deliver_forwarded(publisher, seq, &topic, message.as_bytes()),
                     ToWorker::Fault {
                         kind: crate::fault::kind::FaultKind::Escape,
                     } => {
@@ -132,6 +142,7 @@ impl Worker {
         self.stats.rss = process::self_rss();
         // The log writer thread reports drops itself, once it writes again.
         self.stats.log_dropped = crate::log::dropped();
+        self.stats.push = self.push.totals();
         // An older heartbeat still owed is stale: this one replaces it.
         self.handoff
             .owed

@@ -15,6 +15,7 @@
 mod accept;
 mod accept_proxy;
 pub mod bucket;
+mod bus;
 mod conn;
 mod connlog;
 mod deadlines;
@@ -31,6 +32,7 @@ mod master_link;
 mod move_order;
 pub mod orphan;
 mod pool;
+mod push;
 mod ratelog;
 mod slab;
 pub mod stats;
@@ -66,6 +68,7 @@ use token::{TOKEN_CHANNEL, TOKEN_LISTENER, TOKEN_POOL, TOKEN_SIGNALS, UPSTREAM_B
 pub(crate) use conn::{Flags, Pipes, Upstream};
 pub(crate) use connlog::End;
 pub(crate) use deadlines::Timer;
+pub(crate) use push::publisher_id;
 pub(crate) use token::Token;
 
 /// Exit code by which a worker tells the master "fatal configuration problem: do not
@@ -147,6 +150,8 @@ pub(crate) struct Worker {
     pub(crate) counters: stats::Counters,
     /// When to give memory back after a peak of connections left.
     trim: trim::Trim,
+    /// Writes to other connections, topics, the workers' bus (`push.rs`, `bus.rs`).
+    push: push::Push,
     /// The loop's clock: read before the timers and again when epoll_wait returns,
     /// so that the events of one batch share one clock read.
     now: Instant,
@@ -241,6 +246,7 @@ impl Worker {
             injected: fault::Injected::default(),
             counters,
             trim: trim::Trim::default(),
+            push: push::Push::default(),
             now: Instant::now(),
         };
         w.resume_accept()?;
@@ -264,7 +270,7 @@ impl Worker {
                 return 0;
             }
             // 2. epoll, bounded by the next timer; no wait while reads are left over
-            let timeout = if self.ready.is_empty() {
+            let timeout = if self.ready.is_empty() && self.push.idle() {
                 self.timers.timeout(now)
             } else {
                 Some(Duration::ZERO)
@@ -311,6 +317,7 @@ impl Worker {
             }
             TOKEN_SIGNALS => self.signals_ready = true,
             TOKEN_POOL => self.pool_ready = true,
+            t if t & bus::TOKEN_BUS == bus::TOKEN_BUS => self.bus_event(t, ev),
             t if t & TOKEN_LISTENER != 0 && t & TOKEN_CHANNEL == 0 => {
                 self.accept_on((t & !TOKEN_LISTENER) as usize)
             }
@@ -356,6 +363,8 @@ impl Worker {
                 }
             }
         }
+        // What handlers asked of other connections and topics, and what the bus brought.
+        self.run_push();
         // Reads cut short by their quantum continue here, after everyone else had a turn.
         for token in std::mem::take(&mut self.ready) {
             self.drive(token);

@@ -74,9 +74,16 @@ impl Worker {
             upstream: None,
             refused: None,
             idle: true,
+            push: None,
         };
+        // Subscriptions travel in the moved record, so a subscriber moves as moved.
+        let push = self.push.take_for_move(token.0);
+        let Some(c) = self.conns.get_mut(token) else {
+            return false;
+        };
+        let idle = Moved { push, ..idle };
         let moved = match leaving {
-            Leaving::Idle if tls.is_none() => None,
+            Leaving::Idle if tls.is_none() && idle.push.is_none() => None,
             // An idle TLS connection travels as moved, so that a receiver that
             // cannot continue its record layer can send it back here.
             Leaving::Idle => Some(idle),
@@ -224,7 +231,7 @@ impl Worker {
             }
         };
         let moved = (&*m, h.tls.as_deref());
-        self.add_moved(
+        let token = self.add_moved(
             index,
             client,
             (peer, h.peer),
@@ -233,6 +240,9 @@ impl Worker {
             upstream,
             pinned,
         );
+        if let (Some(token), Some(p)) = (token, &m.push) {
+            self.restore_push(token, p);
+        }
         Ok(())
     }
 
@@ -273,7 +283,7 @@ impl Worker {
         (m, tls): (&Moved, Option<&crate::tls::TlsMoved>),
         upstream: Option<OwnedFd>,
         pinned: bool,
-    ) {
+    ) -> Option<Token> {
         let flow = self.listeners[listener].flow;
         // Counted but never refused: the client is connected already, and refusing
         // here would cut it.
@@ -322,9 +332,7 @@ impl Worker {
             conn.set_upstream(Some(Box::new(up)));
         }
         let token = self.conns.insert(conn);
-        let Some(c) = self.conns.get_mut(token) else {
-            return;
-        };
+        let c = self.conns.get_mut(token)?;
         let watched = self
             .epoll
             .add(c.fd.as_fd(), c.registered(), token.0)
@@ -337,16 +345,14 @@ impl Worker {
         if let Err(e) = watched {
             warn!("cannot watch a moved connection: {e}");
             self.close(token);
-            return;
+            return None;
         }
         if let Some(t) = tls {
             if !self.attach_moved_tls(token, t) {
-                return;
+                return None;
             }
         }
-        let Some(c) = self.conns.get_mut(token) else {
-            return;
-        };
+        let c = self.conns.get_mut(token)?;
         if !pinned {
             // Handed back to this worker is not a new arrival: counted once, here.
             self.stats.adopted += 1;
@@ -360,6 +366,7 @@ impl Worker {
             self.timers
                 .schedule(c.last_active + idle, Timer::Idle(token));
         }
+        Some(token)
     }
 }
 
@@ -408,6 +415,7 @@ mod tests {
                 upstream: None,
                 refused: None,
                 idle: false,
+                push: None,
             })),
         }
     }

@@ -59,6 +59,7 @@ impl Harness {
             peer: None,
             draining: self.draining,
             held: self.held,
+            push: None,
         };
         f(self.conn.as_mut(), &mut io)
     }
