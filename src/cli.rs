@@ -498,7 +498,31 @@ pub fn status(path: &Path, json: bool) -> i32 {
     }
     print_generations(&resp);
     print_tls(&resp);
+    print_push(&resp);
     0
+}
+
+/// The push line of `corral status` (live workers; only once anything was pushed).
+fn print_push(resp: &Response) {
+    let mut p = crate::channel::PushCounts::default();
+    for w in &resp.workers {
+        p.add(&w.push);
+    }
+    if p == crate::channel::PushCounts::default() {
+        return;
+    }
+    println!();
+    println!(
+        "push: published {}, delivered {}, replayed after moves {}; dropped: slow clients {}, \
+         peer queues full {}; disconnected slow clients {}; refused {}",
+        p.published,
+        p.delivered,
+        p.replayed,
+        p.dropped_slow,
+        p.dropped_peer_full,
+        p.disconnected_slow,
+        p.refused
+    );
 }
 
 /// The per-generation lines of `corral status`: what each draining (or recently

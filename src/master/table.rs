@@ -229,6 +229,9 @@ pub struct WorkerStatus {
     /// TLS handshakes (full, resumed, by version) and failures by reason.
     #[serde(default)]
     pub tls: crate::tls::TlsCounts,
+    /// Push: deliveries, and what was dropped and why.
+    #[serde(default)]
+    pub push: crate::channel::PushCounts,
 }
 
 #[cfg(test)]

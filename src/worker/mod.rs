@@ -33,6 +33,8 @@ mod move_order;
 pub mod orphan;
 mod pool;
 mod push;
+#[cfg(test)]
+mod push_tests;
 mod ratelog;
 mod slab;
 pub mod stats;
