@@ -24,25 +24,31 @@ const LINE_TIMEOUT: Duration = Duration::from_secs(20);
 /// The push example's binary, (re)built here (`cargo test --test push` alone does not
 /// build examples), copied into a temp dir so that an upgrade can exec it.
 fn push_binary() -> (tempfile::TempDir, PathBuf) {
+    example_binary("push")
+}
+
+/// An example's binary, built (once per test process: both examples in one cargo
+/// call) and copied into a temp dir.
+fn example_binary(name: &str) -> (tempfile::TempDir, PathBuf) {
     static BUILT: std::sync::Once = std::sync::Once::new();
     let built = PathBuf::from(corral_bin())
         .parent()
         .expect("target dir")
         .join("examples")
-        .join("push");
+        .join(name);
     BUILT.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "--example", "push"])
+            .args(["build", "--example", "push", "--example", "chat"])
             .status()
-            .expect("run cargo build --example push");
-        assert!(status.success(), "cargo build --example push failed");
+            .expect("run cargo build --example push --example chat");
+        assert!(status.success(), "cargo build of the examples failed");
     });
     let dir = tempfile::Builder::new()
         .prefix("corral-push-bin-")
         .tempdir()
         .expect("temp dir");
-    let bin = dir.path().join("push");
+    let bin = dir.path().join(name);
     install_exec(&built, &bin);
     (dir, bin)
 }
@@ -333,4 +339,122 @@ fn messages_published_during_moves_arrive_once_and_in_order() {
         subs.len()
     );
     assert!(status.status.success());
+}
+
+/// A chat client: its lines, skipping room notices (`* …`) unless asked for.
+struct Chatter {
+    s: TcpStream,
+    r: BufReader<TcpStream>,
+}
+
+impl Chatter {
+    fn new(addr: SocketAddr) -> Chatter {
+        let s = connect(addr, Duration::from_secs(10)).expect("connect a chatter");
+        s.set_read_timeout(Some(LINE_TIMEOUT)).unwrap();
+        let r = BufReader::new(s.try_clone().unwrap());
+        let mut c = Chatter { s, r };
+        let welcome = c.raw_line();
+        assert!(welcome.starts_with("* welcome, guest"), "{welcome:?}");
+        c
+    }
+    fn raw_line(&mut self) -> String {
+        let mut l = String::new();
+        match self.r.read_line(&mut l) {
+            Ok(0) => panic!("chatter disconnected"),
+            Ok(_) => l.trim_end().to_string(),
+            Err(e) => panic!("no line within {LINE_TIMEOUT:?}: {e}"),
+        }
+    }
+    /// The next line that is not a notice.
+    fn said(&mut self) -> String {
+        loop {
+            let l = self.raw_line();
+            if !l.starts_with("* ") {
+                return l;
+            }
+        }
+    }
+    /// Waits for the notice containing `what`.
+    fn notice(&mut self, what: &str) {
+        loop {
+            let l = self.raw_line();
+            if l.starts_with("* ") && l.contains(what) {
+                return;
+            }
+        }
+    }
+    fn send(&mut self, line: &str) {
+        self.s.write_all(format!("{line}\n").as_bytes()).unwrap();
+    }
+}
+
+/// Rooms and nicknames across two workers, through a reload and an upgrade: the
+/// nickname, the room and the private-message address move with each connection.
+#[test]
+fn chat_rooms_and_names_work_across_workers_and_survive_reload_and_upgrade() {
+    let (_dir, bin) = example_binary("chat");
+    let chat_port = free_port();
+    let c = Corral::start_with(
+        &format!(
+            "[master]\nworkers = 2\ndrain_timeout = \"60s\"\n\n\
+             [[listen]]\naddress = \"127.0.0.1:{{port}}\"\nservice = \"echo\"\n\n\
+             [[listen]]\naddress = \"127.0.0.1:{chat_port}\"\nservice = \"chat\"\n"
+        ),
+        Launch {
+            binary: Some(bin.clone()),
+            ..Launch::default()
+        },
+    );
+    let addr = loopback(chat_port);
+    let mut people: Vec<Chatter> = (0..8).map(|_| Chatter::new(addr)).collect();
+    for (i, p) in people.iter_mut().enumerate() {
+        p.send(&format!("/nick n{i}"));
+        p.notice(&format!("is now n{i}"));
+    }
+    // Four go to a room of their own.
+    for p in people[4..].iter_mut() {
+        p.send("/join ops");
+        p.notice("joined ops");
+    }
+    // Everyone has seen every join before anyone speaks (a join is a notice in ops).
+    for p in people[4..].iter_mut() {
+        p.send("/msg n0 ready");
+    }
+    for _ in 4..8 {
+        assert!(people[0].said().ends_with(" ready"));
+    }
+    for p in people[4..].iter_mut() {
+        assert!(p.said().starts_with("-> *n0*"));
+    }
+
+    let round = |people: &mut Vec<Chatter>, tag: &str| {
+        people[1].send(&format!("hello lobby {tag}"));
+        people[5].send(&format!("hello ops {tag}"));
+        for p in people[..4].iter_mut() {
+            assert_eq!(p.said(), format!("<n1> hello lobby {tag}"));
+        }
+        for p in people[4..].iter_mut() {
+            assert_eq!(p.said(), format!("<n5> hello ops {tag}"));
+        }
+        people[6].send(&format!("/msg n2 psst {tag}"));
+        assert_eq!(people[6].said(), format!("-> *n2* psst {tag}"));
+        assert_eq!(people[2].said(), format!("*n6* psst {tag}"));
+    };
+    round(&mut people, "before");
+
+    let out = c.cli(&["-s", "reload"]);
+    assert!(out.status.success(), "{}", out.all());
+    round(&mut people, "after reload");
+
+    let out = c.cli(&["-s", "upgrade"]);
+    for p in new_master_pids(&c.log()) {
+        c.adopt_master(p);
+    }
+    assert!(out.status.success(), "{}\n{}", out.all(), c.log_tail(40));
+    assert!(
+        wait_until(Duration::from_secs(30), || c.master_exited()),
+        "the old master stayed\n{}",
+        c.log_tail(40)
+    );
+    round(&mut people, "after upgrade");
 }
