@@ -85,6 +85,8 @@ pub const PEER_QUEUE_BYTES: usize = 16 << 20;
 /// How many of the latest messages a worker keeps to replay to connections that
 /// arrive by a move (what was published while they were in flight).
 pub const HISTORY: usize = 4096;
+/// Most payload bytes those messages may hold together (the oldest go first).
+pub const HISTORY_BYTES: usize = 8 << 20;
 /// Most topics one connection may be subscribed to (further `subscribe`s are ignored
 /// and counted): its topics travel with it when it moves.
 pub const MAX_TOPICS_PER_CONN: usize = 64;

@@ -25,7 +25,7 @@ use tracing::{debug, warn};
 use crate::channel::{PushCounts, PushMoved};
 use crate::os::epoll::Interest;
 use crate::service::push::{
-    Op, Outbox, Overflow, HISTORY, MAX_MESSAGE, MAX_TOPIC, MAX_TOPICS_PER_CONN,
+    Op, Outbox, Overflow, HISTORY, HISTORY_BYTES, MAX_MESSAGE, MAX_TOPIC, MAX_TOPICS_PER_CONN,
 };
 
 use super::bus::{Bus, Msg};
@@ -51,6 +51,7 @@ pub struct Push {
     floors: HashMap<u64, Vec<(u64, u64)>>,
     pub bus: Bus,
     history: VecDeque<Rc<Msg>>,
+    history_bytes: usize,
     /// Last sequence number received per publisher: the cursor a move carries.
     last_seen: HashMap<u64, u64>,
     /// This worker as a publisher: an id no other process has now, and its counter.
@@ -77,6 +78,7 @@ impl Default for Push {
             floors: HashMap::new(),
             bus: Bus::default(),
             history: VecDeque::new(),
+            history_bytes: 0,
             last_seen: HashMap::new(),
             me: publisher_id(),
             seq: 0,
@@ -171,10 +173,14 @@ impl Push {
             let live: HashSet<u64> = self.history.iter().map(|m| m.publisher).collect();
             self.last_seen.retain(|p, _| live.contains(p));
         }
-        if self.history.len() == HISTORY {
-            self.history.pop_front();
-        }
+        self.history_bytes += m.payload.len();
         self.history.push_back(m.clone());
+        while self.history.len() > HISTORY || self.history_bytes > HISTORY_BYTES {
+            match self.history.pop_front() {
+                Some(old) => self.history_bytes -= old.payload.len(),
+                None => break,
+            }
+        }
     }
 
     /// The subscribers of `topic` that should get `m` (a moved-in connection skips
