@@ -99,6 +99,41 @@ pub type ConnId = u64;
 /// What happens to a message for a connection whose unsent output is already over the
 /// listener's `write_high_water` (a client that does not read): see
 /// [`Service::overflow`](super::Service::overflow).
+///
+/// ```
+/// use corral::service::{Handler, Io, Overflow, Service};
+///
+/// /// Server-sent events of a price feed: a client that falls behind is cut rather
+/// /// than left to miss prices silently.
+/// struct Feed;
+/// struct Reader;
+///
+/// impl Service for Feed {
+///     fn connect(&mut self, _: Option<std::net::IpAddr>) -> Box<dyn Handler> {
+///         Box::new(Reader)
+///     }
+///     fn overflow(&self) -> Overflow {
+///         Overflow::Disconnect
+///     }
+/// }
+///
+/// impl Handler for Reader {
+///     fn on_open(&mut self, io: &mut Io<'_>) {
+///         io.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n");
+///         io.subscribe("prices");
+///     }
+///     fn on_data(&mut self, _io: &mut Io<'_>, data: &[u8]) -> usize {
+///         data.len() // the request is not read in this sketch
+///     }
+///     fn on_push(&mut self, io: &mut Io<'_>, topic: &str, message: &[u8]) {
+///         io.write(format!("event: {topic}\ndata: ").as_bytes());
+///         io.write(message);
+///         io.write(b"\n\n");
+///     }
+/// }
+///
+/// assert_eq!(Feed.overflow(), Overflow::Disconnect);
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Overflow {
     /// The message is dropped for that client (counted); the connection stays.

@@ -25,9 +25,6 @@ use crate::service::push::{MAX_MESSAGE, MAX_TOPIC, PEER_QUEUE, PEER_QUEUE_BYTES}
 pub const TOKEN_BUS: u64 = (1 << 63) | (1 << 62) | (1 << 40);
 /// Bytes of a packet before the topic.
 const HEADER: usize = 17;
-/// Packets read from one peer per turn, so a flood from one peer cannot starve the
-/// loop; the rest is read in the next iteration (the peer stays marked ready).
-const READ_TURN: usize = 1024;
 
 /// One published message as it travels and as a worker keeps it.
 #[derive(Debug)]
@@ -185,10 +182,11 @@ impl Bus {
         p.pid
     }
 
-    /// Reads a turn's worth of packets from every readable peer; returns the messages
-    /// and the pids of peers that are gone (their fds are closed here: dropping an fd
-    /// takes it out of the epoll set).
-    pub fn read(&mut self) -> (Vec<Msg>, Vec<u32>) {
+    /// Reads at most `per_peer` packets from every readable peer (a peer left with
+    /// more stays marked readable, for the next call); returns the messages and the
+    /// pids of peers that are gone (their fds are closed here: dropping an fd takes
+    /// it out of the epoll set).
+    pub fn read(&mut self, per_peer: usize) -> (Vec<Msg>, Vec<u32>) {
         if self.buf.len() < HEADER + MAX_TOPIC + MAX_MESSAGE {
             self.buf = vec![0; HEADER + MAX_TOPIC + MAX_MESSAGE];
         }
@@ -200,7 +198,7 @@ impl Bus {
             if p.readable {
                 let mut n = 0;
                 loop {
-                    if n == READ_TURN {
+                    if n == per_peer {
                         break; // still readable: the next iteration goes on
                     }
                     match sockio::recv(p.fd.as_fd(), &mut self.buf) {
@@ -280,7 +278,7 @@ mod tests {
         assert!(bus.counts.dropped_peer_full > 0);
         let mut next = 0;
         for _ in 0..1000 {
-            let (msgs, gone) = other.read();
+            let (msgs, gone) = other.read(1024);
             assert!(gone.is_empty());
             for m in msgs {
                 assert_eq!(m.seq, next);

@@ -36,6 +36,14 @@ use super::Worker;
 /// Rounds of ops run per loop iteration: handlers that answer each other's writes
 /// forever cannot hold the loop; the rest runs in the next iteration.
 const ROUNDS: usize = 16;
+/// Deliveries (writes to connections) from the bus per loop iteration, beyond which
+/// what waits on the bus is read in the next one: a message reaches every local
+/// subscriber in one go, so a worker behind by hundreds of messages to 50k
+/// subscribers must not spend seconds in one iteration (the watchdog would take it for
+/// hung, its timers would starve).
+const DELIVERY_TURN: usize = 65_536;
+/// Packets read from each peer at a time within that turn.
+const READ_BATCH: usize = 8;
 /// Publishers whose last sequence number a worker remembers (workers and masters:
 /// a few; the bound only matters against a bug).
 const MAX_PUBLISHERS: usize = 1024;
@@ -242,13 +250,14 @@ impl Worker {
 
     /// Step 4: what the bus brought, then what handlers asked for (a few rounds).
     pub(super) fn run_push(&mut self) {
-        if self.push.bus.any_readable() {
-            let (msgs, gone) = self.push.bus.read();
+        let mut budget = DELIVERY_TURN;
+        while budget > 0 && self.push.bus.any_readable() {
+            let (msgs, gone) = self.push.bus.read(READ_BATCH);
             for pid in gone {
                 debug!(peer = pid, "bus peer gone");
             }
             for m in msgs {
-                self.deliver(Rc::new(m));
+                budget = budget.saturating_sub(self.deliver(Rc::new(m)) + 1);
             }
         }
         for _ in 0..ROUNDS {
@@ -319,13 +328,16 @@ impl Worker {
         }));
     }
 
-    /// Delivers a message to this worker's subscribers of its topic.
-    fn deliver(&mut self, m: Rc<Msg>) {
+    /// Delivers a message to this worker's subscribers of its topic; returns to how
+    /// many.
+    fn deliver(&mut self, m: Rc<Msg>) -> usize {
         self.push.record(&m);
-        for t in self.push.audience(&m) {
+        let audience = self.push.audience(&m);
+        for &t in &audience {
             let m = m.clone();
             self.write_to(Token(t), move |h, io| h.on_push(io, &m.topic, &m.payload));
         }
+        audience.len()
     }
 
     /// Writes to a connection from outside its own callbacks, under its flow control.
