@@ -24,6 +24,13 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 export CORRAL_BIN=$TARGET_DIR/release/examples/push
 . "$(dirname "$0")/peer_lib.sh"
+# After `-s upgrade` the master is not the process peer_lib started: stop whichever
+# master the config names, then what peer_lib knows of.
+push_cleanup() {
+  [[ -n $C_CONF ]] && timeout 60 "$CORRAL" -s stop -c "$C_CONF" >/dev/null 2>&1
+  peer_cleanup
+}
+trap push_cleanup EXIT
 
 N=${1:-100000}
 RATE=${RATE:-5}

@@ -38,10 +38,11 @@ use super::Worker;
 const ROUNDS: usize = 16;
 /// Deliveries (writes to connections) from the bus per loop iteration, beyond which
 /// what waits on the bus is read in the next one: a message reaches every local
-/// subscriber in one go, so a worker behind by hundreds of messages to 50k
-/// subscribers must not spend seconds in one iteration (the watchdog would take it for
-/// hung, its timers would starve).
-const DELIVERY_TURN: usize = 65_536;
+/// subscriber in one go, so a worker behind by hundreds of messages to 15k
+/// subscribers must not spend seconds in one iteration (its timers and heartbeats
+/// would starve: the 100k bench on a loaded box had the watchdog kill workers at
+/// 64k deliveries per iteration).
+const DELIVERY_TURN: usize = 4096;
 /// Packets read from each peer at a time within that turn.
 const READ_BATCH: usize = 8;
 /// Publishers whose last sequence number a worker remembers (workers and masters:
