@@ -16,8 +16,8 @@
 # Delays are from the publisher's clock reading (in the message) to the client's read,
 # both CLOCK_REALTIME on this box; they include the publisher's HTTP request.
 #
-# Usage: bench/push.sh [N]      Knobs: RATE=5 SUSTAIN_S=10 MOVE_RATE=20 COST_MSGS=5000
-#        NO_BUILD=1 DEADLINE_S=600 CONNECT_RATE=20000 KEEP=1
+# Usage: bench/push.sh [N]      Knobs: RATE=5 SUSTAIN_S=10 MOVE_RATE=2 COST_MSGS=5000
+#        NO_BUILD=1 DEADLINE_S=600 CONNECT_RATE=20000 KEEP=1 UPGRADE=0 (only the reload in (3))
 # Every process runs under `timeout`; the EXIT trap stops by pid all it started.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -35,7 +35,7 @@ trap push_cleanup EXIT
 N=${1:-100000}
 RATE=${RATE:-5}
 SUSTAIN_S=${SUSTAIN_S:-10}
-MOVE_RATE=${MOVE_RATE:-20}
+MOVE_RATE=${MOVE_RATE:-2}
 COST_MSGS=${COST_MSGS:-5000}
 DEADLINE_S=${DEADLINE_S:-600}
 CONNECT_RATE=${CONNECT_RATE:-20000}
@@ -65,7 +65,8 @@ upgrade_timeout = "120s"
 max_connections = 19000
 idle_timeout = "30m"
 [flow]
-write_high_water = "256KiB"
+write_high_water = "16KiB"
+write_low_water = "4KiB"
 [log]
 level = "warn"
 [[listen]]
@@ -146,8 +147,10 @@ sleep 2
 # (2) sustained
 ws=$(corral_workers | xargs)
 c0=$(cpu_ticks $ws)
+s0=$(now_ms)
 timeout $((SUSTAIN_S + 60)) $PUB "127.0.0.1:$PUB_PORT" feed 2 $((RATE * SUSTAIN_S)) "$RATE" >"$WORK/sustain.json"
 c1=$(cpu_ticks $ws)
+s1=$(now_ms)
 sleep 2
 # (3) through a reload and an upgrade
 FIRST=$((2 + RATE * SUSTAIN_S))
@@ -158,7 +161,9 @@ STARTED+=($!)
 sleep 3
 timeout 120 "$CORRAL" -s reload -c "$C_CONF" >&2 || log "reload failed"
 sleep 3
-timeout 180 "$CORRAL" -s upgrade -c "$C_CONF" >&2 || log "upgrade failed"
+if [[ ${UPGRADE:-1} == 1 ]]; then
+  timeout 180 "$CORRAL" -s upgrade -c "$C_CONF" >&2 || log "upgrade failed"
+fi
 wait "$PUBP" || log "the publisher failed: $(cat "$WORK/moves.json")"
 LAST=$((FIRST + MOVE_N - 1))
 echo "$LAST" >"$WORK/stop"
@@ -167,12 +172,14 @@ for p in "${CL[@]}"; do wait "$p" || true; done
 ONE=$(summary first "$WORK"/load-*.json)
 SUS=$(summary window "$WORK"/load-*.json)
 ALL=$(summary all "$WORK"/load-*.json)
-sus_cpu=$(awk -v a="$c0" -v b="$c1" -v s="$SUSTAIN_S" -v hz="$CLK_TCK" 'BEGIN { printf "%.0f", (b - a) / hz / s * 100 }')
+sus_s=$(awk -v ms=$((s1 - s0)) 'BEGIN { printf "%.2f", ms / 1000 }')
+sus_cpu=$(awk -v a="$c0" -v b="$c1" -v s="$sus_s" -v hz="$CLK_TCK" 'BEGIN { printf "%.0f", (b - a) / hz / s * 100 }')
+sus_us=$(awk -v a="$c0" -v b="$c1" -v n=$((RATE * SUSTAIN_S * N)) -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) / hz / n * 1e6 }')
 log "(1) one message to $N subscribers: $ONE"
-log "(2) $RATE msg/s for ${SUSTAIN_S}s = $((RATE * N)) deliveries/s offered: $SUS; workers' CPU ${sus_cpu}% of one core"
+log "(2) $RATE msg/s for ${SUSTAIN_S}s = $((RATE * N)) deliveries/s offered: $SUS; published over ${sus_s}s; workers' CPU ${sus_cpu}% of one core, ${sus_us} us per delivery"
 log "(3) stream through reload + upgrade (all messages): $ALL"
 log "(4) publish cost: $COST"
 echo "one: $ONE"
-echo "sustained rate=$RATE deliveries_per_s=$((RATE * N)) workers_cpu_pct=$sus_cpu: $SUS"
+echo "sustained rate=$RATE offered_deliveries_per_s=$((RATE * N)) publish_s=$sus_s workers_cpu_pct=$sus_cpu cpu_us_per_delivery=$sus_us: $SUS"
 echo "all (incl. reload+upgrade): $ALL"
 echo "cost: $COST"
