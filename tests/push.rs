@@ -341,6 +341,71 @@ fn messages_published_during_moves_arrive_once_and_in_order() {
     assert!(status.status.success());
 }
 
+/// A backend publishing over HTTP (keep-alive) while `-s upgrade` moves everything,
+/// its own connection included: subscribers that reached the new master before the
+/// publisher's connection did still get what it published from the old master's
+/// worker (passed on through the two masters), once each, in order.
+#[test]
+fn http_publishes_during_an_upgrade_reach_subscribers_on_both_sides() {
+    let (_dir, bin) = push_binary();
+    let (c, sub_addr, pub_addr) = start_push(&bin, "");
+    let mut subs = subscribers(&c, sub_addr, 30, &["feed"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut s = connect(pub_addr, Duration::from_secs(10)).expect("connect publisher");
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut sent = 0u32;
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let body = format!("h{}", sent + 1);
+                write!(
+                    s,
+                    "POST /publish/feed HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .unwrap();
+                let mut status = String::new();
+                r.read_line(&mut status).expect("an answer");
+                assert!(status.contains(" 204 "), "{status:?}");
+                let mut blank = String::new();
+                r.read_line(&mut blank).unwrap();
+                sent += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            sent
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let out = c.cli(&["-s", "upgrade"]);
+    for p in new_master_pids(&c.log()) {
+        c.adopt_master(p);
+    }
+    assert!(out.status.success(), "{}\n{}", out.all(), c.log_tail(40));
+    assert!(
+        wait_until(Duration::from_secs(30), || c.master_exited()),
+        "the old master stayed\n{}",
+        c.log_tail(40)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let sent = publisher.join().expect("publisher thread");
+    assert!(sent >= 5, "only {sent} publishes\n{}", c.log_tail(40));
+    for s in subs.iter_mut() {
+        for i in 1..=sent {
+            assert_eq!(
+                s.line(),
+                format!("h{i}"),
+                "subscriber {} ({sent} sent)",
+                s.port
+            );
+        }
+        s.nothing_more();
+    }
+}
+
 /// A chat client: its lines, skipping room notices (`* …`) unless asked for.
 struct Chatter {
     s: TcpStream,

@@ -186,6 +186,15 @@ pub enum ToMaster {
     /// A metrics scrape on this worker waits for the master's text (answered with
     /// `ToWorker::Metrics` parts carrying the same `id`).
     MetricsRequest { id: u64 },
+    /// A publish of this worker, for the new master of an upgrade (sent only after
+    /// `ToWorker::ForwardPublishes`): its workers are not on our bus.
+    Publish {
+        publisher: u64,
+        seq: u64,
+        topic: String,
+        #[serde(with = "b64")]
+        message: Vec<u8>,
+    },
 }
 
 /// Master → worker.
@@ -228,8 +237,13 @@ pub enum ToWorker {
         publisher: u64,
         seq: u64,
         topic: String,
-        message: String,
+        #[serde(with = "b64")]
+        message: Vec<u8>,
     },
+    /// An upgrade committed: from now on send every publish of this worker to the
+    /// master too (`ToMaster::Publish`), which passes it to the new master, whose
+    /// workers are not on this bus. Sent before the drain, so before any move.
+    ForwardPublishes,
 }
 
 /// Old master → new master of a binary upgrade, on their private channel (a
@@ -245,6 +259,15 @@ pub enum ToSuccessor {
     /// The TLS session-ticket keys in force, sent before the new master starts, so
     /// that its workers open the tickets the old ones sealed.
     TicketKeys(crate::tls::tickets::KeysWire),
+    /// A publish of one of the old master's workers during the upgrade, for the new
+    /// master's workers (`ToWorker::Publish`), numbered by its publisher.
+    Publish {
+        publisher: u64,
+        seq: u64,
+        topic: String,
+        #[serde(with = "b64")]
+        message: Vec<u8>,
+    },
 }
 
 /// New master → old master: connections it could not place, for the old master's

@@ -30,6 +30,78 @@ use super::Master;
 pub const MAX_CLI_MESSAGE: usize = 3072;
 
 impl Master {
+    /// Sends a message to every live worker (`corral publish`, or a publish of the old
+    /// master's workers during an upgrade); returns to how many it went and failed.
+    pub(super) fn forward_publish(
+        &mut self,
+        publisher: u64,
+        seq: u64,
+        topic: &str,
+        message: Vec<u8>,
+    ) -> (usize, usize) {
+        let msg = ToWorker::Publish {
+            publisher,
+            seq,
+            topic: topic.to_string(),
+            message,
+        };
+        let (mut sent, mut failed) = (0, 0);
+        for w in self.workers.iter_mut() {
+            if w.channel_closed || matches!(w.state, WorkerState::Stopping) {
+                continue;
+            }
+            match w.handoff.send_or_queue(&w.channel, msg.clone()) {
+                Ok(()) => sent += 1,
+                Err(e) => {
+                    failed += 1;
+                    debug!(pid = w.pid.as_raw(), "cannot forward a publish: {e}");
+                }
+            }
+        }
+        (sent, failed)
+    }
+
+    /// A publish of one of our workers while our upgrade drains: to the new master.
+    pub(super) fn publish_to_successor(
+        &mut self,
+        publisher: u64,
+        seq: u64,
+        topic: String,
+        message: Vec<u8>,
+    ) {
+        let Some(l) = self.xfer.to_new.as_ref() else {
+            return;
+        };
+        let msg = crate::channel::ToSuccessor::Publish {
+            publisher,
+            seq,
+            topic,
+            message,
+        };
+        if let Err(e) = l.send_publish(&msg) {
+            warn!("cannot pass a publish to the new master ({e}); its subscribers miss it");
+        }
+    }
+
+    /// Tells our workers to pass their publishes on (`ToWorker::ForwardPublishes`), at
+    /// the commit of an upgrade whose link works.
+    pub(super) fn forward_publishes_to_successor(&mut self) {
+        for w in self.workers.iter_mut() {
+            if w.channel_closed {
+                continue;
+            }
+            if let Err(e) = w
+                .handoff
+                .send_or_queue(&w.channel, ToWorker::ForwardPublishes)
+            {
+                debug!(
+                    pid = w.pid.as_raw(),
+                    "cannot ask a worker to forward publishes: {e}"
+                );
+            }
+        }
+    }
+
     /// Links the worker just forked (the last in the table) with every other live one.
     pub(super) fn wire_bus(&mut self) {
         let Some(new) = self.workers.len().checked_sub(1) else {
@@ -97,25 +169,12 @@ impl Master {
             return self.answer(ticket, false, why);
         }
         self.publish_seq += 1;
-        let msg = ToWorker::Publish {
-            publisher: self.publisher,
-            seq: self.publish_seq,
-            topic: topic.clone(),
-            message,
-        };
-        let (mut sent, mut failed) = (0, 0);
-        for w in self.workers.iter_mut() {
-            if w.channel_closed || matches!(w.state, WorkerState::Stopping) {
-                continue;
-            }
-            match w.handoff.send_or_queue(&w.channel, msg.clone()) {
-                Ok(()) => sent += 1,
-                Err(e) => {
-                    failed += 1;
-                    debug!(pid = w.pid.as_raw(), "cannot forward a publish: {e}");
-                }
-            }
-        }
+        let (sent, failed) = self.forward_publish(
+            self.publisher,
+            self.publish_seq,
+            &topic,
+            message.into_bytes(),
+        );
         if sent == 0 {
             return self.answer(ticket, false, "no worker is running".into());
         }

@@ -99,6 +99,8 @@ impl Queues {
 enum Got {
     Conns(i32, Vec<Handed>, String, Vec<OwnedFd>),
     Settled(i32, u64),
+    /// A publish of the old master's workers (publisher, seq, topic, message).
+    Publish(u64, u64, String, Vec<u8>),
 }
 
 /// One master's end of the pair.
@@ -120,6 +122,15 @@ pub struct Link {
 }
 
 impl Link {
+    /// A publish for the new master (old master's side); dropped when the link is
+    /// full or closed (the caller logs it).
+    pub fn send_publish(&self, msg: &ToSuccessor) -> io::Result<()> {
+        if self.closed || !self.confirmed {
+            return Err(io::Error::other("the link is not up"));
+        }
+        self.channel.send(msg)
+    }
+
     /// The old master's TLS ticket keys, queued for the new master before it starts.
     pub fn send_ticket_keys(&self) {
         if let Some(k) = crate::tls::tickets::KeysWire::snapshot() {
@@ -463,11 +474,20 @@ impl Master {
                         }
                         // Read at start (`from_env`); another copy changes nothing.
                         ToSuccessor::TicketKeys(_) => Got::Conns(0, Vec::new(), String::new(), f),
+                        ToSuccessor::Publish {
+                            publisher,
+                            seq,
+                            topic,
+                            message,
+                        } => Got::Publish(publisher, seq, topic, message),
                     })
                 }),
             };
             match got {
                 Ok(Some(Got::Settled(pid, n))) => self.settle_ours(pid, n),
+                Ok(Some(Got::Publish(publisher, seq, topic, message))) => {
+                    self.forward_publish(publisher, seq, &topic, message);
+                }
                 Ok(Some(Got::Conns(_, conns, _, fds))) if conns.is_empty() && fds.is_empty() => {}
                 Ok(Some(Got::Conns(pid, conns, reason, fds))) => {
                     if conns.len() != fds.len() {

@@ -49,7 +49,8 @@ impl Worker {
                         seq,
                         topic,
                         message,
-                    } => self.deliver_forwarded(publisher, seq, &topic, message.as_bytes()),
+                    } => self.deliver_forwarded(publisher, seq, &topic, &message),
+                    ToWorker::ForwardPublishes => self.push.forward_to_master = true,
                     ToWorker::Fault {
                         kind: crate::fault::kind::FaultKind::Escape,
                     } => {

@@ -67,6 +67,9 @@ pub struct Push {
     me: u64,
     seq: u64,
     pub counts: PushCounts,
+    /// Our master's upgrade committed: publishes go to it too, for the new master's
+    /// workers (not on our bus).
+    pub forward_to_master: bool,
 }
 
 /// A publisher id for this process: its pid and the low bits of the time it started,
@@ -92,6 +95,7 @@ impl Default for Push {
             me: publisher_id(),
             seq: 0,
             counts: PushCounts::default(),
+            forward_to_master: false,
         }
     }
 }
@@ -308,6 +312,16 @@ impl Worker {
         });
         for pid in self.push.bus.broadcast(&m.encode()) {
             debug!(peer = pid, "bus peer gone");
+        }
+        if self.push.forward_to_master {
+            // Owed rather than dropped when the channel is full of hand-overs, and in
+            // order with them.
+            self.send_or_owe(crate::channel::ToMaster::Publish {
+                publisher: m.publisher,
+                seq: m.seq,
+                topic: m.topic.to_string(),
+                message: m.payload.to_vec(),
+            });
         }
         self.deliver(m);
     }
