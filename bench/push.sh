@@ -168,6 +168,8 @@ wait "$PUBP" || log "the publisher failed: $(cat "$WORK/moves.json")"
 LAST=$((FIRST + MOVE_N - 1))
 echo "$LAST" >"$WORK/stop"
 for p in "${CL[@]}"; do wait "$p" || true; done
+PUSH_COUNTS=$(timeout 10 "$CORRAL" status -c "$C_CONF" 2>/dev/null | grep '^push:' || echo "push: no counts")
+log "corral's counters (live workers of the last generation): $PUSH_COUNTS"
 
 ONE=$(summary first "$WORK"/load-*.json)
 SUS=$(summary window "$WORK"/load-*.json)
@@ -183,3 +185,4 @@ echo "one: $ONE"
 echo "sustained rate=$RATE offered_deliveries_per_s=$((RATE * N)) publish_s=$sus_s workers_cpu_pct=$sus_cpu cpu_us_per_delivery=$sus_us: $SUS"
 echo "all (incl. reload+upgrade): $ALL"
 echo "cost: $COST"
+echo "$PUSH_COUNTS"

@@ -69,7 +69,7 @@ impl Master {
         topic: String,
         message: Vec<u8>,
     ) {
-        let Some(l) = self.xfer.to_new.as_ref() else {
+        let Some(l) = self.xfer.to_new.as_mut() else {
             return;
         };
         let msg = crate::channel::ToSuccessor::Publish {
@@ -78,8 +78,11 @@ impl Master {
             topic,
             message,
         };
-        if let Err(e) = l.send_publish(&msg) {
-            warn!("cannot pass a publish to the new master ({e}); its subscribers miss it");
+        match l.queue_publish(msg) {
+            Ok(()) => self.xfer_flush(super::xfer::Side::ToNew),
+            Err(e) => {
+                warn!("cannot pass a publish to the new master ({e}); its subscribers miss it")
+            }
         }
     }
 

@@ -93,6 +93,10 @@ impl Queues {
     }
 }
 
+/// Most publishes waiting for the link to the new master (each at most
+/// `service::push::MAX_MESSAGE`): beyond, they are dropped with a warning.
+const MAX_PUBLISHES: usize = 4096;
+
 /// A message read from the other master: connections (worker pid, records, the
 /// reason they come back, fds), or word that a worker's suspended connections were
 /// taken for good.
@@ -111,6 +115,9 @@ pub struct Link {
     /// Messages without fds that must not be lost (`ToPredecessor::Settled`), sent
     /// before the connections queued in `out`.
     control: VecDeque<ToPredecessor>,
+    /// Publishes of our workers for the new master (old master's side), sent before
+    /// the connections queued in `out`: the link is busiest exactly while they come.
+    publishes: VecDeque<ToSuccessor>,
     /// The other master closed its end (exited) or the channel failed.
     pub closed: bool,
     /// Usable: the new master greeted us (always, on the new master's side).
@@ -122,13 +129,17 @@ pub struct Link {
 }
 
 impl Link {
-    /// A publish for the new master (old master's side); dropped when the link is
-    /// full or closed (the caller logs it).
-    pub fn send_publish(&self, msg: &ToSuccessor) -> io::Result<()> {
+    /// Queues a publish for the new master (old master's side; the caller flushes);
+    /// refused when the link is down or `MAX_PUBLISHES` wait already.
+    pub fn queue_publish(&mut self, msg: ToSuccessor) -> io::Result<()> {
         if self.closed || !self.confirmed {
             return Err(io::Error::other("the link is not up"));
         }
-        self.channel.send(msg)
+        if self.publishes.len() >= MAX_PUBLISHES {
+            return Err(io::Error::other("too many publishes wait for the link"));
+        }
+        self.publishes.push_back(msg);
+        Ok(())
     }
 
     /// The old master's TLS ticket keys, queued for the new master before it starts.
@@ -145,6 +156,7 @@ impl Link {
             channel,
             out: Queues::default(),
             control: VecDeque::new(),
+            publishes: VecDeque::new(),
             closed: false,
             confirmed: false,
             moved: 0,
@@ -217,7 +229,8 @@ impl Link {
     }
 
     pub fn wants_write(&self) -> bool {
-        !self.closed && (self.out.len() > 0 || !self.control.is_empty())
+        !self.closed
+            && (self.out.len() > 0 || !self.control.is_empty() || !self.publishes.is_empty())
     }
 
     /// Sends the queued control messages; `Err` when the channel failed (not merely
@@ -227,6 +240,15 @@ impl Link {
             match self.channel.send(msg) {
                 Ok(()) => {
                     self.control.pop_front();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        while let Some(msg) = self.publishes.front() {
+            match self.channel.send(msg) {
+                Ok(()) => {
+                    self.publishes.pop_front();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(e),
