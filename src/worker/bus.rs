@@ -255,6 +255,41 @@ mod tests {
         assert!(Msg::decode(&b[..10]).is_none());
     }
 
+    /// A peer is another worker, which may be compromised: no packet makes decoding
+    /// panic (every prefix and every byte changed of a real packet, and noise).
+    #[test]
+    fn no_packet_panics_the_decoder() {
+        let m = Msg {
+            publisher: u64::MAX,
+            seq: 1,
+            topic: "é topic".into(),
+            payload: b"payload".to_vec().into(),
+        };
+        let b = m.encode().to_vec();
+        for n in 0..=b.len() {
+            let _ = Msg::decode(&b[..n]);
+        }
+        for i in 0..b.len() {
+            for v in [0u8, 0x7f, 0xc3, 0xff] {
+                let mut c = b.clone();
+                c[i] = v;
+                let _ = Msg::decode(&c);
+            }
+        }
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for len in 0..200 {
+            let noise: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            let _ = Msg::decode(&noise);
+        }
+    }
+
     /// A peer that does not read: the socket fills, then the queue, then messages
     /// are dropped and counted; nothing grows without bound. Once it reads, every
     /// queued message arrives in order.
