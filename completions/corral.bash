@@ -31,6 +31,9 @@ _corral() {
             corral,man)
                 cmd="corral__subcmd__man"
                 ;;
+            corral,publish)
+                cmd="corral__subcmd__publish"
+                ;;
             corral,status)
                 cmd="corral__subcmd__status"
                 ;;
@@ -44,7 +47,7 @@ _corral() {
 
     case "${cmd}" in
         corral)
-            opts="-c -t -T -s -d -h -V --config --test --print-config --signal --no-wait --daemon --help --version status fault top completions man chaos help"
+            opts="-c -t -T -s -d -h -V --config --test --print-config --signal --no-wait --daemon --help --version status fault top publish completions man chaos help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -200,6 +203,28 @@ _corral() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        corral__subcmd__publish)
+            opts="-c -h --config --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

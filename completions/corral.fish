@@ -39,6 +39,7 @@ complete -c corral -n "__fish_corral_needs_command" -s V -l version -d 'Print ve
 complete -c corral -n "__fish_corral_needs_command" -f -a "status" -d 'Show every worker of the running master'
 complete -c corral -n "__fish_corral_needs_command" -f -a "fault" -d 'Make a worker of the running master fail for real (needs `[master] fault_injection = true`) and print how the master coped'
 complete -c corral -n "__fish_corral_needs_command" -f -a "top" -d 'A live view of the running master: workers with their rates, generations with their moves, TLS, and recent events (q quits, 1-9 sort, r reverses)'
+complete -c corral -n "__fish_corral_needs_command" -f -a "publish" -d 'Publish MESSAGE to every connection subscribed to TOPIC, in every worker (services subscribe connections with `Io::subscribe`); exits 0 once the master handed it to every worker'
 complete -c corral -n "__fish_corral_needs_command" -f -a "completions" -d 'Print a shell completion script (e.g. `corral completions bash > /etc/bash_completion.d/corral`)'
 complete -c corral -n "__fish_corral_needs_command" -f -a "man" -d 'Write the man page (roff) to standard output, or to a file'
 complete -c corral -n "__fish_corral_needs_command" -f -a "chaos" -d 'Inject random faults on a schedule and report detection and recovery'
@@ -58,6 +59,8 @@ complete -c corral -n "__fish_corral_using_subcommand top" -l interval -d 'Time 
 complete -c corral -n "__fish_corral_using_subcommand top" -s c -l config -d 'Configuration file' -r -F
 complete -c corral -n "__fish_corral_using_subcommand top" -l once -d 'Print one frame as plain text and exit (it samples twice, one interval apart, so that the rates are real)'
 complete -c corral -n "__fish_corral_using_subcommand top" -s h -l help -d 'Print help'
+complete -c corral -n "__fish_corral_using_subcommand publish" -s c -l config -d 'Configuration file' -r -F
+complete -c corral -n "__fish_corral_using_subcommand publish" -s h -l help -d 'Print help'
 complete -c corral -n "__fish_corral_using_subcommand completions" -s c -l config -d 'Configuration file' -r -F
 complete -c corral -n "__fish_corral_using_subcommand completions" -s h -l help -d 'Print help'
 complete -c corral -n "__fish_corral_using_subcommand man" -s o -l output -d 'Write it here instead of standard output' -r -F

@@ -52,6 +52,9 @@ fn run(cli: Cli, cmd: clap::Command) -> i32 {
             return cli::fault::run(&cli.config, &kind, arg.as_deref(), victim, timeout, json);
         }
         Some(Sub::Top { interval, once }) => return cli::top::run(&cli.config, interval.0, once),
+        Some(Sub::Publish { topic, message }) => {
+            return cli::publish::run(&cli.config, topic, message)
+        }
         Some(Sub::Chaos {
             duration,
             every,

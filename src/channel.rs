@@ -16,6 +16,7 @@ use crate::os::{fd, scm};
 pub(crate) mod b64;
 mod counters;
 mod messages;
+mod push;
 mod queue;
 
 /// For [`crate::fuzzing`]'s canonical-encoding check.
@@ -25,6 +26,7 @@ pub use messages::{
     Handed, HandoffCounts, IdlePolicy, Moved, Stats, ToMaster, ToPredecessor, ToSuccessor,
     ToWorker, MAX_MOVED_BYTES,
 };
+pub use push::{PushCounts, PushMoved};
 pub use queue::ConnQueue;
 
 /// Largest message either side sends; the receive buffer is this big.

@@ -19,6 +19,7 @@ pub mod follow;
 pub mod interrupt;
 pub mod packaging;
 pub mod poll;
+pub mod publish;
 pub mod top;
 
 /// corral: a supervised worker runtime in the style of nginx.
@@ -99,6 +100,15 @@ pub enum Sub {
         /// apart, so that the rates are real).
         #[arg(long)]
         once: bool,
+    },
+    /// Publish MESSAGE to every connection subscribed to TOPIC, in every worker
+    /// (services subscribe connections with `Io::subscribe`); exits 0 once the master
+    /// handed it to every worker.
+    Publish {
+        /// The topic (1 to 255 bytes).
+        topic: String,
+        /// The message (at most 3072 bytes); the service frames it for its clients.
+        message: String,
     },
     /// Print a shell completion script (e.g. `corral completions bash >
     /// /etc/bash_completion.d/corral`).
@@ -489,7 +499,31 @@ pub fn status(path: &Path, json: bool) -> i32 {
     }
     print_generations(&resp);
     print_tls(&resp);
+    print_push(&resp);
     0
+}
+
+/// The push line of `corral status` (live workers; only once anything was pushed).
+fn print_push(resp: &Response) {
+    let mut p = crate::channel::PushCounts::default();
+    for w in &resp.workers {
+        p.add(&w.push);
+    }
+    if p == crate::channel::PushCounts::default() {
+        return;
+    }
+    println!();
+    println!(
+        "push: published {}, delivered {}, replayed after moves {}; dropped: slow clients {}, \
+         peer queues full {}; disconnected slow clients {}; refused {}",
+        p.published,
+        p.delivered,
+        p.replayed,
+        p.dropped_slow,
+        p.dropped_peer_full,
+        p.disconnected_slow,
+        p.refused
+    );
 }
 
 /// The per-generation lines of `corral status`: what each draining (or recently

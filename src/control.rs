@@ -45,6 +45,9 @@ pub struct WorkerStatus {
     /// TLS handshakes (full, resumed, by version) and failures by reason.
     #[serde(default)]
     pub tls: crate::tls::TlsCounts,
+    /// Push: deliveries, and what was dropped and why.
+    #[serde(default)]
+    pub push: crate::channel::PushCounts,
 }
 
 /// One generation, as `corral status --json` shows it.
@@ -79,6 +82,11 @@ pub enum Request {
     Prometheus,
     /// `corral fault`: make a worker fail and report how the master coped.
     Fault(FaultRequest),
+    /// `corral publish`: a message to every subscriber of `topic` in every worker.
+    Publish {
+        topic: String,
+        message: String,
+    },
 }
 
 /// The master's answer.

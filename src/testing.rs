@@ -131,6 +131,7 @@ impl<H: Handler + ?Sized> Harness<H> {
             draining: self.draining,
             held: false,
             now: Some(self.now),
+            push: None,
         };
         f(&mut self.handler, &mut io, &mut self.input)
     }

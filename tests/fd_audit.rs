@@ -135,8 +135,11 @@ fn expected_master(w: &World, workers: &[i32]) -> Vec<String> {
     v
 }
 
-fn expected_worker(w: &World) -> Vec<String> {
+/// A worker's fds; `peers`: the other workers of its master, each linked to it by the
+/// push bus (one socketpair per pair of workers, issue 28).
+fn expected_worker(w: &World, peers: &[i32]) -> Vec<String> {
     let mut v = common_names(w);
+    v.extend(peers.iter().map(|p| format!("channel to worker {p}")));
     v.extend(
         [
             "signalfd",
@@ -174,7 +177,8 @@ fn audit(w: &World, master: i32, when: &str) {
         }
         for &pid in &workers {
             let got = w.names(pid, master, &workers);
-            let want = expected_worker(w);
+            let peers: Vec<i32> = workers.iter().copied().filter(|p| *p != pid).collect();
+            let want = expected_worker(w, &peers);
             if got != want {
                 last.insert(format!("worker {pid}"), (got, want));
             }

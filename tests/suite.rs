@@ -33,6 +33,7 @@ mod packaging;
 mod pressure;
 mod proxy;
 mod proxy_protocol;
+mod push;
 mod reads;
 mod recycle;
 mod refused_moves;

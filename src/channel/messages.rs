@@ -38,6 +38,9 @@ pub struct Stats {
     /// TLS handshakes and failures.
     #[serde(default)]
     pub tls: crate::tls::TlsCounts,
+    /// Push: deliveries, and what was dropped and why.
+    #[serde(default)]
+    pub push: super::PushCounts,
 }
 
 /// One connection travelling between workers; its fd travels in the same message,
@@ -106,6 +109,9 @@ pub struct Moved {
     /// back to `origin` if that is refused.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub idle: bool,
+    /// Its subscriptions (`service::push`), which the new worker takes over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<super::PushMoved>,
 }
 
 impl Handed {
@@ -125,6 +131,7 @@ impl Handed {
             b64::encoded_len(m.state.len())
                 + b64::encoded_len(m.input.len())
                 + m.refused.as_ref().map_or(0, |r| r.len() + 16)
+                + m.push.as_ref().map_or(0, |p| p.weight())
                 + 192
         });
         let tls = self.tls.as_ref().map_or(0, |t| t.weight());
@@ -179,6 +186,15 @@ pub enum ToMaster {
     /// A metrics scrape on this worker waits for the master's text (answered with
     /// `ToWorker::Metrics` parts carrying the same `id`).
     MetricsRequest { id: u64 },
+    /// A publish of this worker, for the new master of an upgrade (sent only after
+    /// `ToWorker::ForwardPublishes`): its workers are not on our bus.
+    Publish {
+        publisher: u64,
+        seq: u64,
+        topic: String,
+        #[serde(with = "b64")]
+        message: Vec<u8>,
+    },
 }
 
 /// Master → worker.
@@ -217,6 +233,24 @@ pub enum ToWorker {
     Lend { slot: usize, listens: Vec<String> },
     /// Slot `slot`'s worker is serving again: stop accepting on its sockets.
     Unlend { slot: usize },
+    /// The end of a socketpair to worker `pid` (travelling with the message): one
+    /// link of the workers' bus (`worker::bus`), made by the master when one of the
+    /// two was forked.
+    BusPeer { pid: u32 },
+    /// `corral publish`: a message for this worker's subscribers of `topic` (the
+    /// master sends it to every worker; `publisher` and `seq` number it like a
+    /// worker's own publishes).
+    Publish {
+        publisher: u64,
+        seq: u64,
+        topic: String,
+        #[serde(with = "b64")]
+        message: Vec<u8>,
+    },
+    /// An upgrade committed: from now on send every publish of this worker to the
+    /// master too (`ToMaster::Publish`), which passes it to the new master, whose
+    /// workers are not on this bus. Sent before the drain, so before any move.
+    ForwardPublishes,
 }
 
 /// Old master → new master of a binary upgrade, on their private channel (a
@@ -232,6 +266,15 @@ pub enum ToSuccessor {
     /// The TLS session-ticket keys in force, sent before the new master starts, so
     /// that its workers open the tickets the old ones sealed.
     TicketKeys(crate::tls::tickets::KeysWire),
+    /// A publish of one of the old master's workers during the upgrade, for the new
+    /// master's workers (`ToWorker::Publish`), numbered by its publisher.
+    Publish {
+        publisher: u64,
+        seq: u64,
+        topic: String,
+        #[serde(with = "b64")]
+        message: Vec<u8>,
+    },
 }
 
 /// New master → old master: connections it could not place, for the old master's

@@ -176,6 +176,7 @@ mod tests {
                 upstream: Some(SocketAddr::from(([127, 0, 0, 1], 9))),
                 refused: Some("r".repeat(200)),
                 idle: false,
+                push: None,
             }));
             q.push(h, wr);
         }

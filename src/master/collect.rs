@@ -314,6 +314,12 @@ impl Master {
             }
             ToMaster::Counters(c) => self.metrics.counters(w.pid.as_raw(), c),
             ToMaster::MetricsRequest { id } => self.answer_metrics(i, id),
+            ToMaster::Publish {
+                publisher,
+                seq,
+                topic,
+                message,
+            } => self.publish_to_successor(publisher, seq, topic, message),
             ToMaster::Handoff { .. }
             | ToMaster::Refused { .. }
             | ToMaster::Settled { .. }

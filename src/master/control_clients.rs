@@ -155,6 +155,10 @@ impl Master {
         if let Request::Fault(f) = &req {
             self.ctl.fault_requests.push((ticket, f.clone(), uid));
         }
+        if let Request::Publish { topic, message } = &req {
+            self.publish_requests
+                .push((ticket, topic.clone(), message.clone()));
+        }
         Job::request(req, ticket)
     }
 

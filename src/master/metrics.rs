@@ -126,6 +126,9 @@ pub struct Totals {
     /// TLS handshakes and failures.
     #[serde(default)]
     pub tls: crate::tls::TlsCounts,
+    /// Push deliveries and what was dropped, and why.
+    #[serde(default)]
+    pub push: crate::channel::PushCounts,
 }
 
 /// Hand-over outcomes (a `HandoffCounts` that can be serialised into the file).
@@ -173,6 +176,7 @@ impl Totals {
         self.watchdog_kills += o.watchdog_kills;
         self.restarts += o.restarts;
         self.tls.add(&o.tls);
+        self.push.add(&o.push);
     }
 
     /// One worker's counting, as totals.
@@ -184,6 +188,7 @@ impl Totals {
             bytes_out: stats.bytes_out,
             refused_per_ip: stats.refused,
             tls: stats.tls,
+            push: stats.push,
             proxy_header_failed: stats.proxy_header_failed,
             log_dropped: stats.log_dropped,
             ..Totals::default()

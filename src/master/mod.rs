@@ -7,6 +7,7 @@
 //! about it; nothing in here panics on a runtime path, because the master's crash is
 //! everyone's crash.
 
+mod bus;
 mod collect;
 mod control_clients;
 #[cfg(test)]
@@ -109,6 +110,8 @@ pub enum Command {
     /// `corral fault`: inject a fault (each waiter's request is in
     /// `Master::fault_requests`, so that commands stay plain values).
     Fault,
+    /// `corral publish` (the message waits in `Master::publish_requests`).
+    Publish,
     /// The new master of an upgrade exited (its pidfd fired).
     UpgradeExited,
     /// The new master of an upgrade wrote on its readiness pipe.
@@ -144,6 +147,7 @@ impl Job {
             Request::Prometheus => Command::Metrics,
             Request::Upgrade => Command::Upgrade,
             Request::Fault(_) => Command::Fault,
+            Request::Publish { .. } => Command::Publish,
         };
         Job {
             command,
@@ -187,6 +191,7 @@ impl Command {
             Command::Status => 10,
             Command::Metrics => 10,
             Command::Fault => 11,
+            Command::Publish => 12,
         }
     }
 }
@@ -259,6 +264,11 @@ pub struct Master {
     handoff_rr: usize,
     /// When to enforce `max_old_generations` after the last reload.
     old_generations_check: Option<Instant>,
+    /// `corral publish` requests of this batch: (ticket, topic, message).
+    publish_requests: Vec<(u64, String, String)>,
+    /// The master as a publisher (`corral publish`): its id and last sequence number.
+    publisher: u64,
+    publish_seq: u64,
     /// Injected faults in flight and master-side faults armed.
     faults: faults::Faults,
     /// Counters for the metrics service and `status --prometheus`.
@@ -342,6 +352,11 @@ impl Master {
                 Command::Fault => {
                     for t in waiters {
                         self.inject(t);
+                    }
+                }
+                Command::Publish => {
+                    for t in waiters {
+                        self.publish(t);
                     }
                 }
                 Command::Metrics => {

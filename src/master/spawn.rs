@@ -63,6 +63,7 @@ impl Master {
                 if let Some(s) = self.slots.get_mut(slot) {
                     s.respawn_at = None;
                 }
+                self.wire_bus();
                 debug!(slot, generation, pid = pid.as_raw(), "worker forked");
                 Ok(())
             }

@@ -61,6 +61,7 @@ impl Master {
                     log_dropped: w.stats.log_dropped,
                     proxy_header_failed: w.stats.proxy_header_failed,
                     tls: w.stats.tls,
+                    push: w.stats.push,
                     restarts: slot.map_or(0, |s| s.restarts),
                     last_exit: slot.and_then(|s| s.last_exit).map(|(r, t)| {
                         format!(

@@ -93,12 +93,18 @@ impl Queues {
     }
 }
 
+/// Most publishes waiting for the link to the new master (each at most
+/// `service::push::MAX_MESSAGE`): beyond, they are dropped with a warning.
+const MAX_PUBLISHES: usize = 4096;
+
 /// A message read from the other master: connections (worker pid, records, the
 /// reason they come back, fds), or word that a worker's suspended connections were
 /// taken for good.
 enum Got {
     Conns(i32, Vec<Handed>, String, Vec<OwnedFd>),
     Settled(i32, u64),
+    /// A publish of the old master's workers (publisher, seq, topic, message).
+    Publish(u64, u64, String, Vec<u8>),
 }
 
 /// One master's end of the pair.
@@ -109,6 +115,9 @@ pub struct Link {
     /// Messages without fds that must not be lost (`ToPredecessor::Settled`), sent
     /// before the connections queued in `out`.
     control: VecDeque<ToPredecessor>,
+    /// Publishes of our workers for the new master (old master's side), sent before
+    /// the connections queued in `out`: the link is busiest exactly while they come.
+    publishes: VecDeque<ToSuccessor>,
     /// The other master closed its end (exited) or the channel failed.
     pub closed: bool,
     /// Usable: the new master greeted us (always, on the new master's side).
@@ -120,6 +129,19 @@ pub struct Link {
 }
 
 impl Link {
+    /// Queues a publish for the new master (old master's side; the caller flushes);
+    /// refused when the link is down or `MAX_PUBLISHES` wait already.
+    pub fn queue_publish(&mut self, msg: ToSuccessor) -> io::Result<()> {
+        if self.closed || !self.confirmed {
+            return Err(io::Error::other("the link is not up"));
+        }
+        if self.publishes.len() >= MAX_PUBLISHES {
+            return Err(io::Error::other("too many publishes wait for the link"));
+        }
+        self.publishes.push_back(msg);
+        Ok(())
+    }
+
     /// The old master's TLS ticket keys, queued for the new master before it starts.
     pub fn send_ticket_keys(&self) {
         if let Some(k) = crate::tls::tickets::KeysWire::snapshot() {
@@ -134,6 +156,7 @@ impl Link {
             channel,
             out: Queues::default(),
             control: VecDeque::new(),
+            publishes: VecDeque::new(),
             closed: false,
             confirmed: false,
             moved: 0,
@@ -206,7 +229,8 @@ impl Link {
     }
 
     pub fn wants_write(&self) -> bool {
-        !self.closed && (self.out.len() > 0 || !self.control.is_empty())
+        !self.closed
+            && (self.out.len() > 0 || !self.control.is_empty() || !self.publishes.is_empty())
     }
 
     /// Sends the queued control messages; `Err` when the channel failed (not merely
@@ -216,6 +240,15 @@ impl Link {
             match self.channel.send(msg) {
                 Ok(()) => {
                     self.control.pop_front();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        while let Some(msg) = self.publishes.front() {
+            match self.channel.send(msg) {
+                Ok(()) => {
+                    self.publishes.pop_front();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(e),
@@ -464,11 +497,20 @@ impl Master {
                         }
                         // Read at start (`from_env`); another copy changes nothing.
                         ToSuccessor::TicketKeys(_) => Got::Conns(0, Vec::new(), String::new(), f),
+                        ToSuccessor::Publish {
+                            publisher,
+                            seq,
+                            topic,
+                            message,
+                        } => Got::Publish(publisher, seq, topic, message),
                     })
                 }),
             };
             match got {
                 Ok(Some(Got::Settled(pid, n))) => self.settle_ours(pid, n),
+                Ok(Some(Got::Publish(publisher, seq, topic, message))) => {
+                    self.forward_publish(publisher, seq, &topic, message);
+                }
                 Ok(Some(Got::Conns(_, conns, _, fds))) if conns.is_empty() && fds.is_empty() => {}
                 Ok(Some(Got::Conns(pid, conns, reason, fds))) => {
                     if conns.len() != fds.len() {

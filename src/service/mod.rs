@@ -137,6 +137,7 @@ pub(crate) mod http;
 pub(crate) mod metrics;
 mod options;
 pub(crate) mod proxy;
+pub mod push;
 pub(crate) mod registry;
 
 #[cfg(test)]
@@ -144,6 +145,7 @@ pub(crate) use options::attach;
 pub(crate) use options::OptionsKind;
 pub use options::{options, NoOptions, ServiceOptions};
 pub(crate) use options::{parse_unloaded, Registry};
+pub use push::{ConnId, Overflow};
 
 /// Work for the worker's blocking pool, as the loop hands it over: runs on a pool
 /// thread and returns the [`Completion`] that delivers its result.
@@ -182,6 +184,8 @@ pub struct Io<'a> {
     /// The clock timers count from: None in a worker (the real clock); a test
     /// harness's own clock, which it advances by hand.
     pub(crate) now: Option<Instant>,
+    /// Writes to other connections, topics (see [`push`]); None outside a worker.
+    pub(crate) push: Option<&'a mut push::Outbox>,
 }
 
 impl Io<'_> {
@@ -378,6 +382,18 @@ pub trait Handler: AsAny {
         io.close();
     }
 
+    /// The connection was just accepted (and its PROXY header, if any, read): a
+    /// greeting goes here. Not called for a connection that arrives by a move at a
+    /// reload (it was opened in its old worker). By default nothing happens.
+    fn on_open(&mut self, _io: &mut Io<'_>) {}
+
+    /// A message published to a topic this connection subscribed to (see [`push`]).
+    /// By default it is written to the client as it is; a service frames it here
+    /// (a line, a WebSocket frame, an SSE event).
+    fn on_push(&mut self, io: &mut Io<'_>, _topic: &str, message: &[u8]) {
+        io.write(message);
+    }
+
     /// True when closing the connection now loses nothing (e.g. HTTP keep-alive
     /// between requests). Draining workers hand such connections to the new
     /// generation on reload, or close them on stop; they wait for the others. By
@@ -470,6 +486,13 @@ pub trait Service {
     #[doc(hidden)]
     fn upstreams(&mut self, _: sealed::Forwarding) -> Option<&mut dyn Upstreams> {
         None
+    }
+
+    /// What a write from elsewhere ([`Io::send_to`], a topic's message) does to one of
+    /// this service's connections whose unsent output is over `write_high_water`: drop
+    /// the message (the default) or close the connection. Either is counted.
+    fn overflow(&self) -> Overflow {
+        Overflow::Drop
     }
 }
 

@@ -125,6 +125,7 @@ impl Worker {
         };
         c.set_handler(handler);
         c.flags.set(Flags::MAY_READ, true);
+        self.open_conn(token);
         if self.listeners[listener]
             .service
             .upstreams(crate::service::sealed::FORWARDING)

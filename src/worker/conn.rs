@@ -82,6 +82,10 @@ pub struct Env<'a> {
     pub draining: bool,
     /// Blocking jobs the handler submitted; the loop sends them to the pool.
     pub jobs: &'a mut Vec<Job>,
+    /// What the handler asked of other connections and topics (`service::push`).
+    pub push: &'a mut crate::service::push::Outbox,
+    /// This connection's token (its `Io::id`).
+    pub token: u64,
 }
 
 /// What `pump` decided.
@@ -148,6 +152,12 @@ impl Conn {
     pub fn upstream_eof(&self) -> bool {
         self.upstream()
             .is_some_and(|u| u.flags.has(Flags::READ_CLOSED))
+    }
+
+    /// Output queued for the client and not yet sent (for a write from elsewhere,
+    /// which respects the high water mark).
+    pub fn owed(&self) -> usize {
+        self.pending()
     }
 
     #[inline]
@@ -452,7 +462,7 @@ impl Conn {
         env: &mut Env<'_>,
         f: impl FnOnce(&mut dyn Handler, &mut Io<'_>) -> R,
     ) -> R {
-        self.io_call(env.pool, env.jobs, env.draining, |h, io, _| f(h, io))
+        self.io_call(env, |h, io, _| f(h, io))
     }
 
     /// The one place a handler's `Io` is made: the connection's flags it may change
@@ -460,12 +470,12 @@ impl Conn {
     /// the unconsumed input.
     fn io_call<R>(
         &mut self,
-        pool: &mut Vec<Vec<u8>>,
-        jobs: &mut Vec<Job>,
-        draining: bool,
+        env: &mut Env<'_>,
         f: impl FnOnce(&mut dyn Handler, &mut Io<'_>, &mut Vec<u8>) -> R,
     ) -> R {
-        self.take_out_buf(pool);
+        let (jobs, draining) = (&mut *env.jobs, env.draining);
+        self.take_out_buf(env.pool);
+        env.push.current = env.token;
         let jobs_before = jobs.len();
         let mut close = self.flags.has(Flags::CLOSE);
         let mut shutdown_write = self.flags.has(Flags::SHUTDOWN_WRITE);
@@ -485,6 +495,7 @@ impl Conn {
             draining,
             held: self.flags.has(Flags::BACKPRESSURED),
             now: None,
+            push: Some(&mut *env.push),
         };
         let r = f(self.handler.as_mut(), &mut io, &mut self.inbuf);
         let jobs_now = io.jobs.len();
@@ -507,8 +518,10 @@ impl Conn {
     /// Hands the `n` new bytes in the scratch buffer to the handler, after whatever it
     /// left unconsumed before.
     fn feed(&mut self, n: usize, env: &mut Env<'_>) {
-        let data = &env.scratch[..n];
-        self.io_call(env.pool, env.jobs, env.draining, |handler, io, inbuf| {
+        // The scratch buffer is lent out of `env` while `env` lends the rest.
+        let scratch = std::mem::take(&mut env.scratch);
+        let data = &scratch[..n];
+        self.io_call(env, |handler, io, inbuf| {
             if inbuf.is_empty() {
                 let used = handler.on_data(io, data).min(data.len());
                 if used < data.len() {
@@ -523,6 +536,7 @@ impl Conn {
                 }
             }
         });
+        env.scratch = scratch;
     }
 
     /// Sends pending output until the socket would block; returns bytes sent.

@@ -51,6 +51,8 @@ impl Worker {
             stats: &mut self.tally.stats,
             draining: tell_draining,
             jobs: &mut self.blocking.jobs,
+            push: &mut self.push.outbox,
+            token: token.0,
         };
         let outcome = if c.upstream().is_some() {
             c.pump_proxy(&mut env)
@@ -179,9 +181,41 @@ impl Worker {
             stats: &mut self.tally.stats,
             draining,
             jobs: &mut self.blocking.jobs,
+            push: &mut self.push.outbox,
+            token: token.0,
         };
         c.with_io(&mut env, f);
         c.flags.set(Flags::MAY_READ, true);
+        self.drive(token);
+    }
+
+    /// `with_handler` for a write from elsewhere (a push, a greeting): the socket is
+    /// not known to be readable, so it is not read unless it was already due.
+    pub(super) fn with_handler_quiet(
+        &mut self,
+        token: Token,
+        f: impl FnOnce(&mut dyn crate::service::Handler, &mut crate::service::Io<'_>),
+    ) {
+        let moving = self.idle_policy == IdlePolicy::Handoff;
+        let draining = self.phase == Phase::Draining;
+        let Some(c) = self.conns.get_mut(token) else {
+            return;
+        };
+        let draining = draining && !(moving && c.can_move());
+        let mut env = Env {
+            scratch: &mut self.scratch,
+            budget: 0,
+            high: 0,
+            low: 0,
+            inbuf_limit: 0,
+            pool: &mut self.bufs,
+            stats: &mut self.tally.stats,
+            draining,
+            jobs: &mut self.blocking.jobs,
+            push: &mut self.push.outbox,
+            token: token.0,
+        };
+        c.with_io(&mut env, f);
         self.drive(token);
     }
 
@@ -196,6 +230,7 @@ impl Worker {
     pub(super) fn detach(&mut self, token: Token) -> Option<Conn> {
         let mut conn = None;
         if let Some(mut c) = self.conns.remove(token) {
+            self.push.forget(token.0);
             self.log_closed(&mut c);
             if let Some(up) = c.upstream().filter(|u| u.flags.has(Flags::CONNECTED)) {
                 let index = up.index;

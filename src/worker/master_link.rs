@@ -58,6 +58,17 @@ impl Worker {
                     ToWorker::Metrics { id, text, last } => {
                         crate::service::metrics::deliver(id, text, last)
                     }
+                    ToWorker::BusPeer { pid } => match fds.into_iter().next() {
+                        Some(fd) => self.add_bus_peer(fd, pid),
+                        None => warn!(peer = pid, "a bus peer came without its socket"),
+                    },
+                    ToWorker::Publish {
+                        publisher,
+                        seq,
+                        topic,
+                        message,
+                    } => self.deliver_forwarded(publisher, seq, &topic, &message),
+                    ToWorker::ForwardPublishes => self.push.forward_to_master = true,
                     ToWorker::Fault {
                         kind: crate::fault::kind::FaultKind::Escape,
                     } => {
@@ -150,6 +161,7 @@ impl Worker {
         self.tally.stats.rss = process::self_rss();
         // The log writer thread reports drops itself, once it writes again.
         self.tally.stats.log_dropped = crate::log::dropped();
+        self.tally.stats.push = self.push.totals();
         // An older heartbeat still owed is stale: this one replaces it.
         self.handoff
             .owed

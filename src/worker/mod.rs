@@ -16,6 +16,7 @@ mod accept;
 mod accept_proxy;
 mod borrowed;
 pub mod bucket;
+mod bus;
 mod conn;
 mod connlog;
 mod deadlines;
@@ -32,6 +33,9 @@ mod moves;
 pub mod orphan;
 mod pool;
 mod proxy_connect;
+mod push;
+#[cfg(test)]
+mod push_tests;
 mod ratelog;
 mod slab;
 pub mod stats;
@@ -64,6 +68,7 @@ use token::{TOKEN_CHANNEL, TOKEN_LISTENER, TOKEN_POOL, TOKEN_SIGNALS, UPSTREAM_B
 pub(crate) use conn::{Flags, Pipes, Upstream};
 pub(crate) use connlog::End;
 pub(crate) use deadlines::Timer;
+pub(crate) use push::publisher_id;
 pub(crate) use token::Token;
 
 /// Exit code by which a worker tells the master "fatal configuration problem: do not
@@ -139,6 +144,8 @@ pub(crate) struct Worker {
     injected: fault::Injected,
     /// When to give memory back after a peak of connections left.
     trim: trim::Trim,
+    /// Writes to other connections, topics, the workers' bus (`push.rs`, `bus.rs`).
+    push: push::Push,
     /// The loop's clock: read before the timers and again when epoll_wait returns,
     /// so that the events of one batch share one clock read.
     now: Instant,
@@ -245,6 +252,7 @@ impl Worker {
             notices,
             injected: fault::Injected::default(),
             trim: trim::Trim::default(),
+            push: push::Push::default(),
             now: Instant::now(),
         };
         w.resume_accept()?;
@@ -268,7 +276,7 @@ impl Worker {
                 return 0;
             }
             // 2. epoll, bounded by the next timer; no wait while reads are left over
-            let timeout = if self.ready.is_empty() {
+            let timeout = if self.ready.is_empty() && self.push.idle() {
                 self.timers.timeout(now)
             } else {
                 Some(Duration::ZERO)
@@ -315,6 +323,7 @@ impl Worker {
             }
             TOKEN_SIGNALS => self.signals_ready = true,
             TOKEN_POOL => self.blocking.ready = true,
+            t if t & bus::TOKEN_BUS == bus::TOKEN_BUS => self.bus_event(t, ev),
             t if t & TOKEN_LISTENER != 0 && t & TOKEN_CHANNEL == 0 => {
                 if t & token::BORROWED_BIT != 0 {
                     self.accept_borrowed((t & !(TOKEN_LISTENER | token::BORROWED_BIT)) as usize)
@@ -370,6 +379,8 @@ impl Worker {
                 }
             }
         }
+        // What handlers asked of other connections and topics, and what the bus brought.
+        self.run_push();
         // Reads cut short by their quantum continue here, after everyone else had a turn.
         for token in std::mem::take(&mut self.ready) {
             self.drive(token);

@@ -501,6 +501,7 @@ mod tests {
             log_dropped: 0,
             proxy_header_failed: 0,
             tls: TlsCounts::default(),
+            push: Default::default(),
         }
     }
 

@@ -227,6 +227,23 @@ impl Master {
         )
         .sample("corral_log_dropped_lines_total", &[], t.log_dropped as f64);
         e.family(
+            "corral_push_total",
+            c,
+            "Push (service::push): messages published in workers, delivered to connections, \
+             replayed to connections that moved, and dropped or refused, by what.",
+        );
+        for (what, n) in [
+            ("published", t.push.published),
+            ("delivered", t.push.delivered),
+            ("replayed", t.push.replayed),
+            ("dropped_slow_client", t.push.dropped_slow),
+            ("disconnected_slow_client", t.push.disconnected_slow),
+            ("dropped_peer_queue_full", t.push.dropped_peer_full),
+            ("refused", t.push.refused),
+        ] {
+            e.sample("corral_push_total", &[("what", what)], n as f64);
+        }
+        e.family(
             "corral_faults_injected_total",
             c,
             "Faults injected on request (corral fault, corral chaos), by kind.",

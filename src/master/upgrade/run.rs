@@ -214,6 +214,8 @@ impl Master {
         // Idle connections move to the new master over the link (master/xfer.rs);
         // without one they linger here as before.
         let idle = if self.up.xfer.confirm() {
+            // Before the drain: a worker passes its publishes on before anything moves.
+            self.forward_publishes_to_successor();
             IdlePolicy::Handoff
         } else {
             IdlePolicy::Linger

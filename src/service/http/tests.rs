@@ -60,6 +60,7 @@ impl Harness {
             draining: self.draining,
             held: self.held,
             now: None,
+            push: None,
         };
         f(self.conn.as_mut(), &mut io)
     }

@@ -13,6 +13,7 @@ use crate::service::Handler;
 
 use super::super::bucket::Bucket;
 use super::super::conn::{Conn, Flags, Pipes, Upstream};
+use super::super::token::Token;
 use super::super::{Phase, Timer, Worker};
 use super::{peer_ip, suspended_by_me, Origins};
 
@@ -246,7 +247,7 @@ impl Worker {
             }
         };
         let moved = (&*m, h.tls.as_deref());
-        self.add_moved(
+        let token = self.add_moved(
             index,
             client,
             (peer, h.peer),
@@ -255,6 +256,9 @@ impl Worker {
             upstream,
             pinned,
         );
+        if let (Some(token), Some(p)) = (token, &m.push) {
+            self.restore_push(token, p);
+        }
         Ok(())
     }
 
@@ -295,7 +299,7 @@ impl Worker {
         (m, tls): (&Moved, Option<&crate::tls::TlsMoved>),
         upstream: Option<OwnedFd>,
         pinned: bool,
-    ) {
+    ) -> Option<Token> {
         let flow = self.listeners[listener].flow;
         // Counted but never refused: the client is connected already, and refusing
         // here would cut it.
@@ -352,9 +356,7 @@ impl Worker {
             conn.set_upstream(Some(Box::new(up)));
         }
         let token = self.conns.insert(conn);
-        let Some(c) = self.conns.get_mut(token) else {
-            return;
-        };
+        let c = self.conns.get_mut(token)?;
         let watched = self
             .epoll
             .add(c.fd.as_fd(), c.registered(), token.0)
@@ -367,16 +369,14 @@ impl Worker {
         if let Err(e) = watched {
             warn!("cannot watch a moved connection: {e}");
             self.close(token);
-            return;
+            return None;
         }
         if let Some(t) = tls {
             if !self.attach_moved_tls(token, t) {
-                return;
+                return None;
             }
         }
-        let Some(c) = self.conns.get_mut(token) else {
-            return;
-        };
+        let c = self.conns.get_mut(token)?;
         if !pinned {
             // Handed back to this worker is not a new arrival: counted once, here.
             self.tally.stats.adopted += 1;
@@ -390,5 +390,6 @@ impl Worker {
             self.timers
                 .schedule(c.last_active + idle, Timer::Idle(token));
         }
+        Some(token)
     }
 }

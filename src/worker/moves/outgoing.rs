@@ -148,9 +148,16 @@ impl Worker {
             upstream: None,
             refused: None,
             idle: true,
+            push: None,
         };
+        // Subscriptions travel in the moved record, so a subscriber moves as moved.
+        let push = self.push.take_for_move(token.0);
+        let Some(c) = self.conns.get_mut(token) else {
+            return false;
+        };
+        let idle = Moved { push, ..idle };
         let moved = match leaving {
-            Leaving::Idle if tls.is_none() => None,
+            Leaving::Idle if tls.is_none() && idle.push.is_none() => None,
             // An idle TLS connection travels as moved, so that a receiver that
             // cannot continue its record layer can send it back here.
             Leaving::Idle => Some(idle),

@@ -168,6 +168,7 @@ mod suspended {
                 upstream: None,
                 refused: None,
                 idle: false,
+                push: None,
             })),
         }
     }
