@@ -343,3 +343,18 @@ pub fn tls_record(data: &[u8]) {
     assert_eq!(at, sealed.len());
     assert_eq!(tx.seq, rx.seq);
 }
+
+/// A packet of the workers' bus (`worker::bus`), as a peer worker (perhaps a
+/// compromised one) could write it: it decodes or is refused without a panic, and a
+/// packet that decodes is exactly the encoding of what it decoded to (the format has
+/// one spelling), with a topic within `MAX_TOPIC`.
+pub fn bus_packet(data: &[u8]) {
+    if let Some(msg) = crate::worker::bus::Msg::decode(data) {
+        assert!(msg.topic.len() <= crate::service::push::MAX_TOPIC);
+        assert_eq!(
+            &*msg.encode(),
+            data,
+            "a decoded packet re-encodes to itself"
+        );
+    }
+}

@@ -77,3 +77,8 @@ fn suspended_state() {
 fn tls_record() {
     replay("tls_record", super::tls_record);
 }
+
+#[test]
+fn bus_packet() {
+    replay("bus_packet", super::bus_packet);
+}

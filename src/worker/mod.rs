@@ -16,7 +16,7 @@ mod accept;
 mod accept_proxy;
 mod borrowed;
 pub mod bucket;
-mod bus;
+pub(crate) mod bus;
 mod conn;
 mod connlog;
 mod deadlines;
