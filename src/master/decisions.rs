@@ -509,3 +509,121 @@ fn the_exposition_is_well_formed_and_totals_outlive_their_workers() {
         "{text}"
     );
 }
+
+/// `n` connections as a draining worker hands them over (socketpairs stand in for
+/// the clients; the test keeps the other ends so the fds stay whole).
+fn handed(
+    n: usize,
+) -> (
+    Vec<(crate::channel::Handed, std::os::fd::OwnedFd)>,
+    Vec<std::os::unix::net::UnixStream>,
+) {
+    let mut conns = Vec::new();
+    let mut peers = Vec::new();
+    for _ in 0..n {
+        let (a, b) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        let h = crate::channel::Handed {
+            listen: "127.0.0.1:1".into(),
+            peer: None,
+            moved: None,
+            tls: None,
+        };
+        conns.push((h, std::os::fd::OwnedFd::from(a)));
+        peers.push(b);
+    }
+    (conns, peers)
+}
+
+/// The connections in the `Adopt` (or `Keep`) messages among `msgs`, checking that
+/// each message carries one fd per connection and at most a batch.
+fn count(msgs: &[(crate::channel::ToWorker, Vec<std::os::fd::OwnedFd>)], keep: bool) -> usize {
+    use crate::channel::ToWorker;
+    msgs.iter()
+        .filter_map(|(m, fds)| match m {
+            ToWorker::Adopt { conns } if !keep => Some((conns.len(), fds.len())),
+            ToWorker::Keep { conns, .. } if keep => Some((conns.len(), fds.len())),
+            _ => None,
+        })
+        .map(|(c, f)| {
+            assert_eq!(c, f, "one fd per connection");
+            assert!(c <= 64, "a batch of {c}");
+            c
+        })
+        .sum()
+}
+
+#[test]
+fn handed_over_connections_are_spread_over_the_new_generation_none_lost() {
+    let mut b = Bench::running(2, "");
+    b.handle(vec![signal(Command::Reload)]);
+    b.ready(2);
+    let old = b.pids(1, draining());
+    let from =
+        b.m.workers
+            .iter()
+            .position(|w| w.pid == old[0])
+            .expect("old worker");
+    let (conns, _peers) = handed(300);
+    b.m.forward(Some(from), conns);
+    let got: Vec<usize> = b
+        .pids(2, WorkerState::Ready)
+        .into_iter()
+        .map(|p| count(&b.fx.sent_to(p), false))
+        .collect();
+    assert_eq!(
+        got.iter().sum::<usize>(),
+        300,
+        "every connection placed: {got:?}"
+    );
+    assert!(got.iter().all(|&n| n >= 100), "spread over both: {got:?}");
+    assert_eq!(
+        b.m.handoff_in_flight(),
+        0,
+        "nothing left held by the master"
+    );
+    assert!(
+        b.fx.sent_to(old[1])
+            .iter()
+            .all(|(m, _)| !matches!(m, crate::channel::ToWorker::Adopt { .. })),
+        "nothing to a draining worker"
+    );
+}
+
+#[test]
+fn with_no_worker_to_adopt_them_connections_go_back_to_their_worker() {
+    let mut b = Bench::running(1, "");
+    let pid = b.pids(1, WorkerState::Ready)[0];
+    let _ = b.fx.sent_to(pid);
+    let (conns, _peers) = handed(100);
+    b.m.forward(Some(0), conns);
+    let msgs = b.fx.sent_to(pid);
+    assert_eq!(count(&msgs, true), 100, "all kept by their worker");
+    assert_eq!(count(&msgs, false), 0);
+    assert!(
+        msgs.iter().any(|(m, _)| matches!(m, crate::channel::ToWorker::Keep { reason, .. } if reason.contains("no ready worker"))),
+        "with the reason"
+    );
+}
+
+#[test]
+fn connections_for_a_worker_whose_channel_failed_go_to_another_one() {
+    let mut b = Bench::running(2, "");
+    b.handle(vec![signal(Command::Reload)]);
+    b.ready(2);
+    let from =
+        b.m.workers
+            .iter()
+            .position(|w| w.generation == 1)
+            .expect("old worker");
+    let new = b.pids(2, WorkerState::Ready);
+    // One new worker exits: its end of the channel closes before the master knows.
+    b.fx.close_channel(new[0]);
+    let (conns, _peers) = handed(200);
+    b.m.forward(Some(from), conns);
+    assert_eq!(
+        count(&b.fx.sent_to(new[1]), false),
+        200,
+        "every connection re-routed to the live one"
+    );
+    assert_eq!(b.m.handoff_in_flight(), 0);
+}

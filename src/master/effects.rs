@@ -26,6 +26,12 @@ pub trait Effects {
     fn now(&self) -> Instant;
     /// Forks a worker; `Forked::Child` only ever in the real child.
     fn fork(&mut self, context: &dyn Fn() -> String) -> Result<Forked, SysError>;
+    /// The worker's end of its channel, in the parent after the fork: the real master
+    /// closes it (the child has its own copy); the fake keeps it, so that a test can
+    /// play the worker (read what the master sent it, answer).
+    fn forked_channel(&mut self, pid: Pid, end: crate::channel::Channel) {
+        let _ = (pid, end);
+    }
     /// Sends `sig` to one process.
     fn kill(&mut self, pid: Pid, sig: Signal) -> Result<(), SysError>;
     /// Sends `sig` to the process group `leader` leads (a new master and its workers).

@@ -43,6 +43,8 @@ struct World {
     next_pid: i32,
     /// Copies of each new master's readiness pipe, for the test to report on.
     reports: Vec<OwnedFd>,
+    /// Each forked worker's end of its channel, for a test that plays the worker.
+    channels: Vec<(Pid, crate::channel::Channel)>,
 }
 
 /// The fake; the test keeps a clone to look and to move the clock.
@@ -89,6 +91,25 @@ impl Fake {
             .collect()
     }
 
+    /// Every message the master has sent worker `pid` so far, with the fds that came
+    /// with each (the test plays the worker's side of its channel).
+    pub fn sent_to(&self, pid: Pid) -> Vec<(crate::channel::ToWorker, Vec<OwnedFd>)> {
+        let w = self.0.borrow();
+        let Some((_, ch)) = w.channels.iter().find(|(p, _)| *p == pid) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        while let Ok(Some(m)) = ch.recv_fds() {
+            out.push(m);
+        }
+        out
+    }
+
+    /// Closes worker `pid`'s end of its channel, as a worker that exits does.
+    pub fn close_channel(&self, pid: Pid) {
+        self.0.borrow_mut().channels.retain(|(p, _)| *p != pid);
+    }
+
     pub fn advance(&self, by: Duration) {
         let mut w = self.0.borrow_mut();
         w.now = w.now.map(|t| t + by);
@@ -112,6 +133,10 @@ impl Effects for Fake {
         let pid = self.pid();
         self.did(Did::Fork(pid));
         Ok(Forked::Parent(pid))
+    }
+
+    fn forked_channel(&mut self, pid: Pid, end: crate::channel::Channel) {
+        self.0.borrow_mut().channels.push((pid, end));
     }
 
     fn kill(&mut self, pid: Pid, sig: Signal) -> Result<(), SysError> {

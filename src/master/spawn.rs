@@ -42,7 +42,7 @@ impl Master {
             .fork(&|| format!("spawning worker {slot} of generation {generation}"))?;
         match forked {
             Forked::Parent(pid) => {
-                drop(worker_end);
+                self.fx.forked_channel(pid, worker_end);
                 let now = self.fx.now();
                 let limits = recycle::Limits::draw(&self.worker_config(generation).worker);
                 self.workers.push(WorkerRecord {
