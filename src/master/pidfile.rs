@@ -357,4 +357,123 @@ mod tests {
         let id = Identity::ours(Path::new("/etc/corral/corral.toml")).unwrap();
         assert_eq!(Identity::parse(&id.render()), Some(id));
     }
+
+    /// A pid file made by this process (the test plays the master) in a fresh
+    /// private directory.
+    fn ours() -> (tempfile::TempDir, PathBuf, PidFile) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("run/corral.pid");
+        let f = PidFile::create(&path, Path::new("/etc/corral/corral.toml")).expect("create");
+        (dir, path, f)
+    }
+
+    /// The pid of a process that has exited and been reaped.
+    fn gone_pid() -> i32 {
+        let mut c = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let pid = c.id() as i32;
+        c.wait().expect("reap");
+        pid
+    }
+
+    #[test]
+    fn a_pid_file_proves_its_master_and_nothing_else() {
+        let (_dir, path, _f) = ours();
+        let me = process::pid();
+        assert_eq!(prove(&path).unwrap(), Proof::Master(me));
+        assert_eq!(proven_master(&path).unwrap(), me);
+        // The same master may write it again (a restart of start-up); the files are
+        // private to us or root, mode 0644.
+        PidFile::create(&path, Path::new("/etc/corral/corral.toml")).expect("again");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
+
+        // A pid the kernel reused for something else: the record names another pid.
+        std::fs::write(&path, "1\n").unwrap();
+        assert!(
+            matches!(prove(&path).unwrap(), Proof::Other(p, why) if p.as_raw() == 1 && why.contains("records pid"))
+        );
+        assert!(matches!(
+            proven_master(&path),
+            Err(PidFileError::NotOurs { pid: 1, .. })
+        ));
+
+        // A master that is gone.
+        let dead = gone_pid();
+        std::fs::write(&path, format!("{dead}\n")).unwrap();
+        assert!(matches!(prove(&path).unwrap(), Proof::Gone(p) if p.as_raw() == dead));
+        assert!(matches!(
+            proven_master(&path),
+            Err(PidFileError::NotRunning { .. })
+        ));
+
+        // Garbage, and a missing file.
+        std::fs::write(&path, "hello\n").unwrap();
+        assert!(matches!(read(&path), Err(PidFileError::Garbage { .. })));
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(read(&path), Err(PidFileError::Read { .. })));
+    }
+
+    #[test]
+    fn an_identity_record_that_disagrees_with_proc_is_not_proof() {
+        let (_dir, path, _f) = ours();
+        let id = id_path(&path);
+        let mine = Identity::parse(&std::fs::read_to_string(&id).unwrap()).unwrap();
+        let with = |f: &dyn Fn(&mut Identity)| {
+            let mut r = mine.clone();
+            f(&mut r);
+            std::fs::write(&id, r.render()).unwrap();
+            prove(&path).unwrap()
+        };
+        let why = |p: Proof| match p {
+            Proof::Other(_, why) => why,
+            other => panic!("proved {other:?}"),
+        };
+        assert!(why(with(&|r| r.start_time += 1)).contains("started at tick"));
+        assert!(
+            why(with(&|r| r.boot_id = "another-boot".into())).contains("before the last reboot")
+        );
+        assert!(why(with(&|r| r.exe = PathBuf::from("/usr/bin/other")))
+            .contains("the master ran /usr/bin/other"));
+        std::fs::write(&id, "nonsense").unwrap();
+        assert!(why(prove(&path).unwrap()).contains("malformed"));
+        std::fs::remove_file(&id).unwrap();
+        assert!(why(prove(&path).unwrap()).contains("no identity record"));
+    }
+
+    #[test]
+    fn oldbin_at_an_upgrade_back_at_a_rollback_and_removed_only_while_ours() {
+        let (_dir, path, mut f) = ours();
+        f.rename_to_oldbin().unwrap();
+        let old = oldbin(&path);
+        assert!(!path.exists() && old.exists() && id_path(&old).exists());
+        assert_eq!(prove(&old).unwrap(), Proof::Master(process::pid()));
+        // A new master would write the path now; it fails: we name it again.
+        std::fs::write(&path, "1\n").unwrap();
+        f.restore_from_oldbin().unwrap();
+        assert_eq!(read(&path).unwrap(), process::pid());
+        assert!(!old.exists() && !id_path(&old).exists());
+        // Taken over by another master: removing ours leaves its files alone.
+        std::fs::write(&path, "1\n").unwrap();
+        f.remove();
+        assert!(path.exists(), "a pid file naming another master stays");
+        assert!(!id_path(&path).exists(), "our own record goes");
+    }
+
+    #[test]
+    fn a_runtime_directory_others_may_write_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let run = dir.path().join("run");
+        std::fs::create_dir(&run).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let path = run.join("corral.pid");
+        assert!(matches!(
+            PidFile::create(&path, Path::new("/etc/corral/corral.toml")),
+            Err(PidFileError::Untrusted { .. })
+        ));
+        assert_eq!(runtime_dir(Path::new("corral.pid")), PathBuf::from("."));
+    }
 }
