@@ -627,3 +627,74 @@ fn connections_for_a_worker_whose_channel_failed_go_to_another_one() {
     );
     assert_eq!(b.m.handoff_in_flight(), 0);
 }
+
+#[test]
+fn status_names_every_worker_and_each_generation_with_its_state() {
+    let mut b = Bench::running(2, "");
+    let (job, mut a) = b.ask(Request::Status);
+    b.handle(vec![job]);
+    let got = a.answer().expect("status is answered");
+    assert!(got.ok, "{got:?}");
+    assert_eq!((got.generation, got.workers.len()), (1, 2), "{got:?}");
+    assert!(got
+        .workers
+        .iter()
+        .all(|w| w.state == "ready" && w.generation == 1));
+    b.handle(vec![signal(Command::Reload)]);
+    b.ready(2);
+    let (job, mut a) = b.ask(Request::Status);
+    b.handle(vec![job]);
+    let got = a.answer().expect("status is answered");
+    let state = |g: u64| {
+        got.generations
+            .iter()
+            .find(|s| s.generation == g)
+            .map(|s| (s.state.as_str(), s.workers))
+    };
+    assert_eq!(state(2), Some(("serving", 2)), "{:?}", got.generations);
+    assert_eq!(state(1), Some(("draining", 2)), "{:?}", got.generations);
+    assert_eq!(got.workers.len(), 4);
+}
+
+#[test]
+fn corral_publish_goes_to_every_live_worker_in_order_and_is_answered() {
+    use crate::channel::ToWorker;
+    let mut b = Bench::running(2, "");
+    let pids = b.pids(1, WorkerState::Ready);
+    for &p in &pids {
+        let _ = b.fx.sent_to(p);
+    }
+    for text in ["first", "second"] {
+        let (job, mut a) = b.ask(Request::Publish {
+            topic: "news".into(),
+            message: text.into(),
+        });
+        b.handle(vec![job]);
+        let got = a.answer().expect("publish is answered");
+        assert!(got.ok && got.message.contains("2 worker"), "{got:?}");
+    }
+    for p in pids {
+        let seen: Vec<(String, u64)> =
+            b.fx.sent_to(p)
+                .into_iter()
+                .filter_map(|(m, _)| match m {
+                    ToWorker::Publish {
+                        topic,
+                        message,
+                        seq,
+                        ..
+                    } => {
+                        assert_eq!(topic, "news");
+                        Some((String::from_utf8(message).unwrap_or_default(), seq))
+                    }
+                    _ => None,
+                })
+                .collect();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(
+            (seen[0].0.as_str(), seen[1].0.as_str()),
+            ("first", "second")
+        );
+        assert!(seen[0].1 < seen[1].1, "numbered in order: {seen:?}");
+    }
+}

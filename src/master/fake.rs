@@ -279,7 +279,9 @@ impl Bench {
         self.next_ticket += 1;
         let t = self.next_ticket;
         self.m.ctl.clients.push((t, c));
-        (Job::request(req, t), Asker(theirs))
+        // As the master makes it from a request read off the socket (a fault or a
+        // publish keeps its details aside), from uid 0.
+        (self.m.job_for(req, t, 0), Asker(theirs))
     }
 
     /// Handles one batch, as the loop does after collecting it.
