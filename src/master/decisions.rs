@@ -698,3 +698,64 @@ fn corral_publish_goes_to_every_live_worker_in_order_and_is_answered() {
         assert!(seen[0].1 < seen[1].1, "numbered in order: {seen:?}");
     }
 }
+
+#[test]
+fn a_fault_is_refused_with_its_reason_unless_allowed_then_sent_to_its_victim() {
+    use crate::channel::ToWorker;
+    use crate::fault::kind::{FaultKind, FaultRequest, Victim};
+    let kill = |victim| {
+        Request::Fault(FaultRequest {
+            kind: FaultKind::Kill,
+            victim,
+            timeout_ms: 5000,
+        })
+    };
+    // Off by default: refused, naming the key.
+    let mut b = Bench::running(2, "");
+    let (job, mut a) = b.ask(kill(Victim::Slot(1)));
+    b.handle(vec![job]);
+    let got = a.answer().expect("refused at once");
+    assert!(
+        !got.ok && got.message.contains("fault_injection"),
+        "{got:?}"
+    );
+    // A leak with no max_worker_rss would never be recycled: refused.
+    let mut b = Bench::running(2, "fault_injection = true");
+    let (job, mut a) = b.ask(Request::Fault(FaultRequest {
+        kind: FaultKind::Leak { mib: 10 },
+        victim: Victim::Random,
+        timeout_ms: 5000,
+    }));
+    b.handle(vec![job]);
+    let got = a.answer().expect("refused at once");
+    assert!(!got.ok && got.message.contains("max_worker_rss"), "{got:?}");
+    // Allowed: slot 1's worker is told, and the answer waits for the outcome.
+    let victim =
+        b.m.workers
+            .iter()
+            .find(|w| w.slot == 1)
+            .map(|w| w.pid)
+            .expect("slot 1");
+    let _ = b.fx.sent_to(victim);
+    let (job, mut a) = b.ask(kill(Victim::Slot(1)));
+    b.handle(vec![job]);
+    let told = b.fx.sent_to(victim);
+    assert!(
+        told.iter().any(|(m, _)| matches!(
+            m,
+            ToWorker::Fault {
+                kind: FaultKind::Kill
+            }
+        )),
+        "{told:?}"
+    );
+    assert!(
+        a.answer().is_none(),
+        "answered once the master saw what happened"
+    );
+    // A slot that does not exist: refused.
+    let (job, mut a) = b.ask(kill(Victim::Slot(7)));
+    b.handle(vec![job]);
+    let got = a.answer().expect("refused at once");
+    assert!(!got.ok, "{got:?}");
+}
