@@ -12,7 +12,7 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use common::million::{conns_lost, copied_binary, echo_sample, moving_conf};
-use common::scale::{echo_conf, hold, pss_kb, status_workers, total_connections, Load};
+use common::scale::{anon_kb, echo_conf, hold, status_workers, total_connections, Load};
 use common::{new_master_pids, proc_alive, wait_until, Corral, Launch};
 
 /// Held connections in the reload test (3 client processes, 4 workers).
@@ -269,7 +269,7 @@ fn worker_memory_returns_near_baseline_after_clients_leave() {
     let c = Corral::start(&echo_conf(2, 19_000, "20s", ""));
     let pids = c.worker_pids();
     assert_eq!(pids.len(), 2);
-    let pss = |pids: &[i32]| -> u64 { pids.iter().filter_map(|&p| pss_kb(p)).sum() };
+    let pss = |pids: &[i32]| -> u64 { pids.iter().filter_map(|&p| anon_kb(p)).sum() };
     // The baseline is a worker that has served: what it allocates once, on first use
     // (its log writer's buffers, the first connections' tables), is no peak. Measured
     // right after the start it was seen 4 MiB lower than after any use at all, which
@@ -323,9 +323,9 @@ fn worker_memory_returns_near_baseline_after_clients_leave() {
     });
     assert!(
         back,
-        "worker Pss {base} KiB at start, {peak} KiB with {N} connections, still {after} KiB after they left"
+        "worker anonymous memory {base} KiB at start, {peak} KiB with {N} connections, still {after} KiB after they left"
     );
-    eprintln!("worker Pss: {base} -> {peak} -> {after} KiB");
+    eprintln!("worker anonymous memory: {base} -> {peak} -> {after} KiB");
 }
 
 /// 200 clients each receive a paced stream (`[flow] rate` on echo: corral reads each
