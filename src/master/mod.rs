@@ -12,6 +12,10 @@ mod collect;
 mod control_clients;
 #[cfg(test)]
 mod decisions;
+#[cfg(test)]
+mod decisions_stop;
+#[cfg(test)]
+mod decisions_supervision;
 mod effects;
 #[cfg(test)]
 mod fake;
