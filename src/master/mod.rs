@@ -13,6 +13,8 @@ mod control_clients;
 #[cfg(test)]
 mod decisions;
 #[cfg(test)]
+mod decisions_messages;
+#[cfg(test)]
 mod decisions_stop;
 #[cfg(test)]
 mod decisions_supervision;
