@@ -127,6 +127,11 @@ impl Fake {
         w.now = w.now.map(|t| t + by);
     }
 
+    /// Closes the last new master's end of its readiness pipe, as its exit does.
+    pub fn close_report(&self) {
+        self.0.borrow_mut().reports.pop();
+    }
+
     /// Writes `line` on the last new master's readiness pipe, as it would.
     pub fn report(&self, line: &str) {
         let w = self.0.borrow();
@@ -314,6 +319,15 @@ impl Bench {
         let heard = self.m.read_worker(pid, super::collect::Reading::Turn);
         self.m.record(heard.into_iter().map(|m| (pid, m)).collect());
         self.tick();
+    }
+
+    /// Gives the master a real control socket in the bench's directory (as `start`
+    /// binds it), for a test that connects as the CLI does; returns its path.
+    pub fn control_socket(&mut self) -> PathBuf {
+        let path = self.dir.join("corral.sock");
+        let server = super::control::Server::bind(&path, false).expect("control socket");
+        self.m.ctl.server = Some(server);
+        path
     }
 
     /// Reaps `pid` with `reason`.

@@ -13,11 +13,15 @@ mod control_clients;
 #[cfg(test)]
 mod decisions;
 #[cfg(test)]
+mod decisions_collect;
+#[cfg(test)]
 mod decisions_messages;
 #[cfg(test)]
 mod decisions_stop;
 #[cfg(test)]
 mod decisions_supervision;
+#[cfg(test)]
+mod decisions_upgrade;
 mod effects;
 #[cfg(test)]
 mod fake;
