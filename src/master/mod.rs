@@ -24,6 +24,8 @@ mod decisions_stop;
 mod decisions_supervision;
 #[cfg(test)]
 mod decisions_upgrade;
+#[cfg(test)]
+mod decisions_xfer;
 mod effects;
 #[cfg(test)]
 mod fake;
