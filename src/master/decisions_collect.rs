@@ -111,7 +111,7 @@ fn every_forked_worker_is_wired_to_every_live_one_of_any_generation() {
     let old = b.pids(1, WorkerState::Ready);
     let mut seen: Vec<Vec<u32>> = old.iter().map(|&p| peers(&b, p)).collect();
     seen.iter_mut().for_each(|v| v.sort());
-    let mut want = |me: Pid| {
+    let want = |me: Pid| {
         let mut v: Vec<u32> = old.iter().filter(|&&p| p != me).map(|&p| raw(p)).collect();
         v.sort();
         v
