@@ -105,6 +105,18 @@ impl Fake {
         out
     }
 
+    /// Worker `pid` sends `msg` (with `fds`) to the master over its channel, as the
+    /// real worker would; the master reads it with `read_worker`.
+    pub fn say(&self, pid: Pid, msg: &ToMaster, fds: &[std::os::fd::BorrowedFd<'_>]) {
+        let w = self.0.borrow();
+        let (_, ch) = w
+            .channels
+            .iter()
+            .find(|(p, _)| *p == pid)
+            .expect("a worker with an open channel");
+        ch.send_fds(msg, fds).expect("the worker's send");
+    }
+
     /// Closes worker `pid`'s end of its channel, as a worker that exits does.
     pub fn close_channel(&self, pid: Pid) {
         self.0.borrow_mut().channels.retain(|(p, _)| *p != pid);
@@ -113,6 +125,11 @@ impl Fake {
     pub fn advance(&self, by: Duration) {
         let mut w = self.0.borrow_mut();
         w.now = w.now.map(|t| t + by);
+    }
+
+    /// Closes the last new master's end of its readiness pipe, as its exit does.
+    pub fn close_report(&self) {
+        self.0.borrow_mut().reports.pop();
     }
 
     /// Writes `line` on the last new master's readiness pipe, as it would.
@@ -192,6 +209,14 @@ impl Bench {
     /// `workers` echo workers, with `master` lines added to `[master]`, forked (not
     /// really) and ready: the master is running generation 1.
     pub fn running(workers: usize, master: &str) -> Bench {
+        let mut b = Bench::starting(workers, master);
+        b.ready(1);
+        assert!(matches!(b.m.state, State::Running), "generation 1 serves");
+        b
+    }
+
+    /// As `running`, but generation 1 has not reported ready yet: the master starts.
+    pub fn starting(workers: usize, master: &str) -> Bench {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("corral-unit-{}-{n}", std::process::id()));
@@ -225,8 +250,6 @@ impl Bench {
         for slot in 0..workers {
             b.m.spawn(slot, 1).expect("fake fork");
         }
-        b.ready(1);
-        assert!(matches!(b.m.state, State::Running), "generation 1 serves");
         b
     }
 
@@ -288,6 +311,23 @@ impl Bench {
     pub fn handle(&mut self, jobs: Vec<Job>) {
         self.m.handle(jobs);
         self.tick();
+    }
+
+    /// The master reads what worker `pid` sent (one turn's share, as when its channel
+    /// polls readable) and records it, as the loop does.
+    pub fn hear(&mut self, pid: Pid) {
+        let heard = self.m.read_worker(pid, super::collect::Reading::Turn);
+        self.m.record(heard.into_iter().map(|m| (pid, m)).collect());
+        self.tick();
+    }
+
+    /// Gives the master a real control socket in the bench's directory (as `start`
+    /// binds it), for a test that connects as the CLI does; returns its path.
+    pub fn control_socket(&mut self) -> PathBuf {
+        let path = self.dir.join("corral.sock");
+        let server = super::control::Server::bind(&path, false).expect("control socket");
+        self.m.ctl.server = Some(server);
+        path
     }
 
     /// Reaps `pid` with `reason`.

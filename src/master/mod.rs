@@ -12,6 +12,20 @@ mod collect;
 mod control_clients;
 #[cfg(test)]
 mod decisions;
+#[cfg(test)]
+mod decisions_collect;
+#[cfg(test)]
+mod decisions_messages;
+#[cfg(test)]
+mod decisions_stalls;
+#[cfg(test)]
+mod decisions_stop;
+#[cfg(test)]
+mod decisions_supervision;
+#[cfg(test)]
+mod decisions_upgrade;
+#[cfg(test)]
+mod decisions_xfer;
 mod effects;
 #[cfg(test)]
 mod fake;
