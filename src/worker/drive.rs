@@ -165,28 +165,12 @@ impl Worker {
         token: Token,
         f: impl FnOnce(&mut dyn crate::service::Handler, &mut crate::service::Io<'_>),
     ) {
-        let moving = self.idle_policy == IdlePolicy::Handoff;
-        let draining = self.phase == Phase::Draining;
-        let Some(c) = self.conns.get_mut(token) else {
-            return;
-        };
-        let draining = draining && !(moving && c.can_move());
-        let mut env = Env {
-            scratch: &mut self.scratch,
-            budget: 0,
-            high: 0,
-            low: 0,
-            inbuf_limit: 0,
-            pool: &mut self.bufs,
-            stats: &mut self.tally.stats,
-            draining,
-            jobs: &mut self.blocking.jobs,
-            push: &mut self.push.outbox,
-            token: token.0,
-        };
-        c.with_io(&mut env, f);
-        c.flags.set(Flags::MAY_READ, true);
-        self.drive(token);
+        if self.call_handler(token, f) {
+            if let Some(c) = self.conns.get_mut(token) {
+                c.flags.set(Flags::MAY_READ, true);
+            }
+            self.drive(token);
+        }
     }
 
     /// `with_handler` for a write from elsewhere (a push, a greeting): the socket is
@@ -196,10 +180,22 @@ impl Worker {
         token: Token,
         f: impl FnOnce(&mut dyn crate::service::Handler, &mut crate::service::Io<'_>),
     ) {
+        if self.call_handler(token, f) {
+            self.drive(token);
+        }
+    }
+
+    /// Calls `f` with the connection's handler and an `Io` outside of a read; false
+    /// when the connection is gone.
+    fn call_handler(
+        &mut self,
+        token: Token,
+        f: impl FnOnce(&mut dyn crate::service::Handler, &mut crate::service::Io<'_>),
+    ) -> bool {
         let moving = self.idle_policy == IdlePolicy::Handoff;
         let draining = self.phase == Phase::Draining;
         let Some(c) = self.conns.get_mut(token) else {
-            return;
+            return false;
         };
         let draining = draining && !(moving && c.can_move());
         let mut env = Env {
@@ -216,7 +212,7 @@ impl Worker {
             token: token.0,
         };
         c.with_io(&mut env, f);
-        self.drive(token);
+        true
     }
 
     pub(crate) fn close(&mut self, token: Token) {
