@@ -514,6 +514,10 @@ impl<S: Service + ?Sized> Service for Box<S> {
     fn upstreams(&mut self, f: sealed::Forwarding) -> Option<&mut dyn Upstreams> {
         (**self).upstreams(f)
     }
+
+    fn overflow(&self) -> Overflow {
+        (**self).overflow()
+    }
 }
 
 pub(crate) mod sealed {

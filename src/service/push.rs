@@ -133,6 +133,9 @@ pub type ConnId = u64;
 /// }
 ///
 /// assert_eq!(Feed.overflow(), Overflow::Disconnect);
+/// // The same when the service is boxed, as a factory may return it.
+/// let boxed: Box<dyn Service> = Box::new(Box::new(Feed));
+/// assert_eq!(boxed.overflow(), Overflow::Disconnect);
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Overflow {
