@@ -27,23 +27,10 @@ fn push_binary() -> (tempfile::TempDir, PathBuf) {
     example_binary("push")
 }
 
-/// An example's binary, built (once per test process: both examples in one cargo
-/// call) and copied into a temp dir.
+/// An example's binary (built once per test run), copied into a temp dir so that an
+/// upgrade can exec it.
 fn example_binary(name: &str) -> (tempfile::TempDir, PathBuf) {
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    let built = PathBuf::from(corral_bin())
-        .parent()
-        .expect("target dir")
-        .join("examples")
-        .join(name);
-    BUILT.call_once(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--example", "push", "--example", "chat"])
-            .status()
-            .expect("run cargo build --example push --example chat");
-        assert!(status.success(), "cargo build of the examples failed");
-    });
+    let built = example_bin(name);
     let dir = tempfile::Builder::new()
         .prefix("corral-push-bin-")
         .tempdir()

@@ -11,7 +11,7 @@ use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::million::{conns_lost, copied_binary, echo_sample, moving_conf};
+use common::million::{conns_lost, echo_sample, moving_conf};
 use common::scale::{anon_kb, echo_conf, hold, status_workers, total_connections, Load};
 use common::{new_master_pids, proc_alive, wait_until, Corral, Launch};
 
@@ -116,7 +116,7 @@ fn lost_and_open(j: &serde_json::Value) -> (u64, u64) {
 #[test]
 fn held_connections_move_through_a_reload_and_an_upgrade_without_loss() {
     let _g = lock();
-    let (_bin_dir, bin) = copied_binary();
+    let (_bin_dir, bin) = common::copy_binary();
     let c = Corral::start_with(
         &moving_conf(4),
         Launch {

@@ -2,10 +2,8 @@
 //! upgrade (`tests/scale.rs`, the small version of `bench/million.sh`): a config with
 //! a tight watchdog, a paced echo sample, and what a client process counted as lost.
 
-use std::path::{Path, PathBuf};
-
 use super::scale::Load;
-use super::{corral_bin, install_exec, Corral};
+use super::Corral;
 
 /// Echo with `accept = "reuseport"` for many idle connections, and a watchdog only a
 /// few heartbeats long: a worker the master stops hearing from during the move is
@@ -18,17 +16,6 @@ pub fn moving_conf(workers: usize) -> String {
          [log]\nlevel = \"info\"\n\n\
          [[listen]]\naddress = \"127.0.0.1:{{port}}\"\nservice = \"echo\"\naccept = \"reuseport\"\nbacklog = 4096\n"
     )
-}
-
-/// A copy of the built corral in a temp dir (an upgrade execs the binary's path).
-pub fn copied_binary() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::Builder::new()
-        .prefix("corral-million-bin-")
-        .tempdir()
-        .expect("create temp dir for the binary");
-    let path = dir.path().join("corral");
-    install_exec(Path::new(corral_bin()), &path);
-    (dir, path)
 }
 
 /// `n` echo connections doing a round trip every half second for at most `secs`, with

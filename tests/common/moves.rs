@@ -444,25 +444,9 @@ impl Session {
     }
 }
 
-/// The kv example's binary, (re)built once per test run: `cargo test --test suite
-/// moves::` alone builds no examples, and a stale one would test old code.
+/// The kv example's binary, built once per test run.
 pub fn kv_binary() -> std::path::PathBuf {
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    let bin = std::path::PathBuf::from(super::corral_bin());
-    let path = bin
-        .parent()
-        .expect("target dir")
-        .join("examples")
-        .join("kv");
-    BUILT.call_once(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args(["build", "--example", "kv"])
-            .status()
-            .expect("run cargo build --example kv");
-        assert!(status.success(), "cargo build --example kv failed");
-    });
-    path
+    super::example_bin("kv")
 }
 
 /// A line-protocol client (the kv example's): sends `cmd` and returns the reply line.

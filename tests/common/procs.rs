@@ -127,6 +127,29 @@ pub fn install_exec(src: &Path, dst: &Path) {
     fs::set_permissions(dst, fs::Permissions::from_mode(0o755)).expect("chmod");
 }
 
+/// An example's binary (`target/…/examples/NAME`), built on its first use in this
+/// test run: `cargo test --test suite X::` alone builds no examples, and a stale one
+/// would test older code. One build at a time (cargo would wait on its lock anyway).
+pub fn example_bin(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let path = Path::new(corral_bin())
+        .parent()
+        .expect("target dir")
+        .join("examples")
+        .join(name);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == name) {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--example", name])
+            .status()
+            .unwrap_or_else(|e| panic!("run cargo build --example {name}: {e}"));
+        assert!(status.success(), "cargo build --example {name} failed");
+        built.push(name.to_string());
+    }
+    path
+}
+
 /// A copy of the built corral in a temp dir of its own, for tests that upgrade to
 /// (or replace) the binary: an upgrade execs the binary's path.
 pub fn copy_binary() -> (tempfile::TempDir, PathBuf) {
