@@ -213,25 +213,13 @@ impl Worker {
     /// the handler did something (wrote, closed, asked for a job or a push op): a
     /// service with no greeting pays no extra read per accept.
     pub(super) fn open_conn(&mut self, token: Token) {
-        let draining = self.phase == super::Phase::Draining;
         let ops = self.push.outbox.ops.len();
-        let Some(c) = self.conns.get_mut(token) else {
+        if !self.call_handler(token, |h, io| h.on_open(io)) {
+            return;
+        }
+        let Some(c) = self.conns.get(token) else {
             return;
         };
-        let mut env = super::conn::Env {
-            scratch: &mut self.scratch,
-            budget: 0,
-            high: 0,
-            low: 0,
-            inbuf_limit: 0,
-            pool: &mut self.bufs,
-            stats: &mut self.tally.stats,
-            draining,
-            jobs: &mut self.blocking.jobs,
-            push: &mut self.push.outbox,
-            token: token.0,
-        };
-        c.with_io(&mut env, |h, io| h.on_open(io));
         let acted = c.owed() > 0
             || c.flags.has(Flags::CLOSE)
             || c.flags.has(Flags::SHUTDOWN_WRITE)

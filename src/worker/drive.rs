@@ -187,7 +187,7 @@ impl Worker {
 
     /// Calls `f` with the connection's handler and an `Io` outside of a read; false
     /// when the connection is gone.
-    fn call_handler(
+    pub(super) fn call_handler(
         &mut self,
         token: Token,
         f: impl FnOnce(&mut dyn crate::service::Handler, &mut crate::service::Io<'_>),
