@@ -2,6 +2,7 @@
 //! with its own services (see `examples/`) is the same program: parse the command
 //! line, then run the master, check the config, or talk to a running master.
 
+use crate::program::{complain, say};
 use clap::{CommandFactory, FromArgMatches};
 
 use crate::cli::{self, Cli, Sub};
@@ -13,6 +14,7 @@ use crate::master::{Master, StartOptions};
 /// version (`mykv --version` prints `mykv 1.2.0`), and returns the exit code. The
 /// services are registered already (see `crate::Runtime::run`).
 pub fn main_as(name: &'static str, version: &'static str) -> i32 {
+    crate::program::set(name);
     let mut cmd = command(name, version);
     let matches = cmd.get_matches_mut();
     let cli = match Cli::from_arg_matches(&matches) {
@@ -81,9 +83,7 @@ fn run(cli: Cli, cmd: clap::Command) -> i32 {
     // old master is the one holding the terminal and the service manager's attention).
     let upgrade_reporter = Reporter::from_env();
     if upgrade_reporter.is_some() && crate::fault::bad_upgrade() {
-        eprintln!(
-            "corral: injected fault (corral fault bad-upgrade): this new master exits at once"
-        );
+        complain!("injected fault (corral fault bad-upgrade): this new master exits at once");
         return 1;
     }
     if cli.print_config {
@@ -93,7 +93,7 @@ fn run(cli: Cli, cmd: clap::Command) -> i32 {
                 0
             }
             Err(e) => {
-                eprintln!("corral: {e}");
+                complain!("{e}");
                 1
             }
         };
@@ -101,12 +101,9 @@ fn run(cli: Cli, cmd: clap::Command) -> i32 {
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("corral: {e}");
+            complain!("{e}");
             if cli.test {
-                eprintln!(
-                    "corral: configuration file {} test failed",
-                    cli.config.display()
-                );
+                complain!("configuration file {} test failed", cli.config.display());
             }
             if let Some(r) = upgrade_reporter {
                 r.failed(&e.to_string());
@@ -115,10 +112,10 @@ fn run(cli: Cli, cmd: clap::Command) -> i32 {
         }
     };
     for w in config.warnings() {
-        eprintln!("corral: warning: {w}");
+        complain!("warning: {w}");
     }
     if cli.test {
-        println!("corral: configuration file {} is ok", cli.config.display());
+        say!("configuration file {} is ok", cli.config.display());
         return 0;
     }
     let upgraded = upgrade_reporter.is_some();
@@ -138,7 +135,7 @@ fn run(cli: Cli, cmd: clap::Command) -> i32 {
         config.log.file.as_deref(),
         config.log.rotation,
     ) {
-        eprintln!("corral: {e}");
+        complain!("{e}");
         if let Some(r) = reporter {
             r.failed(&e.to_string());
         }
@@ -177,7 +174,7 @@ fn daemonize() -> Result<Option<Reporter>, i32> {
     let (r, w) = match crate::os::fd::pipe() {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("corral: {e}");
+            complain!("{e}");
             return Err(1);
         }
     };
@@ -194,22 +191,22 @@ fn daemonize() -> Result<Option<Reporter>, i32> {
             drop(w);
             let code = match upgrade::wait_report(&r) {
                 Report::Ready(pid) => {
-                    println!("corral: serving in the background, master pid {pid}");
+                    say!("serving in the background, master pid {pid}");
                     0
                 }
                 Report::Failed(why) => {
-                    eprintln!("corral: failed to start: {why}");
+                    complain!("failed to start: {why}");
                     1
                 }
                 Report::Closed => {
-                    eprintln!("corral: the daemon exited before it was serving (see its log)");
+                    complain!("the daemon exited before it was serving (see its log)");
                     1
                 }
             };
             std::process::exit(code)
         }
         daemonize::Outcome::Parent(Err(e)) => {
-            eprintln!("corral: cannot daemonize: {e}");
+            complain!("cannot daemonize: {e}");
             Err(1)
         }
         daemonize::Outcome::Child(Ok(_)) => {
@@ -217,7 +214,7 @@ fn daemonize() -> Result<Option<Reporter>, i32> {
             Ok(Some(Reporter::new(w)))
         }
         daemonize::Outcome::Child(Err(e)) => {
-            eprintln!("corral: cannot daemonize: {e}");
+            complain!("cannot daemonize: {e}");
             Reporter::new(w).failed(&format!("cannot daemonize: {e}"));
             Err(1)
         }

@@ -1,5 +1,6 @@
 //! The command line: run the master, check a config, signal or query a running master.
 
+use crate::program::{complain, say};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -231,7 +232,8 @@ fn locate(path: &Path) -> Result<Target, String> {
     };
     let refuse = |detail: String| {
         format!(
-            "{detail}\ncorral: cannot tell from {} which master it configures; nothing was sent",
+            "{detail}\n{}: cannot tell from {} which master it configures; nothing was sent",
+            crate::program::name(),
             path.display()
         )
     };
@@ -293,7 +295,7 @@ pub fn send(path: &Path, what: SignalArg, no_wait: bool) -> i32 {
     let (t, masters) = match locate(path).and_then(|t| vet(&t).map(|m| (t, m))) {
         Ok(x) => x,
         Err(e) => {
-            eprintln!("corral: {e}");
+            complain!("{e}");
             return 1;
         }
     };
@@ -336,7 +338,7 @@ pub fn send(path: &Path, what: SignalArg, no_wait: bool) -> i32 {
             signal_fallback(&t.pid_file, what, &e.to_string())
         }
         Err(e) => {
-            eprintln!("corral: {e}");
+            complain!("{e}");
             1
         }
     }
@@ -357,16 +359,16 @@ fn signal_fallback(pid_file: &Path, what: SignalArg, why: &str) -> i32 {
     let pid = match pidfile::proven_master(pid_file) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("corral: {why}; {e}");
+            complain!("{why}; {e}");
             return 1;
         }
     };
     if let Err(e) = crate::os::process::signal(pid, sig) {
-        eprintln!("corral: cannot send {} to pid {pid}: {e}", sig.as_str());
+        complain!("cannot send {} to pid {pid}: {e}", sig.as_str());
         return 1;
     }
-    eprintln!(
-        "corral: {why}; sent {} to pid {pid} instead (outcome unknown)",
+    complain!(
+        "{why}; sent {} to pid {pid} instead (outcome unknown)",
         sig.as_str()
     );
     0
@@ -377,12 +379,12 @@ fn wait_gone(pid: i32, limit: Duration) -> i32 {
     let start = std::time::Instant::now();
     while start.elapsed() < limit {
         if !crate::os::process::alive(pid) || is_zombie(pid) {
-            println!("corral: master {pid} has exited");
+            say!("master {pid} has exited");
             return 0;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    eprintln!("corral: master {pid} is still running after {limit:?}");
+    complain!("master {pid} is still running after {limit:?}");
     1
 }
 
@@ -393,9 +395,9 @@ fn is_zombie(pid: crate::os::process::Pid) -> bool {
 
 fn report(resp: &Response) {
     if resp.ok {
-        println!("corral: {}", resp.message);
+        say!("{}", resp.message);
     } else {
-        eprintln!("corral: {}", resp.message);
+        complain!("{}", resp.message);
     }
 }
 
@@ -404,7 +406,7 @@ pub fn status_prometheus(path: &Path) -> i32 {
     let (t, masters) = match locate(path).and_then(|t| vet(&t).map(|m| (t, m))) {
         Ok(x) => x,
         Err(e) => {
-            eprintln!("corral: {e}");
+            complain!("{e}");
             return 1;
         }
     };
@@ -419,11 +421,11 @@ pub fn status_prometheus(path: &Path) -> i32 {
             0
         }
         Ok(r) => {
-            eprintln!("corral: {}", r.message);
+            complain!("{}", r.message);
             1
         }
         Err(e) => {
-            eprintln!("corral: {e}{}", running_hint(&e));
+            complain!("{e}{}", running_hint(&e));
             1
         }
     }
@@ -434,7 +436,7 @@ pub fn status(path: &Path, json: bool) -> i32 {
     let (t, masters) = match locate(path).and_then(|t| vet(&t).map(|m| (t, m))) {
         Ok(x) => x,
         Err(e) => {
-            eprintln!("corral: {e}");
+            complain!("{e}");
             return 1;
         }
     };
@@ -446,7 +448,7 @@ pub fn status(path: &Path, json: bool) -> i32 {
     ) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("corral: {e}{}", running_hint(&e));
+            complain!("{e}{}", running_hint(&e));
             return 1;
         }
     };
@@ -454,7 +456,7 @@ pub fn status(path: &Path, json: bool) -> i32 {
         match serde_json::to_string_pretty(&resp) {
             Ok(s) => println!("{s}"),
             Err(e) => {
-                eprintln!("corral: {e}");
+                complain!("{e}");
                 return 1;
             }
         }

@@ -32,6 +32,7 @@ pub(crate) mod notify;
 #[doc(hidden)]
 #[allow(unsafe_code)]
 pub mod os;
+pub(crate) mod program;
 pub(crate) mod proxy_protocol;
 mod runtime;
 pub mod service;

@@ -54,3 +54,47 @@ fn io_peer_is_the_clients_address_and_port_before_and_after_a_move() {
     assert!(moved, "the old worker did not go\n{}", c.log_tail(30));
     assert_eq!(ask(&mut w, &mut r, "PEER"), format!("PEER {me}"));
 }
+
+/// A program built on the library speaks to its operator under its own name: the kv
+/// example's config check and a signal to a master that is not running say `kv:`,
+/// never `corral:` (its operator never ran a program called corral).
+#[test]
+fn a_library_program_speaks_under_its_own_name() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("kv.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[master]\nworkers = 1\npid_file = \"{d}/kv.pid\"\ncontrol_socket = \"{d}/kv.sock\"\n\n\
+             [[listen]]\naddress = \"127.0.0.1:{}\"\nservice = \"kv\"\n",
+            free_port(),
+            d = dir.path().display()
+        ),
+    )
+    .expect("write config");
+    let kv = common::moves::kv_binary();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&kv)
+            .args(args)
+            .arg("-c")
+            .arg(&config)
+            .output()
+            .expect("run kv");
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, text) = run(&["-t"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(&format!(
+            "kv: configuration file {} is ok",
+            config.display()
+        )),
+        "{text}"
+    );
+    let (ok, text) = run(&["-s", "reload"]);
+    assert!(!ok, "no master runs: {text}");
+    assert!(text.starts_with("kv: "), "{text}");
+    assert!(!text.contains("corral: "), "{text}");
+}

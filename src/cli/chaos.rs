@@ -3,6 +3,7 @@
 //! `status` in between to tell whether the service was ever without a ready worker,
 //! and ending with a report of detection and recovery per fault kind.
 
+use crate::program::complain;
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
@@ -224,20 +225,20 @@ pub fn chaos(config: &Path, plan: &Plan, faults: &[FaultKind]) -> Report {
 /// `max_recovery` or a fault got no outcome).
 pub fn run(config: &Path, plan: Plan, json: bool) -> i32 {
     if plan.faults.as_ref().is_some_and(Vec::is_empty) || plan.every.0.is_zero() {
-        eprintln!("corral: chaos needs at least one fault in --faults and a non-zero --every");
+        complain!("chaos needs at least one fault in --faults and a non-zero --every");
         return 2;
     }
     let loaded = match crate::config::Config::load(config) {
         Ok(c) => Some(c),
         Err(e) => {
-            eprintln!("corral: note: {e}; the master alone checks the faults");
+            complain!("note: {e}; the master alone checks the faults");
             None
         }
     };
     let faults = match faults_for(loaded.as_ref(), plan.faults.clone()) {
         Ok(f) => f,
         Err(why) => {
-            eprintln!("corral: chaos refused: {why}; nothing was injected");
+            complain!("chaos refused: {why}; nothing was injected");
             return 2;
         }
     };
@@ -245,7 +246,7 @@ pub fn run(config: &Path, plan: Plan, json: bool) -> i32 {
     if json {
         match serde_json::to_string_pretty(&r) {
             Ok(s) => println!("{s}"),
-            Err(e) => eprintln!("corral: {e}"),
+            Err(e) => complain!("{e}"),
         }
     } else {
         print_text(&r);

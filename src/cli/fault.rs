@@ -2,6 +2,7 @@
 //! the outcome it measured (its victim, detection and recovery times, the
 //! connections lost).
 
+use crate::program::{complain, say};
 use std::path::Path;
 use std::time::Duration;
 
@@ -44,7 +45,7 @@ pub fn run(
     let kind = match FaultKind::parse(kind, arg) {
         Ok(k) => k,
         Err(e) => {
-            eprintln!("corral: {e}");
+            complain!("{e}");
             return 2;
         }
     };
@@ -59,12 +60,12 @@ pub fn run(
                 match serde_json::to_string(&o) {
                     Ok(s) => println!("{s}"),
                     Err(e) => {
-                        eprintln!("corral: {e}");
+                        complain!("{e}");
                         return 1;
                     }
                 }
             } else {
-                println!("corral: {}", crate::master::faults::summary(&o));
+                say!("{}", crate::master::faults::summary(&o));
             }
             if let Some(a) = o.attempts.as_ref().filter(|a| a.iter().any(|a| !a.blocked)) {
                 let open: Vec<&str> = a
@@ -72,12 +73,12 @@ pub fn run(
                     .filter(|a| !a.blocked)
                     .map(|a| a.name.as_str())
                     .collect();
-                eprintln!("corral: not blocked: {}", open.join(", "));
+                complain!("not blocked: {}", open.join(", "));
                 return 1;
             }
             if o.outcome == TIMEOUT {
-                eprintln!(
-                    "corral: no outcome within {timeout}: the master saw no exit, silence or \
+                complain!(
+                    "no outcome within {timeout}: the master saw no exit, silence or \
                      recovery of the victim"
                 );
                 return 1;
@@ -85,7 +86,7 @@ pub fn run(
             0
         }
         Err(e) => {
-            eprintln!("corral: {e}");
+            complain!("{e}");
             1
         }
     }

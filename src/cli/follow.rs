@@ -4,6 +4,7 @@
 //! one plain line per second, then the final counts. Followed by polling `status`
 //! only; the exit status stays the request's own.
 
+use crate::program::say;
 use std::io::IsTerminal;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -172,8 +173,8 @@ pub fn follow(config: &Path, w: Watch, limit: Duration) {
             ));
         } else if last_line.elapsed() >= Duration::from_secs(1) && !gone {
             last_line = Instant::now();
-            println!(
-                "corral: moving: {} of {} moved, {} kept, {} closed, {} remaining ({:.0}/s, {:.1}s)",
+            say!(
+                "moving: {} of {} moved, {} kept, {} closed, {} remaining ({:.0}/s, {:.1}s)",
                 c.moved,
                 total,
                 c.kept,
@@ -232,7 +233,7 @@ fn finish(bar: Option<&ProgressBar>, line: &str) {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    println!("corral: {line}");
+    say!("{line}");
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! generated from the same clap definition as the parser, so they cannot drift from
 //! what the binary accepts. A program built on the library gets its own name in them.
 
+use crate::program::complain;
 use std::io::Write;
 use std::path::Path;
 
@@ -13,7 +14,7 @@ pub fn completions(mut cmd: clap::Command, shell: clap_complete::Shell) -> i32 {
     match out.flush() {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("corral: cannot write the completion script: {e}");
+            complain!("cannot write the completion script: {e}");
             1
         }
     }
@@ -98,7 +99,7 @@ pub fn man(cmd: clap::Command, output: Option<&Path>) -> i32 {
         .and_then(|()| page.write_all(MAN_EXTRA.as_bytes()))
         .and_then(|()| man.render_version_section(&mut page));
     if let Err(e) = rendered {
-        eprintln!("corral: cannot render the man page: {e}");
+        complain!("cannot render the man page: {e}");
         return 1;
     }
     let written = match output {
@@ -113,7 +114,7 @@ pub fn man(cmd: clap::Command, output: Option<&Path>) -> i32 {
     match written {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("corral: cannot write the man page: {e}");
+            complain!("cannot write the man page: {e}");
             1
         }
     }

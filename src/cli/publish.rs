@@ -3,6 +3,7 @@
 //! delivers it to its own subscribers); see `master/bus.rs` for why the master
 //! forwards it rather than the client writing to the workers.
 
+use crate::program::{complain, say};
 use std::path::Path;
 use std::time::Duration;
 
@@ -13,22 +14,22 @@ pub fn run(path: &Path, topic: String, message: String) -> i32 {
     let (t, masters) = match super::locate(path).and_then(|t| super::vet(&t).map(|m| (t, m))) {
         Ok(x) => x,
         Err(e) => {
-            eprintln!("corral: {e}");
+            complain!("{e}");
             return 1;
         }
     };
     let req = Request::Publish { topic, message };
     match control::request_from(&t.socket, req, Duration::from_secs(10), &masters) {
         Ok(r) if r.ok => {
-            println!("corral: {}", r.message);
+            say!("{}", r.message);
             0
         }
         Ok(r) => {
-            eprintln!("corral: {}", r.message);
+            complain!("{}", r.message);
             1
         }
         Err(e) => {
-            eprintln!("corral: {e}");
+            complain!("{e}");
             1
         }
     }

@@ -5,6 +5,7 @@
 //! (a key in raw mode), SIGTERM and its kin, a master that stays away, and a panic
 //! (ratatui's hook and a guard that restores on unwinding).
 
+use crate::program::complain;
 use std::io::IsTerminal;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -27,7 +28,7 @@ pub fn run(config: &Path, interval: Duration, once: bool) -> i32 {
     match super::poll::status(config) {
         Ok(r) => m.update(r, Instant::now()),
         Err(e) => {
-            eprintln!("corral: {e}");
+            complain!("{e}");
             return 1;
         }
     }
@@ -37,7 +38,7 @@ pub fn run(config: &Path, interval: Duration, once: bool) -> i32 {
         match super::poll::status(config) {
             Ok(r) => m.update(r, Instant::now()),
             Err(e) => {
-                eprintln!("corral: {e}");
+                complain!("{e}");
                 return 1;
             }
         }
@@ -62,7 +63,7 @@ fn live(config: &Path, interval: Duration, mut m: Model) -> i32 {
         Ok(t) => t,
         Err(e) => {
             ratatui::restore();
-            eprintln!("corral: cannot use the terminal: {e}");
+            complain!("cannot use the terminal: {e}");
             return 1;
         }
     };
@@ -76,7 +77,7 @@ fn live(config: &Path, interval: Duration, mut m: Model) -> i32 {
     loop {
         if let Err(e) = term.draw(|f| view::draw(f, &m)) {
             drop(_restore);
-            eprintln!("corral: terminal: {e}");
+            complain!("terminal: {e}");
             return 1;
         }
         if stop.requested() {
@@ -100,7 +101,7 @@ fn live(config: &Path, interval: Duration, mut m: Model) -> i32 {
                 Ok(_) => continue,
                 Err(e) => {
                     drop(_restore);
-                    eprintln!("corral: terminal: {e}");
+                    complain!("terminal: {e}");
                     return 1;
                 }
             },
@@ -108,7 +109,7 @@ fn live(config: &Path, interval: Duration, mut m: Model) -> i32 {
             Ok(false) => {}
             Err(e) => {
                 drop(_restore);
-                eprintln!("corral: terminal: {e}");
+                complain!("terminal: {e}");
                 return 1;
             }
         }
@@ -122,7 +123,7 @@ fn live(config: &Path, interval: Duration, mut m: Model) -> i32 {
                 let since = *failing_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= GONE_AFTER {
                     drop(_restore);
-                    eprintln!("corral: the master went away: {e}");
+                    complain!("the master went away: {e}");
                     return 1;
                 }
                 if m.unreachable.is_none() {

@@ -16,6 +16,7 @@ mod nonblocking;
 mod rolling;
 mod target;
 
+use crate::program::complain;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -140,7 +141,7 @@ pub fn init(level: &str, file: Option<&Path>, rotation: Rotation) -> Result<(), 
     if let Some(note) = note {
         if file.is_some() {
             // The operator at the terminal would not see it in the file.
-            eprintln!("corral: {note}");
+            complain!("{note}");
         }
         tracing::warn!("{note}");
     }

@@ -1,6 +1,9 @@
 //! A fake of the master's effects for the unit tests of its decisions: it forks
-//! nothing and signals nobody, records every effect instead, and keeps a clock the
-//! test moves by hand. `Bench` builds a master over it from a real config file.
+//! nothing, signals nobody, reaps the exits the test scripts, reads configs from
+//! memory and opens no socket (a listener is `/dev/null`), records every effect
+//! instead, and keeps a clock the test moves by hand. `Bench` builds a master over it
+//! from a config text; no port is bound and no file is written (only a test that
+//! asks for a real control socket gets a directory).
 
 use crate::os::posix::UnixStream;
 use std::cell::RefCell;
@@ -11,13 +14,15 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use super::control::{Client, Request, Response};
-use super::effects::{Effects, Exec};
+use super::effects::{Effects, Exec, Notice};
+use super::sockets::{self, Listener};
 use super::start::Opened;
 use super::upgrade::{SpawnError, Spawned};
 use super::{Job, Master, StartOptions, State, Ticket, WorkerState};
 use crate::channel::ToMaster;
-use crate::config::Config;
+use crate::config::{AcceptMode, Config, ConfigError};
 use crate::os::master::{Pid, Signal};
+use crate::os::net::NetError;
 use crate::os::pidfd::PidFd;
 use crate::os::process::{self, ExitReason, Forked};
 use crate::os::SysError;
@@ -34,6 +39,12 @@ pub enum Did {
     KillGroup(Pid, Signal),
     SignalPidfd(Signal),
     StartMaster(Pid),
+    /// A config read (a reload), by path.
+    LoadConfig(PathBuf),
+    /// Listeners opened for a config: how many sockets.
+    OpenListeners(usize),
+    Steer,
+    Notify(Notice),
 }
 
 #[derive(Default)]
@@ -45,6 +56,10 @@ struct World {
     reports: Vec<OwnedFd>,
     /// Each forked worker's end of its channel, for a test that plays the worker.
     channels: Vec<(Pid, crate::channel::Channel)>,
+    /// What each config path holds; a path missing here is unreadable.
+    configs: Vec<(PathBuf, String)>,
+    /// Exits the next reap finds.
+    exits: Vec<(Pid, ExitReason)>,
 }
 
 /// The fake; the test keeps a clone to look and to move the clock.
@@ -122,6 +137,31 @@ impl Fake {
         self.0.borrow_mut().channels.retain(|(p, _)| *p != pid);
     }
 
+    /// What the config file at `path` holds from now on (`None`: it is unreadable).
+    pub fn write_config(&self, path: &std::path::Path, text: Option<&str>) {
+        let mut w = self.0.borrow_mut();
+        w.configs.retain(|(p, _)| p != path);
+        if let Some(text) = text {
+            w.configs.push((path.to_path_buf(), text.to_string()));
+        }
+    }
+
+    /// Child `pid` has exited with `reason`: the next reap finds it.
+    pub fn exited(&self, pid: Pid, reason: ExitReason) {
+        self.0.borrow_mut().exits.push((pid, reason));
+    }
+
+    /// What the master told systemd, in order.
+    pub fn notices(&self) -> Vec<Notice> {
+        self.done()
+            .into_iter()
+            .filter_map(|d| match d {
+                Did::Notify(n) => Some(n),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub fn advance(&self, by: Duration) {
         let mut w = self.0.borrow_mut();
         w.now = w.now.map(|t| t + by);
@@ -189,12 +229,79 @@ impl Effects for Fake {
             start: 0,
         })
     }
+
+    fn reap(&mut self) -> Vec<(Pid, ExitReason)> {
+        std::mem::take(&mut self.0.borrow_mut().exits)
+    }
+
+    fn load_config(&mut self, path: &std::path::Path) -> Result<Config, ConfigError> {
+        self.did(Did::LoadConfig(path.to_path_buf()));
+        let text = self
+            .0
+            .borrow()
+            .configs
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, t)| t.clone());
+        match text {
+            Some(text) => Config::load_str(&text, path, &crate::service::Registry),
+            None => Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            }),
+        }
+    }
+
+    /// One listener per `[[listen]]` entry (per slot for reuseport), each over
+    /// `/dev/null`: the decisions only count and pass them.
+    fn open_listeners(
+        &mut self,
+        config: &Config,
+        _current: &[Listener],
+    ) -> Result<Vec<Listener>, NetError> {
+        let workers = config.master.workers.count();
+        let mut out = Vec::new();
+        for (i, l) in config.listen.iter().enumerate() {
+            let slots: Vec<Option<usize>> = match l.accept {
+                AcceptMode::Shared => vec![None],
+                AcceptMode::Reuseport => (0..workers).map(Some).collect(),
+            };
+            for slot in slots {
+                let fd = std::fs::File::open("/dev/null").map_err(|source| NetError::Bind {
+                    addr: l.address.to_string(),
+                    step: "open(/dev/null) in the fake",
+                    source,
+                })?;
+                out.push(Listener {
+                    addr: l.address.clone(),
+                    name: sockets::name_of(config, i),
+                    slot,
+                    fd: fd.into(),
+                    owns_path: false,
+                    adopt_path: false,
+                });
+            }
+        }
+        self.did(Did::OpenListeners(out.len()));
+        Ok(out)
+    }
+
+    fn steer(&mut self, _config: &Config, _listeners: &[Listener]) -> Result<(), NetError> {
+        self.did(Did::Steer);
+        Ok(())
+    }
+
+    fn notify(&mut self, notice: Notice) {
+        self.did(Did::Notify(notice));
+    }
 }
 
 /// A master over the fake, from a config file in a directory of its own.
 pub struct Bench {
     pub m: Master,
     pub fx: Fake,
+    /// Where the config "is" (only the fake reads it) and where a real control
+    /// socket goes if a test asks for one.
     dir: PathBuf,
     next_ticket: Ticket,
 }
@@ -203,6 +310,17 @@ impl Drop for Bench {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A config of `workers` echo workers with `master` lines added to `[master]`, as if
+/// in `dir`; its listener is never bound (the fake opens `/dev/null`).
+pub fn config_text(dir: &std::path::Path, workers: usize, master: &str) -> String {
+    format!(
+        "[master]\nworkers = {workers}\npid_file = \"{d}/corral.pid\"\n\
+         control_socket = \"{d}/corral.sock\"\n{master}\n\n\
+         [[listen]]\naddress = \"127.0.0.1:9\"\nservice = \"echo\"\n",
+        d = dir.display()
+    )
 }
 
 impl Bench {
@@ -220,21 +338,10 @@ impl Bench {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("corral-unit-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let text = format!(
-            "[master]\nworkers = {workers}\npid_file = \"{d}/corral.pid\"\n\
-             control_socket = \"{d}/corral.sock\"\n{master}\n\n\
-             [[listen]]\naddress = \"127.0.0.1:{port}\"\nservice = \"echo\"\n",
-            d = dir.display()
-        );
         let path = dir.join("corral.toml");
-        std::fs::write(&path, text).expect("config");
-        let config = Config::load(&path).expect("a valid config");
         let fx = Fake::new();
+        fx.write_config(&path, Some(&config_text(&dir, workers, master)));
+        let config = fx.clone().load_config(&path).expect("a valid config");
         let opts = StartOptions {
             binary: PathBuf::from("/bin/false"),
             reporter: None,
@@ -324,16 +431,23 @@ impl Bench {
     /// Gives the master a real control socket in the bench's directory (as `start`
     /// binds it), for a test that connects as the CLI does; returns its path.
     pub fn control_socket(&mut self) -> PathBuf {
+        std::fs::create_dir_all(&self.dir).expect("temp dir");
         let path = self.dir.join("corral.sock");
         let server = super::control::Server::bind(&path, false).expect("control socket");
         self.m.ctl.server = Some(server);
         path
     }
 
-    /// Reaps `pid` with `reason`.
+    /// Child `pid` exits with `reason` and the master reaps it (as on SIGCHLD).
     pub fn exit(&mut self, pid: Pid, reason: ExitReason) {
-        self.m.child_exited(pid, reason);
+        self.fx.exited(pid, reason);
+        self.m.reap();
         self.tick();
+    }
+
+    /// The path the master reads its config from.
+    pub fn config_path(&self) -> PathBuf {
+        self.m.config.source.clone()
     }
 }
 

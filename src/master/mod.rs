@@ -17,6 +17,8 @@ mod decisions_collect;
 #[cfg(test)]
 mod decisions_messages;
 #[cfg(test)]
+mod decisions_reload;
+#[cfg(test)]
 mod decisions_stalls;
 #[cfg(test)]
 mod decisions_stop;

@@ -1,6 +1,7 @@
 //! Deadlines and progress: what moves the master's state forward once what it waits for
 //! has happened (or has not, in time).
 
+use super::effects::Notice;
 use super::{drain, IdlePolicy, Master, State, WorkerState, PREDECESSOR_POLL, START_TIMEOUT};
 use crate::master::sockets;
 use crate::os::process;
@@ -11,7 +12,7 @@ impl Master {
     pub(super) fn sd_watchdog(&mut self, now: Instant) {
         if let Some((every, due)) = self.host.sd_watchdog {
             if due <= now {
-                crate::notify::watchdog();
+                self.fx.notify(Notice::Watchdog);
                 self.host.sd_watchdog = Some((every, now + every));
             }
         }
@@ -35,8 +36,9 @@ impl Master {
                     if let Some(r) = self.host.reporter.take() {
                         r.ready();
                     }
-                    crate::notify::main_pid(std::process::id());
-                    crate::notify::ready(&self.status_line());
+                    self.fx.notify(Notice::MainPid(std::process::id()));
+                    let status = self.status_line();
+                    self.fx.notify(Notice::Ready(status));
                 } else if *deadline <= now {
                     self.fail_startup(format!("workers were not ready within {START_TIMEOUT:?}"));
                 }

@@ -5,6 +5,7 @@ use super::{
     drain, Config, IdlePolicy, Listener, Master, Signal, Slot, State, Waiters, WorkerState,
     OLD_GENERATIONS_GRACE, START_TIMEOUT, STOPPING_RELOAD,
 };
+use crate::master::effects::Notice;
 use crate::master::privs;
 use crate::master::rolling;
 use crate::master::sockets;
@@ -78,7 +79,7 @@ impl Master {
         let started = self.fx.now();
         let path = self.config.source.clone();
         info!(config = %path.display(), "reloading");
-        crate::notify::reloading();
+        self.fx.notify(Notice::Reloading);
         // Reading the file and binding new listeners need fds even at the limit;
         // the first spawn takes the reserve back.
         self.host.reserve.release();
@@ -131,10 +132,12 @@ impl Master {
     /// Reads, validates and resolves the new config and opens its listeners; an
     /// error is the whole message for the operator.
     pub(super) fn load_for_reload(
-        &self,
+        &mut self,
         path: &std::path::Path,
     ) -> Result<(Config, Vec<Listener>), String> {
-        let new = Config::load(path)
+        let new = self
+            .fx
+            .load_config(path)
             .map_err(|e| format!("reload failed, configuration unchanged: {e}"))?;
         for note in restart_only_changes(&self.config, &new)
             .into_iter()
@@ -142,7 +145,9 @@ impl Master {
         {
             warn!("{note}");
         }
-        let listeners = sockets::open_all(&new, &self.listeners, &mut Vec::new())
+        let listeners = self
+            .fx
+            .open_listeners(&new, &self.listeners)
             .map_err(|e| format!("reload failed, configuration unchanged: {e}"))?;
         Ok((new, listeners))
     }
@@ -180,7 +185,7 @@ impl Master {
         sockets::log_changes(&self.listeners, &listeners);
         sockets::remove_paths(&self.listeners, &listeners);
         self.listeners = listeners;
-        if let Err(e) = sockets::steer(&self.config, &self.listeners) {
+        if let Err(e) = self.fx.steer(&self.config, &self.listeners) {
             warn!("{e}; connections are spread by the kernel's hash meanwhile");
         }
         self.generation = generation;
@@ -197,17 +202,16 @@ impl Master {
             took.as_millis()
         );
         info!("{msg}");
-        crate::notify::ready(&self.status_line());
+        let status = self.status_line();
+        self.fx.notify(Notice::Ready(status));
         self.answer_all(waiters, true, &msg);
     }
 
     pub(super) fn reload_failed(&mut self, msg: &str, waiters: Waiters) {
         error!("{msg}");
         self.metrics.own.reloads.record(false, None);
-        crate::notify::ready(&format!(
-            "{}; last reload failed: {msg}",
-            self.status_line()
-        ));
+        let status = format!("{}; last reload failed: {msg}", self.status_line());
+        self.fx.notify(Notice::Ready(status));
         self.answer_all(waiters, false, msg);
     }
 

@@ -108,7 +108,7 @@ pub fn take_inherited() -> Vec<Inherited> {
 
 /// The name a listener is passed under: its configured name, else `listenN`
 /// (`LISTEN_FDNAMES` names cannot hold the `:` of an address).
-fn name_of(config: &Config, i: usize) -> String {
+pub fn name_of(config: &Config, i: usize) -> String {
     config.listen[i]
         .name
         .clone()

@@ -1,6 +1,7 @@
 //! Stopping: graceful and fast stops, SIGWINCH parking, and the master's exit.
 
 use super::{drain, IdlePolicy, Master, Signal, State, ToWorker, WorkerState};
+use crate::master::effects::Notice;
 use crate::master::sockets;
 use crate::os::process;
 use tracing::{info, warn};
@@ -56,7 +57,7 @@ impl Master {
         let refused = std::mem::take(&mut self.waiting.upgrade);
         self.answer_all(refused, false, "the master is stopping; upgrade not done");
         if !self.up.handed_over {
-            crate::notify::stopping();
+            self.fx.notify(Notice::Stopping);
         }
         let timeout = if graceful {
             self.config.master.drain_timeout.0

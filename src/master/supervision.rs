@@ -6,7 +6,6 @@ use super::{
     WorkerState, DRAIN_BACKSTOP, EXIT_FATAL, KILL_GRACE, RECYCLE_MIN_HEARTBEATS, WATCHDOG_GRACE,
 };
 use crate::master::privs;
-use crate::os::process;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
@@ -41,7 +40,7 @@ impl Master {
 
     /// Reaps every exited child and decides what each exit means.
     pub(super) fn reap(&mut self) {
-        for (pid, reason) in process::reap_all() {
+        for (pid, reason) in self.fx.reap() {
             self.child_exited(pid, reason);
         }
     }

@@ -3,6 +3,7 @@
 
 use super::super::{IdlePolicy, Master, Report, Signal, State, Upgrade, Waiters};
 use crate::control;
+use crate::master::effects::Notice;
 use crate::master::sockets;
 use crate::master::upgrade;
 use crate::master::xfer;
@@ -197,7 +198,7 @@ impl Master {
         info!("{msg}");
         // systemd must follow the new main process before we exit, or it would take
         // our exit for the service's and kill the new master.
-        crate::notify::main_pid(pid as u32);
+        self.fx.notify(Notice::MainPid(pid as u32));
         self.up.handed_over = true;
         if upgrade::we_are_init() {
             self.up.successor = Some(upgrade::Successor {
@@ -238,7 +239,7 @@ impl Master {
         }
         // In case it had already named itself the main process (ready just as the
         // deadline passed), systemd must follow us again.
-        crate::notify::main_pid(std::process::id());
+        self.fx.notify(Notice::MainPid(std::process::id()));
         self.restore_pid_file();
         if let Err(e) = self.rebind_control() {
             error!("{e}");
@@ -266,10 +267,8 @@ impl Master {
             process::pid()
         );
         error!("{msg}");
-        crate::notify::status(&format!(
-            "{}; last upgrade failed: {why}",
-            self.status_line()
-        ));
+        let status = format!("{}; last upgrade failed: {why}", self.status_line());
+        self.fx.notify(Notice::Status(status));
         self.answer_all(waiters, false, &msg);
     }
 
