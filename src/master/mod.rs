@@ -1,7 +1,9 @@
 //! The master: a single-threaded supervisor that owns the listeners, forks workers,
 //! and turns signals and control requests into one `Command` handled in one place.
 //!
-//! Its state is one enum (`State`) whose transitions all live in this file. It never
+//! Its state is one enum (`State`): the transitions it may make are listed in this
+//! file (`State::may_become`) and every change goes through `Master::enter` or
+//! `Master::leave`, wherever the decision that makes it lives. It never
 //! runs service code, never touches a client socket and never starts a thread (it
 //! forks). Every step that can fail is logged with what failed and what the master did
 //! about it; nothing in here panics on a runtime path, because the master's crash is
@@ -212,7 +214,7 @@ impl Command {
     }
 }
 
-/// The master's state; all transitions are in this file.
+/// The master's state; the transitions it may make are `State::may_become`.
 enum State {
     /// The first generation is starting; a failure here is fatal.
     Starting { deadline: Instant },
@@ -225,6 +227,55 @@ enum State {
     Upgrading(Box<Upgrade>),
     /// Shutting down; exit once no worker is left, kill what remains at the deadline.
     Stopping { graceful: bool, deadline: Instant },
+}
+
+impl State {
+    fn name(&self) -> &'static str {
+        match self {
+            State::Starting { .. } => "starting",
+            State::Running => "running",
+            State::Reloading(_) => "reloading",
+            State::Upgrading(_) => "upgrading",
+            State::Stopping { .. } => "stopping",
+        }
+    }
+
+    /// Every transition the master makes: the first generation serves or fails; a
+    /// running master reloads, upgrades or stops; a reload commits or aborts and an
+    /// upgrade commits (then stops) or rolls back, back to running; a stop may follow
+    /// anything, and a fast stop may overtake a graceful one.
+    fn may_become(&self, next: &State) -> bool {
+        use State::*;
+        matches!(
+            (self, next),
+            (Starting { .. }, Running)
+                | (Running, Reloading(_) | Upgrading(_))
+                | (Reloading(_) | Upgrading(_), Running)
+                | (_, Stopping { .. })
+        )
+    }
+}
+
+impl Master {
+    /// Moves to `next`. A transition `may_become` does not list is a bug: logged (and
+    /// a test failure), never a crash of the master.
+    fn enter(&mut self, next: State) -> State {
+        if !self.state.may_become(&next) {
+            tracing::error!(
+                from = self.state.name(),
+                to = next.name(),
+                "bug: a master state transition that is not in State::may_become"
+            );
+            debug_assert!(false, "{} -> {}", self.state.name(), next.name());
+        }
+        std::mem::replace(&mut self.state, next)
+    }
+
+    /// Moves to `next` if the state is one `from` accepts, and returns the state it
+    /// left; otherwise changes nothing.
+    fn leave(&mut self, from: fn(&State) -> bool, next: State) -> Option<State> {
+        from(&self.state).then(|| self.enter(next))
+    }
 }
 
 /// How the master was launched.
@@ -435,6 +486,25 @@ mod tests {
 
     fn job(command: Command, waiter: Option<u64>) -> Job {
         Job { command, waiter }
+    }
+
+    #[test]
+    fn a_running_master_cannot_jump_back_to_starting_nor_a_stop_be_undone() {
+        let now = Instant::now();
+        let stopping = State::Stopping {
+            graceful: true,
+            deadline: now,
+        };
+        let starting = State::Starting { deadline: now };
+        assert!(starting.may_become(&State::Running));
+        assert!(State::Running.may_become(&stopping));
+        assert!(stopping.may_become(&State::Stopping {
+            graceful: false,
+            deadline: now,
+        }));
+        assert!(!State::Running.may_become(&starting));
+        assert!(!stopping.may_become(&State::Running));
+        assert!(!State::Running.may_become(&State::Running));
     }
 
     #[test]

@@ -31,7 +31,7 @@ impl Master {
                         pid = process::pid().as_raw(),
                         "corral is serving"
                     );
-                    self.state = State::Running;
+                    self.enter(State::Running);
                     sockets::adopt_paths(&mut self.listeners);
                     if let Some(r) = self.host.reporter.take() {
                         r.ready();

@@ -109,7 +109,7 @@ impl Master {
         if let Some(r) = &roll {
             info!("rolling reload: replacing {} slot(s) at a time", r.surge);
         }
-        self.state = State::Reloading(Box::new(Reload {
+        self.enter(State::Reloading(Box::new(Reload {
             generation,
             config: new,
             listeners,
@@ -117,7 +117,7 @@ impl Master {
             started,
             waiters,
             rolling: roll,
-        }));
+        })));
         if self.roll(started) {
             return;
         }
@@ -154,7 +154,9 @@ impl Master {
 
     /// The new generation is ready: it becomes current and the old ones drain.
     pub(super) fn commit_reload(&mut self) {
-        let State::Reloading(r) = std::mem::replace(&mut self.state, State::Running) else {
+        let Some(State::Reloading(r)) =
+            self.leave(|s| matches!(s, State::Reloading(_)), State::Running)
+        else {
             return;
         };
         let Reload {
@@ -263,7 +265,9 @@ impl Master {
     }
 
     pub(super) fn abort_reload(&mut self, why: String) {
-        let State::Reloading(mut r) = std::mem::replace(&mut self.state, State::Running) else {
+        let Some(State::Reloading(mut r)) =
+            self.leave(|s| matches!(s, State::Reloading(_)), State::Running)
+        else {
             return;
         };
         let mut rolled_back = String::new();

@@ -112,9 +112,8 @@ impl Master {
         self.up.xfer = xfer::Links::default();
         // The old master's pidfd (after an upgrade) is the master's to wait on.
         self.up.predecessor = None;
-        if let State::Upgrading(_) = self.state {
-            self.state = State::Running;
-        }
+        // (The child's copy of the master: its upgrade's pidfd and pipe go with it.)
+        self.leave(|s| matches!(s, State::Upgrading(_)), State::Running);
         let (config, listeners) = match &self.state {
             State::Reloading(r) if r.generation == generation => (r.config.clone(), &r.listeners),
             _ => (self.config.clone(), &self.listeners),

@@ -90,10 +90,10 @@ impl Master {
                 timeout
             );
         }
-        self.state = State::Stopping {
+        self.enter(State::Stopping {
             graceful,
             deadline: now + timeout,
-        };
+        });
         if let Some(p) = &self.up.predecessor {
             // The old master of the last upgrade drains on its own deadline; a fast
             // stop is for it too.

@@ -128,7 +128,7 @@ impl Master {
                     pid = child.as_raw(),
                     "new master started; waiting for it to report ready"
                 );
-                self.state = State::Upgrading(Box::new(Upgrade {
+                self.enter(State::Upgrading(Box::new(Upgrade {
                     child,
                     pidfd: spawned.pidfd,
                     child_start: spawned.start,
@@ -137,7 +137,7 @@ impl Master {
                     deadline: started + self.config.master.upgrade_timeout.0,
                     started,
                     waiters: waiter.into(),
-                }));
+                })));
             }
         }
     }
@@ -184,7 +184,9 @@ impl Master {
 
     /// The new master serves: hand it the service and drain ourselves.
     pub(in crate::master) fn commit_upgrade(&mut self, pid: i32) {
-        let State::Upgrading(u) = std::mem::replace(&mut self.state, State::Running) else {
+        let Some(State::Upgrading(u)) =
+            self.leave(|s| matches!(s, State::Upgrading(_)), State::Running)
+        else {
             return;
         };
         let took = self.fx.now().saturating_duration_since(u.started);
@@ -226,7 +228,9 @@ impl Master {
 
     /// The new master failed: kill it and everything it started, and keep serving.
     pub(in crate::master) fn rollback_upgrade(&mut self, why: String) {
-        let State::Upgrading(u) = std::mem::replace(&mut self.state, State::Running) else {
+        let Some(State::Upgrading(u)) =
+            self.leave(|s| matches!(s, State::Upgrading(_)), State::Running)
+        else {
             return;
         };
         // The new master leads its own process group: its workers go with it. The
