@@ -2,14 +2,13 @@
 //! ready, roll back when it does not.
 
 use super::super::{IdlePolicy, Master, Report, Signal, State, Upgrade, Waiters};
+use super::exec::NewMaster;
 use crate::control;
 use crate::master::effects::Notice;
-use crate::master::sockets;
 use crate::master::upgrade;
 use crate::master::xfer;
 use crate::os::fd;
 use crate::os::process;
-use crate::os::signals;
 use std::os::fd::AsFd;
 use tracing::{error, info, warn};
 
@@ -54,13 +53,15 @@ impl Master {
         // Detached (double fork), so that under systemd the new master is systemd's
         // child when it is named MAINPID=, not an "alien" one systemd would SIGKILL
         // at the next stop instead of letting it drain.
-        let me = upgrade::predecessor_env();
-        let totals = self.share_totals();
-        let generation = (
+        let mut env: Vec<(String, String)> = upgrade::predecessor_env().into_iter().collect();
+        env.extend(self.share_totals());
+        env.push((
             upgrade::GENERATION_ENV.to_string(),
             self.generation.to_string(),
-        );
-        let bad = self.faults.take_bad_upgrade();
+        ));
+        if self.faults.take_bad_upgrade() {
+            env.push((crate::fault::ENV.into(), "bad-upgrade".into()));
+        }
         // The channel the idle connections move over once the upgrade is committed.
         let (link, theirs) = match xfer::Link::pair() {
             Ok((l, t)) => {
@@ -72,44 +73,16 @@ impl Master {
                 (None, None)
             }
         };
-        // Above where `hand_over` places the listeners and the readiness pipe, so
-        // that neither overwrites it.
-        let floor = sockets::LISTEN_FDS_START + self.listeners.len() as i32 + 2;
-        let exec = || {
-            // Copied above the floor first: `hand_over` dup2()s the listeners onto
-            // 3.., and the link's own number may be among them (a master with few
-            // fds and many reuseport sockets), which would hand the new master a
-            // listener under the link's name.
-            let link_fd = match &theirs {
-                Some(t) => match fd::dup_inheritable(t.as_fd(), floor) {
-                    Ok(raw) => Some(raw),
-                    Err(e) => return e.to_string(),
-                },
-                None => None,
-            };
-            match super::exec::hand_over(&self.listeners, &pipe_w) {
-                Ok(mut env) => match signals::reset_for_exec() {
-                    Ok(()) => {
-                        env.extend(me);
-                        env.extend(totals);
-                        env.push(generation);
-                        if let Some(raw) = link_fd {
-                            env.push((xfer::XFER_FD_ENV.into(), raw.to_string()));
-                        }
-                        if bad {
-                            env.push((crate::fault::ENV.into(), "bad-upgrade".into()));
-                        }
-                        format!(
-                            "exec of {} failed: {}",
-                            self.up.binary.display(),
-                            super::exec::exec(&path, &args, &env)
-                        )
-                    }
-                    Err(e) => e.to_string(),
-                },
-                Err(e) => e,
-            }
+        let new_master = NewMaster {
+            binary: &self.up.binary,
+            path: &path,
+            args: &args,
+            listeners: &self.listeners,
+            report: &pipe_w,
+            link: theirs.as_ref(),
+            env,
         };
+        let exec = move || new_master.exec();
         let spawned = self.fx.start_master(Box::new(exec), &pipe_w);
         drop(theirs);
         match spawned {
