@@ -90,6 +90,16 @@ fn new_connections_are_served_while_a_worker_is_stopped() {
         "no slot was lent while its worker was stopped\n{}",
         c.log_tail(30)
     );
+    // And the metrics count it, for an operator who only scrapes.
+    let m = c.cli(&["status", "--prometheus"]);
+    assert!(m.status.success(), "{}", m.all());
+    let lends: f64 = m
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("corral_stall_lends_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no corral_stall_lends_total sample:\n{}", m.stdout));
+    assert!(lends >= 1.0, "lends counted: {lends}");
     assert!(
         proc_alive(stopped),
         "the stopped worker was killed: the watchdog, not the lending, served them\n{}",

@@ -69,6 +69,7 @@ fn a_silent_workers_waiting_queue_is_lent_to_a_healthy_worker_until_it_is_heard_
     b.later(Duration::from_millis(100));
     let got = lends(&b, w[1]);
     assert_eq!(got.len(), 1, "lent once: {got:?}");
+    assert_eq!(b.m.metrics.own.stall_lends, 1, "counted");
     assert!(
         matches!(&got[0], (ToWorker::Lend { slot: 0, listens }, 1) if listens.len() == 1),
         "slot 0's one socket, with its fd: {got:?}"

@@ -122,6 +122,9 @@ pub struct Totals {
     pub reloads: Outcomes,
     pub upgrades: Outcomes,
     pub watchdog_kills: u64,
+    /// Times a stalled slot's sockets were lent to a healthy worker (`stalls.rs`).
+    #[serde(default)]
+    pub stall_lends: u64,
     pub restarts: u64,
     /// TLS handshakes and failures.
     #[serde(default)]
@@ -174,6 +177,7 @@ impl Totals {
         self.reloads.add(&o.reloads);
         self.upgrades.add(&o.upgrades);
         self.watchdog_kills += o.watchdog_kills;
+        self.stall_lends += o.stall_lends;
         self.restarts += o.restarts;
         self.tls.add(&o.tls);
         self.push.add(&o.push);

@@ -219,6 +219,7 @@ impl Master {
             w.pid.as_raw()
         );
         self.stalls.slots[slot].lent = Some((w.pid, now));
+        self.metrics.own.stall_lends += 1;
     }
 
     /// Takes back the lent sockets of the slots `which` picks.

@@ -185,6 +185,12 @@ impl Master {
             "Workers the watchdog killed for missing heartbeats.",
         )
         .sample("corral_watchdog_kills_total", &[], t.watchdog_kills as f64);
+        e.family(
+            "corral_stall_lends_total",
+            c,
+            "Times a stalled worker's listen queue (stopped, stuck or gone) was lent to a healthy worker.",
+        )
+        .sample("corral_stall_lends_total", &[], t.stall_lends as f64);
 
         e.family(
             "corral_accepted_total",
