@@ -32,6 +32,9 @@
 #        worker's hand-over counts) MOVE_WAIT_S=300 (longest wait for one move to finish)
 #        ALIVE_CHECK_MS=10000 (how often each client MSG_PEEKs every held connection,
 #        besides epoll's close events: at 1 s, 1M checks/s cost the clients a core)
+#        HOGS=0 (that many CPU hogs, `timeout`-bounded busy loops, run beside corral
+#        during the reload and the upgrade: the issue's "box loaded" case; killed by
+#        pid when the moves are done)
 # Last line: held=<N> lost=<M> establish_s=<S> user_bytes_per_conn=<B>
 set -euo pipefail
 . "$(dirname "$0")/peer_lib.sh"
@@ -47,6 +50,7 @@ LOG_LEVEL=${LOG_LEVEL:-warn}
 MOVE_WAIT_S=${MOVE_WAIT_S:-300}
 MIN_AVAIL_GB=${MIN_AVAIL_GB:-3}
 ALIVE_CHECK_MS=${ALIVE_CHECK_MS:-10000}
+HOGS=${HOGS:-0}
 PER_WORKER=18000
 PER_CLIENT=18000
 PER_IP=20000
@@ -237,12 +241,20 @@ move() {
     log "$name: NOT finished $took ms after the command${STOP_REASON:+ ($STOP_REASON)}: $(conns_by_gen)"
   fi
 }
+HOG_PIDS=()
+for ((i = 0; i < HOGS; i++)); do
+  timeout $((2 * MOVE_WAIT_S + 60)) sh -c 'while :; do :; done' &
+  HOG_PIDS+=($!)
+  STARTED+=($!)
+done
+((HOGS == 0)) || log "$HOGS CPU hogs running beside corral for the moves (pids ${HOG_PIDS[*]})"
 if [[ -z $STOP_REASON ]]; then
   move reload "$CORRAL" -s reload --no-wait -c "$C_CONF"
 fi
 if [[ -z $STOP_REASON ]] && mem_ok; then
   move upgrade "$CORRAL" -s upgrade --no-wait -c "$C_CONF"
 fi
+for p in "${HOG_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
 mem_ok || true
 sleep 3
 HELD_AFTER=0
