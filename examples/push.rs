@@ -16,6 +16,11 @@
 //! Each message published to a topic arrives as one line (a message's own line ends
 //! are replaced by spaces).
 //!
+//! Browsers (`service = "push-ws"`): the same commands and messages over WebSocket,
+//! one text message each (`new WebSocket("ws://127.0.0.1:7274/")`, then
+//! `ws.send("SUB news")`); a client that breaks the protocol gets a close frame with
+//! the reason. Its subscriptions move with it like a line subscriber's.
+//!
 //! Publishers (`service = "push-publish"`): `POST /publish/<topic>` with the message
 //! as the body (HTTP/1.1, keep-alive), answered `204 No Content`; only from the
 //! addresses in `allow` (default: loopback), others get `403`. The listener's address
@@ -38,7 +43,8 @@ use std::net::IpAddr;
 
 use corral::config::{ListenConfig, OptionError};
 use corral::serde::{Deserialize, Serialize};
-use corral::service::{Handler, Io, Overflow, Service, ServiceOptions};
+use corral::service::{Handler, Io, Overflow, ResumeError, Service, ServiceOptions, Suspended};
+use corral::websocket::{self, Decoder, Handshake, Message, Step};
 
 /// Longest command line a subscriber may send.
 const MAX_LINE: usize = 1024;
@@ -51,6 +57,15 @@ struct PushOptions {
     /// "drop" (default) or "disconnect".
     #[serde(default)]
     slow: Option<String>,
+}
+
+impl PushOptions {
+    fn overflow(&self) -> Overflow {
+        match self.slow.as_deref() {
+            Some("disconnect") => Overflow::Disconnect,
+            _ => Overflow::Drop,
+        }
+    }
 }
 
 impl ServiceOptions for PushOptions {
@@ -90,6 +105,29 @@ struct Push {
 
 struct Subscriber;
 
+/// What a subscriber asked for, whichever way it came.
+enum Command<'a> {
+    Sub(&'a str),
+    Unsub(&'a str),
+    Ping,
+    Quit,
+    Empty,
+    Unknown,
+}
+
+fn command(line: &str) -> Command<'_> {
+    match line.split_once(' ') {
+        Some(("SUB", topic)) if !topic.is_empty() => Command::Sub(topic),
+        Some(("UNSUB", topic)) => Command::Unsub(topic),
+        _ if line == "PING" => Command::Ping,
+        _ if line == "QUIT" => Command::Quit,
+        _ if line.is_empty() => Command::Empty,
+        _ => Command::Unknown,
+    }
+}
+
+const USAGE: &str = "ERROR commands are SUB topic, UNSUB topic, PING, QUIT";
+
 impl Service for Push {
     fn connect(&mut self, _peer: Option<IpAddr>) -> Box<dyn Handler> {
         Box::new(Subscriber)
@@ -106,16 +144,16 @@ impl Handler for Subscriber {
             let line = String::from_utf8_lossy(&data[used..used + end]);
             let line = line.trim_end_matches('\r');
             used += end + 1;
-            match line.split_once(' ') {
-                Some(("SUB", topic)) if !topic.is_empty() => io.subscribe(topic),
-                Some(("UNSUB", topic)) => io.unsubscribe(topic),
-                _ if line == "PING" => io.write(b"PONG\n"),
-                _ if line == "QUIT" => {
+            match command(line) {
+                Command::Sub(topic) => io.subscribe(topic),
+                Command::Unsub(topic) => io.unsubscribe(topic),
+                Command::Ping => io.write(b"PONG\n"),
+                Command::Quit => {
                     io.close();
                     return data.len();
                 }
-                _ if line.is_empty() => {}
-                _ => io.write(b"ERROR commands are SUB topic, UNSUB topic, PING, QUIT\n"),
+                Command::Empty => {}
+                Command::Unknown => io.write(format!("{USAGE}\n").as_bytes()),
             }
         }
         if data.len() - used > MAX_LINE {
@@ -140,6 +178,133 @@ impl Handler for Subscriber {
     /// subscriptions) may move at a reload.
     fn is_idle(&self) -> bool {
         true
+    }
+}
+
+/// Browsers: the subscriber's commands over WebSocket.
+struct PushWs {
+    overflow: Overflow,
+}
+
+/// The state format a moving WebSocket subscriber carries: "open" (its handshake
+/// is done; its subscriptions travel with the connection through corral).
+const WS_STATE: u32 = 1;
+
+impl Service for PushWs {
+    fn connect(&mut self, _peer: Option<IpAddr>) -> Box<dyn Handler> {
+        Box::new(WsSubscriber { open: None })
+    }
+
+    fn resume(
+        &mut self,
+        _peer: Option<IpAddr>,
+        state: &[u8],
+        version: u32,
+    ) -> Result<Box<dyn Handler>, ResumeError> {
+        match (version, state) {
+            (WS_STATE, b"open") => Ok(Box::new(WsSubscriber {
+                open: Some(Decoder::new(MAX_LINE)),
+            })),
+            (WS_STATE, _) => Err(ResumeError::Invalid("not an open WebSocket".into())),
+            _ => Err(ResumeError::Version(version)),
+        }
+    }
+
+    fn overflow(&self) -> Overflow {
+        self.overflow
+    }
+}
+
+struct WsSubscriber {
+    /// Its frame decoder once the handshake is done.
+    open: Option<Decoder>,
+}
+
+impl Handler for WsSubscriber {
+    fn on_data(&mut self, io: &mut Io<'_>, data: &[u8]) -> usize {
+        let mut used = 0;
+        if self.open.is_none() {
+            match websocket::handshake(data) {
+                Handshake::Incomplete => return 0,
+                Handshake::Refused(r) => {
+                    io.write(&r.response());
+                    io.close();
+                    return data.len();
+                }
+                Handshake::Upgrade(up) => {
+                    io.write(&up.accept());
+                    self.open = Some(Decoder::new(MAX_LINE));
+                    used = up.used;
+                }
+            }
+        }
+        let Some(decoder) = self.open.as_mut() else {
+            return used;
+        };
+        loop {
+            let message = match decoder.step(&data[used..]) {
+                Ok(Step::More) => return used,
+                Ok(Step::Frame { used: n, message }) => {
+                    used += n;
+                    message
+                }
+                Err(e) => {
+                    io.write(&e.close_frame());
+                    io.close();
+                    return data.len();
+                }
+            };
+            match message {
+                Some(Message::Text(line)) => match command(line.trim_end()) {
+                    Command::Sub(topic) => io.subscribe(topic),
+                    Command::Unsub(topic) => io.unsubscribe(topic),
+                    Command::Ping => io.write(&websocket::text("PONG")),
+                    Command::Quit => {
+                        io.write(&websocket::close(1000, "bye"));
+                        io.close();
+                        return data.len();
+                    }
+                    Command::Empty => {}
+                    Command::Unknown => io.write(&websocket::text(USAGE)),
+                },
+                Some(Message::Binary(_)) => {
+                    io.write(&websocket::close(1003, "text commands only"));
+                    io.close();
+                    return data.len();
+                }
+                Some(Message::Ping(p)) => io.write(&websocket::pong(&p)),
+                Some(Message::Close(_)) => {
+                    io.write(&websocket::close(1000, ""));
+                    io.close();
+                    return data.len();
+                }
+                Some(Message::Pong(_)) | None => {}
+            }
+        }
+    }
+
+    fn on_push(&mut self, io: &mut Io<'_>, _topic: &str, message: &[u8]) {
+        if self.open.is_none() {
+            return;
+        }
+        match std::str::from_utf8(message) {
+            Ok(text) => io.write(&websocket::text(text)),
+            Err(_) => io.write(&websocket::binary(message)),
+        }
+    }
+
+    /// Between messages nothing is in flight.
+    fn is_idle(&self) -> bool {
+        self.open.as_ref().is_none_or(|d| !d.in_message())
+    }
+
+    /// An open WebSocket moves as such (the new worker must not expect a
+    /// handshake); one in the middle of a fragmented message waits for its end.
+    fn suspend(&mut self) -> Option<Suspended> {
+        match &self.open {
+            Some(d) if !d.in_message() => Some(Suspended::new(WS_STATE, b"open".to_vec())),
+            _ => None,
+        }
     }
 }
 
@@ -259,12 +424,13 @@ fn main() -> std::process::ExitCode {
     // `runtime!` names the program after this binary: `push --version` says push;
     // `push publish` is corral's.
     corral::runtime!()
-        .service_with("push", |o: &PushOptions, _listen: &ListenConfig| {
-            let overflow = match o.slow.as_deref() {
-                Some("disconnect") => Overflow::Disconnect,
-                _ => Overflow::Drop,
-            };
-            Push { overflow }
+        .service_with("push", |o: &PushOptions, _listen: &ListenConfig| Push {
+            overflow: o.overflow(),
+        })
+        .service_with("push-ws", |o: &PushOptions, _listen: &ListenConfig| {
+            PushWs {
+                overflow: o.overflow(),
+            }
         })
         .service_with(
             "push-publish",

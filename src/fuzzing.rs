@@ -358,3 +358,30 @@ pub fn bus_packet(data: &[u8]) {
         );
     }
 }
+
+/// A client's bytes to a WebSocket service (`crate::websocket`): the opening
+/// handshake and then frames, decoded with a 4 KiB message limit. Neither panics;
+/// an accepted handshake uses no more than it was given; every frame uses at least
+/// its two header bytes and no more than is there; a control message fits 125 bytes
+/// and a data message the limit.
+pub fn websocket(data: &[u8]) {
+    use crate::websocket::{handshake, Decoder, Handshake, Message, Step};
+    let mut at = 0;
+    if let Handshake::Upgrade(up) = handshake(data) {
+        assert!(up.used <= data.len());
+        assert!(up.accept().starts_with(b"HTTP/1.1 101 "));
+        at = up.used;
+    }
+    let mut d = Decoder::new(4096);
+    while let Ok(Step::Frame { used, message }) = d.step(&data[at..]) {
+        assert!(used >= 2 && used <= data.len() - at, "used {used}");
+        at += used;
+        match message {
+            Some(Message::Ping(p) | Message::Pong(p)) => assert!(p.len() <= 125),
+            Some(Message::Close(Some((_, reason)))) => assert!(reason.len() <= 123),
+            Some(Message::Text(t)) => assert!(t.len() <= 4096),
+            Some(Message::Binary(b)) => assert!(b.len() <= 4096),
+            Some(Message::Close(None)) | None => {}
+        }
+    }
+}

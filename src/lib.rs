@@ -38,6 +38,7 @@ mod runtime;
 pub mod service;
 pub mod testing;
 pub(crate) mod tls;
+pub mod websocket;
 pub(crate) mod worker;
 
 pub use runtime::Runtime;

@@ -34,6 +34,7 @@ mod pressure;
 mod proxy;
 mod proxy_protocol;
 mod push;
+mod push_ws;
 mod reads;
 mod recycle;
 mod refused_moves;

@@ -82,3 +82,8 @@ fn tls_record() {
 fn bus_packet() {
     replay("bus_packet", super::bus_packet);
 }
+
+#[test]
+fn websocket() {
+    replay("websocket", super::websocket);
+}
