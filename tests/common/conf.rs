@@ -112,8 +112,7 @@ impl Conf {
         push_lines(&mut self.worker, lines);
         self
     }
-    /// `lines` added to `[log]` (only the privileged tests use it).
-    #[allow(dead_code)]
+    /// `lines` added to `[log]`.
     pub fn log(mut self, lines: &str) -> Conf {
         push_lines(&mut self.log, lines);
         self
@@ -131,12 +130,67 @@ impl Conf {
         self
     }
     /// Another `[[listen]]` on `127.0.0.1:port` for `service`, with `lines`.
-    pub fn listen(mut self, port: u16, service: &str, lines: &str) -> Conf {
+    pub fn listen(self, port: u16, service: &str, lines: &str) -> Conf {
+        self.listen_at(&format!("127.0.0.1:{port}"), service, lines)
+    }
+    /// Another `[[listen]]` on any `address` (`unix:PATH`, `0.0.0.0:PORT`) for
+    /// `service`, with `lines`.
+    pub fn listen_at(mut self, address: &str, service: &str, lines: &str) -> Conf {
         self.listeners.push_str(&format!(
-            "\n[[listen]]\naddress = \"127.0.0.1:{port}\"\nservice = \"{service}\"\n"
+            "\n[[listen]]\naddress = \"{address}\"\nservice = \"{service}\"\n"
         ));
         push_lines(&mut self.listeners, lines);
         self
+    }
+    /// A `proxy` listener on `127.0.0.1:port` to `upstreams`, with `lines`.
+    pub fn proxy<A: std::fmt::Display>(self, port: u16, upstreams: &[A], lines: &str) -> Conf {
+        let list: Vec<String> = upstreams.iter().map(|a| format!("\"{a}\"")).collect();
+        let keys = format!("upstreams = [{}]", list.join(", "));
+        self.listen(port, "proxy", &keys).listen_lines(lines)
+    }
+    /// `lines` added to the last listener added (its keys, then its sub-tables).
+    pub fn listen_lines(mut self, lines: &str) -> Conf {
+        push_lines(&mut self.listeners, lines);
+        self
+    }
+    /// `[master] upgrade_timeout`.
+    pub fn upgrade_timeout(self, d: &str) -> Conf {
+        self.master(&format!("upgrade_timeout = \"{d}\""))
+    }
+    /// `[master] watchdog_timeout`.
+    pub fn watchdog(self, d: &str) -> Conf {
+        self.master(&format!("watchdog_timeout = \"{d}\""))
+    }
+    /// `[master] fault_injection = true` (the `CORRAL_FAULT` hooks answer).
+    pub fn fault_injection(self) -> Conf {
+        self.master("fault_injection = true")
+    }
+    /// `[master] pid_file`: only for a config a test writes and runs itself
+    /// (`Corral::start` adds its own pid file).
+    pub fn pid_file(self, path: &str) -> Conf {
+        self.master(&format!("pid_file = \"{path}\""))
+    }
+    /// `[worker] heartbeat_interval`.
+    pub fn heartbeat(self, d: &str) -> Conf {
+        self.worker(&format!("heartbeat_interval = \"{d}\""))
+    }
+    /// `[log] file`.
+    pub fn log_file(self, path: &str) -> Conf {
+        self.log(&format!("file = \"{path}\""))
+    }
+    /// The echo listener's connections stay in their worker at a reload or an
+    /// upgrade (`suspend = false`): for a test that watches what cannot move.
+    pub fn pinned(self) -> Conf {
+        self.echo("suspend = false")
+    }
+    /// The echo listener's `accept` mode (`shared`, `reuseport`).
+    pub fn accept(self, mode: &str) -> Conf {
+        self.echo(&format!("accept = \"{mode}\""))
+    }
+    /// `render()` with the echo listener on `port`: the whole text of a config a
+    /// test writes itself (for `corral -t`, or a master it starts by hand).
+    pub fn render_on(&self, port: u16) -> String {
+        self.render().replace("{port}", &port.to_string())
     }
     pub fn render(&self) -> String {
         let quoted = |key: &str, v: &str| (!v.is_empty()).then(|| format!("{key} = \"{v}\""));
