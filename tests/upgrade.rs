@@ -148,17 +148,13 @@ impl Bin {
     }
 }
 
-/// A 2-worker echo config with `upgrade_timeout`.
-fn config(upgrade_timeout: &str) -> String {
-    Conf::new(2)
-        .drain("20s")
-        .master(&format!("upgrade_timeout = \"{upgrade_timeout}\""))
-        .render()
-}
-
+/// 2 echo workers with `upgrade_timeout`, running `bin`.
 fn start(bin: &Bin, upgrade_timeout: &str) -> Corral {
     Corral::start_with(
-        &config(upgrade_timeout),
+        &Conf::new(2)
+            .drain("20s")
+            .upgrade_timeout(upgrade_timeout)
+            .render(),
         Launch {
             binary: Some(bin.path.clone()),
             ..Launch::default()
@@ -171,7 +167,11 @@ fn start(bin: &Bin, upgrade_timeout: &str) -> Corral {
 /// upgrade to the new master: tests/moves.rs, tests/upgrade_moves.rs).
 fn start_pinned(bin: &Bin, upgrade_timeout: &str) -> Corral {
     Corral::start_with(
-        &format!("{}suspend = false\n", config(upgrade_timeout)),
+        &Conf::new(2)
+            .drain("20s")
+            .upgrade_timeout(upgrade_timeout)
+            .pinned()
+            .render(),
         Launch {
             binary: Some(bin.path.clone()),
             ..Launch::default()
