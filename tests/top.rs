@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::moves::{kv_binary, LineClient};
+use common::moves::{start_kv, LineClient};
 use common::*;
 use nix::sys::signal::Signal;
 
@@ -136,25 +136,6 @@ fn connections(c: &Corral) -> u64 {
         .iter()
         .map(|w| w["connections"].as_u64().unwrap_or(0))
         .sum()
-}
-
-/// corral with echo and a kv listener whose connections refuse to suspend.
-fn start_kv() -> (Corral, SocketAddr) {
-    let kv_port = free_port();
-    let c = Corral::start_with(
-        &format!(
-            "[master]\nworkers = 2\ndrain_timeout = \"60s\"\n\n\
-             [worker]\nmax_connections = 2000\n\n\
-             [[listen]]\naddress = \"127.0.0.1:{{port}}\"\nservice = \"echo\"\n\n\
-             [[listen]]\naddress = \"127.0.0.1:{kv_port}\"\nservice = \"kv\"\n"
-        ),
-        Launch {
-            binary: Some(kv_binary()),
-            env: vec![("CORRAL_KV_SUSPEND".into(), "off".into())],
-            ..Launch::default()
-        },
-    );
-    (c, SocketAddr::from(([127, 0, 0, 1], kv_port)))
 }
 
 /// IDLE idle echo connections and two kv connections held on the old workers, all
@@ -289,7 +270,11 @@ fn top_in_a_terminal_shows_workers_events_and_restores_the_terminal_on_every_exi
 /// final counts; exit status 0.
 #[test]
 fn reload_follows_the_move_with_plain_lines_when_not_a_terminal() {
-    let (c, kv) = start_kv();
+    let (c, kv) = start_kv(
+        Conf::bare(2).drain("60s").max_conns(2000),
+        "",
+        &[("CORRAL_KV_SUSPEND", "off")],
+    );
     let (_idle, kvs) = hold(&c, kv);
     let out_path = c.dir.path().join("reload.out");
     let mut child = Command::new(corral_bin())
@@ -351,7 +336,11 @@ fn reload_follows_the_move_with_plain_lines_when_not_a_terminal() {
 /// draining.
 #[test]
 fn reload_no_wait_returns_while_the_old_generation_drains() {
-    let (c, kv) = start_kv();
+    let (c, kv) = start_kv(
+        Conf::bare(2).drain("60s").max_conns(2000),
+        "",
+        &[("CORRAL_KV_SUSPEND", "off")],
+    );
     let (_idle, kvs) = hold(&c, kv);
     let out = run_cli(
         c.dir.path(),
@@ -371,7 +360,11 @@ fn reload_no_wait_returns_while_the_old_generation_drains() {
 /// held, then the final counts.
 #[test]
 fn reload_shows_a_progress_bar_on_a_terminal() {
-    let (c, kv) = start_kv();
+    let (c, kv) = start_kv(
+        Conf::bare(2).drain("60s").max_conns(2000),
+        "",
+        &[("CORRAL_KV_SUSPEND", "off")],
+    );
     let Some(t) = Tmux::start(c.dir.path()) else {
         return;
     };
@@ -443,7 +436,11 @@ fn upgrade_follows_the_old_master_until_it_is_gone() {
 /// move: exit status 0, a last line that says so, the old generation still there.
 #[test]
 fn ctrl_c_ends_the_reload_follow_and_the_move_goes_on() {
-    let (c, kv) = start_kv();
+    let (c, kv) = start_kv(
+        Conf::bare(2).drain("60s").max_conns(2000),
+        "",
+        &[("CORRAL_KV_SUSPEND", "off")],
+    );
     let (_idle, kvs) = hold(&c, kv);
     let out_path = c.dir.path().join("reload.out");
     let mut child = Command::new(corral_bin())
