@@ -12,23 +12,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// A corral running the kv example (the echo listener is the harness's readiness
-/// check).
-fn start_kv() -> (Corral, SocketAddr) {
-    let kv_port = free_port();
-    let c = Corral::start_with(
-        &format!(
-            "[master]\nworkers = 1\n\n[[listen]]\naddress = \"127.0.0.1:{{port}}\"\nservice = \"echo\"\n\n\
-             [[listen]]\naddress = \"127.0.0.1:{kv_port}\"\nservice = \"kv\"\n"
-        ),
-        Launch {
-            binary: Some(common::moves::kv_binary()),
-            ..Launch::default()
-        },
-    );
-    (c, SocketAddr::from(([127, 0, 0, 1], kv_port)))
-}
-
 /// A client with a small receive buffer that pipelines more replies than it has
 /// room for (so the server's kernel still holds some unsent when the server closes),
 /// then `QUIT`, then keeps sending (half a line, never finished) for `for_`, as a
@@ -83,7 +66,7 @@ fn read_to_end(s: &mut TcpStream) -> Result<Vec<u8>, String> {
 
 #[test]
 fn a_reply_written_before_close_arrives_while_the_client_keeps_sending() {
-    let (c, kv) = start_kv();
+    let (c, kv) = common::moves::start_kv(Conf::bare(1), "", &[]);
     for attempt in 1..=3 {
         let got = quit_while_sending(kv, Duration::from_millis(300));
         match got {
@@ -108,7 +91,7 @@ fn a_reply_written_before_close_arrives_while_the_client_keeps_sending() {
 
 #[test]
 fn a_client_that_never_stops_sending_is_closed_after_the_linger() {
-    let (c, kv) = start_kv();
+    let (c, kv) = common::moves::start_kv(Conf::bare(1), "", &[]);
     let mut s = connect(kv, Duration::from_secs(10)).expect("connect");
     s.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
     s.write_all(b"QUIT\n").expect("send QUIT");

@@ -17,7 +17,7 @@ fn line(r: &mut BufReader<TcpStream>) -> String {
 
 #[test]
 fn kv_example_serves_commands_and_uses_the_blocking_pool() {
-    let (c, kv) = start_kv();
+    let (c, kv) = common::moves::start_kv(Conf::bare(1), "", &[]);
     let s = connect(kv, Duration::from_secs(10)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut w = s.try_clone().unwrap();
@@ -54,26 +54,8 @@ fn kv_example_serves_commands_and_uses_the_blocking_pool() {
     assert_eq!(line(&mut r), "", "connection should be closed after QUIT");
 
     // The master supervises it like any service: a reload works.
-    let out = c.cli(&["-s", "reload"]);
-    assert!(out.status.success(), "{}", out.all());
+    c.must_reload();
     let _ = other.write_all(b"QUIT\n");
-}
-
-/// A corral running the kv example on its own port (the echo listener is for the
-/// harness's readiness check).
-fn start_kv() -> (Corral, SocketAddr) {
-    let kv_port = free_port();
-    let c = Corral::start_with(
-        &format!(
-            "[master]\nworkers = 1\n\n[[listen]]\naddress = \"127.0.0.1:{{port}}\"\nservice = \"echo\"\n\n\
-             [[listen]]\naddress = \"127.0.0.1:{kv_port}\"\nservice = \"kv\"\n"
-        ),
-        Launch {
-            binary: Some(common::moves::kv_binary()),
-            ..Launch::default()
-        },
-    );
-    (c, SocketAddr::from(([127, 0, 0, 1], kv_port)))
 }
 
 /// Every reply line until EOF (bounded by `timeout`), or what arrived and why not.
@@ -113,7 +95,7 @@ fn read_to_eof(s: &mut TcpStream, timeout: Duration) -> Result<Vec<String>, Stri
 
 #[test]
 fn kv_answers_everything_sent_before_the_client_half_closed() {
-    let (c, addr) = start_kv();
+    let (c, addr) = common::moves::start_kv(Conf::bare(1), "", &[]);
     for round in 0..3 {
         let mut s = connect(addr, Duration::from_secs(10)).expect("connect");
         // What `printf 'SET a 1\nSLEEP 50\nGET a\n' | nc -N` does: send, then FIN.
@@ -143,7 +125,7 @@ fn send_split(s: &mut TcpStream, line: &[u8], split: &[usize]) {
 
 #[test]
 fn kv_line_limit_is_exact_whatever_the_segmentation() {
-    let (c, addr) = start_kv();
+    let (c, addr) = common::moves::start_kv(Conf::bare(1), "", &[]);
     // A SET line of exactly `len` bytes (not counting its `\n`).
     let line = |len: usize| {
         let mut l = b"SET k ".to_vec();
@@ -227,28 +209,6 @@ fn a_program_built_on_the_library_reports_its_own_name_and_version() {
     assert!(help.contains("Usage: kv"), "{help}");
 }
 
-/// A corral running the kv example with `extra` keys in its kv listener.
-fn start_kv_with(extra: &str) -> (Corral, SocketAddr) {
-    let kv_port = free_port();
-    let c = Corral::start_with(
-        &kv_config(kv_port, extra),
-        Launch {
-            binary: Some(common::moves::kv_binary()),
-            ..Launch::default()
-        },
-    );
-    (c, SocketAddr::from(([127, 0, 0, 1], kv_port)))
-}
-
-/// The config `start_kv_with` runs: the echo listener first (the harness's
-/// readiness check), so the kv listener is `listen[1]`.
-fn kv_config(kv_port: u16, extra: &str) -> String {
-    format!(
-        "[master]\nworkers = 1\n\n[[listen]]\naddress = \"127.0.0.1:{{port}}\"\nservice = \"echo\"\n\n\
-         [[listen]]\naddress = \"127.0.0.1:{kv_port}\"\nservice = \"kv\"\n{extra}"
-    )
-}
-
 /// The replies to `commands` (then QUIT) on a new connection, BYE left out.
 fn session(addr: SocketAddr, commands: &str) -> Vec<String> {
     let mut s = connect(addr, Duration::from_secs(10)).expect("connect to kv");
@@ -313,7 +273,7 @@ fn assert_names(out: &CliOutput, what: &str, file: &str, key: &str, why: &str) {
 
 #[test]
 fn kv_max_keys_is_enforced_and_a_reload_that_changes_it_applies() {
-    let (c, addr) = start_kv_with("max_keys = 2\n");
+    let (c, addr) = common::moves::start_kv(Conf::bare(1), "max_keys = 2", &[]);
     let got = session(
         addr,
         "SET a 1\nSET b 2\nSET c 3\nSET a 4\nGET c\nDEL b\nSET c 3\n",
@@ -346,13 +306,7 @@ fn kv_max_keys_is_enforced_and_a_reload_that_changes_it_applies() {
     let new = c.config_str();
     let text = std::fs::read_to_string(&new).expect("read config");
     std::fs::write(&new, text.replace("max_keys = 2", "max_keys = 3")).expect("write config");
-    let out = c.cli(&["-s", "reload"]);
-    assert!(
-        out.status.success(),
-        "reload: {}\n{}",
-        out.all(),
-        c.log_tail(30)
-    );
+    c.must_reload();
     let mut last = Vec::new();
     let applied = wait_until(Duration::from_secs(30), || {
         last = session(addr, "SET x1 1\nSET x2 1\nSET x3 1\nSET x4 1\n");
@@ -371,11 +325,14 @@ fn kv_unknown_key_is_refused_at_start_and_at_reload() {
     // file, listen[1] and the key, and saying which keys kv takes.
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad-kv.toml");
-    let body = kv_config(free_port(), "max_kyes = 2\n").replace("{port}", &free_port().to_string());
-    let body = format!("{body}\n").replace(
-        "[master]\n",
-        &format!("[master]\npid_file = \"{}/kv.pid\"\n", dir.path().display()),
-    );
+    let pid_file = format!("{}/kv.pid", dir.path().display());
+    let kv_conf = |kv_lines: &str| {
+        Conf::bare(1)
+            .pid_file(&pid_file)
+            .listen(free_port(), "kv", kv_lines)
+            .render_on(free_port())
+    };
+    let body = kv_conf("max_kyes = 2");
     std::fs::write(&bad, &body).unwrap();
     let p = bad.display().to_string();
     for (what, args) in [("-t", vec!["-t", "-c", &p]), ("start", vec!["-c", &p])] {
@@ -390,7 +347,7 @@ fn kv_unknown_key_is_refused_at_start_and_at_reload() {
         );
     }
     // A value kv refuses is named as well.
-    std::fs::write(&bad, body.replace("max_kyes = 2", "max_keys = 0")).unwrap();
+    std::fs::write(&bad, kv_conf("max_keys = 0")).unwrap();
     let out = run_kv(dir.path(), &["-t", "-c", &p], Duration::from_secs(20)).expect("kv -t");
     assert_names(
         &out,
@@ -402,14 +359,12 @@ fn kv_unknown_key_is_refused_at_start_and_at_reload() {
 
     // At reload: refused with the same words, and the running service keeps its
     // config (max_keys = 1 still in force).
-    let (c, addr) = start_kv_with("max_keys = 1\n");
-    let cfg = c.config_str();
-    let good = std::fs::read_to_string(&cfg).expect("read config");
-    std::fs::write(
-        &cfg,
-        good.replace("max_keys = 1", "max_keys = 1\nmax_kyes = 5"),
-    )
-    .expect("write config");
+    let (c, addr) = common::moves::start_kv(Conf::bare(1), "max_keys = 1", &[]);
+    c.write_config(
+        &Conf::bare(1)
+            .listen(addr.port(), "kv", "max_keys = 1\nmax_kyes = 5")
+            .render(),
+    );
     let out = c.cli(&["-s", "reload"]);
     let file = c
         .config()

@@ -5,25 +5,10 @@
 use crate::common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::Duration;
 
 use common::*;
-
-fn start_kv() -> (Corral, SocketAddr) {
-    let kv_port = free_port();
-    let c = Corral::start_with(
-        &format!(
-            "[master]\nworkers = 1\n\n[[listen]]\naddress = \"127.0.0.1:{{port}}\"\nservice = \"echo\"\n\n\
-             [[listen]]\naddress = \"127.0.0.1:{kv_port}\"\nservice = \"kv\"\n"
-        ),
-        Launch {
-            binary: Some(common::moves::kv_binary()),
-            ..Launch::default()
-        },
-    );
-    (c, SocketAddr::from(([127, 0, 0, 1], kv_port)))
-}
 
 fn ask(w: &mut TcpStream, r: &mut BufReader<TcpStream>, cmd: &str) -> String {
     w.write_all(format!("{cmd}\n").as_bytes()).expect("send");
@@ -34,7 +19,7 @@ fn ask(w: &mut TcpStream, r: &mut BufReader<TcpStream>, cmd: &str) -> String {
 
 #[test]
 fn io_peer_is_the_clients_address_and_port_before_and_after_a_move() {
-    let (c, kv) = start_kv();
+    let (c, kv) = common::moves::start_kv(Conf::bare(1), "", &[]);
     let s = connect(kv, Duration::from_secs(10)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let me = s.local_addr().expect("local addr");
@@ -42,8 +27,7 @@ fn io_peer_is_the_clients_address_and_port_before_and_after_a_move() {
     let mut r = BufReader::new(s);
     assert_eq!(ask(&mut w, &mut r, "PEER"), format!("PEER {me}"));
     let before = c.worker_pids();
-    let out = c.cli(&["-s", "reload"]);
-    assert!(out.status.success(), "reload: {}", out.all());
+    c.must_reload();
     // The connection moves to the new worker between commands; ask until the
     // old worker is gone, so the last answer came from the new one.
     let moved = wait_until(Duration::from_secs(30), || {

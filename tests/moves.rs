@@ -23,13 +23,9 @@ const OLD_GONE_WITHIN: Duration = Duration::from_secs(5);
 /// How long the harness polls before giving up (a failure, with the log).
 const POLL_LIMIT: Duration = Duration::from_secs(30);
 
-fn echo_config(workers: usize) -> String {
-    Conf::bare(workers).drain("60s").max_conns(5000).render()
-}
-
 /// A corral with 2 echo workers and `n` streams doing round trips on it, going.
 fn start_streams(n: usize) -> (Corral, EchoStreams) {
-    start_streams_with(&echo_config(2), n)
+    start_streams_with(&Conf::bare(2).drain("60s").max_conns(5000).render(), n)
 }
 
 /// `start_streams` with a config of its own (the streams use its first listener).
@@ -73,29 +69,12 @@ fn finish_streams(c: &Corral, streams: EchoStreams, least: u64) {
 /// `corral -s upgrade`, then waits until the old master and its workers are gone
 /// (their connections moved: `drain_timeout` is 60 s); returns how long that took.
 fn upgrade_and_wait_old_gone(c: &Corral, what: &str) -> Duration {
-    // The master now serving: the last one an upgrade started, or the first.
-    let master = new_master_pids(&c.log())
-        .last()
-        .copied()
-        .unwrap_or(c.master_pid());
+    let master = c.serving_master();
     let old_workers = c.workers_of(master);
     let t0 = std::time::Instant::now();
-    let out = c.cli(&["-s", "upgrade"]);
-    for p in new_master_pids(&c.log()) {
-        c.adopt_master(p);
-    }
+    c.must_upgrade();
     assert!(
-        out.status.success(),
-        "{what}: `corral -s upgrade` failed: {}\n{}",
-        out.all(),
-        c.log_tail(60)
-    );
-    let gone = wait_until(POLL_LIMIT, || {
-        old_workers.iter().all(|w| !proc_alive(*w))
-            && read_stat(master).is_none_or(|s| s.state == 'Z')
-    });
-    assert!(
-        gone,
+        c.wait_master_gone(master, &old_workers, POLL_LIMIT),
         "{what}: the old master {master} or its workers still run {:?} later\n{}",
         t0.elapsed(),
         c.log_tail(60)
@@ -180,11 +159,11 @@ fn streams_move_at_an_upgrade_after_a_reload_with_many_reuseport_sockets() {
     const STREAMS: usize = 300;
     let second = free_port();
     let (c, streams) = start_streams_with(
-        &format!(
-        "[master]\nworkers = 6\ndrain_timeout = \"60s\"\n\n\
-         [[listen]]\naddress = \"127.0.0.1:{{port}}\"\nservice = \"echo\"\naccept = \"reuseport\"\n\n\
-         [[listen]]\naddress = \"127.0.0.1:{second}\"\nservice = \"echo\"\naccept = \"reuseport\"\n"
-        ),
+        &Conf::bare(6)
+            .drain("60s")
+            .accept("reuseport")
+            .listen(second, "echo", "accept = \"reuseport\"")
+            .render(),
         STREAMS,
     );
     let (_, took) = reload_and_wait_old_gone(&c, POLL_LIMIT);
@@ -204,17 +183,6 @@ fn streams_move_at_an_upgrade_after_a_reload_with_many_reuseport_sockets() {
     finish_streams(&c, streams, 1);
 }
 
-fn proxy_config(proxy_port: u16, upstream: SocketAddr, splice: bool) -> String {
-    Conf::bare(2)
-        .drain("60s")
-        .listen(
-            proxy_port,
-            "proxy",
-            &format!("upstreams = [\"{upstream}\"]\nsplice = {splice}"),
-        )
-        .render()
-}
-
 /// Sessions through the proxy to a real (threaded) echo server, several MiB each
 /// way, every byte checked, while the proxy reloads ten times and then upgrades its
 /// binary: each pair (client and upstream socket) moves to the new generation, then
@@ -225,7 +193,12 @@ fn proxied_sessions_survive_reloads(splice: bool) {
     const RELOADS: usize = 10;
     let upstream = UpstreamEcho::start();
     let proxy_port = free_port();
-    let c = Corral::start(&proxy_config(proxy_port, upstream.addr, splice));
+    let c = Corral::start(
+        &Conf::bare(2)
+            .drain("60s")
+            .proxy(proxy_port, &[upstream.addr], &format!("splice = {splice}"))
+            .render(),
+    );
     let addr = SocketAddr::from(([127, 0, 0, 1], proxy_port));
     let sessions: Vec<Session> = (0..SESSIONS)
         .map(|id| Session::start(addr, id, 16 << 10, Duration::from_millis(4)))
@@ -293,33 +266,13 @@ fn proxied_sessions_mid_transfer_survive_ten_reloads_splice_mode() {
     proxied_sessions_survive_reloads(true);
 }
 
-fn start_kv(drain: &str, env: &[(&str, &str)]) -> (Corral, SocketAddr) {
-    let kv_port = free_port();
-    let c = Corral::start_with(
-        &format!(
-            "[master]\nworkers = 2\ndrain_timeout = \"{drain}\"\n\n\
-             [[listen]]\naddress = \"127.0.0.1:{{port}}\"\nservice = \"echo\"\n\n\
-             [[listen]]\naddress = \"127.0.0.1:{kv_port}\"\nservice = \"kv\"\n"
-        ),
-        Launch {
-            binary: Some(kv_binary()),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..Launch::default()
-        },
-    );
-    (c, SocketAddr::from(([127, 0, 0, 1], kv_port)))
-}
-
 /// kv connections move at reload with their state (the per-connection command count
 /// goes on from where it was) and with a half-sent line (unconsumed input travels:
 /// the command completes in the new worker).
 #[test]
 fn kv_connections_keep_their_state_and_half_lines_across_reloads() {
     const CONNS: usize = 20;
-    let (c, kv) = start_kv("60s", &[]);
+    let (c, kv) = start_kv(Conf::bare(2).drain("60s"), "", &[]);
     let mut clients: Vec<LineClient> = (0..CONNS).map(|_| LineClient::connect(kv)).collect();
     for k in &mut clients {
         assert_eq!(k.ask("SET a b").as_deref(), Ok("OK"));
@@ -359,14 +312,17 @@ fn kv_connections_keep_their_state_and_half_lines_across_reloads() {
 #[test]
 fn a_service_that_refuses_to_suspend_keeps_the_drain_behaviour() {
     const DRAIN: Duration = Duration::from_secs(6);
-    let (c, kv) = start_kv("6s", &[("CORRAL_KV_SUSPEND", "off")]);
+    let (c, kv) = start_kv(
+        Conf::bare(2).drain("6s"),
+        "",
+        &[("CORRAL_KV_SUSPEND", "off")],
+    );
     let gen_of = |c: &Corral| status(c).1;
 
     // 1. The connection ends by itself: the old generation goes with it.
     let mut a = LineClient::connect(kv);
     assert_eq!(a.ask("COUNT").as_deref(), Ok("COUNT 1"));
-    let out = c.cli(&["-s", "reload"]);
-    assert!(out.status.success(), "{}", out.all());
+    c.must_reload();
     let new = gen_of(&c);
     // The old worker says it drains with the connection in hand (it did not hand it
     // on); from then on only the connection's end or drain_timeout ends it.
@@ -450,7 +406,12 @@ fn a_redis_subscription_through_the_proxy_survives_reloads() {
         "redis-server did not start listening"
     );
     let proxy_port = free_port();
-    let c = Corral::start(&proxy_config(proxy_port, redis, false));
+    let c = Corral::start(
+        &Conf::bare(2)
+            .drain("60s")
+            .proxy(proxy_port, &[redis], "splice = false")
+            .render(),
+    );
     let cli = |args: &[&str]| {
         let mut cmd = Command::new("redis-cli");
         cmd.args(["-h", "127.0.0.1", "-p", &proxy_port.to_string()])

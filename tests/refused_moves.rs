@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::handover::owners_on;
-use common::moves::{kv_binary, LineClient};
+use common::moves::{start_kv, LineClient};
 use common::*;
 
 /// Clients, enough that both old workers hold some (reuseport spreads them).
@@ -22,32 +22,15 @@ const POLL_LIMIT: Duration = Duration::from_secs(30);
 /// Round trips each refused connection makes after the move was tried.
 const ROUNDS: u64 = 5;
 
-/// A corral of 2 workers running kv (state version 1) on its own port.
-fn start_kv() -> (Corral, SocketAddr) {
-    let kv_port = free_port();
-    let c = Corral::start_with(
-        &format!(
-            "[master]\nworkers = 2\ndrain_timeout = \"60s\"\nupgrade_timeout = \"30s\"\n\n\
-             [[listen]]\naddress = \"127.0.0.1:{{port}}\"\nservice = \"echo\"\n\n\
-             [[listen]]\naddress = \"127.0.0.1:{kv_port}\"\nservice = \"kv\"\n"
-        ),
-        Launch {
-            binary: Some(kv_binary()),
-            ..Launch::default()
-        },
-    );
-    (c, SocketAddr::from(([127, 0, 0, 1], kv_port)))
-}
-
 /// The next build: kv writes and reads state version 2 only.
-fn bump_state_version(c: &Corral) {
-    let text = std::fs::read_to_string(c.config()).expect("read the config");
-    let bumped = text.replace(
-        "service = \"kv\"\n",
-        "service = \"kv\"\nstate_version = 2\n",
+fn bump_state_version(c: &Corral, kv: SocketAddr) {
+    c.write_config(
+        &Conf::bare(2)
+            .drain("60s")
+            .upgrade_timeout("30s")
+            .listen(kv.port(), "kv", "state_version = 2")
+            .render(),
     );
-    assert_ne!(text, bumped, "no kv listener in the config:\n{text}");
-    std::fs::write(c.config(), bumped).expect("write the config");
 }
 
 /// `CLIENTS` kv clients, each with 2 commands behind it, on the workers `pids`.
@@ -162,14 +145,13 @@ fn old_generation_kept_all(c: &Corral, took_at_most: Duration, since: Instant) {
 
 #[test]
 fn a_state_refused_at_reload_is_served_by_its_old_worker_to_the_end() {
-    let (c, kv) = start_kv();
+    let (c, kv) = start_kv(Conf::bare(2).drain("60s").upgrade_timeout("30s"), "", &[]);
     let old = c.worker_pids();
     assert_eq!(old.len(), 2, "{}", c.log_tail(20));
     let clients = clients_on(&c, kv, &old);
 
-    bump_state_version(&c);
-    let out = c.cli(&["-s", "reload"]);
-    assert!(out.status.success(), "{}\n{}", out.all(), c.log_tail(40));
+    bump_state_version(&c, kv);
+    c.must_reload();
     let mut new = Vec::new();
     assert!(
         wait_until(POLL_LIMIT, || {
@@ -206,26 +188,14 @@ fn a_state_refused_at_reload_is_served_by_its_old_worker_to_the_end() {
 
 #[test]
 fn a_state_refused_after_an_upgrade_goes_back_to_the_old_masters_worker() {
-    let (c, kv) = start_kv();
+    let (c, kv) = start_kv(Conf::bare(2).drain("60s").upgrade_timeout("30s"), "", &[]);
     let old_master = c.master_pid();
     let old = c.worker_pids();
     assert_eq!(old.len(), 2, "{}", c.log_tail(20));
     let clients = clients_on(&c, kv, &old);
 
-    bump_state_version(&c);
-    let out = c.cli(&["-s", "upgrade"]);
-    for p in new_master_pids(&c.log()) {
-        c.adopt_master(p);
-    }
-    assert!(
-        out.status.success(),
-        "`corral -s upgrade` failed: {}\n{}",
-        out.all(),
-        c.log_tail(60)
-    );
-    let new_master = *new_master_pids(&c.log())
-        .last()
-        .unwrap_or_else(|| panic!("no new master in the log\n{}", c.log_tail(40)));
+    bump_state_version(&c, kv);
+    let new_master = c.must_upgrade();
     assert_ne!(new_master, old_master);
     let mut new = Vec::new();
     assert!(

@@ -23,48 +23,13 @@ const MARGIN: Duration = Duration::from_secs(6);
 // Local helpers
 // ---------------------------------------------------------------------------
 
-/// A config template: `Conf` plus extra `[master]` and `[worker]` lines.
-fn template(workers: usize, drain: &str, master_extra: &[&str]) -> String {
-    Conf::new(workers)
-        .drain(drain)
-        .master(&master_extra.join("\n"))
-        .render()
-}
-
-/// `template` whose echo connections stay in their worker at reload (`suspend =
-/// false`), as every connection that is not idle did before connections could move:
-/// the drain rules these tests check apply to what does not move.
-fn pinned_template(workers: usize, drain: &str, master_extra: &[&str]) -> String {
-    template(workers, drain, master_extra).replace(
-        "service = \"echo\"\n",
-        "service = \"echo\"\nsuspend = false\n",
-    )
-}
-
-/// Rewrites the running config file with `f` (which must change it).
+/// Rewrites the running config file with `f` (which must change it): a raw text
+/// edit, kept because the test that uses it writes malformed values on purpose.
 fn edit_config(c: &Corral, f: impl FnOnce(&str) -> String) {
     let old = std::fs::read_to_string(c.config()).expect("read config");
     let new = f(&old);
     assert_ne!(old, new, "test bug: config edit changed nothing:\n{old}");
     std::fs::write(c.config(), new).expect("write config");
-}
-
-/// `corral -s reload`, which must succeed; returns its output.
-fn must_reload(c: &Corral) -> String {
-    let out = c.cli(&["-s", "reload"]);
-    assert!(
-        out.status.success(),
-        "`corral -s reload` failed: {:?}\n{}\n{}",
-        out.status,
-        out.all(),
-        c.log_tail(40)
-    );
-    assert!(
-        out.all().contains("reloaded"),
-        "`corral -s reload` succeeded without saying `reloaded`: {}",
-        out.all()
-    );
-    out.all()
 }
 
 /// `corral status --json`: (generation, workers).
@@ -94,7 +59,7 @@ fn only_current_generation(c: &Corral, n: usize) -> bool {
 fn persistent_clients_ride_through_reloads() {
     const CLIENTS: usize = 20;
     const RELOADS: usize = 5;
-    let c = Corral::start(&pinned_template(2, "60s", &[]));
+    let c = Corral::start(&Conf::new(2).drain("60s").pinned().render());
     let gen1 = c.workers();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -134,7 +99,7 @@ fn persistent_clients_ride_through_reloads() {
     };
 
     for r in 1..=RELOADS {
-        let out = must_reload(&c);
+        let out = c.must_reload();
         eprintln!("reload {r}: {}", out.trim());
         // Every client keeps being served after this reload.
         let base = snapshot(&counts);
@@ -223,7 +188,7 @@ fn persistent_clients_ride_through_reloads() {
 fn reload_storm_with_connection_churn_loses_nothing() {
     const THREADS: usize = 4;
     const HUPS: usize = 20;
-    let c = Corral::start(&template(2, "20s", &[]));
+    let c = Corral::start(&Conf::new(2).drain("20s").render());
     let addr = c.addr();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -290,7 +255,7 @@ fn reload_storm_with_connection_churn_loses_nothing() {
         });
     }
     // A final synchronous reload must succeed (it may be queued behind the storm).
-    let out = must_reload(&c);
+    let out = c.must_reload();
     eprintln!(
         "storm of {HUPS} SIGHUPs took {:?}; final reload: {}",
         t0.elapsed(),
@@ -355,7 +320,7 @@ fn reload_storm_with_connection_churn_loses_nothing() {
 
 #[test]
 fn old_worker_exits_as_soon_as_its_last_client_leaves() {
-    let c = Corral::start(&pinned_template(2, "60s", &[]));
+    let c = Corral::start(&Conf::new(2).drain("60s").pinned().render());
     let old = c.workers();
     let old_pids: Vec<i32> = old.iter().map(|w| w.pid).collect();
     let mut s = c.connect();
@@ -375,7 +340,7 @@ fn old_worker_exits_as_soon_as_its_last_client_leaves() {
     });
     let holder = *old.iter().find(|w| w.pid == holder).expect("holder");
 
-    must_reload(&c);
+    c.must_reload();
     // The idle old worker leaves at once; the one with a client stays.
     assert!(
         wait_until(Duration::from_secs(10), || old
@@ -420,12 +385,12 @@ fn old_worker_exits_as_soon_as_its_last_client_leaves() {
 
 #[test]
 fn old_worker_exits_at_drain_timeout_with_a_client_that_never_leaves() {
-    let c = Corral::start(&pinned_template(2, "2s", &[]));
+    let c = Corral::start(&Conf::new(2).drain("2s").pinned().render());
     let old = c.workers();
     let mut s = c.connect();
     must_echo(&c, &mut s, "before reload\n");
 
-    must_reload(&c);
+    c.must_reload();
     let t0 = Instant::now();
     // Still served right after the reload: the drain does not cut it at once.
     must_echo(&c, &mut s, "draining\n");
@@ -466,7 +431,7 @@ fn old_worker_exits_at_drain_timeout_with_a_client_that_never_leaves() {
 
 #[test]
 fn bad_config_is_refused_and_service_is_untouched() {
-    let c = Corral::start(&template(2, "20s", &[]));
+    let c = Corral::start(&Conf::new(2).drain("20s").render());
     let before = c.workers();
     let (gen_before, _) = status(&c);
     let mut s = c.connect();
@@ -517,7 +482,7 @@ fn bad_config_is_refused_and_service_is_untouched() {
     }
 
     // Fixed (the good config is back): the reload goes through.
-    let out = must_reload(&c);
+    let out = c.must_reload();
     eprintln!("fixed config: {}", out.trim());
     let (generation, _) = status(&c);
     assert_eq!(generation, gen_before + 1, "{}", c.log_tail(40));
@@ -539,11 +504,11 @@ fn bad_config_is_refused_and_service_is_untouched() {
 
 #[test]
 fn reload_changes_worker_count() {
-    let c = Corral::start(&template(2, "20s", &[]));
+    let c = Corral::start(&Conf::new(2).drain("20s").render());
     let (g1, ws) = status(&c);
     assert_eq!(ws.len(), 2, "{ws:?}");
-    edit_config(&c, |cfg| cfg.replace("workers = 2", "workers = 3"));
-    let out = must_reload(&c);
+    c.write_config(&Conf::new(3).drain("20s").render());
+    let out = c.must_reload();
     eprintln!("{}", out.trim());
     assert!(
         out.contains("3 workers"),
@@ -572,18 +537,14 @@ fn reload_changes_worker_count() {
 
 #[test]
 fn reload_adds_and_drops_a_listener() {
-    let c = Corral::start(&template(2, "20s", &[]));
-    let base = std::fs::read_to_string(c.config()).expect("read config");
+    let conf = Conf::new(2).drain("20s");
+    let c = Corral::start(&conf.render());
 
     // Add a second listener on a new port (retrying if someone took the port).
     let mut port2 = 0;
     for _ in 0..3 {
         let p = free_port();
-        std::fs::write(
-            c.config(),
-            format!("{base}\n[[listen]]\naddress = \"127.0.0.1:{p}\"\nservice = \"echo\"\n"),
-        )
-        .expect("write config");
+        c.write_config(&conf.clone().listen(p, "echo", "").render());
         let out = c.cli(&["-s", "reload"]);
         if out.status.success() {
             eprintln!("added listener {p}: {}", out.all().trim());
@@ -613,8 +574,8 @@ fn reload_adds_and_drops_a_listener() {
     close(s1);
 
     // Drop it again.
-    std::fs::write(c.config(), &base).expect("write config");
-    let out = must_reload(&c);
+    c.write_config(&conf.render());
+    let out = c.must_reload();
     eprintln!("dropped listener {port2}: {}", out.trim());
     let mut last = String::new();
     let refused = wait_until(
@@ -649,13 +610,19 @@ fn reload_adds_and_drops_a_listener() {
 
 #[test]
 fn max_old_generations_caps_draining_generations() {
-    let c = Corral::start(&pinned_template(2, "60s", &["max_old_generations = 1"]));
+    let c = Corral::start(
+        &Conf::new(2)
+            .drain("60s")
+            .master("max_old_generations = 1")
+            .pinned()
+            .render(),
+    );
     // One client per generation, each held open.
     let mut clients: Vec<(u64, TcpStream)> = Vec::new();
     let mut pids_by_gen: HashMap<u64, Vec<ProcId>> = HashMap::new();
     for r in 0..=3 {
         if r > 0 {
-            let out = must_reload(&c);
+            let out = c.must_reload();
             eprintln!("reload {r}: {}", out.trim());
         }
         let (generation, ws) = status(&c);
@@ -720,7 +687,7 @@ fn max_old_generations_caps_draining_generations() {
 
 #[test]
 fn concurrent_reload_requests_are_queued_and_all_answered() {
-    let c = Corral::start(&template(2, "30s", &[]));
+    let c = Corral::start(&Conf::new(2).drain("30s").render());
     let (g0, _) = status(&c);
     // Five operators (or scripts) ask for a reload at the same moment: each gets an
     // answer, and the requests that arrive during a reload share the next one.

@@ -25,27 +25,6 @@ const MARGIN: Duration = Duration::from_secs(6);
 // Local helpers
 // ---------------------------------------------------------------------------
 
-/// A config template: `Conf` plus extra `[master]` and `[worker]` lines.
-fn template(workers: usize, master_extra: &[&str], worker_extra: &[&str]) -> String {
-    Conf::new(workers)
-        .master(&master_extra.join("\n"))
-        .worker(&worker_extra.join("\n"))
-        .render()
-}
-
-/// `corral -s reload`, which must succeed; returns its output.
-fn must_reload(c: &Corral) -> String {
-    let out = c.cli(&["-s", "reload"]);
-    assert!(
-        out.status.success(),
-        "`corral -s reload` failed: {:?}\n{}\n{}",
-        out.status,
-        out.all(),
-        c.log_tail(40)
-    );
-    out.all()
-}
-
 /// The status slot of worker `pid`.
 fn slot_of(c: &Corral, pid: i32) -> u64 {
     let (_, _, ws) = status(c);
@@ -315,11 +294,7 @@ fn worker_sigabrt_costs_only_its_connections() {
 
 #[test]
 fn stopped_worker_is_replaced_by_the_watchdog() {
-    let c = Corral::start(&template(
-        2,
-        &["watchdog_timeout = \"1s\""],
-        &["heartbeat_interval = \"100ms\""],
-    ));
+    let c = Corral::start(&Conf::new(2).watchdog("1s").heartbeat("100ms").render());
     let workers = c.workers();
     let victim = workers[0];
     let slot = slot_of(&c, victim.pid);
@@ -385,16 +360,8 @@ impl Spawned {
         let log_path = dir.path().join("corral.stderr");
         let port = free_port();
         let body = Conf::new(workers)
-            .render()
-            .replace("{port}", &port.to_string())
-            .replacen(
-                "[master]\n",
-                &format!(
-                    "[master]\npid_file = \"{}\"\n",
-                    dir.path().join("corral.pid").display()
-                ),
-                1,
-            );
+            .pid_file(&dir.path().join("corral.pid").display().to_string())
+            .render_on(port);
         fs::write(&config, body).expect("write config");
         let child = Command::new(corral_bin())
             .envs(env.iter().copied())
@@ -671,14 +638,11 @@ fn table_pids(c: &Corral) -> (String, HashSet<i32>) {
 #[test]
 fn status_lists_every_worker() {
     // `suspend = false`: the echo client stays in its worker instead of moving.
-    let c = Corral::start(&Conf::new(2).drain("30s").render().replace(
-        "service = \"echo\"\n",
-        "service = \"echo\"\nsuspend = false\n",
-    ));
+    let c = Corral::start(&Conf::new(2).drain("30s").pinned().render());
     // A client held open across a reload leaves a draining worker to list too.
     let mut s = c.connect();
     must_echo(&c, &mut s, "keep me\n");
-    must_reload(&c);
+    c.must_reload();
 
     let mut last = String::new();
     let ok = wait_until(Duration::from_secs(10), || {
@@ -727,12 +691,7 @@ fn reopen_after_rename_writes_to_a_new_file() {
         .tempdir()
         .expect("temp dir");
     let path = logs.path().join("corral.log");
-    let t = Conf::new(2).render().replacen(
-        "[log]\n",
-        &format!("[log]\nfile = \"{}\"\n", path.display()),
-        1,
-    );
-    let c = Corral::start(&t);
+    let c = Corral::start(&Conf::new(2).log_file(&path.display().to_string()).render());
     let read = |p: &PathBuf| fs::read_to_string(p).unwrap_or_default();
     assert!(
         wait_until(Duration::from_secs(10), || read(&path)
@@ -777,7 +736,7 @@ fn reopen_after_rename_writes_to_a_new_file() {
             read(&rotated)
         );
 
-        must_reload(&c);
+        c.must_reload();
         let reloaded = format!("reloaded: generation {} ", round + 1);
         let drained: Vec<String> = gen_workers
             .iter()
@@ -869,7 +828,7 @@ fn sigwinch_drains_workers_and_reload_brings_them_back() {
         });
     let _ = queued.set_nodelay(true);
 
-    let out = must_reload(&c);
+    let out = c.must_reload();
     eprintln!("after SIGWINCH: {}", out.trim());
     assert!(
         wait_until(Duration::from_secs(10), || c.workers().len() == 2),
@@ -890,11 +849,7 @@ fn sigwinch_drains_workers_and_reload_brings_them_back() {
 fn worker_above_max_worker_rss_is_replaced_gracefully() {
     // 1 MiB is below any worker's RSS: every worker is over the limit, which also
     // shows that recycling is paced (a few heartbeats of life each), not a loop.
-    let c = Corral::start(&template(
-        1,
-        &["max_worker_rss = \"1MiB\""],
-        &["heartbeat_interval = \"100ms\""],
-    ));
+    let c = Corral::start(&Conf::new(1).max_rss("1MiB").heartbeat("100ms").render());
     let first = c.workers();
     let mut held = c.connect();
     must_echo(&c, &mut held, "before recycling\n");

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::moves::{kv_binary, LineClient};
+use common::moves::{start_kv, LineClient};
 use common::*;
 use nix::sys::signal::Signal;
 
@@ -138,25 +138,6 @@ fn connections(c: &Corral) -> u64 {
         .sum()
 }
 
-/// corral with echo and a kv listener whose connections refuse to suspend.
-fn start_kv() -> (Corral, SocketAddr) {
-    let kv_port = free_port();
-    let c = Corral::start_with(
-        &format!(
-            "[master]\nworkers = 2\ndrain_timeout = \"60s\"\n\n\
-             [worker]\nmax_connections = 2000\n\n\
-             [[listen]]\naddress = \"127.0.0.1:{{port}}\"\nservice = \"echo\"\n\n\
-             [[listen]]\naddress = \"127.0.0.1:{kv_port}\"\nservice = \"kv\"\n"
-        ),
-        Launch {
-            binary: Some(kv_binary()),
-            env: vec![("CORRAL_KV_SUSPEND".into(), "off".into())],
-            ..Launch::default()
-        },
-    );
-    (c, SocketAddr::from(([127, 0, 0, 1], kv_port)))
-}
-
 /// IDLE idle echo connections and two kv connections held on the old workers, all
 /// counted by the master.
 fn hold(c: &Corral, kv: SocketAddr) -> (Vec<TcpStream>, Vec<LineClient>) {
@@ -242,8 +223,7 @@ fn top_in_a_terminal_shows_workers_events_and_restores_the_terminal_on_every_exi
     t.wait("the workers of generation 1", |s| shows_workers(s, &c, 1));
     t.keys(&["2"]);
     t.wait("the sort by PID", |s| s.contains("workers (sorted by PID)"));
-    let out = c.cli(&["-s", "reload"]);
-    assert!(out.status.success(), "{}", out.all());
+    c.must_reload();
     assert!(wait_until(SCREEN, || status(&c)
         .2
         .iter()
@@ -289,7 +269,11 @@ fn top_in_a_terminal_shows_workers_events_and_restores_the_terminal_on_every_exi
 /// final counts; exit status 0.
 #[test]
 fn reload_follows_the_move_with_plain_lines_when_not_a_terminal() {
-    let (c, kv) = start_kv();
+    let (c, kv) = start_kv(
+        Conf::bare(2).drain("60s").max_conns(2000),
+        "",
+        &[("CORRAL_KV_SUSPEND", "off")],
+    );
     let (_idle, kvs) = hold(&c, kv);
     let out_path = c.dir.path().join("reload.out");
     let mut child = Command::new(corral_bin())
@@ -351,7 +335,11 @@ fn reload_follows_the_move_with_plain_lines_when_not_a_terminal() {
 /// draining.
 #[test]
 fn reload_no_wait_returns_while_the_old_generation_drains() {
-    let (c, kv) = start_kv();
+    let (c, kv) = start_kv(
+        Conf::bare(2).drain("60s").max_conns(2000),
+        "",
+        &[("CORRAL_KV_SUSPEND", "off")],
+    );
     let (_idle, kvs) = hold(&c, kv);
     let out = run_cli(
         c.dir.path(),
@@ -371,7 +359,11 @@ fn reload_no_wait_returns_while_the_old_generation_drains() {
 /// held, then the final counts.
 #[test]
 fn reload_shows_a_progress_bar_on_a_terminal() {
-    let (c, kv) = start_kv();
+    let (c, kv) = start_kv(
+        Conf::bare(2).drain("60s").max_conns(2000),
+        "",
+        &[("CORRAL_KV_SUSPEND", "off")],
+    );
     let Some(t) = Tmux::start(c.dir.path()) else {
         return;
     };
@@ -419,9 +411,7 @@ fn upgrade_follows_the_old_master_until_it_is_gone() {
             let _ = c.master_exited();
         },
     );
-    for p in new_master_pids(&c.log()) {
-        c.adopt_master(p);
-    }
+    c.adopt_new_masters();
     eprintln!("{}", out.all());
     assert!(out.status.success(), "{}", out.all());
     let lines: Vec<&str> = out.stdout.lines().collect();
@@ -443,7 +433,11 @@ fn upgrade_follows_the_old_master_until_it_is_gone() {
 /// move: exit status 0, a last line that says so, the old generation still there.
 #[test]
 fn ctrl_c_ends_the_reload_follow_and_the_move_goes_on() {
-    let (c, kv) = start_kv();
+    let (c, kv) = start_kv(
+        Conf::bare(2).drain("60s").max_conns(2000),
+        "",
+        &[("CORRAL_KV_SUSPEND", "off")],
+    );
     let (_idle, kvs) = hold(&c, kv);
     let out_path = c.dir.path().join("reload.out");
     let mut child = Command::new(corral_bin())

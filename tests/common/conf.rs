@@ -11,13 +11,20 @@ use std::path::Path;
 /// `Conf::new(n).render()` is the same text as it always was.
 ///
 /// `Conf::bare(n)` sets only `workers` (every other key keeps corral's own
-/// default): an empty timeout or level, or `max_connections = 0`, means "leave the
-/// key out".
+/// default): an empty timeout, size or level, or `max_connections = 0`, means
+/// "leave the key out".
+///
+/// A test writes no TOML of its own: the keys it needs are methods here (typed where
+/// a test overrides them), `render_on(port)` gives the whole text of a config it
+/// writes itself (for `corral -t`), and `Corral::write_config` replaces a running
+/// one for a reload. Raw text stays only where it is the point (a malformed value,
+/// a config with no listener), with a comment saying so.
 #[derive(Clone, Debug)]
 pub struct Conf {
     pub workers: usize,
     pub drain_timeout: String,
     pub stop_timeout: String,
+    pub max_worker_rss: String,
     pub idle_timeout: String,
     pub max_connections: usize,
     pub level: String,
@@ -25,6 +32,7 @@ pub struct Conf {
     worker: String,
     log: String,
     echo: String,
+    service: String,
     tables: String,
     listeners: String,
 }
@@ -60,6 +68,7 @@ impl Conf {
             workers,
             drain_timeout: "20s".into(),
             stop_timeout: "3s".into(),
+            max_worker_rss: String::new(),
             idle_timeout: "60s".into(),
             max_connections: 1024,
             level: "info".into(),
@@ -67,6 +76,7 @@ impl Conf {
             worker: String::new(),
             log: String::new(),
             echo: String::new(),
+            service: "echo".into(),
             tables: String::new(),
             listeners: String::new(),
         }
@@ -88,6 +98,11 @@ impl Conf {
     }
     pub fn stop(mut self, d: &str) -> Conf {
         self.stop_timeout = d.into();
+        self
+    }
+    /// `[master] max_worker_rss` (empty: left out).
+    pub fn max_rss(mut self, size: &str) -> Conf {
+        self.max_worker_rss = size.into();
         self
     }
     pub fn idle(mut self, d: &str) -> Conf {
@@ -112,10 +127,15 @@ impl Conf {
         push_lines(&mut self.worker, lines);
         self
     }
-    /// `lines` added to `[log]` (only the privileged tests use it).
-    #[allow(dead_code)]
+    /// `lines` added to `[log]`.
     pub fn log(mut self, lines: &str) -> Conf {
         push_lines(&mut self.log, lines);
+        self
+    }
+    /// The service of the listener on `{port}` (echo unless set): for a test whose
+    /// first listener must be another (with `Launch::no_ready_check`, or for `-t`).
+    pub fn service(mut self, name: &str) -> Conf {
+        self.service = name.into();
         self
     }
     /// `lines` added to the echo listener on `{port}`.
@@ -131,12 +151,67 @@ impl Conf {
         self
     }
     /// Another `[[listen]]` on `127.0.0.1:port` for `service`, with `lines`.
-    pub fn listen(mut self, port: u16, service: &str, lines: &str) -> Conf {
+    pub fn listen(self, port: u16, service: &str, lines: &str) -> Conf {
+        self.listen_at(&format!("127.0.0.1:{port}"), service, lines)
+    }
+    /// Another `[[listen]]` on any `address` (`unix:PATH`, `0.0.0.0:PORT`) for
+    /// `service`, with `lines`.
+    pub fn listen_at(mut self, address: &str, service: &str, lines: &str) -> Conf {
         self.listeners.push_str(&format!(
-            "\n[[listen]]\naddress = \"127.0.0.1:{port}\"\nservice = \"{service}\"\n"
+            "\n[[listen]]\naddress = \"{address}\"\nservice = \"{service}\"\n"
         ));
         push_lines(&mut self.listeners, lines);
         self
+    }
+    /// A `proxy` listener on `127.0.0.1:port` to `upstreams`, with `lines`.
+    pub fn proxy<A: std::fmt::Display>(self, port: u16, upstreams: &[A], lines: &str) -> Conf {
+        let list: Vec<String> = upstreams.iter().map(|a| format!("\"{a}\"")).collect();
+        let keys = format!("upstreams = [{}]", list.join(", "));
+        self.listen(port, "proxy", &keys).listen_lines(lines)
+    }
+    /// `lines` added to the last listener added (its keys, then its sub-tables).
+    pub fn listen_lines(mut self, lines: &str) -> Conf {
+        push_lines(&mut self.listeners, lines);
+        self
+    }
+    /// `[master] upgrade_timeout`.
+    pub fn upgrade_timeout(self, d: &str) -> Conf {
+        self.master(&format!("upgrade_timeout = \"{d}\""))
+    }
+    /// `[master] watchdog_timeout`.
+    pub fn watchdog(self, d: &str) -> Conf {
+        self.master(&format!("watchdog_timeout = \"{d}\""))
+    }
+    /// `[master] fault_injection = true` (the `CORRAL_FAULT` hooks answer).
+    pub fn fault_injection(self) -> Conf {
+        self.master("fault_injection = true")
+    }
+    /// `[master] pid_file`: only for a config a test writes and runs itself
+    /// (`Corral::start` adds its own pid file).
+    pub fn pid_file(self, path: &str) -> Conf {
+        self.master(&format!("pid_file = \"{path}\""))
+    }
+    /// `[worker] heartbeat_interval`.
+    pub fn heartbeat(self, d: &str) -> Conf {
+        self.worker(&format!("heartbeat_interval = \"{d}\""))
+    }
+    /// `[log] file`.
+    pub fn log_file(self, path: &str) -> Conf {
+        self.log(&format!("file = \"{path}\""))
+    }
+    /// The echo listener's connections stay in their worker at a reload or an
+    /// upgrade (`suspend = false`): for a test that watches what cannot move.
+    pub fn pinned(self) -> Conf {
+        self.echo("suspend = false")
+    }
+    /// The echo listener's `accept` mode (`shared`, `reuseport`).
+    pub fn accept(self, mode: &str) -> Conf {
+        self.echo(&format!("accept = \"{mode}\""))
+    }
+    /// `render()` with the echo listener on `port`: the whole text of a config a
+    /// test writes itself (for `corral -t`, or a master it starts by hand).
+    pub fn render_on(&self, port: u16) -> String {
+        self.render().replace("{port}", &port.to_string())
     }
     pub fn render(&self) -> String {
         let quoted = |key: &str, v: &str| (!v.is_empty()).then(|| format!("{key} = \"{v}\""));
@@ -145,6 +220,7 @@ impl Conf {
             Some(format!("workers = {}", self.workers)),
             quoted("drain_timeout", &self.drain_timeout),
             quoted("stop_timeout", &self.stop_timeout),
+            quoted("max_worker_rss", &self.max_worker_rss),
         ]
         .into_iter()
         .flatten()
@@ -162,7 +238,10 @@ impl Conf {
         let log: Vec<String> = quoted("level", &self.level).into_iter().collect();
         table(&mut out, "[log]", &log, &self.log);
         out.push_str(&self.tables);
-        out.push_str("[[listen]]\naddress = \"127.0.0.1:{port}\"\nservice = \"echo\"\n");
+        out.push_str(&format!(
+            "[[listen]]\naddress = \"127.0.0.1:{{port}}\"\nservice = \"{}\"\n",
+            self.service
+        ));
         out.push_str(&self.echo);
         out.push_str(&self.listeners);
         out

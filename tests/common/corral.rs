@@ -214,6 +214,14 @@ impl Corral {
         self.config_path.display().to_string()
     }
 
+    /// Replaces the running config (for a reload or an upgrade to read) with
+    /// `template`, as `start` wrote the first one: `{port}` is this master's echo
+    /// port, and the pid file is added.
+    pub fn write_config(&self, template: &str) {
+        let body = template.replace("{port}", &self.port.to_string());
+        fs::write(&self.config_path, with_pid_file(&body, &self.pid_file)).expect("write config");
+    }
+
     /// The pid written in the pid file, if it exists and parses.
     pub fn read_pid_file(&self) -> Option<i32> {
         fs::read_to_string(&self.pid_file).ok()?.trim().parse().ok()
@@ -379,6 +387,73 @@ impl Corral {
                 seen.push(w);
             }
         }
+    }
+
+    /// Adopts every master a binary upgrade has started so far (from the log), so
+    /// that each is killed at drop with its workers.
+    pub fn adopt_new_masters(&self) {
+        for p in new_master_pids(&self.log()) {
+            self.adopt_master(p);
+        }
+    }
+
+    /// The master now serving: the last one a binary upgrade started, or the first.
+    pub fn serving_master(&self) -> i32 {
+        new_master_pids(&self.log())
+            .last()
+            .copied()
+            .unwrap_or(self.master.pid)
+    }
+
+    /// `corral -s reload`, which must succeed (it returns once the new generation
+    /// serves); returns its output.
+    pub fn must_reload(&self) -> String {
+        let out = self.cli(&["-s", "reload"]);
+        assert!(
+            out.status.success(),
+            "`corral -s reload` failed: {:?}\n{}\n{}",
+            out.status,
+            out.all(),
+            self.log_tail(40)
+        );
+        assert!(
+            out.all().contains("reloaded"),
+            "`corral -s reload` succeeded without saying `reloaded`: {}",
+            out.all()
+        );
+        out.all()
+    }
+
+    /// `corral -s upgrade`, which must succeed (it returns once the new master
+    /// serves): adopts the new master for cleanup (before checking, so that a
+    /// failed upgrade leaves nothing behind) and returns its pid.
+    pub fn must_upgrade(&self) -> i32 {
+        let before = new_master_pids(&self.log()).len();
+        let out = self.cli(&["-s", "upgrade"]);
+        self.adopt_new_masters();
+        assert!(
+            out.status.success(),
+            "`corral -s upgrade` failed: {:?}\n{}\n{}",
+            out.status,
+            out.all(),
+            self.log_tail(60)
+        );
+        let pids = new_master_pids(&self.log());
+        assert!(
+            pids.len() > before,
+            "the upgrade succeeded but the log names no new master\n{}",
+            self.log_tail(40)
+        );
+        pids[pids.len() - 1]
+    }
+
+    /// Waits (up to `limit`) until master `pid` has exited (or is a zombie) and
+    /// none of `workers` runs: an old master after an upgrade.
+    pub fn wait_master_gone(&self, pid: i32, workers: &[ProcId], limit: Duration) -> bool {
+        wait_until(limit, || {
+            let _ = self.master_exited();
+            workers.iter().all(|w| !proc_alive(*w)) && read_stat(pid).is_none_or(|s| s.state == 'Z')
+        })
     }
 
     /// Live workers of an adopted master (and remembers them for cleanup).

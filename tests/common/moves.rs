@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use super::{is_reset, status, Corral};
+use super::{free_port, is_reset, status, Conf, Corral, Launch};
 
 /// The generations that have workers now, per `corral status --json`.
 pub fn generations(c: &Corral) -> BTreeSet<u64> {
@@ -447,6 +447,25 @@ impl Session {
 /// The kv example's binary, built once per test run.
 pub fn kv_binary() -> std::path::PathBuf {
     super::example_bin("kv")
+}
+
+/// A corral running the kv example: `conf` plus a kv listener with `kv_lines`, after
+/// the echo listener (the harness's readiness check), so it is `listen[1]`; `env` is
+/// the master's. Returns the corral and the kv listener's address.
+pub fn start_kv(conf: Conf, kv_lines: &str, env: &[(&str, &str)]) -> (Corral, SocketAddr) {
+    let kv_port = free_port();
+    let c = Corral::start_with(
+        &conf.listen(kv_port, "kv", kv_lines).render(),
+        Launch {
+            binary: Some(kv_binary()),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Launch::default()
+        },
+    );
+    (c, SocketAddr::from(([127, 0, 0, 1], kv_port)))
 }
 
 /// A line-protocol client (the kv example's): sends `cmd` and returns the reply line.
