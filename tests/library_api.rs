@@ -46,14 +46,14 @@ fn io_peer_is_the_clients_address_and_port_before_and_after_a_move() {
 fn a_library_program_speaks_under_its_own_name() {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("kv.toml");
+    let d = dir.path().display();
     std::fs::write(
         &config,
-        format!(
-            "[master]\nworkers = 1\npid_file = \"{d}/kv.pid\"\ncontrol_socket = \"{d}/kv.sock\"\n\n\
-             [[listen]]\naddress = \"127.0.0.1:{}\"\nservice = \"kv\"\n",
-            free_port(),
-            d = dir.path().display()
-        ),
+        Conf::bare(1)
+            .service("kv")
+            .pid_file(&format!("{d}/kv.pid"))
+            .master(&format!("control_socket = \"{d}/kv.sock\""))
+            .render_on(free_port()),
     )
     .expect("write config");
     let kv = common::moves::kv_binary();

@@ -33,12 +33,11 @@ fn push_binary() -> (tempfile::TempDir, PathBuf) {
 fn start(bin: &Path) -> (Corral, SocketAddr, SocketAddr) {
     let (ws, publ) = (free_port(), free_port());
     let c = Corral::start_with(
-        &format!(
-            "[master]\nworkers = 2\ndrain_timeout = \"60s\"\n\n\
-             [[listen]]\naddress = \"127.0.0.1:{{port}}\"\nservice = \"echo\"\n\n\
-             [[listen]]\naddress = \"127.0.0.1:{ws}\"\nservice = \"push-ws\"\n\n\
-             [[listen]]\naddress = \"127.0.0.1:{publ}\"\nservice = \"push-publish\"\n"
-        ),
+        &Conf::bare(2)
+            .drain("60s")
+            .listen(ws, "push-ws", "")
+            .listen(publ, "push-publish", "")
+            .render(),
         Launch {
             binary: Some(bin.to_path_buf()),
             ..Launch::default()
@@ -185,11 +184,7 @@ fn request(version: &str) -> String {
 
 /// The upgrade, the new master adopted by the handle, the old one gone.
 fn upgrade(c: &Corral) {
-    let out = c.cli(&["-s", "upgrade"]);
-    for p in new_master_pids(&c.log()) {
-        c.adopt_master(p);
-    }
-    assert!(out.status.success(), "{}\n{}", out.all(), c.log_tail(40));
+    c.must_upgrade();
     assert!(
         wait_until(WAIT, || c.master_exited()),
         "the old master stayed\n{}",
@@ -221,8 +216,7 @@ fn websocket_subscribers_keep_their_topics_through_reload_and_upgrade() {
         }
     };
     round(&mut subs, "before");
-    let out = c.cli(&["-s", "reload"]);
-    assert!(out.status.success(), "{}", out.all());
+    c.must_reload();
     assert!(
         wait_until(WAIT, || c.log().contains("generation 1 gone after")),
         "the old generation stayed\n{}",
@@ -384,8 +378,7 @@ ws.onerror = () => report("error");
     for (i, step) in ["before", "reload", "upgrade"].iter().enumerate() {
         match *step {
             "reload" => {
-                let out = c.cli(&["-s", "reload"]);
-                assert!(out.status.success(), "{}", out.all());
+                c.must_reload();
             }
             "upgrade" => upgrade(&c),
             _ => {}
