@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::tls::{rustls_client, Pki};
 use common::*;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -65,18 +66,33 @@ fn publish(addr: SocketAddr, topic: &str, body: &str) -> u16 {
         .unwrap_or_else(|| panic!("no HTTP status in {reply:?}"))
 }
 
-/// A WebSocket client written from RFC 6455, independent of `corral::websocket`.
-struct Ws {
-    s: TcpStream,
+/// A WebSocket client written from RFC 6455, independent of `corral::websocket`,
+/// over a plain or a TLS stream.
+struct Ws<S: Read + Write = TcpStream> {
+    s: S,
     buf: Vec<u8>,
 }
 
+fn tcp(addr: SocketAddr) -> TcpStream {
+    let s = connect(addr, Duration::from_secs(10)).expect("connect");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s
+}
+
 impl Ws {
-    /// Connects and sends `request` (a handshake); returns the client and the
-    /// response head.
     fn open_with(addr: SocketAddr, request: &str) -> (Ws, String) {
-        let s = connect(addr, Duration::from_secs(10)).expect("connect");
-        s.set_read_timeout(Some(WAIT)).unwrap();
+        Ws::over(tcp(addr), request)
+    }
+
+    fn open(addr: SocketAddr) -> Ws {
+        Ws::checked(tcp(addr))
+    }
+}
+
+impl<S: Read + Write> Ws<S> {
+    /// Sends `request` (a handshake) over `s`; returns the client and the response
+    /// head.
+    fn over(s: S, request: &str) -> (Ws<S>, String) {
         let mut ws = Ws { s, buf: Vec::new() };
         ws.s.write_all(request.as_bytes()).unwrap();
         let head = loop {
@@ -90,8 +106,9 @@ impl Ws {
         (ws, head)
     }
 
-    fn open(addr: SocketAddr) -> Ws {
-        let (ws, head) = Ws::open_with(addr, &request("13"));
+    /// The handshake over `s`, which must be accepted.
+    fn checked(s: S) -> Ws<S> {
+        let (ws, head) = Ws::over(s, &request("13"));
         assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
         // RFC 6455 §1.3's key and its accept value.
         assert!(
@@ -406,4 +423,54 @@ ws.onerror = () => report("error");
         rx.try_recv().is_err(),
         "nothing else reported (no close, no error)"
     );
+}
+
+#[test]
+fn a_wss_subscriber_keeps_its_tls_session_and_topics_through_reload_and_upgrade() {
+    let pki = Pki::new();
+    let srv = pki.server("srv", &["localhost"], None, 30);
+    let (_dir, bin) = push_binary();
+    let (ws, publ) = (free_port(), free_port());
+    let c = Corral::start_with(
+        &Conf::bare(2)
+            .drain("60s")
+            .listen(ws, "push-ws", &srv.tls_table(""))
+            .listen(publ, "push-publish", "")
+            .render(),
+        Launch {
+            binary: Some(bin),
+            ..Launch::default()
+        },
+    );
+    let config = rustls_client(&pki.ca);
+    let mut subs: Vec<_> = (0..4)
+        .map(|_| {
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+            let mut s = rustls::StreamOwned::new(conn, tcp(loopback(ws)));
+            while s.conn.is_handshaking() {
+                s.conn.complete_io(&mut s.sock).expect("TLS handshake");
+            }
+            let mut w = Ws::checked(s);
+            w.subscribe("news");
+            w
+        })
+        .collect();
+    for step in ["before", "reload", "upgrade"] {
+        match step {
+            "reload" => {
+                c.must_reload();
+            }
+            "upgrade" => upgrade(&c),
+            _ => {}
+        }
+        let msg = format!("secure {step}");
+        assert_eq!(publish(loopback(publ), "news", &msg), 204);
+        for (i, s) in subs.iter_mut().enumerate() {
+            assert_eq!(s.text(), msg, "wss subscriber {i} after {step}");
+        }
+    }
+    // Each message came on the TLS session each client opened first: a worker that
+    // had lost its keys could not have sent a record these clients decrypt, and a
+    // closed connection would have failed `text()`.
 }
