@@ -36,19 +36,17 @@ fn accepted_by_worker(c: &Corral) -> HashMap<i64, u64> {
         .collect()
 }
 
-fn config(workers: usize, extra_flow: &str, accept: &str) -> String {
-    Conf::bare(workers)
-        .worker("heartbeat_interval = \"100ms\"")
-        .table("flow", extra_flow)
-        .echo(&format!("accept = \"{accept}\""))
-        .render()
-}
-
 #[test]
 fn greedy_client_is_held_to_rate_while_light_clients_stay_fast() {
     const RATE: u64 = 256 * 1024;
     const SECS: f64 = 3.0;
-    let c = Corral::start(&config(1, "rate = \"256KiB\"\nburst = \"32KiB\"", "shared"));
+    let c = Corral::start(
+        &Conf::bare(1)
+            .heartbeat("100ms")
+            .table("flow", "rate = \"256KiB\"\nburst = \"32KiB\"")
+            .accept("shared")
+            .render(),
+    );
 
     // The greedy client writes flat out from one thread and reads the echo from
     // another; the bytes echoed back over time are what the server read.
@@ -156,11 +154,16 @@ fn greedy_client_is_held_to_rate_while_light_clients_stay_fast() {
 
 #[test]
 fn client_that_never_reads_does_not_grow_worker_memory() {
-    let c = Corral::start(&config(
-        1,
-        "write_high_water = \"256KiB\"\nwrite_low_water = \"64KiB\"",
-        "shared",
-    ));
+    let c = Corral::start(
+        &Conf::bare(1)
+            .heartbeat("100ms")
+            .table(
+                "flow",
+                "write_high_water = \"256KiB\"\nwrite_low_water = \"64KiB\"",
+            )
+            .accept("shared")
+            .render(),
+    );
     let worker = c.workers()[0].pid;
     let before = vm_rss_kib(worker);
     let mut s = c.connect();
@@ -210,7 +213,13 @@ fn client_that_never_reads_does_not_grow_worker_memory() {
 
 #[test]
 fn per_ip_connection_limit_closes_the_excess() {
-    let c = Corral::start(&config(1, "max_connections_per_ip = 3", "shared"));
+    let c = Corral::start(
+        &Conf::bare(1)
+            .heartbeat("100ms")
+            .table("flow", "max_connections_per_ip = 3")
+            .accept("shared")
+            .render(),
+    );
     let mut held: Vec<TcpStream> = (0..3).map(|_| c.connect()).collect();
     for (i, s) in held.iter_mut().enumerate() {
         must_echo(&c, s, &format!("held {i}\n"));
@@ -240,7 +249,13 @@ fn per_ip_connection_limit_closes_the_excess() {
 fn spread(accept: &str) {
     const N: usize = 400;
     const WORKERS: usize = 4;
-    let c = Corral::start(&config(WORKERS, "", accept));
+    let c = Corral::start(
+        &Conf::bare(WORKERS)
+            .heartbeat("100ms")
+            .table("flow", "")
+            .accept(accept)
+            .render(),
+    );
     let pids: Vec<i64> = c.worker_pids().iter().map(|p| i64::from(*p)).collect();
     let base = accepted_by_worker(&c);
     let mut conns = Vec::with_capacity(N);
@@ -291,10 +306,13 @@ fn sequential_connections_spread_over_workers_reuseport() {
 #[test]
 fn reuseport_reload_resets_no_queued_connection() {
     const N: usize = 40;
-    let c = Corral::start(&format!(
-        "[master]\nworkers = 2\nwatchdog_timeout = \"60s\"\ndrain_timeout = \"10s\"\n\n{}",
-        "[[listen]]\naddress = \"127.0.0.1:{port}\"\nservice = \"echo\"\naccept = \"reuseport\"\n"
-    ));
+    let c = Corral::start(
+        &Conf::bare(2)
+            .watchdog("60s")
+            .drain("10s")
+            .accept("reuseport")
+            .render(),
+    );
     // Freeze the workers: new connections now wait in the per-slot accept queues.
     let old = c.workers();
     for w in &old {
@@ -337,7 +355,7 @@ fn cpu_affinity_pins_each_worker_to_one_cpu() {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let c = Corral::start("[master]\nworkers = 2\ncpu_affinity = true\n\n[[listen]]\naddress = \"127.0.0.1:{port}\"\nservice = \"echo\"\n");
+    let c = Corral::start(&Conf::bare(2).master("cpu_affinity = true").render());
     let allowed: Vec<String> = c
         .worker_pids()
         .iter()
