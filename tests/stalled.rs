@@ -32,13 +32,6 @@ impl Drop for Cont {
     }
 }
 
-fn config() -> String {
-    Conf::new(3)
-        .master("watchdog_timeout = \"60s\"")
-        .echo("accept = \"reuseport\"")
-        .render()
-}
-
 /// Opens `n` connections at once, writes a line on each, and reads every echo back:
 /// how long each took, or why it failed.
 fn round_trips(c: &Corral, n: usize, tag: &str) -> Vec<Result<Duration, String>> {
@@ -64,7 +57,7 @@ fn round_trips(c: &Corral, n: usize, tag: &str) -> Vec<Result<Duration, String>>
 
 #[test]
 fn new_connections_are_served_while_a_worker_is_stopped() {
-    let c = Corral::start(&config());
+    let c = Corral::start(&Conf::new(3).watchdog("60s").accept("reuseport").render());
     let stopped = c.workers()[0];
     c.signal_worker(stopped, Signal::SIGSTOP);
     let cont = Cont(stopped.pid);
