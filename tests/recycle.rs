@@ -13,19 +13,6 @@ use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-/// An echo config with `master` and `worker` lines added to their tables.
-fn config(workers: usize, master: &str, worker: &str, listen: &str) -> String {
-    Conf::bare(workers)
-        .drain("10s")
-        .stop("3s")
-        .master(master)
-        .worker("heartbeat_interval = \"100ms\"")
-        .worker(worker)
-        .level("info")
-        .echo(listen)
-        .render()
-}
-
 /// Polls status while `load` runs (and at most `max`), then returns what it saw.
 fn watch(c: &Corral, load: &Load, max: Duration, mut until: impl FnMut(&Seen) -> bool) -> Seen {
     let mut seen = Seen::default();
@@ -112,12 +99,15 @@ fn replaced_slots(seen: &Seen, workers: u64) -> usize {
 /// connection fails during the whole run.
 #[test]
 fn workers_are_recycled_after_max_requests_one_at_a_time_without_a_failure() {
-    let c = Corral::start(&config(
-        4,
-        "",
-        "max_requests = 200\nmax_requests_jitter = 50",
-        "",
-    ));
+    let c = Corral::start(
+        &Conf::bare(4)
+            .drain("10s")
+            .stop("3s")
+            .heartbeat("100ms")
+            .worker("max_requests = 200\nmax_requests_jitter = 50")
+            .level("info")
+            .render(),
+    );
     let load = Load::start(c.addr(), 4, 1500, Duration::from_secs(90));
     let mut seen = watch(&c, &load, Duration::from_secs(90), |s| {
         // Each slot replaced at least twice: limits were drawn more than once.
@@ -160,12 +150,15 @@ fn workers_are_recycled_after_max_requests_one_at_a_time_without_a_failure() {
 /// at least 3s, one slot at a time, with no failed connection under load.
 #[test]
 fn workers_are_recycled_after_max_lifetime_without_a_failure() {
-    let c = Corral::start(&config(
-        4,
-        "",
-        "max_lifetime = \"3s\"\nmax_lifetime_jitter = \"2s\"",
-        "",
-    ));
+    let c = Corral::start(
+        &Conf::bare(4)
+            .drain("10s")
+            .stop("3s")
+            .heartbeat("100ms")
+            .worker("max_lifetime = \"3s\"\nmax_lifetime_jitter = \"2s\"")
+            .level("info")
+            .render(),
+    );
     let started = Instant::now();
     let load = Load::start(c.addr(), 2, 1_000_000, Duration::from_secs(60));
     let mut seen = watch(&c, &load, Duration::from_secs(60), |s| {
@@ -208,7 +201,15 @@ fn live_workers(c: &Corral) -> usize {
 /// slot ends on the new generation.
 #[test]
 fn a_rolling_reload_never_holds_more_than_one_extra_worker() {
-    let c = Corral::start(&config(4, "reload_surge = 1", "", ""));
+    let c = Corral::start(
+        &Conf::bare(4)
+            .drain("10s")
+            .stop("3s")
+            .master("reload_surge = 1")
+            .heartbeat("100ms")
+            .level("info")
+            .render(),
+    );
     let load = Load::start(c.addr(), 3, 1_000_000, Duration::from_secs(60));
     // Some traffic first, so the reload happens under load.
     assert!(wait_until(Duration::from_secs(20), || load
@@ -280,12 +281,15 @@ fn a_rolling_reload_never_holds_more_than_one_extra_worker() {
 /// the old generation again, and nothing of the new one is left.
 #[test]
 fn a_failed_rolling_reload_rolls_the_replaced_slots_back() {
-    let c = Corral::start(&config(
-        4,
-        "reload_surge = 1\nwatchdog_timeout = \"60s\"",
-        "",
-        "",
-    ));
+    let c = Corral::start(
+        &Conf::bare(4)
+            .drain("10s")
+            .stop("3s")
+            .master("reload_surge = 1\nwatchdog_timeout = \"60s\"")
+            .heartbeat("100ms")
+            .level("info")
+            .render(),
+    );
     let (_, _, before) = status(&c);
     let old0 = before
         .iter()
@@ -352,7 +356,13 @@ fn a_failed_rolling_reload_rolls_the_replaced_slots_back() {
 fn steer_needs_reuseport() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
-    let body = config(2, "", "", "steer = \"client-ip\"").replace("{port}", "1");
+    let body = Conf::bare(2)
+        .drain("10s")
+        .stop("3s")
+        .heartbeat("100ms")
+        .level("info")
+        .echo("steer = \"client-ip\"")
+        .render_on(1);
     std::fs::write(&path, body).unwrap();
     let out = run_cli(
         dir.path(),
@@ -429,7 +439,15 @@ const STEER: &str = "accept = \"reuseport\"\nsteer = \"client-ip\"";
 /// reload each address lands on the successor of the same slot.
 #[test]
 fn steer_by_client_ip_keeps_a_client_on_one_slot_across_reloads() {
-    let c = Corral::start(&config(4, "", "", STEER));
+    let c = Corral::start(
+        &Conf::bare(4)
+            .drain("10s")
+            .stop("3s")
+            .heartbeat("100ms")
+            .level("info")
+            .echo(STEER)
+            .render(),
+    );
     let first = one_each(&placement(&c, &c.worker_pids(), 50));
     let workers: HashSet<i32> = first.values().copied().collect();
     assert!(
@@ -464,7 +482,15 @@ fn steer_by_client_ip_keeps_a_client_on_one_slot_across_reloads() {
 /// after it, each client address lands on the new master's worker of the same slot.
 #[test]
 fn steer_by_client_ip_survives_a_binary_upgrade() {
-    let c = Corral::start(&config(4, "", "", STEER));
+    let c = Corral::start(
+        &Conf::bare(4)
+            .drain("10s")
+            .stop("3s")
+            .heartbeat("100ms")
+            .level("info")
+            .echo(STEER)
+            .render(),
+    );
     let first = one_each(&placement(&c, &c.worker_pids(), 20));
     let slots: HashMap<u8, u64> = first.iter().map(|(a, p)| (*a, slot_of(&c, *p))).collect();
     let old_master = c.master_pid();
