@@ -200,11 +200,7 @@ fn a_hung_worker_loop_dies_after_its_master() {
         env: vec![("CORRAL_FAULT".into(), "hang-on:HANG".into())],
         ..Launch::default()
     };
-    let template = Conf::new(1).drain("2s").render().replacen(
-        "[master]\n",
-        "[master]\nwatchdog_timeout = \"120s\"\n",
-        1,
-    );
+    let template = Conf::new(1).drain("2s").watchdog("120s").render();
     let c = Corral::start_with(&template, launch);
     let worker = c.workers()[0];
     let mut s = c.connect();
@@ -449,16 +445,6 @@ fn a_reload_queued_when_the_master_stops_is_answered() {
 // 5. upstream names
 // ---------------------------------------------------------------------------
 
-fn proxy_template(proxy_port: u16, upstream: &str) -> String {
-    Conf::new(1)
-        .listen(
-            proxy_port,
-            "proxy",
-            &format!("upstreams = [\"{upstream}\"]"),
-        )
-        .render()
-}
-
 fn must_proxy(c: &Corral, port: u16, msg: &str) {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
@@ -478,7 +464,9 @@ fn unresolvable_upstreams_are_refused_by_name() {
     let cfg = dir.path().join("bad.toml");
     std::fs::write(
         &cfg,
-        proxy_template(free_port(), &format!("{bad}:80")).replace("{port}", "1"),
+        Conf::new(1)
+            .proxy(free_port(), &[format!("{bad}:80")], "")
+            .render_on(1),
     )
     .unwrap();
     let out = run_cli(
@@ -494,16 +482,18 @@ fn unresolvable_upstreams_are_refused_by_name() {
     );
 
     let proxy_port = free_port();
-    let c = Corral::start(&proxy_template(proxy_port, "localhost:{port}"));
+    let c = Corral::start(
+        &Conf::new(1)
+            .proxy(proxy_port, &["localhost:{port}"], "")
+            .render(),
+    );
     must_proxy(&c, proxy_port, "via localhost\n");
 
-    let good = std::fs::read_to_string(c.config()).unwrap();
-    let port = c.port.to_string();
-    std::fs::write(
-        c.config(),
-        good.replace(&format!("localhost:{port}"), &format!("{bad}:{port}")),
-    )
-    .unwrap();
+    c.write_config(
+        &Conf::new(1)
+            .proxy(proxy_port, &[format!("{bad}:{{port}}")], "")
+            .render(),
+    );
     let workers = c.workers();
     let out = c.cli(&["-s", "reload"]);
     assert!(
