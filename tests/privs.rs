@@ -41,21 +41,6 @@ fn open_dir() -> tempfile::TempDir {
     d
 }
 
-fn config(master: &str, worker: &str, log: Option<&Path>, listen_extra: &str) -> String {
-    let log = log
-        .map(|p| format!("file = \"{}\"\n", p.display()))
-        .unwrap_or_default();
-    Conf::bare(2)
-        .drain("20s")
-        .stop("3s")
-        .master(master)
-        .worker(worker)
-        .level("info")
-        .log(&log)
-        .echo(listen_extra)
-        .render()
-}
-
 /// Every worker runs as `uid`/`gid` in all four fields, with `groups`, no
 /// capability and no_new_privs.
 fn assert_dropped(c: &Corral, uid: u32, gid: u32, groups: &[u32]) {
@@ -117,8 +102,13 @@ fn workers_run_as_nobody_and_the_master_stays_root() {
     let logs = open_dir();
     let log = logs.path().join("corral.log");
     let nogroup = gid_of("nogroup");
-    let body = config("user = \"nobody\"", "", Some(&log), "");
-    let c = Corral::start(&body);
+    let conf = Conf::bare(2)
+        .drain("20s")
+        .stop("3s")
+        .level("info")
+        .master("user = \"nobody\"")
+        .log_file(&log.display().to_string());
+    let c = Corral::start(&conf.render());
     assert_dropped(&c, 65534, nogroup, &[nogroup]);
     let mut s = c.connect();
     must_echo(&c, &mut s, "served by nobody");
@@ -144,11 +134,7 @@ fn workers_run_as_nobody_and_the_master_stays_root() {
     // A reload that binds a port below 1024: only the (root) master can.
     let low = privileged_port();
     let old = c.worker_pids();
-    let reloaded = format!(
-        "{}\n[[listen]]\naddress = \"127.0.0.1:{low}\"\nservice = \"echo\"\n",
-        fs::read_to_string(c.config()).unwrap()
-    );
-    fs::write(c.config(), reloaded).unwrap();
+    c.write_config(&conf.listen(low, "echo", "").render());
     let out = c.cli(&["-s", "reload"]);
     assert!(
         out.status.success(),
@@ -202,17 +188,26 @@ fn a_user_made_for_the_test_with_its_groups_or_one_group() {
         return;
     };
     let nogroup = gid_of("nogroup");
-    let c = Corral::start(&config(&format!("user = \"{}\"", u.name), "", None, ""));
+    let c = Corral::start(
+        &Conf::bare(2)
+            .drain("20s")
+            .stop("3s")
+            .level("info")
+            .master(&format!("user = \"{}\"", u.name))
+            .render(),
+    );
     // Its own group first, plus the supplementary one it was given.
     assert_dropped(&c, u.uid, u.gid, &[u.gid, nogroup]);
     drop(c);
     // `group` replaces both the primary and the supplementary groups.
-    let c = Corral::start(&config(
-        &format!("user = {}\ngroup = \"nogroup\"", u.uid),
-        "",
-        None,
-        "",
-    ));
+    let c = Corral::start(
+        &Conf::bare(2)
+            .drain("20s")
+            .stop("3s")
+            .level("info")
+            .master(&format!("user = {}\ngroup = \"nogroup\"", u.uid))
+            .render(),
+    );
     assert_dropped(&c, u.uid, nogroup, &[nogroup]);
 }
 
@@ -234,7 +229,12 @@ fn unknown_user_or_group_is_a_config_error() {
         ("user = 3999999", "master.user", "has no passwd entry"),
         ("group = \"nogroup\"", "master.group", "needs master.user"),
     ] {
-        let body = config(master, "", None, "").replace("{port}", "1");
+        let body = Conf::bare(2)
+            .drain("20s")
+            .stop("3s")
+            .level("info")
+            .master(master)
+            .render_on(1);
         fs::write(&path, body).unwrap();
         let out = run_cli(dir.path(), &["-t", "-c", path.to_str().unwrap()], T);
         let all = out.all();
@@ -258,7 +258,12 @@ fn user_other_than_self_is_refused_when_not_root() {
     }
     let dir = open_dir();
     let path = dir.path().join("c.toml");
-    let body = config("user = \"root\"", "", None, "").replace("{port}", "1");
+    let body = Conf::bare(2)
+        .drain("20s")
+        .stop("3s")
+        .level("info")
+        .master("user = \"root\"")
+        .render_on(1);
     fs::write(&path, body).unwrap();
     fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
     let out = std::process::Command::new("setpriv")
@@ -293,12 +298,12 @@ fn worker_limits_and_the_master_raises_its_own() {
     .unwrap();
     fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
     let (_, hard) = limit(std::process::id() as i32, "Max open files");
-    let body = config(
-        "",
-        "rlimit_nofile = 5000\nmax_connections = 1000\nrlimit_core = \"unlimited\"",
-        None,
-        "",
-    );
+    let body = Conf::bare(2)
+        .drain("20s")
+        .stop("3s")
+        .level("info")
+        .worker("rlimit_nofile = 5000\nmax_connections = 1000\nrlimit_core = \"unlimited\"")
+        .render();
     let c = Corral::start_with(
         &body,
         Launch {
@@ -321,7 +326,12 @@ fn worker_limits_and_the_master_raises_its_own() {
     // Above the hard limit: a warning with both numbers, and workers get the most
     // they can.
     let over: u64 = hard.parse::<u64>().unwrap() + 1000;
-    let body = config("", &format!("rlimit_nofile = {over}"), None, "");
+    let body = Conf::bare(2)
+        .drain("20s")
+        .stop("3s")
+        .level("info")
+        .worker(&format!("rlimit_nofile = {over}"))
+        .render();
     let c = Corral::start(&body);
     let warning = format!("worker.rlimit_nofile = {over} exceeds the hard RLIMIT_NOFILE of {hard}");
     assert!(c.log().contains(&warning), "{}", c.log_tail(20));
@@ -331,8 +341,12 @@ fn worker_limits_and_the_master_raises_its_own() {
     // And max_connections that cannot fit under the fd limit is said at -t.
     let out = c.cli(&["-t"]);
     assert!(out.status.success(), "{}", out.all());
-    let body =
-        config("", "rlimit_nofile = 500\nmax_connections = 1000", None, "").replace("{port}", "1");
+    let body = Conf::bare(2)
+        .drain("20s")
+        .stop("3s")
+        .level("info")
+        .worker("rlimit_nofile = 500\nmax_connections = 1000")
+        .render_on(1);
     let path = c.dir.path().join("tight.toml");
     fs::write(&path, body).unwrap();
     let out = run_cli(c.dir.path(), &["-t", "-c", path.to_str().unwrap()], T);
@@ -374,13 +388,15 @@ fn listener_options_are_on_the_real_sockets() {
         return;
     }
     let tcp = libc::IPPROTO_TCP;
-    let body = config(
-        "",
-        "",
-        None,
-        "backlog = 77\ndefer_accept = \"5s\"\nkeepalive = true\nkeepalive_idle = \"33s\"\n\
+    let body = Conf::bare(2)
+        .drain("20s")
+        .stop("3s")
+        .level("info")
+        .echo(
+            "backlog = 77\ndefer_accept = \"5s\"\nkeepalive = true\nkeepalive_idle = \"33s\"\n\
          keepalive_interval = \"7s\"\nkeepalive_count = 4\nnodelay = false\n",
-    );
+        )
+        .render();
     let c = Corral::start(&body);
     assert_eq!(ss_backlog(c.port), Some(77));
     let ino = listener_inode(c.port).expect("listener in /proc/net/tcp");
@@ -402,13 +418,7 @@ fn listener_options_are_on_the_real_sockets() {
     assert!(timer.contains("timer:(keepalive,"), "{timer}");
 
     // A reload back to the defaults: new connections get nodelay and no keep-alive.
-    let plain = config("", "", None, "").replace("{port}", &c.port.to_string());
-    let pid_line = format!("pid_file = \"{}\"\n", c.pid_file.display());
-    fs::write(
-        c.config(),
-        plain.replacen("[master]\n", &format!("[master]\n{pid_line}"), 1),
-    )
-    .unwrap();
+    c.write_config(&Conf::bare(2).drain("20s").stop("3s").level("info").render());
     let out = c.cli(&["-s", "reload"]);
     assert!(out.status.success(), "{}", out.all());
     let mut s2 = c.connect();
@@ -425,11 +435,16 @@ fn unix_socket_mode_owner_and_removal_on_stop_only() {
     }
     let dir = open_dir();
     let sock = dir.path().join("echo.sock");
-    let body = format!(
-        "{}\n[[listen]]\naddress = \"unix:{}\"\nservice = \"echo\"\nmode = \"0660\"\nowner = \"nobody:nogroup\"\n",
-        config("", "", None, ""),
-        sock.display()
-    );
+    let body = Conf::bare(2)
+        .drain("20s")
+        .stop("3s")
+        .level("info")
+        .listen_at(
+            &format!("unix:{}", sock.display()),
+            "echo",
+            "mode = \"0660\"\nowner = \"nobody:nogroup\"",
+        )
+        .render();
     let c = Corral::start(&body);
     let check = |what: &str| {
         let m = fs::symlink_metadata(&sock).unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -447,16 +462,8 @@ fn unix_socket_mode_owner_and_removal_on_stop_only() {
     assert!(out.status.success(), "{}", out.all());
     check("after reload");
     // A binary upgrade keeps the file; the new master removes it when it stops.
-    let old = c.master_pid();
-    let out = c.cli(&["-s", "upgrade"]);
-    assert!(out.status.success(), "{}\n{}", out.all(), c.log_tail(30));
-    let mut new = None;
-    assert!(wait_until(T, || {
-        new = c.read_pid_file().filter(|p| *p != old);
-        new.is_some()
-    }));
-    let new = new.unwrap();
-    c.adopt_master(new);
+    let new = c.must_upgrade();
+    assert!(wait_until(T, || c.read_pid_file() == Some(new)));
     assert!(wait_until(T, || c.master_exited()), "{}", c.log_tail(30));
     check("after upgrade");
     let id = proc_id(new).expect("the new master runs");
@@ -495,16 +502,13 @@ os.execv(sys.argv[1], sys.argv[1:])
 fn start_pid1(dir: &Path, master: &str) -> (Pid1, u16) {
     let port = free_port();
     let cfg = dir.join("corral.toml");
-    let body = config(master, "", None, "")
-        .replace("{port}", &port.to_string())
-        .replacen(
-            "[master]\n",
-            &format!(
-                "[master]\npid_file = \"{}\"\n",
-                dir.join("corral.pid").display()
-            ),
-            1,
-        );
+    let body = Conf::bare(2)
+        .drain("20s")
+        .stop("3s")
+        .level("info")
+        .master(master)
+        .pid_file(&dir.join("corral.pid").display().to_string())
+        .render_on(port);
     fs::write(&cfg, body).unwrap();
     let wrapper = dir.join("init.py");
     fs::write(&wrapper, INIT_PY).unwrap();
