@@ -44,13 +44,6 @@ fn attempts(v: &serde_json::Value) -> Vec<(String, bool, String)> {
         .collect()
 }
 
-fn conf(master: &str, worker: &str) -> String {
-    Conf::new(1)
-        .master(&format!("fault_injection = true\n{master}"))
-        .worker(worker)
-        .render()
-}
-
 fn assert_all_blocked(c: &Corral) {
     let (ok, v, err) = escape(c);
     let a = attempts(&v);
@@ -82,7 +75,7 @@ fn assert_all_blocked(c: &Corral) {
 
 #[test]
 fn with_the_defaults_every_escape_is_blocked() {
-    let c = Corral::start(&conf("", ""));
+    let c = Corral::start(&Conf::new(1).fault_injection().render());
     assert_all_blocked(&c);
     if root() {
         assert!(
@@ -103,7 +96,12 @@ fn with_an_explicit_user_every_escape_is_blocked() {
         skipped(format_args!("skipping: useradd is missing or failed"));
         return;
     };
-    let c = Corral::start(&conf(&format!("user = \"{}\"", u.name), ""));
+    let c = Corral::start(
+        &Conf::new(1)
+            .fault_injection()
+            .master(&format!("user = \"{}\"", u.name))
+            .render(),
+    );
     assert_all_blocked(&c);
 }
 
@@ -115,7 +113,13 @@ fn with_the_filter_off_the_escapes_are_seen_getting_through() {
         skipped(format_args!("skipping: needs root"));
         return;
     }
-    let c = Corral::start(&conf("user = \"root\"", "seccomp = \"off\""));
+    let c = Corral::start(
+        &Conf::new(1)
+            .fault_injection()
+            .master("user = \"root\"")
+            .worker("seccomp = \"off\"")
+            .render(),
+    );
     let (ok, v, _) = escape(&c);
     assert!(!ok, "exit status must say something got through: {v}");
     let a = attempts(&v);
@@ -138,7 +142,7 @@ fn a_worker_dead_by_sigsys_is_reported_as_killed_by_seccomp_and_replaced() {
     // The kernel's own SIGSYS for a call outside the allowlist is exercised by the
     // unit test in src/os/seccomp.rs (in a forked child); here a SIGSYS sent by
     // hand stands in for it, to check the master's report and the respawn.
-    let c = Corral::start(&conf("", ""));
+    let c = Corral::start(&Conf::new(1).fault_injection().render());
     let pid = ready_in_slot(&c, 0).expect("a ready worker");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
@@ -166,7 +170,12 @@ fn a_worker_dead_by_sigsys_is_reported_as_killed_by_seccomp_and_replaced() {
 fn in_log_mode_nothing_is_refused_and_the_worker_lives() {
     // For bringing up a custom service: the kernel logs, the worker keeps running,
     // and `fault escape` shows what the filter would have stopped.
-    let c = Corral::start(&conf("", "seccomp = \"log\""));
+    let c = Corral::start(
+        &Conf::new(1)
+            .fault_injection()
+            .worker("seccomp = \"log\"")
+            .render(),
+    );
     let (ok, v, _) = escape(&c);
     assert!(!ok, "{v}");
     assert_eq!(v["outcome"], "survived", "{v}");
@@ -183,8 +192,8 @@ fn a_proxy_worker_may_dial_its_upstreams_only() {
     // upstreams' ports. The upstream is the echo listener itself.
     let proxy_port = free_port();
     let body = Conf::new(1)
-        .master("fault_injection = true")
-        .listen(proxy_port, "proxy", "upstreams = [\"127.0.0.1:{port}\"]")
+        .fault_injection()
+        .proxy(proxy_port, &["127.0.0.1:{port}"], "")
         .render();
     let c = Corral::start(&body);
     // Through the proxy to the upstream: allowed.
