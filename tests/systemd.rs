@@ -177,19 +177,6 @@ fn tool(name: &str) -> Option<PathBuf> {
         })
 }
 
-fn echo_config(dir: &Path, port: u16, extra_master: &str, log_file: bool) -> String {
-    let log = if log_file {
-        format!("\n[log]\nfile = \"{}\"\n", dir.join("corral.log").display())
-    } else {
-        String::new()
-    };
-    format!(
-        "[master]\nworkers = 2\npid_file = \"{}\"\ndrain_timeout = \"10s\"\nstop_timeout = \"3s\"\n{extra_master}\
-         {log}\n[[listen]]\naddress = \"127.0.0.1:{port}\"\nservice = \"echo\"\n",
-        dir.join("corral.pid").display()
-    )
-}
-
 // ---------------------------------------------------------------------------
 // 6. sd-notify: READY, RELOADING -> READY, MAINPID on upgrade, STOPPING
 // ---------------------------------------------------------------------------
@@ -387,19 +374,7 @@ fn sd_notify_ready_reload_upgrade_stop() {
 
     // Upgrade: MAINPID=<new> (from the old master, before it exits), and READY=1 from
     // the new master itself.
-    let out = c.cli(&["-s", "upgrade"]);
-    for p in new_master_pids(&c.log()) {
-        c.adopt_master(p);
-    }
-    assert!(
-        out.status.success(),
-        "-s upgrade: {}\n{}",
-        out.all(),
-        c.log_tail(40)
-    );
-    let new = *new_master_pids(&c.log())
-        .last()
-        .expect("log names the new master");
+    let new = c.must_upgrade();
     assert_eq!(c.read_pid_file(), Some(new));
     let mainpid = sink.wait(reloaded + 1, "MAINPID=<new>", |n| {
         n.has(&format!("MAINPID={new}"))
@@ -514,17 +489,7 @@ fn sd_notify_watchdog_pings_follow_the_main_process_across_an_upgrade() {
     );
     eprintln!("3 watchdog pings from {master} in {:?}", t0.elapsed());
 
-    let out = c.cli(&["-s", "upgrade"]);
-    for p in new_master_pids(&c.log()) {
-        c.adopt_master(p);
-    }
-    assert!(
-        out.status.success(),
-        "-s upgrade: {}\n{}",
-        out.all(),
-        c.log_tail(40)
-    );
-    let new = *new_master_pids(&c.log()).last().expect("new master");
+    let new = c.must_upgrade();
     let t1 = Instant::now();
     assert!(
         wait_until(Duration::from_secs(3) + MARGIN, || pings(new) >= 3),
@@ -572,10 +537,14 @@ fn socket_activation_case(fdname: Option<&str>) {
     let mut started = None;
     for _attempt in 0..5 {
         let port = free_port();
-        let mut body = echo_config(g.path(), port, "", false);
+        let mut conf = Conf::bare(2)
+            .drain("10s")
+            .stop("3s")
+            .pid_file(&g.path().join("corral.pid").display().to_string());
         if let Some(name) = fdname {
-            body.push_str(&format!("name = \"{name}\"\n"));
+            conf = conf.echo(&format!("name = \"{name}\""));
         }
+        let body = conf.render_on(port);
         fs::write(&cfg, body).expect("write config");
         let mut cmd = Command::new(&activate);
         cmd.arg("-l").arg(format!("127.0.0.1:{port}"));
@@ -741,8 +710,14 @@ fn daemon_mode_serves_when_launcher_returns_and_stops_cleanly() {
     let mut launched = None;
     for _attempt in 0..5 {
         let port = free_port();
-        fs::write(&cfg, echo_config(g.path(), port, "daemon = true\n", true))
-            .expect("write config");
+        let body = Conf::bare(2)
+            .drain("10s")
+            .stop("3s")
+            .pid_file(&g.path().join("corral.pid").display().to_string())
+            .master("daemon = true")
+            .log_file(&g.path().join("corral.log").display().to_string())
+            .render_on(port);
+        fs::write(&cfg, body).expect("write config");
         let t0 = Instant::now();
         let out = run_cli(g.path(), &["-c", &cfg_s], Duration::from_secs(40));
         let took = t0.elapsed();
@@ -872,7 +847,13 @@ fn daemon_start_failure_is_reported_by_the_launcher() {
                 .map(|l| (p, l))
         })
         .expect("a port to hold");
-    fs::write(&cfg, echo_config(g.path(), port, "", true)).expect("write config");
+    let body = Conf::bare(2)
+        .drain("10s")
+        .stop("3s")
+        .pid_file(&g.path().join("corral.pid").display().to_string())
+        .log_file(&g.path().join("corral.log").display().to_string())
+        .render_on(port);
+    fs::write(&cfg, body).expect("write config");
 
     let t0 = Instant::now();
     let out = run_cli(
