@@ -11,6 +11,12 @@
 //!
 //! Skipped, with the reason printed, only where root, namespaces or systemd are
 //! missing.
+//!
+//! Every config pins its echo connections (`Conf::pinned`, `suspend = false`): these
+//! tests keep a connection on the old master to watch what systemd does while it
+//! drains (whose child the new master is, a stop mid-drain); a movable echo connection
+//! would follow the upgrade to the new master instead (tests/moves.rs and
+//! tests/upgrade_moves.rs cover that).
 
 use crate::common;
 
@@ -21,29 +27,6 @@ use common::*;
 
 /// Extra time allowed on top of a configured timeout on a loaded 2-core box.
 const MARGIN: Duration = Duration::from_secs(10);
-
-/// `suspend = false`: these tests keep a connection on the old master to watch what
-/// systemd does while it drains (whose child the new master is, a stop mid-drain);
-/// a movable echo connection would follow the upgrade to the new master instead
-/// (tests/moves.rs and tests/upgrade_moves.rs cover that).
-fn config(workers: usize, drain: &str) -> String {
-    format!(
-        "[master]\n\
-         workers = {workers}\n\
-         pid_file = \"/run/corral/corral.pid\"\n\
-         drain_timeout = \"{drain}\"\n\
-         upgrade_timeout = \"20s\"\n\
-         \n\
-         [log]\n\
-         level = \"info\"\n\
-         \n\
-         [[listen]]\n\
-         address = \"127.0.0.1:{}\"\n\
-         service = \"echo\"\n\
-         suspend = false\n",
-        sysd::PORT
-    )
-}
 
 fn must_echo_ns(ns: &SystemdNs, s: &mut std::net::TcpStream, msg: &str, what: &str) {
     match echo(s, msg.as_bytes(), Duration::from_secs(10)) {
@@ -244,7 +227,11 @@ fn start_reload_upgrades_watchdog_and_drained_stop() {
     let watchdog = Duration::from_secs(3);
     let ns = SystemdNs::boot(
         &boot,
-        &config(2, "3s"),
+        &Conf::bare(2)
+            .drain("3s")
+            .upgrade_timeout("20s")
+            .level("info")
+            .pinned(),
         &UnitOpts {
             watchdog: Some("3s".into()),
             ..UnitOpts::default()
@@ -259,7 +246,13 @@ fn start_reload_upgrades_watchdog_and_drained_stop() {
     fresh_echo(&ns, "after start");
 
     // A good reload: exit 0, same main process, the new generation serves.
-    std::fs::write(ns.config(), config(3, "3s")).expect("config");
+    ns.write_config(
+        &Conf::bare(3)
+            .drain("3s")
+            .upgrade_timeout("20s")
+            .level("info")
+            .pinned(),
+    );
     ns.systemctl(&["reload", "corral.service"]);
     assert_eq!(ns.main_pid(), first, "reload changed the main pid");
     assert_active(&ns, "after reload");
@@ -280,6 +273,7 @@ fn start_reload_upgrades_watchdog_and_drained_stop() {
     must_echo_ns(&ns, &mut held, "hello\n", "after the good reload");
 
     // A bad one: non-zero, and nothing changes.
+    // Raw text on purpose: a malformed value is the point.
     std::fs::write(ns.config(), "[master]\nworkers = \"lots\"\n").expect("config");
     let (ok, out, err) = ns.exec(&["systemctl", "reload", "corral.service"]);
     assert!(
@@ -300,7 +294,13 @@ fn start_reload_upgrades_watchdog_and_drained_stop() {
         "the log does not say what was wrong with the config\n{}",
         ns.log_tail(20)
     );
-    std::fs::write(ns.config(), config(2, "3s")).expect("config");
+    ns.write_config(
+        &Conf::bare(2)
+            .drain("3s")
+            .upgrade_timeout("20s")
+            .level("info")
+            .pinned(),
+    );
     drop(held);
 
     // Three upgrades in a row, both ways of asking.
@@ -328,6 +328,8 @@ fn start_reload_upgrades_watchdog_and_drained_stop() {
             ns.log_tail(30)
         );
         assert_active(&ns, "while watching the watchdog");
+        // Pacing of the checks: a watchdog timeout can only be shown absent over
+        // time, so the four periods of idling are the property, not a wait.
         std::thread::sleep(Duration::from_millis(300));
     }
     let console =
@@ -351,7 +353,15 @@ fn stop_after_upgrade_drains_ten_times_in_a_row() {
         return;
     };
     let drain = Duration::from_secs(1);
-    let ns = SystemdNs::boot(&boot, &config(2, "1s"), &UnitOpts::default());
+    let ns = SystemdNs::boot(
+        &boot,
+        &Conf::bare(2)
+            .drain("1s")
+            .upgrade_timeout("20s")
+            .level("info")
+            .pinned(),
+        &UnitOpts::default(),
+    );
     let mut figures = Vec::new();
     for run in 1..=10 {
         // Ten starts in a few seconds are past systemd's default start rate limit
@@ -379,7 +389,11 @@ fn socket_activation_through_corral_socket() {
     };
     let ns = SystemdNs::boot(
         &boot,
-        &config(2, "2s"),
+        &Conf::bare(2)
+            .drain("2s")
+            .upgrade_timeout("20s")
+            .level("info")
+            .pinned(),
         &UnitOpts {
             socket: true,
             ..UnitOpts::default()
@@ -438,7 +452,15 @@ fn broken_upgrade_rolls_back_and_systemd_keeps_the_old_master() {
     let Some(boot) = or_skip("broken_upgrade_rolls_back_and_systemd_keeps_the_old_master") else {
         return;
     };
-    let ns = SystemdNs::boot(&boot, &config(2, "2s"), &UnitOpts::default());
+    let ns = SystemdNs::boot(
+        &boot,
+        &Conf::bare(2)
+            .drain("2s")
+            .upgrade_timeout("20s")
+            .level("info")
+            .pinned(),
+        &UnitOpts::default(),
+    );
     ns.systemctl(&["start", "corral.service"]);
     assert_active(&ns, "after start");
     let main = ns.main_pid();
@@ -503,18 +525,41 @@ fn stop_while_the_old_master_drains_keeps_its_connections() {
         return;
     };
     let drain = Duration::from_secs(5);
-    let ns = SystemdNs::boot(&boot, &config(2, "5s"), &UnitOpts::default());
+    let ns = SystemdNs::boot(
+        &boot,
+        &Conf::bare(2)
+            .drain("5s")
+            .upgrade_timeout("20s")
+            .level("info")
+            .pinned(),
+        &UnitOpts::default(),
+    );
     ns.systemctl(&["start", "corral.service"]);
     assert_active(&ns, "after start");
     let old = ns.main_pid();
     let mut held = ns.connect().expect("connect before the upgrade");
     must_echo_ns(&ns, &mut held, "before upgrade\n", "before the upgrade");
     upgrade_by_systemctl(&ns);
-    main_pid_moved(&ns, old, "");
+    let new = main_pid_moved(&ns, old, "");
     let t0 = stop_no_block(&ns);
-    // Well past the moment the new master (with no connection of its own) would have
-    // exited, the old master's connection is still served.
-    std::thread::sleep(Duration::from_millis(1500));
+    // The new master has no connection of its own: it would exit (and systemd kill
+    // what is left in the unit) as soon as its workers are gone. Wait for that moment
+    // (it says it waits for the old master, and its workers are gone) instead of a
+    // fixed sleep; from then on the old master's connection must still be served.
+    let waits = "the old master of the last upgrade still drains; exiting after it";
+    assert!(
+        wait_until(Duration::from_secs(10) + MARGIN, || {
+            ns.log().contains(waits)
+                && !ns
+                    .corral_processes()
+                    .iter()
+                    .any(|(p, comm)| comm == "corral-worker" && ns.ppid(*p) == Some(new))
+        }),
+        "the new master {new} did not say it waits for the old one, or kept its workers: \
+         {:?}\n{}",
+        ns.corral_processes(),
+        ns.log_tail(40)
+    );
     if t0.elapsed() + Duration::from_millis(500) < drain {
         must_echo_ns(
             &ns,

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{corral_bin, install_exec, wait_until};
+use super::{corral_bin, install_exec, wait_until, Conf};
 
 /// The port the test configs listen on (the network namespace is private).
 pub const PORT: u16 = 7070;
@@ -154,12 +154,23 @@ impl SystemdNs {
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
-    /// Installs corral (the built binary, `config`, the shipped units adapted to the
-    /// test) and boots systemd. Panics with the console if systemd does not come up.
-    pub fn boot(_: &Boot, config: &str, opts: &UnitOpts) -> SystemdNs {
+    /// Writes `conf` as the installed config, with what the namespace fixes: the
+    /// echo listener on `PORT` and the pid file where the shipped unit looks for it.
+    pub fn write_config(&self, conf: &Conf) {
+        let body = conf
+            .clone()
+            .pid_file("/run/corral/corral.pid")
+            .render_on(PORT);
+        fs::write(self.config(), body).expect("write config");
+    }
+
+    /// Installs corral (the built binary, `conf` as `write_config` writes it, the
+    /// shipped units adapted to the test) and boots systemd. Panics with the console
+    /// if systemd does not come up.
+    pub fn boot(_: &Boot, conf: &Conf, opts: &UnitOpts) -> SystemdNs {
         let mut ns = SystemdNs::prepare(None);
         install_exec(Path::new(corral_bin()), &ns.bin());
-        fs::write(ns.config(), config).expect("write config");
+        ns.write_config(conf);
         let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
         let unit = fs::read_to_string(repo.join("systemd/corral.service")).expect("unit");
         fs::write(
