@@ -33,15 +33,11 @@ struct Http {
 }
 
 impl Http {
-    /// `http_keys` are extra lines for the http `[[listen]]` entry; sub-tables
-    /// (`[listen.headers]`) go last, so they may follow them.
-    fn start(workers: usize, drain: &str, http_keys: &str) -> Http {
+    /// `conf` with an http listener after the echo one; `http_keys` are its lines
+    /// (sub-tables such as `[listen.headers]` last, so they may follow them).
+    fn start(conf: Conf, http_keys: &str) -> Http {
         let port = free_port();
-        let template = format!(
-            "{}\n[[listen]]\naddress = \"127.0.0.1:{port}\"\nservice = \"http\"\n{http_keys}\n",
-            Conf::new(workers).drain(drain).render()
-        );
-        let c = Corral::start(&template);
+        let c = Corral::start(&conf.listen(port, "http", http_keys).render());
         Http { c, port }
     }
 
@@ -311,7 +307,7 @@ fn must_reload(h: &Http) {
 
 #[test]
 fn default_response_is_200_with_a_body() {
-    let h = Http::start(1, "20s", "");
+    let h = Http::start(Conf::new(1), "");
     let mut cl = h.client();
     let r = must(&h, "GET", cl.roundtrip(GET));
     assert_eq!(r.status, 200, "{r:?}");
@@ -330,8 +326,7 @@ fn default_response_is_200_with_a_body() {
 #[test]
 fn curl_sees_configured_status_body_and_headers() {
     let h = Http::start(
-        2,
-        "20s",
+        Conf::new(2),
         "status = 418\nbody = \"short and stout\\n\"\n\
          [listen.headers]\nX-Corral-Test = \"yes\"\nCache-Control = \"no-store\"\n",
     );
@@ -353,7 +348,7 @@ fn curl_sees_configured_status_body_and_headers() {
 
 #[test]
 fn curl_reuses_the_keep_alive_connection() {
-    let h = Http::start(2, "20s", "");
+    let h = Http::start(Conf::new(2), "");
     let url = h.url();
     let Some(out) = curl(&h, &["--verbose", &url, &url, &url]) else {
         return;
@@ -376,7 +371,7 @@ fn curl_reuses_the_keep_alive_connection() {
 
 #[test]
 fn raw_keep_alive_serves_many_requests_on_one_connection() {
-    let h = Http::start(1, "20s", "");
+    let h = Http::start(Conf::new(1), "");
     let mut cl = h.client();
     for i in 0..50 {
         let r = must(&h, &format!("request {i}"), cl.roundtrip(GET));
@@ -387,7 +382,7 @@ fn raw_keep_alive_serves_many_requests_on_one_connection() {
 
 #[test]
 fn head_gets_the_length_but_no_body() {
-    let h = Http::start(1, "20s", "body = \"0123456789\"\n");
+    let h = Http::start(Conf::new(1), "body = \"0123456789\"\n");
     if let Some(out) = curl(&h, &["--head", &h.url()]) {
         assert!(out.ok, "curl failed: {}", out.stderr);
         assert!(
@@ -417,7 +412,7 @@ fn head_gets_the_length_but_no_body() {
 
 #[test]
 fn pipelined_requests_are_answered_in_order() {
-    let h = Http::start(1, "20s", "");
+    let h = Http::start(Conf::new(1), "");
     let mut cl = h.client();
     // Three requests in one write; the middle one is a HEAD, so the order is
     // visible: a reordered stream would not frame.
@@ -446,7 +441,7 @@ fn pipelined_requests_are_answered_in_order() {
 
 #[test]
 fn connection_close_is_honoured() {
-    let h = Http::start(1, "20s", "");
+    let h = Http::start(Conf::new(1), "");
     let mut cl = h.client();
     let r = must(
         &h,
@@ -470,7 +465,7 @@ fn connection_close_is_honoured() {
 
 #[test]
 fn http_1_0_closes_unless_asked_to_keep_alive() {
-    let h = Http::start(1, "20s", "");
+    let h = Http::start(Conf::new(1), "");
     // Plain 1.0: one response, then the server closes.
     let mut cl = h.client();
     let r = must(&h, "1.0 GET", cl.roundtrip(b"GET / HTTP/1.0\r\n\r\n"));
@@ -505,7 +500,7 @@ fn http_1_0_closes_unless_asked_to_keep_alive() {
 
 #[test]
 fn malformed_requests_get_400_and_a_close() {
-    let h = Http::start(1, "20s", "");
+    let h = Http::start(Conf::new(1), "");
     let bad: &[&[u8]] = &[
         b"NOT A REQUEST\r\n\r\n",
         b"GET / HTTP/9.9\r\nHost: t\r\n\r\n",
@@ -531,7 +526,7 @@ fn malformed_requests_get_400_and_a_close() {
 
 #[test]
 fn oversized_heads_get_431_and_a_close() {
-    let h = Http::start(1, "20s", "max_header_size = \"4KiB\"\n");
+    let h = Http::start(Conf::new(1), "max_header_size = \"4KiB\"\n");
     let mut cl = h.client();
     let mut req = b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: ".to_vec();
     req.extend(std::iter::repeat_n(b'a', 6000));
@@ -552,7 +547,7 @@ fn oversized_heads_get_431_and_a_close() {
 
 #[test]
 fn slowloris_is_cut_at_header_timeout_but_idle_keep_alive_is_not() {
-    let h = Http::start(1, "20s", "header_timeout = \"1s\"\n");
+    let h = Http::start(Conf::new(1), "header_timeout = \"1s\"\n");
     // Idle keep-alive: header_timeout does not apply between requests.
     let mut idle = h.client();
     must(&h, "first request", idle.roundtrip(GET));
@@ -601,7 +596,7 @@ fn slowloris_is_cut_at_header_timeout_but_idle_keep_alive_is_not() {
 
 #[test]
 fn a_request_finished_by_a_draining_worker_keeps_its_connection_which_then_moves() {
-    let h = Http::start(1, "20s", "");
+    let h = Http::start(Conf::new(1), "");
     let old = h.c.worker_pids();
     assert_eq!(old.len(), 1);
     let mut cl = h.client();
@@ -691,7 +686,7 @@ fn wrk_with_keep_alive_across_10_reloads_sees_zero_errors() {
     };
     const RELOADS: u32 = 10;
     const RUN: Duration = Duration::from_secs(8);
-    let h = Http::start(2, "20s", "");
+    let h = Http::start(Conf::new(2), "");
     let out_path = h.c.dir.path().join("wrk.stdout");
     let err_path = h.c.dir.path().join("wrk.stderr");
     // A generous request timeout: a slow answer on a loaded box is not an error;
@@ -757,7 +752,7 @@ fn wrk_with_keep_alive_across_10_reloads_sees_zero_errors() {
 fn raw_keep_alive_clients_across_10_reloads_see_zero_errors() {
     const CLIENTS: usize = 4;
     const RELOADS: usize = 10;
-    let h = Http::start(2, "20s", "");
+    let h = Http::start(Conf::new(2), "");
     let addr = h.addr();
     let stop = Arc::new(AtomicBool::new(false));
     let errors: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
@@ -852,18 +847,6 @@ fn raw_keep_alive_clients_across_10_reloads_see_zero_errors() {
 // Protocol inputs that used to break the service
 // ---------------------------------------------------------------------------
 
-/// Starts corral with the http listener (extra `http_keys`) and extra top-level TOML
-/// (`[flow]` settings, say).
-fn start_http_with(http_keys: &str, top: &str) -> Http {
-    let port = free_port();
-    let template = format!(
-        "{}\n{top}\n[[listen]]\naddress = \"127.0.0.1:{port}\"\nservice = \"http\"\n{http_keys}\n",
-        Conf::new(1).render()
-    );
-    let c = Corral::start(&template);
-    Http { c, port }
-}
-
 #[test]
 fn a_pipelining_client_that_pauses_reading_gets_every_response() {
     // Big responses and padded requests: the first read of 64 KiB of requests queues
@@ -871,7 +854,10 @@ fn a_pipelining_client_that_pauses_reading_gets_every_response() {
     // while the client, which does not read, holds it back for 2x header_timeout.
     const N: usize = 200;
     let body = "b".repeat(64 << 10);
-    let h = start_http_with(&format!("header_timeout = \"1s\"\nbody = \"{body}\"\n"), "");
+    let h = Http::start(
+        Conf::new(1),
+        &format!("header_timeout = \"1s\"\nbody = \"{body}\"\n"),
+    );
     let mut one = b"GET / HTTP/1.1\r\nHost: t\r\nX-Pad: ".to_vec();
     one.extend(std::iter::repeat_n(b'p', 1000 - one.len() - 4));
     one.extend_from_slice(b"\r\n\r\n");
@@ -914,7 +900,7 @@ fn a_pipelining_client_that_pauses_reading_gets_every_response() {
 
 #[test]
 fn empty_lines_every_300ms_do_not_keep_a_connection_open() {
-    let h = Http::start(1, "20s", "header_timeout = \"1s\"\n");
+    let h = Http::start(Conf::new(1), "header_timeout = \"1s\"\n");
     let mut cl = h.client();
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs(1) + MARGIN;
@@ -947,7 +933,7 @@ fn empty_lines_every_300ms_do_not_keep_a_connection_open() {
 
 #[test]
 fn http_1_1_needs_exactly_one_host_and_1_0_needs_none() {
-    let h = Http::start(1, "20s", "");
+    let h = Http::start(Conf::new(1), "");
     for (req, what) in [
         (&b"GET / HTTP/1.1\r\n\r\n"[..], "HTTP/1.1 without Host"),
         (
@@ -981,7 +967,7 @@ fn http_1_1_needs_exactly_one_host_and_1_0_needs_none() {
 
 #[test]
 fn connect_is_refused_and_the_connection_closed() {
-    let h = Http::start(1, "20s", "");
+    let h = Http::start(Conf::new(1), "");
     let mut cl = h.client();
     let r = must(
         &h,
