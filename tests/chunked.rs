@@ -14,15 +14,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn start(http_keys: &str) -> (Corral, u16) {
-    let port = free_port();
-    let template = format!(
-        "{}\n[[listen]]\naddress = \"127.0.0.1:{port}\"\nservice = \"http\"\nbody = \"got it\\n\"\n{http_keys}\n",
-        Conf::new(1).render()
-    );
-    (Corral::start(&template), port)
-}
-
 /// Runs python3 with `script`, bounded in time (killed by pid); None if python3 or
 /// `requests` is missing (printed).
 fn python(dir: &Path, script: &str) -> Option<String> {
@@ -61,7 +52,12 @@ fn python(dir: &Path, script: &str) -> Option<String> {
 
 #[test]
 fn curl_sends_a_chunked_body_and_reuses_the_connection() {
-    let (c, port) = start("");
+    let port = free_port();
+    let c = Corral::start(
+        &Conf::new(1)
+            .listen(port, "http", "body = \"got it\\n\"")
+            .render(),
+    );
     let body = c.dir.path().join("body");
     std::fs::write(&body, vec![b'x'; 3 << 20]).unwrap();
     let url = format!("http://127.0.0.1:{port}/upload");
@@ -110,7 +106,16 @@ fn curl_sends_a_chunked_body_and_reuses_the_connection() {
 
 #[test]
 fn python_requests_generator_bodies_are_read_and_limited() {
-    let (c, port) = start("max_body_size = \"1MiB\"\n");
+    let port = free_port();
+    let c = Corral::start(
+        &Conf::new(1)
+            .listen(
+                port,
+                "http",
+                "body = \"got it\\n\"\nmax_body_size = \"1MiB\"",
+            )
+            .render(),
+    );
     let script = format!(
         r#"
 import requests
@@ -139,7 +144,12 @@ print("\n".join(out))
 
 #[test]
 fn broken_chunked_framing_is_a_400_and_a_close_the_worker_survives() {
-    let (c, port) = start("");
+    let port = free_port();
+    let c = Corral::start(
+        &Conf::new(1)
+            .listen(port, "http", "body = \"got it\\n\"")
+            .render(),
+    );
     let worker = c.worker_pids();
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let bad: &[&[u8]] = &[
