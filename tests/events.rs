@@ -33,11 +33,11 @@ fn must_log(c: &Corral, needle: &str) {
 #[test]
 fn per_ip_rejections_are_logged_and_a_flood_is_rate_limited() {
     let limited = free_port();
-    let c = Corral::start(&format!(
-        "{}\n[[listen]]\naddress = \"127.0.0.1:{limited}\"\nservice = \"echo\"\n\
-         max_connections_per_ip = 1\n",
-        Conf::new(1).render()
-    ));
+    let c = Corral::start(
+        &Conf::new(1)
+            .listen(limited, "echo", "max_connections_per_ip = 1")
+            .render(),
+    );
     let mut held = connect(local(limited), Duration::from_secs(10)).expect("connect");
     must_echo(&c, &mut held, "first\n");
     // One over the limit: closed by the server, and the operator is told.
@@ -136,11 +136,15 @@ fn upstream_connect_failures_and_all_upstreams_down_are_logged() {
     // Nothing listens there (probed free, below the ephemeral range): refused.
     let dead = free_port();
     let pp = free_port();
-    let c = Corral::start(&format!(
-        "{}\n[[listen]]\naddress = \"127.0.0.1:{pp}\"\nservice = \"proxy\"\n\
-         upstreams = [\"127.0.0.1:{dead}\"]\nconnect_timeout = \"2s\"\n",
-        Conf::new(1).render()
-    ));
+    let c = Corral::start(
+        &Conf::new(1)
+            .proxy(
+                pp,
+                &[format!("127.0.0.1:{dead}")],
+                "connect_timeout = \"2s\"",
+            )
+            .render(),
+    );
     let mut s = connect(local(pp), Duration::from_secs(10)).expect("connect");
     let _ = s.write_all(b"hello?\n");
     if let Err(e) = wait_closed(&mut s, Duration::from_secs(15)) {
@@ -172,17 +176,11 @@ fn level_of_first(lines: &[&str]) -> String {
 #[test]
 fn listeners_added_and_removed_by_a_reload_are_logged() {
     let (old, new) = (free_port(), free_port());
-    let listen =
-        |p: u16| format!("\n[[listen]]\naddress = \"127.0.0.1:{p}\"\nservice = \"echo\"\n");
-    let c = Corral::start(&format!("{}{}", Conf::new(1).render(), listen(old)));
+    let c = Corral::start(&Conf::new(1).listen(old, "echo", "").render());
     let mut s = connect(local(old), Duration::from_secs(10)).expect("connect");
     must_echo(&c, &mut s, "old\n");
     drop(s);
-    let body = std::fs::read_to_string(&c.config_path)
-        .expect("read config")
-        .replace(&format!("127.0.0.1:{old}\""), &format!("127.0.0.1:{new}\""));
-    assert!(body.contains(&format!("127.0.0.1:{new}")), "{body}");
-    std::fs::write(&c.config_path, body).expect("rewrite config");
+    c.write_config(&Conf::new(1).listen(new, "echo", "").render());
     let out = c.cli(&["-s", "reload"]);
     assert!(out.status.success(), "reload failed: {}", out.all());
     must_log(&c, "listener added by reload");
