@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::metrics::{config, curl};
+use common::metrics::curl;
 use common::*;
 
 fn shipped(rel: &str) -> PathBuf {
@@ -84,7 +84,7 @@ fn promtool() -> Option<PathBuf> {
 #[test]
 fn dashboard_and_rules_use_only_metrics_corral_exports() {
     let mport = free_port();
-    let c = Corral::start(&config(Conf::new(2), mport, ""));
+    let c = Corral::start(&Conf::new(2).listen(mport, "metrics", "").render());
     let have = exported(SocketAddr::from(([127, 0, 0, 1], mport)));
     assert!(
         have.contains("corral_generation"),

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::metrics::{
-    closed_within, config, curl, parse, parser_available, request, scrape, scrape_until,
+    closed_within, curl, parse, parser_available, request, scrape, scrape_until,
 };
 use common::*;
 use nix::sys::signal::{kill, Signal};
@@ -98,12 +98,19 @@ fn scrape_counts_what_clients_did_and_status_prints_the_same() {
     let dead = dead_port();
     let mport = free_port();
     let pport = free_port();
-    let extra = format!(
-        "[[listen]]\naddress = \"127.0.0.1:{pport}\"\nservice = \"proxy\"\n\
-         upstreams = [\"127.0.0.1:{dead}\", \"127.0.0.1:{}\"]\nupstream_backoff = \"60s\"\n",
-        up.port
+    let c = Corral::start(
+        &Conf::new(2)
+            .listen(mport, "metrics", "")
+            .proxy(
+                pport,
+                &[
+                    format!("127.0.0.1:{dead}"),
+                    format!("127.0.0.1:{}", up.port),
+                ],
+                "upstream_backoff = \"60s\"",
+            )
+            .render(),
     );
-    let c = Corral::start(&config(Conf::new(2), mport, &extra));
     let listen = echo_listen(&c);
     let proxy = format!("127.0.0.1:{pport}");
     let live_up = format!("127.0.0.1:{}", up.port);
@@ -287,7 +294,12 @@ fn counters_never_decrease_across_a_reload_and_an_upgrade() {
         return;
     }
     let mport = free_port();
-    let c = Corral::start(&config(Conf::new(2).drain("20s"), mport, ""));
+    let c = Corral::start(
+        &Conf::new(2)
+            .drain("20s")
+            .listen(mport, "metrics", "")
+            .render(),
+    );
     let m = maddr(mport);
     let listen = echo_listen(&c);
     echo_round_trips(&c, 30, b"before the reload\n");
@@ -333,15 +345,7 @@ fn counters_never_decrease_across_a_reload_and_an_upgrade() {
 
     // Binary upgrade to the same binary.
     let old_master = c.master_pid();
-    let out = c.cli(&["-s", "upgrade"]);
-    for p in new_master_pids(&c.log()) {
-        c.adopt_master(p);
-    }
-    assert!(out.status.success(), "{}\n{}", out.all(), c.log_tail(60));
-    let new_master = new_master_pids(&c.log())
-        .last()
-        .copied()
-        .expect("the log names the new master");
+    let new_master = c.must_upgrade();
     assert_ne!(new_master, old_master);
     let p3 = scrape_until(m, Duration::from_secs(20), |p| {
         p.get("corral_upgrades_total", &[("result", "succeeded")]) == Some(1.0)
@@ -388,7 +392,13 @@ fn counters_never_decrease_across_a_reload_and_an_upgrade() {
 #[test]
 fn healthz_is_503_from_the_start_of_a_graceful_stop() {
     let mport = free_port();
-    let c = Corral::start(&config(Conf::new(1).drain("30s").stop("30s"), mport, ""));
+    let c = Corral::start(
+        &Conf::new(1)
+            .drain("30s")
+            .stop("30s")
+            .listen(mport, "metrics", "")
+            .render(),
+    );
     let m = maddr(mport);
     // An echo client keeps the worker draining.
     let mut held = c.connect();
@@ -422,7 +432,7 @@ fn healthz_is_503_from_the_start_of_a_graceful_stop() {
 #[test]
 fn malformed_requests_get_400_and_close_and_the_worker_survives() {
     let mport = free_port();
-    let c = Corral::start(&config(Conf::new(1), mport, ""));
+    let c = Corral::start(&Conf::new(1).listen(mport, "metrics", "").render());
     let m = maddr(mport);
     let workers = c.worker_pids();
     let long_header = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(10_000));
@@ -481,7 +491,7 @@ fn malformed_requests_get_400_and_close_and_the_worker_survives() {
 #[test]
 fn a_master_that_does_not_answer_gets_503_and_the_worker_keeps_serving() {
     let mport = free_port();
-    let c = Corral::start(&config(Conf::new(1), mport, ""));
+    let c = Corral::start(&Conf::new(1).listen(mport, "metrics", "").render());
     let m = maddr(mport);
     assert_eq!(curl(m, "/metrics").status, 200);
     let master = Pid::from_raw(c.master_pid());
@@ -522,14 +532,11 @@ fn sixty_workers_and_twenty_listeners_make_a_text_split_over_messages() {
         return;
     }
     let mport = free_port();
-    let mut extra = String::new();
+    let mut conf = Conf::new(60).listen(mport, "metrics", "");
     for _ in 0..18 {
-        extra.push_str(&format!(
-            "[[listen]]\naddress = \"127.0.0.1:{}\"\nservice = \"echo\"\n",
-            free_port()
-        ));
+        conf = conf.listen(free_port(), "echo", "");
     }
-    let c = Corral::start(&config(Conf::new(60), mport, &extra));
+    let c = Corral::start(&conf.render());
     let m = maddr(mport);
     let got = curl(m, "/metrics");
     assert_eq!(got.status, 200, "{got:?}");
@@ -554,13 +561,13 @@ fn rejections_are_counted_by_reason() {
     let mport = free_port();
     let limited = free_port();
     let slow = free_port();
-    let extra = format!(
-        "[[listen]]\naddress = \"127.0.0.1:{limited}\"\nservice = \"echo\"\n\
-         max_connections_per_ip = 1\n\
-         [[listen]]\naddress = \"127.0.0.1:{slow}\"\nservice = \"echo\"\n\
-         rate = \"1KiB\"\nburst = \"1KiB\"\n"
+    let c = Corral::start(
+        &Conf::new(1)
+            .listen(mport, "metrics", "")
+            .listen(limited, "echo", "max_connections_per_ip = 1")
+            .listen(slow, "echo", "rate = \"1KiB\"\nburst = \"1KiB\"")
+            .render(),
     );
-    let c = Corral::start(&config(Conf::new(1), mport, &extra));
     let mut held = connect(maddr(limited), Duration::from_secs(10)).expect("connect");
     must_echo(&c, &mut held, "first\n");
     for _ in 0..3 {
@@ -629,7 +636,12 @@ fn moved_connections_are_adopted_not_accepted_again() {
         return;
     }
     let mport = free_port();
-    let c = Corral::start(&config(Conf::new(2).drain("30s"), mport, ""));
+    let c = Corral::start(
+        &Conf::new(2)
+            .drain("30s")
+            .listen(mport, "metrics", "")
+            .render(),
+    );
     const N: usize = 20;
     let mut conns: Vec<TcpStream> = (0..N).map(|_| c.connect()).collect();
     for (i, s) in conns.iter_mut().enumerate() {

@@ -9,8 +9,6 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::Conf;
-
 /// A sample's labels.
 pub type Labels = BTreeMap<String, String>;
 /// A sample's identity: metric name and labels.
@@ -187,12 +185,6 @@ pub fn scrape_until(
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-/// A config: `Conf::new(workers)` (echo on `{port}`) plus a metrics listener on
-/// `metrics_port`, and `extra` appended.
-pub fn config(conf: Conf, metrics_port: u16, extra: &str) -> String {
-    conf.listen(metrics_port, "metrics", extra).render()
 }
 
 /// One HTTP/1.1 exchange on a kept-alive socket: the status, the head, and whether
