@@ -124,11 +124,7 @@ fn the_proxy_forwards_an_upstream_reply_and_its_fin_sent_together() {
         n
     });
     let port = free_port();
-    let template = format!(
-        "{}\n[[listen]]\naddress = \"127.0.0.1:{port}\"\nservice = \"proxy\"\nupstreams = [\"{up_addr}\"]\n",
-        Conf::new(2).render()
-    );
-    let c = Corral::start(&template);
+    let c = Corral::start(&Conf::new(2).proxy(port, &[up_addr], "").render());
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     // The id tells the upstream which payload to send back, with its FIN.
     let failures = run_clients(addr, |s, i, _| {
