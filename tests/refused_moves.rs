@@ -196,19 +196,7 @@ fn a_state_refused_after_an_upgrade_goes_back_to_the_old_masters_worker() {
     let clients = clients_on(&c, kv, &old);
 
     bump_state_version(&c, kv);
-    let out = c.cli(&["-s", "upgrade"]);
-    for p in new_master_pids(&c.log()) {
-        c.adopt_master(p);
-    }
-    assert!(
-        out.status.success(),
-        "`corral -s upgrade` failed: {}\n{}",
-        out.all(),
-        c.log_tail(60)
-    );
-    let new_master = *new_master_pids(&c.log())
-        .last()
-        .unwrap_or_else(|| panic!("no new master in the log\n{}", c.log_tail(40)));
+    let new_master = c.must_upgrade();
     assert_ne!(new_master, old_master);
     let mut new = Vec::new();
     assert!(

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::million::{conns_lost, echo_sample, moving_conf};
 use common::scale::{anon_kb, echo_conf, hold, status_workers, total_connections, Load};
-use common::{new_master_pids, proc_alive, wait_until, Corral, Launch};
+use common::{proc_alive, wait_until, Corral, Launch};
 
 /// Held connections in the reload test (3 client processes, 4 workers).
 const HELD: usize = 40_000;
@@ -158,22 +158,8 @@ fn held_connections_move_through_a_reload_and_an_upgrade_without_loss() {
 
     let old_master = c.master_pid();
     let t1 = Instant::now();
-    let out = c.cli(&["-s", "upgrade"]);
-    for p in new_master_pids(&c.log()) {
-        c.adopt_master(p);
-    }
-    assert!(
-        out.status.success(),
-        "upgrade failed: {}\n{}",
-        out.all(),
-        c.log_tail(40)
-    );
-    let new_master = new_master_pids(&c.log()).last().copied();
-    assert!(
-        new_master.is_some_and(|p| p != old_master),
-        "no new master in the log\n{}",
-        c.log_tail(40)
-    );
+    let new_master = c.must_upgrade();
+    assert_ne!(new_master, old_master, "{}", c.log_tail(40));
     // The old master leaves once its workers handed everything over; the new
     // master's workers then hold every connection.
     let moved = wait_until(Duration::from_secs(120), || {
@@ -187,10 +173,7 @@ fn held_connections_move_through_a_reload_and_an_upgrade_without_loss() {
         status_workers(&c),
         c.log_tail(40)
     );
-    assert!(
-        new_master.is_some_and(proc_alive_pid),
-        "the new master is gone"
-    );
+    assert!(proc_alive_pid(new_master), "the new master is gone");
     eprintln!(
         "upgrade: all {all} on the new master's workers after {:?}",
         t1.elapsed()

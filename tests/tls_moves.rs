@@ -258,17 +258,7 @@ fn a_thousand_tls_streams_survive_twenty_reloads_and_three_upgrades_without_a_ha
     }
     for i in 0..3 {
         let before = c.master_pid();
-        let out = c.cli(&["-s", "upgrade"]);
-        for p in new_master_pids(&c.log()) {
-            c.adopt_master(p);
-        }
-        assert!(
-            out.status.success(),
-            "upgrade {i}: {}\n{}",
-            out.all(),
-            c.log_tail(40)
-        );
-        let new = *new_master_pids(&c.log()).last().unwrap();
+        let new = c.must_upgrade();
         assert!(
             wait_until(Duration::from_secs(30), || {
                 let v = status_json(&c);
@@ -434,9 +424,7 @@ fn a_tls_proxy_session_mid_transfer_survives_reloads_and_an_upgrade_byte_exact()
     let step = |what: &str, args: &[&str]| {
         let before = done.load(Ordering::Relaxed);
         let out = c.cli(args);
-        for p in new_master_pids(&c.log()) {
-            c.adopt_master(p);
-        }
+        c.adopt_new_masters();
         assert!(out.status.success(), "{what}: {}", out.all());
         assert!(
             wait_until(Duration::from_secs(30), || done.load(Ordering::Relaxed)

@@ -412,9 +412,7 @@ fn upgrade_follows_the_old_master_until_it_is_gone() {
             let _ = c.master_exited();
         },
     );
-    for p in new_master_pids(&c.log()) {
-        c.adopt_master(p);
-    }
+    c.adopt_new_masters();
     eprintln!("{}", out.all());
     assert!(out.status.success(), "{}", out.all());
     let lines: Vec<&str> = out.stdout.lines().collect();
