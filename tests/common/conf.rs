@@ -18,6 +18,7 @@ pub struct Conf {
     pub workers: usize,
     pub drain_timeout: String,
     pub stop_timeout: String,
+    pub max_worker_rss: String,
     pub idle_timeout: String,
     pub max_connections: usize,
     pub level: String,
@@ -25,6 +26,7 @@ pub struct Conf {
     worker: String,
     log: String,
     echo: String,
+    service: String,
     tables: String,
     listeners: String,
 }
@@ -60,6 +62,7 @@ impl Conf {
             workers,
             drain_timeout: "20s".into(),
             stop_timeout: "3s".into(),
+            max_worker_rss: String::new(),
             idle_timeout: "60s".into(),
             max_connections: 1024,
             level: "info".into(),
@@ -67,6 +70,7 @@ impl Conf {
             worker: String::new(),
             log: String::new(),
             echo: String::new(),
+            service: "echo".into(),
             tables: String::new(),
             listeners: String::new(),
         }
@@ -88,6 +92,11 @@ impl Conf {
     }
     pub fn stop(mut self, d: &str) -> Conf {
         self.stop_timeout = d.into();
+        self
+    }
+    /// `[master] max_worker_rss` (empty: left out).
+    pub fn max_rss(mut self, size: &str) -> Conf {
+        self.max_worker_rss = size.into();
         self
     }
     pub fn idle(mut self, d: &str) -> Conf {
@@ -115,6 +124,12 @@ impl Conf {
     /// `lines` added to `[log]`.
     pub fn log(mut self, lines: &str) -> Conf {
         push_lines(&mut self.log, lines);
+        self
+    }
+    /// The service of the listener on `{port}` (echo unless set): for a test whose
+    /// first listener must be another (with `Launch::no_ready_check`, or for `-t`).
+    pub fn service(mut self, name: &str) -> Conf {
+        self.service = name.into();
         self
     }
     /// `lines` added to the echo listener on `{port}`.
@@ -199,6 +214,7 @@ impl Conf {
             Some(format!("workers = {}", self.workers)),
             quoted("drain_timeout", &self.drain_timeout),
             quoted("stop_timeout", &self.stop_timeout),
+            quoted("max_worker_rss", &self.max_worker_rss),
         ]
         .into_iter()
         .flatten()
@@ -216,7 +232,10 @@ impl Conf {
         let log: Vec<String> = quoted("level", &self.level).into_iter().collect();
         table(&mut out, "[log]", &log, &self.log);
         out.push_str(&self.tables);
-        out.push_str("[[listen]]\naddress = \"127.0.0.1:{port}\"\nservice = \"echo\"\n");
+        out.push_str(&format!(
+            "[[listen]]\naddress = \"127.0.0.1:{{port}}\"\nservice = \"{}\"\n",
+            self.service
+        ));
         out.push_str(&self.echo);
         out.push_str(&self.listeners);
         out
