@@ -11,19 +11,18 @@ use super::{echo, owners, run_cli, wait_until, Conf, Corral, Echo};
 
 /// A config with `workers` echo workers, a 2 s watchdog, 200 ms heartbeats, a
 /// 64 MiB RSS limit and fault injection as `injection` says.
-pub fn conf(workers: usize, injection: bool) -> String {
+pub fn conf(workers: usize, injection: bool) -> Conf {
     let c = Conf::new(workers)
         .watchdog("2s")
-        .master("max_worker_rss = \"64MiB\"")
+        .max_rss("64MiB")
         .heartbeat("200ms")
         .max_conns(4096)
         .idle("120s");
-    let c = if injection {
+    if injection {
         c.fault_injection()
     } else {
         c.master("fault_injection = false")
-    };
-    c.render()
+    }
 }
 
 /// One worker as the master reports it.

@@ -3,19 +3,23 @@
 //! a tight watchdog, a paced echo sample, and what a client process counted as lost.
 
 use super::scale::Load;
-use super::Corral;
+use super::{Conf, Corral};
 
 /// Echo with `accept = "reuseport"` for many idle connections, and a watchdog only a
 /// few heartbeats long: a worker the master stops hearing from during the move is
 /// killed within a second, so a move that silences workers shows at test size.
 pub fn moving_conf(workers: usize) -> String {
-    format!(
-        "[master]\nworkers = {workers}\ndrain_timeout = \"5m\"\nstop_timeout = \"5s\"\n\
-         watchdog_timeout = \"1s\"\nupgrade_timeout = \"60s\"\n\n\
-         [worker]\nmax_connections = 19000\nidle_timeout = \"10m\"\nheartbeat_interval = \"100ms\"\n\n\
-         [log]\nlevel = \"info\"\n\n\
-         [[listen]]\naddress = \"127.0.0.1:{{port}}\"\nservice = \"echo\"\naccept = \"reuseport\"\nbacklog = 4096\n"
-    )
+    Conf::new(workers)
+        .drain("5m")
+        .stop("5s")
+        .watchdog("1s")
+        .upgrade_timeout("60s")
+        .max_conns(19_000)
+        .idle("10m")
+        .heartbeat("100ms")
+        .accept("reuseport")
+        .echo("backlog = 4096")
+        .render()
 }
 
 /// `n` echo connections doing a round trip every half second for at most `secs`, with

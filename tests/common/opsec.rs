@@ -12,7 +12,7 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::{live_children, proc_alive, proc_id, wait_until, ProcId};
+use super::{live_children, proc_alive, proc_id, wait_until, Conf, ProcId};
 
 /// Output of one command run to completion.
 #[derive(Debug)]
@@ -268,10 +268,11 @@ pub fn start_master(
 
 /// An echo-only config with the given extra `[master]` lines.
 pub fn echo_config(port: u16, master: &str) -> String {
-    format!(
-        "[master]\nworkers = 1\nstop_timeout = \"3s\"\ndrain_timeout = \"5s\"\n{master}\n\n\
-         [[listen]]\naddress = \"127.0.0.1:{port}\"\nservice = \"echo\"\n"
-    )
+    Conf::bare(1)
+        .stop("3s")
+        .drain("5s")
+        .master(master)
+        .render_on(port)
 }
 
 /// Sets the mode of `path`.

@@ -214,11 +214,7 @@ impl Manual {
             .expect("temp dir");
         let cfg = dir.path().join("corral.toml");
         let pid_file = dir.path().join("corral.pid");
-        let body = body.replacen(
-            "[master]\n",
-            &format!("[master]\npid_file = \"{}\"\n", pid_file.display()),
-            1,
-        );
+        let body = super::conf::with_pid_file(body, &pid_file);
         fs::write(&cfg, body).expect("write config");
         let log = fs::File::create(dir.path().join("corral.stderr")).expect("log file");
         let child = Command::new(corral_bin())

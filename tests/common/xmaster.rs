@@ -16,7 +16,7 @@ use super::{connect, Conf, Corral};
 /// `workers` workers, echo on `{port}` (the harness's), http on `http_port`, a long
 /// drain and idle timeout (an exit at either would fail the tests), room for
 /// thousands of connections; `master_extra` lines go in `[master]`.
-pub fn http_template(workers: usize, http_port: u16, master_extra: &str) -> String {
+pub fn http_template(workers: usize, http_port: u16, master_extra: &str) -> Conf {
     Conf::new(workers)
         .drain("60s")
         .idle("300s")
@@ -24,7 +24,6 @@ pub fn http_template(workers: usize, http_port: u16, master_extra: &str) -> Stri
         .master("upgrade_timeout = \"30s\"")
         .master(master_extra)
         .listen(http_port, "http", "")
-        .render()
 }
 
 /// `corral status --json`, parsed; panics with the output if it is not an answer.
