@@ -75,7 +75,7 @@ fn crash_case(
 
 #[test]
 fn crashes_respawn_and_only_the_victims_clients_are_lost() {
-    let c = Corral::start(&fault::conf(4, true));
+    let c = Corral::start(&fault::conf(4, true).render());
     let mut clients = Clients::open(&c, 80);
     for (slot, kind, exit) in [
         (0, "kill", "signal SIGKILL"),
@@ -102,7 +102,7 @@ fn crashes_respawn_and_only_the_victims_clients_are_lost() {
 
 #[test]
 fn hang_and_stall_are_caught_by_the_watchdog() {
-    let c = Corral::start(&fault::conf(3, true));
+    let c = Corral::start(&fault::conf(3, true).render());
     let mut clients = Clients::open(&c, 60);
     for (slot, kind) in [(0, "hang"), (1, "stall")] {
         let v = crash_case(&c, &mut clients, &[kind], slot, "watchdog");
@@ -114,7 +114,7 @@ fn hang_and_stall_are_caught_by_the_watchdog() {
 
 #[test]
 fn a_leak_is_recycled_gracefully_without_losing_a_client() {
-    let c = Corral::start(&fault::conf(2, true));
+    let c = Corral::start(&fault::conf(2, true).render());
     let mut clients = Clients::open(&c, 40);
     let victim = ready_in_slot(&c, 0).expect("slot 0 ready");
     let n = clients.on(victim);
@@ -164,7 +164,7 @@ fn a_leak_is_recycled_gracefully_without_losing_a_client() {
 
 #[test]
 fn slow_adds_latency_and_the_worker_survives() {
-    let c = Corral::start(&fault::conf(2, true));
+    let c = Corral::start(&fault::conf(2, true).render());
     let mut clients = Clients::open(&c, 20);
     let victim = ready_in_slot(&c, 0).expect("slot 0 ready");
     let on_victim = clients
@@ -207,7 +207,7 @@ fn fd_count(pid: i32) -> usize {
 
 #[test]
 fn emfile_holds_every_fd_for_a_while_and_the_worker_survives() {
-    let c = Corral::start(&fault::conf(2, true));
+    let c = Corral::start(&fault::conf(2, true).render());
     let mut clients = Clients::open(&c, 20);
     let victim = ready_in_slot(&c, 0).expect("slot 0 ready");
     let before = fd_count(victim);
@@ -238,7 +238,7 @@ fn emfile_holds_every_fd_for_a_while_and_the_worker_survives() {
 
 #[test]
 fn crash_on_start_backs_off_then_recovers() {
-    let c = Corral::start(&fault::conf(2, true));
+    let c = Corral::start(&fault::conf(2, true).render());
     let mut clients = Clients::open(&c, 30);
     let v = crash_case(&c, &mut clients, &["crash-on-start", "2"], 0, "backoff");
     // Two failed starts: 100 ms, then 200 ms of backoff.
@@ -253,7 +253,7 @@ fn crash_on_start_backs_off_then_recovers() {
 
 #[test]
 fn a_bad_upgrade_rolls_back_and_the_old_master_keeps_serving() {
-    let c = Corral::start(&fault::conf(2, true));
+    let c = Corral::start(&fault::conf(2, true).render());
     let mut clients = Clients::open(&c, 20);
     let workers = c.worker_pids();
     let h = fault_async(&c, &["bad-upgrade"]);
@@ -281,7 +281,7 @@ fn a_bad_upgrade_rolls_back_and_the_old_master_keeps_serving() {
 
 #[test]
 fn refused_when_fault_injection_is_off() {
-    let c = Corral::start(&fault::conf(2, false));
+    let c = Corral::start(&fault::conf(2, false).render());
     let mut clients = Clients::open(&c, 10);
     let workers = c.worker_pids();
     let out = c.cli(&["fault", "kill", "--slot", "0"]);
@@ -304,9 +304,7 @@ fn refused_when_fault_injection_is_off() {
 /// refused at once, naming the key, instead of waiting out `--timeout`.
 #[test]
 fn a_leak_without_an_rss_limit_is_refused() {
-    let c = Corral::start(
-        &fault::conf(2, true).replace("max_worker_rss = \"64MiB\"", "max_worker_rss = \"0\""),
-    );
+    let c = Corral::start(&fault::conf(2, true).max_rss("0").render());
     let workers = c.worker_pids();
     let t0 = Instant::now();
     let out = c.cli(&["fault", "leak", "10", "--slot", "0"]);
@@ -326,7 +324,7 @@ fn refused_for_another_uid() {
     let Some(user) = common::opsec::TestUser::create() else {
         return;
     };
-    let c = Corral::start(&fault::conf(2, true));
+    let c = Corral::start(&fault::conf(2, true).render());
     let mut clients = Clients::open(&c, 10);
     let workers = c.worker_pids();
     // Loosen the socket (as a careless operator might): the master's own peer
@@ -367,9 +365,7 @@ fn refused_for_another_uid() {
 fn a_30s_chaos_run_under_load_reports_and_leaves_the_service_healthy() {
     // A recycled (leak) victim drains: its echo clients stay with it until
     // drain_timeout, which must outlast the run for "lost" to be final when reported.
-    let c = Corral::start(
-        &fault::conf(3, true).replace("drain_timeout = \"20s\"", "drain_timeout = \"90s\""),
-    );
+    let c = Corral::start(&fault::conf(3, true).drain("90s").render());
     let mut clients = Clients::open(&c, 60);
     clients.wait_seen(&c);
     // Load for the whole run: every client does a round trip every ~50 ms; one whose
@@ -485,7 +481,7 @@ fn a_30s_chaos_run_under_load_reports_and_leaves_the_service_healthy() {
 
 #[test]
 fn a_recycled_http_worker_hands_its_idle_clients_over() {
-    let conf = fault::conf(2, true).replace("service = \"echo\"", "service = \"http\"");
+    let conf = fault::conf(2, true).service("http").render();
     let c = Corral::start_with(
         &conf,
         common::Launch {
@@ -532,13 +528,9 @@ fn a_recycled_http_worker_hands_its_idle_clients_over() {
 #[test]
 fn a_fault_on_an_old_draining_generation_is_not_replaced() {
     // `suspend = false`: the echo streams stay in generation 1 instead of moving.
-    let c = Corral::start(&fault::conf(2, true).replace(
-        "service = \"echo\"\n",
-        "service = \"echo\"\nsuspend = false\n",
-    ));
+    let c = Corral::start(&fault::conf(2, true).pinned().render());
     let mut clients = Clients::open(&c, 20);
-    let out = c.cli(&["-s", "reload"]);
-    assert!(out.status.success(), "{}", out.all());
+    c.must_reload();
     // Echo streams are not idle: generation 1 drains while they stay open.
     let (g, ws) = master_view(&c).expect("status");
     assert_eq!(g, 2);
@@ -572,7 +564,7 @@ fn a_fault_on_an_old_draining_generation_is_not_replaced() {
 
 #[test]
 fn a_fault_with_no_outcome_in_time_says_so_and_exits_non_zero() {
-    let c = Corral::start(&fault::conf(2, true));
+    let c = Corral::start(&fault::conf(2, true).render());
     let victim = ready_in_slot(&c, 0).expect("slot 0 ready");
     let t0 = Instant::now();
     // `slow` lasts 10 s; the request waits 1 s.
@@ -593,7 +585,7 @@ fn a_fault_with_no_outcome_in_time_says_so_and_exits_non_zero() {
 #[test]
 fn chaos_defaults_run_on_a_config_without_an_rss_limit_and_bad_plans_inject_nothing() {
     // fault_injection on, but no max_worker_rss: `leak` cannot be recycled here.
-    let conf = fault::conf(2, true).replace("max_worker_rss = \"64MiB\"\n", "");
+    let conf = fault::conf(2, true).max_rss("").render();
     assert!(!conf.contains("max_worker_rss"), "{conf}");
     let c = Corral::start(&conf);
     let cfg = c.config_path.display().to_string();
