@@ -212,7 +212,7 @@ fn master_and_workers_hold_exactly_their_fds_through_a_reload_and_an_upgrade() {
     let (_bin_dir, bin) = copy_binary();
     let http_port = free_port();
     let c = Corral::start_with(
-        &http_template(2, http_port, ""),
+        &http_template(2, http_port, "").render(),
         Launch {
             binary: Some(bin),
             ..Launch::default()
@@ -226,13 +226,7 @@ fn master_and_workers_hold_exactly_their_fds_through_a_reload_and_an_upgrade() {
     audit(&w, c.master_pid(), "at start");
 
     let old = c.workers();
-    let out = c.cli(&["-s", "reload"]);
-    assert!(
-        out.status.success(),
-        "reload: {}\n{}",
-        out.all(),
-        c.log_tail(40)
-    );
+    c.must_reload();
     assert!(
         wait_until(SETTLE, || old.iter().all(|p| !proc_alive(*p))),
         "the old generation {old:?} did not leave after the reload\n{}",
@@ -241,19 +235,7 @@ fn master_and_workers_hold_exactly_their_fds_through_a_reload_and_an_upgrade() {
     audit(&w, c.master_pid(), "after a reload");
 
     let old = c.workers();
-    let out = c.cli(&["-s", "upgrade"]);
-    for p in new_master_pids(&c.log()) {
-        c.adopt_master(p);
-    }
-    assert!(
-        out.status.success(),
-        "upgrade: {}\n{}",
-        out.all(),
-        c.log_tail(40)
-    );
-    let new_master = *new_master_pids(&c.log())
-        .last()
-        .unwrap_or_else(|| panic!("no new master in the log\n{}", c.log_tail(40)));
+    let new_master = c.must_upgrade();
     assert!(
         wait_until(SETTLE, || c.master_exited()
             && old.iter().all(|p| !proc_alive(*p))),

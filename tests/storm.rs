@@ -49,7 +49,7 @@ fn a_reload_every_100ms_for_30s_fails_no_request() {
     let _heavy = common::heavy();
     raise_nofile();
     let port = free_port();
-    let c = Corral::start(&http_template(2, port, ""));
+    let c = Corral::start(&http_template(2, port, "").render());
     let mut load = Load::start(
         loopback(port),
         CLIENTS,
@@ -155,10 +155,9 @@ const SLOW_HEARTBEAT: &str = "20s";
 fn an_emptied_old_worker_exits_at_once_not_at_its_next_heartbeat() {
     raise_nofile();
     let port = free_port();
-    let template = http_template(2, port, "watchdog_timeout = \"60s\"\n").replace(
-        "[worker]\n",
-        &format!("[worker]\nheartbeat_interval = \"{SLOW_HEARTBEAT}\"\n"),
-    );
+    let template = http_template(2, port, "watchdog_timeout = \"60s\"")
+        .heartbeat(SLOW_HEARTBEAT)
+        .render();
     let c = Corral::start(&template);
     let old = c.workers();
     let mut conns = common::handover::open_idle(loopback(port), 500, Duration::from_secs(60));

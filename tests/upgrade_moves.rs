@@ -23,7 +23,7 @@ const IO_TIMEOUT: Duration = Duration::from_secs(120);
 fn start(bin: &Path) -> (Corral, u16) {
     let port = free_port();
     let c = Corral::start_with(
-        &http_template(2, port, ""),
+        &http_template(2, port, "").render(),
         Launch {
             binary: Some(bin.to_path_buf()),
             ..Launch::default()
@@ -51,19 +51,7 @@ fn upgrade_moves_2000_idle_connections_to_the_new_masters_workers() {
     );
 
     let t0 = Instant::now();
-    let out = c.cli(&["-s", "upgrade"]);
-    for p in new_master_pids(&c.log()) {
-        c.adopt_master(p);
-    }
-    assert!(
-        out.status.success(),
-        "`corral -s upgrade` failed: {}\n{}",
-        out.all(),
-        c.log_tail(60)
-    );
-    let new_master = *new_master_pids(&c.log())
-        .last()
-        .unwrap_or_else(|| panic!("no new master in the log\n{}", c.log_tail(40)));
+    let new_master = c.must_upgrade();
     assert_ne!(new_master, old_master);
     let mut new_workers = Vec::new();
     assert!(
@@ -171,9 +159,7 @@ fn an_upgrade_that_rolls_back_moves_nothing_and_loses_nothing() {
     install_exec(&script, &tmp);
     std::fs::rename(&tmp, &bin).expect("put the broken binary in place");
     let out = c.cli(&["-s", "upgrade"]);
-    for p in new_master_pids(&c.log()) {
-        c.adopt_master(p);
-    }
+    c.adopt_new_masters();
     assert!(
         !out.status.success() && out.all().contains("rolled back"),
         "an upgrade to a binary that exits 1 did not roll back: {}\n{}",
