@@ -36,7 +36,7 @@ fn start(binary: Option<PathBuf>) -> (Corral, u16) {
 fn start_with(binary: Option<PathBuf>, workers: usize, master_extra: &str) -> (Corral, u16) {
     let port = free_port();
     let c = Corral::start_with(
-        &http_template(workers, port, master_extra),
+        &http_template(workers, port, master_extra).render(),
         Launch {
             binary,
             ..Launch::default()
@@ -73,16 +73,6 @@ fn per_owner(own: &[Option<i32>]) -> HashMap<Option<i32>, usize> {
 }
 
 /// Runs `corral -s reload`; a failure names `what` (with the CLI's output and the log).
-fn reload(c: &Corral, what: &str) {
-    let out = c.cli(&["-s", "reload"]);
-    assert!(
-        out.status.success(),
-        "{what}: {}\n{}",
-        out.all(),
-        c.log_tail(40)
-    );
-}
-
 /// Waits (up to `EXIT_WITHIN`) until every one of `procs` has exited; the failure
 /// names `who` and `after` and the time since `t0`. Returns that time.
 fn assert_gone(c: &Corral, procs: &[ProcId], t0: Instant, who: &str, after: &str) -> Duration {
@@ -155,7 +145,7 @@ fn reload_hands_5000_idle_connections_to_the_new_generation() {
     let mut conns = open_on(&c, port, &old, CONNS);
 
     let t0 = Instant::now();
-    reload(&c, "`corral -s reload` failed");
+    c.must_reload();
     let reload_took = t0.elapsed();
     // The old workers hand everything over and leave: not at drain_timeout.
     let exit_took = assert_gone(
@@ -227,20 +217,8 @@ fn upgrade_answers_all_5000_idle_connections() {
     let mut conns = open_on(&c, port, &old, CONNS);
 
     let t0 = Instant::now();
-    let out = c.cli(&["-s", "upgrade"]);
+    let new_master = c.must_upgrade();
     let upgrade_took = t0.elapsed();
-    for p in new_master_pids(&c.log()) {
-        c.adopt_master(p);
-    }
-    assert!(
-        out.status.success(),
-        "`corral -s upgrade` failed: {}\n{}",
-        out.all(),
-        c.log_tail(60)
-    );
-    let new_master = *new_master_pids(&c.log())
-        .last()
-        .unwrap_or_else(|| panic!("no new master in the log\n{}", c.log_tail(40)));
     let mut new_workers = Vec::new();
     assert!(
         wait_until(Duration::from_secs(20), || {
@@ -333,7 +311,7 @@ fn a_slow_master_and_slow_new_workers_lose_no_handed_over_connection() {
 
     // The reload commits while the old workers cannot act on it yet.
     freeze(&old_pids, true);
-    reload(&c, "`corral -s reload` failed");
+    c.must_reload();
     let new: Vec<i32> = c
         .worker_pids()
         .into_iter()
@@ -416,8 +394,8 @@ fn back_to_back_reloads_pass_5000_idle_connections_on_to_the_newest_generation()
 
     let t0 = Instant::now();
     let mut seen: Vec<ProcId> = first.clone();
-    for i in 0..3 {
-        reload(&c, &format!("reload {i} failed"));
+    for _ in 0..3 {
+        c.must_reload();
         for w in c.workers() {
             if !seen.contains(&w) {
                 seen.push(w);
@@ -471,7 +449,7 @@ fn a_reload_while_the_last_one_is_still_handing_over_loses_nothing() {
     let first_pids: Vec<i32> = first.iter().map(|p| p.pid).collect();
 
     freeze(&first_pids, true);
-    reload(&c, "reload 1");
+    c.must_reload();
     let second: Vec<ProcId> = c
         .workers()
         .into_iter()
@@ -488,7 +466,7 @@ fn a_reload_while_the_last_one_is_still_handing_over_loses_nothing() {
     assert!(settled, "the master's fd count never settled");
     eprintln!("second generation frozen: the master holds {held} fds");
 
-    reload(&c, "reload 2");
+    c.must_reload();
     let third: Vec<i32> = c
         .worker_pids()
         .into_iter()
@@ -543,7 +521,7 @@ fn a_starved_master_mid_hand_over_takes_no_worker_for_hung() {
     assert_eq!(old.len(), STARVED_WORKERS, "{}", c.log_tail(40));
     let mut conns = open_on(&c, port, &old, STARVED_CONNS);
 
-    reload(&c, "`corral -s reload` failed");
+    c.must_reload();
     let t0 = Instant::now();
     {
         let _starved = Starve::start(master, Duration::from_millis(5), Duration::from_millis(95));
