@@ -290,17 +290,6 @@ fn all_read(server_port: u16, client_port: u16) -> bool {
 }
 
 /// `corral -s reload`, which must succeed.
-fn must_reload(h: &Http) {
-    let out = h.c.cli(&["-s", "reload"]);
-    assert!(
-        out.status.success(),
-        "`corral -s reload` failed: {:?}\n{}\n{}",
-        out.status,
-        out.all(),
-        h.c.log_tail(40)
-    );
-}
-
 // ---------------------------------------------------------------------------
 // Basic responses
 // ---------------------------------------------------------------------------
@@ -616,7 +605,7 @@ fn a_request_finished_by_a_draining_worker_keeps_its_connection_which_then_moves
         wait_until(IO_TIMEOUT, || all_read(h.port, client_port)),
         "the worker never read the half head"
     );
-    must_reload(&h);
+    h.c.must_reload();
     let marker = format!("pid={} ", old[0]);
     assert!(
         wait_until(Duration::from_secs(10), || h
@@ -714,7 +703,7 @@ fn wrk_with_keep_alive_across_10_reloads_sees_zero_errors() {
         if let Some(wait) = at.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait); // pacing, not synchronisation
         }
-        must_reload(&h);
+        h.c.must_reload();
     }
     let reloads_took = t0.elapsed();
     let mut status = None;
@@ -814,7 +803,7 @@ fn raw_keep_alive_clients_across_10_reloads_see_zero_errors() {
         h.c.log_tail(40)
     );
     for r in 1..=RELOADS {
-        must_reload(&h);
+        h.c.must_reload();
         // Traffic keeps flowing after each reload.
         let base = requests.load(Ordering::Relaxed);
         let progressed = ok_so_far(base + 50);
