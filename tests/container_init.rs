@@ -146,11 +146,10 @@ fn pid1_master_upgrades_and_stays_as_init_for_its_successors() {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     fs::write(
         dir.path().join("corral.toml"),
-        format!(
-            "[master]\nworkers = 1\ndrain_timeout = \"2s\"\npid_file = \"{}\"\n\n\
-             [[listen]]\naddress = \"127.0.0.1:{port}\"\nservice = \"echo\"\n",
-            dir.path().join("corral.pid").display()
-        ),
+        Conf::bare(1)
+            .drain("2s")
+            .pid_file(&dir.path().join("corral.pid").display().to_string())
+            .render_on(port),
     )
     .expect("config");
     let log = File::create(dir.path().join("corral.log")).expect("log");
