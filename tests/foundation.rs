@@ -539,12 +539,8 @@ fn config_test_flag() {
         .expect("temp dir");
     let pid_file = dir.path().join("corral.pid");
     let base = Conf::new(2)
-        .render()
-        .replace("{port}", &free_port().to_string())
-        .replace(
-            "[master]\n",
-            &format!("[master]\npid_file = \"{}\"\n", pid_file.display()),
-        );
+        .pid_file(&pid_file.display().to_string())
+        .render_on(free_port());
 
     let check = |name: &str, body: &str| -> (String, CliOutput) {
         let path = dir.path().join(name);
@@ -684,14 +680,14 @@ fn idle_timeout_closes_silent_client_only() {
 #[test]
 fn idle_timeout_per_listener_overrides_the_global_one() {
     let (quiet_port, long_port) = (free_port(), free_port());
-    let template = format!(
-        "{}idle_timeout = \"0\"\n\n\
-         [[listen]]\naddress = \"127.0.0.1:{quiet_port}\"\nservice = \"echo\"\n\n\
-         [[listen]]\naddress = \"127.0.0.1:{long_port}\"\nservice = \"echo\"\n\
-         idle_timeout = \"4s\"\n",
-        Conf::new(1).idle("1s").render()
+    let c = Corral::start(
+        &Conf::new(1)
+            .idle("1s")
+            .echo("idle_timeout = \"0\"")
+            .listen(quiet_port, "echo", "")
+            .listen(long_port, "echo", "idle_timeout = \"4s\"")
+            .render(),
     );
-    let c = Corral::start(&template);
     let open = |port: u16| {
         let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
         let mut s = connect(addr, Duration::from_secs(10)).expect("connect");
