@@ -265,11 +265,10 @@ fn at_the_hour_the_workers_follow_the_master_to_the_next_file() {
 #[test]
 fn rotation_without_a_file_is_refused_naming_the_file_key_and_reason() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let body = format!(
-        "[master]\nworkers = 1\npid_file = \"{}/corral.pid\"\n[log]\nrotation = \"hourly\"\n\
-         [[listen]]\naddress = \"127.0.0.1:1\"\nservice = \"echo\"\n",
-        dir.path().display()
-    );
+    let body = Conf::bare(1)
+        .pid_file("{dir}/corral.pid")
+        .log("rotation = \"hourly\"")
+        .render_on(1);
     let cfg = write_config(dir.path(), "corral.toml", &body);
     let cfg_s = cfg.to_str().expect("utf-8 path");
     let out = cli_env(
