@@ -507,12 +507,11 @@ fn custom_binary_is_recognised_by_its_identity() {
     // reuseport: a second master can bind too, so what stops it is the pid file.
     fs::write(
         &conf,
-        format!(
-            "[master]\nworkers = 1\nstop_timeout = \"3s\"\npid_file = \"{}\"\n\n\
-             [[listen]]\naddress = \"127.0.0.1:{}\"\nservice = \"echo\"\naccept = \"reuseport\"\n",
-            pid_file.display(),
-            free_port()
-        ),
+        Conf::bare(1)
+            .stop("3s")
+            .pid_file(&pid_file.display().to_string())
+            .accept("reuseport")
+            .render_on(free_port()),
     )
     .unwrap();
     let conf_s = conf.to_str().unwrap();
@@ -575,12 +574,13 @@ fn daemon_with_relative_paths_keeps_working() {
     let port = free_port();
     fs::write(
         d.join("corral.toml"),
-        format!(
-            "[master]\nworkers = 1\npid_file = \"run/corral.pid\"\ndrain_timeout = \"5s\"\n\
-             stop_timeout = \"3s\"\n\n[log]\nfile = \"logs/corral.log\"\n\n\
-             [[listen]]\naddress = \"127.0.0.1:{port}\"\nservice = \"echo\"\n\n\
-             [[listen]]\naddress = \"unix:echo.sock\"\nservice = \"echo\"\n"
-        ),
+        Conf::bare(1)
+            .pid_file("run/corral.pid")
+            .drain("5s")
+            .stop("3s")
+            .log_file("logs/corral.log")
+            .listen_at("unix:echo.sock", "echo", "")
+            .render_on(port),
     )
     .unwrap();
     fs::create_dir(d.join("logs")).unwrap();
