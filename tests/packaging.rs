@@ -58,8 +58,12 @@ fn print_config_shows_each_value_and_where_it_came_from() {
     let dir = tempfile::tempdir().unwrap();
     fs::write(
         dir.path().join("c.toml"),
-        "[master]\nworkers = 3\npid_file = \"run/c.pid\"\ndrain_timeout = \"7s\"\n\
-         [[listen]]\naddress = \"127.0.0.1:1\"\nservice = \"http\"\nbody = \"hi\\n\"\n",
+        Conf::bare(3)
+            .pid_file("run/c.pid")
+            .drain("7s")
+            .service("http")
+            .echo("body = \"hi\\n\"")
+            .render_on(1),
     )
     .unwrap();
     let (code, out, err) = corral(
@@ -124,11 +128,7 @@ fn print_config_shows_each_value_and_where_it_came_from() {
 #[test]
 fn print_config_of_a_bad_config_names_the_key_and_prints_no_config() {
     let dir = tempfile::tempdir().unwrap();
-    fs::write(
-        dir.path().join("bad.toml"),
-        "[master]\nworkers = 0\n[[listen]]\naddress = \"127.0.0.1:1\"\nservice = \"echo\"\n",
-    )
-    .unwrap();
+    fs::write(dir.path().join("bad.toml"), Conf::bare(0).render_on(1)).unwrap();
     let (code, out, err) = corral(dir.path(), &[], &["-T", "-c", "bad.toml"]);
     assert_eq!(code, 1);
     assert!(
