@@ -29,13 +29,10 @@ fn assert_names(out: &CliOutput, what: &str, file: &str) {
 #[test]
 fn an_unknown_service_is_refused_at_test_and_start_naming_file_and_key() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let body = format!(
-        "[master]\nworkers = 1\npid_file = \"{{dir}}/corral.pid\"\n\
-         [[listen]]\naddress = \"127.0.0.1:{}\"\nservice = \"echo\"\n\
-         [[listen]]\naddress = \"127.0.0.1:{}\"\nservice = \"ehco\"\n",
-        free_port(),
-        free_port()
-    );
+    let body = Conf::bare(1)
+        .pid_file("{dir}/corral.pid")
+        .listen(free_port(), "ehco", "")
+        .render_on(free_port());
     let cfg = write_config(dir.path(), "typo.toml", &body);
     let cfg = cfg.to_str().expect("utf-8 path");
     assert_names(&run(dir.path(), &["-t", "-c", cfg]), "-t", "typo.toml");
@@ -48,21 +45,10 @@ fn an_unknown_service_is_refused_at_test_and_start_naming_file_and_key() {
 
 #[test]
 fn a_reload_with_an_unknown_service_changes_nothing() {
-    let c = Corral::start(
-        "[master]\nworkers = 1\n\n[[listen]]\naddress = \"127.0.0.1:{port}\"\nservice = \"echo\"\n",
-    );
+    let c = Corral::start(&Conf::bare(1).render());
     let mut s = c.connect();
     must_echo(&c, &mut s, "before");
-    let cfg = c.config_str();
-    let good = std::fs::read_to_string(&cfg).expect("read config");
-    std::fs::write(
-        &cfg,
-        format!(
-            "{good}\n[[listen]]\naddress = \"127.0.0.1:{}\"\nservice = \"ehco\"\n",
-            free_port()
-        ),
-    )
-    .expect("write config");
+    c.write_config(&Conf::bare(1).listen(free_port(), "ehco", "").render());
     let workers = c.worker_pids();
     let out = c.cli(&["-s", "reload"]);
     let file = c
