@@ -44,8 +44,9 @@ fn check_and_start_refuse_values_that_break_the_service() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let other = free_port();
-    // Raw text on purpose: each case is a config error (a bad value, or listeners in
-    // an order `Conf` does not write), and the key it names is the point.
+    // Raw text on purpose: each case is a config error (a bad value, a proxy loop, a
+    // first listener on 0.0.0.0), shown as the operator would write it next to the
+    // key the error must name.
     let master = "[master]\nworkers = 1\npid_file = \"{dir}/corral.pid\"\n";
     let echo = format!("[[listen]]\naddress = \"127.0.0.1:{port}\"\nservice = \"echo\"\n");
     let http = format!("[[listen]]\naddress = \"127.0.0.1:{port}\"\nservice = \"http\"\n");
@@ -127,7 +128,7 @@ fn check_warns_about_an_rss_limit_below_a_fresh_worker() {
     let port = free_port();
     let body = Conf::bare(1)
         .pid_file("{dir}/corral.pid")
-        .master("max_worker_rss = \"1MiB\"")
+        .max_rss("1MiB")
         .render_on(port);
     let path = write_config(dir.path(), "corral.toml", &body);
     let cfg = path.display().to_string();
@@ -235,9 +236,7 @@ fn test_flag_next_to_signal_is_refused_and_sends_nothing() {
 fn reopen_that_fails_exits_non_zero_with_the_reason() {
     let logs = tempfile::tempdir().unwrap();
     let log = logs.path().join("x.log");
-    let template = Conf::new(1)
-        .render()
-        .replace("[log]\n", &format!("[log]\nfile = \"{}\"\n", log.display()));
+    let template = Conf::new(1).log_file(&log.display().to_string()).render();
     let c = Corral::start(&template);
     assert!(
         wait_until(Duration::from_secs(10), || fs::read_to_string(&log)

@@ -849,12 +849,7 @@ fn sigwinch_drains_workers_and_reload_brings_them_back() {
 fn worker_above_max_worker_rss_is_replaced_gracefully() {
     // 1 MiB is below any worker's RSS: every worker is over the limit, which also
     // shows that recycling is paced (a few heartbeats of life each), not a loop.
-    let c = Corral::start(
-        &Conf::new(1)
-            .master("max_worker_rss = \"1MiB\"")
-            .heartbeat("100ms")
-            .render(),
-    );
+    let c = Corral::start(&Conf::new(1).max_rss("1MiB").heartbeat("100ms").render());
     let first = c.workers();
     let mut held = c.connect();
     must_echo(&c, &mut held, "before recycling\n");
