@@ -181,7 +181,7 @@ fn a_stopped_worker_dies_after_its_master_and_frees_the_port() {
         wait_until(Duration::from_secs(5), || TcpListener::bind(addr).is_ok()),
         "port {port} still taken after the workers died"
     );
-    let body = Conf::new(1).render().replace("{port}", &port.to_string());
+    let body = Conf::new(1).render_on(port);
     let second = Manual::start(&body, port);
     assert!(
         wait_until(Duration::from_secs(10), || second
