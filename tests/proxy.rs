@@ -10,20 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// corral with an echo listener on the harness port (readiness) and a proxy listener
-/// on `proxy_port` forwarding to `upstreams`.
-fn start(proxy_port: u16, upstreams: &[String], extra: &str) -> Corral {
-    let list = upstreams
-        .iter()
-        .map(|u| format!("\"{u}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    Corral::start(&format!(
-        "[master]\nworkers = 1\n\n[[listen]]\naddress = \"127.0.0.1:{{port}}\"\nservice = \"echo\"\n\n\
-         [[listen]]\naddress = \"127.0.0.1:{proxy_port}\"\nservice = \"proxy\"\nupstreams = [{list}]\n{extra}\n"
-    ))
-}
-
 /// A port nobody listens on (bound once, then released).
 fn dead_port() -> u16 {
     free_port()
@@ -47,11 +33,12 @@ fn eight_mib_through_echo(extra: &str) {
     let pp = free_port();
     // The upstream is corral's own echo listener (started first below).
     let echo_port = free_port();
-    let c = Corral::start(&format!(
-        "[master]\nworkers = 1\n\n[[listen]]\naddress = \"127.0.0.1:{{port}}\"\nservice = \"echo\"\n\n\
-         [[listen]]\naddress = \"127.0.0.1:{echo_port}\"\nservice = \"echo\"\n\n\
-         [[listen]]\naddress = \"127.0.0.1:{pp}\"\nservice = \"proxy\"\nupstreams = [\"127.0.0.1:{echo_port}\"]\n{extra}\n"
-    ));
+    let c = Corral::start(
+        &Conf::bare(1)
+            .listen(echo_port, "echo", "")
+            .proxy(pp, &[format!("127.0.0.1:{echo_port}")], extra)
+            .render(),
+    );
     let data = pattern(8 << 20);
     let s = connect(
         SocketAddr::from(([127, 0, 0, 1], pp)),
@@ -100,7 +87,11 @@ fn half_close(extra: &str) {
             .expect("answer");
     });
     let pp = free_port();
-    let c = start(pp, &[up_addr.to_string()], extra);
+    let c = Corral::start(
+        &Conf::bare(1)
+            .proxy(pp, &[up_addr.to_string()], extra)
+            .render(),
+    );
     let mut s = connect(
         SocketAddr::from(([127, 0, 0, 1], pp)),
         Duration::from_secs(10),
@@ -121,12 +112,19 @@ fn fails_over_to_the_next_upstream() {
     let dead = dead_port();
     let pp = free_port();
     let echo_port = free_port();
-    let c = Corral::start(&format!(
-        "[master]\nworkers = 1\n\n[[listen]]\naddress = \"127.0.0.1:{{port}}\"\nservice = \"echo\"\n\n\
-         [[listen]]\naddress = \"127.0.0.1:{echo_port}\"\nservice = \"echo\"\n\n\
-         [[listen]]\naddress = \"127.0.0.1:{pp}\"\nservice = \"proxy\"\n\
-         upstreams = [\"127.0.0.1:{dead}\", \"127.0.0.1:{echo_port}\"]\n"
-    ));
+    let c = Corral::start(
+        &Conf::bare(1)
+            .listen(echo_port, "echo", "")
+            .proxy(
+                pp,
+                &[
+                    format!("127.0.0.1:{dead}"),
+                    format!("127.0.0.1:{echo_port}"),
+                ],
+                "",
+            )
+            .render(),
+    );
     // Several connections: round robin starts some of them at the dead upstream.
     for i in 0..6 {
         let mut s = connect(
@@ -169,10 +167,14 @@ fn all_upstreams_down_closes_the_client_within_connect_timeout() {
         fillers.push(s);
     }
     let pp = free_port();
-    let c = start(
-        pp,
-        &[format!("127.0.0.1:{refused}"), bh_addr.to_string()],
-        "connect_timeout = \"1s\"",
+    let c = Corral::start(
+        &Conf::bare(1)
+            .proxy(
+                pp,
+                &[format!("127.0.0.1:{refused}"), bh_addr.to_string()],
+                "connect_timeout = \"1s\"",
+            )
+            .render(),
     );
     let mut s = connect(
         SocketAddr::from(([127, 0, 0, 1], pp)),
@@ -234,7 +236,11 @@ fn slow_reader(extra: &str) {
         sent
     });
     let pp = free_port();
-    let c = start(pp, &[up_addr.to_string()], extra);
+    let c = Corral::start(
+        &Conf::bare(1)
+            .proxy(pp, &[up_addr.to_string()], extra)
+            .render(),
+    );
     let worker = c.workers()[0].pid;
     let before = vm_rss_kib(worker);
     let s = connect(
@@ -272,11 +278,7 @@ fn slow_reader(extra: &str) {
 fn proxy_config_errors_name_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.toml");
-    std::fs::write(
-        &cfg,
-        "[master]\nworkers = 1\n[[listen]]\naddress = \"127.0.0.1:1\"\nservice = \"proxy\"\n",
-    )
-    .unwrap();
+    std::fs::write(&cfg, Conf::bare(1).service("proxy").render_on(1)).unwrap();
     let out = run_cli(
         dir.path(),
         &["-t", "-c", cfg.to_str().unwrap()],
@@ -286,7 +288,9 @@ fn proxy_config_errors_name_the_key() {
     assert!(out.all().contains("listen[0].upstreams"), "{}", out.all());
     std::fs::write(
         &cfg,
-        "[master]\nworkers = 1\n[[listen]]\naddress = \"127.0.0.1:1\"\nservice = \"echo\"\nupstreams = [\"127.0.0.1:2\"]\n",
+        Conf::bare(1)
+            .echo("upstreams = [\"127.0.0.1:2\"]")
+            .render_on(1),
     )
     .unwrap();
     let out = run_cli(

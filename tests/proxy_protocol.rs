@@ -24,13 +24,6 @@ fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-/// corral with the harness's echo listener first (readiness) and `extra` after it.
-fn start(extra: &str) -> Corral {
-    Corral::start(&format!(
-        "[master]\nworkers = 1\n\n[[listen]]\naddress = \"127.0.0.1:{{port}}\"\nservice = \"echo\"\n\n{extra}"
-    ))
-}
-
 /// Checks `s` echoes `msg` (and only `msg`).
 fn echoes(c: &Corral, s: &mut TcpStream, msg: &[u8]) {
     s.write_all(msg).expect("send");
@@ -64,10 +57,7 @@ fn haproxy_in_front(send: &str) {
         return;
     };
     let back = free_port();
-    let c = start(&format!(
-        "[[listen]]\naddress = \"127.0.0.1:{back}\"\nservice = \"echo\"\naccept_proxy = true\n\
-         max_connections_per_ip = 2\nlog_connections = true\nname = \"behind-haproxy\"\n"
-    ));
+    let c = Corral::start(&Conf::bare(1).listen(back, "echo", "accept_proxy = true\nmax_connections_per_ip = 2\nlog_connections = true\nname = \"behind-haproxy\"").render());
     let worker = c.worker_pids();
     let front = free_port();
     let _h = haproxy(&bin, c.dir.path(), front, back, send);
@@ -108,10 +98,11 @@ fn haproxy_v2_two_thousand_connections_none_lost() {
         return;
     };
     let back = free_port();
-    let c = start(&format!(
-        "[[listen]]\naddress = \"127.0.0.1:{back}\"\nservice = \"echo\"\naccept_proxy = true\n\
-         log_connections = true\n"
-    ));
+    let c = Corral::start(
+        &Conf::bare(1)
+            .listen(back, "echo", "accept_proxy = true\nlog_connections = true")
+            .render(),
+    );
     let worker = c.worker_pids();
     let front = free_port();
     let _h = haproxy(&bin, c.dir.path(), front, back, "send-proxy-v2");
@@ -181,12 +172,14 @@ fn nginx_behind(version: &str) {
         return;
     };
     let (up, copy, splice) = (free_port(), free_port(), free_port());
-    let c = start(&format!(
-        "[[listen]]\naddress = \"127.0.0.1:{copy}\"\nservice = \"proxy\"\n\
-         upstreams = [\"127.0.0.1:{up}\"]\nproxy_protocol = \"{version}\"\n\n\
-         [[listen]]\naddress = \"127.0.0.1:{splice}\"\nservice = \"proxy\"\n\
-         upstreams = [\"127.0.0.1:{up}\"]\nproxy_protocol = \"{version}\"\nsplice = true\n"
-    ));
+    let upstream = [format!("127.0.0.1:{up}")];
+    let pp = format!("proxy_protocol = \"{version}\"");
+    let c = Corral::start(
+        &Conf::bare(1)
+            .proxy(copy, &upstream, &pp)
+            .proxy(splice, &upstream, &format!("{pp}\nsplice = true"))
+            .render(),
+    );
     let _n = nginx(&bin, c.dir.path(), up);
     for (mode, port, from) in [("copy", copy, 31), ("splice", splice, 32)] {
         for _ in 0..3 {
@@ -206,10 +199,15 @@ fn accepted_proxy_header_is_what_the_proxy_forwards() {
         return;
     };
     let (up, port) = (free_port(), free_port());
-    let c = start(&format!(
-        "[[listen]]\naddress = \"127.0.0.1:{port}\"\nservice = \"proxy\"\n\
-         upstreams = [\"127.0.0.1:{up}\"]\nproxy_protocol = \"v2\"\naccept_proxy = true\n"
-    ));
+    let c = Corral::start(
+        &Conf::bare(1)
+            .proxy(
+                port,
+                &[format!("127.0.0.1:{up}")],
+                "proxy_protocol = \"v2\"\naccept_proxy = true",
+            )
+            .render(),
+    );
     let _n = nginx(&bin, c.dir.path(), up);
     let mut s = TcpStream::connect(local(port)).unwrap();
     // The header and the request in one write: the bytes after the header are the
@@ -236,10 +234,15 @@ fn accepted_proxy_header_is_what_the_proxy_forwards() {
 #[test]
 fn malformed_headers_close_and_the_worker_survives() {
     let port = free_port();
-    let c = start(&format!(
-        "[[listen]]\naddress = \"127.0.0.1:{port}\"\nservice = \"echo\"\naccept_proxy = true\n\
-         accept_proxy_timeout = \"1s\"\n"
-    ));
+    let c = Corral::start(
+        &Conf::bare(1)
+            .listen(
+                port,
+                "echo",
+                "accept_proxy = true\naccept_proxy_timeout = \"1s\"",
+            )
+            .render(),
+    );
     let worker = c.worker_pids();
     let long_v1 = {
         let mut b = b"PROXY TCP4 10.0.0.1 10.0.0.2 1 2".to_vec();
@@ -363,10 +366,15 @@ fn malformed_headers_close_and_the_worker_survives() {
 #[test]
 fn per_ip_limit_counts_the_header_address() {
     let port = free_port();
-    let c = start(&format!(
-        "[[listen]]\naddress = \"127.0.0.1:{port}\"\nservice = \"echo\"\naccept_proxy = true\n\
-         max_connections_per_ip = 1\n"
-    ));
+    let c = Corral::start(
+        &Conf::bare(1)
+            .listen(
+                port,
+                "echo",
+                "accept_proxy = true\nmax_connections_per_ip = 1",
+            )
+            .render(),
+    );
     let hello = |ip: &str, sport: u16| {
         let mut s = TcpStream::connect(local(port)).unwrap();
         let h = v2_tcp4(format!("{ip}:{sport}").parse().unwrap(), local(port));
@@ -405,10 +413,11 @@ fn per_ip_limit_counts_the_header_address() {
 #[test]
 fn handed_over_connection_keeps_its_real_client() {
     let port = free_port();
-    let c = start(&format!(
-        "[[listen]]\naddress = \"127.0.0.1:{port}\"\nservice = \"http\"\naccept_proxy = true\n\
-         log_connections = true\n"
-    ));
+    let c = Corral::start(
+        &Conf::bare(1)
+            .listen(port, "http", "accept_proxy = true\nlog_connections = true")
+            .render(),
+    );
     let old = c.worker_pids();
     let mut s = TcpStream::connect(local(port)).unwrap();
     let mut first = b"PROXY TCP4 203.0.113.5 127.0.0.1 6000 80\r\n".to_vec();
@@ -426,8 +435,7 @@ fn handed_over_connection_keeps_its_real_client() {
         ),
         "{a:?}"
     );
-    let out = c.cli(&["-s", "reload"]);
-    assert!(out.status.success(), "{}", out.all());
+    c.must_reload();
     let handed = wait_conn_line(&c, &["client=203.0.113.5:6000 ", "end=\"handed over\""]);
     assert!(
         wait_until(Duration::from_secs(20), || {
@@ -460,14 +468,22 @@ fn handed_over_connection_keeps_its_real_client() {
 #[test]
 fn connection_log_lines_for_echo_and_proxy_and_none_when_off() {
     let (logged, proxy, quiet, idle) = (free_port(), free_port(), free_port(), free_port());
-    let c = start(&format!(
-        "[[listen]]\naddress = \"127.0.0.1:{logged}\"\nservice = \"echo\"\nlog_connections = true\n\n\
-         [[listen]]\naddress = \"127.0.0.1:{proxy}\"\nservice = \"proxy\"\n\
-         upstreams = [\"127.0.0.1:{logged}\"]\nlog_connections = true\nname = \"to-echo\"\n\n\
-         [[listen]]\naddress = \"127.0.0.1:{quiet}\"\nservice = \"echo\"\n\n\
-         [[listen]]\naddress = \"127.0.0.1:{idle}\"\nservice = \"echo\"\nlog_connections = true\n\
-         idle_timeout = \"1s\"\n"
-    ));
+    let c = Corral::start(
+        &Conf::bare(1)
+            .listen(logged, "echo", "log_connections = true")
+            .proxy(
+                proxy,
+                &[format!("127.0.0.1:{logged}")],
+                "log_connections = true\nname = \"to-echo\"",
+            )
+            .listen(quiet, "echo", "")
+            .listen(
+                idle,
+                "echo",
+                "log_connections = true\nidle_timeout = \"1s\"",
+            )
+            .render(),
+    );
     // Echo: 11 bytes each way, closed by the client.
     let mut s = connect_from(lo(41), local(logged));
     let me = s.local_addr().unwrap();
@@ -540,8 +556,9 @@ fn proxy_protocol_on_a_non_proxy_listener_is_a_config_error() {
     let path = dir.path().join("bad.toml");
     std::fs::write(
         &path,
-        "[[listen]]\naddress = \"127.0.0.1:1\"\nservice = \"echo\"\n\n\
-         [[listen]]\naddress = \"127.0.0.1:2\"\nservice = \"http\"\nproxy_protocol = \"v2\"\n",
+        Conf::bare(1)
+            .listen(2, "http", "proxy_protocol = \"v2\"")
+            .render_on(1),
     )
     .unwrap();
     let p = path.display().to_string();
@@ -559,9 +576,11 @@ fn proxy_protocol_on_a_non_proxy_listener_is_a_config_error() {
 #[test]
 fn a_client_that_resets_at_once_is_logged_with_its_address() {
     let port = free_port();
-    let c = start(&format!(
-        "[[listen]]\naddress = \"127.0.0.1:{port}\"\nservice = \"echo\"\nlog_connections = true\n"
-    ));
+    let c = Corral::start(
+        &Conf::bare(1)
+            .listen(port, "echo", "log_connections = true")
+            .render(),
+    );
     let mut clients = Vec::new();
     for _ in 0..10 {
         let s = connect_from(lo(45), local(port));
