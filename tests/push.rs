@@ -45,12 +45,11 @@ fn example_binary(name: &str) -> (tempfile::TempDir, PathBuf) {
 fn start_push(bin: &Path, publish_lines: &str) -> (Corral, SocketAddr, SocketAddr) {
     let (sub, publ) = (free_port(), free_port());
     let c = Corral::start_with(
-        &format!(
-            "[master]\nworkers = 2\ndrain_timeout = \"60s\"\n\n\
-             [[listen]]\naddress = \"127.0.0.1:{{port}}\"\nservice = \"echo\"\n\n\
-             [[listen]]\naddress = \"127.0.0.1:{sub}\"\nservice = \"push\"\n\n\
-             [[listen]]\naddress = \"127.0.0.1:{publ}\"\nservice = \"push-publish\"\n{publish_lines}\n"
-        ),
+        &Conf::bare(2)
+            .drain("60s")
+            .listen(sub, "push", "")
+            .listen(publ, "push-publish", publish_lines)
+            .render(),
         Launch {
             binary: Some(bin.to_path_buf()),
             ..Launch::default()
@@ -182,8 +181,7 @@ fn every_subscriber_in_every_worker_gets_each_publish_once_through_reload_and_up
     );
     must_publish(&bin, &c, "other", "elsewhere");
 
-    let out = c.cli(&["-s", "reload"]);
-    assert!(out.status.success(), "{}", out.all());
+    c.must_reload();
     let gone = wait_until(Duration::from_secs(30), || {
         c.workers().len() == 2 && c.cli(&["status"]).stdout.matches("draining").count() == 0
     });
@@ -195,11 +193,7 @@ fn every_subscriber_in_every_worker_gets_each_publish_once_through_reload_and_up
     );
 
     let old_master = c.master_pid();
-    let out = c.cli(&["-s", "upgrade"]);
-    for p in new_master_pids(&c.log()) {
-        c.adopt_master(p);
-    }
-    assert!(out.status.success(), "{}\n{}", out.all(), c.log_tail(40));
+    c.must_upgrade();
     assert!(
         wait_until(Duration::from_secs(30), || c.master_exited()),
         "old master {old_master} still running\n{}",
@@ -287,14 +281,9 @@ fn messages_published_during_moves_arrive_once_and_in_order() {
     };
     // Some before, then the moves while publishes keep coming.
     std::thread::sleep(Duration::from_millis(300));
-    let out = c.cli(&["-s", "reload"]);
-    assert!(out.status.success(), "{}", out.all());
+    c.must_reload();
     std::thread::sleep(Duration::from_millis(500));
-    let out = c.cli(&["-s", "upgrade"]);
-    for p in new_master_pids(&c.log()) {
-        c.adopt_master(p);
-    }
-    assert!(out.status.success(), "{}\n{}", out.all(), c.log_tail(40));
+    c.must_upgrade();
     assert!(
         wait_until(Duration::from_secs(30), || c.master_exited()),
         "the old master stayed\n{}",
@@ -366,11 +355,7 @@ fn http_publishes_during_an_upgrade_reach_subscribers_on_both_sides() {
         })
     };
     std::thread::sleep(Duration::from_millis(300));
-    let out = c.cli(&["-s", "upgrade"]);
-    for p in new_master_pids(&c.log()) {
-        c.adopt_master(p);
-    }
-    assert!(out.status.success(), "{}\n{}", out.all(), c.log_tail(40));
+    c.must_upgrade();
     assert!(
         wait_until(Duration::from_secs(30), || c.master_exited()),
         "the old master stayed\n{}",
@@ -447,11 +432,10 @@ fn chat_rooms_and_names_work_across_workers_and_survive_reload_and_upgrade() {
     let (_dir, bin) = example_binary("chat");
     let chat_port = free_port();
     let c = Corral::start_with(
-        &format!(
-            "[master]\nworkers = 2\ndrain_timeout = \"60s\"\n\n\
-             [[listen]]\naddress = \"127.0.0.1:{{port}}\"\nservice = \"echo\"\n\n\
-             [[listen]]\naddress = \"127.0.0.1:{chat_port}\"\nservice = \"chat\"\n"
-        ),
+        &Conf::bare(2)
+            .drain("60s")
+            .listen(chat_port, "chat", "")
+            .render(),
         Launch {
             binary: Some(bin.clone()),
             ..Launch::default()
@@ -494,15 +478,10 @@ fn chat_rooms_and_names_work_across_workers_and_survive_reload_and_upgrade() {
     };
     round(&mut people, "before");
 
-    let out = c.cli(&["-s", "reload"]);
-    assert!(out.status.success(), "{}", out.all());
+    c.must_reload();
     round(&mut people, "after reload");
 
-    let out = c.cli(&["-s", "upgrade"]);
-    for p in new_master_pids(&c.log()) {
-        c.adopt_master(p);
-    }
-    assert!(out.status.success(), "{}\n{}", out.all(), c.log_tail(40));
+    c.must_upgrade();
     assert!(
         wait_until(Duration::from_secs(30), || c.master_exited()),
         "the old master stayed\n{}",
