@@ -332,22 +332,11 @@ fn a_session_resumes_on_every_worker_after_a_reload_and_after_a_binary_upgrade()
         "both workers resumed: {}",
         status_json(&c)
     );
-    let out = c.cli(&["-s", "reload"]);
-    assert!(out.status.success(), "reload: {}", out.all());
+    c.must_reload();
     let a = py.ask("echo after the reload");
     assert!(a.ok && a.reused, "no resumption after a reload: {a:?}");
 
-    let out = c.cli(&["-s", "upgrade"]);
-    for p in new_master_pids(&c.log()) {
-        c.adopt_master(p);
-    }
-    assert!(
-        out.status.success(),
-        "upgrade: {}\n{}",
-        out.all(),
-        c.log_tail(40)
-    );
-    let new_master = *new_master_pids(&c.log()).last().expect("a new master");
+    let new_master = c.must_upgrade();
     assert!(
         wait_until(Duration::from_secs(20), || {
             let v = status_json(&c);
@@ -415,8 +404,7 @@ fn renewing_the_certificate_is_a_reload_that_fails_no_keep_alive_request() {
         let renewed = pki.server(&format!("renewed{round}"), &["localhost"], None, 90);
         write_atomically(&srv.cert, &std::fs::read(&renewed.cert).unwrap());
         write_atomically(&srv.key, &std::fs::read(&renewed.key).unwrap());
-        let out = c.cli(&["-s", "reload"]);
-        assert!(out.status.success(), "reload {round}: {}", out.all());
+        c.must_reload();
         assert!(
             load.progress(200, Duration::from_secs(10)),
             "requests stopped after reload {round}"
@@ -535,11 +523,16 @@ fn bad_certificates_and_keys_are_refused_by_name_and_a_bad_reload_changes_nothin
         let conf = dir.path().join("c.toml");
         std::fs::write(
             &conf,
-            format!(
-                "[master]\npid_file = \"c.pid\"\n[[listen]]\naddress = \"127.0.0.1:1\"\nservice = \"{service}\"\n{extra}[listen.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
-                cert.display(),
-                key.display()
-            ),
+            Conf::bare(1)
+                .pid_file("c.pid")
+                .service(service)
+                .echo(extra)
+                .echo(&format!(
+                    "[listen.tls]\ncert = \"{}\"\nkey = \"{}\"",
+                    cert.display(),
+                    key.display()
+                ))
+                .render_on(1),
         )
         .unwrap();
         let out = run_cli(
