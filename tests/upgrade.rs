@@ -148,30 +148,10 @@ impl Bin {
     }
 }
 
-/// 2 echo workers with `upgrade_timeout`, running `bin`.
-fn start(bin: &Bin, upgrade_timeout: &str) -> Corral {
+/// Starts `conf` running `bin`.
+fn start(bin: &Bin, conf: Conf) -> Corral {
     Corral::start_with(
-        &Conf::new(2)
-            .drain("20s")
-            .upgrade_timeout(upgrade_timeout)
-            .render(),
-        Launch {
-            binary: Some(bin.path.clone()),
-            ..Launch::default()
-        },
-    )
-}
-
-/// `start`, with the echo connections pinned (`suspend = false`): for a test that
-/// watches the old master drain connections that cannot move (movable ones follow the
-/// upgrade to the new master: tests/moves.rs, tests/upgrade_moves.rs).
-fn start_pinned(bin: &Bin, upgrade_timeout: &str) -> Corral {
-    Corral::start_with(
-        &Conf::new(2)
-            .drain("20s")
-            .upgrade_timeout(upgrade_timeout)
-            .pinned()
-            .render(),
+        &conf.render(),
         Launch {
             binary: Some(bin.path.clone()),
             ..Launch::default()
@@ -470,7 +450,10 @@ fn upgrade_to_same_binary_under_load_loses_nothing() {
     // Dropped after the harness (declared first): only catches what it left.
     let guard = GroupGuard::new();
     let bin = Bin::copy();
-    let c = start_pinned(&bin, "20s");
+    // Pinned echo connections (`suspend = false`): this test watches the old master
+    // drain connections that cannot move (movable ones follow the upgrade to the new
+    // master: tests/moves.rs, tests/upgrade_moves.rs).
+    let c = start(&bin, Conf::new(2).upgrade_timeout("20s").pinned());
     let old_master = c.master_pid();
     let old_workers = c.workers();
     assert_eq!(old_workers.len(), 2, "{}", c.log_tail(40));
@@ -667,7 +650,7 @@ fn rollback_case(script: &str, upgrade_timeout: &str, expect_why: &[&str]) -> Du
     // Dropped after the harness (declared first): only catches what it left.
     let guard = GroupGuard::new();
     let bin = Bin::copy();
-    let c = start(&bin, upgrade_timeout);
+    let c = start(&bin, Conf::new(2).upgrade_timeout(upgrade_timeout));
     let master = c.master_pid();
     let workers = c.workers();
     assert_eq!(workers.len(), 2, "{}", c.log_tail(40));
@@ -845,7 +828,7 @@ fn sigusr2_upgrades_and_the_new_master_can_upgrade_again() {
     // Dropped after the harness (declared first): only catches what it left.
     let guard = GroupGuard::new();
     let bin = Bin::copy();
-    let c = start(&bin, "20s");
+    let c = start(&bin, Conf::new(2).upgrade_timeout("20s"));
     let old_master = c.master_pid();
     let old_workers = c.workers();
     // New connections only: nothing holds the old workers, so the old master leaves
@@ -970,10 +953,9 @@ fn generation_gauge(c: &Corral) -> Option<u64> {
 fn generations_continue_across_an_upgrade_and_each_master_names_itself() {
     let guard = GroupGuard::new();
     let bin = Bin::copy();
-    let c = start(&bin, "20s");
+    let c = start(&bin, Conf::new(2).upgrade_timeout("20s"));
     let old_master = c.master_pid();
-    let out = c.cli(&["-s", "reload"]);
-    assert!(out.status.success(), "reload: {}", out.all());
+    c.must_reload();
     assert_eq!(generation_gauge(&c), Some(2), "{}", c.log_tail(20));
 
     let out = c.cli(&["-s", "upgrade"]);
