@@ -347,8 +347,7 @@ fn a_failed_rolling_reload_rolls_the_replaced_slots_back() {
         one_echo(c.addr(), n).unwrap_or_else(|e| panic!("after the failed reload: {e}"));
     }
     // The next reload works (the rolled-back generation number is free again).
-    let out = c.cli(&["-s", "reload"]);
-    assert!(out.status.success(), "{}\n{}", out.all(), c.log_tail(30));
+    c.must_reload();
 }
 
 /// `steer` without `accept = "reuseport"` is refused, naming the key.
@@ -456,8 +455,7 @@ fn steer_by_client_ip_keeps_a_client_on_one_slot_across_reloads() {
     );
     let slots: HashMap<u8, u64> = first.iter().map(|(a, p)| (*a, slot_of(&c, *p))).collect();
 
-    let out = c.cli(&["-s", "reload"]);
-    assert!(out.status.success(), "{}\n{}", out.all(), c.log_tail(30));
+    c.must_reload();
     assert!(
         wait_until(Duration::from_secs(20), || {
             let (_, _, ws) = status(&c);
@@ -494,13 +492,13 @@ fn steer_by_client_ip_survives_a_binary_upgrade() {
     let first = one_each(&placement(&c, &c.worker_pids(), 20));
     let slots: HashMap<u8, u64> = first.iter().map(|(a, p)| (*a, slot_of(&c, *p))).collect();
     let old_master = c.master_pid();
-    let out = c.cli(&["-s", "upgrade"]);
-    let new_master = c.read_pid_file().filter(|p| *p != old_master);
-    if let Some(p) = new_master {
-        c.adopt_master(p);
-    }
-    assert!(out.status.success(), "{}\n{}", out.all(), c.log_tail(30));
-    let new_master = new_master.expect("the pid file names the new master");
+    let new_master = c.must_upgrade();
+    assert_ne!(new_master, old_master);
+    assert_eq!(
+        c.read_pid_file(),
+        Some(new_master),
+        "the pid file does not name the new master"
+    );
     let mut pids = Vec::new();
     assert!(
         wait_until(Duration::from_secs(20), || {
