@@ -181,8 +181,7 @@ fn listeners_added_and_removed_by_a_reload_are_logged() {
     must_echo(&c, &mut s, "old\n");
     drop(s);
     c.write_config(&Conf::new(1).listen(new, "echo", "").render());
-    let out = c.cli(&["-s", "reload"]);
-    assert!(out.status.success(), "reload failed: {}", out.all());
+    c.must_reload();
     must_log(&c, "listener added by reload");
     must_log(&c, "listener removed by reload");
     let log = c.log();

@@ -54,8 +54,7 @@ fn kv_example_serves_commands_and_uses_the_blocking_pool() {
     assert_eq!(line(&mut r), "", "connection should be closed after QUIT");
 
     // The master supervises it like any service: a reload works.
-    let out = c.cli(&["-s", "reload"]);
-    assert!(out.status.success(), "{}", out.all());
+    c.must_reload();
     let _ = other.write_all(b"QUIT\n");
 }
 
@@ -307,13 +306,7 @@ fn kv_max_keys_is_enforced_and_a_reload_that_changes_it_applies() {
     let new = c.config_str();
     let text = std::fs::read_to_string(&new).expect("read config");
     std::fs::write(&new, text.replace("max_keys = 2", "max_keys = 3")).expect("write config");
-    let out = c.cli(&["-s", "reload"]);
-    assert!(
-        out.status.success(),
-        "reload: {}\n{}",
-        out.all(),
-        c.log_tail(30)
-    );
+    c.must_reload();
     let mut last = Vec::new();
     let applied = wait_until(Duration::from_secs(30), || {
         last = session(addr, "SET x1 1\nSET x2 1\nSET x3 1\nSET x4 1\n");

@@ -27,8 +27,7 @@ fn io_peer_is_the_clients_address_and_port_before_and_after_a_move() {
     let mut r = BufReader::new(s);
     assert_eq!(ask(&mut w, &mut r, "PEER"), format!("PEER {me}"));
     let before = c.worker_pids();
-    let out = c.cli(&["-s", "reload"]);
-    assert!(out.status.success(), "reload: {}", out.all());
+    c.must_reload();
     // The connection moves to the new worker between commands; ask until the
     // old worker is gone, so the last answer came from the new one.
     let moved = wait_until(Duration::from_secs(30), || {

@@ -311,8 +311,7 @@ fn counters_never_decrease_across_a_reload_and_an_upgrade() {
     let mut hc = connect(m, Duration::from_secs(10)).expect("connect to metrics");
     assert_eq!(request(&mut hc, GET_HEALTHZ).0, 200);
 
-    let out = c.cli(&["-s", "reload"]);
-    assert!(out.status.success(), "{}\n{}", out.all(), c.log_tail(40));
+    c.must_reload();
     let p1 = scrape_until(m, Duration::from_secs(20), |p| {
         p.get("corral_reloads_total", &[("result", "succeeded")]) == Some(1.0)
             && p.get("corral_generations_alive", &[]) == Some(1.0)
@@ -647,8 +646,7 @@ fn moved_connections_are_adopted_not_accepted_again() {
     for (i, s) in conns.iter_mut().enumerate() {
         must_echo(&c, s, &format!("before {i}\n"));
     }
-    let out = c.cli(&["-s", "reload"]);
-    assert!(out.status.success(), "reload: {}", out.all());
+    c.must_reload();
     // Every connection moved to the new generation and still echoes.
     let status = |c: &Corral| -> serde_json::Value {
         serde_json::from_str(&c.cli(&["status", "--json"]).stdout).unwrap_or_default()

@@ -322,8 +322,7 @@ fn a_service_that_refuses_to_suspend_keeps_the_drain_behaviour() {
     // 1. The connection ends by itself: the old generation goes with it.
     let mut a = LineClient::connect(kv);
     assert_eq!(a.ask("COUNT").as_deref(), Ok("COUNT 1"));
-    let out = c.cli(&["-s", "reload"]);
-    assert!(out.status.success(), "{}", out.all());
+    c.must_reload();
     let new = gen_of(&c);
     // The old worker says it drains with the connection in hand (it did not hand it
     // on); from then on only the connection's end or drain_timeout ends it.

@@ -135,13 +135,7 @@ fn workers_run_as_nobody_and_the_master_stays_root() {
     let low = privileged_port();
     let old = c.worker_pids();
     c.write_config(&conf.listen(low, "echo", "").render());
-    let out = c.cli(&["-s", "reload"]);
-    assert!(
-        out.status.success(),
-        "reload: {}\n{}",
-        out.all(),
-        c.log_tail(30)
-    );
+    c.must_reload();
     assert!(
         wait_until(T, || {
             let now = c.worker_pids();
@@ -419,8 +413,7 @@ fn listener_options_are_on_the_real_sockets() {
 
     // A reload back to the defaults: new connections get nodelay and no keep-alive.
     c.write_config(&Conf::bare(2).drain("20s").stop("3s").level("info").render());
-    let out = c.cli(&["-s", "reload"]);
-    assert!(out.status.success(), "{}", out.all());
+    c.must_reload();
     let mut s2 = c.connect();
     must_echo(&c, &mut s2, "defaults");
     let server = server_end(&c, &s2);
@@ -458,8 +451,7 @@ fn unix_socket_mode_owner_and_removal_on_stop_only() {
         assert_eq!(&buf, b"unix\n", "{what}");
     };
     check("after start");
-    let out = c.cli(&["-s", "reload"]);
-    assert!(out.status.success(), "{}", out.all());
+    c.must_reload();
     check("after reload");
     // A binary upgrade keeps the file; the new master removes it when it stops.
     let new = c.must_upgrade();

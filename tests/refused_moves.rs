@@ -151,8 +151,7 @@ fn a_state_refused_at_reload_is_served_by_its_old_worker_to_the_end() {
     let clients = clients_on(&c, kv, &old);
 
     bump_state_version(&c, kv);
-    let out = c.cli(&["-s", "reload"]);
-    assert!(out.status.success(), "{}\n{}", out.all(), c.log_tail(40));
+    c.must_reload();
     let mut new = Vec::new();
     assert!(
         wait_until(POLL_LIMIT, || {

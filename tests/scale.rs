@@ -51,8 +51,7 @@ fn forty_thousand_idle_connections_survive_a_reload() {
     );
     eprintln!("{HELD} held after {:?}: {per_worker:?}", started.elapsed());
 
-    let out = c.cli(&["-s", "reload"]);
-    assert!(out.status.success(), "reload failed: {}", out.all());
+    c.must_reload();
     // Every connection is still held, by the old generation or (handed over: echo
     // connections move since issue 11) the new one, which is ready.
     let settled = wait_until(Duration::from_secs(30), || {
@@ -140,8 +139,7 @@ fn held_connections_move_through_a_reload_and_an_upgrade_without_loss() {
     );
 
     let t0 = Instant::now();
-    let out = c.cli(&["-s", "reload"]);
-    assert!(out.status.success(), "reload failed: {}", out.all());
+    c.must_reload();
     // Moved, not kept: generation 1 hands everything over and leaves.
     let moved = wait_until(Duration::from_secs(120), || {
         let ws = status_workers(&c);

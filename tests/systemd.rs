@@ -360,8 +360,7 @@ fn sd_notify_ready_reload_upgrade_stop() {
     );
 
     // Reload: RELOADING=1 with MONOTONIC_USEC, then READY=1.
-    let out = c.cli(&["-s", "reload"]);
-    assert!(out.status.success(), "-s reload: {}", out.all());
+    c.must_reload();
     let reloading = sink.wait(ready + 1, "RELOADING=1", |n| n.has("RELOADING=1"));
     assert!(
         sink.notes()[reloading].has_key("MONOTONIC_USEC"),

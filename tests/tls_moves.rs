@@ -239,8 +239,7 @@ fn a_thousand_tls_streams_survive_twenty_reloads_and_three_upgrades_without_a_ha
     };
     check_real_clients(round);
     for i in 0..20 {
-        let out = c.cli(&["-s", "reload"]);
-        assert!(out.status.success(), "reload {i}: {}", out.all());
+        c.must_reload();
         assert!(
             wait_until(Duration::from_secs(15), || old_generations_alive(&c) == 0),
             "reload {i}: the old generation is still there: {}\n{}",
@@ -325,8 +324,7 @@ fn https_keep_alive_through_a_reload_storm_fails_nothing() {
     let mut reloads = 0;
     while t0.elapsed() < Duration::from_secs(10) {
         let next = Instant::now() + Duration::from_millis(100);
-        let out = c.cli(&["-s", "reload"]);
-        assert!(out.status.success(), "reload {reloads}: {}", out.all());
+        c.must_reload();
         reloads += 1;
         if let Some(d) = next.checked_duration_since(Instant::now()) {
             std::thread::sleep(d); // pacing the storm, not a synchronisation
@@ -478,8 +476,7 @@ fn a_tls_connection_moves_again_before_it_speaks() {
     // Two reloads with no byte from the clients in between: each generation must
     // hand every connection on at once, not keep the ones it never read from.
     for i in 0..2 {
-        let out = c.cli(&["-s", "reload"]);
-        assert!(out.status.success(), "{}", out.all());
+        c.must_reload();
         assert!(
             wait_until(Duration::from_secs(15), || old_generations_alive(&c) == 0),
             "reload {i}: an old generation kept connections it could have moved: {}",
@@ -500,8 +497,7 @@ fn a_tls_connection_moves_again_before_it_speaks() {
 fn moved_connection(c: &Corral, port: u16, config: &Arc<rustls::ClientConfig>) -> Tls {
     let mut s = connect(port, config);
     assert_eq!(round_trip(&mut s, "before\n").unwrap(), "before\n");
-    let out = c.cli(&["-s", "reload"]);
-    assert!(out.status.success(), "{}", out.all());
+    c.must_reload();
     assert!(wait_until(
         Duration::from_secs(15),
         || old_generations_alive(c) == 0
@@ -571,8 +567,7 @@ fn what_cannot_be_continued_after_a_move_ends_cleanly_and_is_counted() {
     let old_worker = c.worker_pids();
     let mut s12 = connect(port, &tls12);
     assert_eq!(round_trip(&mut s12, "tls12\n").unwrap(), "tls12\n");
-    let out = c.cli(&["-s", "reload"]);
-    assert!(out.status.success(), "{}", out.all());
+    c.must_reload();
     for i in 0..3 {
         let m = format!("still served {i}\n");
         assert_eq!(round_trip(&mut s12, &m).unwrap(), m);
@@ -609,8 +604,7 @@ fn compact_idle_connections_serve_on_the_record_layer_alone() {
         assert_eq!(round_trip(&mut s, &m).unwrap(), m);
     }
     // It still moves.
-    let out = c.cli(&["-s", "reload"]);
-    assert!(out.status.success(), "{}", out.all());
+    c.must_reload();
     assert!(wait_until(
         Duration::from_secs(15),
         || old_generations_alive(&c) == 0

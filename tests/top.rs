@@ -223,8 +223,7 @@ fn top_in_a_terminal_shows_workers_events_and_restores_the_terminal_on_every_exi
     t.wait("the workers of generation 1", |s| shows_workers(s, &c, 1));
     t.keys(&["2"]);
     t.wait("the sort by PID", |s| s.contains("workers (sorted by PID)"));
-    let out = c.cli(&["-s", "reload"]);
-    assert!(out.status.success(), "{}", out.all());
+    c.must_reload();
     assert!(wait_until(SCREEN, || status(&c)
         .2
         .iter()
