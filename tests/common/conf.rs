@@ -11,8 +11,14 @@ use std::path::Path;
 /// `Conf::new(n).render()` is the same text as it always was.
 ///
 /// `Conf::bare(n)` sets only `workers` (every other key keeps corral's own
-/// default): an empty timeout or level, or `max_connections = 0`, means "leave the
-/// key out".
+/// default): an empty timeout, size or level, or `max_connections = 0`, means
+/// "leave the key out".
+///
+/// A test writes no TOML of its own: the keys it needs are methods here (typed where
+/// a test overrides them), `render_on(port)` gives the whole text of a config it
+/// writes itself (for `corral -t`), and `Corral::write_config` replaces a running
+/// one for a reload. Raw text stays only where it is the point (a malformed value,
+/// a config with no listener), with a comment saying so.
 #[derive(Clone, Debug)]
 pub struct Conf {
     pub workers: usize,
