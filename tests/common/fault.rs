@@ -113,6 +113,14 @@ impl Clients {
         Clients { conns }
     }
 
+    fn by_worker(&self) -> std::collections::BTreeMap<i32, usize> {
+        let mut m = std::collections::BTreeMap::new();
+        for (_, p) in &self.conns {
+            *m.entry(*p).or_default() += 1;
+        }
+        m
+    }
+
     pub fn on(&self, pid: i32) -> usize {
         self.conns.iter().filter(|(_, p)| *p == pid).count()
     }
@@ -125,10 +133,14 @@ impl Clients {
             master_view(c)
                 .is_some_and(|(_, ws)| ws.iter().all(|w| w.connections as usize == self.on(w.pid)))
         });
+        // If it fails, say whether a worker was replaced meanwhile (a watchdog of 2 s
+        // on a starved box) or the counts just disagree.
         assert!(
             ok,
-            "heartbeats never showed our connections: {:?}",
-            master_view(c)
+            "heartbeats never showed our connections: ours by worker {:?}, the master's {:?}\n{}",
+            self.by_worker(),
+            master_view(c),
+            c.log_tail(30)
         );
     }
 
