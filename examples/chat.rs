@@ -12,25 +12,44 @@
 //! `/msg NAME TEXT` (a private message), `/quit`; any other line is said to the room
 //! (and comes back to the speaker too, as everyone hears it). Names are not reserved:
 //! two clients may take the same one (both then get its private messages).
+//!
+//! Browsers join over WebSocket (`service = "chat-ws"`, `examples/chat.html`): the
+//! same commands and lines, one text message each, in the same rooms as the line
+//! clients (the topics are shared).
 
 use std::net::IpAddr;
 
 use corral::config::ListenConfig;
 use corral::service::{Handler, Io, ResumeError, Service, Suspended};
+use corral::websocket::{self, Decoder, Handshake, Message, Step};
 
 /// Longest line a client may send.
 const MAX_LINE: usize = 2048;
 /// Longest nickname or room name.
 const MAX_NAME: usize = 32;
-/// The suspended state's format: `nick \n room`.
+/// The suspended state's format: `nick \n room` (a line client).
 const STATE_VERSION: u32 = 1;
+/// The same, for an open WebSocket.
+const WS_STATE_VERSION: u32 = 2;
 
-struct Chat;
+/// `chat` (lines) or `chat-ws` (WebSocket).
+struct Chat {
+    ws: bool,
+}
+
+/// How a member's bytes are framed.
+enum Wire {
+    Lines,
+    /// Before the handshake.
+    WsOpening,
+    Ws(Decoder),
+}
 
 struct Member {
     /// A guest name from `on_open` until `/nick`.
     nick: String,
     room: String,
+    wire: Wire,
 }
 
 impl Service for Chat {
@@ -38,6 +57,11 @@ impl Service for Chat {
         Box::new(Member {
             nick: String::new(),
             room: "lobby".into(),
+            wire: if self.ws {
+                Wire::WsOpening
+            } else {
+                Wire::Lines
+            },
         })
     }
 
@@ -47,9 +71,11 @@ impl Service for Chat {
         state: &[u8],
         version: u32,
     ) -> Result<Box<dyn Handler>, ResumeError> {
-        if version != STATE_VERSION {
-            return Err(ResumeError::Version(version));
-        }
+        let wire = match (self.ws, version) {
+            (false, STATE_VERSION) => Wire::Lines,
+            (true, WS_STATE_VERSION) => Wire::Ws(Decoder::new(MAX_LINE)),
+            _ => return Err(ResumeError::Version(version)),
+        };
         let s = std::str::from_utf8(state).map_err(|e| ResumeError::Invalid(e.to_string()))?;
         let (nick, room) = s
             .split_once('\n')
@@ -57,6 +83,7 @@ impl Service for Chat {
         Ok(Box::new(Member {
             nick: nick.into(),
             room: room.into(),
+            wire,
         }))
     }
 }
@@ -77,6 +104,40 @@ fn valid_name(s: &str) -> bool {
 }
 
 impl Member {
+    /// One line to this member, framed for its wire (`text` without its line end).
+    fn send(&self, io: &mut Io<'_>, text: &str) {
+        match self.wire {
+            Wire::Lines => io.write(format!("{text}\n").as_bytes()),
+            Wire::Ws(_) => io.write(&websocket::text(text)),
+            Wire::WsOpening => {}
+        }
+    }
+
+    /// Joins the lobby under a guest name, once the wire is open.
+    fn greet(&mut self, io: &mut Io<'_>) {
+        // Unique across workers: a worker's pid and the connection's id in it.
+        self.nick = format!("guest{}x{}", std::process::id(), io.id());
+        io.subscribe(&user_topic(&self.nick));
+        io.subscribe(&room_topic(&self.room));
+        self.send(
+            io,
+            &format!(
+                "* welcome, {}; you are in {} (/nick NAME, /join ROOM, /msg NAME TEXT, /quit)",
+                self.nick, self.room
+            ),
+        );
+        self.notice(io, &format!("{} joined {}", self.nick, self.room));
+    }
+
+    /// A line the member sent.
+    fn line(&mut self, io: &mut Io<'_>, line: &str) {
+        if line.starts_with('/') {
+            self.command(io, line);
+        } else if !line.is_empty() {
+            self.say(io, line);
+        }
+    }
+
     fn say(&self, io: &mut Io<'_>, text: &str) {
         io.publish(
             &room_topic(&self.room),
@@ -108,49 +169,47 @@ impl Member {
                 Some((to, text)) if valid_name(to) => {
                     let line = format!("*{}* {text}\n", self.nick);
                     io.publish(&user_topic(to), line.as_bytes());
-                    io.write(format!("-> *{to}* {text}\n").as_bytes());
+                    self.send(io, &format!("-> *{to}* {text}"));
                 }
-                _ => io.write(b"! /msg NAME TEXT\n"),
+                _ => self.send(io, "! /msg NAME TEXT"),
             },
             "/quit" => {
                 self.notice(io, &format!("{} left", self.nick));
-                io.write(b"* bye\n");
+                self.send(io, "* bye");
+                if matches!(self.wire, Wire::Ws(_)) {
+                    io.write(&websocket::close(1000, "bye"));
+                }
                 io.close();
             }
-            "/nick" | "/join" => io
-                .write(format!("! names are 1 to {MAX_NAME} letters, digits, _ or -\n").as_bytes()),
-            _ => io.write(b"! commands: /nick NAME, /join ROOM, /msg NAME TEXT, /quit\n"),
+            "/nick" | "/join" => self.send(
+                io,
+                &format!("! names are 1 to {MAX_NAME} letters, digits, _ or -"),
+            ),
+            _ => self.send(
+                io,
+                "! commands: /nick NAME, /join ROOM, /msg NAME TEXT, /quit",
+            ),
         }
     }
 }
 
 impl Handler for Member {
     fn on_open(&mut self, io: &mut Io<'_>) {
-        // Unique across workers: a worker's pid and the connection's id in it.
-        self.nick = format!("guest{}x{}", std::process::id(), io.id());
-        io.subscribe(&user_topic(&self.nick));
-        io.subscribe(&room_topic(&self.room));
-        io.write(
-            format!(
-                "* welcome, {}; you are in {} (/nick NAME, /join ROOM, /msg NAME TEXT, /quit)\n",
-                self.nick, self.room
-            )
-            .as_bytes(),
-        );
-        self.notice(io, &format!("{} joined {}", self.nick, self.room));
+        // A WebSocket member is greeted once its handshake is done.
+        if matches!(self.wire, Wire::Lines) {
+            self.greet(io);
+        }
     }
 
     fn on_data(&mut self, io: &mut Io<'_>, data: &[u8]) -> usize {
+        if !matches!(self.wire, Wire::Lines) {
+            return self.on_ws_data(io, data);
+        }
         let mut used = 0;
         while let Some(end) = data[used..].iter().position(|&b| b == b'\n') {
             let line = String::from_utf8_lossy(&data[used..used + end]).into_owned();
-            let line = line.trim_end_matches('\r');
             used += end + 1;
-            if line.starts_with('/') {
-                self.command(io, line);
-            } else if !line.is_empty() {
-                self.say(io, line);
-            }
+            self.line(io, line.trim_end_matches('\r'));
         }
         if data.len() - used > MAX_LINE {
             io.write(b"! line too long\n");
@@ -160,21 +219,104 @@ impl Handler for Member {
         used
     }
 
-    fn is_idle(&self) -> bool {
-        true
+    /// Room lines are published with their line end (for line clients); a
+    /// WebSocket member gets each as one text message.
+    fn on_push(&mut self, io: &mut Io<'_>, _topic: &str, message: &[u8]) {
+        match self.wire {
+            Wire::Lines => io.write(message),
+            Wire::Ws(_) => {
+                let text = String::from_utf8_lossy(message);
+                io.write(&websocket::text(text.trim_end_matches('\n')));
+            }
+            Wire::WsOpening => {}
+        }
     }
 
-    /// Name and room travel; the subscriptions travel with the connection itself.
+    fn is_idle(&self) -> bool {
+        match &self.wire {
+            Wire::Ws(d) => !d.in_message(),
+            _ => true,
+        }
+    }
+
+    /// Name and room travel; the subscriptions travel with the connection itself. A
+    /// WebSocket moves open (between messages), or before its handshake as a fresh
+    /// connection.
     fn suspend(&mut self) -> Option<Suspended> {
+        let version = match &self.wire {
+            Wire::Lines => STATE_VERSION,
+            Wire::Ws(d) if !d.in_message() => WS_STATE_VERSION,
+            _ => return None,
+        };
         Some(Suspended::new(
-            STATE_VERSION,
+            version,
             format!("{}\n{}", self.nick, self.room).into_bytes(),
         ))
     }
 }
 
+impl Member {
+    fn on_ws_data(&mut self, io: &mut Io<'_>, data: &[u8]) -> usize {
+        let mut used = 0;
+        if matches!(self.wire, Wire::WsOpening) {
+            match websocket::handshake(data) {
+                Handshake::Incomplete => return 0,
+                Handshake::Refused(r) => {
+                    io.write(&r.response());
+                    io.close();
+                    return data.len();
+                }
+                Handshake::Upgrade(up) => {
+                    io.write(&up.accept());
+                    self.wire = Wire::Ws(Decoder::new(MAX_LINE));
+                    used = up.used;
+                    self.greet(io);
+                }
+            }
+        }
+        loop {
+            let Wire::Ws(decoder) = &mut self.wire else {
+                return used;
+            };
+            let message = match decoder.step(&data[used..]) {
+                Ok(Step::More) => return used,
+                Ok(Step::Frame { used: n, message }) => {
+                    used += n;
+                    message
+                }
+                Err(e) => {
+                    io.write(&e.close_frame());
+                    io.close();
+                    return data.len();
+                }
+            };
+            match message {
+                Some(Message::Text(text)) => {
+                    for line in text.lines() {
+                        self.line(io, line);
+                    }
+                }
+                Some(Message::Ping(p)) => io.write(&websocket::pong(&p)),
+                Some(Message::Close(_)) => {
+                    self.notice(io, &format!("{} left", self.nick));
+                    io.write(&websocket::close(1000, ""));
+                    io.close();
+                    return data.len();
+                }
+                Some(Message::Binary(_)) => {
+                    io.write(&websocket::close(1003, "text only"));
+                    io.close();
+                    return data.len();
+                }
+                Some(Message::Pong(_)) | None => {}
+            }
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
     corral::runtime!()
-        .service("chat", |_: &ListenConfig| Chat)
+        .service("chat", |_: &ListenConfig| Chat { ws: false })
+        .service("chat-ws", |_: &ListenConfig| Chat { ws: true })
         .run()
 }

@@ -6,16 +6,14 @@
 use crate::common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::browser::{chromium, next, report_js, report_listener, Browser};
 use common::tls::{rustls_client, Pki};
+use common::ws::{request, tcp, Ws, WAIT};
 use common::*;
-
-const WAIT: Duration = Duration::from_secs(30);
 
 /// The push example's binary in a temp dir of its own (an upgrade execs it).
 fn push_binary() -> (tempfile::TempDir, PathBuf) {
@@ -64,139 +62,6 @@ fn publish(addr: SocketAddr, topic: &str, body: &str) -> u16 {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("no HTTP status in {reply:?}"))
-}
-
-/// A WebSocket client written from RFC 6455, independent of `corral::websocket`,
-/// over a plain or a TLS stream.
-struct Ws<S: Read + Write = TcpStream> {
-    s: S,
-    buf: Vec<u8>,
-}
-
-fn tcp(addr: SocketAddr) -> TcpStream {
-    let s = connect(addr, Duration::from_secs(10)).expect("connect");
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    s
-}
-
-impl Ws {
-    fn open_with(addr: SocketAddr, request: &str) -> (Ws, String) {
-        Ws::over(tcp(addr), request)
-    }
-
-    fn open(addr: SocketAddr) -> Ws {
-        Ws::checked(tcp(addr))
-    }
-}
-
-impl<S: Read + Write> Ws<S> {
-    /// Sends `request` (a handshake) over `s`; returns the client and the response
-    /// head.
-    fn over(s: S, request: &str) -> (Ws<S>, String) {
-        let mut ws = Ws { s, buf: Vec::new() };
-        ws.s.write_all(request.as_bytes()).unwrap();
-        let head = loop {
-            if let Some(end) = ws.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&ws.buf[..end]).to_string();
-                ws.buf.drain(..end + 4);
-                break head;
-            }
-            assert!(ws.fill(), "closed before a response: {:?}", ws.buf);
-        };
-        (ws, head)
-    }
-
-    /// The handshake over `s`, which must be accepted.
-    fn checked(s: S) -> Ws<S> {
-        let (ws, head) = Ws::over(s, &request("13"));
-        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
-        // RFC 6455 §1.3's key and its accept value.
-        assert!(
-            head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
-            "{head}"
-        );
-        ws
-    }
-
-    /// Reads more; false at EOF.
-    fn fill(&mut self) -> bool {
-        let mut b = [0u8; 4096];
-        match self.s.read(&mut b) {
-            Ok(0) => false,
-            Ok(n) => {
-                self.buf.extend_from_slice(&b[..n]);
-                true
-            }
-            Err(e) => panic!("no frame within {WAIT:?}: {e}"),
-        }
-    }
-
-    /// Sends one masked frame.
-    fn send_frame(&mut self, first: u8, payload: &[u8], masked: bool) {
-        let key = [0x12, 0x34, 0x56, 0x78];
-        let mut f = vec![first];
-        assert!(payload.len() < 126);
-        f.push(payload.len() as u8 | if masked { 0x80 } else { 0 });
-        if masked {
-            f.extend_from_slice(&key);
-            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-        } else {
-            f.extend_from_slice(payload);
-        }
-        self.s.write_all(&f).unwrap();
-    }
-
-    fn send(&mut self, text: &str) {
-        self.send_frame(0x81, text.as_bytes(), true);
-    }
-
-    /// The next frame: (opcode, payload); None at EOF.
-    fn frame(&mut self) -> Option<(u8, Vec<u8>)> {
-        loop {
-            if self.buf.len() >= 2 {
-                assert_eq!(self.buf[1] & 0x80, 0, "a server's frames are unmasked");
-                let (len, at) = match self.buf[1] & 0x7f {
-                    126 if self.buf.len() >= 4 => {
-                        (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
-                    }
-                    126 | 127 => (usize::MAX, 0),
-                    n => (n as usize, 2),
-                };
-                if len != usize::MAX && self.buf.len() >= at + len {
-                    let op = self.buf[0] & 0x0f;
-                    assert_eq!(self.buf[0] & 0x80, 0x80, "one frame per message");
-                    let payload = self.buf[at..at + len].to_vec();
-                    self.buf.drain(..at + len);
-                    return Some((op, payload));
-                }
-            }
-            if !self.fill() {
-                return None;
-            }
-        }
-    }
-
-    fn text(&mut self) -> String {
-        match self.frame() {
-            Some((1, p)) => String::from_utf8(p).expect("UTF-8 text"),
-            other => panic!("expected a text message, got {other:?}"),
-        }
-    }
-
-    /// Subscribes and waits until the subscription is in place (PING is answered
-    /// after it).
-    fn subscribe(&mut self, topic: &str) {
-        self.send(&format!("SUB {topic}"));
-        self.send("PING");
-        assert_eq!(self.text(), "PONG");
-    }
-}
-
-fn request(version: &str) -> String {
-    format!(
-        "GET /push HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: {version}\r\n\r\n"
-    )
 }
 
 /// The upgrade, the new master adopted by the handle, the old one gone.
@@ -288,74 +153,26 @@ fn a_bad_handshake_or_frame_gets_its_error_and_a_close_and_the_service_goes_on()
     );
 }
 
-/// What a page reported: each request line's path, in order.
-fn reports(listener: TcpListener) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for s in listener.incoming() {
-            let Ok(mut s) = s else { return };
-            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-            let mut b = [0u8; 2048];
-            let n = s.read(&mut b).unwrap_or(0);
-            let line = String::from_utf8_lossy(&b[..n]);
-            if let Some(path) = line.split(' ').nth(1) {
-                let path = path.split('?').next().unwrap_or("").to_string();
-                let _ = s.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
-                if tx.send(path).is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    rx
-}
-
-/// Headless Chromium in a process group of its own, ended (the group, by pid) on drop.
-struct Browser(Child);
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let pgid = nix::unistd::Pid::from_raw(self.0.id() as i32);
-        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-        let _ = self.0.wait();
-    }
-}
-
-fn chromium() -> Option<PathBuf> {
-    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-}
-
-fn next(rx: &mpsc::Receiver<String>, what: &str, c: &Corral) -> String {
-    rx.recv_timeout(Duration::from_secs(60))
-        .unwrap_or_else(|_| panic!("the page did not report {what}\n{}", c.log_tail(40)))
-}
-
 #[test]
 fn a_browser_subscribes_over_websocket_and_keeps_receiving_through_reload_and_upgrade() {
-    let Some(chromium) = chromium() else {
+    if chromium().is_none() {
         eprintln!(
             "SKIPPED: chromium is not installed (apt-get install chromium; .ci/run installs it)"
         );
         return;
-    };
+    }
     let (_dir, bin) = push_binary();
     let (c, ws, publ) = start(&bin);
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the report listener");
-    let report_port = listener.local_addr().unwrap().port();
-    let rx = reports(listener);
+    let (report_port, rx) = report_listener();
     let page_dir = tempfile::tempdir().expect("temp dir");
     let page = page_dir.path().join("push.html");
     // The page opens one WebSocket and never reconnects: a message after a reload or
-    // an upgrade reached the connection it opened first. It reports by loading an
-    // image from the test's listener (no CORS involved).
+    // an upgrade reached the connection it opened first.
     std::fs::write(
         &page,
         format!(
             r#"<!doctype html><title>push</title><script>
-const report = (what) => {{ new Image().src = "http://127.0.0.1:{report_port}/" + what + "?t=" + Math.random(); }};
+{report}
 const ws = new WebSocket("ws://127.0.0.1:{port}/push");
 let pongs = 0;
 ws.onopen = () => {{ ws.send("SUB news"); ws.send("PING"); }};
@@ -367,27 +184,12 @@ ws.onmessage = (e) => {{
 ws.onclose = (e) => report("closed/" + e.code);
 ws.onerror = () => report("error");
 </script>"#,
+            report = report_js(report_port),
             port = ws.port()
         ),
     )
     .expect("write the page");
-    let profile = page_dir.path().join("profile");
-    let mut cmd = Command::new(chromium);
-    cmd.args([
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--no-default-browser-check",
-    ])
-    .arg(format!("--user-data-dir={}", profile.display()))
-    .arg(format!("file://{}", page.display()))
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let _browser = Browser(cmd.spawn().expect("start chromium"));
+    let _browser = Browser::open(&page).expect("chromium is here");
 
     assert_eq!(next(&rx, "its subscription", &c), "/pong1");
     let mut pongs = 1;

@@ -9,6 +9,7 @@
 
 mod common;
 
+mod chat_ws;
 mod chunked;
 mod close_delivers;
 mod config_checks;

@@ -24,6 +24,7 @@ pub use net::*;
 pub use procs::*;
 pub use wait::*;
 
+pub mod browser;
 pub mod fault;
 pub mod fds;
 pub mod handover;
@@ -43,6 +44,7 @@ pub mod sysd;
 pub mod metrics;
 pub mod million;
 pub mod tls;
+pub mod ws;
 pub mod xmaster;
 
 static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
