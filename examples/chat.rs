@@ -21,7 +21,7 @@ use std::net::IpAddr;
 
 use corral::config::ListenConfig;
 use corral::service::{Handler, Io, ResumeError, Service, Suspended};
-use corral::websocket::{self, Decoder, Handshake, Message, Step};
+use corral::websocket::{self, Event, Session};
 
 /// Longest line a client may send.
 const MAX_LINE: usize = 2048;
@@ -40,9 +40,7 @@ struct Chat {
 /// How a member's bytes are framed.
 enum Wire {
     Lines,
-    /// Before the handshake.
-    WsOpening,
-    Ws(Decoder),
+    Ws(Session),
 }
 
 struct Member {
@@ -58,7 +56,7 @@ impl Service for Chat {
             nick: String::new(),
             room: "lobby".into(),
             wire: if self.ws {
-                Wire::WsOpening
+                Wire::Ws(Session::new(MAX_LINE))
             } else {
                 Wire::Lines
             },
@@ -73,7 +71,7 @@ impl Service for Chat {
     ) -> Result<Box<dyn Handler>, ResumeError> {
         let wire = match (self.ws, version) {
             (false, STATE_VERSION) => Wire::Lines,
-            (true, WS_STATE_VERSION) => Wire::Ws(Decoder::new(MAX_LINE)),
+            (true, WS_STATE_VERSION) => Wire::Ws(Session::opened(MAX_LINE)),
             _ => return Err(ResumeError::Version(version)),
         };
         let s = std::str::from_utf8(state).map_err(|e| ResumeError::Invalid(e.to_string()))?;
@@ -106,10 +104,10 @@ fn valid_name(s: &str) -> bool {
 impl Member {
     /// One line to this member, framed for its wire (`text` without its line end).
     fn send(&self, io: &mut Io<'_>, text: &str) {
-        match self.wire {
+        match &self.wire {
             Wire::Lines => io.write(format!("{text}\n").as_bytes()),
-            Wire::Ws(_) => io.write(&websocket::text(text)),
-            Wire::WsOpening => {}
+            Wire::Ws(ws) if ws.is_open() => io.write(&websocket::text(text)),
+            Wire::Ws(_) => {}
         }
     }
 
@@ -222,20 +220,20 @@ impl Handler for Member {
     /// Room lines are published with their line end (for line clients); a
     /// WebSocket member gets each as one text message.
     fn on_push(&mut self, io: &mut Io<'_>, _topic: &str, message: &[u8]) {
-        match self.wire {
+        match &self.wire {
             Wire::Lines => io.write(message),
-            Wire::Ws(_) => {
+            Wire::Ws(ws) if ws.is_open() => {
                 let text = String::from_utf8_lossy(message);
                 io.write(&websocket::text(text.trim_end_matches('\n')));
             }
-            Wire::WsOpening => {}
+            Wire::Ws(_) => {}
         }
     }
 
     fn is_idle(&self) -> bool {
         match &self.wire {
-            Wire::Ws(d) => !d.in_message(),
-            _ => true,
+            Wire::Ws(ws) => !ws.is_open() || ws.is_between_messages(),
+            Wire::Lines => true,
         }
     }
 
@@ -245,8 +243,8 @@ impl Handler for Member {
     fn suspend(&mut self) -> Option<Suspended> {
         let version = match &self.wire {
             Wire::Lines => STATE_VERSION,
-            Wire::Ws(d) if !d.in_message() => WS_STATE_VERSION,
-            _ => return None,
+            Wire::Ws(ws) if ws.is_between_messages() => WS_STATE_VERSION,
+            Wire::Ws(_) => return None,
         };
         Some(Suspended::new(
             version,
@@ -257,60 +255,26 @@ impl Handler for Member {
 
 impl Member {
     fn on_ws_data(&mut self, io: &mut Io<'_>, data: &[u8]) -> usize {
-        let mut used = 0;
-        if matches!(self.wire, Wire::WsOpening) {
-            match websocket::handshake(data) {
-                Handshake::Incomplete => return 0,
-                Handshake::Refused(r) => {
-                    io.write(&r.response());
-                    io.close();
-                    return data.len();
-                }
-                Handshake::Upgrade(up) => {
-                    io.write(&up.accept());
-                    self.wire = Wire::Ws(Decoder::new(MAX_LINE));
-                    used = up.used;
-                    self.greet(io);
-                }
-            }
-        }
-        loop {
-            let Wire::Ws(decoder) = &mut self.wire else {
-                return used;
-            };
-            let message = match decoder.step(&data[used..]) {
-                Ok(Step::More) => return used,
-                Ok(Step::Frame { used: n, message }) => {
-                    used += n;
-                    message
-                }
-                Err(e) => {
-                    io.write(&e.close_frame());
-                    io.close();
-                    return data.len();
-                }
-            };
-            match message {
-                Some(Message::Text(text)) => {
+        let Wire::Ws(ws) = &mut self.wire else {
+            return 0;
+        };
+        let (used, events) = ws.read(io, data);
+        for event in events {
+            match event {
+                Event::Opened { .. } => self.greet(io),
+                Event::Text(text) => {
                     for line in text.lines() {
                         self.line(io, line);
                     }
                 }
-                Some(Message::Ping(p)) => io.write(&websocket::pong(&p)),
-                Some(Message::Close(_)) => {
-                    self.notice(io, &format!("{} left", self.nick));
-                    io.write(&websocket::close(1000, ""));
-                    io.close();
-                    return data.len();
-                }
-                Some(Message::Binary(_)) => {
+                Event::Binary(_) => {
                     io.write(&websocket::close(1003, "text only"));
                     io.close();
                     return data.len();
                 }
-                Some(Message::Pong(_)) | None => {}
             }
         }
+        used
     }
 }
 

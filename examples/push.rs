@@ -44,7 +44,7 @@ use std::net::IpAddr;
 use corral::config::{ListenConfig, OptionError};
 use corral::serde::{Deserialize, Serialize};
 use corral::service::{Handler, Io, Overflow, ResumeError, Service, ServiceOptions, Suspended};
-use corral::websocket::{self, Decoder, Handshake, Message, Step};
+use corral::websocket::{self, Event, Session};
 
 /// Longest command line a subscriber may send.
 const MAX_LINE: usize = 1024;
@@ -192,7 +192,9 @@ const WS_STATE: u32 = 1;
 
 impl Service for PushWs {
     fn connect(&mut self, _peer: Option<IpAddr>) -> Box<dyn Handler> {
-        Box::new(WsSubscriber { open: None })
+        Box::new(WsSubscriber {
+            ws: Session::new(MAX_LINE),
+        })
     }
 
     fn resume(
@@ -203,7 +205,7 @@ impl Service for PushWs {
     ) -> Result<Box<dyn Handler>, ResumeError> {
         match (version, state) {
             (WS_STATE, b"open") => Ok(Box::new(WsSubscriber {
-                open: Some(Decoder::new(MAX_LINE)),
+                ws: Session::opened(MAX_LINE),
             })),
             (WS_STATE, _) => Err(ResumeError::Invalid("not an open WebSocket".into())),
             _ => Err(ResumeError::Version(version)),
@@ -216,75 +218,40 @@ impl Service for PushWs {
 }
 
 struct WsSubscriber {
-    /// Its frame decoder once the handshake is done.
-    open: Option<Decoder>,
+    ws: Session,
 }
 
 impl Handler for WsSubscriber {
     fn on_data(&mut self, io: &mut Io<'_>, data: &[u8]) -> usize {
-        let mut used = 0;
-        if self.open.is_none() {
-            match websocket::handshake(data) {
-                Handshake::Incomplete => return 0,
-                Handshake::Refused(r) => {
-                    io.write(&r.response());
-                    io.close();
-                    return data.len();
-                }
-                Handshake::Upgrade(up) => {
-                    io.write(&up.accept());
-                    self.open = Some(Decoder::new(MAX_LINE));
-                    used = up.used;
-                }
-            }
-        }
-        let Some(decoder) = self.open.as_mut() else {
-            return used;
-        };
-        loop {
-            let message = match decoder.step(&data[used..]) {
-                Ok(Step::More) => return used,
-                Ok(Step::Frame { used: n, message }) => {
-                    used += n;
-                    message
-                }
-                Err(e) => {
-                    io.write(&e.close_frame());
-                    io.close();
-                    return data.len();
-                }
-            };
-            match message {
-                Some(Message::Text(line)) => match command(line.trim_end()) {
-                    Command::Sub(topic) => io.subscribe(topic),
-                    Command::Unsub(topic) => io.unsubscribe(topic),
-                    Command::Ping => io.write(&websocket::text("PONG")),
-                    Command::Quit => {
-                        io.write(&websocket::close(1000, "bye"));
-                        io.close();
-                        return data.len();
-                    }
-                    Command::Empty => {}
-                    Command::Unknown => io.write(&websocket::text(USAGE)),
-                },
-                Some(Message::Binary(_)) => {
+        let (used, events) = self.ws.read(io, data);
+        for event in events {
+            let line = match event {
+                Event::Opened { .. } => continue,
+                Event::Text(line) => line,
+                Event::Binary(_) => {
                     io.write(&websocket::close(1003, "text commands only"));
                     io.close();
                     return data.len();
                 }
-                Some(Message::Ping(p)) => io.write(&websocket::pong(&p)),
-                Some(Message::Close(_)) => {
-                    io.write(&websocket::close(1000, ""));
+            };
+            match command(line.trim_end()) {
+                Command::Sub(topic) => io.subscribe(topic),
+                Command::Unsub(topic) => io.unsubscribe(topic),
+                Command::Ping => io.write(&websocket::text("PONG")),
+                Command::Quit => {
+                    io.write(&websocket::close(1000, "bye"));
                     io.close();
                     return data.len();
                 }
-                Some(Message::Pong(_)) | None => {}
+                Command::Empty => {}
+                Command::Unknown => io.write(&websocket::text(USAGE)),
             }
         }
+        used
     }
 
     fn on_push(&mut self, io: &mut Io<'_>, _topic: &str, message: &[u8]) {
-        if self.open.is_none() {
+        if !self.ws.is_open() {
             return;
         }
         match std::str::from_utf8(message) {
@@ -293,18 +260,17 @@ impl Handler for WsSubscriber {
         }
     }
 
-    /// Between messages nothing is in flight.
+    /// Before its handshake or between messages nothing is in flight.
     fn is_idle(&self) -> bool {
-        self.open.as_ref().is_none_or(|d| !d.in_message())
+        !self.ws.is_open() || self.ws.is_between_messages()
     }
 
     /// An open WebSocket moves as such (the new worker must not expect a
     /// handshake); one in the middle of a fragmented message waits for its end.
     fn suspend(&mut self) -> Option<Suspended> {
-        match &self.open {
-            Some(d) if !d.in_message() => Some(Suspended::new(WS_STATE, b"open".to_vec())),
-            _ => None,
-        }
+        self.ws
+            .is_between_messages()
+            .then(|| Suspended::new(WS_STATE, b"open".to_vec()))
     }
 }
 

@@ -6,28 +6,15 @@ use crate::common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::browser::{chromium, next, report_js, report_listener, Browser};
 use common::ws::{Ws, WAIT};
 use common::*;
 
-/// The chat example's binary in a temp dir of its own (an upgrade execs it).
-fn chat_binary() -> (tempfile::TempDir, PathBuf) {
-    let built = example_bin("chat");
-    let dir = tempfile::Builder::new()
-        .prefix("corral-chat-ws-bin-")
-        .tempdir()
-        .expect("temp dir");
-    let bin = dir.path().join("chat");
-    install_exec(&built, &bin);
-    (dir, bin)
-}
-
 /// The chat on two workers: (corral, line address, WebSocket address).
 fn start() -> (Corral, SocketAddr, SocketAddr, tempfile::TempDir) {
-    let (dir, bin) = chat_binary();
+    let (dir, bin) = example_copy("chat");
     let (lines, ws) = (free_port(), free_port());
     let c = Corral::start_with(
         &Conf::bare(2)
@@ -85,16 +72,6 @@ fn ws_until<S: std::io::Read + Write>(w: &mut Ws<S>, what: &str) -> String {
     }
 }
 
-/// The upgrade, the new master adopted by the handle, the old one gone.
-fn upgrade(c: &Corral) {
-    c.must_upgrade();
-    assert!(
-        wait_until(WAIT, || c.master_exited()),
-        "the old master stayed\n{}",
-        c.log_tail(40)
-    );
-}
-
 #[test]
 fn websocket_and_line_members_share_rooms_through_reload_and_upgrade() {
     let (c, lines, ws, _dir) = start();
@@ -130,7 +107,7 @@ fn websocket_and_line_members_share_rooms_through_reload_and_upgrade() {
     round(&mut bob, &mut alice, &mut carol, "before");
     c.must_reload();
     round(&mut bob, &mut alice, &mut carol, "after reload");
-    upgrade(&c);
+    c.must_upgrade_until_old_gone();
     round(&mut bob, &mut alice, &mut carol, "after upgrade");
     carol.send("/quit");
     ws_until(&mut carol, "bye");
@@ -184,7 +161,9 @@ ws.onclose = (e) => report("closed/" + e.code);
             "reload" => {
                 c.must_reload();
             }
-            "upgrade" => upgrade(&c),
+            "upgrade" => {
+                c.must_upgrade_until_old_gone();
+            }
             _ => {}
         }
         bob.send(&format!("say: hello bob {step}"));

@@ -7,38 +7,20 @@
 
 use crate::common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::handover::owners_on;
+use common::push::http_publish;
 use common::*;
 
 /// How long a subscriber waits for a line before the test fails.
 const LINE_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// The push example's binary, (re)built here (`cargo test --test push` alone does not
-/// build examples), copied into a temp dir so that an upgrade can exec it.
-fn push_binary() -> (tempfile::TempDir, PathBuf) {
-    example_binary("push")
-}
-
-/// An example's binary (built once per test run), copied into a temp dir so that an
-/// upgrade can exec it.
-fn example_binary(name: &str) -> (tempfile::TempDir, PathBuf) {
-    let built = example_bin(name);
-    let dir = tempfile::Builder::new()
-        .prefix("corral-push-bin-")
-        .tempdir()
-        .expect("temp dir");
-    let bin = dir.path().join(name);
-    install_exec(&built, &bin);
-    (dir, bin)
-}
 
 /// A corral running the push example on two workers: (corral, subscribers' address,
 /// publishers' address). The echo listener is the harness's readiness check.
@@ -125,29 +107,6 @@ fn must_publish(bin: &Path, c: &Corral, topic: &str, msg: &str) {
     );
 }
 
-/// `POST /publish/<topic>` from `from` (a loopback address); the status code.
-fn http_publish(addr: SocketAddr, from: [u8; 4], topic: &str, body: &str) -> u16 {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&SocketAddr::from((from, 0)).into()).unwrap();
-    sock.connect_timeout(&addr.into(), Duration::from_secs(10))
-        .unwrap();
-    let mut s: TcpStream = sock.into();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(
-        s,
-        "POST /publish/{topic} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut reply = String::new();
-    let _ = s.read_to_string(&mut reply);
-    reply
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP status in {reply:?}"))
-}
-
 /// Subscribers spread over both workers (the kernel balances accepts; a few more
 /// connections settle it), each the given topics.
 fn subscribers(c: &Corral, addr: SocketAddr, n: usize, topics: &[&str]) -> Vec<Sub> {
@@ -164,7 +123,7 @@ fn subscribers(c: &Corral, addr: SocketAddr, n: usize, topics: &[&str]) -> Vec<S
 
 #[test]
 fn every_subscriber_in_every_worker_gets_each_publish_once_through_reload_and_upgrade() {
-    let (_dir, bin) = push_binary();
+    let (_dir, bin) = example_copy("push");
     let (c, sub_addr, pub_addr) = start_push(&bin, "allow = [\"127.0.0.1\"]");
     let mut news = subscribers(&c, sub_addr, 24, &["news"]);
     let mut other = subscribers(&c, sub_addr, 6, &["other"]);
@@ -245,7 +204,7 @@ fn every_subscriber_in_every_worker_gets_each_publish_once_through_reload_and_up
 /// worker delivered before the move is not delivered again.
 #[test]
 fn messages_published_during_moves_arrive_once_and_in_order() {
-    let (_dir, bin) = push_binary();
+    let (_dir, bin) = example_copy("push");
     let (c, sub_addr, _pub) = start_push(&bin, "");
     let mut subs = subscribers(&c, sub_addr, 30, &["feed"]);
 
@@ -283,12 +242,7 @@ fn messages_published_during_moves_arrive_once_and_in_order() {
     std::thread::sleep(Duration::from_millis(300));
     c.must_reload();
     std::thread::sleep(Duration::from_millis(500));
-    c.must_upgrade();
-    assert!(
-        wait_until(Duration::from_secs(30), || c.master_exited()),
-        "the old master stayed\n{}",
-        c.log_tail(40)
-    );
+    c.must_upgrade_until_old_gone();
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     let sent = publisher.join().expect("publisher thread");
@@ -323,7 +277,7 @@ fn messages_published_during_moves_arrive_once_and_in_order() {
 /// worker (passed on through the two masters), once each, in order.
 #[test]
 fn http_publishes_during_an_upgrade_reach_subscribers_on_both_sides() {
-    let (_dir, bin) = push_binary();
+    let (_dir, bin) = example_copy("push");
     let (c, sub_addr, pub_addr) = start_push(&bin, "");
     let mut subs = subscribers(&c, sub_addr, 30, &["feed"]);
     let stop = Arc::new(AtomicBool::new(false));
@@ -355,12 +309,7 @@ fn http_publishes_during_an_upgrade_reach_subscribers_on_both_sides() {
         })
     };
     std::thread::sleep(Duration::from_millis(300));
-    c.must_upgrade();
-    assert!(
-        wait_until(Duration::from_secs(30), || c.master_exited()),
-        "the old master stayed\n{}",
-        c.log_tail(40)
-    );
+    c.must_upgrade_until_old_gone();
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     let sent = publisher.join().expect("publisher thread");
@@ -429,7 +378,7 @@ impl Chatter {
 /// nickname, the room and the private-message address move with each connection.
 #[test]
 fn chat_rooms_and_names_work_across_workers_and_survive_reload_and_upgrade() {
-    let (_dir, bin) = example_binary("chat");
+    let (_dir, bin) = example_copy("chat");
     let chat_port = free_port();
     let c = Corral::start_with(
         &Conf::bare(2)
@@ -481,11 +430,6 @@ fn chat_rooms_and_names_work_across_workers_and_survive_reload_and_upgrade() {
     c.must_reload();
     round(&mut people, "after reload");
 
-    c.must_upgrade();
-    assert!(
-        wait_until(Duration::from_secs(30), || c.master_exited()),
-        "the old master stayed\n{}",
-        c.log_tail(40)
-    );
+    c.must_upgrade_until_old_gone();
     round(&mut people, "after upgrade");
 }

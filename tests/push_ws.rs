@@ -5,27 +5,15 @@
 
 use crate::common;
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Instant;
 
 use common::browser::{chromium, next, report_js, report_listener, Browser};
+use common::push::http_publish;
 use common::tls::{rustls_client, Pki};
 use common::ws::{request, tcp, Ws, WAIT};
 use common::*;
-
-/// The push example's binary in a temp dir of its own (an upgrade execs it).
-fn push_binary() -> (tempfile::TempDir, PathBuf) {
-    let built = example_bin("push");
-    let dir = tempfile::Builder::new()
-        .prefix("corral-push-ws-bin-")
-        .tempdir()
-        .expect("temp dir");
-    let bin = dir.path().join("push");
-    install_exec(&built, &bin);
-    (dir, bin)
-}
 
 /// The push example on two workers with a WebSocket listener and an HTTP publisher:
 /// (corral, WebSocket address, publishers' address).
@@ -45,46 +33,23 @@ fn start(bin: &Path) -> (Corral, SocketAddr, SocketAddr) {
     (c, loopback(ws), loopback(publ))
 }
 
-/// `POST /publish/<topic>`; the status code.
-fn publish(addr: SocketAddr, topic: &str, body: &str) -> u16 {
-    let mut s = connect(addr, Duration::from_secs(10)).expect("connect the publisher");
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    write!(
-        s,
-        "POST /publish/{topic} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut reply = String::new();
-    let _ = s.read_to_string(&mut reply);
-    reply
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP status in {reply:?}"))
-}
-
-/// The upgrade, the new master adopted by the handle, the old one gone.
-fn upgrade(c: &Corral) {
-    c.must_upgrade();
-    assert!(
-        wait_until(WAIT, || c.master_exited()),
-        "the old master stayed\n{}",
-        c.log_tail(40)
-    );
-}
-
 #[test]
 fn websocket_subscribers_keep_their_topics_through_reload_and_upgrade() {
-    let (_dir, bin) = push_binary();
+    let (_dir, bin) = example_copy("push");
     let (c, ws, publ) = start(&bin);
     let mut subs: Vec<Ws> = (0..6).map(|_| Ws::open(ws)).collect();
     for (i, s) in subs.iter_mut().enumerate() {
         s.subscribe(if i % 2 == 0 { "even" } else { "odd" });
     }
     let round = |subs: &mut Vec<Ws>, tag: &str| {
-        assert_eq!(publish(publ, "even", &format!("e {tag}")), 204);
-        assert_eq!(publish(publ, "odd", &format!("o {tag} ü")), 204);
+        assert_eq!(
+            http_publish(publ, [127, 0, 0, 1], "even", &format!("e {tag}")),
+            204
+        );
+        assert_eq!(
+            http_publish(publ, [127, 0, 0, 1], "odd", &format!("o {tag} ü")),
+            204
+        );
         for (i, s) in subs.iter_mut().enumerate() {
             let want = if i % 2 == 0 {
                 format!("e {tag}")
@@ -105,7 +70,7 @@ fn websocket_subscribers_keep_their_topics_through_reload_and_upgrade() {
         c.log_tail(40)
     );
     round(&mut subs, "after reload");
-    upgrade(&c);
+    c.must_upgrade_until_old_gone();
     round(&mut subs, "after upgrade");
     // Ping, then a clean close: the server answers with its own close frame.
     subs[0].send_frame(0x89, b"are you there", true);
@@ -117,7 +82,7 @@ fn websocket_subscribers_keep_their_topics_through_reload_and_upgrade() {
 
 #[test]
 fn a_bad_handshake_or_frame_gets_its_error_and_a_close_and_the_service_goes_on() {
-    let (_dir, bin) = push_binary();
+    let (_dir, bin) = example_copy("push");
     let (c, ws, _publ) = start(&bin);
     // An old protocol version: 426 naming the one spoken.
     let (mut old, head) = Ws::open_with(ws, &request("8"));
@@ -161,7 +126,7 @@ fn a_browser_subscribes_over_websocket_and_keeps_receiving_through_reload_and_up
         );
         return;
     }
-    let (_dir, bin) = push_binary();
+    let (_dir, bin) = example_copy("push");
     let (c, ws, publ) = start(&bin);
     let (report_port, rx) = report_listener();
     let page_dir = tempfile::tempdir().expect("temp dir");
@@ -199,11 +164,13 @@ ws.onerror = () => report("error");
             "reload" => {
                 c.must_reload();
             }
-            "upgrade" => upgrade(&c),
+            "upgrade" => {
+                c.must_upgrade_until_old_gone();
+            }
             _ => {}
         }
         let msg = format!("news {i} {step} ü");
-        assert_eq!(publish(publ, "news", &msg), 204);
+        assert_eq!(http_publish(publ, [127, 0, 0, 1], "news", &msg), 204);
         let got = next(&rx, &msg, &c);
         assert_eq!(
             got,
@@ -231,7 +198,7 @@ ws.onerror = () => report("error");
 fn a_wss_subscriber_keeps_its_tls_session_and_topics_through_reload_and_upgrade() {
     let pki = Pki::new();
     let srv = pki.server("srv", &["localhost"], None, 30);
-    let (_dir, bin) = push_binary();
+    let (_dir, bin) = example_copy("push");
     let (ws, publ) = (free_port(), free_port());
     let c = Corral::start_with(
         &Conf::bare(2)
@@ -263,11 +230,16 @@ fn a_wss_subscriber_keeps_its_tls_session_and_topics_through_reload_and_upgrade(
             "reload" => {
                 c.must_reload();
             }
-            "upgrade" => upgrade(&c),
+            "upgrade" => {
+                c.must_upgrade_until_old_gone();
+            }
             _ => {}
         }
         let msg = format!("secure {step}");
-        assert_eq!(publish(loopback(publ), "news", &msg), 204);
+        assert_eq!(
+            http_publish(loopback(publ), [127, 0, 0, 1], "news", &msg),
+            204
+        );
         for (i, s) in subs.iter_mut().enumerate() {
             assert_eq!(s.text(), msg, "wss subscriber {i} after {step}");
         }

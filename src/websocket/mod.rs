@@ -13,6 +13,39 @@
 //! No extension (compression) and no subprotocol is negotiated; `Origin` is given to
 //! the service, whose policy it is.
 //!
+//! A handler usually holds a [`Session`], which does all of that and hands it only
+//! the opening and whole messages; the functions below it are for a service that
+//! frames its own way. An upper-casing WebSocket echo, driven by the test harness:
+//!
+//! ```
+//! use corral::service::{Handler, Io};
+//! use corral::testing::Harness;
+//! use corral::websocket::{self, Event, Session};
+//!
+//! struct Shout(Session);
+//!
+//! impl Handler for Shout {
+//!     fn on_data(&mut self, io: &mut Io<'_>, data: &[u8]) -> usize {
+//!         let (used, events) = self.0.read(io, data);
+//!         for e in events {
+//!             if let Event::Text(t) = e {
+//!                 io.write(&websocket::text(&t.to_uppercase()));
+//!             }
+//!         }
+//!         used
+//!     }
+//! }
+//!
+//! let mut h = Harness::new(Shout(Session::new(4096)));
+//! h.send(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+//!          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n");
+//! assert!(h.take_written().starts_with(b"HTTP/1.1 101 "));
+//! h.send(&[0x81, 0x82, 0, 0, 0, 0, b'h', b'i']); // "hi", masked with zeros
+//! assert_eq!(h.take_written(), websocket::text("HI"));
+//! h.send(&[0x88, 0x80, 0, 0, 0, 0]); // the client closes
+//! assert!(h.closed());
+//! ```
+//!
 //! ```
 //! use corral::websocket::{self, Decoder, Handshake, Message, Step};
 //!
@@ -36,9 +69,11 @@
 
 mod frame;
 mod handshake;
+mod session;
 
 pub use frame::{binary, close, frame, pong, text, Decoder, Message, Opcode, ProtocolError, Step};
 pub use handshake::{handshake, Handshake, Refusal, Upgrade, MAX_HEAD};
+pub use session::{Event, Session};
 
 #[cfg(test)]
 mod tests;

@@ -258,3 +258,88 @@ fn server_frames_are_unmasked_with_the_shortest_length_form() {
     };
     assert_eq!(e.close_frame(), [0x88, 3, 0x03, 0xea, b'x']);
 }
+
+/// A handler that records what its session hands it.
+struct Recorder {
+    ws: Session,
+    events: Vec<Event>,
+}
+
+impl crate::service::Handler for Recorder {
+    fn on_data(&mut self, io: &mut crate::service::Io<'_>, data: &[u8]) -> usize {
+        let (used, events) = self.ws.read(io, data);
+        self.events.extend(events);
+        used
+    }
+}
+
+fn session() -> crate::testing::Harness<Recorder> {
+    let mut h = crate::testing::Harness::new(Recorder {
+        ws: Session::new(64),
+        events: Vec::new(),
+    });
+    h.send(&request(&good()));
+    assert!(h.take_written().starts_with(b"HTTP/1.1 101 "));
+    h
+}
+
+#[test]
+fn a_session_opens_hands_over_whole_messages_and_answers_pings_itself() {
+    let mut h = session();
+    let mut input = client(true, 9, b"ping?");
+    input.extend(client(false, 1, b"hel"));
+    input.extend(client(true, 0, b"lo"));
+    input.extend(client(true, 2, &[1, 2]));
+    let partial = client(true, 1, b"later");
+    input.extend(&partial[..3]);
+    h.send(&input);
+    assert_eq!(h.take_written(), pong(b"ping?"));
+    assert_eq!(
+        h.handler().events,
+        [
+            Event::Opened {
+                path: "/chat?room=1".into(),
+                origin: Some("http://example.com".into())
+            },
+            Event::Text("hello".into()),
+            Event::Binary(vec![1, 2]),
+        ]
+    );
+    assert_eq!(h.unconsumed(), &partial[..3], "a partial frame waits");
+    assert!(h.handler().ws.is_between_messages());
+    assert!(!h.closed());
+}
+
+#[test]
+fn a_session_closes_on_a_close_a_protocol_error_or_a_refused_handshake() {
+    let mut h = session();
+    h.send(&client(true, 8, &1000u16.to_be_bytes()));
+    assert_eq!(h.take_written(), close(1000, ""));
+    assert!(h.closed());
+
+    let mut h = session();
+    h.send(&client(true, 1, &[b'x'; 65]));
+    assert_eq!(h.take_written(), close(1009, "message too big"));
+    assert!(h.closed());
+
+    let mut h = crate::testing::Harness::new(Recorder {
+        ws: Session::new(64),
+        events: Vec::new(),
+    });
+    h.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(h.take_written().starts_with(b"HTTP/1.1 400 "));
+    assert!(h.closed());
+    assert!(h.handler().events.is_empty());
+    assert!(!h.handler().ws.is_open());
+}
+
+#[test]
+fn a_resumed_session_is_open_without_a_handshake() {
+    let mut h = crate::testing::Harness::new(Recorder {
+        ws: Session::opened(64),
+        events: Vec::new(),
+    });
+    h.send(&client(true, 1, b"SUB x"));
+    assert_eq!(h.handler().events, [Event::Text("SUB x".into())]);
+    assert!(h.written().is_empty());
+}

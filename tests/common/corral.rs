@@ -447,6 +447,20 @@ impl Corral {
         pids[pids.len() - 1]
     }
 
+    /// `must_upgrade`, then waits until the old master (the one this handle started)
+    /// has exited: every connection it held has moved or ended. Returns the new
+    /// master's pid.
+    pub fn must_upgrade_until_old_gone(&self) -> i32 {
+        let new = self.must_upgrade();
+        assert!(
+            wait_until(Duration::from_secs(60), || self.master_exited()),
+            "the old master {} stayed after the upgrade to {new}\n{}",
+            self.master.pid,
+            self.log_tail(40)
+        );
+        new
+    }
+
     /// Waits (up to `limit`) until master `pid` has exited (or is a zombie) and
     /// none of `workers` runs: an old master after an upgrade.
     pub fn wait_master_gone(&self, pid: i32, workers: &[ProcId], limit: Duration) -> bool {

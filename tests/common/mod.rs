@@ -33,6 +33,7 @@ pub mod moves;
 pub mod opsec;
 pub mod pp;
 pub mod pressure;
+pub mod push;
 pub mod recycle;
 pub mod scale;
 // The privileged tests' part of the harness (real systemd, second uids, PID 1).

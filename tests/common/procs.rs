@@ -150,6 +150,19 @@ pub fn example_bin(name: &str) -> PathBuf {
     path
 }
 
+/// Example `name` (built once per run) copied into a temp dir of its own, so that
+/// an upgrade can exec it (and a rebuild cannot change it under a test).
+pub fn example_copy(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let built = example_bin(name);
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("corral-example-{name}-"))
+        .tempdir()
+        .expect("temp dir");
+    let bin = dir.path().join(name);
+    install_exec(&built, &bin);
+    (dir, bin)
+}
+
 /// A copy of the built corral in a temp dir of its own, for tests that upgrade to
 /// (or replace) the binary: an upgrade execs the binary's path.
 pub fn copy_binary() -> (tempfile::TempDir, PathBuf) {
