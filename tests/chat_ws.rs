@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::browser::{chromium, next, report_js, report_listener, Browser};
+use common::browser::Page;
 use common::ws::{Ws, WAIT};
 use common::*;
 
@@ -116,28 +116,15 @@ fn websocket_and_line_members_share_rooms_through_reload_and_upgrade() {
 
 #[test]
 fn a_browser_chats_with_a_line_member_through_reload_and_upgrade() {
-    if chromium().is_none() {
-        eprintln!(
-            "SKIPPED: chromium is not installed (apt-get install chromium; .ci/run installs it)"
-        );
-        return;
-    }
     let (c, lines, ws, _dir) = start();
     let mut bob = Liner::new(lines);
     bob.until("welcome");
     bob.send("/nick bob");
     bob.until("is now bob");
-    let (report_port, rx) = report_listener();
-    let page_dir = tempfile::tempdir().expect("temp dir");
-    let page = page_dir.path().join("chat.html");
     // The page takes a name, says what the test asks it to (`say:` lines from bob)
     // and reports every line it hears from bob.
-    std::fs::write(
-        &page,
-        format!(
-            r#"<!doctype html><title>chat</title><script>
-{report}
-const ws = new WebSocket("ws://127.0.0.1:{port}/");
+    let Some(page) = Page::open(&format!(
+        r#"const ws = new WebSocket("ws://127.0.0.1:{port}/");
 ws.onopen = () => ws.send("/nick web");
 ws.onmessage = (e) => {{
   if (e.data.endsWith("is now web")) {{ report("named"); return; }}
@@ -145,15 +132,12 @@ ws.onmessage = (e) => {{
   if (m) {{ ws.send(m[1]); }}
   if (e.data.startsWith("<bob> ")) report("heard/" + encodeURIComponent(e.data.slice(6)));
 }};
-ws.onclose = (e) => report("closed/" + e.code);
-</script>"#,
-            report = report_js(report_port),
-            port = ws.port()
-        ),
-    )
-    .expect("write the page");
-    let _browser = Browser::open(&page).expect("chromium is here");
-    assert_eq!(next(&rx, "its name", &c), "/named");
+ws.onclose = (e) => report("closed/" + e.code);"#,
+        port = ws.port()
+    )) else {
+        return;
+    };
+    assert_eq!(page.next("its name", &c), "/named");
     bob.until("is now web");
     let started = Instant::now();
     for step in ["before", "reload", "upgrade"] {
@@ -168,7 +152,7 @@ ws.onclose = (e) => report("closed/" + e.code);
         }
         bob.send(&format!("say: hello bob {step}"));
         assert_eq!(
-            next(&rx, "bob's line", &c),
+            page.next("bob's line", &c),
             format!("/heard/say%3A%20hello%20bob%20{step}")
         );
         assert_eq!(
@@ -181,5 +165,5 @@ ws.onclose = (e) => report("closed/" + e.code);
         "a browser chatting through a reload and an upgrade: 3 of 3 exchanges in {:?}",
         started.elapsed()
     );
-    assert!(rx.try_recv().is_err(), "no close, nothing else");
+    assert!(page.quiet(), "no close, nothing else");
 }

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Instant;
 
-use common::browser::{chromium, next, report_js, report_listener, Browser};
+use common::browser::Page;
 use common::push::http_publish;
 use common::tls::{rustls_client, Pki};
 use common::ws::{request, tcp, Ws, WAIT};
@@ -120,25 +120,12 @@ fn a_bad_handshake_or_frame_gets_its_error_and_a_close_and_the_service_goes_on()
 
 #[test]
 fn a_browser_subscribes_over_websocket_and_keeps_receiving_through_reload_and_upgrade() {
-    if chromium().is_none() {
-        eprintln!(
-            "SKIPPED: chromium is not installed (apt-get install chromium; .ci/run installs it)"
-        );
-        return;
-    }
     let (_dir, bin) = example_copy("push");
     let (c, ws, publ) = start(&bin);
-    let (report_port, rx) = report_listener();
-    let page_dir = tempfile::tempdir().expect("temp dir");
-    let page = page_dir.path().join("push.html");
     // The page opens one WebSocket and never reconnects: a message after a reload or
     // an upgrade reached the connection it opened first.
-    std::fs::write(
-        &page,
-        format!(
-            r#"<!doctype html><title>push</title><script>
-{report}
-const ws = new WebSocket("ws://127.0.0.1:{port}/push");
+    let Some(page) = Page::open(&format!(
+        r#"const ws = new WebSocket("ws://127.0.0.1:{port}/push");
 let pongs = 0;
 ws.onopen = () => {{ ws.send("SUB news"); ws.send("PING"); }};
 ws.onmessage = (e) => {{
@@ -147,16 +134,13 @@ ws.onmessage = (e) => {{
   ws.send("PING");
 }};
 ws.onclose = (e) => report("closed/" + e.code);
-ws.onerror = () => report("error");
-</script>"#,
-            report = report_js(report_port),
-            port = ws.port()
-        ),
-    )
-    .expect("write the page");
-    let _browser = Browser::open(&page).expect("chromium is here");
+ws.onerror = () => report("error");"#,
+        port = ws.port()
+    )) else {
+        return;
+    };
 
-    assert_eq!(next(&rx, "its subscription", &c), "/pong1");
+    assert_eq!(page.next("its subscription", &c), "/pong1");
     let mut pongs = 1;
     let started = Instant::now();
     for (i, step) in ["before", "reload", "upgrade"].iter().enumerate() {
@@ -171,7 +155,7 @@ ws.onerror = () => report("error");
         }
         let msg = format!("news {i} {step} ü");
         assert_eq!(http_publish(publ, [127, 0, 0, 1], "news", &msg), 204);
-        let got = next(&rx, &msg, &c);
+        let got = page.next(&msg, &c);
         assert_eq!(
             got,
             format!("/got/{}", msg.replace(' ', "%20").replace('ü', "%C3%BC")),
@@ -179,7 +163,7 @@ ws.onerror = () => report("error");
         );
         pongs += 1;
         assert_eq!(
-            next(&rx, "the PING after it", &c),
+            page.next("the PING after it", &c),
             format!("/pong{pongs}"),
             "one message, once, the same connection"
         );
@@ -188,10 +172,7 @@ ws.onerror = () => report("error");
         "a browser's WebSocket through a reload and an upgrade: 3 of 3 messages in {:?}",
         started.elapsed()
     );
-    assert!(
-        rx.try_recv().is_err(),
-        "nothing else reported (no close, no error)"
-    );
+    assert!(page.quiet(), "nothing else reported (no close, no error)");
 }
 
 #[test]

@@ -433,12 +433,9 @@ fn one_each(p: &HashMap<u8, HashSet<Option<i32>>>) -> HashMap<u8, i32> {
 
 const STEER: &str = "accept = \"reuseport\"\nsteer = \"client-ip\"";
 
-/// `steer = "client-ip"`: 50 connections from each of 8 source addresses land on
-/// one worker per address, the addresses spread over several workers, and after a
-/// reload each address lands on the successor of the same slot.
-#[test]
-fn steer_by_client_ip_keeps_a_client_on_one_slot_across_reloads() {
-    let c = Corral::start(
+/// Four workers with the echo listener steered by client address.
+fn start_steered() -> Corral {
+    Corral::start(
         &Conf::bare(4)
             .drain("10s")
             .stop("3s")
@@ -446,7 +443,15 @@ fn steer_by_client_ip_keeps_a_client_on_one_slot_across_reloads() {
             .level("info")
             .echo(STEER)
             .render(),
-    );
+    )
+}
+
+/// `steer = "client-ip"`: 50 connections from each of 8 source addresses land on
+/// one worker per address, the addresses spread over several workers, and after a
+/// reload each address lands on the successor of the same slot.
+#[test]
+fn steer_by_client_ip_keeps_a_client_on_one_slot_across_reloads() {
+    let c = start_steered();
     let first = one_each(&placement(&c, &c.worker_pids(), 50));
     let workers: HashSet<i32> = first.values().copied().collect();
     assert!(
@@ -480,15 +485,7 @@ fn steer_by_client_ip_keeps_a_client_on_one_slot_across_reloads() {
 /// after it, each client address lands on the new master's worker of the same slot.
 #[test]
 fn steer_by_client_ip_survives_a_binary_upgrade() {
-    let c = Corral::start(
-        &Conf::bare(4)
-            .drain("10s")
-            .stop("3s")
-            .heartbeat("100ms")
-            .level("info")
-            .echo(STEER)
-            .render(),
-    );
+    let c = start_steered();
     let first = one_each(&placement(&c, &c.worker_pids(), 20));
     let slots: HashMap<u8, u64> = first.iter().map(|(a, p)| (*a, slot_of(&c, *p))).collect();
     let old_master = c.master_pid();

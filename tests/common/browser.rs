@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::Corral;
 
 /// What a page reported: each request line's path, in order.
-pub fn reports(listener: TcpListener) -> mpsc::Receiver<String> {
+fn reports(listener: TcpListener) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for s in listener.incoming() {
@@ -34,7 +34,7 @@ pub fn reports(listener: TcpListener) -> mpsc::Receiver<String> {
 }
 
 /// Headless Chromium in a process group of its own, ended (the group, by pid) on drop.
-pub struct Browser(Child);
+struct Browser(Child);
 
 impl Drop for Browser {
     fn drop(&mut self) {
@@ -44,29 +44,45 @@ impl Drop for Browser {
     }
 }
 
-pub fn chromium() -> Option<PathBuf> {
+fn chromium() -> Option<PathBuf> {
     ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
         .iter()
         .map(PathBuf::from)
         .find(|p| p.exists())
 }
 
-pub fn next(rx: &mpsc::Receiver<String>, what: &str, c: &Corral) -> String {
-    rx.recv_timeout(Duration::from_secs(60))
-        .unwrap_or_else(|_| panic!("the page did not report {what}\n{}", c.log_tail(40)))
+/// A page the test writes, open in headless Chromium, and what it reports.
+pub struct Page {
+    reports: mpsc::Receiver<String>,
+    _browser: Browser,
+    _dir: tempfile::TempDir,
 }
 
-impl Browser {
-    /// Chromium, headless, on `page` (with a profile beside it); None with a printed
-    /// reason if it is not installed.
-    pub fn open(page: &Path) -> Option<Browser> {
+impl Page {
+    /// Opens a page running `script`, in which `report(what)` reports `/what` to the
+    /// test; None, with a printed reason, where Chromium is not installed.
+    pub fn open(script: &str) -> Option<Page> {
         let Some(chromium) = chromium() else {
             eprintln!(
                 "SKIPPED: chromium is not installed (apt-get install chromium; .ci/run installs it)"
             );
             return None;
         };
-        let profile = page.with_extension("profile");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the report listener");
+        let port = listener.local_addr().expect("its address").port();
+        let reports = reports(listener);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let page = dir.path().join("page.html");
+        // Reports are image loads from the test's listener: no CORS involved.
+        std::fs::write(
+            &page,
+            format!(
+                "<!doctype html><meta charset=\"utf-8\"><title>test</title><script>\n\
+                 const report = (what) => {{ new Image().src = \"http://127.0.0.1:{port}/\" + what + \"?t=\" + Math.random(); }};\n\
+                 {script}\n</script>\n"
+            ),
+        )
+        .expect("write the page");
         let mut cmd = Command::new(chromium);
         cmd.args([
             "--headless=new",
@@ -76,26 +92,32 @@ impl Browser {
             "--no-first-run",
             "--no-default-browser-check",
         ])
-        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.path().join("profile").display()
+        ))
         .arg(format!("file://{}", page.display()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        Some(Browser(cmd.spawn().expect("start chromium")))
+        let browser = Browser(cmd.spawn().expect("start chromium"));
+        Some(Page {
+            reports,
+            _browser: browser,
+            _dir: dir,
+        })
     }
-}
 
-/// A listener for a page's reports: (its port, what arrives).
-pub fn report_listener() -> (u16, mpsc::Receiver<String>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the report listener");
-    let port = listener.local_addr().expect("its address").port();
-    (port, reports(listener))
-}
+    /// The next report (waiting up to 60 s: Chromium starts slowly on a loaded box).
+    pub fn next(&self, what: &str, c: &Corral) -> String {
+        self.reports
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("the page did not report {what}\n{}", c.log_tail(40)))
+    }
 
-/// The page's `report(what)` function in JavaScript, reporting to `port`.
-pub fn report_js(port: u16) -> String {
-    format!(
-        "const report = (what) => {{ new Image().src = \"http://127.0.0.1:{port}/\" + what + \"?t=\" + Math.random(); }};"
-    )
+    /// Nothing more was reported so far.
+    pub fn quiet(&self) -> bool {
+        self.reports.try_recv().is_err()
+    }
 }
