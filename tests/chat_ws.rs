@@ -141,15 +141,7 @@ ws.onclose = (e) => report("closed/" + e.code);"#,
     bob.until("is now web");
     let started = Instant::now();
     for step in ["before", "reload", "upgrade"] {
-        match step {
-            "reload" => {
-                c.must_reload();
-            }
-            "upgrade" => {
-                c.must_upgrade_until_old_gone();
-            }
-            _ => {}
-        }
+        c.deploy(step);
         bob.send(&format!("say: hello bob {step}"));
         assert_eq!(
             page.next("bob's line", &c),

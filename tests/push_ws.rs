@@ -144,15 +144,7 @@ ws.onerror = () => report("error");"#,
     let mut pongs = 1;
     let started = Instant::now();
     for (i, step) in ["before", "reload", "upgrade"].iter().enumerate() {
-        match *step {
-            "reload" => {
-                c.must_reload();
-            }
-            "upgrade" => {
-                c.must_upgrade_until_old_gone();
-            }
-            _ => {}
-        }
+        c.deploy(step);
         let msg = format!("news {i} {step} ü");
         assert_eq!(http_publish(publ, [127, 0, 0, 1], "news", &msg), 204);
         let got = page.next(&msg, &c);
@@ -207,15 +199,7 @@ fn a_wss_subscriber_keeps_its_tls_session_and_topics_through_reload_and_upgrade(
         })
         .collect();
     for step in ["before", "reload", "upgrade"] {
-        match step {
-            "reload" => {
-                c.must_reload();
-            }
-            "upgrade" => {
-                c.must_upgrade_until_old_gone();
-            }
-            _ => {}
-        }
+        c.deploy(step);
         let msg = format!("secure {step}");
         assert_eq!(
             http_publish(loopback(publ), [127, 0, 0, 1], "news", &msg),

@@ -447,6 +447,21 @@ impl Corral {
         pids[pids.len() - 1]
     }
 
+    /// One step of a test that checks something before and through both kinds of
+    /// deploy: `"reload"` (`must_reload`), `"upgrade"` (`must_upgrade_until_old_gone`),
+    /// anything else nothing.
+    pub fn deploy(&self, step: &str) {
+        match step {
+            "reload" => {
+                self.must_reload();
+            }
+            "upgrade" => {
+                self.must_upgrade_until_old_gone();
+            }
+            _ => {}
+        }
+    }
+
     /// `must_upgrade`, then waits until the old master (the one this handle started)
     /// has exited: every connection it held has moved or ended. Returns the new
     /// master's pid.
