@@ -23,6 +23,7 @@ mod foundation;
 mod fuzz_kv_state;
 mod handover;
 mod http;
+mod inflight;
 mod inputs;
 mod interrupts;
 mod library_api;

@@ -27,6 +27,17 @@ pub struct Flushed {
     pub messages: usize,
     /// The channel failed (not merely full); what was not sent is still queued.
     pub error: Option<io::Error>,
+    /// The kernel refused to take more fds in flight for this user (ETOOMANYREFS:
+    /// more than the sender's RLIMIT_NOFILE sent and not yet received, counted over
+    /// every process of the user, unless it has CAP_SYS_RESOURCE). Not a failure: what
+    /// was not sent is still queued, and the channel will not report writable for it,
+    /// so the sender tries again shortly.
+    pub deferred: bool,
+}
+
+/// Whether `e` is the kernel's bound on fds in flight (see `Flushed::deferred`).
+pub fn too_many_in_flight(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ETOOMANYREFS)
 }
 
 impl ConnQueue {
@@ -84,6 +95,10 @@ impl ConnQueue {
                     done.messages += 1;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if too_many_in_flight(&e) => {
+                    done.deferred = true;
+                    break;
+                }
                 Err(e) => {
                     done.error = Some(e);
                     break;

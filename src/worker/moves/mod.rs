@@ -41,6 +41,8 @@ pub(in crate::worker) use order::MoveOrder;
 
 /// How often a drained worker looks whether the master has read its last hand-overs.
 pub(super) const SETTLE_CHECK: Duration = Duration::from_millis(10);
+/// How soon a hand-over the kernel deferred (too many fds in flight) is sent again.
+pub(super) const RETRY_AFTER: Duration = Duration::from_millis(5);
 
 /// Most channel messages one loop turn reads (at most 64 connections each). Without a
 /// bound, a worker adopting from a master that keeps its channel full reads for as
@@ -78,6 +80,10 @@ pub(in crate::worker) struct Handoff {
     reported: HandoffCounts,
     /// A `HandoffSettle` timer is pending.
     pub(in crate::worker) settle_armed: bool,
+    /// A `HandoffRetry` timer is pending (the kernel deferred a send).
+    retry_armed: bool,
+    /// Sends the kernel deferred (too many fds in flight), for the log.
+    deferred: u64,
     /// Suspended connections handed over that the new generation may still refuse:
     /// neither a refusal (`Keep`) nor word that they were taken (`Settled`) came back
     /// yet. A draining worker does not exit while some are out (until

@@ -15,7 +15,7 @@ use super::super::conn::Flags;
 use super::super::conn::Leaving;
 use super::super::token::Token;
 use super::super::{Timer, Worker, TOKEN_CHANNEL};
-use super::{millis, suspended_by_me, BEAT_EVERY, SETTLE_CHECK};
+use super::{millis, suspended_by_me, BEAT_EVERY, RETRY_AFTER, SETTLE_CHECK};
 
 impl Worker {
     /// Suspending every connection at a drain, or adopting a few thousand, is one
@@ -60,6 +60,10 @@ impl Worker {
             if let Some(e) = done.error {
                 warn!("cannot hand over connections to the master: {e}");
                 return self.keep_all("the channel to the master failed");
+            }
+            if done.deferred {
+                self.defer_handoff();
+                break;
             }
             if !h.queue.is_empty() || h.order.is_empty() {
                 break;
@@ -205,6 +209,30 @@ impl Worker {
     }
 
     /// Logs (at info) and tells the master the counts, once per finished burst.
+    /// The kernel holds as many of this user's fds in flight as it allows (the
+    /// workers of a generation handing over at once reach it: `Flushed::deferred`):
+    /// the queue waits and is sent again shortly, when the master has read some.
+    fn defer_handoff(&mut self) {
+        self.handoff.deferred += 1;
+        if self.handoff.retry_armed {
+            return;
+        }
+        self.handoff.retry_armed = true;
+        debug!(
+            queued = self.handoff.queue.len(),
+            "the kernel's bound on fds in flight (RLIMIT_NOFILE) is reached: sending again in {} ms",
+            RETRY_AFTER.as_millis()
+        );
+        self.timers
+            .schedule(Instant::now() + RETRY_AFTER, Timer::HandoffRetry);
+    }
+
+    /// The retry timer: flush again in step 4.
+    pub(in crate::worker) fn retry_handoff(&mut self) {
+        self.handoff.retry_armed = false;
+        self.handoff.dirty = true;
+    }
+
     pub(super) fn report_handoff(&mut self) {
         let c = self.handoff.counts;
         if c == self.handoff.reported {
@@ -216,6 +244,7 @@ impl Worker {
             kept = c.kept,
             closed = c.closed,
             left = self.conns.len(),
+            deferred = self.handoff.deferred,
             "hand-over done"
         );
         self.send_or_owe(ToMaster::HandoffDone(c));
