@@ -252,6 +252,6 @@ mod tests {
             assert_eq!(Timer::unpack(t.pack()), Some(t), "{t:?}");
         }
         assert_eq!(Timer::unpack(7 << KIND_SHIFT), None);
-        assert_eq!(Timer::unpack(5), None);
+        assert_eq!(Timer::unpack(6), None);
     }
 }
