@@ -102,7 +102,10 @@ impl Worker {
                     );
                 }
                 // The loop checks again after this wake-up.
-                Timer::HandoffSettle => self.handoff.settle_armed = false,
+                Timer::HandoffSettle => {
+                    self.handoff.settle_armed = false;
+                    self.lanes_retry();
+                }
                 Timer::Header(token) => self.header_timeout(token),
                 Timer::Handshake(token) => self.handshake_timeout(token),
                 Timer::FaultEnd => {

@@ -27,6 +27,7 @@
 //! settle, pinned) are the lexicon of `docs/architecture.md`.
 
 mod incoming;
+mod lanes;
 mod order;
 mod outgoing;
 #[cfg(test)]
@@ -37,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use crate::channel::{ConnQueue, Handed, HandoffCounts, ToMaster};
 
+pub(in crate::worker) use lanes::TOKEN_LANE;
 pub(in crate::worker) use order::MoveOrder;
 
 /// How often a drained worker looks whether the master has read its last hand-overs.
@@ -85,6 +87,9 @@ pub(in crate::worker) struct Handoff {
     pub(in crate::worker) unsettled: u64,
     /// When a heartbeat sent from inside a long turn (`beat_if_due`) is next due.
     next_beat: Option<Instant>,
+    /// Lanes to (or from) other workers, over which connections move without the
+    /// master (`lanes.rs`).
+    pub(in crate::worker) lanes: lanes::Lanes,
     /// Messages that found the channel full (of hand-overs) and must not be dropped: a
     /// heartbeat (without it the watchdog takes a busy worker for hung) and
     /// `HandoffDone` (the generation's moved/kept/closed counts). Sent before the next
@@ -95,7 +100,10 @@ pub(in crate::worker) struct Handoff {
 impl Handoff {
     /// Nothing is waiting to be sent: a draining worker may exit.
     pub(in crate::worker) fn is_idle(&self) -> bool {
-        self.queue.is_empty() && self.owed.is_empty() && self.order.is_empty()
+        self.queue.is_empty()
+            && self.owed.is_empty()
+            && self.order.is_empty()
+            && self.lanes.is_idle()
     }
 
     /// Whether step 4 has sending to do.

@@ -44,11 +44,20 @@ impl Worker {
         if self.link.channel.is_none() {
             return self.keep_all("the channel to the master is gone");
         }
-        // Taken out a batch at a time, only while the channel takes them: the rest
-        // are still served here meanwhile.
+        // Taken out a batch at a time, only while the channel (or a lane) takes them:
+        // the rest are still served here meanwhile.
         let (mut conns, mut messages) = (0, 0);
         loop {
+            // With lanes, the lanes carry all but proxied pairs: nothing else waits
+            // for the master.
+            let lanes = self.handoff.lanes.sending() && self.idle_policy == IdlePolicy::Handoff;
+            if lanes && !self.feed_lanes() {
+                break;
+            }
             self.take_out_next_batch();
+            if lanes && !self.feed_lanes() && self.handoff.queue.is_empty() {
+                break;
+            }
             let h = &mut self.handoff;
             let Some(ch) = &self.link.channel else {
                 return self.keep_all("the channel to the master is gone");
@@ -60,6 +69,10 @@ impl Worker {
             if let Some(e) = done.error {
                 warn!("cannot hand over connections to the master: {e}");
                 return self.keep_all("the channel to the master failed");
+            }
+            if done.starved {
+                self.lanes_starved();
+                break;
             }
             if !h.queue.is_empty() || h.order.is_empty() {
                 break;
@@ -75,9 +88,16 @@ impl Worker {
                 "handed over idle connections"
             );
         }
-        let want_write = h.sending();
+        // With lanes, the order waits for their room, not the channel's: EPOLLOUT on a
+        // writable channel would only spin the loop.
+        let want_write = if h.lanes.sending() {
+            !h.queue.is_empty()
+        } else {
+            h.sending()
+        };
+        let all_sent = !h.sending() && h.lanes.unsent() == 0;
         self.set_channel_write(want_write);
-        if !want_write {
+        if all_sent {
             self.report_handoff();
         }
     }
@@ -265,7 +285,7 @@ impl Worker {
         // Those still waiting their turn are open connections of this worker: the
         // master counts them as closed from its last heartbeat, with the rest.
         self.handoff.order.clear();
-        let n = self.handoff.queue.take_all().len();
+        let n = self.handoff.queue.take_all().len() + self.drop_lane_queues();
         if n > 0 {
             warn!(
                 connections = n,
@@ -283,7 +303,8 @@ impl Worker {
     /// Everything queued stays here after all.
     pub(super) fn keep_all(&mut self, why: &str) {
         self.handoff.order.clear();
-        let queued = self.handoff.queue.take_all();
+        let mut queued = self.handoff.queue.take_all();
+        queued.extend(self.take_lane_queues());
         self.set_channel_write(false);
         if queued.is_empty() {
             return;
