@@ -372,8 +372,9 @@ impl Worker {
             }
         }
         self.settled(settled);
-        if !back.is_empty() {
-            self.keep(back, back_fds, "the new generation refused their state");
+        if let Some((_, why)) = refused.first() {
+            // Their origin: what the master's route would have sent back (`Keep`).
+            self.keep(back, back_fds, why);
         }
         // The window opened.
         self.handoff.writable = true;
