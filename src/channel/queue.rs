@@ -79,15 +79,15 @@ impl ConnQueue {
         self.flush_into(ch, wrap, None)
     }
 
-    /// `flush`, keeping what was sent in `sent` (our copies of the fds stay open) when
-    /// it is given: a lane's sender holds each connection until the receiver says it
-    /// took it. The sending user's limit of fds in flight (ETOOMANYREFS) counts as a
+    /// `flush`, keeping what was sent in `sent`, one entry per message (our copies of
+    /// the fds stay open), when it is given: a lane's sender holds each connection
+    /// until the receiver says it took it. The sending user's limit of fds in flight (ETOOMANYREFS) counts as a
     /// full channel, reported in `starved`: no writability will tell when it is over.
     pub fn flush_into<M: Serialize>(
         &mut self,
         ch: &Channel,
         wrap: impl Fn(Vec<Handed>) -> M,
-        mut sent: Option<&mut VecDeque<(Handed, OwnedFd)>>,
+        mut sent: Option<&mut Vec<Vec<(Handed, OwnedFd)>>>,
     ) -> Flushed {
         let mut done = Flushed::default();
         while !self.items.is_empty() {
@@ -102,7 +102,7 @@ impl ConnQueue {
                     // caller keeps them.
                     let gone = self.items.drain(..n);
                     match sent.as_deref_mut() {
-                        Some(keep) => keep.extend(gone),
+                        Some(keep) => keep.push(gone.collect()),
                         None => drop(gone),
                     }
                     done.conns += n;

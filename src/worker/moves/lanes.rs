@@ -8,7 +8,9 @@
 //! lanes, a batch per lane in turn, each lane with its own queue flushed on EPOLLOUT.
 //!
 //! Nothing is lost when a receiver dies: the sender keeps its copy of every connection
-//! it sent (the record and the fd) until the receiver answers `Took`, which it sends
+//! it sent (the record, and the fd parked in a socketpair of its own, so that it
+//! leaves this worker's fd table as it would through the master; kept in the table
+//! if parking fails) until the receiver answers `Took`, which it sends
 //! right after resuming the batch, before its loop touches any of those sockets. When
 //! the lane hangs up, the sender first reads every answer still queued (they come
 //! before the EOF), then sends what is left unanswered again over another lane (or to
@@ -29,6 +31,7 @@ use tracing::{debug, info, warn};
 
 use crate::channel::{Channel, ChannelError, ConnQueue, Handed, IdlePolicy, LaneMsg, BATCH_CONNS};
 use crate::os::epoll::{Event, Interest};
+use crate::os::scm;
 
 use super::super::{Phase, Timer, Worker};
 use super::SETTLE_CHECK;
@@ -37,7 +40,15 @@ use super::SETTLE_CHECK;
 pub const TOKEN_LANE: u64 = (1 << 63) | (1 << 62) | (1 << 41);
 
 /// Most connections sent on one lane and not yet answered.
-pub const LANE_WINDOW: usize = 1024;
+pub const LANE_WINDOW: usize = 512;
+
+/// One message sent on a lane and not yet answered: the records, and our copies of
+/// the fds (None: parked, the next message in the lane's parking socket).
+#[derive(Debug)]
+struct Sent {
+    records: Vec<Handed>,
+    fds: Option<Vec<OwnedFd>>,
+}
 
 /// One lane, from either end.
 #[derive(Debug)]
@@ -49,8 +60,14 @@ struct Lane {
     sends: bool,
     /// Queued for this lane, not sent yet (about a batch).
     out: ConnQueue,
-    /// Sent, not yet taken: our copies, in the order sent.
-    unacked: VecDeque<(Handed, OwnedFd)>,
+    /// Sent, not yet taken: our copies, a message at a time, in the order sent (the
+    /// receiver answers each message once, in order).
+    unacked: VecDeque<Sent>,
+    /// Connections in `unacked`.
+    unacked_conns: usize,
+    /// Where our copies of the fds in flight wait (write end, read end): a socket's
+    /// queue rather than this worker's fd table.
+    park: Option<(OwnedFd, OwnedFd)>,
     /// Answers we owe the peer, in order; while one is owed we read no more of its
     /// connections (a connection is served here only once its answer is sent).
     owed: VecDeque<LaneMsg>,
@@ -64,7 +81,51 @@ struct Lane {
 
 impl Lane {
     fn in_flight(&self) -> usize {
-        self.out.len() + self.unacked.len()
+        self.out.len() + self.unacked_conns
+    }
+
+    /// Keeps our copies of a message just sent: parked if possible.
+    fn hold(&mut self, batch: Vec<(Handed, OwnedFd)>) {
+        let (records, fds): (Vec<Handed>, Vec<OwnedFd>) = batch.into_iter().unzip();
+        self.unacked_conns += records.len();
+        let parked = self.park.as_ref().is_some_and(|(w, _)| {
+            let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+            scm::send(w.as_fd(), b"p", &borrowed).is_ok()
+        });
+        let fds = if parked { None } else { Some(fds) };
+        self.unacked.push_back(Sent { records, fds });
+    }
+
+    /// Our copies of the oldest message not yet answered, with their fds (None when
+    /// every one is answered). A parked message that comes back short (it cannot)
+    /// leaves the rest without fds: they are lost, and said so.
+    fn release(&mut self) -> Option<Vec<(Handed, Option<OwnedFd>)>> {
+        let sent = self.unacked.pop_front()?;
+        self.unacked_conns -= sent.records.len();
+        let fds = match sent.fds {
+            Some(f) => f,
+            None => {
+                let mut buf = [0u8; 1];
+                match self.park.as_ref().map(|(_, r)| scm::recv(r.as_fd(), &mut buf)) {
+                    Some(Ok(Some(got))) => got.fds,
+                    other => {
+                        warn!(
+                            peer = self.peer,
+                            "parked copies of moved connections missing ({:?})",
+                            other.map(|r| r.map(|g| g.map(|g| g.fds.len())))
+                        );
+                        Vec::new()
+                    }
+                }
+            }
+        };
+        let mut fds = fds.into_iter();
+        Some(
+            sent.records
+                .into_iter()
+                .map(|h| (h, fds.next()))
+                .collect(),
+        )
     }
 
     fn has_room(&self) -> bool {
@@ -126,6 +187,17 @@ impl Worker {
         let key = l.next_key;
         l.next_key = l.next_key.wrapping_add(1);
         let ch = Channel::from_fd(fd);
+        let park = if sends {
+            match crate::os::fd::seqpacket_pair() {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    debug!(peer, "no parking socket for a lane ({e}); copies stay in the fd table");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         if let Err(e) = self
             .epoll
             .add(ch.as_fd(), Interest::READ, TOKEN_LANE | u64::from(key))
@@ -140,6 +212,8 @@ impl Worker {
             sends,
             out: ConnQueue::default(),
             unacked: VecDeque::new(),
+            unacked_conns: 0,
+            park,
             owed: VecDeque::new(),
             took: 0,
             want_write: false,
@@ -207,11 +281,13 @@ impl Worker {
         if lane.out.is_empty() {
             return Ok(());
         }
-        let done = lane.out.flush_into(
-            &lane.ch,
-            |conns| LaneMsg::Conns { conns },
-            Some(&mut lane.unacked),
-        );
+        let mut sent = Vec::new();
+        let done = lane
+            .out
+            .flush_into(&lane.ch, |conns| LaneMsg::Conns { conns }, Some(&mut sent));
+        for batch in sent {
+            lane.hold(batch);
+        }
         self.handoff.counts.handed += done.conns as u64;
         if let Some(e) = done.error {
             return Err(e);
@@ -351,12 +427,21 @@ impl Worker {
     /// those it refused are served here from them.
     fn took(&mut self, i: usize, n: u64, refused: Vec<(u32, String)>) {
         let lane = &mut self.handoff.lanes.lanes[i];
-        let n = (n as usize).min(lane.unacked.len());
+        let Some(batch) = lane.release() else {
+            warn!(peer = lane.peer, n, "a lane answered for connections never sent");
+            return;
+        };
+        if batch.len() as u64 != n {
+            warn!(peer = lane.peer, n, sent = batch.len(), "a lane answered for a message of another size");
+        }
         let me = crate::os::process::pid().as_raw() as u32;
         let (mut back, mut back_fds, mut settled) = (Vec::new(), Vec::new(), 0);
-        for (k, (mut h, fd)) in lane.unacked.drain(..n).enumerate() {
+        for (k, (mut h, fd)) in batch.into_iter().enumerate() {
             match refused.iter().find(|(at, _)| *at as usize == k) {
                 Some((_, why)) => {
+                    let Some(fd) = fd else {
+                        continue;
+                    };
                     if let Some(m) = h.moved.as_mut() {
                         m.refused = Some(why.clone());
                     }
@@ -385,7 +470,10 @@ impl Worker {
     fn lane_gone(&mut self, i: usize) {
         let mut lane = self.handoff.lanes.lanes.swap_remove(i);
         let _ = self.epoll.delete(lane.ch.as_fd());
-        let unacked: Vec<_> = lane.unacked.drain(..).collect();
+        let mut unacked = Vec::new();
+        while let Some(batch) = lane.release() {
+            unacked.extend(batch.into_iter().filter_map(|(h, fd)| Some((h, fd?))));
+        }
         let sent_again = unacked.len() as u64;
         let unsent = lane.out.take_all();
         // Counted as handed when sent; they are counted again when they go.
