@@ -24,6 +24,7 @@ mod handover;
 mod http;
 mod inputs;
 mod interrupts;
+mod lanes;
 mod library_api;
 mod logs;
 mod metrics;

@@ -51,7 +51,9 @@ impl Master {
                 let (mine, theirs) = match fd::seqpacket_pair() {
                     Ok(p) => p,
                     Err(e) => {
-                        warn!("cannot make a lane between workers: {e}; moves go through the master");
+                        warn!(
+                            "cannot make a lane between workers: {e}; moves go through the master"
+                        );
                         return;
                     }
                 };
@@ -60,11 +62,21 @@ impl Master {
                 // end was not delivered (it would only see it hang up).
                 let sent = self.workers[a]
                     .channel
-                    .send_fds(&ToWorker::Lane { pid: from, send: false }, &[theirs.as_fd()])
+                    .send_fds(
+                        &ToWorker::Lane {
+                            pid: from,
+                            send: false,
+                        },
+                        &[theirs.as_fd()],
+                    )
                     .and_then(|()| {
-                        self.workers[s]
-                            .channel
-                            .send_fds(&ToWorker::Lane { pid: to, send: true }, &[mine.as_fd()])
+                        self.workers[s].channel.send_fds(
+                            &ToWorker::Lane {
+                                pid: to,
+                                send: true,
+                            },
+                            &[mine.as_fd()],
+                        )
                     });
                 match sent {
                     Ok(()) => made += 1,
@@ -76,7 +88,12 @@ impl Master {
             }
         }
         if made > 0 {
-            debug!(lanes = made, senders = senders.len(), adopters = adopters.len(), "lanes made");
+            debug!(
+                lanes = made,
+                senders = senders.len(),
+                adopters = adopters.len(),
+                "lanes made"
+            );
         }
     }
 }

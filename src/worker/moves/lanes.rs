@@ -106,7 +106,11 @@ impl Lane {
             Some(f) => f,
             None => {
                 let mut buf = [0u8; 1];
-                match self.park.as_ref().map(|(_, r)| scm::recv(r.as_fd(), &mut buf)) {
+                match self
+                    .park
+                    .as_ref()
+                    .map(|(_, r)| scm::recv(r.as_fd(), &mut buf))
+                {
                     Some(Ok(Some(got))) => got.fds,
                     other => {
                         warn!(
@@ -120,12 +124,7 @@ impl Lane {
             }
         };
         let mut fds = fds.into_iter();
-        Some(
-            sent.records
-                .into_iter()
-                .map(|h| (h, fds.next()))
-                .collect(),
-        )
+        Some(sent.records.into_iter().map(|h| (h, fds.next())).collect())
     }
 
     fn has_room(&self) -> bool {
@@ -191,7 +190,10 @@ impl Worker {
             match crate::os::fd::seqpacket_pair() {
                 Ok(p) => Some(p),
                 Err(e) => {
-                    debug!(peer, "no parking socket for a lane ({e}); copies stay in the fd table");
+                    debug!(
+                        peer,
+                        "no parking socket for a lane ({e}); copies stay in the fd table"
+                    );
                     None
                 }
             }
@@ -334,7 +336,10 @@ impl Worker {
             .modify(lane.ch.as_fd(), interest, TOKEN_LANE | u64::from(lane.key))
         {
             Ok(()) => lane.want_write = want,
-            Err(e) => warn!(peer = lane.peer, "cannot change a lane's epoll interest: {e}"),
+            Err(e) => warn!(
+                peer = lane.peer,
+                "cannot change a lane's epoll interest: {e}"
+            ),
         }
     }
 
@@ -428,11 +433,19 @@ impl Worker {
     fn took(&mut self, i: usize, n: u64, refused: Vec<(u32, String)>) {
         let lane = &mut self.handoff.lanes.lanes[i];
         let Some(batch) = lane.release() else {
-            warn!(peer = lane.peer, n, "a lane answered for connections never sent");
+            warn!(
+                peer = lane.peer,
+                n, "a lane answered for connections never sent"
+            );
             return;
         };
         if batch.len() as u64 != n {
-            warn!(peer = lane.peer, n, sent = batch.len(), "a lane answered for a message of another size");
+            warn!(
+                peer = lane.peer,
+                n,
+                sent = batch.len(),
+                "a lane answered for a message of another size"
+            );
         }
         let me = crate::os::process::pid().as_raw() as u32;
         let (mut back, mut back_fds, mut settled) = (Vec::new(), Vec::new(), 0);
