@@ -77,6 +77,9 @@ struct Lane {
     readable: bool,
     /// The last send found it full (EAGAIN): no more until it is writable.
     full: bool,
+    /// A send failed: the peer is gone or going. What it sent us is still read (to
+    /// its EOF) before the lane is closed.
+    broken: bool,
 }
 
 impl Lane {
@@ -128,7 +131,7 @@ impl Lane {
     }
 
     fn has_room(&self) -> bool {
-        !self.full && self.in_flight() + BATCH_CONNS <= LANE_WINDOW
+        !self.full && !self.broken && self.in_flight() + BATCH_CONNS <= LANE_WINDOW
     }
 }
 
@@ -221,6 +224,7 @@ impl Worker {
             want_write: false,
             readable: false,
             full: false,
+            broken: false,
         });
         debug!(peer, sends, lanes = l.lanes.len(), "lane added");
         if sends {
@@ -251,10 +255,8 @@ impl Worker {
         let mut budget = super::ADOPT_TURN;
         let mut i = 0;
         while i < self.handoff.lanes.lanes.len() {
-            let mut gone = self.flush_lane(i).is_err();
-            if !gone && self.handoff.lanes.lanes[i].readable {
-                gone = self.read_lane(i, &mut budget);
-            }
+            self.flush_lane(i);
+            let gone = self.handoff.lanes.lanes[i].readable && self.read_lane(i, &mut budget);
             if gone {
                 self.lane_gone(i);
                 continue;
@@ -265,9 +267,28 @@ impl Worker {
     }
 
     /// Sends what lane `i` owes and what is queued for it, as far as it takes them.
-    /// `Err` when the lane is broken.
-    fn flush_lane(&mut self, i: usize) -> io::Result<()> {
+    /// A lane that fails is marked broken: the peer is gone, and the lane is closed
+    /// once what it sent has been read (`read_lane`).
+    fn flush_lane(&mut self, i: usize) {
+        if let Err(e) = self.try_flush_lane(i) {
+            let l = &mut self.handoff.lanes;
+            let lane = &mut l.lanes[i];
+            if !lane.broken {
+                debug!(peer = lane.peer, "a lane failed: {e}");
+            }
+            lane.broken = true;
+            // Answers for a peer that is gone: nobody waits for them.
+            lane.owed.clear();
+            lane.readable = true;
+            l.ready = true;
+        }
+    }
+
+    fn try_flush_lane(&mut self, i: usize) -> io::Result<()> {
         let lane = &mut self.handoff.lanes.lanes[i];
+        if lane.broken {
+            return Ok(());
+        }
         while let Some(m) = lane.owed.front() {
             match lane.ch.send(m) {
                 Ok(()) => {
@@ -361,10 +382,10 @@ impl Worker {
                     *budget = budget.saturating_sub(conns.len());
                     let answer = self.adopt_from_lane(conns, fds);
                     let lane = &mut self.handoff.lanes.lanes[i];
-                    lane.owed.push_back(answer);
-                    if self.flush_lane(i).is_err() {
-                        return true;
+                    if !lane.broken {
+                        lane.owed.push_back(answer);
                     }
+                    self.flush_lane(i);
                 }
                 Ok(None) => {
                     self.handoff.lanes.lanes[i].readable = false;
@@ -549,10 +570,7 @@ impl Worker {
             for (c, fd) in batch {
                 l.lanes[i].out.push(c, fd);
             }
-            if self.flush_lane(i).is_err() {
-                self.lane_gone(i);
-                continue;
-            }
+            self.flush_lane(i);
             self.lane_interest(i);
         }
         true
