@@ -39,6 +39,10 @@ use super::SETTLE_CHECK;
 /// Marks a lane's epoll token (with the lane's key in the low 32 bits).
 pub const TOKEN_LANE: u64 = (1 << 63) | (1 << 62) | (1 << 41);
 
+/// The refusal of a connection whose fd the receiver could not take (its fd table was
+/// full): the sender sends it again rather than keeping it.
+const NO_SOCKET: &str = "it arrived without its socket";
+
 /// Most connections sent on one lane and not yet answered.
 pub const LANE_WINDOW: usize = 512;
 
@@ -73,6 +77,9 @@ struct Lane {
     owed: VecDeque<LaneMsg>,
     /// Connections the peer took from us (served there now).
     took: u64,
+    /// Connections queued for it so far: the next batch goes to the lane with room
+    /// that had the fewest (an even spread, as the master's, unless one is slow).
+    given: u64,
     want_write: bool,
     readable: bool,
     /// The last send found it full (EAGAIN): no more until it is writable.
@@ -140,7 +147,7 @@ impl Lane {
 pub(in crate::worker) struct Lanes {
     lanes: Vec<Lane>,
     next_key: u32,
-    /// The lane the next batch goes to (batches are spread in turn).
+    /// Where the search for the next batch's lane starts (ties go in turn).
     rr: usize,
     /// Taken out for a lane, waiting for one with room (at most a batch).
     waiting: ConnQueue,
@@ -221,6 +228,7 @@ impl Worker {
             park,
             owed: VecDeque::new(),
             took: 0,
+            given: 0,
             want_write: false,
             readable: false,
             full: false,
@@ -415,8 +423,9 @@ impl Worker {
         let mut fds = fds.into_iter();
         for (k, h) in conns.into_iter().enumerate() {
             let Some(fd) = fds.next() else {
-                // Its sender still holds it: it serves it itself.
-                refused.push((k as u32, "it arrived without its socket".to_string()));
+                // This worker's fd table is full (the kernel dropped it in transit):
+                // its sender still holds it and sends it again elsewhere.
+                refused.push((k as u32, NO_SOCKET.to_string()));
                 continue;
             };
             match (self.phase, self.idle_policy) {
@@ -470,8 +479,15 @@ impl Worker {
         }
         let me = crate::os::process::pid().as_raw() as u32;
         let (mut back, mut back_fds, mut settled) = (Vec::new(), Vec::new(), 0);
+        let mut again = 0;
         for (k, (mut h, fd)) in batch.into_iter().enumerate() {
             match refused.iter().find(|(at, _)| *at as usize == k) {
+                Some((_, why)) if why == NO_SOCKET => {
+                    if let Some(fd) = fd {
+                        again += 1;
+                        self.handoff.queue.push(h, fd);
+                    }
+                }
                 Some((_, why)) => {
                     let Some(fd) = fd else {
                         continue;
@@ -491,7 +507,16 @@ impl Worker {
             }
         }
         self.settled(settled);
-        if let Some((_, why)) = refused.first() {
+        if again > 0 {
+            // Counted again when they go.
+            self.handoff.counts.handed = self.handoff.counts.handed.saturating_sub(again);
+            self.handoff.dirty = true;
+            debug!(
+                connections = again,
+                "a new worker could not receive connections; they go again"
+            );
+        }
+        if let Some((_, why)) = refused.iter().find(|(_, w)| w != NO_SOCKET) {
             // Their origin: what the master's route would have sent back (`Keep`).
             self.keep(back, back_fds, why);
         }
@@ -559,14 +584,30 @@ impl Worker {
         while !self.handoff.lanes.waiting.is_empty() {
             let l = &mut self.handoff.lanes;
             let count = l.lanes.len();
+            // Even, as the master spread them: a fast receiver may run at most
+            // `LANE_WINDOW` ahead of the slowest live one (given all it could take,
+            // one receiver reached its fd limit while the others were starved of CPU).
+            let floor = l
+                .lanes
+                .iter()
+                .filter(|x| x.sends && !x.broken)
+                .map(|x| x.given)
+                .min()
+                .unwrap_or(0);
+            // The fewest given first; among equals, in turn from the last one used.
             let Some(i) = (0..count)
                 .map(|k| (l.rr + k) % count)
-                .find(|&i| l.lanes[i].sends && l.lanes[i].has_room())
+                .filter(|&i| {
+                    let x = &l.lanes[i];
+                    x.sends && x.has_room() && x.given <= floor + LANE_WINDOW as u64
+                })
+                .min_by_key(|&i| l.lanes[i].given)
             else {
                 return false;
             };
             l.rr = i + 1;
             let batch = l.waiting.take_all();
+            l.lanes[i].given += batch.len() as u64;
             for (c, fd) in batch {
                 l.lanes[i].out.push(c, fd);
             }
