@@ -172,6 +172,11 @@ impl Lanes {
                 .all(|l| l.out.is_empty() && l.unacked.is_empty() && l.owed.is_empty())
     }
 
+    /// What was taken out for a lane and waits for one with room.
+    pub(in crate::worker) fn take_waiting(&mut self) -> Vec<(Handed, OwnedFd)> {
+        self.waiting.take_all()
+    }
+
     /// Connections taken out for lanes and not sent yet.
     pub(in crate::worker) fn unsent(&self) -> usize {
         self.waiting.len() + self.lanes.iter().map(|l| l.out.len()).sum::<usize>()

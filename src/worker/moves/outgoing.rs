@@ -51,6 +51,12 @@ impl Worker {
             // With lanes, the lanes carry all but proxied pairs: nothing else waits
             // for the master.
             let lanes = self.handoff.lanes.sending() && self.idle_policy == IdlePolicy::Handoff;
+            if !lanes {
+                // The last lane went: what waited for one goes to the master.
+                for (c, fd) in self.handoff.lanes.take_waiting() {
+                    self.handoff.queue.push(c, fd);
+                }
+            }
             if lanes && !self.feed_lanes() {
                 break;
             }
