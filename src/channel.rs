@@ -23,7 +23,7 @@ mod queue;
 pub(crate) use b64::{decode as b64_decode, encode as b64_encode};
 pub use counters::{Counters, ListenerCounters, UpstreamCounters};
 pub use messages::{
-    Handed, HandoffCounts, IdlePolicy, Moved, Stats, ToMaster, ToPredecessor, ToSuccessor,
+    Handed, HandoffCounts, IdlePolicy, LaneMsg, Moved, Stats, ToMaster, ToPredecessor, ToSuccessor,
     ToWorker, MAX_MOVED_BYTES,
 };
 pub use push::{PushCounts, PushMoved};

@@ -26,6 +26,7 @@ mod http;
 mod inflight;
 mod inputs;
 mod interrupts;
+mod lanes;
 mod library_api;
 mod logs;
 mod metrics;

@@ -237,6 +237,15 @@ pub enum ToWorker {
     /// link of the workers' bus (`worker::bus`), made by the master when one of the
     /// two was forked.
     BusPeer { pid: u32 },
+    /// The end of a lane to worker `pid` (travelling with the message): a socketpair
+    /// the master made between a draining worker and a worker of the new generation
+    /// at a reload, over which the draining one sends its connections directly
+    /// (`worker::moves::lanes`). `send`: this end sends connections; the other adopts.
+    Lane {
+        pid: u32,
+        #[serde(default)]
+        send: bool,
+    },
     /// `corral publish`: a message for this worker's subscribers of `topic` (the
     /// master sends it to every worker; `publisher` and `seq` number it like a
     /// worker's own publishes).
@@ -251,6 +260,23 @@ pub enum ToWorker {
     /// master too (`ToMaster::Publish`), which passes it to the new master, whose
     /// workers are not on this bus. Sent before the drain, so before any move.
     ForwardPublishes,
+}
+
+/// Worker → worker, on a lane (`ToWorker::Lane`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum LaneMsg {
+    /// Connections for the receiver to adopt; their fds travel with the message, in
+    /// order. The sender keeps its own copies until they are `Took`.
+    Conns { conns: Vec<Handed> },
+    /// The receiver took the next `n` connections sent on this lane: it serves them
+    /// now, and the sender drops its copies. Those at the positions in `refused`
+    /// (counted from the first of the `n`), with the reason, its service could not
+    /// resume: the sender serves them itself from its copies, to their end.
+    Took {
+        n: u64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        refused: Vec<(u32, String)>,
+    },
 }
 
 /// Old master → new master of a binary upgrade, on their private channel (a

@@ -27,17 +27,8 @@ pub struct Flushed {
     pub messages: usize,
     /// The channel failed (not merely full); what was not sent is still queued.
     pub error: Option<io::Error>,
-    /// The kernel refused to take more fds in flight for this user (ETOOMANYREFS:
-    /// more than the sender's RLIMIT_NOFILE sent and not yet received, counted over
-    /// every process of the user, unless it has CAP_SYS_RESOURCE). Not a failure: what
-    /// was not sent is still queued, and the channel will not report writable for it,
-    /// so the sender tries again shortly.
-    pub deferred: bool,
-}
-
-/// Whether `e` is the kernel's bound on fds in flight (see `Flushed::deferred`).
-pub fn too_many_in_flight(e: &io::Error) -> bool {
-    e.raw_os_error() == Some(libc::ETOOMANYREFS)
+    /// Too many fds of this user are in flight (see `flush_into`); try again later.
+    pub starved: bool,
 }
 
 impl ConnQueue {
@@ -51,6 +42,11 @@ impl ConnQueue {
 
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
+    }
+
+    /// Queues a connection ahead of the others (one coming back to be sent again).
+    pub fn push_front(&mut self, handed: Handed, fd: OwnedFd) {
+        self.items.push_front((handed, fd));
     }
 
     /// Takes every queued connection out (to keep, re-route or close them).
@@ -80,6 +76,19 @@ impl ConnQueue {
         ch: &Channel,
         wrap: impl Fn(Vec<Handed>) -> M,
     ) -> Flushed {
+        self.flush_into(ch, wrap, None)
+    }
+
+    /// `flush`, keeping what was sent in `sent`, one entry per message (our copies of
+    /// the fds stay open), when it is given: a lane's sender holds each connection
+    /// until the receiver says it took it. The sending user's limit of fds in flight (ETOOMANYREFS) counts as a
+    /// full channel, reported in `starved`: no writability will tell when it is over.
+    pub fn flush_into<M: Serialize>(
+        &mut self,
+        ch: &Channel,
+        wrap: impl Fn(Vec<Handed>) -> M,
+        mut sent: Option<&mut Vec<Vec<(Handed, OwnedFd)>>>,
+    ) -> Flushed {
         let mut done = Flushed::default();
         while !self.items.is_empty() {
             let n = self.next_batch();
@@ -89,14 +98,19 @@ impl ConnQueue {
             match ch.send_fds(&wrap(conns), &fds) {
                 Ok(()) => {
                     drop(fds);
-                    // Our copies close here; the receiver holds its own.
-                    self.items.drain(..n);
+                    // Our copies close here (the receiver holds its own), unless the
+                    // caller keeps them.
+                    let gone = self.items.drain(..n);
+                    match sent.as_deref_mut() {
+                        Some(keep) => keep.push(gone.collect()),
+                        None => drop(gone),
+                    }
                     done.conns += n;
                     done.messages += 1;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if too_many_in_flight(&e) => {
-                    done.deferred = true;
+                Err(e) if crate::os::scm::too_many_in_flight(&e) => {
+                    done.starved = true;
                     break;
                 }
                 Err(e) => {

@@ -279,6 +279,9 @@ impl Master {
                     );
                     let (slot, generation, pid) = (w.slot, w.generation, w.pid);
                     if generation == self.generation {
+                        // Workers still moving connections out get a lane to it (a
+                        // respawn after a new worker died mid-move).
+                        self.wire_lanes();
                         for (t, o) in self.faults.ready(slot, generation, pid, now) {
                             self.answer_fault(t, o);
                         }

@@ -37,6 +37,7 @@ pub mod faults;
 pub mod generations;
 mod host;
 mod inject;
+mod lanes;
 mod metrics;
 mod moves;
 pub mod pidfile;

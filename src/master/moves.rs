@@ -59,6 +59,11 @@ pub struct WorkerHandoff {
     closed: u64,
     /// Why the last ones could not be forwarded.
     last_problem: Option<String>,
+    /// This worker moves its connections out at a reload: it gets lanes to the
+    /// adopters (`lanes.rs`).
+    pub moves_out: bool,
+    /// The workers (pids) it has been given lanes to.
+    pub lanes_to: Vec<u32>,
 }
 
 impl Default for WorkerHandoff {
@@ -73,6 +78,8 @@ impl Default for WorkerHandoff {
             returned: 0,
             closed: 0,
             last_problem: None,
+            moves_out: false,
+            lanes_to: Vec::new(),
         }
     }
 }
@@ -193,7 +200,7 @@ impl Master {
 
     /// Workers that may adopt connections: ready, current generation, not on their way
     /// out, reachable.
-    fn adopters(&self, except: Option<usize>) -> Vec<usize> {
+    pub(super) fn adopters(&self, except: Option<usize>) -> Vec<usize> {
         let gen = self.generation;
         (0..self.workers.len())
             .filter(|&k| Some(k) != except)

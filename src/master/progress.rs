@@ -65,11 +65,17 @@ impl Master {
                     .map(|w| w.slot)
                     .collect();
                 let deadline = now + self.config.master.drain_timeout.0;
+                let mut drained = false;
                 for w in &mut self.workers {
                     if w.recycling && w.state == WorkerState::Ready && ready_slots.contains(&w.slot)
                     {
+                        w.handoff.moves_out = true;
                         drain(&mut *self.fx, w, deadline, IdlePolicy::Handoff);
+                        drained = true;
                     }
+                }
+                if drained {
+                    self.wire_lanes();
                 }
                 if self.waiting.reload.is_some() && !self.rolled_back_alive() {
                     let waiters = self.waiting.reload.take().unwrap_or_default();

@@ -174,6 +174,7 @@ impl Master {
             if w.generation < generation
                 && matches!(w.state, WorkerState::Starting | WorkerState::Ready)
             {
+                w.handoff.moves_out = true;
                 drain(&mut *self.fx, w, deadline, IdlePolicy::Handoff);
                 self.gens.draining(w.generation, now);
                 drained += 1;
@@ -191,6 +192,8 @@ impl Master {
             warn!("{e}; connections are spread by the kernel's hash meanwhile");
         }
         self.generation = generation;
+        // Old workers send their connections straight to the new ones.
+        self.wire_lanes();
         // Old workers with nothing left exit within milliseconds of their drain
         // message; counting them right now (on a loaded box, before they were even
         // scheduled) would cut a generation that still serves clients.

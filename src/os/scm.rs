@@ -77,6 +77,13 @@ pub fn recv(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<Received>
     }))
 }
 
+/// Whether a send failed because the sending user has too many fds in flight in
+/// Unix sockets already (ETOOMANYREFS: beyond its RLIMIT_NOFILE, without
+/// CAP_SYS_RESOURCE): not a broken socket, a wait until receivers read some.
+pub fn too_many_in_flight(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ETOOMANYREFS)
+}
+
 /// Bytes sent on `sock` that the peer has not read yet (SIOCOUTQ). A sender whose
 /// messages carry fds waits for 0 before it exits: what the peer never reads is lost
 /// with the socket.

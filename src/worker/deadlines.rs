@@ -33,8 +33,6 @@ pub(crate) enum Timer {
     DrainDeadline,
     /// Look again whether the master has read every hand-over sent to it.
     HandoffSettle,
-    /// Send the hand-over queue again after the kernel deferred it.
-    HandoffRetry,
     /// An injected fault (`slow`, `emfile`) may be over.
     FaultEnd,
     /// `accept_proxy_timeout` of a connection that may still lack its PROXY header.
@@ -104,8 +102,10 @@ impl Worker {
                     );
                 }
                 // The loop checks again after this wake-up.
-                Timer::HandoffSettle => self.handoff.settle_armed = false,
-                Timer::HandoffRetry => self.retry_handoff(),
+                Timer::HandoffSettle => {
+                    self.handoff.settle_armed = false;
+                    self.lanes_retry();
+                }
                 Timer::Header(token) => self.header_timeout(token),
                 Timer::Handshake(token) => self.handshake_timeout(token),
                 Timer::FaultEnd => {
@@ -163,7 +163,6 @@ impl Worker {
             | Timer::Heartbeat
             | Timer::DrainDeadline
             | Timer::HandoffSettle
-            | Timer::HandoffRetry
             | Timer::FaultEnd => true,
             Timer::Header(k) | Timer::Handshake(k) => conns.get(*k).is_some(),
         });
@@ -183,7 +182,6 @@ impl Packed for Timer {
             Timer::DrainDeadline => (0, 2),
             Timer::HandoffSettle => (0, 3),
             Timer::FaultEnd => (0, 4),
-            Timer::HandoffRetry => (0, 5),
             Timer::Idle(t) => (1, t.0),
             Timer::Throttle(t) => (2, t.0),
             Timer::Connect(t) => (3, t.0),
@@ -207,7 +205,6 @@ impl Packed for Timer {
                 2 => Timer::DrainDeadline,
                 3 => Timer::HandoffSettle,
                 4 => Timer::FaultEnd,
-                5 => Timer::HandoffRetry,
                 _ => return None,
             },
             1 => Timer::Idle(token),
@@ -236,7 +233,6 @@ mod tests {
             Timer::Heartbeat,
             Timer::DrainDeadline,
             Timer::HandoffSettle,
-            Timer::HandoffRetry,
             Timer::FaultEnd,
             Timer::Idle(big),
             Timer::Throttle(big),
@@ -252,6 +248,6 @@ mod tests {
             assert_eq!(Timer::unpack(t.pack()), Some(t), "{t:?}");
         }
         assert_eq!(Timer::unpack(7 << KIND_SHIFT), None);
-        assert_eq!(Timer::unpack(6), None);
+        assert_eq!(Timer::unpack(5), None);
     }
 }

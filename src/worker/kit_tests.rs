@@ -6,7 +6,9 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::channel::{HandoffCounts, IdlePolicy, ToMaster, ToWorker};
+use std::os::fd::AsFd;
+
+use crate::channel::{Channel, HandoffCounts, IdlePolicy, LaneMsg, ToMaster, ToWorker};
 
 use super::testkit::{read_to_eof, round_trip, Kit, PATIENCE};
 
@@ -370,4 +372,97 @@ fn a_worker_serves_its_clients_between_batches_of_adoptions() {
         round_trip(c, format!("adopted {i}\n").as_bytes());
     }
     drop(clients);
+}
+
+/// A lane's sender keeps every connection until the receiver answers for it: the test
+/// plays a new worker that answers the first message on its lane and hangs up. What it
+/// answered for is its own (the worker keeps no copy), the rest goes again, through
+/// the master once no lane is left; each client is in exactly one place, and the
+/// worker counts every one as handed.
+#[test]
+fn a_lane_that_hangs_up_sends_what_it_had_not_answered_again() {
+    const CONNS: usize = 600;
+    let _turn = MANY_FDS.lock().unwrap_or_else(|e| e.into_inner());
+    let kit = Kit::start("echo", "", "");
+    let mut clients: HashMap<SocketAddr, TcpStream> = HashMap::new();
+    for i in 0..CONNS {
+        let mut c = kit.connect();
+        round_trip(&mut c, format!("{i}\n").as_bytes());
+        clients.insert(c.local_addr().unwrap(), c);
+    }
+    let (ours, theirs) = crate::os::fd::seqpacket_pair().unwrap();
+    kit.master
+        .send_fds(&ToWorker::Lane { pid: 1, send: true }, &[theirs.as_fd()])
+        .unwrap();
+    drop(theirs);
+    kit.master
+        .send(&ToWorker::Drain {
+            idle: IdlePolicy::Handoff,
+        })
+        .unwrap();
+    let lane = Channel::from_fd(ours);
+    let deadline = Instant::now() + PATIENCE;
+    // The first message: taken (we keep its sockets, as an adopter would).
+    let (first, first_fds) = loop {
+        assert!(Instant::now() < deadline, "nothing came over the lane");
+        match lane.recv_fds::<LaneMsg>().unwrap() {
+            Some((LaneMsg::Conns { conns }, fds)) => break (conns, fds),
+            Some(other) => panic!("{other:?}"),
+            None => std::thread::sleep(Duration::from_millis(5)),
+        }
+    };
+    assert_eq!(first.len(), first_fds.len());
+    lane.send(&LaneMsg::Took {
+        n: first.len() as u64,
+        refused: Vec::new(),
+    })
+    .unwrap();
+    // Hang up with the rest unread (a lane's window is less than CONNS): the worker
+    // reads the answer queued before the hang-up, then sends the rest again.
+    drop(lane);
+    let mut taken: HashMap<SocketAddr, TcpStream> = first_fds
+        .into_iter()
+        .map(|fd| {
+            let s = TcpStream::from(fd);
+            (s.peer_addr().unwrap(), s)
+        })
+        .collect();
+    let mut again: HashMap<SocketAddr, TcpStream> = HashMap::new();
+    while taken.len() + again.len() < CONNS {
+        let (m, fds) = kit.next(&|m| matches!(m, ToMaster::Handoff { .. }));
+        let ToMaster::Handoff { conns } = m else {
+            unreachable!()
+        };
+        assert_eq!(conns.len(), fds.len());
+        for fd in fds {
+            let s = TcpStream::from(fd);
+            let peer = s.peer_addr().unwrap();
+            assert!(
+                !taken.contains_key(&peer),
+                "{peer} was taken and sent again"
+            );
+            assert!(again.insert(peer, s).is_none(), "{peer} sent again twice");
+        }
+    }
+    assert!(!again.is_empty(), "nothing was left unanswered on the lane");
+    let (m, _) = kit.next(&|m| matches!(m, ToMaster::HandoffDone(c) if c.handed == CONNS as u64));
+    assert!(matches!(m, ToMaster::HandoffDone(c) if c.kept == 0 && c.closed == 0));
+    // Every client, wherever it went, still talks to the socket there.
+    for (addr, s) in taken.iter_mut().chain(again.iter_mut()) {
+        s.set_nonblocking(false).unwrap();
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        s.write_all(b"here\n").unwrap();
+        let c = clients.get_mut(addr).unwrap();
+        let mut got = [0u8; 5];
+        c.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"here\n");
+    }
+    // Those that went through the master wait for its word that they were taken (the
+    // lane's answer settled the others).
+    kit.master
+        .send(&ToWorker::Settled {
+            n: again.len() as u64,
+        })
+        .unwrap();
+    assert_eq!(kit.exit_code(), 0);
 }

@@ -58,6 +58,10 @@ impl Worker {
                     ToWorker::Metrics { id, text, last } => {
                         crate::service::metrics::deliver(id, text, last)
                     }
+                    ToWorker::Lane { pid, send } => match fds.into_iter().next() {
+                        Some(fd) => self.add_lane(fd, pid, send),
+                        None => warn!(peer = pid, "a lane came without its socket"),
+                    },
                     ToWorker::BusPeer { pid } => match fds.into_iter().next() {
                         Some(fd) => self.add_bus_peer(fd, pid),
                         None => warn!(peer = pid, "a bus peer came without its socket"),

@@ -324,6 +324,7 @@ impl Worker {
             TOKEN_SIGNALS => self.signals_ready = true,
             TOKEN_POOL => self.blocking.ready = true,
             t if t & bus::TOKEN_BUS == bus::TOKEN_BUS => self.bus_event(t, ev),
+            t if t & moves::TOKEN_LANE == moves::TOKEN_LANE => self.lane_event(t, ev),
             t if t & TOKEN_LISTENER != 0 && t & TOKEN_CHANNEL == 0 => {
                 if t & token::BORROWED_BIT != 0 {
                     self.accept_borrowed((t & !(TOKEN_LISTENER | token::BORROWED_BIT)) as usize)
@@ -353,6 +354,9 @@ impl Worker {
         }
         if std::mem::take(&mut self.link.ready) {
             self.read_channel();
+        }
+        if self.handoff.lanes.ready {
+            self.run_lanes();
         }
         for id in crate::service::metrics::take_requests() {
             self.send(ToMaster::MetricsRequest { id });

@@ -27,6 +27,7 @@
 //! settle, pinned) are the lexicon of `docs/architecture.md`.
 
 mod incoming;
+mod lanes;
 mod order;
 mod outgoing;
 #[cfg(test)]
@@ -37,12 +38,11 @@ use std::time::{Duration, Instant};
 
 use crate::channel::{ConnQueue, Handed, HandoffCounts, ToMaster};
 
+pub(in crate::worker) use lanes::TOKEN_LANE;
 pub(in crate::worker) use order::MoveOrder;
 
 /// How often a drained worker looks whether the master has read its last hand-overs.
 pub(super) const SETTLE_CHECK: Duration = Duration::from_millis(10);
-/// How soon a hand-over the kernel deferred (too many fds in flight) is sent again.
-pub(super) const RETRY_AFTER: Duration = Duration::from_millis(5);
 
 /// Most channel messages one loop turn reads (at most 64 connections each). Without a
 /// bound, a worker adopting from a master that keeps its channel full reads for as
@@ -80,10 +80,8 @@ pub(in crate::worker) struct Handoff {
     reported: HandoffCounts,
     /// A `HandoffSettle` timer is pending.
     pub(in crate::worker) settle_armed: bool,
-    /// A `HandoffRetry` timer is pending (the kernel deferred a send).
-    retry_armed: bool,
     /// Sends the kernel deferred (too many fds in flight), for the log.
-    deferred: u64,
+    pub(in crate::worker) deferred: u64,
     /// Suspended connections handed over that the new generation may still refuse:
     /// neither a refusal (`Keep`) nor word that they were taken (`Settled`) came back
     /// yet. A draining worker does not exit while some are out (until
@@ -91,6 +89,9 @@ pub(in crate::worker) struct Handoff {
     pub(in crate::worker) unsettled: u64,
     /// When a heartbeat sent from inside a long turn (`beat_if_due`) is next due.
     next_beat: Option<Instant>,
+    /// Lanes to (or from) other workers, over which connections move without the
+    /// master (`lanes.rs`).
+    pub(in crate::worker) lanes: lanes::Lanes,
     /// Messages that found the channel full (of hand-overs) and must not be dropped: a
     /// heartbeat (without it the watchdog takes a busy worker for hung) and
     /// `HandoffDone` (the generation's moved/kept/closed counts). Sent before the next
@@ -101,7 +102,10 @@ pub(in crate::worker) struct Handoff {
 impl Handoff {
     /// Nothing is waiting to be sent: a draining worker may exit.
     pub(in crate::worker) fn is_idle(&self) -> bool {
-        self.queue.is_empty() && self.owed.is_empty() && self.order.is_empty()
+        self.queue.is_empty()
+            && self.owed.is_empty()
+            && self.order.is_empty()
+            && self.lanes.is_idle()
     }
 
     /// Whether step 4 has sending to do.

@@ -15,7 +15,7 @@ use super::super::conn::Flags;
 use super::super::conn::Leaving;
 use super::super::token::Token;
 use super::super::{Timer, Worker, TOKEN_CHANNEL};
-use super::{millis, suspended_by_me, BEAT_EVERY, RETRY_AFTER, SETTLE_CHECK};
+use super::{millis, suspended_by_me, BEAT_EVERY, SETTLE_CHECK};
 
 impl Worker {
     /// Suspending every connection at a drain, or adopting a few thousand, is one
@@ -44,11 +44,26 @@ impl Worker {
         if self.link.channel.is_none() {
             return self.keep_all("the channel to the master is gone");
         }
-        // Taken out a batch at a time, only while the channel takes them: the rest
-        // are still served here meanwhile.
+        // Taken out a batch at a time, only while the channel (or a lane) takes them:
+        // the rest are still served here meanwhile.
         let (mut conns, mut messages) = (0, 0);
         loop {
+            // With lanes, the lanes carry all but proxied pairs: nothing else waits
+            // for the master.
+            let lanes = self.handoff.lanes.sending() && self.idle_policy == IdlePolicy::Handoff;
+            if !lanes {
+                // The last lane went: what waited for one goes to the master.
+                for (c, fd) in self.handoff.lanes.take_waiting() {
+                    self.handoff.queue.push(c, fd);
+                }
+            }
+            if lanes && !self.feed_lanes() {
+                break;
+            }
             self.take_out_next_batch();
+            if lanes && !self.feed_lanes() && self.handoff.queue.is_empty() {
+                break;
+            }
             let h = &mut self.handoff;
             let Some(ch) = &self.link.channel else {
                 return self.keep_all("the channel to the master is gone");
@@ -61,8 +76,8 @@ impl Worker {
                 warn!("cannot hand over connections to the master: {e}");
                 return self.keep_all("the channel to the master failed");
             }
-            if done.deferred {
-                self.defer_handoff();
+            if done.starved {
+                self.lanes_starved();
                 break;
             }
             if !h.queue.is_empty() || h.order.is_empty() {
@@ -79,9 +94,16 @@ impl Worker {
                 "handed over idle connections"
             );
         }
-        let want_write = h.sending();
+        // With lanes, the order waits for their room, not the channel's: EPOLLOUT on a
+        // writable channel would only spin the loop.
+        let want_write = if h.lanes.sending() {
+            !h.queue.is_empty()
+        } else {
+            h.sending()
+        };
+        let all_sent = !h.sending() && h.lanes.unsent() == 0;
         self.set_channel_write(want_write);
-        if !want_write {
+        if all_sent {
             self.report_handoff();
         }
     }
@@ -209,30 +231,6 @@ impl Worker {
     }
 
     /// Logs (at info) and tells the master the counts, once per finished burst.
-    /// The kernel holds as many of this user's fds in flight as it allows (the
-    /// workers of a generation handing over at once reach it: `Flushed::deferred`):
-    /// the queue waits and is sent again shortly, when the master has read some.
-    fn defer_handoff(&mut self) {
-        self.handoff.deferred += 1;
-        if self.handoff.retry_armed {
-            return;
-        }
-        self.handoff.retry_armed = true;
-        debug!(
-            queued = self.handoff.queue.len(),
-            "the kernel's bound on fds in flight (RLIMIT_NOFILE) is reached: sending again in {} ms",
-            RETRY_AFTER.as_millis()
-        );
-        self.timers
-            .schedule(Instant::now() + RETRY_AFTER, Timer::HandoffRetry);
-    }
-
-    /// The retry timer: flush again in step 4.
-    pub(in crate::worker) fn retry_handoff(&mut self) {
-        self.handoff.retry_armed = false;
-        self.handoff.dirty = true;
-    }
-
     pub(super) fn report_handoff(&mut self) {
         let c = self.handoff.counts;
         if c == self.handoff.reported {
@@ -294,7 +292,7 @@ impl Worker {
         // Those still waiting their turn are open connections of this worker: the
         // master counts them as closed from its last heartbeat, with the rest.
         self.handoff.order.clear();
-        let n = self.handoff.queue.take_all().len();
+        let n = self.handoff.queue.take_all().len() + self.drop_lane_queues();
         if n > 0 {
             warn!(
                 connections = n,
@@ -312,7 +310,8 @@ impl Worker {
     /// Everything queued stays here after all.
     pub(super) fn keep_all(&mut self, why: &str) {
         self.handoff.order.clear();
-        let queued = self.handoff.queue.take_all();
+        let mut queued = self.handoff.queue.take_all();
+        queued.extend(self.take_lane_queues());
         self.set_channel_write(false);
         if queued.is_empty() {
             return;

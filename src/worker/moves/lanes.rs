@@ -1,0 +1,641 @@
+//! Lanes: a draining worker sends its connections straight to the new generation's
+//! workers, without the master in the data path.
+//!
+//! At a reload the master makes one SOCK_SEQPACKET socketpair per (draining worker,
+//! ready new worker) and sends one end to each over their channels (`ToWorker::Lane`),
+//! as it wires the bus; then it only counts (the workers' `HandoffDone`). The
+//! draining worker spreads its batches (64 fds a message, as on the channel) over its
+//! lanes, a batch per lane in turn, each lane with its own queue flushed on EPOLLOUT.
+//!
+//! Nothing is lost when a receiver dies: the sender keeps its copy of every connection
+//! it sent (the record, and the fd parked in a socketpair of its own, so that it
+//! leaves this worker's fd table as it would through the master; kept in the table
+//! if parking fails) until the receiver answers `Took`, which it sends
+//! right after resuming the batch, before its loop touches any of those sockets. When
+//! the lane hangs up, the sender first reads every answer still queued (they come
+//! before the EOF), then sends what is left unanswered again over another lane (or to
+//! the master, or keeps it). A refused state needs no fd back either: the sender
+//! resumes it from its own copy, pinned, and counts it as kept. Proxied pairs (a
+//! bundle, whose fds the receiver takes out of it) still go through the master.
+//!
+//! Each lane holds at most `LANE_WINDOW` unanswered connections, so the fds in flight
+//! stay bounded (the kernel refuses more than the user's RLIMIT_NOFILE in flight,
+//! ETOOMANYREFS, which is then a reason to wait, not a failure).
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Instant;
+
+use tracing::{debug, info, warn};
+
+use crate::channel::{Channel, ChannelError, ConnQueue, Handed, IdlePolicy, LaneMsg, BATCH_CONNS};
+use crate::os::epoll::{Event, Interest};
+use crate::os::scm;
+
+use super::super::{Phase, Timer, Worker};
+use super::SETTLE_CHECK;
+
+/// Marks a lane's epoll token (with the lane's key in the low 32 bits).
+pub const TOKEN_LANE: u64 = (1 << 63) | (1 << 62) | (1 << 41);
+
+/// The refusal of a connection whose fd the receiver could not take (its fd table was
+/// full): the sender sends it again rather than keeping it.
+const NO_SOCKET: &str = "it arrived without its socket";
+
+/// Most connections sent on one lane and not yet answered.
+pub const LANE_WINDOW: usize = 512;
+
+/// One message sent on a lane and not yet answered: the records, and our copies of
+/// the fds (None: parked, the next message in the lane's parking socket).
+#[derive(Debug)]
+struct Sent {
+    records: Vec<Handed>,
+    fds: Option<Vec<OwnedFd>>,
+}
+
+/// One lane, from either end.
+#[derive(Debug)]
+struct Lane {
+    peer: u32,
+    key: u32,
+    ch: Channel,
+    /// This end sends connections (the master said so); the other adopts.
+    sends: bool,
+    /// Queued for this lane, not sent yet (about a batch).
+    out: ConnQueue,
+    /// Sent, not yet taken: our copies, a message at a time, in the order sent (the
+    /// receiver answers each message once, in order).
+    unacked: VecDeque<Sent>,
+    /// Connections in `unacked`.
+    unacked_conns: usize,
+    /// Where our copies of the fds in flight wait (write end, read end): a socket's
+    /// queue rather than this worker's fd table.
+    park: Option<(OwnedFd, OwnedFd)>,
+    /// Answers we owe the peer, in order; while one is owed we read no more of its
+    /// connections (a connection is served here only once its answer is sent).
+    owed: VecDeque<LaneMsg>,
+    /// Connections the peer took from us (served there now).
+    took: u64,
+    /// Connections queued for it so far: the next batch goes to the lane with room
+    /// that had the fewest (an even spread, as the master's, unless one is slow).
+    given: u64,
+    want_write: bool,
+    readable: bool,
+    /// The last send found it full (EAGAIN): no more until it is writable.
+    full: bool,
+    /// A send failed: the peer is gone or going. What it sent us is still read (to
+    /// its EOF) before the lane is closed.
+    broken: bool,
+}
+
+impl Lane {
+    fn in_flight(&self) -> usize {
+        self.out.len() + self.unacked_conns
+    }
+
+    /// Keeps our copies of a message just sent: parked if possible.
+    fn hold(&mut self, batch: Vec<(Handed, OwnedFd)>) {
+        let (records, fds): (Vec<Handed>, Vec<OwnedFd>) = batch.into_iter().unzip();
+        self.unacked_conns += records.len();
+        let parked = self.park.as_ref().is_some_and(|(w, _)| {
+            let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+            scm::send(w.as_fd(), b"p", &borrowed).is_ok()
+        });
+        let fds = if parked { None } else { Some(fds) };
+        self.unacked.push_back(Sent { records, fds });
+    }
+
+    /// Our copies of the oldest message not yet answered, with their fds (None when
+    /// every one is answered). A parked message that comes back short (it cannot)
+    /// leaves the rest without fds: they are lost, and said so.
+    fn release(&mut self) -> Option<Vec<(Handed, Option<OwnedFd>)>> {
+        let sent = self.unacked.pop_front()?;
+        self.unacked_conns -= sent.records.len();
+        let fds = match sent.fds {
+            Some(f) => f,
+            None => {
+                let mut buf = [0u8; 1];
+                match self
+                    .park
+                    .as_ref()
+                    .map(|(_, r)| scm::recv(r.as_fd(), &mut buf))
+                {
+                    Some(Ok(Some(got))) => got.fds,
+                    other => {
+                        warn!(
+                            peer = self.peer,
+                            "parked copies of moved connections missing ({:?})",
+                            other.map(|r| r.map(|g| g.map(|g| g.fds.len())))
+                        );
+                        Vec::new()
+                    }
+                }
+            }
+        };
+        let mut fds = fds.into_iter();
+        Some(sent.records.into_iter().map(|h| (h, fds.next())).collect())
+    }
+
+    fn has_room(&self) -> bool {
+        !self.full && !self.broken && self.in_flight() + BATCH_CONNS <= LANE_WINDOW
+    }
+}
+
+/// This worker's lanes.
+#[derive(Debug, Default)]
+pub(in crate::worker) struct Lanes {
+    lanes: Vec<Lane>,
+    next_key: u32,
+    /// Where the search for the next batch's lane starts (ties go in turn).
+    rr: usize,
+    /// Taken out for a lane, waiting for one with room (at most a batch).
+    waiting: ConnQueue,
+    /// An event came on a lane.
+    pub(in crate::worker) ready: bool,
+    /// A send met the user's limit of fds in flight: retried on a timer.
+    starved: bool,
+}
+
+impl Lanes {
+    /// Whether this worker has lanes to send connections over.
+    pub(in crate::worker) fn sending(&self) -> bool {
+        self.lanes.iter().any(|l| l.sends)
+    }
+
+    /// Nothing of ours is queued for, or unanswered on, a lane, and no answer is owed.
+    pub(in crate::worker) fn is_idle(&self) -> bool {
+        self.waiting.is_empty()
+            && self
+                .lanes
+                .iter()
+                .all(|l| l.out.is_empty() && l.unacked.is_empty() && l.owed.is_empty())
+    }
+
+    /// What was taken out for a lane and waits for one with room.
+    pub(in crate::worker) fn take_waiting(&mut self) -> Vec<(Handed, OwnedFd)> {
+        self.waiting.take_all()
+    }
+
+    /// Connections taken out for lanes and not sent yet.
+    pub(in crate::worker) fn unsent(&self) -> usize {
+        self.waiting.len() + self.lanes.iter().map(|l| l.out.len()).sum::<usize>()
+    }
+
+    fn index(&self, token: u64) -> Option<usize> {
+        let key = (token & 0xffff_ffff) as u32;
+        self.lanes.iter().position(|l| l.key == key)
+    }
+}
+
+/// Whether a connection may travel over a lane: a proxied pair is a bundle, whose fds
+/// the receiver takes out of it, so the sender's copy could not serve it again.
+fn lane_able(h: &Handed) -> bool {
+    h.moved.as_ref().is_none_or(|m| m.upstream.is_none())
+}
+
+impl Worker {
+    /// `ToWorker::Lane`: a lane to worker `peer`.
+    pub(in crate::worker) fn add_lane(&mut self, fd: OwnedFd, peer: u32, sends: bool) {
+        let l = &mut self.handoff.lanes;
+        let key = l.next_key;
+        l.next_key = l.next_key.wrapping_add(1);
+        let ch = Channel::from_fd(fd);
+        let park = if sends {
+            match crate::os::fd::seqpacket_pair() {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    debug!(
+                        peer,
+                        "no parking socket for a lane ({e}); copies stay in the fd table"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if let Err(e) = self
+            .epoll
+            .add(ch.as_fd(), Interest::READ, TOKEN_LANE | u64::from(key))
+        {
+            warn!(peer, "cannot watch a lane: {e}");
+            return;
+        }
+        l.lanes.push(Lane {
+            peer,
+            key,
+            ch,
+            sends,
+            out: ConnQueue::default(),
+            unacked: VecDeque::new(),
+            unacked_conns: 0,
+            park,
+            owed: VecDeque::new(),
+            took: 0,
+            given: 0,
+            want_write: false,
+            readable: false,
+            full: false,
+            broken: false,
+        });
+        debug!(peer, sends, lanes = l.lanes.len(), "lane added");
+        if sends {
+            // Connections waiting for the master may take it now.
+            self.handoff.writable = true;
+        }
+    }
+
+    /// An epoll event on a lane.
+    pub(in crate::worker) fn lane_event(&mut self, token: u64, ev: Event) {
+        let l = &mut self.handoff.lanes;
+        let Some(i) = l.index(token) else {
+            return;
+        };
+        let lane = &mut l.lanes[i];
+        lane.readable |= ev.readable || ev.hangup || ev.is_error();
+        if ev.writable {
+            lane.full = false;
+            self.handoff.writable = true;
+        }
+        l.ready = true;
+    }
+
+    /// Step 4: answers owed and connections queued go out; what the lanes brought is
+    /// read (adoptions within `ADOPT_TURN` a turn); lanes whose peer is gone are closed.
+    pub(in crate::worker) fn run_lanes(&mut self) {
+        self.handoff.lanes.ready = false;
+        let mut budget = super::ADOPT_TURN;
+        let mut i = 0;
+        while i < self.handoff.lanes.lanes.len() {
+            self.flush_lane(i);
+            let gone = self.handoff.lanes.lanes[i].readable && self.read_lane(i, &mut budget);
+            if gone {
+                self.lane_gone(i);
+                continue;
+            }
+            self.lane_interest(i);
+            i += 1;
+        }
+    }
+
+    /// Sends what lane `i` owes and what is queued for it, as far as it takes them.
+    /// A lane that fails is marked broken: the peer is gone, and the lane is closed
+    /// once what it sent has been read (`read_lane`).
+    fn flush_lane(&mut self, i: usize) {
+        if let Err(e) = self.try_flush_lane(i) {
+            let l = &mut self.handoff.lanes;
+            let lane = &mut l.lanes[i];
+            if !lane.broken {
+                debug!(peer = lane.peer, "a lane failed: {e}");
+            }
+            lane.broken = true;
+            // Answers for a peer that is gone: nobody waits for them.
+            lane.owed.clear();
+            lane.readable = true;
+            l.ready = true;
+        }
+    }
+
+    fn try_flush_lane(&mut self, i: usize) -> io::Result<()> {
+        let lane = &mut self.handoff.lanes.lanes[i];
+        if lane.broken {
+            return Ok(());
+        }
+        while let Some(m) = lane.owed.front() {
+            match lane.ch.send(m) {
+                Ok(()) => {
+                    lane.owed.pop_front();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    lane.full = true;
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if lane.out.is_empty() {
+            return Ok(());
+        }
+        let mut sent = Vec::new();
+        let done = lane
+            .out
+            .flush_into(&lane.ch, |conns| LaneMsg::Conns { conns }, Some(&mut sent));
+        for batch in sent {
+            lane.hold(batch);
+        }
+        self.handoff.counts.handed += done.conns as u64;
+        if let Some(e) = done.error {
+            return Err(e);
+        }
+        if !lane.out.is_empty() {
+            lane.full = !done.starved;
+        }
+        if done.starved {
+            self.lanes_starved();
+        }
+        Ok(())
+    }
+
+    /// The user has too many fds in flight: look again shortly (no event will say).
+    pub(in crate::worker) fn lanes_starved(&mut self) {
+        self.handoff.deferred += 1;
+        self.handoff.lanes.starved = true;
+        if !self.handoff.settle_armed {
+            self.handoff.settle_armed = true;
+            self.timers
+                .schedule(Instant::now() + SETTLE_CHECK, Timer::HandoffSettle);
+        }
+    }
+
+    /// The settle timer fired: a starved send may go again.
+    pub(in crate::worker) fn lanes_retry(&mut self) {
+        if std::mem::take(&mut self.handoff.lanes.starved) {
+            self.handoff.writable = true;
+        }
+    }
+
+    /// EPOLLOUT on lane `i` only while it has something to send.
+    fn lane_interest(&mut self, i: usize) {
+        let lane = &mut self.handoff.lanes.lanes[i];
+        let want = !lane.owed.is_empty() || !lane.out.is_empty();
+        if want == lane.want_write {
+            return;
+        }
+        let interest = Interest {
+            write: want,
+            ..Interest::READ
+        };
+        match self
+            .epoll
+            .modify(lane.ch.as_fd(), interest, TOKEN_LANE | u64::from(lane.key))
+        {
+            Ok(()) => lane.want_write = want,
+            Err(e) => warn!(
+                peer = lane.peer,
+                "cannot change a lane's epoll interest: {e}"
+            ),
+        }
+    }
+
+    /// Reads lane `i`: answers to what we sent, connections to adopt (while nothing
+    /// is owed to it and `budget` lasts). True when the peer is gone (everything it
+    /// sent before it went has been read).
+    fn read_lane(&mut self, i: usize, budget: &mut usize) -> bool {
+        let mut closed = false;
+        loop {
+            let lane = &mut self.handoff.lanes.lanes[i];
+            if !lane.owed.is_empty() || *budget == 0 {
+                // Level-triggered: the rest is reported again.
+                return false;
+            }
+            let got = lane.ch.recv_fds::<LaneMsg>();
+            match got {
+                Ok(Some((LaneMsg::Took { n, refused }, _))) => self.took(i, n, refused),
+                Ok(Some((LaneMsg::Conns { conns }, fds))) => {
+                    *budget = budget.saturating_sub(conns.len());
+                    let answer = self.adopt_from_lane(conns, fds);
+                    let lane = &mut self.handoff.lanes.lanes[i];
+                    if !lane.broken {
+                        lane.owed.push_back(answer);
+                    }
+                    self.flush_lane(i);
+                }
+                Ok(None) => {
+                    self.handoff.lanes.lanes[i].readable = false;
+                    return false;
+                }
+                // A reset (the peer exited with our messages unread) comes before
+                // what it sent us: read on until the EOF.
+                Err(ChannelError::Closed) if !closed => closed = true,
+                Err(ChannelError::Closed) => return true,
+                Err(e) => {
+                    warn!(
+                        peer = self.handoff.lanes.lanes[i].peer,
+                        "bad message on a lane: {e}"
+                    );
+                    return true;
+                }
+            }
+        }
+    }
+
+    /// Connections a lane brought: resumed here (or, draining, passed on, kept or
+    /// closed as the drain says), and the answer for the sender.
+    fn adopt_from_lane(&mut self, conns: Vec<Handed>, fds: Vec<OwnedFd>) -> LaneMsg {
+        self.beat_if_due();
+        let n = conns.len() as u64;
+        let mut refused = Vec::new();
+        let mut fds = fds.into_iter();
+        for (k, h) in conns.into_iter().enumerate() {
+            let Some(fd) = fds.next() else {
+                // This worker's fd table is full (the kernel dropped it in transit):
+                // its sender still holds it and sends it again elsewhere.
+                refused.push((k as u32, NO_SOCKET.to_string()));
+                continue;
+            };
+            match (self.phase, self.idle_policy) {
+                (Phase::Running, _) => {
+                    if let Err((back, _ours)) = self.restore(h, fd, false) {
+                        let why = back
+                            .moved
+                            .and_then(|m| m.refused)
+                            .unwrap_or_else(|| "refused by the new generation".into());
+                        refused.push((k as u32, why));
+                    }
+                }
+                (Phase::Draining, IdlePolicy::Handoff) => {
+                    let mut h = h;
+                    // Passed on: a refusal must come back here.
+                    if let Some(m) = h.moved.as_mut() {
+                        m.origin = crate::os::process::pid().as_raw() as u32;
+                        self.handoff.unsettled += 1;
+                    }
+                    self.handoff.queue.push(h, fd);
+                    self.handoff.dirty = true;
+                }
+                (Phase::Draining, IdlePolicy::Linger) => {
+                    self.handoff.counts.kept += 1;
+                    let _ = self.restore(h, fd, true);
+                }
+                (Phase::Draining, IdlePolicy::Close) => self.handoff.counts.closed += 1,
+            }
+        }
+        LaneMsg::Took { n, refused }
+    }
+
+    /// Lane `i`'s peer took the next `n` connections we sent: our copies close, but
+    /// those it refused are served here from them.
+    fn took(&mut self, i: usize, n: u64, refused: Vec<(u32, String)>) {
+        let lane = &mut self.handoff.lanes.lanes[i];
+        let Some(batch) = lane.release() else {
+            warn!(
+                peer = lane.peer,
+                n, "a lane answered for connections never sent"
+            );
+            return;
+        };
+        if batch.len() as u64 != n {
+            warn!(
+                peer = lane.peer,
+                n,
+                sent = batch.len(),
+                "a lane answered for a message of another size"
+            );
+        }
+        let me = crate::os::process::pid().as_raw() as u32;
+        let (mut back, mut back_fds, mut settled) = (Vec::new(), Vec::new(), 0);
+        let mut again = 0;
+        for (k, (mut h, fd)) in batch.into_iter().enumerate() {
+            match refused.iter().find(|(at, _)| *at as usize == k) {
+                Some((_, why)) if why == NO_SOCKET => {
+                    if let Some(fd) = fd {
+                        again += 1;
+                        self.handoff.queue.push(h, fd);
+                    }
+                }
+                Some((_, why)) => {
+                    let Some(fd) = fd else {
+                        continue;
+                    };
+                    if let Some(m) = h.moved.as_mut() {
+                        m.refused = Some(why.clone());
+                    }
+                    back.push(h);
+                    back_fds.push(fd);
+                }
+                None => {
+                    lane.took += 1;
+                    if h.moved.as_ref().is_some_and(|m| m.origin == me) {
+                        settled += 1;
+                    }
+                }
+            }
+        }
+        self.settled(settled);
+        if again > 0 {
+            // Counted again when they go.
+            self.handoff.counts.handed = self.handoff.counts.handed.saturating_sub(again);
+            self.handoff.dirty = true;
+            debug!(
+                connections = again,
+                "a new worker could not receive connections; they go again"
+            );
+        }
+        if let Some((_, why)) = refused.iter().find(|(_, w)| w != NO_SOCKET) {
+            // Their origin: what the master's route would have sent back (`Keep`).
+            self.keep(back, back_fds, why);
+        }
+        // The window opened.
+        self.handoff.writable = true;
+    }
+
+    /// Lane `i`'s peer is gone: what it had not taken is sent again (another lane, or
+    /// the master) or, when nothing moves any more, kept here.
+    fn lane_gone(&mut self, i: usize) {
+        let mut lane = self.handoff.lanes.lanes.swap_remove(i);
+        let _ = self.epoll.delete(lane.ch.as_fd());
+        let mut unacked = Vec::new();
+        while let Some(batch) = lane.release() {
+            unacked.extend(batch.into_iter().filter_map(|(h, fd)| Some((h, fd?))));
+        }
+        let sent_again = unacked.len() as u64;
+        let unsent = lane.out.take_all();
+        // Counted as handed when sent; they are counted again when they go.
+        self.handoff.counts.handed = self.handoff.counts.handed.saturating_sub(sent_again);
+        let n = unacked.len() + unsent.len();
+        if lane.sends {
+            info!(
+                peer = lane.peer,
+                took = lane.took,
+                resent = n,
+                "lane to worker {} closed: it took {} connections, {} go again",
+                lane.peer,
+                lane.took,
+                n
+            );
+        } else {
+            debug!(peer = lane.peer, "lane from worker closed");
+        }
+        for (h, fd) in unacked.into_iter().chain(unsent).rev() {
+            self.handoff.queue.push_front(h, fd);
+        }
+        if n > 0 {
+            self.handoff.dirty = true;
+            if self.idle_policy != IdlePolicy::Handoff {
+                // Nothing moves any more: they stay here.
+                self.keep_all("a new worker is gone");
+            }
+        }
+    }
+
+    /// Step 4, the sending side: puts what waits for a lane, then the queue's lane-able
+    /// connections, on lanes with room, a batch per lane in turn. True when nothing
+    /// is left waiting for a lane.
+    pub(in crate::worker) fn feed_lanes(&mut self) -> bool {
+        let h = &mut self.handoff;
+        // The queue's lane-able connections join those already waiting; a proxied
+        // pair stays for the master.
+        let mut keep_for_master = Vec::new();
+        for (c, fd) in h.queue.take_all() {
+            if lane_able(&c) {
+                h.lanes.waiting.push(c, fd);
+            } else {
+                keep_for_master.push((c, fd));
+            }
+        }
+        for (c, fd) in keep_for_master {
+            h.queue.push(c, fd);
+        }
+        while !self.handoff.lanes.waiting.is_empty() {
+            let l = &mut self.handoff.lanes;
+            let count = l.lanes.len();
+            // Even, as the master spread them: a fast receiver may run at most
+            // `LANE_WINDOW` ahead of the slowest live one (given all it could take,
+            // one receiver reached its fd limit while the others were starved of CPU).
+            let floor = l
+                .lanes
+                .iter()
+                .filter(|x| x.sends && !x.broken)
+                .map(|x| x.given)
+                .min()
+                .unwrap_or(0);
+            // The fewest given first; among equals, in turn from the last one used.
+            let Some(i) = (0..count)
+                .map(|k| (l.rr + k) % count)
+                .filter(|&i| {
+                    let x = &l.lanes[i];
+                    x.sends && x.has_room() && x.given <= floor + LANE_WINDOW as u64
+                })
+                .min_by_key(|&i| l.lanes[i].given)
+            else {
+                return false;
+            };
+            l.rr = i + 1;
+            let batch = l.waiting.take_all();
+            l.lanes[i].given += batch.len() as u64;
+            for (c, fd) in batch {
+                l.lanes[i].out.push(c, fd);
+            }
+            self.flush_lane(i);
+            self.lane_interest(i);
+        }
+        true
+    }
+
+    /// Everything taken out for lanes and not sent yet (to keep it here).
+    pub(in crate::worker) fn take_lane_queues(&mut self) -> Vec<(Handed, OwnedFd)> {
+        let l = &mut self.handoff.lanes;
+        let mut all = l.waiting.take_all();
+        for lane in &mut l.lanes {
+            all.extend(lane.out.take_all());
+        }
+        all
+    }
+
+    /// At the drain deadline: what waits for a lane closes with the worker; returns
+    /// how many.
+    pub(in crate::worker) fn drop_lane_queues(&mut self) -> usize {
+        self.take_lane_queues().len()
+    }
+}

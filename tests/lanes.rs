@@ -1,0 +1,158 @@
+//! Lanes: at a reload the old workers send their connections straight to the new
+//! ones over socketpairs the master made, keeping their own copies until each
+//! connection is acknowledged. A new worker killed in the middle of a move takes with
+//! it only the connections it had acknowledged (adopted); every other one is sent
+//! again over another lane and served.
+
+use crate::common;
+
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::handover::*;
+use common::*;
+use nix::sys::signal::{kill, Signal};
+
+/// Echo connections held through the reload.
+const CONNS: usize = 3000;
+
+/// Opens `n` echo connections, each answered once (established, counted, idle).
+fn open_echo(c: &Corral, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|i| {
+            let mut s = connect(c.addr(), Duration::from_secs(30))
+                .unwrap_or_else(|e| panic!("connection {i}: {e}\n{}", c.log_tail(20)));
+            must_echo(c, &mut s, "hello\n");
+            s
+        })
+        .collect()
+}
+
+/// `key=N` of the log lines that contain `marker`, summed.
+fn sum(log: &str, marker: &str, key: &str) -> u64 {
+    sum_field(log, marker, key)
+}
+
+/// Idle echo connections on two old workers; the reload commits while they are
+/// frozen, one new worker (the victim) is frozen too, so the old workers fill their
+/// lanes to it with connections it has not read; it runs again until it has adopted
+/// some, and is killed (SIGKILL, by pid). Then every client is asked for an echo:
+/// exactly the connections the victim acknowledged are lost (the old workers' own
+/// count, logged when its lanes hung up), every other one is served, and the old
+/// generation's summary counts them all as moved, none kept or closed.
+#[test]
+fn a_new_worker_killed_mid_move_loses_only_what_it_had_adopted() {
+    let _heavy = common::heavy();
+    raise_nofile();
+    // Frozen processes send no heartbeats: keep the watchdog out of this.
+    let c = Corral::start(
+        &Conf::new(2)
+            .drain("120s")
+            .max_conns(CONNS + 100)
+            .master("watchdog_timeout = \"300s\"")
+            .render(),
+    );
+    let old: Vec<i32> = c.worker_pids();
+    assert_eq!(old.len(), 2, "{}", c.log_tail(20));
+    let mut conns = open_echo(&c, CONNS);
+
+    freeze(&old, true);
+    let out = c.cli(&["-s", "reload"]);
+    assert!(
+        out.status.success(),
+        "reload: {}\n{}",
+        out.all(),
+        c.log_tail(40)
+    );
+    let mut new: Vec<i32> = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            new = c
+                .worker_pids()
+                .into_iter()
+                .filter(|p| !old.contains(p))
+                .collect();
+            new.len() == 2
+        }),
+        "new workers: {new:?}\n{}",
+        c.log_tail(40)
+    );
+    let victim = new[0];
+    freeze(&[victim], true);
+    let fds_before = fd_count(victim);
+    freeze(&old, false);
+
+    // The old workers fill their lanes to the victim (a window each) and send the
+    // rest to the other new worker; they wait for its answers.
+    let (held, settled) = settle(Duration::from_secs(60), Duration::from_secs(1), || {
+        old.iter().map(|&p| fd_count(p)).sum::<usize>()
+    });
+    assert!(settled, "the old workers never settled");
+    eprintln!("victim {victim} frozen: the old workers hold {held} fds");
+
+    // It adopts for a moment (at least one message), and dies.
+    freeze(&[victim], false);
+    let adopting = wait_until(Duration::from_secs(10), || {
+        fd_count(victim) >= fds_before + 64
+    });
+    kill(nix::unistd::Pid::from_raw(victim), Signal::SIGKILL).expect("SIGKILL the victim");
+    eprintln!(
+        "victim {victim} killed with {} fds ({fds_before} before; adopting seen: {adopting})",
+        fd_count(victim)
+    );
+
+    // The old generation finishes the move without it and leaves.
+    let t0 = Instant::now();
+    let gone = wait_until(Duration::from_secs(60), || {
+        c.log().contains("generation 1 gone after")
+    });
+    assert!(
+        gone,
+        "generation 1 still there {:?} after the kill\n{}",
+        t0.elapsed(),
+        c.log_tail(60)
+    );
+
+    let log = c.log();
+    let marker = format!("lane to worker {victim} closed");
+    let hung_up = log.matches(&marker).count();
+    let took = sum(&log, &marker, "took");
+    let resent = sum(&log, &marker, "resent");
+    eprintln!("old workers' lanes to the victim hung up {hung_up} times: it took {took}, {resent} went again");
+    assert_eq!(
+        hung_up,
+        2,
+        "both old workers had a lane to the victim\n{}",
+        c.log_tail(60)
+    );
+    assert!(
+        took + resent > 0,
+        "the victim was killed before any connection reached it: nothing was tested"
+    );
+
+    let mut lost = 0u64;
+    let mut bad = Vec::new();
+    for (i, s) in conns.iter_mut().enumerate() {
+        match echo(s, b"again\n", Duration::from_secs(20)) {
+            Echo::Ok => {}
+            Echo::Closed(_) => lost += 1,
+            Echo::Bad(e) => bad.push((i, e)),
+        }
+    }
+    eprintln!("{lost} of {CONNS} clients lost (the victim had taken {took})");
+    assert!(bad.is_empty(), "clients neither served nor closed: {bad:?}");
+    assert_eq!(
+        lost,
+        took,
+        "lost clients must be exactly those the killed worker acknowledged\n{}",
+        c.log_tail(60)
+    );
+    let summary = log
+        .lines()
+        .find(|l| l.contains("generation 1 gone after"))
+        .unwrap_or_default();
+    assert!(
+        summary.contains(&format!("moved {CONNS}, kept 0, closed 0")),
+        "{summary}"
+    );
+}
