@@ -542,8 +542,14 @@ fn subscribers_moved_while_their_worker_is_behind_miss_nothing() {
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     let pids = c.worker_pids();
-    let owner = owners_on(publ, &[publisher.try_clone().unwrap()], &pids)[0]
-        .expect("the publisher's worker");
+    let mut owner = None;
+    // Known once a worker accepted it.
+    let accepted = wait_until(Duration::from_secs(20), || {
+        owner = owners_on(publ, &[publisher.try_clone().unwrap()], &pids)[0];
+        owner.is_some()
+    });
+    assert!(accepted, "no worker accepted the publisher");
+    let owner = owner.unwrap();
     let slow = *pids.iter().find(|p| **p != owner).expect("a second worker");
     // Enough subscribers on the slow worker that delivering a message to all of them
     // takes more than one loop turn there.
