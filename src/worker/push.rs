@@ -66,6 +66,9 @@ pub struct Push {
     history_bytes: usize,
     /// Last sequence number received per publisher: the cursor a move carries.
     last_seen: HashMap<u64, u64>,
+    /// First sequence number received per publisher: what came before never reached
+    /// this worker, so a connection moved in on a cursor below it missed the gap.
+    first_seen: HashMap<u64, u64>,
     /// This worker as a publisher: an id no other process has now, and its counter.
     me: u64,
     seq: u64,
@@ -107,6 +110,7 @@ impl Default for Push {
             history: VecDeque::new(),
             history_bytes: 0,
             last_seen: HashMap::new(),
+            first_seen: HashMap::new(),
             me: publisher_id(),
             seq: 0,
             counts: PushCounts::default(),
@@ -210,6 +214,20 @@ impl Push {
 
     /// Notes a message as received: history and cursor.
     fn record(&mut self, m: &Rc<Msg>) {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.first_seen.entry(m.publisher) {
+            e.insert(m.seq);
+            // Connections that moved in before this publisher was heard of here.
+            for f in self.floors.values() {
+                for &(p, s) in f {
+                    if p == m.publisher && m.seq > s + 1 {
+                        self.counts.missed_in_move += m.seq - s - 1;
+                    }
+                }
+            }
+            if self.first_seen.len() > MAX_PUBLISHERS {
+                self.first_seen.clear();
+            }
+        }
         let last = self.last_seen.entry(m.publisher).or_insert(0);
         *last = (*last).max(m.seq);
         if self.last_seen.len() > MAX_PUBLISHERS {
@@ -511,6 +529,16 @@ impl Worker {
             self.push.subscribe(token.0, t);
         }
         let cursor: HashMap<u64, u64> = moved.cursor.iter().copied().collect();
+        // What its old worker had not received and this one never did: counted
+        // (see `PushCounts::missed_in_move`); a publisher not heard of here yet is
+        // checked when its first message comes (`record`).
+        for (&p, &c) in &cursor {
+            if let Some(&f) = self.push.first_seen.get(&p) {
+                if f > c + 1 && self.push.last_seen.get(&p).is_some_and(|&l| l >= f) {
+                    self.push.counts.missed_in_move += f - c - 1;
+                }
+            }
+        }
         // Later arrivals at or below the cursor were delivered by the old worker.
         let floors: Vec<(u64, u64)> = moved
             .cursor
