@@ -289,7 +289,10 @@ fn main() {
                 }
             }
         }
-        if !ready_written && t.subscribed == a.conns {
+        // Ready once every connection is subscribed or was closed first (a worker
+        // killed during the connect phase: counted in `closed`, not waited for).
+        let settled = conns.iter().filter(|c| c.closed && !c.subscribed).count();
+        if !ready_written && conns.len() == a.conns && t.subscribed + settled == a.conns {
             let _ = std::fs::write(&a.ready_file, format!("{}\n", t.subscribed));
             ready_written = true;
         }

@@ -225,7 +225,10 @@ impl Push {
                 }
             }
             if self.first_seen.len() > MAX_PUBLISHERS {
-                self.first_seen.clear();
+                // As for `last_seen` below: the publishers the history still holds.
+                let live: HashSet<u64> = self.history.iter().map(|m| m.publisher).collect();
+                self.first_seen
+                    .retain(|p, _| live.contains(p) || *p == m.publisher);
             }
         }
         let last = self.last_seen.entry(m.publisher).or_insert(0);
