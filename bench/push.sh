@@ -18,6 +18,7 @@
 #
 # Usage: bench/push.sh [N]      Knobs: RATE=5 SUSTAIN_S=10 MOVE_RATE=2 COST_MSGS=5000
 #        NO_BUILD=1 DEADLINE_S=600 CONNECT_RATE=20000 KEEP=1 UPGRADE=0 (only the reload in (3))
+#        GRACE_S=20 (how long clients wait for what they miss after the last publish)
 # Every process runs under `timeout`; the EXIT trap stops by pid all it started.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -85,10 +86,10 @@ summary() { # key files...
   python3 - "$@" <<'PY'
 import json, sys
 key, files = sys.argv[1], sys.argv[2:]
-h, tot = {}, {"conns": 0, "subscribed": 0, "closed": 0, "dup": 0, "lost": 0, "deliveries": 0}
+h, tot = {}, {"conns": 0, "subscribed": 0, "closed": 0, "dup": 0, "lost": 0, "reordered": 0, "deliveries": 0}
 for f in files:
     j = json.load(open(f))
-    for k in tot: tot[k] += j[k]
+    for k in tot: tot[k] += j.get(k, 0)
     for b, c in j[key]: h[b] = h.get(b, 0) + c
 n = sum(h.values())
 def pct(p):
@@ -97,7 +98,11 @@ def pct(p):
     for b in sorted(h):
         acc += h[b]
         if acc >= want: return f"{(b + 1) / 10:.1f}"
-print(f"n={n} p50_ms={pct(0.5)} p99_ms={pct(0.99)} max_ms={pct(1.0)} " + " ".join(f"{k}={v}" for k, v in tot.items()))
+ended = {}
+for f in files:
+    e = json.load(open(f)).get("ended", "?")
+    ended[e] = ended.get(e, 0) + 1
+print(f"n={n} p50_ms={pct(0.5)} p99_ms={pct(0.99)} max_ms={pct(1.0)} " + " ".join(f"{k}={v}" for k, v in tot.items()) + " clients_ended=" + ",".join(f"{k.replace(' ', '_')}:{v}" for k, v in ended.items()))
 PY
 }
 
@@ -128,7 +133,7 @@ for ((i = 0; i < PROCS; i++)); do
   c=$((N / PROCS + (i < N % PROCS ? 1 : 0)))
   timeout --kill-after=30 $((DEADLINE_S - 30)) "$PUSH_LOAD" --addr "127.0.0.1:$SUB_PORT" \
     --source "127.0.0.$((10 + i))" --conns "$c" --topic feed --connect-rate $((CONNECT_RATE / PROCS + 1)) \
-    --deadline $((DEADLINE_S - 40)) --ready-file "$WORK/ready-$i" --stop-file "$WORK/stop" \
+    --deadline $((DEADLINE_S - 40)) --grace "${GRACE_S:-20}" --ready-file "$WORK/ready-$i" --stop-file "$WORK/stop" \
     --window "2:$((1 + RATE * SUSTAIN_S))" >"$WORK/load-$i.json" 2>"$WORK/load-$i.err" &
   CL+=($!)
   STARTED+=($!)

@@ -5,9 +5,12 @@
 //! the last sequence number published) and every connection has it, or the deadline.
 //!
 //! A message is a line `<seq> <unix ns when published> <padding>`; its delay is the
-//! time it arrived here minus that. Per connection the sequence must go 1, 2, 3…:
-//! a number again is a duplicate, a jump is a loss. Output (stdout, one JSON object):
-//! connections, subscribed, closed, duplicates, lost, and the delay histograms (100 µs
+//! time it arrived here minus that. Per connection every number from 1 must arrive
+//! once: a number again is a duplicate, one never received (up to the last published,
+//! or for a connection closed, up to the last it got) is lost, one below a number
+//! already received is reordered (not lost). Output (stdout, one JSON object):
+//! connections, subscribed, closed, duplicates, lost (with up to 20 examples),
+//! reordered, and the delay histograms (100 µs
 //! buckets) of message 1, of all messages and of those in `--window A:B`, as sparse `[bucket, count]` pairs.
 //!
 //! Loopback only: it refuses any address outside 127.0.0.0/8.
@@ -23,8 +26,6 @@ use corral::os::epoll::{Epoll, Interest};
 
 /// 100 µs buckets up to 30 s.
 const BUCKETS: usize = 300_000;
-/// How long after the last message was published the clients wait for it.
-const GRACE: Duration = Duration::from_secs(20);
 
 struct Args {
     addr: SocketAddr,
@@ -33,6 +34,9 @@ struct Args {
     topic: String,
     rate: u64,
     deadline: Duration,
+    /// How long after the last message was published (the stop file) a client waits
+    /// for what it misses.
+    grace: Duration,
     ready_file: PathBuf,
     stop_file: PathBuf,
     /// Sequence numbers (inclusive) whose delays also go to the `window` histogram.
@@ -74,6 +78,11 @@ fn args() -> Result<Args, String> {
                 .parse()
                 .map_err(|e| format!("--deadline: {e}"))?,
         ),
+        grace: Duration::from_secs(
+            m.get("--grace")
+                .map_or(Ok(20), |g| g.parse())
+                .map_err(|e| format!("--grace: {e}"))?,
+        ),
         ready_file: get("--ready-file")?.into(),
         stop_file: get("--stop-file")?.into(),
         window: match m.get("--window").and_then(|w| w.split_once(':')) {
@@ -93,6 +102,28 @@ struct Conn {
     sent: bool,
     last: u64,
     closed: bool,
+    /// Sequence numbers received (bit `seq`): a loss is a number never received, a
+    /// duplicate one received twice; arriving below `last` is only a reorder.
+    seen: Vec<u64>,
+}
+
+impl Conn {
+    fn has(&self, seq: u64) -> bool {
+        self.seen
+            .get((seq / 64) as usize)
+            .is_some_and(|w| w & (1 << (seq % 64)) != 0)
+    }
+    fn mark(&mut self, seq: u64) {
+        let i = (seq / 64) as usize;
+        if self.seen.len() <= i {
+            self.seen.resize(i + 1, 0);
+        }
+        self.seen[i] |= 1 << (seq % 64);
+    }
+    /// Numbers in 1..=upto never received.
+    fn missing(&self, upto: u64) -> impl Iterator<Item = u64> + '_ {
+        (1..=upto).filter(|&s| !self.has(s))
+    }
 }
 
 #[derive(Default)]
@@ -100,7 +131,7 @@ struct Tally {
     subscribed: usize,
     closed: usize,
     dup: u64,
-    lost: u64,
+    reordered: u64,
     deliveries: u64,
     first: Vec<u32>,
     all: Vec<u32>,
@@ -131,12 +162,18 @@ fn line(c: &mut Conn, l: &[u8], t: &mut Tally, now: u64) {
         return;
     };
     t.deliveries += 1;
-    if seq <= c.last {
+    if seq > (1 << 20) {
+        return; // not a bench sequence number
+    }
+    if c.has(seq) {
         t.dup += 1;
         return;
     }
-    t.lost += seq - c.last - 1;
-    c.last = seq;
+    c.mark(seq);
+    if seq < c.last {
+        t.reordered += 1;
+    }
+    c.last = c.last.max(seq);
     let b = (now.saturating_sub(at) / 100_000).min(BUCKETS as u64 - 1) as usize;
     t.all[b] += 1;
     if seq == 1 {
@@ -177,6 +214,7 @@ fn main() {
     let mut expect: Option<u64> = None;
     let mut stop_seen: Option<Instant> = None;
     let mut errors = 0usize;
+    let ended;
     loop {
         // Open more, at the connect rate.
         let due = ((start.elapsed().as_secs_f64() * a.rate as f64) as usize).min(a.conns);
@@ -194,6 +232,7 @@ fn main() {
                         sent: false,
                         last: 0,
                         closed: false,
+                        seen: Vec::new(),
                     });
                 }
                 Err(e) => {
@@ -250,7 +289,10 @@ fn main() {
                 }
             }
         }
-        if !ready_written && t.subscribed == a.conns {
+        // Ready once every connection is subscribed or was closed first (a worker
+        // killed during the connect phase: counted in `closed`, not waited for).
+        let settled = conns.iter().filter(|c| c.closed && !c.subscribed).count();
+        if !ready_written && conns.len() == a.conns && t.subscribed + settled == a.conns {
             let _ = std::fs::write(&a.ready_file, format!("{}\n", t.subscribed));
             ready_written = true;
         }
@@ -262,20 +304,41 @@ fn main() {
         if expect.is_some() && stop_seen.is_none() {
             stop_seen = Some(Instant::now());
         }
-        let done = expect.is_some_and(|n| conns.iter().all(|c| c.closed || c.last >= n));
-        // Messages that were dropped never come: stragglers get GRACE after the end.
-        let late = stop_seen.is_some_and(|t| t.elapsed() > GRACE);
+        let done = expect.is_some_and(|n| {
+            conns
+                .iter()
+                .all(|c| c.closed || c.missing(n).next().is_none())
+        });
+        // Messages that were dropped never come: stragglers get the grace after the end.
+        let late = stop_seen.is_some_and(|t| t.elapsed() > a.grace);
         if done || late || start.elapsed() > a.deadline {
+            ended = if done {
+                "all received"
+            } else if late {
+                "grace over"
+            } else {
+                "deadline"
+            };
             break;
         }
     }
     let n = expect.unwrap_or(0);
-    // Messages never received at the end of the stream count as lost too.
-    let tail: u64 = conns
-        .iter()
-        .filter(|c| !c.closed)
-        .map(|c| n.saturating_sub(c.last))
-        .sum();
+    // Lost: numbers never received, up to the last published for a connection still
+    // open, up to the last it got for one closed (what came after was not owed to it).
+    // A few examples go to the output, to tell a mechanism from another.
+    let mut lost = 0u64;
+    let mut examples = Vec::new();
+    for (i, c) in conns.iter().enumerate() {
+        let upto = if c.closed { c.last } else { n.max(c.last) };
+        let miss: Vec<u64> = c.missing(upto).collect();
+        lost += miss.len() as u64;
+        if !miss.is_empty() && examples.len() < 20 {
+            examples.push(serde_json::json!({
+                "conn": i, "closed": c.closed, "last": c.last,
+                "missing": miss.iter().take(16).collect::<Vec<_>>(),
+            }));
+        }
+    }
     let sparse = |h: &[u32]| -> Vec<(usize, u32)> {
         h.iter()
             .enumerate()
@@ -290,8 +353,11 @@ fn main() {
         "connect_errors": errors,
         "deliveries": t.deliveries,
         "dup": t.dup,
-        "lost": t.lost + tail,
+        "lost": lost,
+        "reordered": t.reordered,
+        "lost_examples": examples,
         "expected": n,
+        "ended": ended,
         "first": sparse(&t.first),
         "all": sparse(&t.all),
         "window": sparse(&t.window),

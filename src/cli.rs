@@ -517,14 +517,16 @@ fn print_push(resp: &Response) {
     println!();
     println!(
         "push: published {}, delivered {}, replayed after moves {}; dropped: slow clients {}, \
-         peer queues full {}; disconnected slow clients {}; refused {}",
+         peer queues full {}; disconnected slow clients {}; refused {}; \
+         missed by moved subscribers (at most) {}",
         p.published,
         p.delivered,
         p.replayed,
         p.dropped_slow,
         p.dropped_peer_full,
         p.disconnected_slow,
-        p.refused
+        p.refused,
+        p.missed_in_move
     );
 }
 

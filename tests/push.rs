@@ -433,3 +433,119 @@ fn chat_rooms_and_names_work_across_workers_and_survive_reload_and_upgrade() {
     c.must_upgrade_until_old_gone();
     round(&mut people, "after upgrade");
 }
+
+/// Issue 28's loss at 1 000 000 subscribers: a subscriber that moves at a reload
+/// while its worker is behind on the bus (messages received, or waiting unread, that
+/// it has not delivered yet) must not miss them. The new generation's workers joined
+/// the bus after those messages were published, so only the old worker has them: it
+/// delivers them to the subscriber before it leaves. Here the subscribers' worker is
+/// made slow (`corral fault slow`) so that it is seconds behind the publisher's
+/// worker when the reload moves its subscribers.
+#[test]
+fn subscribers_moved_while_their_worker_is_behind_miss_nothing() {
+    let _heavy = heavy();
+    let (_dir, bin) = example_copy("push");
+    let (sub, publ) = (free_port(), free_port());
+    let c = Corral::start_with(
+        &format!(
+            "[master]\nworkers = 2\ndrain_timeout = \"60s\"\nfault_injection = true\n\n\
+             [[listen]]\naddress = \"127.0.0.1:{{port}}\"\nservice = \"echo\"\n\n\
+             [[listen]]\naddress = \"127.0.0.1:{sub}\"\nservice = \"push\"\n\n\
+             [[listen]]\naddress = \"127.0.0.1:{publ}\"\nservice = \"push-publish\"\n"
+        ),
+        Launch {
+            binary: Some(bin.clone()),
+            ..Launch::default()
+        },
+    );
+    let (sub_addr, pub_addr) = (loopback(sub), loopback(publ));
+    // The publisher's worker publishes; the other one is the one made slow.
+    let mut publisher = connect(pub_addr, Duration::from_secs(10)).expect("publisher");
+    publisher
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let pids = c.worker_pids();
+    let mut owner = None;
+    // Known once a worker accepted it.
+    let accepted = wait_until(Duration::from_secs(20), || {
+        owner = owners_on(publ, &[publisher.try_clone().unwrap()], &pids)[0];
+        owner.is_some()
+    });
+    assert!(accepted, "no worker accepted the publisher");
+    let owner = owner.unwrap();
+    let slow = *pids.iter().find(|p| **p != owner).expect("a second worker");
+    // Enough subscribers on the slow worker that delivering a message to all of them
+    // takes more than one loop turn there.
+    let mut subs = Vec::new();
+    let mut on_slow = Vec::new();
+    while on_slow.len() < 300 && subs.len() < 1500 {
+        let batch: Vec<Sub> = (0..100).map(|_| Sub::new(sub_addr, &["t"])).collect();
+        let streams: Vec<TcpStream> = batch.iter().map(|s| s.s.try_clone().unwrap()).collect();
+        for (i, o) in owners_on(sub, &streams, &pids).into_iter().enumerate() {
+            if o == Some(slow) {
+                on_slow.push(subs.len() + i);
+            }
+        }
+        subs.extend(batch);
+    }
+    assert!(
+        on_slow.len() >= 100,
+        "the kernel put too few subscribers on {slow}"
+    );
+    let slot = fault::master_view(&c)
+        .and_then(|(_, ws)| ws.into_iter().find(|w| w.pid == slow))
+        .expect("the slow worker's slot")
+        .slot
+        .to_string();
+    let fault = fault::fault_async(&c, &["slow", "200", "--slot", &slot]);
+    // In effect once an answer from that worker takes the added time.
+    let probe = on_slow[0];
+    let slowed = wait_until(Duration::from_secs(20), || {
+        let t = Instant::now();
+        subs[probe].nothing_more();
+        t.elapsed() >= Duration::from_millis(150)
+    });
+    assert!(slowed, "the fault never slowed {slow}");
+
+    // 120 messages at once: the slow worker is seconds behind on them.
+    const N: usize = 120;
+    let mut reqs = String::new();
+    for i in 1..=N {
+        let body = format!("m{i}");
+        reqs.push_str(&format!(
+            "POST /publish/t HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+    }
+    publisher.write_all(reqs.as_bytes()).unwrap();
+    let mut answers = BufReader::new(publisher.try_clone().unwrap());
+    for i in 1..=N {
+        let mut l = String::new();
+        answers.read_line(&mut l).unwrap();
+        assert!(l.starts_with("HTTP/1.1 204"), "publish {i}: {l:?}");
+        answers.read_line(&mut l).unwrap(); // the blank line ending the head
+    }
+    let out = c.cli(&["-s", "reload"]);
+    assert!(out.status.success(), "{}", out.all());
+
+    for (i, s) in subs.iter_mut().enumerate() {
+        for k in 1..=N {
+            let l = s.line();
+            assert_eq!(
+                l,
+                format!("m{k}"),
+                "subscriber {i} (on the slow worker: {})\n{}",
+                on_slow.contains(&i),
+                c.log_tail(30)
+            );
+        }
+    }
+    let gone = wait_until(Duration::from_secs(60), || {
+        c.cli(&["status"]).stdout.matches("draining").count() == 0
+    });
+    assert!(gone, "the old generation stayed\n{}", c.log_tail(40));
+    for s in subs.iter_mut() {
+        s.nothing_more();
+    }
+    let _ = fault.join();
+}

@@ -48,6 +48,12 @@ pub struct PushCounts {
     /// travelled).
     #[serde(default)]
     pub replayed: u64,
+    /// Messages that connections which moved here may have missed: published before
+    /// this worker joined the bus, and not yet received by their old worker when
+    /// they left (it was far behind: its peers still queued them). At most this
+    /// many: some may have been for topics they did not subscribe to.
+    #[serde(default)]
+    pub missed_in_move: u64,
 }
 
 impl PushCounts {
@@ -60,5 +66,6 @@ impl PushCounts {
         self.dropped_peer_full += o.dropped_peer_full;
         self.refused += o.refused;
         self.replayed += o.replayed;
+        self.missed_in_move += o.missed_in_move;
     }
 }

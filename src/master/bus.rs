@@ -3,7 +3,8 @@
 //!
 //! Wiring: when it forks a worker, the master makes one SOCK_SEQPACKET socketpair per
 //! other live worker (of any generation) and sends one end to each of the two
-//! (`ToWorker::BusPeer`, fd attached), then closes its copies. The workers then talk
+//! (`ToWorker::BusPeer`, fd attached; queued behind a full channel, never refused),
+//! then closes its copies once sent. The workers then talk
 //! directly: a publish in a worker is one packet per peer, read by the peer's loop.
 //! The master never reads or writes the bus, and never starts a thread for it.
 //!
@@ -14,8 +15,6 @@
 //! into the workers that would have to be authenticated. Busy backends publish
 //! through a service's own endpoint (the push example's `POST /publish/<topic>`),
 //! inside the workers.
-
-use std::os::fd::AsFd;
 
 use tracing::{debug, warn};
 
@@ -126,14 +125,12 @@ impl Master {
                 }
             };
             let old_pid = w.pid.as_raw() as u32;
-            let sent = w
-                .channel
-                .send_fds(&ToWorker::BusPeer { pid: new_pid }, &[a.as_fd()])
-                .and_then(|()| {
-                    self.workers[new]
-                        .channel
-                        .send_fds(&ToWorker::BusPeer { pid: old_pid }, &[b.as_fd()])
-                });
+            // Queued behind a full channel rather than refused (see `send_link`).
+            let w = &mut self.workers[i];
+            let sent = w.handoff.send_link(&w.channel, new_pid, a).and_then(|()| {
+                let n = &mut self.workers[new];
+                n.handoff.send_link(&n.channel, old_pid, b)
+            });
             if let Err(e) = sent {
                 warn!(
                     a = old_pid,

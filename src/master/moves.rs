@@ -21,7 +21,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
@@ -48,6 +48,9 @@ pub struct WorkerHandoff {
     /// Control messages (a drain) that found the channel full of hand-overs; they go
     /// first when it drains.
     control: VecDeque<ToWorker>,
+    /// Bus links (`ToWorker::BusPeer`: the peer's pid and this worker's end) that
+    /// found the channel full; they go first when it drains.
+    links: VecDeque<(u32, OwnedFd)>,
     /// Connections for this worker to adopt.
     adopt: ConnQueue,
     /// Connections going back to this (draining) worker, and why.
@@ -71,6 +74,7 @@ impl Default for WorkerHandoff {
         WorkerHandoff {
             owner: std::process::id(),
             control: VecDeque::new(),
+            links: VecDeque::new(),
             adopt: ConnQueue::default(),
             keep: ConnQueue::default(),
             keep_reason: String::new(),
@@ -92,7 +96,27 @@ impl WorkerHandoff {
 
     /// POLLOUT is needed on this worker's channel.
     pub fn wants_write(&self) -> bool {
-        self.queued() > 0 || !self.control.is_empty()
+        self.queued() > 0 || !self.control.is_empty() || !self.links.is_empty()
+    }
+
+    /// Sends a bus link now, or once what is queued ahead of it has gone: a link
+    /// refused because the channel was full (a worker busy adopting a reload's
+    /// connections, a starved one) would leave two workers deaf to each other's
+    /// publishes for good. `Err` when the channel failed (the worker is exiting).
+    pub fn send_link(
+        &mut self,
+        ch: &crate::channel::Channel,
+        pid: u32,
+        end: OwnedFd,
+    ) -> io::Result<()> {
+        if self.links.is_empty() {
+            match ch.send_fds(&ToWorker::BusPeer { pid }, &[end.as_fd()]) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                other => return other,
+            }
+        }
+        self.links.push_back((pid, end));
+        Ok(())
     }
 
     /// Sends `msg` now, or, when the channel is full while the master is passing
@@ -305,6 +329,21 @@ impl Master {
         let w = &mut self.workers[i];
         if !w.handoff.wants_write() {
             return;
+        }
+        while let Some((pid, end)) = w.handoff.links.front() {
+            let link = ToWorker::BusPeer { pid: *pid };
+            match w.channel.send_fds(&link, &[end.as_fd()]) {
+                Ok(()) => {
+                    w.handoff.links.pop_front();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    debug!(pid = w.pid.as_raw(), "cannot send a bus link: {e}");
+                    w.handoff.links.clear();
+                    w.handoff.control.clear();
+                    return self.handoff_channel_closed(i);
+                }
+            }
         }
         while let Some(msg) = w.handoff.control.front() {
             match w.channel.send(msg) {

@@ -19,6 +19,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
@@ -36,14 +37,16 @@ use super::Worker;
 /// Rounds of ops run per loop iteration: handlers that answer each other's writes
 /// forever cannot hold the loop; the rest runs in the next iteration.
 const ROUNDS: usize = 16;
-/// Deliveries (writes to connections) from the bus per loop iteration, beyond which
-/// what waits on the bus is read in the next one: a message reaches every local
-/// subscriber in one go, so a worker behind by hundreds of messages to 15k
-/// subscribers must not spend seconds in one iteration (its timers and heartbeats
-/// would starve: the 100k bench on a loaded box had the watchdog kill workers at
-/// 64k deliveries per iteration).
+/// Deliveries (writes to connections) per loop iteration, and the time they may take
+/// (checked every [`CLOCK_EVERY`] deliveries), beyond which the rest waits for the
+/// next iteration: a worker behind by messages to 16k subscribers each on a starved
+/// box must not stay seconds in one iteration (its timers and heartbeats would
+/// starve, and the watchdog kill it with its connections). A message's delivery is
+/// cut between turns, so the bound holds whatever the audience.
 const DELIVERY_TURN: usize = 4096;
-/// Packets read from each peer at a time within that turn.
+const DELIVERY_TIME: Duration = Duration::from_millis(20);
+const CLOCK_EVERY: usize = 64;
+/// Packets read from each peer at a time, when nothing is left to deliver.
 const READ_BATCH: usize = 8;
 /// Publishers whose last sequence number a worker remembers (workers and masters:
 /// a few; the bound only matters against a bug).
@@ -63,13 +66,28 @@ pub struct Push {
     history_bytes: usize,
     /// Last sequence number received per publisher: the cursor a move carries.
     last_seen: HashMap<u64, u64>,
+    /// First sequence number received per publisher: what came before never reached
+    /// this worker, so a connection moved in on a cursor below it missed the gap.
+    first_seen: HashMap<u64, u64>,
     /// This worker as a publisher: an id no other process has now, and its counter.
     me: u64,
     seq: u64,
     pub counts: PushCounts,
+    /// Messages received or published here, not yet begun to be delivered (in order).
+    pending: VecDeque<Rc<Msg>>,
+    /// The message being delivered, cut between loop iterations.
+    current: Option<Delivery>,
     /// Our master's upgrade committed: publishes go to it too, for the new master's
     /// workers (not on our bus).
     pub forward_to_master: bool,
+}
+
+/// A message's delivery under way: its audience (taken when it began, with the
+/// cursor and history updated then) and how far it went.
+struct Delivery {
+    m: Rc<Msg>,
+    audience: Vec<u64>,
+    next: usize,
 }
 
 /// A publisher id for this process: its pid and the low bits of the time it started,
@@ -92,9 +110,12 @@ impl Default for Push {
             history: VecDeque::new(),
             history_bytes: 0,
             last_seen: HashMap::new(),
+            first_seen: HashMap::new(),
             me: publisher_id(),
             seq: 0,
             counts: PushCounts::default(),
+            pending: VecDeque::new(),
+            current: None,
             forward_to_master: false,
         }
     }
@@ -103,7 +124,10 @@ impl Default for Push {
 impl Push {
     /// Nothing for the loop to do now (it may sleep in epoll_wait).
     pub fn idle(&self) -> bool {
-        self.outbox.ops.is_empty() && !self.bus.any_readable()
+        self.outbox.ops.is_empty()
+            && self.current.is_none()
+            && self.pending.is_empty()
+            && !self.bus.any_readable()
     }
 
     /// The counters, with the bus's.
@@ -165,20 +189,48 @@ impl Push {
         mine
     }
 
-    /// What a moving connection takes along (None: it subscribed to nothing).
+    /// What a moving connection takes along (None: it subscribed to nothing). Its
+    /// cursor counts the messages received here but not begun (`pending`) as
+    /// delivered: `Worker::catch_up` wrote them to it before.
     pub fn take_for_move(&mut self, token: u64) -> Option<PushMoved> {
         let topics = self.forget(token);
         if topics.is_empty() {
             return None;
         }
+        let mut cursor = self.last_seen.clone();
+        for m in &self.pending {
+            let s = cursor.entry(m.publisher).or_insert(0);
+            *s = (*s).max(m.seq);
+        }
         Some(PushMoved {
             topics: topics.iter().map(|t| t.to_string()).collect(),
-            cursor: self.last_seen.iter().map(|(&p, &s)| (p, s)).collect(),
+            cursor: cursor.into_iter().collect(),
         })
+    }
+
+    fn subscribed(&self, token: u64) -> bool {
+        self.by_conn.contains_key(&token)
     }
 
     /// Notes a message as received: history and cursor.
     fn record(&mut self, m: &Rc<Msg>) {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.first_seen.entry(m.publisher) {
+            e.insert(m.seq);
+            // Connections that moved in before this publisher was heard of here.
+            for f in self.floors.values() {
+                for &(p, s) in f {
+                    if p == m.publisher && m.seq > s + 1 {
+                        self.counts.missed_in_move += m.seq - s - 1;
+                    }
+                }
+            }
+            if self.first_seen.len() > MAX_PUBLISHERS {
+                // As for `last_seen` below: the publishers the history still holds.
+                let live: HashSet<u64> = self.history.iter().map(|m| m.publisher).collect();
+                self.first_seen
+                    .retain(|p, _| live.contains(p) || *p == m.publisher);
+            }
+        }
         let last = self.last_seen.entry(m.publisher).or_insert(0);
         *last = (*last).max(m.seq);
         if self.last_seen.len() > MAX_PUBLISHERS {
@@ -253,25 +305,36 @@ impl Worker {
         }
     }
 
-    /// Step 4: what the bus brought, then what handlers asked for (a few rounds).
+    /// Step 4: what handlers asked for (a few rounds), then deliveries of what was
+    /// published here and what the bus brought, for at most a turn.
     pub(super) fn run_push(&mut self) {
-        let mut budget = DELIVERY_TURN;
-        while budget > 0 && self.push.bus.any_readable() {
-            let (msgs, gone) = self.push.bus.read(READ_BATCH);
-            for pid in gone {
-                debug!(peer = pid, "bus peer gone");
-            }
-            for m in msgs {
-                budget = budget.saturating_sub(self.deliver(Rc::new(m)) + 1);
-            }
-        }
         for _ in 0..ROUNDS {
             let ops = std::mem::take(&mut self.push.outbox.ops);
             if ops.is_empty() {
-                return;
+                break;
             }
             for op in ops {
                 self.run_op(op);
+            }
+        }
+        let start = Instant::now();
+        let mut budget = DELIVERY_TURN;
+        while budget > 0 {
+            if self.push.current.is_some() {
+                self.deliver_some(Some((&mut budget, start)));
+            } else if let Some(m) = self.push.pending.pop_front() {
+                // A message costs a write even with no subscriber here: a flood of
+                // them is bounded too.
+                budget -= 1;
+                self.begin(m);
+            } else if self.push.bus.any_readable() {
+                let (msgs, gone) = self.push.bus.read(READ_BATCH);
+                for pid in gone {
+                    debug!(peer = pid, "bus peer gone");
+                }
+                self.push.pending.extend(msgs.into_iter().map(Rc::new));
+            } else {
+                break;
             }
         }
     }
@@ -323,7 +386,7 @@ impl Worker {
                 message: m.payload.to_vec(),
             });
         }
-        self.deliver(m);
+        self.push.pending.push_back(m);
     }
 
     /// A message from elsewhere (the master's `corral publish`): here only; the
@@ -335,7 +398,7 @@ impl Worker {
         topic: &str,
         payload: &[u8],
     ) {
-        self.deliver(Rc::new(Msg {
+        self.push.pending.push_back(Rc::new(Msg {
             publisher,
             seq,
             topic: topic.into(),
@@ -343,16 +406,91 @@ impl Worker {
         }));
     }
 
-    /// Delivers a message to this worker's subscribers of its topic; returns to how
-    /// many.
-    fn deliver(&mut self, m: Rc<Msg>) -> usize {
+    /// A message begins its delivery here: it is recorded (history, cursor: a
+    /// connection that moves from now on does not get it here) and its audience
+    /// taken.
+    fn begin(&mut self, m: Rc<Msg>) {
         self.push.record(&m);
         let audience = self.push.audience(&m);
-        for &t in &audience {
-            let m = m.clone();
-            self.write_to(Token(t), move |h, io| h.on_push(io, &m.topic, &m.payload));
+        self.push.current = Some(Delivery {
+            m,
+            audience,
+            next: 0,
+        });
+    }
+
+    /// Goes on with the current delivery, within `budget` writes and until
+    /// `DELIVERY_TIME` after `start` (None: to its end).
+    fn deliver_some(&mut self, mut turn: Option<(&mut usize, Instant)>) {
+        let Some(mut d) = self.push.current.take() else {
+            return;
+        };
+        while d.next < d.audience.len() {
+            if let Some((budget, start)) = turn.as_mut() {
+                if **budget == 0 {
+                    break;
+                }
+                **budget -= 1;
+                if d.next % CLOCK_EVERY == CLOCK_EVERY - 1 && start.elapsed() >= DELIVERY_TIME {
+                    **budget = 0;
+                }
+            }
+            let t = Token(d.audience[d.next]);
+            d.next += 1;
+            let m = d.m.clone();
+            self.write_to(t, move |h, io| h.on_push(io, &m.topic, &m.payload));
         }
-        audience.len()
+        if d.next < d.audience.len() {
+            self.push.current = Some(d);
+        }
+    }
+
+    /// Before a subscriber moves: it gets here everything this worker received and
+    /// has not delivered to it yet (the rest of the delivery under way, what waits in
+    /// `pending`, and what waits unread on the bus), because the worker that adopts
+    /// it may not have those: it joined the bus after they were published (a reload
+    /// forks it while this one is behind). Moving on a cursor without them lost every
+    /// such message for the subscriber (the loss seen at 1M subscribers, and at 100k
+    /// on a starved box: hundreds of thousands). What a peer has not yet written to
+    /// this worker's socket (its own queue, full only when this worker is hundreds of
+    /// messages behind) is not covered.
+    pub(super) fn catch_up(&mut self, token: Token) {
+        if !self.push.subscribed(token.0) {
+            return;
+        }
+        self.deliver_some(None);
+        if self.push.bus.any_readable() {
+            let (msgs, gone) = self.push.bus.read(usize::MAX);
+            for pid in gone {
+                debug!(peer = pid, "bus peer gone");
+            }
+            self.push.pending.extend(msgs.into_iter().map(Rc::new));
+        }
+        let floors = self.push.floors.get(&token.0).cloned().unwrap_or_default();
+        let mine = self.push.by_conn.get(&token.0).cloned().unwrap_or_default();
+        let owed: Vec<Rc<Msg>> = self
+            .push
+            .pending
+            .iter()
+            .filter(|m| mine.iter().any(|t| **t == *m.topic))
+            .filter(|m| !floors.iter().any(|&(p, s)| p == m.publisher && m.seq <= s))
+            .cloned()
+            .collect();
+        // What it got here is skipped when this worker begins it, should the
+        // connection not be able to leave now (not at a quiescent point).
+        let mut floors = floors;
+        for m in &self.push.pending {
+            match floors.iter_mut().find(|(p, _)| *p == m.publisher) {
+                Some((_, s)) => *s = (*s).max(m.seq),
+                None => floors.push((m.publisher, m.seq)),
+            }
+        }
+        if !floors.is_empty() {
+            self.push.floors.insert(token.0, floors);
+        }
+        for m in owed {
+            self.write_to(token, move |h, io| h.on_push(io, &m.topic, &m.payload));
+        }
     }
 
     /// Writes to a connection from outside its own callbacks, under its flow control.
@@ -394,6 +532,16 @@ impl Worker {
             self.push.subscribe(token.0, t);
         }
         let cursor: HashMap<u64, u64> = moved.cursor.iter().copied().collect();
+        // What its old worker had not received and this one never did: counted
+        // (see `PushCounts::missed_in_move`); a publisher not heard of here yet is
+        // checked when its first message comes (`record`).
+        for (&p, &c) in &cursor {
+            if let Some(&f) = self.push.first_seen.get(&p) {
+                if f > c + 1 && self.push.last_seen.get(&p).is_some_and(|&l| l >= f) {
+                    self.push.counts.missed_in_move += f - c - 1;
+                }
+            }
+        }
         // Later arrivals at or below the cursor were delivered by the old worker.
         let floors: Vec<(u64, u64)> = moved
             .cursor

@@ -246,6 +246,7 @@ impl Master {
             ("disconnected_slow_client", t.push.disconnected_slow),
             ("dropped_peer_queue_full", t.push.dropped_peer_full),
             ("refused", t.push.refused),
+            ("missed_in_move", t.push.missed_in_move),
         ] {
             e.sample("corral_push_total", &[("what", what)], n as f64);
         }

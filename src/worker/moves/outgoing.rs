@@ -134,6 +134,9 @@ impl Worker {
     /// generation. True if it left.
     pub(in crate::worker) fn try_move(&mut self, token: Token) -> bool {
         let now = Instant::now();
+        // A subscriber leaves with what this worker received delivered (see
+        // `catch_up`), written before its handler is asked to suspend.
+        self.catch_up(token);
         let Some(c) = self.conns.get_mut(token) else {
             return false;
         };
@@ -176,7 +179,9 @@ impl Worker {
             idle: true,
             push: None,
         };
-        // Subscriptions travel in the moved record, so a subscriber moves as moved.
+        // Subscriptions travel in the moved record, so a subscriber moves as moved,
+        // with a cursor that counts as delivered here everything this worker holds
+        // (`catch_up` above delivered it).
         let push = self.push.take_for_move(token.0);
         let Some(c) = self.conns.get_mut(token) else {
             return false;
