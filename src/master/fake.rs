@@ -20,7 +20,7 @@ use super::start::Opened;
 use super::upgrade::{SpawnError, Spawned};
 use super::{Job, Master, StartOptions, State, Ticket, WorkerState};
 use crate::channel::ToMaster;
-use crate::config::{AcceptMode, Config, ConfigError};
+use crate::config::{Config, ConfigError};
 use crate::os::master::{Pid, Signal};
 use crate::os::net::NetError;
 use crate::os::pidfd::PidFd;
@@ -262,11 +262,7 @@ impl Effects for Fake {
         let workers = config.master.workers.count();
         let mut out = Vec::new();
         for (i, l) in config.listen.iter().enumerate() {
-            let slots: Vec<Option<usize>> = match l.accept {
-                AcceptMode::Shared => vec![None],
-                AcceptMode::Reuseport => (0..workers).map(Some).collect(),
-            };
-            for slot in slots {
+            for slot in sockets::slots_of(l, workers) {
                 let fd = std::fs::File::open("/dev/null").map_err(|source| NetError::Bind {
                     addr: l.address.to_string(),
                     step: "open(/dev/null) in the fake",

@@ -115,6 +115,15 @@ pub fn name_of(config: &Config, i: usize) -> String {
         .unwrap_or_else(|| format!("listen{i}"))
 }
 
+/// The sockets one `[[listen]]` entry has: one shared (`None`), or one per worker
+/// slot for `accept = "reuseport"`.
+pub fn slots_of(l: &ListenConfig, workers: usize) -> Vec<Option<usize>> {
+    match l.accept {
+        AcceptMode::Shared => vec![None],
+        AcceptMode::Reuseport => (0..workers).map(Some).collect(),
+    }
+}
+
 /// Opens the listeners `config` asks for: reusing an already open one with the same
 /// address (a reload must never re-bind a socket that is serving: that would drop its
 /// queue, or fail with EADDRINUSE), else an inherited one matched by name or address,
@@ -129,10 +138,7 @@ pub fn open_all(
     let mut out = Vec::with_capacity(config.listen.len());
     for (i, l) in config.listen.iter().enumerate() {
         let name = name_of(config, i);
-        let slots: Vec<Option<usize>> = match l.accept {
-            AcceptMode::Shared => vec![None],
-            AcceptMode::Reuseport => (0..workers).map(Some).collect(),
-        };
+        let slots = slots_of(l, workers);
         if let Some(c) = current.iter().find(|c| {
             c.addr == l.address && c.slot.is_some() != (l.accept == AcceptMode::Reuseport)
         }) {
