@@ -78,12 +78,7 @@ fn an_upgrade_during_a_reload_is_refused_once_the_reload_ends() {
 #[test]
 fn an_upgrade_that_does_not_report_in_time_is_rolled_back() {
     let mut b = Bench::running(1, "upgrade_timeout = \"5s\"");
-    let (upgrade, mut u) = b.ask(Request::Upgrade);
-    b.handle(vec![upgrade]);
-    let child = match b.fx.done().last() {
-        Some(Did::StartMaster(p)) => *p,
-        other => panic!("a new master is started: {other:?}"),
-    };
+    let (child, mut u) = b.upgrade();
     assert!(b.state().starts_with("upgrading"));
     b.later(Duration::from_secs(4));
     assert!(

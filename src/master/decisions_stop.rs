@@ -140,12 +140,7 @@ fn a_graceful_stop_kills_what_still_drains_at_its_deadline() {
 #[test]
 fn a_stop_during_an_upgrade_rolls_it_back_and_answers_its_waiter() {
     let mut b = Bench::running(1, "");
-    let (upgrade, mut u) = b.ask(Request::Upgrade);
-    b.handle(vec![upgrade]);
-    let child = match b.fx.done().last() {
-        Some(Did::StartMaster(p)) => *p,
-        other => panic!("a new master is started: {other:?}"),
-    };
+    let (child, mut u) = b.upgrade();
     b.handle(vec![signal(Command::FastStop)]);
     let got = u.answer().expect("the upgrade is answered");
     assert!(!got.ok && got.message.contains("stopping"), "{got:?}");

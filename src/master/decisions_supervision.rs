@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use super::control::Request;
-use super::fake::{Bench, Did};
+use super::fake::Bench;
 use super::{Command, Job, WorkerState, EXIT_FATAL};
 use crate::channel::{Stats, ToMaster, ToWorker};
 use crate::os::master::{Pid, Signal};
@@ -214,12 +214,7 @@ fn the_watchdog_counts_what_it_fires() {
 #[test]
 fn the_new_master_of_an_upgrade_that_exits_is_rolled_back() {
     let mut b = Bench::running(1, "");
-    let (upgrade, mut u) = b.ask(Request::Upgrade);
-    b.handle(vec![upgrade]);
-    let child = match b.fx.done().last() {
-        Some(Did::StartMaster(p)) => *p,
-        other => panic!("a new master is started: {other:?}"),
-    };
+    let (child, mut u) = b.upgrade();
     b.exit(child, ExitReason::Code(3));
     let got = u.answer().expect("answered");
     assert!(

@@ -410,6 +410,17 @@ impl Bench {
         (self.m.job_for(req, t, 0), Asker(theirs))
     }
 
+    /// A control client asks for an upgrade and the master starts a new one (not
+    /// really): its pid, and the client's end to read the answer from.
+    pub fn upgrade(&mut self) -> (Pid, Asker) {
+        let (job, asker) = self.ask(Request::Upgrade);
+        self.handle(vec![job]);
+        match self.fx.done().last() {
+            Some(Did::StartMaster(p)) => (*p, asker),
+            other => panic!("a new master is started: {other:?}"),
+        }
+    }
+
     /// Handles one batch, as the loop does after collecting it.
     pub fn handle(&mut self, jobs: Vec<Job>) {
         self.m.handle(jobs);
