@@ -55,6 +55,24 @@ fn round_trips(c: &Corral, n: usize, tag: &str) -> Vec<Result<Duration, String>>
         .collect()
 }
 
+/// Every new connection was served, and the log says a slot was lent while a
+/// worker `state` (`"was stopped"`, `"hung"`).
+fn served_by_a_lend(c: &Corral, failed: &[&String], state: &str) {
+    assert!(
+        failed.is_empty(),
+        "{} of {N} new connections not served while a worker {state}: {failed:?}\n{}",
+        failed.len(),
+        c.log_tail(30)
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || c
+            .log()
+            .contains("accepts on its sockets")),
+        "no slot was lent while its worker {state}\n{}",
+        c.log_tail(30)
+    );
+}
+
 #[test]
 fn new_connections_are_served_while_a_worker_is_stopped() {
     let c = Corral::start(&Conf::new(3).watchdog("60s").accept("reuseport").render());
@@ -70,19 +88,7 @@ fn new_connections_are_served_while_a_worker_is_stopped() {
         .collect();
     times.sort_unstable();
     eprintln!("{N} new connections with one of 3 workers stopped, ms until echoed: {times:?}");
-    assert!(
-        failed.is_empty(),
-        "{} of {N} new connections not served while a worker was stopped: {failed:?}\n{}",
-        failed.len(),
-        c.log_tail(30)
-    );
-    assert!(
-        wait_until(Duration::from_secs(5), || c
-            .log()
-            .contains("accepts on its sockets")),
-        "no slot was lent while its worker was stopped\n{}",
-        c.log_tail(30)
-    );
+    served_by_a_lend(&c, &failed, "was stopped");
     // And the metrics count it, for an operator who only scrapes.
     let m = c.cli(&["status", "--prometheus"]);
     assert!(m.status.success(), "{}", m.all());
@@ -151,19 +157,7 @@ fn new_connections_are_served_while_a_worker_hangs() {
     let failed: Vec<&String> = got.iter().filter_map(|r| r.as_ref().err()).collect();
     let worst = got.iter().filter_map(|r| r.as_ref().ok()).max();
     eprintln!("{N} new connections with one of 3 workers hung: the last echoed after {worst:?}");
-    assert!(
-        failed.is_empty(),
-        "{} of {N} new connections not served while a worker hung: {failed:?}\n{}",
-        failed.len(),
-        c.log_tail(30)
-    );
-    assert!(
-        wait_until(Duration::from_secs(5), || c
-            .log()
-            .contains("accepts on its sockets")),
-        "no slot was lent while its worker hung\n{}",
-        c.log_tail(30)
-    );
+    served_by_a_lend(&c, &failed, "hung");
     assert!(
         !c.log().contains("sent no heartbeat"),
         "the watchdog, not the lending, served them\n{}",
