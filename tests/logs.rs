@@ -287,7 +287,7 @@ fn rotation_without_a_file_is_refused_naming_the_file_key_and_reason() {
         out.stderr
     );
     let bad = body.replace("\"hourly\"", "\"weekly\"");
-    let cfg = write_config(dir.path(), "corral.toml", &bad);
+    write_config(dir.path(), "corral.toml", &bad);
     let out = cli_env(
         dir.path(),
         &["-t", "-c", cfg_s],
@@ -303,7 +303,6 @@ fn rotation_without_a_file_is_refused_naming_the_file_key_and_reason() {
         "the error does not name the file, the key and the choices: {}",
         out.stderr
     );
-    let _ = cfg;
 }
 
 #[test]
