@@ -63,9 +63,9 @@ impl Page {
     /// test; None, with a printed reason, where Chromium is not installed.
     pub fn open(script: &str) -> Option<Page> {
         let Some(chromium) = chromium() else {
-            eprintln!(
-                "SKIPPED: chromium is not installed (apt-get install chromium; .ci/run installs it)"
-            );
+            super::skipped(format_args!(
+                "SKIPPED: a browser test: chromium is not installed (apt-get install chromium; .ci/run installs it)"
+            ));
             return None;
         };
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the report listener");
