@@ -271,11 +271,15 @@ pub enum LaneMsg {
     /// The receiver took the next `n` connections sent on this lane: it serves them
     /// now, and the sender drops its copies. Those at the positions in `refused`
     /// (counted from the first of the `n`), with the reason, its service could not
-    /// resume: the sender serves them itself from its copies, to their end.
+    /// resume: the sender serves them itself from its copies, to their end. `room`:
+    /// how many more connections the receiver can hold (its `max_connections` less
+    /// what it serves): senders send to the emptiest receiver first.
     Took {
         n: u64,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         refused: Vec<(u32, String)>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room: Option<u64>,
     },
 }
 

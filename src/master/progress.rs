@@ -4,6 +4,7 @@
 use super::effects::Notice;
 use super::{drain, IdlePolicy, Master, State, WorkerState, PREDECESSOR_POLL, START_TIMEOUT};
 use crate::master::sockets;
+use crate::master::table::WorkerRecord;
 use crate::os::process;
 use std::time::Instant;
 use tracing::{error, info};
@@ -65,17 +66,20 @@ impl Master {
                     .map(|w| w.slot)
                     .collect();
                 let deadline = now + self.config.master.drain_timeout.0;
+                let leaving = |w: &WorkerRecord| {
+                    w.recycling && w.state == WorkerState::Ready && ready_slots.contains(&w.slot)
+                };
+                // Lanes before the drain (see `commit_reload`).
                 let mut drained = false;
-                for w in &mut self.workers {
-                    if w.recycling && w.state == WorkerState::Ready && ready_slots.contains(&w.slot)
-                    {
-                        w.handoff.moves_out = true;
-                        drain(&mut *self.fx, w, deadline, IdlePolicy::Handoff);
-                        drained = true;
-                    }
+                for w in self.workers.iter_mut().filter(|w| leaving(w)) {
+                    w.handoff.moves_out = true;
+                    drained = true;
                 }
                 if drained {
                     self.wire_lanes();
+                }
+                for w in self.workers.iter_mut().filter(|w| leaving(w)) {
+                    drain(&mut *self.fx, w, deadline, IdlePolicy::Handoff);
                 }
                 if self.waiting.reload.is_some() && !self.rolled_back_alive() {
                     let waiters = self.waiting.reload.take().unwrap_or_default();

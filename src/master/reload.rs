@@ -9,6 +9,7 @@ use crate::master::effects::Notice;
 use crate::master::privs;
 use crate::master::rolling;
 use crate::master::sockets;
+use crate::master::table::WorkerRecord;
 use std::time::Instant;
 use tracing::{error, info, warn};
 
@@ -169,16 +170,24 @@ impl Master {
         } = *r;
         let now = self.fx.now();
         let deadline = now + config.master.drain_timeout.0;
-        let mut drained = 0;
-        for w in &mut self.workers {
-            if w.generation < generation
+        let leaving = |w: &WorkerRecord| {
+            w.generation < generation
                 && matches!(w.state, WorkerState::Starting | WorkerState::Ready)
-            {
-                w.handoff.moves_out = true;
-                drain(&mut *self.fx, w, deadline, IdlePolicy::Handoff);
-                self.gens.draining(w.generation, now);
-                drained += 1;
-            }
+        };
+        // Old workers send their connections straight to the new ones: the lanes go
+        // out before the drain, on the same channel, so that a worker has them when it
+        // starts handing over (after the drain, a worker that emptied itself at once
+        // sent everything through the master, as if there were no lanes).
+        for w in self.workers.iter_mut().filter(|w| leaving(w)) {
+            w.handoff.moves_out = true;
+        }
+        self.generation = generation;
+        self.wire_lanes();
+        let mut drained = 0;
+        for w in self.workers.iter_mut().filter(|w| leaving(w)) {
+            drain(&mut *self.fx, w, deadline, IdlePolicy::Handoff);
+            self.gens.draining(w.generation, now);
+            drained += 1;
         }
         let n = config.master.workers.count();
         self.slots = vec![Slot::default(); n];
@@ -191,9 +200,6 @@ impl Master {
         if let Err(e) = self.fx.steer(&self.config, &self.listeners) {
             warn!("{e}; connections are spread by the kernel's hash meanwhile");
         }
-        self.generation = generation;
-        // Old workers send their connections straight to the new ones.
-        self.wire_lanes();
         // Old workers with nothing left exit within milliseconds of their drain
         // message; counting them right now (on a loaded box, before they were even
         // scheduled) would cut a generation that still serves clients.

@@ -415,6 +415,7 @@ fn a_lane_that_hangs_up_sends_what_it_had_not_answered_again() {
     lane.send(&LaneMsg::Took {
         n: first.len() as u64,
         refused: Vec::new(),
+        room: None,
     })
     .unwrap();
     // Hang up with the rest unread (a lane's window is less than CONNS): the worker

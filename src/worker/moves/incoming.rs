@@ -20,19 +20,28 @@ use super::{peer_ip, suspended_by_me, Origins};
 impl Worker {
     /// Connections handed over to this worker. A draining worker passes them on to
     /// the newest generation (reload) or keeps them under its drain rules.
-    pub(in crate::worker) fn adopt(&mut self, conns: Vec<Handed>, fds: Vec<OwnedFd>) {
-        if conns.len() != fds.len() {
-            warn!(
-                described = conns.len(),
-                fds = fds.len(),
-                "handed-over connections and fds do not match; closing the unmatched"
-            );
-        }
+    pub(in crate::worker) fn adopt(&mut self, mut conns: Vec<Handed>, fds: Vec<OwnedFd>) {
         // A turn may read many of these messages in a row.
         self.beat_if_due();
         let mut refused = Vec::new();
         // Origins whose connections are ours for good from here on.
         let mut taken = Origins::default();
+        if conns.len() > fds.len() {
+            // The kernel dropped their sockets on the way (this worker's fd table was
+            // full): they are gone. Their origin must not wait for a refusal that
+            // cannot come (it stayed until its drain deadline).
+            let lost = conns.split_off(fds.len());
+            warn!(
+                connections = lost.len(),
+                "handed-over connections arrived without their sockets (the fd table is full): they are closed"
+            );
+            for o in lost
+                .iter()
+                .filter_map(|h| h.moved.as_ref().map(|m| m.origin))
+            {
+                taken.add(o);
+            }
+        }
         for (h, fd) in conns.into_iter().zip(fds) {
             let origin = h.moved.as_ref().map(|m| m.origin);
             match (self.phase, self.idle_policy) {

@@ -8,9 +8,8 @@
 //! lanes, a batch per lane in turn, each lane with its own queue flushed on EPOLLOUT.
 //!
 //! Nothing is lost when a receiver dies: the sender keeps its copy of every connection
-//! it sent (the record, and the fd parked in a socketpair of its own, so that it
-//! leaves this worker's fd table as it would through the master; kept in the table
-//! if parking fails) until the receiver answers `Took`, which it sends
+//! it sent (the record, and the fd in its own table, where it was already) until the
+//! receiver answers `Took`, which it sends
 //! right after resuming the batch, before its loop touches any of those sockets. When
 //! the lane hangs up, the sender first reads every answer still queued (they come
 //! before the EOF), then sends what is left unanswered again over another lane (or to
@@ -20,7 +19,18 @@
 //!
 //! Each lane holds at most `LANE_WINDOW` unanswered connections, so the fds in flight
 //! stay bounded (the kernel refuses more than the user's RLIMIT_NOFILE in flight,
-//! ETOOMANYREFS, which is then a reason to wait, not a failure).
+//! ETOOMANYREFS, which is then a reason to wait, not a failure). The copies are not
+//! parked in a socket of their own (as an earlier version did, to take them out of
+//! the table): a parked fd is in flight too, and 63 senders' copies used up the
+//! budget that 20 000 fds in flight (per user: every worker is `nobody`) leave them.
+//!
+//! Where a batch goes: to the lane whose receiver has the most room (`Took` says how
+//! many more connections it can hold) less what this sender has on the way to it.
+//! Every sender sees the same receivers' room, so the new generation fills evenly
+//! whatever each sender's share: spreading only its own batches evenly, each of 63
+//! senders kept one receiver a window ahead, one worker got 19 891 connections
+//! against 7 887 for another, and its fd table overflowed (the kernel drops what
+//! does not fit, which is then sent again, elsewhere).
 
 use std::collections::VecDeque;
 use std::io;
@@ -31,7 +41,6 @@ use tracing::{debug, info, warn};
 
 use crate::channel::{Channel, ChannelError, ConnQueue, Handed, IdlePolicy, LaneMsg, BATCH_CONNS};
 use crate::os::epoll::{Event, Interest};
-use crate::os::scm;
 
 use super::super::{Phase, Timer, Worker};
 use super::SETTLE_CHECK;
@@ -47,11 +56,11 @@ const NO_SOCKET: &str = "it arrived without its socket";
 pub const LANE_WINDOW: usize = 512;
 
 /// One message sent on a lane and not yet answered: the records, and our copies of
-/// the fds (None: parked, the next message in the lane's parking socket).
+/// the fds.
 #[derive(Debug)]
 struct Sent {
     records: Vec<Handed>,
-    fds: Option<Vec<OwnedFd>>,
+    fds: Vec<OwnedFd>,
 }
 
 /// One lane, from either end.
@@ -69,17 +78,14 @@ struct Lane {
     unacked: VecDeque<Sent>,
     /// Connections in `unacked`.
     unacked_conns: usize,
-    /// Where our copies of the fds in flight wait (write end, read end): a socket's
-    /// queue rather than this worker's fd table.
-    park: Option<(OwnedFd, OwnedFd)>,
     /// Answers we owe the peer, in order; while one is owed we read no more of its
     /// connections (a connection is served here only once its answer is sent).
     owed: VecDeque<LaneMsg>,
     /// Connections the peer took from us (served there now).
     took: u64,
-    /// Connections queued for it so far: the next batch goes to the lane with room
-    /// that had the fewest (an even spread, as the master's, unless one is slow).
-    given: u64,
+    /// How many more connections the receiver can hold, as of its last answer
+    /// (None before the first: as much as any).
+    room: Option<u64>,
     want_write: bool,
     readable: bool,
     /// The last send found it full (EAGAIN): no more until it is writable.
@@ -94,51 +100,30 @@ impl Lane {
         self.out.len() + self.unacked_conns
     }
 
-    /// Keeps our copies of a message just sent: parked if possible.
+    /// Keeps our copies of a message just sent.
     fn hold(&mut self, batch: Vec<(Handed, OwnedFd)>) {
         let (records, fds): (Vec<Handed>, Vec<OwnedFd>) = batch.into_iter().unzip();
         self.unacked_conns += records.len();
-        let parked = self.park.as_ref().is_some_and(|(w, _)| {
-            let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
-            scm::send(w.as_fd(), b"p", &borrowed).is_ok()
-        });
-        let fds = if parked { None } else { Some(fds) };
         self.unacked.push_back(Sent { records, fds });
     }
 
-    /// Our copies of the oldest message not yet answered, with their fds (None when
-    /// every one is answered). A parked message that comes back short (it cannot)
-    /// leaves the rest without fds: they are lost, and said so.
-    fn release(&mut self) -> Option<Vec<(Handed, Option<OwnedFd>)>> {
+    /// Our copies of the oldest message not yet answered (None when every one is).
+    fn release(&mut self) -> Option<Vec<(Handed, OwnedFd)>> {
         let sent = self.unacked.pop_front()?;
         self.unacked_conns -= sent.records.len();
-        let fds = match sent.fds {
-            Some(f) => f,
-            None => {
-                let mut buf = [0u8; 1];
-                match self
-                    .park
-                    .as_ref()
-                    .map(|(_, r)| scm::recv(r.as_fd(), &mut buf))
-                {
-                    Some(Ok(Some(got))) => got.fds,
-                    other => {
-                        warn!(
-                            peer = self.peer,
-                            "parked copies of moved connections missing ({:?})",
-                            other.map(|r| r.map(|g| g.map(|g| g.fds.len())))
-                        );
-                        Vec::new()
-                    }
-                }
-            }
-        };
-        let mut fds = fds.into_iter();
-        Some(sent.records.into_iter().map(|h| (h, fds.next())).collect())
+        Some(sent.records.into_iter().zip(sent.fds).collect())
     }
 
     fn has_room(&self) -> bool {
         !self.full && !self.broken && self.in_flight() + BATCH_CONNS <= LANE_WINDOW
+    }
+
+    /// What the receiver can still take once what we have on the way arrives: the
+    /// next batch goes to the lane with the most.
+    fn spare(&self) -> u64 {
+        self.room
+            .unwrap_or(u64::MAX / 2)
+            .saturating_sub(self.in_flight() as u64)
     }
 }
 
@@ -182,6 +167,17 @@ impl Lanes {
         self.waiting.len() + self.lanes.iter().map(|l| l.out.len()).sum::<usize>()
     }
 
+    /// The lane for the next batch: of those with room in their window, the one
+    /// whose receiver has the most room left (see the module's note); among equals
+    /// (before any answer: all), in turn from the last one used.
+    fn pick(&self) -> Option<usize> {
+        let count = self.lanes.len();
+        (0..count)
+            .map(|k| (self.rr + k) % count)
+            .filter(|&i| self.lanes[i].sends && self.lanes[i].has_room())
+            .min_by_key(|&i| std::cmp::Reverse(self.lanes[i].spare()))
+    }
+
     fn index(&self, token: u64) -> Option<usize> {
         let key = (token & 0xffff_ffff) as u32;
         self.lanes.iter().position(|l| l.key == key)
@@ -200,21 +196,13 @@ impl Worker {
         let l = &mut self.handoff.lanes;
         let key = l.next_key;
         l.next_key = l.next_key.wrapping_add(1);
+        if l.lanes.is_empty() {
+            // Senders start their round at different receivers: all starting at the
+            // first, 4 senders of 30 connections each sent them all to one new worker
+            // before any answer, past its fd table.
+            l.rr = crate::os::process::pid().as_raw().unsigned_abs() as usize;
+        }
         let ch = Channel::from_fd(fd);
-        let park = if sends {
-            match crate::os::fd::seqpacket_pair() {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    debug!(
-                        peer,
-                        "no parking socket for a lane ({e}); copies stay in the fd table"
-                    );
-                    None
-                }
-            }
-        } else {
-            None
-        };
         if let Err(e) = self
             .epoll
             .add(ch.as_fd(), Interest::READ, TOKEN_LANE | u64::from(key))
@@ -230,10 +218,9 @@ impl Worker {
             out: ConnQueue::default(),
             unacked: VecDeque::new(),
             unacked_conns: 0,
-            park,
             owed: VecDeque::new(),
             took: 0,
-            given: 0,
+            room: None,
             want_write: false,
             readable: false,
             full: false,
@@ -391,7 +378,7 @@ impl Worker {
             }
             let got = lane.ch.recv_fds::<LaneMsg>();
             match got {
-                Ok(Some((LaneMsg::Took { n, refused }, _))) => self.took(i, n, refused),
+                Ok(Some((LaneMsg::Took { n, refused, room }, _))) => self.took(i, n, refused, room),
                 Ok(Some((LaneMsg::Conns { conns }, fds))) => {
                     *budget = budget.saturating_sub(conns.len());
                     let answer = self.adopt_from_lane(conns, fds);
@@ -461,13 +448,27 @@ impl Worker {
                 (Phase::Draining, IdlePolicy::Close) => self.handoff.counts.closed += 1,
             }
         }
-        LaneMsg::Took { n, refused }
+        // Full is `max_connections` (a worker adopts past it, up to its fd table: the
+        // senders only prefer the emptiest).
+        let room = self
+            .config
+            .worker
+            .max_connections
+            .saturating_sub(self.conns.len()) as u64;
+        LaneMsg::Took {
+            n,
+            refused,
+            room: Some(room),
+        }
     }
 
     /// Lane `i`'s peer took the next `n` connections we sent: our copies close, but
-    /// those it refused are served here from them.
-    fn took(&mut self, i: usize, n: u64, refused: Vec<(u32, String)>) {
+    /// those it refused are served here from them. `room`: how many more it can hold.
+    fn took(&mut self, i: usize, n: u64, refused: Vec<(u32, String)>, room: Option<u64>) {
         let lane = &mut self.handoff.lanes.lanes[i];
+        if room.is_some() {
+            lane.room = room;
+        }
         let Some(batch) = lane.release() else {
             warn!(
                 peer = lane.peer,
@@ -489,15 +490,10 @@ impl Worker {
         for (k, (mut h, fd)) in batch.into_iter().enumerate() {
             match refused.iter().find(|(at, _)| *at as usize == k) {
                 Some((_, why)) if why == NO_SOCKET => {
-                    if let Some(fd) = fd {
-                        again += 1;
-                        self.handoff.queue.push(h, fd);
-                    }
+                    again += 1;
+                    self.handoff.queue.push(h, fd);
                 }
                 Some((_, why)) => {
-                    let Some(fd) = fd else {
-                        continue;
-                    };
                     if let Some(m) = h.moved.as_mut() {
                         m.refused = Some(why.clone());
                     }
@@ -537,7 +533,7 @@ impl Worker {
         let _ = self.epoll.delete(lane.ch.as_fd());
         let mut unacked = Vec::new();
         while let Some(batch) = lane.release() {
-            unacked.extend(batch.into_iter().filter_map(|(h, fd)| Some((h, fd?))));
+            unacked.extend(batch);
         }
         let sent_again = unacked.len() as u64;
         let unsent = lane.out.take_all();
@@ -589,31 +585,11 @@ impl Worker {
         }
         while !self.handoff.lanes.waiting.is_empty() {
             let l = &mut self.handoff.lanes;
-            let count = l.lanes.len();
-            // Even, as the master spread them: a fast receiver may run at most
-            // `LANE_WINDOW` ahead of the slowest live one (given all it could take,
-            // one receiver reached its fd limit while the others were starved of CPU).
-            let floor = l
-                .lanes
-                .iter()
-                .filter(|x| x.sends && !x.broken)
-                .map(|x| x.given)
-                .min()
-                .unwrap_or(0);
-            // The fewest given first; among equals, in turn from the last one used.
-            let Some(i) = (0..count)
-                .map(|k| (l.rr + k) % count)
-                .filter(|&i| {
-                    let x = &l.lanes[i];
-                    x.sends && x.has_room() && x.given <= floor + LANE_WINDOW as u64
-                })
-                .min_by_key(|&i| l.lanes[i].given)
-            else {
+            let Some(i) = l.pick() else {
                 return false;
             };
             l.rr = i + 1;
             let batch = l.waiting.take_all();
-            l.lanes[i].given += batch.len() as u64;
             for (c, fd) in batch {
                 l.lanes[i].out.push(c, fd);
             }
@@ -637,5 +613,87 @@ impl Worker {
     /// how many.
     pub(in crate::worker) fn drop_lane_queues(&mut self) -> usize {
         self.take_lane_queues().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lane(key: u32, room: Option<u64>, unacked: usize) -> Lane {
+        let (ours, _theirs) = Channel::pair().unwrap();
+        Lane {
+            peer: key,
+            key,
+            ch: ours,
+            sends: true,
+            out: ConnQueue::default(),
+            unacked: VecDeque::new(),
+            unacked_conns: unacked,
+            owed: VecDeque::new(),
+            took: 0,
+            room,
+            want_write: false,
+            readable: false,
+            full: false,
+            broken: false,
+        }
+    }
+
+    fn lanes(l: Vec<Lane>, rr: usize) -> Lanes {
+        Lanes {
+            lanes: l,
+            rr,
+            ..Lanes::default()
+        }
+    }
+
+    /// Every sender sees the receivers' own count, so the emptiest receiver gets the
+    /// batch whoever sends it; what this sender has on the way counts against it.
+    #[test]
+    fn a_batch_goes_to_the_receiver_with_the_most_room() {
+        let l = lanes(vec![lane(0, Some(100), 0), lane(1, Some(5000), 0)], 0);
+        assert_eq!(l.pick(), Some(1));
+        // 5000 less 448 on the way is still more than 4 600.
+        let l = lanes(vec![lane(0, Some(4600), 0), lane(1, Some(5000), 448)], 0);
+        assert_eq!(l.pick(), Some(0));
+    }
+
+    /// Before any answer, or among equals, batches go round in turn (an even spread),
+    /// less what is on the way.
+    #[test]
+    fn among_equals_in_turn_and_unanswered_receivers_first() {
+        let three = |rr| {
+            lanes(
+                vec![lane(0, None, 0), lane(1, None, 0), lane(2, None, 0)],
+                rr,
+            )
+        };
+        assert_eq!(three(0).pick(), Some(0));
+        assert_eq!(three(1).pick(), Some(1));
+        assert_eq!(three(2).pick(), Some(2));
+        let l = lanes(vec![lane(0, None, 64), lane(1, None, 0)], 0);
+        assert_eq!(l.pick(), Some(1));
+        // A receiver not heard from yet is assumed to have room.
+        let l = lanes(vec![lane(0, Some(19_000), 0), lane(1, None, 0)], 0);
+        assert_eq!(l.pick(), Some(1));
+    }
+
+    /// Room is a preference, not a stop: a full receiver still takes a batch when no
+    /// other lane has room in its window (a worker adopts past `max_connections`, up
+    /// to its fd table); a full window, a full socket or a broken lane takes none.
+    #[test]
+    fn a_full_window_is_skipped_and_a_full_receiver_is_only_last() {
+        let l = lanes(
+            vec![lane(0, Some(0), 0), lane(1, Some(9000), LANE_WINDOW)],
+            0,
+        );
+        assert_eq!(l.pick(), Some(0));
+        let mut full = lane(1, Some(9000), 0);
+        full.full = true;
+        let mut broken = lane(2, Some(9000), 0);
+        broken.broken = true;
+        let l = lanes(vec![lane(0, Some(0), LANE_WINDOW), full, broken], 0);
+        assert_eq!(l.pick(), None);
     }
 }
