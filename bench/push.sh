@@ -19,6 +19,7 @@
 # Usage: bench/push.sh [N]      Knobs: RATE=5 SUSTAIN_S=10 MOVE_RATE=2 COST_MSGS=5000
 #        NO_BUILD=1 DEADLINE_S=600 CONNECT_RATE=20000 KEEP=1 UPGRADE=0 (only the reload in (3))
 #        GRACE_S=20 (how long clients wait for what they miss after the last publish)
+#        WORKERS=K (instead of ceil(N / 16000)) LOG_LEVEL=warn
 # Every process runs under `timeout`; the EXIT trap stops by pid all it started.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -51,7 +52,7 @@ fi
 [[ -x $CORRAL_BIN && -x $PUSH_LOAD ]] || die "build the push example and push-load first"
 
 PROCS=$(((N + PER - 1) / PER))
-WORKERS=$PROCS
+WORKERS=${WORKERS:-$PROCS}
 ((WORKERS >= 2)) || WORKERS=2
 SUB_PORT=$(free_port)
 PUB_PORT=$(free_port)
@@ -69,7 +70,7 @@ idle_timeout = "30m"
 write_high_water = "16KiB"
 write_low_water = "4KiB"
 [log]
-level = "warn"
+level = "${LOG_LEVEL:-warn}"
 [[listen]]
 address = "127.0.0.1:$SUB_PORT"
 service = "push"
@@ -156,18 +157,33 @@ s0=$(now_ms)
 timeout $((SUSTAIN_S + 60)) $PUB "127.0.0.1:$PUB_PORT" feed 2 $((RATE * SUSTAIN_S)) "$RATE" >"$WORK/sustain.json"
 c1=$(cpu_ticks $ws)
 s1=$(now_ms)
-sleep 2
+# The moves start once the sustained phase's deliveries are written: a reload behind a
+# backlog measures the backlog (a subscriber leaves only once its old worker wrote it
+# what it holds), not the move. Quiet = the workers used under 10 % of a core for 1 s.
+q0=$(now_ms)
+while (($(now_ms) - q0 < 300000)); do
+  a=$(cpu_ticks $ws)
+  sleep 1
+  b=$(cpu_ticks $ws)
+  ((b - a < CLK_TCK / 10)) && break
+done
+log "workers quiet $(($(now_ms) - s1)) ms after the sustained phase"
 # (3) through a reload and an upgrade
 FIRST=$((2 + RATE * SUSTAIN_S))
-MOVE_N=$((MOVE_RATE * 20))
+# 20 s of stream (at least 4 messages), MOVE_RATE may be fractional (0.2: one in 5 s).
+MOVE_N=$(awk -v r="$MOVE_RATE" 'BEGIN { n = int(r * 20 + 0.5); print (n < 4 ? 4 : n) }')
 timeout 120 $PUB "127.0.0.1:$PUB_PORT" feed "$FIRST" "$MOVE_N" "$MOVE_RATE" >"$WORK/moves.json" &
 PUBP=$!
 STARTED+=($!)
 sleep 3
-timeout 120 "$CORRAL" -s reload -c "$C_CONF" >&2 || log "reload failed"
+r0=$(now_ms)
+timeout 180 "$CORRAL" -s reload -c "$C_CONF" >&2 || log "reload failed"
+log "reload: $(($(now_ms) - r0)) ms until the move was over (the command follows it)"
 sleep 3
 if [[ ${UPGRADE:-1} == 1 ]]; then
+  u0=$(now_ms)
   timeout 180 "$CORRAL" -s upgrade -c "$C_CONF" >&2 || log "upgrade failed"
+  log "upgrade: $(($(now_ms) - u0)) ms until the move was over (the command follows it)"
 fi
 wait "$PUBP" || log "the publisher failed: $(cat "$WORK/moves.json")"
 LAST=$((FIRST + MOVE_N - 1))
