@@ -59,6 +59,7 @@ mod ticket_keys;
 pub mod upgrade;
 mod waiters;
 mod xfer;
+mod xlanes;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -392,7 +392,14 @@ fn a_lane_that_hangs_up_sends_what_it_had_not_answered_again() {
     }
     let (ours, theirs) = crate::os::fd::seqpacket_pair().unwrap();
     kit.master
-        .send_fds(&ToWorker::Lane { pid: 1, send: true }, &[theirs.as_fd()])
+        .send_fds(
+            &ToWorker::Lane {
+                pid: 1,
+                send: true,
+                foreign: false,
+            },
+            &[theirs.as_fd()],
+        )
         .unwrap();
     drop(theirs);
     kit.master
