@@ -30,6 +30,8 @@ mod decisions_supervision;
 mod decisions_upgrade;
 #[cfg(test)]
 mod decisions_xfer;
+#[cfg(test)]
+mod decisions_xlanes;
 mod effects;
 #[cfg(test)]
 mod fake;
