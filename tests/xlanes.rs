@@ -238,3 +238,70 @@ fn a_new_masters_worker_killed_mid_move_loses_only_what_it_had_adopted() {
         c.log_tail(60)
     );
 }
+
+/// The new master dies (SIGKILL, by pid) right after the commit, before the old
+/// workers (frozen) have moved anything: its workers drain and exit with it, the lanes
+/// to them hang up or refuse, and the old workers keep every connection and serve it.
+/// Nothing is lost to a lane whose other side went away.
+#[test]
+fn a_new_master_killed_after_the_commit_loses_no_connection() {
+    let _heavy = common::heavy();
+    raise_nofile();
+    let (_bin_dir, bin) = copy_binary();
+    let conns_n = 1000;
+    let c = start(
+        &bin,
+        Conf::new(2)
+            .drain("120s")
+            .upgrade_timeout("60s")
+            .max_conns(conns_n + 100)
+            .master("watchdog_timeout = \"300s\""),
+    );
+    let old: Vec<i32> = c.worker_pids();
+    assert_eq!(old.len(), 2, "{}", c.log_tail(20));
+    let mut conns = open_echo(&c, conns_n);
+
+    freeze(&old, true);
+    let new_master = c.must_upgrade();
+    let mut new: Vec<i32> = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            new = c.workers_of(new_master).iter().map(|p| p.pid).collect();
+            new.len() == 2
+        }),
+        "new master {new_master} has workers {new:?}\n{}",
+        c.log_tail(40)
+    );
+    kill(nix::unistd::Pid::from_raw(new_master), Signal::SIGKILL).expect("SIGKILL the new master");
+    // Its workers see their channel close and leave (they hold no client).
+    let gone = wait_until(Duration::from_secs(30), || {
+        new.iter()
+            .all(|&p| read_stat(p).is_none_or(|s| s.state == 'Z'))
+    });
+    assert!(
+        gone,
+        "the new master's workers {new:?} stayed\n{}",
+        c.log_tail(40)
+    );
+    freeze(&old, false);
+
+    let mut bad = Vec::new();
+    for (i, s) in conns.iter_mut().enumerate() {
+        match echo(s, b"still\n", Duration::from_secs(30)) {
+            Echo::Ok => {}
+            other => bad.push((i, other)),
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "{} of {conns_n} clients not served by the old workers: {:?}\n{}",
+        bad.len(),
+        &bad[..bad.len().min(5)],
+        c.log_tail(60)
+    );
+    assert!(
+        c.master_alive(),
+        "the old master serves on\n{}",
+        c.log_tail(40)
+    );
+}

@@ -51,6 +51,9 @@ pub const TOKEN_LANE: u64 = (1 << 63) | (1 << 62) | (1 << 41);
 /// full): the sender sends it again rather than keeping it.
 const NO_SOCKET: &str = "it arrived without its socket";
 
+/// The refusal of a receiver that is closing its connections: the sender keeps them.
+const CLOSING: &str = "the new worker is closing its connections (its master is gone or stopping)";
+
 /// Most connections sent on one lane and not yet answered.
 pub const LANE_WINDOW: usize = 512;
 
@@ -510,7 +513,12 @@ impl Worker {
                     self.handoff.counts.kept += 1;
                     let _ = self.restore(h, fd, true);
                 }
-                (Phase::Draining, IdlePolicy::Close) => self.handoff.counts.closed += 1,
+                // Closing everything (its master is gone, e.g. a new master that died
+                // after the commit, or stopping): the sender still has the connection
+                // and keeps it, rather than this worker closing a client that moved.
+                (Phase::Draining, IdlePolicy::Close) => {
+                    refused.push((k as u32, CLOSING.to_string()));
+                }
             }
         }
         LaneMsg::Took { n, refused }
