@@ -53,3 +53,4 @@ mod top;
 mod unknown_service;
 mod upgrade;
 mod upgrade_moves;
+mod xlanes;

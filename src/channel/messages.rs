@@ -195,6 +195,11 @@ pub enum ToMaster {
         #[serde(with = "b64")]
         message: Vec<u8>,
     },
+    /// Connections this worker adopted so far over its lanes from the old master's
+    /// workers of a binary upgrade (`ToWorker::Lane { foreign: true }`), as running
+    /// totals per sender (pid, total): the new master counts them as moved in from
+    /// the old master, as it counts what comes through it.
+    LaneAdopted { totals: Vec<(u32, u64)> },
 }
 
 /// Master → worker.
@@ -245,6 +250,10 @@ pub enum ToWorker {
         pid: u32,
         #[serde(default)]
         send: bool,
+        /// The other end is the other master's worker (a binary upgrade): an adopter
+        /// reports what it takes over this lane (`ToMaster::LaneAdopted`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        foreign: bool,
     },
     /// `corral publish`: a message for this worker's subscribers of `topic` (the
     /// master sends it to every worker; `publisher` and `seq` number it like a
@@ -305,6 +314,13 @@ pub enum ToSuccessor {
         #[serde(with = "b64")]
         message: Vec<u8>,
     },
+    /// The adopter's end of a lane (travelling with the message) from the old
+    /// master's worker `from` to the new master's worker `to`, which the new master
+    /// passes on (`ToWorker::Lane { pid: from, send: false, foreign: true }`).
+    Lane {
+        from: i32,
+        to: u32,
+    },
 }
 
 /// New master → old master: connections it could not place, for the old master's
@@ -323,6 +339,11 @@ pub enum ToPredecessor {
     /// `n` suspended connections of the old master's worker `to` were taken for good
     /// by the new master's workers (relayed to it as `ToWorker::Settled`).
     Settled { to: i32, n: u64 },
+    /// The new master's workers that adopt now (pids, all of them each time: at
+    /// start, and when one becomes ready or the set changes): the old master links
+    /// its draining workers to them (`ToSuccessor::Lane`). Sent only to an old
+    /// master that said it reads it (`LANES_ENV`).
+    Adopters { pids: Vec<u32> },
 }
 
 /// What a draining worker does with connections that are idle (closable without

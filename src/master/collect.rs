@@ -323,6 +323,7 @@ impl Master {
                 topic,
                 message,
             } => self.publish_to_successor(publisher, seq, topic, message),
+            ToMaster::LaneAdopted { totals } => self.lane_adopted(i, totals),
             ToMaster::Handoff { .. }
             | ToMaster::Refused { .. }
             | ToMaster::Settled { .. }

@@ -6,9 +6,9 @@
 //! counts (the workers' `HandoffDone`, as before).
 //!
 //! A worker that becomes ready later (a respawn after a new worker died mid-move) is
-//! linked too. Where no lane can be made (the sockets could not be sent, or the
-//! adopters are another master's at a binary upgrade) the connections go through the
-//! master as before (`moves.rs`).
+//! linked too. Where no lane can be made (the sockets could not be sent) the
+//! connections go through the master as before (`moves.rs`). At a binary upgrade the
+//! adopters are the other master's: `xlanes.rs` links them.
 
 use std::os::fd::AsFd;
 
@@ -24,6 +24,8 @@ impl Master {
     /// Makes the lanes missing between the workers that move connections out
     /// (`moves_out`, still reachable) and today's adopters.
     pub(super) fn wire_lanes(&mut self) {
+        // The old master of our upgrade, still draining, links its workers to ours.
+        self.xfer_tell_adopters();
         let senders: Vec<usize> = (0..self.workers.len())
             .filter(|&k| {
                 let w = &self.workers[k];
@@ -66,6 +68,7 @@ impl Master {
                         &ToWorker::Lane {
                             pid: from,
                             send: false,
+                            foreign: false,
                         },
                         &[theirs.as_fd()],
                     )
@@ -74,6 +77,7 @@ impl Master {
                             &ToWorker::Lane {
                                 pid: to,
                                 send: true,
+                                foreign: false,
                             },
                             &[mine.as_fd()],
                         )

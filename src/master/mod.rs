@@ -30,6 +30,8 @@ mod decisions_supervision;
 mod decisions_upgrade;
 #[cfg(test)]
 mod decisions_xfer;
+#[cfg(test)]
+mod decisions_xlanes;
 mod effects;
 #[cfg(test)]
 mod fake;
@@ -59,6 +61,7 @@ mod ticket_keys;
 pub mod upgrade;
 mod waiters;
 mod xfer;
+mod xlanes;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -48,9 +48,10 @@ pub struct WorkerHandoff {
     /// Control messages (a drain) that found the channel full of hand-overs; they go
     /// first when it drains.
     control: VecDeque<ToWorker>,
-    /// Bus links (`ToWorker::BusPeer`: the peer's pid and this worker's end) that
-    /// found the channel full; they go first when it drains.
-    links: VecDeque<(u32, OwnedFd)>,
+    /// Bus links (`ToWorker::BusPeer`) and lane ends of an upgrade
+    /// (`ToWorker::Lane`), each with its socket, that found the channel full; they
+    /// go first when it drains.
+    links: VecDeque<(ToWorker, OwnedFd)>,
     /// Connections for this worker to adopt.
     adopt: ConnQueue,
     /// Connections going back to this (draining) worker, and why.
@@ -65,8 +66,12 @@ pub struct WorkerHandoff {
     /// This worker moves its connections out at a reload: it gets lanes to the
     /// adopters (`lanes.rs`).
     pub moves_out: bool,
-    /// The workers (pids) it has been given lanes to.
+    /// The workers (pids) it has been given lanes to (ours, or at an upgrade the
+    /// new master's).
     pub lanes_to: Vec<u32>,
+    /// What it adopted over lanes from the old master's workers: the running totals
+    /// it last reported (`ToMaster::LaneAdopted`), per sender pid.
+    pub lane_adopted: Vec<(u32, u64)>,
 }
 
 impl Default for WorkerHandoff {
@@ -84,6 +89,7 @@ impl Default for WorkerHandoff {
             last_problem: None,
             moves_out: false,
             lanes_to: Vec::new(),
+            lane_adopted: Vec::new(),
         }
     }
 }
@@ -109,14 +115,41 @@ impl WorkerHandoff {
         pid: u32,
         end: OwnedFd,
     ) -> io::Result<()> {
+        self.send_with_fd(ch, ToWorker::BusPeer { pid }, end)
+    }
+
+    /// Sends `msg` with its socket now, or once what is queued ahead of it has gone
+    /// (as `send_link`). `Err` when the channel failed.
+    pub fn send_with_fd(
+        &mut self,
+        ch: &crate::channel::Channel,
+        msg: ToWorker,
+        end: OwnedFd,
+    ) -> io::Result<()> {
         if self.links.is_empty() {
-            match ch.send_fds(&ToWorker::BusPeer { pid }, &[end.as_fd()]) {
+            match ch.send_fds(&msg, &[end.as_fd()]) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 other => return other,
             }
         }
-        self.links.push_back((pid, end));
+        self.links.push_back((msg, end));
         Ok(())
+    }
+
+    /// A new running total of what this worker adopted over a lane from `from`:
+    /// what it adds to the last one.
+    pub fn lane_adopted(&mut self, from: u32, total: u64) -> u64 {
+        match self.lane_adopted.iter_mut().find(|(p, _)| *p == from) {
+            Some((_, last)) => {
+                let more = total.saturating_sub(*last);
+                *last = (*last).max(total);
+                more
+            }
+            None => {
+                self.lane_adopted.push((from, total));
+                total
+            }
+        }
     }
 
     /// Sends `msg` now, or, when the channel is full while the master is passing
@@ -330,15 +363,14 @@ impl Master {
         if !w.handoff.wants_write() {
             return;
         }
-        while let Some((pid, end)) = w.handoff.links.front() {
-            let link = ToWorker::BusPeer { pid: *pid };
-            match w.channel.send_fds(&link, &[end.as_fd()]) {
+        while let Some((link, end)) = w.handoff.links.front() {
+            match w.channel.send_fds(link, &[end.as_fd()]) {
                 Ok(()) => {
                     w.handoff.links.pop_front();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    debug!(pid = w.pid.as_raw(), "cannot send a bus link: {e}");
+                    debug!(pid = w.pid.as_raw(), "cannot send {link:?}: {e}");
                     w.handoff.links.clear();
                     w.handoff.control.clear();
                     return self.handoff_channel_closed(i);

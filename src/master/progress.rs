@@ -34,6 +34,9 @@ impl Master {
                     );
                     self.enter(State::Running);
                     sockets::adopt_paths(&mut self.listeners);
+                    // Said before the report: the old master links its workers to
+                    // ours at the commit, before anything moves.
+                    self.xfer_tell_adopters();
                     if let Some(r) = self.host.reporter.take() {
                         r.ready();
                     }

@@ -10,8 +10,10 @@
 //! Nothing moves before the upgrade is committed: until the new master reports
 //! ready the old workers drain nothing, and a rollback just closes the pair. Once
 //! committed the old master's workers drain with `IdlePolicy::Handoff`; what they
-//! hand over goes, in batches and with backpressure, to the new master, which spreads
-//! it over its ready workers. What it cannot place comes back (`ToPredecessor::Back`)
+//! send goes straight to the new master's workers over lanes (`xlanes.rs`, whose
+//! adopter ends cross this link); what they hand over to us (proxied pairs, or all
+//! of it without lanes) goes, in batches and with backpressure, to the new master,
+//! which spreads it over its ready workers. What it cannot place comes back (`ToPredecessor::Back`)
 //! and the old master returns it to the worker (`ToWorker::Keep`), where it stays
 //! under the old generation's drain rules. Each side counts the fds queued here in
 //! its `MAX_IN_FLIGHT` bound (master/handoff.rs), so neither fills its fd table.
@@ -30,6 +32,11 @@ use super::Master;
 
 /// Environment variable naming the fd of the new master's end of the pair.
 pub const XFER_FD_ENV: &str = "CORRAL_UPGRADE_XFER_FD";
+
+/// Set by an old master that reads `ToPredecessor::Adopters` (and so makes lanes
+/// across the masters, `xlanes.rs`): an older one would take the message for a bad
+/// one, so it is not sent to it.
+pub const LANES_ENV: &str = "CORRAL_UPGRADE_LANES";
 
 /// Why the new master refuses the fd it was named.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +112,10 @@ enum Got {
     Settled(i32, u64),
     /// A publish of the old master's workers (publisher, seq, topic, message).
     Publish(u64, u64, String, Vec<u8>),
+    /// The new master's adopters (pids).
+    Adopters(Vec<u32>),
+    /// A lane's adopter end: from the old master's worker, to ours, the socket.
+    Lane(i32, u32, Option<OwnedFd>),
 }
 
 /// One master's end of the pair.
@@ -118,6 +129,16 @@ pub struct Link {
     /// Publishes of our workers for the new master (old master's side), sent before
     /// the connections queued in `out`: the link is busiest exactly while they come.
     publishes: VecDeque<ToSuccessor>,
+    /// Lane ends for the new master's workers (old master's side, `ToSuccessor::Lane`
+    /// with its socket), sent before the connections queued in `out`. Dropped if the
+    /// link goes: their senders then see the lane hang up and send again elsewhere.
+    lanes: VecDeque<(ToSuccessor, OwnedFd)>,
+    /// Old master's side: the new master's adopters, as it last said.
+    pub adopters: Vec<u32>,
+    /// New master's side: the old master reads `Adopters` (`LANES_ENV`), and the
+    /// list it was last told.
+    pub tells_adopters: bool,
+    pub told: Vec<u32>,
     /// The other master closed its end (exited) or the channel failed.
     pub closed: bool,
     /// Usable: the new master greeted us (always, on the new master's side).
@@ -157,6 +178,10 @@ impl Link {
             out: Queues::default(),
             control: VecDeque::new(),
             publishes: VecDeque::new(),
+            lanes: VecDeque::new(),
+            adopters: Vec::new(),
+            tells_adopters: false,
+            told: Vec::new(),
             closed: false,
             confirmed: false,
             moved: 0,
@@ -223,14 +248,32 @@ impl Link {
         self.channel.as_fd()
     }
 
-    /// Fds held here, waiting to cross.
+    /// Fds held here, waiting to cross (connections and lane ends).
     pub fn queued(&self) -> usize {
-        self.out.len()
+        self.out.len() + self.lanes.len()
     }
 
     pub fn wants_write(&self) -> bool {
         !self.closed
-            && (self.out.len() > 0 || !self.control.is_empty() || !self.publishes.is_empty())
+            && (self.out.len() > 0
+                || !self.control.is_empty()
+                || !self.publishes.is_empty()
+                || !self.lanes.is_empty())
+    }
+
+    /// Queues a message without fds that must not be lost (the caller flushes).
+    pub fn queue_control(&mut self, msg: ToPredecessor) {
+        self.control.push_back(msg);
+    }
+
+    /// The new master greeted us (always true on the new master's side).
+    pub fn confirmed(&self) -> bool {
+        self.confirmed
+    }
+
+    /// Queues a lane's adopter end for the new master (the caller flushes).
+    pub fn queue_lane(&mut self, msg: ToSuccessor, end: OwnedFd) {
+        self.lanes.push_back((msg, end));
     }
 
     /// Sends the queued control messages; `Err` when the channel failed (not merely
@@ -240,6 +283,15 @@ impl Link {
             match self.channel.send(msg) {
                 Ok(()) => {
                     self.control.pop_front();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        while let Some((msg, end)) = self.lanes.front() {
+            match self.channel.send_fds(msg, &[end.as_fd()]) {
+                Ok(()) => {
+                    self.lanes.pop_front();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(e),
@@ -285,10 +337,15 @@ impl Links {
         let predecessor = std::env::var(super::upgrade::PREDECESSOR_ENV)
             .ok()
             .and_then(|v| v.split_once(':')?.0.parse().ok());
-        let to_old = Link::from_env(predecessor).unwrap_or_else(|e| {
+        let lanes = std::env::var_os(LANES_ENV).is_some();
+        std::env::remove_var(LANES_ENV);
+        let mut to_old = Link::from_env(predecessor).unwrap_or_else(|e| {
             warn!("{e}");
             None
         });
+        if let Some(l) = to_old.as_mut() {
+            l.tells_adopters = lanes;
+        }
         Links {
             to_new: None,
             to_old,
@@ -418,6 +475,7 @@ impl Master {
             return;
         };
         l.closed = true;
+        l.lanes.clear();
         let left = l.out.take_all();
         for (pid, conns) in left {
             match side {
@@ -488,6 +546,7 @@ impl Master {
                         }
                         ToPredecessor::Hello => Got::Conns(0, Vec::new(), String::new(), f),
                         ToPredecessor::Settled { to, n } => Got::Settled(to, n),
+                        ToPredecessor::Adopters { pids } => Got::Adopters(pids),
                     })
                 }),
                 Side::ToOld => l.channel.recv_fds::<ToSuccessor>().map(|m| {
@@ -503,11 +562,14 @@ impl Master {
                             topic,
                             message,
                         } => Got::Publish(publisher, seq, topic, message),
+                        ToSuccessor::Lane { from, to } => Got::Lane(from, to, f.into_iter().next()),
                     })
                 }),
             };
             match got {
                 Ok(Some(Got::Settled(pid, n))) => self.settle_ours(pid, n),
+                Ok(Some(Got::Adopters(pids))) => self.xfer_adopters(pids),
+                Ok(Some(Got::Lane(from, to, end))) => self.xfer_lane_end(from, to, end),
                 Ok(Some(Got::Publish(publisher, seq, topic, message))) => {
                     self.forward_publish(publisher, seq, &topic, message);
                 }

@@ -33,6 +33,7 @@ impl Worker {
             tls_handed = self.tally.stats.tls.moved_out,
             kept = c.kept,
             closed = c.closed,
+            over_lanes = self.handoff.lanes.took_total(),
             "drained, exiting"
         );
         true

@@ -392,7 +392,14 @@ fn a_lane_that_hangs_up_sends_what_it_had_not_answered_again() {
     }
     let (ours, theirs) = crate::os::fd::seqpacket_pair().unwrap();
     kit.master
-        .send_fds(&ToWorker::Lane { pid: 1, send: true }, &[theirs.as_fd()])
+        .send_fds(
+            &ToWorker::Lane {
+                pid: 1,
+                send: true,
+                foreign: false,
+            },
+            &[theirs.as_fd()],
+        )
         .unwrap();
     drop(theirs);
     kit.master
@@ -466,4 +473,62 @@ fn a_lane_that_hangs_up_sends_what_it_had_not_answered_again() {
         })
         .unwrap();
     assert_eq!(kit.exit_code(), 0);
+}
+
+/// The adopting end of a lane from the other master's worker (`foreign`): the test
+/// plays that worker and sends two connections; the worker serves them, answers
+/// `Took` for both, and tells its master what it adopted from that sender (running
+/// totals), since no master saw them go by.
+#[test]
+fn connections_adopted_over_a_foreign_lane_are_answered_and_told_to_the_master() {
+    let kit = Kit::start("echo", "", "");
+    let (ours, theirs) = crate::os::fd::seqpacket_pair().unwrap();
+    kit.master
+        .send_fds(
+            &ToWorker::Lane {
+                pid: 777,
+                send: false,
+                foreign: true,
+            },
+            &[theirs.as_fd()],
+        )
+        .unwrap();
+    drop(theirs);
+    // Two connections accepted elsewhere (the old worker's), sent over the lane.
+    let elsewhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut clients = Vec::new();
+    let mut accepted = Vec::new();
+    for _ in 0..2 {
+        let c = TcpStream::connect(elsewhere.local_addr().unwrap()).unwrap();
+        c.set_read_timeout(Some(PATIENCE)).unwrap();
+        clients.push(c);
+        accepted.push(std::os::fd::OwnedFd::from(elsewhere.accept().unwrap().0));
+    }
+    let lane = Channel::from_fd(ours);
+    let conns = vec![crate::channel::Handed::idle(kit.addr.to_string()); 2];
+    let fds: Vec<_> = accepted.iter().map(|f| f.as_fd()).collect();
+    lane.send_fds(&LaneMsg::Conns { conns }, &fds).unwrap();
+    drop(accepted);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        assert!(Instant::now() < deadline, "no answer on the lane");
+        match lane.recv::<LaneMsg>().unwrap() {
+            Some(LaneMsg::Took { n, refused, .. }) => {
+                assert_eq!((n, refused.len()), (2, 0), "both taken: {refused:?}");
+                break;
+            }
+            Some(other) => panic!("{other:?}"),
+            None => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    let (m, _) = kit.next(&|m| matches!(m, ToMaster::LaneAdopted { .. }));
+    assert_eq!(
+        m,
+        ToMaster::LaneAdopted {
+            totals: vec![(777, 2)]
+        }
+    );
+    for c in &mut clients {
+        round_trip(c, b"moved across masters\n");
+    }
 }

@@ -58,8 +58,8 @@ impl Worker {
                     ToWorker::Metrics { id, text, last } => {
                         crate::service::metrics::deliver(id, text, last)
                     }
-                    ToWorker::Lane { pid, send } => match fds.into_iter().next() {
-                        Some(fd) => self.add_lane(fd, pid, send),
+                    ToWorker::Lane { pid, send, foreign } => match fds.into_iter().next() {
+                        Some(fd) => self.add_lane(fd, pid, send, foreign),
                         None => warn!(peer = pid, "a lane came without its socket"),
                     },
                     ToWorker::BusPeer { pid } => match fds.into_iter().next() {

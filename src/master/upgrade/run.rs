@@ -1,7 +1,7 @@
 //! The master's side of a binary upgrade: start a new master, commit once it reports
 //! ready, roll back when it does not.
 
-use super::super::{IdlePolicy, Master, Report, Signal, State, Upgrade, Waiters};
+use super::super::{IdlePolicy, Master, Report, Signal, State, Upgrade, Waiters, WorkerState};
 use super::exec::NewMaster;
 use crate::control;
 use crate::master::effects::Notice;
@@ -59,6 +59,8 @@ impl Master {
             upgrade::GENERATION_ENV.to_string(),
             self.generation.to_string(),
         ));
+        // We read the new master's `Adopters`: lanes can cross (`xlanes.rs`).
+        env.push((xfer::LANES_ENV.to_string(), "1".to_string()));
         if self.faults.take_bad_upgrade() {
             env.push((crate::fault::ENV.into(), "bad-upgrade".into()));
         }
@@ -192,6 +194,15 @@ impl Master {
         let idle = if self.up.xfer.confirm() {
             // Before the drain: a worker passes its publishes on before anything moves.
             self.forward_publishes_to_successor();
+            // And gets its lanes to the new master's workers before it drains, so
+            // that its first batch already takes them (`xlanes.rs`): the new master
+            // named them before it reported ready, on the link we read now.
+            for w in &mut self.workers {
+                if matches!(w.state, WorkerState::Starting | WorkerState::Ready) {
+                    w.handoff.moves_out = true;
+                }
+            }
+            self.xfer_read(xfer::Side::ToNew);
             IdlePolicy::Handoff
         } else {
             IdlePolicy::Linger

@@ -31,6 +31,12 @@
 //! senders kept one receiver a window ahead, one worker got 19 891 connections
 //! against 7 887 for another, and its fd table overflowed (the kernel drops what
 //! does not fit, which is then sent again, elsewhere).
+//!
+//! At a binary upgrade the lanes cross masters: the old master makes them between its
+//! draining workers and the new master's adopters and passes the adopter's end over
+//! the upgrade channel (`master::xlanes`). Nothing changes here but the count: an
+//! adopter tells its master what it took over such a *foreign* lane
+//! (`ToMaster::LaneAdopted`), since that master saw none of it go by.
 
 use std::collections::VecDeque;
 use std::io;
@@ -39,7 +45,9 @@ use std::time::Instant;
 
 use tracing::{debug, info, warn};
 
-use crate::channel::{Channel, ChannelError, ConnQueue, Handed, IdlePolicy, LaneMsg, BATCH_CONNS};
+use crate::channel::{
+    Channel, ChannelError, ConnQueue, Handed, IdlePolicy, LaneMsg, ToMaster, BATCH_CONNS,
+};
 use crate::os::epoll::{Event, Interest};
 
 use super::super::{Phase, Timer, Worker};
@@ -51,6 +59,9 @@ pub const TOKEN_LANE: u64 = (1 << 63) | (1 << 62) | (1 << 41);
 /// The refusal of a connection whose fd the receiver could not take (its fd table was
 /// full): the sender sends it again rather than keeping it.
 const NO_SOCKET: &str = "it arrived without its socket";
+
+/// The refusal of a receiver that is closing its connections: the sender keeps them.
+const CLOSING: &str = "the new worker is closing its connections (its master is gone or stopping)";
 
 /// Most connections sent on one lane and not yet answered.
 pub const LANE_WINDOW: usize = 512;
@@ -71,6 +82,8 @@ struct Lane {
     ch: Channel,
     /// This end sends connections (the master said so); the other adopts.
     sends: bool,
+    /// The peer is the other master's worker (a binary upgrade).
+    foreign: bool,
     /// Queued for this lane, not sent yet (about a batch).
     out: ConnQueue,
     /// Sent, not yet taken: our copies, a message at a time, in the order sent (the
@@ -140,9 +153,21 @@ pub(in crate::worker) struct Lanes {
     pub(in crate::worker) ready: bool,
     /// A send met the user's limit of fds in flight: retried on a timer.
     starved: bool,
+    /// Connections the peers took from us over all lanes, gone ones too (the log).
+    took_total: u64,
+    /// Connections adopted over foreign lanes, per sender (pid, total): kept when a
+    /// lane goes, so that the last adoptions before its EOF are told too.
+    adopted: Vec<(u32, u64)>,
+    /// `adopted` changed since the master was last told.
+    adopted_news: bool,
 }
 
 impl Lanes {
+    /// Connections the lanes' peers took from us, over all lanes so far.
+    pub(in crate::worker) fn took_total(&self) -> u64 {
+        self.took_total
+    }
+
     /// Whether this worker has lanes to send connections over.
     pub(in crate::worker) fn sending(&self) -> bool {
         self.lanes.iter().any(|l| l.sends)
@@ -192,7 +217,13 @@ fn lane_able(h: &Handed) -> bool {
 
 impl Worker {
     /// `ToWorker::Lane`: a lane to worker `peer`.
-    pub(in crate::worker) fn add_lane(&mut self, fd: OwnedFd, peer: u32, sends: bool) {
+    pub(in crate::worker) fn add_lane(
+        &mut self,
+        fd: OwnedFd,
+        peer: u32,
+        sends: bool,
+        foreign: bool,
+    ) {
         let l = &mut self.handoff.lanes;
         let key = l.next_key;
         l.next_key = l.next_key.wrapping_add(1);
@@ -215,6 +246,7 @@ impl Worker {
             key,
             ch,
             sends,
+            foreign,
             out: ConnQueue::default(),
             unacked: VecDeque::new(),
             unacked_conns: 0,
@@ -226,7 +258,7 @@ impl Worker {
             full: false,
             broken: false,
         });
-        debug!(peer, sends, lanes = l.lanes.len(), "lane added");
+        debug!(peer, sends, foreign, lanes = l.lanes.len(), "lane added");
         if sends {
             // Connections waiting for the master may take it now.
             self.handoff.writable = true;
@@ -264,6 +296,18 @@ impl Worker {
             self.lane_interest(i);
             i += 1;
         }
+        self.tell_lane_adoptions();
+    }
+
+    /// Tells the master what the foreign lanes brought so far (running totals per
+    /// sender: a message that waits, or one sent twice, counts nothing twice).
+    fn tell_lane_adoptions(&mut self) {
+        let l = &mut self.handoff.lanes;
+        if !std::mem::take(&mut l.adopted_news) {
+            return;
+        }
+        let totals = l.adopted.clone();
+        self.send_or_owe(ToMaster::LaneAdopted { totals });
     }
 
     /// Sends what lane `i` owes and what is queued for it, as far as it takes them.
@@ -382,7 +426,18 @@ impl Worker {
                 Ok(Some((LaneMsg::Conns { conns }, fds))) => {
                     *budget = budget.saturating_sub(conns.len());
                     let answer = self.adopt_from_lane(conns, fds);
-                    let lane = &mut self.handoff.lanes.lanes[i];
+                    let l = &mut self.handoff.lanes;
+                    let lane = &mut l.lanes[i];
+                    if let (true, LaneMsg::Took { n, refused, .. }) = (lane.foreign, &answer) {
+                        let more = n.saturating_sub(refused.len() as u64);
+                        let peer = lane.peer;
+                        match l.adopted.iter_mut().find(|(p, _)| *p == peer) {
+                            Some((_, t)) => *t += more,
+                            None => l.adopted.push((peer, more)),
+                        }
+                        l.adopted_news = true;
+                    }
+                    let lane = &mut l.lanes[i];
                     if !lane.broken {
                         lane.owed.push_back(answer);
                     }
@@ -445,7 +500,12 @@ impl Worker {
                     self.handoff.counts.kept += 1;
                     let _ = self.restore(h, fd, true);
                 }
-                (Phase::Draining, IdlePolicy::Close) => self.handoff.counts.closed += 1,
+                // Closing everything (its master is gone, e.g. a new master that died
+                // after the commit, or stopping): the sender still has the connection
+                // and keeps it, rather than this worker closing a client that moved.
+                (Phase::Draining, IdlePolicy::Close) => {
+                    refused.push((k as u32, CLOSING.to_string()));
+                }
             }
         }
         // Full is `max_connections` (a worker adopts past it, up to its fd table: the
@@ -486,6 +546,7 @@ impl Worker {
         }
         let me = crate::os::process::pid().as_raw() as u32;
         let (mut back, mut back_fds, mut settled) = (Vec::new(), Vec::new(), 0);
+        let took_before = lane.took;
         let mut again = 0;
         for (k, (mut h, fd)) in batch.into_iter().enumerate() {
             match refused.iter().find(|(at, _)| *at as usize == k) {
@@ -508,6 +569,8 @@ impl Worker {
                 }
             }
         }
+        let took_now = lane.took - took_before;
+        self.handoff.lanes.took_total += took_now;
         self.settled(settled);
         if again > 0 {
             // Counted again when they go.
@@ -627,6 +690,7 @@ mod tests {
             key,
             ch: ours,
             sends: true,
+            foreign: false,
             out: ConnQueue::default(),
             unacked: VecDeque::new(),
             unacked_conns: unacked,
