@@ -6,7 +6,6 @@
 
 use crate::common;
 
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::handover::*;
@@ -15,23 +14,6 @@ use nix::sys::signal::{kill, Signal};
 
 /// Echo connections held through the reload.
 const CONNS: usize = 3000;
-
-/// Opens `n` echo connections, each answered once (established, counted, idle).
-fn open_echo(c: &Corral, n: usize) -> Vec<TcpStream> {
-    (0..n)
-        .map(|i| {
-            let mut s = connect(c.addr(), Duration::from_secs(30))
-                .unwrap_or_else(|e| panic!("connection {i}: {e}\n{}", c.log_tail(20)));
-            must_echo(c, &mut s, "hello\n");
-            s
-        })
-        .collect()
-}
-
-/// `key=N` of the log lines that contain `marker`, summed.
-fn sum(log: &str, marker: &str, key: &str) -> u64 {
-    sum_field(log, marker, key)
-}
 
 /// Idle echo connections on two old workers; the reload commits while they are
 /// frozen, one new worker (the victim) is frozen too, so the old workers fill their
@@ -113,40 +95,8 @@ fn a_new_worker_killed_mid_move_loses_only_what_it_had_adopted() {
         c.log_tail(60)
     );
 
+    assert_lost_only_what_the_victim_took(&c, &mut conns, victim, 2);
     let log = c.log();
-    let marker = format!("lane to worker {victim} closed");
-    let hung_up = log.matches(&marker).count();
-    let took = sum(&log, &marker, "took");
-    let resent = sum(&log, &marker, "resent");
-    eprintln!("old workers' lanes to the victim hung up {hung_up} times: it took {took}, {resent} went again");
-    assert_eq!(
-        hung_up,
-        2,
-        "both old workers had a lane to the victim\n{}",
-        c.log_tail(60)
-    );
-    assert!(
-        took + resent > 0,
-        "the victim was killed before any connection reached it: nothing was tested"
-    );
-
-    let mut lost = 0u64;
-    let mut bad = Vec::new();
-    for (i, s) in conns.iter_mut().enumerate() {
-        match echo(s, b"again\n", Duration::from_secs(20)) {
-            Echo::Ok => {}
-            Echo::Closed(_) => lost += 1,
-            Echo::Bad(e) => bad.push((i, e)),
-        }
-    }
-    eprintln!("{lost} of {CONNS} clients lost (the victim had taken {took})");
-    assert!(bad.is_empty(), "clients neither served nor closed: {bad:?}");
-    assert_eq!(
-        lost,
-        took,
-        "lost clients must be exactly those the killed worker acknowledged\n{}",
-        c.log_tail(60)
-    );
     let summary = log
         .lines()
         .find(|l| l.contains("generation 1 gone after"))

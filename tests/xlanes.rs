@@ -6,7 +6,6 @@
 
 use crate::common;
 
-use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -29,18 +28,6 @@ fn start(bin: &Path, conf: Conf) -> Corral {
             ..Launch::default()
         },
     )
-}
-
-/// Opens `n` echo connections, each answered once (established, counted, idle).
-fn open_echo(c: &Corral, n: usize) -> Vec<TcpStream> {
-    (0..n)
-        .map(|i| {
-            let mut s = connect(c.addr(), Duration::from_secs(30))
-                .unwrap_or_else(|e| panic!("connection {i}: {e}\n{}", c.log_tail(20)));
-            must_echo(c, &mut s, "hello\n");
-            s
-        })
-        .collect()
 }
 
 /// The old generation's summary line, once it is gone (within `limit`).
@@ -193,40 +180,8 @@ fn a_new_masters_worker_killed_mid_move_loses_only_what_it_had_adopted() {
     );
 
     let summary = gone_summary(&c, Duration::from_secs(90));
+    assert_lost_only_what_the_victim_took(&c, &mut conns, victim, 2);
     let log = c.log();
-    let marker = format!("lane to worker {victim} closed");
-    let hung_up = log.matches(&marker).count();
-    let took = sum_field(&log, &marker, "took");
-    let resent = sum_field(&log, &marker, "resent");
-    eprintln!("old workers' lanes to the victim hung up {hung_up} times: it took {took}, {resent} went again");
-    assert_eq!(
-        hung_up,
-        2,
-        "both old workers had a lane to the victim\n{}",
-        c.log_tail(60)
-    );
-    assert!(
-        took + resent > 0,
-        "the victim was killed before any connection reached it: nothing was tested"
-    );
-
-    let mut lost = 0u64;
-    let mut bad = Vec::new();
-    for (i, s) in conns.iter_mut().enumerate() {
-        match echo(s, b"again\n", Duration::from_secs(20)) {
-            Echo::Ok => {}
-            Echo::Closed(_) => lost += 1,
-            Echo::Bad(e) => bad.push((i, e)),
-        }
-    }
-    eprintln!("{lost} of {CONNS} clients lost (the victim had taken {took})");
-    assert!(bad.is_empty(), "clients neither served nor closed: {bad:?}");
-    assert_eq!(
-        lost,
-        took,
-        "lost clients must be exactly those the killed worker acknowledged\n{}",
-        c.log_tail(60)
-    );
     assert!(
         summary.contains(&format!("moved {CONNS}, kept 0, closed 0")),
         "{summary}"

@@ -293,3 +293,67 @@ pub fn all_kept_alive(c: &Corral, conns: &mut [TcpStream], label: &str, timeout:
         c.log_tail(60)
     );
 }
+
+/// Opens `n` echo connections, each answered once (established, counted, idle).
+pub fn open_echo(c: &Corral, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|i| {
+            let mut s = super::connect(c.addr(), Duration::from_secs(30))
+                .unwrap_or_else(|e| panic!("connection {i}: {e}\n{}", c.log_tail(20)));
+            super::must_echo(c, &mut s, "hello\n");
+            s
+        })
+        .collect()
+}
+
+/// After a new worker (`victim`) was killed mid-move: each of the `senders` old
+/// workers' lanes to it hung up, and exactly the connections it acknowledged (their
+/// `took`, logged then) are lost; every other client still echoes. Returns what it
+/// took.
+pub fn assert_lost_only_what_the_victim_took(
+    c: &Corral,
+    conns: &mut [TcpStream],
+    victim: i32,
+    senders: usize,
+) -> u64 {
+    use super::net::{echo, Echo};
+    let log = c.log();
+    let marker = format!("lane to worker {victim} closed");
+    let hung_up = log.matches(&marker).count();
+    let took = sum_field(&log, &marker, "took");
+    let resent = sum_field(&log, &marker, "resent");
+    eprintln!(
+        "old workers' lanes to the victim hung up {hung_up} times: it took {took}, {resent} went again"
+    );
+    assert_eq!(
+        hung_up,
+        senders,
+        "every old worker had a lane to the victim\n{}",
+        c.log_tail(60)
+    );
+    assert!(
+        took + resent > 0,
+        "the victim was killed before any connection reached it: nothing was tested"
+    );
+    let mut lost = 0u64;
+    let mut bad = Vec::new();
+    for (i, s) in conns.iter_mut().enumerate() {
+        match echo(s, b"again\n", Duration::from_secs(20)) {
+            Echo::Ok => {}
+            Echo::Closed(_) => lost += 1,
+            Echo::Bad(e) => bad.push((i, e)),
+        }
+    }
+    eprintln!(
+        "{lost} of {} clients lost (the victim had taken {took})",
+        conns.len()
+    );
+    assert!(bad.is_empty(), "clients neither served nor closed: {bad:?}");
+    assert_eq!(
+        lost,
+        took,
+        "lost clients must be exactly those the killed worker acknowledged\n{}",
+        c.log_tail(60)
+    );
+    took
+}
