@@ -66,6 +66,14 @@ const CLOSING: &str = "the new worker is closing its connections (its master is 
 /// Most connections sent on one lane and not yet answered.
 pub const LANE_WINDOW: usize = 512;
 
+/// The fds in flight every sender shares (the kernel's per-user bound is the
+/// sender's RLIMIT_NOFILE, 20 000 at most here, and all workers are one user): a
+/// sender keeps at most its share of it unanswered over all its lanes, counting one
+/// sender per lane (a reload links as many old workers as new ones), and never less
+/// than one lane's window. Without it 56 senders, each allowed 56 windows, ran into
+/// the bound hundreds of times each per move of a million, 10 ms a time.
+const SHARED_IN_FLIGHT: usize = 16_384;
+
 /// One message sent on a lane and not yet answered: the records, and our copies of
 /// the fds.
 #[derive(Debug)]
@@ -194,9 +202,16 @@ impl Lanes {
 
     /// The lane for the next batch: of those with room in their window, the one
     /// whose receiver has the most room left (see the module's note); among equals
-    /// (before any answer: all), in turn from the last one used.
+    /// (before any answer: all), in turn from the last one used. None as well while
+    /// this sender holds its share of `SHARED_IN_FLIGHT` unanswered.
     fn pick(&self) -> Option<usize> {
         let count = self.lanes.len();
+        let sending = self.lanes.iter().filter(|l| l.sends);
+        let total: usize = sending.clone().map(Lane::in_flight).sum();
+        let cap = (SHARED_IN_FLIGHT / sending.count().max(1)).max(LANE_WINDOW);
+        if total + BATCH_CONNS > cap {
+            return None;
+        }
         (0..count)
             .map(|k| (self.rr + k) % count)
             .filter(|&i| self.lanes[i].sends && self.lanes[i].has_room())
@@ -741,6 +756,18 @@ mod tests {
         // A receiver not heard from yet is assumed to have room.
         let l = lanes(vec![lane(0, Some(19_000), 0), lane(1, None, 0)], 0);
         assert_eq!(l.pick(), Some(1));
+    }
+
+    /// Many senders share the kernel's bound on fds in flight: with 56 lanes a sender
+    /// stops at one window unanswered over all of them; with 3, each lane's own
+    /// window is the limit.
+    #[test]
+    fn a_sender_keeps_to_its_share_of_the_fds_in_flight() {
+        let many = |each| lanes((0..56).map(|k| lane(k, None, each)).collect(), 0);
+        assert!(many(7).pick().is_some(), "7 x 56 + 64 is within 512");
+        assert_eq!(many(9).pick(), None, "9 x 56 + 64 is past 512");
+        let few = lanes((0..3).map(|k| lane(k, None, LANE_WINDOW - 64)).collect(), 0);
+        assert!(few.pick().is_some(), "3 lanes: each window is the limit");
     }
 
     /// Room is a preference, not a stop: a full receiver still takes a batch when no
