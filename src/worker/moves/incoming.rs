@@ -288,7 +288,10 @@ impl Worker {
         };
         let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
         match ch.send_fds(&ToMaster::Refused { conns }, &borrowed) {
-            Ok(()) => debug!(connections = n, "refused moved connections sent back"),
+            Ok(()) => {
+                self.handoff.via_master += n as u64;
+                debug!(connections = n, "refused moved connections sent back");
+            }
             Err(e) => warn!(
                 connections = n,
                 "cannot send refused connections back ({e}); closing them"

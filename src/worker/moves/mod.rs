@@ -82,6 +82,9 @@ pub(in crate::worker) struct Handoff {
     pub(in crate::worker) settle_armed: bool,
     /// Sends the kernel deferred (too many fds in flight), for the log.
     pub(in crate::worker) deferred: u64,
+    /// Connections sent to the master (hand-overs, refusals) with their fds: only
+    /// then must the worker see its channel read before it exits.
+    pub(in crate::worker) via_master: u64,
     /// Suspended connections handed over that the new generation may still refuse:
     /// neither a refusal (`Keep`) nor word that they were taken (`Settled`) came back
     /// yet. A draining worker does not exit while some are out (until
