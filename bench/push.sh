@@ -19,7 +19,9 @@
 # Usage: bench/push.sh [N]      Knobs: RATE=5 SUSTAIN_S=10 MOVE_RATE=2 COST_MSGS=5000
 #        NO_BUILD=1 DEADLINE_S=600 CONNECT_RATE=20000 KEEP=1 UPGRADE=0 (only the reload in (3))
 #        GRACE_S=20 (how long clients wait for what they miss after the last publish)
-#        WORKERS=K (instead of ceil(N / 16000)) LOG_LEVEL=warn
+#        WORKERS=K (instead of ceil(N / 16000)) LOG_LEVEL=warn PER=16000 (subscribers per
+#        client process and source address: fewer make the clients' connect() faster,
+#        whose source-port search is linear in the ports already used)
 # Every process runs under `timeout`; the EXIT trap stops by pid all it started.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -41,7 +43,7 @@ MOVE_RATE=${MOVE_RATE:-2}
 COST_MSGS=${COST_MSGS:-5000}
 DEADLINE_S=${DEADLINE_S:-600}
 CONNECT_RATE=${CONNECT_RATE:-20000}
-PER=16000
+PER=${PER:-16000}
 PUSH_LOAD=$TARGET_DIR/release/examples/push-load
 PUB="python3 $ROOT/bench/push_pub.py"
 T_END=$(($(now_ms) + DEADLINE_S * 1000))
