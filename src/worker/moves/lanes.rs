@@ -135,15 +135,27 @@ impl Lane {
         Some(sent.records.into_iter().zip(sent.fds).collect())
     }
 
-    fn has_room(&self) -> bool {
-        !self.full && !self.broken && self.in_flight() + BATCH_CONNS <= LANE_WINDOW
+    /// Whether another batch may go on this lane: its socket takes it, and this
+    /// sender's unanswered connections on it stay within the window, which is the
+    /// receiver's room shared by the `senders` (this worker's lane count: a reload
+    /// links as many old workers as new ones), between one batch and `LANE_WINDOW`.
+    /// Every sender sees the same room, so together they do not send a receiver much
+    /// more than it has room for before it answers again.
+    fn has_room(&self, senders: usize, assumed: u64) -> bool {
+        let room = usize::try_from(self.room.unwrap_or(assumed)).unwrap_or(usize::MAX);
+        let window = (room / senders.max(1)).clamp(BATCH_CONNS, LANE_WINDOW);
+        !self.full && !self.broken && self.in_flight() + BATCH_CONNS <= window
     }
 
     /// What the receiver can still take once what we have on the way arrives: the
-    /// next batch goes to the lane with the most.
-    fn spare(&self) -> u64 {
+    /// next batch goes to the lane with the most. Before its first answer its room is
+    /// taken to be `assumed` (a new worker's: `max_connections`), not unbounded: a
+    /// receiver too busy to answer looked the roomiest to every sender, got a window
+    /// from each, and its fd table overflowed (19 894 connections against 14 181 on
+    /// another new worker, at a million).
+    fn spare(&self, assumed: u64) -> u64 {
         self.room
-            .unwrap_or(u64::MAX / 2)
+            .unwrap_or(assumed)
             .saturating_sub(self.in_flight() as u64)
     }
 }
@@ -161,6 +173,8 @@ pub(in crate::worker) struct Lanes {
     pub(in crate::worker) ready: bool,
     /// A send met the user's limit of fds in flight: retried on a timer.
     starved: bool,
+    /// The room of a receiver that has not answered yet (see `Lane::spare`).
+    assumed_room: u64,
     /// Connections the peers took from us over all lanes, gone ones too (the log).
     took_total: u64,
     /// Connections adopted over foreign lanes, per sender (pid, total): kept when a
@@ -208,14 +222,18 @@ impl Lanes {
         let count = self.lanes.len();
         let sending = self.lanes.iter().filter(|l| l.sends);
         let total: usize = sending.clone().map(Lane::in_flight).sum();
-        let cap = (SHARED_IN_FLIGHT / sending.count().max(1)).max(LANE_WINDOW);
+        let senders = sending.count().max(1);
+        let cap = (SHARED_IN_FLIGHT / senders).max(LANE_WINDOW);
         if total + BATCH_CONNS > cap {
             return None;
         }
         (0..count)
             .map(|k| (self.rr + k) % count)
-            .filter(|&i| self.lanes[i].sends && self.lanes[i].has_room())
-            .min_by_key(|&i| std::cmp::Reverse(self.lanes[i].spare()))
+            .filter(|&i| {
+                let l = &self.lanes[i];
+                l.sends && l.has_room(senders, self.assumed_room)
+            })
+            .min_by_key(|&i| std::cmp::Reverse(self.lanes[i].spare(self.assumed_room)))
     }
 
     fn index(&self, token: u64) -> Option<usize> {
@@ -242,6 +260,7 @@ impl Worker {
         let l = &mut self.handoff.lanes;
         let key = l.next_key;
         l.next_key = l.next_key.wrapping_add(1);
+        l.assumed_room = self.config.worker.max_connections as u64;
         if l.lanes.is_empty() {
             // Senders start their round at different receivers: all starting at the
             // first, 4 senders of 30 connections each sent them all to one new worker
@@ -723,6 +742,7 @@ mod tests {
         Lanes {
             lanes: l,
             rr,
+            assumed_room: 19_000,
             ..Lanes::default()
         }
     }
@@ -753,9 +773,12 @@ mod tests {
         assert_eq!(three(2).pick(), Some(2));
         let l = lanes(vec![lane(0, None, 64), lane(1, None, 0)], 0);
         assert_eq!(l.pick(), Some(1));
-        // A receiver not heard from yet is assumed to have room.
-        let l = lanes(vec![lane(0, Some(19_000), 0), lane(1, None, 0)], 0);
+        // A receiver not heard from yet is taken to have a new worker's room
+        // (`max_connections`), not more: one that answered with as much is its equal.
+        let l = lanes(vec![lane(0, Some(5_000), 0), lane(1, None, 0)], 0);
         assert_eq!(l.pick(), Some(1));
+        let l = lanes(vec![lane(0, Some(19_000), 0), lane(1, None, 64)], 0);
+        assert_eq!(l.pick(), Some(0));
     }
 
     /// Many senders share the kernel's bound on fds in flight: with 56 lanes a sender
@@ -768,6 +791,33 @@ mod tests {
         assert_eq!(many(9).pick(), None, "9 x 56 + 64 is past 512");
         let few = lanes((0..3).map(|k| lane(k, None, LANE_WINDOW - 64)).collect(), 0);
         assert!(few.pick().is_some(), "3 lanes: each window is the limit");
+    }
+
+    /// A lane's window is its receiver's room shared by the senders (one per lane
+    /// here), at least a batch: 63 senders each a full window ahead on one receiver
+    /// overflowed its fd table.
+    #[test]
+    fn a_lane_holds_its_share_of_the_receivers_room() {
+        let only = |room, unacked| {
+            // 62 others whose sockets are full: not candidates, nothing in flight.
+            let mut all: Vec<Lane> = (1..63)
+                .map(|k| {
+                    let mut l = lane(k, Some(0), 0);
+                    l.full = true;
+                    l
+                })
+                .collect();
+            all.insert(0, lane(0, room, unacked));
+            lanes(all, 0).pick()
+        };
+        // 19 000 / 63 = 301: 192 + 64 fit, 256 + 64 do not.
+        assert_eq!(only(Some(19_000), 192), Some(0));
+        assert_eq!(only(Some(19_000), 256), None);
+        // Nearly full: one batch at a time.
+        assert_eq!(only(Some(3_000), 0), Some(0));
+        assert_eq!(only(Some(3_000), 64), None);
+        // Not heard from yet: a new worker's room (19 000 in these tests).
+        assert_eq!(only(None, 256), None);
     }
 
     /// Room is a preference, not a stop: a full receiver still takes a batch when no
