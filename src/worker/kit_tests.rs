@@ -374,22 +374,9 @@ fn a_worker_serves_its_clients_between_batches_of_adoptions() {
     drop(clients);
 }
 
-/// A lane's sender keeps every connection until the receiver answers for it: the test
-/// plays a new worker that answers the first message on its lane and hangs up. What it
-/// answered for is its own (the worker keeps no copy), the rest goes again, through
-/// the master once no lane is left; each client is in exactly one place, and the
-/// worker counts every one as handed.
-#[test]
-fn a_lane_that_hangs_up_sends_what_it_had_not_answered_again() {
-    const CONNS: usize = 600;
-    let _turn = MANY_FDS.lock().unwrap_or_else(|e| e.into_inner());
-    let kit = Kit::start("echo", "", "");
-    let mut clients: HashMap<SocketAddr, TcpStream> = HashMap::new();
-    for i in 0..CONNS {
-        let mut c = kit.connect();
-        round_trip(&mut c, format!("{i}\n").as_bytes());
-        clients.insert(c.local_addr().unwrap(), c);
-    }
+/// Gives the kit's worker a lane to send over (to a made-up worker 1) and tells it to
+/// drain: returns the test's end of the lane, where the test plays the new worker.
+fn drain_over_a_lane(kit: &Kit) -> Channel {
     let (ours, theirs) = crate::os::fd::seqpacket_pair().unwrap();
     kit.master
         .send_fds(
@@ -407,7 +394,26 @@ fn a_lane_that_hangs_up_sends_what_it_had_not_answered_again() {
             idle: IdlePolicy::Handoff,
         })
         .unwrap();
-    let lane = Channel::from_fd(ours);
+    Channel::from_fd(ours)
+}
+
+/// A lane's sender keeps every connection until the receiver answers for it: the test
+/// plays a new worker that answers the first message on its lane and hangs up. What it
+/// answered for is its own (the worker keeps no copy), the rest goes again, through
+/// the master once no lane is left; each client is in exactly one place, and the
+/// worker counts every one as handed.
+#[test]
+fn a_lane_that_hangs_up_sends_what_it_had_not_answered_again() {
+    const CONNS: usize = 600;
+    let _turn = MANY_FDS.lock().unwrap_or_else(|e| e.into_inner());
+    let kit = Kit::start("echo", "", "");
+    let mut clients: HashMap<SocketAddr, TcpStream> = HashMap::new();
+    for i in 0..CONNS {
+        let mut c = kit.connect();
+        round_trip(&mut c, format!("{i}\n").as_bytes());
+        clients.insert(c.local_addr().unwrap(), c);
+    }
+    let lane = drain_over_a_lane(&kit);
     let deadline = Instant::now() + PATIENCE;
     // The first message: taken (we keep its sockets, as an adopter would).
     let (first, first_fds) = loop {
@@ -549,25 +555,8 @@ fn a_worker_that_moved_everything_over_lanes_exits_without_waiting_for_the_maste
         round_trip(&mut c, format!("{i}\n").as_bytes());
         clients.push(c);
     }
-    let (ours, theirs) = crate::os::fd::seqpacket_pair().unwrap();
-    kit.master
-        .send_fds(
-            &ToWorker::Lane {
-                pid: 1,
-                send: true,
-                foreign: false,
-            },
-            &[theirs.as_fd()],
-        )
-        .unwrap();
-    drop(theirs);
-    kit.master
-        .send(&ToWorker::Drain {
-            idle: IdlePolicy::Handoff,
-        })
-        .unwrap();
     // Play the new worker: take every batch and answer for it.
-    let lane = Channel::from_fd(ours);
+    let lane = drain_over_a_lane(&kit);
     let mut taken = Vec::new();
     let deadline = Instant::now() + PATIENCE;
     while taken.len() < CONNS {
