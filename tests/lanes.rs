@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::handover::*;
 use common::*;
-use nix::sys::signal::{kill, Signal};
 
 /// Echo connections held through the reload.
 const CONNS: usize = 3000;
@@ -60,28 +59,7 @@ fn a_new_worker_killed_mid_move_loses_only_what_it_had_adopted() {
         c.log_tail(40)
     );
     let victim = new[0];
-    freeze(&[victim], true);
-    let fds_before = fd_count(victim);
-    freeze(&old, false);
-
-    // The old workers fill their lanes to the victim (a window each) and send the
-    // rest to the other new worker; they wait for its answers.
-    let (held, settled) = settle(Duration::from_secs(60), Duration::from_secs(1), || {
-        old.iter().map(|&p| fd_count(p)).sum::<usize>()
-    });
-    assert!(settled, "the old workers never settled");
-    eprintln!("victim {victim} frozen: the old workers hold {held} fds");
-
-    // It adopts for a moment (at least one message), and dies.
-    freeze(&[victim], false);
-    let adopting = wait_until(Duration::from_secs(10), || {
-        fd_count(victim) >= fds_before + 64
-    });
-    kill(nix::unistd::Pid::from_raw(victim), Signal::SIGKILL).expect("SIGKILL the victim");
-    eprintln!(
-        "victim {victim} killed with {} fds ({fds_before} before; adopting seen: {adopting})",
-        fd_count(victim)
-    );
+    kill_mid_adoption(&old, victim);
 
     // The old generation finishes the move without it and leaves.
     let t0 = Instant::now();

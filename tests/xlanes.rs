@@ -52,6 +52,39 @@ fn new_master_counts(c: &Corral, want: u64) {
     assert!(counted, "moved_from_old_master should be {want}: {v}");
 }
 
+/// Two old workers (the watchdog kept out: frozen processes send no heartbeats) with
+/// `n` echo connections; they are frozen and `corral -s upgrade` commits. Returns the
+/// corral, its clients, the old workers (still frozen) and the new master's two
+/// workers.
+fn frozen_upgrade(
+    bin: &Path,
+    n: usize,
+) -> (Corral, Vec<std::net::TcpStream>, Vec<i32>, i32, Vec<i32>) {
+    let c = start(
+        bin,
+        Conf::new(2)
+            .drain("120s")
+            .upgrade_timeout("60s")
+            .max_conns(n + 100)
+            .master("watchdog_timeout = \"300s\""),
+    );
+    let old: Vec<i32> = c.worker_pids();
+    assert_eq!(old.len(), 2, "{}", c.log_tail(20));
+    let conns = open_echo(&c, n);
+    freeze(&old, true);
+    let new_master = c.must_upgrade();
+    let mut new: Vec<i32> = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            new = c.workers_of(new_master).iter().map(|p| p.pid).collect();
+            new.len() == 2
+        }),
+        "new master {new_master} has workers {new:?}\n{}",
+        c.log_tail(40)
+    );
+    (c, conns, old, new_master, new)
+}
+
 /// 3000 idle echo connections on two old workers, `corral -s upgrade`: every one
 /// moves to the new master's workers over lanes (the old workers' own count of what
 /// the new ones took equals the generation's "moved"; neither master relayed any),
@@ -132,52 +165,9 @@ fn a_new_masters_worker_killed_mid_move_loses_only_what_it_had_adopted() {
     let _heavy = common::heavy();
     raise_nofile();
     let (_bin_dir, bin) = copy_binary();
-    // Frozen processes send no heartbeats: keep the watchdog out of this.
-    let c = start(
-        &bin,
-        Conf::new(2)
-            .drain("120s")
-            .upgrade_timeout("60s")
-            .max_conns(CONNS + 100)
-            .master("watchdog_timeout = \"300s\""),
-    );
-    let old: Vec<i32> = c.worker_pids();
-    assert_eq!(old.len(), 2, "{}", c.log_tail(20));
-    let mut conns = open_echo(&c, CONNS);
-
-    freeze(&old, true);
-    let new_master = c.must_upgrade();
-    let mut new: Vec<i32> = Vec::new();
-    assert!(
-        wait_until(Duration::from_secs(30), || {
-            new = c.workers_of(new_master).iter().map(|p| p.pid).collect();
-            new.len() == 2
-        }),
-        "new master {new_master} has workers {new:?}\n{}",
-        c.log_tail(40)
-    );
+    let (c, mut conns, old, _new_master, new) = frozen_upgrade(&bin, CONNS);
     let victim = new[0];
-    freeze(&[victim], true);
-    let fds_before = fd_count(victim);
-    freeze(&old, false);
-
-    // The old workers fill their lanes to the victim (a window each) and send the
-    // rest to the other new worker; they wait for its answers.
-    let (held, settled) = settle(Duration::from_secs(60), Duration::from_secs(1), || {
-        old.iter().map(|&p| fd_count(p)).sum::<usize>()
-    });
-    assert!(settled, "the old workers never settled");
-    eprintln!("victim {victim} frozen: the old workers hold {held} fds");
-
-    freeze(&[victim], false);
-    let adopting = wait_until(Duration::from_secs(10), || {
-        fd_count(victim) >= fds_before + 64
-    });
-    kill(nix::unistd::Pid::from_raw(victim), Signal::SIGKILL).expect("SIGKILL the victim");
-    eprintln!(
-        "victim {victim} killed with {} fds ({fds_before} before; adopting seen: {adopting})",
-        fd_count(victim)
-    );
+    kill_mid_adoption(&old, victim);
 
     let summary = gone_summary(&c, Duration::from_secs(90));
     assert_lost_only_what_the_victim_took(&c, &mut conns, victim, 2);
@@ -204,29 +194,7 @@ fn a_new_master_killed_after_the_commit_loses_no_connection() {
     raise_nofile();
     let (_bin_dir, bin) = copy_binary();
     let conns_n = 1000;
-    let c = start(
-        &bin,
-        Conf::new(2)
-            .drain("120s")
-            .upgrade_timeout("60s")
-            .max_conns(conns_n + 100)
-            .master("watchdog_timeout = \"300s\""),
-    );
-    let old: Vec<i32> = c.worker_pids();
-    assert_eq!(old.len(), 2, "{}", c.log_tail(20));
-    let mut conns = open_echo(&c, conns_n);
-
-    freeze(&old, true);
-    let new_master = c.must_upgrade();
-    let mut new: Vec<i32> = Vec::new();
-    assert!(
-        wait_until(Duration::from_secs(30), || {
-            new = c.workers_of(new_master).iter().map(|p| p.pid).collect();
-            new.len() == 2
-        }),
-        "new master {new_master} has workers {new:?}\n{}",
-        c.log_tail(40)
-    );
+    let (c, mut conns, old, new_master, new) = frozen_upgrade(&bin, conns_n);
     kill(nix::unistd::Pid::from_raw(new_master), Signal::SIGKILL).expect("SIGKILL the new master");
     // Its workers see their channel close and leave (they hold no client).
     let gone = wait_until(Duration::from_secs(30), || {

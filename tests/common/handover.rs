@@ -357,3 +357,28 @@ pub fn assert_lost_only_what_the_victim_took(
     );
     took
 }
+
+/// The old workers (frozen, their move committed) are let go while the new worker
+/// `victim` is frozen, so they fill their lanes to it (a window each) and send the
+/// rest elsewhere; once they settle, the victim adopts for a moment (at least one
+/// message, as far as 10 s tell) and is SIGKILLed, by pid.
+pub fn kill_mid_adoption(old: &[i32], victim: i32) {
+    use nix::sys::signal::{kill, Signal};
+    freeze(&[victim], true);
+    let fds_before = fd_count(victim);
+    freeze(old, false);
+    let (held, settled) = settle(Duration::from_secs(60), Duration::from_secs(1), || {
+        old.iter().map(|&p| fd_count(p)).sum::<usize>()
+    });
+    assert!(settled, "the old workers never settled");
+    eprintln!("victim {victim} frozen: the old workers hold {held} fds");
+    freeze(&[victim], false);
+    let adopting = super::wait_until(Duration::from_secs(10), || {
+        fd_count(victim) >= fds_before + 64
+    });
+    kill(nix::unistd::Pid::from_raw(victim), Signal::SIGKILL).expect("SIGKILL the victim");
+    eprintln!(
+        "victim {victim} killed with {} fds ({fds_before} before; adopting seen: {adopting})",
+        fd_count(victim)
+    );
+}
