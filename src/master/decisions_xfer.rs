@@ -28,8 +28,8 @@ fn idle(n: usize) -> Vec<Handed> {
 }
 
 /// An old master whose upgrade committed, its one worker draining, linked to a new
-/// master the test plays (`theirs`).
-fn committed() -> (Bench, Pid, Channel) {
+/// master the test plays (`theirs`). (Also the cross-master lanes' bench.)
+pub(super) fn committed() -> (Bench, Pid, Channel) {
     let mut b = Bench::running(1, "watchdog_timeout = \"600s\"\ndrain_timeout = \"600s\"");
     let pid = b.pids(1, WorkerState::Ready)[0];
     let (upgrade, _u) = b.ask(Request::Upgrade);

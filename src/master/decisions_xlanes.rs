@@ -7,31 +7,16 @@
 
 use std::os::fd::OwnedFd;
 
-use super::control::Request;
 use super::fake::Bench;
 use super::xfer::{Link, Side};
-use super::{Command, Job, WorkerState};
+use super::WorkerState;
 use crate::channel::{Channel, ToMaster, ToPredecessor, ToSuccessor, ToWorker};
 use crate::os::master::Pid;
 
 /// An old master whose upgrade committed, its one worker draining and moving out,
 /// linked to a new master the test plays.
 fn committed() -> (Bench, Pid, Channel) {
-    let mut b = Bench::running(1, "watchdog_timeout = \"600s\"\ndrain_timeout = \"600s\"");
-    let pid = b.pids(1, WorkerState::Ready)[0];
-    let (upgrade, _u) = b.ask(Request::Upgrade);
-    b.handle(vec![upgrade]);
-    b.fx.report("ready 4242\n");
-    b.handle(vec![Job {
-        command: Command::UpgradeReported,
-        waiter: None,
-    }]);
-    assert!(b.m.up.handed_over, "committed");
-    let (link, theirs) = Link::pair().expect("link");
-    b.m.up.xfer.to_new = Some(link);
-    let theirs = Channel::from_fd(theirs);
-    theirs.send(&ToPredecessor::Hello).expect("hello");
-    assert!(b.m.up.xfer.confirm(), "the new master greeted us");
+    let (mut b, pid, theirs) = super::decisions_xfer::committed();
     // (The commit marks the workers it drains; this bench committed without a link.)
     for w in &mut b.m.workers {
         w.handoff.moves_out = true;
