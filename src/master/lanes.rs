@@ -21,19 +21,25 @@ use super::table::WorkerState;
 use super::Master;
 
 impl Master {
-    /// Makes the lanes missing between the workers that move connections out
-    /// (`moves_out`, still reachable) and today's adopters.
-    pub(super) fn wire_lanes(&mut self) {
-        // The old master of our upgrade, still draining, links its workers to ours.
-        self.xfer_tell_adopters();
-        let senders: Vec<usize> = (0..self.workers.len())
+    /// The workers that move connections out and can still be told (lanes go to
+    /// them), at a reload or, across masters, at an upgrade.
+    pub(super) fn lane_senders(&self) -> Vec<usize> {
+        (0..self.workers.len())
             .filter(|&k| {
                 let w = &self.workers[k];
                 w.handoff.moves_out
                     && !w.channel_closed
                     && !matches!(w.state, WorkerState::Stopping)
             })
-            .collect();
+            .collect()
+    }
+
+    /// Makes the lanes missing between the workers that move connections out
+    /// (`moves_out`, still reachable) and today's adopters.
+    pub(super) fn wire_lanes(&mut self) {
+        // The old master of our upgrade, still draining, links its workers to ours.
+        self.xfer_tell_adopters();
+        let senders = self.lane_senders();
         if senders.is_empty() {
             return;
         }

@@ -77,14 +77,7 @@ impl Master {
         else {
             return;
         };
-        let senders: Vec<usize> = (0..self.workers.len())
-            .filter(|&k| {
-                let w = &self.workers[k];
-                w.handoff.moves_out
-                    && !w.channel_closed
-                    && !matches!(w.state, WorkerState::Stopping)
-            })
-            .collect();
+        let senders = self.lane_senders();
         let mut made = 0;
         for &s in &senders {
             for &to in &adopters {
